@@ -1,0 +1,72 @@
+"""PAT Gateway core: the public API for configurations, plugins and embedders.
+
+Everything a driver, sink or emulator plugin needs is importable from here; the modules behind
+it are private and may change.
+"""
+
+from .api import (
+    Channel,
+    Driver,
+    Emulator,
+    InstrumentIO,
+    Output,
+    PluginContext,
+    PollingDriver,
+    Secret,
+    SecretRef,
+    Sink,
+)
+from .errors import (
+    ConfigError,
+    GatewayError,
+    InstrumentError,
+    PluginError,
+    StoreError,
+    StoreFullError,
+    UnitError,
+)
+from .hookspecs import hookimpl
+from .loader import Plan, load_plan
+from .model import Quality, Sample, Signal, SignalKind, sample_to_json_dict
+from .pluginmanager import ENTRY_POINT_GROUP, build_registry
+from .registry import PluginKind, Registry
+from .timefmt import format_ns, now_ns, parse_iso_ns
+from .units import Conversion, compile_conversion, validate_ucum
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Channel",
+    "ConfigError",
+    "Conversion",
+    "Driver",
+    "Emulator",
+    "GatewayError",
+    "InstrumentError",
+    "InstrumentIO",
+    "Output",
+    "Plan",
+    "PluginContext",
+    "PluginError",
+    "PluginKind",
+    "PollingDriver",
+    "Quality",
+    "Registry",
+    "Sample",
+    "Secret",
+    "SecretRef",
+    "Signal",
+    "SignalKind",
+    "Sink",
+    "StoreError",
+    "StoreFullError",
+    "UnitError",
+    "build_registry",
+    "compile_conversion",
+    "format_ns",
+    "hookimpl",
+    "load_plan",
+    "now_ns",
+    "parse_iso_ns",
+    "sample_to_json_dict",
+    "validate_ucum",
+]

@@ -1,0 +1,207 @@
+"""What a plugin implements and what it is handed: the driver, sink and emulator contracts.
+
+A driver is built by its registered factory as ``factory(options, context)``, with no I/O in
+the constructor (``patgw check`` builds drivers to learn their channels). The runtime then calls
+``await driver.run(io)``, which connects, publishes readings through ``io`` until cancelled, and
+raises :class:`~gateway.errors.InstrumentError` when the instrument becomes unreachable; the
+runtime marks the instrument's signals ``bad`` and calls ``run`` again after a jittered,
+exponential backoff. Most drivers poll: derive from :class:`PollingDriver` and write
+``connect``, ``poll`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Protocol, runtime_checkable
+
+from pydantic import BeforeValidator, PlainSerializer
+
+from .model import Quality, Sample, SignalKind
+
+__all__ = [
+    "Channel",
+    "Driver",
+    "Emulator",
+    "InstrumentIO",
+    "Output",
+    "PluginContext",
+    "PollingDriver",
+    "Secret",
+    "SecretRef",
+    "Sink",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A value an instrument offers, in the instrument's own unit (UCUM).
+
+    The configuration maps channels to published signals and may convert the unit.
+    """
+
+    name: str
+    unit: str
+    kind: SignalKind = SignalKind.SCALAR
+    description: str = ""
+    writable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PluginContext:
+    """What a factory is told about the thing it builds: its id, a folder for its files, timing."""
+
+    id: str
+    data_dir: Path
+    poll_interval_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Output(Protocol):
+    """Where a driver publishes one channel's readings. Cheap to call: do it per reading."""
+
+    def publish(
+        self,
+        value: Any,
+        source_ts: int | None = None,
+        quality: Quality = Quality.GOOD,
+        reason: str | None = None,
+    ) -> None:
+        """Publish one reading in the channel's unit.
+
+        ``source_ts`` is UTC nanoseconds from the instrument when it gives one; the gateway's
+        receive time is used otherwise. ``value`` may be ``None`` with a non-good quality.
+        """
+
+
+class InstrumentIO(Protocol):
+    """The runtime's side of a running driver."""
+
+    instrument_id: str
+
+    def output(self, channel: str) -> Output:
+        """The output for ``channel`` (a do-nothing output if the config publishes nothing)."""
+
+    def connected(self) -> None:
+        """Tell the runtime the instrument answers (state ``connected``, backoff reset)."""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """An instrument connection."""
+
+    def channels(self) -> Sequence[Channel]:
+        """Every channel this instrument offers, known without I/O."""
+
+    async def run(self, io: InstrumentIO) -> None:
+        """Connect and publish until cancelled; raise ``InstrumentError`` when unreachable."""
+
+
+class PollingDriver(abc.ABC):
+    """Base for drivers that read their instrument on a fixed period.
+
+    ``run`` connects, then calls :meth:`poll` every ``poll_interval_s`` seconds (missed ticks
+    are skipped, not bunched), and always calls :meth:`close`.
+    """
+
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
+        self.poll_interval_s = context.poll_interval_s
+
+    @abc.abstractmethod
+    def channels(self) -> Sequence[Channel]:
+        """Every channel this instrument offers, known without I/O."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the transport; raise ``InstrumentError`` on failure."""
+
+    @abc.abstractmethod
+    async def poll(self, io: InstrumentIO) -> None:
+        """Read once and publish; raise ``InstrumentError`` when the instrument fails."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
+        """Close the transport. Must not raise."""
+
+    async def run(self, io: InstrumentIO) -> None:
+        await self.connect()
+        try:
+            io.connected()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time()
+            while True:
+                await self.poll(io)
+                deadline += self.poll_interval_s
+                delay = deadline - loop.time()
+                if delay < 0:
+                    deadline, delay = loop.time(), 0.0
+                await asyncio.sleep(delay)
+        finally:
+            await self.close()
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """An upstream destination. Entered before the instruments start, exited after they stop."""
+
+    async def __aenter__(self) -> Sink: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def send(self, samples: Sequence[Sample]) -> None:
+        """Deliver samples that the durable store has committed, in commit order."""
+
+
+@runtime_checkable
+class Emulator(Protocol):
+    """An emulated instrument: started before the instruments, stopped after them."""
+
+    async def __aenter__(self) -> Emulator: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A secret named by an environment variable; the value never appears in a config file."""
+
+    env: str
+
+    def get(self) -> str:
+        """The secret's value; ``KeyError`` naming the variable when it is not set."""
+        try:
+            return os.environ[self.env]
+        except KeyError:
+            raise KeyError(f"environment variable {self.env} is not set") from None
+
+    def __repr__(self) -> str:
+        return f"SecretRef(env={self.env!r})"
+
+
+def _parse_secret(value: object) -> SecretRef:
+    if isinstance(value, SecretRef):
+        return value
+    if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+        name = value["env"]
+    elif isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+    else:
+        raise ValueError(
+            "secrets come from the environment: write 'env:VARIABLE' or {env: VARIABLE},"
+            " never the secret itself"
+        )
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"invalid environment variable name {name!r}")
+    return SecretRef(name)
+
+
+Secret = Annotated[
+    SecretRef,
+    BeforeValidator(_parse_secret),
+    PlainSerializer(lambda ref: f"env:{ref.env}", return_type=str),
+]
+"""Type for a config field holding a secret: ``password: Secret`` accepts ``env:PUMP_PASSWORD``."""

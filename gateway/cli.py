@@ -1,0 +1,239 @@
+"""``patgw``: run, check, export, list plugins, print the config schema, run an emulator.
+
+Exit codes: 0 success; 1 a runtime failure (store unusable, emulator cannot bind...);
+2 a usage or configuration error, with one line per problem on standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from .api import PluginContext
+from .config import GatewayConfig
+from .errors import ConfigError, GatewayError
+from .export import FORMATS
+from .loader import format_loc, load_plan, read_config
+from .logs import configure_logging
+from .pluginmanager import build_registry
+from .registry import PluginKind
+from .store.sqlite import SampleStore
+from .timefmt import parse_iso_ns
+
+__all__ = ["main"]
+
+log = structlog.get_logger("gateway.cli")
+
+
+def _version() -> str:
+    try:
+        return version("pat-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patgw", description="PAT Gateway: read process-analytical instruments, durably."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-format", choices=("console", "json"), help="override the config")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("config", type=Path)
+    run.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop after")
+    run.add_argument("--no-view", action="store_true", help="no live table even on a terminal")
+
+    check = sub.add_parser("check", help="validate a configuration (exit 2 if invalid)")
+    check.add_argument("config", type=Path)
+
+    sub.add_parser("schema", help="print the configuration's JSON Schema")
+
+    plugins = sub.add_parser("plugins", help="list installed plugins")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser("export", help="write committed samples")
+    export.add_argument("config", type=Path)
+    export.add_argument("--format", choices=sorted(FORMATS), default="jsonl")
+    export.add_argument("--signal", metavar="GLOB", help="signal ids to keep, shell wildcards")
+    export.add_argument("--since", metavar="ISO-TIME", help="keep samples from this source time")
+    export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+
+    emulate = sub.add_parser("emulate", help="run an emulated instrument standalone")
+    emulate.add_argument("name", help="emulator name, see 'patgw plugins'")
+    emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulate.add_argument("--port", type=int, help="port to listen on")
+    emulate.add_argument("--for", dest="duration", type=float, metavar="SECONDS")
+    return parser
+
+
+def _errors(lines: Sequence[str]) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 2
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import Gateway
+
+    config = read_config(args.config)
+    configure_logging(
+        args.log_format or config.logging.format, args.log_level or config.logging.level
+    )
+    plan = load_plan(args.config, build_registry())
+    interactive = sys.stdout.isatty() and not args.no_view
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_stop_handlers(stop)
+        await Gateway(plan, interactive=interactive).run(stop, args.duration)
+        return 0
+
+    return asyncio.run(main())
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config, build_registry())
+    print(
+        f"{args.config}: valid ({len(plan.instruments)} instruments, {len(plan.signals)} signals,"
+        f" {len(plan.emulators)} emulators, {len(plan.sinks)} sinks)"
+    )
+    return 0
+
+
+def _cmd_schema(_args: argparse.Namespace) -> int:
+    print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "name": r.name,
+            "kind": r.kind.value,
+            "version": r.version,
+            "distribution": r.distribution,
+            "plugin": r.plugin,
+            "description": r.description,
+        }
+        for r in build_registry()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    widths = {k: max([len(k)] + [len(str(r[k] or "-")) for r in rows]) for k in rows[0]} if rows else {}
+    columns = ("name", "kind", "version", "distribution", "description")
+    print("  ".join(c.upper().ljust(widths.get(c, len(c))) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    config = read_config(args.config)
+    since = None
+    if args.since:
+        try:
+            since = parse_iso_ns(args.since)
+        except ValueError as exc:
+            return _errors([f"--since: not an ISO 8601 time: {args.since!r} ({exc})"])
+    if not config.store.path.exists():
+        return _errors([f"store.path: {config.store.path} does not exist (has the gateway run?)"])
+    store = SampleStore(config.store.path)
+    try:
+        samples = store.samples(args.signal, since)
+        writer = FORMATS[args.format]
+        if args.output:
+            with args.output.open("w", encoding="utf-8", newline="") as out:
+                count = writer(samples, out)
+            print(f"{count} samples written to {args.output}", file=sys.stderr)
+        else:
+            writer(samples, sys.stdout)
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format or "console", args.log_level or "info")
+    registration = build_registry().get(PluginKind.EMULATOR, args.name)
+    if registration is None:
+        known = ", ".join(build_registry().names(PluginKind.EMULATOR)) or "none"
+        return _errors([f"unknown emulator {args.name!r} (known: {known})"])
+    raw: dict[str, Any] = {"host": args.host}
+    if args.port is not None:
+        raw["port"] = args.port
+    try:
+        options = registration.options_model.model_validate(raw)
+    except ValidationError as exc:
+        return _errors(
+            [f"{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        )
+    emulator = registration.factory(options, PluginContext(args.name, Path("data")))
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_stop_handlers(stop)
+        async with emulator:
+            log.info("emulator.running", emulator=args.name, host=args.host, port=args.port)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(args.duration):
+                    await stop.wait()
+        return 0
+
+    return asyncio.run(main())
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "check": _cmd_check,
+    "schema": _cmd_schema,
+    "plugins": _cmd_plugins,
+    "export": _cmd_export,
+    "emulate": _cmd_emulate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``patgw`` program."""
+    args = _parser().parse_args(argv)
+    if args.command != "run":
+        configure_logging(args.log_format or "console", args.log_level or "warning")
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        return _errors(exc.problems)
+    except GatewayError as exc:
+        print(f"patgw: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours. Silence the final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

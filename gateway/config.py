@@ -1,0 +1,201 @@
+"""The configuration file's schema: closed, frozen pydantic models, documented field by field.
+
+Plugin options (``options:`` of an instrument, emulator or sink) are validated afterwards by the
+model the plugin registered, so this module knows no instrument. ``patgw schema`` prints the JSON
+Schema of :class:`GatewayConfig` for editor completion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .errors import UnitError
+from .units import validate_ucum
+
+__all__ = [
+    "BackoffConfig",
+    "EmulatorConfig",
+    "GatewayConfig",
+    "InstrumentConfig",
+    "LoggingConfig",
+    "SignalConfig",
+    "SinkConfig",
+    "StoreConfig",
+    "ViewConfig",
+]
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Identifier = Annotated[str, Field(pattern=_ID_PATTERN, max_length=64)]
+
+
+def _ucum(code: str) -> str:
+    try:
+        return validate_ucum(code)
+    except UnitError:
+        raise PydanticCustomError("ucum", "unknown UCUM unit {code!r}", {"code": code}) from None
+
+
+UcumCode = Annotated[str, AfterValidator(_ucum)]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SignalConfig(_Closed):
+    """One published signal of an instrument: a driver channel, optionally in another unit."""
+
+    id: Identifier = Field(description="Signal name within its instrument, e.g. 'flow'.")
+    channel: str | None = Field(
+        default=None, description="The driver channel to publish; defaults to the signal id."
+    )
+    unit: UcumCode | None = Field(
+        default=None,
+        description="UCUM unit to publish in (e.g. 'L/h'); defaults to the instrument's unit.",
+    )
+    source_unit: UcumCode | None = Field(
+        default=None,
+        description="UCUM unit the instrument reports in; defaults to the channel's declared unit.",
+    )
+    description: str | None = Field(default=None, description="Overrides the channel's text.")
+
+
+class BackoffConfig(_Closed):
+    """Reconnect timing: delays grow from ``initial_s`` by ``factor`` up to ``max_s``."""
+
+    initial_s: float = Field(default=0.5, gt=0, description="First delay after a failure.")
+    max_s: float = Field(default=30.0, gt=0, description="Longest delay between attempts.")
+    factor: float = Field(default=2.0, ge=1, description="Growth per consecutive failure.")
+    jitter: float = Field(
+        default=0.5, ge=0, le=1, description="Random fraction taken off each delay (0 = none)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackoffConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError("max_s must be at least initial_s")
+        return self
+
+
+class InstrumentConfig(_Closed):
+    """An instrument the gateway reads, through a driver plugin."""
+
+    id: Identifier = Field(description="Instrument id; the middle part of its signal ids.")
+    driver: str = Field(description="Driver plugin name, see 'patgw plugins'.")
+    enabled: bool = Field(default=True, description="Set false to keep it configured but idle.")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Period of polling drivers, in seconds."
+    )
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Driver options, validated by the driver's own model."
+    )
+    signals: list[SignalConfig] | None = Field(
+        default=None,
+        description="Signals to publish; omitted = every channel of the driver, in its own unit.",
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unique_signals(self) -> InstrumentConfig:
+        if self.signals is not None:
+            _no_duplicates([s.id for s in self.signals], "signal id")
+        return self
+
+
+class EmulatorConfig(_Closed):
+    """An emulated instrument started by the gateway itself (demos and tests)."""
+
+    id: Identifier
+    type: str = Field(description="Emulator plugin name, see 'patgw plugins'.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SinkConfig(_Closed):
+    """An upstream destination fed with every committed sample."""
+
+    id: Identifier
+    type: str = Field(description="Sink plugin name, see 'patgw plugins'.")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoreConfig(_Closed):
+    """The durable local store (SQLite in WAL mode) every sample is committed to."""
+
+    path: Path = Field(
+        default=Path("data/patgw.sqlite"),
+        description="Database file; a relative path is taken from the current directory.",
+    )
+    commit_interval_ms: int = Field(
+        default=100, ge=1, le=10_000, description="Samples are committed in batches this often."
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="'normal' survives a process crash; 'full' also a power loss, but is slower.",
+    )
+    max_pending_samples: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Samples held in memory while the store cannot commit (e.g. disk full).",
+    )
+    on_full: Literal["drop_newest", "drop_oldest"] = Field(
+        default="drop_newest",
+        description=(
+            "When max_pending_samples is exceeded: refuse new samples or discard the oldest."
+            " Either way every dropped sample is counted, logged and recorded in the store."
+        ),
+    )
+
+
+class LoggingConfig(_Closed):
+    """Structured logs on standard error."""
+
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ViewConfig(_Closed):
+    """The live view while ``patgw run`` runs."""
+
+    refresh_s: float = Field(default=0.5, gt=0, description="Terminal table refresh period.")
+    log_every_s: float = Field(
+        default=10.0, gt=0, description="Summary log period when not attached to a terminal."
+    )
+
+
+class GatewayConfig(_Closed):
+    """A PAT Gateway configuration file."""
+
+    version: Literal[1] = Field(default=1, description="Configuration format version.")
+    site: Identifier = Field(default="site", description="Plant or site name.")
+    area: Identifier = Field(
+        description="Process unit (e.g. bioreactor) name; the first part of every signal id."
+    )
+    data_dir: Path = Field(
+        default=Path("data"), description="Folder for plugin files; relative to the current dir."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    view: ViewConfig = Field(default_factory=ViewConfig)
+    emulators: list[EmulatorConfig] = Field(default_factory=list)
+    instruments: list[InstrumentConfig] = Field(default_factory=list)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> GatewayConfig:
+        _no_duplicates([i.id for i in self.instruments], "instrument id")
+        _no_duplicates([e.id for e in self.emulators], "emulator id")
+        _no_duplicates([s.id for s in self.sinks], "sink id")
+        return self
+
+
+def _no_duplicates(ids: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise ValueError(f"duplicate {what} {item!r}")
+        seen.add(item)

@@ -1,0 +1,62 @@
+"""The plugin contract: the hooks a plugin may implement. Nothing else lives here.
+
+A plugin is a module (or object) with functions marked ``@gateway.hookimpl`` whose names match
+the specifications below, announced through the ``pat_gateway`` entry-point group::
+
+    [project.entry-points.pat_gateway]
+    my_pump = "my_vendor_package.plugin"
+
+Each hook receives the :class:`~gateway.registry.Registry` and only *registers* things into it;
+all I/O happens later, in the driver, sink or emulator objects the registered factories build.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+PROJECT = "pat_gateway"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def pat_gateway_register_drivers(registry: Registry) -> None:
+    """Register instrument drivers with ``registry.add_driver(name, factory, options_model)``.
+
+    ``factory(options, context)`` returns a :class:`~gateway.api.Driver`; ``options`` is an
+    instance of ``options_model`` validated from the instrument's ``options:`` block.
+    """
+
+
+@hookspec
+def pat_gateway_register_sinks(registry: Registry) -> None:
+    """Register upstream sinks with ``registry.add_sink(name, factory, options_model)``.
+
+    ``factory(options, context)`` returns a :class:`~gateway.api.Sink`, which receives every
+    batch of samples after it has been committed to the durable store.
+    """
+
+
+@hookspec
+def pat_gateway_register_processors(registry: Registry) -> None:
+    """Register processors with ``registry.add_processor(name, factory, options_model)``.
+
+    A processor derives new signals from existing ones (for example a chemometric model turning
+    a spectrum into concentrations). The runtime does not run processors yet: registering one
+    makes it visible to ``patgw plugins`` and reserves its name.
+    """
+
+
+@hookspec
+def pat_gateway_register_emulators(registry: Registry) -> None:
+    """Register emulated instruments with ``registry.add_emulator(name, factory, options_model)``.
+
+    ``factory(options, context)`` returns a :class:`~gateway.api.Emulator`: an async context
+    manager serving a real wire protocol on a real transport, started before the instruments.
+    """

@@ -1,0 +1,229 @@
+"""Load a configuration file into a :class:`Plan`: validated, plugins resolved, units compiled.
+
+Every problem found is collected and reported at once as a :class:`ConfigError` whose lines
+name the path to the bad field, e.g. ``instruments[0].signals[2].unit: unknown UCUM unit
+'ml/mn'``. Nothing here does I/O beyond reading the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .api import Channel, Driver, PluginContext
+from .config import GatewayConfig, InstrumentConfig
+from .errors import ConfigError, UnitError
+from .model import Signal
+from .registry import PluginKind, Registry
+from .units import Conversion, compile_conversion
+
+__all__ = ["InstrumentPlan", "Plan", "SignalPlan", "format_loc", "load_plan", "read_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalPlan:
+    """A published signal: which driver channel feeds it and the compiled unit conversion."""
+
+    signal: Signal
+    channel: str
+    conversion: Conversion
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentPlan:
+    """An instrument ready to run: its config, its driver object and its signals."""
+
+    config: InstrumentConfig
+    driver: Driver
+    signals: tuple[SignalPlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentPlan:
+    """An emulator or sink ready to enter: its id and the object its plugin built."""
+
+    id: str
+    type: str
+    instance: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the runtime needs, derived from one configuration file."""
+
+    config: GatewayConfig
+    source: Path
+    instruments: tuple[InstrumentPlan, ...]
+    emulators: tuple[ComponentPlan, ...]
+    sinks: tuple[ComponentPlan, ...]
+
+    @property
+    def signals(self) -> list[Signal]:
+        """Every published signal, in configuration order."""
+        return [sp.signal for ip in self.instruments for sp in ip.signals]
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    """``("instruments", 0, "signals", 2, "unit")`` → ``"instruments[0].signals[2].unit"``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _problems(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{format_loc([*prefix, *err['loc']])}: {message}")
+    return lines
+
+
+def read_config(path: Path) -> GatewayConfig:
+    """Parse and validate the file's own schema (plugin options are checked by :func:`load_plan`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of settings"])
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from exc
+
+
+def _options(
+    registry: Registry,
+    kind: PluginKind,
+    name: str,
+    raw: dict[str, Any],
+    loc: tuple[str | int, ...],
+    problems: list[str],
+) -> tuple[Any, BaseModel] | None:
+    registration = registry.get(kind, name)
+    if registration is None:
+        known = ", ".join(registry.names(kind)) or "none installed"
+        field = "driver" if kind is PluginKind.DRIVER else "type"
+        problems.append(f"{format_loc([*loc, field])}: unknown {kind} {name!r} (known: {known})")
+        return None
+    try:
+        options = registration.options_model.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, (*loc, "options")))
+        return None
+    return registration.factory, options
+
+
+def _signal_plans(
+    area: str,
+    inst: InstrumentConfig,
+    channels: Sequence[Channel],
+    loc: tuple[str | int, ...],
+    problems: list[str],
+) -> tuple[SignalPlan, ...]:
+    by_name = {c.name: c for c in channels}
+    plans = []
+    if inst.signals is None:
+        for ch in channels:
+            signal = Signal(f"{area}/{inst.id}/{ch.name}", ch.unit, ch.kind, ch.description, inst.id)
+            plans.append(SignalPlan(signal, ch.name, Conversion()))
+        return tuple(plans)
+    for j, sc in enumerate(inst.signals):
+        sloc = (*loc, "signals", j)
+        channel_name = sc.channel or sc.id
+        ch = by_name.get(channel_name)
+        if ch is None:
+            known = ", ".join(by_name) or "none"
+            field = "channel" if sc.channel else "id"
+            problems.append(
+                f"{format_loc([*sloc, field])}: driver {inst.driver!r} has no channel"
+                f" {channel_name!r} (channels: {known})"
+            )
+            continue
+        signal_id = f"{area}/{inst.id}/{sc.id}"
+        source_unit = sc.source_unit or ch.unit
+        unit = sc.unit or source_unit
+        try:
+            conversion = compile_conversion(source_unit, unit)
+        except UnitError as exc:
+            problems.append(f"{format_loc([*sloc, 'unit'])}: signal {signal_id}: {exc}")
+            continue
+        description = sc.description if sc.description is not None else ch.description
+        signal = Signal(signal_id, unit, ch.kind, description, inst.id)
+        plans.append(SignalPlan(signal, channel_name, conversion))
+    return tuple(plans)
+
+
+def load_plan(path: Path, registry: Registry) -> Plan:
+    """Read ``path`` and resolve it against the plugins in ``registry``."""
+    config = read_config(path)
+    problems: list[str] = []
+    instruments = []
+    for i, inst in enumerate(config.instruments):
+        loc: tuple[str | int, ...] = ("instruments", i)
+        resolved = _options(registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems)
+        if resolved is None:
+            continue
+        factory, options = resolved
+        context = PluginContext(inst.id, config.data_dir, inst.poll_interval_s)
+        try:
+            driver = factory(options, context)
+            channels = list(driver.channels())
+        except (ValueError, UnitError) as exc:
+            problems.append(f"{format_loc([*loc, 'options'])}: {exc}")
+            continue
+        bad_units = False
+        for ch in channels:
+            try:
+                compile_conversion(ch.unit, ch.unit)
+            except UnitError as exc:
+                problems.append(f"{format_loc([*loc, 'options'])}: channel {ch.name!r}: {exc}")
+                bad_units = True
+        if bad_units:
+            continue
+        signals = _signal_plans(config.area, inst, channels, loc, problems)
+        if inst.enabled:
+            instruments.append(InstrumentPlan(inst, driver, signals))
+
+    components: dict[PluginKind, list[ComponentPlan]] = {PluginKind.EMULATOR: [], PluginKind.SINK: []}
+    for kind, section, items in (
+        (PluginKind.EMULATOR, "emulators", config.emulators),
+        (PluginKind.SINK, "sinks", config.sinks),
+    ):
+        for k, item in enumerate(items):
+            loc = (section, k)
+            resolved = _options(registry, kind, item.type, item.options, loc, problems)
+            if resolved is None:
+                continue
+            factory, options = resolved
+            try:
+                instance = factory(options, PluginContext(item.id, config.data_dir))
+            except ValueError as exc:
+                problems.append(f"{format_loc([*loc, 'options'])}: {exc}")
+                continue
+            components[kind].append(ComponentPlan(item.id, item.type, instance))
+    if problems:
+        raise ConfigError(problems)
+    return Plan(
+        config,
+        path,
+        tuple(instruments),
+        tuple(components[PluginKind.EMULATOR]),
+        tuple(components[PluginKind.SINK]),
+    )

@@ -1,0 +1,107 @@
+"""The data model every part of the gateway speaks: signals and their samples.
+
+A :class:`Signal` is declared once, at configuration time. A :class:`Sample` is one reading of
+one signal. Samples are plain named tuples so that creating one on the hot path costs a single
+allocation; everything expensive (validation, unit parsing) happened when the signal was declared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, NamedTuple
+
+from .timefmt import format_ns
+
+__all__ = ["Quality", "Sample", "Signal", "SignalKind", "sample_to_json_dict"]
+
+
+class Quality(IntEnum):
+    """How far a sample can be trusted, in the spirit of OPC UA's Good/Uncertain/Bad."""
+
+    BAD = 0
+    UNCERTAIN = 1
+    GOOD = 2
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in the JSON form (``"good"``)."""
+        return _QUALITY_LABELS[self]
+
+    @classmethod
+    def from_label(cls, label: str) -> Quality:
+        """``"good"`` → ``Quality.GOOD``; raises ``ValueError`` for anything else."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown quality {label!r}") from None
+
+
+_QUALITY_LABELS = {Quality.BAD: "bad", Quality.UNCERTAIN: "uncertain", Quality.GOOD: "good"}
+
+
+class SignalKind(StrEnum):
+    """What a signal's value is: one number, or an array (a spectrum)."""
+
+    SCALAR = "scalar"
+    SPECTRUM = "spectrum"
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A named, unit-aware measurement stream, e.g. ``reactor1/feed_pump/flow`` in ``mL/min``.
+
+    ``unit`` is a UCUM code (case-sensitive: ``mL/min``, ``Cel``, ``[pH]``). ``instrument`` is
+    the id of the instrument that produces it.
+    """
+
+    id: str
+    unit: str
+    kind: SignalKind = SignalKind.SCALAR
+    description: str = ""
+    instrument: str = ""
+
+
+class Sample(NamedTuple):
+    """One reading of one signal.
+
+    Timestamps are UTC nanoseconds since the epoch: ``source_ts`` as close to the instrument as
+    the driver can tell (kept as received, never rewritten), ``gateway_ts`` when the gateway
+    received it. ``seq`` starts at 0 per signal, increases by one per sample and survives
+    restarts, so a consumer can see any gap. ``reason`` explains a quality that is not good.
+    ``value`` is ``None`` for a bad sample that carries no reading.
+    """
+
+    signal: str
+    value: Any
+    unit: str
+    source_ts: int
+    gateway_ts: int
+    quality: Quality
+    seq: int
+    reason: str | None = None
+
+
+def sample_to_json_dict(sample: Sample) -> dict[str, Any]:
+    """The JSON form used by export and every upstream sink (key order is part of the form).
+
+    ``{"signal":…, "value":…, "unit":…, "source_ts":…, "gateway_ts":…, "quality":…, "seq":…}``
+    plus ``"reason"`` when the quality is not good. NaN and infinities, which JSON cannot carry,
+    become ``null``.
+    """
+    value = sample.value
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None
+    out: dict[str, Any] = {
+        "signal": sample.signal,
+        "value": value,
+        "unit": sample.unit,
+        "source_ts": format_ns(sample.source_ts),
+        "gateway_ts": format_ns(sample.gateway_ts),
+        "quality": Quality(sample.quality).label,
+        "seq": sample.seq,
+    }
+    if sample.quality != Quality.GOOD:
+        out["reason"] = sample.reason or ""
+    return out

@@ -1,0 +1,120 @@
+"""The registry that plugin hooks fill: named factories of drivers, sinks, processors, emulators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import PluginError
+
+__all__ = ["PluginKind", "Registration", "Registry"]
+
+
+class PluginKind(StrEnum):
+    """What a registered factory builds."""
+
+    DRIVER = "driver"
+    SINK = "sink"
+    PROCESSOR = "processor"
+    EMULATOR = "emulator"
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One registered factory and where it came from."""
+
+    kind: PluginKind
+    name: str
+    factory: Callable[..., Any]
+    options_model: type[BaseModel]
+    description: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+class Registry:
+    """Named factories, one namespace per kind. Filled by the hooks of :mod:`gateway.hookspecs`."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[PluginKind, str], Registration] = {}
+        # Set by the plugin manager while it calls one plugin's hooks, so that every entry
+        # records which plugin and distribution provided it.
+        self._origin: tuple[str, str | None, str | None] = ("<unknown>", None, None)
+
+    def add_driver(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        options_model: type[BaseModel],
+        description: str = "",
+    ) -> None:
+        """Register an instrument driver under ``name`` (the ``driver:`` value in a config)."""
+        self._add(PluginKind.DRIVER, name, factory, options_model, description)
+
+    def add_sink(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        options_model: type[BaseModel],
+        description: str = "",
+    ) -> None:
+        """Register an upstream sink under ``name`` (the ``type:`` value of a sink)."""
+        self._add(PluginKind.SINK, name, factory, options_model, description)
+
+    def add_processor(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        options_model: type[BaseModel],
+        description: str = "",
+    ) -> None:
+        """Register a processor under ``name``."""
+        self._add(PluginKind.PROCESSOR, name, factory, options_model, description)
+
+    def add_emulator(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        options_model: type[BaseModel],
+        description: str = "",
+    ) -> None:
+        """Register an emulated instrument under ``name`` (the ``type:`` value of an emulator)."""
+        self._add(PluginKind.EMULATOR, name, factory, options_model, description)
+
+    def get(self, kind: PluginKind, name: str) -> Registration | None:
+        """The registration of ``name`` for ``kind``, or ``None``."""
+        return self._entries.get((kind, name))
+
+    def names(self, kind: PluginKind) -> list[str]:
+        """Sorted names registered for ``kind``."""
+        return sorted(name for k, name in self._entries if k is kind)
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(sorted(self._entries.values(), key=lambda r: (r.kind.value, r.name)))
+
+    def _add(
+        self,
+        kind: PluginKind,
+        name: str,
+        factory: Callable[..., Any],
+        options_model: type[BaseModel],
+        description: str,
+    ) -> None:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"{self._origin[0]}: invalid {kind} name {name!r}")
+        if not (isinstance(options_model, type) and issubclass(options_model, BaseModel)):
+            raise PluginError(f"{self._origin[0]}: {kind} {name!r} needs a pydantic options model")
+        existing = self._entries.get((kind, name))
+        if existing is not None:
+            raise PluginError(
+                f"{kind} {name!r} registered twice: by {existing.plugin} and by {self._origin[0]}"
+            )
+        plugin, dist, version = self._origin
+        self._entries[(kind, name)] = Registration(
+            kind, name, factory, options_model, description, plugin, dist, version
+        )

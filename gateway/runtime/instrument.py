@@ -1,0 +1,98 @@
+"""One instrument under supervision: run its driver, mark it bad while down, reconnect.
+
+A failure of one instrument — an ``InstrumentError`` from its driver or any unexpected exception
+(a driver bug) — is contained here: the instrument's signals get a ``bad`` sample with the reason,
+the runner waits a jittered exponential backoff and runs the driver again. Nothing propagates to
+the supervisor, so other instruments never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+
+import structlog
+
+from ..api import Output
+from ..errors import InstrumentError
+from ..loader import InstrumentPlan
+from ..model import Quality
+from .backoff import Backoff
+from .outputs import NullOutput, SignalOutput
+
+__all__ = ["InstrumentRunner", "InstrumentState"]
+
+log = structlog.get_logger("gateway.instrument")
+
+_NULL = NullOutput()
+
+
+class InstrumentState(StrEnum):
+    """Connection state shown in the live view."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DOWN = "down"
+    STOPPED = "stopped"
+
+
+class InstrumentRunner:
+    """Runs one driver forever; implements the driver-facing ``InstrumentIO``."""
+
+    def __init__(
+        self,
+        plan: InstrumentPlan,
+        outputs: Mapping[str, Output],
+        signal_outputs: Sequence[SignalOutput],
+    ) -> None:
+        self.plan = plan
+        self.instrument_id = plan.config.id
+        self.state = InstrumentState.CONNECTING
+        self.sessions = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._outputs = outputs
+        self._signal_outputs = signal_outputs
+        self._backoff = Backoff(plan.config.backoff)
+        self._log = log.bind(instrument=self.instrument_id, driver=plan.config.driver)
+
+    # -- InstrumentIO -------------------------------------------------------------------------
+    def output(self, channel: str) -> Output:
+        return self._outputs.get(channel, _NULL)
+
+    def connected(self) -> None:
+        self.sessions += 1
+        self.state = InstrumentState.CONNECTED
+        self._backoff.reset()
+        self._log.info("instrument.connected", sessions=self.sessions)
+
+    # -- supervision ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run the driver, recovering from every failure, until cancelled."""
+        try:
+            while True:
+                self.state = InstrumentState.CONNECTING
+                try:
+                    await self.plan.driver.run(self)
+                    raise InstrumentError("driver returned without being stopped")
+                except InstrumentError as exc:
+                    reason = str(exc) or type(exc).__name__
+                    self._log.warning("instrument.down", reason=reason)
+                except Exception as exc:  # a driver bug must not take the gateway down
+                    reason = f"driver error: {exc!r}"
+                    self._log.exception("instrument.driver_crashed", reason=reason)
+                self.failures += 1
+                self.last_error = reason
+                self.state = InstrumentState.DOWN
+                self.mark_bad(f"unreachable: {reason}")
+                delay = self._backoff.next_delay()
+                self._log.info("instrument.retry", delay_s=round(delay, 3))
+                await asyncio.sleep(delay)
+        finally:
+            self.state = InstrumentState.STOPPED
+
+    def mark_bad(self, reason: str) -> None:
+        """Publish a ``bad`` sample without value for every signal of this instrument."""
+        for output in self._signal_outputs:
+            output.publish(None, None, Quality.BAD, reason)

@@ -1,0 +1,257 @@
+"""The SQLite store: schema, batched commits, per-signal sequence counters, export queries.
+
+Blocking code: the runtime calls it from one dedicated thread (:mod:`.writer`); ``patgw export``
+calls it directly. A *row* on the way in is the tuple
+``(def_id, seq, source_ts, gateway_ts, quality, value, reason)``, built on the hot path.
+
+Sequence counters live in the ``signal`` table and are written in the same transaction as the
+samples, so after any crash the counter and the committed samples agree and ``seq`` stays
+contiguous. A signal whose unit or description changes between runs gets a new definition row
+(``signal_def``); its ``seq`` continues, and every sample keeps the unit it was recorded in.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError, StoreFullError
+from ..model import Quality, Sample, Signal, SignalKind
+from ..timefmt import now_ns
+
+__all__ = ["Loss", "Row", "SampleStore", "StoredSignal"]
+
+Row = tuple[int, int, int, int, int, Any, str | None]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signal (
+    name TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signal_def (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES signal(name),
+    unit TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    description TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    UNIQUE (name, unit, kind, description, instrument)
+);
+-- id is the commit order: the cursor upstream sinks resume from.
+-- value has no declared type so integers stay integers and floats stay floats.
+CREATE TABLE IF NOT EXISTS sample (
+    id INTEGER PRIMARY KEY,
+    def_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    source_ts INTEGER NOT NULL,
+    gateway_ts INTEGER NOT NULL,
+    quality INTEGER NOT NULL,
+    value,
+    reason TEXT,
+    data BLOB
+);
+CREATE INDEX IF NOT EXISTS sample_def_seq ON sample (def_id, seq);
+-- Samples the gateway had to drop (store full): counted and kept as evidence.
+CREATE TABLE IF NOT EXISTS loss (
+    id INTEGER PRIMARY KEY,
+    recorded_ns INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+_INSERT = (
+    "INSERT INTO sample (def_id, seq, source_ts, gateway_ts, quality, value, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_FULL = 13
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSignal:
+    """A signal as the store knows it: its current definition id and next sequence number."""
+
+    def_id: int
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """A run of samples of one signal that were dropped instead of committed."""
+
+    signal: str
+    first_seq: int
+    last_seq: int
+    count: int
+    reason: str
+
+
+def _translate(exc: sqlite3.Error, action: str) -> StoreError:
+    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return StoreFullError(f"store full while {action}: {exc}")
+    return StoreError(f"store error while {action}: {exc}")
+
+
+class SampleStore:
+    """One SQLite database file holding samples, signal definitions, counters and losses."""
+
+    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} was written by a newer gateway (schema {version} > {SCHEMA_VERSION})"
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"opening {path}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database (the WAL is checkpointed by SQLite)."""
+        self._db.close()
+
+    def define(self, signals: Sequence[Signal]) -> dict[str, StoredSignal]:
+        """Record the signals' definitions; return each one's definition id and next ``seq``."""
+        now = now_ns()
+        out: dict[str, StoredSignal] = {}
+        try:
+            with self._transaction():
+                for s in signals:
+                    self._db.execute("INSERT OR IGNORE INTO signal (name) VALUES (?)", (s.id,))
+                    key = (s.id, s.unit, s.kind.value, s.description, s.instrument)
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO signal_def"
+                        " (name, unit, kind, description, instrument, created_ns)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (*key, now),
+                    )
+                    def_id = self._db.execute(
+                        "SELECT id FROM signal_def WHERE name=? AND unit=? AND kind=?"
+                        " AND description=? AND instrument=?",
+                        key,
+                    ).fetchone()[0]
+                    next_seq = self._db.execute(
+                        "SELECT next_seq FROM signal WHERE name=?", (s.id,)
+                    ).fetchone()[0]
+                    out[s.id] = StoredSignal(def_id, next_seq)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "defining signals") from exc
+        return out
+
+    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> None:
+        """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction."""
+        try:
+            with self._transaction():
+                self._db.executemany(_INSERT, rows)
+                self._db.executemany(
+                    "UPDATE signal SET next_seq=? WHERE name=? AND next_seq<?",
+                    [(seq, name, seq) for name, seq in next_seq.items()],
+                )
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"committing {len(rows)} samples") from exc
+
+    def record_losses(self, losses: Sequence[Loss]) -> None:
+        """Keep evidence of dropped samples in the ``loss`` table."""
+        now = now_ns()
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO loss (recorded_ns, signal, first_seq, last_seq, count, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(now, x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
+                )
+        except sqlite3.Error as exc:
+            raise _translate(exc, "recording losses") from exc
+
+    def losses(self) -> list[Loss]:
+        """Every recorded loss, oldest first."""
+        rows = self._db.execute(
+            "SELECT signal, first_seq, last_seq, count, reason FROM loss ORDER BY id"
+        ).fetchall()
+        return [Loss(*r) for r in rows]
+
+    def signals(self) -> list[Signal]:
+        """The latest definition of every signal the store has seen."""
+        rows = self._db.execute(
+            "SELECT name, unit, kind, description, instrument FROM signal_def"
+            " WHERE id IN (SELECT max(id) FROM signal_def GROUP BY name) ORDER BY name"
+        ).fetchall()
+        return [Signal(n, u, SignalKind(k), d, i) for n, u, k, d, i in rows]
+
+    def samples(
+        self, signal_glob: str | None = None, since_ns: int | None = None
+    ) -> Iterator[Sample]:
+        """Committed samples in commit order (so ``seq`` ascends per signal).
+
+        ``signal_glob`` filters signal ids with shell wildcards (``reactor1/feed_pump/*``);
+        ``since_ns`` keeps samples whose source timestamp is at or after it.
+        """
+        defs = self._db.execute("SELECT id, name, unit FROM signal_def").fetchall()
+        wanted = {
+            def_id: (name, unit)
+            for def_id, name, unit in defs
+            if signal_glob is None or fnmatch.fnmatchcase(name, signal_glob)
+        }
+        if not wanted:
+            return
+        where, params = [], []
+        if signal_glob is not None:
+            where.append(f"def_id IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if since_ns is not None:
+            where.append("source_ts >= ?")
+            params.append(since_ns)
+        sql = "SELECT def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        cursor = self._db.execute(sql + " ORDER BY id", params)
+        quality = list(Quality)
+        for def_id, seq, source_ts, gateway_ts, q, value, reason in cursor:
+            name, unit = wanted[def_id]
+            yield Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
+
+    def count(self) -> int:
+        """Number of committed samples."""
+        return int(self._db.execute("SELECT count(*) FROM sample").fetchone()[0])
+
+    def limit_pages(self, max_page_count: int) -> None:
+        """Cap the database size in pages (tests use it to make the store 'full')."""
+        self._db.execute(f"PRAGMA max_page_count={int(max_page_count)}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:
+            self._db.execute("ROLLBACK")

@@ -1,0 +1,198 @@
+"""The asynchronous side of the store: batch, commit off the event loop, handle a full disk.
+
+Drivers append rows to :attr:`StoreWriter.pending` (a plain list: the cheapest thing the hot
+path can do). Every ``commit_interval_ms`` the writer takes what is pending and commits it in one
+transaction on a dedicated thread, together with the sequence counters.
+
+When a commit fails (disk full, I/O error) nothing is lost at first: the batch is kept and retried
+at the next interval, while new samples keep arriving. Only when more than
+``max_pending_samples`` wait does the ``on_full`` policy drop samples — the newest
+(``drop_newest``) or the oldest (``drop_oldest``). Every dropped sample is counted in
+:class:`WriterStats`, logged, and recorded per signal in the store's ``loss`` table as soon as
+the store accepts writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..api import Sink
+from ..config import StoreConfig
+from ..errors import StoreError
+from ..model import Quality, Sample
+from ..timefmt import now_ns
+from .sqlite import Loss, Row, SampleStore
+
+__all__ = ["StoreWriter", "WriterStats"]
+
+log = structlog.get_logger("gateway.store")
+
+_QUALITIES = list(Quality)
+
+
+@dataclass
+class WriterStats:
+    """Counters of the writer, read by the live view, the benchmark and tests."""
+
+    committed: int = 0
+    batches: int = 0
+    dropped: int = 0
+    failed_commits: int = 0
+    sink_failures: int = 0
+    last_error: str | None = None
+    commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def latency_percentile(self, fraction: float) -> float | None:
+        """Latency (ms) from a batch's oldest sample arriving to its commit, at ``fraction``."""
+        if not self.commit_latency_ms:
+            return None
+        ordered = sorted(self.commit_latency_ms)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class StoreWriter:
+    """Commits pending rows in batches; owns the store's thread."""
+
+    def __init__(
+        self,
+        store: SampleStore,
+        config: StoreConfig,
+        *,
+        next_seq: Callable[[], Mapping[str, int]],
+        names: Mapping[int, tuple[str, str]],
+        sinks: Sequence[tuple[str, Sink]] = (),
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.pending: list[Row] = []
+        self.stats = WriterStats()
+        self._retry: list[Row] = []
+        self._losses: list[Loss] = []
+        self._next_seq = next_seq
+        self._names = names
+        self._sinks = sinks
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-store")
+        self._last_failure_log = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Commit every interval until ``stop`` is set, then commit what is left."""
+        interval = self.config.commit_interval_ms / 1000
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            await self.flush()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Commit everything pending now (one transaction)."""
+        if not self.pending and not self._retry:
+            return
+        batch = self._retry + self.pending if self._retry else self.pending[:]
+        self.pending.clear()
+        counters = dict(self._next_seq())
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
+        except StoreError as exc:
+            self._retry = self._bound(batch, str(exc))
+            self.stats.failed_commits += 1
+            self.stats.last_error = str(exc)
+            if time.monotonic() - self._last_failure_log > 5.0:
+                self._last_failure_log = time.monotonic()
+                log.error(
+                    "store.commit_failed",
+                    error=str(exc),
+                    waiting=len(self._retry),
+                    max_pending=self.config.max_pending_samples,
+                    policy=self.config.on_full,
+                    dropped_total=self.stats.dropped,
+                )
+            return
+        if self._retry:
+            log.info("store.recovered", committed=len(batch), dropped_total=self.stats.dropped)
+        self._retry = []
+        self.stats.committed += len(batch)
+        self.stats.batches += 1
+        self.stats.last_error = None
+        self.stats.commit_latency_ms.append((now_ns() - batch[0][3]) / 1e6)
+        if self._losses:
+            await self._record_losses(loop)
+        if self._sinks:
+            await self._deliver(batch)
+
+    def _bound(self, batch: list[Row], error: str) -> list[Row]:
+        excess = len(batch) - self.config.max_pending_samples
+        if excess <= 0:
+            return batch
+        if self.config.on_full == "drop_newest":
+            kept, dropped = batch[:-excess], batch[-excess:]
+        else:
+            kept, dropped = batch[excess:], batch[:excess]
+        runs: dict[int, list[int]] = {}
+        for row in dropped:
+            first_last_count = runs.get(row[0])
+            if first_last_count is None:
+                runs[row[0]] = [row[1], row[1], 1]
+            else:
+                first_last_count[1] = row[1]
+                first_last_count[2] += 1
+        reason = f"{self.config.on_full}: store could not commit ({error})"
+        for def_id, (first, last, count) in runs.items():
+            name = self._names.get(def_id, (f"#{def_id}", ""))[0]
+            self._losses.append(Loss(name, first, last, count, reason))
+        self.stats.dropped += len(dropped)
+        log.error(
+            "store.samples_dropped",
+            dropped=len(dropped),
+            dropped_total=self.stats.dropped,
+            signals=len(runs),
+            policy=self.config.on_full,
+        )
+        return kept
+
+    async def _record_losses(self, loop: asyncio.AbstractEventLoop) -> None:
+        losses, self._losses = self._losses, []
+        try:
+            await loop.run_in_executor(self._executor, self.store.record_losses, losses)
+        except StoreError as exc:
+            self._losses = losses + self._losses
+            log.error("store.loss_record_failed", error=str(exc))
+
+    async def _deliver(self, batch: list[Row]) -> None:
+        names = self._names
+        samples = [
+            Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
+            for d, seq, s, g, q, v, r in batch
+        ]
+        for sink_id, sink in self._sinks:
+            try:
+                await sink.send(samples)
+            except Exception as exc:  # a failing sink must not stop the store
+                self.stats.sink_failures += 1
+                log.error("sink.send_failed", sink=sink_id, error=repr(exc))
+
+    async def aclose(self) -> None:
+        """Stop the writer thread and close the store."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.store.close)
+        self._executor.shutdown(wait=True)
+
+    def describe(self) -> dict[str, Any]:
+        """A snapshot of the writer's counters for logs and the benchmark."""
+        return {
+            "committed": self.stats.committed,
+            "pending": len(self.pending) + len(self._retry),
+            "dropped": self.stats.dropped,
+            "failed_commits": self.stats.failed_commits,
+        }

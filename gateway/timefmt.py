@@ -1,0 +1,43 @@
+"""UTC timestamps as integer nanoseconds, and their RFC 3339 text form with nine digits."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+__all__ = ["format_ns", "now_ns", "parse_iso_ns"]
+
+now_ns = time.time_ns
+
+_NS_PER_S = 1_000_000_000
+
+
+def format_ns(ns: int) -> str:
+    """``1764144928123456789`` → ``"2025-11-26T08:15:28.123456789Z"`` (always UTC, 9 digits)."""
+    seconds, frac = divmod(ns, _NS_PER_S)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{frac:09d}Z"
+
+
+def parse_iso_ns(text: str) -> int:
+    """Parse an ISO 8601 time into UTC nanoseconds; a time without zone is taken as UTC.
+
+    Up to nine fractional digits are kept exactly (``datetime`` alone stops at microseconds).
+    """
+    body = text.strip()
+    frac_ns = 0
+    if "." in body:
+        head, _, rest = body.partition(".")
+        digits = ""
+        while rest and rest[0].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        if not digits or len(digits) > 9:
+            raise ValueError(f"invalid fractional seconds in {text!r}")
+        frac_ns = int(digits.ljust(9, "0"))
+        body = head + rest
+    if body.endswith(("Z", "z")):
+        body = body[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(body)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    whole = parsed.replace(microsecond=0)
+    return int(whole.timestamp()) * _NS_PER_S + frac_ns

@@ -1,0 +1,107 @@
+"""UCUM unit codes: validation at configuration time and conversions compiled to a multiply-add.
+
+UCUM (unitsofmeasure.org) is the gateway's internal unit language. Codes are parsed with
+``ucumvert`` into ``pint`` units once, when the configuration loads; a conversion between two
+units is then reduced to ``value * scale + offset`` (:class:`Conversion`), so the per-sample cost
+is one multiply and one add, with no pint on the hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UnitError
+
+__all__ = ["IDENTITY", "Conversion", "compile_conversion", "validate_ucum"]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """A linear unit conversion ``y = x * scale + offset`` (temperatures need the offset)."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        """True when converting changes nothing, so the hot path can skip it."""
+        return self.scale == 1.0 and self.offset == 0.0
+
+    def __call__(self, value: float) -> float:
+        return value * self.scale + self.offset
+
+    def then(self, other: Conversion) -> Conversion:
+        """The conversion that applies ``self`` first, then ``other``."""
+        return Conversion(self.scale * other.scale, self.offset * other.scale + other.offset)
+
+
+IDENTITY = Conversion()
+
+
+@functools.cache
+def _ucum() -> tuple[Any, Any, Any]:
+    """Build the pint registry and UCUM parser once per process (it takes ~0.5 s)."""
+    import pint
+    import ucumvert
+    from ucumvert import UcumToPintTransformer, get_ucum_parser
+
+    registry = pint.UnitRegistry(autoconvert_offset_to_baseunit=False)
+    registry.load_definitions(Path(ucumvert.__file__).resolve().parent / "pint_ucum_defs.txt")
+    # ucumvert maps [pH] to "pH_value" but leaves it undefined. pH is logarithmic; we give it a
+    # dimension of its own so it converts only to itself and never silently to mol/L.
+    registry.define("pH_value = [acidity]")
+    return registry, get_ucum_parser(), UcumToPintTransformer(ureg=registry)
+
+
+@functools.cache
+def _parse(code: str) -> Any:
+    registry, parser, transformer = _ucum()
+    from ucumvert import parse_ucum
+
+    if not code or code != code.strip():
+        raise UnitError(f"unknown UCUM unit {code!r}")
+    try:
+        parsed = transformer.transform(parse_ucum(code, parser))
+    except Exception as exc:  # ucumvert raises lark and pint errors of several kinds
+        raise UnitError(f"unknown UCUM unit {code!r}") from exc
+    if not isinstance(parsed, registry.Quantity):
+        # A bare annotation such as "{cells}" is the dimensionless unit 1 in UCUM.
+        parsed = registry.Quantity(1, "dimensionless")
+    return parsed
+
+
+def validate_ucum(code: str) -> str:
+    """Return ``code`` if it is a valid UCUM code, else raise :class:`UnitError`."""
+    _parse(code)
+    return code
+
+
+def compile_conversion(source: str, target: str) -> Conversion:
+    """Compile the conversion from UCUM unit ``source`` to ``target`` into a :class:`Conversion`.
+
+    Raises :class:`UnitError` when either code is invalid or the units are not commensurable
+    (``mL/min`` → ``g/L``).
+    """
+    if source == target:
+        validate_ucum(source)
+        return IDENTITY
+    src, dst = _parse(source), _parse(target)
+    if not src.is_compatible_with(dst):
+        raise UnitError(f"cannot convert {source!r} to {target!r}: incompatible dimensions")
+    registry = _ucum()[0]
+
+    def convert(x: float) -> float:
+        # The magnitudes carry prefactors such as the 10*6 in "10*6/mL".
+        quantity = registry.Quantity(x * src.magnitude, src.units)
+        return float(quantity.to(dst.units).magnitude / dst.magnitude)
+
+    offset = convert(0.0)
+    scale = convert(1.0) - offset
+    probe = 1234.5
+    if not math.isclose(convert(probe), probe * scale + offset, rel_tol=1e-9, abs_tol=1e-9):
+        raise UnitError(f"cannot convert {source!r} to {target!r}: conversion is not linear")
+    return Conversion(scale, offset)
