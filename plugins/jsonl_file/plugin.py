@@ -1,0 +1,72 @@
+"""The ``jsonl_file`` sink: committed samples appended to a file, one JSON object per line.
+
+Useful for handing data to a script or a log shipper. The file receives samples only after the
+durable store committed them, in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import PluginContext, Registry, Sample, hookimpl, sample_to_json_dict
+
+__all__ = ["JsonlFileOptions", "JsonlFileSink"]
+
+
+class JsonlFileOptions(BaseModel):
+    """Options of the ``jsonl_file`` sink."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(description="File to append to; relative paths are under data_dir.")
+    fsync: bool = Field(default=False, description="fsync after every batch (slower, safer).")
+
+
+class JsonlFileSink:
+    """Appends batches to one file, on a worker thread so the event loop never blocks."""
+
+    def __init__(self, options: JsonlFileOptions, context: PluginContext) -> None:
+        path = options.path
+        self.path = path if path.is_absolute() else context.data_dir / path
+        self.fsync = options.fsync
+        self._file: IO[str] | None = None
+        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+    async def __aenter__(self) -> JsonlFileSink:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def send(self, samples: Sequence[Sample]) -> None:
+        text = "".join(self._encode(sample_to_json_dict(s)) + "\n" for s in samples)
+        await asyncio.to_thread(self._write, text)
+
+    def _write(self, text: str) -> None:
+        assert self._file is not None
+        self._file.write(text)
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+
+def _build(options: JsonlFileOptions, context: PluginContext) -> Any:
+    return JsonlFileSink(options, context)
+
+
+@hookimpl
+def pat_gateway_register_sinks(registry: Registry) -> None:
+    registry.add_sink(
+        "jsonl_file", _build, JsonlFileOptions, "Append committed samples to a JSON-lines file"
+    )

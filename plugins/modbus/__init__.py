@@ -1,0 +1,1 @@
+"""Modbus TCP/RTU driver: register maps declared in config or in named profiles."""

@@ -1,0 +1,193 @@
+"""The Modbus driver: polls register blocks over pymodbus and publishes decoded values.
+
+Reconnection belongs to the gateway runtime (one owner, jittered backoff), so pymodbus's own
+reconnect is switched off and its exceptions become ``InstrumentError``. An exception *response*
+(the device answered, but with an error code) leaves the connection up and publishes the
+affected channels as ``bad`` with the code as reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from gateway import (
+    Channel,
+    InstrumentError,
+    InstrumentIO,
+    Output,
+    PluginContext,
+    PollingDriver,
+    Quality,
+    now_ns,
+)
+
+from .options import ModbusOptions
+from .profiles import Profile, load_profile
+from .registers import Decoder, ReadBlock, RegisterSpec, encode_value, plan_reads
+
+__all__ = ["ModbusDriver"]
+
+log = structlog.get_logger("plugins.modbus")
+
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class ModbusDriver(PollingDriver):
+    """One Modbus device, over TCP or RTU."""
+
+    def __init__(self, options: ModbusOptions, context: PluginContext) -> None:
+        super().__init__(context)
+        self.options = options
+        profile = load_profile(options.profile) if options.profile else Profile()
+        specs = {r.name: r for r in profile.registers}
+        specs.update({r.name: r for r in options.registers})
+        self.specs: dict[str, RegisterSpec] = specs
+        self.address_base = (
+            options.address_base if options.address_base is not None else profile.address_base
+        )
+        self.word_order = options.word_order or profile.word_order
+        self.byte_order = options.byte_order or profile.byte_order
+        self.blocks: list[ReadBlock] = plan_reads(
+            list(specs.values()),
+            address_base=self.address_base,
+            word_order=self.word_order,
+            byte_order=self.byte_order,
+            max_gap=options.max_gap,
+        )
+        self._client: Any = None
+        self._wired: list[tuple[Decoder, Output, RegisterSpec]] | None = None
+        self._io: InstrumentIO | None = None
+        if options.transport == "tcp":
+            self.where = f"{options.host}:{options.port}"
+        else:
+            self.where = str(options.serial_port)
+
+    def channels(self) -> Sequence[Channel]:
+        return [
+            Channel(s.name, s.unit, description=s.description, writable=s.access == "rw")
+            for s in self.specs.values()
+        ]
+
+    async def connect(self) -> None:
+        o = self.options
+        common: dict[str, Any] = {"timeout": o.timeout_s, "retries": 0, "reconnect_delay": 0}
+        if o.transport == "tcp":
+            self._client = AsyncModbusTcpClient(o.host, port=o.port, **common)
+        else:
+            self._client = AsyncModbusSerialClient(
+                str(o.serial_port),
+                baudrate=o.baudrate,
+                bytesize=o.bytesize,
+                parity=o.parity,
+                stopbits=o.stopbits,
+                **common,
+            )
+        try:
+            ok = await self._client.connect()
+        except (ModbusException, OSError) as exc:
+            raise InstrumentError(f"cannot connect to {self.where}: {exc}") from exc
+        if not ok:
+            raise InstrumentError(f"cannot connect to {self.where}")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def poll(self, io: InstrumentIO) -> None:
+        if self._wired is None or self._io is not io:
+            self._io = io
+            self._wired = [
+                (d, io.output(d.name), self.specs[d.name]) for b in self.blocks for d in b.decoders
+            ]
+        values: dict[str, float | int] = {}
+        failed: dict[str, str] = {}
+        for block in self.blocks:
+            words, error = await self._read(block)
+            if error is not None:
+                for d in block.decoders:
+                    failed[d.name] = error
+                continue
+            for d in block.decoders:
+                values[d.name] = d.decode(words)
+        source_ts = now_ns()
+        for decoder, output, spec in self._wired:
+            name = decoder.name
+            if name in failed:
+                output.publish(None, source_ts, Quality.BAD, failed[name])
+                continue
+            value = values[name]
+            rule = spec.status
+            if rule is not None:
+                bits = int(values.get(rule.status_register, 0))
+                if bits & rule.bad_mask:
+                    output.publish(value, source_ts, Quality.BAD, f"status 0x{bits:02x}")
+                    continue
+                if bits & rule.uncertain_mask:
+                    output.publish(value, source_ts, Quality.UNCERTAIN, f"status 0x{bits:02x}")
+                    continue
+            output.publish(value, source_ts)
+
+    async def _read(self, block: ReadBlock) -> tuple[list[int], str | None]:
+        client = self._client
+        if client is None:
+            raise InstrumentError(f"{self.where}: not connected")
+        read = (
+            client.read_holding_registers
+            if block.table == "holding"
+            else client.read_input_registers
+        )
+        try:
+            response = await read(block.start, count=block.count, device_id=self.options.unit_id)
+        except ModbusException as exc:
+            raise InstrumentError(f"{self.where}: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            return [], f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
+        registers = list(response.registers)
+        if len(registers) < block.count:
+            raise InstrumentError(
+                f"{self.where}: short response ({len(registers)} of {block.count} registers)"
+            )
+        return registers, None
+
+    async def write(self, channel: str, value: float) -> None:
+        """Write a setpoint. Only registers declared ``access: rw`` may be written; every write
+        is logged (instrument, channel, value, registers written)."""
+        spec = self.specs.get(channel)
+        if spec is None or spec.access != "rw":
+            log.warning("modbus.write_refused", instrument=self.context.id, channel=channel)
+            raise PermissionError(f"channel {channel!r} is not writable")
+        words = encode_value(spec, value, word_order=self.word_order, byte_order=self.byte_order)
+        if self._client is None:
+            raise InstrumentError(f"{self.where}: not connected")
+        address = spec.address - self.address_base
+        try:
+            response = await self._client.write_registers(
+                address, words, device_id=self.options.unit_id
+            )
+        except ModbusException as exc:
+            raise InstrumentError(f"{self.where}: write failed: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            raise InstrumentError(
+                f"{self.where}: write of {channel} refused: exception {code}"
+                f" ({_EXCEPTION_NAMES.get(code, 'unknown')})"
+            )
+        log.info(
+            "modbus.write", instrument=self.context.id, channel=channel, value=value, words=words
+        )
