@@ -1,0 +1,1 @@
+"""Emulated process instruments (device-side firmware stand-ins) for tests, demos and docs."""

@@ -1,0 +1,212 @@
+"""The feed pump's Modbus register map, encoded the way the device firmware does it.
+
+This is the emulator's *own* codec, deliberately independent of the gateway's
+decoding code (stdlib ``struct`` only), so gateway tests against the emulator
+check the gateway's decoding rather than compare a codec with itself.
+
+Holding registers, 0-based PDU addresses, byte order big-endian within a word
+and most-significant word first ("ABCD"). Input registers (FC 4) mirror the
+same data read-only.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .model import PumpModel, PumpStateError
+
+#: Model code served at address 14: ASCII "PF" (peristaltic feed pump).
+DEVICE_ID = 0x5046
+
+#: Number of 16-bit registers in the map (addresses 0..REGISTER_COUNT-1).
+REGISTER_COUNT = 15
+
+FieldKind = Literal["float32", "float64", "uint16"]
+
+_STRUCT_CODE: dict[FieldKind, str] = {"float32": "f", "float64": "d", "uint16": "H"}
+
+
+class ExceptionCode(enum.IntEnum):
+    """Modbus exception codes the pump can answer with (same numbers as the spec)."""
+
+    ILLEGAL_FUNCTION = 1
+    ILLEGAL_DATA_ADDRESS = 2
+    ILLEGAL_DATA_VALUE = 3
+    SLAVE_DEVICE_FAILURE = 4
+
+
+class RegisterAccessError(Exception):
+    """A register read or write was refused; ``code`` is the Modbus exception code."""
+
+    def __init__(self, code: ExceptionCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One named value in the register map."""
+
+    name: str
+    address: int
+    kind: FieldKind
+    unit: str
+    writable: bool
+    description: str
+
+    @property
+    def count(self) -> int:
+        """Number of 16-bit registers the value occupies."""
+        return struct.calcsize(">" + _STRUCT_CODE[self.kind]) // 2
+
+    @property
+    def end(self) -> int:
+        """First address after this field."""
+        return self.address + self.count
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("speed_setpoint", 0, "float32", "rpm ({rev}/min)", True, "Speed setpoint, 0..400."),
+    Field("actual_speed", 2, "float32", "rpm ({rev}/min)", False, "Measured roller head speed."),
+    Field("flow", 4, "float32", "mL/min", False, "actual_speed x tubing_ml_per_rev."),
+    Field("total_volume", 6, "float64", "mL", False, "Volume dispensed since power-up."),
+    Field("running", 10, "uint16", "-", True, "Run state; write 1 = start, 0 = stop."),
+    Field("fault_code", 11, "uint16", "-", True, "0 = ok, 1 = tube/occlusion; write 0 = ack."),
+    Field("tubing_ml_per_rev", 12, "float32", "mL", True, "Tubing calibration, (0, 100]."),
+    Field("device_id", 14, "uint16", "-", False, "Model code 0x5046 ('PF')."),
+)
+
+FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
+
+_IMAGE = struct.Struct(">" + "".join(_STRUCT_CODE[field.kind] for field in FIELDS))
+_WORDS = struct.Struct(f">{REGISTER_COUNT}H")
+
+
+def _field_values(model: PumpModel) -> tuple[float | int, ...]:
+    return (
+        model.setpoint_rpm,
+        model.actual_rpm,
+        model.flow_ml_per_min,
+        model.total_ml,
+        1 if model.running else 0,
+        model.fault_code & 0xFFFF,
+        model.ml_per_rev,
+        DEVICE_ID,
+    )
+
+
+def encode_registers(model: PumpModel) -> list[int]:
+    """Return the full register image (REGISTER_COUNT words) for the model's current state."""
+    return list(_WORDS.unpack(_IMAGE.pack(*_field_values(model))))
+
+
+def read_registers(model: PumpModel, address: int, count: int) -> list[int]:
+    """Return ``count`` words from ``address``; out-of-map ranges raise ILLEGAL_DATA_ADDRESS."""
+    if count < 1 or address < 0 or address + count > REGISTER_COUNT:
+        raise RegisterAccessError(
+            ExceptionCode.ILLEGAL_DATA_ADDRESS,
+            f"read {address}+{count} outside 0..{REGISTER_COUNT - 1}",
+        )
+    return encode_registers(model)[address : address + count]
+
+
+def decode_field(field: Field, words: list[int]) -> float | int:
+    """Decode one field from exactly ``field.count`` words."""
+    raw = struct.pack(f">{field.count}H", *words)
+    value: float | int = struct.unpack(">" + _STRUCT_CODE[field.kind], raw)[0]
+    return value
+
+
+def _covered_fields(address: int, words: list[int]) -> list[tuple[Field, float | int]]:
+    """Split a write into whole fields; partial or read-only fields are address errors."""
+    end = address + len(words)
+    if not words or address < 0 or end > REGISTER_COUNT:
+        raise RegisterAccessError(
+            ExceptionCode.ILLEGAL_DATA_ADDRESS, f"write {address}+{len(words)} outside map"
+        )
+    if any(not 0 <= word <= 0xFFFF for word in words):
+        raise RegisterAccessError(ExceptionCode.ILLEGAL_DATA_VALUE, "register value not 16-bit")
+    covered: list[tuple[Field, float | int]] = []
+    for field in FIELDS:
+        if field.end <= address or field.address >= end:
+            continue
+        if field.address < address or field.end > end:
+            # Half a float is meaningless on its own, so the firmware refuses it
+            # rather than combining it with stale words.
+            raise RegisterAccessError(
+                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"partial write of {field.name}"
+            )
+        if not field.writable:
+            raise RegisterAccessError(
+                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"{field.name} is read-only"
+            )
+        offset = field.address - address
+        covered.append((field, decode_field(field, words[offset : offset + field.count])))
+    return covered
+
+
+def _apply_fields(model: PumpModel, fields: list[tuple[Field, float | int]]) -> None:
+    values = {field.name: value for field, value in fields}
+    # Acknowledge before start so "ack + start" in one FC 16 write works.
+    if "fault_code" in values:
+        if values["fault_code"] != 0:
+            raise PumpStateError("fault_code only accepts 0 (acknowledge)")
+        model.acknowledge_fault()
+    if "tubing_ml_per_rev" in values:
+        model.set_ml_per_rev(float(values["tubing_ml_per_rev"]))
+    if "speed_setpoint" in values:
+        model.set_setpoint(float(values["speed_setpoint"]))
+    if "running" in values:
+        if values["running"] == 1:
+            model.start()
+        elif values["running"] == 0:
+            model.stop()
+        else:
+            raise PumpStateError("running only accepts 0 or 1")
+
+
+def apply_write(model: PumpModel, address: int, words: list[int]) -> None:
+    """Apply a register write (FC 6 / FC 16 payload) to the model, atomically.
+
+    Raises :class:`RegisterAccessError` with ILLEGAL_DATA_ADDRESS for writes
+    outside the map, to read-only fields or to part of a multi-word field, and
+    ILLEGAL_DATA_VALUE for values the pump refuses (setpoint outside 0..400 or
+    NaN, running not 0/1, fault_code not 0, start while a fault is latched).
+    Nothing is changed when an error is raised.
+    """
+    fields = _covered_fields(address, words)
+    try:
+        # Dry run on a copy first so a bad value late in a multi-field write
+        # cannot leave the earlier fields applied.
+        _apply_fields(replace(model), fields)
+    except PumpStateError as exc:
+        raise RegisterAccessError(ExceptionCode.ILLEGAL_DATA_VALUE, str(exc)) from exc
+    _apply_fields(model, fields)
+
+
+def _register_map_doc() -> str:
+    header = (
+        "Holding registers (FC 3; FC 4 serves the same data read-only), 0-based PDU\n"
+        'addresses, big-endian words, most-significant word first ("ABCD").\n'
+        "Writes (FC 6, FC 16) must cover whole fields.\n\n"
+        "| addr | count | name | type | unit | access | notes |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    rows = "".join(
+        f"| {f.address} | {f.count} | {f.name} | {f.kind} | {f.unit} | "
+        f"{'read/write' if f.writable else 'read'} | {f.description} |\n"
+        for f in FIELDS
+    )
+    footer = (
+        "\nExceptions: 1 = unsupported function code, 2 = address outside 0..14, "
+        "read-only field or partial field write, 3 = value refused, "
+        "4 = device failure (injected fault), 11 = unknown unit id.\n"
+    )
+    return "## Feed pump register map\n\n" + header + rows + footer
+
+
+#: Markdown description of the register map, generated from :data:`FIELDS`.
+REGISTER_MAP_DOC: str = _register_map_doc()
