@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ class FeedPumpOptions(BaseModel):
     host: str = Field(default="127.0.0.1", description="Listen address (loopback by default).")
     port: int = Field(default=15020, ge=0, le=65535, description="Modbus TCP port; 0 = any.")
     unit_id: int = Field(default=1, ge=0, le=247)
+    framing: Literal["tcp", "rtu"] = Field(
+        default="tcp", description="tcp = Modbus TCP; rtu = RTU frames over TCP (socket:// URLs)."
+    )
     setpoint_rpm: float = Field(default=50.0, ge=0, le=400, description="Initial speed setpoint.")
     ml_per_rev: float = Field(default=0.8, gt=0, description="Tubing calibration, mL/rev.")
 
@@ -30,7 +33,9 @@ def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
         actual_rpm=options.setpoint_rpm,
         ml_per_rev=options.ml_per_rev,
     )
-    return FeedPumpEmulator(options.host, options.port, model=model, unit_id=options.unit_id)
+    return FeedPumpEmulator(
+        options.host, options.port, model=model, unit_id=options.unit_id, framing=options.framing
+    )
 
 
 @hookimpl

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Self, cast
+from typing import Literal, Self, cast
 
 import structlog
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.device import ModbusDeviceIdentification
 from pymodbus.server import ModbusTcpServer
@@ -66,6 +67,7 @@ class FeedPumpEmulator:
         model: PumpModel | None = None,
         unit_id: int = 1,
         tick_s: float = 0.05,
+        framing: Literal["tcp", "rtu"] = "tcp",
     ) -> None:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit_id {unit_id} outside 0..255")
@@ -74,6 +76,9 @@ class FeedPumpEmulator:
         self.model = model if model is not None else PumpModel()
         self.unit_id = unit_id
         self.tick_s = tick_s
+        # "rtu" serves RTU frames (CRC, no MBAP header) over TCP: what a serial device server
+        # sends, and what a driver opening the pyserial URL socket://host:port expects.
+        self.framing = framing
         self._host = host
         self._port = port
         self._faults: set[Fault] = set()
@@ -117,6 +122,7 @@ class FeedPumpEmulator:
             ),
             trace_pdu=self._trace_pdu,
             trace_packet=self._trace_packet,
+            framer=FramerType.RTU if self.framing == "rtu" else FramerType.SOCKET,
         )
         try:
             await server.serve_forever(background=True)
