@@ -1,0 +1,121 @@
+"""Shared test helpers: small worlds, condition waits, and a guard against leaked tasks/threads."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from gateway import Plan, build_registry, load_plan
+from gateway.runtime import Gateway, RunSummary
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for(
+    condition: Callable[[], Any], within: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def pump_instrument(instrument_id: str, port: int, **extra: Any) -> dict[str, Any]:
+    """An instrument block reading the emulated feed pump on ``port``."""
+    block: dict[str, Any] = {
+        "id": instrument_id,
+        "driver": "modbus",
+        "poll_interval_s": 0.05,
+        "backoff": {"initial_s": 0.05, "max_s": 0.2},
+        "options": {"host": "127.0.0.1", "port": port, "profile": "feed_pump", "timeout_s": 0.3},
+    }
+    block.update(extra)
+    return block
+
+
+def plan_for(tmp_path: Path, **config: Any) -> Plan:
+    config.setdefault("area", "reactor1")
+    config.setdefault("store", {"path": str(tmp_path / "store.sqlite"), "commit_interval_ms": 20})
+    config.setdefault("data_dir", str(tmp_path / "data"))
+    return load_plan(write_config(tmp_path / "gateway.yaml", config), build_registry())
+
+
+@asynccontextmanager
+async def running(plan: Plan) -> AsyncIterator[tuple[Gateway, asyncio.Task[RunSummary]]]:
+    """Run a gateway in the background; stop it (and surface its errors) on exit."""
+    gateway = Gateway(plan)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop), name="test.gateway")
+    started = asyncio.create_task(gateway.started.wait(), name="test.started")
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        started.cancel()
+        task.result()
+    try:
+        yield gateway, task
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (store writers, executors...).
+
+    The event loop's own default-executor threads (``asyncio_N``) are the loop's to shut down.
+    """
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        extra = [
+            t
+            for t in threading.enumerate()
+            if t not in before
+            and t.is_alive()
+            and not t.daemon
+            and not t.name.startswith("asyncio_")
+        ]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not extra, f"test leaked threads: {[t.name for t in extra]}"
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves asyncio tasks behind."""
+    yield
+    current = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for _ in range(50):
+        if not leftover:
+            break
+        await asyncio.sleep(0.01)
+        leftover = [t for t in leftover if not t.done()]
+    assert not leftover, f"test leaked tasks: {[t.get_name() for t in leftover]}"

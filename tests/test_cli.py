@@ -1,0 +1,286 @@
+"""``patgw`` end to end, in subprocesses: the demo, signals, export, plugins, a vendor's plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def patgw(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def demo_copy(tmp_path: Path) -> tuple[Path, int]:
+    """configs/demo.yaml, moved to a free port, in a scratch working directory."""
+    port = free_port()
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    return path, port
+
+
+def export_jsonl(config: Path, *extra: str) -> list[dict]:
+    result = patgw("export", str(config), "--format", "jsonl", *extra, cwd=config.parent)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> None:
+    config, _ = demo_copy(tmp_path)
+    duration = 4.0
+    result = patgw("run", str(config), "--for", str(duration), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "gateway.stopped" in result.stderr
+    samples = export_jsonl(config)
+    by_signal: dict[str, list[dict]] = {}
+    for s in samples:
+        by_signal.setdefault(s["signal"], []).append(s)
+    expected_units = {
+        "reactor1/feed_pump/flow": "mL/min",
+        "reactor1/feed_pump/flow_lph": "L/h",
+        "reactor1/feed_pump/speed": "{rev}/min",
+        "reactor1/feed_pump/speed_setpoint": "{rev}/min",
+        "reactor1/feed_pump/total_volume": "mL",
+        "reactor1/feed_pump/running": "1",
+        "reactor1/feed_pump/fault_code": "1",
+    }
+    assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
+    for signal_id, rows in by_signal.items():
+        assert [r["seq"] for r in rows] == list(range(len(rows))), signal_id
+        assert len(rows) >= duration - 1, f"{signal_id}: {len(rows)} samples in {duration} s"
+        assert all(r["quality"] == "good" for r in rows), signal_id
+        assert list(rows[0]) == [
+            "signal",
+            "value",
+            "unit",
+            "source_ts",
+            "gateway_ts",
+            "quality",
+            "seq",
+        ]
+    flows = by_signal["reactor1/feed_pump/flow"]
+    lph = by_signal["reactor1/feed_pump/flow_lph"]
+    assert lph[-1]["value"] == pytest.approx(flows[-1]["value"] * 0.06)
+    # The jsonl_file sink got exactly the committed samples.
+    sink_lines = (tmp_path / "data" / "demo-samples.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in sink_lines] == samples
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_and_flushes(tmp_path: Path, sig: signal.Signals) -> None:
+    config, _ = demo_copy(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--log-format", "json", "run", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        store = tmp_path / "data" / "demo.sqlite"
+        while not store.exists() or not export_jsonl(config):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "gateway did not commit samples in time"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    stopped = [e for e in events if e["event"] == "gateway.stopped"]
+    assert len(stopped) == 1
+    # Everything the gateway counted as committed is in the store: the final flush happened.
+    assert len(export_jsonl(config)) == stopped[0]["committed"] > 0
+
+
+def test_check_reports_misspelt_unit_with_its_path(tmp_path: Path) -> None:
+    config, _ = demo_copy(tmp_path)
+    assert patgw("check", str(config)).returncode == 0
+    config.write_text(
+        config.read_text().replace("{id: flow, unit: mL/min}", "{id: flow, unit: ml/mn}")
+    )
+    result = patgw("check", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "instruments[0].signals[0].unit: unknown UCUM unit 'ml/mn'"
+    ]
+
+
+def test_schema_is_json_schema_of_the_config() -> None:
+    result = patgw("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "GatewayConfig"
+    assert {"instruments", "store", "emulators", "sinks"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_plugins_lists_builtins_with_distribution() -> None:
+    result = patgw("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {(r["kind"], r["name"]): r for r in json.loads(result.stdout)}
+    for key in [("driver", "modbus"), ("emulator", "feed_pump"), ("sink", "jsonl_file")]:
+        assert rows[key]["distribution"] == "pat-gateway"
+        assert rows[key]["version"]
+    text = patgw("plugins")
+    assert text.returncode == 0 and "modbus" in text.stdout and "DISTRIBUTION" in text.stdout
+
+
+def test_export_rejects_bad_since_and_filters(tmp_path: Path) -> None:
+    config, _ = demo_copy(tmp_path)
+    assert patgw("run", str(config), "--for", "2", cwd=tmp_path).returncode == 0
+    bad = patgw("export", str(config), "--since", "yesterday", cwd=tmp_path)
+    assert bad.returncode == 2 and "--since" in bad.stderr
+    everything = export_jsonl(config)
+    cut = everything[len(everything) // 2]["source_ts"]
+    later = export_jsonl(config, "--since", cut, "--signal", "*/flow")
+    assert later and all(s["signal"] == "reactor1/feed_pump/flow" for s in later)
+    assert all(s["source_ts"] >= cut for s in later)
+    csv_out = patgw("export", str(config), "--format", "csv", "--signal", "*/speed", cwd=tmp_path)
+    lines = csv_out.stdout.splitlines()
+    assert lines[0] == "signal,value,unit,source_ts,gateway_ts,quality,seq,reason"
+    assert len(lines) - 1 == sum(1 for s in everything if s["signal"].endswith("/speed"))
+
+
+def test_emulate_feed_pump_standalone(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "emulate", "feed_pump", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        # A gateway reads it like any pump.
+        config = tmp_path / "g.yaml"
+        config.write_text(
+            textwrap.dedent(f"""
+            area: r9
+            store: {{path: {tmp_path / "s.sqlite"}}}
+            instruments:
+              - id: pump
+                driver: modbus
+                poll_interval_s: 0.2
+                options: {{port: {port}, profile: feed_pump}}
+                signals: [{{id: flow}}]
+        """)
+        )
+        assert patgw("run", str(config), "--for", "1.5").returncode == 0
+        flows = export_jsonl(config)
+        assert flows and all(s["quality"] == "good" and s["value"] > 0 for s in flows)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+VENDOR_MODULE = '''
+"""A vendor's thermometer driver, written against the public gateway API only."""
+from pydantic import BaseModel, ConfigDict
+from gateway import Channel, PollingDriver, hookimpl
+
+class ThermoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start_celsius: float = 20.0
+
+class Thermo(PollingDriver):
+    def __init__(self, options, context):
+        super().__init__(context)
+        self.value = options.start_celsius
+    def channels(self):
+        return [Channel("temperature", "Cel", description="Probe temperature")]
+    async def connect(self):
+        pass
+    async def poll(self, io):
+        io.output("temperature").publish(self.value)
+        self.value += 1.0
+
+@hookimpl
+def pat_gateway_register_drivers(registry):
+    registry.add_driver("thermo", Thermo, ThermoOptions, "Vendor thermometer")
+'''
+
+
+def test_third_party_plugin_discovered_through_entry_point(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "vendor_thermo.py").write_text(VENDOR_MODULE)
+    dist = site / "vendor_thermo-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vendor-thermo\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[pat_gateway]\nthermo = vendor_thermo\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+
+    listing = json.loads(patgw("plugins", "--json", env=env).stdout)
+    thermo = [r for r in listing if r["name"] == "thermo"]
+    assert thermo == [
+        {
+            "name": "thermo",
+            "kind": "driver",
+            "version": "1.2.3",
+            "distribution": "vendor-thermo",
+            "plugin": "thermo",
+            "description": "Vendor thermometer",
+        }
+    ]
+
+    config = tmp_path / "vendor.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+        area: lab
+        store: {{path: {tmp_path / "v.sqlite"}, commit_interval_ms: 20}}
+        instruments:
+          - id: probe
+            driver: thermo
+            poll_interval_s: 0.05
+            options: {{start_celsius: 0}}
+            signals: [{{id: temperature, unit: "[degF]"}}]
+    """)
+    )
+    run = patgw("run", str(config), "--for", "1", env=env)
+    assert run.returncode == 0, run.stderr
+    samples = export_jsonl(config)
+    assert samples[0]["unit"] == "[degF]"
+    # 0, 1, 2 °C published → 32, 33.8, 35.6 °F stored
+    assert [round(s["value"], 6) for s in samples[:3]] == [32.0, 33.8, 35.6]
+
+    blocked = patgw("plugins", "--json", env={**env, "PATGW_DISABLE_PLUGINS": "thermo"})
+    assert "thermo" not in {r["name"] for r in json.loads(blocked.stdout)}

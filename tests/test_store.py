@@ -1,0 +1,152 @@
+"""The durable store: counters across restarts, unit changes, and a full disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import Quality, Signal, StoreFullError
+from gateway.config import StoreConfig
+from gateway.store import SampleStore, StoreWriter
+
+FLOW = Signal("r1/pump/flow", "mL/min", instrument="pump")
+SPEED = Signal("r1/pump/speed", "{rev}/min", instrument="pump")
+
+
+def rows(def_id: int, first_seq: int, count: int, t0: int = 1_000) -> list[tuple]:
+    return [
+        (def_id, seq, t0 + seq, t0 + seq + 1, Quality.GOOD, float(seq), None)
+        for seq in range(first_seq, first_seq + count)
+    ]
+
+
+def test_counters_survive_reopen(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW, SPEED])
+    assert ids[FLOW.id].next_seq == 0
+    store.commit(rows(ids[FLOW.id].def_id, 0, 5), {FLOW.id: 5, SPEED.id: 0})
+    store.close()
+    store = SampleStore(tmp_path / "s.sqlite")
+    again = store.define([FLOW, SPEED])
+    assert again[FLOW.id].def_id == ids[FLOW.id].def_id
+    assert again[FLOW.id].next_seq == 5
+    assert again[SPEED.id].next_seq == 0
+    assert [s.seq for s in store.samples()] == [0, 1, 2, 3, 4]
+    store.close()
+
+
+def test_counter_never_moves_backwards(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW])
+    store.commit(rows(ids[FLOW.id].def_id, 0, 3), {FLOW.id: 3})
+    store.commit([], {FLOW.id: 1})
+    assert store.define([FLOW])[FLOW.id].next_seq == 3
+    store.close()
+
+
+def test_unit_change_keeps_sequence_and_old_units(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    old = store.define([FLOW])[FLOW.id]
+    store.commit(rows(old.def_id, 0, 2), {FLOW.id: 2})
+    in_lph = Signal(FLOW.id, "L/h", instrument="pump")
+    new = store.define([in_lph])[FLOW.id]
+    assert new.def_id != old.def_id
+    assert new.next_seq == 2
+    store.commit(rows(new.def_id, 2, 2), {FLOW.id: 4})
+    samples = list(store.samples())
+    assert [(s.seq, s.unit) for s in samples] == [
+        (0, "mL/min"),
+        (1, "mL/min"),
+        (2, "L/h"),
+        (3, "L/h"),
+    ]
+    assert store.signals() == [in_lph]
+    store.close()
+
+
+def test_export_filters(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW, SPEED])
+    store.commit(rows(ids[FLOW.id].def_id, 0, 3) + rows(ids[SPEED.id].def_id, 0, 3), {})
+    assert {s.signal for s in store.samples("*/speed")} == {SPEED.id}
+    assert [s.seq for s in store.samples("r1/pump/flow", since_ns=1_001)] == [1, 2]
+    assert list(store.samples("nothing/*")) == []
+    store.close()
+
+
+def fill_up(store: SampleStore) -> None:
+    """Make the next commit fail with SQLITE_FULL, as a full disk would."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store.limit_pages(pages)
+
+
+def test_full_store_raises_store_full(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW])
+    fill_up(store)
+    with pytest.raises(StoreFullError, match="store full"):
+        store.commit(rows(ids[FLOW.id].def_id, 0, 5000), {FLOW.id: 5000})
+    # The failed transaction left nothing behind: no rows, counter unchanged.
+    assert store.count() == 0
+    assert store.define([FLOW])[FLOW.id].next_seq == 0
+    store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_full_disk_policy_counts_and_records_every_drop(tmp_path: Path, policy: str) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW, SPEED])
+    flow_id, speed_id = ids[FLOW.id].def_id, ids[SPEED.id].def_id
+    counters = {FLOW.id: 0, SPEED.id: 0}
+    config = StoreConfig(path=tmp_path / "s.sqlite", max_pending_samples=1000, on_full=policy)
+    writer = StoreWriter(
+        store,
+        config,
+        next_seq=lambda: counters,
+        names={flow_id: (FLOW.id, FLOW.unit), speed_id: (SPEED.id, SPEED.unit)},
+        executor=StoreWriter.new_executor(),
+    )
+    try:
+        fill_up(store)
+        # 1500 flow + 300 speed samples arrive while the disk is full: 800 must go.
+        arrivals = [
+            (rows(flow_id, 0, 900), {FLOW.id: 900, SPEED.id: 0}),
+            (rows(speed_id, 0, 300), {FLOW.id: 900, SPEED.id: 300}),
+            (rows(flow_id, 900, 600), {FLOW.id: 1500, SPEED.id: 300}),
+        ]
+        for batch, published in arrivals:
+            writer.pending.extend(batch)
+            counters.update(published)
+            await writer.flush()
+        assert writer.stats.failed_commits == 3
+        assert writer.stats.dropped == 800
+        assert writer.stats.committed == 0
+        store.limit_pages(1_000_000)  # space again
+        await writer.flush()
+        assert writer.stats.committed == 1000
+        losses = store.losses()
+        samples = list(store.samples())
+    finally:
+        await writer.aclose()
+    assert sum(x.count for x in losses) == 800
+    kept = {(s.signal, s.seq) for s in samples}
+    lost = {(x.signal, q) for x in losses for q in range(x.first_seq, x.last_seq + 1)}
+    everything = {(FLOW.id, q) for q in range(1500)} | {(SPEED.id, q) for q in range(300)}
+    assert kept.isdisjoint(lost)
+    assert kept | lost == everything  # nothing silently missing
+    assert all(policy in x.reason for x in losses)
+    flow_lost = sorted(q for sig, q in lost if sig == FLOW.id)
+    if policy == "drop_newest":
+        # The first 1000 to arrive are kept: flow 0..899 and speed 0..99.
+        assert flow_lost == list(range(900, 1500))
+        assert sorted(q for sig, q in lost if sig == SPEED.id) == list(range(100, 300))
+    else:
+        # The newest 1000 are kept: flow 800..899, all 300 speed samples, flow 900..1499.
+        assert flow_lost == list(range(800))
+        assert not [q for sig, q in lost if sig == SPEED.id]
+    # Committed counters include dropped samples: a restart never reuses a seq.
+    reopened = SampleStore(tmp_path / "s.sqlite")
+    assert reopened.define([FLOW])[FLOW.id].next_seq == 1500
+    reopened.close()
