@@ -142,7 +142,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    widths = {k: max([len(k)] + [len(str(r[k] or "-")) for r in rows]) for k in rows[0]} if rows else {}
+    widths = (
+        {k: max([len(k)] + [len(str(r[k] or "-")) for r in rows]) for k in rows[0]} if rows else {}
+    )
     columns = ("name", "kind", "version", "distribution", "description")
     print("  ".join(c.upper().ljust(widths.get(c, len(c))) for c in columns))
     for r in rows:

@@ -36,7 +36,9 @@ def _ucum(code: str) -> str:
     try:
         return validate_ucum(code)
     except UnitError:
-        raise PydanticCustomError("ucum", "unknown UCUM unit {code!r}", {"code": code}) from None
+        raise PydanticCustomError(
+            "ucum", "unknown UCUM unit {code}", {"code": repr(code)}
+        ) from None
 
 
 UcumCode = Annotated[str, AfterValidator(_ucum)]

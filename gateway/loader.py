@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .api import Channel, Driver, PluginContext
-from .config import GatewayConfig, InstrumentConfig
+from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, SinkConfig
 from .errors import ConfigError, UnitError
 from .model import Signal
 from .registry import PluginKind, Registry
@@ -88,7 +88,7 @@ def _problems(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[st
 
 
 def read_config(path: Path) -> GatewayConfig:
-    """Parse and validate the file's own schema (plugin options are checked by :func:`load_plan`)."""
+    """Parse and validate the file's own schema; plugin options are checked by :func:`load_plan`."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -140,9 +140,15 @@ def _signal_plans(
     by_name = {c.name: c for c in channels}
     plans = []
     if inst.signals is None:
-        for ch in channels:
-            signal = Signal(f"{area}/{inst.id}/{ch.name}", ch.unit, ch.kind, ch.description, inst.id)
-            plans.append(SignalPlan(signal, ch.name, Conversion()))
+        for channel in channels:
+            signal = Signal(
+                f"{area}/{inst.id}/{channel.name}",
+                channel.unit,
+                channel.kind,
+                channel.description,
+                inst.id,
+            )
+            plans.append(SignalPlan(signal, channel.name, Conversion()))
         return tuple(plans)
     for j, sc in enumerate(inst.signals):
         sloc = (*loc, "signals", j)
@@ -201,11 +207,15 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
 
-    components: dict[PluginKind, list[ComponentPlan]] = {PluginKind.EMULATOR: [], PluginKind.SINK: []}
-    for kind, section, items in (
+    components: dict[PluginKind, list[ComponentPlan]] = {
+        PluginKind.EMULATOR: [],
+        PluginKind.SINK: [],
+    }
+    sections: tuple[tuple[PluginKind, str, Sequence[EmulatorConfig | SinkConfig]], ...] = (
         (PluginKind.EMULATOR, "emulators", config.emulators),
         (PluginKind.SINK, "sinks", config.sinks),
-    ):
+    )
+    for kind, section, items in sections:
         for k, item in enumerate(items):
             loc = (section, k)
             resolved = _options(registry, kind, item.type, item.options, loc, problems)

@@ -36,7 +36,9 @@ def build_registry(plugins: Iterable[object] = (), *, entry_points: bool = True)
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    for name in filter(None, (n.strip() for n in os.environ.get("PATGW_DISABLE_PLUGINS", "").split(","))):
+    for name in filter(
+        None, (n.strip() for n in os.environ.get("PATGW_DISABLE_PLUGINS", "").split(","))
+    ):
         manager.set_blocked(name)
     if entry_points:
         try:

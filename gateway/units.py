@@ -49,7 +49,7 @@ def _ucum() -> tuple[Any, Any, Any]:
     import ucumvert
     from ucumvert import UcumToPintTransformer, get_ucum_parser
 
-    registry = pint.UnitRegistry(autoconvert_offset_to_baseunit=False)
+    registry: Any = pint.UnitRegistry(autoconvert_offset_to_baseunit=False)
     registry.load_definitions(Path(ucumvert.__file__).resolve().parent / "pint_ucum_defs.txt")
     # ucumvert maps [pH] to "pH_value" but leaves it undefined. pH is logarithmic; we give it a
     # dimension of its own so it converts only to itself and never silently to mol/L.

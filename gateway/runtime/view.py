@@ -68,9 +68,8 @@ def _table(gateway: Gateway) -> Table:
         for r in gateway.runners
     )
     stats = gateway.stats
-    table.caption = (
-        f"{states}\nstore: {stats.committed} committed, {stats.dropped} dropped"
-        + (f", error: {stats.last_error}" if stats.last_error else "")
+    table.caption = f"{states}\nstore: {stats.committed} committed, {stats.dropped} dropped" + (
+        f", error: {stats.last_error}" if stats.last_error else ""
     )
     return table
 

@@ -107,7 +107,7 @@ class Decoder:
         for word in part:
             hi, lo = (word >> 8) & 0xFF, word & 0xFF
             raw += bytes((lo, hi)) if self.swap_bytes else bytes((hi, lo))
-        value = self.fmt.unpack(raw)[0]
+        value: float | int = self.fmt.unpack(raw)[0]
         if self.scale != 1.0 or self.offset != 0.0:
             return value * self.scale + self.offset
         return value if self.is_float else int(value)
@@ -154,21 +154,25 @@ def plan_reads(
     """
     blocks: list[ReadBlock] = []
     for table in ("holding", "input"):
-        items = sorted(
-            (s for s in specs if s.table == table), key=lambda s: (s.address, s.count)
-        )
+        items = sorted((s for s in specs if s.table == table), key=lambda s: (s.address, s.count))
         group: list[RegisterSpec] = []
         start = end = 0
         for spec in items:
             address = spec.address - address_base
             if address < 0:
                 raise ValueError(f"register {spec.name!r}: address below address_base")
-            if group and address <= end + max_gap and max(end, address + spec.count) - start <= MAX_READ:
+            if (
+                group
+                and address <= end + max_gap
+                and max(end, address + spec.count) - start <= MAX_READ
+            ):
                 end = max(end, address + spec.count)
                 group.append(spec)
                 continue
             if group:
-                blocks.append(_block(table, group, start, end, address_base, word_order, byte_order))
+                blocks.append(
+                    _block(table, group, start, end, address_base, word_order, byte_order)
+                )
             group, start, end = [spec], address, address + spec.count
         if group:
             blocks.append(_block(table, group, start, end, address_base, word_order, byte_order))
