@@ -102,12 +102,6 @@ class InstrumentConfig(_Closed):
     )
     description: str = ""
 
-    @model_validator(mode="after")
-    def _unique_signals(self) -> InstrumentConfig:
-        if self.signals is not None:
-            _no_duplicates([s.id for s in self.signals], "signal id")
-        return self
-
 
 class EmulatorConfig(_Closed):
     """An emulated instrument started by the gateway itself (demos and tests)."""
@@ -187,17 +181,21 @@ class GatewayConfig(_Closed):
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     sinks: list[SinkConfig] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> GatewayConfig:
-        _no_duplicates([i.id for i in self.instruments], "instrument id")
-        _no_duplicates([e.id for e in self.emulators], "emulator id")
-        _no_duplicates([s.id for s in self.sinks], "sink id")
-        return self
-
-
-def _no_duplicates(ids: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for item in ids:
-        if item in seen:
-            raise ValueError(f"duplicate {what} {item!r}")
-        seen.add(item)
+    def duplicate_ids(self) -> list[str]:
+        """``"path: duplicate … id"`` lines for ids that must be unique but are not."""
+        problems: list[str] = []
+        sections: list[tuple[str, list[Any], str]] = [
+            ("instruments", list(self.instruments), "instrument"),
+            ("emulators", list(self.emulators), "emulator"),
+            ("sinks", list(self.sinks), "sink"),
+        ]
+        for i, inst in enumerate(self.instruments):
+            if inst.signals is not None:
+                sections.append((f"instruments[{i}].signals", list(inst.signals), "signal"))
+        for path, items, what in sections:
+            seen: set[str] = set()
+            for k, item in enumerate(items):
+                if item.id in seen:
+                    problems.append(f"{path}[{k}].id: duplicate {what} id {item.id!r}")
+                seen.add(item.id)
+        return problems

@@ -103,9 +103,13 @@ def read_config(path: Path) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of settings"])
     try:
-        return GatewayConfig.model_validate(raw)
+        config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
+    duplicates = config.duplicate_ids()
+    if duplicates:
+        raise ConfigError(duplicates)
+    return config
 
 
 def _options(

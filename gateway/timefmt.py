@@ -25,8 +25,10 @@ def parse_iso_ns(text: str) -> int:
     """
     body = text.strip()
     frac_ns = 0
-    if "." in body:
-        head, _, rest = body.partition(".")
+    # ISO 8601 allows a comma as the decimal sign too.
+    sign = "." if "." in body else "," if "," in body else None
+    if sign is not None:
+        head, _, rest = body.partition(sign)
         digits = ""
         while rest and rest[0].isdigit():
             digits, rest = digits + rest[0], rest[1:]

@@ -284,3 +284,14 @@ def test_third_party_plugin_discovered_through_entry_point(tmp_path: Path) -> No
 
     blocked = patgw("plugins", "--json", env={**env, "PATGW_DISABLE_PLUGINS": "thermo"})
     assert "thermo" not in {r["name"] for r in json.loads(blocked.stdout)}
+
+
+def test_emulator_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    config, port = demo_copy(tmp_path)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        result = patgw("run", str(config), "--for", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "emulator 'pump_emulator' (feed_pump) cannot start" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 
 from ..api import Output
-from ..loader import Plan
+from ..errors import GatewayError
+from ..loader import ComponentPlan, Plan
 from ..store.sqlite import SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .instrument import InstrumentRunner
@@ -79,11 +80,11 @@ class Gateway:
         writer_stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             for emulator in self.plan.emulators:
-                await stack.enter_async_context(emulator.instance)
+                await _enter(stack, emulator, "emulator")
                 log.info("emulator.started", emulator=emulator.id, type=emulator.type)
             sinks = []
             for sink in self.plan.sinks:
-                sinks.append((sink.id, await stack.enter_async_context(sink.instance)))
+                sinks.append((sink.id, await _enter(stack, sink, "sink")))
                 log.info("sink.started", sink=sink.id, type=sink.type)
             writer = StoreWriter(
                 store,
@@ -151,3 +152,13 @@ class Gateway:
 
     def _next_seq(self) -> dict[str, int]:
         return {o.signal.id: o.seq for o in self.outputs}
+
+
+async def _enter(stack: contextlib.AsyncExitStack, component: ComponentPlan, what: str) -> Any:
+    """Enter an emulator or sink; a failure to start is a clear error naming it."""
+    try:
+        return await stack.enter_async_context(component.instance)
+    except (OSError, GatewayError) as exc:
+        raise GatewayError(
+            f"{what} {component.id!r} ({component.type}) cannot start: {exc}"
+        ) from exc

@@ -161,6 +161,11 @@ def plan_reads(
             address = spec.address - address_base
             if address < 0:
                 raise ValueError(f"register {spec.name!r}: address below address_base")
+            if address + spec.count > 65536:
+                raise ValueError(
+                    f"register {spec.name!r}: {spec.type} at {spec.address} runs past the"
+                    " last Modbus address"
+                )
             if (
                 group
                 and address <= end + max_gap
@@ -211,7 +216,7 @@ def encode_value(
         raise ValueError(f"{spec.name}: {value} is not a finite number")
     try:
         data = struct.pack(">" + code, raw)
-    except struct.error as exc:
+    except (struct.error, OverflowError) as exc:
         raise ValueError(f"{spec.name}: {value} does not fit {spec.type}") from exc
     if (spec.byte_order or byte_order) == "little":
         data = b"".join(data[i : i + 2][::-1] for i in range(0, len(data), 2))
