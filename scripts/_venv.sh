@@ -9,7 +9,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+    echo "Installing PAT Gateway into .venv (log: .venv/install.log) ..." >&2
+    if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
+           && .venv/bin/python -m pip install --disable-pip-version-check -e ".${extras}"; \
+         } > .venv/install.log 2>&1; then
+        cat .venv/install.log >&2
+        echo "installation failed; see above" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
