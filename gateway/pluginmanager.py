@@ -1,12 +1,14 @@
 """Build the plugin manager and the registry, in one small function, never at import time.
 
-Plugins are found through the ``pat_gateway`` entry-point group; the built-in drivers, sinks and
+Plugins are found through the ``pat_gateway`` entry-point group (loaded one by one, so a module
+that fails to import is named in the error); the built-in drivers, sinks and
 emulators are announced there exactly like a vendor's. ``PATGW_DISABLE_PLUGINS`` (comma
 separated entry-point names) blocks plugins, e.g. to rule one out while diagnosing.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Iterable
 
@@ -36,23 +38,25 @@ def build_registry(plugins: Iterable[object] = (), *, entry_points: bool = True)
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    for name in filter(
-        None, (n.strip() for n in os.environ.get("PATGW_DISABLE_PLUGINS", "").split(","))
-    ):
-        manager.set_blocked(name)
+    disabled = {n.strip() for n in os.environ.get("PATGW_DISABLE_PLUGINS", "").split(",")}
+    origins: dict[str, tuple[str | None, str | None]] = {}
     if entry_points:
-        try:
-            manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # an entry point whose module fails to import
-            raise PluginError(f"cannot load a {ENTRY_POINT_GROUP!r} plugin: {exc!r}") from exc
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disabled or manager.get_plugin(ep.name) is not None:
+                continue  # blocked, or an older copy of the same distribution on the path
+            dist = ep.dist
+            where = f"{ep.name} = {ep.value}" + (f" ({dist.name} {dist.version})" if dist else "")
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a vendor module that fails to import
+                raise PluginError(
+                    f"cannot load a {ENTRY_POINT_GROUP!r} plugin: {where}: {exc!r}"
+                    " (PATGW_DISABLE_PLUGINS=name skips it)"
+                ) from exc
+            manager.register(plugin, name=ep.name)
+            origins[ep.name] = (dist.name, dist.version) if dist else (None, None)
     for plugin in plugins:
         manager.register(plugin)
-
-    origins: dict[str, tuple[str | None, str | None]] = {}
-    for plugin, dist in manager.list_plugin_distinfo():
-        plugin_name = manager.get_name(plugin)
-        if plugin_name is not None:
-            origins[plugin_name] = (dist.project_name, dist.version)
 
     registry = Registry()
     for hook_name in _HOOKS:

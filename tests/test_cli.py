@@ -295,3 +295,40 @@ def test_emulator_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "emulator 'pump_emulator' (feed_pump) cannot start" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 4000],
+    ids=["garbage", "truncated-header"],
+)
+def test_corrupted_store_is_a_clear_error(tmp_path: Path, damage: bytes) -> None:
+    config, _ = demo_copy(tmp_path)
+    store = tmp_path / "data" / "demo.sqlite"
+    store.parent.mkdir()
+    store.write_bytes(damage)
+    result = patgw("run", str(config), "--for", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "store error while opening" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store.read_bytes() == damage  # evidence left untouched
+
+
+def test_broken_plugin_is_a_clear_error(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_vendor.py").write_text("raise ImportError('vendor SDK missing')\n")
+    dist = site / "broken_vendor-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-vendor\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pat_gateway]\nbroken = broken_vendor\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    result = patgw("plugins", env=env)
+    assert result.returncode == 1
+    assert "cannot load a 'pat_gateway' plugin" in result.stderr
+    assert "vendor SDK missing" in result.stderr
+    assert "broken = broken_vendor (broken-vendor 0.1)" in result.stderr
+    # The operator can rule it out without uninstalling it.
+    ok = patgw("plugins", "--json", env={**env, "PATGW_DISABLE_PLUGINS": "broken"})
+    assert ok.returncode == 0
+    assert "modbus" in ok.stdout
