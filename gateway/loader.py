@@ -93,6 +93,8 @@ def read_config(path: Path) -> GatewayConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}"]) from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,7 @@ async def test_emulator_killed_and_restarted_other_instrument_unaffected(tmp_pat
             flaky_runner = next(r for r in gateway.runners if r.instrument_id == "flaky")
             await wait_for(lambda: quality_of(gateway, "reactor1/flaky/flow") is Quality.GOOD)
             await flaky.stop()
+            outage_started = time.monotonic()
             await wait_for(
                 lambda: quality_of(gateway, "reactor1/flaky/flow") is Quality.BAD,
                 what="flaky flow bad",
@@ -110,12 +112,16 @@ async def test_emulator_killed_and_restarted_other_instrument_unaffected(tmp_pat
             )
             assert quality_of(gateway, "reactor1/steady/flow") is Quality.GOOD
             assert quality_of(gateway, "reactor1/flaky/flow") is Quality.BAD
+            outage = time.monotonic() - outage_started
             await flaky.start()
             await wait_for(
                 lambda: quality_of(gateway, "reactor1/flaky/flow") is Quality.GOOD,
                 what="flaky flow good again",
             )
             assert flaky_runner.sessions == 2
+            # One reconnect loop with backoff (initial 0.05 s, max 0.2 s, jitter 0.5): delays
+            # of at least 0.025, 0.05, 0.1 s and then 0.1 s each bound the attempts — no storm.
+            assert 1 <= flaky_runner.failures <= 4 + outage / 0.1
     finally:
         await flaky.stop()
         await steady.stop()
