@@ -162,7 +162,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return _errors([f"--since: not an ISO 8601 time: {args.since!r} ({exc})"])
     if not config.store.path.exists():
         return _errors([f"store.path: {config.store.path} does not exist (has the gateway run?)"])
-    store = SampleStore(config.store.path)
+    store = SampleStore(config.store.path, read_only=True)
     try:
         samples = store.samples(args.signal, since)
         writer = FORMATS[args.format]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from gateway import Quality, Signal, StoreFullError
+from gateway import Quality, Signal, StoreError, StoreFullError
 from gateway.config import StoreConfig
 from gateway.store import SampleStore, StoreWriter
 
@@ -150,3 +151,63 @@ async def test_full_disk_policy_counts_and_records_every_drop(tmp_path: Path, po
     reopened = SampleStore(tmp_path / "s.sqlite")
     assert reopened.define([FLOW])[FLOW.id].next_seq == 1500
     reopened.close()
+
+
+def test_one_store_one_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    first = SampleStore(path)
+    ids = first.define([FLOW])
+    first.commit(rows(ids[FLOW.id].def_id, 0, 3), {FLOW.id: 3})
+    with pytest.raises(StoreError, match=r"in use by another gateway \(pid \d+\)"):
+        SampleStore(path)
+    # Export reads while the gateway runs, without the lock and without writing.
+    reader = SampleStore(path, read_only=True)
+    assert [s.seq for s in reader.samples()] == [0, 1, 2]
+    reader.close()
+    first.close()
+    SampleStore(path).close()  # the lock went with the first store
+
+
+def test_unbindable_values_become_bad_samples_not_a_poisoned_batch(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    def_id = store.define([FLOW])[FLOW.id].def_id
+    batch = rows(def_id, 0, 4)
+    batch[1] = (def_id, 1, 1001, 1002, Quality.GOOD, [1.0, 2.0], None)
+    batch[2] = (def_id, 2, 1.5e9, 1003, Quality.UNCERTAIN, 2**70, "drift")
+    stored = store.commit(batch, {FLOW.id: 4})
+    assert stored[0] is batch[0] and stored[3] is batch[3]
+    samples = list(store.samples())
+    store.close()
+    assert [s.seq for s in samples] == [0, 1, 2, 3]
+    assert [s.quality for s in samples] == [Quality.GOOD, Quality.BAD, Quality.BAD, Quality.GOOD]
+    assert samples[1].value is None
+    assert samples[1].reason == "unstorable value of type list"
+    assert samples[2].reason == (
+        "unstorable value of type int; invalid source timestamp of type float; drift"
+    )
+    assert samples[2].source_ts == samples[2].gateway_ts == 1003
+
+
+@pytest.mark.asyncio
+async def test_shutdown_with_a_full_disk_counts_what_is_lost(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW])
+    flow_id = ids[FLOW.id].def_id
+    writer = StoreWriter(
+        store,
+        StoreConfig(path=tmp_path / "s.sqlite", commit_interval_ms=10),
+        next_seq=lambda: {FLOW.id: 5000},
+        names={flow_id: (FLOW.id, FLOW.unit)},
+        executor=StoreWriter.new_executor(),
+    )
+    try:
+        fill_up(store)
+        writer.pending.extend(rows(flow_id, 0, 5000))
+        stop = asyncio.Event()
+        stop.set()
+        await writer.run(stop)
+        assert writer.stats.dropped == 5000
+        assert writer.stats.committed == 0
+        assert not writer.pending
+    finally:
+        await writer.aclose()

@@ -12,12 +12,14 @@ contiguous. A signal whose unit or description changes between runs gets a new d
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import StoreError, StoreFullError
 from ..model import Quality, Sample, Signal, SignalKind
@@ -96,6 +98,60 @@ class Loss:
     reason: str
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _storable(value: Any) -> bool:
+    if value is None or type(value) in (float, str, bool):
+        return True
+    if type(value) is int:
+        return _INT64[0] <= value <= _INT64[1]
+    return False
+
+
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _repaired(row: Row) -> Row:
+    """``row`` itself if SQLite can store it, else a ``bad`` row saying why."""
+    def_id, seq, source_ts, gateway_ts, quality, value, reason = row
+    problems = []
+    if not _storable(value):
+        problems.append(f"unstorable value of type {type(value).__name__}")
+        value = None
+    if not _is_int64(source_ts):
+        problems.append(f"invalid source timestamp of type {type(source_ts).__name__}")
+        source_ts = gateway_ts
+    if reason is not None and not isinstance(reason, str):
+        reason = repr(reason)
+    if not problems and isinstance(quality, int) and quality in (0, 1, 2) and reason is row[6]:
+        return row
+    if not isinstance(quality, int) or quality not in (0, 1, 2):
+        problems.append(f"invalid quality {quality!r}")
+    text = "; ".join(problems + ([reason] if reason else []))
+    return (def_id, seq, source_ts, gateway_ts, int(Quality.BAD), value, text)
+
+
+def _lock(path: Path) -> IO[str]:
+    """Take the store's exclusive lock or raise ``StoreError`` naming the holder."""
+    handle = path.with_name(path.name + ".lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreError(
+            f"{path} is in use by another gateway (pid {holder}); one store, one gateway"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def _translate(exc: sqlite3.Error, action: str) -> StoreError:
     if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
         return StoreFullError(f"store full while {action}: {exc}")
@@ -103,15 +159,29 @@ def _translate(exc: sqlite3.Error, action: str) -> StoreError:
 
 
 class SampleStore:
-    """One SQLite database file holding samples, signal definitions, counters and losses."""
+    """One SQLite database file holding samples, signal definitions, counters and losses.
 
-    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+    A writable store is locked (``<file>.lock``, an OS file lock) so that two gateways can never
+    hand out the same sequence numbers; ``read_only=True`` (export) takes no lock and changes
+    nothing.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str = "normal", read_only: bool = False) -> None:
         self.path = path
+        self._lock: IO[str] | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = _lock(path)
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}"
+                )
             self._db.execute("PRAGMA busy_timeout=5000")
             # SQLite's default page cache and WAL checkpoint interval (1000 pages) are kept on
             # purpose: measured with benchmarks/pipeline.py, a 40 MB checkpoint interval made
@@ -121,16 +191,28 @@ class SampleStore:
                 raise StoreError(
                     f"{path} was written by a newer gateway (schema {version} > {SCHEMA_VERSION})"
                 )
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not read_only:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
+            self._release()
             raise _translate(exc, f"opening {path}") from exc
         except OSError as exc:
-            raise StoreError(f"cannot create {path.parent}: {exc}") from exc
+            self._release()
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        except StoreError:
+            self._release()
+            raise
 
     def close(self) -> None:
-        """Close the database (the WAL is checkpointed by SQLite)."""
+        """Close the database (the WAL is checkpointed by SQLite) and release the lock."""
         self._db.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the OS lock
+            self._lock = None
 
     def define(self, signals: Sequence[Signal]) -> dict[str, StoredSignal]:
         """Record the signals' definitions; return each one's definition id and next ``seq``."""
@@ -160,8 +242,24 @@ class SampleStore:
             raise _translate(exc, "defining signals") from exc
         return out
 
-    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> None:
-        """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction."""
+    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> Sequence[Row]:
+        """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction.
+
+        Returns the rows as stored: ``rows`` itself, unless a row could not be bound (a driver
+        published a list, an int beyond 64 bits, a non-integer timestamp…). Such a row does not
+        poison the batch: it is stored as a ``bad`` sample without value, the reason naming the
+        problem, and the returned list holds the repaired row in its place.
+        """
+        try:
+            self._insert(rows, next_seq)
+            return rows
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError, TypeError):
+            pass  # rare: repair the offending rows, then commit once more
+        repaired = [_repaired(row) for row in rows]
+        self._insert(repaired, next_seq)
+        return repaired
+
+    def _insert(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> None:
         try:
             with self._transaction():
                 self._db.executemany(_INSERT, rows)
@@ -169,7 +267,9 @@ class SampleStore:
                     "UPDATE signal SET next_seq=? WHERE name=? AND next_seq<?",
                     [(seq, name, seq) for name, seq in next_seq.items()],
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+            raise  # a value SQLite cannot bind: commit() repairs the rows
+        except sqlite3.Error as exc:  # disk full, I/O errors, corruption
             raise _translate(exc, f"committing {len(rows)} samples") from exc
 
     def record_losses(self, losses: Sequence[Loss]) -> None:

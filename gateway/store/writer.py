@@ -46,6 +46,7 @@ class WriterStats:
     batches: int = 0
     dropped: int = 0
     failed_commits: int = 0
+    repaired: int = 0
     sink_failures: int = 0
     last_error: str | None = None
     commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
@@ -107,6 +108,25 @@ class StoreWriter:
                 pass
             await self.flush()
         await self.flush()
+        for _ in range(3):
+            if not (self.pending or self._retry):
+                return
+            await asyncio.sleep(interval)
+            await self.flush()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """At shutdown, count and log what could not be committed: never a silent loss."""
+        left = self._retry + self.pending
+        self._retry, self.pending[:] = [], []
+        losses = self._losses_of(left, "store could not commit before shutdown")
+        self.stats.dropped += len(left)
+        log.error(
+            "store.unsaved_at_shutdown",
+            samples=len(left),
+            losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses],
+            error=self.stats.last_error,
+        )
 
     async def flush(self) -> None:
         """Commit everything pending now (one transaction)."""
@@ -117,8 +137,10 @@ class StoreWriter:
         counters = dict(self._next_seq())
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
-        except StoreError as exc:
+            stored = await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
+        except Exception as exc:  # StoreError (disk full, I/O) or a bug: keep the batch
+            if not isinstance(exc, StoreError):
+                log.exception("store.commit_crashed", samples=len(batch))
             self._retry = self._bound(batch, str(exc))
             self.stats.failed_commits += 1
             self.stats.last_error = str(exc)
@@ -136,6 +158,11 @@ class StoreWriter:
         if self._retry:
             log.info("store.recovered", committed=len(batch), dropped_total=self.stats.dropped)
         self._retry = []
+        if stored is not batch:
+            repaired = sum(1 for a, b in zip(batch, stored, strict=True) if a is not b)
+            self.stats.repaired += repaired
+            log.error("store.samples_repaired", samples=repaired, example=stored[0][6])
+            batch = list(stored)
         self.stats.committed += len(batch)
         self.stats.batches += 1
         self.stats.last_error = None
@@ -153,27 +180,33 @@ class StoreWriter:
             kept, dropped = batch[:-excess], batch[-excess:]
         else:
             kept, dropped = batch[excess:], batch[:excess]
+        reason = f"{self.config.on_full}: store could not commit ({error})"
+        losses = self._losses_of(dropped, reason)
+        self._losses.extend(losses)
+        self.stats.dropped += len(dropped)
+        log.error(
+            "store.samples_dropped",
+            dropped=len(dropped),
+            dropped_total=self.stats.dropped,
+            signals=len(losses),
+            policy=self.config.on_full,
+        )
+        return kept
+
+    def _losses_of(self, rows: list[Row], reason: str) -> list[Loss]:
+        """Per-signal runs of ``rows`` (contiguous in ``seq``: rows are dropped in order)."""
         runs: dict[int, list[int]] = {}
-        for row in dropped:
+        for row in rows:
             first_last_count = runs.get(row[0])
             if first_last_count is None:
                 runs[row[0]] = [row[1], row[1], 1]
             else:
                 first_last_count[1] = row[1]
                 first_last_count[2] += 1
-        reason = f"{self.config.on_full}: store could not commit ({error})"
-        for def_id, (first, last, count) in runs.items():
-            name = self._names.get(def_id, (f"#{def_id}", ""))[0]
-            self._losses.append(Loss(name, first, last, count, reason))
-        self.stats.dropped += len(dropped)
-        log.error(
-            "store.samples_dropped",
-            dropped=len(dropped),
-            dropped_total=self.stats.dropped,
-            signals=len(runs),
-            policy=self.config.on_full,
-        )
-        return kept
+        return [
+            Loss(self._names.get(def_id, (f"#{def_id}", ""))[0], first, last, count, reason)
+            for def_id, (first, last, count) in runs.items()
+        ]
 
     async def _record_losses(self, loop: asyncio.AbstractEventLoop) -> None:
         losses, self._losses = self._losses, []
