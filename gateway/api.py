@@ -105,7 +105,8 @@ class PollingDriver(abc.ABC):
     """Base for drivers that read their instrument on a fixed period.
 
     ``run`` connects, then calls :meth:`poll` every ``poll_interval_s`` seconds (missed ticks
-    are skipped, not bunched), and always calls :meth:`close`.
+    are skipped, not bunched), and always calls :meth:`close`. The instrument counts as
+    connected after the first poll that did not raise.
     """
 
     def __init__(self, context: PluginContext) -> None:
@@ -130,16 +131,19 @@ class PollingDriver(abc.ABC):
     async def run(self, io: InstrumentIO) -> None:
         await self.connect()
         try:
-            io.connected()
             loop = asyncio.get_running_loop()
             deadline = loop.time()
+            await self.poll(io)
+            # Connected means answering: a TCP connect alone (a serial device server in front
+            # of a dead device) must not reset the reconnect backoff.
+            io.connected()
             while True:
-                await self.poll(io)
                 deadline += self.poll_interval_s
                 delay = deadline - loop.time()
                 if delay < 0:
                     deadline, delay = loop.time(), 0.0
                 await asyncio.sleep(delay)
+                await self.poll(io)
         finally:
             await self.close()
 

@@ -88,10 +88,19 @@ def _errors(lines: Sequence[str]) -> int:
 
 
 def _install_stop_handlers(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: stop cleanly (final commit). Second: exit at once."""
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.error("patgw.forced_exit", signal=sig.name)
+            os._exit(128 + sig.value)
+        log.info("patgw.stop_requested", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -235,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (e.g. `| head`) went away: not an error of ours. Silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug: say so in one line, with the details in the log
+        log.exception("patgw.internal_error", error=repr(exc))
+        print(f"patgw: internal error: {exc!r} (details above)", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        log.error("patgw.internal_error", error=repr(group), exc_info=group)
+        print(f"patgw: internal error: {group!r}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ class SinkConfig(_Closed):
     id: Identifier
     type: str = Field(description="Sink plugin name, see 'patgw plugins'.")
     options: dict[str, Any] = Field(default_factory=dict)
+    queue_max_samples: int = Field(
+        default=200_000,
+        ge=1,
+        description="Committed samples held for a slow sink; beyond, its oldest are lost to it.",
+    )
+    send_timeout_s: float = Field(
+        default=10.0, gt=0, description="A send taking longer is abandoned and counted lost."
+    )
 
 
 class StoreConfig(_Closed):

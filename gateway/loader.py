@@ -45,11 +45,18 @@ class InstrumentPlan:
 
 @dataclass(frozen=True, slots=True)
 class ComponentPlan:
-    """An emulator or sink ready to enter: its id and the object its plugin built."""
+    """An emulator or sink ready to enter: its config and the object its plugin built."""
 
-    id: str
-    type: str
+    config: EmulatorConfig | SinkConfig
     instance: Any
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def type(self) -> str:
+        return self.config.type
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +240,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             except ValueError as exc:
                 problems.append(f"{format_loc([*loc, 'options'])}: {exc}")
                 continue
-            components[kind].append(ComponentPlan(item.id, item.type, instance))
+            components[kind].append(ComponentPlan(item, instance))
     if problems:
         raise ConfigError(problems)
     return Plan(

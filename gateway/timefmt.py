@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -15,7 +16,13 @@ _NS_PER_S = 1_000_000_000
 def format_ns(ns: int) -> str:
     """``1764144928123456789`` → ``"2025-11-26T08:15:28.123456789Z"`` (always UTC, 9 digits)."""
     seconds, frac = divmod(ns, _NS_PER_S)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{frac:09d}Z"
+    return f"{_second(seconds)}.{frac:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Samples come in runs within the same second: format each second once.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def parse_iso_ns(text: str) -> int:

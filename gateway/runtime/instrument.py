@@ -73,15 +73,7 @@ class InstrumentRunner:
         try:
             while True:
                 self.state = InstrumentState.CONNECTING
-                try:
-                    await self.plan.driver.run(self)
-                    raise InstrumentError("driver returned without being stopped")
-                except InstrumentError as exc:
-                    reason = str(exc) or type(exc).__name__
-                    self._log.warning("instrument.down", reason=reason)
-                except Exception as exc:  # a driver bug must not take the gateway down
-                    reason = f"driver error: {exc!r}"
-                    self._log.exception("instrument.driver_crashed", reason=reason)
+                reason = await self._run_driver_once()
                 self.failures += 1
                 self.last_error = reason
                 self.state = InstrumentState.DOWN
@@ -91,6 +83,28 @@ class InstrumentRunner:
                 await asyncio.sleep(delay)
         finally:
             self.state = InstrumentState.STOPPED
+
+    async def _run_driver_once(self) -> str:
+        """Run the driver until it fails; return why. Only our own cancellation propagates."""
+        try:
+            await self.plan.driver.run(self)
+            reason = "driver returned without being stopped"
+            self._log.warning("instrument.down", reason=reason)
+        except InstrumentError as exc:
+            reason = str(exc) or type(exc).__name__
+            self._log.warning("instrument.down", reason=reason)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the supervisor is stopping us
+            # A library raised CancelledError on its own (e.g. an internal timeout): a failure
+            # of this instrument, not a reason to stop supervising it.
+            reason = "driver error: stray CancelledError"
+            self._log.error("instrument.driver_crashed", reason=reason)
+        except Exception as exc:  # a driver bug must not take the gateway down
+            reason = f"driver error: {exc!r}"
+            self._log.exception("instrument.driver_crashed", reason=reason)
+        return reason
 
     def mark_bad(self, reason: str) -> None:
         """Publish a ``bad`` sample without value for every signal of this instrument."""

@@ -1,9 +1,14 @@
 """The supervisor: starts everything in order, runs it in one TaskGroup, stops it in order.
 
 Start: open the store and look up signal definitions and counters → enter emulators → enter
-sinks → run the store writer, one runner per instrument and the live view as named tasks.
-Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI): cancel the instruments and
-the view → the writer commits what is left → sinks exit → emulators exit → the store closes.
+sinks → run the store writer, one runner per instrument, one feeder per sink and the live view
+as named tasks.
+
+Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI): cancel the instruments
+(waiting at most ``STOP_TIMEOUT_S`` for drivers to close) → the writer commits what is left →
+the sinks get what was committed (bounded wait) → feeders and view stop → sinks exit →
+emulators exit → the store closes. The writer's final commit also runs when the run ends by an
+error, so an exception never silently discards published samples.
 """
 
 from __future__ import annotations
@@ -18,17 +23,21 @@ from typing import Any
 import structlog
 
 from ..api import Output
+from ..config import SinkConfig
 from ..errors import GatewayError
 from ..loader import ComponentPlan, Plan
 from ..store.sqlite import SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput
+from .sinks import SinkFeeder
 from .view import run_view
 
-__all__ = ["Gateway", "RunSummary"]
+__all__ = ["STOP_TIMEOUT_S", "Gateway", "RunSummary"]
 
 log = structlog.get_logger("gateway.runtime")
+
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,7 @@ class RunSummary:
     committed: int
     dropped: int
     instruments: dict[str, dict[str, Any]]
+    sinks: dict[str, dict[str, int]]
 
 
 class Gateway:
@@ -48,6 +58,7 @@ class Gateway:
         self.interactive = interactive
         self.runners: list[InstrumentRunner] = []
         self.outputs: list[SignalOutput] = []
+        self.feeders: list[SinkFeeder] = []
         self.writer: StoreWriter | None = None
         self.started = asyncio.Event()
 
@@ -59,6 +70,65 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> RunSummary:
         """Run until ``stop`` is set or ``duration_s`` has passed; return what was done."""
+        writer, stored = await self._open_store()
+        self.writer = writer
+        writer_stop = asyncio.Event()
+        writer_task: asyncio.Task[None] | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for emulator in self.plan.emulators:
+                    await _enter(stack, emulator, "emulator")
+                    log.info("emulator.started", emulator=emulator.id, type=emulator.type)
+                for sink in self.plan.sinks:
+                    instance = await _enter(stack, sink, "sink")
+                    sink_config = sink.config
+                    assert isinstance(sink_config, SinkConfig)
+                    feeder = SinkFeeder(
+                        sink.id,
+                        instance,
+                        writer.names,
+                        max_queued=sink_config.queue_max_samples,
+                        send_timeout_s=sink_config.send_timeout_s,
+                    )
+                    self.feeders.append(feeder)
+                    writer.on_commit.append(feeder.offer)
+                    log.info("sink.started", sink=sink.id, type=sink.type)
+                self._build_runners(stored, writer)
+                # The writer is not in the TaskGroup: whatever ends the group, the writer is
+                # stopped by us and commits what is left, instead of being cancelled.
+                writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
+                log.info(
+                    "gateway.started",
+                    instruments=len(self.runners),
+                    signals=len(self.outputs),
+                    sinks=len(self.feeders),
+                    store=str(self.plan.config.store.path),
+                )
+                self.started.set()
+                await self._supervise(stop, duration_s, writer_stop, writer_task)
+        finally:
+            writer_stop.set()
+            if writer_task is not None and not writer_task.done():
+                await writer_task
+            await writer.aclose()
+        summary = RunSummary(
+            committed=writer.stats.committed,
+            dropped=writer.stats.dropped,
+            instruments={
+                r.instrument_id: {"sessions": r.sessions, "failures": r.failures}
+                for r in self.runners
+            },
+            sinks={f.sink_id: {"delivered": f.delivered, "lost": f.lost} for f in self.feeders},
+        )
+        log.info(
+            "gateway.stopped",
+            committed=summary.committed,
+            dropped=summary.dropped,
+            sinks=summary.sinks,
+        )
+        return summary
+
+    async def _open_store(self) -> tuple[StoreWriter, Mapping[str, Any]]:
         config = self.plan.config
         loop = asyncio.get_running_loop()
         executor = StoreWriter.new_executor()
@@ -77,62 +147,50 @@ class Gateway:
             executor.shutdown()
             raise
         names = {stored[s.id].def_id: (s.id, s.unit) for s in self.plan.signals}
-        writer_stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            for emulator in self.plan.emulators:
-                await _enter(stack, emulator, "emulator")
-                log.info("emulator.started", emulator=emulator.id, type=emulator.type)
-            sinks = []
-            for sink in self.plan.sinks:
-                sinks.append((sink.id, await _enter(stack, sink, "sink")))
-                log.info("sink.started", sink=sink.id, type=sink.type)
-            writer = StoreWriter(
-                store,
-                config.store,
-                next_seq=self._next_seq,
-                names=names,
-                sinks=sinks,
-                executor=executor,
-            )
-            self.writer = writer
-            stack.push_async_callback(writer.aclose)
-            self._build_runners(stored, writer)
-            log.info(
-                "gateway.started",
-                instruments=len(self.runners),
-                signals=len(self.outputs),
-                store=str(config.store.path),
-            )
-            self.started.set()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(writer.run(writer_stop), name="store.writer")
-                tasks = [
-                    group.create_task(runner.run(), name=f"instrument.{runner.instrument_id}")
-                    for runner in self.runners
-                ]
-                tasks.append(
-                    group.create_task(run_view(self, interactive=self.interactive), name="view")
-                )
-                try:
-                    async with asyncio.timeout(duration_s):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
-                log.info("gateway.stopping")
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                writer_stop.set()
-        summary = RunSummary(
-            committed=writer.stats.committed,
-            dropped=writer.stats.dropped,
-            instruments={
-                r.instrument_id: {"sessions": r.sessions, "failures": r.failures}
-                for r in self.runners
-            },
+        writer = StoreWriter(
+            store, config.store, next_seq=self._next_seq, names=names, executor=executor
         )
-        log.info("gateway.stopped", committed=summary.committed, dropped=summary.dropped)
-        return summary
+        return writer, stored
+
+    async def _supervise(
+        self,
+        stop: asyncio.Event,
+        duration_s: float | None,
+        writer_stop: asyncio.Event,
+        writer_task: asyncio.Task[None],
+    ) -> None:
+        async with asyncio.TaskGroup() as group:
+            instruments = [
+                group.create_task(runner.run(), name=f"instrument.{runner.instrument_id}")
+                for runner in self.runners
+            ]
+            others = [
+                group.create_task(feeder.run(), name=f"sink.{feeder.sink_id}")
+                for feeder in self.feeders
+            ]
+            others.append(
+                group.create_task(run_view(self, interactive=self.interactive), name="view")
+            )
+            stopper = group.create_task(stop.wait(), name="stop")
+            done, _ = await asyncio.wait(
+                {stopper, writer_task}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            if writer_task in done:
+                # Only a bug ends the writer early; stop everything rather than run unstored.
+                log.error("gateway.writer_stopped_unexpectedly")
+            log.info("gateway.stopping")
+            for task in instruments:
+                task.cancel()
+            _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
+            if stuck:
+                log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+            writer_stop.set()
+            await writer_task
+            for feeder in self.feeders:
+                await feeder.drain(feeder.send_timeout_s)
+            for task in others:
+                task.cancel()
 
     def _build_runners(self, stored: Mapping[str, Any], writer: StoreWriter) -> None:
         append = writer.pending.append

@@ -75,7 +75,17 @@ def _table(gateway: Gateway) -> Table:
 
 
 async def run_view(gateway: Gateway, *, interactive: bool) -> None:
-    """Refresh the table on a terminal; log one summary line per signal when not on one."""
+    """Refresh the table on a terminal; log one summary line per signal when not on one.
+
+    The view is a convenience: if it fails, it says so once and the gateway runs on.
+    """
+    try:
+        await _run_view(gateway, interactive=interactive)
+    except Exception as exc:
+        log.exception("view.failed", error=repr(exc))
+
+
+async def _run_view(gateway: Gateway, *, interactive: bool) -> None:
     view = gateway.plan.config.view
     if interactive:
         console = Console(file=sys.stdout)

@@ -24,18 +24,14 @@ from typing import Any
 
 import structlog
 
-from ..api import Sink
 from ..config import StoreConfig
 from ..errors import StoreError
-from ..model import Quality, Sample
 from ..timefmt import now_ns
 from .sqlite import Loss, Row, SampleStore
 
 __all__ = ["StoreWriter", "WriterStats"]
 
 log = structlog.get_logger("gateway.store")
-
-_QUALITIES = list(Quality)
 
 
 @dataclass
@@ -47,7 +43,6 @@ class WriterStats:
     dropped: int = 0
     failed_commits: int = 0
     repaired: int = 0
-    sink_failures: int = 0
     last_error: str | None = None
     commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -77,7 +72,6 @@ class StoreWriter:
         *,
         next_seq: Callable[[], Mapping[str, int]],
         names: Mapping[int, tuple[str, str]],
-        sinks: Sequence[tuple[str, Sink]] = (),
         executor: ThreadPoolExecutor,
     ) -> None:
         self.store = store
@@ -87,8 +81,10 @@ class StoreWriter:
         self._retry: list[Row] = []
         self._losses: list[Loss] = []
         self._next_seq = next_seq
-        self._names = names
-        self._sinks = sinks
+        self.names = names
+        # Called with every committed batch (the sink feeders' offer); must not block.
+        self.on_commit: list[Callable[[Sequence[Row]], None]] = []
+        self._saved_seq: dict[str, int] = {}
         self._executor = executor
         self._last_failure_log = 0.0
 
@@ -109,7 +105,7 @@ class StoreWriter:
             await self.flush()
         await self.flush()
         for _ in range(3):
-            if not (self.pending or self._retry):
+            if not (self.pending or self._retry or self._losses):
                 return
             await asyncio.sleep(interval)
             await self.flush()
@@ -119,22 +115,32 @@ class StoreWriter:
         """At shutdown, count and log what could not be committed: never a silent loss."""
         left = self._retry + self.pending
         self._retry, self.pending[:] = [], []
-        losses = self._losses_of(left, "store could not commit before shutdown")
+        # Loss records that never reached the store are logged here, with the new ones. The
+        # sequence counters of these samples could not be saved either: the next run may hand
+        # out the same seq numbers, which is visible as a loss here and never reached upstream.
+        losses = self._losses + self._losses_of(left, "store could not commit before shutdown")
+        self._losses = []
         self.stats.dropped += len(left)
         log.error(
             "store.unsaved_at_shutdown",
             samples=len(left),
-            losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses],
+            losses=[(x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
             error=self.stats.last_error,
         )
 
     async def flush(self) -> None:
         """Commit everything pending now (one transaction)."""
         if not self.pending and not self._retry:
+            if self._losses:
+                await self._record_losses(asyncio.get_running_loop())
             return
         batch = self._retry + self.pending if self._retry else self.pending[:]
         self.pending.clear()
-        counters = dict(self._next_seq())
+        if len(batch) > self.config.max_pending_samples:
+            # Commits lag behind the instruments (not failing, just too slow): same bound.
+            batch = self._bound(batch, "commits lag behind the instruments")
+        saved = self._saved_seq
+        counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v}
         loop = asyncio.get_running_loop()
         try:
             stored = await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
@@ -169,8 +175,9 @@ class StoreWriter:
         self.stats.commit_latency_ms.append((now_ns() - batch[0][3]) / 1e6)
         if self._losses:
             await self._record_losses(loop)
-        if self._sinks:
-            await self._deliver(batch)
+        self._saved_seq.update(counters)
+        for deliver in self.on_commit:
+            deliver(batch)
 
     def _bound(self, batch: list[Row], error: str) -> list[Row]:
         excess = len(batch) - self.config.max_pending_samples
@@ -188,8 +195,9 @@ class StoreWriter:
             "store.samples_dropped",
             dropped=len(dropped),
             dropped_total=self.stats.dropped,
-            signals=len(losses),
             policy=self.config.on_full,
+            reason=error,
+            losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses],
         )
         return kept
 
@@ -204,7 +212,7 @@ class StoreWriter:
                 first_last_count[1] = row[1]
                 first_last_count[2] += 1
         return [
-            Loss(self._names.get(def_id, (f"#{def_id}", ""))[0], first, last, count, reason)
+            Loss(self.names.get(def_id, (f"#{def_id}", ""))[0], first, last, count, reason)
             for def_id, (first, last, count) in runs.items()
         ]
 
@@ -215,19 +223,6 @@ class StoreWriter:
         except StoreError as exc:
             self._losses = losses + self._losses
             log.error("store.loss_record_failed", error=str(exc))
-
-    async def _deliver(self, batch: list[Row]) -> None:
-        names = self._names
-        samples = [
-            Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
-            for d, seq, s, g, q, v, r in batch
-        ]
-        for sink_id, sink in self._sinks:
-            try:
-                await sink.send(samples)
-            except Exception as exc:  # a failing sink must not stop the store
-                self.stats.sink_failures += 1
-                log.error("sink.send_failed", sink=sink_id, error=repr(exc))
 
     async def aclose(self) -> None:
         """Stop the writer thread and close the store."""

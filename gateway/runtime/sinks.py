@@ -1,0 +1,116 @@
+"""Feeding sinks: each in its own task with a bounded queue, so no sink can stall the store.
+
+The store writer hands every committed batch to :meth:`SinkFeeder.offer`, which only appends to
+a queue. The feeder's task turns rows into :class:`~gateway.model.Sample` objects and calls the
+sink's ``send`` under a timeout. A sink that is slower than the data, hangs or fails loses
+batches *for that sink only* — the store has every sample — and each lost sample is counted and
+logged. (Durable per-sink cursors that resume from the store are the MQTT issue's work.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from ..api import Sink
+from ..model import Quality, Sample
+from ..store.sqlite import Row
+
+__all__ = ["SinkFeeder"]
+
+log = structlog.get_logger("gateway.sink")
+
+_QUALITIES = list(Quality)
+
+
+class SinkFeeder:
+    """Delivers committed batches to one sink, in commit order."""
+
+    def __init__(
+        self,
+        sink_id: str,
+        sink: Sink,
+        names: Mapping[int, tuple[str, str]],
+        *,
+        max_queued: int,
+        send_timeout_s: float,
+    ) -> None:
+        self.sink_id = sink_id
+        self.sink = sink
+        self.max_queued = max_queued
+        self.send_timeout_s = send_timeout_s
+        self.delivered = 0
+        self.lost = 0
+        self._names = names
+        self._queue: deque[Sequence[Row]] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._last_loss_log = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Samples waiting for this sink."""
+        return self._queued
+
+    def offer(self, rows: Sequence[Row]) -> None:
+        """Queue a committed batch; never blocks. Over the bound, the oldest batches go."""
+        self._queue.append(rows)
+        self._queued += len(rows)
+        while self._queued > self.max_queued and len(self._queue) > 1:
+            old = self._queue.popleft()
+            self._queued -= len(old)
+            self._lose(len(old), "queue full: the sink is slower than the data")
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Deliver queued batches until cancelled."""
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            rows = self._queue.popleft()
+            self._queued -= len(rows)
+            names = self._names
+            samples = [
+                Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
+                for d, seq, s, g, q, v, r in rows
+            ]
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.sink.send(samples)
+            except TimeoutError:
+                self._lose(len(samples), f"send took longer than {self.send_timeout_s} s")
+            except Exception as exc:  # a failing sink must not stop the others or the store
+                self._lose(len(samples), f"send failed: {exc!r}")
+            else:
+                self.delivered += len(samples)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until everything queued was handed to the sink."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.error("sink.drain_timeout", sink=self.sink_id, queued=self._queued)
+
+    def _lose(self, count: int, reason: str) -> None:
+        self.lost += count
+        now = time.monotonic()
+        if now - self._last_loss_log > 5.0:
+            self._last_loss_log = now
+            log.error(
+                "sink.samples_lost",
+                sink=self.sink_id,
+                samples=count,
+                lost_total=self.lost,
+                reason=reason,
+            )
