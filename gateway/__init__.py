@@ -24,6 +24,7 @@ from .errors import (
     StoreError,
     StoreFullError,
     UnitError,
+    WriteRefusedError,
 )
 from .hookspecs import hookimpl
 from .loader import Plan, load_plan
@@ -60,6 +61,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "UnitError",
+    "WriteRefusedError",
     "build_registry",
     "compile_conversion",
     "format_ns",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
 from pydantic import ValidationError
 
 from .api import PluginContext
@@ -49,35 +50,54 @@ def _parser() -> argparse.ArgumentParser:
         prog="patgw", description="PAT Gateway: read process-analytical instruments, durably."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--log-format", choices=("console", "json"), help="override the config")
+    parser.add_argument("--log-format", choices=("console", "json"), help="log output")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    # The same options are accepted after the command too (patgw run X --log-format json).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=("console", "json"), default=argparse.SUPPRESS, help="log output"
+    )
+    common.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the gateway")
+    run = sub.add_parser("run", parents=[common], help="run the gateway")
     run.add_argument("config", type=Path)
     run.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop after")
     run.add_argument("--no-view", action="store_true", help="no live table even on a terminal")
 
-    check = sub.add_parser("check", help="validate a configuration (exit 2 if invalid)")
+    check = sub.add_parser(
+        "check", parents=[common], help="validate a configuration (exit 2 if invalid)"
+    )
     check.add_argument("config", type=Path)
 
-    sub.add_parser("schema", help="print the configuration's JSON Schema")
+    sub.add_parser("schema", parents=[common], help="print the configuration's JSON Schema")
 
-    plugins = sub.add_parser("plugins", help="list installed plugins")
+    plugins = sub.add_parser("plugins", parents=[common], help="list installed plugins")
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
-    export = sub.add_parser("export", help="write committed samples")
+    export = sub.add_parser("export", parents=[common], help="write committed samples")
     export.add_argument("config", type=Path)
     export.add_argument("--format", choices=sorted(FORMATS), default="jsonl")
     export.add_argument("--signal", metavar="GLOB", help="signal ids to keep, shell wildcards")
     export.add_argument("--since", metavar="ISO-TIME", help="keep samples from this source time")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
 
-    emulate = sub.add_parser("emulate", help="run an emulated instrument standalone")
+    emulate = sub.add_parser(
+        "emulate", parents=[common], help="run an emulated instrument standalone"
+    )
     emulate.add_argument("name", help="emulator name, see 'patgw plugins'")
     emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulate.add_argument("--port", type=int, help="port to listen on")
     emulate.add_argument("--for", dest="duration", type=float, metavar="SECONDS")
+    emulate.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="an emulator option, e.g. --option setpoint_rpm=120 (repeatable)",
+    )
     return parser
 
 
@@ -170,7 +190,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _errors([f"--since: not an ISO 8601 time: {args.since!r} ({exc})"])
     if not config.store.path.exists():
-        return _errors([f"store.path: {config.store.path} does not exist (has the gateway run?)"])
+        where = config.store.path
+        if not where.is_absolute():
+            where = Path.cwd() / where
+        return _errors([f"store.path: {where} does not exist (has the gateway run here?)"])
     store = SampleStore(config.store.path, read_only=True)
     try:
         samples = store.samples(args.signal, since)
@@ -195,6 +218,14 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     raw: dict[str, Any] = {"host": args.host}
     if args.port is not None:
         raw["port"] = args.port
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            return _errors([f"--option {item!r}: write KEY=VALUE"])
+        try:
+            raw[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return _errors([f"--option {key}: invalid YAML value: {exc}"])
     try:
         options = registration.options_model.model_validate(raw)
     except ValidationError as exc:
@@ -206,11 +237,19 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         _install_stop_handlers(stop)
-        async with emulator:
-            log.info("emulator.running", emulator=args.name, host=args.host, port=args.port)
+        try:
+            await emulator.__aenter__()
+        except OSError as exc:
+            print(f"patgw: emulator {args.name!r} cannot start: {exc}", file=sys.stderr)
+            return 1
+        try:
+            port = getattr(emulator, "port", args.port)
+            log.info("emulator.running", emulator=args.name, host=args.host, port=port)
             with suppress(TimeoutError):
                 async with asyncio.timeout(args.duration):
                     await stop.wait()
+        finally:
+            await emulator.__aexit__(None, None, None)
         return 0
 
     return asyncio.run(main())

@@ -35,10 +35,8 @@ Identifier = Annotated[str, Field(pattern=_ID_PATTERN, max_length=64)]
 def _ucum(code: str) -> str:
     try:
         return validate_ucum(code)
-    except UnitError:
-        raise PydanticCustomError(
-            "ucum", "unknown UCUM unit {code}", {"code": repr(code)}
-        ) from None
+    except UnitError as exc:
+        raise PydanticCustomError("ucum", "{problem}", {"problem": str(exc)}) from None
 
 
 UcumCode = Annotated[str, AfterValidator(_ucum)]

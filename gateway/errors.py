@@ -8,6 +8,7 @@
      ├── PluginError          a plugin that fails to load or registers something twice
      ├── InstrumentError      an instrument cannot be reached or answered badly (drivers raise it;
      │                        the runtime marks the instrument's signals bad and reconnects)
+     ├── WriteRefusedError    a write (setpoint) outside the configured allow-list, or unencodable
      └── StoreError           the durable store cannot be opened or written
           └── StoreFullError  the disk (or the store's page limit) is full
 
@@ -27,6 +28,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "UnitError",
+    "WriteRefusedError",
 ]
 
 
@@ -57,6 +59,11 @@ class InstrumentError(GatewayError):
     reports the instrument's signals as ``bad`` with ``str(error)`` as the reason and reconnects
     with jittered exponential backoff.
     """
+
+
+class WriteRefusedError(GatewayError):
+    """A write to an instrument was refused before anything was sent (not allow-listed, or the
+    value does not fit the target). Refusals are logged like the writes themselves."""
 
 
 class StoreError(GatewayError):

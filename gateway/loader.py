@@ -121,6 +121,16 @@ def read_config(path: Path) -> GatewayConfig:
     return config
 
 
+def _plugin_problem(exc: Exception) -> str:
+    """A plugin factory's error as a config problem: its own message for ValueError (and
+    KeyError, e.g. a missing secret variable), the exception type too for anything else."""
+    if isinstance(exc, KeyError):
+        return str(exc.args[0]) if exc.args else "missing key"
+    if isinstance(exc, (ValueError, UnitError)):
+        return str(exc)
+    return f"plugin failed to build it: {exc!r}"
+
+
 def _options(
     registry: Registry,
     kind: PluginKind,
@@ -204,8 +214,8 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         try:
             driver = factory(options, context)
             channels = list(driver.channels())
-        except (ValueError, UnitError) as exc:
-            problems.append(f"{format_loc([*loc, 'options'])}: {exc}")
+        except Exception as exc:  # a plugin's own check, or its bug: both stop this config
+            problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
             continue
         bad_units = False
         for ch in channels:
@@ -237,8 +247,8 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             factory, options = resolved
             try:
                 instance = factory(options, PluginContext(item.id, config.data_dir))
-            except ValueError as exc:
-                problems.append(f"{format_loc([*loc, 'options'])}: {exc}")
+            except Exception as exc:
+                problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
                 continue
             components[kind].append(ComponentPlan(item, instance))
     if problems:

@@ -65,9 +65,16 @@ def _parse(code: str) -> Any:
     if not code or code != code.strip():
         raise UnitError(f"unknown UCUM unit {code!r}")
     try:
-        parsed = transformer.transform(parse_ucum(code, parser))
-    except Exception as exc:  # ucumvert raises lark and pint errors of several kinds
+        tree = parse_ucum(code, parser)
+    except Exception as exc:  # ucumvert raises lark errors of several kinds
         raise UnitError(f"unknown UCUM unit {code!r}") from exc
+    try:
+        parsed = transformer.transform(tree)
+    except Exception as exc:  # valid UCUM that pint cannot represent, e.g. Cel/min
+        raise UnitError(
+            f"UCUM unit {code!r} is valid but not supported (no linear conversion is defined"
+            " for it); use an equivalent such as K/min"
+        ) from exc
     if not isinstance(parsed, registry.Quantity):
         # A bare annotation such as "{cells}" is the dimensionless unit 1 in UCUM.
         parsed = registry.Quantity(1, "dimensionless")

@@ -69,7 +69,7 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
     assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
     for signal_id, rows in by_signal.items():
         assert [r["seq"] for r in rows] == list(range(len(rows))), signal_id
-        assert len(rows) >= duration - 1, f"{signal_id}: {len(rows)} samples in {duration} s"
+        assert len(rows) >= duration, f"{signal_id}: {len(rows)} samples in {duration} s"
         assert all(r["quality"] == "good" for r in rows), signal_id
         assert list(rows[0]) == [
             "signal",
@@ -168,48 +168,126 @@ def test_export_rejects_bad_since_and_filters(tmp_path: Path) -> None:
     assert len(lines) - 1 == sum(1 for s in everything if s["signal"].endswith("/speed"))
 
 
-def test_emulate_feed_pump_standalone(tmp_path: Path) -> None:
+def start_emulator(port: int, *options: str) -> subprocess.Popen[str]:
+    """`patgw emulate feed_pump` as a separate process, returned once it accepts connections."""
+    args = [sys.executable, "-m", "gateway", "emulate", "feed_pump", "--port", str(port)]
+    for option in options:
+        args += ["--option", option]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "emulator did not start"
+            time.sleep(0.05)
+
+
+def pump_config(tmp_path: Path, port: int, poll_s: float = 0.1) -> Path:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+            area: r9
+            store: {{path: {tmp_path / "s.sqlite"}, commit_interval_ms: 50}}
+            instruments:
+              - id: pump
+                driver: modbus
+                poll_interval_s: {poll_s}
+                backoff: {{initial_s: 0.1, max_s: 0.3}}
+                options: {{port: {port}, profile: feed_pump, timeout_s: 0.3}}
+                signals: [{{id: flow}}]
+        """)
+    )
+    return config
+
+
+def quality_runs(samples: list[dict]) -> list[str]:
+    runs: list[str] = []
+    for s in samples:
+        if not runs or runs[-1] != s["quality"]:
+            runs.append(s["quality"])
+    return runs
+
+
+def test_emulate_standalone_with_scheduled_fault(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "emulate", "feed_pump", "--port", str(port)],
+    schedule = "faults=[{fault: exception_responses, after_s: 2.0, for_s: 1.5}]"
+    emulator = start_emulator(port, schedule, "setpoint_rpm=120")
+    try:
+        result = patgw("run", str(pump_config(tmp_path, port)), "--for", "5.5")
+        assert result.returncode == 0, result.stderr
+        emulator.send_signal(signal.SIGTERM)
+        emulator.communicate(timeout=10)
+        assert emulator.returncode == 0
+    finally:
+        if emulator.poll() is None:
+            emulator.kill()
+            emulator.communicate()
+    samples = export_jsonl(pump_config(tmp_path, port))
+    assert quality_runs(samples) == ["good", "bad", "good"]
+    assert {s["reason"] for s in samples if s["quality"] == "bad"} == {
+        "exception 4 (device failure)"
+    }
+    good = [s["value"] for s in samples if s["quality"] == "good"]
+    assert good and all(v == pytest.approx(96.0) for v in good)  # 120 rpm x 0.8 mL/rev
+    assert [s["seq"] for s in samples] == list(range(len(samples)))
+
+
+def test_emulator_process_killed_and_restarted(tmp_path: Path) -> None:
+    """kill -9 of the emulator process mid-run: bad while it is gone, good again after."""
+    port = free_port()
+    config = pump_config(tmp_path, port)
+    emulator = start_emulator(port)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", str(config), "--for", "30"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        # A gateway reads it like any pump.
-        config = tmp_path / "g.yaml"
-        config.write_text(
-            textwrap.dedent(f"""
-            area: r9
-            store: {{path: {tmp_path / "s.sqlite"}}}
-            instruments:
-              - id: pump
-                driver: modbus
-                poll_interval_s: 0.2
-                options: {{port: {port}, profile: feed_pump}}
-                signals: [{{id: flow}}]
-        """)
-        )
-        assert patgw("run", str(config), "--for", "1.5").returncode == 0
-        flows = export_jsonl(config)
-        assert flows and all(s["quality"] == "good" and s["value"] > 0 for s in flows)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
-        assert proc.returncode == 0
+
+        def qualities() -> list[str]:
+            if not (tmp_path / "s.sqlite").exists():
+                return []
+            return quality_runs(export_jsonl(config))
+
+        def wait_until(runs: list[str]) -> None:
+            deadline = time.monotonic() + 20
+            while qualities() != runs:
+                assert gateway.poll() is None, gateway.communicate()
+                assert time.monotonic() < deadline, f"never saw {runs}: {qualities()}"
+                time.sleep(0.2)
+
+        wait_until(["good"])
+        emulator.kill()
+        emulator.communicate()
+        wait_until(["good", "bad"])
+        emulator = start_emulator(port)
+        wait_until(["good", "bad", "good"])
+        gateway.send_signal(signal.SIGTERM)
+        _, stderr = gateway.communicate(timeout=20)
+        assert gateway.returncode == 0, stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        for proc in (gateway, emulator):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    samples = export_jsonl(config)
+    assert [s["seq"] for s in samples] == list(range(len(samples)))
+    assert all(s["reason"].startswith("unreachable:") for s in samples if s["quality"] == "bad")
+
+
+def test_emulate_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = patgw("emulate", "feed_pump", "--port", str(port), "--for", "1")
+    assert result.returncode == 1
+    assert "emulator 'feed_pump' cannot start" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 VENDOR_MODULE = '''

@@ -10,7 +10,7 @@ import pytest
 from conftest import plan_for, pump_instrument, running, wait_for
 
 from firmware_stubs.feed_pump import Fault, FeedPumpEmulator, PumpModel
-from gateway import Quality
+from gateway import ConfigError, Quality, WriteRefusedError
 from gateway.runtime import Gateway
 from gateway.store import SampleStore
 
@@ -183,7 +183,7 @@ async def test_pump_fault_code_and_setpoint_write(tmp_path: Path) -> None:
                 lambda: math.isclose(latest(gateway, "reactor1/p/speed")[5], 120.0, rel_tol=1e-6),
                 what="speed ramps to the new setpoint",
             )
-            with pytest.raises(PermissionError):
+            with pytest.raises(WriteRefusedError):
                 await driver.write("flow", 1.0)
             assert pump.model.setpoint_rpm == pytest.approx(120.0)
             pump.inject(Fault.PUMP_FAULT)
@@ -223,3 +223,42 @@ async def test_rtu_over_pyserial_socket_url(tmp_path: Path) -> None:
         async with running(plan) as (gateway, _):
             await wait_for(lambda: quality_of(gateway, "reactor1/rtu_pump/flow") is Quality.GOOD)
             assert latest(gateway, "reactor1/rtu_pump/flow")[5] == pytest.approx(50.0)
+
+
+@pytest.mark.asyncio
+async def test_status_register_drives_quality(tmp_path: Path) -> None:
+    """An inline register map: flow's quality follows the pump's fault-code register bits."""
+    registers = [
+        {
+            "name": "flow",
+            "address": 4,
+            "type": "float32",
+            "unit": "mL/min",
+            "status": {"status_register": "fault", "bad_mask": 1},
+        },
+        {"name": "fault", "address": 11, "type": "uint16"},
+    ]
+    async with FeedPumpEmulator() as pump:
+        instrument = pump_instrument("p", pump.port, signals=[{"id": "flow"}])
+        instrument["options"] = {"port": pump.port, "registers": registers, "timeout_s": 0.3}
+        plan = plan_for(tmp_path, instruments=[instrument])
+        async with running(plan) as (gateway, _):
+            await wait_for(lambda: quality_of(gateway, "reactor1/p/flow") is Quality.GOOD)
+            pump.inject(Fault.PUMP_FAULT)
+            await wait_for(lambda: quality_of(gateway, "reactor1/p/flow") is Quality.BAD)
+            assert latest(gateway, "reactor1/p/flow")[6] == "status 0x01"
+
+
+def test_misspelt_status_register_is_a_config_error(tmp_path: Path) -> None:
+    registers = [
+        {"name": "flow", "address": 4, "type": "float32", "status": {"status_register": "flt"}},
+        {"name": "fault", "address": 11},
+    ]
+    instrument = pump_instrument("p", 502)
+    instrument["options"] = {"registers": registers}
+    with pytest.raises(ConfigError) as caught:
+        plan_for(tmp_path, instruments=[instrument])
+    assert caught.value.problems == (
+        "instruments[0].options: register 'flow': status_register 'flt' is not a register of"
+        " this map",
+    )

@@ -1,19 +1,40 @@
-"""Registers the ``feed_pump`` emulator through the public hook, like any plugin."""
+"""Registers the ``feed_pump`` emulator through the public hook, like any plugin.
+
+Besides where it listens, the options can schedule faults, so a demo or a standalone emulator
+(``patgw emulate feed_pump --option 'faults=[{fault: stall, after_s: 30, for_s: 10}]'``) shows
+the gateway's fault handling without writing code.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import contextlib
+from typing import Any, Literal, Self
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import PluginContext, Registry, hookimpl
 
+from .faults import Fault
 from .model import PumpModel
 from .server import FeedPumpEmulator
 
+log = structlog.get_logger(__name__)
+
+
+class FaultStep(BaseModel):
+    """Inject ``fault`` ``after_s`` seconds after start; clear it ``for_s`` seconds later."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fault: Literal["drop_connections", "exception_responses", "stall", "pump_fault"]
+    after_s: float = Field(ge=0)
+    for_s: float = Field(default=0, ge=0, description="0 = until the emulator stops.")
+
 
 class FeedPumpOptions(BaseModel):
-    """Where the emulated pump listens and how it starts."""
+    """Where the emulated pump listens, how it starts and which faults it plays."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -24,7 +45,49 @@ class FeedPumpOptions(BaseModel):
         default="tcp", description="tcp = Modbus TCP; rtu = RTU frames over TCP (socket:// URLs)."
     )
     setpoint_rpm: float = Field(default=50.0, ge=0, le=400, description="Initial speed setpoint.")
-    ml_per_rev: float = Field(default=0.8, gt=0, description="Tubing calibration, mL/rev.")
+    ml_per_rev: float = Field(default=0.8, gt=0, le=100, description="Tubing calibration, mL/rev.")
+    faults: tuple[FaultStep, ...] = Field(default=(), description="Scheduled fault injection.")
+
+
+class ScheduledFeedPump:
+    """The emulator plus a named task that plays the fault schedule."""
+
+    def __init__(self, emulator: FeedPumpEmulator, faults: tuple[FaultStep, ...]) -> None:
+        self.emulator = emulator
+        self.faults = faults
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.emulator.port
+
+    async def __aenter__(self) -> Self:
+        await self.emulator.start()
+        if self.faults:
+            self._task = asyncio.create_task(self._play(), name="feed_pump.faults")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.emulator.stop()
+
+    async def _play(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        events = sorted(
+            [(step.after_s, "inject", step) for step in self.faults]
+            + [(step.after_s + step.for_s, "clear", step) for step in self.faults if step.for_s],
+            key=lambda e: e[0],
+        )
+        for at, action, step in events:
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            if action == "inject":
+                self.emulator.inject(Fault(step.fault))
+            else:
+                self.emulator.clear_faults()
 
 
 def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
@@ -33,9 +96,10 @@ def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
         actual_rpm=options.setpoint_rpm,
         ml_per_rev=options.ml_per_rev,
     )
-    return FeedPumpEmulator(
+    emulator = FeedPumpEmulator(
         options.host, options.port, model=model, unit_id=options.unit_id, framing=options.framing
     )
+    return ScheduledFeedPump(emulator, options.faults)
 
 
 @hookimpl

@@ -23,6 +23,7 @@ from gateway import (
     PluginContext,
     PollingDriver,
     Quality,
+    WriteRefusedError,
     now_ns,
 )
 
@@ -56,6 +57,13 @@ class ModbusDriver(PollingDriver):
         specs = {r.name: r for r in profile.registers}
         specs.update({r.name: r for r in options.registers})
         self.specs: dict[str, RegisterSpec] = specs
+        for spec in specs.values():
+            if spec.status is not None and spec.status.status_register not in specs:
+                # Without this, a misspelt name would make every value silently "good".
+                raise ValueError(
+                    f"register {spec.name!r}: status_register {spec.status.status_register!r}"
+                    " is not a register of this map"
+                )
         self.address_base = (
             options.address_base if options.address_base is not None else profile.address_base
         )
@@ -133,7 +141,12 @@ class ModbusDriver(PollingDriver):
             value = values[name]
             rule = spec.status
             if rule is not None:
-                bits = int(values.get(rule.status_register, 0))
+                if rule.status_register in failed:
+                    output.publish(
+                        value, source_ts, Quality.UNCERTAIN, "status register unavailable"
+                    )
+                    continue
+                bits = int(values[rule.status_register])
                 if bits & rule.bad_mask:
                     output.publish(value, source_ts, Quality.BAD, f"status 0x{bits:02x}")
                     continue
@@ -166,14 +179,22 @@ class ModbusDriver(PollingDriver):
         return registers, None
 
     async def write(self, channel: str, value: float) -> None:
-        """Write a setpoint. Only registers declared ``access: rw`` may be written; every write
-        is logged (instrument, channel, value, registers written)."""
+        """Write a setpoint. Only registers declared ``access: rw`` may be written; every write,
+        refused, failed or done, is logged (instrument, channel, value, registers)."""
+        audit = log.bind(instrument=self.context.id, channel=channel, value=value)
         spec = self.specs.get(channel)
         if spec is None or spec.access != "rw":
-            log.warning("modbus.write_refused", instrument=self.context.id, channel=channel)
-            raise PermissionError(f"channel {channel!r} is not writable")
-        words = encode_value(spec, value, word_order=self.word_order, byte_order=self.byte_order)
+            audit.warning("modbus.write_refused", reason="not declared access: rw")
+            raise WriteRefusedError(f"channel {channel!r} is not writable")
+        try:
+            words = encode_value(
+                spec, value, word_order=self.word_order, byte_order=self.byte_order
+            )
+        except ValueError as exc:
+            audit.warning("modbus.write_refused", reason=str(exc))
+            raise WriteRefusedError(str(exc)) from exc
         if self._client is None:
+            audit.warning("modbus.write_failed", reason="not connected")
             raise InstrumentError(f"{self.where}: not connected")
         address = spec.address - self.address_base
         try:
@@ -181,13 +202,11 @@ class ModbusDriver(PollingDriver):
                 address, words, device_id=self.options.unit_id
             )
         except ModbusException as exc:
+            audit.warning("modbus.write_failed", reason=str(exc))
             raise InstrumentError(f"{self.where}: write failed: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", 0)
-            raise InstrumentError(
-                f"{self.where}: write of {channel} refused: exception {code}"
-                f" ({_EXCEPTION_NAMES.get(code, 'unknown')})"
-            )
-        log.info(
-            "modbus.write", instrument=self.context.id, channel=channel, value=value, words=words
-        )
+            reason = f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
+            audit.warning("modbus.write_failed", reason=reason)
+            raise InstrumentError(f"{self.where}: write of {channel} refused: {reason}")
+        audit.info("modbus.write", words=words)

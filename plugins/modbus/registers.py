@@ -2,7 +2,7 @@
 
 No I/O here. A :class:`RegisterSpec` is validated once (pydantic, at configuration time) and then
 compiled into a :class:`Decoder` holding a ``struct`` format and the word/byte order, so decoding
-a poll is one ``struct.unpack_from`` per register.
+a poll is one ``struct.unpack`` per register (plus reordering words or bytes when the map says so).
 """
 
 from __future__ import annotations

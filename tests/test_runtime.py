@@ -1,0 +1,178 @@
+"""The runtime with small inline plugins: sinks that misbehave, drivers that publish nonsense,
+runs that end by cancellation. Each checks the store against what was published."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import running, wait_for, write_config
+from pydantic import BaseModel, ConfigDict
+
+from gateway import (
+    Channel,
+    InstrumentIO,
+    PluginContext,
+    Quality,
+    Registry,
+    Sample,
+    build_registry,
+    hookimpl,
+    load_plan,
+)
+from gateway.runtime import Gateway
+from gateway.store import SampleStore
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: str = "ok"
+
+
+class Counter:
+    """Publishes 0, 1, 2, … every 10 ms; in 'nonsense' mode, misuses the publish API."""
+
+    def __init__(self, options: Options, context: PluginContext) -> None:
+        self.mode = options.mode
+
+    def channels(self) -> Sequence[Channel]:
+        return [Channel("count", "1")]
+
+    async def run(self, io: InstrumentIO) -> None:
+        io.connected()
+        out = io.output("count")
+        n = 0
+        while True:
+            if self.mode == "nonsense" and n % 4 == 1:
+                out.publish(float(n), quality="maybe")  # type: ignore[arg-type]
+            elif self.mode == "nonsense" and n % 4 == 2:
+                out.publish(float(n), source_ts=1_700_000_000)  # seconds, not ns
+            elif self.mode == "nonsense" and n % 4 == 3:
+                out.publish(math.nan, quality=Quality.UNCERTAIN, reason="probe drift")
+            else:
+                out.publish(float(n))
+            n += 1
+            await asyncio.sleep(0.01)
+
+
+class SinkOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    behaviour: str = "ok"
+
+
+class Recorder:
+    """A sink that records, hangs or fails, as told."""
+
+    received: list[Sample]
+
+    def __init__(self, options: SinkOptions, context: PluginContext) -> None:
+        self.behaviour = options.behaviour
+        self.received = []
+
+    async def __aenter__(self) -> Recorder:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def send(self, samples: Sequence[Sample]) -> None:
+        if self.behaviour == "hang":
+            await asyncio.Event().wait()
+        if self.behaviour == "fail":
+            raise RuntimeError("upstream refused")
+        self.received.extend(samples)
+
+
+class InlinePlugin:
+    @hookimpl
+    def pat_gateway_register_drivers(self, registry: Registry) -> None:
+        registry.add_driver("counter", Counter, Options)
+
+    @hookimpl
+    def pat_gateway_register_sinks(self, registry: Registry) -> None:
+        registry.add_sink("recorder", Recorder, SinkOptions)
+
+
+def plan(tmp_path: Path, mode: str = "ok", sinks: list[dict[str, Any]] | None = None) -> Any:
+    config = {
+        "area": "t",
+        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
+        "instruments": [{"id": "c", "driver": "counter", "options": {"mode": mode}}],
+        "sinks": sinks or [],
+    }
+    registry = build_registry([InlinePlugin()], entry_points=False)
+    return load_plan(write_config(tmp_path / "g.yaml", config), registry)
+
+
+def stored(tmp_path: Path) -> list[Sample]:
+    store = SampleStore(tmp_path / "s.sqlite", read_only=True)
+    try:
+        return list(store.samples())
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_hanging_and_failing_sinks_never_stall_the_store(tmp_path: Path) -> None:
+    sinks = [
+        {
+            "id": "hangs",
+            "type": "recorder",
+            "options": {"behaviour": "hang"},
+            "send_timeout_s": 0.2,
+        },
+        {"id": "fails", "type": "recorder", "options": {"behaviour": "fail"}},
+        {"id": "works", "type": "recorder"},
+    ]
+    the_plan = plan(tmp_path, sinks=sinks)
+    async with running(the_plan) as (gateway, _):
+        await wait_for(lambda: gateway.stats.committed >= 100, what="commits go on")
+        await wait_for(lambda: gateway.feeders[0].lost > 0, what="the hanging sink times out")
+    samples = stored(tmp_path)
+    hangs, fails, works = gateway.feeders
+    working_sink = the_plan.sinks[2].instance
+    # The store has everything; the healthy sink got exactly what was committed, in order.
+    assert [(s.signal, s.seq) for s in working_sink.received] == [
+        (s.signal, s.seq) for s in samples
+    ]
+    assert works.delivered == len(samples) and works.lost == 0
+    # The broken sinks lost what they did not take, and every such sample is counted.
+    assert fails.delivered == 0 and fails.lost == len(samples)
+    assert hangs.delivered == 0 and 0 < hangs.lost <= len(samples)
+
+
+@pytest.mark.asyncio
+async def test_publish_misuse_becomes_bad_samples_with_reasons(tmp_path: Path) -> None:
+    async with running(plan(tmp_path, mode="nonsense")) as (gateway, _):
+        await wait_for(lambda: gateway.stats.committed >= 12)
+    samples = stored(tmp_path)
+    by_kind = {s.seq % 4: s for s in samples[:4]}
+    assert by_kind[0].quality is Quality.GOOD and by_kind[0].value == 0.0
+    assert by_kind[1].quality is Quality.BAD
+    assert by_kind[1].reason == "invalid quality 'maybe'"
+    assert by_kind[1].value == 1.0  # the reading itself is kept
+    assert by_kind[2].quality is Quality.BAD
+    assert by_kind[2].reason.startswith("invalid source timestamp 1700000000")
+    assert by_kind[2].source_ts == by_kind[2].gateway_ts
+    assert by_kind[3].quality is Quality.BAD
+    assert by_kind[3].value is None
+    assert by_kind[3].reason == "non-finite value nan; probe drift"
+    assert [s.seq for s in samples] == list(range(len(samples)))
+
+
+@pytest.mark.asyncio
+async def test_cancelled_run_still_commits_everything_published(tmp_path: Path) -> None:
+    gateway = Gateway(plan(tmp_path))
+    task = asyncio.create_task(gateway.run(asyncio.Event()), name="test.gateway")
+    await gateway.started.wait()
+    await wait_for(lambda: gateway.outputs[0].seq >= 20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    samples = stored(tmp_path)
+    assert len(samples) == gateway.outputs[0].seq  # nothing published was lost
+    assert [s.seq for s in samples] == list(range(len(samples)))
