@@ -85,18 +85,26 @@ class SyntheticPlugin:
 
 
 async def measure(
-    seconds: float, signals: int, rate: float, commit_ms: int, folder: Path
+    seconds: float, signals: int, rate: float, commit_ms: int, folder: Path, sink: bool = False
 ) -> dict[str, Any]:
     config = folder / "bench.yaml"
     # Every signal is converted mL/min → L/h, so the multiply-add is on the measured path.
     signal_lines = "\n".join(f"      - {{id: s{i}, unit: L/h}}" for i in range(signals))
+    sink_lines = (
+        f"sinks:\n  - {{id: file, type: jsonl_file, options: {{path: {folder / 'out.jsonl'}}}}}\n"
+        if sink
+        else ""
+    )
     config.write_text(
         f"area: bench\n"
         f"store: {{path: {folder / 'bench.sqlite'}, commit_interval_ms: {commit_ms}}}\n"
         f"instruments:\n  - id: synth\n    driver: synthetic\n"
         f"    options: {{signals: {signals}, rate: {rate}}}\n    signals:\n{signal_lines}\n"
+        + sink_lines
     )
-    plan = load_plan(config, build_registry([SyntheticPlugin()], entry_points=False))
+    # The synthetic driver is inline; the sink (if any) is the installed jsonl_file plugin.
+    registry = build_registry([SyntheticPlugin()], entry_points=sink)
+    plan = load_plan(config, registry)
     gateway = Gateway(plan)
     started = time.perf_counter()
     summary = await gateway.run(asyncio.Event(), duration_s=seconds)
@@ -120,6 +128,9 @@ async def measure(
         "p99_commit_latency_ms": round(stats.latency_percentile(0.99) or 0.0, 2),
         "max_commit_latency_ms": round(max(stats.commit_latency_ms, default=0.0), 2),
         "dropped": summary.dropped,
+        "sink": "jsonl_file" if sink else None,
+        "sink_delivered": sum(v["delivered"] for v in summary.sinks.values()),
+        "sink_lost": sum(v["lost"] for v in summary.sinks.values()),
         "integrity_check": integrity,
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "python": platform.python_version(),
@@ -133,11 +144,12 @@ def main() -> int:
     parser.add_argument("--signals", type=int, default=100)
     parser.add_argument("--rate", type=float, default=100_000.0, help="offered samples/s")
     parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--sink", action="store_true", help="also feed a jsonl_file sink")
     args = parser.parse_args()
     configure_logging("json", "warning")
     with tempfile.TemporaryDirectory(prefix="patgw-bench-") as folder:
         result = asyncio.run(
-            measure(args.seconds, args.signals, args.rate, args.commit_ms, Path(folder))
+            measure(args.seconds, args.signals, args.rate, args.commit_ms, Path(folder), args.sink)
         )
     print(json.dumps(result))
     return 0

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .loader import Plan, load_plan
-from .model import Quality, Sample, Signal, SignalKind, sample_to_json_dict
+from .model import Quality, Sample, Signal, SignalKind, sample_to_json, sample_to_json_dict
 from .pluginmanager import ENTRY_POINT_GROUP, build_registry
 from .registry import PluginKind, Registry
 from .timefmt import format_ns, now_ns, parse_iso_ns
@@ -69,6 +69,7 @@ __all__ = [
     "load_plan",
     "now_ns",
     "parse_iso_ns",
+    "sample_to_json",
     "sample_to_json_dict",
     "validate_ucum",
 ]

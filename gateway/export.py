@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from typing import TextIO
 
-from .model import Sample, sample_to_json_dict
+from .model import Sample, sample_to_json, sample_to_json_dict
 
 __all__ = ["FORMATS", "write_csv", "write_jsonl"]
 
@@ -17,10 +16,8 @@ _CSV_COLUMNS = ("signal", "value", "unit", "source_ts", "gateway_ts", "quality",
 def write_jsonl(samples: Iterable[Sample], out: TextIO) -> int:
     """One compact JSON object per line; returns the number written."""
     count = 0
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
     for sample in samples:
-        out.write(dumps(sample_to_json_dict(sample)))
-        out.write("\n")
+        out.write(sample_to_json(sample) + "\n")
         count += 1
     return count
 

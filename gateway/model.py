@@ -7,6 +7,8 @@ allocation; everything expensive (validation, unit parsing) happened when the si
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -14,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .timefmt import format_ns
 
-__all__ = ["Quality", "Sample", "Signal", "SignalKind", "sample_to_json_dict"]
+__all__ = ["Quality", "Sample", "Signal", "SignalKind", "sample_to_json", "sample_to_json_dict"]
 
 
 class Quality(IntEnum):
@@ -105,3 +107,44 @@ def sample_to_json_dict(sample: Sample) -> dict[str, Any]:
     if sample.quality != Quality.GOOD:
         out["reason"] = sample.reason or ""
     return out
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_LABELS = {int(q): f',"quality":"{q.label}","seq":' for q in Quality}
+_GOOD = int(Quality.GOOD)  # a module constant: Enum attribute look-ups are slow
+
+
+@functools.lru_cache(maxsize=65536)
+def _head(signal: str, unit: str) -> tuple[str, str]:
+    # Signal and unit repeat in every sample of a signal: quote them once.
+    return f'{{"signal":{_dumps(signal)},"value":', f',"unit":{_dumps(unit)},"source_ts":"'
+
+
+def _value_json(value: Any) -> str:
+    kind = type(value)
+    if kind is float:
+        # json.dumps writes a finite float with float.__repr__; NaN/inf have no JSON form.
+        return float.__repr__(value) if value - value == 0.0 else "null"
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null"
+    return _dumps(value)
+
+
+def sample_to_json(sample: Sample) -> str:
+    """:func:`sample_to_json_dict` encoded compactly, exactly as ``json.dumps`` with
+    ``separators=(",", ":")`` and ``ensure_ascii=False`` would, but several times faster:
+    every sink and export encodes every sample."""
+    head, unit = _head(sample.signal, sample.unit)
+    text = (
+        f"{head}{_value_json(sample.value)}{unit}{format_ns(sample.source_ts)}"
+        f'","gateway_ts":"{format_ns(sample.gateway_ts)}"{_LABELS[sample.quality]}{sample.seq}'
+    )
+    if sample.quality != _GOOD:
+        return f'{text},"reason":{_dumps(sample.reason or "")}}}'
+    return text + "}"

@@ -15,14 +15,19 @@ _NS_PER_S = 1_000_000_000
 
 def format_ns(ns: int) -> str:
     """``1764144928123456789`` → ``"2025-11-26T08:15:28.123456789Z"`` (always UTC, 9 digits)."""
+    if ns >= _NS_PER_S:
+        # Every sink and export calls this twice per sample: slicing the decimal digits is
+        # several times faster than divmod and a zero-padded format.
+        digits = str(ns)
+        return f"{_second(digits[:-9])}.{digits[-9:]}Z"
     seconds, frac = divmod(ns, _NS_PER_S)
-    return f"{_second(seconds)}.{frac:09d}Z"
+    return f"{_second(str(seconds))}.{frac:09d}Z"
 
 
 @functools.lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
+def _second(seconds: str) -> str:
     # Samples come in runs within the same second: format each second once.
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(seconds)))
 
 
 def parse_iso_ns(text: str) -> int:

@@ -7,8 +7,10 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway import Quality, Sample, Signal, SignalKind, sample_to_json_dict
+from gateway import Quality, Sample, Signal, SignalKind, sample_to_json, sample_to_json_dict
 
 # 2025-11-26T08:15:28.123456789Z and 2025-11-26T08:15:28.2Z in UTC nanoseconds.
 SOURCE_TS = 1_764_144_928_123_456_789
@@ -173,3 +175,39 @@ def test_json_form_is_a_fresh_dict() -> None:
     first = sample_to_json_dict(EXAMPLE)
     first["value"] = 0
     assert sample_to_json_dict(EXAMPLE)["value"] == 12.5
+
+
+_json_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and infinities included: both encoders must give null
+    st.text(),
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=5),
+)
+
+
+@given(
+    signal=st.text(min_size=1),
+    value=_json_values,
+    unit=st.text(),
+    source_ts=st.integers(min_value=0, max_value=2**63 - 1),
+    gateway_ts=st.integers(min_value=0, max_value=2**63 - 1),
+    quality=st.sampled_from(list(Quality)),
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    reason=st.one_of(st.none(), st.text()),
+)
+def test_fast_encoder_equals_json_dumps_of_the_dict(
+    signal: str,
+    value: object,
+    unit: str,
+    source_ts: int,
+    gateway_ts: int,
+    quality: Quality,
+    seq: int,
+    reason: str | None,
+) -> None:
+    sample = Sample(signal, value, unit, source_ts, gateway_ts, quality, seq, reason)
+    expected = json.dumps(sample_to_json_dict(sample), separators=(",", ":"), ensure_ascii=False)
+    assert sample_to_json(sample) == expected
+    assert json.loads(sample_to_json(sample)) == json.loads(expected)

@@ -7,7 +7,6 @@ durable store committed them, in commit order.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import PluginContext, Registry, Sample, hookimpl, sample_to_json_dict
+from gateway import PluginContext, Registry, Sample, hookimpl, sample_to_json
 
 __all__ = ["JsonlFileOptions", "JsonlFileSink"]
 
@@ -37,7 +36,6 @@ class JsonlFileSink:
         self.path = path if path.is_absolute() else context.data_dir / path
         self.fsync = options.fsync
         self._file: IO[str] | None = None
-        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
     async def __aenter__(self) -> JsonlFileSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +53,7 @@ class JsonlFileSink:
 
     def _write(self, samples: Sequence[Sample]) -> None:
         assert self._file is not None
-        encode = self._encode
-        self._file.write("".join(encode(sample_to_json_dict(s)) + "\n" for s in samples))
+        self._file.write("".join([sample_to_json(s) + "\n" for s in samples]))
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
