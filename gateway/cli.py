@@ -23,13 +23,13 @@ import yaml
 from pydantic import ValidationError
 
 from .api import PluginContext
-from .config import GatewayConfig
 from .errors import ConfigError, GatewayError
 from .export import FORMATS
 from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
 from .pluginmanager import build_registry
 from .registry import PluginKind
+from .schema import config_schema
 from .store.sqlite import SampleStore
 from .timefmt import parse_iso_ns
 
@@ -152,7 +152,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(_args: argparse.Namespace) -> int:
-    print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+    print(json.dumps(config_schema(build_registry()), indent=2))
     return 0
 
 
