@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -38,6 +39,21 @@ async def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {within} s waiting for {what or condition}")
         await asyncio.sleep(interval)
+
+
+def fake_distribution(
+    site: Path, name: str, version: str, entry_points: dict[str, str]
+) -> dict[str, str]:
+    """Make ``site`` hold an installed distribution announcing ``pat_gateway`` entry points,
+    as pip would leave it (a ``.dist-info`` folder), and return an environment whose
+    PYTHONPATH puts it — and this repository — on the path of a ``patgw`` subprocess."""
+    dist = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[pat_gateway]\n{lines}")
+    repo = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(repo)])}
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import fake_distribution, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -321,11 +320,7 @@ def test_third_party_plugin_discovered_through_entry_point(tmp_path: Path) -> No
     site = tmp_path / "site"
     site.mkdir()
     (site / "vendor_thermo.py").write_text(VENDOR_MODULE)
-    dist = site / "vendor_thermo-1.2.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vendor-thermo\nVersion: 1.2.3\n")
-    (dist / "entry_points.txt").write_text("[pat_gateway]\nthermo = vendor_thermo\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    env = fake_distribution(site, "vendor-thermo", "1.2.3", {"thermo": "vendor_thermo"})
 
     listing = json.loads(patgw("plugins", "--json", env=env).stdout)
     thermo = [r for r in listing if r["name"] == "thermo"]
@@ -396,11 +391,7 @@ def test_broken_plugin_is_a_clear_error(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "broken_vendor.py").write_text("raise ImportError('vendor SDK missing')\n")
-    dist = site / "broken_vendor-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-vendor\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[pat_gateway]\nbroken = broken_vendor\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    env = fake_distribution(site, "broken-vendor", "0.1", {"broken": "broken_vendor"})
     result = patgw("plugins", env=env)
     assert result.returncode == 1
     assert "cannot load a 'pat_gateway' plugin" in result.stderr

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import fake_distribution
 
 from gateway import hookspecs
 
@@ -87,17 +87,13 @@ def test_readme_plugin_example_works(tmp_path: Path) -> None:
     (package / "plugin.py").write_text(readme_block("python", "# acme_thermo/plugin.py"))
     entry_points = readme_block("toml", "# pyproject.toml of the plugin")
     assert 'acme_thermo = "acme_thermo.plugin"' in entry_points
-    dist = site / "acme_thermo-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-thermo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[pat_gateway]\nacme_thermo = acme_thermo.plugin\n")
+    env = fake_distribution(site, "acme-thermo", "0.1", {"acme_thermo": "acme_thermo.plugin"})
     instruments = readme_block("yaml", "instruments:\n  - id: probe")
     config = tmp_path / "acme.yaml"
     config.write_text(
         f"area: lab\nstore: {{path: {tmp_path / 'a.sqlite'}, commit_interval_ms: 20}}\n"
         + instruments.replace("poll_interval_s: 1", "poll_interval_s: 0.05")
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
     def patgw(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
