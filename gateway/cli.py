@@ -283,6 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (e.g. `| head`) went away: not an error of ours. Silence the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except ExceptionGroup as group:
+        matched, rest = group.split(GatewayError)
+        if rest is None and matched is not None:  # e.g. a sink that cannot start, in a group
+            for error in matched.exceptions:
+                print(f"patgw: {error}", file=sys.stderr)
+            return 1
+        log.exception("patgw.internal_error", error=repr(group))
+        print(f"patgw: internal error: {group!r} (details above)", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug: say so in one line, with the details in the log
         log.exception("patgw.internal_error", error=repr(exc))
         print(f"patgw: internal error: {exc!r} (details above)", file=sys.stderr)

@@ -543,3 +543,28 @@ async def test_serve_forever_until_stop_event() -> None:
         stop.set()
         await asyncio.wait_for(task, DEADLINE_S)
     await assert_no_stray_tasks()
+
+
+@pytest.mark.asyncio
+async def test_fault_schedule_clears_only_its_own_fault() -> None:
+    from firmware_stubs.feed_pump.plugin import FaultStep, ScheduledFeedPump
+
+    schedule = (
+        FaultStep(fault="stall", after_s=0.1),  # until stop
+        FaultStep(fault="exception_responses", after_s=0.4, for_s=0.4),
+        FaultStep(fault="exception_responses", after_s=0.8, for_s=0.4),  # back to back
+    )
+    pump = ScheduledFeedPump(FeedPumpEmulator(), schedule)
+    async with pump:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def at(t: float) -> frozenset[Fault]:
+            await asyncio.sleep(max(0.0, start + t - loop.time()))
+            return pump.emulator.active_faults
+
+        # Checked midway between events, 0.2 s from the nearest.
+        assert await at(0.6) == {Fault.STALL, Fault.EXCEPTION_RESPONSES}
+        assert await at(1.0) == {Fault.STALL, Fault.EXCEPTION_RESPONSES}
+        assert await at(1.4) == {Fault.STALL}
+    assert not pump.emulator.is_serving

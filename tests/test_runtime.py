@@ -4,6 +4,7 @@ runs that end by cancellation. Each checks the store against what was published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway import (
     Channel,
+    InstrumentError,
     InstrumentIO,
     PluginContext,
     Quality,
@@ -84,6 +86,8 @@ class Recorder:
             await asyncio.Event().wait()
         if self.behaviour == "fail":
             raise RuntimeError("upstream refused")
+        if self.behaviour == "slow":
+            await asyncio.sleep(0.3)
         self.received.extend(samples)
 
 
@@ -176,3 +180,115 @@ async def test_cancelled_run_still_commits_everything_published(tmp_path: Path) 
     samples = stored(tmp_path)
     assert len(samples) == gateway.outputs[0].seq  # nothing published was lost
     assert [s.seq for s in samples] == list(range(len(samples)))
+
+
+class StubbornOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ignore_cancel_s: float = 0.0
+    swallow: bool = False
+
+
+class Stubborn:
+    """Publishes every 10 ms; on cancellation either turns it into an InstrumentError
+    (``swallow``) or keeps publishing for ``ignore_cancel_s`` before giving in."""
+
+    def __init__(self, options: StubbornOptions, context: PluginContext) -> None:
+        self.options = options
+        self.done = asyncio.Event()
+
+    def channels(self) -> Sequence[Channel]:
+        return [Channel("x", "1")]
+
+    async def run(self, io: InstrumentIO) -> None:
+        io.connected()
+        out = io.output("x")
+        try:
+            while True:
+                try:
+                    out.publish(1.0)
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    if self.options.swallow:
+                        raise InstrumentError("vendor SDK: operation aborted") from None
+                    loop = asyncio.get_running_loop()
+                    until = loop.time() + self.options.ignore_cancel_s
+                    while loop.time() < until:
+                        out.publish(2.0)
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.sleep(0.01)
+                    raise
+        finally:
+            self.done.set()
+
+
+class StubbornPlugin:
+    @hookimpl
+    def pat_gateway_register_drivers(self, registry: Registry) -> None:
+        registry.add_driver("stubborn", Stubborn, StubbornOptions)
+
+
+def stubborn_plan(tmp_path: Path, **options: Any) -> Any:
+    config = {
+        "area": "t",
+        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
+        "instruments": [{"id": "s", "driver": "stubborn", "options": options}],
+    }
+    registry = build_registry([StubbornPlugin()], entry_points=False)
+    return load_plan(write_config(tmp_path / "g.yaml", config), registry)
+
+
+@pytest.mark.asyncio
+async def test_driver_turning_cancel_into_its_own_error_still_stops(tmp_path: Path) -> None:
+    plan = stubborn_plan(tmp_path, swallow=True)
+    async with running(plan) as (gateway, _):
+        await wait_for(lambda: gateway.outputs[0].seq >= 5)
+    assert gateway.runners[0].state.value == "stopped"
+    assert len(stored(tmp_path)) == gateway.outputs[0].seq
+
+
+@pytest.mark.asyncio
+async def test_driver_ignoring_cancel_cannot_hold_up_the_final_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.runtime.supervisor.STOP_TIMEOUT_S", 0.2)
+    plan = stubborn_plan(tmp_path, ignore_cancel_s=1.0)
+    driver = plan.instruments[0].driver
+    async with running(plan) as (gateway, _):
+        await wait_for(lambda: gateway.outputs[0].seq >= 5)
+    # The run ended after ~0.2 s of waiting, while the driver was still publishing.
+    assert not driver.done.is_set()
+    committed = gateway.stats.committed
+    await wait_for(driver.done.is_set, what="the stubborn driver gives in")
+    published = gateway.outputs[0].seq
+    # Everything published was either committed or counted as dropped after the commit.
+    assert committed + gateway.stats.dropped_late == published
+    assert gateway.stats.dropped == gateway.stats.dropped_late > 0
+    assert len(stored(tmp_path)) == committed
+
+
+@pytest.mark.asyncio
+async def test_cancelled_twice_still_commits_and_releases_the_store(tmp_path: Path) -> None:
+    gateway = Gateway(plan(tmp_path))
+    task = asyncio.create_task(gateway.run(asyncio.Event()), name="test.gateway")
+    await gateway.started.wait()
+    await wait_for(lambda: gateway.outputs[0].seq >= 20)
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(stored(tmp_path)) == gateway.outputs[0].seq
+    SampleStore(tmp_path / "s.sqlite").close()  # not locked any more
+
+
+@pytest.mark.asyncio
+async def test_samples_a_slow_sink_never_got_are_counted_at_shutdown(tmp_path: Path) -> None:
+    sinks = [
+        {"id": "slow", "type": "recorder", "options": {"behaviour": "slow"}, "send_timeout_s": 0.5}
+    ]
+    the_plan = plan(tmp_path, sinks=sinks)
+    async with running(the_plan) as (gateway, _):
+        await wait_for(lambda: gateway.stats.batches >= 10)
+    feeder = gateway.feeders[0]
+    assert feeder.delivered + feeder.lost == gateway.stats.committed
+    assert feeder.lost > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,9 @@ async def test_full_disk_policy_counts_and_records_every_drop(tmp_path: Path, po
     finally:
         await writer.aclose()
     assert sum(x.count for x in losses) == 800
+    # Runs that continue each other are merged: one record per signal run, not per flush.
+    assert len(losses) == (2 if policy == "drop_newest" else 1)
+    assert all(x.count == x.last_seq - x.first_seq + 1 for x in losses)
     kept = {(s.signal, s.seq) for s in samples}
     lost = {(x.signal, q) for x in losses for q in range(x.first_seq, x.last_seq + 1)}
     everything = {(FLOW.id, q) for q in range(1500)} | {(SPEED.id, q) for q in range(300)}
@@ -181,9 +185,10 @@ def test_unbindable_values_become_bad_samples_not_a_poisoned_batch(tmp_path: Pat
     assert [s.seq for s in samples] == [0, 1, 2, 3]
     assert [s.quality for s in samples] == [Quality.GOOD, Quality.BAD, Quality.BAD, Quality.GOOD]
     assert samples[1].value is None
-    assert samples[1].reason == "unstorable value of type list"
+    assert samples[1].reason == "unstorable value of type list: [1.0, 2.0]"
     assert samples[2].reason == (
-        "unstorable value of type int; invalid source timestamp of type float; drift"
+        "unstorable value of type int: 1180591620717411303424; invalid source timestamp"
+        " 1500000000.0; drift"
     )
     assert samples[2].source_ts == samples[2].gateway_ts == 1003
 
@@ -211,3 +216,27 @@ async def test_shutdown_with_a_full_disk_counts_what_is_lost(tmp_path: Path) -> 
         assert not writer.pending
     finally:
         await writer.aclose()
+
+
+def test_repair_keeps_good_neighbours_and_handles_unencodable_text(tmp_path: Path) -> None:
+    class Reading(float):
+        pass
+
+    class Mode(enum.IntEnum):
+        AUTO = 3
+
+    store = SampleStore(tmp_path / "s.sqlite")
+    def_id = store.define([FLOW])[FLOW.id].def_id
+    batch = [
+        (def_id, 0, 1000, 1001, 2, Reading(1.5), None),
+        (def_id, 1, 1000, 1001, 2, Mode.AUTO, None),
+        (def_id, 2, 1000, 1001, 2, "bad byte \udcff", None),  # surrogateescape leftovers
+        (def_id, 3, 1000, 1001, 0, None, "os error \udcfe"),
+    ]
+    store.commit(batch, {FLOW.id: 4})
+    samples = list(store.samples())
+    store.close()
+    assert [(s.value, s.quality) for s in samples[:2]] == [(1.5, Quality.GOOD), (3, Quality.GOOD)]
+    assert samples[2].quality is Quality.BAD and samples[2].value is None
+    assert samples[2].reason == r"unstorable value of type str: 'bad byte \udcff'"
+    assert samples[3].reason == r"'os error \udcfe'"

@@ -68,26 +68,30 @@ class ScheduledFeedPump:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.emulator.stop()
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        finally:
+            await self.emulator.stop()
 
     async def _play(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        # At equal times a clear comes before an inject, so back-to-back steps chain.
         events = sorted(
-            [(step.after_s, "inject", step) for step in self.faults]
-            + [(step.after_s + step.for_s, "clear", step) for step in self.faults if step.for_s],
-            key=lambda e: e[0],
+            [(step.after_s, 1, step) for step in self.faults]
+            + [(step.after_s + step.for_s, 0, step) for step in self.faults if step.for_s],
+            key=lambda e: (e[0], e[1]),
         )
-        for at, action, step in events:
+
+        for at, inject, step in events:
             await asyncio.sleep(max(0.0, start + at - loop.time()))
-            if action == "inject":
+            if inject:
                 self.emulator.inject(Fault(step.fault))
             else:
-                self.emulator.clear_faults()
+                self.emulator.clear(Fault(step.fault))
 
 
 def _build(options: FeedPumpOptions, context: PluginContext) -> Any:

@@ -186,6 +186,16 @@ class FeedPumpEmulator:
             self.model.acknowledge_fault()
         _log.info("emulator.faults_cleared")
 
+    def clear(self, fault: Fault) -> None:
+        """Clear one fault, leaving any other injected fault active."""
+        if fault is Fault.PUMP_FAULT:
+            if self.model.fault_code != FAULT_NONE:
+                self._advance()
+                self.model.acknowledge_fault()
+        else:
+            self._faults.discard(fault)
+        _log.info("emulator.fault_cleared", fault=fault.value)
+
     def _devices(self) -> list[SimDevice]:
         image = encode_registers(self.model)
         pump = SimDevice(

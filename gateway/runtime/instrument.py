@@ -74,6 +74,10 @@ class InstrumentRunner:
             while True:
                 self.state = InstrumentState.CONNECTING
                 reason = await self._run_driver_once()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The driver turned our cancellation into an error of its own: stop anyway.
+                    raise asyncio.CancelledError
                 self.failures += 1
                 self.last_error = reason
                 self.state = InstrumentState.DOWN

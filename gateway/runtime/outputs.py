@@ -10,6 +10,7 @@ thread only (a driver with threads of its own uses ``loop.call_soon_threadsafe``
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ _QUALITY: dict[Any, int] = {
 }
 # 1973-03-03 in nanoseconds: a smaller source timestamp is seconds or milliseconds by mistake.
 _MIN_SOURCE_TS = 10**17
+_MAX_SOURCE_TS = 2**63 - 1  # what SQLite's INTEGER holds (year 2262)
 
 
 class SignalOutput:
@@ -62,21 +64,32 @@ class SignalOutput:
         reason: str | None = None,
     ) -> None:
         gateway_ts = now_ns()
-        q = _QUALITY.get(quality)
-        if q is None:
-            q, reason = _BAD, f"invalid quality {quality!r}" + (f"; {reason}" if reason else "")
+        try:
+            q = _QUALITY[quality]
+        except (KeyError, TypeError):  # not a quality (TypeError: not even hashable)
+            q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
+        else:
+            if isinstance(quality, bool):  # bool hashes like 1 and 0: not a quality
+                q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
         if source_ts is None:
             source_ts = gateway_ts
-        elif type(source_ts) is not int or source_ts < _MIN_SOURCE_TS:
-            q, reason = _BAD, _bad_timestamp(source_ts, reason)
+        elif type(source_ts) is not int or not _MIN_SOURCE_TS <= source_ts <= _MAX_SOURCE_TS:
+            q, reason = _BAD, _also(f"invalid source timestamp {source_ts!r}", reason)
             source_ts = gateway_ts
         if value is not None:
-            if self._convert:
-                value = value * self._scale + self._offset
+            kind = type(value)
+            if kind is not float and kind is not int:
+                value, q, reason = _unusual(value, q, reason)
+            if self._convert and value is not None:
+                try:
+                    value = value * self._scale + self._offset
+                except (TypeError, OverflowError) as exc:
+                    q, reason = _BAD, _also(f"cannot convert {value!r}: {exc}", reason)
+                    value = None
             if type(value) is float and value - value != 0.0:  # NaN or ±inf
                 # SQLite would store NaN as NULL and JSON cannot carry either: keep the
                 # evidence in the reason and mark the sample, rather than a silent null.
-                q, reason = _BAD, f"non-finite value {value!r}" + (f"; {reason}" if reason else "")
+                q, reason = _BAD, _also(f"non-finite value {value!r}", reason)
                 value = None
         seq = self.seq
         self.seq = seq + 1
@@ -84,10 +97,30 @@ class SignalOutput:
         self._append(row)
         self.latest = row
 
+    def redirect(self, append: Callable[[Row], None]) -> None:
+        """Send future rows to ``append`` (the supervisor, once the store is closed)."""
+        self._append = append
 
-def _bad_timestamp(source_ts: object, reason: str | None) -> str:
-    text = f"invalid source timestamp {source_ts!r} (UTC nanoseconds expected)"
-    return text + (f"; {reason}" if reason else "")
+
+def _also(problem: str, reason: str | None) -> str:
+    return f"{problem}; {reason}" if reason else problem
+
+
+def _unusual(value: Any, q: int, reason: str | None) -> tuple[Any, int, str | None]:
+    """Values other than plain floats and ints (off the hot path): make numbers plain numbers
+    (numpy scalars, IntEnum, float subclasses) so they are stored and checked as such."""
+    if isinstance(value, bool | str | bytes):
+        return value, q, reason
+    try:
+        return operator.index(value), q, reason  # integers of any kind, exactly
+    except TypeError:
+        pass
+    if isinstance(value, float) or (hasattr(value, "__float__") and not hasattr(value, "__len__")):
+        try:
+            return float(value), q, reason
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return value, q, reason  # e.g. a list: the store turns it into a bad sample saying why
 
 
 class FanOut:

@@ -52,6 +52,7 @@ class SinkFeeder:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_loss_log = 0.0
+        self._closed = False
 
     @property
     def queued(self) -> int:
@@ -60,6 +61,9 @@ class SinkFeeder:
 
     def offer(self, rows: Sequence[Row]) -> None:
         """Queue a committed batch; never blocks. Over the bound, the oldest batches go."""
+        if self._closed:
+            self._lose(len(rows), "the sink had already stopped")
+            return
         self._queue.append(rows)
         self._queued += len(rows)
         while self._queued > self.max_queued and len(self._queue) > 1:
@@ -87,6 +91,9 @@ class SinkFeeder:
             try:
                 async with asyncio.timeout(self.send_timeout_s):
                     await self.sink.send(samples)
+            except asyncio.CancelledError:
+                self._lose(len(samples), "the gateway stopped during the send")
+                raise
             except TimeoutError:
                 self._lose(len(samples), f"send took longer than {self.send_timeout_s} s")
             except Exception as exc:  # a failing sink must not stop the others or the store
@@ -94,13 +101,21 @@ class SinkFeeder:
             else:
                 self.delivered += len(samples)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until everything queued was handed to the sink."""
+    async def drain(self, deadline: float) -> None:
+        """Wait (until the loop time ``deadline``) for everything queued to reach the sink."""
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await self._idle.wait()
         except TimeoutError:
             log.error("sink.drain_timeout", sink=self.sink_id, queued=self._queued)
+
+    def close(self) -> None:
+        """Stop accepting batches; what is still queued is counted as lost to this sink."""
+        self._closed = True
+        if self._queued:
+            self._lose(self._queued, "the gateway stopped before the sink took it")
+        self._queue.clear()
+        self._queued = 0
 
     def _lose(self, count: int, reason: str) -> None:
         self.lost += count

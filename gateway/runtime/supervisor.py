@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..api import Output
 from ..config import SinkConfig
 from ..errors import GatewayError
 from ..loader import ComponentPlan, Plan
-from ..store.sqlite import SampleStore
+from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput
@@ -94,8 +94,8 @@ class Gateway:
                     writer.on_commit.append(feeder.offer)
                     log.info("sink.started", sink=sink.id, type=sink.type)
                 self._build_runners(stored, writer)
-                # The writer is not in the TaskGroup: whatever ends the group, the writer is
-                # stopped by us and commits what is left, instead of being cancelled.
+                # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
+                # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
                 log.info(
                     "gateway.started",
@@ -107,10 +107,12 @@ class Gateway:
                 self.started.set()
                 await self._supervise(stop, duration_s, writer_stop, writer_task)
         finally:
-            writer_stop.set()
-            if writer_task is not None and not writer_task.done():
-                await writer_task
-            await writer.aclose()
+            try:
+                if writer_task is not None:
+                    await _final_commit(writer_stop, writer_task)
+                self._refuse_late_samples()
+            finally:
+                await _uncancellable(writer.aclose())
         summary = RunSummary(
             committed=writer.stats.committed,
             dropped=writer.stats.dropped,
@@ -127,6 +129,22 @@ class Gateway:
             sinks=summary.sinks,
         )
         return summary
+
+    def _refuse_late_samples(self) -> None:
+        """After the final commit, anything still published is counted as dropped, not kept
+        in a list nobody will commit (a driver that ignored cancellation may still publish)."""
+        writer = self.writer
+        assert writer is not None
+
+        def late(row: Row) -> None:
+            writer.stats.dropped += 1
+            if writer.stats.dropped_late == 0:
+                log.error("store.sample_after_final_commit", def_id=row[0], seq=row[1])
+            writer.stats.dropped_late += 1
+
+        for output in self.outputs:
+            output.redirect(late)
+        writer.abandon("published after the final commit")
 
     async def _open_store(self) -> tuple[StoreWriter, Mapping[str, Any]]:
         config = self.plan.config
@@ -159,37 +177,49 @@ class Gateway:
         writer_stop: asyncio.Event,
         writer_task: asyncio.Task[None],
     ) -> None:
-        async with asyncio.TaskGroup() as group:
-            instruments = [
-                group.create_task(runner.run(), name=f"instrument.{runner.instrument_id}")
-                for runner in self.runners
-            ]
-            others = [
-                group.create_task(feeder.run(), name=f"sink.{feeder.sink_id}")
-                for feeder in self.feeders
-            ]
-            others.append(
-                group.create_task(run_view(self, interactive=self.interactive), name="view")
-            )
-            stopper = group.create_task(stop.wait(), name="stop")
-            done, _ = await asyncio.wait(
-                {stopper, writer_task}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            stopper.cancel()
-            if writer_task in done:
-                # Only a bug ends the writer early; stop everything rather than run unstored.
-                log.error("gateway.writer_stopped_unexpectedly")
-            log.info("gateway.stopping")
+        # Instrument tasks are owned here rather than by the TaskGroup: a driver that ignores
+        # cancellation must not hold up the final commit (the group would wait for it forever).
+        instruments = [
+            asyncio.create_task(runner.run(), name=f"instrument.{runner.instrument_id}")
+            for runner in self.runners
+        ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                feeders = [
+                    group.create_task(feeder.run(), name=f"sink.{feeder.sink_id}")
+                    for feeder in self.feeders
+                ]
+                view = group.create_task(run_view(self, interactive=self.interactive), name="view")
+                stopper = group.create_task(stop.wait(), name="stop")
+                done, _ = await asyncio.wait(
+                    {stopper, writer_task},
+                    timeout=duration_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                stopper.cancel()
+                if writer_task in done:
+                    # Only a bug ends the writer early; stop rather than run unstored.
+                    log.error("gateway.writer_stopped_unexpectedly")
+                log.info("gateway.stopping")
+                for task in instruments:
+                    task.cancel()
+                _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
+                if stuck:
+                    log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+                await _final_commit(writer_stop, writer_task)
+                self._refuse_late_samples()
+                if self.feeders:
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + max(f.send_timeout_s for f in self.feeders)
+                    for feeder in self.feeders:
+                        await feeder.drain(deadline)
+                for task in (*feeders, view):
+                    task.cancel()
+                await asyncio.wait((*feeders, view))
+                for feeder in self.feeders:
+                    feeder.close()
+        finally:
             for task in instruments:
-                task.cancel()
-            _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
-            if stuck:
-                log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
-            writer_stop.set()
-            await writer_task
-            for feeder in self.feeders:
-                await feeder.drain(feeder.send_timeout_s)
-            for task in others:
                 task.cancel()
 
     def _build_runners(self, stored: Mapping[str, Any], writer: StoreWriter) -> None:
@@ -210,6 +240,33 @@ class Gateway:
 
     def _next_seq(self) -> dict[str, int]:
         return {o.signal.id: o.seq for o in self.outputs}
+
+
+async def _final_commit(writer_stop: asyncio.Event, writer_task: asyncio.Task[None]) -> None:
+    """Let the writer commit what is left and finish, even if we are cancelled meanwhile
+    (repeatedly); our cancellation is passed on only once the writer is done."""
+    writer_stop.set()
+    await _uncancellable(writer_task)
+
+
+async def _uncancellable(awaitable: Awaitable[None]) -> None:
+    """Await ``awaitable`` to its end even through repeated cancellation; report a failure of
+    it in the log; re-raise our own cancellation afterwards."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+        except Exception:
+            break  # reported below
+    if task.cancelled():
+        cancelled = True
+    elif task.exception() is not None:
+        log.error("gateway.shutdown_step_failed", error=repr(task.exception()))
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _enter(stack: contextlib.AsyncExitStack, component: ComponentPlan, what: str) -> Any:

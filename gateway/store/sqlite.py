@@ -102,11 +102,21 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _storable(value: Any) -> bool:
-    if value is None or type(value) in (float, str, bool):
+    if value is None or isinstance(value, bool | float | bytes):
         return True
-    if type(value) is int:
+    if isinstance(value, int):
         return _INT64[0] <= value <= _INT64[1]
+    if isinstance(value, str):
+        return _utf8(value)
     return False
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape-decoded bytes
+        return False
+    return True
 
 
 def _is_int64(value: Any) -> bool:
@@ -118,19 +128,26 @@ def _repaired(row: Row) -> Row:
     def_id, seq, source_ts, gateway_ts, quality, value, reason = row
     problems = []
     if not _storable(value):
-        problems.append(f"unstorable value of type {type(value).__name__}")
+        problems.append(f"unstorable value of type {type(value).__name__}: {_short(value)}")
         value = None
     if not _is_int64(source_ts):
-        problems.append(f"invalid source timestamp of type {type(source_ts).__name__}")
+        problems.append(f"invalid source timestamp {_short(source_ts)}")
         source_ts = gateway_ts
-    if reason is not None and not isinstance(reason, str):
-        reason = repr(reason)
+    if reason is not None and not (isinstance(reason, str) and _utf8(reason)):
+        reason = _short(reason)
     if not problems and isinstance(quality, int) and quality in (0, 1, 2) and reason is row[6]:
         return row
     if not isinstance(quality, int) or quality not in (0, 1, 2):
-        problems.append(f"invalid quality {quality!r}")
+        problems.append(f"invalid quality {_short(quality)}")
     text = "; ".join(problems + ([reason] if reason else []))
     return (def_id, seq, source_ts, gateway_ts, int(Quality.BAD), value, text)
+
+
+def _short(thing: Any) -> str:
+    """A bounded, always-encodable text of ``thing`` for a reason."""
+    text = repr(thing)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _lock(path: Path) -> IO[str]:
@@ -176,7 +193,7 @@ class SampleStore:
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock = _lock(path)
+                self._lock = _lock(path.resolve())
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
@@ -253,7 +270,13 @@ class SampleStore:
         try:
             self._insert(rows, next_seq)
             return rows
-        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError, TypeError):
+        except (
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+            OverflowError,
+            TypeError,
+            ValueError,
+        ):
             pass  # rare: repair the offending rows, then commit once more
         repaired = [_repaired(row) for row in rows]
         self._insert(repaired, next_seq)

@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -43,6 +42,7 @@ class WriterStats:
     dropped: int = 0
     failed_commits: int = 0
     repaired: int = 0
+    dropped_late: int = 0
     last_error: str | None = None
     commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -87,6 +87,9 @@ class StoreWriter:
         self._saved_seq: dict[str, int] = {}
         self._executor = executor
         self._last_failure_log = 0.0
+        self._last_drop_log = 0.0
+        # (signal, reason) → index in _losses of the run a new loss may continue
+        self._open_runs: dict[tuple[str, str], int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit every interval until ``stop`` is set, then commit what is left."""
@@ -102,31 +105,49 @@ class StoreWriter:
                     await stop.wait()
             except TimeoutError:
                 pass
-            await self.flush()
-        await self.flush()
+            await self._watched_flush(interval)
+        await self._watched_flush(interval)
         for _ in range(3):
             if not (self.pending or self._retry or self._losses):
                 return
             await asyncio.sleep(interval)
-            await self.flush()
-        self._abandon()
+            await self._watched_flush(interval)
+        self.abandon("store could not commit before shutdown")
 
-    def _abandon(self) -> None:
-        """At shutdown, count and log what could not be committed: never a silent loss."""
+    async def _watched_flush(self, interval: float) -> None:
+        """Flush; while a commit hangs (a stalled disk), keep the waiting samples bounded."""
+        commit = asyncio.create_task(self.flush(), name="store.commit")
+        while not commit.done():
+            await asyncio.wait({commit}, timeout=interval)
+            excess = len(self.pending) - self.config.max_pending_samples
+            if excess > 0 and not commit.done():
+                if self.config.on_full == "drop_newest":
+                    dropped = self.pending[-excess:]
+                    del self.pending[-excess:]
+                else:
+                    dropped = self.pending[:excess]
+                    del self.pending[:excess]
+                self._drop(dropped, "commit does not return")
+        commit.result()
+
+    def abandon(self, cause: str) -> None:
+        """Count and log what can no longer be committed (shutdown): never a silent loss.
+
+        The sequence counters of these samples are not saved either: the next run may hand out
+        the same numbers. That is visible here, and such samples never reached a sink.
+        """
         left = self._retry + self.pending
         self._retry, self.pending[:] = [], []
-        # Loss records that never reached the store are logged here, with the new ones. The
-        # sequence counters of these samples could not be saved either: the next run may hand
-        # out the same seq numbers, which is visible as a loss here and never reached upstream.
-        losses = self._losses + self._losses_of(left, "store could not commit before shutdown")
-        self._losses = []
+        self._add_losses(self._losses_of(left, cause))
+        losses, self._losses = self._losses, []
         self.stats.dropped += len(left)
-        log.error(
-            "store.unsaved_at_shutdown",
-            samples=len(left),
-            losses=[(x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
-            error=self.stats.last_error,
-        )
+        if left or losses:
+            log.error(
+                "store.unsaved_at_shutdown",
+                samples=len(left),
+                losses=[(x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
+                error=self.stats.last_error,
+            )
 
     async def flush(self) -> None:
         """Commit everything pending now (one transaction)."""
@@ -144,22 +165,14 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         try:
             stored = await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
-        except Exception as exc:  # StoreError (disk full, I/O) or a bug: keep the batch
-            if not isinstance(exc, StoreError):
-                log.exception("store.commit_crashed", samples=len(batch))
-            self._retry = self._bound(batch, str(exc))
-            self.stats.failed_commits += 1
-            self.stats.last_error = str(exc)
-            if time.monotonic() - self._last_failure_log > 5.0:
-                self._last_failure_log = time.monotonic()
-                log.error(
-                    "store.commit_failed",
-                    error=str(exc),
-                    waiting=len(self._retry),
-                    max_pending=self.config.max_pending_samples,
-                    policy=self.config.on_full,
-                    dropped_total=self.stats.dropped,
-                )
+        except StoreError as exc:  # disk full, I/O error: keep the batch and retry
+            self._retry = self._bound(batch, "store could not commit")
+            self._failed(str(exc), None)
+            return
+        except Exception as exc:  # a bug: retrying the same batch would fail forever
+            self._retry = []
+            self._drop(batch, f"commit failed: {exc!r}")
+            self._failed(repr(exc), exc)
             return
         if self._retry:
             log.info("store.recovered", committed=len(batch), dropped_total=self.stats.dropped)
@@ -167,7 +180,7 @@ class StoreWriter:
         if stored is not batch:
             repaired = sum(1 for a, b in zip(batch, stored, strict=True) if a is not b)
             self.stats.repaired += repaired
-            log.error("store.samples_repaired", samples=repaired, example=stored[0][6])
+            log.error("store.samples_repaired", samples=repaired)
             batch = list(stored)
         self.stats.committed += len(batch)
         self.stats.batches += 1
@@ -179,7 +192,22 @@ class StoreWriter:
         for deliver in self.on_commit:
             deliver(batch)
 
-    def _bound(self, batch: list[Row], error: str) -> list[Row]:
+    def _failed(self, error: str, exc: BaseException | None) -> None:
+        self.stats.failed_commits += 1
+        self.stats.last_error = error
+        if time.monotonic() - self._last_failure_log > 5.0:  # a full disk fails every interval
+            self._last_failure_log = time.monotonic()
+            log.error(
+                "store.commit_failed",
+                error=error,
+                waiting=len(self._retry) + len(self.pending),
+                max_pending=self.config.max_pending_samples,
+                policy=self.config.on_full,
+                dropped_total=self.stats.dropped,
+                exc_info=exc,
+            )
+
+    def _bound(self, batch: list[Row], cause: str) -> list[Row]:
         excess = len(batch) - self.config.max_pending_samples
         if excess <= 0:
             return batch
@@ -187,19 +215,46 @@ class StoreWriter:
             kept, dropped = batch[:-excess], batch[-excess:]
         else:
             kept, dropped = batch[excess:], batch[:excess]
-        reason = f"{self.config.on_full}: store could not commit ({error})"
-        losses = self._losses_of(dropped, reason)
-        self._losses.extend(losses)
-        self.stats.dropped += len(dropped)
-        log.error(
-            "store.samples_dropped",
-            dropped=len(dropped),
-            dropped_total=self.stats.dropped,
-            policy=self.config.on_full,
-            reason=error,
-            losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses],
-        )
+        self._drop(dropped, f"{self.config.on_full}: {cause}")
         return kept
+
+    def _drop(self, rows: list[Row], reason: str) -> None:
+        """Count, record (as losses) and log rows that will never be committed."""
+        if not rows:
+            return
+        self.stats.dropped += len(rows)
+        losses = self._losses_of(rows, reason)
+        self._add_losses(losses)
+        now = time.monotonic()
+        if now - self._last_drop_log > 5.0:
+            self._last_drop_log = now
+            log.error(
+                "store.samples_dropped",
+                dropped=len(rows),
+                dropped_total=self.stats.dropped,
+                reason=reason,
+                losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses[:20]],
+            )
+
+    def _add_losses(self, losses: list[Loss]) -> None:
+        """Append, merging a run that continues the previous one of its signal and reason, so a
+        long outage is a few records rather than one per signal per interval."""
+        for loss in losses:
+            key = (loss.signal, loss.reason)
+            index = self._open_runs.get(key)
+            if index is not None and index < len(self._losses):
+                last = self._losses[index]
+                if (last.signal, last.reason) == key and last.last_seq + 1 == loss.first_seq:
+                    self._losses[index] = Loss(
+                        loss.signal,
+                        last.first_seq,
+                        loss.last_seq,
+                        last.count + loss.count,
+                        loss.reason,
+                    )
+                    continue
+            self._open_runs[key] = len(self._losses)
+            self._losses.append(loss)
 
     def _losses_of(self, rows: list[Row], reason: str) -> list[Loss]:
         """Per-signal runs of ``rows`` (contiguous in ``seq``: rows are dropped in order)."""
@@ -218,6 +273,7 @@ class StoreWriter:
 
     async def _record_losses(self, loop: asyncio.AbstractEventLoop) -> None:
         losses, self._losses = self._losses, []
+        self._open_runs.clear()
         try:
             await loop.run_in_executor(self._executor, self.store.record_losses, losses)
         except StoreError as exc:
@@ -229,12 +285,3 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.store.close)
         self._executor.shutdown(wait=True)
-
-    def describe(self) -> dict[str, Any]:
-        """A snapshot of the writer's counters for logs and the benchmark."""
-        return {
-            "committed": self.stats.committed,
-            "pending": len(self.pending) + len(self._retry),
-            "dropped": self.stats.dropped,
-            "failed_commits": self.stats.failed_commits,
-        }

@@ -58,11 +58,19 @@ class ModbusDriver(PollingDriver):
         specs.update({r.name: r for r in options.registers})
         self.specs: dict[str, RegisterSpec] = specs
         for spec in specs.values():
-            if spec.status is not None and spec.status.status_register not in specs:
+            if spec.status is None:
+                continue
+            status = specs.get(spec.status.status_register)
+            if status is None:
                 # Without this, a misspelt name would make every value silently "good".
                 raise ValueError(
                     f"register {spec.name!r}: status_register {spec.status.status_register!r}"
                     " is not a register of this map"
+                )
+            if status.type.startswith("float") or status.scale != 1 or status.offset != 0:
+                raise ValueError(
+                    f"register {status.name!r} holds status bits: it must be an unscaled"
+                    " integer type"
                 )
         self.address_base = (
             options.address_base if options.address_base is not None else profile.address_base
