@@ -15,7 +15,7 @@ import abc
 import asyncio
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, runtime_checkable
 
@@ -58,7 +58,6 @@ class PluginContext:
     id: str
     data_dir: Path
     poll_interval_s: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Output(Protocol):

@@ -95,21 +95,29 @@ class InlinePlugin:
     @hookimpl
     def pat_gateway_register_drivers(self, registry: Registry) -> None:
         registry.add_driver("counter", Counter, Options)
+        registry.add_driver("stubborn", Stubborn, StubbornOptions)
 
     @hookimpl
     def pat_gateway_register_sinks(self, registry: Registry) -> None:
         registry.add_sink("recorder", Recorder, SinkOptions)
 
 
-def plan(tmp_path: Path, mode: str = "ok", sinks: list[dict[str, Any]] | None = None) -> Any:
+def inline_plan(
+    tmp_path: Path, instrument: dict[str, Any], sinks: list[dict[str, Any]] | None = None
+) -> Any:
+    """A plan with one instrument of the inline drivers, the inline sinks and a fresh store."""
     config = {
         "area": "t",
         "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
-        "instruments": [{"id": "c", "driver": "counter", "options": {"mode": mode}}],
+        "instruments": [instrument],
         "sinks": sinks or [],
     }
     registry = build_registry([InlinePlugin()], entry_points=False)
     return load_plan(write_config(tmp_path / "g.yaml", config), registry)
+
+
+def plan(tmp_path: Path, mode: str = "ok", sinks: list[dict[str, Any]] | None = None) -> Any:
+    return inline_plan(tmp_path, {"id": "c", "driver": "counter", "options": {"mode": mode}}, sinks)
 
 
 def stored(tmp_path: Path) -> list[Sample]:
@@ -221,20 +229,8 @@ class Stubborn:
             self.done.set()
 
 
-class StubbornPlugin:
-    @hookimpl
-    def pat_gateway_register_drivers(self, registry: Registry) -> None:
-        registry.add_driver("stubborn", Stubborn, StubbornOptions)
-
-
 def stubborn_plan(tmp_path: Path, **options: Any) -> Any:
-    config = {
-        "area": "t",
-        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
-        "instruments": [{"id": "s", "driver": "stubborn", "options": options}],
-    }
-    registry = build_registry([StubbornPlugin()], entry_points=False)
-    return load_plan(write_config(tmp_path / "g.yaml", config), registry)
+    return inline_plan(tmp_path, {"id": "s", "driver": "stubborn", "options": options})
 
 
 @pytest.mark.asyncio

@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,12 +59,11 @@ class JsonlFileSink:
             os.fsync(self._file.fileno())
 
 
-def _build(options: JsonlFileOptions, context: PluginContext) -> Any:
-    return JsonlFileSink(options, context)
-
-
 @hookimpl
 def pat_gateway_register_sinks(registry: Registry) -> None:
     registry.add_sink(
-        "jsonl_file", _build, JsonlFileOptions, "Append committed samples to a JSON-lines file"
+        "jsonl_file",
+        JsonlFileSink,
+        JsonlFileOptions,
+        "Append committed samples to a JSON-lines file",
     )

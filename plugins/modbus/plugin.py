@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from gateway import PluginContext, Registry, hookimpl
+from gateway import Registry, hookimpl
 
 from .driver import ModbusDriver
 from .options import ModbusOptions
 
 
-def _build(options: ModbusOptions, context: PluginContext) -> ModbusDriver:
-    return ModbusDriver(options, context)
-
-
 @hookimpl
 def pat_gateway_register_drivers(registry: Registry) -> None:
     registry.add_driver(
-        "modbus", _build, ModbusOptions, "Modbus TCP/RTU devices from register maps or profiles"
+        "modbus",
+        ModbusDriver,
+        ModbusOptions,
+        "Modbus TCP/RTU devices from register maps or profiles",
     )
