@@ -31,6 +31,7 @@ from .loader import Plan, load_plan
 from .model import Quality, Sample, Signal, SignalKind, sample_to_json, sample_to_json_dict
 from .pluginmanager import ENTRY_POINT_GROUP, build_registry
 from .registry import PluginKind, Registry
+from .spectra import SpectralAxis, Spectrum
 from .timefmt import format_ns, now_ns, parse_iso_ns
 from .units import Conversion, compile_conversion, validate_ucum
 
@@ -58,6 +59,8 @@ __all__ = [
     "Signal",
     "SignalKind",
     "Sink",
+    "SpectralAxis",
+    "Spectrum",
     "StoreError",
     "StoreFullError",
     "UnitError",

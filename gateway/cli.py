@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("name", help="emulator name, see 'patgw plugins'")
     emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulate.add_argument("--port", type=int, help="port to listen on")
+    emulate.add_argument(
+        "--serial",
+        action="store_true",
+        help="serve on a pseudo-terminal instead of TCP (serial instruments); prints its path",
+    )
     emulate.add_argument("--for", dest="duration", type=float, metavar="SECONDS")
     emulate.add_argument(
         "--option",
@@ -195,17 +200,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
             where = Path.cwd() / where
         return _errors([f"store.path: {where} does not exist (has the gateway run here?)"])
     store = SampleStore(config.store.path, read_only=True)
+    origin = f"PAT Gateway {_version()}, {config.site}/{config.area}"
     try:
         samples = store.samples(args.signal, since)
         writer = FORMATS[args.format]
         if args.output:
             with args.output.open("w", encoding="utf-8", newline="") as out:
-                count = writer(samples, out)
-            print(f"{count} samples written to {args.output}", file=sys.stderr)
+                result = writer(samples, out, origin)
         else:
-            writer(samples, sys.stdout)
+            result = writer(samples, sys.stdout, origin)
     finally:
         store.close()
+    what = "spectra" if args.format == "jcamp" else "samples"
+    for why, count in result.skipped.items():
+        print(f"patgw: skipped {count} {why}", file=sys.stderr)
+    if args.format == "jcamp" and not result.written:
+        if args.output:
+            args.output.unlink(missing_ok=True)  # no empty file that looks like an export
+        which = f" of signals matching {args.signal!r}" if args.signal else ""
+        return _errors([f"--format jcamp: no spectra{which} in {config.store.path}"])
+    if args.output:
+        print(f"{result.written} {what} written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -218,6 +233,10 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     raw: dict[str, Any] = {"host": args.host}
     if args.port is not None:
         raw["port"] = args.port
+    if args.serial:
+        if "serial" not in registration.options_model.model_fields:
+            return _errors([f"--serial: emulator {args.name!r} has no serial-line mode"])
+        raw["serial"] = True
     for item in args.option:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -243,8 +262,12 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
             print(f"patgw: emulator {args.name!r} cannot start: {exc}", file=sys.stderr)
             return 1
         try:
-            port = getattr(emulator, "port", args.port)
-            log.info("emulator.running", emulator=args.name, host=args.host, port=port)
+            endpoint = getattr(emulator, "endpoint", None)
+            if endpoint is None:
+                endpoint = f"{args.host}:{getattr(emulator, 'port', args.port)}"
+            log.info("emulator.running", emulator=args.name, endpoint=endpoint)
+            # On stdout alone, so a script can read where to connect (a pty path differs per run).
+            print(endpoint, flush=True)
             with suppress(TimeoutError):
                 async with asyncio.timeout(args.duration):
                     await stop.wait()

@@ -1,36 +1,164 @@
-"""``patgw export``: committed samples as JSON lines or CSV, in the JSON form of every sink."""
+"""``patgw export``: committed samples as JSON lines, CSV or JCAMP-DX.
+
+JSON lines carry every sample in the JSON form of every sink, spectra included (values and
+axis). CSV has one row per *scalar* sample; a spectrum does not fit a cell, so CSV skips spectra
+and says so. JCAMP-DX 5.01 (``--format jcamp``) carries spectra only: one block per spectrum,
+``##XYPOINTS=(XY..XY)`` because a calibrated axis is not evenly spaced; several spectra make a
+compound (``##DATA TYPE=LINK``) file.
+"""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TextIO
 
-from .model import Sample, sample_to_json, sample_to_json_dict
+from .model import Quality, Sample, sample_to_json, sample_to_json_dict
+from .spectra import Spectrum
+from .timefmt import format_ns
 
-__all__ = ["FORMATS", "write_csv", "write_jsonl"]
+__all__ = ["FORMATS", "ExportResult", "write_csv", "write_jcamp", "write_jsonl"]
 
 _CSV_COLUMNS = ("signal", "value", "unit", "source_ts", "gateway_ts", "quality", "seq", "reason")
 
+# JCAMP-DX names for the axis units a spectrum may have; anything else is written as its UCUM code.
+_JCAMP_XUNITS = {"cm-1": "1/CM", "/cm": "1/CM", "nm": "NANOMETERS", "um": "MICROMETERS"}
+_JCAMP_DATA_TYPE = {"1/CM": "RAMAN SPECTRUM"}
 
-def write_jsonl(samples: Iterable[Sample], out: TextIO) -> int:
-    """One compact JSON object per line; returns the number written."""
-    count = 0
+
+@dataclass
+class ExportResult:
+    """What an export wrote, and what it left out and why (for the command's message)."""
+
+    written: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+
+Writer = Callable[[Iterable[Sample], TextIO, str], ExportResult]
+
+
+def write_jsonl(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+    """One compact JSON object per line."""
+    result = ExportResult()
     for sample in samples:
         out.write(sample_to_json(sample) + "\n")
-        count += 1
-    return count
+        result.written += 1
+    return result
 
 
-def write_csv(samples: Iterable[Sample], out: TextIO) -> int:
-    """A header line, then one row per sample with the JSON form's fields; returns the count."""
+def write_csv(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+    """A header line, then one row per scalar sample with the JSON form's fields."""
     writer = csv.DictWriter(out, fieldnames=_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    count = 0
+    result = ExportResult()
     for sample in samples:
+        if isinstance(sample.value, Spectrum):
+            result.skip("spectra (CSV has no place for them: use --format jsonl or jcamp)")
+            continue
         writer.writerow(sample_to_json_dict(sample))
-        count += 1
-    return count
+        result.written += 1
+    return result
 
 
-FORMATS = {"jsonl": write_jsonl, "csv": write_csv}
+def write_jcamp(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+    """Every spectrum among ``samples`` as JCAMP-DX 5.01; scalar and value-less samples are
+    skipped (and counted). One spectrum makes a plain file, more make a ``LINK`` file.
+
+    Blocks go to a temporary file first (a compound file states its block count up front), so
+    memory stays flat however many spectra there are.
+    """
+    result = ExportResult()
+    first: str | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        for sample in samples:
+            if not isinstance(sample.value, Spectrum):
+                result.skip("samples without a spectrum (scalar signals, bad spectra)")
+                continue
+            block = _jcamp_block(sample, sample.value, origin)
+            result.written += 1
+            if result.written == 1:
+                first = block
+                continue
+            if result.written == 2:
+                assert first is not None
+                spool.write(_with_block_id(first, 1))
+            spool.write(_with_block_id(block, result.written))
+        if result.written == 1:
+            assert first is not None
+            out.write(first)
+        elif result.written > 1:
+            out.write(
+                f"##TITLE=PAT Gateway export, {result.written} spectra\n"
+                "##JCAMP-DX=5.01\n"
+                "##DATA TYPE=LINK\n"
+                f"##ORIGIN={origin or 'PAT Gateway'}\n"
+                "##OWNER=\n"
+                f"##BLOCKS={result.written}\n"
+            )
+            spool.seek(0)
+            while chunk := spool.read(1 << 20):
+                out.write(chunk)
+            out.write("##END=\n")
+    return result
+
+
+def _with_block_id(block: str, block_id: int) -> str:
+    title, rest = block.split("\n", 1)
+    return f"{title}\n##BLOCK_ID={block_id}\n{rest}"
+
+
+def _jcamp_block(sample: Sample, spectrum: Spectrum, origin: str) -> str:
+    x = spectrum.axis.values
+    y = spectrum.values
+    xunits = _JCAMP_XUNITS.get(spectrum.axis.unit, spectrum.axis.unit.upper())
+    when = datetime.fromtimestamp(sample.source_ts // 1_000_000_000, UTC)
+    lines = [
+        f"##TITLE={sample.signal} seq {sample.seq}",
+        "##JCAMP-DX=5.01",
+        f"##DATA TYPE={_JCAMP_DATA_TYPE.get(xunits, 'SPECTRUM')}",
+        f"##ORIGIN={origin or 'PAT Gateway'}",
+        "##OWNER=",
+        f"##LONGDATE={when:%Y/%m/%d %H:%M:%S} +0000",
+        f"##$PATGW SIGNAL={sample.signal}",
+        f"##$PATGW SEQ={sample.seq}",
+        f"##$PATGW SOURCE TS={format_ns(sample.source_ts)}",
+        f"##$PATGW GATEWAY TS={format_ns(sample.gateway_ts)}",
+        f"##$PATGW QUALITY={Quality(sample.quality).label}",
+        *([f"##$PATGW REASON={_one_line(sample.reason)}"] if sample.reason else []),
+        f"##$PATGW YUNIT={sample.unit}",
+        f"##$PATGW AXIS KEY={spectrum.axis.key}",
+        f"##XUNITS={xunits}",
+        f"##YUNITS={_yunits(sample.unit)}",
+        "##XFACTOR=1",
+        "##YFACTOR=1",
+        f"##FIRSTX={float(x[0])!r}",
+        f"##LASTX={float(x[-1])!r}",
+        f"##MINX={float(x.min())!r}",
+        f"##MAXX={float(x.max())!r}",
+        f"##FIRSTY={y[0]}",
+        f"##MINY={y.min()}",
+        f"##MAXY={y.max()}",
+        f"##NPOINTS={len(y)}",
+        "##XYPOINTS=(XY..XY)",
+    ]
+    # float32 values print as their shortest exact decimal; the axis keeps float64 precision.
+    lines.extend(f"{xv!r}, {yv}" for xv, yv in zip(x.tolist(), y, strict=True))
+    lines.append("##END=")
+    return "\n".join(lines) + "\n"
+
+
+def _yunits(unit: str) -> str:
+    return "COUNTS" if unit in ("{counts}", "{count}", "{cnt}") else unit.upper()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+FORMATS: dict[str, Writer] = {"jsonl": write_jsonl, "csv": write_csv, "jcamp": write_jcamp}

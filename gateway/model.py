@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
+from .spectra import SpectralAxis, Spectrum
 from .timefmt import format_ns
 
 __all__ = ["Quality", "Sample", "Signal", "SignalKind", "sample_to_json", "sample_to_json_dict"]
@@ -91,14 +92,23 @@ def sample_to_json_dict(sample: Sample) -> dict[str, Any]:
     ``{"signal":…, "value":…, "unit":…, "source_ts":…, "gateway_ts":…, "quality":…, "seq":…}``
     plus ``"reason"`` when the quality is not good. NaN and infinities, which JSON cannot carry,
     become ``null``.
+
+    A spectrum's ``value`` is the list of its values (each the shortest decimal that reads back
+    as the same float32), and an ``"axis"`` follows ``"unit"``:
+    ``{"key": digest, "unit": "cm-1", "values": [...]}``. The key changes exactly when the axis
+    does, so a consumer can cache the axis by key.
     """
     value = sample.value
+    axis = None
     if isinstance(value, float) and not math.isfinite(value):
         value = None
-    out: dict[str, Any] = {
-        "signal": sample.signal,
-        "value": value,
-        "unit": sample.unit,
+    elif isinstance(value, Spectrum):
+        axis = _axis_dict(value.axis)
+        value = _f32_floats(value)
+    out: dict[str, Any] = {"signal": sample.signal, "value": value, "unit": sample.unit}
+    if axis is not None:
+        out["axis"] = axis
+    out |= {
         "source_ts": format_ns(sample.source_ts),
         "gateway_ts": format_ns(sample.gateway_ts),
         "quality": Quality(sample.quality).label,
@@ -118,6 +128,22 @@ _GOOD = int(Quality.GOOD)  # a module constant: Enum attribute look-ups are slow
 def _head(signal: str, unit: str) -> tuple[str, str]:
     # Signal and unit repeat in every sample of a signal: quote them once.
     return f'{{"signal":{_dumps(signal)},"value":', f',"unit":{_dumps(unit)},"source_ts":"'
+
+
+def _axis_dict(axis: SpectralAxis) -> dict[str, Any]:
+    return {"key": axis.key, "unit": axis.unit, "values": axis.values.tolist()}
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_json(axis: SpectralAxis) -> str:
+    # Axes are few and long (2048 points): encode each one once.
+    return _dumps(_axis_dict(axis))
+
+
+def _f32_floats(spectrum: Spectrum) -> list[float]:
+    # numpy prints a float32 as the shortest decimal that reads back as the same float32; as a
+    # Python float that decimal prints back unchanged (1e+06 becomes 1000000.0, as json does).
+    return list(map(float, map(str, spectrum.values)))
 
 
 def _value_json(value: Any) -> str:
@@ -141,9 +167,23 @@ def sample_to_json(sample: Sample) -> str:
     ``separators=(",", ":")`` and ``ensure_ascii=False`` would, but several times faster:
     every sink and export encodes every sample."""
     head, unit = _head(sample.signal, sample.unit)
+    if type(sample.value) is Spectrum:
+        return _spectrum_json(sample, sample.value, head)
     text = (
         f"{head}{_value_json(sample.value)}{unit}{format_ns(sample.source_ts)}"
         f'","gateway_ts":"{format_ns(sample.gateway_ts)}"{_LABELS[sample.quality]}{sample.seq}'
+    )
+    if sample.quality != _GOOD:
+        return f'{text},"reason":{_dumps(sample.reason or "")}}}'
+    return text + "}"
+
+
+def _spectrum_json(sample: Sample, spectrum: Spectrum, head: str) -> str:
+    values = ",".join(map(float.__repr__, _f32_floats(spectrum)))
+    text = (
+        f'{head}[{values}],"unit":{_dumps(sample.unit)}'
+        f',"axis":{_axis_json(spectrum.axis)},"source_ts":"{format_ns(sample.source_ts)}"'
+        f',"gateway_ts":"{format_ns(sample.gateway_ts)}"{_LABELS[sample.quality]}{sample.seq}'
     )
     if sample.quality != _GOOD:
         return f'{text},"reason":{_dumps(sample.reason or "")}}}'

@@ -14,12 +14,15 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..model import Quality, Signal
+from ..spectra import SpectralAxis, Spectrum
 from ..store.sqlite import Row
 from ..timefmt import now_ns
 from ..units import Conversion
 
-__all__ = ["FanOut", "NullOutput", "SignalOutput"]
+__all__ = ["FanOut", "NullOutput", "SignalOutput", "SpectrumOutput"]
 
 # Plain ints, not the IntEnum members: sqlite3 binds an exact int markedly faster.
 _GOOD: Quality = int(Quality.GOOD)  # type: ignore[assignment]
@@ -64,18 +67,10 @@ class SignalOutput:
         reason: str | None = None,
     ) -> None:
         gateway_ts = now_ns()
-        try:
-            q = _QUALITY[quality]
-        except (KeyError, TypeError):  # not a quality (TypeError: not even hashable)
-            q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
+        if quality is not _GOOD or source_ts is not None:
+            q, source_ts, reason = _checked(quality, source_ts, reason, gateway_ts)
         else:
-            if isinstance(quality, bool):  # bool hashes like 1 and 0: not a quality
-                q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
-        if source_ts is None:
-            source_ts = gateway_ts
-        elif type(source_ts) is not int or not _MIN_SOURCE_TS <= source_ts <= _MAX_SOURCE_TS:
-            q, reason = _BAD, _also(f"invalid source timestamp {source_ts!r}", reason)
-            source_ts = gateway_ts
+            q, source_ts = _GOOD, gateway_ts
         if value is not None:
             kind = type(value)
             if kind is not float and kind is not int:
@@ -102,6 +97,86 @@ class SignalOutput:
         self._append = append
 
 
+class SpectrumOutput(SignalOutput):
+    """Publishes :class:`~gateway.spectra.Spectrum` readings of one spectrum channel.
+
+    The same checks as for scalars, plus: the value must be a ``Spectrum`` with finite values.
+    A spectrum on an axis this output has not seen before (the first one, or a new calibration)
+    hands the axis to ``new_axis`` so the store records it in the same commit as the spectrum.
+    """
+
+    __slots__ = ("_axis_key", "_new_axis")
+
+    def __init__(
+        self,
+        signal: Signal,
+        conversion: Conversion,
+        def_id: int,
+        next_seq: int,
+        append: Callable[[Row], None],
+        new_axis: Callable[[SpectralAxis], None],
+    ) -> None:
+        super().__init__(signal, conversion, def_id, next_seq, append)
+        self._new_axis = new_axis
+        self._axis_key = ""
+
+    def publish(
+        self,
+        value: Any,
+        source_ts: int | None = None,
+        quality: Quality = _GOOD,
+        reason: str | None = None,
+    ) -> None:
+        gateway_ts = now_ns()
+        q, source_ts, reason = _checked(quality, source_ts, reason, gateway_ts)
+        if value is not None:
+            if type(value) is not Spectrum:
+                q, reason = _BAD, _also(f"expected a Spectrum, got {_type_name(value)}", reason)
+                value = None
+            else:
+                if self._convert:
+                    converted = value.values * np.float32(self._scale) + np.float32(self._offset)
+                    converted.flags.writeable = False
+                    value = Spectrum._trusted(converted.astype(np.float32, copy=False), value.axis)
+                finite = np.isfinite(value.values)
+                if not finite.all():
+                    bad = int(finite.size - np.count_nonzero(finite))
+                    q, reason = _BAD, _also(f"non-finite values in {bad} points", reason)
+                    value = None
+                elif value.axis.key != self._axis_key:
+                    self._new_axis(value.axis)
+                    self._axis_key = value.axis.key
+        seq = self.seq
+        self.seq = seq + 1
+        row = (self.def_id, seq, source_ts, gateway_ts, q, value, reason)
+        self._append(row)
+        self.latest = row
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _checked(
+    quality: Any, source_ts: Any, reason: str | None, gateway_ts: int
+) -> tuple[int, int, str | None]:
+    """The stored quality and source timestamp for what a driver passed: anything invalid makes
+    the sample ``bad`` with the problem named in its reason."""
+    try:
+        q = _QUALITY[quality]
+    except (KeyError, TypeError):  # not a quality (TypeError: not even hashable)
+        q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
+    else:
+        if isinstance(quality, bool):  # bool hashes like 1 and 0: not a quality
+            q, reason = _BAD, _also(f"invalid quality {quality!r}", reason)
+    if source_ts is None:
+        source_ts = gateway_ts
+    elif type(source_ts) is not int or not _MIN_SOURCE_TS <= source_ts <= _MAX_SOURCE_TS:
+        q, reason = _BAD, _also(f"invalid source timestamp {source_ts!r}", reason)
+        source_ts = gateway_ts
+    return q, source_ts, reason
+
+
 def _also(problem: str, reason: str | None) -> str:
     return f"{problem}; {reason}" if reason else problem
 
@@ -111,6 +186,9 @@ def _unusual(value: Any, q: int, reason: str | None) -> tuple[Any, int, str | No
     (numpy scalars, IntEnum, float subclasses) so they are stored and checked as such."""
     if isinstance(value, bool | str | bytes):
         return value, q, reason
+    if isinstance(value, Spectrum):
+        problem = "a spectrum published on a scalar signal (declare the channel as a spectrum)"
+        return None, _BAD, _also(problem, reason)
     try:
         return operator.index(value), q, reason  # integers of any kind, exactly
     except TypeError:

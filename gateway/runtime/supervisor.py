@@ -26,10 +26,11 @@ from ..api import Output
 from ..config import SinkConfig
 from ..errors import GatewayError
 from ..loader import ComponentPlan, Plan
+from ..model import SignalKind
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .instrument import InstrumentRunner
-from .outputs import FanOut, SignalOutput
+from .outputs import FanOut, SignalOutput, SpectrumOutput
 from .sinks import SinkFeeder
 from .view import run_view
 
@@ -229,7 +230,20 @@ class Gateway:
             signal_outputs = []
             for sp in ip.signals:
                 info = stored[sp.signal.id]
-                output = SignalOutput(sp.signal, sp.conversion, info.def_id, info.next_seq, append)
+                output: SignalOutput
+                if sp.signal.kind is SignalKind.SPECTRUM:
+                    output = SpectrumOutput(
+                        sp.signal,
+                        sp.conversion,
+                        info.def_id,
+                        info.next_seq,
+                        append,
+                        writer.add_axis,
+                    )
+                else:
+                    output = SignalOutput(
+                        sp.signal, sp.conversion, info.def_id, info.next_seq, append
+                    )
                 by_channel[sp.channel].append(output)
                 signal_outputs.append(output)
             channels: dict[str, Output] = {

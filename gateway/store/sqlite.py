@@ -4,6 +4,10 @@ Blocking code: the runtime calls it from one dedicated thread (:mod:`.writer`); 
 calls it directly. A *row* on the way in is the tuple
 ``(def_id, seq, source_ts, gateway_ts, quality, value, reason)``, built on the hot path.
 
+A spectrum is stored in the same ``value`` column as a compact blob (float32 values after a
+16-byte reference to its axis, :func:`~gateway.spectra.encode_values`); each axis is stored once,
+in the ``axis`` table, in the same transaction as the first spectrum that uses it.
+
 Sequence counters live in the ``signal`` table and are written in the same transaction as the
 samples, so after any crash the counter and the committed samples agree and ``seq`` stays
 contiguous. A signal whose unit or description changes between runs gets a new definition row
@@ -21,15 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from ..errors import StoreError, StoreFullError
 from ..model import Quality, Sample, Signal, SignalKind
+from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 
 __all__ = ["Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the axis table (spectra); a version-1 file is upgraded in place
+
+# sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
+sqlite3.register_adapter(Spectrum, encode_values)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS signal (
@@ -47,7 +57,8 @@ CREATE TABLE IF NOT EXISTS signal_def (
     UNIQUE (name, unit, kind, description, instrument)
 );
 -- id is the commit order: the cursor upstream sinks resume from.
--- value has no declared type so integers stay integers and floats stay floats.
+-- value has no declared type so integers stay integers and floats stay floats; a spectrum is a
+-- blob referring to its axis. data is unused (kept so version-1 files need no rewrite).
 CREATE TABLE IF NOT EXISTS sample (
     id INTEGER PRIMARY KEY,
     def_id INTEGER NOT NULL,
@@ -60,6 +71,14 @@ CREATE TABLE IF NOT EXISTS sample (
     data BLOB
 );
 -- No secondary index: it would cost ~40 % of insert throughput; exports scan in commit order.
+-- Spectral axes (e.g. Raman shift per pixel), once per calibration; key = digest of unit+values.
+CREATE TABLE IF NOT EXISTS axis (
+    key TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Samples the gateway had to drop (store full): counted and kept as evidence.
 CREATE TABLE IF NOT EXISTS loss (
     id INTEGER PRIMARY KEY,
@@ -102,7 +121,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _storable(value: Any) -> bool:
-    if value is None or isinstance(value, bool | float | bytes):
+    if value is None or isinstance(value, bool | float | bytes | Spectrum):
         return True
     if isinstance(value, int):
         return _INT64[0] <= value <= _INT64[1]
@@ -141,6 +160,10 @@ def _repaired(row: Row) -> Row:
         problems.append(f"invalid quality {_short(quality)}")
     text = "; ".join(problems + ([reason] if reason else []))
     return (def_id, seq, source_ts, gateway_ts, int(Quality.BAD), value, text)
+
+
+def _f64le(values: Any) -> bytes:
+    return bytes(np.asarray(values, dtype="<f8").tobytes())
 
 
 def _short(thing: Any) -> str:
@@ -259,8 +282,14 @@ class SampleStore:
             raise _translate(exc, "defining signals") from exc
         return out
 
-    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> Sequence[Row]:
-        """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction.
+    def commit(
+        self,
+        rows: Sequence[Row],
+        next_seq: Mapping[str, int],
+        axes: Sequence[SpectralAxis] = (),
+    ) -> Sequence[Row]:
+        """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction, together
+        with the ``axes`` of spectra among them that the store may not have yet.
 
         Returns the rows as stored: ``rows`` itself, unless a row could not be bound (a driver
         published a list, an int beyond 64 bits, a non-integer timestamp…). Such a row does not
@@ -268,7 +297,7 @@ class SampleStore:
         problem, and the returned list holds the repaired row in its place.
         """
         try:
-            self._insert(rows, next_seq)
+            self._insert(rows, next_seq, axes)
             return rows
         except (
             sqlite3.InterfaceError,
@@ -279,12 +308,21 @@ class SampleStore:
         ):
             pass  # rare: repair the offending rows, then commit once more
         repaired = [_repaired(row) for row in rows]
-        self._insert(repaired, next_seq)
+        self._insert(repaired, next_seq, axes)
         return repaired
 
-    def _insert(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> None:
+    def _insert(
+        self, rows: Sequence[Row], next_seq: Mapping[str, int], axes: Sequence[SpectralAxis]
+    ) -> None:
         try:
             with self._transaction():
+                if axes:
+                    now = now_ns()
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO axis (key, unit, points, data, created_ns)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        [(a.key, a.unit, len(a), _f64le(a.values), now) for a in axes],
+                    )
                 self._db.executemany(_INSERT, rows)
                 self._db.executemany(
                     "UPDATE signal SET next_seq=? WHERE name=? AND next_seq<?",
@@ -331,12 +369,13 @@ class SampleStore:
         ``signal_glob`` filters signal ids with shell wildcards (``reactor1/feed_pump/*``);
         ``since_ns`` keeps samples whose source timestamp is at or after it.
         """
-        defs = self._db.execute("SELECT id, name, unit FROM signal_def").fetchall()
+        defs = self._db.execute("SELECT id, name, unit, kind FROM signal_def").fetchall()
         wanted = {
             def_id: (name, unit)
-            for def_id, name, unit in defs
+            for def_id, name, unit, _ in defs
             if signal_glob is None or fnmatch.fnmatchcase(name, signal_glob)
         }
+        spectral = {d for d, _, _, kind in defs if kind == SignalKind.SPECTRUM.value}
         if not wanted:
             return
         where: list[str] = []
@@ -352,9 +391,35 @@ class SampleStore:
             sql += " WHERE " + " AND ".join(where)
         cursor = self._db.execute(sql + " ORDER BY id", params)
         quality = list(Quality)
+        axes: dict[str, SpectralAxis] = {}
         for def_id, seq, source_ts, gateway_ts, q, value, reason in cursor:
             name, unit = wanted[def_id]
+            if def_id in spectral and value is not None:
+                value = self._spectrum(value, axes)
             yield Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
+
+    def _spectrum(self, blob: bytes, axes: dict[str, SpectralAxis]) -> Spectrum:
+        try:
+            key, values = decode_values(blob)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path}: corrupt spectrum: {exc}") from exc
+        axis = axes.get(key)
+        if axis is None:
+            axis = axes[key] = self.axis(key)
+        if len(values) != len(axis):
+            raise StoreError(f"{self.path}: spectrum of {len(values)} points on axis {key}")
+        values.flags.writeable = False
+        return Spectrum._trusted(values, axis)
+
+    def axis(self, key: str) -> SpectralAxis:
+        """The stored axis with ``key``; ``StoreError`` if there is none."""
+        try:
+            row = self._db.execute("SELECT unit, data FROM axis WHERE key=?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"reading axis {key}") from exc
+        if row is None:
+            raise StoreError(f"{self.path}: a spectrum refers to axis {key}, which is missing")
+        return SpectralAxis(np.frombuffer(row[1], dtype="<f8"), row[0])
 
     def count(self) -> int:
         """Number of committed samples."""
