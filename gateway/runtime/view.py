@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..model import Quality
+from ..spectra import Spectrum, spectrum_summary
 from ..timefmt import now_ns
 
 if TYPE_CHECKING:
@@ -26,10 +27,22 @@ _STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"
 _STATE_STYLE = {"connected": "green", "connecting": "yellow", "down": "red", "stopped": "dim"}
 
 
+_summaries: dict[int, tuple[Spectrum, str]] = {}
+
+
 def format_value(value: Any) -> str:
-    """A reading as a short text: numbers to 6 significant digits, arrays as a summary."""
+    """A reading as a short text: numbers to 6 significant digits, a spectrum as a one-line
+    summary (points, axis range, maximum, peaks)."""
     if value is None:
         return "—"
+    if isinstance(value, Spectrum):
+        # The view refreshes several times a second; summarise each spectrum once.
+        cached = _summaries.get(id(value))
+        if cached is None or cached[0] is not value:
+            if len(_summaries) > 64:
+                _summaries.clear()
+            cached = _summaries[id(value)] = (value, spectrum_summary(value))
+        return cached[1]
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
