@@ -14,8 +14,9 @@ from typing import Any, Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import PluginContext, Registry, hookimpl
+from gateway import GatewayError, PluginContext, Registry, hookimpl
 
+from ..bioreactor import hub
 from .faults import Fault
 from .model import PumpModel
 from .server import FeedPumpEmulator
@@ -47,21 +48,43 @@ class FeedPumpOptions(BaseModel):
     setpoint_rpm: float = Field(default=50.0, ge=0, le=400, description="Initial speed setpoint.")
     ml_per_rev: float = Field(default=0.8, gt=0, le=100, description="Tubing calibration, mL/rev.")
     faults: tuple[FaultStep, ...] = Field(default=(), description="Scheduled fault injection.")
+    process: str | None = Field(
+        default=None,
+        description="Id of a 'bioreactor' emulator (listed before this one) whose process"
+        " receives the pumped feed, millilitre for millilitre; none = the pump feeds nothing.",
+    )
 
 
 class ScheduledFeedPump:
     """The emulator plus a named task that plays the fault schedule."""
 
-    def __init__(self, emulator: FeedPumpEmulator, faults: tuple[FaultStep, ...]) -> None:
+    def __init__(
+        self,
+        emulator: FeedPumpEmulator,
+        faults: tuple[FaultStep, ...],
+        process: str | None = None,
+    ) -> None:
         self.emulator = emulator
         self.faults = faults
+        self.process = process
         self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         return self.emulator.port
 
+    @property
+    def endpoint(self) -> str:
+        """Where a driver connects: ``host:port``."""
+        return f"{self.emulator.host}:{self.emulator.port}"
+
     async def __aenter__(self) -> Self:
+        if self.process is not None:
+            try:
+                clock = hub.lookup(self.process)
+            except LookupError as exc:
+                raise GatewayError(str(exc)) from exc
+            self.emulator.on_delivered = clock.feed
         await self.emulator.start()
         if self.faults:
             self._task = asyncio.create_task(self._play(), name="feed_pump.faults")
@@ -103,7 +126,7 @@ def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
     emulator = FeedPumpEmulator(
         options.host, options.port, model=model, unit_id=options.unit_id, framing=options.framing
     )
-    return ScheduledFeedPump(emulator, options.faults)
+    return ScheduledFeedPump(emulator, options.faults, options.process)
 
 
 @hookimpl

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Literal, Self, cast
 
 import structlog
@@ -68,6 +69,7 @@ class FeedPumpEmulator:
         unit_id: int = 1,
         tick_s: float = 0.05,
         framing: Literal["tcp", "rtu"] = "tcp",
+        on_delivered: Callable[[float], None] | None = None,
     ) -> None:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit_id {unit_id} outside 0..255")
@@ -76,6 +78,8 @@ class FeedPumpEmulator:
         self.model = model if model is not None else PumpModel()
         self.unit_id = unit_id
         self.tick_s = tick_s
+        # Told every millilitre the pump delivers (the shared bioreactor process takes it in).
+        self.on_delivered = on_delivered
         # "rtu" serves RTU frames (CRC, no MBAP header) over TCP: what a serial device server
         # sends, and what a driver opening the pyserial URL socket://host:port expects.
         self.framing = framing
@@ -298,8 +302,12 @@ class FeedPumpEmulator:
         if self._server is None:
             return
         now = asyncio.get_running_loop().time()
+        before = self.model.total_ml
         self.model.step(now - self._last_step)
         self._last_step = now
+        delivered = self.model.total_ml - before
+        if delivered > 0.0 and self.on_delivered is not None:
+            self.on_delivered(delivered)
 
     async def _run_model(self) -> None:
         while True:
