@@ -7,7 +7,7 @@ plugin (``plugin.py``) starts one run and registers it.
 """
 
 from .clock import ProcessClock
-from .hub import ProcessNotFoundError, lookup, register, unregister
+from .hub import ProcessNotFoundError, lookup, register, shared_process, unregister
 from .model import FedBatchModel, ProcessParams, ProcessState
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "ProcessState",
     "lookup",
     "register",
+    "shared_process",
     "unregister",
 ]

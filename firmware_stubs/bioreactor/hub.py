@@ -15,9 +15,11 @@ One registry per Python process, touched only from the event loop: no locking.
 
 from __future__ import annotations
 
+from gateway import GatewayError
+
 from .clock import ProcessClock
 
-__all__ = ["ProcessNotFoundError", "lookup", "register", "unregister"]
+__all__ = ["ProcessNotFoundError", "lookup", "register", "shared_process", "unregister"]
 
 _processes: dict[str, ProcessClock] = {}
 
@@ -53,3 +55,13 @@ def lookup(name: str) -> ProcessClock:
         return _processes[name]
     except KeyError:
         raise ProcessNotFoundError(name, sorted(_processes)) from None
+
+
+def shared_process(name: str) -> ProcessClock:
+    """:func:`lookup` for an emulator that is starting: a missing process is a
+    :class:`~gateway.GatewayError`, which the gateway reports as that emulator failing to start
+    (naming it) rather than as an internal error."""
+    try:
+        return lookup(name)
+    except ProcessNotFoundError as exc:
+        raise GatewayError(str(exc)) from exc

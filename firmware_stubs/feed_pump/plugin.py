@@ -7,16 +7,15 @@ the gateway's fault handling without writing code.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any, Literal, Self
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import GatewayError, PluginContext, Registry, hookimpl
+from gateway import PluginContext, Registry, hookimpl
 
-from ..bioreactor import hub
+from ..bioreactor import shared_process
+from ..schedule import FaultSchedule
 from .faults import Fault
 from .model import PumpModel
 from .server import FeedPumpEmulator
@@ -56,7 +55,7 @@ class FeedPumpOptions(BaseModel):
 
 
 class ScheduledFeedPump:
-    """The emulator plus a named task that plays the fault schedule."""
+    """The emulator, its fault schedule and its link to a shared bioreactor process."""
 
     def __init__(
         self,
@@ -67,7 +66,12 @@ class ScheduledFeedPump:
         self.emulator = emulator
         self.faults = faults
         self.process = process
-        self._task: asyncio.Task[None] | None = None
+        self._schedule = FaultSchedule(
+            faults,
+            lambda step: emulator.inject(Fault(step.fault)),
+            lambda step: emulator.clear(Fault(step.fault)),
+            "feed_pump.faults",
+        )
 
     @property
     def port(self) -> int:
@@ -80,41 +84,16 @@ class ScheduledFeedPump:
 
     async def __aenter__(self) -> Self:
         if self.process is not None:
-            try:
-                clock = hub.lookup(self.process)
-            except LookupError as exc:
-                raise GatewayError(str(exc)) from exc
-            self.emulator.on_delivered = clock.feed
+            self.emulator.on_delivered = shared_process(self.process).feed
         await self.emulator.start()
-        if self.faults:
-            self._task = asyncio.create_task(self._play(), name="feed_pump.faults")
+        self._schedule.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            await self._schedule.stop()
         finally:
             await self.emulator.stop()
-
-    async def _play(self) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        # At equal times a clear comes before an inject, so back-to-back steps chain.
-        events = sorted(
-            [(step.after_s, 1, step) for step in self.faults]
-            + [(step.after_s + step.for_s, 0, step) for step in self.faults if step.for_s],
-            key=lambda e: (e[0], e[1]),
-        )
-
-        for at, inject, step in events:
-            await asyncio.sleep(max(0.0, start + at - loop.time()))
-            if inject:
-                self.emulator.inject(Fault(step.fault))
-            else:
-                self.emulator.clear(Fault(step.fault))
 
 
 def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
