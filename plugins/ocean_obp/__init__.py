@@ -1,0 +1,1 @@
+"""Ocean Insight spectrometers over the Ocean Binary Protocol (OBP) on a serial line."""
