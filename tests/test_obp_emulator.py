@@ -19,10 +19,16 @@ from conftest import wait_for, write_config
 from test_obp_link import RecordingIO
 
 from firmware_stubs.raman import Fault, RamanEmulator
-from gateway import InstrumentError, PluginContext, Quality, Registry, Spectrum, load_plan
+from gateway import (
+    InstrumentError,
+    PluginContext,
+    Quality,
+    Spectrum,
+    build_registry,
+    load_plan,
+)
 from gateway.runtime import Gateway
 from gateway.store import SampleStore
-from plugins.ocean_obp import plugin
 from plugins.ocean_obp.driver import ObpSpectrometer
 from plugins.ocean_obp.options import ObpOptions
 
@@ -144,9 +150,7 @@ def samples(store_path: Path, glob: str) -> list[Any]:
 
 @pytest.mark.asyncio
 async def test_in_the_runtime_bad_while_down_then_back(tmp_path: Path) -> None:
-    # The entry point is not registered yet: build the registry as the plugin manager would.
-    registry = Registry()
-    plugin.pat_gateway_register_drivers(registry)
+    registry = build_registry()  # the installed entry points, as `patgw run` uses them
     async with RamanEmulator(transport="pty", pixels=1024) as raman:
         config = {
             "area": "reactor1",
