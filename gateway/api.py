@@ -104,8 +104,9 @@ class PollingDriver(abc.ABC):
     """Base for drivers that read their instrument on a fixed period.
 
     ``run`` connects, then calls :meth:`poll` every ``poll_interval_s`` seconds (missed ticks
-    are skipped, not bunched), and always calls :meth:`close`. The instrument counts as
-    connected after the first poll that did not raise.
+    are skipped, not bunched), and always calls :meth:`close` — also after a failed
+    :meth:`connect`, so ``close`` must cope with a half-open or never-opened transport. The
+    instrument counts as connected after the first poll that did not raise.
     """
 
     def __init__(self, context: PluginContext) -> None:
@@ -128,8 +129,10 @@ class PollingDriver(abc.ABC):
         """Close the transport. Must not raise."""
 
     async def run(self, io: InstrumentIO) -> None:
-        await self.connect()
         try:
+            # Inside the try: a connect that fails half-way (port open, handshake failed) is
+            # closed like any session, so drivers need not clean up in connect themselves.
+            await self.connect()
             loop = asyncio.get_running_loop()
             deadline = loop.time()
             await self.poll(io)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import jcamp
 import pytest
+import serial
 from conftest import fake_distribution, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,27 +67,42 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
         "reactor1/feed_pump/total_volume": "mL",
         "reactor1/feed_pump/running": "1",
         "reactor1/feed_pump/fault_code": "1",
+        "reactor1/raman/spectrum": "{counts}",
+        "reactor1/raman/integration_time": "ms",
+        "reactor1/raman/detector_temperature": "Cel",
     }
     assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
     for signal_id, rows in by_signal.items():
         assert [r["seq"] for r in rows] == list(range(len(rows))), signal_id
-        assert len(rows) >= duration, f"{signal_id}: {len(rows)} samples in {duration} s"
+        # The pump is read every 0.5 s, the spectrometer every 2 s (500 ms exposures).
+        minimum = duration if "/feed_pump/" in signal_id else 1
+        assert len(rows) >= minimum, f"{signal_id}: {len(rows)} samples in {duration} s"
         assert all(r["quality"] == "good" for r in rows), signal_id
+        spectral = ["axis"] if signal_id.endswith("/spectrum") else []
         assert list(rows[0]) == [
-            "signal",
-            "value",
-            "unit",
-            "source_ts",
-            "gateway_ts",
-            "quality",
-            "seq",
+            *("signal", "value", "unit", *spectral),
+            *("source_ts", "gateway_ts", "quality", "seq"),
         ]
+    for spectrum in by_signal["reactor1/raman/spectrum"]:
+        axis = spectrum["axis"]
+        assert len(spectrum["value"]) == len(axis["values"]) >= 1000
+        assert axis["unit"] == "cm-1"
+        assert min(axis["values"]) <= 400 and max(axis["values"]) >= 1800
     flows = by_signal["reactor1/feed_pump/flow"]
     lph = by_signal["reactor1/feed_pump/flow_lph"]
     assert lph[-1]["value"] == pytest.approx(flows[-1]["value"] * 0.06)
     # The jsonl_file sink got exactly the committed samples.
     sink_lines = (tmp_path / "data" / "demo-samples.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in sink_lines] == samples
+    # The spectra as JCAMP-DX, read back by a third-party reader.
+    jdx = tmp_path / "raman.jdx"
+    args = ["--format", "jcamp", "--signal", "reactor1/raman/spectrum", "-o", str(jdx)]
+    result = patgw("export", str(config), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    parsed = jcamp.readfile(str(jdx))
+    blocks = parsed.get("children", [parsed])
+    assert len(blocks) == len(by_signal["reactor1/raman/spectrum"])
+    assert all(b["data type"] == "RAMAN SPECTRUM" and b["xunits"] == "1/CM" for b in blocks)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -401,3 +419,29 @@ def test_broken_plugin_is_a_clear_error(tmp_path: Path) -> None:
     ok = patgw("plugins", "--json", env={**env, "PATGW_DISABLE_PLUGINS": "broken"})
     assert ok.returncode == 0
     assert "modbus" in ok.stdout
+
+
+def test_emulate_raman_on_a_serial_line_prints_the_device_to_open() -> None:
+    args = [sys.executable, "-m", "gateway", "emulate", "raman", "--serial", "--for", "20"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        path = proc.stdout.readline().strip()
+        assert path.startswith("/dev/"), (path, proc.stderr.read() if proc.stderr else "")
+        # A host opens it like any serial device and gets an OBP reply (serial number query:
+        # header with message type 0x100, no data, footer).
+        header = struct.pack("<HHHHII6sBB16sI", 0xC0C1, 0x1100, 0, 0, 0x100, 7, b"", 0, 0, b"", 20)
+        with serial.Serial(path, 115200, timeout=5) as port:
+            port.write(header + bytes(16) + struct.pack("<I", 0xC2C3C4C5))
+            reply = port.read(64)
+        assert reply[:2] == b"\xc1\xc0" and b"EMU-RAMAN" in reply
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_emulate_serial_needs_an_emulator_with_a_serial_line() -> None:
+    result = patgw("emulate", "feed_pump", "--serial", "--for", "1")
+    assert result.returncode == 2
+    assert "--serial: emulator 'feed_pump' has no serial-line mode" in result.stderr

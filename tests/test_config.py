@@ -293,17 +293,27 @@ def test_installed_plugins_are_registered(registry: Registry) -> None:
     assert "jsonl_file" in registry.names(PluginKind.SINK)
 
 
-def test_demo_config_loads_with_seven_signals(registry: Registry) -> None:
+def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> None:
     path = REPO / "configs" / "demo.yaml"
     plan = load_plan(path, registry)
     assert plan.source == path
     assert plan.config.area == "reactor1"
-    assert [ip.config.id for ip in plan.instruments] == ["feed_pump"]
-    assert [(c.id, c.type) for c in plan.emulators] == [("pump_emulator", "feed_pump")]
+    assert [ip.config.id for ip in plan.instruments] == ["feed_pump", "raman"]
+    assert [(c.id, c.type) for c in plan.emulators] == [
+        ("reactor", "bioreactor"),
+        ("pump_emulator", "feed_pump"),
+        ("raman_emulator", "raman"),
+    ]
+    assert [c.config.options["process"] for c in plan.emulators[1:]] == ["reactor", "reactor"]
     assert [(c.id, c.type) for c in plan.sinks] == [("jsonl", "jsonl_file")]
     signals = plan.signals
-    assert len(signals) == 7
-    assert [(s.id, s.unit) for s in signals] == [
+    assert len(signals) == 10
+    assert [(s.id, s.unit, s.kind.value) for s in signals[7:]] == [
+        ("reactor1/raman/spectrum", "{counts}", "spectrum"),
+        ("reactor1/raman/integration_time", "ms", "scalar"),
+        ("reactor1/raman/detector_temperature", "Cel", "scalar"),
+    ]
+    assert [(s.id, s.unit) for s in signals[:7]] == [
         ("reactor1/feed_pump/flow", "mL/min"),
         ("reactor1/feed_pump/flow_lph", "L/h"),
         ("reactor1/feed_pump/speed", "{rev}/min"),
@@ -312,7 +322,7 @@ def test_demo_config_loads_with_seven_signals(registry: Registry) -> None:
         ("reactor1/feed_pump/running", "1"),
         ("reactor1/feed_pump/fault_code", "1"),
     ]
-    assert all(s.instrument == "feed_pump" for s in signals)
+    assert all(s.instrument == "feed_pump" for s in signals[:7])
     by_id = {sp.signal.id: sp for sp in plan.instruments[0].signals}
     lph = by_id["reactor1/feed_pump/flow_lph"]
     assert lph.channel == "flow"
@@ -744,7 +754,7 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
     path = REPO / "configs" / "demo.yaml"
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: valid (1 instruments, 7 signals, 1 emulators, 1 sinks)\n"
+    assert out == f"{path}: valid (2 instruments, 10 signals, 3 emulators, 1 sinks)\n"
     assert err == ""
 
 

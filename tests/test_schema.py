@@ -35,7 +35,8 @@ def demo() -> dict[str, Any]:
 def test_plugin_options_are_checked_by_the_schema() -> None:
     config = demo()
     config["instruments"][0]["options"]["regsiters"] = []  # misspelt key
-    config["emulators"][0]["options"]["setpoint_rpm"] = 1000  # above the pump's 400
+    pump = next(e for e in config["emulators"] if e["type"] == "feed_pump")
+    pump["options"]["setpoint_rpm"] = 1000  # above the pump's 400
     messages = [e.message for e in VALIDATOR.iter_errors(config)]
     assert any("regsiters" in m for m in messages)
     assert any("1000" in m for m in messages)
