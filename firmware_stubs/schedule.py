@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
-__all__ = ["FaultSchedule", "ScheduledStep"]
+__all__ = ["FaultSchedule", "ScheduledEmulator", "ScheduledStep"]
 
 
 class ScheduledStep(Protocol):
@@ -64,3 +64,36 @@ class FaultSchedule(Generic[StepT]):
         for at, inject, index in events:
             await asyncio.sleep(max(0.0, start + at - loop.time()))
             (self._inject if inject else self._clear)(self.steps[index])
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+EmulatorT = TypeVar("EmulatorT", bound=Startable)
+
+
+class ScheduledEmulator(Generic[EmulatorT, StepT]):
+    """What an emulator plugin hands the gateway: the emulator plus its fault schedule, started
+    and stopped together. Subclasses link to a shared process in :meth:`before_start`."""
+
+    def __init__(self, emulator: EmulatorT, schedule: FaultSchedule[StepT]) -> None:
+        self.emulator = emulator
+        self.schedule = schedule
+
+    def before_start(self) -> None:
+        """Called on entry, before the emulator starts; raise to refuse to start."""
+
+    async def __aenter__(self) -> Self:
+        self.before_start()
+        await self.emulator.start()
+        self.schedule.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.schedule.stop()
+        finally:
+            await self.emulator.stop()

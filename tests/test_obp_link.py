@@ -215,6 +215,16 @@ class RecordingIO:
         self.connections += 1
 
 
+@asynccontextmanager
+async def connected(driver: ObpSpectrometer) -> AsyncIterator[ObpSpectrometer]:
+    """One session of ``driver``, as the runtime runs it: connect, then always close."""
+    await driver.connect()
+    try:
+        yield driver
+    finally:
+        await driver.close()
+
+
 def make_driver(port: str, tmp_path: Path, **options: Any) -> ObpSpectrometer:
     config = {
         "port": port, "laser_wavelength_nm": 785.0, "integration_time_ms": 5, "timeout_s": 0.3,
@@ -240,13 +250,10 @@ async def test_connect_then_poll_publishes_spectrum_integration_time_and_tempera
 ) -> None:
     driver = make_driver(device.url, tmp_path, dark_pixels=8)
     io = RecordingIO()
-    await driver.connect()
-    try:
+    async with connected(driver):
         before = time.time_ns()
         await driver.poll(io)
         after = time.time_ns()
-    finally:
-        await driver.close()
     assert driver.serial_number == "QE-TEST-0042"
     setup = [(r.msg_type, r.data, r.flags) for r in device.requests[1:3]]
     assert setup == [
@@ -281,11 +288,8 @@ async def test_saturated_pixels_make_the_spectrum_uncertain(
     device.counts[100:103] = 65535
     driver = make_driver(device.url, tmp_path, axis="wavelength")
     io = RecordingIO()
-    await driver.connect()
-    try:
+    async with connected(driver):
         await driver.poll(io)
-    finally:
-        await driver.close()
     [spectrum] = io.published["spectrum"]
     assert spectrum.quality is Quality.UNCERTAIN
     assert spectrum.reason == "saturated: 3 pixels"
@@ -298,14 +302,11 @@ async def test_axis_is_built_once_and_rebuilt_when_the_pixel_count_changes(
 ) -> None:
     driver = make_driver(device.url, tmp_path)
     io = RecordingIO()
-    await driver.connect()
-    try:
+    async with connected(driver):
         await driver.poll(io)
         await driver.poll(io)
         device.counts = device.counts[:512].copy()
         await driver.poll(io)
-    finally:
-        await driver.close()
     first, second, third = (p.value.axis for p in io.published["spectrum"])
     assert first is second
     assert len(third) == 512 and third.values[0] == first.values[0]
@@ -316,11 +317,8 @@ async def test_md5_both_ways(tmp_path: Path) -> None:
     async with ScriptedSpectrometer(md5_replies=True) as device:
         driver = make_driver(device.url, tmp_path, checksum="md5")
         io = RecordingIO()
-        await driver.connect()
-        try:
+        async with connected(driver):
             await driver.poll(io)
-        finally:
-            await driver.close()
     assert all(r.checksum_type == 1 for r in device.requests)  # and the device checked them
     assert io.published["spectrum"][0].quality is Quality.GOOD
 
@@ -362,20 +360,14 @@ async def test_a_fault_raises_a_reason_and_a_reconnect_recovers(
     driver = make_driver(device.url, tmp_path)
     io = RecordingIO()
     device.faults[GET_RAW_SPECTRUM] = fault
-    await driver.connect()
-    try:
+    async with connected(driver):
         with pytest.raises(InstrumentError, match=reason):
             await driver.poll(io)
-    finally:
-        await driver.close()
     assert io.published["spectrum"] == []
     # What the runtime does next: run the driver again, which opens a fresh link.
     del device.faults[GET_RAW_SPECTRUM]
-    await driver.connect()
-    try:
+    async with connected(driver):
         await driver.poll(io)
-    finally:
-        await driver.close()
     assert io.published["spectrum"][0].quality is Quality.GOOD
 
 
@@ -386,11 +378,8 @@ async def test_a_device_without_temperature_gets_a_bad_temperature_not_a_reconne
     device.faults[GET_TEC_TEMPERATURE] = "nack12"
     driver = make_driver(device.url, tmp_path)
     io = RecordingIO()
-    await driver.connect()
-    try:
+    async with connected(driver):
         await driver.poll(io)
-    finally:
-        await driver.close()
     assert io.published["spectrum"][0].quality is Quality.GOOD
     [temperature] = io.published["detector_temperature"]
     assert temperature.value is None and temperature.quality is Quality.BAD
@@ -423,12 +412,9 @@ async def test_a_laser_above_the_pixels_fails_at_the_first_spectrum(
     tmp_path: Path, device: ScriptedSpectrometer
 ) -> None:
     driver = make_driver(device.url, tmp_path, laser_wavelength_nm=800.0)
-    await driver.connect()
-    try:
+    async with connected(driver):
         with pytest.raises(InstrumentError, match="laser_wavelength_nm 800 is not below"):
             await driver.poll(RecordingIO())
-    finally:
-        await driver.close()
 
 
 @pytest.mark.asyncio
@@ -572,11 +558,8 @@ async def test_driver_over_a_pty(tmp_path: Path) -> None:
     async with pty_device(device) as path:
         driver = make_driver(path, tmp_path, timeout_s=1.0)
         io = RecordingIO()
-        await driver.connect()
-        try:
+        async with connected(driver):
             await driver.poll(io)
-        finally:
-            await driver.close()
     [spectrum] = io.published["spectrum"]
     assert len(spectrum.value) == 2048
     np.testing.assert_array_equal(spectrum.value.values, device.counts.astype(np.float32))

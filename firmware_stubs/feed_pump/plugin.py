@@ -7,7 +7,7 @@ the gateway's fault handling without writing code.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import PluginContext, Registry, hookimpl
 
 from ..bioreactor import shared_process
-from ..schedule import FaultSchedule
+from ..schedule import FaultSchedule, ScheduledEmulator
 from .faults import Fault
 from .model import PumpModel
 from .server import FeedPumpEmulator
@@ -54,7 +54,7 @@ class FeedPumpOptions(BaseModel):
     )
 
 
-class ScheduledFeedPump:
+class ScheduledFeedPump(ScheduledEmulator[FeedPumpEmulator, FaultStep]):
     """The emulator, its fault schedule and its link to a shared bioreactor process."""
 
     def __init__(
@@ -63,15 +63,14 @@ class ScheduledFeedPump:
         faults: tuple[FaultStep, ...],
         process: str | None = None,
     ) -> None:
-        self.emulator = emulator
-        self.faults = faults
-        self.process = process
-        self._schedule = FaultSchedule(
+        schedule = FaultSchedule(
             faults,
             lambda step: emulator.inject(Fault(step.fault)),
             lambda step: emulator.clear(Fault(step.fault)),
             "feed_pump.faults",
         )
+        super().__init__(emulator, schedule)
+        self.process = process
 
     @property
     def port(self) -> int:
@@ -82,18 +81,9 @@ class ScheduledFeedPump:
         """Where a driver connects: ``host:port``."""
         return f"{self.emulator.host}:{self.emulator.port}"
 
-    async def __aenter__(self) -> Self:
+    def before_start(self) -> None:
         if self.process is not None:
             self.emulator.on_delivered = shared_process(self.process).feed
-        await self.emulator.start()
-        self._schedule.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self._schedule.stop()
-        finally:
-            await self.emulator.stop()
 
 
 def _build(options: FeedPumpOptions, context: PluginContext) -> Any:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway import PluginContext, Registry, hookimpl
 
 from ..bioreactor import lookup, shared_process
-from ..schedule import FaultSchedule
+from ..schedule import FaultSchedule, ScheduledEmulator
 from .device import DEFAULT_SERIAL_NUMBER
 from .faults import Fault
 from .server import RamanEmulator
@@ -125,7 +125,7 @@ def _constant_composition() -> Composition:
     return DEFAULT_COMPOSITION
 
 
-class ScheduledRaman:
+class ScheduledRaman(ScheduledEmulator[RamanEmulator, RamanFaultStep]):
     """The emulator, its fault schedule and (optionally) the shared process it looks into."""
 
     def __init__(
@@ -134,10 +134,8 @@ class ScheduledRaman:
         faults: tuple[RamanFaultStep, ...],
         process: str | None = None,
     ) -> None:
-        self.emulator = emulator
-        self.faults = faults
+        super().__init__(emulator, FaultSchedule(faults, self._inject, self._clear, "raman.faults"))
         self.process = process
-        self._schedule = FaultSchedule(faults, self._inject, self._clear, "raman.faults")
 
     @property
     def endpoint(self) -> str:
@@ -149,18 +147,9 @@ class ScheduledRaman:
         """The bound TCP port (``None`` on a pseudo-terminal)."""
         return self.emulator.port
 
-    async def __aenter__(self) -> Self:
+    def before_start(self) -> None:
         if self.process is not None:
             shared_process(self.process)  # fail now, naming the process, not per spectrum
-        await self.emulator.start()
-        self._schedule.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self._schedule.stop()
-        finally:
-            await self.emulator.stop()
 
     def _inject(self, step: RamanFaultStep) -> None:
         if step.error is not None:
