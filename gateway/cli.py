@@ -205,8 +205,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         samples = store.samples(args.signal, since)
         writer = FORMATS[args.format]
         if args.output:
-            with args.output.open("w", encoding="utf-8", newline="") as out:
-                result = writer(samples, out, origin)
+            try:
+                with args.output.open("w", encoding="utf-8", newline="") as out:
+                    result = writer(samples, out, origin)
+            except BaseException:
+                args.output.unlink(missing_ok=True)  # no half-written file that looks complete
+                raise
         else:
             result = writer(samples, sys.stdout, origin)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import structlog
 import yaml
 
 from gateway import Plan, build_registry, load_plan
@@ -97,6 +99,19 @@ async def running(plan: Plan) -> AsyncIterator[tuple[Gateway, asyncio.Task[RunSu
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging() -> Iterator[None]:
+    """Undo what a test's in-process ``patgw`` did to logging (``configure_logging`` sets a
+    global level filter), so later tests that capture log events still see them."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -183,8 +183,8 @@ def test_store_keeps_spectra_compact_and_each_axis_once(tmp_path: Path) -> None:
         first, second = raman_axis(2048), raman_axis(2048, offset=0.5)
         spectra = [Spectrum(np.full(2048, float(i)), first if i < 3 else second) for i in range(5)]
         rows = [(def_id, i, NS + i, NS + i, 2, s, None) for i, s in enumerate(spectra)]
-        store.commit(rows[:3], {signal.id: 3}, [first])
-        store.commit(rows[3:], {signal.id: 5}, [second, first])  # a repeat is harmless
+        store.commit(rows[:3], {signal.id: 3})
+        store.commit(rows[3:], {signal.id: 5})
         back = list(store.samples())
     finally:
         store.close()
@@ -199,18 +199,55 @@ def test_store_keeps_spectra_compact_and_each_axis_once(tmp_path: Path) -> None:
         db.close()
 
 
-def test_a_spectrum_whose_axis_is_missing_is_a_store_error(tmp_path: Path) -> None:
+def test_a_failed_commit_does_not_count_its_axis_as_stored(tmp_path: Path) -> None:
     from gateway import Signal
 
     store = SampleStore(tmp_path / "s.sqlite")
     try:
         signal = Signal("x", "{counts}", SignalKind.SPECTRUM)
         def_id = store.define([signal])["x"].def_id
-        store.commit([(def_id, 0, NS, NS, 2, Spectrum(np.ones(64), raman_axis()), None)], {"x": 1})
-        with pytest.raises(StoreError, match="missing"):
-            list(store.samples())
+        axis = raman_axis(2048)
+        batch = [(def_id, i, NS, NS, 2, Spectrum(np.ones(2048), axis), None) for i in range(50)]
+        store.limit_pages(store._db.execute("PRAGMA page_count").fetchone()[0])  # full disk
+        with pytest.raises(StoreError, match="full"):
+            store.commit(batch, {"x": 50})
+        store.limit_pages(1_000_000)
+        store.commit(batch, {"x": 50})  # the retry must bring the axis along
+        back = list(store.samples())
     finally:
         store.close()
+    assert [s.value for s in back] == [row[5] for row in batch]
+
+
+def test_a_damaged_spectrum_row_is_reported_bad_and_the_rest_still_reads(tmp_path: Path) -> None:
+    from gateway import Signal
+
+    store = SampleStore(tmp_path / "s.sqlite")
+    try:
+        signal = Signal("x", "{counts}", SignalKind.SPECTRUM)
+        def_id = store.define([signal])["x"].def_id
+        a, b = raman_axis(), raman_axis(offset=1.0)
+        spectra = [Spectrum(np.full(64, float(i)), axis) for i, axis in enumerate((a, b, a, a))]
+        rows = [(def_id, i, NS + i, NS + i, 2, x, None) for i, x in enumerate(spectra)]
+        store.commit(rows, {"x": 4})
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    with db:
+        db.execute("DELETE FROM axis WHERE key=?", (b.key,))  # an orphaned spectrum
+        db.execute("UPDATE sample SET value=x'00' WHERE seq=2")  # a corrupt one
+    db.close()
+    store = SampleStore(tmp_path / "s.sqlite", read_only=True)
+    try:
+        back = list(store.samples())
+    finally:
+        store.close()
+    assert [s.seq for s in back] == [0, 1, 2, 3]
+    assert back[0].value == spectra[0] and back[3].value == spectra[3]
+    for damaged in back[1:3]:
+        assert damaged.quality == Quality.BAD and damaged.value is None
+    assert back[1].reason == f"stored spectrum unreadable: its axis {b.key} is missing or corrupt"
+    assert (back[2].reason or "").startswith("stored spectrum unreadable: corrupt value")
 
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:

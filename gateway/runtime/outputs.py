@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..model import Quality, Signal
-from ..spectra import SpectralAxis, Spectrum
+from ..spectra import Spectrum
 from ..store.sqlite import Row
 from ..timefmt import now_ns
 from ..units import Conversion
@@ -101,24 +101,10 @@ class SpectrumOutput(SignalOutput):
     """Publishes :class:`~gateway.spectra.Spectrum` readings of one spectrum channel.
 
     The same checks as for scalars, plus: the value must be a ``Spectrum`` with finite values.
-    A spectrum on an axis this output has not seen before (the first one, or a new calibration)
-    hands the axis to ``new_axis`` so the store records it in the same commit as the spectrum.
+    (The store records each new axis with the first spectrum that uses it.)
     """
 
-    __slots__ = ("_axis_key", "_new_axis")
-
-    def __init__(
-        self,
-        signal: Signal,
-        conversion: Conversion,
-        def_id: int,
-        next_seq: int,
-        append: Callable[[Row], None],
-        new_axis: Callable[[SpectralAxis], None],
-    ) -> None:
-        super().__init__(signal, conversion, def_id, next_seq, append)
-        self._new_axis = new_axis
-        self._axis_key = ""
+    __slots__ = ()
 
     def publish(
         self,
@@ -143,9 +129,6 @@ class SpectrumOutput(SignalOutput):
                     bad = int(finite.size - np.count_nonzero(finite))
                     q, reason = _BAD, _also(f"non-finite values in {bad} points", reason)
                     value = None
-                elif value.axis.key != self._axis_key:
-                    self._new_axis(value.axis)
-                    self._axis_key = value.axis.key
         seq = self.seq
         self.seq = seq + 1
         row = (self.def_id, seq, source_ts, gateway_ts, q, value, reason)

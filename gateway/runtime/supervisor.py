@@ -233,12 +233,7 @@ class Gateway:
                 output: SignalOutput
                 if sp.signal.kind is SignalKind.SPECTRUM:
                     output = SpectrumOutput(
-                        sp.signal,
-                        sp.conversion,
-                        info.def_id,
-                        info.next_seq,
-                        append,
-                        writer.add_axis,
+                        sp.signal, sp.conversion, info.def_id, info.next_seq, append
                     )
                 else:
                     output = SignalOutput(

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..errors import StoreError, StoreFullError
+from ..errors import GatewayError, StoreError, StoreFullError
 from ..model import Quality, Sample, Signal, SignalKind
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
@@ -209,6 +209,7 @@ class SampleStore:
     def __init__(self, path: Path, *, synchronous: str = "normal", read_only: bool = False) -> None:
         self.path = path
         self._lock: IO[str] | None = None
+        self._axis_keys: set[str] = set()  # axes known to be committed (saves re-inserts)
         try:
             if read_only:
                 self._db = sqlite3.connect(
@@ -282,22 +283,20 @@ class SampleStore:
             raise _translate(exc, "defining signals") from exc
         return out
 
-    def commit(
-        self,
-        rows: Sequence[Row],
-        next_seq: Mapping[str, int],
-        axes: Sequence[SpectralAxis] = (),
-    ) -> Sequence[Row]:
+    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> Sequence[Row]:
         """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction, together
-        with the ``axes`` of spectra among them that the store may not have yet.
+        with the axis of every spectrum among them that the store does not have yet (so no
+        spectrum is ever committed without its axis).
 
         Returns the rows as stored: ``rows`` itself, unless a row could not be bound (a driver
         published a list, an int beyond 64 bits, a non-integer timestamp…). Such a row does not
         poison the batch: it is stored as a ``bad`` sample without value, the reason naming the
         problem, and the returned list holds the repaired row in its place.
         """
+        axes = self._new_axes(rows)
         try:
             self._insert(rows, next_seq, axes)
+            self._axis_keys.update(axis.key for axis in axes)
             return rows
         except (
             sqlite3.InterfaceError,
@@ -309,7 +308,18 @@ class SampleStore:
             pass  # rare: repair the offending rows, then commit once more
         repaired = [_repaired(row) for row in rows]
         self._insert(repaired, next_seq, axes)
+        self._axis_keys.update(axis.key for axis in axes)
         return repaired
+
+    def _new_axes(self, rows: Sequence[Row]) -> list[SpectralAxis]:
+        # One type check per row: a few ms per 100k scalar samples, on the store's thread.
+        known = self._axis_keys
+        found: dict[str, SpectralAxis] = {}
+        for row in rows:
+            value = row[5]
+            if type(value) is Spectrum and value.axis.key not in known:
+                found[value.axis.key] = value.axis
+        return list(found.values())
 
     def _insert(
         self, rows: Sequence[Row], next_seq: Mapping[str, int], axes: Sequence[SpectralAxis]
@@ -391,23 +401,36 @@ class SampleStore:
             sql += " WHERE " + " AND ".join(where)
         cursor = self._db.execute(sql + " ORDER BY id", params)
         quality = list(Quality)
-        axes: dict[str, SpectralAxis] = {}
+        axes: dict[str, SpectralAxis | None] = {}
         for def_id, seq, source_ts, gateway_ts, q, value, reason in cursor:
             name, unit = wanted[def_id]
             if def_id in spectral and value is not None:
-                value = self._spectrum(value, axes)
+                try:
+                    value = self._spectrum(value, axes)
+                except StoreError as exc:
+                    # One damaged row must not hide the rest of the store: report it as what
+                    # it now is, a sample whose value cannot be read, and go on.
+                    value, q = None, int(Quality.BAD)
+                    reason = f"stored spectrum unreadable: {exc}" + (
+                        f"; {reason}" if reason else ""
+                    )
             yield Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
 
-    def _spectrum(self, blob: bytes, axes: dict[str, SpectralAxis]) -> Spectrum:
+    def _spectrum(self, blob: Any, axes: dict[str, SpectralAxis | None]) -> Spectrum:
         try:
             key, values = decode_values(blob)
         except (TypeError, ValueError) as exc:
-            raise StoreError(f"{self.path}: corrupt spectrum: {exc}") from exc
-        axis = axes.get(key)
+            raise StoreError(f"corrupt value: {exc}") from exc
+        if key not in axes:
+            try:
+                axes[key] = self.axis(key)
+            except StoreError:
+                axes[key] = None
+        axis = axes[key]
         if axis is None:
-            axis = axes[key] = self.axis(key)
+            raise StoreError(f"its axis {key} is missing or corrupt")
         if len(values) != len(axis):
-            raise StoreError(f"{self.path}: spectrum of {len(values)} points on axis {key}")
+            raise StoreError(f"{len(values)} values on axis {key} of {len(axis)} points")
         values.flags.writeable = False
         return Spectrum._trusted(values, axis)
 
@@ -419,7 +442,10 @@ class SampleStore:
             raise _translate(exc, f"reading axis {key}") from exc
         if row is None:
             raise StoreError(f"{self.path}: a spectrum refers to axis {key}, which is missing")
-        return SpectralAxis(np.frombuffer(row[1], dtype="<f8"), row[0])
+        try:
+            return SpectralAxis(np.frombuffer(row[1], dtype="<f8"), row[0])
+        except (TypeError, ValueError, GatewayError) as exc:
+            raise StoreError(f"{self.path}: axis {key} is corrupt: {exc}") from exc
 
     def count(self) -> int:
         """Number of committed samples."""

@@ -25,7 +25,6 @@ import structlog
 
 from ..config import StoreConfig
 from ..errors import StoreError
-from ..spectra import SpectralAxis
 from ..timefmt import now_ns
 from .sqlite import Loss, Row, SampleStore
 
@@ -80,9 +79,6 @@ class StoreWriter:
         self.pending: list[Row] = []
         self.stats = WriterStats()
         self._retry: list[Row] = []
-        # Axes of spectra not yet committed: stored in the same transaction as the first
-        # spectrum that uses them, and kept until a commit succeeds.
-        self._new_axes: dict[str, SpectralAxis] = {}
         self._losses: list[Loss] = []
         self._next_seq = next_seq
         self.names = names
@@ -94,10 +90,6 @@ class StoreWriter:
         self._last_drop_log = 0.0
         # (signal, reason) → index in _losses of the run a new loss may continue
         self._open_runs: dict[tuple[str, str], int] = {}
-
-    def add_axis(self, axis: SpectralAxis) -> None:
-        """Have the next commit store ``axis`` (a spectrum output met a new calibration)."""
-        self._new_axes[axis.key] = axis
 
     async def run(self, stop: asyncio.Event) -> None:
         """Commit every interval until ``stop`` is set, then commit what is left."""
@@ -170,12 +162,9 @@ class StoreWriter:
             batch = self._bound(batch, "commits lag behind the instruments")
         saved = self._saved_seq
         counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v}
-        axes = list(self._new_axes.values())
         loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(
-                self._executor, self.store.commit, batch, counters, axes
-            )
+            stored = await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
         except StoreError as exc:  # disk full, I/O error: keep the batch and retry
             self._retry = self._bound(batch, "store could not commit")
             self._failed(str(exc), None)
@@ -188,8 +177,6 @@ class StoreWriter:
         if self._retry:
             log.info("store.recovered", committed=len(batch), dropped_total=self.stats.dropped)
         self._retry = []
-        for axis in axes:
-            self._new_axes.pop(axis.key, None)
         if stored is not batch:
             repaired = sum(1 for a, b in zip(batch, stored, strict=True) if a is not b)
             self.stats.repaired += repaired
