@@ -141,14 +141,15 @@ def _jcamp_block(sample: Sample, spectrum: Spectrum, origin: str) -> str:
         f"##LASTX={float(x[-1])!r}",
         f"##MINX={float(x.min())!r}",
         f"##MAXX={float(x.max())!r}",
-        f"##FIRSTY={y[0]}",
-        f"##MINY={y.min()}",
-        f"##MAXY={y.max()}",
+        f"##FIRSTY={y[0]!s}",
+        f"##MINY={y.min()!s}",
+        f"##MAXY={y.max()!s}",
         f"##NPOINTS={len(y)}",
         "##XYPOINTS=(XY..XY)",
     ]
-    # float32 values print as their shortest exact decimal; the axis keeps float64 precision.
-    lines.extend(f"{xv!r}, {yv}" for xv, yv in zip(x.tolist(), y, strict=True))
+    # str() prints a float32 as its shortest exact decimal (format() would widen it to a
+    # float64's digits); the axis keeps float64 precision.
+    lines.extend(f"{xv!r}, {yv!s}" for xv, yv in zip(x.tolist(), y, strict=True))
     lines.append("##END=")
     return "\n".join(lines) + "\n"
 

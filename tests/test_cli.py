@@ -230,10 +230,12 @@ def quality_runs(samples: list[dict]) -> list[str]:
 
 def test_emulate_standalone_with_scheduled_fault(tmp_path: Path) -> None:
     port = free_port()
-    schedule = "faults=[{fault: exception_responses, after_s: 2.0, for_s: 1.5}]"
+    # The fault starts 4 s after the emulator: a gateway started right after it on a loaded
+    # machine has read good samples by then (at 2 s it sometimes had not even started).
+    schedule = "faults=[{fault: exception_responses, after_s: 4.0, for_s: 1.5}]"
     emulator = start_emulator(port, schedule, "setpoint_rpm=120")
     try:
-        result = patgw("run", str(pump_config(tmp_path, port)), "--for", "5.5")
+        result = patgw("run", str(pump_config(tmp_path, port)), "--for", "7.5")
         assert result.returncode == 0, result.stderr
         emulator.send_signal(signal.SIGTERM)
         emulator.communicate(timeout=10)

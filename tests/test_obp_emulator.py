@@ -134,7 +134,10 @@ async def test_garbage_on_the_line_is_skipped(tmp_path: Path) -> None:
         async with connected(make_driver(raman.endpoint, tmp_path)) as driver:
             for _ in range(3):
                 await driver.poll(io)
+            assert driver._link is not None
+            skipped = driver._link.discarded_bytes
     assert [p.quality for p in io.published["spectrum"]] == [Quality.GOOD] * 3
+    assert skipped >= 3 * 64  # the garbage did reach the driver, which resynchronised
 
 
 # -- inside the runtime -----------------------------------------------------------------------

@@ -84,7 +84,9 @@ class ScriptedSpectrometer:
         self.temperature = -10.0
         self.md5_replies = md5_replies
         self.faults: dict[int, str] = {}
+        self.echo_regarding = True  # False: answer 0, as firmware that ignores the field may
         self.requests: list[Request] = []
+        self.regardings: list[int] = []
         self.integration_us = 0
         self.url = ""
         self._server: asyncio.Server | None = None
@@ -127,11 +129,14 @@ class ScriptedSpectrometer:
                 if checksum_type == 1:
                     assert rest[-20:-4] == hashlib.md5(head + rest[:-20]).digest()
                 self.requests.append(Request(msg_type, flags, checksum_type, data))
+                self.regardings.append(regarding)
                 await send(await self.answer(msg_type, regarding, flags, data))
         except (asyncio.IncompleteReadError, ConnectionError, HangUp, OSError):
             pass
 
     async def answer(self, msg_type: int, regarding: int, flags: int, data: bytes) -> bytes:
+        if not self.echo_regarding:
+            regarding = 0
         fault = self.faults.get(msg_type)
         if fault == "silence":
             return b""
@@ -153,7 +158,7 @@ class ScriptedSpectrometer:
         if fault == "truncated":
             return reply[: len(reply) // 2]
         if fault == "unrelated":
-            return pack_frame(msg_type, regarding + 1000, b"old") + reply
+            return pack_frame(msg_type, regarding ^ 0x5A5A5A5A, b"old") + reply
         return reply
 
     def payload(self, msg_type: int, data: bytes) -> bytes:
@@ -563,3 +568,26 @@ async def test_driver_over_a_pty(tmp_path: Path) -> None:
     [spectrum] = io.published["spectrum"]
     assert len(spectrum.value) == 2048
     np.testing.assert_array_equal(spectrum.value.values, device.counts.astype(np.float32))
+
+
+@pytest.mark.asyncio
+async def test_a_device_that_does_not_echo_regarding_still_works(
+    tmp_path: Path, device: ScriptedSpectrometer
+) -> None:
+    device.echo_regarding = False
+    driver = make_driver(device.url, tmp_path)
+    io = RecordingIO()
+    async with connected(driver):
+        await driver.poll(io)
+    assert io.published["spectrum"][0].quality is Quality.GOOD
+
+
+@pytest.mark.asyncio
+async def test_transaction_ids_differ_between_links(device: ScriptedSpectrometer) -> None:
+    # A late reply to the previous link must not match the next link's first request.
+    ids = []
+    for _ in range(2):
+        async with open_link(device.url) as link:
+            await link.request(GET_SERIAL_NUMBER, timeout_s=1.0)
+        ids.append(device.regardings[-1])
+    assert ids[0] != ids[1]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -314,6 +315,7 @@ class ObpDecoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._origin = 0
         self.discarded_bytes = 0
         """Bytes skipped because they were not part of a valid frame (cumulative)."""
         self.rejected: Counter[str] = Counter()
@@ -321,9 +323,13 @@ class ObpDecoder:
         self._reset_lookahead()
 
     def _reset_lookahead(self) -> None:
-        # Where to look next for a frame starting inside the incomplete candidate at offset 0,
-        # and candidates found there that wait for more bytes: (offset, total length).
-        self._look_from = 1
+        # Offsets below are absolute (bytes since the decoder started, _origin = that of
+        # _buf[0]), so discarding bytes costs nothing here: shifting or rescanning every
+        # candidate after each discarded byte made a stream of false starts quadratic.
+        # _look_from: where to look next for a frame starting inside the incomplete candidate
+        # at the head; _waiting: candidates found there that wait for more bytes, as a heap
+        # of (end, start).
+        self._look_from = self._origin + 1
         self._waiting: list[tuple[int, int]] = []
         self._head_total: int | None = None
 
@@ -351,7 +357,9 @@ class ObpDecoder:
             return max(1, MIN_FRAME - len(self._buf))
         # A shorter frame found inside an incomplete one may end first (a truncated frame
         # followed by a good one): ask only for what completes the nearest.
-        end = min([self._head_total, *(pos + total for pos, total in self._waiting)])
+        end = self._head_total
+        if self._waiting:
+            end = min(end, self._waiting[0][0] - self._origin)
         return max(1, end - len(self._buf))
 
     def feed(self, data: bytes) -> list[ObpFrame]:
@@ -367,7 +375,9 @@ class ObpDecoder:
     def _discard(self, count: int) -> None:
         del self._buf[:count]
         self.discarded_bytes += count
-        self._reset_lookahead()
+        self._origin += count
+        self._look_from = max(self._look_from, self._origin + 1)
+        self._head_total = None
 
     def _drain(self, frames: list[ObpFrame]) -> None:
         buf = self._buf
@@ -383,6 +393,7 @@ class ObpDecoder:
             if isinstance(verdict, tuple):
                 frame, size = verdict
                 del buf[:size]
+                self._origin += size
                 self._reset_lookahead()
                 frames.append(frame)
                 continue
@@ -400,21 +411,17 @@ class ObpDecoder:
     def _frame_inside_head(self) -> int | None:
         """Offset of a complete, valid frame starting inside the incomplete frame at 0."""
         buf = self._buf
-        still_waiting: list[tuple[int, int]] = []
-        found: int | None = None
-        for pos, total in self._waiting:
-            if found is None and len(buf) - pos >= total:
-                if isinstance(_inspect(buf, pos), tuple):
-                    found = pos
-            else:
-                still_waiting.append((pos, total))
-        self._waiting = still_waiting
-        if found is not None:
-            return found
+        origin = self._origin
+        waiting = self._waiting
+        # Candidates complete by now, earliest end first; each is judged once.
+        while waiting and waiting[0][0] <= origin + len(buf):
+            _end, start = heapq.heappop(waiting)
+            if start > origin and isinstance(_inspect(buf, start - origin), tuple):
+                return start - origin
         while True:
-            pos = buf.find(_START, self._look_from)
+            pos = buf.find(_START, self._look_from - origin)
             if pos < 0:
-                self._look_from = max(1, len(buf) - 1)
+                self._look_from = origin + max(1, len(buf) - 1)
                 return None
             verdict = _inspect(buf, pos)
             if isinstance(verdict, tuple):
@@ -422,7 +429,7 @@ class ObpDecoder:
             if isinstance(verdict, _Incomplete):
                 if verdict.total is None:
                     # Its header is not complete yet, nor that of any later candidate.
-                    self._look_from = pos
+                    self._look_from = origin + pos
                     return None
-                self._waiting.append((pos, verdict.total))
-            self._look_from = pos + 1
+                heapq.heappush(waiting, (origin + pos + verdict.total, origin + pos))
+            self._look_from = origin + pos + 1

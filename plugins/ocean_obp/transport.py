@@ -6,7 +6,11 @@ shared pool, serialises the requests on the line and cannot be starved by other 
 
 A request is a transaction: stale input is discarded, the request goes out with a fresh
 transaction id in its ``regarding`` field, and the reply is the first valid frame that echoes
-that id; stale or unrelated frames and garbage are skipped and counted. The worker's read loop
+that id; stale or unrelated frames and garbage are skipped and counted. Ids start at a random
+point per link, so a late reply to the previous link cannot match. The protocol leaves
+``regarding`` to the host and python-seabreeze always sends 0, so a device firmware that
+answers 0 instead of echoing is accepted for a reply of the requested message type (such a
+device gets only the protection of the flushed input buffer). The worker's read loop
 itself is bounded by the deadline (and checks, every read timeout, whether the caller gave up
 or the link is closing), so a silent device never leaves a thread blocked behind the caller's
 back.
@@ -18,6 +22,7 @@ with a fresh decoder.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +79,7 @@ class ObpLink:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = threading.Event()
         self._decoder = ObpDecoder()
-        self._last_id = 0
+        self._last_id = secrets.randbelow(0xFFFFFFFF)
         self._log = log.bind(port=port)
 
     @property
@@ -181,7 +186,9 @@ class ObpLink:
                     raise ObpError(f"{what} abandoned")
                 chunk = port.read(decoder.wanted)
                 for frame in decoder.feed(chunk) if chunk else ():
-                    if frame.regarding == regarding:
+                    if frame.regarding == regarding or (
+                        frame.regarding == 0 and frame.msg_type == msg_type
+                    ):
                         return frame
                     unrelated += 1
                     self.unrelated_frames += 1
