@@ -145,13 +145,13 @@ def decode_values(blob: bytes) -> tuple[str, npt.NDArray[np.float32]]:
 def spectrum_summary(spectrum: Spectrum, *, prominence: float = 0.05) -> str:
     """One line for a terminal: points, axis range, maximum and the number of peaks.
 
-    Peaks are counted on a lightly smoothed copy (shot noise would make every pixel a peak): a
-    peak is a local maximum standing out by ``prominence`` times the spectrum's range above the
-    higher of its two bases — crude, but stable enough for an operator to see that bands are
-    there. Not for the hot path.
+    Peaks are counted on a smoothed copy (a 15-point moving average: shot noise would make every
+    pixel a peak, Raman bands are wider): a peak is a local maximum standing out by
+    ``prominence`` times the spectrum's range above the higher of its two bases — crude, but
+    stable enough for an operator to see that bands are there. Not for the hot path.
     """
     y = spectrum.values.astype(np.float64)
-    smooth = np.convolve(y, np.ones(7) / 7, mode="valid") if y.size >= 7 else y
+    smooth = np.convolve(y, np.ones(15) / 15, mode="valid") if y.size >= 30 else y
     axis = spectrum.axis
     return (
         f"{len(y)} pts {axis.values.min():.0f}-{axis.values.max():.0f} {axis.unit}, "
