@@ -29,6 +29,7 @@ from .errors import (
 from .hookspecs import hookimpl
 from .loader import Plan, load_plan
 from .model import Quality, Sample, Signal, SignalKind, sample_to_json, sample_to_json_dict
+from .passwords import hash_password, is_password_hash, verify_password
 from .pluginmanager import ENTRY_POINT_GROUP, build_registry
 from .registry import PluginKind, Registry
 from .spectra import SpectralAxis, Spectrum
@@ -68,11 +69,14 @@ __all__ = [
     "build_registry",
     "compile_conversion",
     "format_ns",
+    "hash_password",
     "hookimpl",
+    "is_password_hash",
     "load_plan",
     "now_ns",
     "parse_iso_ns",
     "sample_to_json",
     "sample_to_json_dict",
     "validate_ucum",
+    "verify_password",
 ]

@@ -159,7 +159,12 @@ class Sink(Protocol):
     async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def send(self, samples: Sequence[Sample]) -> None:
-        """Deliver samples that the durable store has committed, in commit order."""
+        """Deliver samples that the durable store has committed, in commit order.
+
+        A sink may also define ``bind(signals: Sequence[Signal]) -> None``: the runtime calls it
+        with every configured signal before entering the sink (e.g. to build an OPC UA address
+        space up front).
+        """
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from .errors import ConfigError, GatewayError
 from .export import FORMATS
 from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
+from .passwords import hash_password
 from .pluginmanager import build_registry
 from .registry import PluginKind
 from .schema import config_schema
@@ -83,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--signal", metavar="GLOB", help="signal ids to keep, shell wildcards")
     export.add_argument("--since", metavar="ISO-TIME", help="keep samples from this source time")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+
+    sub.add_parser(
+        "hash-password",
+        parents=[common],
+        help="read a password (prompt, or one line on stdin) and print its hash for a config",
+    )
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -228,6 +236,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    # Never from the command line: it would sit in the shell history and the process list.
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            return _errors(["the two passwords differ"])
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        return _errors([str(exc)])
+    return 0
+
+
 def _cmd_emulate(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or "console", args.log_level or "info")
     registration = build_registry().get(PluginKind.EMULATOR, args.name)
@@ -289,6 +312,7 @@ _COMMANDS = {
     "plugins": _cmd_plugins,
     "export": _cmd_export,
     "emulate": _cmd_emulate,
+    "hash-password": _cmd_hash_password,
 }
 
 

@@ -288,3 +288,42 @@ async def test_samples_a_slow_sink_never_got_are_counted_at_shutdown(tmp_path: P
     feeder = gateway.feeders[0]
     assert feeder.delivered + feeder.lost == gateway.stats.committed
     assert feeder.lost > 0
+
+
+class BindingRecorder(Recorder):
+    """A sink that wants the signal list before it starts (as an OPC UA server does)."""
+
+    bound: list[str]
+    entered_after_bind = False
+
+    def bind(self, signals: Sequence[Any]) -> None:
+        self.bound = [s.id for s in signals]
+
+    async def __aenter__(self) -> BindingRecorder:
+        self.entered_after_bind = hasattr(self, "bound")
+        return self
+
+
+@pytest.mark.asyncio
+async def test_a_sink_with_bind_learns_every_signal_before_it_starts(tmp_path: Path) -> None:
+    class Plugin:
+        @hookimpl
+        def pat_gateway_register_drivers(self, registry: Registry) -> None:
+            registry.add_driver("counter", Counter, Options)
+
+        @hookimpl
+        def pat_gateway_register_sinks(self, registry: Registry) -> None:
+            registry.add_sink("binding", BindingRecorder, SinkOptions)
+
+    config = {
+        "area": "t",
+        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
+        "instruments": [{"id": "c", "driver": "counter"}],
+        "sinks": [{"id": "b", "type": "binding"}],
+    }
+    registry = build_registry([Plugin()], entry_points=False)
+    built = load_plan(write_config(tmp_path / "g.yaml", config), registry)
+    async with running(built) as (gateway, _task):
+        await wait_for(lambda: gateway.stats.committed >= 3, what="samples")
+    sink = built.sinks[0].instance
+    assert sink.bound == ["t/c/count"] and sink.entered_after_bind

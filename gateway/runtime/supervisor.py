@@ -81,6 +81,11 @@ class Gateway:
                     await _enter(stack, emulator, "emulator")
                     log.info("emulator.started", emulator=emulator.id, type=emulator.type)
                 for sink in self.plan.sinks:
+                    bind = getattr(sink.instance, "bind", None)
+                    if callable(bind):
+                        # Optional: a sink that publishes an address space (OPC UA) learns
+                        # every signal before the first sample arrives.
+                        bind(self.plan.signals)
                     instance = await _enter(stack, sink, "sink")
                     sink_config = sink.config
                     assert isinstance(sink_config, SinkConfig)
