@@ -257,6 +257,9 @@ class ProcessState:
     """Heater output, % of full power."""
     kla_per_h: float
     """Oxygen transfer coefficient set by the DO controller, 1/h."""
+    ph_output_pct: float
+    """Output of the split-range pH controller, -100 … +100 %: above 0 it doses base, below 0
+    it sparges CO2 (what a controller emulator turns into a CO2 gas flow)."""
     temperature_sp_C: float
     """Temperature setpoint in force, °C."""
     ph_sp: float
@@ -321,6 +324,7 @@ class FedBatchModel:
         self._do_i = self._kla
         acid = p.co2_acid_mM_per_h_per_vcd * p.vcd_e6_per_mL
         self._ph_i = min(1.0, acid / p.base_max_mM_per_h) if p.base_max_mM_per_h > 0 else 0.0
+        self._ph_out = self._ph_i
 
     # ------------------------------------------------------------------ public API
 
@@ -347,6 +351,7 @@ class FedBatchModel:
             base_added_mL=self._base_mL,
             heater_pct=100.0 * self._heater,
             kla_per_h=self._kla,
+            ph_output_pct=100.0 * self._ph_out,
             temperature_sp_C=self._temperature_sp,
             ph_sp=self._ph_sp,
             do_sp_pct=self._do_sp,
@@ -489,6 +494,7 @@ class FedBatchModel:
         do_i = self._do_i
         heater = self._heater
         kla = self._kla
+        ph_out = self._ph_out
 
         noise = self._noise
         at = self._noise_at
@@ -570,6 +576,7 @@ class FedBatchModel:
                 u = -1.0
             else:
                 ph_i += ph_ki_dt * err
+            ph_out = u
             # Acid load of this step in mM: net lactate made plus unstripped CO2.
             acid = (lac_made - lac_up) * inv_v * lac_mM_per_g + co2_acid_dt * vcd
             if u > 0.0:
@@ -616,3 +623,4 @@ class FedBatchModel:
         self._do_i = do_i
         self._heater = heater
         self._kla = kla
+        self._ph_out = ph_out

@@ -4,8 +4,15 @@ The emulator is the shared process the other emulators act on: it starts a
 :class:`~firmware_stubs.bioreactor.model.FedBatchModel` on a
 :class:`~firmware_stubs.bioreactor.clock.ProcessClock` and registers it in the
 :mod:`~firmware_stubs.bioreactor.hub` under its emulator id, so list it before the emulators that
-use it. It has no network endpoint; ``patgw emulate bioreactor`` runs it alone and logs a state
-line every ``log_every_s`` seconds, which makes a quick look at the process dynamics.
+use it. With a ``port`` it also serves the run as a bioreactor controller over OPC UA
+(:mod:`~firmware_stubs.bioreactor.controller`), whose faults the options can schedule::
+
+    patgw emulate bioreactor --port 4840
+    patgw emulate bioreactor --port 4840 --option update_s=0.5 \
+        --option 'faults=[{fault: server_restart, after_s: 30, for_s: 10}]'
+
+Without a port it has no network endpoint; ``patgw emulate bioreactor`` then runs the process
+alone and logs a state line every ``log_every_s`` seconds, a quick look at its dynamics.
 """
 
 from __future__ import annotations
@@ -13,26 +20,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from typing import Self
+from typing import Literal, Self
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import PluginContext, PluginError, Registry, hookimpl
 
+from ..schedule import FaultSchedule
 from . import hub
 from .clock import ProcessClock
+from .controller import BioreactorController
+from .faults import Fault
 from .model import FedBatchModel, ProcessParams
 
-__all__ = ["BioreactorEmulator", "BioreactorOptions"]
+__all__ = ["BioreactorEmulator", "BioreactorFaultStep", "BioreactorOptions"]
 
 log = structlog.get_logger(__name__)
 
 _DEFAULTS = ProcessParams()
 
 
+class BioreactorFaultStep(BaseModel):
+    """Inject ``fault`` into the controller ``after_s`` seconds after start; clear it ``for_s``
+    seconds later."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fault: Literal["server_restart", "bad_values", "frozen"] = Field(
+        description="What to break: server_restart = the OPC UA server is down for for_s"
+        " (sessions die), then starts again on the same port; bad_values = every value Bad;"
+        " frozen = values stop updating."
+    )
+    after_s: float = Field(ge=0, description="Seconds after start.")
+    for_s: float = Field(
+        default=0,
+        ge=0,
+        description="How long; 0 = until the emulator stops (server_restart needs a time > 0).",
+    )
+
+    @model_validator(mode="after")
+    def _restart_comes_back(self) -> Self:
+        if self.fault == "server_restart" and self.for_s <= 0:
+            raise ValueError("server_restart needs for_s > 0: how long the server is down")
+        return self
+
+
 class BioreactorOptions(BaseModel):
-    """How fast the emulated fed-batch runs, its noise seed and a few initial conditions."""
+    """How fast the emulated fed-batch runs, its noise seed and a few initial conditions; and,
+    with a port, the OPC UA controller serving it and its scheduled faults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,14 +104,30 @@ class BioreactorOptions(BaseModel):
     )
     host: str = Field(
         default="127.0.0.1",
-        description="Unused: the process model has no network endpoint (accepted because"
-        " 'patgw emulate' passes it).",
+        description="Listen address of the OPC UA controller (loopback by default).",
     )
     port: int | None = Field(
         default=None,
-        description="Unused: the process model has no network endpoint (accepted because"
-        " 'patgw emulate --port' passes it).",
+        ge=0,
+        le=65535,
+        description="OPC UA port of the bioreactor controller; none = no controller, only the"
+        " shared process; 0 = any free port.",
     )
+    update_s: float = Field(
+        default=0.2,
+        ge=0.01,
+        le=60,
+        description="The controller refreshes its values from the process every so many s.",
+    )
+    faults: tuple[BioreactorFaultStep, ...] = Field(
+        default=(), description="Faults scheduled on the OPC UA controller (needs a port)."
+    )
+
+    @model_validator(mode="after")
+    def _faults_need_a_controller(self) -> Self:
+        if self.faults and self.port is None:
+            raise ValueError("faults act on the OPC UA controller: set a port")
+        return self
 
     def params(self) -> ProcessParams:
         """The process parameters: the defaults with these initial conditions."""
@@ -89,10 +141,12 @@ class BioreactorOptions(BaseModel):
 
 
 class BioreactorEmulator:
-    """One running fed-batch process, findable in the hub as ``context.id`` while entered.
+    """One running fed-batch process, findable in the hub as ``context.id`` while entered, and
+    served by an OPC UA bioreactor controller when ``options.port`` is set.
 
-    No I/O in the constructor: the model, its clock and the hub entry are made in
-    ``__aenter__``, so every start is a fresh inoculation.
+    No I/O in the constructor: the model, its clock, the hub entry and the controller are made
+    in ``__aenter__``, so every start is a fresh inoculation. A port that is taken makes
+    ``__aenter__`` raise :class:`OSError`, leaving nothing registered or running.
     """
 
     def __init__(self, options: BioreactorOptions, context: PluginContext) -> None:
@@ -100,11 +154,30 @@ class BioreactorEmulator:
         self.name = context.id
         self._clock: ProcessClock | None = None
         self._task: asyncio.Task[None] | None = None
+        self._controller: BioreactorController | None = None
+        self._schedule: FaultSchedule[BioreactorFaultStep] | None = None
 
     @property
     def endpoint(self) -> str:
-        """What this emulator is, for logs and error messages."""
+        """Where a driver connects (``opc.tcp://host:port``) while the controller serves;
+        otherwise what this emulator is, for logs and error messages."""
+        if self._controller is not None:
+            return self._controller.endpoint
         return f"process bioreactor {self.name!r}"
+
+    @property
+    def port(self) -> int | None:
+        """The controller's bound TCP port while it serves; otherwise the configured port."""
+        if self._controller is not None:
+            return self._controller.port
+        return self.options.port
+
+    @property
+    def controller(self) -> BioreactorController:
+        """The OPC UA controller (to inject faults); ``RuntimeError`` when there is none."""
+        if self._controller is None:
+            raise RuntimeError(f"{self.endpoint} serves no OPC UA controller")
+        return self._controller
 
     @property
     def clock(self) -> ProcessClock:
@@ -114,20 +187,51 @@ class BioreactorEmulator:
         return self._clock
 
     async def __aenter__(self) -> Self:
-        model = FedBatchModel(self.options.params(), seed=self.options.seed)
-        clock = ProcessClock(model, time_scale=self.options.time_scale)
+        options = self.options
+        model = FedBatchModel(options.params(), seed=options.seed)
+        clock = ProcessClock(model, time_scale=options.time_scale)
         try:
             hub.register(self.name, clock)
         except ValueError as exc:
             # The runtime reports gateway errors as "emulator ... cannot start: ...".
             raise PluginError(f"{self.endpoint}: {exc}") from exc
         self._clock = clock
-        if self.options.log_every_s > 0:
-            self._task = asyncio.create_task(self._log_states(), name=f"bioreactor.{self.name}.log")
+        try:
+            if options.port is not None:
+                controller = BioreactorController(
+                    clock,
+                    name=self.name,
+                    host=options.host,
+                    port=options.port,
+                    update_s=options.update_s,
+                    seed=options.seed,
+                )
+                await controller.start()
+                self._controller = controller
+                self._schedule = FaultSchedule(
+                    options.faults,
+                    lambda step: controller.inject(Fault(step.fault)),
+                    lambda step: controller.clear(Fault(step.fault)),
+                    f"bioreactor.{self.name}.faults",
+                )
+                self._schedule.start()
+            if options.log_every_s > 0:
+                self._task = asyncio.create_task(
+                    self._log_states(), name=f"bioreactor.{self.name}.log"
+                )
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        schedule, self._schedule = self._schedule, None
+        controller, self._controller = self._controller, None
         try:
+            if schedule is not None:
+                await schedule.stop()
+            if controller is not None:
+                await controller.stop()
             if self._task is not None:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -167,5 +271,6 @@ def pat_gateway_register_emulators(registry: Registry) -> None:
         "bioreactor",
         BioreactorEmulator,
         BioreactorOptions,
-        "Fed-batch CHO culture shared by the other emulators (no network endpoint)",
+        "Fed-batch CHO culture shared by the other emulators; with a port, its bioreactor"
+        " controller on OPC UA (asyncua)",
     )

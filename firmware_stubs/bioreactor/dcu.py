@@ -1,0 +1,226 @@
+"""What the emulated bioreactor controller (DCU) shows: its variables, units and readings.
+
+Pure data and arithmetic, no OPC UA: :mod:`~firmware_stubs.bioreactor.controller` serves what
+this module computes. For whoever reads the controller (the gateway's OPC UA driver, a test
+client) this is the reference of the variables below ``BioreactorController``:
+
+* ``Temperature.PV`` / ``.SP`` — Double, °C, UnitId 4408652 (CEL), EURange 0-50;
+* ``pH.PV`` / ``.SP`` — Double, pH, UnitId 5321520 (Q30), EURange 0-14;
+* ``DissolvedOxygen.PV`` / ``.SP`` — Double, % of air saturation, UnitId 20529 (P1), 0-100;
+* ``Agitation.PV`` / ``.SP`` — Double, r/min, UnitId 5394509 (RPM), EURange 0-1000;
+* ``GasFlows.Air``, ``.O2``, ``.CO2``, ``.N2`` — Double, l/min, UnitId 19506 (L2), EURange up to
+  the mass-flow controller's full scale (below);
+* ``Pumps.BaseTotal``, ``.AcidTotal``, ``.FeedTotal`` — Double, ml, UnitId 5065812 (MLT), no
+  EURange: base dosed by the pH controller, acid dosed (always 0: the model lowers the pH with
+  CO2, as CHO processes mostly do), feed medium received;
+* ``Alarms.TemperatureDeviation`` (``|PV - SP| > 1 °C``), ``Alarms.pHDeviation``
+  (``|PV - SP| > 0.1``), ``Alarms.DOLow`` (``PV < SP - 10 %``) — Boolean.
+
+Only the four setpoints are writable. A UnitId packs the UNECE Rec. 20 common code's ASCII
+characters into an Int32 (OPC UA Part 8 §5.6.3). They are hard-coded here on purpose: the
+emulator is the independent check of the driver's own unit mapping, so it shares no code with
+it. CEL, RPM, L2 and MLT, with their display names, are rows of the OPC Foundation's
+``UNECE_to_OPCUA.csv``; P1 (percent) is packed the same way, though the current CSV lacks it.
+The pH is Q30 (5321520, "pH"), as the CSV lists it; many real controllers send UnitId -1 with
+DisplayName "pH" instead, which the gateway's driver accepts too.
+
+The model has no stirrer: :class:`AgitationDrive` is a motor whose speed follows its setpoint.
+Gas flows are derived from the model's controllers, for display only (they do not act back on
+the model), with the mass-flow controllers sized for the initial working volume ``V`` (vvm =
+volume of gas per volume of culture per minute): the DO controller's kLa demand
+``d = (kLa - kLa_min) / (kLa_max - kLa_min)`` drives a two-stage cascade, air from 0.005 to
+0.05 vvm over the first half of ``d``, then oxygen from 0 to 0.05 vvm over the second half;
+CO2 is the pH controller's acid side (0 to 0.01 vvm as its output goes from 0 to -100 %); N2
+strips oxygen, 0 to 0.05 vvm as DO rises 0 to 20 % above its setpoint while kLa is at its
+minimum.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from .model import ProcessParams, ProcessState
+
+__all__ = [
+    "ALARM_BANDS",
+    "CELSIUS",
+    "LITRE_PER_MINUTE",
+    "MILLILITRE",
+    "PERCENT",
+    "PH",
+    "RPM",
+    "UNITS_NAMESPACE_URI",
+    "AgitationDrive",
+    "EngineeringUnit",
+    "Variable",
+    "readings",
+    "variables",
+]
+
+#: Namespace of every EUInformation here (OPC UA Part 8 §5.6.3).
+UNITS_NAMESPACE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineeringUnit:
+    """One ``EUInformation``: UNECE common code, its packed UnitId, display name, description."""
+
+    code: str
+    """UNECE Rec. 20 common code ("" when there is none)."""
+    unit_id: int
+    """The code's ASCII characters packed into an Int32 (-1 when there is no code)."""
+    display_name: str
+    description: str
+
+
+CELSIUS = EngineeringUnit("CEL", 4408652, "°C", "degree Celsius")
+PERCENT = EngineeringUnit("P1", 20529, "%", "percent")
+PH = EngineeringUnit("Q30", 5321520, "pH", "pH (potential of Hydrogen)")
+RPM = EngineeringUnit("RPM", 5394509, "r/min", "revolutions per minute")
+LITRE_PER_MINUTE = EngineeringUnit("L2", 19506, "l/min", "litre per minute")
+MILLILITRE = EngineeringUnit("MLT", 5065812, "ml", "millilitre")
+
+#: How far a PV may leave its setpoint before the alarm of its loop is raised.
+ALARM_BANDS = {"temperature_C": 1.0, "ph": 0.1, "do_low_pct": 10.0}
+
+#: Agitation speed at start, and the range the drive accepts, r/min.
+AGITATION_DEFAULT_RPM = 150.0
+AGITATION_RANGE_RPM = (0.0, 1000.0)
+
+# Gas cascade, in vvm (L of gas per L of culture per minute), sized for a bench vessel.
+_AIR_MIN_VVM = 0.005
+_AIR_MAX_VVM = 0.05
+_O2_MAX_VVM = 0.05
+_CO2_MAX_VVM = 0.01
+_N2_MAX_VVM = 0.05
+#: DO excess over its setpoint at which the N2 strip is fully open, %.
+_N2_FULL_EXCESS_PCT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One variable of the controller, below ``BioreactorController``."""
+
+    path: str
+    """Dotted path below the controller object, e.g. ``"Temperature.PV"``."""
+    description: str
+    unit: EngineeringUnit | None = None
+    """Engineering unit of an analog (Double) variable; ``None`` for a Boolean alarm."""
+    eu_range: tuple[float, float] | None = None
+    """Normal operating range (``EURange``) where one makes sense."""
+    writable: bool = False
+    """True for setpoints: clients may write them, within ``eu_range``."""
+
+    @property
+    def is_analog(self) -> bool:
+        return self.unit is not None
+
+
+def variables(params: ProcessParams) -> tuple[Variable, ...]:
+    """Every variable the controller serves, in address-space order. The gas flows' ranges are
+    the mass-flow controllers' full scale for the run's initial working volume."""
+    v = params.volume_L
+    loops = (
+        ("Temperature", "culture temperature", CELSIUS, (0.0, 50.0)),
+        ("pH", "culture pH", PH, (0.0, 14.0)),
+        ("DissolvedOxygen", "dissolved oxygen, % of air saturation", PERCENT, (0.0, 100.0)),
+        ("Agitation", "stirrer speed", RPM, AGITATION_RANGE_RPM),
+    )
+    found: list[Variable] = []
+    for loop, what, unit, eu_range in loops:
+        found.append(Variable(f"{loop}.PV", f"Measured {what}", unit, eu_range))
+        found.append(Variable(f"{loop}.SP", f"Setpoint of the {what}", unit, eu_range, True))
+    for gas, max_vvm, what in (
+        ("Air", _AIR_MAX_VVM, "air sparged (first stage of the DO cascade)"),
+        ("O2", _O2_MAX_VVM, "oxygen sparged (second stage of the DO cascade)"),
+        ("CO2", _CO2_MAX_VVM, "CO2 sparged by the pH controller to lower the pH"),
+        ("N2", _N2_MAX_VVM, "nitrogen sparged to strip oxygen when DO is above its setpoint"),
+    ):
+        found.append(
+            Variable(f"GasFlows.{gas}", f"Flow of {what}", LITRE_PER_MINUTE, (0.0, v * max_vvm))
+        )
+    found += [
+        Variable("Pumps.BaseTotal", "Base solution dosed by the pH controller", MILLILITRE),
+        Variable("Pumps.AcidTotal", "Acid dosed (none: the pH is lowered with CO2)", MILLILITRE),
+        Variable("Pumps.FeedTotal", "Feed medium received since inoculation", MILLILITRE),
+        Variable(
+            "Alarms.TemperatureDeviation",
+            f"Temperature more than {ALARM_BANDS['temperature_C']:g} °C from its setpoint",
+        ),
+        Variable("Alarms.pHDeviation", f"pH more than {ALARM_BANDS['ph']:g} from its setpoint"),
+        Variable(
+            "Alarms.DOLow", f"DO more than {ALARM_BANDS['do_low_pct']:g} % below its setpoint"
+        ),
+    ]
+    return tuple(found)
+
+
+class AgitationDrive:
+    """The stirrer motor the process model lacks: its speed follows the setpoint with a
+    first-order lag of ``tau_s`` wall seconds, and each reading carries a little noise.
+
+    Not thread-safe; the controller calls it from the event loop only.
+    """
+
+    def __init__(
+        self,
+        setpoint_rpm: float = AGITATION_DEFAULT_RPM,
+        *,
+        tau_s: float = 1.0,
+        noise_rpm: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        if not tau_s > 0.0:
+            raise ValueError(f"tau_s must be > 0, not {tau_s!r}")
+        self.setpoint_rpm = setpoint_rpm
+        self.speed_rpm = setpoint_rpm
+        self.tau_s = tau_s
+        self.noise_rpm = noise_rpm
+        self._rng = random.Random(seed)
+
+    def step(self, dt_s: float) -> None:
+        """Let ``dt_s`` wall seconds pass (exact for a constant setpoint, however they split)."""
+        if dt_s > 0.0:
+            self.speed_rpm += (self.setpoint_rpm - self.speed_rpm) * -math.expm1(-dt_s / self.tau_s)
+
+    def reading(self) -> float:
+        """The measured speed now: the true speed plus noise, never below 0."""
+        return max(0.0, self.speed_rpm + self._rng.gauss(0.0, self.noise_rpm))
+
+
+def readings(
+    state: ProcessState, params: ProcessParams, agitation: AgitationDrive
+) -> dict[str, float | bool]:
+    """The value of every variable of :func:`variables`, by path, for the process ``state``."""
+    v = params.volume_L
+    span = params.kla_max_per_h - params.kla_min_per_h
+    demand = (state.kla_per_h - params.kla_min_per_h) / span if span > 0.0 else 0.0
+    demand = min(1.0, max(0.0, demand))
+    air = _AIR_MIN_VVM + (_AIR_MAX_VVM - _AIR_MIN_VVM) * min(1.0, 2.0 * demand)
+    o2 = _O2_MAX_VVM * max(0.0, 2.0 * demand - 1.0)
+    co2 = _CO2_MAX_VVM * min(1.0, max(0.0, -state.ph_output_pct / 100.0))
+    excess = (state.do_pct - state.do_sp_pct) / _N2_FULL_EXCESS_PCT
+    n2 = _N2_MAX_VVM * min(1.0, max(0.0, excess)) if demand == 0.0 else 0.0
+    return {
+        "Temperature.PV": state.temperature_C,
+        "Temperature.SP": state.temperature_sp_C,
+        "pH.PV": state.ph,
+        "pH.SP": state.ph_sp,
+        "DissolvedOxygen.PV": state.do_pct,
+        "DissolvedOxygen.SP": state.do_sp_pct,
+        "Agitation.PV": agitation.reading(),
+        "Agitation.SP": agitation.setpoint_rpm,
+        "GasFlows.Air": v * air,
+        "GasFlows.O2": v * o2,
+        "GasFlows.CO2": v * co2,
+        "GasFlows.N2": v * n2,
+        "Pumps.BaseTotal": state.base_added_mL,
+        "Pumps.AcidTotal": 0.0,
+        "Pumps.FeedTotal": state.fed_volume_L * 1000.0,
+        "Alarms.TemperatureDeviation": abs(state.temperature_C - state.temperature_sp_C)
+        > ALARM_BANDS["temperature_C"],
+        "Alarms.pHDeviation": abs(state.ph - state.ph_sp) > ALARM_BANDS["ph"],
+        "Alarms.DOLow": state.do_pct < state.do_sp_pct - ALARM_BANDS["do_low_pct"],
+    }
