@@ -16,7 +16,7 @@ import structlog
 
 __all__ = ["configure_logging"]
 
-_CHATTY = ("pymodbus",)
+_CHATTY = ("pymodbus", "asyncua")
 
 
 class _StderrLogger:

@@ -1,0 +1,138 @@
+"""The ``options:`` of the ``opcua_server`` sink.
+
+Secure by default: encrypted endpoints only, username and password logins only, client
+certificates only from a trust list, listening on loopback. Each relaxation is an explicit,
+named option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway import is_password_hash
+
+__all__ = ["OpcUaServerOptions", "UserOptions"]
+
+DEFAULT_PORT = 4840  # IANA's port for OPC UA over TCP
+
+
+class UserOptions(BaseModel):
+    """One account that may log in to the server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^\s].*[^\s]$|^[^\s]$",
+        description="User name, case-sensitive. 'admin' is a name like any other.",
+    )
+    password_hash: str = Field(
+        description=(
+            "The password's scrypt hash, as printed by `patgw hash-password`; never the password."
+        )
+    )
+    role: Literal["read", "write"] = Field(
+        default="read",
+        description=(
+            "read: browse, read and subscribe. write: may also use the Write and Call services"
+            " on nodes that allow it (none do yet: every exposed variable is read-only)."
+        ),
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_not_password(cls, value: str) -> str:
+        if not is_password_hash(value):
+            raise ValueError(
+                "not a password hash: a configuration never holds a password; run"
+                " `patgw hash-password` and put the line it prints here"
+            )
+        return value
+
+
+class OpcUaServerOptions(BaseModel):
+    """Where the server listens, who may log in, and what it trusts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description=(
+            "Address to listen on. Loopback by default; 0.0.0.0 opens the server to the network."
+        ),
+    )
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="TCP port to listen on.")
+    endpoint_path: str = Field(
+        default="/pat-gateway",
+        pattern=r"^(/[A-Za-z0-9._~-]*)*$",
+        description="Path part of the endpoint URL, e.g. /pat-gateway (empty for none).",
+    )
+    application_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "The server's ApplicationUri, also in its certificate. Default:"
+            " urn:pat-gateway:<host name>:<sink id>."
+        ),
+    )
+    server_name: str = Field(
+        default="PAT Gateway",
+        min_length=1,
+        max_length=64,
+        description="ApplicationName shown to clients and the certificate's common name.",
+    )
+    site: str = Field(
+        default="site",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Plant or site name, the middle of the default namespace URI.",
+    )
+    namespace_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Namespace of the signal nodes. Default: urn:pat-gateway:<site>:<area>, the area"
+            " being the first part of the signal ids."
+        ),
+    )
+    users: tuple[UserOptions, ...] = Field(
+        default=(),
+        description=(
+            "Accounts that may log in (username and password; anonymous access is off). With"
+            " none, nobody can."
+        ),
+    )
+    trusted_clients_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Folder of trusted client certificates (.der or .pem), one file each; only these"
+            " clients may open a session. Relative paths are under data_dir. Default:"
+            " <data_dir>/opcua/pki/trusted. Read again whenever it changes."
+        ),
+    )
+    allow_insecure: bool = Field(
+        default=False,
+        description=(
+            "Also offer the None security policy: no signing, no encryption, no client"
+            " certificate. Logins still need a password. For isolated test benches only."
+        ),
+    )
+    max_clients: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Most TCP connections at once, logged in or not; more are refused.",
+    )
+
+    @field_validator("users")
+    @classmethod
+    def _unique_names(cls, users: tuple[UserOptions, ...]) -> tuple[UserOptions, ...]:
+        names = [user.name for user in users]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"user names must be unique: {', '.join(duplicates)}")
+        return users
