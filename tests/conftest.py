@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,10 @@ import pytest
 import pytest_asyncio
 import structlog
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import Plan, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
@@ -150,3 +156,55 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0.01)
         leftover = [t for t in leftover if not t.done()]
     assert not leftover, f"test leaked tasks: {[t.get_name() for t in leftover]}"
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A client's application certificate (DER) and key (PEM) on disk."""
+
+    cert: Path
+    key: Path
+    uri: str
+
+    @property
+    def der(self) -> bytes:
+        return self.cert.read_bytes()
+
+
+def make_client_cert(folder: Path, name: str) -> ClientCert:
+    """A self-signed OPC UA client application certificate, as UaExpert makes one."""
+    uri = f"urn:test:{name}"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.KeyUsage(True, True, True, True, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = ClientCert(folder / f"{name}.der", folder / f"{name}.pem", uri)
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pair

@@ -35,9 +35,11 @@ def patgw(
 
 
 def demo_copy(tmp_path: Path) -> tuple[Path, int]:
-    """configs/demo.yaml, moved to a free port, in a scratch working directory."""
+    """configs/demo.yaml, moved to free ports, in a scratch working directory; returns the
+    feed pump's port."""
     port = free_port()
     text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
+    text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
     path = tmp_path / "demo.yaml"
     path.write_text(text)
     return path, port
@@ -70,11 +72,20 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
         "reactor1/raman/spectrum": "{counts}",
         "reactor1/raman/integration_time": "ms",
         "reactor1/raman/detector_temperature": "Cel",
+        "reactor1/controller/ph": "[pH]",
+        "reactor1/controller/ph_setpoint": "[pH]",
+        "reactor1/controller/dissolved_oxygen": "%",
+        "reactor1/controller/temperature": "Cel",
+        "reactor1/controller/agitation": "{rev}/min",
+        "reactor1/controller/o2_flow": "L/min",
+        "reactor1/controller/base_total": "mL",
+        "reactor1/controller/do_low": "1",
     }
     assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
     for signal_id, rows in by_signal.items():
         assert [r["seq"] for r in rows] == list(range(len(rows))), signal_id
-        # The pump is read every 0.5 s, the spectrometer every 2 s (500 ms exposures).
+        # The pump is read every 0.5 s, the spectrometer every 2 s (500 ms exposures); the
+        # controller reports changes only (a setpoint that stays put reports once).
         minimum = duration if "/feed_pump/" in signal_id else 1
         assert len(rows) >= minimum, f"{signal_id}: {len(rows)} samples in {duration} s"
         assert all(r["quality"] == "good" for r in rows), signal_id

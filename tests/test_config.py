@@ -298,16 +298,23 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     plan = load_plan(path, registry)
     assert plan.source == path
     assert plan.config.area == "reactor1"
-    assert [ip.config.id for ip in plan.instruments] == ["feed_pump", "raman"]
+    assert [ip.config.id for ip in plan.instruments] == ["feed_pump", "controller", "raman"]
     assert [(c.id, c.type) for c in plan.emulators] == [
         ("reactor", "bioreactor"),
         ("pump_emulator", "feed_pump"),
         ("raman_emulator", "raman"),
     ]
     assert [c.config.options["process"] for c in plan.emulators[1:]] == ["reactor", "reactor"]
-    assert [(c.id, c.type) for c in plan.sinks] == [("jsonl", "jsonl_file")]
+    sinks = [(c.id, c.type) for c in plan.sinks]
+    assert sinks == [("jsonl", "jsonl_file"), ("opcua", "opcua_server")]
     signals = plan.signals
-    assert len(signals) == 10
+    assert len(signals) == 18
+    assert [(s.id, s.unit) for s in signals[7:10]] == [
+        ("reactor1/controller/ph", "[pH]"),
+        ("reactor1/controller/ph_setpoint", "[pH]"),
+        ("reactor1/controller/dissolved_oxygen", "%"),
+    ]
+    signals = [*signals[:7], *signals[15:]]
     assert [(s.id, s.unit, s.kind.value) for s in signals[7:]] == [
         ("reactor1/raman/spectrum", "{counts}", "spectrum"),
         ("reactor1/raman/integration_time", "ms", "scalar"),
@@ -754,7 +761,7 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
     path = REPO / "configs" / "demo.yaml"
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: valid (2 instruments, 10 signals, 3 emulators, 1 sinks)\n"
+    assert out == f"{path}: valid (3 instruments, 18 signals, 3 emulators, 2 sinks)\n"
     assert err == ""
 
 

@@ -18,11 +18,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import shutil
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,11 +34,11 @@ from asyncua.crypto import security_policies
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
-from conftest import free_port, wait_for
+from conftest import ClientCert, free_port, make_client_cert, wait_for
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from gateway import (
     PluginContext,
@@ -73,58 +71,6 @@ SIGNALS = [
 BASIC256SHA256 = security_policies.SecurityPolicyBasic256Sha256
 AES256_PSS = security_policies.SecurityPolicyAes256Sha256RsaPss
 SIGN_AND_ENCRYPT = ua.MessageSecurityMode.SignAndEncrypt
-
-
-@dataclass(frozen=True)
-class ClientCert:
-    """A client's application certificate (DER) and key (PEM) on disk."""
-
-    cert: Path
-    key: Path
-    uri: str
-
-    @property
-    def der(self) -> bytes:
-        return self.cert.read_bytes()
-
-
-def make_client_cert(folder: Path, name: str) -> ClientCert:
-    """A self-signed OPC UA client application certificate, as UaExpert makes one."""
-    uri = f"urn:test:{name}"
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.KeyUsage(True, True, True, True, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    pair = ClientCert(folder / f"{name}.der", folder / f"{name}.pem", uri)
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    pair.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pair
 
 
 def trust(sink: OpcUaServerSink, client: ClientCert) -> None:

@@ -1,0 +1,728 @@
+"""The ``opcua`` driver: one session and one subscription per OPC UA server, values pushed.
+
+A session goes: connect (security, user) → resolve the configured namespaces and nodes against
+the server's current namespace array → check each node's ``EngineeringUnits`` against its
+configured unit → one subscription with a monitored item per node (plus the server's
+``ServerStatus.State``) → publish every data change until the session is lost.
+
+Reconnection belongs to the runtime, which calls :meth:`OpcUaDriver.run` again after a jittered
+backoff: two reconnect loops (ours and the library's) are how a gateway ends up flooding a
+controller with CreateSession requests. So asyncua's own recovery is kept out of it:
+
+* the client is built with ``auto_reconnect=False``, so its connection supervisor only *reports*
+  a loss (a closed socket, an unanswered health probe) and stops;
+* the subscription is built directly rather than through ``Client.create_subscription``, which
+  would register it with the client's stale-subscription watchdog (that one re-creates a silent
+  subscription on its own) and would replace a revised keep-alive with one derived from the
+  session timeout (minutes of silence before anyone notices).
+
+A session counts as lost, and ``run`` raises :class:`~gateway.InstrumentError` saying why, when
+the connection drops, the server's state leaves ``Running``, the subscription reports a status
+change, no notification or keep-alive arrives for a keep-alive period plus ``timeout_s``, or the
+notification backlog overflows. The session is closed (with a short timeout) before ``run``
+returns, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.common.subscription import (
+    DataChangeEvent,
+    OverflowPolicy,
+    StatusChangeEvent,
+    Subscription,
+)
+from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway import (
+    Channel,
+    InstrumentError,
+    InstrumentIO,
+    Output,
+    PluginContext,
+    SecretRef,
+    UnitError,
+    WriteRefusedError,
+    compile_conversion,
+)
+from gateway.unece import ucum_for_eu
+
+from .nodes import BrowseStep, NodeRef, namespace_index, parse_browse_step, parse_node_ref
+from .options import NodeSpec, OpcUaOptions
+from .values import coerce_for_write, reading, status_name
+
+__all__ = ["OpcUaDriver"]
+
+log = structlog.get_logger("plugins.opcua")
+
+SESSION_TIMEOUT_MS = 60_000
+"""How long the server keeps a session the gateway lost track of (asyncua's default is an hour,
+which lets a flaky link pile up orphaned sessions on a controller with a small session limit)."""
+KEEPALIVE_TARGET_MS = 1000.0
+"""Aim for a keep-alive from an idle subscription about once a second (rounded up to whole
+publishing intervals), so a silent server is noticed within seconds."""
+LIFETIME_KEEPALIVES = 10
+"""The subscription's lifetime in keep-alive periods (the specification asks for at least 3)."""
+QUEUE_MAX = 100_000
+"""Notifications waiting for the driver before the session is given up as unable to keep up."""
+CLOSE_TIMEOUT_S = 2.0
+"""Longest wait for an orderly CloseSession when a session ends."""
+WATCH_TICK_S = 0.5
+"""How often the keep-alive watch looks at the clock (state changes wake it at once)."""
+
+_OBJECTS = ua.NodeId(ua.Int32(ObjectIds.ObjectsFolder))
+_SERVER_STATE = ua.NodeId(ua.Int32(ObjectIds.Server_ServerStatus_State))
+_HIERARCHICAL = ua.NodeId(ua.Int32(ObjectIds.HierarchicalReferences))
+_HAS_PROPERTY = ua.NodeId(ua.Int32(ObjectIds.HasProperty))
+_ENGINEERING_UNITS = ua.QualifiedName("EngineeringUnits", 0)
+_KIND = {
+    "i": ua.NodeIdType.Numeric,
+    "s": ua.NodeIdType.String,
+    "g": ua.NodeIdType.Guid,
+    "b": ua.NodeIdType.ByteString,
+}
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_MODES = {
+    "sign": ua.MessageSecurityMode.Sign,
+    "sign_and_encrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+_CLIENT_APPLICATION_URI = "urn:pat-gateway:opcua-client"
+_TRANSPORT_ERRORS = (UaError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A configured node: its spec and, parsed once, where it is."""
+
+    spec: NodeSpec
+    ref: NodeRef | None
+    path: tuple[BrowseStep, ...]
+
+    @property
+    def where(self) -> str:
+        if self.ref is not None:
+            return str(self.ref)
+        return "/".join(self.spec.browse_path or ())
+
+
+class OpcUaDriver:
+    """One OPC UA server: a session, one subscription, a channel per configured node.
+
+    Built by the registry as ``OpcUaDriver(options, context)`` with no I/O. ``sessions`` counts
+    the sessions created over the driver's life (each reconnect creates a fresh one).
+    """
+
+    def __init__(self, options: OpcUaOptions, context: PluginContext) -> None:
+        self.options = options
+        self.context = context
+        self.sessions = 0
+        """Sessions created (CreateSession and ActivateSession done) since the driver was built."""
+        aliases = set(options.namespaces)
+        self._nodes = tuple(
+            _Node(
+                spec,
+                parse_node_ref(spec.node, aliases) if spec.node is not None else None,
+                tuple(parse_browse_step(s, aliases) for s in spec.browse_path or ()),
+            )
+            for spec in options.nodes
+        )
+        self._by_name = {n.spec.name: n for n in self._nodes}
+        self._client: Client | None = None
+        self._write_targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
+        self._lost_reason: str | None = None
+        self._overflowed = False
+        self._unit_warned: set[str] = set()
+        self._log = log.bind(instrument=context.id, url=options.url)
+
+    def channels(self) -> Sequence[Channel]:
+        return [
+            Channel(
+                n.spec.name,
+                n.spec.unit,
+                description=n.spec.description or f"OPC UA node {n.where}",
+                writable=n.spec.writable,
+            )
+            for n in self._nodes
+        ]
+
+    # -- session ---------------------------------------------------------------------------------
+    async def run(self, io: InstrumentIO) -> None:
+        """One session: connect, resolve, verify units, subscribe, publish until it is lost."""
+        client = self._new_client()
+        self._lost_reason = None
+        self._overflowed = False
+        opened = False
+        step = f"connect to {self.options.url}"
+        try:
+            await self._configure_identity(client)
+            await client.connect(auto_reconnect=False)
+            opened = True
+            self.sessions += 1
+            self._log.info("opcua.session_created", sessions=self.sessions)
+            step = "resolve nodes"
+            node_ids = await self._resolve(client)
+            step = "read engineering units"
+            await self._verify_units(client, node_ids)
+            step = "read data types of writable nodes"
+            write_targets = await self._write_types(client, node_ids)
+            step = "subscribe"
+            subscription, silence_s = await self._subscribe(client, node_ids)
+            self._client, self._write_targets = client, write_targets
+            step = "session"
+            await self._stream(client, subscription, silence_s, io)
+        except _TRANSPORT_ERRORS as exc:
+            raise InstrumentError(f"{step}: {self._describe(exc)}") from exc
+        finally:
+            self._client, self._write_targets = None, {}
+            await self._close(client, opened)
+
+    def _new_client(self) -> Client:
+        o = self.options
+        # auto_reconnect=False: the runtime is the only reconnect loop (see the module docstring).
+        # The health probe (a read of ServerState) runs every timeout_s with that timeout.
+        client = Client(o.url, timeout=o.timeout_s, watchdog_intervall=o.timeout_s)
+        client.session_timeout = SESSION_TIMEOUT_MS
+        client.name = "PAT Gateway"
+        client.description = f"PAT Gateway {self.context.id}"  # the session's name on the server
+        client.application_uri = _CLIENT_APPLICATION_URI
+        client.product_uri = "urn:pat-gateway"
+        client.connection_lost_callback = self._connection_lost
+        return client
+
+    async def _connection_lost(self, exc: Exception) -> None:
+        # Called by asyncua's supervisor before it tells the subscription; keep the cause.
+        self._lost_reason = f"connection lost: {self._describe(exc)}"
+
+    async def _configure_identity(self, client: Client) -> None:
+        o = self.options
+        if o.username is not None and o.password is not None:
+            client.set_user(o.username)
+            client.set_password(_secret(o.password, "password"))
+        if o.security == "none":
+            return
+        key_password = (
+            _secret(o.private_key_password, "private_key_password")
+            if o.private_key_password is not None
+            else None
+        )
+        paths = [self._path(o.certificate), self._path(o.private_key)]
+        if o.server_certificate is not None:
+            paths.append(self._path(o.server_certificate))
+        try:
+            contents = await asyncio.to_thread(_read_files, paths)
+        except OSError as exc:
+            raise InstrumentError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        certificate, private_key, *server = (CertProperties(c, _format(c)) for c in contents)
+        policy, mode = _POLICIES[o.security], _MODES[o.mode or "sign_and_encrypt"]
+        try:
+            client.application_uri = _application_uri(contents[0]) or _CLIENT_APPLICATION_URI
+            pinned = _der(contents[2]) if server else None
+        except ValueError as exc:  # cryptography: not a certificate
+            raise InstrumentError(f"cannot load a certificate: {exc}") from exc
+        if pinned is not None:
+            await self._check_server_certificate(client, policy.URI, mode, pinned)
+        else:
+            self._log.warning(
+                "opcua.server_unverified",
+                reason="no server_certificate: the certificate the server offers is trusted as is",
+            )
+        try:
+            await client.set_security(
+                policy,
+                certificate,
+                CertProperties(private_key.path_or_content, private_key.extension, key_password),
+                server_certificate=server[0] if server else None,
+                mode=mode,
+            )
+        except (ValueError, TypeError) as exc:  # cryptography: not a key, wrong password
+            raise InstrumentError(f"cannot load the certificate or private key: {exc}") from exc
+
+    async def _check_server_certificate(
+        self, client: Client, policy_uri: str, mode: ua.MessageSecurityMode, pinned: bytes
+    ) -> None:
+        """Refuse, saying so, a server whose endpoint presents another certificate than the one
+        configured (a replaced controller, or an impostor). Without this check the mismatch only
+        shows as a request that times out: the server cannot read what was encrypted for the
+        configured certificate."""
+        endpoints = await client.connect_and_get_server_endpoints()
+        offered = [
+            bytes(e.ServerCertificate or b"")
+            for e in endpoints
+            if e.SecurityPolicyUri == policy_uri and e.SecurityMode == mode
+        ]
+        if not offered:
+            raise InstrumentError(
+                f"the server offers no endpoint with {self.options.security}"
+                f" {self.options.mode or 'sign_and_encrypt'}"
+            )
+        # An endpoint may carry its certificate followed by its chain.
+        if not any(certificate.startswith(pinned) for certificate in offered):
+            raise InstrumentError(
+                "the server presents another certificate than server_certificate"
+                f" ({self.options.server_certificate})"
+            )
+
+    def _path(self, path: Path | None) -> Path:
+        assert path is not None  # the options model requires it with a security policy
+        return path if path.is_absolute() else self.context.data_dir / path
+
+    async def _close(self, client: Client, opened: bool) -> None:
+        """End the session: CloseSession (bounded), stop asyncua's tasks, drop the socket."""
+        try:
+            if opened:
+                try:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await client.disconnect()
+                except _TRANSPORT_ERRORS as exc:
+                    self._log.debug("opcua.close_failed", reason=self._describe(exc))
+        finally:
+            # A no-op when the socket is closed already; after a timed-out close it is not.
+            client.disconnect_socket()
+
+    # -- resolution ----------------------------------------------------------------------------
+    async def _resolve(self, client: Client) -> list[ua.NodeId]:
+        """The node id of every configured node in the server's current namespaces; every node
+        must exist and be a variable, or the session is refused naming the ones that are not."""
+        server_namespaces: list[str] = await client.get_namespace_array()
+        problems: dict[int, str] = {}  # by node, to name them in the configuration's order
+        ids: list[ua.NodeId | None] = []
+        paths: list[tuple[int, ua.BrowsePath]] = []
+        for i, node in enumerate(self._nodes):
+            try:
+                if node.ref is not None:
+                    ids.append(self._node_id(node.ref, server_namespaces))
+                    continue
+                ids.append(None)
+                paths.append((i, self._browse_path(node.path, server_namespaces)))
+            except LookupError as exc:
+                ids.append(None)
+                problems[i] = str(exc)
+        if paths:
+            results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in paths])
+            for (i, _), result in zip(paths, results, strict=True):
+                if result.StatusCode.is_good() and result.Targets:
+                    target = result.Targets[0].TargetId
+                    ids[i] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+                else:
+                    problems[i] = status_name(result.StatusCode.value)
+        found = [(i, node_id) for i, node_id in enumerate(ids) if node_id is not None]
+        if found:
+            classes = await client.uaclient.read_attributes(
+                [node_id for _, node_id in found], AttributeIds.NodeClass
+            )
+            for (i, _), dv in zip(found, classes, strict=True):
+                code = dv.StatusCode.value if dv.StatusCode is not None else 0
+                if code >> 30:
+                    problems[i] = status_name(code)
+                elif dv.Value is not None and dv.Value.Value != ua.NodeClass.Variable:
+                    problems[i] = f"{ua.NodeClass(dv.Value.Value).name} node, not a variable"
+        if problems:
+            named = "; ".join(
+                f"{self._nodes[i].spec.name} ({self._nodes[i].where}): {problem}"
+                for i, problem in sorted(problems.items())
+            )
+            raise InstrumentError(f"nodes not usable on the server: {named}")
+        return [node_id for node_id in ids if node_id is not None]
+
+    def _node_id(self, ref: NodeRef, server_namespaces: list[str]) -> ua.NodeId:
+        index = namespace_index(ref.alias, ref.uri, self.options.namespaces, server_namespaces)
+        identifier: Any
+        if ref.kind == "i":
+            identifier = int(ref.identifier)
+        elif ref.kind == "g":
+            identifier = ua.NodeId.from_string(f"g={ref.identifier}").Identifier
+        elif ref.kind == "b":
+            identifier = ua.NodeId.from_string(f"b={ref.identifier}").Identifier
+        else:
+            identifier = ref.identifier
+        return ua.NodeId(identifier, ua.Int16(index), _KIND[ref.kind])
+
+    def _browse_path(
+        self, steps: tuple[BrowseStep, ...], server_namespaces: list[str]
+    ) -> ua.BrowsePath:
+        elements = []
+        for step in steps:
+            index = namespace_index(step.alias, None, self.options.namespaces, server_namespaces)
+            elements.append(_forward(_HIERARCHICAL, ua.QualifiedName(step.name, index)))
+        return ua.BrowsePath(StartingNode=_OBJECTS, RelativePath=ua.RelativePath(elements))
+
+    # -- units -----------------------------------------------------------------------------------
+    async def _verify_units(self, client: Client, node_ids: list[ua.NodeId]) -> None:
+        """Compare each node's ``EngineeringUnits`` (mapped to UCUM) with its configured unit.
+
+        A node that reports a different unit refuses the session: publishing its values under
+        the configured unit would be wrong data, not missing data. A node without
+        ``EngineeringUnits``, or with a unit the UNECE table does not map, keeps the configured
+        unit (logged once per node).
+        """
+        uaclient = client.uaclient
+        paths = [
+            ua.BrowsePath(
+                StartingNode=node_id,
+                RelativePath=ua.RelativePath([_forward(_HAS_PROPERTY, _ENGINEERING_UNITS)]),
+            )
+            for node_id in node_ids
+        ]
+        results = await uaclient.translate_browsepaths_to_nodeids(paths)
+        with_units = [
+            (i, result.Targets[0].TargetId)
+            for i, result in enumerate(results)
+            if result.StatusCode.is_good() and result.Targets
+        ]
+        units: dict[int, ua.EUInformation] = {}
+        if with_units:
+            values = await uaclient.read_attributes(
+                [ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType) for _, t in with_units],
+                AttributeIds.Value,
+            )
+            for (i, _), dv in zip(with_units, values, strict=True):
+                if dv.Value is not None and isinstance(dv.Value.Value, ua.EUInformation):
+                    units[i] = dv.Value.Value
+        mismatches: list[str] = []
+        for i, node in enumerate(self._nodes):
+            spec = node.spec
+            eu = units.get(i)
+            if eu is None:
+                self._unit_unverified(spec, "the node has no EngineeringUnits")
+                continue
+            display = (eu.DisplayName.Text or "") if eu.DisplayName is not None else ""
+            ucum = ucum_for_eu(eu.NamespaceUri or "", int(eu.UnitId), display)
+            if ucum is None:
+                self._unit_unverified(
+                    spec,
+                    f"its EngineeringUnits ({display or 'no display name'}, unit id"
+                    f" {eu.UnitId}) have no UCUM equivalent",
+                )
+            elif not _same_unit(ucum, spec.unit):
+                mismatches.append(
+                    f"unit mismatch: node {spec.name} reports {display or eu.UnitId} ({ucum}),"
+                    f" configured {spec.unit}"
+                )
+        if mismatches:
+            reason = "; ".join(mismatches)
+            # Once per session: the runtime retries with backoff, each retry is a new session.
+            self._log.error("opcua.unit_mismatch", reason=reason, sessions=self.sessions)
+            raise InstrumentError(reason)
+
+    def _unit_unverified(self, spec: NodeSpec, why: str) -> None:
+        if spec.name in self._unit_warned:
+            return
+        self._unit_warned.add(spec.name)
+        self._log.warning(
+            "opcua.unit_unverified",
+            node=spec.name,
+            unit=spec.unit,
+            reason=f"{why}; using {spec.unit}",
+        )
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def _write_types(
+        self, client: Client, node_ids: list[ua.NodeId]
+    ) -> dict[str, tuple[ua.NodeId, ua.VariantType | None]]:
+        """The data type of each writable node, so a setpoint is sent as the type the server
+        expects (a Double written to an Int32 node is refused as BadTypeMismatch)."""
+        targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
+        for node, node_id in zip(self._nodes, node_ids, strict=True):
+            if not node.spec.writable:
+                continue
+            variant_type: ua.VariantType | None
+            try:
+                variant_type = await client.get_node(node_id).read_data_type_as_variant_type()
+            except ValueError:  # a data type that is no built-in type (a structure)
+                variant_type = None
+            targets[node.spec.name] = (node_id, variant_type)
+        return targets
+
+    async def write(self, channel: str, value: float) -> None:
+        """Write a setpoint to a node declared ``writable: true``; anything else raises
+        :class:`~gateway.WriteRefusedError`. Every write, refused, failed or done, is logged
+        (instrument, channel, value, node)."""
+        audit = self._log.bind(channel=channel, value=value)
+        node = self._by_name.get(channel)
+        if node is None or not node.spec.writable:
+            audit.warning("opcua.write_refused", reason="not declared writable: true")
+            raise WriteRefusedError(f"channel {channel!r} is not writable")
+        audit = audit.bind(node=node.where)
+        client, target = self._client, self._write_targets.get(channel)
+        if client is None or target is None:
+            audit.warning("opcua.write_failed", reason="not connected")
+            raise InstrumentError(f"{self.options.url}: not connected")
+        node_id, variant_type = target
+        if variant_type is None:
+            reason = "the node's data type is not a built-in numeric type"
+            audit.warning("opcua.write_refused", reason=reason)
+            raise WriteRefusedError(f"channel {channel!r}: {reason}")
+        try:
+            coerced = coerce_for_write(value, variant_type)
+        except ValueError as exc:
+            audit.warning("opcua.write_refused", reason=str(exc))
+            raise WriteRefusedError(f"channel {channel!r}: {exc}") from exc
+        # Value only: no timestamps and no status, which many servers refuse to have written
+        # (BadWriteNotSupported); the server stamps the value itself.
+        data_value = ua.DataValue(ua.Variant(coerced, variant_type), StatusCode=None)
+        try:
+            results = await client.uaclient.write_attributes(
+                [node_id], [data_value], AttributeIds.Value
+            )
+        except UaStatusCodeError as exc:  # the whole request refused (a service fault)
+            reason = self._describe(exc)
+            audit.warning("opcua.write_failed", reason=reason)
+            raise InstrumentError(f"write of {channel} refused by the server: {reason}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            reason = self._describe(exc)
+            audit.warning("opcua.write_failed", reason=reason)
+            raise InstrumentError(f"write of {channel} failed: {reason}") from exc
+        status = results[0]
+        if not status.is_good():  # the request went through, this value was refused
+            reason = status_name(status.value)
+            audit.warning("opcua.write_failed", reason=reason)
+            raise InstrumentError(f"write of {channel} refused by the server: {reason}")
+        audit.info("opcua.write", data_type=variant_type.name)
+
+    # -- subscription ----------------------------------------------------------------------------
+    async def _subscribe(
+        self, client: Client, node_ids: list[ua.NodeId]
+    ) -> tuple[Subscription, float]:
+        """One subscription, a monitored item per node and one for the server's state; returns
+        it with how long it may stay silent (no data, no keep-alive) before the session is lost."""
+        o = self.options
+        keepalive = max(1, math.ceil(KEEPALIVE_TARGET_MS / o.publishing_interval_ms))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=o.publishing_interval_ms,
+            RequestedLifetimeCount=keepalive * LIFETIME_KEEPALIVES,
+            RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=0,
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        # Built directly, not with client.create_subscription: see the module docstring.
+        subscription = Subscription(
+            client.uaclient.session,
+            params,
+            None,
+            queue_maxsize=QUEUE_MAX,
+            overflow=OverflowPolicy.DISCONNECT,
+        )
+        subscription.set_overflow_disconnect_handler(self._overflow)
+        revised = await subscription.init()
+        # Enough queue on the server for every sample taken between two publishes.
+        queue_size = (
+            max(1, math.ceil(o.publishing_interval_ms / o.sampling_interval_ms))
+            if o.sampling_interval_ms > 0
+            else 10
+        )
+        requests = [
+            _monitored_item(node_id, handle, o.sampling_interval_ms, queue_size)
+            for handle, node_id in enumerate(node_ids)
+        ]
+        requests.append(_monitored_item(_SERVER_STATE, len(node_ids), 0.0, 1))
+        results = await subscription.create_monitored_items(requests)
+        failed = [
+            f"{node.spec.name} ({node.where}): {status_name(r.value)}"
+            for node, r in zip(self._nodes, results, strict=False)
+            if isinstance(r, ua.StatusCode)
+        ]
+        if failed:
+            raise InstrumentError(f"cannot monitor nodes: {'; '.join(failed)}")
+        if isinstance(results[-1], ua.StatusCode):
+            self._log.info("opcua.server_state_unmonitored", reason=status_name(results[-1].value))
+        keepalive_s = revised.RevisedPublishingInterval * revised.RevisedMaxKeepAliveCount / 1000
+        self._log.info(
+            "opcua.subscribed",
+            nodes=len(node_ids),
+            publishing_interval_ms=revised.RevisedPublishingInterval,
+            keepalive_s=round(keepalive_s, 3),
+        )
+        return subscription, keepalive_s + o.timeout_s
+
+    def _overflow(self) -> None:
+        self._overflowed = True
+
+    async def _stream(
+        self, client: Client, subscription: Subscription, silence_s: float, io: InstrumentIO
+    ) -> None:
+        """Publish notifications until the session is lost; always raises InstrumentError."""
+        outputs = [io.output(node.spec.name) for node in self._nodes]
+        name = f"opcua.{self.context.id}"
+        notifications = asyncio.create_task(
+            self._publish(subscription, outputs, io), name=f"{name}.notifications"
+        )
+        watch = asyncio.create_task(
+            self._watch(client, subscription, silence_s), name=f"{name}.watch"
+        )
+        try:
+            done, _ = await asyncio.wait(
+                {notifications, watch}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if notifications not in done:
+                # Notifications received before the loss are queued: one turn of the loop
+                # publishes them all (the queue is drained without waiting) before the cut.
+                await asyncio.sleep(0)
+        finally:
+            for task in (notifications, watch):
+                task.cancel()
+            await asyncio.wait({notifications, watch})
+        # Take every task's outcome (an exception left unread is reported at garbage collection),
+        # then raise the first: the notification stream's own reason when it has one.
+        errors = [t.exception() for t in (notifications, watch) if not t.cancelled()]
+        for error in errors:
+            if error is not None:
+                raise error
+        raise InstrumentError(self._lost_reason or "session ended")
+
+    async def _publish(
+        self, subscription: Subscription, outputs: list[Output], io: InstrumentIO
+    ) -> None:
+        """The hot path: each data change becomes one published reading."""
+        count = len(outputs)
+        answered = False
+        async for event in subscription:
+            if type(event) is DataChangeEvent:
+                item = event.data.monitored_item
+                handle = item.ClientHandle
+                if handle >= count:
+                    self._check_server_state(item.Value)
+                    continue
+                value, source_ts, quality, reason = reading(item.Value)
+                outputs[handle].publish(value, source_ts, quality, reason)
+                if not answered:
+                    answered = True
+                    io.connected()  # connected means answering: the first data has arrived
+            elif type(event) is StatusChangeEvent:
+                status = status_name(event.notification.Status.value)
+                raise InstrumentError(self._lost_reason or f"subscription status {status}")
+        raise InstrumentError(self._lost_reason or "subscription closed")
+
+    def _check_server_state(self, dv: ua.DataValue) -> None:
+        state = dv.Value.Value if dv.Value is not None else None
+        if isinstance(state, int) and state != ua.ServerState.Running:
+            try:
+                label = ua.ServerState(state).name
+            except ValueError:
+                label = str(state)
+            raise InstrumentError(f"server state {label}")
+
+    async def _watch(self, client: Client, subscription: Subscription, silence_s: float) -> None:
+        """Raise InstrumentError when the connection drops, the notification backlog overflows,
+        or the subscription stays silent (no data, no keep-alive) for ``silence_s``."""
+        started = time.monotonic()
+        async with client.subscribe_state() as states:
+            while True:
+                if self._overflowed:
+                    raise InstrumentError(
+                        f"over {QUEUE_MAX} notifications waiting: the gateway cannot keep up"
+                    )
+                if client.state is not UaClientState.CONNECTED:
+                    raise InstrumentError(self._lost_reason or "connection to the server lost")
+                last = subscription.last_publish_at or started
+                silent = time.monotonic() - last
+                if silent > silence_s:
+                    raise InstrumentError(
+                        f"no notification or keep-alive from the server for {silent:.1f} s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await states.next_change(timeout=WATCH_TICK_S)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, UaStatusCodeError):
+            return status_name(int(exc.code))
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.options.timeout_s} s"
+        text = str(exc)
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _forward(reference: ua.NodeId, name: ua.QualifiedName) -> ua.RelativePathElement:
+    """A browse-path step along ``reference`` (or a subtype), parent to child."""
+    return ua.RelativePathElement(
+        ReferenceTypeId=reference,
+        # asyncua annotates these as its Boolean class, which no bool is an instance of.
+        IsInverse=False,  # type: ignore[arg-type]
+        IncludeSubtypes=True,  # type: ignore[arg-type]
+        TargetName=name,
+    )
+
+
+def _monitored_item(
+    node_id: ua.NodeId, handle: int, sampling_interval_ms: float, queue_size: int
+) -> ua.MonitoredItemCreateRequest:
+    return ua.MonitoredItemCreateRequest(
+        ItemToMonitor=ua.ReadValueId(NodeId=node_id, AttributeId=AttributeIds.Value),
+        MonitoringMode=ua.MonitoringMode.Reporting,
+        RequestedParameters=ua.MonitoringParameters(
+            ClientHandle=handle,
+            SamplingInterval=sampling_interval_ms,
+            QueueSize=queue_size,
+            DiscardOldest=True,
+        ),
+    )
+
+
+def _same_unit(reported: str, configured: str) -> bool:
+    """Whether two UCUM codes are the same unit (``l/min`` and ``L/min`` are)."""
+    if reported == configured:
+        return True
+    try:
+        conversion = compile_conversion(reported, configured)
+    except UnitError:
+        return False
+    return math.isclose(conversion.scale, 1.0, rel_tol=1e-12) and abs(conversion.offset) < 1e-12
+
+
+def _secret(ref: SecretRef, what: str) -> str:
+    try:
+        return ref.get()
+    except KeyError as exc:
+        raise InstrumentError(f"{what}: {exc.args[0]}") from None
+
+
+def _read_files(paths: list[Path]) -> list[bytes]:
+    # Runs in a worker thread: certificate files may sit on slow storage.
+    return [path.read_bytes() for path in paths]
+
+
+def _format(content: bytes) -> str:
+    return "pem" if content.lstrip().startswith(b"-----BEGIN") else "der"
+
+
+def _der(certificate: bytes) -> bytes:
+    """A certificate in DER, from DER or PEM."""
+    if _format(certificate) == "der":
+        return certificate
+    return x509.load_pem_x509_certificate(certificate).public_bytes(serialization.Encoding.DER)
+
+
+def _application_uri(certificate: bytes) -> str | None:
+    """The URI subject alternative name of the client certificate: OPC UA requires the
+    session's application URI to match it, and servers refuse sessions where it does not."""
+    if _format(certificate) == "pem":
+        cert = x509.load_pem_x509_certificate(certificate)
+    else:
+        cert = x509.load_der_x509_certificate(certificate)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None

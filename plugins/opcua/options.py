@@ -1,0 +1,221 @@
+"""The ``options:`` of an OPC UA server (a bioreactor controller, a PLC, an analyser)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gateway import Secret, UnitError, validate_ucum
+
+from .nodes import ALIAS_PATTERN, parse_browse_step, parse_node_ref
+
+__all__ = ["NodeSpec", "OpcUaOptions"]
+
+DEFAULT_PORT = 4840  # IANA's port for OPC UA over TCP
+
+
+class NodeSpec(BaseModel):
+    """One variable on the server, published as a channel of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Channel name (unique per server)."
+    )
+    node: str | None = Field(
+        default=None,
+        description=(
+            "Node id: alias:Identifier (a string id in an aliased namespace, e.g."
+            " ctl:BioreactorController.Temperature.PV, or alias:i=1001), nsu=<uri>;s=<id>, or"
+            " i=<n> in the OPC UA namespace. Namespace indexes (ns=2) are refused: they can"
+            " change when the server restarts. Give node or browse_path."
+        ),
+    )
+    browse_path: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Browse names from the Objects folder, each alias:BrowseName (0: for the OPC UA"
+            " namespace), e.g. [ctl:BioreactorController, ctl:Temperature, ctl:PV]."
+        ),
+    )
+    unit: str = Field(
+        description=(
+            "UCUM unit of the values, e.g. Cel, [pH], %, L/min. The server's EngineeringUnits"
+            " are checked against it at every connect; a different unit refuses the session."
+        )
+    )
+    writable: bool = Field(
+        default=False, description="Allow writes (setpoints) to this node; every write is logged."
+    )
+    description: str = Field(default="", description="What the value is, for people.")
+
+    @field_validator("unit")
+    @classmethod
+    def _ucum(cls, value: str) -> str:
+        try:
+            return validate_ucum(value)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _one_address(self) -> NodeSpec:
+        if (self.node is None) == (self.browse_path is None):
+            raise ValueError(f"node {self.name!r}: give exactly one of node and browse_path")
+        return self
+
+
+class OpcUaOptions(BaseModel):
+    """How to reach an OPC UA server, how to authenticate, and which variables to subscribe to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        description=(
+            "Endpoint URL, opc.tcp://host:port[/path] (port 4840 if left out). Credentials go in"
+            " username/password, never in the URL."
+        )
+    )
+    security: Literal["none", "Basic256Sha256", "Aes256_Sha256_RsaPss"] = Field(
+        default="none",
+        description=(
+            "Security policy of the secure channel. Basic256Sha256 and Aes256_Sha256_RsaPss"
+            " need certificate and private_key."
+        ),
+    )
+    mode: Literal["sign", "sign_and_encrypt"] | None = Field(
+        default=None,
+        description="Message security mode with a security policy; default sign_and_encrypt.",
+    )
+    certificate: Path | None = Field(
+        default=None,
+        description=(
+            "The gateway's own application instance certificate (DER or PEM), relative to"
+            " data_dir; its URI subject alternative name becomes the client's application URI."
+        ),
+    )
+    private_key: Path | None = Field(
+        default=None,
+        description="The certificate's private key (PEM or DER), relative to data_dir.",
+    )
+    private_key_password: Secret | None = Field(
+        default=None, description="Password of an encrypted private key: env:VARIABLE."
+    )
+    server_certificate: Path | None = Field(
+        default=None,
+        description=(
+            "The server's certificate, relative to data_dir: the session is refused unless the"
+            " server presents exactly this one. Without it the certificate the server offers is"
+            " used unverified."
+        ),
+    )
+    username: str | None = Field(
+        default=None, min_length=1, description="User name for a user-name identity token."
+    )
+    password: Secret | None = Field(
+        default=None, description="The user's password, from the environment: env:VARIABLE."
+    )
+    timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description=(
+            "Longest wait for any answer (connect, each request); also how late a keep-alive may"
+            " be before the session counts as lost."
+        ),
+    )
+    sampling_interval_ms: float = Field(
+        default=250.0,
+        ge=0,
+        le=3_600_000,
+        description="How often the server samples each node (0 = as fast as it can).",
+    )
+    publishing_interval_ms: float = Field(
+        default=250.0,
+        gt=0,
+        le=3_600_000,
+        description="How often the server sends the changes it collected (the subscription).",
+    )
+    namespaces: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Namespace aliases: alias → namespace URI, e.g. {ctl: 'urn:acme:controller'}."
+            " Resolved to the server's current namespace index at every connect."
+        ),
+    )
+    nodes: tuple[NodeSpec, ...] = Field(
+        min_length=1, description="The variables to subscribe to, one channel each."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "opc.tcp" or not parts.hostname:
+            raise ValueError(f"{value!r}: expected opc.tcp://host:port[/path]")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: use username and password")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        if port is None:
+            return parts._replace(netloc=f"{parts.netloc}:{DEFAULT_PORT}").geturl()
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, uri in value.items():
+            if not re.match(ALIAS_PATTERN, alias):
+                raise ValueError(
+                    f"alias {alias!r}: letters, digits, _ and -, starting with a letter or _"
+                )
+            if not uri or uri != uri.strip():
+                raise ValueError(f"alias {alias!r}: the namespace URI is empty or padded")
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, value: tuple[NodeSpec, ...], info: ValidationInfo) -> tuple[NodeSpec, ...]:
+        aliases = set(info.data.get("namespaces") or ())
+        seen: set[str] = set()
+        for i, spec in enumerate(value):
+            where = f"nodes[{i}] ({spec.name})"
+            if spec.name in seen:
+                raise ValueError(f"{where}: node names must be unique")
+            seen.add(spec.name)
+            try:
+                if spec.node is not None:
+                    parse_node_ref(spec.node, aliases)
+                for step in spec.browse_path or ():
+                    parse_browse_step(step, aliases)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaOptions:
+        if self.security == "none":
+            given = [
+                name
+                for name in (
+                    "mode",
+                    "certificate",
+                    "private_key",
+                    "private_key_password",
+                    "server_certificate",
+                )
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only used with a security policy")
+        elif self.certificate is None or self.private_key is None:
+            raise ValueError(f"security {self.security} needs certificate and private_key")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give username and password together")
+        return self

@@ -1,0 +1,124 @@
+"""The demo configuration end to end over OPC UA, both ways.
+
+The bioreactor controller emulator serves the run; the ``opcua`` driver subscribes to it; the
+store commits pH, dissolved oxygen and temperature with their units and the server's source
+timestamps; the northbound ``opcua_server`` sink refuses anonymous and unsecured clients and
+serves the demo user — with a trusted client certificate and the documented security policy —
+every signal with its EUInformation.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
+from conftest import free_port, make_client_cert, running, wait_for
+
+from gateway import build_registry, load_plan
+from gateway.store import SampleStore
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"  # as the README documents
+
+
+@pytest.mark.asyncio
+async def test_demo_controller_in_and_secure_server_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the demo's paths (data/...) are relative to the working dir
+    north = free_port()
+    text = (REPO / "configs" / "demo.yaml").read_text()
+    for port in ("15020", "14840"):
+        text = text.replace(port, str(free_port()))
+    text = text.replace("port: 4840", f"port: {north}")
+    config = tmp_path / "demo.yaml"
+    config.write_text(text)
+    plan = load_plan(config, build_registry())
+    client_cert = make_client_cert(tmp_path / "client", "demo-client")
+    trusted = tmp_path / "data" / "opcua" / "pki" / "trusted"
+    url = f"opc.tcp://127.0.0.1:{north}/pat-gateway"
+
+    async with running(plan) as (gateway, _task):
+        ph = next(o for o in gateway.outputs if o.signal.id == "reactor1/controller/ph")
+        await wait_for(lambda: ph.seq >= 3, within=30, what="pH from the controller")
+        server_cert = next((tmp_path / "data" / "opcua" / "pki" / "own").glob("*.der"))
+
+        # No security at all: the server offers no None endpoint.
+        endpoints = await Client(url, timeout=5).connect_and_get_server_endpoints()
+        policies = {e.SecurityPolicyUri.rsplit("#", 1)[-1] for e in endpoints}
+        assert policies == {"Basic256Sha256", "Aes256_Sha256_RsaPss"}
+        insecure = Client(url, timeout=5)
+        insecure.set_user(DEMO_USER)
+        insecure.set_password(DEMO_PASSWORD)
+        # (The client finds no endpoint to use; a raw session on a None channel is refused by
+        # the server with BadSecurityPolicyRejected, see test_opcua_server.py.)
+        with pytest.raises(ua.UaError, match="No matching endpoints"):
+            await insecure.connect()
+        await insecure.disconnect()
+
+        async def secure_client(user: str | None) -> Client:
+            client = Client(url, timeout=5)
+            client.application_uri = client_cert.uri
+            await client.set_security(
+                security_policies.SecurityPolicyBasic256Sha256,
+                str(client_cert.cert),
+                str(client_cert.key),
+                server_certificate=str(server_cert),
+                mode=ua.MessageSecurityMode.SignAndEncrypt,
+            )
+            if user is not None:
+                client.set_user(user)
+                client.set_password(DEMO_PASSWORD)
+            return client
+
+        # Secure channel but an untrusted certificate, then trusted but anonymous: refused.
+        untrusted = await secure_client(DEMO_USER)
+        with pytest.raises(UaStatusCodeError) as refused:
+            await untrusted.connect()
+        await untrusted.disconnect()
+        assert refused.value.code == StatusCodes.BadSecurityChecksFailed
+        shutil.copy(client_cert.cert, trusted / client_cert.cert.name)
+        anonymous = await secure_client(None)
+        with pytest.raises(UaStatusCodeError) as refused:
+            await anonymous.connect()
+        await anonymous.disconnect()
+        assert refused.value.code == StatusCodes.BadIdentityTokenRejected
+
+        # The documented way in: Basic256Sha256, SignAndEncrypt, demo user, trusted cert.
+        client = await secure_client(DEMO_USER)
+        await client.connect()
+        try:
+            index = await client.get_namespace_index("urn:pat-gateway:demo-site:reactor1")
+            expected = {
+                "reactor1/controller/ph": (5321520, "pH"),  # Q30
+                "reactor1/controller/dissolved_oxygen": (20529, "%"),  # P1
+                "reactor1/controller/temperature": (4408652, "°C"),  # CEL
+                "reactor1/feed_pump/flow": (13361, "ml/min"),  # 41
+            }
+            for signal_id, (unit_id, display) in expected.items():
+                variable = client.get_node(ua.NodeId(signal_id, index))
+                value = await variable.read_data_value()
+                assert value.StatusCode.is_good(), signal_id
+                assert isinstance(value.Value.Value, float), signal_id
+                eu = await (await variable.get_child("0:EngineeringUnits")).read_value()
+                assert (eu.UnitId, eu.DisplayName.Text) == (unit_id, display), signal_id
+        finally:
+            await client.disconnect()
+
+    store = SampleStore(tmp_path / "data" / "demo.sqlite", read_only=True)
+    try:
+        units = {s.signal: s.unit for s in store.samples("reactor1/controller/*")}
+        stored = [s for s in store.samples("reactor1/controller/ph")]
+    finally:
+        store.close()
+    assert units["reactor1/controller/ph"] == "[pH]"
+    assert units["reactor1/controller/dissolved_oxygen"] == "%"
+    assert units["reactor1/controller/temperature"] == "Cel"
+    # Source timestamps are the server's, kept as received (microseconds), not ours.
+    assert all(s.source_ts % 1000 == 0 and s.source_ts <= s.gateway_ts for s in stored)
+    assert any(s.source_ts != s.gateway_ts for s in stored)
