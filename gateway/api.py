@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 from .model import Quality, Sample, SignalKind
 
@@ -214,5 +214,20 @@ Secret = Annotated[
     SecretRef,
     BeforeValidator(_parse_secret),
     PlainSerializer(lambda ref: f"env:{ref.env}", return_type=str),
+    # Both accepted spellings, so `patgw schema` validates what the loader accepts.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^env:[A-Za-z0-9_]+$"},
+                {
+                    "type": "object",
+                    "properties": {"env": {"type": "string", "pattern": "^[A-Za-z0-9_]+$"}},
+                    "required": ["env"],
+                    "additionalProperties": False,
+                },
+            ],
+            "description": "A secret from the environment: env:VARIABLE or {env: VARIABLE}.",
+        }
+    ),
 ]
 """Type for a config field holding a secret: ``password: Secret`` accepts ``env:PUMP_PASSWORD``."""

@@ -46,3 +46,17 @@ def test_register_maps_get_completion() -> None:
     register = SCHEMA["$defs"]["RegisterSpec"]["properties"]
     assert register["type"]["enum"] == ["int16", "uint16", "int32", "uint32", "float32", "float64"]
     assert "modbus" in SCHEMA["$defs"]["InstrumentConfig"]["properties"]["driver"]["examples"]
+
+
+@pytest.mark.parametrize(
+    ("password", "valid"),
+    [("env:OPC_PASS", True), ({"env": "OPC_PASS"}, True), ("plain-secret", False)],
+)
+def test_secrets_in_the_schema_take_both_spellings_and_no_literal(
+    password: object, valid: bool
+) -> None:
+    config = demo()
+    controller = next(i for i in config["instruments"] if i["driver"] == "opcua")
+    controller["options"] |= {"username": "gateway", "password": password}
+    messages = [e.message for e in VALIDATOR.iter_errors(config)]
+    assert (messages == []) is valid, messages
