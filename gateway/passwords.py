@@ -65,8 +65,12 @@ def _parse(text: str) -> tuple[int, int, int, bytes, bytes] | None:
         digest = base64.b64decode(parts[5], validate=True)
     except ValueError:
         return None
-    # Bounds keep a hostile config from asking for a huge amount of work or memory.
-    if not (2 <= n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+    # Bounds: at least the cost hash_password uses (a weak hash is refused, not trusted), at
+    # most 2x its work per check (a login runs on the event loop) and within _MAXMEM (a hash
+    # scrypt would refuse to compute could never match: a silent lock-out).
+    if not (n & (n - 1) == 0 and n >= _N and 1 <= r <= 32 and 1 <= p <= 16):
+        return None
+    if n * r * p > 2 * _N * _R * _P or 128 * n * r > _MAXMEM // 2:
         return None
     if len(salt) < 8 or len(digest) != _LENGTH:
         return None

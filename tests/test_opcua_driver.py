@@ -282,7 +282,7 @@ def options(url: str, **extra: Any) -> dict[str, Any]:
     return {
         "url": url,
         "namespaces": {"ctl": URI},
-        "timeout_s": 1.0,
+        "timeout_s": 5.0,  # generous: a loaded CI machine answers slowly
         "sampling_interval_ms": 50,
         "publishing_interval_ms": 50,
         "nodes": node_specs(),

@@ -282,11 +282,8 @@ async def test_trusted_client_with_password_reads_on_every_policy(
                 assert await client.nodes.server_state.read_value() == ua.ServerState.Running
 
 
-async def _channel_then_session(
-    sink: OpcUaServerSink, channel_cert: ClientCert | None, session_cert: ClientCert | None
-) -> Client:
-    """Open a secure channel with ``channel_cert`` (None: no security), then create a session
-    presenting ``session_cert`` instead (None: none), as a hostile client could."""
+async def _channel(sink: OpcUaServerSink, channel_cert: ClientCert | None) -> Client:
+    """A client with a secure channel open with ``channel_cert`` (None: no security)."""
     client = Client(sink.endpoint_url, timeout=5)
     if channel_cert is not None:
         assert sink.own_certificate is not None
@@ -300,6 +297,14 @@ async def _channel_then_session(
     await client.connect_socket()
     await client.send_hello()
     await client.open_secure_channel()
+    return client
+
+
+async def _create_session(
+    client: Client, sink: OpcUaServerSink, session_cert: ClientCert | None
+) -> Client:
+    """Create a session presenting ``session_cert`` (None: none), whatever secured the channel,
+    as a hostile client could."""
     params = ua.CreateSessionParameters(
         ClientNonce=b"n" * 32,
         RequestedSessionTimeout=60000,
@@ -316,19 +321,79 @@ async def _channel_then_session(
     return client
 
 
+async def _channel_then_session(
+    sink: OpcUaServerSink, channel_cert: ClientCert | None, session_cert: ClientCert | None
+) -> Client:
+    client = await _channel(sink, channel_cert)
+    try:
+        return await _create_session(client, sink, session_cert)
+    except BaseException:
+        client.disconnect_socket()
+        raise
+
+
 @module_loop
 async def test_session_on_an_unsecured_channel_is_refused_even_with_the_right_password(
     server: OpcUaServerSink,
 ) -> None:
     # asyncua opens a None channel whatever the endpoints say (needed for GetEndpoints), and
-    # would activate a session on it: the login gate refuses.
-    client = await _channel_then_session(server, None, None)
+    # would create and activate a session on it: refused at CreateSession.
+    client = await _channel(server, None)
     try:
         with pytest.raises(UaStatusCodeError) as excinfo:
-            await client.activate_session("reader", PASSWORDS["reader"])
+            await _create_session(client, server, None)
         assert excinfo.value.code == StatusCodes.BadSecurityPolicyRejected
+        # Nor can it read without a session.
+        with pytest.raises(UaStatusCodeError) as excinfo:
+            await client.uaclient.read(read_params())
+        assert excinfo.value.code == StatusCodes.BadUserAccessDenied
     finally:
         client.disconnect_socket()
+
+
+@module_loop
+async def test_another_channels_session_cannot_be_taken_over(
+    server: OpcUaServerSink, pki: dict[str, ClientCert]
+) -> None:
+    # asyncua would let a new channel activate a live session by its token and bind it before
+    # checking anything: a refused activation then still read as the session's user.
+    async with session(server, pki["trusted"], "reader", PASSWORDS["reader"]) as victim:
+        token = victim.uaclient.protocol.authentication_token
+        assert token.NodeIdType == ua.NodeIdType.ByteString and len(token.Identifier) == 32
+        thief = await _channel(server, pki["trusted"])
+        try:
+            thief.uaclient.protocol.authentication_token = token
+            thief._server_nonce = b"n" * 32
+            with pytest.raises(UaStatusCodeError) as excinfo:
+                await thief.activate_session("reader", PASSWORDS["reader"])
+            assert excinfo.value.code == StatusCodes.BadSessionIdInvalid
+            with pytest.raises(UaStatusCodeError) as excinfo:
+                await thief.uaclient.read(read_params())
+            assert excinfo.value.code == StatusCodes.BadUserAccessDenied
+        finally:
+            thief.disconnect_socket()
+        # The victim's session still works.
+        assert await victim.get_namespace_index(NAMESPACE) >= 1
+
+
+@module_loop
+async def test_one_session_per_channel(server: OpcUaServerSink, pki: dict[str, ClientCert]) -> None:
+    client = await _channel_then_session(server, pki["trusted"], pki["trusted"])
+    try:
+        with pytest.raises(UaStatusCodeError) as excinfo:
+            await _create_session(client, server, pki["trusted"])
+        assert excinfo.value.code == StatusCodes.BadTooManySessions
+    finally:
+        client.disconnect_socket()
+
+
+def read_params() -> ua.ReadParameters:
+    params = ua.ReadParameters()
+    item = ua.ReadValueId()
+    item.NodeId = ua.NodeId(ua.ObjectIds.Server_ServerStatus_CurrentTime)
+    item.AttributeId = ua.AttributeIds.Value
+    params.NodesToRead = [item]
+    return params
 
 
 @pytest.mark.parametrize("presented", ["trusted certificate", "no certificate"])

@@ -49,3 +49,14 @@ def test_cli_reads_the_password_from_stdin_never_argv() -> None:
     assert verify_password("s3cret", hashed)
     empty = subprocess.run(run, input="\n", capture_output=True, text=True, check=False)
     assert empty.returncode == 2 and "empty password" in empty.stderr
+
+
+@pytest.mark.parametrize(
+    ("n", "r", "p"),
+    [(2**10, 8, 1), (2**15, 8, 16), (2**14, 16, 16), (2**16, 8, 16), (2**20, 8, 1)],
+)
+def test_hashes_too_weak_or_too_costly_are_refused(n: int, r: int, p: int) -> None:
+    # Too weak to trust, too slow for a login on the event loop, or beyond scrypt's memory cap
+    # (which would never verify: a silent lock-out).
+    salt, digest = "c2FsdHNhbHRzYWx0c2FsdA==", "A" * 43 + "="
+    assert not is_password_hash(f"scrypt${n}${r}${p}${salt}${digest}")

@@ -14,6 +14,16 @@ What the API cannot reach is closed here, in subclasses:
   :class:`_BoundedProtocol` closes such a connection as soon as the header is in.
 * **RegisterServer**: asyncua answers it without a session, letting anyone add entries to the
   server's FindServers answer; refused here (``BadServiceUnsupported``).
+* **Session transfer**: asyncua lets a new channel take over a live session by sending
+  ActivateSession with its (sequential, guessable) authentication token, and binds the session
+  to the channel *before* checking the signature or the user: a refused activation left an
+  unauthenticated peer reading as the session's user. Here ActivateSession is only accepted
+  for the session created on the same channel (a reconnecting client creates a new session),
+  and tokens are random.
+* **Session floods**: asyncua registers a session at CreateSession and keeps it when the same
+  channel creates another, so one peer could pile up thousands of never-activated sessions.
+  Here a channel gets one session, and on a channel without security no session at all unless
+  the operator allowed insecure endpoints.
 * **The clock task** that updates ``ServerStatus.CurrentTime`` sleeps a second before it looks at
   its stop flag, which made every stop last up to a second; the sink runs its own.
 """
@@ -21,6 +31,7 @@ What the API cannot reach is closed here, in subclasses:
 from __future__ import annotations
 
 import math
+import secrets
 import socket
 from typing import Any, Final
 
@@ -31,10 +42,12 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto import uacrypto
 from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
 from asyncua.server.server import Server
+from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 
-from ._ua import StatusCodes
+from ._ua import ObjectIds, StatusCodes, numeric_node
 
 __all__ = [
     "ACTIVATION_TIMEOUT_S",
@@ -54,7 +67,31 @@ _PENDING_MESSAGES: Final = 64  # parsed requests queued per connection (asyncua:
 _MAX_SUBSCRIPTIONS: Final = 200  # across all sessions (asyncua: 1000)
 
 
+_CREATE_SESSION = numeric_node(ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
+_ACTIVATE_SESSION = numeric_node(ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
+_NO_SECURITY = "http://opcfoundation.org/UA/SecurityPolicy#None"
+
+
 class _GatewayInternalServer(InternalServer):
+    allow_insecure = False
+
+    def create_session(self, name: str, user: Any = None, external: bool = False) -> Any:
+        session: InternalSession = (
+            super().create_session(name, external=external)
+            if user is None
+            else super().create_session(name, user=user, external=external)
+        )
+        # asyncua numbers tokens from 1000; a token must not be guessable. The session registered
+        # itself under the old token: move it, or closing it would never unregister it.
+        if external:
+            self.unregister_external_session(session)
+        session.auth_token = ua.NodeId(
+            ua.ByteString(secrets.token_bytes(32)), ua.Int16(0), ua.NodeIdType.ByteString
+        )
+        if external:
+            self.register_external_session(session)
+        return session
+
     def register_server(self, server: Any, conf: Any = None) -> None:
         raise ServiceError(StatusCodes.BadServiceUnsupported)
 
@@ -62,7 +99,35 @@ class _GatewayInternalServer(InternalServer):
         raise ServiceError(StatusCodes.BadServiceUnsupported)
 
 
+class _GatewayProcessor(UaProcessor):
+    async def _process_message(  # type: ignore[no-untyped-def]
+        self, typeid, requesthdr, seqhdr, body
+    ):
+        if typeid == _CREATE_SESSION:
+            if self.session is not None:
+                log.warning("opcua_server.session_refused", reason="second session on a channel")
+                raise ServiceError(StatusCodes.BadTooManySessions)
+            unsecured = self._connection.security_policy.URI == _NO_SECURITY
+            if unsecured and not getattr(self.iserver, "allow_insecure", False):
+                log.warning("opcua_server.session_refused", reason="unsecured channel")
+                raise ServiceError(StatusCodes.BadSecurityPolicyRejected)
+        elif typeid == _ACTIVATE_SESSION and self.session is None:
+            # No transfer of another channel's session (asyncua would bind it unauthenticated).
+            log.warning("opcua_server.session_refused", reason="session of another channel")
+            raise ServiceError(StatusCodes.BadSessionIdInvalid)
+        return await super()._process_message(  # type: ignore[no-untyped-call]
+            typeid, requesthdr, seqhdr, body
+        )
+
+
 class _BoundedProtocol(OPCUAProtocol):
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.processor is not None:  # None: refused at max_connections
+            processor = _GatewayProcessor(self.iserver, self.transport, self.limits)
+            processor.set_policies(self.policies)  # type: ignore[no-untyped-call]
+            self.processor = processor
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         # What asyncua leaves in its buffer is the start of one chunk; its size is in bytes 4-8.
@@ -96,15 +161,18 @@ class GatewayServer(Server):
     through asyncua's API; this class only fixes what that API cannot.
     """
 
-    def __init__(self, user_manager: UserManager, max_clients: int) -> None:
-        super().__init__(iserver=_GatewayInternalServer(user_manager=user_manager))
+    def __init__(
+        self, user_manager: UserManager, max_clients: int, allow_insecure: bool = False
+    ) -> None:
+        iserver = _GatewayInternalServer(user_manager=user_manager)
+        iserver.allow_insecure = allow_insecure
+        super().__init__(iserver=iserver)
         self.limits = TransportLimits(
             max_recv_buffer=MAX_CHUNK_BYTES,
             max_send_buffer=MAX_CHUNK_BYTES,
             max_chunk_count=math.ceil(MAX_MESSAGE_BYTES / MAX_CHUNK_BYTES),
             max_message_size=MAX_MESSAGE_BYTES,
         )
-        iserver = self.iserver
         iserver.allow_remote_admin = False
         iserver.max_connections = max_clients
         iserver.max_pending_activation_seconds = ACTIVATION_TIMEOUT_S

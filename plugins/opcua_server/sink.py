@@ -107,7 +107,7 @@ class OpcUaServerSink:
             options.host,
         )
 
-        server = GatewayServer(gate, options.max_clients)
+        server = GatewayServer(gate, options.max_clients, options.allow_insecure)
         server.name = options.server_name
         server.manufacturer_name = "PAT Gateway"
         server.product_uri = "urn:pat-gateway"
