@@ -144,10 +144,8 @@ def no_leaked_threads() -> Iterator[None]:
     assert not extra, f"test leaked threads: {[t.name for t in extra]}"
 
 
-@pytest_asyncio.fixture(autouse=True)
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail an async test that leaves asyncio tasks behind."""
-    yield
+async def assert_no_leftover_tasks(what: str) -> None:
+    """Fail if tasks other than the current one are still running half a second from now."""
     current = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     for _ in range(50):
@@ -155,7 +153,14 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
             break
         await asyncio.sleep(0.01)
         leftover = [t for t in leftover if not t.done()]
-    assert not leftover, f"test leaked tasks: {[t.get_name() for t in leftover]}"
+    assert not leftover, f"{what} leaked tasks: {[t.get_name() for t in leftover]}"
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail an async test that leaves asyncio tasks behind."""
+    yield
+    await assert_no_leftover_tasks("test")
 
 
 @dataclass(frozen=True)

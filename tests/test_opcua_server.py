@@ -34,7 +34,13 @@ from asyncua.crypto import security_policies
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
-from conftest import ClientCert, free_port, make_client_cert, wait_for
+from conftest import (
+    ClientCert,
+    assert_no_leftover_tasks,
+    free_port,
+    make_client_cert,
+    wait_for,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -158,14 +164,7 @@ async def server(
         trust(sink, pki["trusted"])
         yield sink
     # The autouse guard checks each test's own loop; this loop's leftovers are checked here.
-    current = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    for _ in range(50):
-        if not leftover:
-            break
-        await asyncio.sleep(0.01)
-        leftover = [t for t in leftover if not t.done()]
-    assert not leftover, f"the server left tasks behind: {leftover}"
+    await assert_no_leftover_tasks("the shared server")
 
 
 @pytest_asyncio.fixture(loop_scope="module")
