@@ -240,3 +240,32 @@ def test_repair_keeps_good_neighbours_and_handles_unencodable_text(tmp_path: Pat
     assert samples[2].quality is Quality.BAD and samples[2].value is None
     assert samples[2].reason == r"unstorable value of type str: 'bad byte \udcff'"
     assert samples[3].reason == r"'os error \udcfe'"
+
+
+def test_sink_cursors_resume_in_commit_order_and_never_move_back(tmp_path: Path) -> None:
+    """The building block of store-and-forward: each sink reads what follows its own cursor."""
+    store = SampleStore(tmp_path / "s.sqlite")
+    ids = store.define([FLOW, SPEED])
+    flow, speed = ids[FLOW.id].def_id, ids[SPEED.id].def_id
+    store.commit(rows(flow, 0, 3) + rows(speed, 0, 2), {FLOW.id: 3, SPEED.id: 2})
+    assert store.last_id() == 5
+    assert store.cursor("mqtt") == 0
+    first = store.after(store.cursor("mqtt"), limit=4)
+    assert [i for i, _ in first] == [1, 2, 3, 4]
+    assert [(s.signal, s.seq) for _, s in first] == [
+        (FLOW.id, 0), (FLOW.id, 1), (FLOW.id, 2), (SPEED.id, 0),
+    ]  # fmt: skip
+    store.advance_cursor("mqtt", first[-1][0])
+    store.advance_cursor("mqtt", 2)  # a late acknowledgement never moves the cursor back
+    store.advance_cursor("historian", 1)  # every sink has its own
+    store.close()
+
+    store = SampleStore(tmp_path / "s.sqlite")  # as after a restart
+    try:
+        assert (store.cursor("mqtt"), store.cursor("historian")) == (4, 1)
+        assert [(s.signal, s.seq) for _, s in store.after(store.cursor("mqtt"), 10)] == [
+            (SPEED.id, 1)
+        ]
+        assert store.after(store.last_id(), 10) == []
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ import fcntl
 import fnmatch
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -36,7 +36,8 @@ __all__ = ["Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
 
-SCHEMA_VERSION = 2  # 2: the axis table (spectra); a version-1 file is upgraded in place
+# 2: the axis table (spectra); 3: sink cursors. Older files are upgraded in place.
+SCHEMA_VERSION = 3
 
 # sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
 sqlite3.register_adapter(Spectrum, encode_values)
@@ -78,6 +79,13 @@ CREATE TABLE IF NOT EXISTS axis (
     points INTEGER NOT NULL,
     data BLOB NOT NULL,
     created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+-- How far each sink has delivered, as the sample id (commit order) of its last delivered
+-- sample: where it resumes after an outage or a restart. Only ever moves forward.
+CREATE TABLE IF NOT EXISTS sink_cursor (
+    sink TEXT PRIMARY KEY,
+    delivered_id INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 -- Samples the gateway had to drop (store full): counted and kept as evidence.
 CREATE TABLE IF NOT EXISTS loss (
@@ -379,13 +387,12 @@ class SampleStore:
         ``signal_glob`` filters signal ids with shell wildcards (``reactor1/feed_pump/*``);
         ``since_ns`` keeps samples whose source timestamp is at or after it.
         """
-        defs = self._db.execute("SELECT id, name, unit, kind FROM signal_def").fetchall()
+        names, spectral = self._definitions()
         wanted = {
-            def_id: (name, unit)
-            for def_id, name, unit, _ in defs
-            if signal_glob is None or fnmatch.fnmatchcase(name, signal_glob)
+            def_id: name_unit
+            for def_id, name_unit in names.items()
+            if signal_glob is None or fnmatch.fnmatchcase(name_unit[0], signal_glob)
         }
-        spectral = {d for d, _, _, kind in defs if kind == SignalKind.SPECTRUM.value}
         if not wanted:
             return
         where: list[str] = []
@@ -396,14 +403,68 @@ class SampleStore:
         if since_ns is not None:
             where.append("source_ts >= ?")
             params.append(since_ns)
-        sql = "SELECT def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
+        sql = "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        cursor = self._db.execute(sql + " ORDER BY id", params)
+        rows = self._db.execute(sql + " ORDER BY id", params)
+        for _id, sample in self._decoded(rows, wanted, spectral):
+            yield sample
+
+    def after(self, after_id: int, limit: int) -> list[tuple[int, Sample]]:
+        """Up to ``limit`` committed samples whose id (commit order) is above ``after_id``,
+        oldest first, each with its id: what a sink resuming from its cursor reads next."""
+        names, spectral = self._definitions()
+        try:
+            rows = self._db.execute(
+                "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
+                " FROM sample WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+            return list(self._decoded(rows, names, spectral))
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading samples for a sink") from exc
+
+    def last_id(self) -> int:
+        """The id of the newest committed sample (0 for an empty store)."""
+        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM sample").fetchone()[0])
+
+    def cursor(self, sink: str) -> int:
+        """The id of the last sample ``sink`` delivered (0: nothing yet)."""
+        try:
+            row = self._db.execute(
+                "SELECT delivered_id FROM sink_cursor WHERE sink=?", (sink,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a read-only store older than schema 3
+            return 0
+        return int(row[0]) if row else 0
+
+    def advance_cursor(self, sink: str, delivered_id: int) -> None:
+        """Record that ``sink`` delivered everything up to ``delivered_id``; never moves back."""
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO sink_cursor (sink, delivered_id, updated_ns) VALUES (?, ?, ?)"
+                    " ON CONFLICT(sink) DO UPDATE SET delivered_id=excluded.delivered_id,"
+                    " updated_ns=excluded.updated_ns"
+                    " WHERE excluded.delivered_id > sink_cursor.delivered_id",
+                    (sink, delivered_id, now_ns()),
+                )
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"saving the cursor of sink {sink!r}") from exc
+
+    def _definitions(self) -> tuple[dict[int, tuple[str, str]], set[int]]:
+        defs = self._db.execute("SELECT id, name, unit, kind FROM signal_def").fetchall()
+        names = {def_id: (name, unit) for def_id, name, unit, _ in defs}
+        spectral = {d for d, _, _, kind in defs if kind == SignalKind.SPECTRUM.value}
+        return names, spectral
+
+    def _decoded(
+        self, rows: Iterable[Any], names: Mapping[int, tuple[str, str]], spectral: set[int]
+    ) -> Iterator[tuple[int, Sample]]:
         quality = list(Quality)
         axes: dict[str, SpectralAxis | None] = {}
-        for def_id, seq, source_ts, gateway_ts, q, value, reason in cursor:
-            name, unit = wanted[def_id]
+        for row_id, def_id, seq, source_ts, gateway_ts, q, value, reason in rows:
+            name, unit = names.get(def_id, (f"#{def_id}", ""))
             if def_id in spectral and value is not None:
                 try:
                     value = self._spectrum(value, axes)
@@ -411,10 +472,10 @@ class SampleStore:
                     # One damaged row must not hide the rest of the store: report it as what
                     # it now is, a sample whose value cannot be read, and go on.
                     value, q = None, int(Quality.BAD)
-                    reason = f"stored spectrum unreadable: {exc}" + (
-                        f"; {reason}" if reason else ""
-                    )
-            yield Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
+                    problem = f"stored spectrum unreadable: {exc}"
+                    reason = f"{problem}; {reason}" if reason else problem
+            sample = Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
+            yield row_id, sample
 
     def _spectrum(self, blob: Any, axes: dict[str, SpectralAxis | None]) -> Spectrum:
         try:
