@@ -26,22 +26,16 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from asyncua import Server, ua
-from pydantic import BaseModel, ConfigDict
+from pipeline import SyntheticPlugin  # the same synthetic driver as the pipeline benchmark
 
 from gateway import (
-    Channel,
-    InstrumentIO,
-    PluginContext,
-    Registry,
     build_registry,
     hash_password,
-    hookimpl,
     load_plan,
 )
 from gateway.logs import configure_logging
@@ -155,46 +149,14 @@ def _serve_device(port: int, variables: int, period_ms: float) -> int:
     return 0
 
 
-class SyntheticOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    rate: float = 20_000.0
-
-
-class SyntheticDriver:
-    """``rate`` readings per second over 100 channels, every 5 ms."""
-
-    def __init__(self, options: SyntheticOptions, context: PluginContext) -> None:
-        self.rate = options.rate
-
-    def channels(self) -> Sequence[Channel]:
-        return [Channel(f"s{i}", "mL/min") for i in range(100)]
-
-    async def run(self, io: InstrumentIO) -> None:
-        io.connected()
-        outputs = [io.output(f"s{i}").publish for i in range(100)]
-        loop = asyncio.get_running_loop()
-        start, sent, value = loop.time(), 0, 0.0
-        while True:
-            due = int((loop.time() - start) * self.rate)
-            for k in range(sent, due):
-                outputs[k % 100](value)
-                value += 0.5
-            sent = max(sent, due)
-            await asyncio.sleep(0.005)
-
-
-class SyntheticPlugin:
-    @hookimpl
-    def pat_gateway_register_drivers(self, registry: Registry) -> None:
-        registry.add_driver("synthetic", SyntheticDriver, SyntheticOptions)
-
-
 async def server_updates(seconds: float, rate: float, folder: Path) -> dict[str, Any]:
     config = {
         "area": "bench",
         "store": {"path": str(folder / "s.sqlite"), "commit_interval_ms": 100},
         "data_dir": str(folder / "data"),
-        "instruments": [{"id": "synth", "driver": "synthetic", "options": {"rate": rate}}],
+        "instruments": [
+            {"id": "synth", "driver": "synthetic", "options": {"signals": 100, "rate": rate}}
+        ],
         "sinks": [
             {
                 "id": "opcua",

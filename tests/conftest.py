@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import Plan, build_registry, load_plan
+from gateway import Plan, PollingDriver, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
+
+PollingDriverT = TypeVar("PollingDriverT", bound=PollingDriver)
 
 
 def free_port() -> int:
@@ -213,3 +215,14 @@ def make_client_cert(folder: Path, name: str) -> ClientCert:
         )
     )
     return pair
+
+
+@asynccontextmanager
+async def connected(driver: PollingDriverT) -> AsyncIterator[PollingDriverT]:
+    """One session of a polling ``driver``, as the runtime runs it: connect, then always close
+    (also after a failed connect)."""
+    try:
+        await driver.connect()
+        yield driver
+    finally:
+        await driver.close()

@@ -320,9 +320,10 @@ async def test_the_address_space_carries_units_ranges_and_fresh_values() -> None
                 assert low <= dv.Value.Value <= high, path
 
         # Values are recomputed every update, each with a new source timestamp.
-        await asyncio.sleep(4 * UPDATE_S)
-        later = await read(client, ns, "Temperature.PV")
-        assert later.SourceTimestamp > first["Temperature.PV"].SourceTimestamp
+        before = first["Temperature.PV"].SourceTimestamp
+        later = await wait_for_dv(
+            client, ns, "Temperature.PV", lambda dv: dv.SourceTimestamp > before
+        )
         assert later.Value.Value != first["Temperature.PV"].Value.Value
         clock = await client.nodes.server.get_child(["0:ServerStatus", "0:CurrentTime"])
         assert datetime.now(UTC) - await clock.read_value() < timedelta(seconds=1)

@@ -8,14 +8,12 @@ is checked against the emulator's own pixel wavelengths.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytest
-from conftest import wait_for, write_config
+from conftest import connected, wait_for, write_config
 from test_obp_link import RecordingIO
 
 from firmware_stubs.raman import Fault, RamanEmulator
@@ -46,15 +44,6 @@ def make_driver(port: str, tmp_path: Path, **options: Any) -> ObpSpectrometer:
         **options,
     }
     return ObpSpectrometer(ObpOptions.model_validate(config), PluginContext("raman", tmp_path))
-
-
-@asynccontextmanager
-async def connected(driver: ObpSpectrometer) -> AsyncIterator[ObpSpectrometer]:
-    await driver.connect()
-    try:
-        yield driver
-    finally:
-        await driver.close()
 
 
 @pytest.mark.asyncio

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import pytest_asyncio
-from conftest import wait_for
+from conftest import connected, wait_for
 
 from gateway import InstrumentError, PluginContext, Quality, Spectrum
 from plugins.ocean_obp.driver import ObpSpectrometer
@@ -220,16 +220,6 @@ class RecordingIO:
         self.connections += 1
 
 
-@asynccontextmanager
-async def connected(driver: ObpSpectrometer) -> AsyncIterator[ObpSpectrometer]:
-    """One session of ``driver``, as the runtime runs it: connect, then always close."""
-    await driver.connect()
-    try:
-        yield driver
-    finally:
-        await driver.close()
-
-
 def make_driver(port: str, tmp_path: Path, **options: Any) -> ObpSpectrometer:
     config = {
         "port": port, "laser_wavelength_nm": 785.0, "integration_time_ms": 5, "timeout_s": 0.3,
@@ -405,11 +395,13 @@ async def test_a_device_without_temperature_gets_a_bad_temperature_not_a_reconne
 async def test_a_failed_connect_raises_and_leaves_no_thread(
     tmp_path: Path, device: ScriptedSpectrometer, setup: dict[str, Any], reason: str
 ) -> None:
+    # (the autouse guard fails the test if the session leaves the link's thread behind)
     for name, value in setup.items():
         setattr(device, name, value)
     driver = make_driver(device.url, tmp_path)
     with pytest.raises(InstrumentError, match=reason):
-        await driver.connect()
+        async with connected(driver):
+            pass
 
 
 @pytest.mark.asyncio
@@ -429,7 +421,8 @@ async def test_an_unreachable_port_is_an_instrument_error_naming_it(
 ) -> None:
     driver = make_driver(port, tmp_path)
     with pytest.raises(InstrumentError, match=f"cannot open {port}"):
-        await driver.connect()
+        async with connected(driver):
+            pass
 
 
 # -- the link ---------------------------------------------------------------------------------
@@ -454,6 +447,11 @@ async def test_unrelated_frames_are_skipped_and_counted(device: ScriptedSpectrom
         assert link.unrelated_frames == 1
 
 
+async def in_flight(device: ScriptedSpectrometer, msg_type: int) -> None:
+    """Return once the device has received a request of ``msg_type``."""
+    await wait_for(lambda: any(r.msg_type == msg_type for r in device.requests), within=5)
+
+
 @pytest.mark.asyncio
 async def test_a_cancelled_request_leaves_the_link_usable(device: ScriptedSpectrometer) -> None:
     device.faults[GET_RAW_SPECTRUM] = "silence"
@@ -461,7 +459,7 @@ async def test_a_cancelled_request_leaves_the_link_usable(device: ScriptedSpectr
         waiting = asyncio.create_task(
             link.request(GET_RAW_SPECTRUM, timeout_s=30.0), name="test.obp.request"
         )
-        await asyncio.sleep(0.1)
+        await in_flight(device, GET_RAW_SPECTRUM)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -480,7 +478,7 @@ async def test_close_stops_a_request_in_progress_promptly(device: ScriptedSpectr
     waiting = asyncio.create_task(
         link.request(GET_RAW_SPECTRUM, timeout_s=30.0), name="test.obp.request"
     )
-    await asyncio.sleep(0.1)
+    await in_flight(device, GET_RAW_SPECTRUM)
     started = time.monotonic()
     await link.close()
     assert time.monotonic() - started < 1.0

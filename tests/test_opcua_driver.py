@@ -296,26 +296,25 @@ def make_driver(url: str, tmp_path: Path, **extra: Any) -> OpcUaDriver:
     )
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Controller]:
-    """One server for the tests that leave it as they found it (building one takes seconds)."""
+def started_controller() -> Iterator[Controller]:
     device = Controller()
     device.call(device._start()).result(timeout=60)
     try:
         yield device
     finally:
         device.close()
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Controller]:
+    """One server for the tests that leave it as they found it (building one takes seconds)."""
+    yield from started_controller()
 
 
 @pytest.fixture
 def controller() -> Iterator[Controller]:
     """A server of the test's own, to stop, restart or break."""
-    device = Controller()
-    device.call(device._start()).result(timeout=60)
-    try:
-        yield device
-    finally:
-        device.close()
+    yield from started_controller()
 
 
 class Session:

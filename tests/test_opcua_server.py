@@ -83,16 +83,13 @@ def trust(sink: OpcUaServerSink, client: ClientCert) -> None:
     shutil.copy(client.cert, sink.trusted_dir / client.cert.name)
 
 
-@contextlib.asynccontextmanager
-async def session(
+async def client_for(
     sink: OpcUaServerSink,
     who: ClientCert | None,
-    user: str | None = None,
-    password: str | None = None,
     policy: type[security_policies.SecurityPolicy] = BASIC256SHA256,
     mode: ua.MessageSecurityMode = SIGN_AND_ENCRYPT,
-) -> AsyncIterator[Client]:
-    """A connected, activated client session (raises what the server answered)."""
+) -> Client:
+    """A client (not connected) securing its channel with ``who``'s certificate (None: none)."""
     client = Client(sink.endpoint_url, timeout=5)
     if who is not None:
         assert sink.own_certificate is not None
@@ -104,6 +101,20 @@ async def session(
             server_certificate=str(sink.own_certificate.cert_path),
             mode=mode,
         )
+    return client
+
+
+@contextlib.asynccontextmanager
+async def session(
+    sink: OpcUaServerSink,
+    who: ClientCert | None,
+    user: str | None = None,
+    password: str | None = None,
+    policy: type[security_policies.SecurityPolicy] = BASIC256SHA256,
+    mode: ua.MessageSecurityMode = SIGN_AND_ENCRYPT,
+) -> AsyncIterator[Client]:
+    """A connected, activated client session (raises what the server answered)."""
+    client = await client_for(sink, who, policy, mode)
     if user is not None:
         client.set_user(user)
     if password is not None:
@@ -283,16 +294,7 @@ async def test_trusted_client_with_password_reads_on_every_policy(
 
 async def _channel(sink: OpcUaServerSink, channel_cert: ClientCert | None) -> Client:
     """A client with a secure channel open with ``channel_cert`` (None: no security)."""
-    client = Client(sink.endpoint_url, timeout=5)
-    if channel_cert is not None:
-        assert sink.own_certificate is not None
-        client.application_uri = channel_cert.uri
-        await client.set_security(
-            BASIC256SHA256,
-            str(channel_cert.cert),
-            str(channel_cert.key),
-            server_certificate=str(sink.own_certificate.cert_path),
-        )
+    client = await client_for(sink, channel_cert)
     await client.connect_socket()
     await client.send_hello()
     await client.open_secure_channel()

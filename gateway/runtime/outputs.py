@@ -117,7 +117,7 @@ class SpectrumOutput(SignalOutput):
         q, source_ts, reason = _checked(quality, source_ts, reason, gateway_ts)
         if value is not None:
             if type(value) is not Spectrum:
-                q, reason = _BAD, _also(f"expected a Spectrum, got {_type_name(value)}", reason)
+                q, reason = _BAD, _also(f"expected a Spectrum, got {type(value).__name__}", reason)
                 value = None
             else:
                 if self._convert:
@@ -134,10 +134,6 @@ class SpectrumOutput(SignalOutput):
         row = (self.def_id, seq, source_ts, gateway_ts, q, value, reason)
         self._append(row)
         self.latest = row
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
 
 
 def _checked(

@@ -125,28 +125,21 @@ class ObpSpectrometer(PollingDriver):
             checksum=o.checksum == "md5",
             name=f"obp-{self.context.id}",
         )
-        # PollingDriver.run closes only after a successful connect: clean up here otherwise,
-        # or the link's worker thread would outlive this attempt.
-        try:
-            await link.open()
-            serial_number = await self._identify(link)
-            await link.request(
-                SET_TRIGGER_MODE,
-                bytes([_TRIGGER_NORMAL]),
-                timeout_s=o.timeout_s,
-                request_ack=True,
-            )
-            await link.request(
-                SET_INTEGRATION_TIME,
-                struct.pack("<I", self._integration_us),
-                timeout_s=o.timeout_s,
-                request_ack=True,
-            )
-            coefficients = await self._read_coefficients(link)
-        except BaseException:
-            await link.close()
-            raise
+        # Owned by the driver from the start: PollingDriver.run calls close() after a failed
+        # connect too, which stops the link's worker thread.
         self._link = link
+        await link.open()
+        serial_number = await self._identify(link)
+        await link.request(
+            SET_TRIGGER_MODE, bytes([_TRIGGER_NORMAL]), timeout_s=o.timeout_s, request_ack=True
+        )
+        await link.request(
+            SET_INTEGRATION_TIME,
+            struct.pack("<I", self._integration_us),
+            timeout_s=o.timeout_s,
+            request_ack=True,
+        )
+        coefficients = await self._read_coefficients(link)
         self.serial_number = serial_number
         if coefficients != self._coefficients:
             self._coefficients = coefficients
