@@ -8,6 +8,7 @@ from .api import (
     Channel,
     Driver,
     Emulator,
+    ForwardingSink,
     InstrumentIO,
     Output,
     PluginContext,
@@ -28,7 +29,15 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .loader import Plan, load_plan
-from .model import Quality, Sample, Signal, SignalKind, sample_to_json, sample_to_json_dict
+from .model import (
+    Quality,
+    Sample,
+    Signal,
+    SignalKind,
+    historical_json,
+    sample_to_json,
+    sample_to_json_dict,
+)
 from .passwords import hash_password, is_password_hash, verify_password
 from .pluginmanager import ENTRY_POINT_GROUP, build_registry
 from .registry import PluginKind, Registry
@@ -43,6 +52,7 @@ __all__ = [
     "Conversion",
     "Driver",
     "Emulator",
+    "ForwardingSink",
     "GatewayError",
     "InstrumentError",
     "InstrumentIO",
@@ -70,6 +80,7 @@ __all__ = [
     "compile_conversion",
     "format_ns",
     "hash_password",
+    "historical_json",
     "hookimpl",
     "is_password_hash",
     "load_plan",

@@ -27,6 +27,7 @@ __all__ = [
     "Channel",
     "Driver",
     "Emulator",
+    "ForwardingSink",
     "InstrumentIO",
     "Output",
     "PluginContext",
@@ -53,11 +54,14 @@ class Channel:
 
 @dataclass(frozen=True, slots=True)
 class PluginContext:
-    """What a factory is told about the thing it builds: its id, a folder for its files, timing."""
+    """What a factory is told about the thing it builds: its id, a folder for its files, timing,
+    and where it runs (the configuration's ``site`` and ``area``, e.g. for topic names)."""
 
     id: str
     data_dir: Path
     poll_interval_s: float = 1.0
+    site: str = "site"
+    area: str = ""
 
 
 class Output(Protocol):
@@ -164,7 +168,32 @@ class Sink(Protocol):
         A sink may also define ``bind(signals: Sequence[Signal]) -> None``: the runtime calls it
         with every configured signal before entering the sink (e.g. to build an OPC UA address
         space up front).
+
+        **Store-and-forward.** A sink that also defines
+        ``async def forward(samples: Sequence[Sample], historical: bool) -> None`` is fed from
+        the store through a durable cursor instead (see :class:`ForwardingSink`): nothing
+        committed is lost to it by an outage or a restart. ``send`` is then not called.
         """
+
+
+@runtime_checkable
+class ForwardingSink(Sink, Protocol):
+    """A sink fed at least once, from the store, through a durable per-sink cursor.
+
+    ``forward`` returns only once the destination has *acknowledged* every sample (an MQTT
+    PUBACK, an fsync...) and raises on any failure — the runtime then retries from the cursor
+    with backoff, so ``forward`` should not retry by itself, and should re-establish a lost
+    connection on its next call. ``historical`` is true for samples delivered late (the backlog
+    after an outage or a restart), false for live ones.
+
+    The runtime may call ``forward`` again before an earlier call returned, up to
+    ``max_concurrent_forwards`` calls (a class attribute; 1 if absent). The sink must hand the
+    samples to its transport in call order (before its first ``await``, for instance), so that
+    per-signal order is kept within each lane. After a failure some samples may be delivered
+    twice; consumers de-duplicate on ``(signal, seq)``.
+    """
+
+    async def forward(self, samples: Sequence[Sample], historical: bool) -> None: ...
 
 
 @runtime_checkable

@@ -20,8 +20,10 @@ __all__ = [
     "BackoffConfig",
     "EmulatorConfig",
     "GatewayConfig",
+    "HttpConfig",
     "InstrumentConfig",
     "LoggingConfig",
+    "RetentionConfig",
     "SignalConfig",
     "SinkConfig",
     "StoreConfig",
@@ -109,8 +111,34 @@ class EmulatorConfig(_Closed):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class RetentionConfig(_Closed):
+    """How much undelivered data a store-and-forward sink keeps forwarding after an outage.
+
+    The bound counts samples committed but not yet acknowledged by this sink. When it is
+    exceeded, ``policy`` applies: ``drop_oldest`` gives up the oldest undelivered samples *for
+    this sink* (they stay in the local store; each one is counted, logged and recorded in the
+    store's loss table), ``stop`` makes the gateway stop committing new samples until the sink
+    has caught up (the store's ``on_full`` policy then drops them, counted and recorded).
+    """
+
+    max_samples: int | None = Field(
+        default=10_000_000, ge=1, description="Most undelivered samples (null: no bound)."
+    )
+    max_age_s: float | None = Field(
+        default=None, gt=0, description="Oldest undelivered sample, in seconds (null: no bound)."
+    )
+    policy: Literal["drop_oldest", "stop"] = Field(
+        default="drop_oldest", description="What happens when a bound is exceeded."
+    )
+
+
 class SinkConfig(_Closed):
-    """An upstream destination fed with every committed sample."""
+    """An upstream destination fed with every committed sample.
+
+    A sink that supports store-and-forward (MQTT, JSON lines) is fed from the store through a
+    durable cursor: nothing committed is lost to it by an outage or a restart. Other sinks (the
+    OPC UA server, which shows current values) get live batches at most once.
+    """
 
     id: Identifier
     type: str = Field(description="Sink plugin name, see 'patgw plugins'.")
@@ -118,10 +146,34 @@ class SinkConfig(_Closed):
     queue_max_samples: int = Field(
         default=200_000,
         ge=1,
-        description="Committed samples held for a slow sink; beyond, its oldest are lost to it.",
+        description=(
+            "Committed samples held in memory for a slow sink. Beyond it a store-and-forward"
+            " sink reads them back from the store later; any other sink loses its oldest."
+        ),
     )
     send_timeout_s: float = Field(
-        default=10.0, gt=0, description="A send taking longer is abandoned and counted lost."
+        default=10.0,
+        gt=0,
+        description="A send not acknowledged within this time counts as failed.",
+    )
+    start_from: Literal["latest", "earliest"] = Field(
+        default="latest",
+        description=(
+            "Where a store-and-forward sink seen for the first time starts: samples committed"
+            " from now on ('latest') or everything already in the store ('earliest')."
+        ),
+    )
+    batch_max_samples: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Most samples handed to the sink at once."
+    )
+    backlog_max_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Cap on backlog samples/s after an outage (null: as fast as the sink acks).",
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    retry: BackoffConfig = Field(
+        default_factory=BackoffConfig, description="Delays between attempts after a failure."
     )
 
 
@@ -169,6 +221,15 @@ class ViewConfig(_Closed):
     )
 
 
+class HttpConfig(_Closed):
+    """The local HTTP endpoint: ``/health`` (JSON) and ``/metrics`` (Prometheus text)."""
+
+    host: str = Field(
+        default="127.0.0.1", description="Address to listen on; loopback unless you mean it."
+    )
+    port: int = Field(default=9180, ge=0, le=65535, description="TCP port (0: any free port).")
+
+
 class GatewayConfig(_Closed):
     """A PAT Gateway configuration file."""
 
@@ -183,6 +244,9 @@ class GatewayConfig(_Closed):
     store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     view: ViewConfig = Field(default_factory=ViewConfig)
+    http: HttpConfig | None = Field(
+        default=None, description="Health and metrics endpoint; omitted: not served."
+    )
     emulators: list[EmulatorConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)
     sinks: list[SinkConfig] = Field(default_factory=list)

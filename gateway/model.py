@@ -17,7 +17,15 @@ from typing import Any, NamedTuple
 from .spectra import SpectralAxis, Spectrum
 from .timefmt import format_ns
 
-__all__ = ["Quality", "Sample", "Signal", "SignalKind", "sample_to_json", "sample_to_json_dict"]
+__all__ = [
+    "Quality",
+    "Sample",
+    "Signal",
+    "SignalKind",
+    "historical_json",
+    "sample_to_json",
+    "sample_to_json_dict",
+]
 
 
 class Quality(IntEnum):
@@ -176,6 +184,12 @@ def sample_to_json(sample: Sample) -> str:
     if sample.quality != _GOOD:
         return f'{text},"reason":{_dumps(sample.reason or "")}}}'
     return text + "}"
+
+
+def historical_json(sample: Sample) -> str:
+    """:func:`sample_to_json` of a sample delivered late (a sink's backlog after an outage or
+    a restart): the same object with ``"historical":true`` as its last member."""
+    return sample_to_json(sample)[:-1] + ',"historical":true}'
 
 
 def _spectrum_json(sample: Sample, spectrum: Spectrum, head: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 from gateway import Quality, Signal, StoreError, StoreFullError
 from gateway.config import StoreConfig
 from gateway.store import SampleStore, StoreWriter
+from gateway.store.sqlite import Delivery
 
 FLOW = Signal("r1/pump/flow", "mL/min", instrument="pump")
 SPEED = Signal("r1/pump/speed", "{rev}/min", instrument="pump")
@@ -242,30 +243,42 @@ def test_repair_keeps_good_neighbours_and_handles_unencodable_text(tmp_path: Pat
     assert samples[3].reason == r"'os error \udcfe'"
 
 
-def test_sink_cursors_resume_in_commit_order_and_never_move_back(tmp_path: Path) -> None:
-    """The building block of store-and-forward: each sink reads what follows its own cursor."""
+def test_sink_deliveries_are_saved_with_the_commit_and_reread_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The building block of store-and-forward: each sink's delivered ids, saved atomically
+    with a commit (and with the losses it records), read back after a restart."""
     store = SampleStore(tmp_path / "s.sqlite")
     ids = store.define([FLOW, SPEED])
     flow, speed = ids[FLOW.id].def_id, ids[SPEED.id].def_id
     store.commit(rows(flow, 0, 3) + rows(speed, 0, 2), {FLOW.id: 3, SPEED.id: 2})
-    assert store.last_id() == 5
-    assert store.cursor("mqtt") == 0
-    first = store.after(store.cursor("mqtt"), limit=4)
-    assert [i for i, _ in first] == [1, 2, 3, 4]
-    assert [(s.signal, s.seq) for _, s in first] == [
+    assert store.last_id() == store.last_committed_id == 5
+    assert store.delivery("mqtt") is None  # never seen: the runtime decides where it starts
+    page = store.between(1, 4)
+    assert [i for i, _ in page] == [1, 2, 3, 4]
+    assert [(s.signal, s.seq) for _, s in page] == [
         (FLOW.id, 0), (FLOW.id, 1), (FLOW.id, 2), (SPEED.id, 0),
     ]  # fmt: skip
-    store.advance_cursor("mqtt", first[-1][0])
-    store.advance_cursor("mqtt", 2)  # a late acknowledgement never moves the cursor back
-    store.advance_cursor("historian", 1)  # every sink has its own
+    gone = store.runs([(1, 2), (4, 4)], "retention")
+    assert sorted((x.signal, x.first_seq, x.last_seq, x.count) for x in gone) == [
+        (FLOW.id, 0, 1, 2), (SPEED.id, 0, 0, 1),
+    ]  # fmt: skip
+    store.commit(
+        rows(flow, 3, 1),
+        {FLOW.id: 4},
+        losses=gone,
+        deliveries=[Delivery("mqtt", 2, ((4, 5),)), Delivery("historian", 1)],
+    )
+    assert store.last_committed_id == 6
+    store.commit([], {}, deliveries=[Delivery("historian", 0)])  # never moves back
+    assert store.gateway_ts(6) is not None and store.gateway_ts(7) is None
     store.close()
 
     store = SampleStore(tmp_path / "s.sqlite")  # as after a restart
     try:
-        assert (store.cursor("mqtt"), store.cursor("historian")) == (4, 1)
-        assert [(s.signal, s.seq) for _, s in store.after(store.cursor("mqtt"), 10)] == [
-            (SPEED.id, 1)
-        ]
-        assert store.after(store.last_id(), 10) == []
+        assert store.delivery("mqtt") == Delivery("mqtt", 2, ((4, 5),))
+        assert store.delivery("historian") == Delivery("historian", 1)
+        assert len(store.losses()) == 2
+        assert store.between(7, 10) == []
     finally:
         store.close()

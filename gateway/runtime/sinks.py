@@ -4,7 +4,8 @@ The store writer hands every committed batch to :meth:`SinkFeeder.offer`, which 
 a queue. The feeder's task turns rows into :class:`~gateway.model.Sample` objects and calls the
 sink's ``send`` under a timeout. A sink that is slower than the data, hangs or fails loses
 batches *for that sink only* — the store has every sample — and each lost sample is counted and
-logged. (Durable per-sink cursors that resume from the store are the MQTT issue's work.)
+logged. This is for sinks that show current values (the OPC UA server); a sink that implements
+``forward`` is fed from the store at least once instead (:mod:`.forward`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SinkFeeder:
         """Samples waiting for this sink."""
         return self._queued
 
-    def offer(self, rows: Sequence[Row]) -> None:
+    def offer(self, first_id: int, rows: Sequence[Row]) -> None:
         """Queue a committed batch; never blocks. Over the bound, the oldest batches go."""
         if self._closed:
             self._lose(len(rows), "the sink had already stopped")

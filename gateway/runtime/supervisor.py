@@ -1,14 +1,16 @@
 """The supervisor: starts everything in order, runs it in one TaskGroup, stops it in order.
 
 Start: open the store and look up signal definitions and counters → enter emulators → enter
-sinks → run the store writer, one runner per instrument, one feeder per sink and the live view
-as named tasks.
+sinks (each resuming from its saved cursor if it forwards from the store) → run the store
+writer, one runner per instrument, one feeder or forwarder per sink and the live view as named
+tasks.
 
 Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI): cancel the instruments
 (waiting at most ``STOP_TIMEOUT_S`` for drivers to close) → the writer commits what is left →
-the sinks get what was committed (bounded wait) → feeders and view stop → sinks exit →
-emulators exit → the store closes. The writer's final commit also runs when the run ends by an
-error, so an exception never silently discards published samples.
+the sinks get what was committed (bounded wait) → feeders, forwarders and view stop → the
+forwarders' progress is saved → sinks exit → emulators exit → the store closes. The writer's
+final commit also runs when the run ends by an error, so an exception never silently discards
+published samples.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from typing import Any
 import structlog
 
 from ..api import Output
-from ..config import SinkConfig
+from ..config import HttpConfig, SinkConfig
 from ..errors import GatewayError
+from ..http import serve_http
 from ..loader import ComponentPlan, Plan
 from ..model import SignalKind
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
+from .forward import BacklogReader, Forwarder
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput, SpectrumOutput
 from .sinks import SinkFeeder
@@ -60,8 +64,13 @@ class Gateway:
         self.runners: list[InstrumentRunner] = []
         self.outputs: list[SignalOutput] = []
         self.feeders: list[SinkFeeder] = []
+        self.forwarders: list[Forwarder] = []
+        self.first_seq: dict[str, int] = {}  # seq of each signal when this run started
         self.writer: StoreWriter | None = None
+        self._reader: BacklogReader | None = None
+        self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
+        self.stopping = False  # set once the run begins to stop (for /health)
 
     @property
     def stats(self) -> WriterStats:
@@ -75,7 +84,11 @@ class Gateway:
         self.writer = writer
         writer_stop = asyncio.Event()
         writer_task: asyncio.Task[None] | None = None
+        http_task: asyncio.Task[None] | None = None
         try:
+            if self.plan.config.http is not None:
+                # Before anything else starts: a port in use is a clean error at start-up.
+                http_task = await self._serve_http(self.plan.config.http)
             async with contextlib.AsyncExitStack() as stack:
                 for emulator in self.plan.emulators:
                     await _enter(stack, emulator, "emulator")
@@ -87,17 +100,7 @@ class Gateway:
                         # every signal before the first sample arrives.
                         bind(self.plan.signals)
                     instance = await _enter(stack, sink, "sink")
-                    sink_config = sink.config
-                    assert isinstance(sink_config, SinkConfig)
-                    feeder = SinkFeeder(
-                        sink.id,
-                        instance,
-                        writer.names,
-                        max_queued=sink_config.queue_max_samples,
-                        send_timeout_s=sink_config.send_timeout_s,
-                    )
-                    self.feeders.append(feeder)
-                    writer.on_commit.append(feeder.offer)
+                    await self._attach(sink, instance, writer)
                     log.info("sink.started", sink=sink.id, type=sink.type)
                 self._build_runners(stored, writer)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
@@ -107,7 +110,7 @@ class Gateway:
                     "gateway.started",
                     instruments=len(self.runners),
                     signals=len(self.outputs),
-                    sinks=len(self.feeders),
+                    sinks=len(self.feeders) + len(self.forwarders),
                     store=str(self.plan.config.store.path),
                 )
                 self.started.set()
@@ -117,8 +120,20 @@ class Gateway:
                 if writer_task is not None:
                     await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
+                if self.forwarders:
+                    # What the sinks acknowledged while draining: saved, or sent twice later.
+                    await _uncancellable(writer.flush())
             finally:
-                await _uncancellable(writer.aclose())
+                try:
+                    if self._reader is not None:
+                        await _uncancellable(self._reader.aclose())
+                finally:
+                    try:
+                        await _uncancellable(writer.aclose())
+                    finally:
+                        if http_task is not None:  # last: /health says "stopping" until here
+                            http_task.cancel()
+                            await asyncio.wait({http_task})
         summary = RunSummary(
             committed=writer.stats.committed,
             dropped=writer.stats.dropped,
@@ -126,7 +141,20 @@ class Gateway:
                 r.instrument_id: {"sessions": r.sessions, "failures": r.failures}
                 for r in self.runners
             },
-            sinks={f.sink_id: {"delivered": f.delivered, "lost": f.lost} for f in self.feeders},
+            sinks={
+                **{f.sink_id: {"delivered": f.delivered, "lost": f.lost} for f in self.feeders},
+                **{
+                    f.sink_id: {
+                        "delivered": f.stats.delivered,
+                        "historical": f.stats.delivered_historical,
+                        "backlog": f.stats.backlog,
+                        "dropped": f.stats.dropped,
+                        "failures": f.stats.failures,
+                        "resent": f.stats.resent,
+                    }
+                    for f in self.forwarders
+                },
+            },
         )
         log.info(
             "gateway.stopped",
@@ -135,6 +163,48 @@ class Gateway:
             sinks=summary.sinks,
         )
         return summary
+
+    async def _serve_http(self, config: HttpConfig) -> asyncio.Task[None]:
+        """Start the health and metrics endpoint; return its task once it listens."""
+        listening: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+
+        def bound(host: str, port: int) -> None:
+            if not listening.done():
+                listening.set_result((host, port))
+
+        task = asyncio.create_task(serve_http(self, config, on_listening=bound), name="http")
+        waiting: set[asyncio.Future[Any]] = {task, listening}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            listening.cancel()
+            task.result()  # the bind failed: GatewayError naming the address
+            raise GatewayError("the HTTP endpoint stopped at start-up")
+        self.http_address = listening.result()
+        return task
+
+    async def _attach(self, sink: ComponentPlan, instance: Any, writer: StoreWriter) -> None:
+        """Feed ``instance`` from the store (a forwarding sink) or live batches (any other)."""
+        config = sink.config
+        assert isinstance(config, SinkConfig)
+        if not callable(getattr(instance, "forward", None)):
+            feeder = SinkFeeder(
+                sink.id,
+                instance,
+                writer.names,
+                max_queued=config.queue_max_samples,
+                send_timeout_s=config.send_timeout_s,
+            )
+            self.feeders.append(feeder)
+            writer.on_commit.append(feeder.offer)
+            return
+        if self._reader is None:
+            self._reader = BacklogReader(self.plan.config.store.path)
+        forwarder = Forwarder(sink.id, instance, config, writer.names, self._reader)
+        delivery, last_id = await writer.call(lambda s: (s.delivery(sink.id), s.last_id()))
+        forwarder.start(delivery, last_id)
+        self.forwarders.append(forwarder)
+        writer.on_commit.append(forwarder.offer)
+        writer.delivery_sources.append(forwarder)
 
     def _refuse_late_samples(self) -> None:
         """After the final commit, anything still published is counted as dropped, not kept
@@ -191,9 +261,9 @@ class Gateway:
         ]
         try:
             async with asyncio.TaskGroup() as group:
+                all_sinks: tuple[SinkFeeder | Forwarder, ...] = (*self.feeders, *self.forwarders)
                 feeders = [
-                    group.create_task(feeder.run(), name=f"sink.{feeder.sink_id}")
-                    for feeder in self.feeders
+                    group.create_task(sink.run(), name=f"sink.{sink.sink_id}") for sink in all_sinks
                 ]
                 view = group.create_task(run_view(self, interactive=self.interactive), name="view")
                 stopper = group.create_task(stop.wait(), name="stop")
@@ -206,6 +276,7 @@ class Gateway:
                 if writer_task in done:
                     # Only a bug ends the writer early; stop rather than run unstored.
                     log.error("gateway.writer_stopped_unexpectedly")
+                self.stopping = True
                 log.info("gateway.stopping")
                 for task in instruments:
                     task.cancel()
@@ -214,11 +285,11 @@ class Gateway:
                     log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
                 await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
-                if self.feeders:
+                if all_sinks:
                     loop = asyncio.get_running_loop()
-                    deadline = loop.time() + max(f.send_timeout_s for f in self.feeders)
-                    for feeder in self.feeders:
-                        await feeder.drain(deadline)
+                    deadline = loop.time() + max(f.send_timeout_s for f in all_sinks)
+                    for sink in all_sinks:
+                        await sink.drain(deadline)
                 for task in (*feeders, view):
                     task.cancel()
                 await asyncio.wait((*feeders, view))
@@ -244,6 +315,7 @@ class Gateway:
                     output = SignalOutput(
                         sp.signal, sp.conversion, info.def_id, info.next_seq, append
                     )
+                self.first_seq[sp.signal.id] = info.next_seq
                 by_channel[sp.channel].append(output)
                 signal_outputs.append(output)
             channels: dict[str, Output] = {

@@ -24,7 +24,14 @@ __all__ = ["format_value", "run_view"]
 log = structlog.get_logger("gateway.view")
 
 _STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
-_STATE_STYLE = {"connected": "green", "connecting": "yellow", "down": "red", "stopped": "dim"}
+_STATE_STYLE = {
+    "connected": "green",
+    "up": "green",
+    "connecting": "yellow",
+    "starting": "yellow",
+    "down": "red",
+    "stopped": "dim",
+}
 
 
 _summaries: dict[int, tuple[Spectrum, str]] = {}
@@ -84,6 +91,15 @@ def _table(gateway: Gateway) -> Table:
     table.caption = f"{states}\nstore: {stats.committed} committed, {stats.dropped} dropped" + (
         f", error: {stats.last_error}" if stats.last_error else ""
     )
+    for f in gateway.forwarders:
+        s = f.stats
+        style = _STATE_STYLE.get(s.state.value, "white")
+        table.caption += (
+            f"\nsink {f.sink_id}: [{style}]{s.state.value}[/] {s.delivered} delivered"
+            f" ({s.delivered_historical} historical), backlog {s.backlog}"
+            + (f", {s.dropped} dropped" if s.dropped else "")
+            + (f", error: {s.last_error}" if s.state == "down" and s.last_error else "")
+        )
     return table
 
 
@@ -108,6 +124,15 @@ async def _run_view(gateway: Gateway, *, interactive: bool) -> None:
                 live.update(_table(gateway), refresh=True)
     while True:
         await asyncio.sleep(view.log_every_s)
+        for f in gateway.forwarders:
+            log.info(
+                "sink",
+                sink=f.sink_id,
+                state=f.stats.state.value,
+                delivered=f.stats.delivered,
+                backlog=f.stats.backlog,
+                dropped=f.stats.dropped,
+            )
         for output in gateway.outputs:
             row = output.latest
             if row is not None:

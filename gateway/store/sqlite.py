@@ -32,12 +32,13 @@ from ..model import Quality, Sample, Signal, SignalKind
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 
-__all__ = ["Loss", "Row", "SampleStore", "StoredSignal"]
+__all__ = ["Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
 
-# 2: the axis table (spectra); 3: sink cursors. Older files are upgraded in place.
-SCHEMA_VERSION = 3
+# 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor. Older files
+# are upgraded in place.
+SCHEMA_VERSION = 4
 
 # sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
 sqlite3.register_adapter(Spectrum, encode_values)
@@ -87,6 +88,14 @@ CREATE TABLE IF NOT EXISTS sink_cursor (
     delivered_id INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Ranges of sample ids a sink delivered *above* its cursor (live data sent while an older
+-- backlog was still draining). They merge into the cursor once the gap below them is delivered.
+CREATE TABLE IF NOT EXISTS sink_range (
+    sink TEXT NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    PRIMARY KEY (sink, first_id)
+) WITHOUT ROWID;
 -- Samples the gateway had to drop (store full): counted and kept as evidence.
 CREATE TABLE IF NOT EXISTS loss (
     id INTEGER PRIMARY KEY,
@@ -123,6 +132,16 @@ class Loss:
     last_seq: int
     count: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a store-and-forward sink has delivered: every sample id up to ``cursor``, and the
+    id ranges (inclusive, ascending, disjoint, above ``cursor + 1``) in ``ranges``."""
+
+    sink: str
+    cursor: int
+    ranges: tuple[tuple[int, int], ...] = ()
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -218,6 +237,7 @@ class SampleStore:
         self.path = path
         self._lock: IO[str] | None = None
         self._axis_keys: set[str] = set()  # axes known to be committed (saves re-inserts)
+        self.last_committed_id = 0  # id of the last row the latest commit() inserted
         try:
             if read_only:
                 self._db = sqlite3.connect(
@@ -291,10 +311,20 @@ class SampleStore:
             raise _translate(exc, "defining signals") from exc
         return out
 
-    def commit(self, rows: Sequence[Row], next_seq: Mapping[str, int]) -> Sequence[Row]:
+    def commit(
+        self,
+        rows: Sequence[Row],
+        next_seq: Mapping[str, int],
+        *,
+        losses: Sequence[Loss] = (),
+        deliveries: Sequence[Delivery] = (),
+    ) -> Sequence[Row]:
         """Insert ``rows`` and advance the counters in ``next_seq``, in one transaction, together
         with the axis of every spectrum among them that the store does not have yet (so no
-        spectrum is ever committed without its axis).
+        spectrum is ever committed without its axis), the ``losses`` to record and the sinks'
+        ``deliveries`` to save — so a sink's cursor never moves past dropped samples without
+        the record of their loss. Afterwards :attr:`last_committed_id` is the id of the last
+        inserted row (ids are assigned in order, one per row, without gaps).
 
         Returns the rows as stored: ``rows`` itself, unless a row could not be bound (a driver
         published a list, an int beyond 64 bits, a non-integer timestamp…). Such a row does not
@@ -302,8 +332,9 @@ class SampleStore:
         problem, and the returned list holds the repaired row in its place.
         """
         axes = self._new_axes(rows)
+        extra = (losses, deliveries)
         try:
-            self._insert(rows, next_seq, axes)
+            self._insert(rows, next_seq, axes, extra)
             self._axis_keys.update(axis.key for axis in axes)
             return rows
         except (
@@ -315,7 +346,7 @@ class SampleStore:
         ):
             pass  # rare: repair the offending rows, then commit once more
         repaired = [_repaired(row) for row in rows]
-        self._insert(repaired, next_seq, axes)
+        self._insert(repaired, next_seq, axes, extra)
         self._axis_keys.update(axis.key for axis in axes)
         return repaired
 
@@ -330,8 +361,13 @@ class SampleStore:
         return list(found.values())
 
     def _insert(
-        self, rows: Sequence[Row], next_seq: Mapping[str, int], axes: Sequence[SpectralAxis]
+        self,
+        rows: Sequence[Row],
+        next_seq: Mapping[str, int],
+        axes: Sequence[SpectralAxis],
+        extra: tuple[Sequence[Loss], Sequence[Delivery]],
     ) -> None:
+        losses, deliveries = extra
         try:
             with self._transaction():
                 if axes:
@@ -346,6 +382,12 @@ class SampleStore:
                     "UPDATE signal SET next_seq=? WHERE name=? AND next_seq<?",
                     [(seq, name, seq) for name, seq in next_seq.items()],
                 )
+                if losses:
+                    self._insert_losses(losses)
+                for delivery in deliveries:
+                    self._save_delivery(delivery)
+                if rows:
+                    self.last_committed_id = self._max_id()
         except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
             raise  # a value SQLite cannot bind: commit() repairs the rows
         except sqlite3.Error as exc:  # disk full, I/O errors, corruption
@@ -353,16 +395,36 @@ class SampleStore:
 
     def record_losses(self, losses: Sequence[Loss]) -> None:
         """Keep evidence of dropped samples in the ``loss`` table."""
-        now = now_ns()
         try:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT INTO loss (recorded_ns, signal, first_seq, last_seq, count, reason)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(now, x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
-                )
+                self._insert_losses(losses)
         except sqlite3.Error as exc:
             raise _translate(exc, "recording losses") from exc
+
+    def _insert_losses(self, losses: Sequence[Loss]) -> None:
+        now = now_ns()
+        self._db.executemany(
+            "INSERT INTO loss (recorded_ns, signal, first_seq, last_seq, count, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(now, x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
+        )
+
+    def _save_delivery(self, delivery: Delivery) -> None:
+        self._db.execute(
+            "INSERT INTO sink_cursor (sink, delivered_id, updated_ns) VALUES (?, ?, ?)"
+            " ON CONFLICT(sink) DO UPDATE SET delivered_id=excluded.delivered_id,"
+            " updated_ns=excluded.updated_ns"
+            " WHERE excluded.delivered_id >= sink_cursor.delivered_id",
+            (delivery.sink, delivery.cursor, now_ns()),
+        )
+        self._db.execute("DELETE FROM sink_range WHERE sink=?", (delivery.sink,))
+        self._db.executemany(
+            "INSERT INTO sink_range (sink, first_id, last_id) VALUES (?, ?, ?)",
+            [(delivery.sink, first, last) for first, last in delivery.ranges],
+        )
+
+    def _max_id(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM sample").fetchone()[0])
 
     def losses(self) -> list[Loss]:
         """Every recorded loss, oldest first."""
@@ -410,47 +472,73 @@ class SampleStore:
         for _id, sample in self._decoded(rows, wanted, spectral):
             yield sample
 
-    def after(self, after_id: int, limit: int) -> list[tuple[int, Sample]]:
-        """Up to ``limit`` committed samples whose id (commit order) is above ``after_id``,
-        oldest first, each with its id: what a sink resuming from its cursor reads next."""
+    def between(self, first_id: int, last_id: int) -> list[tuple[int, Sample]]:
+        """Committed samples with ``first_id <= id <= last_id``, in commit order, with ids."""
         names, spectral = self._definitions()
         try:
             rows = self._db.execute(
                 "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
-                " FROM sample WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
+                " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
+                (first_id, last_id),
             )
             return list(self._decoded(rows, names, spectral))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading samples for a sink") from exc
 
+    def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
+        """Per signal, the seq span and count of the samples in the id ``ranges``: how a sink's
+        retention records what it gives up."""
+        names, _ = self._definitions()
+        found: dict[int, list[int]] = {}
+        try:
+            for first, last in ranges:
+                for def_id, low, high, count in self._db.execute(
+                    "SELECT def_id, min(seq), max(seq), count(*) FROM sample"
+                    " WHERE id BETWEEN ? AND ? GROUP BY def_id",
+                    (first, last),
+                ):
+                    span = found.setdefault(def_id, [low, high, 0])
+                    span[0], span[1], span[2] = (
+                        min(span[0], low),
+                        max(span[1], high),
+                        span[2] + count,
+                    )
+        except sqlite3.Error as exc:
+            raise _translate(exc, "counting samples a sink gives up") from exc
+        return [
+            Loss(names.get(d, (f"#{d}", ""))[0], low, high, count, reason)
+            for d, (low, high, count) in found.items()
+        ]
+
+    def gateway_ts(self, sample_id: int) -> int | None:
+        """The gateway timestamp of sample ``sample_id`` (None if there is none)."""
+        try:
+            row = self._db.execute(
+                "SELECT gateway_ts FROM sample WHERE id=?", (sample_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, "reading a sample's time") from exc
+        return int(row[0]) if row else None
+
     def last_id(self) -> int:
         """The id of the newest committed sample (0 for an empty store)."""
-        return int(self._db.execute("SELECT coalesce(max(id), 0) FROM sample").fetchone()[0])
+        return self._max_id()
 
-    def cursor(self, sink: str) -> int:
-        """The id of the last sample ``sink`` delivered (0: nothing yet)."""
+    def delivery(self, sink: str) -> Delivery | None:
+        """What ``sink`` has delivered so far; None if the store has never seen that sink."""
         try:
             row = self._db.execute(
                 "SELECT delivered_id FROM sink_cursor WHERE sink=?", (sink,)
             ).fetchone()
-        except sqlite3.OperationalError:  # a read-only store older than schema 3
-            return 0
-        return int(row[0]) if row else 0
-
-    def advance_cursor(self, sink: str, delivered_id: int) -> None:
-        """Record that ``sink`` delivered everything up to ``delivered_id``; never moves back."""
-        try:
-            with self._transaction():
-                self._db.execute(
-                    "INSERT INTO sink_cursor (sink, delivered_id, updated_ns) VALUES (?, ?, ?)"
-                    " ON CONFLICT(sink) DO UPDATE SET delivered_id=excluded.delivered_id,"
-                    " updated_ns=excluded.updated_ns"
-                    " WHERE excluded.delivered_id > sink_cursor.delivered_id",
-                    (sink, delivered_id, now_ns()),
-                )
+            if row is None:
+                return None
+            ranges = self._db.execute(
+                "SELECT first_id, last_id FROM sink_range WHERE sink=? ORDER BY first_id",
+                (sink,),
+            ).fetchall()
         except sqlite3.Error as exc:
-            raise _translate(exc, f"saving the cursor of sink {sink!r}") from exc
+            raise _translate(exc, f"reading the cursor of sink {sink!r}") from exc
+        return Delivery(sink, int(row[0]), tuple((int(a), int(b)) for a, b in ranges))
 
     def _definitions(self) -> tuple[dict[int, tuple[str, str]], set[int]]:
         defs = self._db.execute("SELECT id, name, unit, kind FROM signal_def").fetchall()

@@ -15,11 +15,15 @@ the store accepts writes again.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
+import operator
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
@@ -28,9 +32,31 @@ from ..errors import StoreError
 from ..timefmt import now_ns
 from .sqlite import Loss, Row, SampleStore
 
-__all__ = ["StoreWriter", "WriterStats"]
+if TYPE_CHECKING:
+    from ..runtime.forward import DeliveryUpdate
+
+__all__ = ["LATENCY_BUCKETS_S", "StoreWriter", "WriterStats"]
 
 log = structlog.get_logger("gateway.store")
+
+_def_id = operator.itemgetter(0)
+T = TypeVar("T")
+
+
+# Upper bounds (seconds) of the commit latency histogram exported as metrics.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DeliverySource(Protocol):
+    """A store-and-forward sink's bookkeeping, as the writer sees it."""
+
+    sink_id: str
+
+    def take_delivery(self) -> DeliveryUpdate | None: ...
+
+    def delivery_saved(self, update: DeliveryUpdate) -> None: ...
+
+    def commit_blocked(self) -> str | None: ...
 
 
 @dataclass
@@ -45,6 +71,17 @@ class WriterStats:
     dropped_late: int = 0
     last_error: str | None = None
     commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    # Committed samples per signal definition id (the store's def_id; see StoreWriter.names).
+    committed_by_def: Counter[int] = field(default_factory=Counter)
+    # Commit latency histogram: counts per LATENCY_BUCKETS_S upper bound (+inf last), and sum.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        """Record one batch's latency in the list and the histogram."""
+        self.commit_latency_ms.append(seconds * 1000)
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum_s += seconds
 
     def latency_percentile(self, fraction: float) -> float | None:
         """Latency (ms) from a batch's oldest sample arriving to its commit, at ``fraction``."""
@@ -82,8 +119,12 @@ class StoreWriter:
         self._losses: list[Loss] = []
         self._next_seq = next_seq
         self.names = names
-        # Called with every committed batch (the sink feeders' offer); must not block.
-        self.on_commit: list[Callable[[Sequence[Row]], None]] = []
+        # Called with the id of the first row and every committed batch (the sinks' offer);
+        # must not block.
+        self.on_commit: list[Callable[[int, Sequence[Row]], None]] = []
+        # Store-and-forward sinks: their progress is saved with each commit, and any of them
+        # may refuse commits (retention policy "stop").
+        self.delivery_sources: list[DeliverySource] = []
         self._saved_seq: dict[str, int] = {}
         self._executor = executor
         self._last_failure_log = 0.0
@@ -150,29 +191,53 @@ class StoreWriter:
             )
 
     async def flush(self) -> None:
-        """Commit everything pending now (one transaction)."""
-        if not self.pending and not self._retry:
-            if self._losses:
-                await self._record_losses(asyncio.get_running_loop())
+        """Commit everything pending now, with the losses to record and the sinks' delivery
+        progress (one transaction)."""
+        updates = [u for s in self.delivery_sources if (u := s.take_delivery()) is not None]
+        if not (self.pending or self._retry or self._losses or updates):
             return
         batch = self._retry + self.pending if self._retry else self.pending[:]
         self.pending.clear()
-        if len(batch) > self.config.max_pending_samples:
+        blocked = next(filter(None, (s.commit_blocked() for s in self.delivery_sources)), None)
+        if blocked is not None and batch:
+            # A sink's retention policy "stop": hold the samples (bounded) as on a full disk.
+            self._retry = self._bound(batch, blocked)
+            self._failed(blocked, None)
+            batch = []
+        elif len(batch) > self.config.max_pending_samples:
             # Commits lag behind the instruments (not failing, just too slow): same bound.
             batch = self._bound(batch, "commits lag behind the instruments")
         saved = self._saved_seq
-        counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v}
+        counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v} if batch else {}
+        # Taken out (not copied): a drop while the commit runs must start a new record rather
+        # than extend one that is being saved.
+        own_losses, self._losses = self._losses, []
+        self._open_runs.clear()
+        losses = own_losses + [loss for u in updates for loss in u.losses]
+        commit = functools.partial(
+            self.store.commit,
+            batch,
+            counters,
+            losses=losses,
+            deliveries=[u.delivery for u in updates],
+        )
         loop = asyncio.get_running_loop()
         try:
-            stored = await loop.run_in_executor(self._executor, self.store.commit, batch, counters)
+            stored = await loop.run_in_executor(self._executor, commit)
         except StoreError as exc:  # disk full, I/O error: keep the batch and retry
+            self._restore_losses(own_losses)
             self._retry = self._bound(batch, "store could not commit")
             self._failed(str(exc), None)
             return
         except Exception as exc:  # a bug: retrying the same batch would fail forever
+            self._restore_losses(own_losses)
             self._retry = []
             self._drop(batch, f"commit failed: {exc!r}")
             self._failed(repr(exc), exc)
+            return
+        for update, source in zip(updates, self._sources_of(updates), strict=True):
+            source.delivery_saved(update)
+        if not batch:
             return
         if self._retry:
             log.info("store.recovered", committed=len(batch), dropped_total=self.stats.dropped)
@@ -185,12 +250,21 @@ class StoreWriter:
         self.stats.committed += len(batch)
         self.stats.batches += 1
         self.stats.last_error = None
-        self.stats.commit_latency_ms.append((now_ns() - batch[0][3]) / 1e6)
-        if self._losses:
-            await self._record_losses(loop)
+        self.stats.observe_latency((now_ns() - batch[0][3]) / 1e9)
+        self.stats.committed_by_def.update(map(_def_id, batch))
         self._saved_seq.update(counters)
+        first_id = self.store.last_committed_id - len(batch) + 1
         for deliver in self.on_commit:
-            deliver(batch)
+            deliver(first_id, batch)
+
+    def _restore_losses(self, unsaved: list[Loss]) -> None:
+        """Put back losses a failed commit did not record, so later drops extend them."""
+        self._losses = unsaved + self._losses
+        self._open_runs = {(x.signal, x.reason): i for i, x in enumerate(self._losses)}
+
+    def _sources_of(self, updates: list[DeliveryUpdate]) -> list[DeliverySource]:
+        by_sink = {s.sink_id: s for s in self.delivery_sources}
+        return [by_sink[u.delivery.sink] for u in updates]
 
     def _failed(self, error: str, exc: BaseException | None) -> None:
         self.stats.failed_commits += 1
@@ -271,14 +345,10 @@ class StoreWriter:
             for def_id, (first, last, count) in runs.items()
         ]
 
-    async def _record_losses(self, loop: asyncio.AbstractEventLoop) -> None:
-        losses, self._losses = self._losses, []
-        self._open_runs.clear()
-        try:
-            await loop.run_in_executor(self._executor, self.store.record_losses, losses)
-        except StoreError as exc:
-            self._losses = losses + self._losses
-            log.error("store.loss_record_failed", error=str(exc))
+    async def call(self, fn: Callable[[SampleStore], T]) -> T:
+        """Run ``fn(store)`` on the store's thread (reads at start-up, between commits)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self.store)
 
     async def aclose(self) -> None:
         """Stop the writer thread and close the store."""

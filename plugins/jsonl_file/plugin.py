@@ -1,7 +1,10 @@
 """The ``jsonl_file`` sink: committed samples appended to a file, one JSON object per line.
 
 Useful for handing data to a script or a log shipper. The file receives samples only after the
-durable store committed them, in commit order.
+durable store committed them. It is a store-and-forward sink: a batch counts as delivered once
+written and flushed (and fsynced with ``fsync: true``), so a full disk or a crash delays lines
+but loses none; samples written late (after a restart) carry ``"historical":true``, and a crash
+between a write and the save of the cursor can repeat a few lines (same ``signal`` and ``seq``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import PluginContext, Registry, Sample, hookimpl, sample_to_json
+from gateway import PluginContext, Registry, Sample, historical_json, hookimpl, sample_to_json
 
 __all__ = ["JsonlFileOptions", "JsonlFileSink"]
 
@@ -48,12 +51,16 @@ class JsonlFileSink:
             self._file = None
 
     async def send(self, samples: Sequence[Sample]) -> None:
-        # Encoding costs microseconds per sample: do it on the worker thread with the write.
-        await asyncio.to_thread(self._write, samples)
+        await self.forward(samples, False)
 
-    def _write(self, samples: Sequence[Sample]) -> None:
+    async def forward(self, samples: Sequence[Sample], historical: bool) -> None:
+        # Encoding costs microseconds per sample: do it on the worker thread with the write.
+        await asyncio.to_thread(self._write, samples, historical)
+
+    def _write(self, samples: Sequence[Sample], historical: bool) -> None:
         assert self._file is not None
-        self._file.write("".join([sample_to_json(s) + "\n" for s in samples]))
+        encode = historical_json if historical else sample_to_json
+        self._file.write("".join([encode(s) + "\n" for s in samples]))
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())

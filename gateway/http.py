@@ -1,0 +1,286 @@
+"""The local HTTP endpoint: ``/health`` (JSON) for probes, ``/metrics`` for Prometheus.
+
+Served from the gateway's own event loop with ``asyncio`` streams — no web framework — and
+deliberately small and strict:
+
+* HTTP/1.1 (1.0 accepted), ``GET`` and ``HEAD`` only (``405`` with ``Allow`` otherwise), one
+  request per connection (``Connection: close``), every response with ``Content-Length``;
+* the request head (request line and headers, CRLF-terminated) must arrive within
+  ``request_timeout_s`` (``408``) and fit in :data:`MAX_HEAD_BYTES` (``431``, or ``414`` for the
+  request line alone); anything malformed is ``400``; a request body is never read;
+* at most :data:`MAX_CONNECTIONS` connections at once; more are closed unanswered.
+
+Routes (query strings are ignored)::
+
+    /metrics        200  Prometheus text format 0.0.4 (gateway.metrics.GatewayCollector)
+    /health         200 when ready, else 503  JSON: status, ready, instruments, sinks, store
+    /health/live    200  {"live": true}
+    /health/ready   200 when ready, else 503  {"ready": ...}
+
+Answers are read from the gateway's counters at request time (see :mod:`gateway.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from .config import HttpConfig
+from .errors import GatewayError
+from .metrics import health_report, is_ready, new_registry
+
+if TYPE_CHECKING:
+    from .runtime.supervisor import Gateway
+
+__all__ = ["MAX_CONNECTIONS", "MAX_HEAD_BYTES", "REQUEST_TIMEOUT_S", "serve_http"]
+
+log = structlog.get_logger("gateway.http")
+
+MAX_HEAD_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+_ALLOWED = ("GET", "HEAD")
+# RFC 9110 token: method and header field names.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+
+
+class _Reject(Exception):
+    """The request cannot be answered normally; respond with ``status`` and close."""
+
+    def __init__(self, status: HTTPStatus, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before sending anything."""
+
+
+async def serve_http(
+    gateway: Gateway,
+    config: HttpConfig,
+    *,
+    on_listening: Callable[[str, int], None] | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> None:
+    """Serve ``/health`` and ``/metrics`` of ``gateway`` on ``config.host``:``config.port``
+    until cancelled; then stop listening and close every open connection.
+
+    ``on_listening(host, port)`` is called once the socket is bound, with the actual port
+    (``config.port`` 0 picks a free one). A failure to bind raises :class:`GatewayError`.
+    """
+    endpoint = _Endpoint(gateway, request_timeout_s)
+    try:
+        server = await asyncio.start_server(
+            endpoint.accept, config.host, config.port, limit=MAX_HEAD_BYTES
+        )
+    except OSError as exc:
+        # asyncio rewords bind errors ("error while attempting to bind on address ..."): the
+        # errno's own text is clearer; a resolver error (negative code) keeps its message.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        where = _host_port(config.host, config.port)
+        raise GatewayError(f"cannot serve HTTP on {where}: {reason or exc}") from exc
+    try:
+        port = int(server.sockets[0].getsockname()[1])
+        url = f"http://{_host_port(config.host, port)}/"
+        log.info("http.listening", host=config.host, port=port, url=url)
+        if on_listening is not None:
+            on_listening(config.host, port)
+        await asyncio.Future()  # until cancelled
+    finally:
+        server.close()
+        await endpoint.aclose()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Endpoint:
+    """The connections of one server and the routes they are answered from."""
+
+    def __init__(self, gateway: Gateway, request_timeout_s: float) -> None:
+        self._gateway = gateway
+        self._registry = new_registry(gateway)
+        self._timeout_s = request_timeout_s
+        self._started = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by the server for each new connection: answer it in a task of its own."""
+        if self._closing or len(self._tasks) >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._serve(reader, writer), name="http.connection"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Close every open connection and wait for their tasks to end."""
+        self._closing = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
+        rejected = True
+        try:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    lines = await _read_head(reader)
+                method, path = _parse(lines)
+                head_only = method == "HEAD"
+                rejected = False
+                response = self._route(path, head_only)
+            except _ClientGone:
+                return
+            except TimeoutError:
+                response = _error(HTTPStatus.REQUEST_TIMEOUT, "request head not received in time")
+            except _Reject as exc:
+                log.debug("http.rejected", status=int(exc.status), detail=exc.detail)
+                response = _error(exc.status, exc.detail)
+            except Exception:  # a bug here must not take the gateway down
+                log.exception("http.handler_failed")
+                response = _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", head_only)
+            writer.write(response)
+            async with asyncio.timeout(self._timeout_s):
+                await writer.drain()
+            if rejected:
+                await _linger(reader, writer)
+        except Exception:  # the client went away or does not read: nothing more to say
+            writer.transport.abort()
+        finally:
+            writer.close()
+
+    def _route(self, path: str, head_only: bool) -> bytes:
+        gateway = self._gateway
+        if path == "/metrics":
+            body = generate_latest(self._registry)
+            return _response(HTTPStatus.OK, CONTENT_TYPE_PLAIN_0_0_4, body, head_only)
+        if path == "/health":
+            report = health_report(gateway, time.monotonic() - self._started)
+            return _json(HTTPStatus.OK if report["ready"] else _UNAVAILABLE, report, head_only)
+        if path == "/health/live":
+            return _json(HTTPStatus.OK, {"live": True}, head_only)
+        if path == "/health/ready":
+            ready = is_ready(gateway)
+            return _json(HTTPStatus.OK if ready else _UNAVAILABLE, {"ready": ready}, head_only)
+        return _error(HTTPStatus.NOT_FOUND, f"no such resource: {path}", head_only)
+
+
+_UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE
+_LINGER_S = 1.0
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After refusing a request, let the client read the answer: closing with unread input
+    would reset the connection and could discard the answer before the client sees it."""
+    writer.write_eof()
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(_LINGER_S):
+            while await reader.read(65536):
+                pass
+
+
+async def _read_head(reader: asyncio.StreamReader) -> list[bytes]:
+    """The request line and header lines (without their CRLF), up to the empty line."""
+    lines: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            raise _too_large(not lines) from exc
+        except asyncio.IncompleteReadError as exc:
+            if not lines and not exc.partial.strip():
+                raise _ClientGone from exc
+            raise _Reject(HTTPStatus.BAD_REQUEST, "connection closed mid-request") from exc
+        total += len(line)
+        if total > MAX_HEAD_BYTES:
+            raise _too_large(not lines)
+        if not line.endswith(b"\r\n"):
+            raise _Reject(HTTPStatus.BAD_REQUEST, "lines must end with CRLF")
+        if line == b"\r\n":
+            if lines:
+                return lines
+            continue  # RFC 9112 2.2: an empty line before the request line is ignored
+        lines.append(line[:-2])
+
+
+def _too_large(request_line: bool) -> _Reject:
+    if request_line:
+        return _Reject(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
+    return _Reject(
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        f"request head longer than {MAX_HEAD_BYTES} bytes",
+    )
+
+
+def _parse(lines: list[bytes]) -> tuple[str, str]:
+    """Check the request head; return its method and path (without the query)."""
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
+        raise _Reject(HTTPStatus.BAD_REQUEST, "malformed request line")
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise _Reject(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.1 is served")
+    hosts = 0
+    for line in lines[1:]:
+        name, colon, _value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
+            raise _Reject(HTTPStatus.BAD_REQUEST, "malformed header line")
+        hosts += name.lower() == b"host"
+    if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
+        raise _Reject(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host")
+    if method.decode() not in _ALLOWED:
+        raise _Reject(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
+    if not target.startswith(b"/") or not target.isascii():
+        raise _Reject(HTTPStatus.BAD_REQUEST, "the request target must be a path")
+    return method.decode(), target.decode().partition("?")[0]
+
+
+def _json(status: HTTPStatus, document: dict[str, Any], head_only: bool) -> bytes:
+    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    return _response(status, _JSON, body, head_only)
+
+
+def _error(status: HTTPStatus, detail: str, head_only: bool = False) -> bytes:
+    body = f"{int(status)} {status.phrase}: {detail}\n".encode()
+    return _response(status, _TEXT, body, head_only)
+
+
+def _response(status: HTTPStatus, content_type: str, body: bytes, head_only: bool) -> bytes:
+    headers = [
+        f"HTTP/1.1 {int(status)} {status.phrase}",
+        f"Date: {formatdate(usegmt=True)}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    if status is HTTPStatus.METHOD_NOT_ALLOWED:
+        headers.append(f"Allow: {', '.join(_ALLOWED)}")
+    head = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body

@@ -1,0 +1,360 @@
+"""What the gateway tells about itself: Prometheus metrics and the ``/health`` document.
+
+Both are read from the gateway's own counters at the moment they are asked for (a scrape, a
+probe) — the instrument runners, the signal outputs' sequence numbers, the store writer's
+:class:`~gateway.store.writer.WriterStats`, the sink feeders and forwarders. Nothing is counted
+on the per-sample hot path for them. Everything here runs in the gateway's event loop, the only
+thread that changes those counters, so a scrape sees one consistent moment.
+
+For the HTTP endpoint that serves them, see :mod:`gateway.http`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from .store.writer import LATENCY_BUCKETS_S
+from .timefmt import now_ns
+
+if TYPE_CHECKING:
+    from .runtime.instrument import InstrumentRunner
+    from .runtime.supervisor import Gateway
+
+__all__ = [
+    "GatewayCollector",
+    "gateway_version",
+    "health_report",
+    "is_ready",
+    "new_registry",
+    "store_size_bytes",
+]
+
+_LIVE, _HISTORICAL = "live", "historical"
+# State values (InstrumentState, SinkState) compared as strings: importing gateway.runtime here
+# would make gateway.runtime and this module (which the supervisor uses) import each other.
+_CONNECTED, _CONNECTING, _DOWN, _UP = "connected", "connecting", "down", "up"
+
+
+def gateway_version() -> str:
+    """The installed ``pat-gateway`` distribution's version (``unknown`` when not installed)."""
+    try:
+        return version("pat-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def new_registry(gateway: Gateway) -> CollectorRegistry:
+    """A registry of its own (never the process-wide one) holding ``gateway``'s collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    return registry
+
+
+class GatewayCollector:
+    """A ``prometheus_client`` collector of one gateway's ``patgw_*`` metrics."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._version = gateway_version()
+        self._instrument_of = {s.id: s.instrument for s in gateway.plan.signals}
+        # def_id → instrument, built once the writer (and with it the def_ids) exists.
+        self._names: Mapping[int, tuple[str, str]] | None = None
+        self._instrument_of_def: dict[int, str] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric, read now."""
+        up = GaugeMetricFamily("patgw_up", "1 while the gateway process serves metrics.")
+        up.add_metric([], 1)
+        yield up
+        yield InfoMetricFamily(
+            "patgw", "PAT Gateway build information.", value={"version": self._version}
+        )
+        yield from self._instruments()
+        yield from self._store()
+        yield from self._sinks()
+
+    def _instruments(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        read: Counter[str] = Counter()
+        first_seq = gateway.first_seq
+        for output in gateway.outputs:
+            signal = output.signal
+            read[signal.instrument] += output.seq - first_seq[signal.id]
+        committed: Counter[str] = Counter()
+        writer = gateway.writer
+        if writer is not None:
+            if self._names is not writer.names:
+                self._names = writer.names
+                self._instrument_of_def = {
+                    def_id: self._instrument_of[signal_id]
+                    for def_id, (signal_id, _unit) in writer.names.items()
+                    if signal_id in self._instrument_of
+                }
+            of_def = self._instrument_of_def
+            for def_id, count in writer.stats.committed_by_def.items():
+                instrument = of_def.get(def_id)
+                if instrument is not None:
+                    committed[instrument] += count
+        labels = ["instrument"]
+        samples_read = CounterMetricFamily(
+            "patgw_instrument_samples_read_total",
+            "Samples published by the instrument's driver during this run.",
+            labels=labels,
+        )
+        samples_committed = CounterMetricFamily(
+            "patgw_instrument_samples_committed_total",
+            "Samples of the instrument committed to the local store during this run.",
+            labels=labels,
+        )
+        connected = GaugeMetricFamily(
+            "patgw_instrument_connected",
+            "1 while the instrument's driver has a session, else 0.",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "patgw_instrument_failures_total",
+            "Times the instrument went down (driver failure) during this run.",
+            labels=labels,
+        )
+        sessions = CounterMetricFamily(
+            "patgw_instrument_sessions_total",
+            "Sessions the instrument's driver established during this run.",
+            labels=labels,
+        )
+        for runner in gateway.runners:
+            key = [runner.instrument_id]
+            samples_read.add_metric(key, read[runner.instrument_id])
+            samples_committed.add_metric(key, committed[runner.instrument_id])
+            connected.add_metric(key, runner.state == _CONNECTED)
+            failures.add_metric(key, runner.failures)
+            sessions.add_metric(key, runner.sessions)
+        yield from (samples_read, samples_committed, connected, failures, sessions)
+
+    def _store(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        writer = gateway.writer
+        stats = writer.stats if writer is not None else None
+
+        def counter(name: str, text: str, value: int) -> CounterMetricFamily:
+            return CounterMetricFamily(name, text, value=value)
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, value=value)
+
+        yield counter(
+            "patgw_store_samples_committed_total",
+            "Samples committed to the local store during this run.",
+            stats.committed if stats else 0,
+        )
+        yield counter(
+            "patgw_store_samples_dropped_total",
+            "Samples the store could not keep (full-store policy, late or at shutdown).",
+            stats.dropped if stats else 0,
+        )
+        yield counter(
+            "patgw_store_commits_failed_total",
+            "Store commits that failed (and were retried) during this run.",
+            stats.failed_commits if stats else 0,
+        )
+        yield gauge(
+            "patgw_store_pending_samples",
+            "Samples published and waiting for the next commit.",
+            len(writer.pending) if writer is not None else 0,
+        )
+        yield gauge(
+            "patgw_store_size_bytes",
+            "Size of the store file and its write-ahead log.",
+            store_size_bytes(gateway.plan.config.store.path),
+        )
+        counts = stats.latency_buckets if stats else [0] * (len(LATENCY_BUCKETS_S) + 1)
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
+        yield HistogramMetricFamily(
+            "patgw_store_commit_latency_seconds",
+            "Time from a batch's oldest sample being published to its commit.",
+            buckets=list(zip(bounds, itertools.accumulate(counts), strict=True)),
+            sum_value=stats.latency_sum_s if stats else 0.0,
+        )
+
+    def _sinks(self) -> Iterator[Metric]:
+        gateway = self._gateway
+        sink = ["sink"]
+        delivered = CounterMetricFamily(
+            "patgw_sink_samples_delivered_total",
+            "Samples the sink took (lane: live, or historical from the backlog).",
+            labels=["sink", "lane"],
+        )
+        backlog = GaugeMetricFamily(
+            "patgw_sink_backlog_samples",
+            "Committed samples not yet delivered to the sink.",
+            labels=sink,
+        )
+        oldest = GaugeMetricFamily(
+            "patgw_sink_oldest_undelivered_age_seconds",
+            "Age of the oldest sample not yet delivered to the sink (0: none).",
+            labels=sink,
+        )
+        dropped = CounterMetricFamily(
+            "patgw_sink_samples_dropped_total",
+            "Samples given up for the sink (retention policy, or lost by an at-most-once sink).",
+            labels=sink,
+        )
+        resent = CounterMetricFamily(
+            "patgw_sink_samples_resent_total",
+            "Samples handed to the sink again after a failure (possible duplicates upstream).",
+            labels=sink,
+        )
+        failures = CounterMetricFamily(
+            "patgw_sink_failures_total",
+            "Failed forwards to the sink during this run.",
+            labels=sink,
+        )
+        reconnects = CounterMetricFamily(
+            "patgw_sink_reconnects_total",
+            "Times the sink came up again after a failure during this run.",
+            labels=sink,
+        )
+        up = GaugeMetricFamily(
+            "patgw_sink_up",
+            "1 while the sink accepts samples, else 0.",
+            labels=sink,
+        )
+        now = now_ns()
+        for forwarder in gateway.forwarders:
+            key = [forwarder.sink_id]
+            stats = forwarder.stats
+            delivered.add_metric([*key, _LIVE], stats.delivered - stats.delivered_historical)
+            delivered.add_metric([*key, _HISTORICAL], stats.delivered_historical)
+            backlog.add_metric(key, stats.backlog)
+            oldest.add_metric(key, _age_s(stats.oldest_undelivered_ns, now) or 0.0)
+            dropped.add_metric(key, stats.dropped)
+            resent.add_metric(key, stats.resent)
+            failures.add_metric(key, stats.failures)
+            reconnects.add_metric(key, max(stats.sessions - 1, 0))
+            up.add_metric(key, stats.state == _UP)
+        for feeder in gateway.feeders:
+            # At most once: no backlog in the store, no retries; what fails is lost.
+            key = [feeder.sink_id]
+            delivered.add_metric([*key, _LIVE], feeder.delivered)
+            delivered.add_metric([*key, _HISTORICAL], 0)
+            backlog.add_metric(key, feeder.queued)
+            dropped.add_metric(key, feeder.lost)
+            resent.add_metric(key, 0)
+            up.add_metric(key, 1)
+        yield from (delivered, backlog, oldest, dropped, resent, failures, reconnects, up)
+
+
+def store_size_bytes(path: Path) -> int:
+    """Bytes on disk of the SQLite store at ``path`` and its write-ahead log (0 if missing)."""
+    size = 0
+    for name in (str(path), f"{path}-wal"):
+        with contextlib.suppress(OSError):  # no WAL file (yet), or no store at all
+            size += os.stat(name).st_size
+    return size
+
+
+def is_ready(gateway: Gateway) -> bool:
+    """Started, not stopping, and the store's last commit did not fail."""
+    writer = gateway.writer
+    return (
+        gateway.started.is_set()
+        and not gateway.stopping
+        and writer is not None
+        and writer.stats.last_error is None
+    )
+
+
+def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
+    """The ``/health`` document: overall status, readiness and every part's state.
+
+    ``status`` is ``starting`` before the gateway has started, ``stopping`` once it stops,
+    ``degraded`` while an instrument or a forwarding sink is down or the store cannot commit
+    (then not ready either), else ``ok``.
+    """
+    writer = gateway.writer
+    stats = writer.stats if writer is not None else None
+    now = now_ns()
+    instruments = {
+        r.instrument_id: {
+            "state": r.state.value,
+            "sessions": r.sessions,
+            "failures": r.failures,
+            "last_error": r.last_error,
+        }
+        for r in gateway.runners
+    }
+    sinks: dict[str, dict[str, Any]] = {}
+    for forwarder in gateway.forwarders:
+        fs = forwarder.stats
+        sinks[forwarder.sink_id] = {
+            "state": fs.state.value,
+            "delivered": fs.delivered,
+            "backlog": fs.backlog,
+            "oldest_undelivered_age_s": _age_s(fs.oldest_undelivered_ns, now),
+            "dropped": fs.dropped,
+            "failures": fs.failures,
+            "last_error": fs.last_error,
+        }
+    for feeder in gateway.feeders:
+        sinks[feeder.sink_id] = {
+            "state": "live",
+            "delivered": feeder.delivered,
+            "backlog": feeder.queued,
+            "lost": feeder.lost,
+        }
+    store = {
+        "committed": stats.committed if stats else 0,
+        "dropped": stats.dropped if stats else 0,
+        "pending": len(writer.pending) if writer is not None else 0,
+        "last_error": stats.last_error if stats else None,
+        "size_bytes": store_size_bytes(gateway.plan.config.store.path),
+    }
+    ready = is_ready(gateway)
+    if gateway.stopping:
+        status = "stopping"
+    elif not gateway.started.is_set():
+        status = "starting"
+    elif (
+        not ready
+        or any(_is_down(r) for r in gateway.runners)
+        or any(f.stats.state == _DOWN for f in gateway.forwarders)
+    ):
+        status = "degraded"
+    else:
+        status = "ok"
+    return {
+        "status": status,
+        "live": True,
+        "ready": ready,
+        "uptime_s": round(uptime_s, 3),
+        "instruments": instruments,
+        "sinks": sinks,
+        "store": store,
+    }
+
+
+def _is_down(runner: InstrumentRunner) -> bool:
+    # A dead instrument alternates between DOWN (backoff) and CONNECTING (next attempt);
+    # CONNECTING after a failure is still down, or the status would flap with each attempt.
+    state = runner.state
+    return state == _DOWN or (state == _CONNECTING and runner.failures > 0)
+
+
+def _age_s(oldest_ns: int | None, now: int) -> float | None:
+    return None if oldest_ns is None else max(now - oldest_ns, 0) / 1e9

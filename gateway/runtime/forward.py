@@ -1,0 +1,509 @@
+"""Store-and-forward: each forwarding sink is fed from the store through a durable cursor.
+
+See docs/decisions/0006-store-and-forward.md. For every sink that implements
+:class:`~gateway.api.ForwardingSink`, a :class:`Forwarder`:
+
+- keeps the set of sample ids the sink has acknowledged (``delivered``, a few id ranges),
+  saved by the store writer in the same transaction as the next commit — together with the
+  record of anything the retention policy gave up, so a cursor never passes a silent loss;
+- sends *live* batches (handed over by the writer right after each commit) at once while the
+  sink is up, and reads the *backlog* (every committed id not yet delivered: an outage, a
+  restart, a live queue that overflowed) from the store on the reader's own thread, page by
+  page in commit order, flagged ``historical``. Live batches go first; the backlog uses the
+  sink's remaining concurrency and, optionally, a rate cap;
+- on a failed forward: marks the sink down, forgets the live queue (those samples are in the
+  store: they become backlog), and probes again after a jittered exponential backoff;
+- applies the retention bound to what is undelivered: ``drop_oldest`` gives the oldest up for
+  this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits.
+
+A sample whose forward was in flight when the sink failed, or acknowledged after the last save
+before a crash, is sent again: consumers de-duplicate on ``(signal, seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..api import ForwardingSink
+from ..config import SinkConfig
+from ..errors import StoreError
+from ..model import Quality, Sample
+from ..store.sqlite import Delivery, Loss, Row, SampleStore
+from ..timefmt import now_ns
+from .backoff import Backoff
+from .ranges import IdRanges
+
+__all__ = ["BacklogReader", "DeliveryUpdate", "Forwarder", "ForwarderStats", "SinkState"]
+
+log = structlog.get_logger("gateway.sink")
+
+_QUALITIES = list(Quality)
+_HOUSEKEEPING_S = 0.5  # retention and oldest-undelivered age are checked this often
+
+
+class SinkState(StrEnum):
+    """A forwarding sink's connection state, for the live view, /health and metrics."""
+
+    STARTING = "starting"  # no forward has completed yet
+    UP = "up"  # the last forward was acknowledged
+    DOWN = "down"  # the last forward failed; retrying with backoff
+    STOPPED = "stopped"
+
+
+@dataclass
+class ForwarderStats:
+    """Counters of one forwarding sink (this run), read by the view, /health and /metrics."""
+
+    state: SinkState = SinkState.STARTING
+    delivered: int = 0  # samples acknowledged by the sink, both lanes
+    delivered_historical: int = 0  # of which from the backlog (flagged historical)
+    resent: int = 0  # samples handed over again after a failure: possible duplicates upstream
+    dropped: int = 0  # undelivered samples given up by the retention policy (drop_oldest)
+    failures: int = 0  # failed forwards (connection lost, timeout, refused...)
+    sessions: int = 0  # times the sink came up (first success, and after each failure)
+    backlog: int = 0  # samples committed but not yet acknowledged by this sink
+    oldest_undelivered_ns: int | None = None  # gateway_ts of the oldest of them (None: none)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """A forwarder's unsaved progress, for the writer to save with its next commit."""
+
+    delivery: Delivery
+    losses: tuple[Loss, ...]
+    token: tuple[int, int]
+
+
+class BacklogReader:
+    """Reads committed samples for the forwarders on its own thread and read-only connection,
+    so a backlog being read never delays a commit (SQLite's WAL lets both run at once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-reader")
+        self._store: SampleStore | None = None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _opened(self) -> SampleStore:
+        if self._store is None:
+            self._store = SampleStore(self.path, read_only=True)
+        return self._store
+
+    async def between(self, first: int, last: int) -> list[tuple[int, Sample]]:
+        return await self._call(lambda: self._opened().between(first, last))  # type: ignore[no-any-return]
+
+    async def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
+        return await self._call(lambda: self._opened().runs(ranges, reason))  # type: ignore[no-any-return]
+
+    async def gateway_ts(self, sample_id: int) -> int | None:
+        return await self._call(lambda: self._opened().gateway_ts(sample_id))  # type: ignore[no-any-return]
+
+    async def last_before(self, first: int, last: int, cutoff_ns: int) -> int:
+        """The largest id in ``first..last`` whose gateway_ts is before ``cutoff_ns`` (``first
+        - 1`` if none), by bisection: gateway_ts follows commit order (within clock steps)."""
+
+        def search() -> int:
+            store = self._opened()
+            low, high = first, last  # invariant: answer in [low - 1, high]
+            while low <= high:
+                mid = (low + high) // 2
+                ts = store.gateway_ts(mid)
+                if ts is not None and ts < cutoff_ns:
+                    low = mid + 1
+                else:
+                    high = mid - 1
+            return high
+
+        return await self._call(search)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        try:
+            await self._call(close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+class Forwarder:
+    """Delivers every committed sample to one :class:`~gateway.api.ForwardingSink`."""
+
+    def __init__(
+        self,
+        sink_id: str,
+        sink: ForwardingSink,
+        config: SinkConfig,
+        names: Mapping[int, tuple[str, str]],
+        reader: BacklogReader,
+    ) -> None:
+        self.sink_id = sink_id
+        self.sink = sink
+        self.config = config
+        self.stats = ForwarderStats()
+        self.send_timeout_s = config.send_timeout_s
+        self._names = names
+        self._reader = reader
+        self._concurrency = max(1, int(getattr(sink, "max_concurrent_forwards", 1)))
+        self._delivered = IdRanges()
+        self._busy = IdRanges()  # queued live batches and sends in flight
+        self._live: deque[tuple[int, int, Sequence[Row]]] = deque()
+        self._live_count = 0
+        self._horizon = 0  # the last committed id the forwarder knows of
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog_tasks = 0
+        self._backlog_ready_at = 0.0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._backoff = Backoff(config.retry)
+        self._retry_at = 0.0
+        self._epoch = 0  # increases with every failure; a send remembers the epoch it began in
+        self._draining = False
+        self._version = 0
+        self._saved_version = 0
+        self._unsaved_losses: list[Loss] = []
+        self._last_loss_log = 0.0
+        self._log = log.bind(sink=sink_id)
+
+    # -- set-up, from the supervisor ------------------------------------------------------------
+    def start(self, delivery: Delivery | None, last_id: int) -> None:
+        """Resume from what the store says was delivered (or start as configured)."""
+        self._horizon = last_id
+        if delivery is None:
+            if self.config.start_from == "latest" and last_id > 0:
+                self._delivered.add(1, last_id)
+            self._version = 1  # the first commit saves the new cursor
+        else:
+            self._delivered.add(1, delivery.cursor)
+            for first, last in delivery.ranges:
+                self._delivered.add(first, last)
+        self.stats.backlog = self._undelivered()
+        self._log.info(
+            "sink.resume",
+            cursor=self._delivered.prefix_end(),
+            backlog=self.stats.backlog,
+            new=delivery is None,
+        )
+
+    # -- the writer's side ----------------------------------------------------------------------
+    def offer(self, first_id: int, rows: Sequence[Row]) -> None:
+        """A batch was committed with ids ``first_id...``: queue it live, or leave it to the
+        backlog while the sink is down. Never blocks."""
+        if not rows:
+            return
+        self._horizon = max(self._horizon, first_id + len(rows) - 1)
+        self.stats.backlog += len(rows)
+        if self.stats.state in (SinkState.UP, SinkState.STARTING) and not self._draining:
+            step = self.config.batch_max_samples
+            for at in range(0, len(rows), step):
+                chunk = rows[at : at + step] if len(rows) > step else rows
+                first = first_id + at
+                last = first + len(chunk) - 1
+                self._live.append((first, last, chunk))
+                self._busy.add(first, last)
+                self._live_count += len(chunk)
+            while self._live_count > self.config.queue_max_samples and len(self._live) > 1:
+                # Slower than the data: these go back to the store and come as backlog.
+                first, last, chunk = self._live.popleft()
+                self._live_count -= len(chunk)
+                self._busy.remove(first, last)
+        self._idle.clear()
+        self._wake.set()
+
+    def take_delivery(self) -> DeliveryUpdate | None:
+        """Progress not saved yet (None if there is none), for the writer's next commit."""
+        if self._version == self._saved_version:
+            return None
+        cursor = self._delivered.prefix_end()
+        delivery = Delivery(self.sink_id, cursor, tuple(self._delivered.above(cursor)))
+        losses = tuple(self._unsaved_losses)
+        return DeliveryUpdate(delivery, losses, (self._version, len(losses)))
+
+    def delivery_saved(self, update: DeliveryUpdate) -> None:
+        """The writer committed ``update``."""
+        version, losses = update.token
+        self._saved_version = max(self._saved_version, version)
+        del self._unsaved_losses[:losses]
+
+    def commit_blocked(self) -> str | None:
+        """Why the writer must not commit now (retention policy ``stop``), or None."""
+        retention = self.config.retention
+        if retention.policy != "stop":
+            return None
+        backlog = self._undelivered()
+        if retention.max_samples is not None and backlog >= retention.max_samples:
+            return (
+                f"sink {self.sink_id!r} has {backlog} undelivered samples, its retention bound"
+                " (policy stop)"
+            )
+        oldest = self.stats.oldest_undelivered_ns
+        if retention.max_age_s is not None and oldest is not None and backlog:
+            age_s = (now_ns() - oldest) / 1e9
+            if age_s > retention.max_age_s:
+                return (
+                    f"sink {self.sink_id!r} has undelivered samples {age_s:.0f} s old, beyond"
+                    f" its retention bound of {retention.max_age_s} s (policy stop)"
+                )
+        return None
+
+    # -- running ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        housekeeping = asyncio.create_task(
+            self._housekeeping(), name=f"sink.{self.sink_id}.retention"
+        )
+        try:
+            while True:
+                self._wake.clear()
+                timeout = self._schedule()
+                if not self._tasks and not self._live:
+                    self._idle.set()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            housekeeping.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(housekeeping, *self._tasks, return_exceptions=True)
+            self.stats.state = SinkState.STOPPED
+
+    async def drain(self, deadline: float) -> None:
+        """Stop starting backlog pages; wait (until loop time ``deadline``) for the live queue
+        and every forward in flight. What is left stays in the store for the next run."""
+        self._draining = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout_at(deadline):
+                while self._live or self._tasks:
+                    self._idle.clear()
+                    self._wake.set()
+                    await self._idle.wait()
+        except TimeoutError:
+            self._log.error(
+                "sink.drain_timeout", queued=self._live_count, in_flight=len(self._tasks)
+            )
+
+    def _schedule(self) -> float | None:
+        """Start what may start now; return how long to sleep at most before looking again."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.stats.state is SinkState.DOWN and now < self._retry_at:
+            return self._retry_at - now
+        probing = self.stats.state is not SinkState.UP
+        limit = 1 if probing else self._concurrency
+        while len(self._tasks) < limit and self._live:
+            first, last, rows = self._live.popleft()
+            self._live_count -= len(rows)
+            names = self._names
+            samples = [
+                Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
+                for d, seq, s, g, q, v, r in rows
+            ]
+            self._spawn(self._send(first, last, samples, historical=False), "send")
+        if self._draining or self._live:
+            return None
+        backlog_limit = limit if probing else max(1, limit - 1)  # one slot stays for live data
+        while len(self._tasks) < limit and self._backlog_tasks < backlog_limit:
+            if now < self._backlog_ready_at:
+                return self._backlog_ready_at - now
+            gap = next(self._delivered.gaps(1, self._horizon, self._busy), None)
+            if gap is None:
+                return None
+            first = gap[0]
+            last = min(gap[1], first + self.config.batch_max_samples - 1)
+            self._busy.add(first, last)
+            self._backlog_tasks += 1
+            rate = self.config.backlog_max_rate
+            if rate is not None:
+                start = max(now, self._backlog_ready_at)
+                self._backlog_ready_at = start + (last - first + 1) / rate
+            self._spawn(self._backlog(first, last), "backlog")
+        return None
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro, name=f"sink.{self.sink_id}.{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        # A done callback runs after the task's last line: look again only now that the task
+        # has left the set (the drain waits for an empty one).
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _backlog(self, first: int, last: int) -> None:
+        epoch = self._epoch
+        try:
+            try:
+                rows = await self._reader.between(first, last)
+            except StoreError as exc:
+                self._busy.remove(first, last)
+                self._failed(f"reading the backlog: {exc}", epoch, 0)
+                return
+            samples = [sample for _, sample in rows]
+            await self._send(first, last, samples, historical=True, epoch=epoch)
+        finally:
+            self._backlog_tasks -= 1
+
+    async def _send(
+        self,
+        first: int,
+        last: int,
+        samples: list[Sample],
+        *,
+        historical: bool,
+        epoch: int | None = None,
+    ) -> None:
+        epoch = self._epoch if epoch is None else epoch
+        was_up = self.stats.state is SinkState.UP
+        try:
+            if samples:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.sink.forward(samples, historical)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            reason = f"not acknowledged within {self.send_timeout_s} s"
+            self._failed(reason, epoch, len(samples) if was_up else 0)
+        except Exception as exc:  # any failure of the sink: retry from the store, never crash
+            self._failed(str(exc) or repr(exc), epoch, len(samples) if was_up else 0)
+        else:
+            self._acked(first, last, len(samples), historical, epoch)
+        finally:
+            self._busy.remove(first, last)
+            self._wake.set()
+
+    def _acked(self, first: int, last: int, count: int, historical: bool, epoch: int) -> None:
+        self._delivered.add(first, last)
+        self._version += 1
+        self.stats.delivered += count
+        self.stats.backlog = self._undelivered()
+        if historical:
+            self.stats.delivered_historical += count
+        if epoch == self._epoch and self.stats.state is not SinkState.UP:
+            self.stats.state = SinkState.UP
+            self.stats.sessions += 1
+            self._backoff.reset()
+            self._log.info("sink.up", sessions=self.stats.sessions, backlog=self.stats.backlog)
+
+    def _failed(self, reason: str, epoch: int, resent: int) -> None:
+        """A forward failed; ``resent`` samples of it were in flight on a working connection
+        and may have arrived: they are sent again (possible duplicates upstream)."""
+        self.stats.resent += resent
+        self.stats.last_error = reason
+        if epoch != self._epoch:
+            return  # a send begun before the failure already counted
+        self._epoch += 1
+        self.stats.failures += 1
+        was = self.stats.state
+        self.stats.state = SinkState.DOWN
+        delay = self._backoff.next_delay()
+        self._retry_at = asyncio.get_running_loop().time() + delay
+        for first, last, _ in self._live:
+            self._busy.remove(first, last)
+        self._live.clear()
+        self._live_count = 0
+        event = "sink.down" if was is not SinkState.DOWN else "sink.retry_failed"
+        self._log.warning(
+            event, reason=reason, retry_in_s=round(delay, 2), backlog=self._undelivered()
+        )
+
+    def _undelivered(self) -> int:
+        return self._horizon - self._delivered.count(1, self._horizon)
+
+    # -- retention -------------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await self._check_retention()
+            except StoreError as exc:
+                self._log.error("sink.retention_check_failed", error=str(exc))
+            await asyncio.sleep(_HOUSEKEEPING_S)
+
+    async def _check_retention(self) -> None:
+        retention = self.config.retention
+        backlog = self._undelivered()
+        self.stats.backlog = backlog
+        oldest = next(self._delivered.gaps(1, self._horizon), None)
+        if oldest is None:
+            self.stats.oldest_undelivered_ns = None
+            return
+        ts = await self._reader.gateway_ts(oldest[0])
+        self.stats.oldest_undelivered_ns = ts
+        if retention.policy != "drop_oldest":
+            return
+        if retention.max_samples is not None and backlog > retention.max_samples:
+            await self._give_up(
+                self._oldest_free(backlog - retention.max_samples),
+                f"retention bound of {retention.max_samples} undelivered samples",
+            )
+        if retention.max_age_s is not None and ts is not None:
+            cutoff = now_ns() - int(retention.max_age_s * 1e9)
+            if ts < cutoff:
+                boundary = await self._reader.last_before(oldest[0], self._horizon, cutoff)
+                ranges = list(self._delivered.gaps(oldest[0], boundary, self._busy))
+                await self._give_up(ranges, f"retention bound of {retention.max_age_s} s")
+                gap = next(self._delivered.gaps(1, self._horizon), None)
+                self.stats.oldest_undelivered_ns = (
+                    None if gap is None else await self._reader.gateway_ts(gap[0])
+                )
+
+    def _oldest_free(self, count: int) -> list[tuple[int, int]]:
+        """The ``count`` oldest undelivered ids that are not being sent, as ranges."""
+        ranges = []
+        for first, last in self._delivered.gaps(1, self._horizon, self._busy):
+            take = min(count, last - first + 1)
+            ranges.append((first, first + take - 1))
+            count -= take
+            if count <= 0:
+                break
+        return ranges
+
+    async def _give_up(self, ranges: list[tuple[int, int]], bound: str) -> None:
+        """Record ``ranges`` as lost to this sink, then count them as delivered."""
+        if not ranges:
+            return
+        for first, last in ranges:
+            self._busy.add(first, last)
+        try:
+            reason = f"not delivered to sink {self.sink_id!r}: {bound} exceeded (drop_oldest)"
+            losses = await self._reader.runs(ranges, reason)
+        finally:
+            for first, last in ranges:
+                self._busy.remove(first, last)
+        dropped = sum(loss.count for loss in losses)
+        for first, last in ranges:
+            self._delivered.add(first, last)
+        self._unsaved_losses.extend(losses)
+        self._version += 1
+        self.stats.dropped += dropped
+        self.stats.backlog = self._undelivered()
+        now = time.monotonic()
+        if now - self._last_loss_log > 5.0:
+            self._last_loss_log = now
+            self._log.error(
+                "sink.samples_dropped",
+                dropped=dropped,
+                dropped_total=self.stats.dropped,
+                reason=reason,
+                losses=[(x.signal, x.first_seq, x.last_seq, x.count) for x in losses[:20]],
+            )
+        self._wake.set()
