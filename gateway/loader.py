@@ -2,12 +2,16 @@
 
 Every problem found is collected and reported at once as a :class:`ConfigError` whose lines
 name the path to the bad field, e.g. ``instruments[0].signals[2].unit: unknown UCUM unit
-'ml/mn'``. Nothing here does I/O beyond reading the file.
+'ml/mn'``. Nothing here does I/O beyond reading the file and the environment: string values
+may hold ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` (see
+:func:`read_config`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +98,109 @@ def _problems(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[st
     return lines
 
 
+# After the `$` of a reference: `{NAME}`, `{NAME:-default}` or `{NAME-default}`; the default is
+# literal text up to the first `}`.
+_REFERENCE = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
+_SYNTAX = "write ${NAME}, ${NAME:-default} or ${NAME-default}, and $$ for a literal $"
+
+
+def _expand_string(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``text`` with its environment references replaced, and the problems found.
+
+    The substituted values are not expanded again, and are never parsed as YAML.
+    """
+    out: list[str] = []
+    problems: list[str] = []
+    start = 0  # text[start:] is not copied to `out` yet
+    dollar = text.find("$")
+    while dollar != -1:
+        after = text[dollar + 1 : dollar + 2]
+        if after == "$":
+            out.append(text[start : dollar + 1])
+            start = dollar + 2
+        elif after == "{":
+            match = _REFERENCE.match(text, dollar + 1)
+            if match is None:
+                end = text.find("}", dollar)
+                if end == -1:
+                    problems.append(f"unclosed variable reference {text[dollar:]!r}: {_SYNTAX}")
+                else:
+                    reference = text[dollar : end + 1]
+                    problems.append(f"invalid variable reference {reference!r}: {_SYNTAX}")
+                return text, problems
+            name, op, default = match["name"], match["op"], match["default"]
+            if default is not None and "${" in default:
+                problems.append(
+                    f"nested variable reference in the default of {text[dollar : match.end()]!r}"
+                    " is not supported"
+                )
+                return text, problems
+            value = environ.get(name)
+            if value is None or (value == "" and op == ":-"):
+                if default is None:
+                    problems.append(
+                        f"environment variable {name} is not set"
+                        f" (write ${{{name}:-default}} to give a default)"
+                    )
+                    value = ""
+                else:
+                    value = default
+            out.append(text[start:dollar])
+            out.append(value)
+            start = match.end()
+        # any other `$` is literal text, so a `$` in an existing config keeps its meaning
+        dollar = text.find("$", max(start, dollar + 1))
+    out.append(text[start:])
+    return "".join(out), problems
+
+
+def _expand_environment(
+    node: object,
+    loc: tuple[str | int, ...],
+    environ: Mapping[str, str],
+    problems: list[str],
+    copies: dict[int, object],
+) -> object:
+    """A copy of the parsed YAML ``node`` with environment references expanded in every string
+    value (mapping keys are left alone); problems are appended with their path. ``copies`` maps
+    the id of every mapping and list already copied to its copy, so YAML aliases stay shared
+    (and are expanded once) and a recursive alias cannot recurse forever."""
+    if isinstance(node, str):
+        if "$" not in node:
+            return node
+        expanded, found = _expand_string(node, environ)
+        problems.extend(f"{format_loc(loc)}: {problem}" for problem in found)
+        return expanded
+    if isinstance(node, dict):
+        if id(node) in copies:
+            return copies[id(node)]
+        mapping: dict[object, object] = {}
+        copies[id(node)] = mapping
+        for key, value in node.items():
+            part = key if isinstance(key, str) else str(key)
+            mapping[key] = _expand_environment(value, (*loc, part), environ, problems, copies)
+        return mapping
+    if isinstance(node, list):
+        if id(node) in copies:
+            return copies[id(node)]
+        items: list[object] = []
+        copies[id(node)] = items
+        for index, item in enumerate(node):
+            items.append(_expand_environment(item, (*loc, index), environ, problems, copies))
+        return items
+    return node
+
+
 def read_config(path: Path) -> GatewayConfig:
-    """Parse and validate the file's own schema; plugin options are checked by :func:`load_plan`."""
+    """Parse and validate the file's own schema; plugin options are checked by :func:`load_plan`.
+
+    After parsing, every string value (not a mapping key) has its environment references
+    expanded: ``${NAME}`` (an error if ``NAME`` is unset), ``${NAME:-default}`` (the default if
+    unset or empty), ``${NAME-default}`` (the default only if unset); ``$$`` is a literal ``$``
+    and any other ``$`` stays as written. Expanding the parsed tree, not the text, means a
+    value can never add YAML structure, and a value stays a string (pydantic converts it where
+    a field wants a number).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -111,8 +216,12 @@ def read_config(path: Path) -> GatewayConfig:
         raise ConfigError([f"{where}: invalid YAML: {problem}"]) from exc
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of settings"])
+    problems: list[str] = []
+    expanded = _expand_environment(raw, (), os.environ, problems, {})
+    if problems:
+        raise ConfigError(problems)
     try:
-        config = GatewayConfig.model_validate(raw)
+        config = GatewayConfig.model_validate(expanded)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
     duplicates = config.duplicate_ids()
@@ -210,7 +319,9 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         if resolved is None:
             continue
         factory, options = resolved
-        context = PluginContext(inst.id, config.data_dir, inst.poll_interval_s)
+        context = PluginContext(
+            inst.id, config.data_dir, inst.poll_interval_s, config.site, config.area
+        )
         try:
             driver = factory(options, context)
             channels = list(driver.channels())
@@ -246,7 +357,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
                 continue
             factory, options = resolved
             try:
-                instance = factory(options, PluginContext(item.id, config.data_dir))
+                instance = factory(
+                    options,
+                    PluginContext(item.id, config.data_dir, site=config.site, area=config.area),
+                )
             except Exception as exc:
                 problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
                 continue
