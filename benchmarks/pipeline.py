@@ -143,7 +143,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--signals", type=int, default=100)
     parser.add_argument("--rate", type=float, default=100_000.0, help="offered samples/s")
-    parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--commit-ms", type=int, default=10)
     parser.add_argument("--sink", action="store_true", help="also feed a jsonl_file sink")
     args = parser.parse_args()
     configure_logging("json", "warning")

@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=4, help="probes of the analyser")
     parser.add_argument("--points", type=int, default=2048)
     parser.add_argument("--rate", type=float, default=2000.0, help="offered spectra/s")
-    parser.add_argument("--commit-ms", type=int, default=100)
+    parser.add_argument("--commit-ms", type=int, default=10)
     args = parser.parse_args()
     configure_logging("json", "warning")
     with tempfile.TemporaryDirectory(prefix="patgw-bench-") as folder:

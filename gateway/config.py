@@ -185,7 +185,12 @@ class StoreConfig(_Closed):
         description="Database file; a relative path is taken from the current directory.",
     )
     commit_interval_ms: int = Field(
-        default=100, ge=1, le=10_000, description="Samples are committed in batches this often."
+        default=10,
+        ge=1,
+        le=10_000,
+        description=(
+            "Samples are committed in batches this often; it bounds the latency to the sinks."
+        ),
     )
     synchronous: Literal["normal", "full"] = Field(
         default="normal",

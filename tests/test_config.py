@@ -114,7 +114,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert cfg.data_dir == Path("data")
     assert cfg.store.path == Path("data/patgw.sqlite")
     assert (cfg.store.commit_interval_ms, cfg.store.synchronous, cfg.store.on_full) == (
-        100,
+        10,
         "normal",
         "drop_newest",
     )
