@@ -226,3 +226,16 @@ async def connected(driver: PollingDriverT) -> AsyncIterator[PollingDriverT]:
         yield driver
     finally:
         await driver.close()
+
+
+# --- MQTT: a real Mosquitto broker (tests/mosquitto.py) ---------------------------------------
+
+
+@pytest_asyncio.fixture
+async def mosquitto(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh, anonymous Mosquitto on a free loopback port (a ``mosquitto.Mosquitto``);
+    killed after the test. Fails, never skips, when mosquitto is not installed."""
+    from mosquitto import Mosquitto  # imports this module: import it late
+
+    async with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker

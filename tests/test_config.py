@@ -338,6 +338,28 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     assert by_id["reactor1/feed_pump/flow"].conversion.is_identity
 
 
+def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink_and_the_health_endpoint(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two demos must not drift apart: only the store file, the MQTT sink and the HTTP
+    endpoint differ; the broker URL comes from MQTT_URL with a loopback default."""
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    demo = read_config(REPO / "configs" / "demo.yaml").model_dump()
+    mqtt = read_config(REPO / "configs" / "demo-mqtt.yaml").model_dump()
+    assert mqtt.pop("http") == {"host": "127.0.0.1", "port": 9180}
+    assert demo.pop("http") is None
+    assert mqtt["store"].pop("path") == Path("data/demo-mqtt.sqlite")
+    demo["store"].pop("path")
+    *sinks, upstream = mqtt.pop("sinks")
+    assert sinks == demo.pop("sinks")
+    assert (upstream["id"], upstream["type"]) == ("mqtt", "mqtt")
+    assert upstream["options"] == {"url": "mqtt://127.0.0.1:1883"}
+    assert mqtt == demo
+    monkeypatch.setenv("MQTT_URL", "mqtts://broker.example:8883")
+    plan = load_plan(REPO / "configs" / "demo-mqtt.yaml", registry)
+    assert plan.sinks[-1].instance.url == "mqtts://broker.example:8883"
+
+
 def test_configs_directory_is_not_empty() -> None:
     assert REPO / "configs" / "demo.yaml" in CONFIGS
 

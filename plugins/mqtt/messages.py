@@ -1,0 +1,163 @@
+"""What samples become on the wire: topics and payloads. Pure, tested without a broker.
+
+A message is a ``(topic, payload)`` pair. Payloads are the gateway's JSON form of a sample
+(:func:`gateway.sample_to_json`), flagged ``"historical": true`` when delivered late; in batch
+mode, a JSON array of them per signal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
+from typing import Any
+
+from gateway import Sample, Signal, historical_json, sample_to_json
+
+from .options import check_topic
+
+__all__ = [
+    "Message",
+    "TopicMap",
+    "batch_messages",
+    "meta_payload",
+    "sample_messages",
+    "status_payload",
+]
+
+Message = tuple[str, str | bytes]
+"""One MQTT message: topic and payload (a ``str`` is sent as UTF-8)."""
+
+_by_seq = attrgetter("seq")
+
+
+def _split_id(signal_id: str, default_area: str) -> dict[str, str]:
+    # <area>/<instrument>/<signal>; tolerate other shapes (signals of an older store).
+    parts = signal_id.split("/")
+    area = parts[0] if len(parts) > 1 else default_area
+    return {
+        "area": area,
+        "instrument": "/".join(parts[1:-1]),
+        "signal": parts[-1],
+        "signal_id": signal_id,
+    }
+
+
+class TopicMap:
+    """Each signal's topic (and metadata topic), from the configured templates.
+
+    Bound signals get theirs once, in :meth:`bind`, which refuses two signals on one topic. A
+    signal that was not bound (a backlog sample of a signal no longer configured) gets its
+    topic on first use, from its id.
+    """
+
+    def __init__(self, template: str, meta_template: str | None, site: str, area: str) -> None:
+        self.template = template
+        self.meta_template = meta_template
+        self.site = site
+        self.area = area
+        self.topics: dict[str, str] = {}
+        self.meta: list[Message] = []
+
+    def _fields(self, signal_id: str) -> dict[str, str]:
+        return {"site": self.site, **_split_id(signal_id, self.area)}
+
+    def bind(self, signals: Sequence[Signal], reserved: Iterable[str] = ()) -> None:
+        """Compute every signal's topics; ``ValueError`` naming both signals if two share one
+        (or one takes a ``reserved`` topic, the gateway status)."""
+        owners = dict.fromkeys(reserved, "the gateway status")
+        topics: dict[str, str] = {}
+        meta: list[Message] = []
+
+        def claim(topic: str, owner: str) -> None:
+            check_topic(topic)
+            other = owners.setdefault(topic, owner)
+            if other != owner:
+                raise ValueError(
+                    f"signals {other} and {owner} both map to topic {topic!r}: make the topic"
+                    " template tell them apart (e.g. with {signal_id})"
+                )
+
+        for signal in signals:
+            fields = self._fields(signal.id)
+            topic = self.template.format_map(fields)
+            claim(topic, signal.id)
+            topics[signal.id] = topic
+            if self.meta_template is not None:
+                meta_topic = self.meta_template.format_map({**fields, "topic": topic})
+                claim(meta_topic, signal.id)
+                meta.append((meta_topic, meta_payload(signal, self.site, fields["area"], topic)))
+        self.topics = topics
+        self.meta = meta
+
+    def topic(self, signal_id: str) -> str:
+        """The topic of ``signal_id`` (computed and remembered if it was not bound)."""
+        topic = self.topics.get(signal_id)
+        if topic is None:
+            topic = check_topic(self.template.format_map(self._fields(signal_id)))
+            self.topics[signal_id] = topic
+        return topic
+
+
+def sample_messages(samples: Sequence[Sample], historical: bool, topics: TopicMap) -> list[Message]:
+    """One message per sample, in the order given."""
+    known = topics.topics
+    topic = topics.topic
+    if historical:
+        return [(known.get(s.signal) or topic(s.signal), historical_json(s)) for s in samples]
+    return [(known.get(s.signal) or topic(s.signal), sample_to_json(s)) for s in samples]
+
+
+def batch_messages(
+    samples: Sequence[Sample], historical: bool, topics: TopicMap, max_bytes: int
+) -> list[Message]:
+    """Per signal (in order of first appearance), JSON arrays of its samples in ``seq`` order,
+    each at most ``max_bytes`` long unless a single sample is longer."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        group = groups.get(sample.signal)
+        if group is None:
+            groups[sample.signal] = [sample]
+        else:
+            group.append(sample)
+    messages: list[Message] = []
+    for signal_id, group in groups.items():
+        group.sort(key=_by_seq)  # already in seq order when in commit order: a linear check
+        topic = topics.topic(signal_id)
+        if historical:
+            items = [historical_json(s).encode() for s in group]
+        else:
+            items = [sample_to_json(s).encode() for s in group]
+        start, size = 0, 1  # size == len(b"[" + b",".join(items[start:i]) + b"]")
+        for i, item in enumerate(items):
+            if i > start and size + len(item) + 1 > max_bytes:
+                messages.append((topic, b"[" + b",".join(items[start:i]) + b"]"))
+                start, size = i, 1
+            size += len(item) + 1
+        messages.append((topic, b"[" + b",".join(items[start:]) + b"]"))
+    return messages
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def meta_payload(signal: Signal, site: str, area: str, topic: str) -> bytes:
+    """The retained description of a signal, published at every connect."""
+    return _json(
+        {
+            "signal": signal.id,
+            "unit": signal.unit,
+            "kind": str(signal.kind),
+            "description": signal.description,
+            "instrument": signal.instrument,
+            "site": site,
+            "area": area,
+            "topic": topic,
+        }
+    )
+
+
+def status_payload(status: str, client_id: str) -> bytes:
+    """The retained gateway status: ``online`` or ``offline``."""
+    return _json({"status": status, "client_id": client_id})

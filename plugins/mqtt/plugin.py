@@ -1,0 +1,242 @@
+"""The ``mqtt`` sink: committed samples published to an MQTT broker, store-and-forward.
+
+For integrators who feed a historian, a data lake or a dashboard through a broker. The runtime
+feeds the sink from the store through a durable cursor (:class:`gateway.ForwardingSink`):
+:meth:`MqttSink.forward` returns only once the broker acknowledged every message (PUBACK at
+QoS 1, PUBCOMP at QoS 2) and raises :class:`~.session.MqttError` on any failure; the runtime
+then retries from its cursor with backoff, so consumers may see a message twice and
+de-duplicate on ``(signal, seq)``.
+
+The connection is made lazily, by the first ``forward`` (the gateway starts, and stores
+locally, while the broker is down), and again by the first one after a failure. Each connect
+publishes every bound signal's metadata and the gateway's ``online`` status, retained, and
+counts as established only once the broker acknowledged them. The Last Will (retained
+``offline``) covers a broken connection; a clean stop publishes ``offline`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+
+import structlog
+
+from gateway import PluginContext, Registry, Sample, Signal, hookimpl
+
+from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
+from .options import MqttOptions, check_topic, parse_broker_url
+from .session import Delivery, MqttError, Session, SessionSettings
+
+__all__ = ["MqttError", "MqttOptions", "MqttSink"]
+
+log = structlog.get_logger("plugins.mqtt")
+
+QOS2_INFLIGHT = 20  # Mosquitto's default max_inflight_messages, enforced on incoming QoS 2
+CLOSE_TIMEOUT_S = 2.0  # per step of a clean stop: the offline status, then the disconnect
+
+
+class MqttSink:
+    """Publishes committed samples to one broker, one connection (session) at a time."""
+
+    max_concurrent_forwards = 4
+    """How many ``forward`` calls the runtime may have running at once."""
+
+    def __init__(self, options: MqttOptions, context: PluginContext) -> None:
+        self.options = options
+        self.context = context
+        self.url = options.url
+        self.client_id = options.client_id or f"patgw-{context.site}-{context.id}"
+        self.status_topic: str | None = None
+        will: Message | None = None
+        if options.status_topic is not None:
+            self.status_topic = check_topic(
+                options.status_topic.format_map({"site": context.site, "client_id": self.client_id})
+            )
+            will = (self.status_topic, status_payload("offline", self.client_id))
+        self.topics = TopicMap(options.topic, options.meta_topic, context.site, context.area)
+        self.sessions = 0
+        """Sessions established so far (each connect that the broker accepted)."""
+        self._settings = SessionSettings(
+            url=options.url,
+            address=parse_broker_url(options.url),
+            client_id=self.client_id,
+            protocol=options.protocol,
+            qos=options.qos,
+            keepalive_s=options.keepalive_s,
+            connect_timeout_s=options.connect_timeout_s,
+            max_inflight=options.max_inflight or (0 if options.qos == 1 else QOS2_INFLIGHT),
+            username=options.username,
+            password=options.password,
+            tls=options.tls,
+            will=will,
+        )
+        if options.payload == "batch":
+            self._encode = functools.partial(
+                batch_messages, topics=self.topics, max_bytes=options.max_payload_bytes
+            )
+        else:
+            self._encode = functools.partial(sample_messages, topics=self.topics)
+        self._session: Session | None = None
+        self._retired: list[Session] = []  # ended sessions whose network thread may still run
+        # Calls that wait for a session queue on the lock (first come, first served) and
+        # publish in that order; while any wait, later calls queue behind them.
+        self._lock = asyncio.Lock()
+        self._in_line = 0
+        self._attempts = 0
+        self._failure: str | None = None  # why the last connect attempt failed
+
+    def bind(self, signals: Sequence[Signal]) -> None:
+        """Compute every signal's topic; ``ValueError`` if two signals share one."""
+        self.topics.bind(
+            signals, reserved=() if self.status_topic is None else (self.status_topic,)
+        )
+
+    async def __aenter__(self) -> MqttSink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            if session.usable and self.status_topic is not None:
+                offline = [(self.status_topic, status_payload("offline", self.client_id))]
+                try:
+                    async with asyncio.timeout(
+                        min(CLOSE_TIMEOUT_S, self.options.publish_timeout_s)
+                    ):
+                        await session.publish(offline, retain=True).wait()
+                except (MqttError, TimeoutError):
+                    pass  # best effort: the broker sends the Last Will if the connection breaks
+            await session.close(CLOSE_TIMEOUT_S)
+        await self._reap()
+
+    async def send(self, samples: Sequence[Sample]) -> None:
+        """Deliver live samples: :meth:`forward` with ``historical`` false."""
+        await self.forward(samples, False)
+
+    async def forward(self, samples: Sequence[Sample], historical: bool) -> None:
+        """Publish ``samples`` and return once the broker acknowledged every message.
+
+        Raises :class:`MqttError` naming the broker and the reason on any failure (the session
+        is then closed: the next call connects anew). Messages reach the client in call order.
+        """
+        if not samples:
+            return
+        messages = self._encode(samples, historical)
+        session = self._session
+        if session is not None and session.usable and not self._in_line:
+            delivery = self._publish(session, messages)
+        else:
+            self._in_line += 1
+            attempt = self._attempts
+            try:
+                async with self._lock:
+                    session = await self._ready_session(attempt)
+                    delivery = self._publish(session, messages)
+            finally:
+                self._in_line -= 1
+        await self._acknowledged(session, delivery)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def _ready_session(self, attempt: int) -> Session:
+        session = self._session
+        if session is not None and session.usable:
+            return session
+        if self._attempts != attempt and self._failure is not None:
+            # A connect attempt made while this call waited failed: fail with it rather than
+            # hammer the broker; the runtime retries with backoff.
+            raise MqttError(self._failure)
+        self._attempts += 1
+        try:
+            session = await self._connect()
+        except MqttError as exc:
+            self._failure = str(exc)
+            raise
+        self._failure = None
+        return session
+
+    async def _connect(self) -> Session:
+        await self._reap()
+        if self._session is not None:
+            self._discard(self._session, "connection to broker lost")
+        session = Session(self._settings, self.sessions + 1, asyncio.get_running_loop())
+        self._session = session
+        greeting = list(self.topics.meta)
+        if self.status_topic is not None:
+            greeting.append((self.status_topic, status_payload("online", self.client_id)))
+        try:
+            await session.open()
+            await self._acknowledged(session, session.publish(greeting, retain=True))
+        except BaseException:
+            self._discard(session, "connect failed")
+            raise
+        session.ready = True
+        self.sessions = session.number
+        log.info(
+            "mqtt.connected",
+            url=self.url,
+            client_id=self.client_id,
+            session=session.number,
+            protocol=self.options.protocol,
+            signals=len(self.topics.meta),
+        )
+        return session
+
+    def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
+        try:
+            return session.publish(messages)
+        except MqttError:
+            self._discard(session, "publish failed")
+            raise
+
+    async def _acknowledged(self, session: Session, delivery: Delivery) -> None:
+        timeout = self.options.publish_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await delivery.wait()
+        except TimeoutError:
+            reason = (
+                f"{delivery.remaining} of {delivery.count} messages not acknowledged within"
+                f" {timeout:g} s"
+            )
+            self._discard(session, reason)
+            raise session.error(reason) from None
+        except BaseException:
+            # Lost connection, refused message, or a cancelled forward (whose messages' fate is
+            # unknown): the next call starts from a clean session.
+            self._discard(session, "delivery failed")
+            raise
+
+    def _discard(self, session: Session, reason: str) -> None:
+        session.abort(reason)
+        if self._session is session:
+            self._session = None
+        if session not in self._retired:
+            self._retired.append(session)
+
+    async def _reap(self) -> None:
+        """Wait (bounded) for the network threads of ended sessions to finish."""
+        retired, self._retired = self._retired, []
+        if not retired:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.to_thread(_join_all, retired)
+        except TimeoutError:
+            log.warning("mqtt.close_timeout", url=self.url, sessions=len(retired))
+
+
+def _join_all(sessions: Sequence[Session]) -> None:
+    for session in sessions:
+        session.join()
+
+
+@hookimpl
+def pat_gateway_register_sinks(registry: Registry) -> None:
+    registry.add_sink(
+        "mqtt",
+        MqttSink,
+        MqttOptions,
+        "Publish committed samples to an MQTT broker (QoS 1, store-and-forward)",
+    )

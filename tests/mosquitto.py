@@ -1,0 +1,356 @@
+"""A real Mosquitto broker on loopback, and a real MQTT client that records what it receives.
+
+For the ``mqtt`` sink's tests. :class:`Mosquitto` starts the system's ``mosquitto`` binary on a
+free loopback port with its own configuration in a test folder (anonymous, with a password
+file, or behind TLS), and can stop, kill, pause and restart it on the same port. The Debian
+package also starts a system broker on port 1883; these tests never use it.
+:class:`Subscriber` is a paho-mqtt client on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import free_port, wait_for
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = [
+    "BrokerTls",
+    "Mosquitto",
+    "Received",
+    "Subscriber",
+    "make_broker_tls",
+    "mosquitto_binary",
+]
+
+
+def mosquitto_binary() -> str:
+    """The ``mosquitto`` executable; fails the test (never skips) when it is missing."""
+    found = shutil.which("mosquitto")
+    if found is None and os.access("/usr/sbin/mosquitto", os.X_OK):
+        found = "/usr/sbin/mosquitto"
+    if found is None:
+        pytest.fail("mosquitto not found: install it (apt-get install mosquitto); .ci/run does")
+    return found
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """PEM files of a test certificate authority and of a broker certificate it signed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def make_broker_tls(folder: Path, host: str = "127.0.0.1") -> BrokerTls:
+    """A CA and a server certificate for ``host`` (an IP address) and ``localhost``."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PAT Gateway test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mosquitto")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = BrokerTls(folder / "ca.pem", folder / "broker.pem", folder / "broker.key")
+    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(tls.key, key)
+    return tls
+
+
+def _password_line(user: str, password: str) -> str:
+    # Mosquitto's own "$6$" format (salted SHA-512), which mosquitto 2.x still reads; used
+    # only when mosquitto_passwd is not installed next to the broker.
+    salt = os.urandom(12)
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return f"{user}:$6${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}\n"
+
+
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """A mosquitto password file, made with ``mosquitto_passwd -b`` when it is installed."""
+    tool = shutil.which("mosquitto_passwd")
+    path.write_text("")
+    for user, password in users.items():
+        if tool is None:
+            with path.open("a") as file:
+                file.write(_password_line(user, password))
+        else:
+            subprocess.run([tool, "-b", str(path), user, password], check=True, timeout=10)
+
+
+class Mosquitto:
+    """A mosquitto process on ``127.0.0.1:port``; the port stays the same across restarts.
+
+    ``users`` turns anonymous access off and logs in with a password file; ``tls`` makes the
+    listener TLS-only. Use as ``async with`` or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        tls: BrokerTls | None = None,
+    ) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.users = users
+        self.tls = tls
+        self.process: asyncio.subprocess.Process | None = None
+        self.config = folder / "mosquitto.conf"
+        self.log = folder / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if self.users else 'true'}",
+            "persistence false",
+            "max_queued_messages 0",  # no limit: a slow test subscriber must not lose any
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            # As root, mosquitto switches to the "mosquitto" user, which cannot read the test
+            # folder: stay who we are (a no-op for other users).
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        ]
+        if self.users:
+            password_file = self.folder / "passwords"
+            write_password_file(password_file, self.users)
+            lines.append(f"password_file {password_file}")
+        if self.tls:
+            lines += [
+                f"cafile {self.tls.ca}",
+                f"certfile {self.tls.cert}",
+                f"keyfile {self.tls.key}",
+            ]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def _accepts(self) -> bool:
+        process = self.process
+        if process is not None and process.returncode is not None:
+            pytest.fail(f"mosquitto exited with {process.returncode}: {self.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        """What mosquitto printed and logged (for failure messages)."""
+        texts = []
+        for path in (self.folder / "mosquitto.out", self.log):
+            if path.exists():
+                texts.append(path.read_text(errors="replace"))
+        return "\n".join(texts).strip()
+
+    async def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        assert self.process is None, "already running"
+        if not self.config.exists():
+            self._write_config()
+        with (self.folder / "mosquitto.out").open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                mosquitto_binary(),
+                "-c",
+                str(self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        await wait_for(self._accepts, within=5.0, what=f"mosquitto on port {self.port}")
+
+    async def _end(self, sig: signal.Signals) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # it has just exited by itself
+            process.send_signal(signal.SIGCONT)  # a paused broker handles SIGTERM once resumed
+            process.send_signal(sig)
+        async with asyncio.timeout(5.0):
+            await process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM: mosquitto closes its connections and exits."""
+        await self._end(signal.SIGTERM)
+
+    async def kill(self) -> None:
+        """SIGKILL: connections break as in a crash."""
+        await self._end(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is answered (a hung broker)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    async def restart(self) -> None:
+        """Stop (if running) and start again on the same port."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Mosquitto:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.kill()
+
+
+class Received(NamedTuple):
+    """One message as a subscriber got it."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    """A paho-mqtt client subscribed to ``topic`` (``#``: everything but ``$`` topics) that
+    records every message it receives in :attr:`messages`, in order of arrival."""
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topic: str = "#",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}")
+        if username is not None:
+            client.username_pw_set(username, password)
+        if broker.tls is not None:
+            client.tls_set_context(ssl.create_default_context(cafile=broker.tls.ca))
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self.client = client
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, *_: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(message.topic, message.payload, bool(message.retain)))
+
+    def on(self, topic: str) -> list[Received]:
+        """The messages received on ``topic``."""
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def topics(self) -> set[str]:
+        with self._lock:
+            return {m.topic for m in self.messages}
+
+    async def __aenter__(self) -> Subscriber:
+        await asyncio.to_thread(self.client.connect, "127.0.0.1", self.broker.port, 30)
+        self.client.loop_start()
+        await wait_for(self._subscribed.is_set, within=5.0, what="the subscription")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
