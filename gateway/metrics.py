@@ -175,8 +175,8 @@ class GatewayCollector:
         )
         yield gauge(
             "patgw_store_pending_samples",
-            "Samples published and waiting for the next commit.",
-            len(writer.pending) if writer is not None else 0,
+            "Samples published and not yet committed (waiting, or kept for a retry).",
+            writer.waiting if writer is not None else 0,
         )
         yield gauge(
             "patgw_store_size_bytes",
@@ -321,7 +321,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     store = {
         "committed": stats.committed if stats else 0,
         "dropped": stats.dropped if stats else 0,
-        "pending": len(writer.pending) if writer is not None else 0,
+        "pending": writer.waiting if writer is not None else 0,
         "last_error": stats.last_error if stats else None,
         "size_bytes": store_size_bytes(gateway.plan.config.store.path),
     }

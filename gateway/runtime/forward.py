@@ -450,6 +450,10 @@ class Forwarder:
         self.stats.oldest_undelivered_ns = ts
         if retention.policy != "drop_oldest":
             return
+        if self.stats.state is not SinkState.UP and self._tasks:
+            # A probe holds the oldest page: it may yet be delivered. Drop next time, so that
+            # what is dropped is always the oldest.
+            return
         if retention.max_samples is not None and backlog > retention.max_samples:
             await self._give_up(
                 self._oldest_free(backlog - retention.max_samples),

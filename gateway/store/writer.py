@@ -345,6 +345,11 @@ class StoreWriter:
             for def_id, (first, last, count) in runs.items()
         ]
 
+    @property
+    def waiting(self) -> int:
+        """Samples published but not committed yet (pending, and kept for a retry)."""
+        return len(self.pending) + len(self._retry)
+
     async def call(self, fn: Callable[[SampleStore], T]) -> T:
         """Run ``fn(store)`` on the store's thread (reads at start-up, between commits)."""
         loop = asyncio.get_running_loop()
