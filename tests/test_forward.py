@@ -131,7 +131,10 @@ async def test_an_outage_loses_nothing_and_the_backlog_comes_flagged_historical(
         assert forwarder.stats.failures >= 1
         outage_end = len(sink.received)
         sink.up = True
-        await wait_for(lambda: forwarder.stats.backlog < 20, what="the backlog drains")
+        # Ids are the commit order, 1..committed: all of the outage is delivered once the
+        # cursor passes what was committed by now.
+        up_to = gateway.stats.committed
+        await wait_for(lambda: forwarder.cursor >= up_to, what="the backlog drains")
         after = sink.received[outage_end:]
         # Live data resumes while the backlog drains: some live sample comes before the last
         # historical one.
@@ -204,7 +207,8 @@ async def test_retention_drop_oldest_drops_exactly_what_is_missing(tmp_path: Pat
         forwarder = gateway.forwarders[0]
         await wait_for(lambda: forwarder.stats.dropped >= 300, what="retention drops")
         sink.up = True
-        await wait_for(lambda: forwarder.stats.backlog < 20, what="the rest is delivered")
+        up_to = gateway.stats.committed
+        await wait_for(lambda: forwarder.cursor >= up_to, what="the rest is delivered")
     store_view = committed(tmp_path)
     missing = store_view - sink.seen()
     recorded = [x for x in losses(tmp_path) if "sink 'up'" in x.reason]
@@ -231,7 +235,8 @@ async def test_retention_stop_refuses_new_samples_and_records_them_as_lost(
         sink.up = True
         forwarder = gateway.forwarders[0]
         await wait_for(lambda: gateway.stats.last_error is None, what="commits resume")
-        await wait_for(lambda: forwarder.stats.backlog < 20, what="delivery")
+        up_to = gateway.stats.committed
+        await wait_for(lambda: forwarder.cursor >= up_to, what="delivery")
     # Everything committed reached the upstream; the pause cost no sample (the pending
     # samples waited in memory and were committed afterwards).
     assert sink.seen() == committed(tmp_path)

@@ -505,3 +505,64 @@ async def test_tls_checks_the_host_name_unless_told_not_to(tmp_path: Path) -> No
         async with make_sink(broker.url, tmp_path, tls=unchecked) as sink:
             await sink.forward([sample(FLOW, 0)], historical=False)
     assert not paho_threads()
+
+
+# --- message ids: paho wraps at 65535 without checking what is in flight ---------------------
+
+
+class FakeInfo:
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self.rc = 0
+
+
+class FakeClient:
+    """paho's mid numbering (1..65535, wrapping, never checked for reuse)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def publish(self, topic: str, payload: Any, qos: int, retain: bool) -> FakeInfo:
+        self.last = 1 if self.last == 65535 else self.last + 1
+        return FakeInfo(self.last)
+
+    def socket(self) -> None:
+        return None
+
+
+@pytest.mark.asyncio
+async def test_a_puback_never_acknowledges_a_message_that_was_not_acked() -> None:
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from plugins.mqtt.options import parse_broker_url
+    from plugins.mqtt.session import Session, SessionSettings
+
+    url = "mqtt://127.0.0.1:1883"
+    settings = SessionSettings(
+        url=url,
+        address=parse_broker_url(url),
+        client_id="t",
+        protocol="3.1.1",
+        qos=1,
+        keepalive_s=30,
+        connect_timeout_s=1,
+        max_inflight=0,  # the default at QoS 1: "no limit"
+    )
+    session = Session(settings, 1, asyncio.get_running_loop())
+    session._client = FakeClient()  # type: ignore[assignment]
+    session.ready = True
+    # Two concurrent forwards (per-sample payload, batch_max_samples 40000: allowed by config)
+    a = session.publish([("t", b"a")] * 40000)
+    b = session.publish([("t", b"b")] * 40000)  # its mids 40001..65535, then 1..14465 again
+    # The broker acknowledges A's first message (mid 1) only.
+    ok = ReasonCode(2, identifier=0)  # PUBACK success
+    thread = threading.Thread(target=session._on_publish, args=(None, None, 1, ok, None))
+    thread.start()
+    thread.join()
+    await asyncio.sleep(0.01)
+    assert a.remaining == 39999 and b.remaining == 40000, (
+        f"A's PUBACK for mid 1 was credited to B: a.remaining={a.remaining},"
+        f" b.remaining={b.remaining} (B can complete although one of its messages was never"
+        " acknowledged; A can never complete)"
+    )
+    session._fail("test over")

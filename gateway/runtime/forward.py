@@ -36,7 +36,6 @@ import structlog
 
 from ..api import ForwardingSink
 from ..config import SinkConfig
-from ..errors import StoreError
 from ..model import Quality, Sample
 from ..store.sqlite import Delivery, Loss, Row, SampleStore
 from ..timefmt import now_ns
@@ -200,6 +199,11 @@ class Forwarder:
             new=delivery is None,
         )
 
+    @property
+    def cursor(self) -> int:
+        """Every sample id up to this one is delivered (or given up by retention)."""
+        return self._delivered.prefix_end()
+
     # -- the writer's side ----------------------------------------------------------------------
     def offer(self, first_id: int, rows: Sequence[Row]) -> None:
         """A batch was committed with ids ``first_id...``: queue it live, or leave it to the
@@ -246,7 +250,7 @@ class Forwarder:
         if retention.policy != "stop":
             return None
         backlog = self._undelivered()
-        if retention.max_samples is not None and backlog >= retention.max_samples:
+        if retention.max_samples is not None and backlog > retention.max_samples:
             return (
                 f"sink {self.sink_id!r} has {backlog} undelivered samples, its retention bound"
                 " (policy stop)"
@@ -354,9 +358,10 @@ class Forwarder:
         try:
             try:
                 rows = await self._reader.between(first, last)
-            except StoreError as exc:
+            except Exception as exc:  # StoreError, or anything else: retry later, never strand
                 self._busy.remove(first, last)
-                self._failed(f"reading the backlog: {exc}", epoch, 0)
+                self._failed(f"reading the backlog: {exc!r}", epoch, 0)
+                self._wake.set()
                 return
             samples = [sample for _, sample in rows]
             await self._send(first, last, samples, historical=True, epoch=epoch)
@@ -379,8 +384,12 @@ class Forwarder:
                 async with asyncio.timeout(self.send_timeout_s):
                     await self.sink.forward(samples, historical)
         except asyncio.CancelledError:
-            raise
-        except TimeoutError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            # The sink (or its library) raised CancelledError on its own: a failure like any
+            # other, with backoff — not a reason to resend at once, forever.
+            self._failed("forward cancelled by the sink", epoch, len(samples) if was_up else 0)
             reason = f"not acknowledged within {self.send_timeout_s} s"
             self._failed(reason, epoch, len(samples) if was_up else 0)
         except Exception as exc:  # any failure of the sink: retry from the store, never crash
@@ -434,8 +443,8 @@ class Forwarder:
         while True:
             try:
                 await self._check_retention()
-            except StoreError as exc:
-                self._log.error("sink.retention_check_failed", error=str(exc))
+            except Exception as exc:  # a read error must not end retention for the run
+                self._log.error("sink.retention_check_failed", error=repr(exc))
             await asyncio.sleep(_HOUSEKEEPING_S)
 
     async def _check_retention(self) -> None:

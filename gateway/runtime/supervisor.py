@@ -121,7 +121,8 @@ class Gateway:
                     await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
                 if self.forwarders:
-                    # What the sinks acknowledged while draining: saved, or sent twice later.
+                    # Again, in case the run ended by an error before the save above: nothing
+                    # to do if it happened (only unsaved progress is written).
                     await _uncancellable(writer.flush())
             finally:
                 try:
@@ -295,6 +296,11 @@ class Gateway:
                 await asyncio.wait((*feeders, view))
                 for feeder in self.feeders:
                     feeder.close()
+                if self.forwarders:
+                    # What the sinks acknowledged while draining: saved now, before the sinks
+                    # exit (a sink slow to close must not cost the record of its progress).
+                    assert self.writer is not None
+                    await _uncancellable(self.writer.flush())
         finally:
             for task in instruments:
                 task.cancel()

@@ -474,8 +474,8 @@ class SampleStore:
 
     def between(self, first_id: int, last_id: int) -> list[tuple[int, Sample]]:
         """Committed samples with ``first_id <= id <= last_id``, in commit order, with ids."""
-        names, spectral = self._definitions()
         try:
+            names, spectral = self._definitions()
             rows = self._db.execute(
                 "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
                 " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
@@ -488,9 +488,9 @@ class SampleStore:
     def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         """Per signal, the seq span and count of the samples in the id ``ranges``: how a sink's
         retention records what it gives up."""
-        names, _ = self._definitions()
         found: dict[int, list[int]] = {}
         try:
+            names, _ = self._definitions()
             for first, last in ranges:
                 for def_id, low, high, count in self._db.execute(
                     "SELECT def_id, min(seq), max(seq), count(*) FROM sample"

@@ -125,6 +125,7 @@ class StoreWriter:
         # Store-and-forward sinks: their progress is saved with each commit, and any of them
         # may refuse commits (retention policy "stop").
         self.delivery_sources: list[DeliverySource] = []
+        self._closing = False
         self._saved_seq: dict[str, int] = {}
         self._executor = executor
         self._last_failure_log = 0.0
@@ -147,6 +148,9 @@ class StoreWriter:
             except TimeoutError:
                 pass
             await self._watched_flush(interval)
+        # Shutting down: a sink's retention policy "stop" no longer holds samples back — they
+        # would otherwise be discarded, and the store can take them.
+        self._closing = True
         await self._watched_flush(interval)
         for _ in range(3):
             if not (self.pending or self._retry or self._losses):
@@ -198,7 +202,11 @@ class StoreWriter:
             return
         batch = self._retry + self.pending if self._retry else self.pending[:]
         self.pending.clear()
-        blocked = next(filter(None, (s.commit_blocked() for s in self.delivery_sources)), None)
+        blocked = (
+            None
+            if self._closing
+            else next(filter(None, (s.commit_blocked() for s in self.delivery_sources)), None)
+        )
         if blocked is not None and batch:
             # A sink's retention policy "stop": hold the samples (bounded) as on a full disk.
             self._retry = self._bound(batch, blocked)

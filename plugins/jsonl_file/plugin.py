@@ -10,10 +10,11 @@ between a write and the save of the cursor can repeat a few lines (same ``signal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,23 +33,41 @@ class JsonlFileOptions(BaseModel):
 
 
 class JsonlFileSink:
-    """Appends batches to one file, on a worker thread so the event loop never blocks."""
+    """Appends batches to one file, on a worker thread so the event loop never blocks.
+
+    A batch is written whole or not at all: a failed write (disk full) is cut back to where it
+    began, and a line left half-written by a crash is cut off at the next start, so the file
+    only ever holds complete lines (the runtime sends such a batch again).
+    """
 
     def __init__(self, options: JsonlFileOptions, context: PluginContext) -> None:
         path = options.path
         self.path = path if path.is_absolute() else context.data_dir / path
         self.fsync = options.fsync
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
+        # One write at a time: a write abandoned by a timeout may still be running when the
+        # runtime sends the batch again.
+        self._lock = threading.Lock()
 
     async def __aenter__(self) -> JsonlFileSink:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        await asyncio.to_thread(self._open)
         return self
 
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _cut_partial_line(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     async def send(self, samples: Sequence[Sample]) -> None:
         await self.forward(samples, False)
@@ -58,12 +77,40 @@ class JsonlFileSink:
         await asyncio.to_thread(self._write, samples, historical)
 
     def _write(self, samples: Sequence[Sample], historical: bool) -> None:
-        assert self._file is not None
         encode = historical_json if historical else sample_to_json
-        self._file.write("".join([encode(s) + "\n" for s in samples]))
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        data = "".join([encode(s) + "\n" for s in samples]).encode("utf-8")
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise OSError(f"{self.path} is closed")
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no half batch, no half line
+                raise
+
+
+def _cut_partial_line(fd: int) -> None:
+    """Truncate the file after its last newline (a crash may have left half a line)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    at = size
+    while at > 0:
+        step = min(at, 65536)
+        chunk = os.pread(fd, step, at - step)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, at - step + newline + 1)
+            return
+        at -= step
+    os.ftruncate(fd, 0)
 
 
 @hookimpl

@@ -44,9 +44,13 @@ from gateway import GatewayError, SecretRef
 from .messages import Message
 from .options import BrokerAddress, TlsOptions
 
-__all__ = ["Delivery", "MqttError", "Session", "SessionSettings"]
+__all__ = ["MAX_IN_FLIGHT", "Delivery", "MqttError", "Session", "SessionSettings"]
 
 log = structlog.get_logger("plugins.mqtt")
+
+# Most messages awaiting acknowledgement in one session: below paho's 65,535 message ids, with
+# room for the metadata and status messages of a connect.
+MAX_IN_FLIGHT = 60_000
 
 
 class MqttError(GatewayError):
@@ -64,7 +68,7 @@ class SessionSettings:
     qos: int
     keepalive_s: int
     connect_timeout_s: float
-    max_inflight: int = 0  # most unacknowledged messages at once; 0: no limit
+    max_inflight: int = 0  # most unacknowledged messages at once; 0: MAX_IN_FLIGHT
     username: str | None = None
     password: SecretRef | None = None
     tls: TlsOptions | None = None
@@ -176,7 +180,9 @@ class Session:
         # Flow control is ours, not paho's: a limit in paho makes it scan its in-flight
         # messages on every acknowledgement (measured: 10,600 msg/s without a limit, 4,700
         # with 1000, 900 with 65535), and paho ignores an MQTT 5 broker's Receive Maximum.
-        self._window = settings.max_inflight  # 0: no limit
+        # Never more in flight than message ids (paho numbers 1..65535 and wraps without
+        # checking): a PUBACK must never be credited to another message with the same id.
+        self._window = min(settings.max_inflight or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
         self._in_flight = 0
         self._waiting: deque[tuple[str, str | bytes, bool, Delivery]] = deque()
         self._connack: asyncio.Future[None] = loop.create_future()
@@ -250,13 +256,13 @@ class Session:
         if self._lost is not None:
             raise self.error(self._lost)
         delivery = Delivery(self._loop.create_future(), len(messages))
-        if self._window:
-            self._waiting.extend((topic, payload, retain, delivery) for topic, payload in messages)
-            self._release()
-        else:
+        if not self._waiting and self._in_flight + len(messages) <= self._window:
             hand = self._hand
             for topic, payload in messages:
                 hand(topic, payload, retain, delivery)
+        else:
+            self._waiting.extend((topic, payload, retain, delivery) for topic, payload in messages)
+            self._release()
         return delivery
 
     def _hand(self, topic: str, payload: str | bytes, retain: bool, delivery: Delivery) -> None:
@@ -273,6 +279,9 @@ class Session:
             )
             self.abort(reason)
             raise self.error(reason)
+        if info.mid in self._pending:  # cannot happen within the window: never guess
+            self.abort(f"message id {info.mid} reused while in flight")
+            raise self.error(f"message id {info.mid} reused while in flight")
         self._pending[info.mid] = delivery
         self._in_flight += 1
 
