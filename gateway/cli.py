@@ -138,6 +138,7 @@ def _install_stop_handlers(stop: asyncio.Event) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Gateway
+    from .runtime.interpreter import configure_interpreter
 
     config = read_config(args.config)
     configure_logging(
@@ -145,6 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     plan = load_plan(args.config, build_registry())
     interactive = sys.stdout.isatty() and not args.no_view
+    configure_interpreter()
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -173,7 +173,10 @@ class SinkConfig(_Closed):
     )
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     retry: BackoffConfig = Field(
-        default_factory=BackoffConfig, description="Delays between attempts after a failure."
+        # A broker back after an outage should see the gateway within seconds: the backlog's
+        # drain starts then.
+        default_factory=lambda: BackoffConfig(initial_s=0.5, max_s=5.0),
+        description="Delays between attempts after a failure.",
     )
 
 

@@ -176,10 +176,45 @@ def test_topics_follow_the_template(tmp_path: Path) -> None:
     assert sink.status_topic == STATUS
 
 
-def test_two_signals_on_one_topic_are_a_config_error(tmp_path: Path) -> None:
+def test_signals_may_share_a_topic_but_each_needs_its_own_metadata_topic(
+    tmp_path: Path,
+) -> None:
     other = Signal("reactor1/other_pump/flow", "mL/min", instrument="other_pump")
-    with pytest.raises(ValueError, match=r"reactor1/feed_pump/flow and reactor1/other_pump/flow"):
+    with pytest.raises(
+        ValueError,
+        match=r"metadata of reactor1/feed_pump/flow and the metadata of reactor1/other_pump/flow",
+    ):
         make_sink("mqtt://127.0.0.1", tmp_path, [FLOW, other], topic="pat/{area}/{signal}")
+    sink = make_sink(
+        "mqtt://127.0.0.1",
+        tmp_path,
+        [FLOW, other],
+        topic="pat/{area}/{signal}",
+        meta_topic="meta/{instrument}/{signal}",
+    )
+    assert set(sink.topics.topics.values()) == {"pat/reactor1/flow"}
+    with pytest.raises(ValueError, match=r"the samples and the metadata of reactor1/feed_pump"):
+        make_sink("mqtt://127.0.0.1", tmp_path, [FLOW], topic="x", meta_topic="x")
+
+
+@pytest.mark.asyncio
+async def test_batch_mode_on_a_topic_per_instrument_sends_one_array_per_delivery(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    samples = [sample(s, seq, float(seq)) for seq in range(3) for s in (FLOW, SPEED)]
+    async with (
+        Subscriber(mosquitto, "pat/#") as sub,
+        make_sink(
+            mosquitto.url,
+            tmp_path,
+            topic="pat/{site}/{area}/{instrument}",
+            meta_topic="pat/{site}/{area}/{instrument}/{signal}/meta",
+        ) as sink,
+    ):
+        await sink.forward(samples, historical=False)
+        await wait_for(lambda: sub.on(f"pat/{SITE}/reactor1/feed_pump"), within=5, what="a batch")
+    (message,) = sub.on(f"pat/{SITE}/reactor1/feed_pump")
+    assert message.json() == [sample_to_json_dict(s) for s in samples]  # commit order
 
 
 def test_historical_flag_is_the_last_key() -> None:
@@ -258,12 +293,12 @@ async def test_batch_mode_splits_large_arrays_in_seq_order(
 ) -> None:
     flows = [sample(FLOW, seq, seq / 7) for seq in range(100)]
     spectra = [spectrum_sample(seq) for seq in range(3)]  # each far beyond 1 KiB
-    shuffled = [*flows[50:], *spectra[::-1], *flows[:50]]  # commit order need not be seq order
+    mixed = [*flows[:50], *spectra, *flows[50:]]  # commit order: each signal's in seq order
     async with (
         Subscriber(mosquitto, DATA) as sub,
         make_sink(mosquitto.url, tmp_path, payload="batch", max_payload_bytes=1024) as sink,
     ):
-        await sink.forward(shuffled, historical=False)
+        await sink.forward(mixed, historical=False)
         await wait_for(
             lambda: sum(len(m.json()) for m in sub.messages) >= 103, within=5, what="all samples"
         )

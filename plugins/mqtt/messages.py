@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from operator import attrgetter
 from typing import Any
 
 from gateway import Sample, Signal, historical_json, sample_to_json
@@ -27,8 +26,6 @@ __all__ = [
 
 Message = tuple[str, str | bytes]
 """One MQTT message: topic and payload (a ``str`` is sent as UTF-8)."""
-
-_by_seq = attrgetter("seq")
 
 
 def _split_id(signal_id: str, default_area: str) -> dict[str, str]:
@@ -63,29 +60,31 @@ class TopicMap:
         return {"site": self.site, **_split_id(signal_id, self.area)}
 
     def bind(self, signals: Sequence[Signal], reserved: Iterable[str] = ()) -> None:
-        """Compute every signal's topics; ``ValueError`` naming both signals if two share one
-        (or one takes a ``reserved`` topic, the gateway status)."""
+        """Compute every signal's topics. Signals may share a data topic (a template without
+        ``{signal}``: one topic per instrument, say); each needs its own metadata topic, and no
+        data topic may be a metadata topic or a ``reserved`` one (the gateway status).
+        ``ValueError`` naming both owners otherwise."""
         owners = dict.fromkeys(reserved, "the gateway status")
         topics: dict[str, str] = {}
         meta: list[Message] = []
 
-        def claim(topic: str, owner: str) -> None:
+        def claim(topic: str, owner: str, what: str) -> None:
             check_topic(topic)
             other = owners.setdefault(topic, owner)
             if other != owner:
                 raise ValueError(
-                    f"signals {other} and {owner} both map to topic {topic!r}: make the topic"
-                    " template tell them apart (e.g. with {signal_id})"
+                    f"{other} and {owner} both map to topic {topic!r}: make the {what} template"
+                    " tell them apart (e.g. with {signal})"
                 )
 
         for signal in signals:
             fields = self._fields(signal.id)
             topic = self.template.format_map(fields)
-            claim(topic, signal.id)
+            claim(topic, "the samples", "topic")  # shared by signals, never by anything else
             topics[signal.id] = topic
             if self.meta_template is not None:
                 meta_topic = self.meta_template.format_map({**fields, "topic": topic})
-                claim(meta_topic, signal.id)
+                claim(meta_topic, f"the metadata of {signal.id}", "meta_topic")
                 meta.append((meta_topic, meta_payload(signal, self.site, fields["area"], topic)))
         self.topics = topics
         self.meta = meta
@@ -111,23 +110,23 @@ def sample_messages(samples: Sequence[Sample], historical: bool, topics: TopicMa
 def batch_messages(
     samples: Sequence[Sample], historical: bool, topics: TopicMap, max_bytes: int
 ) -> list[Message]:
-    """Per signal (in order of first appearance), JSON arrays of its samples in ``seq`` order,
-    each at most ``max_bytes`` long unless a single sample is longer."""
+    """Per topic (in order of first appearance), JSON arrays of its samples in the order given
+    (commit order: each signal's in ``seq`` order), each at most ``max_bytes`` long unless a
+    single sample is longer. With one topic per signal, that is one array per signal."""
+    known = topics.topics
+    topic_of = topics.topic
     groups: dict[str, list[Sample]] = {}
     for sample in samples:
-        group = groups.get(sample.signal)
+        topic = known.get(sample.signal) or topic_of(sample.signal)
+        group = groups.get(topic)
         if group is None:
-            groups[sample.signal] = [sample]
+            groups[topic] = [sample]
         else:
             group.append(sample)
+    encode = historical_json if historical else sample_to_json
     messages: list[Message] = []
-    for signal_id, group in groups.items():
-        group.sort(key=_by_seq)  # already in seq order when in commit order: a linear check
-        topic = topics.topic(signal_id)
-        if historical:
-            items = [historical_json(s).encode() for s in group]
-        else:
-            items = [sample_to_json(s).encode() for s in group]
+    for topic, group in groups.items():
+        items = [encode(s).encode() for s in group]
         start, size = 0, 1  # size == len(b"[" + b",".join(items[start:i]) + b"]")
         for i, item in enumerate(items):
             if i > start and size + len(item) + 1 > max_bytes:
