@@ -157,7 +157,9 @@ class Mosquitto:
     """A mosquitto process on ``127.0.0.1:port``; the port stays the same across restarts.
 
     ``users`` turns anonymous access off and logs in with a password file; ``tls`` makes the
-    listener TLS-only. Use as ``async with`` or call :meth:`start` and :meth:`stop`.
+    listener TLS-only; ``persistence`` keeps retained messages, persistent sessions and their
+    queued messages across a :meth:`stop` (SIGTERM saves them to ``folder``) and :meth:`start`
+    (not across :meth:`kill`). Use as ``async with`` or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -167,11 +169,13 @@ class Mosquitto:
         port: int | None = None,
         users: dict[str, str] | None = None,
         tls: BrokerTls | None = None,
+        persistence: bool = False,
     ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.users = users
         self.tls = tls
+        self.persistence = persistence
         self.process: asyncio.subprocess.Process | None = None
         self.config = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
@@ -186,7 +190,11 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if self.users else 'true'}",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {self.folder}/"]
+                if self.persistence
+                else ["persistence false"]
+            ),
             "max_queued_messages 0",  # no limit: a slow test subscriber must not lose any
             f"log_dest file {self.log}",
             "log_type error",
@@ -300,8 +308,16 @@ class Received(NamedTuple):
 
 
 class Subscriber:
-    """A paho-mqtt client subscribed to ``topic`` (``#``: everything but ``$`` topics) that
-    records every message it receives in :attr:`messages`, in order of arrival."""
+    """A paho-mqtt client subscribed to ``topic`` (``#``: everything but ``$`` topics) at QoS 1
+    that records every message it receives in :attr:`messages`, in order of arrival.
+
+    ``persistent`` makes it a consumer that misses nothing across a broker restart: a fixed
+    client id (``client_id``, default ``test-sub-persistent``), a persistent session
+    (clean_session false: with a :class:`Mosquitto` that has ``persistence``, the broker keeps
+    the subscription and queues QoS 1 messages for it while it is away, also across a
+    restart) and reconnection every second while the connection is lost. :attr:`connects`
+    counts the accepted connections.
+    """
 
     def __init__(
         self,
@@ -310,13 +326,25 @@ class Subscriber:
         *,
         username: str | None = None,
         password: str | None = None,
+        persistent: bool = False,
+        client_id: str | None = None,
     ) -> None:
         self.broker = broker
         self.topic = topic
+        self.persistent = persistent
         self.messages: list[Received] = []
+        self.connects = 0
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}")
+        if client_id is None:
+            client_id = "test-sub-persistent" if persistent else f"test-sub-{id(self)}"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False if persistent else None,
+        )
+        if persistent:
+            client.reconnect_delay_set(min_delay=1, max_delay=1)
         if username is not None:
             client.username_pw_set(username, password)
         if broker.tls is not None:
@@ -326,7 +354,13 @@ class Subscriber:
         client.on_message = self._on_message
         self.client = client
 
-    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, *_: Any
+    ) -> None:
+        if reason.is_failure:
+            return
+        with self._lock:
+            self.connects += 1
         client.subscribe(self.topic, qos=1)
 
     def _on_subscribe(self, *_: Any) -> None:
@@ -334,12 +368,20 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append(Received(message.topic, message.payload, bool(message.retain)))
+            self.messages.append(
+                Received(message.topic, bytes(message.payload), bool(message.retain))
+            )
 
     def on(self, topic: str) -> list[Received]:
         """The messages received on ``topic``."""
         with self._lock:
             return [m for m in self.messages if m.topic == topic]
+
+    def since(self, start: int) -> list[Received]:
+        """The messages received after the first ``start`` (the network thread appends to
+        :attr:`messages` meanwhile)."""
+        with self._lock:
+            return self.messages[start:]
 
     def topics(self) -> set[str]:
         with self._lock:

@@ -11,7 +11,7 @@ import pytest
 from gateway import Quality, Signal, StoreError, StoreFullError
 from gateway.config import StoreConfig
 from gateway.store import SampleStore, StoreWriter
-from gateway.store.sqlite import Delivery
+from gateway.store.sqlite import Delivery, Loss
 
 FLOW = Signal("r1/pump/flow", "mL/min", instrument="pump")
 SPEED = Signal("r1/pump/speed", "{rev}/min", instrument="pump")
@@ -280,5 +280,28 @@ def test_sink_deliveries_are_saved_with_the_commit_and_reread_after_a_restart(
         assert store.delivery("historian") == Delivery("historian", 1)
         assert len(store.losses()) == 2
         assert store.between(7, 10) == []
+    finally:
+        store.close()
+
+
+def test_a_loss_that_continues_the_latest_record_of_its_signal_extends_it(
+    tmp_path: Path,
+) -> None:
+    """A long outage recorded every commit interval is a few records, not thousands."""
+    store = SampleStore(tmp_path / "s.sqlite")
+    try:
+        store.define([FLOW, SPEED])
+        full, sink = "store full", "not delivered to sink 'up'"
+        store.record_losses([Loss(FLOW.id, 0, 9, 10, full), Loss(SPEED.id, 0, 4, 5, full)])
+        store.record_losses([Loss(FLOW.id, 10, 19, 10, full)])  # continues: extended
+        store.record_losses([Loss(FLOW.id, 25, 29, 5, full)])  # a gap: a new record
+        store.record_losses([Loss(FLOW.id, 30, 31, 2, sink)])  # another reason: a new record
+        store.commit([], {}, losses=[Loss(SPEED.id, 5, 6, 2, full)])  # with a commit, too
+        assert [(x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in store.losses()] == [
+            (FLOW.id, 0, 19, 20, full),
+            (SPEED.id, 0, 6, 7, full),
+            (FLOW.id, 25, 29, 5, full),
+            (FLOW.id, 30, 31, 2, sink),
+        ]
     finally:
         store.close()

@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS sink_range (
     last_id INTEGER NOT NULL,
     PRIMARY KEY (sink, first_id)
 ) WITHOUT ROWID;
--- Samples the gateway had to drop (store full): counted and kept as evidence.
+-- Samples the gateway had to drop (store full, a sink's retention): counted and kept as
+-- evidence, one record per run of a signal's seq numbers with one reason.
 CREATE TABLE IF NOT EXISTS loss (
     id INTEGER PRIMARY KEY,
     recorded_ns INTEGER NOT NULL,
@@ -106,6 +107,7 @@ CREATE TABLE IF NOT EXISTS loss (
     count INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS loss_by_signal ON loss (signal, id);
 """
 
 _INSERT = (
@@ -402,12 +404,22 @@ class SampleStore:
             raise _translate(exc, "recording losses") from exc
 
     def _insert_losses(self, losses: Sequence[Loss]) -> None:
+        """Record ``losses``; one that continues the signal's latest record (same reason, the
+        next seq) extends it, so a long outage is a few records rather than one per commit."""
         now = now_ns()
-        self._db.executemany(
-            "INSERT INTO loss (recorded_ns, signal, first_seq, last_seq, count, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(now, x.signal, x.first_seq, x.last_seq, x.count, x.reason) for x in losses],
-        )
+        for x in losses:
+            extended = self._db.execute(
+                "UPDATE loss SET last_seq=?, count=count+?"
+                " WHERE id=(SELECT max(id) FROM loss WHERE signal=?)"
+                " AND reason=? AND last_seq=?",
+                (x.last_seq, x.count, x.signal, x.reason, x.first_seq - 1),
+            ).rowcount
+            if not extended:
+                self._db.execute(
+                    "INSERT INTO loss (recorded_ns, signal, first_seq, last_seq, count, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (now, x.signal, x.first_seq, x.last_seq, x.count, x.reason),
+                )
 
     def _save_delivery(self, delivery: Delivery) -> None:
         self._db.execute(
