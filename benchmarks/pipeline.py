@@ -40,6 +40,7 @@ from gateway import (
 )
 from gateway.logs import configure_logging
 from gateway.runtime import Gateway
+from gateway.runtime.interpreter import configure_interpreter
 
 
 class SyntheticOptions(BaseModel):
@@ -147,6 +148,7 @@ def main() -> int:
     parser.add_argument("--sink", action="store_true", help="also feed a jsonl_file sink")
     args = parser.parse_args()
     configure_logging("json", "warning")
+    configure_interpreter()  # as patgw run does
     with tempfile.TemporaryDirectory(prefix="patgw-bench-") as folder:
         result = asyncio.run(
             measure(args.seconds, args.signals, args.rate, args.commit_ms, Path(folder), args.sink)

@@ -46,6 +46,7 @@ from gateway import (
 )
 from gateway.logs import configure_logging
 from gateway.runtime import Gateway
+from gateway.runtime.interpreter import configure_interpreter
 
 
 class AnalyserOptions(BaseModel):
@@ -157,6 +158,7 @@ def main() -> int:
     parser.add_argument("--commit-ms", type=int, default=10)
     args = parser.parse_args()
     configure_logging("json", "warning")
+    configure_interpreter()  # as patgw run does
     with tempfile.TemporaryDirectory(prefix="patgw-bench-") as folder:
         result = asyncio.run(
             measure(
