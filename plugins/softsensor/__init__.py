@@ -1,0 +1,1 @@
+"""Chemometric soft sensor: spectra in, concentrations out (issue 6; preprocessing so far)."""

@@ -1,0 +1,102 @@
+"""Spectral preprocessing against small cases computed by hand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from plugins.softsensor.preprocess import (
+    Baseline,
+    Crop,
+    MeanCenter,
+    Pipeline,
+    SavitzkyGolay,
+    Snv,
+    step_from_dict,
+)
+
+AXIS = np.array([100.0, 200.0, 300.0, 400.0, 500.0])
+
+
+def test_crop_keeps_the_window_inclusive_and_names_an_empty_one() -> None:
+    x = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    out, axis = Crop(200, 400).apply(x, AXIS)
+    assert out.tolist() == [[2.0, 3.0, 4.0]] and axis.tolist() == [200.0, 300.0, 400.0]
+    with pytest.raises(ValueError, match=r"no axis point in \[600.0, 700.0\].*100..500"):
+        Crop(600.0, 700.0).apply(x, AXIS)
+    with pytest.raises(ValueError, match="must be below"):
+        Crop(5, 5)
+
+
+def test_snv_by_hand() -> None:
+    # [1, 2, 3]: mean 2, sample std 1 -> [-1, 0, 1]; [2, 4, 6]: mean 4, std 2 -> the same.
+    x = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [5.0, 5.0, 5.0]])
+    out, _ = Snv().apply(x, AXIS[:3])
+    assert out.tolist() == [[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_baseline_removes_a_polynomial_background_exactly() -> None:
+    # A peak on a quadratic background: degree 2 leaves only what the quadratic cannot fit.
+    background = 3.0 + 0.01 * AXIS + 2e-5 * AXIS**2
+    out, _ = Baseline(2).apply(background[None, :], AXIS)
+    assert np.allclose(out, 0.0, atol=1e-9)
+    line = 5.0 + 0.5 * AXIS
+    out, _ = Baseline(1).apply(np.vstack([line, 2 * line]), AXIS)
+    assert np.allclose(out, 0.0, atol=1e-9)
+    # Degree 0 subtracts the mean.
+    out, _ = Baseline(0).apply(np.array([[1.0, 2.0, 3.0, 4.0, 5.0]]), AXIS)
+    assert np.allclose(out, [[-2.0, -1.0, 0.0, 1.0, 2.0]], atol=1e-12)
+
+
+def test_savitzky_golay_smooths_and_differentiates_by_hand() -> None:
+    # Window 3, order 1 smoothing is the 3-point moving average inside the spectrum.
+    x = np.array([[0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0]])
+    out, _ = SavitzkyGolay(3, 1, 0).apply(x, np.arange(7.0))
+    assert np.allclose(out[0, 1:-1], [1.0, 2.0, 1.0, 2.0, 1.0])
+    # The first derivative of a straight line is its slope everywhere (per point).
+    line = np.array([2.0 * np.arange(9.0) + 1.0])
+    out, _ = SavitzkyGolay(5, 2, 1).apply(line, np.arange(9.0))
+    assert np.allclose(out, 2.0)
+    with pytest.raises(ValueError, match="odd"):
+        SavitzkyGolay(4, 2)
+    with pytest.raises(ValueError, match="deriv"):
+        SavitzkyGolay(5, 1, 2)
+
+
+def test_mean_centre_learns_the_training_mean_and_refuses_another_length() -> None:
+    training = np.array([[1.0, 2.0], [3.0, 6.0]])
+    fitted = MeanCenter().fit(training, AXIS[:2])
+    assert fitted.mean == (2.0, 4.0)
+    out, _ = fitted.apply(np.array([[2.0, 5.0]]), AXIS[:2])
+    assert out.tolist() == [[0.0, 1.0]]
+    with pytest.raises(ValueError, match="not fitted"):
+        MeanCenter().apply(training, AXIS[:2])
+    with pytest.raises(ValueError, match="2 points, the spectra 3"):
+        fitted.apply(np.ones((1, 3)), AXIS[:3])
+
+
+def test_a_fitted_pipeline_round_trips_through_json_and_applies_the_same() -> None:
+    rng = np.random.default_rng(1)
+    axis = np.linspace(400.0, 1800.0, 200)
+    x = rng.normal(100.0, 5.0, (6, 200)) + np.linspace(0.0, 50.0, 200)
+    pipeline = Pipeline(
+        (Crop(500, 1700), Baseline(1), SavitzkyGolay(11, 2, 0), Snv(), MeanCenter())
+    ).fit(x, axis)
+    again = Pipeline.from_dicts(json.loads(json.dumps(pipeline.to_dicts())))
+    assert again == pipeline
+    first, cropped = pipeline.apply(x, axis)
+    second, _ = again.apply(x, axis)
+    assert np.array_equal(first, second)
+    assert cropped.min() >= 500 and cropped.max() <= 1700
+    assert np.allclose(first.mean(axis=0), 0.0, atol=1e-9)  # centred on the training mean
+
+
+def test_unknown_steps_and_bad_fields_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown preprocessing step 'msc'"):
+        step_from_dict({"step": "msc"})
+    with pytest.raises(ValueError, match="step 'snv'"):
+        step_from_dict({"step": "snv", "window": 3})
+    with pytest.raises(ValueError, match="5 points per spectrum on an axis of 4"):
+        Pipeline((Snv(),)).apply(np.ones((1, 5)), AXIS[:4])
