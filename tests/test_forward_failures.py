@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from gateway import Sample
 from gateway.config import SinkConfig, StoreConfig
@@ -55,7 +56,18 @@ class Recorder:
         self.received.extend(samples)
 
 
+async def run_until(forwarder: Forwarder, condition: Callable[[], object], what: str) -> None:
+    """Run ``forwarder`` until ``condition`` holds (failing after 5 s), then stop it."""
+    task = asyncio.create_task(forwarder.run(), name="test.forwarder")
+    try:
+        await wait_for(condition, within=5.0, what=what)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def run_for(forwarder: Forwarder, seconds: float) -> None:
+    """Run ``forwarder`` for a fixed window (to count what it does in that time)."""
     task = asyncio.create_task(forwarder.run(), name="test.forwarder")
     await asyncio.sleep(seconds)
     task.cancel()
@@ -93,7 +105,7 @@ async def test_backlog_page_is_retried_after_a_transient_read_error(
     forwarder = Forwarder("up", sink, config, names, reader)  # type: ignore[arg-type]
     forwarder.start(None, 10)
     try:
-        await run_for(forwarder, 1.0)
+        await run_until(forwarder, lambda: len(sink.received) == 10, "all 10 delivered")
     finally:
         await reader.aclose()
     # The reader works again after one error: all 10 committed samples should be delivered.
@@ -136,9 +148,8 @@ async def test_retention_keeps_running_after_a_transient_read_error(
 
     monkeypatch.setattr(SampleStore, "runs", flaky_runs)
     try:
-        await run_for(forwarder, 1.3)  # housekeeping runs every 0.5 s
+        await run_until(forwarder, lambda: forwarder.stats.dropped == 90, "90 dropped")
     finally:
-        print("runs() calls:", calls[0])
         await reader.aclose()
     assert forwarder.stats.dropped == 90, (
         f"dropped {forwarder.stats.dropped}: the housekeeping task died on the first error"

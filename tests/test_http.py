@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,14 +16,12 @@ from conftest import free_port, plan_for, pump_instrument, running, wait_for, wr
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PromSample
-from pydantic import BaseModel, ConfigDict
+from test_runtime import Recorder, SinkOptions  # an at-most-once sink (send only)
 
 from firmware_stubs.feed_pump import FeedPumpEmulator, PumpModel
 from gateway import (
     GatewayError,
-    PluginContext,
     Registry,
-    Sample,
     build_registry,
     hookimpl,
     load_plan,
@@ -185,30 +183,10 @@ async def test_metrics_and_health_of_a_running_gateway(tmp_path: Path) -> None:
     assert int(head.headers["content-length"]) > 0
 
 
-class RecorderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Recorder:
-    """An at-most-once sink (``send`` only): fed by a SinkFeeder."""
-
-    def __init__(self, options: RecorderOptions, context: PluginContext) -> None:
-        self.received: list[Sample] = []
-
-    async def __aenter__(self) -> Recorder:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-    async def send(self, samples: Sequence[Sample]) -> None:
-        self.received.extend(samples)
-
-
 class RecorderPlugin:
     @hookimpl
     def pat_gateway_register_sinks(self, registry: Registry) -> None:
-        registry.add_sink("recorder", Recorder, RecorderOptions)
+        registry.add_sink("recorder", Recorder, SinkOptions)
 
 
 @pytest.mark.asyncio

@@ -594,7 +594,8 @@ async def test_a_puback_never_acknowledges_a_message_that_was_not_acked() -> Non
     thread = threading.Thread(target=session._on_publish, args=(None, None, 1, ok, None))
     thread.start()
     thread.join()
-    await asyncio.sleep(0.01)
+    # The PUBACK reaches the loop through call_soon_threadsafe: wait until it was applied.
+    await wait_for(lambda: a.remaining + b.remaining < 80000, what="the PUBACK")
     assert a.remaining == 39999 and b.remaining == 40000, (
         f"A's PUBACK for mid 1 was credited to B: a.remaining={a.remaining},"
         f" b.remaining={b.remaining} (B can complete although one of its messages was never"

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel, ConfigDict
+from test_runtime import Recorder, SinkOptions
 
 from gateway import (
     Channel,
@@ -313,24 +314,6 @@ class Spectrometer:
         await asyncio.Event().wait()
 
 
-class Recorder:
-    def __init__(self, options: BaseModel, context: PluginContext) -> None:
-        self.received: list[Sample] = []
-
-    async def __aenter__(self) -> Recorder:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-    async def send(self, samples: Sequence[Sample]) -> None:
-        self.received.extend(samples)
-
-
-class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Inline:
     @hookimpl
     def pat_gateway_register_drivers(self, registry: Registry) -> None:
@@ -338,7 +321,7 @@ class Inline:
 
     @hookimpl
     def pat_gateway_register_sinks(self, registry: Registry) -> None:
-        registry.add_sink("recorder", Recorder, NoOptions)
+        registry.add_sink("recorder", Recorder, SinkOptions)
 
 
 def spectra_plan(tmp_path: Path, signals: list[dict[str, Any]] | None = None) -> Any:

@@ -36,17 +36,17 @@ import structlog
 
 from ..api import ForwardingSink
 from ..config import SinkConfig
-from ..model import Quality, Sample
+from ..model import Sample
 from ..store.sqlite import Delivery, Loss, Row, SampleStore
 from ..timefmt import now_ns
 from .backoff import Backoff
 from .ranges import IdRanges
+from .sinks import samples_of
 
 __all__ = ["BacklogReader", "DeliveryUpdate", "Forwarder", "ForwarderStats", "SinkState"]
 
 log = structlog.get_logger("gateway.sink")
 
-_QUALITIES = list(Quality)
 _HOUSEKEEPING_S = 0.5  # retention and oldest-undelivered age are checked this often
 
 
@@ -319,24 +319,19 @@ class Forwarder:
         live = self._live
         while len(self._tasks) < limit and live:
             first, last, rows = live.popleft()
-            self._live_count -= len(rows)
-            names = self._names
-            samples = [
-                Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
-                for d, seq, s, g, q, v, r in rows
-            ]
             # Batches that queued up while the sink was busy go together (up to a batch): a
             # busy sink gets fewer, larger forwards — for MQTT, fewer messages — and catches
             # up, instead of paying per batch; an idle one still gets each commit at once.
-            room = self.config.batch_max_samples - len(samples)
-            while live and live[0][0] == last + 1 and len(live[0][2]) <= room:
+            batch = list(rows)
+            while (
+                live
+                and live[0][0] == last + 1
+                and len(batch) + len(live[0][2]) <= self.config.batch_max_samples
+            ):
                 _, last, more = live.popleft()
-                self._live_count -= len(more)
-                room -= len(more)
-                samples += [
-                    Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
-                    for d, seq, s, g, q, v, r in more
-                ]
+                batch += more
+            self._live_count -= len(batch)
+            samples = samples_of(batch, self._names)
             self._spawn(self._send(first, last, samples, historical=False), "send")
         if self._draining or self._live:
             return None

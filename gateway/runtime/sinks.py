@@ -21,11 +21,19 @@ from ..api import Sink
 from ..model import Quality, Sample
 from ..store.sqlite import Row
 
-__all__ = ["SinkFeeder"]
+__all__ = ["SinkFeeder", "samples_of"]
 
 log = structlog.get_logger("gateway.sink")
 
 _QUALITIES = list(Quality)
+
+
+def samples_of(rows: Sequence[Row], names: Mapping[int, tuple[str, str]]) -> list[Sample]:
+    """Committed rows as the samples a sink is given (names: def_id → (signal, unit))."""
+    return [
+        Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
+        for d, seq, s, g, q, v, r in rows
+    ]
 
 
 class SinkFeeder:
@@ -84,11 +92,7 @@ class SinkFeeder:
                 continue
             rows = self._queue.popleft()
             self._queued -= len(rows)
-            names = self._names
-            samples = [
-                Sample(names[d][0], v, names[d][1], s, g, _QUALITIES[q], seq, r)
-                for d, seq, s, g, q, v, r in rows
-            ]
+            samples = samples_of(rows, self._names)
             try:
                 async with asyncio.timeout(self.send_timeout_s):
                     await self.sink.send(samples)

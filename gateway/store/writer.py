@@ -50,8 +50,6 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 class DeliverySource(Protocol):
     """A store-and-forward sink's bookkeeping, as the writer sees it."""
 
-    sink_id: str
-
     def take_delivery(self) -> DeliveryUpdate | None: ...
 
     def delivery_saved(self, update: DeliveryUpdate) -> None: ...
@@ -197,7 +195,8 @@ class StoreWriter:
     async def flush(self) -> None:
         """Commit everything pending now, with the losses to record and the sinks' delivery
         progress (one transaction)."""
-        updates = [u for s in self.delivery_sources if (u := s.take_delivery()) is not None]
+        taken = [(s, u) for s in self.delivery_sources if (u := s.take_delivery()) is not None]
+        updates = [u for _, u in taken]
         if not (self.pending or self._retry or self._losses or updates):
             return
         batch = self._retry + self.pending if self._retry else self.pending[:]
@@ -243,7 +242,7 @@ class StoreWriter:
             self._drop(batch, f"commit failed: {exc!r}")
             self._failed(repr(exc), exc)
             return
-        for update, source in zip(updates, self._sources_of(updates), strict=True):
+        for source, update in taken:
             source.delivery_saved(update)
         if not batch:
             return
@@ -269,10 +268,6 @@ class StoreWriter:
         """Put back losses a failed commit did not record, so later drops extend them."""
         self._losses = unsaved + self._losses
         self._open_runs = {(x.signal, x.reason): i for i, x in enumerate(self._losses)}
-
-    def _sources_of(self, updates: list[DeliveryUpdate]) -> list[DeliverySource]:
-        by_sink = {s.sink_id: s for s in self.delivery_sources}
-        return [by_sink[u.delivery.sink] for u in updates]
 
     def _failed(self, error: str, exc: BaseException | None) -> None:
         self.stats.failed_commits += 1
