@@ -14,14 +14,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
-from .model import Quality, Sample, SignalKind
+from .model import Quality, Sample, Signal, SignalKind
 
 __all__ = [
     "Channel",
@@ -32,6 +32,8 @@ __all__ = [
     "Output",
     "PluginContext",
     "PollingDriver",
+    "Processor",
+    "ProcessorIO",
     "Secret",
     "SecretRef",
     "Sink",
@@ -194,6 +196,50 @@ class ForwardingSink(Sink, Protocol):
     """
 
     async def forward(self, samples: Sequence[Sample], historical: bool) -> None: ...
+
+
+class ProcessorIO(Protocol):
+    """The runtime's side of a running processor."""
+
+    processor_id: str
+
+    def output(self, channel: str) -> Output:
+        """The output for ``channel`` (a do-nothing output if the config publishes nothing)."""
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Derives signals from other signals, e.g. concentrations from a spectrum (a soft sensor).
+
+    Built by its registered factory as ``factory(options, context)``; reading a model file there
+    is fine (``patgw check`` then reports a bad one), opening connections is not. The loader
+    resolves :meth:`inputs` against the configuration's signals and calls :meth:`bind` with them
+    before the run; then the runtime calls :meth:`process` once per sample of an input, in
+    publication order, on the event loop — keep it well under a millisecond, as it delays every
+    other instrument meanwhile. Outputs publish through ``io`` exactly as a driver does; pass the
+    input's ``source_ts`` on so that a derived value keeps the time of what it was derived from.
+
+    If ``process`` raises, the runtime publishes ``bad`` samples (the error as the reason, the
+    input's source time) on every output of the processor, logs it, and carries on with the next
+    sample. At shutdown, samples already taken from the instruments are still processed before
+    the final commit.
+    """
+
+    def inputs(self) -> Sequence[str]:
+        """The signals it reads: ``instrument/signal`` within the configuration's area, or a full
+        signal id. Known without I/O; a processor may read the signals of processors listed
+        before it."""
+
+    def channels(self) -> Sequence[Channel]:
+        """Every channel it publishes, in its own unit, known without I/O."""
+
+    def bind(self, inputs: Mapping[str, Signal]) -> None:
+        """The configured signal of each name :meth:`inputs` gave; raise ``ValueError`` if one
+        does not suit (a scalar where a spectrum is needed, a wrong unit...)."""
+
+    def process(self, sample: Sample, io: ProcessorIO) -> None:
+        """Derive and publish from one input sample (any quality: a bad input should usually
+        give bad outputs saying why)."""
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
 from .passwords import hash_password
 from .pluginmanager import build_registry
-from .registry import PluginKind
+from .registry import PluginKind, Registration
 from .schema import config_schema
 from .store.sqlite import SampleStore
 from .timefmt import parse_iso_ns
@@ -47,9 +47,13 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
+    """The argument parser: the built-in commands, plus ``commands`` registered by plugins."""
     parser = argparse.ArgumentParser(
-        prog="patgw", description="PAT Gateway: read process-analytical instruments, durably."
+        prog="patgw",
+        description="PAT Gateway: read process-analytical instruments, durably.",
+        epilog="Plugins may add commands (e.g. 'patgw model' of the soft sensor);"
+        " 'patgw plugins' lists them (kind 'command').",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-format", choices=("console", "json"), help="log output")
@@ -111,7 +115,33 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=YAML",
         help="an emulator option, e.g. --option setpoint_rpm=120 (repeatable)",
     )
+    for registration in commands:
+        if registration.name in _COMMANDS:
+            continue  # a built-in command cannot be replaced (and is never looked up here)
+        command = sub.add_parser(registration.name, parents=[common], help=registration.description)
+        command.set_defaults(plugin_handler=registration.factory(command))
     return parser
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names (its first positional argument), if any."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--log-format", "--log-level"):
+            next(args, None)  # the option's value
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _plugin_commands(argv: Sequence[str]) -> list[Registration]:
+    """The commands plugins register, loaded only when ``argv`` names no built-in command
+    (loading every plugin costs about a second)."""
+    name = _command_name(argv)
+    if name is None or name in _COMMANDS:
+        return []
+    registry = build_registry()
+    return [r for r in registry if r.kind is PluginKind.COMMAND]
 
 
 def _errors(lines: Sequence[str]) -> int:
@@ -320,10 +350,19 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patgw`` program."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        commands = _plugin_commands(argv)
+    except GatewayError as exc:  # a plugin that cannot load
+        print(f"patgw: {exc}", file=sys.stderr)
+        return 1
+    args = _parser(commands).parse_args(argv)
     if args.command != "run":
         configure_logging(args.log_format or "console", args.log_level or "warning")
     try:
+        handler = getattr(args, "plugin_handler", None)
+        if handler is not None:
+            return int(handler(args))
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
         return _errors(exc.problems)

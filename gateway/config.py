@@ -23,6 +23,7 @@ __all__ = [
     "HttpConfig",
     "InstrumentConfig",
     "LoggingConfig",
+    "ProcessorConfig",
     "RetentionConfig",
     "SignalConfig",
     "SinkConfig",
@@ -99,6 +100,35 @@ class InstrumentConfig(_Closed):
     signals: list[SignalConfig] | None = Field(
         default=None,
         description="Signals to publish; omitted = every channel of the driver, in its own unit.",
+    )
+    description: str = ""
+
+
+class ProcessorConfig(_Closed):
+    """A processor: derives signals from other signals (e.g. a soft sensor turning a spectrum
+    into concentrations). Its signals are named ``area/processor-id/channel``, like an
+    instrument's."""
+
+    id: Identifier = Field(
+        description="Processor id; the middle part of its signal ids (unique among instruments"
+        " and processors)."
+    )
+    type: str = Field(description="Processor plugin name, see 'patgw plugins'.")
+    enabled: bool = Field(default=True, description="Set false to keep it configured but idle.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Processor options, validated by the plugin's model."
+    )
+    signals: list[SignalConfig] | None = Field(
+        default=None,
+        description="Signals to publish; omitted = every channel of the processor, in its unit.",
+    )
+    queue_max_samples: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Input samples waiting to be processed; beyond it the oldest are skipped (counted"
+            " and logged: their derived samples are never made)."
+        ),
     )
     description: str = ""
 
@@ -257,19 +287,43 @@ class GatewayConfig(_Closed):
     )
     emulators: list[EmulatorConfig] = Field(default_factory=list)
     instruments: list[InstrumentConfig] = Field(default_factory=list)
+    processors: list[ProcessorConfig] = Field(
+        default_factory=list,
+        description="Derived signals, computed in this order (a processor may read the signals"
+        " of instruments and of processors listed before it).",
+    )
     sinks: list[SinkConfig] = Field(default_factory=list)
 
     def duplicate_ids(self) -> list[str]:
         """``"path: duplicate … id"`` lines for ids that must be unique but are not."""
         problems: list[str] = []
         sections: list[tuple[str, list[Any], str]] = [
-            ("instruments", list(self.instruments), "instrument"),
             ("emulators", list(self.emulators), "emulator"),
             ("sinks", list(self.sinks), "sink"),
         ]
-        for i, inst in enumerate(self.instruments):
-            if inst.signals is not None:
-                sections.append((f"instruments[{i}].signals", list(inst.signals), "signal"))
+        signal_sources: tuple[tuple[str, list[InstrumentConfig | ProcessorConfig]], ...] = (
+            ("instruments", list(self.instruments)),
+            ("processors", list(self.processors)),
+        )
+        for section, sources in signal_sources:
+            for i, source in enumerate(sources):
+                if source.signals is not None:
+                    sections.append((f"{section}[{i}].signals", list(source.signals), "signal"))
+        # Instruments and processors share one namespace: both name the signals they publish.
+        taken: dict[str, str] = {}
+        for section, sources in signal_sources:
+            what = section[:-1]
+            for k, source in enumerate(sources):
+                first = taken.get(source.id)
+                if first is None:
+                    taken[source.id] = f"{section}[{k}]"
+                elif first.startswith(section):
+                    problems.append(f"{section}[{k}].id: duplicate {what} id {source.id!r}")
+                else:
+                    problems.append(
+                        f"{section}[{k}].id: duplicate id {source.id!r}: {first} has it"
+                        " (instruments and processors name signals, so they share ids)"
+                    )
         for path, items, what in sections:
             seen: set[str] = set()
             for k, item in enumerate(items):

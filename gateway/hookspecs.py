@@ -47,9 +47,21 @@ def pat_gateway_register_sinks(registry: Registry) -> None:
 def pat_gateway_register_processors(registry: Registry) -> None:
     """Register processors with ``registry.add_processor(name, factory, options_model)``.
 
-    A processor derives new signals from existing ones (for example a chemometric model turning
-    a spectrum into concentrations). The runtime does not run processors yet: registering one
-    makes it visible to ``patgw plugins`` and reserves its name.
+    ``factory(options, context)`` returns a :class:`~gateway.api.Processor`, which derives new
+    signals from configured ones (for example a chemometric model turning a spectrum into
+    concentrations); ``name`` is the ``type:`` of an entry under ``processors:``.
+    """
+
+
+@hookspec
+def pat_gateway_register_commands(registry: Registry) -> None:
+    """Register ``patgw`` sub-commands with ``registry.add_command(name, configure, description)``.
+
+    ``configure(parser)`` receives the sub-command's :class:`argparse.ArgumentParser`, adds its
+    arguments (or sub-commands of its own) and returns the handler, ``handler(args) -> int``
+    (the exit code: 0 success, 2 a usage or input error with one line per problem on standard
+    error). Built-in commands cannot be replaced. Example: the soft-sensor plugin's
+    ``patgw model fit``.
     """
 
 

@@ -19,14 +19,22 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .api import Channel, Driver, PluginContext
-from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, SinkConfig
+from .api import Channel, Driver, PluginContext, Processor
+from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
 from .errors import ConfigError, UnitError
 from .model import Signal
 from .registry import PluginKind, Registry
 from .units import Conversion, compile_conversion
 
-__all__ = ["InstrumentPlan", "Plan", "SignalPlan", "format_loc", "load_plan", "read_config"]
+__all__ = [
+    "InstrumentPlan",
+    "Plan",
+    "ProcessorPlan",
+    "SignalPlan",
+    "format_loc",
+    "load_plan",
+    "read_config",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,17 @@ class InstrumentPlan:
 
     config: InstrumentConfig
     driver: Driver
+    signals: tuple[SignalPlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorPlan:
+    """A processor ready to run: its config, the object its plugin built, the signals it reads
+    (by the name the processor gave, bound already) and the signals it publishes."""
+
+    config: ProcessorConfig
+    processor: Processor
+    inputs: dict[str, Signal]
     signals: tuple[SignalPlan, ...]
 
 
@@ -72,11 +91,13 @@ class Plan:
     instruments: tuple[InstrumentPlan, ...]
     emulators: tuple[ComponentPlan, ...]
     sinks: tuple[ComponentPlan, ...]
+    processors: tuple[ProcessorPlan, ...] = ()
 
     @property
     def signals(self) -> list[Signal]:
-        """Every published signal, in configuration order."""
-        return [sp.signal for ip in self.instruments for sp in ip.signals]
+        """Every published signal, in configuration order: instruments', then processors'."""
+        sources: tuple[InstrumentPlan | ProcessorPlan, ...] = (*self.instruments, *self.processors)
+        return [sp.signal for source in sources for sp in source.signals]
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -262,15 +283,34 @@ def _options(
     return registration.factory, options
 
 
+def _units_valid(
+    channels: Sequence[Channel], loc: tuple[str | int, ...], problems: list[str]
+) -> bool:
+    """Whether every channel's unit is UCUM; a problem for each one that is not."""
+    valid = True
+    for ch in channels:
+        try:
+            compile_conversion(ch.unit, ch.unit)
+        except UnitError as exc:
+            problems.append(f"{format_loc([*loc, 'options'])}: channel {ch.name!r}: {exc}")
+            valid = False
+    return valid
+
+
 def _signal_plans(
     area: str,
-    inst: InstrumentConfig,
+    inst: InstrumentConfig | ProcessorConfig,
     channels: Sequence[Channel],
     loc: tuple[str | int, ...],
     problems: list[str],
 ) -> tuple[SignalPlan, ...]:
     by_name = {c.name: c for c in channels}
     plans = []
+    plugin = (
+        f"driver {inst.driver!r}"
+        if isinstance(inst, InstrumentConfig)
+        else f"processor type {inst.type!r}"
+    )
     if inst.signals is None:
         for channel in channels:
             signal = Signal(
@@ -290,7 +330,7 @@ def _signal_plans(
             known = ", ".join(by_name) or "none"
             field = "channel" if sc.channel else "id"
             problems.append(
-                f"{format_loc([*sloc, field])}: driver {inst.driver!r} has no channel"
+                f"{format_loc([*sloc, field])}: {plugin} has no channel"
                 f" {channel_name!r} (channels: {known})"
             )
             continue
@@ -328,18 +368,12 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         except Exception as exc:  # a plugin's own check, or its bug: both stop this config
             problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
             continue
-        bad_units = False
-        for ch in channels:
-            try:
-                compile_conversion(ch.unit, ch.unit)
-            except UnitError as exc:
-                problems.append(f"{format_loc([*loc, 'options'])}: channel {ch.name!r}: {exc}")
-                bad_units = True
-        if bad_units:
+        if not _units_valid(channels, loc, problems):
             continue
         signals = _signal_plans(config.area, inst, channels, loc, problems)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
+    processors = _processor_plans(config, registry, instruments, problems)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -373,4 +407,56 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         tuple(instruments),
         tuple(components[PluginKind.EMULATOR]),
         tuple(components[PluginKind.SINK]),
+        tuple(processors),
     )
+
+
+def _processor_plans(
+    config: GatewayConfig,
+    registry: Registry,
+    instruments: Sequence[InstrumentPlan],
+    problems: list[str],
+) -> list[ProcessorPlan]:
+    """Build the enabled processors, resolve what each reads (the signals of instruments and of
+    processors before it) and bind those to it."""
+    known: dict[str, Signal] = {sp.signal.id: sp.signal for ip in instruments for sp in ip.signals}
+    plans: list[ProcessorPlan] = []
+    for i, pc in enumerate(config.processors):
+        loc: tuple[str | int, ...] = ("processors", i)
+        resolved = _options(registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems)
+        if resolved is None:
+            continue
+        factory, options = resolved
+        context = PluginContext(pc.id, config.data_dir, site=config.site, area=config.area)
+        try:
+            processor = factory(options, context)
+            names = list(processor.inputs())
+            channels = list(processor.channels())
+        except Exception as exc:
+            problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
+            continue
+        inputs: dict[str, Signal] = {}
+        for name in names:
+            signal = known.get(name) or known.get(f"{config.area}/{name}")
+            if signal is None:
+                problems.append(
+                    f"{format_loc([*loc, 'options'])}: input {name!r} is no signal of an enabled"
+                    " instrument or an earlier processor"
+                    f" (signals: {', '.join(sorted(known)) or 'none'})"
+                )
+            else:
+                inputs[name] = signal
+        if len(inputs) < len(names):
+            continue
+        try:
+            processor.bind(inputs)
+        except Exception as exc:
+            problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
+            continue
+        if not _units_valid(channels, loc, problems):
+            continue
+        signals = _signal_plans(config.area, pc, channels, loc, problems)
+        if pc.enabled:
+            plans.append(ProcessorPlan(pc, processor, inputs, signals))
+            known.update((sp.signal.id, sp.signal) for sp in signals)
+    return plans

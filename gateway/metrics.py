@@ -87,6 +87,7 @@ class GatewayCollector:
             "patgw", "PAT Gateway build information.", value={"version": self._version}
         )
         yield from self._instruments()
+        yield from self._processors()
         yield from self._store()
         yield from self._sinks()
 
@@ -146,6 +147,36 @@ class GatewayCollector:
             failures.add_metric(key, runner.failures)
             sessions.add_metric(key, runner.sessions)
         yield from (samples_read, samples_committed, connected, failures, sessions)
+
+    def _processors(self) -> Iterator[Metric]:
+        labels = ["processor"]
+        processed = CounterMetricFamily(
+            "patgw_processor_inputs_processed_total",
+            "Input samples the processor was given during this run.",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "patgw_processor_failures_total",
+            "Input samples on which the processor raised (its outputs were published bad).",
+            labels=labels,
+        )
+        skipped = CounterMetricFamily(
+            "patgw_processor_inputs_skipped_total",
+            "Input samples skipped because the processor's queue was full.",
+            labels=labels,
+        )
+        queued = GaugeMetricFamily(
+            "patgw_processor_inputs_queued",
+            "Input samples waiting for the processor.",
+            labels=labels,
+        )
+        for p in self._gateway.processors:
+            key = [p.processor_id]
+            processed.add_metric(key, p.processed)
+            failures.add_metric(key, p.failures)
+            skipped.add_metric(key, p.skipped)
+            queued.add_metric(key, p.queued)
+        yield from (processed, failures, skipped, queued)
 
     def _store(self) -> Iterator[Metric]:
         gateway = self._gateway
@@ -318,6 +349,16 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "backlog": feeder.queued,
             "lost": feeder.lost,
         }
+    processors = {
+        p.processor_id: {
+            "processed": p.processed,
+            "queued": p.queued,
+            "failures": p.failures,
+            "skipped": p.skipped,
+            "last_error": p.last_error,
+        }
+        for p in gateway.processors
+    }
     store = {
         "committed": stats.committed if stats else 0,
         "dropped": stats.dropped if stats else 0,
@@ -344,6 +385,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
         "ready": ready,
         "uptime_s": round(uptime_s, 3),
         "instruments": instruments,
+        "processors": processors,
         "sinks": sinks,
         "store": store,
     }

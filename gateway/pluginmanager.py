@@ -27,6 +27,7 @@ _HOOKS = (
     "pat_gateway_register_sinks",
     "pat_gateway_register_processors",
     "pat_gateway_register_emulators",
+    "pat_gateway_register_commands",
 )
 
 

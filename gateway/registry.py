@@ -1,4 +1,5 @@
-"""The registry that plugin hooks fill: named factories of drivers, sinks, processors, emulators."""
+"""The registry that plugin hooks fill: named factories of drivers, sinks, processors, emulators,
+and ``patgw`` sub-commands."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .errors import PluginError
 
@@ -21,6 +22,13 @@ class PluginKind(StrEnum):
     SINK = "sink"
     PROCESSOR = "processor"
     EMULATOR = "emulator"
+    COMMAND = "command"
+
+
+class _NoOptions(BaseModel):
+    """A command takes command-line arguments, not configuration options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,16 @@ class Registry:
     ) -> None:
         """Register an emulated instrument under ``name`` (the ``type:`` value of an emulator)."""
         self._add(PluginKind.EMULATOR, name, factory, options_model, description)
+
+    def add_command(
+        self,
+        name: str,
+        configure: Callable[..., Any],
+        description: str = "",
+    ) -> None:
+        """Register the ``patgw NAME`` sub-command: ``configure(parser)`` adds its arguments to
+        an :class:`argparse.ArgumentParser` and returns its handler, ``handler(args) -> int``."""
+        self._add(PluginKind.COMMAND, name, configure, _NoOptions, description)
 
     def get(self, kind: PluginKind, name: str) -> Registration | None:
         """The registration of ``name`` for ``kind``, or ``None``."""

@@ -1,8 +1,9 @@
 """The configuration's JSON Schema, including every installed plugin's options.
 
 ``GatewayConfig`` alone types ``options:`` as a free mapping (the core knows no plugin); here the
-schema gains, per registered driver, sink and emulator, an ``if driver == NAME then options is
-NAME's model`` rule, so an editor completes and checks register maps and other plugin options.
+schema gains, per registered driver, sink, processor and emulator, an ``if driver == NAME then
+options is NAME's model`` rule, so an editor completes and checks register maps and other plugin
+options.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, SinkConfig
+from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
 from .registry import PluginKind, Registry
 
 __all__ = ["config_schema"]
@@ -20,6 +21,7 @@ _SECTIONS = {
     PluginKind.DRIVER: (InstrumentConfig, "driver"),
     PluginKind.SINK: (SinkConfig, "type"),
     PluginKind.EMULATOR: (EmulatorConfig, "type"),
+    PluginKind.PROCESSOR: (ProcessorConfig, "type"),
 }
 
 

@@ -2,11 +2,12 @@
 
 Start: open the store and look up signal definitions and counters → enter emulators → enter
 sinks (each resuming from its saved cursor if it forwards from the store) → run the store
-writer, one runner per instrument, one feeder or forwarder per sink and the live view as named
-tasks.
+writer, one runner per instrument, one per processor, one feeder or forwarder per sink and the
+live view as named tasks.
 
 Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI): cancel the instruments
-(waiting at most ``STOP_TIMEOUT_S`` for drivers to close) → the writer commits what is left →
+(waiting at most ``STOP_TIMEOUT_S`` for drivers to close) → the processors process what they
+were given, in configuration order → the writer commits what is left →
 the sinks get what was committed (bounded wait) → feeders, forwarders and view stop → the
 forwarders' progress is saved → sinks exit → emulators exit → the store closes. The writer's
 final commit also runs when the run ends by an error, so an exception never silently discards
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,14 @@ from ..api import Output
 from ..config import HttpConfig, SinkConfig
 from ..errors import GatewayError
 from ..http import serve_http
-from ..loader import ComponentPlan, Plan
+from ..loader import ComponentPlan, Plan, SignalPlan
 from ..model import SignalKind
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .forward import BacklogReader, Forwarder
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput, SpectrumOutput
+from .processors import ProcessorRunner, tap
 from .sinks import SinkFeeder
 from .view import run_view
 
@@ -53,6 +55,7 @@ class RunSummary:
     dropped: int
     instruments: dict[str, dict[str, Any]]
     sinks: dict[str, dict[str, int]]
+    processors: dict[str, dict[str, int]]
 
 
 class Gateway:
@@ -62,6 +65,7 @@ class Gateway:
         self.plan = plan
         self.interactive = interactive
         self.runners: list[InstrumentRunner] = []
+        self.processors: list[ProcessorRunner] = []
         self.outputs: list[SignalOutput] = []
         self.feeders: list[SinkFeeder] = []
         self.forwarders: list[Forwarder] = []
@@ -109,6 +113,7 @@ class Gateway:
                 log.info(
                     "gateway.started",
                     instruments=len(self.runners),
+                    processors=len(self.processors),
                     signals=len(self.outputs),
                     sinks=len(self.feeders) + len(self.forwarders),
                     store=str(self.plan.config.store.path),
@@ -141,6 +146,14 @@ class Gateway:
             instruments={
                 r.instrument_id: {"sessions": r.sessions, "failures": r.failures}
                 for r in self.runners
+            },
+            processors={
+                p.processor_id: {
+                    "processed": p.processed,
+                    "failures": p.failures,
+                    "skipped": p.skipped,
+                }
+                for p in self.processors
             },
             sinks={
                 **{f.sink_id: {"delivered": f.delivered, "lost": f.lost} for f in self.feeders},
@@ -266,6 +279,10 @@ class Gateway:
                 feeders = [
                     group.create_task(sink.run(), name=f"sink.{sink.sink_id}") for sink in all_sinks
                 ]
+                processors = [
+                    group.create_task(p.run(), name=f"processor.{p.processor_id}")
+                    for p in self.processors
+                ]
                 view = group.create_task(run_view(self, interactive=self.interactive), name="view")
                 stopper = group.create_task(stop.wait(), name="stop")
                 done, _ = await asyncio.wait(
@@ -284,6 +301,12 @@ class Gateway:
                 _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
                 if stuck:
                     log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+                for task in processors:
+                    task.cancel()
+                if processors:
+                    await asyncio.wait(processors)
+                for processor in self.processors:  # in order: a later one may read an earlier
+                    processor.drain()
                 await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
                 if all_sinks:
@@ -306,29 +329,42 @@ class Gateway:
                 task.cancel()
 
     def _build_runners(self, stored: Mapping[str, Any], writer: StoreWriter) -> None:
-        append = writer.pending.append
         for ip in self.plan.instruments:
-            by_channel: dict[str, list[SignalOutput]] = defaultdict(list)
-            signal_outputs = []
-            for sp in ip.signals:
-                info = stored[sp.signal.id]
-                output: SignalOutput
-                if sp.signal.kind is SignalKind.SPECTRUM:
-                    output = SpectrumOutput(
-                        sp.signal, sp.conversion, info.def_id, info.next_seq, append
-                    )
-                else:
-                    output = SignalOutput(
-                        sp.signal, sp.conversion, info.def_id, info.next_seq, append
-                    )
-                self.first_seq[sp.signal.id] = info.next_seq
-                by_channel[sp.channel].append(output)
-                signal_outputs.append(output)
-            channels: dict[str, Output] = {
-                ch: outs[0] if len(outs) == 1 else FanOut(outs) for ch, outs in by_channel.items()
-            }
-            self.outputs.extend(signal_outputs)
+            channels, signal_outputs = self._outputs_for(ip.signals, stored, writer)
             self.runners.append(InstrumentRunner(ip, channels, signal_outputs))
+        by_id = {output.signal.id: output for output in self.outputs}
+        for pp in self.plan.processors:
+            channels, signal_outputs = self._outputs_for(pp.signals, stored, writer)
+            runner = ProcessorRunner(pp, channels, signal_outputs)
+            for signal in pp.inputs.values():
+                tap(by_id[signal.id], signal, runner.offer)
+            by_id.update((output.signal.id, output) for output in signal_outputs)
+            self.processors.append(runner)
+
+    def _outputs_for(
+        self, signals: Sequence[SignalPlan], stored: Mapping[str, Any], writer: StoreWriter
+    ) -> tuple[dict[str, Output], list[SignalOutput]]:
+        """An output per published signal, and what each channel publishes through."""
+        append = writer.pending.append
+        by_channel: dict[str, list[SignalOutput]] = defaultdict(list)
+        signal_outputs = []
+        for sp in signals:
+            info = stored[sp.signal.id]
+            output: SignalOutput
+            if sp.signal.kind is SignalKind.SPECTRUM:
+                output = SpectrumOutput(
+                    sp.signal, sp.conversion, info.def_id, info.next_seq, append
+                )
+            else:
+                output = SignalOutput(sp.signal, sp.conversion, info.def_id, info.next_seq, append)
+            self.first_seq[sp.signal.id] = info.next_seq
+            by_channel[sp.channel].append(output)
+            signal_outputs.append(output)
+        channels: dict[str, Output] = {
+            ch: outs[0] if len(outs) == 1 else FanOut(outs) for ch, outs in by_channel.items()
+        }
+        self.outputs.extend(signal_outputs)
+        return channels, signal_outputs
 
     def _next_seq(self) -> dict[str, int]:
         return {o.signal.id: o.seq for o in self.outputs}
