@@ -116,8 +116,6 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
         help="an emulator option, e.g. --option setpoint_rpm=120 (repeatable)",
     )
     for registration in commands:
-        if registration.name in _COMMANDS:
-            continue  # a built-in command cannot be replaced (and is never looked up here)
         command = sub.add_parser(registration.name, parents=[common], help=registration.description)
         command.set_defaults(plugin_handler=registration.factory(command))
     return parser

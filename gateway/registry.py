@@ -12,7 +12,12 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import PluginError
 
-__all__ = ["PluginKind", "Registration", "Registry"]
+__all__ = ["BUILT_IN_COMMANDS", "PluginKind", "Registration", "Registry"]
+
+#: ``patgw`` commands of the core, which no plugin may register.
+BUILT_IN_COMMANDS = frozenset(
+    {"run", "check", "schema", "plugins", "export", "emulate", "hash-password"}
+)
 
 
 class PluginKind(StrEnum):
@@ -102,6 +107,8 @@ class Registry:
     ) -> None:
         """Register the ``patgw NAME`` sub-command: ``configure(parser)`` adds its arguments to
         an :class:`argparse.ArgumentParser` and returns its handler, ``handler(args) -> int``."""
+        if name in BUILT_IN_COMMANDS:
+            raise PluginError(f"{self._origin[0]}: command {name!r} is built into patgw")
         self._add(PluginKind.COMMAND, name, configure, _NoOptions, description)
 
     def get(self, kind: PluginKind, name: str) -> Registration | None:

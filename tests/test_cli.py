@@ -458,3 +458,66 @@ def test_emulate_serial_needs_an_emulator_with_a_serial_line() -> None:
     result = patgw("emulate", "feed_pump", "--serial", "--for", "1")
     assert result.returncode == 2
     assert "--serial: emulator 'feed_pump' has no serial-line mode" in result.stderr
+
+
+VENDOR_COMMAND = """
+from gateway import hookimpl
+
+def configure(parser):
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--fail", action="store_true")
+
+    def handler(args):
+        if args.fail:
+            print("hello: told to fail", file=__import__("sys").stderr)
+            return 2
+        print(f"hello {args.name}")
+        return 0
+
+    return handler
+
+@hookimpl
+def pat_gateway_register_commands(registry):
+    registry.add_command("hello", configure, "Greets")
+"""
+
+VENDOR_RUN = """
+from gateway import hookimpl
+
+@hookimpl
+def pat_gateway_register_commands(registry):
+    registry.add_command("run", lambda parser: None, "Tries to replace patgw run")
+"""
+
+
+def test_a_plugin_adds_a_command_and_cannot_replace_a_built_in_one(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "vendor_hello.py").write_text(VENDOR_COMMAND)
+    env = fake_distribution(site, "vendor-hello", "0.2", {"hello": "vendor_hello"})
+
+    ok = patgw("hello", "--name", "operator", env=env)
+    assert (ok.returncode, ok.stdout) == (0, "hello operator\n"), ok.stderr
+    # The options a command gets after its name, as the built-in ones do.
+    assert patgw("hello", "--name", "x", "--log-level", "error", env=env).returncode == 0
+    failed = patgw("hello", "--name", "x", "--fail", env=env)
+    assert (failed.returncode, failed.stderr) == (2, "hello: told to fail\n")
+    usage = patgw("hello", env=env)
+    assert usage.returncode == 2 and "--name" in usage.stderr
+    listing = json.loads(patgw("plugins", "--json", env=env).stdout)
+    assert ("hello", "command") in {(r["name"], r["kind"]) for r in listing}
+    unknown = patgw("nosuch", env=env)
+    assert unknown.returncode == 2 and "invalid choice: 'nosuch'" in unknown.stderr
+
+    (site / "vendor_run.py").write_text(VENDOR_RUN)
+    env = fake_distribution(site, "vendor-run", "0.1", {"vendor_run": "vendor_run"})
+    refused = patgw("plugins", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr == "patgw: vendor_run: command 'run' is built into patgw\n"
+
+
+def test_the_registry_reserves_exactly_the_built_in_commands() -> None:
+    from gateway.cli import _COMMANDS
+    from gateway.registry import BUILT_IN_COMMANDS
+
+    assert set(_COMMANDS) == BUILT_IN_COMMANDS

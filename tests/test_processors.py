@@ -296,3 +296,27 @@ def test_signal_kinds_of_processor_outputs(tmp_path: Path) -> None:
         "t/p/also": SignalKind.SCALAR,
     }
     assert all(sp.signal.instrument == "p" for sp in pp.signals)
+
+
+@pytest.mark.asyncio
+async def test_health_and_metrics_show_each_processor(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import health_report, new_registry
+
+    the_plan = make_plan(
+        tmp_path, [{"id": "p", "type": "scale", "options": {"input": "c/count", "fail_every": 2}}]
+    )
+    async with running(the_plan) as (gateway, _):
+        await wait_for(lambda: gateway.processors[0].failures >= 3, what="failures")
+        report = health_report(gateway, 1.0)["processors"]["p"]
+        text = generate_latest(new_registry(gateway)).decode()
+    assert report["processed"] >= 6 and report["failures"] >= 3 and report["skipped"] == 0
+    assert report["last_error"].startswith("processor error: ArithmeticError(")
+    assert 'patgw_processor_failures_total{processor="p"}' in text
+    processed = [
+        line
+        for line in text.splitlines()
+        if line.startswith('patgw_processor_inputs_processed_total{processor="p"}')
+    ]
+    assert len(processed) == 1 and float(processed[0].split()[-1]) >= 6

@@ -91,6 +91,12 @@ def _table(gateway: Gateway) -> Table:
     table.caption = f"{states}\nstore: {stats.committed} committed, {stats.dropped} dropped" + (
         f", error: {stats.last_error}" if stats.last_error else ""
     )
+    for p in gateway.processors:
+        table.caption += (
+            f"\nprocessor {p.processor_id}: {p.processed} processed"
+            + (f", {p.failures} failed (last: {p.last_error})" if p.failures else "")
+            + (f", {p.skipped} skipped" if p.skipped else "")
+        )
     for f in gateway.forwarders:
         s = f.stats
         style = _STATE_STYLE.get(s.state.value, "white")
