@@ -35,8 +35,11 @@ from pydantic import ValidationError
 from firmware_stubs.bioreactor import FedBatchModel, ProcessParams, hub
 from firmware_stubs.bioreactor.dcu import (
     CELSIUS,
+    GRAM_PER_LITRE,
     LITRE_PER_MINUTE,
     MILLILITRE,
+    MILLIMOLE_PER_LITRE,
+    MILLION_CELLS_PER_ML,
     PERCENT,
     PH,
     RPM,
@@ -62,6 +65,10 @@ UNECE = {
     "RPM": (5394509, "r/min"),
     "L2": (19506, "l/min"),
     "MLT": (5065812, "ml"),
+    "GL": (18252, "g/l"),
+    "M33": (5059379, "mmol/l"),
+    # Rec. 20 has no code for cells per volume: "no unit id" and a display name for people.
+    "cells": (-1, "10⁶ cells/mL"),
 }
 
 #: Every variable below BioreactorController: path -> (unit code, EURange, writable). Unit
@@ -86,6 +93,21 @@ VARIABLES: dict[str, tuple[str | None, tuple[float, float] | None, bool]] = {
     "Alarms.TemperatureDeviation": (None, None, False),
     "Alarms.pHDeviation": (None, None, False),
     "Alarms.DOLow": (None, None, False),
+    # The emulated process's true values, next to what a real controller has.
+    "Emulation.Glucose": ("GL", None, False),
+    "Emulation.Lactate": ("GL", None, False),
+    "Emulation.Glutamine": ("M33", None, False),
+    "Emulation.ViableCellDensity": ("cells", None, False),
+    "Emulation.Titer": ("GL", None, False),
+}
+
+#: Emulation leaf -> the ProcessState field it shows.
+TRUTH = {
+    "Glucose": "glucose_g_L",
+    "Lactate": "lactate_g_L",
+    "Glutamine": "glutamine_mM",
+    "ViableCellDensity": "vcd_e6_per_mL",
+    "Titer": "titer_g_L",
 }
 
 
@@ -173,10 +195,20 @@ def is_sensor_failure(dv: ua.DataValue) -> bool:
 
 
 def test_units_are_the_unece_codes_packed_into_unit_ids() -> None:
-    for unit in (CELSIUS, PERCENT, RPM, LITRE_PER_MINUTE, MILLILITRE):
+    for unit in (
+        CELSIUS,
+        PERCENT,
+        RPM,
+        LITRE_PER_MINUTE,
+        MILLILITRE,
+        GRAM_PER_LITRE,
+        MILLIMOLE_PER_LITRE,
+    ):
         assert (unit.unit_id, unit.display_name) == UNECE[unit.code]
         assert unit.unit_id == pack(unit.code)
     assert (PH.unit_id, PH.display_name) == (5321520, "pH")
+    assert (MILLION_CELLS_PER_ML.unit_id, MILLION_CELLS_PER_ML.display_name) == UNECE["cells"]
+    assert MILLION_CELLS_PER_ML.code == ""
 
 
 def test_readings_follow_the_process_controllers() -> None:
@@ -189,6 +221,8 @@ def test_readings_follow_the_process_controllers() -> None:
     assert calm["Agitation.PV"] == calm["Agitation.SP"] == 150.0
     assert not any(calm[f"Alarms.{a}"] for a in ("TemperatureDeviation", "pHDeviation", "DOLow"))
     assert calm["Pumps.AcidTotal"] == 0.0
+    for leaf, field in TRUTH.items():
+        assert calm[f"Emulation.{leaf}"] == getattr(s, field), leaf
 
     def at(**change: float) -> dict[str, float | bool]:
         return readings(dataclasses.replace(s, **change), p, drive)
@@ -271,7 +305,10 @@ async def test_the_address_space_carries_units_ranges_and_fresh_values() -> None
             (await child.read_browse_name()).to_string() for child in await root.get_children()
         }
         groups = ("Identification", "Temperature", "pH", "DissolvedOxygen", "Agitation")
-        assert names == {f"{ns}:{g}" for g in (*groups, "GasFlows", "Pumps", "Alarms")}
+        more = ("GasFlows", "Pumps", "Alarms", "Emulation")
+        assert names == {f"{ns}:{g}" for g in (*groups, *more)}
+        emulation = await node(client, ns, "Emulation").read_description()
+        assert "no real controller" in emulation.Text
         ident = {
             (await p.read_browse_name()).Name: await p.read_value()
             for p in await node(client, ns, "Identification").get_properties()
@@ -331,6 +368,53 @@ async def test_the_address_space_carries_units_ranges_and_fresh_values() -> None
         # A measured value is not for clients to write.
         with pytest.raises(BadUserAccessDenied):
             await node(client, ns, "Temperature.PV").write_value(double(20.0))
+
+
+@pytest.mark.asyncio
+async def test_the_true_process_values_are_served_and_faulted_like_the_others() -> None:
+    async with emulator() as reactor, connected(reactor.endpoint) as (client, ns):
+        controller = reactor.controller
+        model = controller.clock.model
+        # Let the culture grow a while (one process hour per second), then bracket a read: only
+        # the controller's updates advance the model, so the model's state just before and just
+        # after the read are those of the updates before and after whatever the read shows.
+        await asyncio.sleep(0.5)
+        before = model.state
+        served = {leaf: await read(client, ns, f"Emulation.{leaf}") for leaf in TRUTH}
+        after = model.state
+        assert after.time_h > 0.4
+        for leaf, field in TRUTH.items():
+            dv = served[leaf]
+            assert dv.StatusCode.is_good() and dv.Value.VariantType == ua.VariantType.Double
+            low, high = sorted((getattr(before, field), getattr(after, field)))
+            assert low - 1e-12 <= dv.Value.Value <= high + 1e-12, (leaf, dv.Value.Value)
+        assert served["Glucose"].Value.Value < 6.0 < served["Glucose"].Value.Value + 0.1
+        assert served["ViableCellDensity"].Value.Value > 0.5
+
+        # Frozen: nothing advances the process, so the last update is exactly the model's state,
+        # with the same timestamp as every other variable of that update.
+        controller.inject(Fault.FROZEN)
+        await asyncio.sleep(2 * UPDATE_S)  # an update under way may still land
+        state = model.state
+        stamp = (await read(client, ns, "Temperature.PV")).SourceTimestamp
+        for leaf, field in TRUTH.items():
+            dv = await read(client, ns, f"Emulation.{leaf}")
+            assert dv.Value.Value == getattr(state, field), leaf
+            assert dv.SourceTimestamp == dv.ServerTimestamp == stamp, leaf
+        await asyncio.sleep(3 * UPDATE_S)
+        assert (await read(client, ns, "Emulation.Glucose")).SourceTimestamp == stamp
+        controller.clear(Fault.FROZEN)
+
+        # Bad values: the true values are as Bad as the measurements, and Good again after.
+        controller.inject(Fault.BAD_VALUES)
+        for leaf in TRUTH:
+            await wait_for_dv(client, ns, f"Emulation.{leaf}", is_sensor_failure)
+        controller.clear(Fault.BAD_VALUES)
+        good = await wait_for_dv(client, ns, "Emulation.Lactate", lambda d: d.StatusCode.is_good())
+        assert good.SourceTimestamp > stamp
+
+        with pytest.raises(BadUserAccessDenied):
+            await node(client, ns, "Emulation.Glucose").write_value(double(1.0))
 
 
 @pytest.mark.asyncio

@@ -1,6 +1,7 @@
 """The ``opcua`` driver against the emulated bioreactor controller (``firmware_stubs/bioreactor``,
 the ``bioreactor`` emulator with a ``port``), through the real runtime: data with units and the
-server's timestamps, a server restart, Bad values, a unit mismatch, setpoint writes.
+server's timestamps (the emulator's true process values among them), a server restart, Bad
+values, a unit mismatch, setpoint writes.
 
 The driver and the emulator share no code: units are checked against the UCUM codes written here,
 the emulator's faults are injected through its own API. Every emulator start builds asyncua's
@@ -41,6 +42,14 @@ NODES: list[dict[str, Any]] = [
     },
     {"name": "base_total", "node": "dcu:BioreactorController.Pumps.BaseTotal", "unit": "mL"},
     {"name": "do_low", "node": "dcu:BioreactorController.Alarms.DOLow", "unit": "1"},
+    # The emulator's true process values: GL is checked against g/L; the cell density has no
+    # UNECE unit (UnitId -1), so the driver takes the configured unit on trust.
+    {"name": "glucose_true", "node": "dcu:BioreactorController.Emulation.Glucose", "unit": "g/L"},
+    {
+        "name": "vcd_true",
+        "node": "dcu:BioreactorController.Emulation.ViableCellDensity",
+        "unit": "10*6/mL",
+    },
     {
         "name": "temperature_sp",
         "node": f"nsu={NAMESPACE};s=BioreactorController.Temperature.SP",
@@ -157,6 +166,11 @@ async def test_data_units_and_timestamps_then_a_restart_and_bad_values(tmp_path:
     units = {s.signal.rsplit("/", 1)[1]: s.unit for s in samples}
     assert units["ph"] == "[pH]" and units["do"] == "%" and units["temperature"] == "Cel"
     assert units["air"] == "L/min" and units["base_total"] == "mL"
+    assert units["glucose_true"] == "g/L" and units["vcd_true"] == "10*6/mL"
+    glucose = [s.value for s in samples if s.signal.endswith("/glucose_true") and s.value]
+    vcd = [s.value for s in samples if s.signal.endswith("/vcd_true") and s.value]
+    assert glucose and all(0.0 < g <= 6.0 for g in glucose)  # 6 g/L at inoculation, then less
+    assert vcd and all(v > 0.0 for v in vcd)
     temperature = [s for s in samples if s.signal.endswith("/temperature")]
     assert [s.seq for s in temperature] == list(range(len(temperature)))
     good = [s for s in temperature if s.quality is Quality.GOOD]

@@ -9,14 +9,16 @@ Address space: namespace ``urn:pat-gateway:emulator:bioreactor-controller`` (reg
 index is usually 2; clients look it up by URI), object ``Objects/BioreactorController`` with an
 ``Identification`` object (properties ``Manufacturer``, ``Model``, ``SerialNumber``) and the
 variables listed in :mod:`~firmware_stubs.bioreactor.dcu`, grouped in objects ``Temperature``,
-``pH``, ``DissolvedOxygen``, ``Agitation`` (each ``PV`` and ``SP``), ``GasFlows``, ``Pumps`` and
-``Alarms``. Every node id is a string id in that namespace equal to its dotted path, e.g.
+``pH``, ``DissolvedOxygen``, ``Agitation`` (each ``PV`` and ``SP``), ``GasFlows``, ``Pumps``,
+``Alarms`` and ``Emulation`` (the process model's true concentrations, which no real controller
+has, for comparing soft sensors with the truth; the object's Description says so). Every node id
+is a string id in that namespace equal to its dotted path, e.g.
 ``BioreactorController.Temperature.PV``. Analog variables (Double) are of ``AnalogItemType``
 with the standard properties ``EngineeringUnits`` and ``EURange`` (browse names in namespace 0;
-node ids ``<variable>.EngineeringUnits`` and ``<variable>.EURange``); the pump totals, which
-have no natural range, are ``AnalogUnitType`` with ``EngineeringUnits`` only. Unless a fault
-says otherwise, every value carries StatusCode Good and SourceTimestamp = ServerTimestamp = when
-it was computed (UTC); ``ServerStatus.CurrentTime`` moves with them.
+node ids ``<variable>.EngineeringUnits`` and ``<variable>.EURange``); the pump totals and the
+true values, which have no natural range, are ``AnalogUnitType`` with ``EngineeringUnits`` only.
+Unless a fault says otherwise, every value carries StatusCode Good and SourceTimestamp =
+ServerTimestamp = when it was computed (UTC); ``ServerStatus.CurrentTime`` moves with them.
 
 Writes: only the four ``SP`` variables are writable (AccessLevel and UserAccessLevel), and a
 written setpoint goes into the process model at once. A setpoint Double outside its EURange (or
@@ -350,6 +352,12 @@ class BioreactorController:
             group, _, leaf = var.path.rpartition(".")
             if group not in parents:
                 obj = await root.add_object(node_id(group), ua.QualifiedName(group, ns))
+                described = dcu.GROUP_DESCRIPTIONS.get(group)
+                if described is not None:
+                    await obj.write_attribute(
+                        AttributeIds.Description,
+                        ua.DataValue(ua.Variant(ua.LocalizedText(described))),
+                    )
                 parents[group] = obj.nodeid
             nid = node_id(var.path)
             item = _variable_item(

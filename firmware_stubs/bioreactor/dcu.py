@@ -14,12 +14,24 @@ client) this is the reference of the variables below ``BioreactorController``:
   EURange: base dosed by the pH controller, acid dosed (always 0: the model lowers the pH with
   CO2, as CHO processes mostly do), feed medium received;
 * ``Alarms.TemperatureDeviation`` (``|PV - SP| > 1 °C``), ``Alarms.pHDeviation``
-  (``|PV - SP| > 0.1``), ``Alarms.DOLow`` (``PV < SP - 10 %``) — Boolean.
+  (``|PV - SP| > 0.1``), ``Alarms.DOLow`` (``PV < SP - 10 %``) — Boolean;
+* ``Emulation.Glucose``, ``.Lactate``, ``.Titer`` — Double, g/L, UnitId 18252 (GL);
+  ``Emulation.Glutamine`` — Double, mM, UnitId 5059379 (M33, millimole per litre);
+  ``Emulation.ViableCellDensity`` — Double, 1e6 cells/mL, UnitId -1 with DisplayName
+  "10⁶ cells/mL" (Rec. 20 has no code for a cell count per volume); none has an EURange.
+
+The ``Emulation`` group is the emulator's own, and **a real controller has no such values**:
+they are the process model's *true* concentrations and cell density, which no instrument
+measures without error (a real DCU knows the broth only through probes and offline samples).
+They exist so that demos and tests can put a soft sensor's predictions (e.g. glucose and lactate
+from Raman spectra) next to the truth. They are read-only and follow the same rules as every
+other variable: the same timestamps, StatusCode Good, Bad under the ``bad_values`` fault, still
+under ``frozen``.
 
 Only the four setpoints are writable. A UnitId packs the UNECE Rec. 20 common code's ASCII
 characters into an Int32 (OPC UA Part 8 §5.6.3). They are hard-coded here on purpose: the
 emulator is the independent check of the driver's own unit mapping, so it shares no code with
-it. CEL, RPM, L2 and MLT, with their display names, are rows of the OPC Foundation's
+it. CEL, RPM, L2, MLT, GL and M33, with their display names, are rows of the OPC Foundation's
 ``UNECE_to_OPCUA.csv``; P1 (percent) is packed the same way, though the current CSV lacks it.
 The pH is Q30 (5321520, "pH"), as the CSV lists it; many real controllers send UnitId -1 with
 DisplayName "pH" instead, which the gateway's driver accepts too.
@@ -46,8 +58,13 @@ from .model import ProcessParams, ProcessState
 __all__ = [
     "ALARM_BANDS",
     "CELSIUS",
+    "EMULATION_GROUP",
+    "GRAM_PER_LITRE",
+    "GROUP_DESCRIPTIONS",
     "LITRE_PER_MINUTE",
     "MILLILITRE",
+    "MILLIMOLE_PER_LITRE",
+    "MILLION_CELLS_PER_ML",
     "PERCENT",
     "PH",
     "RPM",
@@ -81,6 +98,24 @@ PH = EngineeringUnit("Q30", 5321520, "pH", "pH (potential of Hydrogen)")
 RPM = EngineeringUnit("RPM", 5394509, "r/min", "revolutions per minute")
 LITRE_PER_MINUTE = EngineeringUnit("L2", 19506, "l/min", "litre per minute")
 MILLILITRE = EngineeringUnit("MLT", 5065812, "ml", "millilitre")
+GRAM_PER_LITRE = EngineeringUnit("GL", 18252, "g/l", "gram per litre")
+MILLIMOLE_PER_LITRE = EngineeringUnit("M33", 5059379, "mmol/l", "millimole per litre")
+#: Rec. 20 has no code for a number of cells per volume: UnitId -1 ("no unit id", OPC UA Part 8
+#: §5.6.3) and a display name a person reads; a client cannot check it and must trust its config.
+MILLION_CELLS_PER_ML = EngineeringUnit(
+    "", -1, "10⁶ cells/mL", "million cells per millilitre (no UNECE Rec. 20 code)"
+)
+
+#: The group of the process model's true values: emulator only, never on a real controller.
+EMULATION_GROUP = "Emulation"
+#: Description of the group objects that need one, so that a person browsing the address space
+#: cannot take the true values for measurements.
+GROUP_DESCRIPTIONS = {
+    EMULATION_GROUP: (
+        "Emulator only, no real controller has these: the emulated process's true values, for"
+        " comparing soft sensors with the truth"
+    ),
+}
 
 #: How far a PV may leave its setpoint before the alarm of its loop is raised.
 ALARM_BANDS = {"temperature_C": 1.0, "ph": 0.1, "do_low_pct": 10.0}
@@ -154,6 +189,20 @@ def variables(params: ProcessParams) -> tuple[Variable, ...]:
             "Alarms.DOLow", f"DO more than {ALARM_BANDS['do_low_pct']:g} % below its setpoint"
         ),
     ]
+    for leaf, what, unit in (
+        ("Glucose", "glucose", GRAM_PER_LITRE),
+        ("Lactate", "lactate", GRAM_PER_LITRE),
+        ("Glutamine", "glutamine", MILLIMOLE_PER_LITRE),
+        ("ViableCellDensity", "viable cell density", MILLION_CELLS_PER_ML),
+        ("Titer", "product (antibody) titer", GRAM_PER_LITRE),
+    ):
+        found.append(
+            Variable(
+                f"{EMULATION_GROUP}.{leaf}",
+                f"True {what} of the emulated process (emulator only: no real controller has it)",
+                unit,
+            )
+        )
     return tuple(found)
 
 
@@ -223,4 +272,9 @@ def readings(
         > ALARM_BANDS["temperature_C"],
         "Alarms.pHDeviation": abs(state.ph - state.ph_sp) > ALARM_BANDS["ph"],
         "Alarms.DOLow": state.do_pct < state.do_sp_pct - ALARM_BANDS["do_low_pct"],
+        "Emulation.Glucose": state.glucose_g_L,
+        "Emulation.Lactate": state.lactate_g_L,
+        "Emulation.Glutamine": state.glutamine_mM,
+        "Emulation.ViableCellDensity": state.vcd_e6_per_mL,
+        "Emulation.Titer": state.titer_g_L,
     }
