@@ -19,7 +19,7 @@ class Fault(enum.Enum):
     #: port, with the same address space and values that have moved on; old sessions are gone,
     #: as after a real restart.
     SERVER_RESTART = "server_restart"
-    #: Every process value (PV, SP, gas flow, pump total, alarm) is published with StatusCode
+    #: Every value (PV, SP, gas flow, pump total, alarm, true value) is published with StatusCode
     #: BadSensorFailure; OPC UA (and asyncua) then carry no value with it.
     BAD_VALUES = "bad_values"
     #: Values and their timestamps stop updating (the controller's data acquisition hangs);
