@@ -1,4 +1,5 @@
-"""Spectral preprocessing against small cases computed by hand."""
+"""Spectral preprocessing against small cases computed by hand; the compiled (per-axis) form
+against the plain one."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from plugins.softsensor.preprocess import (
     Baseline,
     Crop,
     MeanCenter,
+    Normalize,
     Pipeline,
     SavitzkyGolay,
     Snv,
+    Step,
     step_from_dict,
 )
 
@@ -100,3 +103,64 @@ def test_unknown_steps_and_bad_fields_are_named() -> None:
         step_from_dict({"step": "snv", "window": 3})
     with pytest.raises(ValueError, match="5 points per spectrum on an axis of 4"):
         Pipeline((Snv(),)).apply(np.ones((1, 5)), AXIS[:4])
+
+
+def test_normalize_divides_by_the_band_mean_by_hand() -> None:
+    # Band 200..300 cm-1: mean of (4, 6) is 5, of (1, 3) is 2; a spectrum without it stays.
+    x = np.array([[1.0, 4.0, 6.0, 8.0, 10.0], [2.0, 1.0, 3.0, 4.0, 0.0], [7.0, 0.0, 0.0, 1.0, 1.0]])
+    out, axis = Normalize(200, 300).apply(x, AXIS)
+    assert out.tolist() == [[0.2, 0.8, 1.2, 1.6, 2.0], [1.0, 0.5, 1.5, 2.0, 0.0], x[2].tolist()]
+    assert axis is AXIS
+    compiled, _ = Normalize(200, 300).compile(AXIS)
+    assert compiled(x).tolist() == out.tolist()
+    with pytest.raises(ValueError, match=r"normalize: no axis point in \[600.0, 700.0\]"):
+        Normalize(600.0, 700.0).compile(AXIS)
+    with pytest.raises(ValueError, match="must be below"):
+        Normalize(5, 5)
+    assert step_from_dict({"step": "normalize", "low": 1.0, "high": 2.0}) == Normalize(1.0, 2.0)
+
+
+# A Raman-like axis: 2032 points, unevenly spaced (a grating's curvature), 84..2055 cm-1.
+RAMAN_AXIS = 84.0 + 1971.0 * np.linspace(0.0, 1.0, 2032) ** 1.05
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        (Crop(400, 1800), Baseline(2), SavitzkyGolay(15, 2, 0), Normalize(1580, 1700)),
+        (Crop(400, 1800), SavitzkyGolay(11, 3, 1), Baseline(3), Snv()),
+        (Snv(), SavitzkyGolay(21, 4, 2), Crop(300, 1900), Baseline(0)),
+        (Baseline(5), SavitzkyGolay(3, 1, 0), SavitzkyGolay(31, 2, 0)),
+    ],
+    ids=["default", "derivative-then-baseline", "second-derivative", "high-degree"],
+)
+def test_the_compiled_pipeline_equals_the_plain_one(steps: tuple[Step, ...]) -> None:
+    rng = np.random.default_rng(4)
+    background = 3000.0 * (1.0 - RAMAN_AXIS / 4000.0)
+    bands = 500.0 * np.exp(-0.5 * ((RAMAN_AXIS - 1003.0) / 6.0) ** 2)
+    x = background + bands * rng.uniform(0.5, 2.0, (7, 1)) + rng.normal(0.0, 40.0, (7, 2032))
+    pipeline = Pipeline((*steps, MeanCenter())).fit(x[:5], RAMAN_AXIS)
+    expected, axis = pipeline.apply(x, RAMAN_AXIS)
+    compiled = pipeline.compile(RAMAN_AXIS)
+    assert np.array_equal(compiled.output_axis, axis)
+    scale = np.abs(expected).max()
+    assert np.abs(compiled(x) - expected).max() <= 1e-9 * scale
+    # One spectrum at a time (the soft sensor's case) gives the same rows.
+    assert np.abs(compiled(x[3:4]) - expected[3:4]).max() <= 1e-9 * scale
+
+
+def test_compiling_raises_what_applying_would() -> None:
+    with pytest.raises(ValueError, match=r"crop: no axis point in \[600.0, 700.0\]"):
+        Pipeline((Crop(600.0, 700.0),)).compile(AXIS)
+    with pytest.raises(ValueError, match="savgol: 5 points, fewer than the window 7"):
+        Pipeline((SavitzkyGolay(7, 2, 0),)).compile(AXIS)
+    with pytest.raises(ValueError, match="baseline: 5 points cannot fit degree 5"):
+        Pipeline((Baseline(5),)).compile(AXIS)
+    with pytest.raises(ValueError, match="mean_center: not fitted"):
+        Pipeline((MeanCenter(),)).compile(AXIS)
+    # A crop of a non-monotonic axis keeps scattered points, compiled or not.
+    axis = np.array([300.0, 100.0, 500.0, 200.0, 400.0])
+    x = np.arange(10.0).reshape(2, 5)
+    compiled = Pipeline((Crop(150, 450),)).compile(axis)
+    assert compiled(x).tolist() == Crop(150, 450).apply(x, axis)[0].tolist()
+    assert compiled.output_axis.tolist() == [300.0, 200.0, 400.0]

@@ -15,31 +15,47 @@ Steps (``{"step": name, ...}``):
   deviation (``ddof=1``); removes multiplicative scatter and intensity changes.
 - ``savgol`` ``{window, polyorder, deriv}``: Savitzky-Golay smoothing (``deriv`` 0) or
   derivative along each spectrum (``scipy.signal.savgol_filter``, ``mode="interp"``).
+- ``normalize`` ``{low, high}``: divide each spectrum by its mean over the points in
+  ``[low, high]`` — an internal-standard band (water's bending band near 1640 cm-1 in aqueous
+  media) — which cancels changes of laser power, integration time and optical throughput.
 - ``mean_center`` ``{mean}``: subtract the training mean spectrum (learned by :meth:`fit`).
+
+:meth:`Pipeline.apply` is the reference implementation. A soft sensor applies the same steps to
+one spectrum at a time on an axis that never changes, so :meth:`Pipeline.compile` does once,
+per axis, everything that depends only on the axis (which points a crop keeps, an orthonormal
+basis for the baseline, the Savitzky-Golay weights and edge fits) and returns a
+:class:`CompiledPipeline`: a few array operations per spectrum, equal to :meth:`Pipeline.apply`
+to rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import savgol_filter
+from scipy.signal import savgol_coeffs, savgol_filter
 
 __all__ = [
     "Baseline",
+    "CompiledPipeline",
     "Crop",
     "MeanCenter",
+    "Normalize",
     "Pipeline",
     "SavitzkyGolay",
     "Snv",
     "Step",
+    "Transform",
     "step_from_dict",
 ]
 
 Array = NDArray[np.float64]
+#: A compiled step: spectra ``(n, p)`` in, spectra out, for one fixed input axis.
+Transform = Callable[[Array], Array]
 
 
 class Step:
@@ -54,6 +70,17 @@ class Step:
 
     def apply(self, x: Array, axis: Array) -> tuple[Array, Array]:
         raise NotImplementedError
+
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        """What :meth:`apply` does to spectra on exactly this ``axis``, with the work that
+        depends only on the axis done now; and the axis after the step. Raises the errors
+        :meth:`apply` would raise for this axis."""
+        _, out_axis = self.apply(np.zeros((1, len(axis))), axis)
+
+        def transform(x: Array) -> Array:
+            return self.apply(x, axis)[0]
+
+        return transform, out_axis
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -78,6 +105,15 @@ class Crop(Step):
             )
         return x[:, keep], axis[keep]
 
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        _, out_axis = self.apply(np.zeros((1, len(axis))), axis)
+        kept = np.flatnonzero((axis >= self.low) & (axis <= self.high))
+        if kept[-1] - kept[0] + 1 == kept.size:
+            # A monotonic axis keeps one run of points: a slice is a view, no copy.
+            run = slice(int(kept[0]), int(kept[-1]) + 1)
+            return lambda x: x[:, run], out_axis
+        return lambda x: x[:, kept], out_axis
+
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name, "low": self.low, "high": self.high}
 
@@ -92,15 +128,25 @@ class Baseline(Step):
             raise ValueError(f"baseline: degree must be 0..10, not {self.degree}")
 
     def apply(self, x: Array, axis: Array) -> tuple[Array, Array]:
-        if len(axis) <= self.degree:
-            raise ValueError(f"baseline: {len(axis)} points cannot fit degree {self.degree}")
-        # A scaled axis keeps the Vandermonde matrix well conditioned; one least-squares solve
-        # fits every spectrum of the batch at once.
-        span = axis.max() - axis.min()
-        t = (axis - axis.mean()) / (span if span else 1.0)
-        basis = np.vander(t, self.degree + 1)
+        basis = self._basis(axis)
+        # One least-squares solve fits every spectrum of the batch at once.
         coefficients, *_ = np.linalg.lstsq(basis, x.T, rcond=None)
         return x - (basis @ coefficients).T, axis
+
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        # The least-squares fit is the orthogonal projection onto the basis' column space:
+        # with an orthonormal basis Q of it, the residual is x - (x Q) Qᵀ, two thin products.
+        q, _ = np.linalg.qr(self._basis(axis))
+        q_t = np.ascontiguousarray(q.T)
+        return lambda x: x - (x @ q) @ q_t, axis
+
+    def _basis(self, axis: Array) -> Array:
+        if len(axis) <= self.degree:
+            raise ValueError(f"baseline: {len(axis)} points cannot fit degree {self.degree}")
+        # A scaled axis keeps the Vandermonde matrix well conditioned.
+        span = axis.max() - axis.min()
+        t = (axis - axis.mean()) / (span if span else 1.0)
+        return np.vander(t, self.degree + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name, "degree": self.degree}
@@ -116,6 +162,23 @@ class Snv(Step):
         std = x.std(axis=1, ddof=1, keepdims=True)
         std[std == 0] = 1.0  # a flat spectrum stays flat (zero) rather than NaN
         return (x - x.mean(axis=1, keepdims=True)) / std, axis
+
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        if len(axis) < 2:
+            raise ValueError("snv: needs at least 2 points")
+        points, dof = len(axis), len(axis) - 1
+
+        def transform(x: Array) -> Array:
+            # The same statistics as apply, through numpy's ufuncs directly: x.mean and x.std
+            # cost several microseconds each in Python-level overhead, and this runs per
+            # spectrum.
+            centred = x - np.add.reduce(x, axis=1, keepdims=True) / points
+            std = np.sqrt(np.add.reduce(np.square(centred), axis=1) / dof)
+            std[std == 0] = 1.0
+            centred /= std[:, None]
+            return centred
+
+        return transform, axis
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name}
@@ -142,6 +205,48 @@ class SavitzkyGolay(Step):
         out = savgol_filter(x, self.window, self.polyorder, deriv=self.deriv, axis=1, mode="interp")
         return np.asarray(out, dtype=np.float64), axis
 
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        points = len(axis)
+        if points < self.window:
+            raise ValueError(f"savgol: {points} points, fewer than the window {self.window}")
+        # Inside, each output point is a fixed weighted sum of the window around it. At each
+        # edge, mode="interp" fits one polynomial to the first (last) window of points and
+        # evaluates it on the half window: also a fixed linear map, precomputed here.
+        weights = np.asarray(
+            savgol_coeffs(self.window, self.polyorder, deriv=self.deriv, use="dot"),
+            dtype=np.float64,
+        )
+        half = self.window // 2
+        left = self._edge_map(np.arange(half, dtype=np.float64))
+        right = self._edge_map(np.arange(self.window - half, self.window, dtype=np.float64))
+        left_t, right_t = np.ascontiguousarray(left.T), np.ascontiguousarray(right.T)
+        kernel = np.ascontiguousarray(weights[::-1])  # convolution flips what a dot product reads
+        window, tail = self.window, points - self.window
+
+        def transform(x: Array) -> Array:
+            out = np.empty_like(x)
+            # np.convolve per spectrum is several times faster than a matrix product over a
+            # sliding-window view, which numpy copies first.
+            for row, spectrum in enumerate(x):
+                out[row, half : points - half] = np.convolve(spectrum, kernel, "valid")
+            out[:, :half] = x[:, :window] @ left_t
+            out[:, points - half :] = x[:, tail:] @ right_t
+            return out
+
+        return transform, axis
+
+    def _edge_map(self, at: Array) -> Array:
+        """The matrix taking a window of values to the ``deriv``-th derivative, at positions
+        ``at`` (0 = the window's first point), of their least-squares polynomial."""
+        positions = np.arange(self.window, dtype=np.float64)
+        fit = np.linalg.pinv(np.vander(positions, self.polyorder + 1, increasing=True))
+        powers = np.arange(self.polyorder + 1)
+        # d^m/dt^m t^j = j!/(j-m)! t^(j-m) for j >= m, else 0.
+        factors = np.array([math.perm(int(j), self.deriv) for j in powers], dtype=np.float64)
+        exponents = np.clip(powers - self.deriv, 0, None)
+        evaluate = factors * at[:, None] ** exponents
+        return np.asarray(evaluate @ fit, dtype=np.float64)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.name,
@@ -149,6 +254,44 @@ class SavitzkyGolay(Step):
             "polyorder": self.polyorder,
             "deriv": self.deriv,
         }
+
+
+@dataclass(frozen=True)
+class Normalize(Step):
+    low: float
+    high: float
+    name = "normalize"
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"normalize: low ({self.low}) must be below high ({self.high})")
+
+    def apply(self, x: Array, axis: Array) -> tuple[Array, Array]:
+        band = (axis >= self.low) & (axis <= self.high)
+        if not band.any():
+            raise ValueError(
+                f"normalize: no axis point in [{self.low}, {self.high}]"
+                f" (the axis spans {axis.min():g}..{axis.max():g})"
+            )
+        level = x[:, band].mean(axis=1, keepdims=True)
+        level[level == 0] = 1.0  # a spectrum without the band stays as it is rather than inf
+        return x / level, axis
+
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        self.apply(np.zeros((1, len(axis))), axis)  # the same errors as apply
+        band = np.flatnonzero((axis >= self.low) & (axis <= self.high))
+        points = band.size
+        run = slice(int(band[0]), int(band[-1]) + 1) if band[-1] - band[0] + 1 == points else band
+
+        def transform(x: Array) -> Array:
+            level = np.add.reduce(x[:, run], axis=1, keepdims=True) / points
+            level[level == 0] = 1.0
+            return x / level
+
+        return transform, axis
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.name, "low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -169,6 +312,11 @@ class MeanCenter(Step):
             )
         return x - np.asarray(self.mean), axis
 
+    def compile(self, axis: Array) -> tuple[Transform, Array]:
+        self.apply(np.zeros((1, len(axis))), axis)  # the same errors as apply
+        mean = np.asarray(self.mean, dtype=np.float64)
+        return lambda x: x - mean, axis
+
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name, "mean": None if self.mean is None else list(self.mean)}
 
@@ -178,6 +326,7 @@ _STEPS: dict[str, type[Step]] = {
     "baseline": Baseline,
     "snv": Snv,
     "savgol": SavitzkyGolay,
+    "normalize": Normalize,
     "mean_center": MeanCenter,
 }
 
@@ -227,3 +376,36 @@ class Pipeline:
         for step in self.steps:
             x, axis = step.apply(x, axis)
         return x, axis
+
+    def compile(self, axis: Array) -> CompiledPipeline:
+        """This pipeline for spectra on ``axis`` only, with the per-axis work done now.
+
+        Raises ``ValueError`` as :meth:`apply` would for this axis (an empty crop, too few
+        points for a step, a training mean of another length).
+        """
+        source = np.asarray(axis, dtype=np.float64)
+        out_axis = source
+        transforms = []
+        for step in self.steps:
+            transform, out_axis = step.compile(out_axis)
+            transforms.append(transform)
+        return CompiledPipeline(tuple(transforms), source, out_axis)
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledPipeline:
+    """A :class:`Pipeline` bound to one input axis: call it with spectra ``(n, p)`` on
+    :attr:`axis` (float64) to get the preprocessed spectra on :attr:`output_axis`.
+
+    It does not check its input: the caller (a model) checks the axis once and the shape per
+    call, so the per-spectrum path stays a handful of array operations.
+    """
+
+    transforms: tuple[Transform, ...]
+    axis: Array
+    output_axis: Array
+
+    def __call__(self, x: Array) -> Array:
+        for transform in self.transforms:
+            x = transform(x)
+        return x

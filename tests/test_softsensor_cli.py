@@ -1,0 +1,217 @@
+"""``patgw model fit / show / check`` end to end, on files as ``patgw export`` and a laboratory
+would write them."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_stubs.raman.spectrum import (
+    Composition,
+    SpectrumSynthesizer,
+    raman_shift_cm1,
+    wavelength_coefficients,
+    wavelengths_nm,
+)
+from gateway import Quality, Sample, SpectralAxis, Spectrum, format_ns, parse_iso_ns, sample_to_json
+from plugins.softsensor.commands import configure
+
+SHIFT = raman_shift_cm1(wavelengths_nm(wavelength_coefficients(2048), 2048), 785.0)
+AXIS = SpectralAxis(SHIFT[16:], "cm-1")
+SYNTHESIZER = SpectrumSynthesizer(SHIFT, dark_pixels=16)
+RAMAN = "reactor1/raman/spectrum"
+T0 = parse_iso_ns("2026-11-26T16:00:00Z")
+MINUTE = 60_000_000_000
+
+
+def patgw_model(argv: list[str]) -> int:
+    """Run ``patgw model ARGV`` as the real ``patgw`` does: parse, then the handler."""
+    parser = argparse.ArgumentParser(prog="patgw model")
+    handler = configure(parser)
+    return handler(parser.parse_args(argv))
+
+
+def write_run(
+    folder: Path, name: str, count: int, start: int, seed: int, axis: SpectralAxis = AXIS
+) -> tuple[Path, Path]:
+    """An export of ``count`` spectra a minute apart (with pH samples between them and one bad
+    spectrum), and the laboratory's CSV: a sample drawn 10 s after each spectrum, in batches of
+    25, plus two samples taken when no spectrum was."""
+    rng = np.random.default_rng(seed)
+    lines, rows = [], ["time,batch,glucose [g/L],lactate [g/L]"]
+    for i in range(count):
+        broth = Composition(
+            glucose_g_L=rng.uniform(0, 8),
+            lactate_g_L=rng.uniform(0, 4),
+            glutamine_mM=rng.uniform(0, 6),
+            vcd_e6_per_mL=rng.uniform(0.3, 20),
+            titer_g_L=rng.uniform(0, 3),
+        )
+        counts = SYNTHESIZER.counts(broth, 0.5, -10.0, rng).astype(np.float64)
+        ts = start + i * MINUTE
+        spectrum = Spectrum(counts[16:] - counts[:16].mean(), axis)
+        lines.append(sample_to_json(Sample(RAMAN, spectrum, "{counts}", ts, ts, Quality.GOOD, i)))
+        lines.append(
+            sample_to_json(Sample("reactor1/dcu/ph", 7.0, "[pH]", ts, ts, Quality.GOOD, i))
+        )
+        lab = format_ns(ts + 10_000_000_000)
+        rows.append(f"{lab},B{i // 25},{broth.glucose_g_L!r},{broth.lactate_g_L!r}")
+    bad = Sample(RAMAN, None, "{counts}", start - MINUTE, start, Quality.BAD, 0, "no signal")
+    lines.append(sample_to_json(bad))
+    for hours in (100, 200):
+        rows.append(f"{format_ns(start + hours * 60 * MINUTE)},B9,4.0,")
+    export = folder / f"{name}.jsonl"
+    export.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    lab_csv = folder / f"{name}.csv"
+    lab_csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return export, lab_csv
+
+
+@dataclass(frozen=True)
+class Files:
+    folder: Path
+    spectra: Path
+    reference: Path
+    model: Path
+    new_spectra: Path
+    new_reference: Path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    """Calibration data, a model fitted from it, and a later run to check the model on."""
+    folder = tmp_path_factory.mktemp("softsensor")
+    spectra, reference = write_run(folder, "calibration", 100, T0, seed=1)
+    new_spectra, new_reference = write_run(folder, "later", 40, T0 + 1000 * MINUTE, seed=2)
+    model = folder / "model.json"
+    argv = ["fit", "--spectra", str(spectra), "--reference", str(reference)]
+    argv += ["--output", str(model), "--id", "r1-glc-lac", "--model-version", "1"]
+    assert patgw_model([*argv, "--description", "reactor 1, Raman"]) == 0
+    return Files(folder, spectra, reference, model, new_spectra, new_reference)
+
+
+def test_fit_reports_and_writes_the_model(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "again.json"
+    argv = ["fit", "--spectra", str(files.spectra), "--reference", str(files.reference)]
+    argv += ["--output", str(output), "--id", "r1", "--model-version", "2", "--max-components", "6"]
+    assert patgw_model(argv) == 0
+    out = capsys.readouterr().out
+    assert f"spectra: 100 of {RAMAN}; skipped 100 not a spectrum, 1 not good quality" in out
+    assert "references: 102 rows, 100 matched within 60 s, 2 unmatched" in out
+    assert "cross-validation: leave one batch out (4 batches)" in out
+    assert "glucose [g/L], n=100:" in out and "lactate [g/L], n=100:" in out
+    assert out.count("  * ") == 2  # the chosen number of components, once per target
+    assert f"model r1 v2 written to {output}" in out
+    assert output.exists()
+
+
+def test_fit_json_report(files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "m.json"
+    argv = ["fit", "--spectra", str(files.spectra), "--reference", str(files.reference), "--json"]
+    argv += ["--output", str(output), "--id", "r1", "--model-version", "2", "--components", "3"]
+    argv += ["--preprocess", '[{"step": "crop", "low": 400, "high": 1800}]', "--folds", "4"]
+    assert patgw_model(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["references"] == {"rows": 102, "matched": 100, "unmatched": 2, "max_gap_s": 60}
+    assert report["spectra"]["axis"]["key"] == AXIS.key
+    assert [t["components"] for t in report["targets"]] == [3, 3]
+    assert [len(t["rmsecv"]) for t in report["targets"]] == [3, 3]
+    model = json.loads(output.read_text())
+    assert report["model"]["sha256"] == model["sha256"]
+    assert [s["step"] for s in model["preprocessing"]] == ["crop", "mean_center"]
+
+
+def test_show(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    assert patgw_model(["show", str(files.model)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model r1-glc-lac v1, created 20")
+    assert "reactor 1, Raman" in out
+    assert f"axis: 2032 points, 83.6953-2055.09 cm-1 (key {AXIS.key[:12]})" in out
+    assert "preprocessing: crop (low 400.0, high 1800.0); baseline (degree 2)" in out
+    assert "glucose [g/L]: " in out and "T² limit" in out
+    assert patgw_model(["show", str(files.model), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sha256"] == json.loads(files.model.read_text())["sha256"]
+    assert shown["preprocessing"][-1]["mean"].endswith(" points")
+    assert [t["name"] for t in shown["targets"]] == ["glucose", "lactate"]
+    sources = shown["training"]
+    assert sources["spectra"]["sha256"] == hashlib.sha256(files.spectra.read_bytes()).hexdigest()
+    assert sources["reference"]["unmatched"] == 2
+    assert sources["batches"] == ["B0", "B1", "B2", "B3"]
+
+
+def test_check_on_later_data(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["check", str(files.model), "--data", str(files.new_spectra)]
+    assert patgw_model([*argv, "--reference", str(files.new_reference), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = json.loads(files.model.read_text())
+    assert result["model"] == {"id": "r1-glc-lac", "version": "1", "sha256": model["sha256"]}
+    glucose = result["targets"]["glucose"]
+    assert set(glucose) == {"n", "rmsep", "bias", "sep", "r2", "t2_over_limit", "q_over_limit"}
+    assert glucose["n"] == 40 and glucose["rmsep"] < 0.3 and glucose["r2"] > 0.98
+    assert glucose["rmsep"] ** 2 == pytest.approx(
+        glucose["bias"] ** 2 + glucose["sep"] ** 2 * 39 / 40, rel=1e-9
+    )
+    assert result["targets"]["lactate"]["n"] == 40
+    assert glucose["q_over_limit"] <= 3 and glucose["t2_over_limit"] <= 3
+    assert patgw_model([*argv, "--reference", str(files.new_reference)]) == 0
+    out = capsys.readouterr().out
+    assert "40 references matched, 2 unmatched" in out
+    assert out.splitlines()[1].split() == [
+        "target", "unit", "n", "RMSEP", "bias", "SEP", "R²", "T²>limit", "Q>limit",
+    ]  # fmt: skip
+
+
+def test_check_refuses_spectra_on_another_axis(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moved = SpectralAxis(AXIS.values + 1.5, "cm-1")  # a recalibrated instrument
+    spectra, reference = write_run(tmp_path, "moved", 5, T0, seed=3, axis=moved)
+    argv = ["check", str(files.model), "--data", str(spectra), "--reference", str(reference)]
+    assert patgw_model(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"patgw model check: model r1-glc-lac cannot read {spectra}:")
+    assert f"key {moved.key[:12]}" in err and f"key {AXIS.key[:12]}" in err
+
+
+def test_bad_input_exits_2_with_one_line(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("time,glucose [g/L]\n2026-11-26T16:00:10Z,four\n", encoding="utf-8")
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(files.model.read_text().replace('"version": "1"', '"version": "2"'))
+    fit = ["fit", "--spectra", str(files.spectra), "--reference", str(files.reference)]
+    fit += ["--id", "x", "--model-version", "1"]
+    out = ["--output", str(tmp_path / "m.json")]
+    cases = {
+        "missing.jsonl: cannot read": [*fit[:2], str(tmp_path / "missing.jsonl"), *fit[3:], *out],
+        "bad.csv:2: column 'glucose [g/L]': 'four' is not a number": [
+            *fit[:4], str(bad_csv), *fit[5:], *out,
+        ],
+        "no good-quality spectra matching 'r9/*'": [*fit, *out, "--signal", "r9/*"],
+        "--preprocess: not JSON": [*fit, *out, "--preprocess", "[{"],
+        "unknown preprocessing step 'msc'": [*fit, *out, "--preprocess", '[{"step": "msc"}]'],
+        "--preprocess: cannot read": [*fit, *out, "--preprocess", "@/nonexistent/steps.json"],
+        "--output: the folder": [*fit, "--output", str(tmp_path / "no" / "m.json")],
+        "content hash mismatch": ["show", str(tampered)],
+        "no reference lies within 0.001 s of a spectrum": [*fit, *out, "--max-gap-s", "0.001"],
+    }  # fmt: skip
+    for message, argv in cases.items():
+        assert patgw_model(argv) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (message, err)
+        assert err.startswith("patgw model ")
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(SystemExit) as usage:
+        patgw_model(["fit", "--spectra", str(files.spectra)])
+    assert usage.value.code == 2
