@@ -187,10 +187,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     plan = load_plan(args.config, build_registry())
-    print(
-        f"{args.config}: valid ({len(plan.instruments)} instruments, {len(plan.signals)} signals,"
-        f" {len(plan.emulators)} emulators, {len(plan.sinks)} sinks)"
+    counts = (
+        (len(plan.instruments), "instrument"),
+        (len(plan.processors), "processor"),
+        (len(plan.signals), "signal"),
+        (len(plan.emulators), "emulator"),
+        (len(plan.sinks), "sink"),
     )
+    parts = ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
+    print(f"{args.config}: valid ({parts})")
     return 0
 
 

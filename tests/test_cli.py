@@ -40,6 +40,7 @@ def demo_copy(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
     text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
     text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
+    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
     path = tmp_path / "demo.yaml"
     path.write_text(text)
     return path, port
@@ -80,6 +81,14 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
         "reactor1/controller/o2_flow": "L/min",
         "reactor1/controller/base_total": "mL",
         "reactor1/controller/do_low": "1",
+        "reactor1/controller/glucose_true": "g/L",
+        "reactor1/controller/lactate_true": "g/L",
+        "reactor1/softsensor/glucose": "g/L",
+        "reactor1/softsensor/glucose_t2": "1",
+        "reactor1/softsensor/glucose_q": "1",
+        "reactor1/softsensor/lactate": "g/L",
+        "reactor1/softsensor/lactate_t2": "1",
+        "reactor1/softsensor/lactate_q": "1",
     }
     assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
     for signal_id, rows in by_signal.items():
@@ -88,7 +97,8 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
         # controller reports changes only (a setpoint that stays put reports once).
         minimum = duration if "/feed_pump/" in signal_id else 1
         assert len(rows) >= minimum, f"{signal_id}: {len(rows)} samples in {duration} s"
-        assert all(r["quality"] == "good" for r in rows), signal_id
+        if "/softsensor/" not in signal_id:  # a prediction may be uncertain (T², Q: its test)
+            assert all(r["quality"] == "good" for r in rows), signal_id
         spectral = ["axis"] if signal_id.endswith("/spectrum") else []
         assert list(rows[0]) == [
             *("signal", "value", "unit", *spectral),

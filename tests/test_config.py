@@ -308,13 +308,24 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     sinks = [(c.id, c.type) for c in plan.sinks]
     assert sinks == [("jsonl", "jsonl_file"), ("opcua", "opcua_server")]
     signals = plan.signals
-    assert len(signals) == 18
+    assert len(signals) == 26
     assert [(s.id, s.unit) for s in signals[7:10]] == [
         ("reactor1/controller/ph", "[pH]"),
         ("reactor1/controller/ph_setpoint", "[pH]"),
         ("reactor1/controller/dissolved_oxygen", "%"),
     ]
-    signals = [*signals[:7], *signals[15:]]
+    assert [(s.id, s.unit) for s in signals[15:17]] == [
+        ("reactor1/controller/glucose_true", "g/L"),
+        ("reactor1/controller/lactate_true", "g/L"),
+    ]
+    # The soft sensor's signals come after the instruments', in its model's target order.
+    assert [(p.config.id, p.config.type) for p in plan.processors] == [("softsensor", "pls")]
+    assert [(s.id, s.unit, s.instrument) for s in signals[20:]] == [
+        (f"reactor1/softsensor/{name}", unit, "softsensor")
+        for target in ("glucose", "lactate")
+        for name, unit in ((target, "g/L"), (f"{target}_t2", "1"), (f"{target}_q", "1"))
+    ]
+    signals = [*signals[:7], *signals[17:20]]
     assert [(s.id, s.unit, s.kind.value) for s in signals[7:]] == [
         ("reactor1/raman/spectrum", "{counts}", "spectrum"),
         ("reactor1/raman/integration_time", "ms", "scalar"),
@@ -783,7 +794,9 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
     path = REPO / "configs" / "demo.yaml"
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: valid (3 instruments, 18 signals, 3 emulators, 2 sinks)\n"
+    assert out == (
+        f"{path}: valid (3 instruments, 1 processor, 26 signals, 3 emulators, 2 sinks)\n"
+    )
     assert err == ""
 
 

@@ -297,5 +297,5 @@ def test_check_with_variables_set(
     path = write(tmp_path, "area: r1\nsite: ${PATGW_TEST_SITE}\n")
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: valid (0 instruments, 0 signals, 0 emulators, 0 sinks)\n"
+    assert out == f"{path}: valid (0 instruments, 0 processors, 0 signals, 0 emulators, 0 sinks)\n"
     assert err == ""

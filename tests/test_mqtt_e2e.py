@@ -720,6 +720,7 @@ def demo_mqtt_copy(folder: Path) -> tuple[Path, int]:
     text = text.replace("15020", str(free_port())).replace("14840", str(free_port()))
     text = text.replace("port: 4840", f"port: {free_port()}")
     text = text.replace("port: 9180", f"port: {http_port}")
+    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
     path = folder / "demo-mqtt.yaml"
     path.write_text(text)
     return path, http_port

@@ -36,6 +36,7 @@ async def test_demo_controller_in_and_secure_server_out(
     for port in ("15020", "14840"):
         text = text.replace(port, str(free_port()))
     text = text.replace("port: 4840", f"port: {north}")
+    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
     config = tmp_path / "demo.yaml"
     config.write_text(text)
     plan = load_plan(config, build_registry())
