@@ -23,6 +23,7 @@ model that produced it, and changing the model starts a new definition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -158,9 +159,10 @@ class PlsProcessor:
             if not low <= value <= high:
                 target = self.model.targets[k]
                 lo, hi = target.calibration_range
+                places = _decimals(hi - lo)
                 reasons.append(
-                    f"{value:.4g} {target.unit} outside the calibrated range"
-                    f" {lo:.4g}..{hi:.4g} {target.unit}"
+                    f"{value:.{places}f} {target.unit} outside the calibrated range"
+                    f" {lo:.{places}f}..{hi:.{places}f} {target.unit}"
                 )
             if reasons:
                 value_out.publish(value, ts, Quality.UNCERTAIN, "; ".join(reasons))
@@ -198,6 +200,13 @@ class PlsProcessor:
         for triple in outputs:
             for output in triple:
                 output.publish(None, ts, Quality.BAD, reason)
+
+
+def _decimals(span: float) -> int:
+    """Decimal places that show a value to about 1/1000 of ``span`` (3 for 0..8 g/L)."""
+    if not span > 0:
+        return 3
+    return max(0, 3 - math.floor(math.log10(span)))
 
 
 def _range(calibrated: tuple[float, float], margin: float | None) -> tuple[float, float]:
