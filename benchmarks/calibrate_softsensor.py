@@ -14,7 +14,7 @@ What a process-analytics team does with a real bioreactor, done here with the em
    (``validation/``) that the fit never saw; ``patgw model check`` reports the RMSEP.
 
     python benchmarks/calibrate_softsensor.py \\
-        [--output configs/models/raman-glucose-lactate.json] [--runs 8] [--seed 1] \\
+        [--output configs/models/raman-glucose-lactate.json] [--runs 16] [--seed 1] \\
         [--validation-runs 2] [--validation-seed 1001] [--work DIR] [--model-version 1]
 
 Each step runs the real ``patgw`` command (printed on standard error as it runs); the last line
@@ -123,7 +123,7 @@ def calibrate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="model file")
-    parser.add_argument("--runs", type=int, default=8, help="calibration runs (8)")
+    parser.add_argument("--runs", type=int, default=16, help="calibration runs (16)")
     parser.add_argument("--seed", type=int, default=1, help="calibration design seed (1)")
     parser.add_argument("--validation-runs", type=int, default=2, help="validation runs (2)")
     parser.add_argument(
