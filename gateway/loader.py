@@ -343,6 +343,10 @@ def _signal_plans(
             problems.append(f"{format_loc([*sloc, 'unit'])}: signal {signal_id}: {exc}")
             continue
         description = sc.description if sc.description is not None else ch.description
+        if isinstance(inst, ProcessorConfig) and sc.description and ch.description:
+            # A processor's channel description is provenance (e.g. which model made the
+            # value): a configured description comes first, it is not replaced.
+            description = f"{sc.description} ({ch.description})"
         signal = Signal(signal_id, unit, ch.kind, description, inst.id)
         plans.append(SignalPlan(signal, channel_name, conversion))
     return tuple(plans)
@@ -353,6 +357,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     config = read_config(path)
     problems: list[str] = []
     instruments = []
+    configured: dict[str, Signal] = {}  # every instrument's signals, disabled ones included
     for i, inst in enumerate(config.instruments):
         loc: tuple[str | int, ...] = ("instruments", i)
         resolved = _options(registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems)
@@ -371,9 +376,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         if not _units_valid(channels, loc, problems):
             continue
         signals = _signal_plans(config.area, inst, channels, loc, problems)
+        configured.update((sp.signal.id, sp.signal) for sp in signals)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
-    processors = _processor_plans(config, registry, instruments, problems)
+    processors = _processor_plans(config, registry, instruments, configured, problems)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -415,11 +421,16 @@ def _processor_plans(
     config: GatewayConfig,
     registry: Registry,
     instruments: Sequence[InstrumentPlan],
+    configured: Mapping[str, Signal],
     problems: list[str],
 ) -> list[ProcessorPlan]:
-    """Build the enabled processors, resolve what each reads (the signals of instruments and of
-    processors before it) and bind those to it."""
-    known: dict[str, Signal] = {sp.signal.id: sp.signal for ip in instruments for sp in ip.signals}
+    """Build the processors (all are checked; the enabled ones are returned), resolve what each
+    reads (the signals of instruments and of processors before it) and bind those to it. An
+    enabled processor must read enabled sources; a disabled one may read disabled ones."""
+    running: dict[str, Signal] = {
+        sp.signal.id: sp.signal for ip in instruments for sp in ip.signals
+    }
+    known: dict[str, Signal] = dict(configured)
     plans: list[ProcessorPlan] = []
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
@@ -440,9 +451,14 @@ def _processor_plans(
             signal = known.get(name) or known.get(f"{config.area}/{name}")
             if signal is None:
                 problems.append(
-                    f"{format_loc([*loc, 'options'])}: input {name!r} is no signal of an enabled"
+                    f"{format_loc([*loc, 'options'])}: input {name!r} is no signal of an"
                     " instrument or an earlier processor"
                     f" (signals: {', '.join(sorted(known)) or 'none'})"
+                )
+            elif pc.enabled and signal.id not in running:
+                problems.append(
+                    f"{format_loc([*loc, 'options'])}: input {name!r} ({signal.id}) comes from"
+                    f" {signal.instrument!r}, which is disabled (disable this processor too)"
                 )
             else:
                 inputs[name] = signal
@@ -456,7 +472,8 @@ def _processor_plans(
         if not _units_valid(channels, loc, problems):
             continue
         signals = _signal_plans(config.area, pc, channels, loc, problems)
+        known.update((sp.signal.id, sp.signal) for sp in signals)
         if pc.enabled:
             plans.append(ProcessorPlan(pc, processor, inputs, signals))
-            known.update((sp.signal.id, sp.signal) for sp in signals)
+            running.update((sp.signal.id, sp.signal) for sp in signals)
     return plans

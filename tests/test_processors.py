@@ -235,7 +235,7 @@ def test_wiring_mistakes_are_config_errors_naming_the_field(tmp_path: Path) -> N
     lines = problems(tmp_path, [{"id": "p", "type": "scale", "options": {"input": "c/nothing"}}])
     assert len(lines) == 1
     assert lines[0].startswith(
-        "processors[0].options: input 'c/nothing' is no signal of an enabled instrument or an"
+        "processors[0].options: input 'c/nothing' is no signal of an instrument or an"
         " earlier processor (signals: t/c/count)"
     )
     # A processor cannot read a later one (no cycles, no forward references).

@@ -218,7 +218,7 @@ def test_bind_refuses_a_scalar_or_a_spectrum_in_another_unit() -> None:
         p.bind({"raman/spectrum": per_second})
 
 
-def config(tmp_path: Path, model: Path) -> Path:
+def config(tmp_path: Path, model: Path, signals: list[dict[str, Any]] | None = None) -> Path:
     return write_config(
         tmp_path / "g.yaml",
         {
@@ -236,6 +236,7 @@ def config(tmp_path: Path, model: Path) -> Path:
                     "id": "softsensor",
                     "type": "pls",
                     "options": {"model": str(model), "spectrum": "raman/spectrum"},
+                    "signals": signals,
                 }
             ],
         },
@@ -261,3 +262,13 @@ def test_a_missing_or_changed_model_file_is_a_configuration_error(tmp_path: Path
         load_plan(config(tmp_path, changed), registry)
     [line] = tampered.value.problems
     assert line.startswith("processors[0].options: ") and "content hash mismatch" in line
+
+
+def test_a_configured_description_keeps_the_model_s_identity(tmp_path: Path) -> None:
+    signals = [{"id": "glucose", "description": "Glucose (soft sensor)"}, {"id": "glucose_q"}]
+    plan = load_plan(config(tmp_path, MODEL, signals), build_registry())
+    glucose, q = (sp.signal for sp in plan.processors[0].signals)
+    sha = json.loads(MODEL.read_text())["sha256"]
+    assert glucose.description.startswith("Glucose (soft sensor) (glucose by PLS model ")
+    assert f"(sha256 {sha[:12]})" in glucose.description
+    assert q.description.startswith("Q residual of the spectrum in PLS model raman-glucose-")

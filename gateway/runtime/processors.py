@@ -6,11 +6,13 @@ Signals nobody reads are not tapped, so the hot path of every other signal is un
 runner's task (``processor.<id>``) hands the inbox to :meth:`Processor.process` in publication
 order; what the processor publishes goes to the store like an instrument's samples.
 
-A processor that raises is contained here: its outputs get a ``bad`` sample with the error as
-reason (at the input's source time), the error is logged, and the next sample is processed. An
-inbox past ``queue_max_samples`` skips its oldest input (counted and logged). At shutdown the
-supervisor calls :meth:`ProcessorRunner.drain` after the instruments stopped and before the
-final commit, so every input published is processed.
+A processor that raises is contained here: each of its outputs that published nothing for that
+input gets a ``bad`` sample with the error as reason (at the input's source time), the error is
+logged, and the next sample is processed. An inbox past ``queue_max_samples`` skips its oldest
+input (counted and logged). At shutdown the supervisor calls :meth:`ProcessorRunner.drain`
+after the instruments stopped (or the run failed) and before the final commit, so every input
+published until then is processed; what a driver that ignores being stopped publishes after
+that is counted as skipped (:meth:`ProcessorRunner.abandon`).
 """
 
 from __future__ import annotations
@@ -100,18 +102,31 @@ class ProcessorRunner:
         while self._inbox:
             self._process_some(len(self._inbox))
 
+    def abandon(self) -> None:
+        """Give up what is still queued (after the final commit: inputs a driver published
+        while being stopped), counting it as skipped."""
+        left = len(self._inbox)
+        if left:
+            self._inbox.clear()
+            self.skipped += left
+            self._log.warning("processor.inputs_abandoned", count=left, why="after final commit")
+
     def _process_some(self, count: int) -> None:
         inbox = self._inbox
         process = self.plan.processor.process
+        outputs = self._signal_outputs
         for _ in range(min(count, len(inbox))):
             sample = inbox.popleft()
+            published = [output.seq for output in outputs]
             try:
                 process(sample, self)
             except Exception as exc:  # a processor bug must not stop the others
-                self._failed(sample, exc)
+                self._failed(sample, exc, published)
             self.processed += 1
 
-    def _failed(self, sample: Sample, exc: Exception) -> None:
+    def _failed(self, sample: Sample, exc: Exception, published: list[int]) -> None:
+        """Report ``exc``; mark ``bad`` the outputs that published nothing for ``sample``
+        (``published``: their ``seq`` before it), so no output gets two verdicts on one input."""
         self.failures += 1
         reason = f"processor error: {exc!r}"
         if reason != self.last_error or self.failures & (self.failures - 1) == 0:
@@ -123,8 +138,9 @@ class ProcessorRunner:
                 exc_info=exc,
             )
         self.last_error = reason
-        for output in self._signal_outputs:
-            output.publish(None, sample.source_ts, Quality.BAD, reason)
+        for output, seq in zip(self._signal_outputs, published, strict=True):
+            if output.seq == seq:
+                output.publish(None, sample.source_ts, Quality.BAD, reason)
 
 
 def tap(output: SignalOutput, signal: Signal, offer: Callable[[Sample], None]) -> None:

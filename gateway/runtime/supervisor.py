@@ -123,6 +123,9 @@ class Gateway:
         finally:
             try:
                 if writer_task is not None:
+                    # A run ended by an error or a cancellation: what the processors were
+                    # given is still derived before the final commit (a no-op after a stop).
+                    self._drain_processors()
                     await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
                 if self.forwarders:
@@ -235,6 +238,14 @@ class Gateway:
         for output in self.outputs:
             output.redirect(late)
         writer.abandon("published after the final commit")
+        for processor in self.processors:
+            processor.abandon()
+
+    def _drain_processors(self) -> None:
+        """Process every queued input, in configuration order (a later processor may read an
+        earlier one's outputs)."""
+        for processor in self.processors:
+            processor.drain()
 
     async def _open_store(self) -> tuple[StoreWriter, Mapping[str, Any]]:
         config = self.plan.config
@@ -305,8 +316,7 @@ class Gateway:
                     task.cancel()
                 if processors:
                     await asyncio.wait(processors)
-                for processor in self.processors:  # in order: a later one may read an earlier
-                    processor.drain()
+                self._drain_processors()
                 await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
                 if all_sinks:

@@ -14,7 +14,8 @@ taken. Quality:
   model is never applied to a spectrum it was not made for;
 * T² or Q above the model's limits, a prediction outside the calibrated range (by more than
   ``range_margin`` of its span), or an ``uncertain`` spectrum → the prediction is ``uncertain``,
-  the reason says which and by how much; T² and Q themselves stay good (they are valid).
+  the reason says which and by how much. T² and Q are valid measurements of the spectrum:
+  ``good``, or ``uncertain`` with the spectrum's reason when the spectrum is.
 
 Which model made a value is recorded in the signals' descriptions (model id, version and content
 hash): the store keeps one definition per description, so every stored prediction refers to the
@@ -48,6 +49,9 @@ from .model import PlsModel, load_model
 __all__ = ["PlsOptions", "PlsProcessor"]
 
 log = structlog.get_logger(__name__)
+
+#: Axis verdicts kept (an axis is judged, and a mismatch logged, once per key while kept).
+_AXES_REMEMBERED = 64
 
 
 class PlsOptions(BaseModel):
@@ -192,6 +196,9 @@ class PlsProcessor:
         if problem is not None:
             problem = f"model {self.model.id} refuses this spectrum: {problem}"
             self._log.error("softsensor.axis_mismatch", axis=key, problem=problem)
+        if len(self._axis_problem) >= _AXES_REMEMBERED:
+            # An instrument whose axis changes with every spectrum must not grow this forever.
+            self._axis_problem = {self.model.axis.key: None}
         self._axis_problem[key] = problem
         return problem
 
