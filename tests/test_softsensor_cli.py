@@ -21,6 +21,7 @@ from firmware_stubs.raman.spectrum import (
 )
 from gateway import Quality, Sample, SpectralAxis, Spectrum, format_ns, parse_iso_ns, sample_to_json
 from plugins.softsensor.commands import configure
+from plugins.softsensor.model import content_hash
 
 SHIFT = raman_shift_cm1(wavelengths_nm(wavelength_coefficients(2048), 2048), 785.0)
 AXIS = SpectralAxis(SHIFT[16:], "cm-1")
@@ -201,6 +202,15 @@ def test_bad_input_exits_2_with_one_line(
         "no good-quality spectra matching 'r9/*'": [*fit, *out, "--signal", "r9/*"],
         "--preprocess: not JSON": [*fit, *out, "--preprocess", "[{"],
         "unknown preprocessing step 'msc'": [*fit, *out, "--preprocess", '[{"step": "msc"}]'],
+        "--preprocess: baseline: degree must be an integer, not 2.5": [
+            *fit, *out, "--preprocess", '[{"step": "baseline", "degree": 2.5}]',
+        ],
+        "--preprocess: crop: low must be a number, not '400'": [
+            *fit, *out, "--preprocess", '[{"step": "crop", "low": "400", "high": 1800}]',
+        ],
+        # Blank names: once fitted and written, then refused by the reader (show, the gateway).
+        "--id: must not be empty": [*fit[:-3], " ", *fit[-2:], *out],
+        "--model-version: must not be empty": [*fit[:-1], " ", *out],
         "--preprocess: cannot read": [*fit, *out, "--preprocess", "@/nonexistent/steps.json"],
         "--output: the folder": [*fit, "--output", str(tmp_path / "no" / "m.json")],
         "content hash mismatch": ["show", str(tampered)],
@@ -212,6 +222,56 @@ def test_bad_input_exits_2_with_one_line(
         assert message in err and err.count("\n") == 1, (message, err)
         assert err.startswith("patgw model ")
     assert not (tmp_path / "m.json").exists()
+    assert not list(tmp_path.glob(".m.json.*"))  # nor a temporary file
     with pytest.raises(SystemExit) as usage:
         patgw_model(["fit", "--spectra", str(files.spectra)])
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize(("index", "field", "value"), [(2, "window", 15.0), (1, "degree", 2.0)])
+def test_a_hash_valid_model_with_a_float_step_parameter_is_refused(
+    files: Files,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    index: int,
+    field: str,
+    value: float,
+) -> None:
+    # Made by hand, hash and all: it used to load and then raise TypeError on every spectrum
+    # (or crash show with an internal error).
+    doc = json.loads(files.model.read_text())
+    assert field in doc["preprocessing"][index]
+    doc["preprocessing"][index][field] = value
+    model = tmp_path / "edited.json"
+    model.write_text(json.dumps(doc | {"sha256": content_hash(doc)}))
+    assert patgw_model(["show", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"preprocessing[{index}]: " in err and f"{field} must be an integer, not {value}" in err
+
+
+def test_the_fit_does_not_depend_on_the_order_of_the_csv_rows(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without batches cross-validation takes contiguous blocks of time: the same references,
+    # shuffled, give the same folds and the same RMSECV.
+    header, *rows = files.reference.read_text().splitlines()
+    columns = header.split(",")
+    batch = columns.index("batch")
+    rows = [",".join(c for i, c in enumerate(row.split(",")) if i != batch) for row in rows]
+    header = ",".join(c for i, c in enumerate(columns) if i != batch)
+    shuffled = [rows[i] for i in np.random.default_rng(7).permutation(len(rows))]
+    reports = []
+    for name, lines in (("ordered", rows), ("shuffled", shuffled)):
+        csv = tmp_path / f"{name}.csv"
+        csv.write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+        argv = ["fit", "--spectra", str(files.spectra), "--reference", str(csv), "--json"]
+        argv += ["--output", str(tmp_path / f"{name}.json"), "--id", "r1", "--model-version", "1"]
+        assert patgw_model([*argv, "--max-components", "4"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    ordered, again = reports
+    assert ordered["cv"] == "5-fold, contiguous blocks"
+    assert [t["rmsecv"] for t in again["targets"]] == [t["rmsecv"] for t in ordered["targets"]]
+    assert [t["components"] for t in again["targets"]] == [
+        t["components"] for t in ordered["targets"]
+    ]

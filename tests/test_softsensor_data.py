@@ -232,3 +232,32 @@ def test_each_reference_gets_the_nearest_spectrum_within_the_gap() -> None:
     assert match(spectra_at(), refs).unmatched == 6
     with pytest.raises(ValueError, match="max_gap_s"):
         match(spectra, refs, max_gap_s=-1.0)
+
+
+def test_matched_pairs_are_in_time_order_whatever_the_csv_row_order() -> None:
+    # Cross-validation takes contiguous blocks of the matched rows as blocks of time: the
+    # laboratory's rows (sorted by analyte, by batch, pasted from two sheets) must not change
+    # them. Replicates (two references at 60 s, one spectrum) are ordered by their values.
+    spectra = spectra_at(200.0, 0.0, 100.0, 300.0)
+    seconds = [0.0, 60.0, 60.0, 110.0, 200.0, 290.0, 500.0]
+    values = [[1.0], [7.0], [5.0], [2.0], [np.nan], [4.0], [9.0]]
+    batches = ("A", "B", "C", "D", "E", "F", "G")
+    ordered = match(spectra, References(
+        np.array([T0 + round(s * S) for s in seconds], dtype=np.int64),
+        np.array(values), (("glucose", "g/L"),), batches,
+    ))  # fmt: skip
+    assert ordered.source_ts.tolist() == sorted(ordered.source_ts.tolist())
+    # 0 → 0 s; both 60 and 110 → 100 s; 200 → 200 s; 290 → 300 s; 500 → nothing.
+    expected = [1.0, 5.0, 7.0, 2.0, np.nan, 4.0]
+    assert np.array_equal(ordered.y[:, 0], expected, equal_nan=True)
+    assert ordered.groups == ("A", "C", "B", "D", "E", "F")
+    for seed in range(5):
+        order = np.random.default_rng(seed).permutation(len(seconds))
+        shuffled = match(spectra, References(
+            np.array([T0 + round(seconds[i] * S) for i in order], dtype=np.int64),
+            np.array(values)[order], (("glucose", "g/L"),), tuple(batches[i] for i in order),
+        ))  # fmt: skip
+        assert np.array_equal(shuffled.x, ordered.x)
+        assert np.array_equal(shuffled.y, ordered.y, equal_nan=True)
+        assert np.array_equal(shuffled.source_ts, ordered.source_ts)
+        assert shuffled.groups == ordered.groups and shuffled.unmatched == 1

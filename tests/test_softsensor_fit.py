@@ -118,6 +118,55 @@ def test_predictions_equal_scikit_learn_and_statistics_a_direct_computation(worl
         assert np.allclose(prediction.q[:, k], q, rtol=1e-8)
 
 
+def test_a_target_measured_everywhere_is_centred_where_mean_center_left_it(world: World) -> None:
+    # Its centre is the mean of all training spectra, which mean_center subtracted: about 0,
+    # so the model predicts what it did before targets had a centre of their own.
+    x = world.test[0]
+    x_pre, _ = world.model.preprocessing.apply(x, AXIS.values)
+    prediction = world.model.predict(x)
+    for k, target in enumerate(world.model.targets):
+        assert np.abs(target.center).max() <= 1e-12 * np.abs(x_pre).max()
+        scores = x_pre @ target.rotations
+        t2 = (scores**2 / target.score_variance).sum(axis=1)
+        q = ((x_pre - scores @ target.loadings.T) ** 2).sum(axis=1)
+        assert np.allclose(prediction.t2[:, k], t2, rtol=1e-9, atol=1e-12)
+        assert np.allclose(prediction.q[:, k], q, rtol=1e-9, atol=1e-12)
+
+
+def test_a_target_measured_on_some_samples_has_limits_that_hold_for_its_own() -> None:
+    # Glucose measured only where it is low (a late-run assay, say), lactate everywhere. About
+    # the model-wide centre, glucose's own training spectra had a T² offset: 25 % of them
+    # exceeded its 99 % limit. About its own centre about 1 % do, as the limit intends.
+    rng = np.random.default_rng(5)
+    x, y = spectra(80, rng)
+    y[y[:, 0] > 3.0, 0] = np.nan
+    rows = ~np.isnan(y[:, 0])
+    model, report = fit_model(
+        x, AXIS, y, TARGETS, model_id="m", version="1", spectrum_unit="{counts}",
+        max_components=6,
+    )  # fmt: skip
+    glucose, lactate = model.targets
+    assert report.targets[0].n == rows.sum() < 60
+    own = model.predict(x[rows])
+    assert (own.t2[:, 0] > glucose.t2_limit).mean() < 0.05
+    assert (own.q[:, 0] > glucose.q_limit).mean() < 0.05
+    assert own.t2[:, 0].mean() == pytest.approx(glucose.components * (rows.sum() - 1) / rows.sum())
+    # Its centre is its own samples' mean (not 0), and T², Q are scikit-learn's transform and
+    # inverse_transform of its PLS model.
+    x_pre, _ = model.preprocessing.apply(x, AXIS.values)
+    assert np.allclose(glucose.center, x_pre[rows].mean(axis=0), rtol=0, atol=1e-12)
+    assert np.abs(glucose.center).max() > 1e-3 * np.abs(x_pre).max()
+    assert np.abs(lactate.center).max() <= 1e-12 * np.abs(x_pre).max()
+    pls = PLSRegression(glucose.components, scale=False).fit(x_pre[rows], y[rows, 0])
+    scores = pls.transform(x_pre)
+    training = pls.transform(x_pre[rows])
+    every = model.predict(x)
+    t2 = (scores**2 / training.var(axis=0, ddof=1)).sum(axis=1)
+    q = ((x_pre - pls.inverse_transform(scores)) ** 2).sum(axis=1)
+    assert np.allclose(every.t2[:, 0], t2, rtol=1e-8)
+    assert np.allclose(every.q[:, 0], q, rtol=1e-8)
+
+
 def test_components_follow_the_two_percent_rule(world: World) -> None:
     for report in world.report.targets:
         rmsecv = np.array(report.rmsecv)
@@ -218,4 +267,11 @@ def test_unusable_input_is_refused_with_a_reason() -> None:
         fit_model(x, AXIS, y, TARGETS, max_components=0, **common)
     with pytest.raises(ValueError, match="unknown preprocessing step 'msc'"):
         fit_model(x, AXIS, y, TARGETS, preprocessing=[{"step": "msc"}], **common)
+    steps = [{"step": "savgol", "window": 15.0, "polyorder": 2}]
+    with pytest.raises(ValueError, match=r"savgol: window must be an integer, not 15\.0"):
+        fit_model(x, AXIS, y, TARGETS, preprocessing=steps, **common)
+    with pytest.raises(ValueError, match="model_id must not be empty"):
+        fit_model(x, AXIS, y, TARGETS, **(common | {"model_id": " "}))
+    with pytest.raises(ValueError, match="version must not be empty"):
+        fit_model(x, AXIS, y, TARGETS, **(common | {"version": ""}))
     assert DEFAULT_PREPROCESSING[0] == {"step": "crop", "low": 400.0, "high": 1800.0}

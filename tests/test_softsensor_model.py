@@ -31,9 +31,10 @@ AXIS = SpectralAxis([100.0, 200.0, 300.0, 400.0, 500.0], "cm-1")
 def small_model(**changes: Any) -> PlsModel:
     """Crop to the 3 middle points, subtract a mean of 1s; two one-component targets.
 
-    glucose: y = 2·x1 + 1·x3 + 0.5; its score is t = x1 (rotation e1) with loading e1 and
-    score variance 4, so T² = x1²/4 and Q = x2² + x3² (what e1 cannot reconstruct).
-    lactate: y = x2 - 1; score t = x2, loading (0, 2, 0): Q = (x1)² + (x2 - 2·x2)² + x3².
+    glucose: y = 2·x1 + 1·x3 + 0.5; centre 0, its score is t = x1 (rotation e1) with loading
+    e1 and score variance 4, so T² = x1²/4 and Q = x2² + x3² (what e1 cannot reconstruct).
+    lactate: y = x2 - 1; centre (0, 1, 0) (measured on part of the samples), so its score is
+    t = x2 - 1; loading (0, 2, 0): Q = x1² + (x2 - 1 - 2·t)² + x3².
     """
     glucose = Target(
         name="glucose",
@@ -41,6 +42,7 @@ def small_model(**changes: Any) -> PlsModel:
         components=1,
         coefficients=np.array([2.0, 0.0, 1.0]),
         intercept=0.5,
+        center=np.zeros(3),
         rotations=np.array([[1.0], [0.0], [0.0]]),
         loadings=np.array([[1.0], [0.0], [0.0]]),
         score_variance=np.array([4.0]),
@@ -55,6 +57,7 @@ def small_model(**changes: Any) -> PlsModel:
         components=1,
         coefficients=np.array([0.0, 1.0, 0.0]),
         intercept=-1.0,
+        center=np.array([0.0, 1.0, 0.0]),
         rotations=np.array([[0.0], [1.0], [0.0]]),
         loadings=np.array([[0.0], [2.0], [0.0]]),
         score_variance=np.array([1.0]),
@@ -79,11 +82,12 @@ def small_model(**changes: Any) -> PlsModel:
 
 
 def test_prediction_by_hand() -> None:
-    # After crop and centring, [9, 3, 4, 2, 9] becomes x = (2, 3, 1).
+    # After crop and centring, [9, 3, 4, 2, 9] becomes x = (2, 3, 1); lactate's score is
+    # t = 3 - 1 = 2 about its own centre.
     prediction = small_model().predict(np.array([[9.0, 3.0, 4.0, 2.0, 9.0]]))
     assert prediction.values.tolist() == [[2 * 2 + 1 + 0.5, 3 - 1.0]]
-    assert prediction.t2.tolist() == [[2.0**2 / 4, 3.0**2 / 1]]
-    assert prediction.q.tolist() == [[3.0**2 + 1.0**2, 2.0**2 + (3.0 - 6.0) ** 2 + 1.0**2]]
+    assert prediction.t2.tolist() == [[2.0**2 / 4, 2.0**2 / 1]]
+    assert prediction.q.tolist() == [[3.0**2 + 1.0**2, 2.0**2 + (3.0 - 1.0 - 4.0) ** 2 + 1.0**2]]
 
 
 def test_prediction_of_a_batch_a_single_spectrum_and_float32() -> None:
@@ -236,6 +240,39 @@ def test_format_and_version_are_checked_first() -> None:
             "calibration_range: low is above high",
         ),
         (lambda d: d.update(targets=[]), "targets: expected a non-empty list of targets"),
+        (lambda d: d["targets"][1].pop("center"), r"targets\[1\].center: missing"),
+        (
+            lambda d: d["targets"][0]["center"].append(0.0),
+            r"targets\[0\].center: expected 3 numbers, found 4",
+        ),
+        (
+            lambda d: d["targets"][0].update(intercept=10**400),
+            r"targets\[0\].intercept: 1000+ is not finite",
+        ),
+        # Step parameters of the wrong type: each once loaded, then failed on every spectrum
+        # (or crashed the reader) with a TypeError.
+        (
+            lambda d: d["preprocessing"][0].update(low="150"),
+            r"preprocessing\[0\]: crop: low must be a number, not '150'",
+        ),
+        (
+            lambda d: d["preprocessing"][0].update(high=True),
+            r"preprocessing\[0\]: crop: high must be a number, not True",
+        ),
+        (
+            lambda d: d["preprocessing"].insert(1, {"step": "baseline", "degree": 1.0}),
+            r"preprocessing\[1\]: baseline: degree must be an integer, not 1.0",
+        ),
+        (
+            lambda d: d["preprocessing"].insert(
+                1, {"step": "savgol", "window": 3.0, "polyorder": 1, "deriv": 0}
+            ),
+            r"preprocessing\[1\]: savgol: window must be an integer, not 3.0",
+        ),
+        (
+            lambda d: d["preprocessing"].insert(1, {"step": "normalize", "low": 1, "high": None}),
+            r"preprocessing\[1\]: normalize: high must be a number, not None",
+        ),
     ],
 )
 def test_malformed_documents_are_refused_naming_the_field(change: Any, message: str) -> None:
@@ -245,6 +282,35 @@ def test_malformed_documents_are_refused_naming_the_field(change: Any, message: 
         doc = rehashed(doc)
     with pytest.raises(ModelFileError, match=message):
         model_from_dict(doc, "m.json")
+
+
+def test_a_type_error_while_building_the_model_is_a_model_file_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The steps check their parameters' types; should one still meet a value it cannot use,
+    # the reader reports a bad file rather than crashing.
+    doc = model_to_dict(small_model())
+
+    def compile_badly(self: Crop, axis: Any) -> Any:
+        raise TypeError("'float' object cannot be interpreted as an integer")
+
+    monkeypatch.setattr(Crop, "compile", compile_badly)
+    with pytest.raises(ModelFileError, match=r"m\.json: 'float' object cannot be interpreted"):
+        model_from_dict(doc, "m.json")
+
+
+def test_save_writes_nothing_a_reader_would_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "model.json"
+    save_model(small_model(), path)
+    before = path.read_bytes()
+    for changes, field in (({"id": " "}, "id"), ({"version": ""}, "version")):
+        refused = rf"model\.json \(not written\): {field}: must not be empty"
+        with pytest.raises(ModelFileError, match=refused):
+            save_model(small_model(**changes), path)
+        with pytest.raises(ModelFileError, match="not written"):
+            save_model(small_model(**changes), tmp_path / "new.json")
+    assert path.read_bytes() == before  # the old model is still there, whole
+    assert {p.name for p in tmp_path.iterdir()} == {"model.json"}  # no temporary file
 
 
 def test_non_finite_numbers_and_unreadable_files_are_refused(tmp_path: Path) -> None:
@@ -298,6 +364,7 @@ def test_predict_is_fast_for_one_realistic_spectrum() -> None:
             name=name,
             components=15,
             coefficients=rng.normal(size=p),
+            center=rng.normal(size=p),
             rotations=rng.normal(size=(p, 15)),
             loadings=rng.normal(size=(p, 15)),
             score_variance=np.ones(15),

@@ -105,6 +105,46 @@ def test_unknown_steps_and_bad_fields_are_named() -> None:
         Pipeline((Snv(),)).apply(np.ones((1, 5)), AXIS[:4])
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"step": "savgol", "window": 15.0}, "savgol: window must be an integer, not 15.0"),
+        ({"step": "savgol", "polyorder": 2.5}, "savgol: polyorder must be an integer, not 2.5"),
+        ({"step": "savgol", "deriv": False}, "savgol: deriv must be an integer, not False"),
+        ({"step": "baseline", "degree": 2.0}, "baseline: degree must be an integer, not 2.0"),
+        ({"step": "baseline", "degree": "2"}, "baseline: degree must be an integer, not '2'"),
+        ({"step": "crop", "low": "1000", "high": 1800}, "crop: low must be a number, not '1000'"),
+        ({"step": "crop", "low": 400, "high": True}, "crop: high must be a number, not True"),
+        ({"step": "crop", "low": 400, "high": 1e999}, "crop: high must be finite, not inf"),
+        ({"step": "normalize", "low": 10**400, "high": 1}, "normalize: low must be finite"),
+        ({"step": "normalize", "low": [1], "high": 2}, r"normalize: low must be a number"),
+        ({"step": "mean_center", "mean": 5}, "mean_center: mean must be a list of numbers"),
+        ({"step": "mean_center", "mean": "12"}, "mean_center: mean must be a list of numbers"),
+        ({"step": "mean_center", "mean": [1.0, "2"]}, r"mean_center: mean\[1\] must be a number"),
+    ],
+)
+def test_parameters_of_the_wrong_type_are_refused_naming_step_and_field(
+    spec: dict[str, object], message: str
+) -> None:
+    # A float window or a string bound used to be accepted and fail later, in numpy, with a
+    # TypeError on every spectrum.
+    with pytest.raises(ValueError, match=message):
+        step_from_dict(spec)
+
+
+def test_parameters_are_stored_as_plain_int_and_float() -> None:
+    crop = Crop(400, 1800)
+    assert (crop.low, crop.high) == (400.0, 1800.0) and type(crop.low) is float
+    # numpy's integers (a script's arguments, say) become int: the file is JSON.
+    savgol = step_from_dict({"step": "savgol", "window": np.int64(5), "polyorder": np.int32(2)})
+    assert savgol.to_dict() == {"step": "savgol", "window": 5, "polyorder": 2, "deriv": 0}
+    assert (
+        type(step_from_dict({"step": "baseline", "degree": np.int64(3)}).to_dict()["degree"]) is int
+    )
+    centre = step_from_dict({"step": "mean_center", "mean": np.array([1, 2])})
+    assert centre == MeanCenter((1.0, 2.0)) and type(centre.to_dict()["mean"][0]) is float
+
+
 def test_normalize_divides_by_the_band_mean_by_hand() -> None:
     # Band 200..300 cm-1: mean of (4, 6) is 5, of (1, 3) is 2; a spectrum without it stays.
     x = np.array([[1.0, 4.0, 6.0, 8.0, 10.0], [2.0, 1.0, 3.0, 4.0, 0.0], [7.0, 0.0, 0.0, 1.0, 1.0]])

@@ -31,6 +31,7 @@ from gateway import UnitError, compile_conversion, format_ns
 
 from .data import DataError, Matched, SpectraSet, match, read_references_csv, read_spectra_jsonl
 from .model import ModelFileError, PlsModel, load_model, save_model
+from .preprocess import Pipeline
 
 __all__ = ["configure"]
 
@@ -114,6 +115,10 @@ def _handle(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     from .fit import DEFAULT_PREPROCESSING, fit_model  # scikit-learn: only when fitting
 
+    # What needs no data is checked before the data are read and the model fitted.
+    for option, text in (("--id", args.model_id), ("--model-version", args.model_version)):
+        if not text.strip():
+            raise _InputError(f"{option}: must not be empty (a model file needs it)")
     preprocessing = (
         DEFAULT_PREPROCESSING if args.preprocess is None else _preprocessing(args.preprocess)
     )
@@ -170,6 +175,10 @@ def _preprocessing(text: str) -> list[Mapping[str, Any]]:
         raise _InputError(f"{source}: not JSON ({exc})") from None
     if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
         raise _InputError(f'{source}: expected a JSON list of steps like {{"step": "snv"}}')
+    try:
+        Pipeline.from_dicts(steps)
+    except (TypeError, ValueError) as exc:
+        raise _InputError(f"{source}: {exc}") from None
     return steps
 
 

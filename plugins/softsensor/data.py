@@ -9,7 +9,7 @@ the two matched in time.
   offset), an optional ``batch`` column, and one column per analyte headed ``name [unit]``
   (``glucose [g/L]``). An empty cell means "not measured".
 * :func:`match` pairs each reference with the spectrum nearest to it in source time, within a
-  maximum gap.
+  maximum gap, and returns the pairs in time order whatever the order of the CSV's rows.
 
 Errors are :class:`DataError` (a ``ValueError``) naming the file, the line and the column.
 """
@@ -95,7 +95,8 @@ class References:
 @dataclass(frozen=True, eq=False)
 class Matched:
     """References paired with spectra: row ``i`` of :attr:`x` is the spectrum nearest in time
-    to the reference in row ``i`` of :attr:`y`."""
+    to the reference in row ``i`` of :attr:`y`. Rows are in time order (of the spectrum, then
+    of the reference)."""
 
     #: ``(n, p)`` spectra (one spectrum may serve several references).
     x: Array
@@ -387,8 +388,10 @@ def match(spectra: SpectraSet, refs: References, max_gap_s: float = 60.0) -> Mat
     """Pair each reference with the spectrum nearest to it in source time, if one lies within
     ``max_gap_s`` (a tie goes to the earlier spectrum); count the others as unmatched.
 
-    A spectrum may serve several references (replicates drawn together). Rows follow the
-    reference file's order.
+    A spectrum may serve several references (replicates drawn together). Rows are sorted by
+    the spectrum's source time, then the reference's time, then the values: the same data in
+    any row order gives the same :class:`Matched`, and cross-validation's contiguous blocks
+    are blocks of time, as the fit assumes.
     """
     if not math.isfinite(max_gap_s) or max_gap_s < 0:
         raise ValueError(f"max_gap_s must be a finite number >= 0, not {max_gap_s}")
@@ -406,14 +409,21 @@ def match(spectra: SpectraSet, refs: References, max_gap_s: float = 60.0) -> Mat
         nearest = np.where(gap_before <= gap_after, before, after)
         gap = np.minimum(gap_before, gap_after)
         within = gap <= round(max_gap_s * 1e9)
-    rows = order[nearest[within]]
+    kept = np.flatnonzero(within)
+    rows = order[nearest[kept]]
+    values = refs.values[kept]
+    # np.lexsort sorts by its last key first. The values break ties between replicates (one
+    # spectrum, references drawn at the same time), so not even their order depends on the
+    # file's.
+    keys = (*values.T[::-1], refs.times[kept], spectra.source_ts[rows])
+    by_time = np.lexsort(keys) if len(kept) else kept
     groups = None
     if refs.batches is not None:
-        groups = tuple(batch for batch, ok in zip(refs.batches, within, strict=True) if ok)
+        groups = tuple(refs.batches[i] for i in kept[by_time])
     return Matched(
-        x=spectra.values[rows],
-        y=refs.values[within],
-        source_ts=spectra.source_ts[rows],
+        x=spectra.values[rows[by_time]],
+        y=values[by_time],
+        source_ts=spectra.source_ts[rows[by_time]],
         groups=groups,
         unmatched=int((~within).sum()),
     )

@@ -6,8 +6,9 @@ Only ``patgw model fit`` (and tests) import this module; the gateway predicts wi
 For each target, on the samples where it was measured:
 
 1. **Cross-validation** — leave-one-batch-out when the samples name 3 or more batches (a new
-   batch is what the model will meet in production), else ``folds`` contiguous blocks in time
-   order (neighbouring samples of one run are alike; shuffled folds would flatter the model).
+   batch is what the model will meet in production), else ``folds`` contiguous blocks of the
+   samples in the order given — time order, as :func:`~plugins.softsensor.data.match` returns
+   them (neighbouring samples of one run are alike; shuffled folds would flatter the model).
    One PLS fit with the most components per fold gives the predictions of every smaller
    model too: PLS components are found one after another, so the first ``A`` of a larger
    model *are* the ``A``-component model.
@@ -15,7 +16,8 @@ For each target, on the samples where it was measured:
    1..``max_components``: extra components that buy less than that mostly fit noise, and a
    leaner model extrapolates more gracefully. ``max_components`` is capped so that every
    cross-validation training set keeps at least 2 more samples than components.
-3. **Final model** on all of the target's samples, with its outlier limits at ``confidence``:
+3. **Final model** on all of the target's samples, its scores taken about the mean of their
+   preprocessed spectra (the target's ``center``), with its outlier limits at ``confidence``:
    T² for a new observation ``A(n²-1)/(n(n-A)) · F(A, n-A)``; Q by Box's approximation
    ``g·χ²(h)`` with ``g = var(Q)/(2·mean(Q))``, ``h = 2·mean(Q)²/var(Q)`` over the training
    spectra's Q.
@@ -177,11 +179,16 @@ def fit_model(
 ) -> tuple[PlsModel, FitReport]:
     """Fit one PLS1 per target and return the model (with its hash) and the report.
 
-    ``spectra`` ``(n, len(axis))``; ``references`` ``(n, k)`` in the units of ``targets``
-    (``(name, unit)`` pairs), NaN where a target was not measured. ``groups`` names each
-    sample's batch. ``components`` forces the number of components of every target.
-    ``ValueError`` with one line saying what is wrong for unusable input.
+    ``spectra`` ``(n, len(axis))`` in time order (the cross-validation blocks are contiguous
+    runs of rows); ``references`` ``(n, k)`` in the units of ``targets`` (``(name, unit)``
+    pairs), NaN where a target was not measured. ``groups`` names each sample's batch.
+    ``components`` forces the number of components of every target. ``ValueError`` with one
+    line saying what is wrong for unusable input (a blank ``model_id`` or ``version`` among
+    it).
     """
+    for name, text in (("model_id", model_id), ("version", version)):
+        if not text.strip():
+            raise ValueError(f"{name} must not be empty")
     x, y = _checked_inputs(spectra, axis, references, targets, groups, confidence)
     for name, value, least in (("folds", folds, 2), ("max_components", max_components, 1)):
         if value < least:
@@ -389,8 +396,13 @@ def _target(
     intercept = float(y.mean() - x.mean(axis=0) @ coefficients)
     rotations = np.asarray(pls.x_rotations_, dtype=np.float64)
     loadings = np.asarray(pls.x_loadings_, dtype=np.float64)
-    scores = x @ rotations
-    residual = x - scores @ loadings.T
+    # Scores about this target's own centre, as scikit-learn's transform takes them: for a
+    # target measured on only some samples the model-wide centre (what mean_center removed)
+    # is not theirs, and T² about it would carry an offset its score variance does not count.
+    center = x.mean(axis=0)
+    centred = x - center
+    scores = centred @ rotations
+    residual = centred - scores @ loadings.T
     q = np.einsum("ij,ij->i", residual, residual)
     n, a = x.shape[0], rotations.shape[1]
     target = Target(
@@ -399,6 +411,7 @@ def _target(
         components=a,
         coefficients=coefficients,
         intercept=intercept,
+        center=center,
         rotations=rotations,
         loadings=loadings,
         score_variance=scores.var(axis=0, ddof=1),

@@ -85,6 +85,7 @@ _TARGET_FIELDS = (
     "components",
     "coefficients",
     "intercept",
+    "center",
     "rotations",
     "loadings",
     "score_variance",
@@ -108,8 +109,9 @@ def _frozen(values: Any) -> Array:
 @dataclass(frozen=True, eq=False)
 class Target:
     """One analyte's PLS1 model on the preprocessed spectrum ``x_pre`` (``p`` points, ``A``
-    components): ``y = x_pre @ coefficients + intercept``, scores ``t = x_pre @ rotations``,
-    ``T² = Σ t² / score_variance``, ``Q = ‖x_pre - t @ loadings.T‖²``.
+    components): ``y = x_pre @ coefficients + intercept``, scores
+    ``t = (x_pre - center) @ rotations``, ``T² = Σ t² / score_variance``,
+    ``Q = ‖x_pre - center - t @ loadings.T‖²``.
 
     Arrays are copied to read-only float64. Equality is identity (compare models by hash).
     """
@@ -120,6 +122,10 @@ class Target:
     components: int
     coefficients: Array
     intercept: float
+    #: The mean of this target's own preprocessed training spectra ``(p,)``: the centre of its
+    #: scores. About 0 for a target measured on every training sample (``mean_center`` took
+    #: their mean out); not for one measured on only some.
+    center: Array
     #: scikit-learn's ``x_rotations_`` ``(p, A)``.
     rotations: Array
     #: scikit-learn's ``x_loadings_`` ``(p, A)``.
@@ -134,13 +140,14 @@ class Target:
     rmsecv: float | None
 
     def __post_init__(self) -> None:
-        for name in ("coefficients", "rotations", "loadings", "score_variance"):
+        for name in ("coefficients", "center", "rotations", "loadings", "score_variance"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         p, a = len(self.coefficients), self.components
         problems = [
             f"{name} has shape {getattr(self, name).shape}, expected {shape}"
             for name, shape in (
                 ("coefficients", (p,)),
+                ("center", (p,)),
                 ("rotations", (p, a)),
                 ("loadings", (p, a)),
                 ("score_variance", (a,)),
@@ -240,11 +247,16 @@ class PlsModel:
         x = c.prepare(x)
         values = x @ c.coefficients
         values += c.intercepts
+        # (x - center) @ rotations for every target at once: one product, one subtraction.
         scores = x @ c.rotations
+        scores -= c.score_offsets
         t2 = np.square(scores) @ c.t2_weights
         q = np.empty_like(values)
-        for k, (columns, loadings_t) in enumerate(c.reconstruct):
-            residual = x - scores[:, columns] @ loadings_t
+        for k, (columns, loadings_t, center) in enumerate(c.reconstruct):
+            # x - (center + t @ loadings.T), in the array the product made.
+            residual = scores[:, columns] @ loadings_t
+            residual += center
+            np.subtract(x, residual, out=residual)
             q[:, k] = np.add.reduce(np.square(residual), axis=1)
         return Prediction(values, t2, q)
 
@@ -260,11 +272,14 @@ class _Compiled:
     intercepts: Array
     #: ``(p, ΣA)``: every target's rotations side by side.
     rotations: Array
+    #: ``(ΣA,)``: every target's ``center @ rotations``, taken from the stacked scores.
+    score_offsets: Array
     #: ``(ΣA, k)``: 1/score_variance in the rows of target k's components, 0 elsewhere, so
     #: ``scores² @ t2_weights`` is every target's T² at once.
     t2_weights: Array
-    #: Per target: its columns of the stacked scores and its loadings transposed ``(A, p)``.
-    reconstruct: tuple[tuple[slice, Array], ...]
+    #: Per target: its columns of the stacked scores, its loadings transposed ``(A, p)`` and
+    #: its centre ``(p,)``.
+    reconstruct: tuple[tuple[slice, Array, Array], ...]
 
 
 def _compile(model: PlsModel) -> _Compiled:
@@ -290,7 +305,7 @@ def _compile(model: PlsModel) -> _Compiled:
     for k, target in enumerate(model.targets):
         columns = slice(start, start + target.components)
         t2_weights[columns, k] = 1.0 / target.score_variance
-        reconstruct.append((columns, np.ascontiguousarray(target.loadings.T)))
+        reconstruct.append((columns, np.ascontiguousarray(target.loadings.T), target.center))
         start += target.components
     return _Compiled(
         points=len(model.axis),
@@ -298,6 +313,7 @@ def _compile(model: PlsModel) -> _Compiled:
         coefficients=np.ascontiguousarray(np.stack([t.coefficients for t in model.targets], 1)),
         intercepts=np.array([t.intercept for t in model.targets]),
         rotations=np.ascontiguousarray(np.hstack([t.rotations for t in model.targets])),
+        score_offsets=np.concatenate([t.center @ t.rotations for t in model.targets]),
         t2_weights=t2_weights,
         reconstruct=tuple(reconstruct),
     )
@@ -353,6 +369,7 @@ def _target_to_dict(target: Target) -> dict[str, Any]:
         "components": target.components,
         "coefficients": target.coefficients.tolist(),
         "intercept": float(target.intercept),
+        "center": target.center.tolist(),
         "rotations": target.rotations.tolist(),
         "loadings": target.loadings.tolist(),
         "score_variance": target.score_variance.tolist(),
@@ -405,7 +422,9 @@ def model_from_dict(doc: Any, source: str = "<dict>") -> PlsModel:
             training=reader.mapping(top["training"], "training", None),
             sha256=expected,
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
+        # TypeError too: a step or a shape check that meets a value of a type it does not
+        # expect is a bad file, not a bug of the reader's caller.
         if isinstance(exc, ModelFileError):
             raise
         raise reader.error("", str(exc)) from None
@@ -474,9 +493,13 @@ class _Reader:
     def number(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(path, f"expected a number, found {_kind(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            number = math.inf
+        if not math.isfinite(number):
             raise self.error(path, f"{value!r} is not finite")
-        return float(value)
+        return number
 
     def vector(self, value: Any, path: str, length: int | None = None) -> Array:
         if not isinstance(value, list):
@@ -486,7 +509,10 @@ class _Reader:
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, int | float):
                 raise self.error(f"{path}[{i}]", f"expected a number, found {_kind(item)}")
-        array = np.array(value, dtype=np.float64)
+        try:
+            array = np.array(value, dtype=np.float64)
+        except OverflowError:  # an integer beyond float's range
+            raise self.error(path, "contains a number that is not finite") from None
         if not np.isfinite(array).all():
             raise self.error(path, "contains a number that is not finite")
         return array
@@ -523,7 +549,7 @@ class _Reader:
                 self.vector(spec["mean"], f"{path}.mean")
             try:
                 steps.append(Pipeline.from_dicts([spec]).steps[0])
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
                 raise self.error(path, str(exc)) from None
         return Pipeline(tuple(steps))
 
@@ -569,6 +595,7 @@ class _Reader:
             intercept=self.number(doc["intercept"], f"{path}.intercept"),
             rotations=self.matrix(doc["rotations"], f"{path}.rotations", p, components),
             loadings=self.matrix(doc["loadings"], f"{path}.loadings", p, components),
+            center=self.vector(doc["center"], f"{path}.center", p),
             score_variance=variance,
             t2_limit=self.positive(limits["t2"], f"{path}.limits.t2"),
             q_limit=self.positive(limits["q"], f"{path}.limits.q"),
@@ -621,14 +648,20 @@ def save_model(model: PlsModel, path: Path) -> None:
     """Write ``model`` to ``path`` atomically (a temporary file in the same folder, then
     ``os.replace``): readers see the old file or the new one, never half of one. The file's
     ``sha256`` is computed from the content. One top-level member per line, so ``head`` shows
-    the identity of a model without scrolling through its matrices."""
+    the identity of a model without scrolling through its matrices.
+
+    The text is read back with :func:`model_from_dict` first, so no file is written that
+    :func:`load_model` would refuse (an empty id, say): :class:`ModelFileError`
+    ``"<path> (not written): <field>: <problem>"`` instead, and ``path`` is left as it was.
+    """
+    target = Path(path)
     doc = model_to_dict(model)
     lines = [
         f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False, allow_nan=False)}"
         for key, value in doc.items()
     ]
     text = "{\n" + ",\n".join(lines) + "\n}\n"
-    target = Path(path)
+    model_from_dict(json.loads(text, parse_constant=_refuse_constant), f"{target} (not written)")
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the model from the gateway's user

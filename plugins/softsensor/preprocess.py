@@ -6,7 +6,8 @@ applies exactly what was fitted. Steps that learn from the training data (mean c
 *fitted* once and keep what they learned. Everything is vectorised over the batch; nothing here
 loops over points in Python.
 
-Steps (``{"step": name, ...}``):
+Steps (``{"step": name, ...}``; integer parameters must be JSON integers, bounds finite
+numbers — a step refuses anything else with a ``ValueError`` naming the step and the field):
 
 - ``crop`` ``{low, high}``: keep the points whose axis value lies in ``[low, high]``.
 - ``baseline`` ``{degree}``: subtract, per spectrum, the least-squares polynomial of ``degree``
@@ -58,6 +59,33 @@ Array = NDArray[np.float64]
 Transform = Callable[[Array], Array]
 
 
+def _integer(step: str, name: str, value: Any) -> int:
+    """``value`` as an ``int``: an integer (Python's or numpy's), never a bool or a float —
+    ``15.0`` would load and then fail in numpy on the first spectrum."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{step}: {name} must be an integer, not {value!r}")
+    return int(value)
+
+
+def _real(step: str, name: str, value: Any) -> float:
+    """``value`` as a finite ``float``: an integer or a float, never a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{step}: {name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{step}: {name} must be finite, not {value!r}")
+    return number
+
+
+def _set(step: Step, **values: Any) -> None:
+    """Store checked values on a frozen step."""
+    for name, value in values.items():
+        object.__setattr__(step, name, value)
+
+
 class Step:
     """One preprocessing step. ``apply`` takes spectra as rows ``(n, p)`` on ``axis`` ``(p,)``
     and returns the transformed spectra and their axis."""
@@ -93,6 +121,7 @@ class Crop(Step):
     name = "crop"
 
     def __post_init__(self) -> None:
+        _set(self, low=_real(self.name, "low", self.low), high=_real(self.name, "high", self.high))
         if not self.low < self.high:
             raise ValueError(f"crop: low ({self.low}) must be below high ({self.high})")
 
@@ -124,6 +153,7 @@ class Baseline(Step):
     name = "baseline"
 
     def __post_init__(self) -> None:
+        _set(self, degree=_integer(self.name, "degree", self.degree))
         if not 0 <= self.degree <= 10:
             raise ValueError(f"baseline: degree must be 0..10, not {self.degree}")
 
@@ -184,6 +214,9 @@ class Snv(Step):
         return {"step": self.name}
 
 
+_SAVGOL = ("window", "polyorder", "deriv")
+
+
 @dataclass(frozen=True)
 class SavitzkyGolay(Step):
     window: int = 15
@@ -192,6 +225,7 @@ class SavitzkyGolay(Step):
     name = "savgol"
 
     def __post_init__(self) -> None:
+        _set(self, **{name: _integer(self.name, name, getattr(self, name)) for name in _SAVGOL})
         if self.window < 3 or self.window % 2 == 0:
             raise ValueError(f"savgol: window must be odd and at least 3, not {self.window}")
         if not 0 <= self.polyorder < self.window:
@@ -263,6 +297,7 @@ class Normalize(Step):
     name = "normalize"
 
     def __post_init__(self) -> None:
+        _set(self, low=_real(self.name, "low", self.low), high=_real(self.name, "high", self.high))
         if not self.low < self.high:
             raise ValueError(f"normalize: low ({self.low}) must be below high ({self.high})")
 
@@ -298,6 +333,15 @@ class Normalize(Step):
 class MeanCenter(Step):
     mean: tuple[float, ...] | None = None
     name = "mean_center"
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            return
+        if isinstance(self.mean, str | bytes | Mapping) or not isinstance(
+            self.mean, Sequence | np.ndarray
+        ):
+            raise ValueError(f"mean_center: mean must be a list of numbers, not {self.mean!r}")
+        _set(self, mean=tuple(_real(self.name, f"mean[{i}]", v) for i, v in enumerate(self.mean)))
 
     def fit(self, x: Array, axis: Array) -> MeanCenter:
         return MeanCenter(tuple(float(v) for v in x.mean(axis=0)))
@@ -338,8 +382,6 @@ def step_from_dict(spec: Mapping[str, Any]) -> Step:
     kind = _STEPS.get(str(name))
     if kind is None:
         raise ValueError(f"unknown preprocessing step {name!r}; known: {', '.join(_STEPS)}")
-    if kind is MeanCenter and fields.get("mean") is not None:
-        fields["mean"] = tuple(float(v) for v in fields["mean"])
     try:
         return kind(**fields)
     except TypeError as exc:
