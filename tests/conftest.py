@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import Plan, PollingDriver, build_registry, load_plan
+from gateway import Plan, PollingDriver, Sample, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
+from gateway.store import SampleStore
 
 PollingDriverT = TypeVar("PollingDriverT", bound=PollingDriver)
 
@@ -64,6 +65,18 @@ def fake_distribution(
     (dist / "entry_points.txt").write_text(f"[pat_gateway]\n{lines}")
     repo = Path(__file__).resolve().parents[1]
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(repo)])}
+
+
+def stored_by_signal(path: Path) -> dict[str, list[Sample]]:
+    """Every sample in the store at ``path``, by signal id, in commit order."""
+    store = SampleStore(path, read_only=True)
+    try:
+        out: dict[str, list[Sample]] = {}
+        for sample in store.samples():
+            out.setdefault(sample.signal, []).append(sample)
+        return out
+    finally:
+        store.close()
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

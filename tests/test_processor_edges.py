@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import running, wait_for, write_config
+from conftest import running, stored_by_signal, wait_for, write_config
 from pydantic import BaseModel, ConfigDict
 
 from gateway import (
@@ -28,7 +28,6 @@ from gateway import (
     load_plan,
 )
 from gateway.runtime import Gateway
-from gateway.store import SampleStore
 
 EPOCH = 1_767_225_600_000_000_000
 
@@ -140,14 +139,7 @@ def make_plan(tmp_path: Path, driver: str, ptype: str) -> Any:
 
 
 def stored(tmp_path: Path) -> dict[str, list[Sample]]:
-    store = SampleStore(tmp_path / "s.sqlite", read_only=True)
-    try:
-        out: dict[str, list[Sample]] = {}
-        for sample in store.samples():
-            out.setdefault(sample.signal, []).append(sample)
-        return out
-    finally:
-        store.close()
+    return stored_by_signal(tmp_path / "s.sqlite")
 
 
 @pytest.mark.asyncio
