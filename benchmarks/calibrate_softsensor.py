@@ -51,11 +51,13 @@ def _dataset_module() -> ModuleType:
     return module
 
 
-def patgw(*args: str) -> dict[str, Any]:
-    """Run ``patgw ARGS --json`` as a user would; its JSON report, or exit with its error."""
+def patgw(*args: str, cwd: Path) -> dict[str, Any]:
+    """Run ``patgw ARGS --json`` in ``cwd`` as a user would; its JSON report, or exit with its
+    error. (Data paths relative to ``cwd``: the model's training record names its files as
+    given, and a temporary folder's name says nothing.)"""
     command = [sys.executable, "-m", "gateway", *args, "--json"]
-    print("$ patgw " + shlex.join(command[3:]), file=sys.stderr, flush=True)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    print(f"{cwd}$ patgw " + shlex.join(command[3:]), file=sys.stderr, flush=True)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"patgw {args[0]} {args[1]} failed ({result.returncode}): {result.stderr}")
     report: dict[str, Any] = json.loads(result.stdout)
@@ -84,15 +86,16 @@ def calibrate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         noise_seed=args.validation_seed,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    output = args.output.resolve()
     fit = patgw(
         "model",
         "fit",
         "--spectra",
-        str(work / "calibration" / "spectra.jsonl"),
+        "calibration/spectra.jsonl",
         "--reference",
-        str(work / "calibration" / "reference.csv"),
+        "calibration/reference.csv",
         "--output",
-        str(args.output),
+        str(output),
         "--id",
         args.model_id,
         "--model-version",
@@ -101,15 +104,17 @@ def calibrate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"Glucose and lactate from in-line Raman (785 nm, {args.integration_ms:g} ms), fitted"
         f" on {args.runs} emulated fed-batch runs (design seed {args.seed}) by"
         " benchmarks/calibrate_softsensor.py",
+        cwd=work,
     )
     check = patgw(
         "model",
         "check",
-        str(args.output),
+        str(output),
         "--data",
-        str(work / "validation" / "spectra.jsonl"),
+        "validation/spectra.jsonl",
         "--reference",
-        str(work / "validation" / "reference.csv"),
+        "validation/reference.csv",
+        cwd=work,
     )
     return {
         "model": str(args.output),
