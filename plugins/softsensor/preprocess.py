@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import savgol_coeffs, savgol_filter
 
 __all__ = [
     "Baseline",
@@ -236,6 +235,8 @@ class SavitzkyGolay(Step):
     def apply(self, x: Array, axis: Array) -> tuple[Array, Array]:
         if x.shape[1] < self.window:
             raise ValueError(f"savgol: {x.shape[1]} points, fewer than the window {self.window}")
+        from scipy.signal import savgol_filter  # scipy.signal takes ~1 s to import: not at start-up
+
         out = savgol_filter(x, self.window, self.polyorder, deriv=self.deriv, axis=1, mode="interp")
         return np.asarray(out, dtype=np.float64), axis
 
@@ -246,11 +247,10 @@ class SavitzkyGolay(Step):
         # Inside, each output point is a fixed weighted sum of the window around it. At each
         # edge, mode="interp" fits one polynomial to the first (last) window of points and
         # evaluates it on the half window: also a fixed linear map, precomputed here.
-        weights = np.asarray(
-            savgol_coeffs(self.window, self.polyorder, deriv=self.deriv, use="dot"),
-            dtype=np.float64,
-        )
         half = self.window // 2
+        # The centre point's weights: what scipy's savgol_coeffs(use="dot") gives, computed
+        # here (importing scipy.signal costs about a second of start-up).
+        weights = self._edge_map(np.array([float(half)]))[0]
         left = self._edge_map(np.arange(half, dtype=np.float64))
         right = self._edge_map(np.arange(self.window - half, self.window, dtype=np.float64))
         left_t, right_t = np.ascontiguousarray(left.T), np.ascontiguousarray(right.T)
