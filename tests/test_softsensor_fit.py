@@ -275,3 +275,22 @@ def test_unusable_input_is_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="version must not be empty"):
         fit_model(x, AXIS, y, TARGETS, **(common | {"version": ""}))
     assert DEFAULT_PREPROCESSING[0] == {"step": "crop", "low": 400.0, "high": 1800.0}
+
+
+def test_the_q_limit_holds_for_new_spectra_even_with_few_training_samples() -> None:
+    # 25 calibration spectra, as a plant with few laboratory values has: residuals of the
+    # training spectra themselves were small enough that about 1 in 9 new in-range spectra
+    # exceeded a 99 % limit taken from them. The cross-validated residuals are new spectra's.
+    rng = np.random.default_rng(11)
+    x, y = spectra(25, rng)
+    new_x, _ = spectra(200, rng)
+    model, _ = fit_model(
+        x, AXIS, y, TARGETS, model_id="few", version="1", spectrum_unit="{counts}",
+        max_components=5,
+    )  # fmt: skip
+    q = model.predict(new_x).q
+    limits = np.array([t.q_limit for t in model.targets])
+    assert (q > limits).mean() <= 0.04, (q > limits).mean(axis=0)
+    # ... and a foreign band is still flagged.
+    foreign = new_x[:10] + 300.0 * np.exp(-0.5 * ((AXIS.values - 1300.0) / 12.0) ** 2)
+    assert (model.predict(foreign).q > limits).all()

@@ -336,12 +336,14 @@ def _fit_target(
     top = min(top, cap)
     if top < 1:
         raise ValueError(f"{name}: {n} samples are too few to fit a model")
-    cv_predictions = _cross_validated(x, y, splits, top)
+    cv_predictions, cv_q = _cross_validated(x, y, splits, top)
     press = ((cv_predictions - y[:, None]) ** 2).sum(axis=0)
     rmsecv = np.sqrt(press / n)
     chosen = components or _choose(rmsecv)
     pls = PLSRegression(n_components=chosen, scale=False).fit(x, y)
-    target, fitted = _target(name, unit, pls, x, y, confidence, float(rmsecv[chosen - 1]))
+    target, fitted = _target(
+        name, unit, pls, x, y, confidence, float(rmsecv[chosen - 1]), cv_q[:, chosen - 1]
+    )
     total = float(((y - y.mean()) ** 2).sum())
     report = TargetReport(
         name=name,
@@ -360,15 +362,26 @@ def _fit_target(
 
 def _cross_validated(
     x: Array, y: Array, splits: Sequence[tuple[NDArray[np.intp], NDArray[np.intp]]], top: int
-) -> Array:
-    """Held-out predictions ``(n, top)`` of the 1..``top``-component models."""
+) -> tuple[Array, Array]:
+    """Held-out predictions ``(n, top)`` of the 1..``top``-component models, and each sample's
+    held-out Q residual ``(n, top)`` under them.
+
+    The first ``a`` components of a PLS fit are the ``a``-component fit (NIPALS: PᵀW is upper
+    triangular), so one model per fold gives every smaller one."""
     predictions = np.empty((len(y), top))
+    q = np.empty((len(y), top))
     for train, test in splits:
         pls = PLSRegression(n_components=top, scale=False).fit(x[train], y[train])
         coefficients = _coefficients_by_components(pls)
         centred = x[test] - x[train].mean(axis=0)
         predictions[test] = centred @ coefficients + y[train].mean()
-    return predictions
+        scores = centred @ np.asarray(pls.x_rotations_, dtype=np.float64)
+        loadings = np.asarray(pls.x_loadings_, dtype=np.float64)
+        residual = centred.copy()
+        for a in range(top):  # take one component more out of the residual each time
+            residual -= np.outer(scores[:, a], loadings[:, a])
+            q[test, a] = np.einsum("ij,ij->i", residual, residual)
+    return predictions, q
 
 
 def _coefficients_by_components(pls: Any) -> Array:
@@ -387,9 +400,20 @@ def _choose(rmsecv: Array) -> int:
 
 
 def _target(
-    name: str, unit: str, pls: Any, x: Array, y: Array, confidence: float, rmsecv: float
+    name: str,
+    unit: str,
+    pls: Any,
+    x: Array,
+    y: Array,
+    confidence: float,
+    rmsecv: float,
+    cv_q: Array,
 ) -> tuple[Target, Array]:
-    """The file's form of a fitted PLS1, with its limits; and its fitted values."""
+    """The file's form of a fitted PLS1, with its limits; and its fitted values.
+
+    The Q limit comes from the cross-validated residuals ``cv_q`` (each sample's, from the
+    model that did not see it): a model's own training spectra fit it better than new ones do,
+    and with few samples a limit from them flagged about 1 in 9 new in-range spectra."""
     coefficients = np.asarray(pls.coef_, dtype=np.float64)[0]
     # scikit-learn centres x internally; the file's model takes the preprocessed spectrum as
     # is, so the intercept absorbs the training mean: y = x @ b + (ȳ - x̄ @ b).
@@ -402,8 +426,6 @@ def _target(
     center = x.mean(axis=0)
     centred = x - center
     scores = centred @ rotations
-    residual = centred - scores @ loadings.T
-    q = np.einsum("ij,ij->i", residual, residual)
     n, a = x.shape[0], rotations.shape[1]
     target = Target(
         name=name,
@@ -416,7 +438,7 @@ def _target(
         loadings=loadings,
         score_variance=scores.var(axis=0, ddof=1),
         t2_limit=t2_limit(n, a, confidence),
-        q_limit=q_limit(q, confidence),
+        q_limit=q_limit(cv_q, confidence),
         calibration_range=(float(y.min()), float(y.max())),
         rmsecv=rmsecv,
     )
