@@ -25,30 +25,22 @@ The demo's model, ``configs/models/raman-glucose-lactate.json``, was made with t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+# A script's own folder is first on sys.path: the dataset writer beside this file.
+import softsensor_data
 
 from firmware_stubs.raman.campaign import design_runs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_OUTPUT = REPO / "configs" / "models" / "raman-glucose-lactate.json"
-
-
-def _dataset_module() -> ModuleType:
-    """``softsensor_data.py`` beside this file (benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("softsensor_data", HERE / "softsensor_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def patgw(*args: str, cwd: Path) -> dict[str, Any]:
@@ -66,10 +58,9 @@ def patgw(*args: str, cwd: Path) -> dict[str, Any]:
 
 def calibrate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The recipe; returns what ``main`` prints."""
-    data = _dataset_module()
     integration_s = args.integration_ms / 1000
     print(f"calibration campaign: {args.runs} runs, design seed {args.seed}", file=sys.stderr)
-    calibration = data.write_dataset(
+    calibration = softsensor_data.write_dataset(
         work / "calibration",
         design_runs(args.runs, args.seed),
         integration_s=integration_s,
@@ -79,7 +70,7 @@ def calibrate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"validation: {args.validation_runs} runs, design seed {args.validation_seed}",
         file=sys.stderr,
     )
-    validation = data.write_dataset(
+    validation = softsensor_data.write_dataset(
         work / "validation",
         design_runs(args.validation_runs, args.validation_seed),
         integration_s=integration_s,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import platform
@@ -31,10 +30,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+# A script's own folder is first on sys.path: the dataset writer beside this file.
+import softsensor_data
 
 from firmware_stubs.raman.campaign import acquire, design_runs
 from gateway import PluginContext, Quality, Sample, Signal, SignalKind, Spectrum
@@ -42,7 +43,7 @@ from gateway.cli import main as patgw
 from gateway.runtime.interpreter import configure_interpreter
 from gateway.runtime.outputs import SignalOutput
 from gateway.units import Conversion
-from plugins.ocean_obp.spectrum import build_axis, dark_corrected
+from plugins.ocean_obp.spectrum import dark_corrected
 from plugins.softsensor.fit import fit_model
 from plugins.softsensor.model import save_model
 from plugins.softsensor.processor import PlsOptions, PlsProcessor
@@ -53,17 +54,9 @@ DEFAULT_MODEL = HERE.parent / "configs" / "models" / "raman-glucose-lactate.json
 RECIPE_SEEDS = (1, 1001)
 
 
-def _dataset_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("softsensor_data", HERE / "softsensor_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def accuracy(model: Path, runs: int, seed: int, work: Path) -> dict[str, Any]:
     """``patgw model check`` of ``model`` on a fresh, independent emulated campaign."""
-    summary = _dataset_module().write_dataset(
+    summary = softsensor_data.write_dataset(
         work, design_runs(runs, seed), integration_s=0.5, noise_seed=seed
     )
     out = io.StringIO()
@@ -104,25 +97,15 @@ def accuracy(model: Path, runs: int, seed: int, work: Path) -> dict[str, Any]:
 
 def _spectra(dark_pixels: int, count: int, seed: int) -> tuple[list[Spectrum], np.ndarray]:
     """``count`` spectra as the driver publishes them with ``dark_pixels`` masked pixels
-    subtracted and dropped, and their true glucose and lactate."""
+    (0: all 2048 pixels, no dark subtraction), and their true glucose and lactate."""
     runs = design_runs(2, seed)
     acquisitions = [acquire(run, noise_seed=seed + k) for k, run in enumerate(runs)]
-    first = acquisitions[0]
-    axis = build_axis(
-        first.coefficients,
-        first.pixels,
-        dark_pixels=dark_pixels,
-        kind="raman_shift",
-        laser_nm=first.laser_nm,
-    )
+    axis = softsensor_data.driver_axis(acquisitions[0], dark_pixels)
     spectra: list[Spectrum] = []
     truth: list[tuple[float, float]] = []
     for a in acquisitions:
         for row, glucose, lactate in zip(a.counts, a.glucose_g_L, a.lactate_g_L, strict=True):
-            values = dark_corrected(row, a.dark_pixels)
-            if dark_pixels == 0:  # every pixel published, the masked ones included
-                values = row.astype(np.float32) - np.float32(row[: a.dark_pixels].mean())
-            spectra.append(Spectrum(values, axis))
+            spectra.append(Spectrum(dark_corrected(row, dark_pixels), axis))
             truth.append((float(glucose), float(lactate)))
     return spectra[:count], np.asarray(truth[:count])
 

@@ -39,8 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from firmware_stubs.raman.campaign import CampaignRun, acquire, design_runs
-from gateway import Quality, Sample, Spectrum, format_ns, parse_iso_ns, sample_to_json
+from firmware_stubs.raman.campaign import Acquisition, CampaignRun, acquire, design_runs
+from gateway import (
+    Quality,
+    Sample,
+    SpectralAxis,
+    Spectrum,
+    format_ns,
+    parse_iso_ns,
+    sample_to_json,
+)
 from plugins.ocean_obp.spectrum import build_axis, dark_corrected, saturated_pixels
 
 SIGNAL = "reactor1/raman/spectrum"
@@ -59,6 +67,18 @@ def run_noise_seed(noise_seed: int, run: CampaignRun) -> int:
     """The spectral noise seed of one run: drawn from (``noise_seed``, the run's process seed),
     so runs of one dataset differ and two datasets made with other noise seeds share no noise."""
     return int(np.random.SeedSequence([noise_seed, run.seed]).generate_state(1)[0])
+
+
+def driver_axis(acquisition: Acquisition, dark_pixels: int = DARK_PIXELS) -> SpectralAxis:
+    """The axis the ``ocean_obp`` driver builds once per calibration from what the device
+    reports, publishing all pixels after the first ``dark_pixels``."""
+    return build_axis(
+        acquisition.coefficients,
+        acquisition.pixels,
+        dark_pixels=dark_pixels,
+        kind="raman_shift",
+        laser_nm=acquisition.laser_nm,
+    )
 
 
 def write_dataset(
@@ -86,14 +106,7 @@ def write_dataset(
                 laser_nm=LASER_NM,
                 noise_seed=run_noise_seed(noise_seed, run),
             )
-            # What the driver builds once per calibration, from what the device reports.
-            axis = build_axis(
-                acquisition.coefficients,
-                acquisition.pixels,
-                dark_pixels=DARK_PIXELS,
-                kind="raman_shift",
-                laser_nm=acquisition.laser_nm,
-            )
+            axis = driver_axis(acquisition)
             axis_key = axis.key
             start_ns = FIRST_START_NS + index * RUN_SPACING_NS
             for hour, counts, broth in zip(

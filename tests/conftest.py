@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway import Plan, PollingDriver, Sample, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
 from gateway.store import SampleStore
+
+REPO = Path(__file__).resolve().parents[1]
 
 PollingDriverT = TypeVar("PollingDriverT", bound=PollingDriver)
 
@@ -77,6 +81,33 @@ def stored_by_signal(path: Path) -> dict[str, list[Sample]]:
         return out
     finally:
         store.close()
+
+
+def patgw(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``patgw ARGS`` as a user would, in a subprocess; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def demo_copy(tmp_path: Path) -> tuple[Path, int]:
+    """configs/demo.yaml, moved to free ports, in a scratch working directory; returns the
+    feed pump's port."""
+    port = free_port()
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
+    text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
+    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    return path, port
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

@@ -15,35 +15,9 @@ from pathlib import Path
 import jcamp
 import pytest
 import serial
-from conftest import fake_distribution, free_port
+from conftest import demo_copy, fake_distribution, free_port, patgw
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def patgw(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def demo_copy(tmp_path: Path) -> tuple[Path, int]:
-    """configs/demo.yaml, moved to free ports, in a scratch working directory; returns the
-    feed pump's port."""
-    port = free_port()
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
-    text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
-    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
-    path = tmp_path / "demo.yaml"
-    path.write_text(text)
-    return path, port
 
 
 def export_jsonl(config: Path, *extra: str) -> list[dict]:

@@ -192,7 +192,11 @@ async def test_inputs_a_stubborn_driver_publishes_after_the_drain_are_counted(
     plan = make_plan(tmp_path, "stubborn", "copy")
     async with running(plan) as (gateway, _):
         await wait_for(lambda: gateway.outputs[0].seq >= 20)
-    await asyncio.sleep(0.6)  # let the stubborn driver end
+    # The stubborn driver outlives the run by 0.5 s: let it end rather than leak its task.
+    await wait_for(
+        lambda: not any(t.get_name() == "instrument.c" for t in asyncio.all_tasks()),
+        what="the stubborn driver ends",
+    )
     samples = stored(tmp_path)
     raw = samples["t/c/count"]
     derived = {s.source_ts for s in samples["t/p/a"]}

@@ -7,39 +7,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port
+from conftest import demo_copy, patgw
 
 from gateway import parse_iso_ns
 from gateway.store import SampleStore
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "configs" / "models" / "raman-glucose-lactate.json"
-
-
-def patgw(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def demo_copy(tmp_path: Path) -> Path:
-    text = (REPO / "configs" / "demo.yaml").read_text()
-    text = text.replace("15020", str(free_port())).replace("14840", str(free_port()))
-    text = text.replace("port: 4840", f"port: {free_port()}")
-    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
-    path = tmp_path / "demo.yaml"
-    path.write_text(text)
-    return path
 
 
 def exported(config: Path, pattern: str) -> dict[str, list[dict[str, Any]]]:
@@ -55,8 +32,8 @@ def exported(config: Path, pattern: str) -> dict[str, list[dict[str, Any]]]:
 def test_demo_exports_predictions_at_the_spectra_times_tracking_the_truth(
     tmp_path: Path,
 ) -> None:
-    config = demo_copy(tmp_path)
-    result = patgw("run", str(config), "--for", "30", "--no-view", cwd=tmp_path)
+    config, _ = demo_copy(tmp_path)
+    result = patgw("run", str(config), "--for", "30", "--no-view", cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
     spectra = exported(config, "reactor1/raman/spectrum")["spectrum"]
