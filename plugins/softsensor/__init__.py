@@ -1,1 +1,2 @@
-"""Chemometric soft sensor: spectra in, concentrations out (issue 6; preprocessing so far)."""
+"""Chemometric soft sensor: spectra in, concentrations out — the ``pls`` processor, its model
+files and the ``patgw model`` command (see ``docs/model-file.md``)."""

@@ -89,7 +89,8 @@ class PlsProcessor:
         self._confidence = f"{model.confidence * 100:g} %"
         # Axis verdicts by key: a mismatch is computed and logged once per axis.
         self._axis_problem: dict[str, str | None] = {model.axis.key: None}
-        self._outputs: tuple[ProcessorIO, list[tuple[Output, Output, Output]]] | None = None
+        # Per target: its value, T² and Q channels (named once, not per spectrum).
+        self._channel_names = [(t.name, f"{t.name}_t2", f"{t.name}_q") for t in model.targets]
         self._log = log.bind(processor=context.id, model=model.id, version=model.version)
 
     # -- Processor ------------------------------------------------------------------------------
@@ -177,14 +178,8 @@ class PlsProcessor:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _outputs_of(self, io: ProcessorIO) -> list[tuple[Output, Output, Output]]:
-        cached = self._outputs
-        if cached is None or cached[0] is not io:
-            outputs = [
-                (io.output(t.name), io.output(f"{t.name}_t2"), io.output(f"{t.name}_q"))
-                for t in self.model.targets
-            ]
-            cached = self._outputs = (io, outputs)
-        return cached[1]
+        output = io.output
+        return [(output(v), output(t2), output(q)) for v, t2, q in self._channel_names]
 
     def _axis_check(self, spectrum: Spectrum) -> str | None:
         key = spectrum.axis.key
