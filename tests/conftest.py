@@ -227,15 +227,8 @@ def make_client_cert(folder: Path, name: str) -> ClientCert:
     uri = f"urn:test:{name}"
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        certificate_builder(subject, subject, key)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())]
@@ -251,14 +244,36 @@ def make_client_cert(folder: Path, name: str) -> ClientCert:
     folder.mkdir(parents=True, exist_ok=True)
     pair = ClientCert(folder / f"{name}.der", folder / f"{name}.pem", uri)
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    pair.key.write_bytes(
+    write_pem_key(pair.key, key)
+    return pair
+
+
+def certificate_builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
+) -> x509.CertificateBuilder:
+    """A test certificate for ``key``'s public key, valid from an hour ago for 30 days; the
+    caller adds its extensions and signs it."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+    )
+
+
+def write_pem_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    """``key`` as unencrypted PKCS#8 PEM."""
+    path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return pair
 
 
 @asynccontextmanager

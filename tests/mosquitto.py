@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -31,7 +30,7 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import free_port, wait_for
+from conftest import certificate_builder, free_port, wait_for, write_pem_key
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -67,29 +66,12 @@ class BrokerTls:
     key: Path
 
 
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 def make_broker_tls(folder: Path, host: str = "127.0.0.1") -> BrokerTls:
     """A CA and a server certificate for ``host`` (an IP address) and ``localhost``."""
-    now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PAT Gateway test CA")])
     ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        certificate_builder(ca_name, ca_name, ca_key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
@@ -102,13 +84,9 @@ def make_broker_tls(folder: Path, host: str = "127.0.0.1") -> BrokerTls:
     )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mosquitto")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        certificate_builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mosquitto")]), ca_name, key
+        )
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
@@ -129,7 +107,7 @@ def make_broker_tls(folder: Path, host: str = "127.0.0.1") -> BrokerTls:
     tls = BrokerTls(folder / "ca.pem", folder / "broker.pem", folder / "broker.key")
     tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(tls.key, key)
+    write_pem_key(tls.key, key)
     return tls
 
 
