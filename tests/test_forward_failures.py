@@ -188,6 +188,40 @@ async def test_a_sink_raising_cancelled_error_is_a_failure_with_backoff(
         f"{sink.calls} forwards in 0.5 s, failures={forwarder.stats.failures},"
         f" state={forwarder.stats.state}"
     )
+    assert forwarder.stats.last_error == "forward cancelled by the sink"
+
+
+@pytest.mark.asyncio
+async def test_a_sink_that_never_acknowledges_is_one_failure_that_says_how_long(
+    tmp_path: Path,
+) -> None:
+    """A forward still unanswered at send_timeout_s is one failure whose reason names the
+    time, not a bare ``TimeoutError()`` (nor two failures, nor a "cancelled by the sink")."""
+    names = make_store(tmp_path / "s.sqlite", 10)
+    reader = BacklogReader(tmp_path / "s.sqlite")
+
+    class Silent(Recorder):
+        async def forward(self, samples: Sequence[Sample], historical: bool) -> None:
+            self.calls += 1
+            await asyncio.Event().wait()  # a broker that accepted the publish and went quiet
+
+    sink = Silent()
+    config = SinkConfig(
+        id="up",
+        type="x",
+        start_from="earliest",
+        send_timeout_s=0.1,
+        retry={"initial_s": 30, "max_s": 30},
+    )
+    forwarder = Forwarder("up", sink, config, names, reader)  # type: ignore[arg-type]
+    forwarder.start(None, 10)
+    try:
+        await run_until(forwarder, lambda: forwarder.stats.failures >= 1, "the timeout")
+    finally:
+        await reader.aclose()
+    assert sink.calls == 1
+    assert forwarder.stats.failures == 1
+    assert forwarder.stats.last_error == "not acknowledged within 0.1 s"
 
 
 # --- retention 'stop' at shutdown: the held samples are committed, not discarded ------------

@@ -401,6 +401,7 @@ class Forwarder:
             # The sink (or its library) raised CancelledError on its own: a failure like any
             # other, with backoff — not a reason to resend at once, forever.
             self._failed("forward cancelled by the sink", epoch, len(samples) if was_up else 0)
+        except TimeoutError:
             reason = f"not acknowledged within {self.send_timeout_s} s"
             self._failed(reason, epoch, len(samples) if was_up else 0)
         except Exception as exc:  # any failure of the sink: retry from the store, never crash
