@@ -57,7 +57,6 @@ class ReplyWatch:
         self.inconsistent: str | None = None  # what is wrong with the last frame kept
         self.malformed: str | None = None  # why the last frame could not be decoded
         self.lost: str | None = None
-        self.frames_discarded_total = 0  # over the watch's life, for the driver's counters
 
     # -- wiring ----------------------------------------------------------------------------------
     def attach(self, client: Any) -> None:
@@ -139,7 +138,6 @@ class ReplyWatch:
             why = f"for transaction {transaction}, expected {self.transaction}"
         if why is not None:
             self.discarded += 1
-            self.frames_discarded_total += 1
             if len(self._why_discarded) < _DESCRIBED:
                 self._why_discarded.append(why)
             return
