@@ -92,6 +92,14 @@ def exception_reply(r: ModbusRequest) -> Answer:
     return Answer(modbus_frame(r.tid, r.unit, bytes([r.function | 0x80, 2])))
 
 
+def unknown_function(r: ModbusRequest) -> Answer:
+    return Answer(modbus_frame(r.tid, r.unit, b"\x41\x00\x00"))
+
+
+def exception_without_code(r: ModbusRequest) -> Answer:
+    return Answer(modbus_frame(r.tid, r.unit, bytes([r.function | 0x80])))
+
+
 def reset_mid_frame(r: ModbusRequest) -> Answer:
     return Answer(reply(r)[:5], then="reset")
 
@@ -192,6 +200,15 @@ WHERE = r"unreachable: 127\.0\.0\.1:\d+: "
             r" connection dropped$",
         ),
         (
+            unknown_function,
+            WHERE + r"malformed reply: function 65 in reply to function 3; connection dropped$",
+        ),
+        (
+            exception_without_code,
+            WHERE + r"malformed reply: exception reply \(function 3\) of 1 byte, not 2;"
+            r" connection dropped$",
+        ),
+        (
             reset_mid_frame,
             WHERE + r"connection reset by peer after 5 bytes of an incomplete reply$",
         ),
@@ -202,7 +219,7 @@ WHERE = r"unreachable: 127\.0\.0\.1:\d+: "
         ),
         (wrong_function, r"^malformed reply: function 4 in reply to function 3$"),
         (too_many_registers, r"^reply carries 4 registers, 2 requested$"),
-        (too_few_registers, r"^reply carries 1 registers, 2 requested$"),
+        (too_few_registers, r"^reply carries 1 register, 2 requested$"),
         (exception_reply, r"^exception 2 \(illegal data address\)$"),
     ],
     ids=lambda v: v.__name__ if callable(v) else "",

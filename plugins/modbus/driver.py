@@ -198,7 +198,8 @@ class ModbusDriver(PollingDriver):
             return [], _exception_reason(response)
         registers = response.registers
         if len(registers) != block.count:
-            return [], f"reply carries {len(registers)} registers, {block.count} requested"
+            carried = f"{len(registers)} register{'' if len(registers) == 1 else 's'}"
+            return [], f"reply carries {carried}, {block.count} requested"
         return registers, None
 
     async def _execute(self, request: Callable[[], Awaitable[Any]]) -> Any:

@@ -57,6 +57,7 @@ class ReplyWatch:
         self.inconsistent: str | None = None  # what is wrong with the last frame kept
         self.malformed: str | None = None  # why the last frame could not be decoded
         self.lost: str | None = None
+        self._undecodable = "undecodable"  # the last frame kept, should pymodbus choke on it
 
     # -- wiring ----------------------------------------------------------------------------------
     def attach(self, client: Any) -> None:
@@ -81,7 +82,7 @@ class ReplyWatch:
                 # pymodbus raises this out of data_received for a frame it cut but could not
                 # decode; asyncio would log it as a crash and drop the connection. Drop it here
                 # with the reason instead (the stream cannot be trusted to be in step any more).
-                self.malformed = f"malformed reply: {self.inconsistent or 'cannot decode it'}"
+                self.malformed = f"malformed reply: {self.inconsistent or self._undecodable}"
                 self._fail_request(f"{self.malformed}; connection dropped")
                 transport = ctx.transport
                 if transport is not None:
@@ -143,6 +144,8 @@ class ReplyWatch:
             return
         # Kept by pymodbus: note what its decoder will not check (or will choke on).
         function = pdu[0]
+        size = _count(len(pdu), "byte", "bytes")
+        self._undecodable = f"function {function} in {size} that pymodbus cannot decode"
         self.inconsistent = None
         if function in _COUNTED_REPLIES and len(pdu) >= 2 and pdu[1] != len(pdu) - 2:
             self.inconsistent = (
@@ -150,9 +153,7 @@ class ReplyWatch:
                 f" follow (function {function})"
             )
         elif function & 0x80 and len(pdu) != 2:
-            self.inconsistent = (
-                f"exception reply of {len(pdu)} bytes (function {function & 0x7F}), not 2"
-            )
+            self.inconsistent = f"exception reply (function {function & 0x7F}) of {size}, not 2"
         elif function != self.function and function != self.function | 0x80:
             self.inconsistent = f"function {function} in reply to function {self.function}"
 
