@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class RepeatLimiter:
         self.window_s = window_s
         self._clock = clock
         self._seen: dict[tuple[str, ...], _Seen] = {}
+        self._lock = threading.Lock()  # the store writer's thread logs too
 
     def __call__(
         self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]
@@ -94,19 +96,20 @@ class RepeatLimiter:
         if event_dict.get("audit") or method == "debug" or self.window_s <= 0:
             return event_dict
         key = self._kind(event_dict)
-        now = self._clock()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen.since < self.window_s:
-            seen.suppressed += 1
-            raise structlog.DropEvent
-        if seen is not None:
-            del self._seen[key]  # re-inserted below, as the newest
-            if seen.suppressed:
-                event_dict["suppressed"] = seen.suppressed
-                event_dict["suppressed_over_s"] = round(now - seen.since, 1)
-        elif len(self._seen) >= _MAX_KINDS:
-            self._forget(now)
-        self._seen[key] = _Seen(now)
+        with self._lock:
+            now = self._clock()
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.since < self.window_s:
+                seen.suppressed += 1
+                raise structlog.DropEvent
+            if seen is not None:
+                del self._seen[key]  # re-inserted below, as the newest
+                if seen.suppressed:
+                    event_dict["suppressed"] = seen.suppressed
+                    event_dict["suppressed_over_s"] = round(now - seen.since, 1)
+            elif len(self._seen) >= _MAX_KINDS:
+                self._forget(now)
+            self._seen[key] = _Seen(now)
         return event_dict
 
     def _kind(self, event_dict: MutableMapping[str, Any]) -> tuple[str, ...]:

@@ -64,6 +64,16 @@ def test_repeats_are_counted_once_per_window_and_writes_never() -> None:
         assert let_through(limiter, event="modbus.write", instrument="a", audit=True) is not None
 
 
+def test_memory_is_bounded_by_forgetting_the_oldest_kinds() -> None:
+    limiter = RepeatLimiter(10.0, Clock())
+    assert let_through(limiter, event="first", instrument="a") is not None
+    assert let_through(limiter, event="first", instrument="a") is None  # a repeat
+    for i in range(5000):  # sources made of letters: numbers would not make new kinds
+        let_through(limiter, event="other", instrument=format(i, "b").replace("1", "x"))
+    # Still within the window, but forgotten among thousands of newer kinds: written again.
+    assert let_through(limiter, event="first", instrument="a") is not None
+
+
 def test_long_strings_are_cut_saying_how_much() -> None:
     event = truncate(100)(None, "error", {"event": "x" * 1000, "short": "y"})
     assert event == {"event": "x" * 100 + "... [900 more characters cut]", "short": "y"}
