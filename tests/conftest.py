@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -298,3 +299,27 @@ async def mosquitto(tmp_path: Path) -> AsyncIterator[Any]:
 
     async with Mosquitto(tmp_path / "mosquitto") as broker:
         yield broker
+
+
+@dataclass(frozen=True)
+class ModbusRequest:
+    """A register request as a scripted Modbus TCP device in a test reads it."""
+
+    tid: int
+    unit: int
+    function: int
+    address: int
+    count: int
+
+
+async def read_modbus_request(reader: asyncio.StreamReader) -> ModbusRequest:
+    """Read one Modbus TCP request frame (MBAP header, then as many bytes as it says)."""
+    tid, _pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+    pdu = await reader.readexactly(length - 1)
+    function, address, count = struct.unpack(">BHH", pdu[:5])
+    return ModbusRequest(tid, unit, function, address, count)
+
+
+def modbus_frame(tid: int, unit: int, pdu: bytes) -> bytes:
+    """A Modbus TCP frame: MBAP header for ``tid`` and ``unit``, then ``pdu``."""
+    return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu

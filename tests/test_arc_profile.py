@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import plan_for, running, wait_for
+from conftest import modbus_frame, plan_for, read_modbus_request, running, wait_for
 
 from gateway import Quality
 
@@ -53,16 +53,14 @@ async def serve_image(image: dict[int, int]) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                header = await reader.readexactly(7)
-                tid, _, length, unit = struct.unpack(">HHHB", header)
-                pdu = await reader.readexactly(length - 1)
-                function, address, count = struct.unpack(">BHH", pdu[:5])
+                r = await read_modbus_request(reader)
+                function, address, count = r.function, r.address, r.count
                 if function != 3 or any(a not in image for a in range(address, address + count)):
                     body = bytes([function | 0x80, 2])
                 else:
                     words = [image[a] for a in range(address, address + count)]
                     body = bytes([3, 2 * count]) + struct.pack(f">{count}H", *words)
-                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                writer.write(modbus_frame(r.tid, r.unit, body))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

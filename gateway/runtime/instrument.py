@@ -70,6 +70,10 @@ class InstrumentRunner:
     # -- supervision ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Run the driver, recovering from every failure, until cancelled."""
+        # This task's context (and the transports its driver opens, whose callbacks run in a
+        # copy of it) names the instrument, so library log lines say on whose behalf they were
+        # written and are rate-limited per instrument (gateway.logs).
+        structlog.contextvars.bind_contextvars(instrument=self.instrument_id)
         try:
             while True:
                 self.state = InstrumentState.CONNECTING

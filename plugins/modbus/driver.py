@@ -1,19 +1,22 @@
 """The Modbus driver: polls register blocks over pymodbus and publishes decoded values.
 
 Reconnection belongs to the gateway runtime (one owner, jittered backoff), so pymodbus's own
-reconnect is switched off and its exceptions become ``InstrumentError``. An exception *response*
-(the device answered, but with an error code) leaves the connection up and publishes the
-affected channels as ``bad`` with the code as reason.
+reconnect is switched off and its exceptions become ``InstrumentError``, named as precisely as
+the connection lets us see (:mod:`.wire`): silence, replies for another unit or transaction,
+bytes that are no frame, a malformed frame, a reset or close by the peer. A reply that is
+well-formed but not what was asked (an exception code, another function, more or fewer
+registers than requested, a byte count that disagrees with its data) leaves the connection up
+and publishes the affected channels as ``bad`` with what was wrong as reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from gateway import (
     Channel,
@@ -30,6 +33,7 @@ from gateway import (
 from .options import ModbusOptions
 from .profiles import Profile, load_profile
 from .registers import Decoder, ReadBlock, RegisterSpec, encode_value, plan_reads
+from .wire import ConnectionLostError, ReplyWatch
 
 __all__ = ["ModbusDriver"]
 
@@ -45,6 +49,11 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+
+
+def _exception_reason(response: Any) -> str:
+    code = getattr(response, "exception_code", 0)
+    return f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
 
 
 class ModbusDriver(PollingDriver):
@@ -85,6 +94,7 @@ class ModbusDriver(PollingDriver):
             max_gap=options.max_gap,
         )
         self._client: Any = None
+        self._watch = ReplyWatch()
         self._wired: list[tuple[Decoder, Output, RegisterSpec]] | None = None
         self._io: InstrumentIO | None = None
         if options.transport == "tcp":
@@ -100,7 +110,13 @@ class ModbusDriver(PollingDriver):
 
     async def connect(self) -> None:
         o = self.options
-        common: dict[str, Any] = {"timeout": o.timeout_s, "retries": 0, "reconnect_delay": 0}
+        self._watch = watch = ReplyWatch()
+        common: dict[str, Any] = {
+            "timeout": o.timeout_s,
+            "retries": 0,
+            "reconnect_delay": 0,
+            "trace_pdu": watch.trace_pdu,
+        }
         if o.transport == "tcp":
             self._client = AsyncModbusTcpClient(o.host, port=o.port, **common)
         else:
@@ -112,6 +128,7 @@ class ModbusDriver(PollingDriver):
                 stopbits=o.stopbits,
                 **common,
             )
+        watch.attach(self._client)
         try:
             ok = await self._client.connect()
         except (ModbusException, OSError) as exc:
@@ -172,24 +189,45 @@ class ModbusDriver(PollingDriver):
             if block.table == "holding"
             else client.read_input_registers
         )
+        response = await self._execute(
+            lambda: read(block.start, count=block.count, device_id=self.options.unit_id)
+        )
+        if self._watch.inconsistent is not None:
+            return [], f"malformed reply: {self._watch.inconsistent}"
+        if response.isError():
+            return [], _exception_reason(response)
+        registers = response.registers
+        if len(registers) != block.count:
+            carried = f"{len(registers)} register{'' if len(registers) == 1 else 's'}"
+            return [], f"reply carries {carried}, {block.count} requested"
+        return registers, None
+
+    async def _execute(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        """Await one pymodbus request; a failure becomes an ``InstrumentError`` that says what
+        the connection saw (the stored reason of the instrument's samples)."""
+        watch = self._watch
         try:
-            response = await read(block.start, count=block.count, device_id=self.options.unit_id)
+            return await request()
+        except ConnectionLostError as exc:
+            raise InstrumentError(f"{self.where}: {exc}") from exc
+        except ConnectionException as exc:
+            raise InstrumentError(f"{self.where}: {watch.describe_lost()}") from exc
+        except ModbusIOException as exc:
+            if "No response received" not in str(exc):
+                raise InstrumentError(f"{self.where}: {exc}") from exc
+            # pymodbus's only word for "nothing acceptable arrived before the timeout".
+            reason = watch.describe_timeout(self.options.timeout_s)
+            raise InstrumentError(f"{self.where}: {reason}") from exc
         except ModbusException as exc:
             raise InstrumentError(f"{self.where}: {exc}") from exc
-        if response.isError():
-            code = getattr(response, "exception_code", 0)
-            return [], f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
-        registers = list(response.registers)
-        if len(registers) < block.count:
-            raise InstrumentError(
-                f"{self.where}: short response ({len(registers)} of {block.count} registers)"
-            )
-        return registers, None
+        finally:
+            watch.finished()
 
     async def write(self, channel: str, value: float) -> None:
         """Write a setpoint. Only registers declared ``access: rw`` may be written; every write,
         refused, failed or done, is logged (instrument, channel, value, registers)."""
-        audit = log.bind(instrument=self.context.id, channel=channel, value=value)
+        # audit=True: never suppressed as a repeat by the log's rate limit.
+        audit = log.bind(instrument=self.context.id, channel=channel, value=value, audit=True)
         spec = self.specs.get(channel)
         if spec is None or spec.access != "rw":
             audit.warning("modbus.write_refused", reason="not declared access: rw")
@@ -206,15 +244,15 @@ class ModbusDriver(PollingDriver):
             raise InstrumentError(f"{self.where}: not connected")
         address = spec.address - self.address_base
         try:
-            response = await self._client.write_registers(
-                address, words, device_id=self.options.unit_id
+            client = self._client
+            response = await self._execute(
+                lambda: client.write_registers(address, words, device_id=self.options.unit_id)
             )
-        except ModbusException as exc:
+        except InstrumentError as exc:
             audit.warning("modbus.write_failed", reason=str(exc))
-            raise InstrumentError(f"{self.where}: write failed: {exc}") from exc
+            raise InstrumentError(f"write failed: {exc}") from exc
         if response.isError():
-            code = getattr(response, "exception_code", 0)
-            reason = f"exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
+            reason = _exception_reason(response)
             audit.warning("modbus.write_failed", reason=reason)
             raise InstrumentError(f"{self.where}: write of {channel} refused: {reason}")
         audit.info("modbus.write", words=words)
