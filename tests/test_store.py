@@ -163,7 +163,7 @@ def test_one_store_one_gateway(tmp_path: Path) -> None:
     first = SampleStore(path)
     ids = first.define([FLOW])
     first.commit(rows(ids[FLOW.id].def_id, 0, 3), {FLOW.id: 3})
-    with pytest.raises(StoreError, match=r"in use by another gateway \(pid \d+\)"):
+    with pytest.raises(StoreError, match=r"in use by another gateway \(pid \d+ on .*, opened as "):
         SampleStore(path)
     # Export reads while the gateway runs, without the lock and without writing.
     reader = SampleStore(path, read_only=True)
