@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS sample (
     data BLOB
 );
 -- No secondary index: it would cost ~40 % of insert throughput; exports scan in commit order.
+-- The very first version-1 files had one on (def_id, seq): an upgrade drops it.
+DROP INDEX IF EXISTS sample_def_seq;
 -- Spectral axes (e.g. Raman shift per pixel), once per calibration; key = digest of unit+values.
 CREATE TABLE IF NOT EXISTS axis (
     key TEXT PRIMARY KEY,
