@@ -137,8 +137,31 @@ def test_a_second_gateway_process_on_another_path_is_refused(tmp_path: Path, via
 def test_the_lock_is_taken_before_the_store_exists_and_released_on_close(tmp_path: Path) -> None:
     path = tmp_path / "new" / "s.sqlite"
     first = SampleStore(path)  # first start: the file is created to get its identity
+    held = first._lock.files if first._lock else []
+    assert len(held) == 2 and all(file.exists() for file in held)
+    assert path.parent in {file.parent for file in held}
     with pytest.raises(StoreError, match="in use by another gateway"):
         SampleStore(path)
     first.close()
+    assert not any(file.exists() for file in held)  # no lock files left behind
     again = SampleStore(path)
     again.close()
+
+
+def test_a_killed_gateway_leaves_no_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    script = (
+        "import sys, time; from pathlib import Path; from gateway.store import SampleStore;"
+        " store = SampleStore(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        with pytest.raises(StoreError, match=f"in use by another gateway \\(pid {child.pid} "):
+            SampleStore(path)
+    finally:
+        child.kill()
+        child.communicate()
+    SampleStore(path).close()  # the OS dropped the dead gateway's lock; its lock files are reused

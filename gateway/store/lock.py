@@ -25,7 +25,7 @@ leaves the store alone on Windows, where locks are mandatory: there ``msvcrt.loc
 same lock files is the counterpart (not implemented yet: the gateway runs on POSIX today).
 
 The lock file holds who holds it (pid, host, the path it opened), so a refused gateway names
-the holder.
+the holder; it is removed on release (left behind by a crash, it is simply reused).
 """
 
 from __future__ import annotations
@@ -68,18 +68,20 @@ class StoreLock:
     path: Path
     device: int
     inode: int
-    files: list[Path] = field(default_factory=list)
-    _handles: list[IO[str]] = field(default_factory=list, repr=False)
+    _held: list[tuple[Path, IO[str]]] = field(default_factory=list, repr=False)
+
+    @property
+    def files(self) -> list[Path]:
+        """The lock files held."""
+        return [file for file, _ in self._held]
 
     def release(self) -> None:
-        """Free the lock. The lock files stay: removing one would race with a gateway that has
-        just opened it."""
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            with contextlib.suppress(OSError):
-                if handle.writable():
-                    handle.seek(0)
-                    handle.truncate()  # no stale holder named in a later refusal
+        """Free the lock and remove its files (a gateway that opened one meanwhile sees that it
+        was removed, and takes a new one: see :func:`_lock_file`)."""
+        held, self._held = self._held, []
+        for file, handle in held:
+            with contextlib.suppress(OSError):  # e.g. another user's file in /run/lock
+                file.unlink()
             handle.close()  # closing the file releases the flock
 
 
@@ -131,16 +133,34 @@ def _refusal(path: Path, lock: StoreLock, holder: dict[str, object]) -> StoreErr
     return StoreError(text + "; one store, one gateway")
 
 
-def _acquire(lock: StoreLock, name: str) -> None:
-    for folder in dict.fromkeys([host_lock_dir().resolve(), lock.path.parent]):
-        handle = _open(folder / name)
+def _lock_file(file: Path) -> tuple[IO[str], dict[str, object] | None]:
+    """Lock ``file``: its open handle, and None if locked, else who holds it."""
+    while True:
+        handle = _open(file)
         if not _try_lock(handle):
             holder = _holder(handle)
             handle.close()
+            return handle, holder
+        try:
+            current = os.stat(file)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(handle.fileno())
+        if current is not None and (current.st_dev, current.st_ino) == (
+            opened.st_dev,
+            opened.st_ino,
+        ):
+            return handle, None
+        handle.close()  # its holder removed it on release after we opened it: again
+
+
+def _acquire(lock: StoreLock, name: str) -> None:
+    for folder in dict.fromkeys([host_lock_dir().resolve(), lock.path.parent]):
+        handle, holder = _lock_file(folder / name)
+        if holder is not None:
             lock.release()
             raise _refusal(lock.path, lock, holder)
-        lock._handles.append(handle)
-        lock.files.append(folder / name)
+        lock._held.append((folder / name, handle))
     again = os.stat(lock.path)
     if (again.st_dev, again.st_ino) != (lock.device, lock.inode):
         lock.release()
@@ -165,7 +185,7 @@ def lock_store(path: Path) -> StoreLock:
         raise StoreError(f"cannot lock {resolved}: {exc}") from exc
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "path": str(resolved)}
     holder["since"] = format_ns(now_ns())
-    for handle in lock._handles:
+    for _, handle in lock._held:
         if handle.writable():
             handle.seek(0)
             handle.truncate()
