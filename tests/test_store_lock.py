@@ -165,3 +165,45 @@ def test_a_killed_gateway_leaves_no_lock(tmp_path: Path) -> None:
         child.kill()
         child.communicate()
     SampleStore(path).close()  # the OS dropped the dead gateway's lock; its lock files are reused
+
+
+RACE = """
+import os, sys
+from pathlib import Path
+from gateway import StoreError
+from gateway.store.lock import lock_store
+store, marker, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+held = 0
+while held < rounds:
+    try:
+        lock = lock_store(store)
+    except StoreError:
+        continue
+    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # fails if two hold it
+    os.unlink(marker)
+    lock.release()
+    held += 1
+print(held)
+"""
+
+
+def test_gateways_racing_for_one_store_never_hold_it_together(tmp_path: Path) -> None:
+    """Lock files are removed on release: one opened just before must not give a second
+    holder. Four processes take and release the lock through two paths, 100 times each."""
+    (tmp_path / "store").mkdir()
+    path = tmp_path / "store" / "s.sqlite"
+    path.touch()
+    link = hard_link_elsewhere(path, tmp_path)
+    marker = tmp_path / "holder"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(p), str(marker), "100"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in (path, link, path, link)
+    ]
+    results = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0, 0], results
+    assert [out.splitlines()[-1] for out, _ in results] == ["100"] * 4

@@ -133,14 +133,14 @@ def _refusal(path: Path, lock: StoreLock, holder: dict[str, object]) -> StoreErr
     return StoreError(text + "; one store, one gateway")
 
 
-def _lock_file(file: Path) -> tuple[IO[str], dict[str, object] | None]:
-    """Lock ``file``: its open handle, and None if locked, else who holds it."""
+def _lock_file(file: Path) -> IO[str] | dict[str, object]:
+    """Lock ``file``: its open (locked) handle, or, if another gateway holds it, who that is."""
     while True:
         handle = _open(file)
         if not _try_lock(handle):
             holder = _holder(handle)
             handle.close()
-            return handle, holder
+            return holder
         try:
             current = os.stat(file)
         except FileNotFoundError:
@@ -150,17 +150,17 @@ def _lock_file(file: Path) -> tuple[IO[str], dict[str, object] | None]:
             opened.st_dev,
             opened.st_ino,
         ):
-            return handle, None
+            return handle
         handle.close()  # its holder removed it on release after we opened it: again
 
 
 def _acquire(lock: StoreLock, name: str) -> None:
     for folder in dict.fromkeys([host_lock_dir().resolve(), lock.path.parent]):
-        handle, holder = _lock_file(folder / name)
-        if holder is not None:
+        locked = _lock_file(folder / name)
+        if isinstance(locked, dict):
             lock.release()
-            raise _refusal(lock.path, lock, holder)
-        lock._held.append((folder / name, handle))
+            raise _refusal(lock.path, lock, locked)
+        lock._held.append((folder / name, locked))
     again = os.stat(lock.path)
     if (again.st_dev, again.st_ino) != (lock.device, lock.inode):
         lock.release()
@@ -186,11 +186,14 @@ def lock_store(path: Path) -> StoreLock:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "path": str(resolved)}
     holder["since"] = format_ns(now_ns())
     for _, handle in lock._held:
-        if handle.writable():
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps(holder))
-            handle.flush()
+        # Only to name the holder in a refusal: a lock file we cannot write (another user's,
+        # a full /run/lock) still locks.
+        with contextlib.suppress(OSError):
+            if handle.writable():
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(holder))
+                handle.flush()
     if stat.st_nlink > 1:
         log.warning(
             "store.hard_linked",
