@@ -93,14 +93,16 @@ def test_backup_of_a_running_gateway_is_consistent_and_the_gateway_goes_on(
         reopened.close()
 
 
+def config_for(store: Path, name: str = "gw.yaml") -> Path:
+    return write_config(store.with_name(name), {"area": "r1", "store": {"path": str(store)}})
+
+
 def small_store(tmp_path: Path) -> Path:
     store = SampleStore(tmp_path / "s.sqlite")
     def_id = store.define([FLOW])[FLOW.id].def_id
     store.commit([(def_id, 0, 1, 2, int(Quality.GOOD), 1.5, None)], {FLOW.id: 1})
     store.close()
-    return write_config(
-        tmp_path / "gw.yaml", {"area": "r1", "store": {"path": str(tmp_path / "s.sqlite")}}
-    )
+    return config_for(tmp_path / "s.sqlite")
 
 
 def test_backup_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
@@ -125,10 +127,17 @@ def test_backup_errors_are_exit_2_naming_the_problem(tmp_path: Path) -> None:
     nowhere = patgw("backup", str(config), str(tmp_path / "no" / "c.sqlite"), cwd=tmp_path)
     assert nowhere.returncode == 2
     assert f"{tmp_path / 'no'} does not exist" in nowhere.stderr
-    missing = write_config(
-        tmp_path / "m.yaml", {"area": "r1", "store": {"path": str(tmp_path / "x.sqlite")}}
-    )
+    missing = config_for(tmp_path / "x.sqlite", "m.yaml")
     absent = patgw("backup", str(missing), str(tmp_path / "c.sqlite"), cwd=tmp_path)
     assert absent.returncode == 2
     assert absent.stderr.strip() == f"store.path: {tmp_path / 'x.sqlite'} does not exist"
     assert not (tmp_path / "x.sqlite").exists()  # a backup never creates a store
+
+
+def test_a_backup_that_fails_is_exit_1_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "s.sqlite").write_bytes(b"not a database, " * 512)
+    config = config_for(tmp_path / "s.sqlite")
+    failed = patgw("backup", str(config), str(tmp_path / "c.sqlite"), cwd=tmp_path)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"patgw: backup of {tmp_path / 's.sqlite'} failed: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.yaml", "s.sqlite"]
