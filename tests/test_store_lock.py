@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import Quality, Signal, StoreError
 from gateway.store import SampleStore
@@ -51,7 +52,7 @@ OTHER_PATHS = {
 
 @pytest.mark.parametrize("other_path", OTHER_PATHS.values(), ids=OTHER_PATHS.keys())
 def test_a_second_gateway_through_another_path_is_refused_and_the_first_keeps_its_rows(
-    tmp_path: Path, other_path: Callable[[Path, Path], Path]
+    tmp_path: Path, other_path: Callable[[Path, Path], Path], request: pytest.FixtureRequest
 ) -> None:
     store_dir = tmp_path / "store"
     path = store_dir / "s.sqlite"
@@ -68,11 +69,15 @@ def test_a_second_gateway_through_another_path_is_refused_and_the_first_keeps_it
         commit(first, 42, 8)  # the first gateway goes on
     finally:
         first.close()
-    reopened = SampleStore(other)  # free again once the first one is gone
+    with capture_logs() as logs:
+        reopened = SampleStore(other)  # free again once the first one is gone
     try:
         assert [s.seq for s in reopened.samples()] == list(range(50))
     finally:
         reopened.close()
+    # A hard-linked store is named at start: SQLite keeps a WAL per name.
+    warned = [e for e in logs if e["event"] == "store.hard_linked"]
+    assert [e["links"] for e in warned] == ([2] if "hard link" in request.node.name else [])
 
 
 def _can_bind_mount() -> bool:
