@@ -1,4 +1,5 @@
-"""``patgw``: run, check, export, list plugins, print the config schema, run an emulator.
+"""``patgw``: run, check, export, back up the store, list plugins, print the config schema,
+run an emulator.
 
 Exit codes: 0 success; 1 a runtime failure (store unusable, emulator cannot bind...);
 2 a usage or configuration error, with one line per problem on standard error.
@@ -32,6 +33,7 @@ from .passwords import hash_password
 from .pluginmanager import build_registry
 from .registry import PluginKind, Registration
 from .schema import config_schema
+from .store.backup import backup_store
 from .store.sqlite import SampleStore
 from .timefmt import parse_iso_ns
 
@@ -89,6 +91,13 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     export.add_argument("--signal", metavar="GLOB", help="signal ids to keep, shell wildcards")
     export.add_argument("--since", metavar="ISO-TIME", help="keep samples from this source time")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+
+    backup = sub.add_parser(
+        "backup", parents=[common], help="copy the store while the gateway runs (checked)"
+    )
+    backup.add_argument("config", type=Path)
+    backup.add_argument("output", type=Path, metavar="OUT", help="the copy to write")
+    backup.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     sub.add_parser(
         "hash-password",
@@ -238,9 +247,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _errors([f"--since: not an ISO 8601 time: {args.since!r} ({exc})"])
     if not config.store.path.exists():
-        where = config.store.path
-        if not where.is_absolute():
-            where = Path.cwd() / where
+        where = _absolute(config.store.path)
         return _errors([f"store.path: {where} does not exist (has the gateway run here?)"])
     store = SampleStore(config.store.path, read_only=True)
     origin = f"PAT Gateway {_version()}, {config.site}/{config.area}"
@@ -269,6 +276,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output:
         print(f"{result.written} {what} written to {args.output}", file=sys.stderr)
     return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    config = read_config(args.config)
+    if not config.store.path.exists():
+        return _errors([f"store.path: {_absolute(config.store.path)} does not exist"])
+    try:
+        result = backup_store(config.store.path, args.output, replace=args.force)
+    except FileExistsError:
+        return _errors([f"{args.output} exists; --force replaces it"])
+    except (ValueError, OSError) as exc:  # the store itself, a folder, no such folder
+        return _errors([f"{args.output}: {exc}"])
+    print(
+        f"{_absolute(config.store.path)} copied to {args.output} ({result.size_bytes} bytes,"
+        f" schema {result.schema_version}, integrity_check ok)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _absolute(path: Path) -> Path:
+    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _cmd_hash_password(args: argparse.Namespace) -> int:
@@ -346,6 +375,7 @@ _COMMANDS = {
     "schema": _cmd_schema,
     "plugins": _cmd_plugins,
     "export": _cmd_export,
+    "backup": _cmd_backup,
     "emulate": _cmd_emulate,
     "hash-password": _cmd_hash_password,
 }

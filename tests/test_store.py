@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway import Quality, Signal, StoreError, StoreFullError
 from gateway.config import StoreConfig
@@ -158,12 +162,110 @@ async def test_full_disk_policy_counts_and_records_every_drop(tmp_path: Path, po
     reopened.close()
 
 
+@pytest.mark.asyncio
+async def test_losses_on_a_full_disk_name_the_error_the_store_got(tmp_path: Path) -> None:
+    """Not "commits lag behind the instruments": while commits fail, what the bound drops is
+    recorded and logged with the commit's own error."""
+    store = SampleStore(tmp_path / "s.sqlite")
+    flow_id = store.define([FLOW])[FLOW.id].def_id
+    counters = {FLOW.id: 0}
+    writer = StoreWriter(
+        store,
+        StoreConfig(path=tmp_path / "s.sqlite", max_pending_samples=1000),
+        next_seq=lambda: counters,
+        names={flow_id: (FLOW.id, FLOW.unit)},
+        executor=StoreWriter.new_executor(),
+    )
+    try:
+        fill_up(store)
+        with capture_logs() as logs:
+            for first in range(0, 3000, 600):  # one interval's arrivals each, disk still full
+                writer.pending.extend(rows(flow_id, first, 600))
+                counters[FLOW.id] = first + 600
+                await writer.flush()
+        failed = writer.stats.last_error
+        store.limit_pages(1_000_000)  # space again: the losses are recorded
+        await writer.flush()
+        losses = store.losses()
+    finally:
+        await writer.aclose()
+    assert failed is not None and "database or disk is full" in failed
+    reason = "drop_newest: store could not commit: database or disk is full (SQLITE_FULL)"
+    assert [(x.first_seq, x.last_seq, x.count, x.reason) for x in losses] == [
+        (1000, 2999, 2000, reason)  # one record for the whole outage
+    ]
+    dropped = [e for e in logs if e["event"] == "store.samples_dropped"]
+    assert dropped and all(e["reason"] == reason for e in dropped)
+
+
+# Runs in a child process on a 1 MB tmpfs of its own: a real ENOSPC, then space again.
+ON_A_SMALL_DISK = """
+import asyncio, json, sys
+from pathlib import Path
+from gateway import Signal
+from gateway.config import StoreConfig
+from gateway.store import SampleStore, StoreWriter
+
+async def main():
+    disk = Path(sys.argv[1])
+    filler = disk / "filler"
+    filler.write_bytes(bytes(256 * 1024))  # deleted later to make room again
+    flow = Signal("r1/pump/flow", "mL/min", instrument="pump")
+    store = SampleStore(disk / "s.sqlite")
+    def_id = store.define([flow])[flow.id].def_id
+    counters = {flow.id: 0}
+    writer = StoreWriter(
+        store, StoreConfig(path=disk / "s.sqlite", max_pending_samples=2000),
+        next_seq=lambda: counters, names={def_id: (flow.id, flow.unit)},
+        executor=StoreWriter.new_executor(),
+    )
+    try:
+        while not writer.stats.dropped and counters[flow.id] < 1_000_000:
+            first = counters[flow.id]
+            writer.pending.extend(
+                (def_id, q, q, q, 2, "x" * 100, None) for q in range(first, first + 1000)
+            )
+            counters[flow.id] = first + 1000
+            await writer.flush()
+        error = writer.stats.last_error
+        filler.unlink()
+        await writer.flush()
+        reasons = sorted({x.reason for x in store.losses()})
+    finally:
+        await writer.aclose()
+    print(json.dumps({"error": error, "reasons": reasons}))
+
+asyncio.run(main())
+"""
+
+
+def test_losses_on_a_real_full_disk_say_so(tmp_path: Path) -> None:
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False).returncode:
+        pytest.skip("no mount namespace here (unshare -rm) for a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = 'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" -c "$3" "$1"'
+    child = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(disk), sys.executable, ON_A_SMALL_DISK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.splitlines()[-1])
+    assert "database or disk is full" in result["error"]
+    assert result["reasons"] == [
+        "drop_newest: store could not commit: database or disk is full (SQLITE_FULL)"
+    ]
+
+
 def test_one_store_one_gateway(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     first = SampleStore(path)
     ids = first.define([FLOW])
     first.commit(rows(ids[FLOW.id].def_id, 0, 3), {FLOW.id: 3})
-    with pytest.raises(StoreError, match=r"in use by another gateway \(pid \d+\)"):
+    with pytest.raises(StoreError, match=r"in use by another gateway \(pid \d+ on .*, opened as "):
         SampleStore(path)
     # Export reads while the gateway runs, without the lock and without writing.
     reader = SampleStore(path, read_only=True)

@@ -16,14 +16,12 @@ contiguous. A signal whose unit or description changes between runs gets a new d
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +29,7 @@ from ..errors import GatewayError, StoreError, StoreFullError
 from ..model import Quality, Sample, Signal, SignalKind
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
+from .lock import StoreLock, lock_store
 
 __all__ = ["Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
 
@@ -73,6 +72,8 @@ CREATE TABLE IF NOT EXISTS sample (
     data BLOB
 );
 -- No secondary index: it would cost ~40 % of insert throughput; exports scan in commit order.
+-- The very first version-1 files had one on (def_id, seq): an upgrade drops it.
+DROP INDEX IF EXISTS sample_def_seq;
 -- Spectral axes (e.g. Raman shift per pixel), once per calibration; key = digest of unit+values.
 CREATE TABLE IF NOT EXISTS axis (
     key TEXT PRIMARY KEY,
@@ -202,25 +203,6 @@ def _short(thing: Any) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _lock(path: Path) -> IO[str]:
-    """Take the store's exclusive lock or raise ``StoreError`` naming the holder."""
-    handle = path.with_name(path.name + ".lock").open("a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StoreError(
-            f"{path} is in use by another gateway (pid {holder}); one store, one gateway"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
 def _translate(exc: sqlite3.Error, action: str) -> StoreError:
     if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
         return StoreFullError(f"store full while {action}: {exc}")
@@ -230,14 +212,14 @@ def _translate(exc: sqlite3.Error, action: str) -> StoreError:
 class SampleStore:
     """One SQLite database file holding samples, signal definitions, counters and losses.
 
-    A writable store is locked (``<file>.lock``, an OS file lock) so that two gateways can never
-    hand out the same sequence numbers; ``read_only=True`` (export) takes no lock and changes
-    nothing.
+    A writable store is locked by the file's identity (:mod:`.lock`), whatever path reaches it,
+    so that two gateways can never hand out the same sequence numbers; ``read_only=True``
+    (export) takes no lock and changes nothing.
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal", read_only: bool = False) -> None:
         self.path = path
-        self._lock: IO[str] | None = None
+        self._lock: StoreLock | None = None
         self._axis_keys: set[str] = set()  # axes known to be committed (saves re-inserts)
         self.last_committed_id = 0  # id of the last row the latest commit() inserted
         try:
@@ -247,7 +229,7 @@ class SampleStore:
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock = _lock(path.resolve())
+                self._lock = lock_store(path)
                 self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute(
@@ -282,7 +264,7 @@ class SampleStore:
 
     def _release(self) -> None:
         if self._lock is not None:
-            self._lock.close()  # closing the file releases the OS lock
+            self._lock.release()
             self._lock = None
 
     def define(self, signals: Sequence[Signal]) -> dict[str, StoredSignal]:

@@ -9,7 +9,8 @@ at the next interval, while new samples keep arriving. Only when more than
 ``max_pending_samples`` wait does the ``on_full`` policy drop samples — the newest
 (``drop_newest``) or the oldest (``drop_oldest``). Every dropped sample is counted in
 :class:`WriterStats`, logged, and recorded per signal in the store's ``loss`` table as soon as
-the store accepts writes again.
+the store accepts writes again; the reason names the error the failing commit got (SQLite's
+words and code, e.g. ``database or disk is full (SQLITE_FULL)``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import bisect
 import functools
 import operator
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +91,16 @@ class WriterStats:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def _failure_cause(exc: StoreError) -> str:
+    """Why a commit failed, for a loss reason: SQLite's own words (``database or disk is full``)
+    and code, without the batch size, so the losses of one outage merge into few records."""
+    error = exc.__cause__
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorname", None)
+        return f"{error} ({code})" if code else str(error)
+    return str(exc)
+
+
 class StoreWriter:
     """Commits pending rows in batches on ``executor`` (one thread: SQLite's single writer).
 
@@ -128,6 +140,9 @@ class StoreWriter:
         self._executor = executor
         self._last_failure_log = 0.0
         self._last_drop_log = 0.0
+        # Why the latest commit failed (None once one succeeds): the cause given for what the
+        # bound then drops, so a loss on a full disk says the disk is full.
+        self._commit_failure: str | None = None
         # (signal, reason) → index in _losses of the run a new loss may continue
         self._open_runs: dict[tuple[str, str], int] = {}
 
@@ -155,7 +170,8 @@ class StoreWriter:
                 return
             await asyncio.sleep(interval)
             await self._watched_flush(interval)
-        self.abandon("store could not commit before shutdown")
+        failure = f": {self._commit_failure}" if self._commit_failure else ""
+        self.abandon(f"store could not commit before shutdown{failure}")
 
     async def _watched_flush(self, interval: float) -> None:
         """Flush; while a commit hangs (a stalled disk), keep the waiting samples bounded."""
@@ -212,8 +228,14 @@ class StoreWriter:
             self._failed(blocked, None)
             batch = []
         elif len(batch) > self.config.max_pending_samples:
-            # Commits lag behind the instruments (not failing, just too slow): same bound.
-            batch = self._bound(batch, "commits lag behind the instruments")
+            # Commits fail (the batch piled up for a retry), or lag behind the instruments (not
+            # failing, just too slow): the same bound, with the cause that applies.
+            batch = self._bound(
+                batch,
+                f"store could not commit: {self._commit_failure}"
+                if self._commit_failure
+                else "commits lag behind the instruments",
+            )
         saved = self._saved_seq
         counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v} if batch else {}
         # Taken out (not copied): a drop while the commit runs must start a new record rather
@@ -233,7 +255,8 @@ class StoreWriter:
             stored = await loop.run_in_executor(self._executor, commit)
         except StoreError as exc:  # disk full, I/O error: keep the batch and retry
             self._restore_losses(own_losses)
-            self._retry = self._bound(batch, "store could not commit")
+            self._commit_failure = _failure_cause(exc)
+            self._retry = self._bound(batch, f"store could not commit: {self._commit_failure}")
             self._failed(str(exc), None)
             return
         except Exception as exc:  # a bug: retrying the same batch would fail forever
@@ -242,6 +265,7 @@ class StoreWriter:
             self._drop(batch, f"commit failed: {exc!r}")
             self._failed(repr(exc), exc)
             return
+        self._commit_failure = None
         for source, update in taken:
             source.delivery_saved(update)
         if not batch:

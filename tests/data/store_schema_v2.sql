@@ -1,0 +1,78 @@
+-- A store as schema version 2 wrote it: the DDL is _SCHEMA of gateway/store/sqlite.py
+-- at commit c33b4f4, followed by a few rows of every table. Loaded by tests/test_schema_upgrade.py.
+CREATE TABLE IF NOT EXISTS signal (
+    name TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signal_def (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES signal(name),
+    unit TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    description TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    UNIQUE (name, unit, kind, description, instrument)
+);
+-- id is the commit order: the cursor upstream sinks resume from.
+-- value has no declared type so integers stay integers and floats stay floats; a spectrum is a
+-- blob referring to its axis. data is unused (kept so version-1 files need no rewrite).
+CREATE TABLE IF NOT EXISTS sample (
+    id INTEGER PRIMARY KEY,
+    def_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    source_ts INTEGER NOT NULL,
+    gateway_ts INTEGER NOT NULL,
+    quality INTEGER NOT NULL,
+    value,
+    reason TEXT,
+    data BLOB
+);
+-- No secondary index: it would cost ~40 % of insert throughput; exports scan in commit order.
+-- Spectral axes (e.g. Raman shift per pixel), once per calibration; key = digest of unit+values.
+CREATE TABLE IF NOT EXISTS axis (
+    key TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Samples the gateway had to drop (store full): counted and kept as evidence.
+CREATE TABLE IF NOT EXISTS loss (
+    id INTEGER PRIMARY KEY,
+    recorded_ns INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+
+INSERT INTO signal (name, next_seq) VALUES ('r1/pump/flow', 4), ('r1/pump/mode', 2);
+INSERT INTO signal_def (id, name, unit, kind, description, instrument, created_ns) VALUES
+    (1, 'r1/pump/flow', 'mL/min', 'scalar', 'feed flow', 'pump', 1764000000000000000),
+    (2, 'r1/pump/mode', '1', 'scalar', '', 'pump', 1764000000000000000),
+    (3, 'r1/pump/flow', 'L/h', 'scalar', 'feed flow', 'pump', 1764000001000000000);
+INSERT INTO sample (id, def_id, seq, source_ts, gateway_ts, quality, value, reason) VALUES
+    (1, 1, 0, 1764000000100000000, 1764000000100000500, 2, 48.5, NULL),
+    (2, 2, 0, 1764000000100000000, 1764000000100000600, 2, 3, NULL),
+    (3, 1, 1, 1764000000200000000, 1764000000200000500, 1, 48.25, 'drift'),
+    (4, 2, 1, 1764000000200000000, 1764000000200000600, 2, 'auto', NULL),
+    (5, 1, 2, 1764000000300000000, 1764000000300000500, 0, NULL, 'No response received'),
+    (6, 3, 3, 1764000001100000000, 1764000001100000500, 2, 2.91, NULL);
+INSERT INTO loss (id, recorded_ns, signal, first_seq, last_seq, count, reason) VALUES
+    (1, 1764000002000000000, 'r1/pump/mode', 2, 9, 8, 'drop_newest: store full');
+-- Spectra (schema 2 on): a 4-point axis, and two spectra referring to it by key.
+INSERT INTO signal (name, next_seq) VALUES ('r1/raman/spectrum', 2);
+INSERT INTO signal_def (id, name, unit, kind, description, instrument, created_ns) VALUES
+    (4, 'r1/raman/spectrum', '{counts}', 'spectrum', '', 'raman', 1764000000000000000);
+INSERT INTO axis (key, unit, points, data, created_ns) VALUES (
+    'c532ecb7e7926285533443c607aa671a', 'cm-1', 4,
+    X'000000000000794000000000000089400000000000c092400000000000009940', 1764000000000000000
+);
+INSERT INTO sample (id, def_id, seq, source_ts, gateway_ts, quality, value, reason) VALUES
+    (7, 4, 0, 1764000001200000000, 1764000001200000500, 2,
+     X'53504331c532ecb7e7926285533443c607aa671a0000803f000000400000404000008040', NULL),
+    (8, 4, 1, 1764000001300000000, 1764000001300000500, 2,
+     X'53504331c532ecb7e7926285533443c607aa671a0000a0400000c0400000e04000000041', NULL);
+PRAGMA user_version = 2;
