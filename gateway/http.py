@@ -8,7 +8,16 @@ deliberately small and strict:
 * the request head (request line and headers, CRLF-terminated) must arrive within
   ``request_timeout_s`` (``408``) and fit in :data:`MAX_HEAD_BYTES` (``431``, or ``414`` for the
   request line alone); anything malformed is ``400``; a request body is never read;
-* at most :data:`MAX_CONNECTIONS` connections at once; more are closed unanswered.
+* a response is written, and the connection closed, within ``request_timeout_s`` more (a
+  client that does not read it is cut off);
+* at most :data:`MAX_CONNECTIONS` connections at once. One more does not wait for a slot: it
+  takes the one of the oldest connection that has not sent a complete request (a half-open
+  "slowloris" one, or one lingering after a refusal), chosen among the address holding the
+  most of them — so a probe, which sends its request at once, is answered however many
+  half-open connections an attacker keeps open, from another address or from its own (see
+  docs/decisions/0011-http-connection-eviction.md). Only when every connection is being
+  answered is the oldest of those closed instead. Evictions are logged (rate-limited) and
+  counted in ``patgw_http_connections_evicted_total``.
 
 Routes (query strings are ignored)::
 
@@ -28,13 +37,18 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email.utils import formatdate
+from enum import StrEnum
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from .config import HttpConfig
 from .errors import GatewayError
@@ -112,27 +126,88 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _Phase(StrEnum):
+    """Where a connection is; what is evicted first at the cap."""
+
+    HEAD = "head"  # waiting for a complete request head
+    LINGER = "linger"  # refused; waiting for the client to close after reading the answer
+    ANSWER = "answer"  # a complete request: its response is being written
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    host: str  # the peer's address
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None = None
+    phase: _Phase = _Phase.HEAD
+
+
+_EVICTION_LOG_S = 10.0  # at most one eviction warning this often (a flood is thousands)
+
+
 class _Endpoint:
     """The connections of one server and the routes they are answered from."""
 
     def __init__(self, gateway: Gateway, request_timeout_s: float) -> None:
         self._gateway = gateway
         self._registry = new_registry(gateway)
+        self._registry.register(_HttpCollector(self))
         self._timeout_s = request_timeout_s
         self._started = time.monotonic()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # every task, evicted ones until they end
+        self.open: dict[asyncio.Task[None], _Connection] = {}  # counted, oldest first
+        self.evicted: Counter[str] = Counter()  # by the phase the connection was in
+        self._evicted_logged = 0
+        self._eviction_logged_at = -_EVICTION_LOG_S
         self._closing = False
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called by the server for each new connection: answer it in a task of its own."""
-        if self._closing or len(self._tasks) >= MAX_CONNECTIONS:
+        """Called by the server for each new connection: answer it in a task of its own,
+        making room at the cap."""
+        if self._closing:
             writer.transport.abort()
             return
+        if len(self.open) >= MAX_CONNECTIONS:
+            self._evict()
+        peer = writer.get_extra_info("peername")
+        connection = _Connection(str(peer[0]) if peer else "", writer)
         task = asyncio.get_running_loop().create_task(
-            self._serve(reader, writer), name="http.connection"
+            self._serve(reader, connection), name="http.connection"
         )
+        connection.task = task
+        self.open[task] = connection
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.open.pop(task, None)
+
+    def _evict(self) -> None:
+        """Close one connection to make room: see the module docstring for which."""
+        connections = list(self.open.values())
+        candidates = [c for c in connections if c.phase is not _Phase.ANSWER] or connections
+        per_host = Counter(c.host for c in candidates)
+        most = max(per_host.values())
+        victim = next(c for c in candidates if per_host[c.host] == most)  # the oldest of them
+        assert victim.task is not None
+        del self.open[victim.task]
+        victim.task.cancel()
+        victim.writer.transport.abort()
+        self.evicted[victim.phase.value] += 1
+        now = time.monotonic()
+        if now - self._eviction_logged_at >= _EVICTION_LOG_S:
+            total = sum(self.evicted.values())
+            log.warning(
+                "http.connection_evicted",
+                reason=f"{MAX_CONNECTIONS} connections open",
+                host=victim.host,
+                phase=victim.phase.value,
+                evicted=total - self._evicted_logged,
+                evicted_total=total,
+            )
+            self._eviction_logged_at = now
+            self._evicted_logged = total
 
     async def aclose(self) -> None:
         """Close every open connection and wait for their tasks to end."""
@@ -143,7 +218,8 @@ class _Endpoint:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
+        writer = connection.writer
         head_only = False
         rejected = True
         try:
@@ -164,11 +240,18 @@ class _Endpoint:
             except Exception:  # a bug here must not take the gateway down
                 log.exception("http.handler_failed")
                 response = _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", head_only)
+            connection.phase = _Phase.ANSWER
             writer.write(response)
             async with asyncio.timeout(self._timeout_s):
                 await writer.drain()
             if rejected:
+                connection.phase = _Phase.LINGER
                 await _linger(reader, writer)
+            # Until the response has left our buffer: a client that does not read would
+            # otherwise keep the socket (and its buffer) open, uncounted, for ever.
+            writer.close()
+            async with asyncio.timeout(self._timeout_s):
+                await writer.wait_closed()
         except Exception:  # the client went away or does not read: nothing more to say
             writer.transport.abort()
         finally:
@@ -188,6 +271,30 @@ class _Endpoint:
             ready = is_ready(gateway)
             return _json(HTTPStatus.OK if ready else _UNAVAILABLE, {"ready": ready}, head_only)
         return _error(HTTPStatus.NOT_FOUND, f"no such resource: {path}", head_only)
+
+
+class _HttpCollector:
+    """The endpoint's own metrics, next to the gateway's."""
+
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self._endpoint = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        endpoint = self._endpoint
+        yield GaugeMetricFamily(
+            "patgw_http_connections_open",
+            f"Connections open to this endpoint (at most {MAX_CONNECTIONS}).",
+            value=len(endpoint.open),
+        )
+        evicted = CounterMetricFamily(
+            "patgw_http_connections_evicted_total",
+            "Connections closed to make room for a new one (phase: head, not a complete"
+            " request yet; linger, refused; answer, its response still being written).",
+            labels=["phase"],
+        )
+        for phase in _Phase:
+            evicted.add_metric([phase.value], endpoint.evicted[phase.value])
+        yield evicted
 
 
 _UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE
