@@ -8,16 +8,18 @@ deliberately small and strict:
 * the request head (request line and headers, CRLF-terminated) must arrive within
   ``request_timeout_s`` (``408``) and fit in :data:`MAX_HEAD_BYTES` (``431``, or ``414`` for the
   request line alone); anything malformed is ``400``; a request body is never read;
-* a response is written, and the connection closed, within ``request_timeout_s`` more (a
-  client that does not read it is cut off);
+* writing the response, and then closing, may take ``request_timeout_s`` each: a client that
+  does not read it is cut off;
 * at most :data:`MAX_CONNECTIONS` connections at once. One more does not wait for a slot: it
-  takes the one of the oldest connection that has not sent a complete request (a half-open
-  "slowloris" one, or one lingering after a refusal), chosen among the address holding the
-  most of them — so a probe, which sends its request at once, is answered however many
-  half-open connections an attacker keeps open, from another address or from its own (see
-  docs/decisions/0011-http-connection-eviction.md). Only when every connection is being
-  answered is the oldest of those closed instead. Evictions are logged (rate-limited) and
-  counted in ``patgw_http_connections_evicted_total``.
+  takes that of the oldest connection without a complete request head (a half-open
+  "slowloris" one, or one lingering after a refusal), from the address holding the most of
+  them. A connection whose whole head is already in its socket when it is accepted — a
+  probe's, sent with the connection — is never such a victim, so probes are answered however
+  many half-open connections are kept open, from another address or from theirs (see
+  docs/decisions/0011-http-connection-eviction.md). Only if every connection is being
+  answered is a new one refused (one without its head), or the oldest closed for it (one
+  with). Counted in ``patgw_http_connections_evicted_total`` and ``..._refused_total``, and
+  logged (``http.connections_at_cap``, at most every 10 s).
 
 Routes (query strings are ignored)::
 
@@ -36,6 +38,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -142,7 +145,7 @@ class _Connection:
     phase: _Phase = _Phase.HEAD
 
 
-_EVICTION_LOG_S = 10.0  # at most one eviction warning this often (a flood is thousands)
+_EVICTION_LOG_S = 10.0  # at most one warning at the cap this often (a flood is thousands)
 
 
 class _Endpoint:
@@ -157,20 +160,21 @@ class _Endpoint:
         self._tasks: set[asyncio.Task[None]] = set()  # every task, evicted ones until they end
         self.open: dict[asyncio.Task[None], _Connection] = {}  # counted, oldest first
         self.evicted: Counter[str] = Counter()  # by the phase the connection was in
-        self._evicted_logged = 0
-        self._eviction_logged_at = -_EVICTION_LOG_S
+        self.refused = 0  # new connections closed at once: every slot was being answered
+        self._cap_logged_total = 0
+        self._cap_logged_at = -_EVICTION_LOG_S
         self._closing = False
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Called by the server for each new connection: answer it in a task of its own,
         making room at the cap."""
-        if self._closing:
+        complete = _head_waiting(writer)
+        if self._closing or (len(self.open) >= MAX_CONNECTIONS and not self._evict(complete)):
             writer.transport.abort()
             return
-        if len(self.open) >= MAX_CONNECTIONS:
-            self._evict()
         peer = writer.get_extra_info("peername")
-        connection = _Connection(str(peer[0]) if peer else "", writer)
+        phase = _Phase.ANSWER if complete else _Phase.HEAD
+        connection = _Connection(str(peer[0]) if peer else "", writer, phase=phase)
         task = asyncio.get_running_loop().create_task(
             self._serve(reader, connection), name="http.connection"
         )
@@ -183,10 +187,18 @@ class _Endpoint:
         self._tasks.discard(task)
         self.open.pop(task, None)
 
-    def _evict(self) -> None:
-        """Close one connection to make room: see the module docstring for which."""
+    def _evict(self, complete: bool) -> bool:
+        """Close one connection to make room for a new one (whose request head has arrived
+        whole if ``complete``); False if the new one is refused instead. See the module
+        docstring for which."""
         connections = list(self.open.values())
-        candidates = [c for c in connections if c.phase is not _Phase.ANSWER] or connections
+        candidates = [c for c in connections if c.phase is not _Phase.ANSWER]
+        if not candidates and complete:
+            candidates = connections
+        if not candidates:
+            self.refused += 1
+            self._log_at_cap("refused", "")
+            return False
         per_host = Counter(c.host for c in candidates)
         most = max(per_host.values())
         victim = next(c for c in candidates if per_host[c.host] == most)  # the oldest of them
@@ -195,19 +207,25 @@ class _Endpoint:
         victim.task.cancel()
         victim.writer.transport.abort()
         self.evicted[victim.phase.value] += 1
+        self._log_at_cap(f"evicted ({victim.phase.value})", victim.host)
+        return True
+
+    def _log_at_cap(self, what: str, host: str) -> None:
         now = time.monotonic()
-        if now - self._eviction_logged_at >= _EVICTION_LOG_S:
-            total = sum(self.evicted.values())
-            log.warning(
-                "http.connection_evicted",
-                reason=f"{MAX_CONNECTIONS} connections open",
-                host=victim.host,
-                phase=victim.phase.value,
-                evicted=total - self._evicted_logged,
-                evicted_total=total,
-            )
-            self._eviction_logged_at = now
-            self._evicted_logged = total
+        if now - self._cap_logged_at < _EVICTION_LOG_S:
+            return
+        total = sum(self.evicted.values()) + self.refused
+        log.warning(
+            "http.connections_at_cap",
+            limit=MAX_CONNECTIONS,
+            last=what,
+            host=host or None,
+            since_last_log=total - self._cap_logged_total,
+            evicted_total=sum(self.evicted.values()),
+            refused_total=self.refused,
+        )
+        self._cap_logged_at = now
+        self._cap_logged_total = total
 
     async def aclose(self) -> None:
         """Close every open connection and wait for their tasks to end."""
@@ -295,10 +313,32 @@ class _HttpCollector:
         for phase in _Phase:
             evicted.add_metric([phase.value], endpoint.evicted[phase.value])
         yield evicted
+        yield CounterMetricFamily(
+            "patgw_http_connections_refused_total",
+            "New connections closed unanswered: every open one was being answered.",
+            value=endpoint.refused,
+        )
 
 
 _UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE
 _LINGER_S = 1.0
+
+
+def _head_waiting(writer: asyncio.StreamWriter) -> bool:
+    """Whether a whole request head already waits in the connection's socket (peeked on a
+    duplicate descriptor, not read): a probe's does, by the time its connection is accepted;
+    a slowloris connection's never does."""
+    transport_socket = writer.get_extra_info("socket")
+    if transport_socket is None:
+        return False
+    try:
+        with transport_socket.dup() as sock:
+            sock.setblocking(False)  # the same open file as the transport's: it already is
+            data = sock.recv(MAX_HEAD_BYTES + 4, socket.MSG_PEEK)
+    except OSError:  # BlockingIOError: nothing has arrived yet
+        return False
+    # Leading empty lines are skipped by the reader (RFC 9112 2.2): not a head's end.
+    return b"\r\n\r\n" in data.lstrip(b"\r\n")
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from gateway import (
     load_plan,
 )
 from gateway.config import HttpConfig
-from gateway.http import MAX_HEAD_BYTES, serve_http
+from gateway.http import MAX_CONNECTIONS, MAX_HEAD_BYTES, serve_http
 from gateway.metrics import new_registry
 from gateway.runtime import Gateway
 from gateway.runtime.forward import ForwarderStats, SinkState
@@ -427,7 +428,6 @@ class Slowloris:
     def __init__(self, port: int, source: str, count: int, reopen_s: float = 0.05) -> None:
         self._port, self._source, self._count, self._reopen_s = port, source, count, reopen_s
         self.opened = 0  # connections the server's kernel accepted
-        self.holding = 0  # of which open now
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Slowloris:
@@ -451,7 +451,6 @@ class Slowloris:
                 await asyncio.sleep(self._reopen_s)
                 continue
             self.opened += 1
-            self.holding += 1
             try:
                 writer.write(b"GET /health/live HTTP/1.1\r\nHost: gw\r\n")
                 while True:
@@ -464,23 +463,31 @@ class Slowloris:
             except OSError:
                 pass  # reset by the server
             finally:
-                self.holding -= 1
                 writer.transport.abort()
             await asyncio.sleep(self._reopen_s)
 
 
+def probe(port: int) -> int | str:
+    """One probe of /health/live: its status, or its error (reset, closed unanswered...)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n")
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        response = Response(raw)
+    except Exception as exc:
+        return repr(exc)
+    return response.status if response.json() == {"live": True} else "body"
+
+
 async def probes(port: int, count: int, every_s: float = 0.02) -> list[int | str]:
-    """``count`` probes of /health/live, one every ``every_s``: each one's status, or its
-    error."""
+    """``count`` probes of /health/live, one every ``every_s``, each from a thread (like a
+    supervisor's, from another process, the request follows the connection at once)."""
     outcomes: list[int | str] = []
     for _ in range(count):
         await asyncio.sleep(every_s)
-        try:
-            response = await get(port, "/health/live")
-        except Exception as exc:  # reset, closed unanswered, ...: a failed probe
-            outcomes.append(repr(exc))
-        else:
-            outcomes.append(response.status if response.json() == {"live": True} else "body")
+        outcomes.append(await asyncio.to_thread(probe, port))
     return outcomes
 
 
@@ -493,12 +500,33 @@ async def test_probes_are_answered_during_a_slowloris_flood(tmp_path: Path, sour
     async with serving(gateway, request_timeout_s=30) as port:
         async with Slowloris(port, source, count=45) as attack:
             await wait_for(lambda: attack.opened >= 45, what="45 attacking connections")
+            opened = attack.opened
             outcomes = await probes(port, 30)
-            assert attack.holding >= 25, "the flood went on during the probes"
+            # More connections than slots: each new one closes another, re-opened in turn.
+            assert attack.opened - opened >= 45 - MAX_CONNECTIONS, "the flood went on"
         scraped = metrics(await get(port, "/metrics"))
     assert outcomes == [200] * 30
     assert value(scraped, "patgw_http_connections_evicted_total", phase="head") >= 45 - 32
     assert value(scraped, "patgw_http_connections_evicted_total", phase="answer") == 0
+
+
+@pytest.mark.asyncio
+async def test_probes_are_answered_while_their_own_address_churns_connections(
+    tmp_path: Path,
+) -> None:
+    # Three times as many half-open connections as slots, each re-opened the moment it is
+    # closed: hundreds of new connections a second from the probes' own address, as many
+    # evictions — a probe must not be evicted in the moment before its request is read.
+    gateway = unstarted_gateway(tmp_path)
+    async with (
+        serving(gateway, request_timeout_s=30) as port,
+        Slowloris(port, "127.0.0.1", count=100, reopen_s=0) as attack,
+    ):
+        await wait_for(lambda: attack.opened >= 300, what="300 attacking connections")
+        opened = attack.opened
+        outcomes = await probes(port, 30)
+        assert attack.opened - opened >= 100 - MAX_CONNECTIONS, "the flood went on"
+    assert outcomes == [200] * 30
 
 
 class HealthPoller:
