@@ -8,7 +8,18 @@ deliberately small and strict:
 * the request head (request line and headers, CRLF-terminated) must arrive within
   ``request_timeout_s`` (``408``) and fit in :data:`MAX_HEAD_BYTES` (``431``, or ``414`` for the
   request line alone); anything malformed is ``400``; a request body is never read;
-* at most :data:`MAX_CONNECTIONS` connections at once; more are closed unanswered.
+* writing the response, and then closing, may take ``request_timeout_s`` each: a client that
+  does not read it is cut off;
+* at most :data:`MAX_CONNECTIONS` connections at once. One more does not wait for a slot: it
+  takes that of the oldest connection without a complete request head (a half-open
+  "slowloris" one, or one lingering after a refusal), from the address holding the most of
+  them. A connection whose whole head is already in its socket when it is accepted — a
+  probe's, sent with the connection — is never such a victim, so probes are answered however
+  many half-open connections are kept open, from another address or from theirs (see
+  docs/decisions/0011-http-connection-eviction.md). Only if every connection is being
+  answered is a new one refused (one without its head), or the oldest closed for it (one
+  with). Counted in ``patgw_http_connections_evicted_total`` and ``..._refused_total``, and
+  logged (``http.connections_at_cap``, at most every 10 s).
 
 Routes (query strings are ignored)::
 
@@ -27,14 +38,20 @@ import contextlib
 import json
 import os
 import re
+import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from email.utils import formatdate
+from enum import StrEnum
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from .config import HttpConfig
 from .errors import GatewayError
@@ -112,27 +129,103 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _Phase(StrEnum):
+    """Where a connection is; what is evicted first at the cap."""
+
+    HEAD = "head"  # waiting for a complete request head
+    LINGER = "linger"  # refused; waiting for the client to close after reading the answer
+    ANSWER = "answer"  # a complete request: its response is being written
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    host: str  # the peer's address
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None = None
+    phase: _Phase = _Phase.HEAD
+
+
+_EVICTION_LOG_S = 10.0  # at most one warning at the cap this often (a flood is thousands)
+
+
 class _Endpoint:
     """The connections of one server and the routes they are answered from."""
 
     def __init__(self, gateway: Gateway, request_timeout_s: float) -> None:
         self._gateway = gateway
         self._registry = new_registry(gateway)
+        self._registry.register(_HttpCollector(self))
         self._timeout_s = request_timeout_s
         self._started = time.monotonic()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # every task, evicted ones until they end
+        self.open: dict[asyncio.Task[None], _Connection] = {}  # counted, oldest first
+        self.evicted: Counter[str] = Counter()  # by the phase the connection was in
+        self.refused = 0  # new connections closed at once: every slot was being answered
+        self._cap_logged_total = 0
+        self._cap_logged_at = -_EVICTION_LOG_S
         self._closing = False
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called by the server for each new connection: answer it in a task of its own."""
-        if self._closing or len(self._tasks) >= MAX_CONNECTIONS:
+        """Called by the server for each new connection: answer it in a task of its own,
+        making room at the cap."""
+        complete = _head_waiting(writer)
+        if self._closing or (len(self.open) >= MAX_CONNECTIONS and not self._evict(complete)):
             writer.transport.abort()
             return
+        peer = writer.get_extra_info("peername")
+        phase = _Phase.ANSWER if complete else _Phase.HEAD
+        connection = _Connection(str(peer[0]) if peer else "", writer, phase=phase)
         task = asyncio.get_running_loop().create_task(
-            self._serve(reader, writer), name="http.connection"
+            self._serve(reader, connection), name="http.connection"
         )
+        connection.task = task
+        self.open[task] = connection
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.open.pop(task, None)
+
+    def _evict(self, complete: bool) -> bool:
+        """Close one connection to make room for a new one (whose request head has arrived
+        whole if ``complete``); False if the new one is refused instead. See the module
+        docstring for which."""
+        connections = list(self.open.values())
+        candidates = [c for c in connections if c.phase is not _Phase.ANSWER]
+        if not candidates and complete:
+            candidates = connections
+        if not candidates:
+            self.refused += 1
+            self._log_at_cap("refused", "")
+            return False
+        per_host = Counter(c.host for c in candidates)
+        most = max(per_host.values())
+        victim = next(c for c in candidates if per_host[c.host] == most)  # the oldest of them
+        assert victim.task is not None
+        del self.open[victim.task]
+        victim.task.cancel()
+        victim.writer.transport.abort()
+        self.evicted[victim.phase.value] += 1
+        self._log_at_cap(f"evicted ({victim.phase.value})", victim.host)
+        return True
+
+    def _log_at_cap(self, what: str, host: str) -> None:
+        now = time.monotonic()
+        if now - self._cap_logged_at < _EVICTION_LOG_S:
+            return
+        total = sum(self.evicted.values()) + self.refused
+        log.warning(
+            "http.connections_at_cap",
+            limit=MAX_CONNECTIONS,
+            last=what,
+            host=host or None,
+            since_last_log=total - self._cap_logged_total,
+            evicted_total=sum(self.evicted.values()),
+            refused_total=self.refused,
+        )
+        self._cap_logged_at = now
+        self._cap_logged_total = total
 
     async def aclose(self) -> None:
         """Close every open connection and wait for their tasks to end."""
@@ -143,7 +236,8 @@ class _Endpoint:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
+        writer = connection.writer
         head_only = False
         rejected = True
         try:
@@ -164,11 +258,18 @@ class _Endpoint:
             except Exception:  # a bug here must not take the gateway down
                 log.exception("http.handler_failed")
                 response = _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", head_only)
+            connection.phase = _Phase.ANSWER
             writer.write(response)
             async with asyncio.timeout(self._timeout_s):
                 await writer.drain()
             if rejected:
+                connection.phase = _Phase.LINGER
                 await _linger(reader, writer)
+            # Until the response has left our buffer: a client that does not read would
+            # otherwise keep the socket (and its buffer) open, uncounted, for ever.
+            writer.close()
+            async with asyncio.timeout(self._timeout_s):
+                await writer.wait_closed()
         except Exception:  # the client went away or does not read: nothing more to say
             writer.transport.abort()
         finally:
@@ -190,8 +291,54 @@ class _Endpoint:
         return _error(HTTPStatus.NOT_FOUND, f"no such resource: {path}", head_only)
 
 
+class _HttpCollector:
+    """The endpoint's own metrics, next to the gateway's."""
+
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self._endpoint = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        endpoint = self._endpoint
+        yield GaugeMetricFamily(
+            "patgw_http_connections_open",
+            f"Connections open to this endpoint (at most {MAX_CONNECTIONS}).",
+            value=len(endpoint.open),
+        )
+        evicted = CounterMetricFamily(
+            "patgw_http_connections_evicted_total",
+            "Connections closed to make room for a new one (phase: head, not a complete"
+            " request yet; linger, refused; answer, its response still being written).",
+            labels=["phase"],
+        )
+        for phase in _Phase:
+            evicted.add_metric([phase.value], endpoint.evicted[phase.value])
+        yield evicted
+        yield CounterMetricFamily(
+            "patgw_http_connections_refused_total",
+            "New connections closed unanswered: every open one was being answered.",
+            value=endpoint.refused,
+        )
+
+
 _UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE
 _LINGER_S = 1.0
+
+
+def _head_waiting(writer: asyncio.StreamWriter) -> bool:
+    """Whether a whole request head already waits in the connection's socket (peeked on a
+    duplicate descriptor, not read): a probe's does, by the time its connection is accepted;
+    a slowloris connection's never does."""
+    transport_socket = writer.get_extra_info("socket")
+    if transport_socket is None:
+        return False
+    try:
+        with transport_socket.dup() as sock:
+            sock.setblocking(False)  # the same open file as the transport's: it already is
+            data = sock.recv(MAX_HEAD_BYTES + 4, socket.MSG_PEEK)
+    except OSError:  # BlockingIOError: nothing has arrived yet
+        return False
+    # Leading empty lines are skipped by the reader (RFC 9112 2.2): not a head's end.
+    return b"\r\n\r\n" in data.lstrip(b"\r\n")
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,6 +18,7 @@ from conftest import free_port, plan_for, pump_instrument, running, wait_for, wr
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PromSample
+from test_forward import make_plan, upstream  # a forwarding sink that can be taken down
 from test_runtime import Recorder, SinkOptions  # an at-most-once sink (send only)
 
 from firmware_stubs.feed_pump import FeedPumpEmulator, PumpModel
@@ -27,7 +30,7 @@ from gateway import (
     load_plan,
 )
 from gateway.config import HttpConfig
-from gateway.http import MAX_HEAD_BYTES, serve_http
+from gateway.http import MAX_CONNECTIONS, MAX_HEAD_BYTES, serve_http
 from gateway.metrics import new_registry
 from gateway.runtime import Gateway
 from gateway.runtime.forward import ForwarderStats, SinkState
@@ -292,7 +295,8 @@ async def test_forwarder_counters_in_metrics_and_health(tmp_path: Path) -> None:
     assert value(families, "patgw_sink_failures_total", **sink) == 3
     assert value(families, "patgw_sink_reconnects_total", **sink) == 1
     assert value(families, "patgw_sink_up", **sink) == 0
-    stats.state, stats.oldest_undelivered_ns, stats.sessions = SinkState.UP, None, 0
+    stats.state, stats.sessions = SinkState.UP, 0
+    stats.backlog, stats.oldest_undelivered_ns = 0, None  # caught up: no age either
     text = generate_latest(new_registry(gateway)).decode()
     families = {f.name: f.samples for f in text_string_to_metric_families(text)}
     assert value(families, "patgw_sink_up", **sink) == 1
@@ -305,7 +309,7 @@ async def test_forwarder_counters_in_metrics_and_health(tmp_path: Path) -> None:
     assert report["sinks"]["mqtt"] == {
         "state": "up",
         "delivered": 100,
-        "backlog": 17,
+        "backlog": 0,
         "oldest_undelivered_age_s": None,
         "dropped": 2,
         "failures": 3,
@@ -415,3 +419,169 @@ async def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             GatewayError, match=rf"127\.0\.0\.1:{port}: .*[Aa]ddress already in use"
         ):
             await serve_http(gateway, HttpConfig(host="127.0.0.1", port=port))
+
+
+class Slowloris:
+    """``count`` half-open connections from ``source``: each sends a request line and, now and
+    then, one more header line, never the end of the head; one the server closes is opened
+    again after ``reopen_s`` (as the slowloris tool re-creates the sockets it lost)."""
+
+    def __init__(self, port: int, source: str, count: int, reopen_s: float = 0.05) -> None:
+        self._port, self._source, self._count, self._reopen_s = port, source, count, reopen_s
+        self.opened = 0  # connections the server's kernel accepted
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Slowloris:
+        self._tasks = [
+            asyncio.create_task(self._hold(), name=f"test.slowloris{i}") for i in range(self._count)
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _hold(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self._port, local_addr=(self._source, 0)
+                )
+            except OSError:
+                await asyncio.sleep(self._reopen_s)
+                continue
+            self.opened += 1
+            try:
+                writer.write(b"GET /health/live HTTP/1.1\r\nHost: gw\r\n")
+                while True:
+                    try:
+                        async with asyncio.timeout(0.5):
+                            if not await reader.read(4096):
+                                break  # closed by the server
+                    except TimeoutError:
+                        writer.write(b"X-Trickle: 1\r\n")
+            except OSError:
+                pass  # reset by the server
+            finally:
+                writer.transport.abort()
+            await asyncio.sleep(self._reopen_s)
+
+
+def probe(port: int) -> int | str:
+    """One probe of /health/live: its status, or its error (reset, closed unanswered...)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: gw\r\n\r\n")
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        response = Response(raw)
+    except Exception as exc:
+        return repr(exc)
+    return response.status if response.json() == {"live": True} else "body"
+
+
+async def probes(port: int, count: int, every_s: float = 0.02) -> list[int | str]:
+    """``count`` probes of /health/live, one every ``every_s``, each from a thread (like a
+    supervisor's, from another process, the request follows the connection at once)."""
+    outcomes: list[int | str] = []
+    for _ in range(count):
+        await asyncio.sleep(every_s)
+        outcomes.append(await asyncio.to_thread(probe, port))
+    return outcomes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("source", ["127.0.0.2", "127.0.0.1"])
+async def test_probes_are_answered_during_a_slowloris_flood(tmp_path: Path, source: str) -> None:
+    # 127.0.0.2: the attacker on another address than the probe; 127.0.0.1: on the same one,
+    # as an attacker on the gateway's machine, or behind the same NAT, would be.
+    gateway = unstarted_gateway(tmp_path)
+    async with serving(gateway, request_timeout_s=30) as port:
+        async with Slowloris(port, source, count=45) as attack:
+            await wait_for(lambda: attack.opened >= 45, what="45 attacking connections")
+            opened = attack.opened
+            outcomes = await probes(port, 30)
+            # More connections than slots: each new one closes another, re-opened in turn.
+            assert attack.opened - opened >= 45 - MAX_CONNECTIONS, "the flood went on"
+        scraped = metrics(await get(port, "/metrics"))
+    assert outcomes == [200] * 30
+    assert value(scraped, "patgw_http_connections_evicted_total", phase="head") >= 45 - 32
+    assert value(scraped, "patgw_http_connections_evicted_total", phase="answer") == 0
+
+
+@pytest.mark.asyncio
+async def test_probes_are_answered_while_their_own_address_churns_connections(
+    tmp_path: Path,
+) -> None:
+    # Three times as many half-open connections as slots, each re-opened the moment it is
+    # closed: hundreds of new connections a second from the probes' own address, as many
+    # evictions — a probe must not be evicted in the moment before its request is read.
+    gateway = unstarted_gateway(tmp_path)
+    async with (
+        serving(gateway, request_timeout_s=30) as port,
+        Slowloris(port, "127.0.0.1", count=100, reopen_s=0) as attack,
+    ):
+        await wait_for(lambda: attack.opened >= 300, what="300 attacking connections")
+        opened = attack.opened
+        outcomes = await probes(port, 30)
+        assert attack.opened - opened >= 100 - MAX_CONNECTIONS, "the flood went on"
+    assert outcomes == [200] * 30
+
+
+class HealthPoller:
+    """Asks /health for one sink's backlog and oldest undelivered age, again and again."""
+
+    def __init__(self, port: int, sink: str) -> None:
+        self._port, self._sink = port, sink
+        self.seen: list[tuple[int, float | None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HealthPoller:
+        self._task = asyncio.create_task(self._poll(), name="test.poller")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _poll(self) -> None:
+        while True:
+            report = (await get(self._port, "/health")).json()["sinks"][self._sink]
+            self.seen.append((report["backlog"], report["oldest_undelivered_age_s"]))
+            await asyncio.sleep(0.005)
+
+    def polls_after(self, count: int) -> Callable[[], bool]:
+        start = len(self.seen)
+        return lambda: len(self.seen) >= start + count
+
+
+@pytest.mark.asyncio
+async def test_backlog_and_oldest_age_agree_while_a_sink_is_down_and_catching_up(
+    tmp_path: Path,
+) -> None:
+    began = time.monotonic()
+    plan = make_plan(tmp_path, batch_max_samples=10)
+    sink = upstream(plan)
+    async with running(plan) as (gateway, _), serving(gateway) as port:
+        forwarder = gateway.forwarders[0]
+        async with HealthPoller(port, "up") as poller:
+            await wait_for(lambda: forwarder.stats.delivered >= 50, what="live delivery")
+            await wait_for(poller.polls_after(20), what="polls while up")
+            sink.up = False
+            await wait_for(lambda: forwarder.stats.backlog >= 300, what="a backlog")
+            outage = len(poller.seen)
+            sink.up = True
+            up_to = gateway.stats.committed
+            await wait_for(lambda: forwarder.cursor >= up_to, what="the backlog drains")
+            await wait_for(poller.polls_after(20), what="polls after catching up")
+    seen = poller.seen
+    contradictions = [(b, age) for b, age in seen if (b == 0) != (age is None)]
+    assert not contradictions, f"{len(contradictions)} of {len(seen)} polls: {contradictions[:5]}"
+    assert max(b for b, _ in seen[:outage]) >= 1, "polls during the outage saw its backlog"
+    # No sample is older than this test.
+    elapsed_s = time.monotonic() - began
+    assert all(0 <= age <= elapsed_s for _, age in seen if age is not None)

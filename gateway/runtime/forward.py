@@ -23,6 +23,7 @@ before a crash, is sent again: consumers de-duplicate on ``(signal, seq)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,7 @@ __all__ = ["BacklogReader", "DeliveryUpdate", "Forwarder", "ForwarderStats", "Si
 
 log = structlog.get_logger("gateway.sink")
 
-_HOUSEKEEPING_S = 0.5  # retention and oldest-undelivered age are checked this often
+_HOUSEKEEPING_S = 0.5  # retention is checked this often
 
 
 class SinkState(StrEnum):
@@ -70,6 +71,9 @@ class ForwarderStats:
     dropped: int = 0  # undelivered samples given up by the retention policy (drop_oldest)
     failures: int = 0  # failed forwards (connection lost, timeout, refused...)
     sessions: int = 0  # times the sink came up (first success, and after each failure)
+    # These two are always set together, from one moment (Forwarder._backlog_changed): None
+    # exactly when the backlog is 0. While the oldest sample's time is being read from the
+    # store, it is that of an older one (the age errs high, briefly, never low).
     backlog: int = 0  # samples committed but not yet acknowledged by this sink
     oldest_undelivered_ns: int | None = None  # gateway_ts of the oldest of them (None: none)
     last_error: str | None = None
@@ -177,6 +181,9 @@ class Forwarder:
         self._saved_version = 0
         self._unsaved_losses: list[Loss] = []
         self._last_loss_log = 0.0
+        self._oldest: tuple[int, int] | None = None  # (id, gateway_ts) of a sample, once known
+        self._oldest_asked = 0  # the id whose gateway_ts was last asked of the store
+        self._oldest_stale = asyncio.Event()  # the oldest undelivered id has an unknown time
         self._log = log.bind(sink=sink_id)
 
     # -- set-up, from the supervisor ------------------------------------------------------------
@@ -191,13 +198,25 @@ class Forwarder:
             self._delivered.add(1, delivery.cursor)
             for first, last in delivery.ranges:
                 self._delivered.add(first, last)
-        self.stats.backlog = self._undelivered()
+        self._backlog_changed()
         self._log.info(
             "sink.resume",
             cursor=self._delivered.prefix_end(),
             backlog=self.stats.backlog,
             new=delivery is None,
         )
+
+    async def read_oldest(self) -> None:
+        """Read the time of the oldest undelivered sample from the store (before :meth:`run`,
+        so that the first report of a backlog left by the last run has its age)."""
+        gap = next(self._delivered.gaps(1, self._horizon), None)
+        if gap is not None:
+            self._oldest_asked = gap[0]
+            ts = await self._reader.gateway_ts(gap[0])
+            # Not if, meanwhile, all was delivered and a newer batch became the oldest.
+            if ts is not None and (self._oldest is None or self._oldest[0] <= gap[0]):
+                self._oldest = (gap[0], ts)
+        self._backlog_changed()
 
     @property
     def cursor(self) -> int:
@@ -211,7 +230,9 @@ class Forwarder:
         if not rows:
             return
         self._horizon = max(self._horizon, first_id + len(rows) - 1)
-        self.stats.backlog += len(rows)
+        if self.stats.backlog == 0:  # the first of these rows is the oldest undelivered
+            self._oldest = (first_id, rows[0][3])
+        self._backlog_changed()
         if self.stats.state in (SinkState.UP, SinkState.STARTING) and not self._draining:
             step = self.config.batch_max_samples
             for at in range(0, len(rows), step):
@@ -416,7 +437,7 @@ class Forwarder:
         self._delivered.add(first, last)
         self._version += 1
         self.stats.delivered += count
-        self.stats.backlog = self._undelivered()
+        self._backlog_changed()
         if historical:
             self.stats.delivered_historical += count
         if epoch == self._epoch and self.stats.state is not SinkState.UP:
@@ -450,25 +471,52 @@ class Forwarder:
     def _undelivered(self) -> int:
         return self._horizon - self._delivered.count(1, self._horizon)
 
+    def _backlog_changed(self) -> None:
+        """Set ``stats.backlog`` and ``stats.oldest_undelivered_ns`` together, now (nothing
+        awaits in between, so no reader of the stats sees one without the other)."""
+        stats = self.stats
+        backlog = self._undelivered()
+        if backlog == 0:
+            stats.backlog, stats.oldest_undelivered_ns = 0, None
+            return
+        oldest = next(self._delivered.gaps(1, self._horizon))[0]
+        known = self._oldest
+        if known is not None and known[0] <= oldest:
+            ts = known[1]  # exact, or an older sample's time until the store has answered
+        else:  # not known yet (a backlog at start-up before read_oldest): from now on
+            ts = now_ns() if stats.oldest_undelivered_ns is None else stats.oldest_undelivered_ns
+        if (known is None or known[0] != oldest) and oldest != self._oldest_asked:
+            self._oldest_stale.set()
+        stats.backlog, stats.oldest_undelivered_ns = backlog, ts
+
     # -- retention -------------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
+        """Check retention every :data:`_HOUSEKEEPING_S`; in between, read the time of the
+        oldest undelivered sample as soon as it is a sample whose time is not known."""
+        loop = asyncio.get_running_loop()
+        check_at = loop.time()
         while True:
+            self._oldest_stale.clear()
             try:
-                await self._check_retention()
+                if loop.time() >= check_at:
+                    check_at = loop.time() + _HOUSEKEEPING_S
+                    await self._check_retention()
+                else:
+                    await self.read_oldest()
             except Exception as exc:  # a read error must not end retention for the run
                 self._log.error("sink.retention_check_failed", error=repr(exc))
-            await asyncio.sleep(_HOUSEKEEPING_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(check_at):
+                    await self._oldest_stale.wait()
 
     async def _check_retention(self) -> None:
         retention = self.config.retention
+        await self.read_oldest()
         backlog = self._undelivered()
-        self.stats.backlog = backlog
         oldest = next(self._delivered.gaps(1, self._horizon), None)
         if oldest is None:
-            self.stats.oldest_undelivered_ns = None
             return
-        ts = await self._reader.gateway_ts(oldest[0])
-        self.stats.oldest_undelivered_ns = ts
+        ts = self.stats.oldest_undelivered_ns
         if retention.policy != "drop_oldest":
             return
         if self.stats.state is not SinkState.UP and self._tasks:
@@ -486,10 +534,7 @@ class Forwarder:
                 boundary = await self._reader.last_before(oldest[0], self._horizon, cutoff)
                 ranges = list(self._delivered.gaps(oldest[0], boundary, self._busy))
                 await self._give_up(ranges, f"retention bound of {retention.max_age_s} s")
-                gap = next(self._delivered.gaps(1, self._horizon), None)
-                self.stats.oldest_undelivered_ns = (
-                    None if gap is None else await self._reader.gateway_ts(gap[0])
-                )
+                await self.read_oldest()
 
     def _oldest_free(self, count: int) -> list[tuple[int, int]]:
         """The ``count`` oldest undelivered ids that are not being sent, as ranges."""
@@ -520,7 +565,7 @@ class Forwarder:
         self._unsaved_losses.extend(losses)
         self._version += 1
         self.stats.dropped += dropped
-        self.stats.backlog = self._undelivered()
+        self._backlog_changed()
         now = time.monotonic()
         if now - self._last_loss_log > 5.0:
             self._last_loss_log = now

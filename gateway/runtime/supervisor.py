@@ -219,6 +219,7 @@ class Gateway:
         forwarder = Forwarder(sink.id, instance, config, writer.names, self._reader)
         delivery, last_id = await writer.call(lambda s: (s.delivery(sink.id), s.last_id()))
         forwarder.start(delivery, last_id)
+        await forwarder.read_oldest()
         self.forwarders.append(forwarder)
         writer.on_commit.append(forwarder.offer)
         writer.delivery_sources.append(forwarder)
