@@ -607,11 +607,18 @@ async def test_transaction_ids_differ_between_links(device: ScriptedSpectrometer
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("when", "why"),
-    [("between requests", "Input/output error"), ("during a request", "device disconnected")],
+    [
+        ("between requests", {"Input/output error"}),
+        # Linux reads a pty whose master is gone as end of file (pyserial: readable, no data);
+        # a kernel that answers EIO instead is the same loss.
+        ("during a request", {"device disconnected", "Input/output error"}),
+    ],
 )
-async def test_a_vanished_serial_port_is_named_as_lost(tmp_path: Path, when: str, why: str) -> None:
+async def test_a_vanished_serial_port_is_named_as_lost(
+    tmp_path: Path, when: str, why: set[str]
+) -> None:
     # Between requests pyserial's input flush raises termios.error (no OSError); during one,
-    # the line reads as ready with nothing to read. Either way: the port lost, by name.
+    # the read fails. Either way: the port lost, by name, for the runtime to reconnect.
     device = ScriptedSpectrometer()
     async with pty_device(device) as line:
         driver = make_driver(line.path, tmp_path, timeout_s=5.0)
@@ -629,7 +636,7 @@ async def test_a_vanished_serial_port_is_named_as_lost(tmp_path: Path, when: str
                 await line.hang_up()
             with pytest.raises(InstrumentError) as caught:
                 await polled
-    assert str(caught.value) == f"serial port {line.path} lost: {why}"
+    assert str(caught.value) in {f"serial port {line.path} lost: {text}" for text in why}
     assert len(io.published["spectrum"]) == 1
 
 
