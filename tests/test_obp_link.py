@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import pytest_asyncio
-from conftest import connected, wait_for
+from conftest import connected, plan_for, running, stored_by_signal, wait_for
+from structlog.testing import capture_logs
 
 from gateway import InstrumentError, PluginContext, Quality, Spectrum
 from plugins.ocean_obp.driver import ObpSpectrometer
@@ -525,9 +526,17 @@ async def test_the_event_loop_keeps_running_while_a_reply_is_awaited(
 # -- a real serial device path: a pseudo-terminal ---------------------------------------------
 
 
+class PtyLine(NamedTuple):
+    path: str
+    """The serial side, as the driver opens it (``/dev/pts/N``)."""
+    hang_up: Callable[[], Awaitable[None]]
+    """Close the device side (both descriptors of the master), as an unplugged adapter would
+    vanish; returns once they are closed."""
+
+
 @asynccontextmanager
-async def pty_device(device: ScriptedSpectrometer) -> AsyncIterator[str]:
-    """Serve ``device`` on the master side of a pty; yield the path of the serial side."""
+async def pty_device(device: ScriptedSpectrometer) -> AsyncIterator[PtyLine]:
+    """Serve ``device`` on the master side of a pty; yield the serial side's path."""
     master, slave = os.openpty()
     tty.setraw(slave)  # no echo, no line discipline: a plain byte pipe like a USB serial port
     loop = asyncio.get_running_loop()
@@ -542,15 +551,19 @@ async def pty_device(device: ScriptedSpectrometer) -> AsyncIterator[str]:
     async def send(data: bytes) -> None:
         write_transport.write(data)
 
+    async def hang_up() -> None:
+        pipes = [t.get_extra_info("pipe") for t in (read_transport, write_transport)]
+        read_transport.close()  # each transport closes its own descriptor, a turn of the loop later
+        write_transport.close()
+        await wait_for(lambda: all(pipe.closed for pipe in pipes), what="the device side closed")
+
     serving = asyncio.create_task(device.serve(reader, send), name="test.obp.pty")
     try:
-        yield os.ttyname(slave)
+        yield PtyLine(os.ttyname(slave), hang_up)
     finally:
-        serving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await serving
-        read_transport.close()
-        write_transport.close()
+        serving.cancel()  # it may have ended already: a hung-up device stops serving
+        await asyncio.wait({serving})
+        await hang_up()
         os.close(slave)
         await asyncio.sleep(0)
 
@@ -558,8 +571,8 @@ async def pty_device(device: ScriptedSpectrometer) -> AsyncIterator[str]:
 @pytest.mark.asyncio
 async def test_driver_over_a_pty(tmp_path: Path) -> None:
     device = ScriptedSpectrometer(pixels=2048)
-    async with pty_device(device) as path:
-        driver = make_driver(path, tmp_path, timeout_s=1.0)
+    async with pty_device(device) as line:
+        driver = make_driver(line.path, tmp_path, timeout_s=1.0)
         io = RecordingIO()
         async with connected(driver):
             await driver.poll(io)
@@ -589,3 +602,67 @@ async def test_transaction_ids_differ_between_links(device: ScriptedSpectrometer
             await link.request(GET_SERIAL_NUMBER, timeout_s=1.0)
         ids.append(device.regardings[-1])
     assert ids[0] != ids[1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("when", "why"),
+    [
+        ("between requests", {"Input/output error"}),
+        # Linux reads a pty whose master is gone as end of file (pyserial: readable, no data);
+        # a kernel that answers EIO instead is the same loss.
+        ("during a request", {"device disconnected", "Input/output error"}),
+    ],
+)
+async def test_a_vanished_serial_port_is_named_as_lost(
+    tmp_path: Path, when: str, why: set[str]
+) -> None:
+    # Between requests pyserial's input flush raises termios.error (no OSError); during one,
+    # the read fails. Either way: the port lost, by name, for the runtime to reconnect.
+    device = ScriptedSpectrometer()
+    async with pty_device(device) as line:
+        driver = make_driver(line.path, tmp_path, timeout_s=5.0)
+        async with connected(driver):
+            io = RecordingIO()
+            await driver.poll(io)
+            if when == "between requests":
+                await line.hang_up()
+                polled = asyncio.create_task(driver.poll(io), name="test.obp.poll")
+            else:
+                device.faults[GET_RAW_SPECTRUM] = "silence"
+                asked = len(device.requests)
+                polled = asyncio.create_task(driver.poll(io), name="test.obp.poll")
+                await wait_for(lambda: len(device.requests) > asked, what="the request")
+                await line.hang_up()
+            with pytest.raises(InstrumentError) as caught:
+                await polled
+    assert str(caught.value) in {f"serial port {line.path} lost: {text}" for text in why}
+    assert len(io.published["spectrum"]) == 1
+
+
+@pytest.mark.asyncio
+async def test_in_the_runtime_a_lost_port_is_a_named_reason_not_a_crash(tmp_path: Path) -> None:
+    device = ScriptedSpectrometer()
+    async with pty_device(device) as line:
+        plan = plan_for(tmp_path, instruments=[{
+            "id": "raman", "driver": "ocean_obp", "poll_interval_s": 0.05,
+            "backoff": {"initial_s": 0.05, "max_s": 0.2},
+            "options": {"port": line.path, "laser_wavelength_nm": 785.0,
+                        "integration_time_ms": 5, "timeout_s": 1.0},
+        }])  # fmt: skip
+        with capture_logs() as logs:
+            async with running(plan) as (gateway, _):
+                runner = await wait_for(lambda: gateway.runners and gateway.runners[0])
+                await wait_for(lambda: runner.sessions == 1, what="a first session")
+                await line.hang_up()
+                await wait_for(lambda: runner.failures >= 2, what="a loss and a reconnect try")
+    lost = f"serial port {line.path} lost: Input/output error"
+    down = [e for e in logs if e["event"] == "instrument.down"]
+    assert down[0]["reason"] == lost and down[0]["log_level"] == "warning"
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert not [e for e in logs if "exc_info" in e or "exception" in e]
+    # Reconnect as for any loss: the next tries open the port again (it is gone for good here).
+    assert all(e["reason"].startswith(f"cannot open {line.path}") for e in down[1:])
+    spectra = stored_by_signal(tmp_path / "store.sqlite")["reactor1/raman/spectrum"]
+    assert spectra[0].quality is Quality.GOOD
+    assert next(s.reason for s in spectra if s.quality is Quality.BAD) == f"unreachable: {lost}"

@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+import plugins.opcua.driver as opcua_driver
 import plugins.opcua.plugin as opcua_plugin
 from gateway import (
     InstrumentError,
@@ -49,7 +50,8 @@ from plugins.opcua.values import coerce_for_write, reading, status_name, timesta
 
 URI = "urn:pat-gateway:test:controller"
 CEFACT = "http://www.opcfoundation.org/UA/units/un/cefact"
-CEL, RPM = 4408652, 5394509  # UNECE common codes CEL and RPM packed into Int32 unit ids
+# UNECE common codes CEL, RPM, KEL and MBR packed into Int32 unit ids
+CEL, RPM, KEL, MBR = 4408652, 5394509, 4932940, 5063250
 T = TypeVar("T")
 
 
@@ -110,6 +112,9 @@ class Controller:
         self.url = f"opc.tcp://127.0.0.1:{self.port}/ctl"
         self.server: Server | None = None
         self.nodes: dict[str, Node] = {}
+        self.namespace_index = 0
+        self.created_sessions = 0
+        """CreateSession requests the server has answered, over its whole life."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._serve, name="test.opcua.controller", daemon=True
@@ -150,6 +155,37 @@ class Controller:
         assert self.server is not None
         await self.on_server(self.server.write_attribute_value(self.nodes[name].nodeid, dv))
 
+    async def add_pressure(self) -> None:
+        """Add ``BioreactorController/Pressure/PV`` (Double, mbar), as a controller whose
+        configuration gains a loop."""
+        assert self.server is not None
+        idx, server = self.namespace_index, self.server
+
+        async def add() -> None:
+            ctl = server.get_node(ua.NodeId("BioreactorController", idx))
+            loop = await ctl.add_object(
+                ua.NodeId("BioreactorController.Pressure", idx), ua.QualifiedName("Pressure", idx)
+            )
+            pv = await loop.add_variable(
+                ua.NodeId("BioreactorController.Pressure.PV", idx), ua.QualifiedName("PV", idx),
+                ua.Variant(1013.25, ua.VariantType.Double),
+            )  # fmt: skip
+            await pv.add_property(
+                ua.NodeId("BioreactorController.Pressure.PV.EngineeringUnits", idx),
+                ua.QualifiedName("EngineeringUnits", 0),
+                _eu(CEFACT, MBR, "mbar"),
+            )
+
+        await self.on_server(add())
+
+    async def set_units(self, name: str, eu: ua.EUInformation) -> None:
+        """Change the EngineeringUnits a node reports, as a reconfigured controller would."""
+        assert self.server is not None
+        node_id = ua.NodeId(f"BioreactorController.{name}.EngineeringUnits", self.namespace_index)
+        await self.on_server(
+            self.server.write_attribute_value(node_id, ua.DataValue(ua.Variant(eu)))
+        )
+
     async def value(self, name: str) -> Any:
         return await self.on_server(self.nodes[name].read_value())
 
@@ -167,6 +203,13 @@ class Controller:
     ) -> None:
         server = Server(user_manager=_Users(users) if users is not None else None)
         await server.init()
+        register = server.iserver.register_external_session
+
+        def count_session(session: Any) -> None:  # called once per CreateSession
+            self.created_sessions += 1
+            register(session)
+
+        server.iserver.register_external_session = count_session  # type: ignore[method-assign]
         server.set_endpoint(self.url)
         if identity is not None:  # secure endpoints only, with this certificate and key
             server.set_security_policy([
@@ -178,7 +221,7 @@ class Controller:
             await server.load_private_key(str(identity[1]))
         for i in range(padding):
             await server.register_namespace(f"urn:pat-gateway:test:padding:{i}")
-        idx = await server.register_namespace(URI)
+        idx = self.namespace_index = await server.register_namespace(URI)
         ctl = await server.nodes.objects.add_object(
             ua.NodeId("BioreactorController", idx), ua.QualifiedName("BioreactorController", idx)
         )
@@ -547,37 +590,117 @@ async def test_values_flow_with_units_timestamps_and_quality(
 
 
 @pytest.mark.asyncio
-async def test_nodes_that_do_not_exist_are_named(shared: Controller, tmp_path: Path) -> None:
+async def test_nodes_that_cannot_be_used_are_bad_alone_and_named(
+    shared: Controller, tmp_path: Path
+) -> None:
     driver = make_driver(shared.url, tmp_path, nodes=node_specs(
         missing={"node": "ctl:BioreactorController.Pressure.PV", "unit": "mbar"},
         lost={"browse_path": ["ctl:BioreactorController", "ctl:Pressure"], "unit": "mbar"},
         folder={"node": "ctl:BioreactorController.Temperature", "unit": "1"},
-        elsewhere={"node": "nsu=urn:not-on-this-server;s=X", "unit": "1"},
+        elsewhere={"node": "nsu=urn:not-on-this-server;s=X", "unit": "1", "writable": True},
     ))  # fmt: skip
-    with pytest.raises(InstrumentError) as caught:
-        await driver.run(RecordingIO())
-    message = str(caught.value)
-    assert message.startswith("nodes not usable on the server: ")
-    assert "missing (ctl:BioreactorController.Pressure.PV): BadNodeIdUnknown" in message
-    assert "lost (ctl:BioreactorController/ctl:Pressure): BadNoMatch" in message
-    assert "folder (ctl:BioreactorController.Temperature): Object node, not a variable" in message
-    assert "elsewhere (nsu=urn:not-on-this-server;s=X): the server has no namespace" in message
-    assert "temperature" not in message
-    assert driver.sessions == 1
-    await wait_for(lambda: shared.sessions() == 0, what="the refused session to be closed")
+    with capture_logs() as logs:
+        running = await session(driver)
+    try:
+        io = running.io
+        assert io.last("missing") == Published(None, None, Quality.BAD, "BadNodeIdUnknown")
+        assert io.last("lost") == Published(None, None, Quality.BAD, "BadNoMatch")
+        assert io.last("folder") == Published(
+            None, None, Quality.BAD, "Object node, not a variable"
+        )
+        assert io.last("elsewhere") == Published(
+            None, None, Quality.BAD, "the server has no namespace urn:not-on-this-server"
+        )
+        for name in ("temperature", "ph", "agitation_sp", "counter", "label", "profile"):
+            assert io.last(name).quality is Quality.GOOD, name  # type: ignore[union-attr]
+        warned = {e["node"]: (e["where"], e["log_level"]) for e in logs
+                  if e["event"] == "opcua.node_unusable"}  # fmt: skip
+        assert warned == {
+            "missing": ("ctl:BioreactorController.Pressure.PV", "warning"),
+            "lost": ("ctl:BioreactorController/ctl:Pressure", "warning"),
+            "folder": ("ctl:BioreactorController.Temperature", "warning"),
+            "elsewhere": ("nsu=urn:not-on-this-server;s=X", "warning"),
+        }
+        with pytest.raises(InstrumentError, match="elsewhere failed: node not usable: the server"):
+            await driver.write("elsewhere", 1.0)
+        await driver.write("counter", 3)  # the usable writable nodes take writes
+        assert driver.sessions == 1 and io.connections == 1 and not running.task.done()
+    finally:
+        await running.stop()
+        await shared.set("Counter", ua.DataValue(ua.Variant(0, ua.VariantType.Int32)))
+    await wait_for(lambda: shared.sessions() == 0, what="the session to be closed")
 
 
 @pytest.mark.asyncio
-async def test_a_unit_mismatch_refuses_the_session(shared: Controller, tmp_path: Path) -> None:
-    driver = make_driver(shared.url, tmp_path, nodes=node_specs(
+async def test_a_missing_node_is_looked_for_again_in_the_same_session_and_flows_once_it_appears(
+    controller: Controller, tmp_path: Path
+) -> None:
+    driver = make_driver(controller.url, tmp_path, recheck_interval_s=0.1, nodes=node_specs(
+        pressure={"node": "ctl:BioreactorController.Pressure.PV", "unit": "mbar"},
+        pressure_path={
+            "browse_path": ["ctl:BioreactorController", "ctl:Pressure", "ctl:PV"], "unit": "mbar",
+        },
+    ))  # fmt: skip
+    with capture_logs() as logs:
+        running = await session(driver)
+        try:
+            io = running.io
+            assert io.last("pressure") == Published(None, None, Quality.BAD, "BadNodeIdUnknown")
+            assert io.last("pressure_path") == Published(None, None, Quality.BAD, "BadNoMatch")
+            # Rechecks that find them still missing publish and log nothing new, and keep the
+            # session: no reconnect storm.
+            await wait_for(lambda: driver.rechecks >= 5, what="rechecks")
+            await controller.add_pressure()
+            for name in ("pressure", "pressure_path"):
+                await wait_for(
+                    lambda n=name: io.last(n).quality is Quality.GOOD,  # type: ignore[misc]
+                    what=f"{name} once it exists",
+                )
+                assert [p.quality for p in io.published[name]][:2] == [Quality.BAD, Quality.GOOD]
+                assert io.last(name).value == 1013.25  # type: ignore[union-attr]
+            assert io.last("temperature").quality is Quality.GOOD  # type: ignore[union-attr]
+            assert driver.sessions == 1 and controller.created_sessions == 1
+            assert io.connections == 1 and not running.task.done()
+        finally:
+            await running.stop()
+    events = [(e["event"], e["node"]) for e in logs if e["event"].startswith("opcua.node_")]
+    assert sorted(events) == [
+        ("opcua.node_unusable", "pressure"),
+        ("opcua.node_unusable", "pressure_path"),
+        ("opcua.node_usable", "pressure"),
+        ("opcua.node_usable", "pressure_path"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_unit_mismatch_makes_that_node_bad_and_the_others_flow(
+    controller: Controller, tmp_path: Path
+) -> None:
+    driver = make_driver(controller.url, tmp_path, recheck_interval_s=0.1, nodes=node_specs(
         temperature={"node": "ctl:BioreactorController.Temperature.PV", "unit": "K"},
     ))  # fmt: skip
-    with capture_logs() as logs, pytest.raises(InstrumentError) as caught:
-        await driver.run(RecordingIO())
-    assert str(caught.value) == "unit mismatch: node temperature reports °C (Cel), configured K"
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert [e["event"] for e in errors] == ["opcua.unit_mismatch"]
-    assert errors[0]["reason"] == str(caught.value)
+    reason = "unit mismatch: node temperature reports °C (Cel), configured K"
+    with capture_logs() as logs:
+        running = await session(driver)
+        try:
+            io = running.io
+            assert io.last("temperature") == Published(None, None, Quality.BAD, reason)
+            for name in ("ph", "agitation_sp", "counter", "label", "profile"):
+                assert io.last(name).quality is Quality.GOOD, name  # type: ignore[union-attr]
+            await wait_for(lambda: driver.rechecks >= 5, what="rechecks")
+            # The controller's configuration is corrected to kelvin: the node flows, same session.
+            await controller.set_units("Temperature.PV", _eu(CEFACT, KEL, "K"))
+            await wait_for(
+                lambda: io.last("temperature").quality is Quality.GOOD,  # type: ignore[union-attr]
+                what="temperature once the units agree",
+            )
+            assert io.published["temperature"][0].reason == reason
+            assert driver.sessions == 1 and controller.created_sessions == 1
+            assert not running.task.done()
+        finally:
+            await running.stop()
+    errors = [(e["event"], e["reason"]) for e in logs if e["log_level"] == "error"]
+    assert errors == [("opcua.unit_mismatch", reason)]
 
 
 @pytest.mark.asyncio
@@ -693,6 +816,33 @@ async def test_a_server_that_falls_silent_is_noticed(shared: Controller, tmp_pat
             assert time.monotonic() - started < 4.0
         finally:
             await running.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_frozen_server_is_given_up_without_waiting_for_a_close_it_cannot_answer(
+    controller: Controller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose process stops with its connections open cannot answer CloseSession: once
+    the session is lost over a dead link, the driver does not wait for that answer. An orderly
+    close is allowed an hour here, so only the request's own timeout (5 s) would end a wait."""
+    monkeypatch.setattr(opcua_driver, "CLOSE_TIMEOUT_S", 3600.0)
+    async with FreezableProxy(controller.port) as proxy:
+        driver = make_driver(f"opc.tcp://127.0.0.1:{proxy.port}/ctl", tmp_path, timeout_s=5.0)
+        with capture_logs() as logs:
+            running = await session(driver)
+            try:
+                proxy.freeze()
+                lost = await wait_for(
+                    lambda: [e for e in logs if e["event"] == "opcua.session_lost"],
+                    within=30.0,
+                    what="the loss to be seen",
+                )
+                assert lost[0]["link_dead"] is True
+                await wait_for(running.task.done, within=2.5, what="the session to be closed")
+                error = running.task.exception()
+                assert isinstance(error, InstrumentError) and str(error) == lost[0]["reason"]
+            finally:
+                await running.stop()
 
 
 @pytest.mark.asyncio

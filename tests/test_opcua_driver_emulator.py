@@ -68,6 +68,7 @@ def instrument(instrument_id: str, port: int, nodes: list[dict[str, Any]]) -> di
             "url": f"opc.tcp://127.0.0.1:{port}",
             "namespaces": {"dcu": NAMESPACE},
             "timeout_s": 1.0,
+            "recheck_interval_s": 0.5,
             "sampling_interval_ms": 100,
             "publishing_interval_ms": 100,
             "nodes": nodes,
@@ -188,22 +189,33 @@ async def test_data_units_and_timestamps_then_a_restart_and_bad_values(tmp_path:
 
 
 @pytest.mark.asyncio
-async def test_a_unit_mismatch_keeps_the_signals_bad_and_the_gateway_running(
+async def test_a_unit_mismatch_and_a_missing_node_are_bad_alone_in_one_session(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    wrong = [{"name": "temperature", "node": "dcu:BioreactorController.Temperature.PV",
-              "unit": "K"}]  # fmt: skip
+    kelvin = [
+        {"name": "temperature", "node": "dcu:BioreactorController.Temperature.PV", "unit": "K"},
+        {"name": "pressure", "node": "dcu:BioreactorController.Pressure.PV", "unit": "mbar"},
+        *(n for n in NODES if n["name"] in ("do", "air")),
+    ]
     right = [n for n in NODES if n["name"] in ("ph", "temperature_sp")]
     async with gateway_with_controller(
-        tmp_path, instrument("kelvin", port, wrong), instrument("dcu", port, right), port=port
+        tmp_path, instrument("kelvin", port, kelvin), instrument("dcu", port, right), port=port
     ) as (plan, gateway):
-        kelvin = gateway.runners[0]
-        reason = "unit mismatch: node temperature reports °C (Cel), configured K"
-        await wait_for(lambda: kelvin.failures >= 2, within=10, what="refused sessions")
-        assert latest(gateway, "temperature") == (Quality.BAD, None, f"unreachable: {reason}")
-        await wait_for(lambda: latest(gateway, "ph")[:1] == (Quality.GOOD,), within=10)
-        assert kelvin.last_error == reason
+        runner = gateway.runners[0]
+        mismatch = "unit mismatch: node temperature reports °C (Cel), configured K"
+        await wait_for(
+            lambda: all(latest(gateway, c)[:1] == (Quality.GOOD,) for c in ("do", "air", "ph")),
+            within=15,
+            what="the usable nodes flowing",
+        )
+        assert latest(gateway, "temperature") == (Quality.BAD, None, mismatch)
+        assert latest(gateway, "pressure") == (Quality.BAD, None, "BadNodeIdUnknown")
+        driver = plan.instruments[0].driver
+        assert isinstance(driver, OpcUaDriver)
+        # Looked for again within the session, which stays: no reconnect, no new session.
+        await wait_for(lambda: driver.rechecks >= 1, within=30, what="a recheck")
+        assert (runner.failures, runner.sessions, driver.sessions) == (0, 1, 1)
 
         # Setpoint writes through the driver, checked by the controller itself.
         driver = plan.instruments[1].driver
@@ -215,5 +227,5 @@ async def test_a_unit_mismatch_keeps_the_signals_bad_and_the_gateway_running(
         with pytest.raises(WriteRefusedError):
             await driver.write("ph", 7.2)
     samples = stored(tmp_path, "reactor1/kelvin/temperature")
-    assert samples and all(s.quality is Quality.BAD for s in samples)
+    assert [(s.quality, s.reason) for s in samples] == [(Quality.BAD, mismatch)]
     assert all(s.unit == "K" for s in samples)

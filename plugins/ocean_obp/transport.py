@@ -17,11 +17,19 @@ back.
 
 A link is single-use, like a socket: the driver opens a new one to reconnect, which also starts
 with a fresh decoder.
+
+A port that vanishes under the link (a USB adapter unplugged, a pty whose device side closed)
+surfaces from pyserial in three shapes: ``termios.error`` from a buffer flush (no ``OSError``),
+an ``OSError``/``SerialException`` caused by ``EIO``/``ENXIO``/``ENODEV``, or a read that finds
+the line readable with no data. All three become ``InstrumentError("serial port … lost: …")``,
+so the runtime reports the port by name and reconnects, as for any other fault of the link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import secrets
 import threading
 import time
@@ -46,6 +54,19 @@ from .obp import (
 __all__ = ["READ_TIMEOUT_S", "ObpLink"]
 
 log = structlog.get_logger("plugins.ocean_obp")
+
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows: pyserial raises OSError subclasses there
+    _TTY_ERRORS: tuple[type[Exception], ...] = ()
+else:
+    _TTY_ERRORS = (termios.error,)
+_PORT_ERRORS = (serial.SerialException, OSError, *_TTY_ERRORS)
+"""What pyserial raises when the port itself fails (termios.error is no OSError)."""
+_LOST_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV})
+_VANISHED_READ = "device reports readiness to read but returned no data"
+"""pyserial's words for a read on a device that is gone (its select says readable, the read
+finds nothing): what an unplugged USB adapter gives."""
 
 READ_TIMEOUT_S = 0.05
 """Longest single blocking read: how soon the worker notices a deadline, a cancelled request or
@@ -107,8 +128,8 @@ class ObpLink:
                 write_timeout=self.write_timeout_s,
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise InstrumentError(f"cannot open {self.port}: {exc}") from exc
+        except (*_PORT_ERRORS, ValueError) as exc:
+            raise InstrumentError(f"cannot open {self.port}: {_error_text(exc)}") from exc
         # Set here, in the worker, not from the awaiting coroutine: if that is cancelled, the
         # close job that runs next on this thread still finds the port and closes it.
         self._serial = port
@@ -196,8 +217,11 @@ class ObpLink:
                     raise ObpError(f"bad MD5 checksum in reply to {what}")
                 if time.monotonic() >= deadline:
                     raise ObpError(_silence(what, timeout_s, decoder, discarded_before, unrelated))
-        except (serial.SerialException, OSError) as exc:
-            raise InstrumentError(f"{self.port}: {what} failed: {exc}") from exc
+        except _PORT_ERRORS as exc:
+            lost = _port_lost(exc)
+            if lost is not None:
+                raise InstrumentError(f"serial port {self.port} lost: {lost}") from exc
+            raise InstrumentError(f"{self.port}: {what} failed: {_error_text(exc)}") from exc
         finally:
             discarded = decoder.discarded_bytes - discarded_before
             if discarded or unrelated:
@@ -231,8 +255,32 @@ class ObpLink:
             return
         try:
             port.close()
-        except (serial.SerialException, OSError) as exc:
-            self._log.warning("obp.close_failed", error=str(exc))
+        except _PORT_ERRORS as exc:
+            self._log.warning("obp.close_failed", error=_error_text(exc))
+
+
+def _port_lost(exc: BaseException) -> str | None:
+    """Why the port is gone (``Input/output error``) when ``exc`` or its cause says the device
+    vanished; ``None`` for any other failure. pyserial raises its ``SerialException`` from inside
+    the ``OSError`` it caught, so the errno is found on the exception's context."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        code: object = None
+        if isinstance(error, OSError):
+            code = error.errno
+        elif isinstance(error, _TTY_ERRORS) and error.args:
+            code = error.args[0]
+        if isinstance(code, int) and code in _LOST_ERRNOS:
+            return os.strerror(code)
+    if isinstance(exc, serial.SerialException) and str(exc).startswith(_VANISHED_READ):
+        return "device disconnected"
+    return None
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error as a person reads it: ``termios.error`` carries ``(errno, text)`` as its args."""
+    if isinstance(exc, _TTY_ERRORS) and len(exc.args) == 2:
+        return str(exc.args[1])
+    return str(exc) or type(exc).__name__
 
 
 def _silence(

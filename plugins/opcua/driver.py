@@ -1,9 +1,16 @@
 """The ``opcua`` driver: one session and one subscription per OPC UA server, values pushed.
 
-A session goes: connect (security, user) → resolve the configured namespaces and nodes against
-the server's current namespace array → check each node's ``EngineeringUnits`` against its
-configured unit → one subscription with a monitored item per node (plus the server's
-``ServerStatus.State``) → publish every data change until the session is lost.
+A session goes: connect (security, user) → one subscription, with a monitored item for the
+server's ``ServerStatus.State`` → for each configured node: resolve it against the server's
+current namespace array, check its ``EngineeringUnits`` against the configured unit, add its
+monitored item → publish every data change until the session is lost.
+
+One broken node harms only itself. A node that cannot be used — missing (``BadNodeIdUnknown``,
+``BadNoMatch``), in a namespace the server lacks, not a variable, or reporting another unit —
+is published ``bad`` with that reason (once, and again only if the reason changes) while the
+others flow, and is looked for again every ``recheck_interval_s`` inside the same session; once
+it resolves, its monitored item is added and its data flows. Refusing the whole session instead
+would turn every signal of the server bad and make each retry a new session (telegraf #19186).
 
 Reconnection belongs to the runtime, which calls :meth:`OpcUaDriver.run` again after a jittered
 backoff: two reconnect loops (ours and the library's) are how a gateway ends up flooding a
@@ -18,9 +25,11 @@ controller with CreateSession requests. So asyncua's own recovery is kept out of
 
 A session counts as lost, and ``run`` raises :class:`~gateway.InstrumentError` saying why, when
 the connection drops, the server's state leaves ``Running``, the subscription reports a status
-change, no notification or keep-alive arrives for a keep-alive period plus ``timeout_s``, or the
-notification backlog overflows. The session is closed (with a short timeout) before ``run``
-returns, whatever happened.
+change, no notification or keep-alive arrives for a keep-alive period plus ``timeout_s``, a
+request goes unanswered, or the notification backlog overflows. The session is closed before
+``run`` returns, whatever happened: CloseSession is awaited for at most
+:data:`CLOSE_TIMEOUT_S`, or only :data:`DEAD_LINK_CLOSE_TIMEOUT_S` when the link is known to be
+dead (a frozen server cannot answer it, and waiting would only delay the ``bad``).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +67,7 @@ from gateway import (
     InstrumentIO,
     Output,
     PluginContext,
+    Quality,
     SecretRef,
     UnitError,
     WriteRefusedError,
@@ -85,8 +95,14 @@ QUEUE_MAX = 100_000
 """Notifications waiting for the driver before the session is given up as unable to keep up."""
 CLOSE_TIMEOUT_S = 2.0
 """Longest wait for an orderly CloseSession when a session ends."""
+DEAD_LINK_CLOSE_TIMEOUT_S = 0.2
+"""The same wait when the link is known to be dead: room for asyncua to stop its own tasks
+(local work, milliseconds), no round trip."""
 WATCH_TICK_S = 0.5
-"""How often the keep-alive watch looks at the clock (state changes wake it at once)."""
+"""How often the keep-alive watch looks at the clock and the backlog (state changes wake it at
+once, and it wakes when the silence it waits for would be over)."""
+WATCH_MARGIN_S = 0.01
+"""Past the end of the allowed silence when the watch wakes for it (a timer may fire early)."""
 
 _OBJECTS = ua.NodeId(ua.Int32(ObjectIds.ObjectsFolder))
 _SERVER_STATE = ua.NodeId(ua.Int32(ObjectIds.Server_ServerStatus_State))
@@ -109,6 +125,8 @@ _MODES = {
 }
 _CLIENT_APPLICATION_URI = "urn:pat-gateway:opcua-client"
 _TRANSPORT_ERRORS = (UaError, OSError, TimeoutError)
+_DEAD_LINK_ERRORS = (OSError, TimeoutError)
+"""A request that got no answer, or a socket that failed: the link, not the server, is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +156,8 @@ class OpcUaDriver:
         self.context = context
         self.sessions = 0
         """Sessions created (CreateSession and ActivateSession done) since the driver was built."""
+        self.rechecks = 0
+        """Rechecks of unusable nodes done within sessions since the driver was built."""
         aliases = set(options.namespaces)
         self._nodes = tuple(
             _Node(
@@ -148,9 +168,14 @@ class OpcUaDriver:
             for spec in options.nodes
         )
         self._by_name = {n.spec.name: n for n in self._nodes}
+        self._index = {n.spec.name: i for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         self._write_targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
+        self._unusable: dict[int, str] = {}
+        """Why each node that cannot be used in this session is not (by index), until a recheck
+        finds it usable."""
         self._lost_reason: str | None = None
+        self._link_dead = False
         self._overflowed = False
         self._unit_warned: set[str] = set()
         self._log = log.bind(instrument=context.id, url=options.url)
@@ -168,10 +193,15 @@ class OpcUaDriver:
 
     # -- session ---------------------------------------------------------------------------------
     async def run(self, io: InstrumentIO) -> None:
-        """One session: connect, resolve, verify units, subscribe, publish until it is lost."""
+        """One session: connect, subscribe, add every node that can be used, publish until the
+        session is lost. A node that cannot be used is published bad with its reason and looked
+        for again every ``recheck_interval_s`` within the same session."""
         client = self._new_client()
         self._lost_reason = None
+        self._link_dead = False
         self._overflowed = False
+        self._unusable = {}
+        outputs = [io.output(node.spec.name) for node in self._nodes]
         opened = False
         step = f"connect to {self.options.url}"
         try:
@@ -180,18 +210,21 @@ class OpcUaDriver:
             opened = True
             self.sessions += 1
             self._log.info("opcua.session_created", sessions=self.sessions)
-            step = "resolve nodes"
-            node_ids = await self._resolve(client)
-            step = "read engineering units"
-            await self._verify_units(client, node_ids)
-            step = "read data types of writable nodes"
-            write_targets = await self._write_types(client, node_ids)
             step = "subscribe"
-            subscription, silence_s = await self._subscribe(client, node_ids)
-            self._client, self._write_targets = client, write_targets
+            subscription, silence_s = await self._subscribe(client)
+            self._client = client
+            step = "add nodes"
+            await self._admit(client, subscription, range(len(self._nodes)), outputs)
             step = "session"
-            await self._stream(client, subscription, silence_s, io)
+            try:
+                await self._stream(client, subscription, silence_s, io, outputs)
+            except InstrumentError as exc:
+                # When the loss was seen; the runtime's instrument.down follows the close.
+                self._log.info("opcua.session_lost", reason=str(exc), link_dead=self._link_dead)
+                raise
         except _TRANSPORT_ERRORS as exc:
+            if isinstance(exc, _DEAD_LINK_ERRORS):
+                self._link_dead = True
             raise InstrumentError(f"{step}: {self._describe(exc)}") from exc
         finally:
             self._client, self._write_targets = None, {}
@@ -213,6 +246,7 @@ class OpcUaDriver:
     async def _connection_lost(self, exc: Exception) -> None:
         # Called by asyncua's supervisor before it tells the subscription; keep the cause.
         self._lost_reason = f"connection lost: {self._describe(exc)}"
+        self._link_dead = True
 
     async def _configure_identity(self, client: Client) -> None:
         o = self.options
@@ -288,11 +322,17 @@ class OpcUaDriver:
         return path if path.is_absolute() else self.context.data_dir / path
 
     async def _close(self, client: Client, opened: bool) -> None:
-        """End the session: CloseSession (bounded), stop asyncua's tasks, drop the socket."""
+        """End the session: CloseSession (bounded), stop asyncua's tasks, drop the socket.
+
+        Over a link known to be dead (lost, silent, a request unanswered) no answer can come, so
+        the wait is only long enough for asyncua's own teardown; the request still goes out, in
+        case the server is only slow, and a server that never reads it drops the session after
+        the session timeout."""
+        timeout_s = DEAD_LINK_CLOSE_TIMEOUT_S if self._link_dead else CLOSE_TIMEOUT_S
         try:
             if opened:
                 try:
-                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    async with asyncio.timeout(timeout_s):
                         await client.disconnect()
                 except _TRANSPORT_ERRORS as exc:
                     self._log.debug("opcua.close_failed", reason=self._describe(exc))
@@ -300,23 +340,101 @@ class OpcUaDriver:
             # A no-op when the socket is closed already; after a timed-out close it is not.
             client.disconnect_socket()
 
-    # -- resolution ----------------------------------------------------------------------------
-    async def _resolve(self, client: Client) -> list[ua.NodeId]:
-        """The node id of every configured node in the server's current namespaces; every node
-        must exist and be a variable, or the session is refused naming the ones that are not."""
+    # -- nodes ---------------------------------------------------------------------------------
+    async def _admit(
+        self,
+        client: Client,
+        subscription: Subscription,
+        indexes: Iterable[int],
+        outputs: Sequence[Output],
+    ) -> None:
+        """Resolve, check and monitor the configured nodes at ``indexes``. Each one that can be
+        used gets its monitored item (its data flows from then on); each other one is published
+        bad with its reason, once, and stays in ``_unusable`` for the next recheck."""
+        ids, problems = await self._resolve(client, indexes)
+        mismatches = await self._verify_units(client, ids)
+        problems |= mismatches
+        ids = {i: node_id for i, node_id in ids.items() if i not in problems}
+        targets, refused = await self._write_types(client, ids)
+        problems |= refused
+        ids = {i: node_id for i, node_id in ids.items() if i not in problems}
+        problems |= await self._monitor(subscription, ids)
+        for i in ids:
+            if i in problems:
+                continue
+            name = self._nodes[i].spec.name
+            if i in targets:
+                self._write_targets[name] = targets[i]
+            was = self._unusable.pop(i, None)
+            if was is not None:
+                self._log.info("opcua.node_usable", node=name, where=self._nodes[i].where, was=was)
+        for i, reason in sorted(problems.items()):
+            self._node_unusable(i, reason, outputs[i], mismatch=i in mismatches)
+
+    def _node_unusable(self, i: int, reason: str, output: Output, *, mismatch: bool) -> None:
+        """Publish a node bad with ``reason`` and log it, when it is new or the reason changed
+        (a recheck that finds the same does neither: the store keeps the bad value)."""
+        if self._unusable.get(i) == reason:
+            return
+        self._unusable[i] = reason
+        output.publish(None, None, Quality.BAD, reason)
+        node = self._nodes[i]
+        fields = {
+            "node": node.spec.name,
+            "where": node.where,
+            "reason": reason,
+            "recheck_s": self.options.recheck_interval_s,
+        }
+        if mismatch:
+            # Wrong data if it were used: an error, where a missing node is a warning.
+            self._log.error("opcua.unit_mismatch", **fields)
+        else:
+            self._log.warning("opcua.node_unusable", **fields)
+
+    async def _recheck(
+        self, client: Client, subscription: Subscription, outputs: Sequence[Output]
+    ) -> None:
+        """Every ``recheck_interval_s``, try again the nodes that could not be used. A request
+        the server refuses as a whole is logged (when its reason changes) and tried next time;
+        one that goes unanswered ends the session like any lost request."""
+        refused: str | None = None
+        while True:
+            await asyncio.sleep(self.options.recheck_interval_s)
+            if not self._unusable:
+                continue
+            try:
+                await self._admit(client, subscription, sorted(self._unusable), outputs)
+                self.rechecks += 1
+            except UaStatusCodeError as exc:
+                reason = self._describe(exc)
+                if reason != refused:
+                    self._log.warning("opcua.recheck_refused", reason=reason)
+                refused = reason
+            except _TRANSPORT_ERRORS as exc:
+                if isinstance(exc, _DEAD_LINK_ERRORS):
+                    self._link_dead = True
+                raise InstrumentError(f"recheck nodes: {self._describe(exc)}") from exc
+            else:
+                refused = None
+
+    async def _resolve(
+        self, client: Client, indexes: Iterable[int]
+    ) -> tuple[dict[int, ua.NodeId], dict[int, str]]:
+        """The node id of each configured node at ``indexes`` in the server's current
+        namespaces, and why each of the others cannot be used (``BadNodeIdUnknown``,
+        ``BadNoMatch``, a missing namespace, not a variable), both by index."""
         server_namespaces: list[str] = await client.get_namespace_array()
-        problems: dict[int, str] = {}  # by node, to name them in the configuration's order
-        ids: list[ua.NodeId | None] = []
+        problems: dict[int, str] = {}
+        ids: dict[int, ua.NodeId] = {}
         paths: list[tuple[int, ua.BrowsePath]] = []
-        for i, node in enumerate(self._nodes):
+        for i in indexes:
+            node = self._nodes[i]
             try:
                 if node.ref is not None:
-                    ids.append(self._node_id(node.ref, server_namespaces))
-                    continue
-                ids.append(None)
-                paths.append((i, self._browse_path(node.path, server_namespaces)))
+                    ids[i] = self._node_id(node.ref, server_namespaces)
+                else:
+                    paths.append((i, self._browse_path(node.path, server_namespaces)))
             except LookupError as exc:
-                ids.append(None)
                 problems[i] = str(exc)
         if paths:
             results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in paths])
@@ -326,24 +444,18 @@ class OpcUaDriver:
                     ids[i] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
                 else:
                     problems[i] = status_name(result.StatusCode.value)
-        found = [(i, node_id) for i, node_id in enumerate(ids) if node_id is not None]
-        if found:
+        if ids:
+            order = list(ids)
             classes = await client.uaclient.read_attributes(
-                [node_id for _, node_id in found], AttributeIds.NodeClass
+                [ids[i] for i in order], AttributeIds.NodeClass
             )
-            for (i, _), dv in zip(found, classes, strict=True):
+            for i, dv in zip(order, classes, strict=True):
                 code = dv.StatusCode.value if dv.StatusCode is not None else 0
                 if code >> 30:
                     problems[i] = status_name(code)
                 elif dv.Value is not None and dv.Value.Value != ua.NodeClass.Variable:
                     problems[i] = f"{ua.NodeClass(dv.Value.Value).name} node, not a variable"
-        if problems:
-            named = "; ".join(
-                f"{self._nodes[i].spec.name} ({self._nodes[i].where}): {problem}"
-                for i, problem in sorted(problems.items())
-            )
-            raise InstrumentError(f"nodes not usable on the server: {named}")
-        return [node_id for node_id in ids if node_id is not None]
+        return {i: node_id for i, node_id in ids.items() if i not in problems}, problems
 
     def _node_id(self, ref: NodeRef, server_namespaces: list[str]) -> ua.NodeId:
         index = namespace_index(ref.alias, ref.uri, self.options.namespaces, server_namespaces)
@@ -368,26 +480,29 @@ class OpcUaDriver:
         return ua.BrowsePath(StartingNode=_OBJECTS, RelativePath=ua.RelativePath(elements))
 
     # -- units -----------------------------------------------------------------------------------
-    async def _verify_units(self, client: Client, node_ids: list[ua.NodeId]) -> None:
-        """Compare each node's ``EngineeringUnits`` (mapped to UCUM) with its configured unit.
+    async def _verify_units(self, client: Client, ids: dict[int, ua.NodeId]) -> dict[int, str]:
+        """Compare each node's ``EngineeringUnits`` (mapped to UCUM) with its configured unit;
+        the nodes whose units contradict it, with the mismatch as their reason, by index.
 
-        A node that reports a different unit refuses the session: publishing its values under
-        the configured unit would be wrong data, not missing data. A node without
-        ``EngineeringUnits``, or with a unit the UNECE table does not map, keeps the configured
-        unit (logged once per node).
+        Such a node is not used: publishing its values under the configured unit would be wrong
+        data, not missing data. A node without ``EngineeringUnits``, or with a unit the UNECE
+        table does not map, keeps the configured unit (logged once per node).
         """
+        if not ids:
+            return {}
         uaclient = client.uaclient
+        order = list(ids)
         paths = [
             ua.BrowsePath(
-                StartingNode=node_id,
+                StartingNode=ids[i],
                 RelativePath=ua.RelativePath([_forward(_HAS_PROPERTY, _ENGINEERING_UNITS)]),
             )
-            for node_id in node_ids
+            for i in order
         ]
         results = await uaclient.translate_browsepaths_to_nodeids(paths)
         with_units = [
             (i, result.Targets[0].TargetId)
-            for i, result in enumerate(results)
+            for i, result in zip(order, results, strict=True)
             if result.StatusCode.is_good() and result.Targets
         ]
         units: dict[int, ua.EUInformation] = {}
@@ -399,9 +514,9 @@ class OpcUaDriver:
             for (i, _), dv in zip(with_units, values, strict=True):
                 if dv.Value is not None and isinstance(dv.Value.Value, ua.EUInformation):
                     units[i] = dv.Value.Value
-        mismatches: list[str] = []
-        for i, node in enumerate(self._nodes):
-            spec = node.spec
+        mismatches: dict[int, str] = {}
+        for i in order:
+            spec = self._nodes[i].spec
             eu = units.get(i)
             if eu is None:
                 self._unit_unverified(spec, "the node has no EngineeringUnits")
@@ -415,15 +530,11 @@ class OpcUaDriver:
                     f" {eu.UnitId}) have no UCUM equivalent",
                 )
             elif not _same_unit(ucum, spec.unit):
-                mismatches.append(
+                mismatches[i] = (
                     f"unit mismatch: node {spec.name} reports {display or eu.UnitId} ({ucum}),"
                     f" configured {spec.unit}"
                 )
-        if mismatches:
-            reason = "; ".join(mismatches)
-            # Once per session: the runtime retries with backoff, each retry is a new session.
-            self._log.error("opcua.unit_mismatch", reason=reason, sessions=self.sessions)
-            raise InstrumentError(reason)
+        return mismatches
 
     def _unit_unverified(self, spec: NodeSpec, why: str) -> None:
         if spec.name in self._unit_warned:
@@ -438,21 +549,26 @@ class OpcUaDriver:
 
     # -- writes ----------------------------------------------------------------------------------
     async def _write_types(
-        self, client: Client, node_ids: list[ua.NodeId]
-    ) -> dict[str, tuple[ua.NodeId, ua.VariantType | None]]:
+        self, client: Client, ids: dict[int, ua.NodeId]
+    ) -> tuple[dict[int, tuple[ua.NodeId, ua.VariantType | None]], dict[int, str]]:
         """The data type of each writable node, so a setpoint is sent as the type the server
-        expects (a Double written to an Int32 node is refused as BadTypeMismatch)."""
-        targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
-        for node, node_id in zip(self._nodes, node_ids, strict=True):
-            if not node.spec.writable:
+        expects (a Double written to an Int32 node is refused as BadTypeMismatch); and the
+        writable nodes whose data type the server would not give, with its status."""
+        targets: dict[int, tuple[ua.NodeId, ua.VariantType | None]] = {}
+        refused: dict[int, str] = {}
+        for i, node_id in ids.items():
+            if not self._nodes[i].spec.writable:
                 continue
             variant_type: ua.VariantType | None
             try:
                 variant_type = await client.get_node(node_id).read_data_type_as_variant_type()
             except ValueError:  # a data type that is no built-in type (a structure)
                 variant_type = None
-            targets[node.spec.name] = (node_id, variant_type)
-        return targets
+            except UaStatusCodeError as exc:
+                refused[i] = status_name(int(exc.code))
+                continue
+            targets[i] = (node_id, variant_type)
+        return targets, refused
 
     async def write(self, channel: str, value: float) -> None:
         """Write a setpoint to a node declared ``writable: true``; anything else raises
@@ -465,6 +581,10 @@ class OpcUaDriver:
             raise WriteRefusedError(f"channel {channel!r} is not writable")
         audit = audit.bind(node=node.where)
         client, target = self._client, self._write_targets.get(channel)
+        unusable = self._unusable.get(self._index[channel]) if client is not None else None
+        if unusable is not None:
+            audit.warning("opcua.write_failed", reason=unusable)
+            raise InstrumentError(f"write of {channel} failed: node not usable: {unusable}")
         if client is None or target is None:
             audit.warning("opcua.write_failed", reason="not connected")
             raise InstrumentError(f"{self.options.url}: not connected")
@@ -501,11 +621,10 @@ class OpcUaDriver:
         audit.info("opcua.write", data_type=variant_type.name)
 
     # -- subscription ----------------------------------------------------------------------------
-    async def _subscribe(
-        self, client: Client, node_ids: list[ua.NodeId]
-    ) -> tuple[Subscription, float]:
-        """One subscription, a monitored item per node and one for the server's state; returns
-        it with how long it may stay silent (no data, no keep-alive) before the session is lost."""
+    async def _subscribe(self, client: Client) -> tuple[Subscription, float]:
+        """One subscription with a monitored item for the server's state (the nodes are added
+        by :meth:`_admit`); returns it with how long it may stay silent (no data, no keep-alive)
+        before the session is lost."""
         o = self.options
         keepalive = max(1, math.ceil(KEEPALIVE_TARGET_MS / o.publishing_interval_ms))
         params = ua.CreateSubscriptionParameters(
@@ -526,6 +645,28 @@ class OpcUaDriver:
         )
         subscription.set_overflow_disconnect_handler(self._overflow)
         revised = await subscription.init()
+        [state] = await subscription.create_monitored_items(
+            [_monitored_item(_SERVER_STATE, len(self._nodes), 0.0, 1)]
+        )
+        if isinstance(state, ua.StatusCode):
+            self._log.info("opcua.server_state_unmonitored", reason=status_name(state.value))
+        keepalive_s = revised.RevisedPublishingInterval * revised.RevisedMaxKeepAliveCount / 1000
+        self._log.info(
+            "opcua.subscribed",
+            nodes=len(self._nodes),
+            publishing_interval_ms=revised.RevisedPublishingInterval,
+            keepalive_s=round(keepalive_s, 3),
+        )
+        return subscription, keepalive_s + o.timeout_s
+
+    async def _monitor(
+        self, subscription: Subscription, ids: dict[int, ua.NodeId]
+    ) -> dict[int, str]:
+        """A monitored item per node (its index is the client handle); the nodes the server
+        refused one for, with the status, by index."""
+        if not ids:
+            return {}
+        o = self.options
         # Enough queue on the server for every sample taken between two publishes.
         queue_size = (
             max(1, math.ceil(o.publishing_interval_ms / o.sampling_interval_ms))
@@ -533,37 +674,28 @@ class OpcUaDriver:
             else 10
         )
         requests = [
-            _monitored_item(node_id, handle, o.sampling_interval_ms, queue_size)
-            for handle, node_id in enumerate(node_ids)
+            _monitored_item(node_id, i, o.sampling_interval_ms, queue_size)
+            for i, node_id in ids.items()
         ]
-        requests.append(_monitored_item(_SERVER_STATE, len(node_ids), 0.0, 1))
         results = await subscription.create_monitored_items(requests)
-        failed = [
-            f"{node.spec.name} ({node.where}): {status_name(r.value)}"
-            for node, r in zip(self._nodes, results, strict=False)
-            if isinstance(r, ua.StatusCode)
-        ]
-        if failed:
-            raise InstrumentError(f"cannot monitor nodes: {'; '.join(failed)}")
-        if isinstance(results[-1], ua.StatusCode):
-            self._log.info("opcua.server_state_unmonitored", reason=status_name(results[-1].value))
-        keepalive_s = revised.RevisedPublishingInterval * revised.RevisedMaxKeepAliveCount / 1000
-        self._log.info(
-            "opcua.subscribed",
-            nodes=len(node_ids),
-            publishing_interval_ms=revised.RevisedPublishingInterval,
-            keepalive_s=round(keepalive_s, 3),
-        )
-        return subscription, keepalive_s + o.timeout_s
+        return {
+            i: status_name(result.value)
+            for i, result in zip(ids, results, strict=True)
+            if isinstance(result, ua.StatusCode)
+        }
 
     def _overflow(self) -> None:
         self._overflowed = True
 
     async def _stream(
-        self, client: Client, subscription: Subscription, silence_s: float, io: InstrumentIO
+        self,
+        client: Client,
+        subscription: Subscription,
+        silence_s: float,
+        io: InstrumentIO,
+        outputs: Sequence[Output],
     ) -> None:
         """Publish notifications until the session is lost; always raises InstrumentError."""
-        outputs = [io.output(node.spec.name) for node in self._nodes]
         name = f"opcua.{self.context.id}"
         notifications = asyncio.create_task(
             self._publish(subscription, outputs, io), name=f"{name}.notifications"
@@ -571,34 +703,41 @@ class OpcUaDriver:
         watch = asyncio.create_task(
             self._watch(client, subscription, silence_s), name=f"{name}.watch"
         )
+        recheck = asyncio.create_task(
+            self._recheck(client, subscription, outputs), name=f"{name}.recheck"
+        )
+        tasks = (notifications, watch, recheck)
         try:
-            done, _ = await asyncio.wait(
-                {notifications, watch}, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
             if notifications not in done:
                 # Notifications received before the loss are queued: one turn of the loop
                 # publishes them all (the queue is drained without waiting) before the cut.
                 await asyncio.sleep(0)
         finally:
-            for task in (notifications, watch):
+            for task in tasks:
                 task.cancel()
-            await asyncio.wait({notifications, watch})
+            await asyncio.wait(set(tasks))
         # Take every task's outcome (an exception left unread is reported at garbage collection),
         # then raise the first: the notification stream's own reason when it has one.
-        errors = [t.exception() for t in (notifications, watch) if not t.cancelled()]
+        errors = [t.exception() for t in tasks if not t.cancelled()]
         for error in errors:
             if error is not None:
                 raise error
         raise InstrumentError(self._lost_reason or "session ended")
 
     async def _publish(
-        self, subscription: Subscription, outputs: list[Output], io: InstrumentIO
+        self, subscription: Subscription, outputs: Sequence[Output], io: InstrumentIO
     ) -> None:
         """The hot path: each data change becomes one published reading."""
         count = len(outputs)
         answered = False
         async for event in subscription:
             if type(event) is DataChangeEvent:
+                if not answered:
+                    answered = True
+                    # Connected means answering: the first data (a node's, or the server's
+                    # state when no node can be used yet) has arrived.
+                    io.connected()
                 item = event.data.monitored_item
                 handle = item.ClientHandle
                 if handle >= count:
@@ -606,9 +745,6 @@ class OpcUaDriver:
                     continue
                 value, source_ts, quality, reason = reading(item.Value)
                 outputs[handle].publish(value, source_ts, quality, reason)
-                if not answered:
-                    answered = True
-                    io.connected()  # connected means answering: the first data has arrived
             elif type(event) is StatusChangeEvent:
                 status = status_name(event.notification.Status.value)
                 raise InstrumentError(self._lost_reason or f"subscription status {status}")
@@ -638,11 +774,15 @@ class OpcUaDriver:
                 last = subscription.last_publish_at or started
                 silent = time.monotonic() - last
                 if silent > silence_s:
+                    self._link_dead = True
                     raise InstrumentError(
                         f"no notification or keep-alive from the server for {silent:.1f} s"
                     )
+                # Wake when the silence would become too long, not a tick later: the frozen
+                # server's detection time is then keep-alive + timeout_s, give or take a publish.
+                wait_s = min(WATCH_TICK_S, silence_s - silent + WATCH_MARGIN_S)
                 with contextlib.suppress(TimeoutError):
-                    await states.next_change(timeout=WATCH_TICK_S)
+                    await states.next_change(timeout=wait_s)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, UaStatusCodeError):

@@ -46,7 +46,8 @@ class NodeSpec(BaseModel):
     unit: str = Field(
         description=(
             "UCUM unit of the values, e.g. Cel, [pH], %, L/min. The server's EngineeringUnits"
-            " are checked against it at every connect; a different unit refuses the session."
+            " are checked against it at every connect; a different unit makes this node bad"
+            " (the others flow) until the server's unit matches."
         )
     )
     writable: bool = Field(
@@ -139,6 +140,16 @@ class OpcUaOptions(BaseModel):
         gt=0,
         le=3_600_000,
         description="How often the server sends the changes it collected (the subscription).",
+    )
+    recheck_interval_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=3600,
+        description=(
+            "How often nodes that cannot be used (missing on the server, not a variable, a unit"
+            " mismatch) are looked for again within the running session; each is published bad"
+            " with its reason meanwhile, and the other nodes flow."
+        ),
     )
     namespaces: dict[str, str] = Field(
         default_factory=dict,
