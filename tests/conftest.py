@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import random
 import socket
 import struct
 import subprocess
@@ -36,11 +37,35 @@ REPO = Path(__file__).resolve().parents[1]
 PollingDriverT = TypeVar("PollingDriverT", bound=PollingDriver)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that was free a moment ago, below the kernel's ephemeral range:
+    a port the kernel hands out (``bind(0)``) may be taken the next moment by some process's
+    outgoing connection before the server under test binds it (EADDRINUSE, seen in CI)."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 async def wait_for(

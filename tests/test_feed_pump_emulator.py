@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
+from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
@@ -83,13 +83,6 @@ async def poll_registers(
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"registers never matched; last: {words}")
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def assert_no_stray_tasks() -> None:

@@ -574,7 +574,8 @@ class OpcUaDriver:
         """Write a setpoint to a node declared ``writable: true``; anything else raises
         :class:`~gateway.WriteRefusedError`. Every write, refused, failed or done, is logged
         (instrument, channel, value, node)."""
-        audit = self._log.bind(channel=channel, value=value)
+        # audit=True: never suppressed as a repeat by the log's rate limit.
+        audit = self._log.bind(channel=channel, value=value, audit=True)
         node = self._by_name.get(channel)
         if node is None or not node.spec.writable:
             audit.warning("opcua.write_refused", reason="not declared writable: true")
