@@ -349,7 +349,10 @@ def resolve_config_path(path: Path | str, info: ValidationInfo) -> Path:
 
     For a validator of a field that is not a plain path (e.g. a serial port that may also be a
     URL); a plain path field simply has the type :data:`ConfigPath`."""
-    resolved = Path(path).expanduser()
+    try:
+        resolved = Path(path).expanduser()
+    except RuntimeError as exc:  # no home folder known for `~` (or for `~user`)
+        raise ValueError(f"cannot expand {str(path)!r}: {exc}") from None
     context = info.context
     if resolved.is_absolute() or not isinstance(context, Mapping):
         return resolved

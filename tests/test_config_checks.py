@@ -30,6 +30,7 @@ from gateway import (
     PluginKind,
     Registry,
     Secret,
+    SecretRef,
     SerialPort,
     build_registry,
     load_plan,
@@ -104,6 +105,16 @@ def test_a_set_secret_passes_check(tmp_path: Path) -> None:
     result = patgw("check", str(secret_config(tmp_path)), env=without(SECRET, **{SECRET: "pw"}))
     assert result.returncode == 0, result.stderr
     assert "valid (1 instrument, 0 processors, 1 signal, 0 emulators, 1 sink)" in result.stdout
+
+
+def test_an_empty_secret_is_refused_when_read_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin reading its secret later (at connect) gets the same reason, not an empty
+    password sent to the device."""
+    monkeypatch.setenv(SECRET, "")
+    with pytest.raises(KeyError, match=f"environment variable {SECRET} is empty"):
+        SecretRef(SECRET).get()
+    monkeypatch.setenv(SECRET, "pw")
+    assert SecretRef(SECRET).get() == "pw"
 
 
 # --- item 6: a key given twice ----------------------------------------------------------------
@@ -314,6 +325,13 @@ def test_a_vendor_plugin_inherits_config_relative_paths_and_secret_checks(
         {"model": "m.json"}, context=validation_context(tmp_path)
     )
     assert in_context.model == tmp_path / "m.json"
+
+    with pytest.raises(ConfigError) as nobody:
+        vendor_plan(tmp_path, model="~patgw_no_such_user/m.json")
+    assert list(nobody.value.problems) == [
+        "instruments[0].options.model: cannot expand '~patgw_no_such_user/m.json':"
+        " Could not determine home directory."
+    ]
 
     monkeypatch.delenv(SECRET, raising=False)
     with pytest.raises(ConfigError) as unset:
