@@ -6,6 +6,7 @@ it are private and may change.
 
 from .api import (
     Channel,
+    ConfigPath,
     Driver,
     Emulator,
     ForwardingSink,
@@ -17,7 +18,10 @@ from .api import (
     ProcessorIO,
     Secret,
     SecretRef,
+    SerialPort,
     Sink,
+    resolve_config_path,
+    validation_context,
 )
 from .errors import (
     ConfigError,
@@ -44,13 +48,15 @@ from .passwords import hash_password, is_password_hash, verify_password
 from .pluginmanager import ENTRY_POINT_GROUP, build_registry
 from .registry import PluginKind, Registry
 from .spectra import SpectralAxis, Spectrum
-from .timefmt import format_ns, now_ns, parse_iso_ns
+from .timefmt import duration_argument, format_ns, now_ns, parse_iso_ns
 from .units import Conversion, compile_conversion, validate_ucum
+from .yamltext import load_yaml
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Channel",
     "ConfigError",
+    "ConfigPath",
     "Conversion",
     "Driver",
     "Emulator",
@@ -71,6 +77,7 @@ __all__ = [
     "Sample",
     "Secret",
     "SecretRef",
+    "SerialPort",
     "Signal",
     "SignalKind",
     "Sink",
@@ -82,16 +89,20 @@ __all__ = [
     "WriteRefusedError",
     "build_registry",
     "compile_conversion",
+    "duration_argument",
     "format_ns",
     "hash_password",
     "historical_json",
     "hookimpl",
     "is_password_hash",
     "load_plan",
+    "load_yaml",
     "now_ns",
     "parse_iso_ns",
+    "resolve_config_path",
     "sample_to_json",
     "sample_to_json_dict",
     "validate_ucum",
+    "validation_context",
     "verify_password",
 ]

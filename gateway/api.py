@@ -19,12 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 from .model import Quality, Sample, Signal, SignalKind
 
 __all__ = [
     "Channel",
+    "ConfigPath",
     "Driver",
     "Emulator",
     "ForwardingSink",
@@ -36,7 +43,10 @@ __all__ = [
     "ProcessorIO",
     "Secret",
     "SecretRef",
+    "SerialPort",
     "Sink",
+    "resolve_config_path",
+    "validation_context",
 ]
 
 
@@ -257,12 +267,21 @@ class SecretRef:
 
     env: str
 
+    def problem(self) -> str | None:
+        """Why :meth:`get` would fail (the variable is unset or empty), or ``None``."""
+        value = os.environ.get(self.env)
+        if value is None:
+            return f"environment variable {self.env} is not set"
+        if not value:
+            return f"environment variable {self.env} is empty"
+        return None
+
     def get(self) -> str:
-        """The secret's value; ``KeyError`` naming the variable when it is not set."""
-        try:
-            return os.environ[self.env]
-        except KeyError:
-            raise KeyError(f"environment variable {self.env} is not set") from None
+        """The secret's value; ``KeyError`` naming the variable when it is unset or empty."""
+        problem = self.problem()
+        if problem is not None:
+            raise KeyError(problem)
+        return os.environ[self.env]
 
     def __repr__(self) -> str:
         return f"SecretRef(env={self.env!r})"
@@ -306,3 +325,56 @@ Secret = Annotated[
     ),
 ]
 """Type for a config field holding a secret: ``password: Secret`` accepts ``env:PUMP_PASSWORD``."""
+
+
+# The key of pydantic's validation context under which the loader gives the configuration
+# file's folder; private: plugins use ConfigPath or resolve_config_path, never the key.
+_CONFIG_DIR = "pat_gateway.config_dir"
+
+
+def validation_context(config_dir: Path) -> dict[str, Any]:
+    """The pydantic validation ``context`` the loader validates a configuration file with:
+    relative :data:`ConfigPath` values resolve against ``config_dir`` (the file's folder).
+
+    For tests and embedders validating plugin options themselves, e.g.
+    ``Options.model_validate(raw, context=validation_context(folder))``."""
+    return {_CONFIG_DIR: Path(config_dir).expanduser().absolute()}
+
+
+def resolve_config_path(path: Path | str, info: ValidationInfo) -> Path:
+    """``path`` as a configuration means it: ``~`` expanded, and a relative path joined to the
+    folder of the configuration file being validated (a service starts in another working
+    directory than a shell). Outside a configuration file (no context: options given on the
+    command line, or built in code) a relative path stays relative, to the working directory.
+
+    For a validator of a field that is not a plain path (e.g. a serial port that may also be a
+    URL); a plain path field simply has the type :data:`ConfigPath`."""
+    try:
+        resolved = Path(path).expanduser()
+    except RuntimeError as exc:  # no home folder known for `~` (or for `~user`)
+        raise ValueError(f"cannot expand {str(path)!r}: {exc}") from None
+    context = info.context
+    if resolved.is_absolute() or not isinstance(context, Mapping):
+        return resolved
+    base = context.get(_CONFIG_DIR)
+    return base / resolved if isinstance(base, Path) else resolved
+
+
+ConfigPath = Annotated[Path, AfterValidator(resolve_config_path)]
+"""Type for a config field holding a file or folder path: relative to the configuration file's
+folder (see :func:`resolve_config_path`), so ``model: models/pls.json`` means the same file
+whatever the working directory. The built-in plugins use it for every path they take."""
+
+
+def _serial_port(port: str, info: ValidationInfo) -> str:
+    # A pyserial URL (socket://, rfc2217://) or a bare port name (COM3, ttyS0 is no path
+    # anyone means relative) is kept; a path with a folder part resolves like a ConfigPath.
+    if "://" in port or "/" not in port:
+        return port
+    return str(resolve_config_path(port, info))
+
+
+SerialPort = Annotated[str, AfterValidator(_serial_port)]
+"""Type for a config field naming a serial port: a device path (``/dev/ttyUSB0``; a relative
+one such as ``data/raman.tty`` resolves like a :data:`ConfigPath`), a bare port name (``COM3``)
+or a pyserial URL (``socket://host:port``), kept as written."""

@@ -24,7 +24,7 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from .api import PluginContext
+from .api import PluginContext, validation_context
 from .errors import ConfigError, GatewayError
 from .export import FORMATS
 from .loader import format_loc, load_plan, read_config
@@ -35,7 +35,8 @@ from .registry import PluginKind, Registration
 from .schema import config_schema
 from .store.backup import backup_store
 from .store.sqlite import SampleStore
-from .timefmt import parse_iso_ns
+from .timefmt import duration_argument, parse_iso_ns
+from .yamltext import load_yaml
 
 __all__ = ["main"]
 
@@ -72,7 +73,9 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run the gateway")
     run.add_argument("config", type=Path)
-    run.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop after")
+    run.add_argument(
+        "--for", dest="duration", type=duration_argument, metavar="SECONDS", help="stop after"
+    )
     run.add_argument("--no-view", action="store_true", help="no live table even on a terminal")
 
     check = sub.add_parser(
@@ -116,7 +119,9 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
         action="store_true",
         help="serve on a pseudo-terminal instead of TCP (serial instruments); prints its path",
     )
-    emulate.add_argument("--for", dest="duration", type=float, metavar="SECONDS")
+    emulate.add_argument(
+        "--for", dest="duration", type=duration_argument, metavar="SECONDS", help="stop after"
+    )
     emulate.add_argument(
         "--option",
         action="append",
@@ -205,6 +210,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     parts = ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
     print(f"{args.config}: valid ({parts})")
+    # Where the files will be, whatever the working directory of the service that runs it.
+    print(f"relative paths resolve against {args.config.parent.absolute()}")
+    print(f"store: {plan.config.store.path}")
+    print(f"data_dir: {plan.config.data_dir}")
     return 0
 
 
@@ -247,8 +256,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _errors([f"--since: not an ISO 8601 time: {args.since!r} ({exc})"])
     if not config.store.path.exists():
-        where = _absolute(config.store.path)
-        return _errors([f"store.path: {where} does not exist (has the gateway run here?)"])
+        return _errors(
+            [f"store.path: {config.store.path} does not exist (has the gateway run with it?)"]
+        )
     store = SampleStore(config.store.path, read_only=True)
     origin = f"PAT Gateway {_version()}, {config.site}/{config.area}"
     try:
@@ -333,16 +343,19 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         if not sep or not key:
             return _errors([f"--option {item!r}: write KEY=VALUE"])
         try:
-            raw[key] = yaml.safe_load(text)
+            raw[key] = load_yaml(text)
         except yaml.YAMLError as exc:
             return _errors([f"--option {key}: invalid YAML value: {exc}"])
     try:
-        options = registration.options_model.model_validate(raw)
+        # Paths given on the command line are the shell's: relative to the working directory.
+        options = registration.options_model.model_validate(
+            raw, context=validation_context(Path.cwd())
+        )
     except ValidationError as exc:
         return _errors(
             [f"{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
         )
-    emulator = registration.factory(options, PluginContext(args.name, Path("data")))
+    emulator = registration.factory(options, PluginContext(args.name, Path("data").absolute()))
 
     async def main() -> int:
         stop = asyncio.Event()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from .api import ConfigPath
 from .errors import UnitError
 from .units import validate_ucum
 
@@ -213,9 +214,10 @@ class SinkConfig(_Closed):
 class StoreConfig(_Closed):
     """The durable local store (SQLite in WAL mode) every sample is committed to."""
 
-    path: Path = Field(
+    path: ConfigPath = Field(
         default=Path("data/patgw.sqlite"),
-        description="Database file; a relative path is taken from the current directory.",
+        validate_default=True,  # the default is relative to the config file's folder too
+        description="Database file; a relative path is relative to the config file's folder.",
     )
     commit_interval_ms: int = Field(
         default=10,
@@ -276,10 +278,15 @@ class GatewayConfig(_Closed):
     area: Identifier = Field(
         description="Process unit (e.g. bioreactor) name; the first part of every signal id."
     )
-    data_dir: Path = Field(
-        default=Path("data"), description="Folder for plugin files; relative to the current dir."
+    data_dir: ConfigPath = Field(
+        default=Path("data"),
+        validate_default=True,
+        description="Folder for the files plugins make themselves (e.g. the OPC UA server's"
+        " certificates); a relative path is relative to the config file's folder.",
     )
-    store: StoreConfig = Field(default_factory=StoreConfig)
+    # A mapping, not a StoreConfig, as the default: it is validated like a written one, so
+    # its relative path resolves against the config file's folder too.
+    store: StoreConfig = Field(default_factory=dict, validate_default=True)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     view: ViewConfig = Field(default_factory=ViewConfig)
     http: HttpConfig | None = Field(

@@ -19,12 +19,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .api import Channel, Driver, PluginContext, Processor
+from .api import Channel, Driver, PluginContext, Processor, SecretRef, validation_context
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
 from .errors import ConfigError, UnitError
 from .model import Signal
 from .registry import PluginKind, Registry
 from .units import Conversion, compile_conversion
+from .yamltext import load_yaml
 
 __all__ = [
     "InstrumentPlan",
@@ -229,7 +230,7 @@ def read_config(path: Path) -> GatewayConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}"]) from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -242,7 +243,7 @@ def read_config(path: Path) -> GatewayConfig:
     if problems:
         raise ConfigError(problems)
     try:
-        config = GatewayConfig.model_validate(expanded)
+        config = GatewayConfig.model_validate(expanded, context=validation_context(path.parent))
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
     duplicates = config.duplicate_ids()
@@ -261,6 +262,25 @@ def _plugin_problem(exc: Exception) -> str:
     return f"plugin failed to build it: {exc!r}"
 
 
+def _unset_secrets(value: object, loc: tuple[str | int, ...]) -> list[str]:
+    """A problem line for every secret in validated options whose variable is unset or empty:
+    caught by ``patgw check``, not when the instrument or sink first needs it."""
+    if isinstance(value, SecretRef):
+        problem = value.problem()
+        return [] if problem is None else [f"{format_loc(loc)}: {problem}"]
+    if isinstance(value, BaseModel):
+        return [
+            problem
+            for name in type(value).model_fields
+            for problem in _unset_secrets(getattr(value, name), (*loc, name))
+        ]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in _unset_secrets(item, (*loc, i))]
+    if isinstance(value, dict):
+        return [p for k, item in value.items() for p in _unset_secrets(item, (*loc, str(k)))]
+    return []
+
+
 def _options(
     registry: Registry,
     kind: PluginKind,
@@ -268,7 +288,12 @@ def _options(
     raw: dict[str, Any],
     loc: tuple[str | int, ...],
     problems: list[str],
+    config_dir: Path,
 ) -> tuple[Any, BaseModel] | None:
+    """The plugin's factory and its validated options, or ``None`` with the problems added.
+
+    Relative paths in the options resolve against ``config_dir``; a secret whose environment
+    variable is unset or empty is a problem here, not a surprise at run time."""
     registration = registry.get(kind, name)
     if registration is None:
         known = ", ".join(registry.names(kind)) or "none installed"
@@ -276,9 +301,15 @@ def _options(
         problems.append(f"{format_loc([*loc, field])}: unknown {kind} {name!r} (known: {known})")
         return None
     try:
-        options = registration.options_model.model_validate(raw)
+        options = registration.options_model.model_validate(
+            raw, context=validation_context(config_dir)
+        )
     except ValidationError as exc:
         problems.extend(_problems(exc, (*loc, "options")))
+        return None
+    unset = _unset_secrets(options, (*loc, "options"))
+    if unset:
+        problems.extend(unset)
         return None
     return registration.factory, options
 
@@ -355,12 +386,15 @@ def _signal_plans(
 def load_plan(path: Path, registry: Registry) -> Plan:
     """Read ``path`` and resolve it against the plugins in ``registry``."""
     config = read_config(path)
+    config_dir = path.parent
     problems: list[str] = []
     instruments = []
     configured: dict[str, Signal] = {}  # every instrument's signals, disabled ones included
     for i, inst in enumerate(config.instruments):
         loc: tuple[str | int, ...] = ("instruments", i)
-        resolved = _options(registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems)
+        resolved = _options(
+            registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems, config_dir
+        )
         if resolved is None:
             continue
         factory, options = resolved
@@ -379,7 +413,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         configured.update((sp.signal.id, sp.signal) for sp in signals)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
-    processors = _processor_plans(config, registry, instruments, configured, problems)
+    processors = _processor_plans(config, registry, instruments, configured, problems, config_dir)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -392,7 +426,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     for kind, section, items in sections:
         for k, item in enumerate(items):
             loc = (section, k)
-            resolved = _options(registry, kind, item.type, item.options, loc, problems)
+            resolved = _options(registry, kind, item.type, item.options, loc, problems, config_dir)
             if resolved is None:
                 continue
             factory, options = resolved
@@ -423,6 +457,7 @@ def _processor_plans(
     instruments: Sequence[InstrumentPlan],
     configured: Mapping[str, Signal],
     problems: list[str],
+    config_dir: Path,
 ) -> list[ProcessorPlan]:
     """Build the processors (all are checked; the enabled ones are returned), resolve what each
     reads (the signals of instruments and of processors before it) and bind those to it. An
@@ -434,7 +469,9 @@ def _processor_plans(
     plans: list[ProcessorPlan] = []
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
-        resolved = _options(registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems)
+        resolved = _options(
+            registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems, config_dir
+        )
         if resolved is None:
             continue
         factory, options = resolved

@@ -1,12 +1,15 @@
-"""UTC timestamps as integer nanoseconds, and their RFC 3339 text form with nine digits."""
+"""UTC timestamps as integer nanoseconds, their RFC 3339 text form with nine digits, and
+durations given on the command line."""
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import time
 from datetime import UTC, datetime
 
-__all__ = ["format_ns", "now_ns", "parse_iso_ns"]
+__all__ = ["duration_argument", "format_ns", "now_ns", "parse_iso_ns"]
 
 now_ns = time.time_ns
 
@@ -55,3 +58,19 @@ def parse_iso_ns(text: str) -> int:
         parsed = parsed.replace(tzinfo=UTC)
     whole = parsed.replace(microsecond=0)
     return int(whole.timestamp()) * _NS_PER_S + frac_ns
+
+
+def duration_argument(text: str) -> float:
+    """An ``argparse`` type for a duration in seconds (``--for 30``): a finite number above 0.
+
+    ``float`` alone takes ``-5``, ``nan`` and ``inf``, which would stop a run at once or never;
+    argparse reports this error as a usage error (exit 2) naming the option."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"a duration must be a finite number of seconds above 0, not {text!r}"
+        )
+    return seconds

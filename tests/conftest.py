@@ -124,14 +124,18 @@ def patgw(
     )
 
 
-def demo_copy(tmp_path: Path) -> tuple[Path, int]:
-    """configs/demo.yaml, moved to free ports, in a scratch working directory; returns the
-    feed pump's port."""
+def demo_copy(tmp_path: Path, name: str = "demo.yaml") -> tuple[Path, int]:
+    """configs/``name`` moved to free ports, as ``tmp_path/configs/name`` beside the shipped
+    models: its relative paths (``../data/...``) land in ``tmp_path/data`` as the demo's land in
+    the repository's data/. Returns the feed pump's port."""
     port = free_port()
-    text = (REPO / "configs" / "demo.yaml").read_text().replace("15020", str(port))
+    text = (REPO / "configs" / name).read_text().replace("15020", str(port))
     text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
-    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
-    path = tmp_path / "demo.yaml"
+    folder = tmp_path / "configs"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "models").exists():
+        (folder / "models").symlink_to(REPO / "configs" / "models")
+    path = folder / name
     path.write_text(text)
     return path, port
 

@@ -111,8 +111,9 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     cfg = read_config(write(tmp_path, {"area": "reactor1"}))
     assert isinstance(cfg, GatewayConfig)
     assert (cfg.version, cfg.site, cfg.area) == (1, "site", "reactor1")
-    assert cfg.data_dir == Path("data")
-    assert cfg.store.path == Path("data/patgw.sqlite")
+    # Relative to the config file's folder, like every relative path in it.
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.store.path == tmp_path / "data" / "patgw.sqlite"
     assert (cfg.store.commit_interval_ms, cfg.store.synchronous, cfg.store.on_full) == (
         10,
         "normal",
@@ -359,7 +360,7 @@ def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink_and_the_health_endpoint(
     mqtt = read_config(REPO / "configs" / "demo-mqtt.yaml").model_dump()
     assert mqtt.pop("http") == {"host": "127.0.0.1", "port": 9180}
     assert demo.pop("http") is None
-    assert mqtt["store"].pop("path") == Path("data/demo-mqtt.sqlite")
+    assert mqtt["store"].pop("path") == REPO / "configs" / "../data/demo-mqtt.sqlite"
     demo["store"].pop("path")
     *sinks, upstream = mqtt.pop("sinks")
     assert sinks == demo.pop("sinks")
@@ -707,8 +708,9 @@ def test_channel_with_a_non_ucum_unit(tmp_path: Path, fake_registry: Registry) -
 
 
 def test_secret_option_from_the_environment(
-    tmp_path: Path, plugin: MyPlugin, fake_registry: Registry
+    tmp_path: Path, plugin: MyPlugin, fake_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("PROBE_TOKEN", "s3cret")
     load_plan(write(tmp_path, config(fake(options={"token": "env:PROBE_TOKEN"}))), fake_registry)
     assert plugin.built[0].options.token == SecretRef("PROBE_TOKEN")
 
@@ -794,9 +796,13 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
     path = REPO / "configs" / "demo.yaml"
     assert main(["check", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out == (
-        f"{path}: valid (3 instruments, 1 processor, 26 signals, 3 emulators, 2 sinks)\n"
-    )
+    configs = REPO / "configs"
+    assert out.splitlines() == [
+        f"{path}: valid (3 instruments, 1 processor, 26 signals, 3 emulators, 2 sinks)",
+        f"relative paths resolve against {configs}",
+        f"store: {configs / '../data/demo.sqlite'}",
+        f"data_dir: {configs / '../data'}",
+    ]
     assert err == ""
 
 

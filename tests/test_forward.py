@@ -165,7 +165,7 @@ async def test_an_outage_loses_nothing_and_the_backlog_comes_flagged_historical(
         backlog = [s.seq for s, h in sink.received if h and s.signal == signal]
         assert backlog == sorted(backlog)
     # The JSON-lines sink never went down: every sample once, none historical.
-    lines = [json.loads(x) for x in (tmp_path / "data" / "lines.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "lines.jsonl").read_text().splitlines()]
     assert {(x["signal"], x["seq"]) for x in lines} == store_view
     assert len(lines) == len(store_view) and not any("historical" in x for x in lines)
 

@@ -32,7 +32,8 @@ def test_jsonl_file_has_no_corrupt_line_after_a_full_disk(tmp_path: Path) -> Non
                    for i in range(200)]
 
         async def main():
-            sink = JsonlFileSink(JsonlFileOptions(path="out.jsonl"), Ctx())
+            options = JsonlFileOptions(path=Path({str(tmp_path)!r}) / "out.jsonl")
+            sink = JsonlFileSink(options, Ctx())
             async with sink:
                 await sink.forward(samples[:10], False)  # fine
                 size = sink.path.stat().st_size

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, pump_instrument, running, wait_for, write_config
+from conftest import demo_copy, free_port, pump_instrument, running, wait_for, write_config
 from mosquitto import Mosquitto, Subscriber
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,7 +48,6 @@ from gateway.runtime import Gateway
 from gateway.runtime.forward import Forwarder, SinkState
 from gateway.store import Loss, SampleStore
 
-REPO = Path(__file__).resolve().parents[1]
 SITE = "e2e"
 SINK = "mqtt"
 POLL_S = 0.02  # the pump is read 50 times a second: 7 signals, ~350 samples/s
@@ -716,13 +715,8 @@ def demo_mqtt_copy(folder: Path) -> tuple[Path, int]:
     """configs/demo-mqtt.yaml moved to free ports as tests/test_cli.py moves the demo; returns
     the HTTP port."""
     http_port = free_port()
-    text = (REPO / "configs" / "demo-mqtt.yaml").read_text()
-    text = text.replace("15020", str(free_port())).replace("14840", str(free_port()))
-    text = text.replace("port: 4840", f"port: {free_port()}")
-    text = text.replace("port: 9180", f"port: {http_port}")
-    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
-    path = folder / "demo-mqtt.yaml"
-    path.write_text(text)
+    path, _ = demo_copy(folder, "demo-mqtt.yaml")
+    path.write_text(path.read_text().replace("port: 9180", f"port: {http_port}"))
     return path, http_port
 
 

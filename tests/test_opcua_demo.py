@@ -17,29 +17,21 @@ from asyncua import Client, ua
 from asyncua.crypto import security_policies
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
-from conftest import free_port, make_client_cert, running, wait_for
+from conftest import demo_copy, make_client_cert, running, wait_for
 
 from gateway import build_registry, load_plan
 from gateway.store import SampleStore
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"  # as the README documents
 
 
 @pytest.mark.asyncio
 async def test_demo_controller_in_and_secure_server_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # the demo's paths (data/...) are relative to the working dir
-    north = free_port()
-    text = (REPO / "configs" / "demo.yaml").read_text()
-    for port in ("15020", "14840"):
-        text = text.replace(port, str(free_port()))
-    text = text.replace("port: 4840", f"port: {north}")
-    text = text.replace("model: configs/", f"model: {REPO}/configs/")  # not in the scratch dir
-    config = tmp_path / "demo.yaml"
-    config.write_text(text)
+    config, _ = demo_copy(tmp_path)  # its data/ is tmp_path/data, whatever the working dir
     plan = load_plan(config, build_registry())
+    north = next(s.instance.options.port for s in plan.sinks if s.type == "opcua_server")
     client_cert = make_client_cert(tmp_path / "client", "demo-client")
     trusted = tmp_path / "data" / "opcua" / "pki" / "trusted"
     url = f"opc.tcp://127.0.0.1:{north}/pat-gateway"

@@ -40,6 +40,7 @@ from gateway import (
     WriteRefusedError,
     build_registry,
     load_plan,
+    validation_context,
 )
 from gateway.runtime import Gateway
 from gateway.store import SampleStore
@@ -898,7 +899,7 @@ def identity(folder: Path, name: str, uri: str, usage: x509.ObjectIdentifier) ->
 async def test_signed_and_encrypted_sessions_with_the_clients_own_certificate(
     tmp_path: Path,
 ) -> None:
-    data = tmp_path / "data"  # relative paths in the options are under data_dir
+    data = tmp_path / "config"  # relative paths in the options: the config file's folder
     server_id = identity(
         data, "server", "urn:pat-gateway:test:server", ExtendedKeyUsageOID.SERVER_AUTH
     )
@@ -911,8 +912,10 @@ async def test_signed_and_encrypted_sessions_with_the_clients_own_certificate(
 
         def driver(**extra: Any) -> OpcUaDriver:
             return OpcUaDriver(
-                OpcUaOptions.model_validate(options(device.url, **extra)),
-                PluginContext("ctl", data),
+                OpcUaOptions.model_validate(
+                    options(device.url, **extra), context=validation_context(data)
+                ),
+                PluginContext("ctl", tmp_path / "data"),
             )
 
         pinned = driver(security="Basic256Sha256", server_certificate="server.der", **secure)

@@ -20,7 +20,7 @@ MODEL = REPO / "configs" / "models" / "raman-glucose-lactate.json"
 
 
 def exported(config: Path, pattern: str) -> dict[str, list[dict[str, Any]]]:
-    result = patgw("export", str(config), "--signal", pattern, cwd=config.parent)
+    result = patgw("export", str(config), "--signal", pattern)
     assert result.returncode == 0, result.stderr
     out: dict[str, list[dict[str, Any]]] = {}
     for line in result.stdout.splitlines():
@@ -33,8 +33,12 @@ def test_demo_exports_predictions_at_the_spectra_times_tracking_the_truth(
     tmp_path: Path,
 ) -> None:
     config, _ = demo_copy(tmp_path)
-    result = patgw("run", str(config), "--for", "30", "--no-view", cwd=tmp_path, timeout=120)
+    # Another working directory than the config's: its paths resolve against its own folder.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = patgw("run", str(config), "--for", "30", "--no-view", cwd=elsewhere, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(elsewhere.iterdir()) == []  # nothing written where it was started
 
     spectra = exported(config, "reactor1/raman/spectrum")["spectrum"]
     predicted = exported(config, "reactor1/softsensor/*")

@@ -16,7 +16,7 @@ from typing import Literal, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import PluginContext, Registry, hookimpl
+from gateway import ConfigPath, PluginContext, Registry, hookimpl
 
 from ..bioreactor import lookup, shared_process
 from ..schedule import FaultSchedule, ScheduledEmulator
@@ -63,9 +63,10 @@ class RamanOptions(BaseModel):
         default=False,
         description="true = a pseudo-terminal (serial device); false = TCP for socket:// URLs.",
     )
-    link: str | None = Field(
+    link: ConfigPath | None = Field(
         default=None,
-        description="Symlink to the pseudo-terminal, created at start (only with serial).",
+        description="Symlink to the pseudo-terminal, created at start (only with serial);"
+        " a relative path is relative to the config file's folder.",
     )
     host: str = Field(default="127.0.0.1", description="TCP listen address (loopback default).")
     port: int = Field(default=15030, ge=0, le=65535, description="TCP port; 0 = any.")

@@ -14,11 +14,18 @@ import contextlib
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import PluginContext, Registry, Sample, historical_json, hookimpl, sample_to_json
+from gateway import (
+    ConfigPath,
+    PluginContext,
+    Registry,
+    Sample,
+    historical_json,
+    hookimpl,
+    sample_to_json,
+)
 
 __all__ = ["JsonlFileOptions", "JsonlFileSink"]
 
@@ -28,7 +35,9 @@ class JsonlFileOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Path = Field(description="File to append to; relative paths are under data_dir.")
+    path: ConfigPath = Field(
+        description="File to append to; a relative path is relative to the config file's folder."
+    )
     fsync: bool = Field(default=False, description="fsync after every batch (slower, safer).")
 
 
@@ -41,8 +50,7 @@ class JsonlFileSink:
     """
 
     def __init__(self, options: JsonlFileOptions, context: PluginContext) -> None:
-        path = options.path
-        self.path = path if path.is_absolute() else context.data_dir / path
+        self.path = options.path
         self.fsync = options.fsync
         self._fd: int | None = None
         # One write at a time: a write abandoned by a timeout may still be running when the

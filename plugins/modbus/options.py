@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway import SerialPort
+
 from .profiles import load_profile
 from .registers import RegisterSpec
 
@@ -20,9 +22,10 @@ class ModbusOptions(BaseModel):
     transport: Literal["tcp", "rtu"] = Field(default="tcp", description="Modbus TCP or RTU.")
     host: str = Field(default="127.0.0.1", description="TCP: instrument address.")
     port: int = Field(default=502, ge=1, le=65535, description="TCP: instrument port.")
-    serial_port: str | None = Field(
+    serial_port: SerialPort | None = Field(
         default=None,
-        description="RTU: device path (/dev/ttyUSB0) or pyserial URL (socket://host:port).",
+        description="RTU: device path (/dev/ttyUSB0; a relative one is relative to the config"
+        " file's folder) or pyserial URL (socket://host:port).",
     )
     baudrate: int = Field(default=19200, gt=0, description="RTU: bits per second.")
     bytesize: Literal[7, 8] = 8

@@ -9,6 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway import load_yaml
+
 from .registers import RegisterSpec
 
 __all__ = ["Profile", "available_profiles", "load_profile"]
@@ -40,7 +42,7 @@ def load_profile(name: str) -> Profile:
     if not name.replace("_", "").isalnum() or not path.is_file():
         raise ValueError(f"unknown profile {name!r} (known: {', '.join(available_profiles())})")
     try:
-        return Profile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return Profile.model_validate(load_yaml(path.read_text(encoding="utf-8")))
     except (ValidationError, yaml.YAMLError) as exc:
         # A shipped profile that does not validate is our bug; say which file.
         raise ValueError(f"profile {name!r} ({path}) is invalid: {exc}") from exc

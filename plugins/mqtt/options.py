@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway import Secret
+from gateway import ConfigPath, Secret
 
 __all__ = [
     "META_FIELDS",
@@ -123,23 +122,23 @@ def check_template(template: str, fields: frozenset[str]) -> str:
 
 
 class TlsOptions(BaseModel):
-    """Certificates for an ``mqtts://`` broker. Relative paths are relative to the current
-    directory of the gateway process (not to ``data_dir``)."""
+    """Certificates for an ``mqtts://`` broker. Relative paths are relative to the
+    configuration file's folder."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ca_file: Path | None = Field(
+    ca_file: ConfigPath | None = Field(
         default=None,
         description=(
             "PEM file of the certificate authorities that may sign the broker's certificate;"
             " only these are trusted. Default: the system's trusted CAs."
         ),
     )
-    cert_file: Path | None = Field(
+    cert_file: ConfigPath | None = Field(
         default=None,
         description="PEM file of the gateway's client certificate, for brokers that ask for one.",
     )
-    key_file: Path | None = Field(
+    key_file: ConfigPath | None = Field(
         default=None,
         description=(
             "PEM file of the client certificate's private key (unencrypted). Default: the key"

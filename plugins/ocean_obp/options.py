@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from gateway import SerialPort
+
 __all__ = ["ObpOptions"]
 
 
@@ -14,10 +16,11 @@ class ObpOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    port: str = Field(
+    port: SerialPort = Field(
         min_length=1,
         description=(
-            "Serial device path (/dev/ttyUSB0, a pty) or pyserial URL (socket://127.0.0.1:15030)."
+            "Serial device path (/dev/ttyUSB0, a pty; a relative one like data/raman.tty is"
+            " relative to the config file's folder) or pyserial URL (socket://127.0.0.1:15030)."
         ),
     )
     baudrate: int = Field(default=115200, gt=0, description="Serial line speed, bits per second.")

@@ -317,9 +317,10 @@ class OpcUaDriver:
                 f" ({self.options.server_certificate})"
             )
 
-    def _path(self, path: Path | None) -> Path:
+    @staticmethod
+    def _path(path: Path | None) -> Path:
         assert path is not None  # the options model requires it with a security policy
-        return path if path.is_absolute() else self.context.data_dir / path
+        return path  # relative to the config file's folder already (ConfigPath)
 
     async def _close(self, client: Client, opened: bool) -> None:
         """End the session: CloseSession (bounded), stop asyncua's tasks, drop the socket.

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from gateway import Secret, UnitError, validate_ucum
+from gateway import ConfigPath, Secret, UnitError, validate_ucum
 
 from .nodes import ALIAS_PATTERN, parse_browse_step, parse_node_ref
 
@@ -92,26 +91,27 @@ class OpcUaOptions(BaseModel):
         default=None,
         description="Message security mode with a security policy; default sign_and_encrypt.",
     )
-    certificate: Path | None = Field(
+    certificate: ConfigPath | None = Field(
         default=None,
         description=(
-            "The gateway's own application instance certificate (DER or PEM), relative to"
-            " data_dir; its URI subject alternative name becomes the client's application URI."
+            "The gateway's own application instance certificate (DER or PEM), relative to the"
+            " config file's folder; its URI subject alternative name becomes the client's"
+            " application URI."
         ),
     )
-    private_key: Path | None = Field(
+    private_key: ConfigPath | None = Field(
         default=None,
-        description="The certificate's private key (PEM or DER), relative to data_dir.",
+        description="The certificate's private key (PEM or DER), relative to the config's folder.",
     )
     private_key_password: Secret | None = Field(
         default=None, description="Password of an encrypted private key: env:VARIABLE."
     )
-    server_certificate: Path | None = Field(
+    server_certificate: ConfigPath | None = Field(
         default=None,
         description=(
-            "The server's certificate, relative to data_dir: the session is refused unless the"
-            " server presents exactly this one. Without it the certificate the server offers is"
-            " used unverified."
+            "The server's certificate, relative to the config file's folder: the session is"
+            " refused unless the server presents exactly this one. Without it the certificate"
+            " the server offers is used unverified."
         ),
     )
     username: str | None = Field(

@@ -7,12 +7,11 @@ named option.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway import is_password_hash
+from gateway import ConfigPath, is_password_hash
 
 __all__ = ["OpcUaServerOptions", "UserOptions"]
 
@@ -106,12 +105,12 @@ class OpcUaServerOptions(BaseModel):
             " none, nobody can."
         ),
     )
-    trusted_clients_dir: Path | None = Field(
+    trusted_clients_dir: ConfigPath | None = Field(
         default=None,
         description=(
             "Folder of trusted client certificates (.der or .pem), one file each; only these"
-            " clients may open a session. Relative paths are under data_dir. Default:"
-            " <data_dir>/opcua/pki/trusted. Read again whenever it changes."
+            " clients may open a session. A relative path is relative to the config file's"
+            " folder. Default: <data_dir>/opcua/pki/trusted. Read again whenever it changes."
         ),
     )
     allow_insecure: bool = Field(

@@ -65,8 +65,6 @@ class OpcUaServerSink:
         pki = context.data_dir / "opcua" / "pki"
         self.own_dir = pki / "own"
         trusted = options.trusted_clients_dir
-        if trusted is not None and not trusted.is_absolute():
-            trusted = context.data_dir / trusted
         self.trusted_dir = trusted if trusted is not None else pki / "trusted"
         self.rejected_dir = pki / "rejected"
         self.application_uri = (

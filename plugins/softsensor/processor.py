@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import structlog
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import (
     Channel,
+    ConfigPath,
     Output,
     PluginContext,
     ProcessorIO,
@@ -59,9 +59,9 @@ class PlsOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Path = Field(
-        description="The model file (written by 'patgw model fit'); a relative path is taken"
-        " from the current directory."
+    model: ConfigPath = Field(
+        description="The model file (written by 'patgw model fit'); a relative path is"
+        " relative to the config file's folder."
     )
     spectrum: str = Field(
         description="The spectrum signal to apply it to: 'instrument/signal' within the"
