@@ -2,9 +2,13 @@
 
 Every problem found is collected and reported at once as a :class:`ConfigError` whose lines
 name the path to the bad field, e.g. ``instruments[0].signals[2].unit: unknown UCUM unit
-'ml/mn'``. Nothing here does I/O beyond reading the file and the environment: string values
-may hold ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` (see
-:func:`read_config`).
+'ml/mn'``. A valid configuration may still carry warnings (:attr:`Plan.warnings`, printed by
+``patgw check`` and logged by ``patgw run``): a plugin's options model contributes them by
+defining ``config_warnings(self) -> Sequence[str]``, lines ``"field: message"`` relative to
+its ``options:`` block.
+
+Nothing here does I/O beyond reading the file and the environment: string values may hold
+``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` (see :func:`read_config`).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class Plan:
     emulators: tuple[ComponentPlan, ...]
     sinks: tuple[ComponentPlan, ...]
     processors: tuple[ProcessorPlan, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """``"path: message"`` lines: valid, but probably not what is meant (see the module)."""
 
     @property
     def signals(self) -> list[Signal]:
@@ -268,6 +274,7 @@ def _options(
     raw: dict[str, Any],
     loc: tuple[str | int, ...],
     problems: list[str],
+    warnings: list[str],
 ) -> tuple[Any, BaseModel] | None:
     registration = registry.get(kind, name)
     if registration is None:
@@ -280,6 +287,9 @@ def _options(
     except ValidationError as exc:
         problems.extend(_problems(exc, (*loc, "options")))
         return None
+    config_warnings = getattr(options, "config_warnings", None)
+    if callable(config_warnings):
+        warnings.extend(f"{format_loc([*loc, 'options'])}.{line}" for line in config_warnings())
     return registration.factory, options
 
 
@@ -356,11 +366,14 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     """Read ``path`` and resolve it against the plugins in ``registry``."""
     config = read_config(path)
     problems: list[str] = []
+    warnings: list[str] = []
     instruments = []
     configured: dict[str, Signal] = {}  # every instrument's signals, disabled ones included
     for i, inst in enumerate(config.instruments):
         loc: tuple[str | int, ...] = ("instruments", i)
-        resolved = _options(registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems)
+        resolved = _options(
+            registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems, warnings
+        )
         if resolved is None:
             continue
         factory, options = resolved
@@ -379,7 +392,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         configured.update((sp.signal.id, sp.signal) for sp in signals)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
-    processors = _processor_plans(config, registry, instruments, configured, problems)
+    processors = _processor_plans(config, registry, instruments, configured, problems, warnings)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -392,7 +405,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     for kind, section, items in sections:
         for k, item in enumerate(items):
             loc = (section, k)
-            resolved = _options(registry, kind, item.type, item.options, loc, problems)
+            resolved = _options(registry, kind, item.type, item.options, loc, problems, warnings)
             if resolved is None:
                 continue
             factory, options = resolved
@@ -414,6 +427,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         tuple(components[PluginKind.EMULATOR]),
         tuple(components[PluginKind.SINK]),
         tuple(processors),
+        tuple(warnings),
     )
 
 
@@ -423,6 +437,7 @@ def _processor_plans(
     instruments: Sequence[InstrumentPlan],
     configured: Mapping[str, Signal],
     problems: list[str],
+    warnings: list[str],
 ) -> list[ProcessorPlan]:
     """Build the processors (all are checked; the enabled ones are returned), resolve what each
     reads (the signals of instruments and of processors before it) and bind those to it. An
@@ -434,7 +449,9 @@ def _processor_plans(
     plans: list[ProcessorPlan] = []
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
-        resolved = _options(registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems)
+        resolved = _options(
+            registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems, warnings
+        )
         if resolved is None:
             continue
         factory, options = resolved

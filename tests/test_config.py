@@ -364,11 +364,13 @@ def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink_and_the_health_endpoint(
     *sinks, upstream = mqtt.pop("sinks")
     assert sinks == demo.pop("sinks")
     assert (upstream["id"], upstream["type"]) == ("mqtt", "mqtt")
-    assert upstream["options"] == {"url": "mqtt://127.0.0.1:1883"}
+    # MQTT 5, spelled out: a broker's ACL refusal is then seen (patgw check warns on 3.1.1).
+    assert upstream["options"] == {"url": "mqtt://127.0.0.1:1883", "protocol": "5"}
     assert mqtt == demo
     monkeypatch.setenv("MQTT_URL", "mqtts://broker.example:8883")
     plan = load_plan(REPO / "configs" / "demo-mqtt.yaml", registry)
     assert plan.sinks[-1].instance.url == "mqtts://broker.example:8883"
+    assert plan.warnings == ()
 
 
 def test_configs_directory_is_not_empty() -> None:
