@@ -43,6 +43,9 @@ from gateway import (
     historical_json,
     sample_to_json_dict,
 )
+from gateway.config import SinkConfig
+from gateway.runtime.forward import BacklogReader, Forwarder
+from gateway.store import SampleStore
 from plugins.mqtt.plugin import MqttError, MqttOptions, MqttSink
 
 SITE = "plant7"
@@ -562,6 +565,48 @@ async def test_a_broker_that_never_sends_connack_is_named(tmp_path: Path) -> Non
     assert "no CONNACK within 0.5 s" in message, message
     assert f"127.0.0.1:{port}" in message
     assert not paho_threads()
+
+
+@pytest.mark.asyncio
+async def test_a_forward_timing_out_in_the_runtime_says_so(tmp_path: Path) -> None:
+    """The runtime's own send timeout (shorter here than the sink's connect timeout) names
+    itself, not ``TimeoutError()``; with the defaults the sink's connect timeout comes first
+    and names its step."""
+    assert MqttOptions().connect_timeout_s < SinkConfig(id="x", type="mqtt").send_timeout_s
+    store = SampleStore(tmp_path / "s.sqlite")
+    stored = store.define([FLOW])
+    store.commit([(stored[FLOW.id].def_id, 0, T0, T0, 0, 1.0, None)], {FLOW.id: 1})
+    store.close()
+    names = {stored[FLOW.id].def_id: (FLOW.id, FLOW.unit)}
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader = BacklogReader(tmp_path / "s.sqlite")
+    config = SinkConfig(
+        id="up", type="mqtt", start_from="earliest", send_timeout_s=0.3, retry={"initial_s": 5}
+    )
+    try:
+        async with make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, connect_timeout_s=5) as sink:
+            forwarder = Forwarder("up", sink, config, names, reader)
+            forwarder.start(None, 1)
+            task = asyncio.create_task(forwarder.run(), name="test.forwarder")
+            try:
+                await wait_for(lambda: forwarder.stats.failures, within=5, what="a failure")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await reader.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    error = forwarder.stats.last_error
+    assert error == "forward not acknowledged within 0.3 s (send_timeout_s)", error
 
 
 def test_mqtt_3_and_qos_2_are_valid_but_warned_about() -> None:
