@@ -670,6 +670,23 @@ async def test_tls_with_the_brokers_ca(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_unreadable_tls_file_is_named(tmp_path: Path) -> None:
+    tls = make_broker_tls(tmp_path / "pki")
+    missing = tmp_path / "pki" / "missing.pem"
+    async with Mosquitto(tmp_path / "broker", tls=tls) as broker:
+        for options in (
+            {"ca_file": str(missing)},
+            {"ca_file": str(tls.ca), "cert_file": str(missing)},
+        ):
+            async with make_sink(broker.url, tmp_path, tls=options) as sink:
+                with pytest.raises(MqttError) as excinfo:
+                    await sink.forward([sample(FLOW, 0)], historical=False)
+            message = str(excinfo.value)
+            assert str(missing) in message and "No such file" in message, message
+    assert not paho_threads()
+
+
+@pytest.mark.asyncio
 async def test_tls_checks_the_host_name_unless_told_not_to(tmp_path: Path) -> None:
     tls = make_broker_tls(tmp_path / "pki", host="127.0.0.2")  # and localhost, not 127.0.0.1
     async with Mosquitto(tmp_path / "broker", tls=tls) as broker:

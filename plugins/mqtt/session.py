@@ -36,8 +36,9 @@ import socket
 import ssl
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
@@ -139,16 +140,28 @@ class _TlsContext(ssl.SSLContext):
         return sock
 
 
+@contextlib.contextmanager
+def _reading(fields: str, *paths: Path | None) -> Iterator[None]:
+    """Name the option and file in an error reading it (ssl's own errors name neither)."""
+    try:
+        yield
+    except OSError as exc:
+        names = ", ".join(str(p) for p in paths if p is not None)
+        raise OSError(f"{fields} ({names}): {exc.strerror or exc}") from exc
+
+
 def _tls_context(tls: TlsOptions | None) -> _TlsContext:
     # Reads files: called on the connecting worker thread.
     context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
     if tls is not None and tls.ca_file is not None:
-        context.load_verify_locations(tls.ca_file)  # only these CAs
+        with _reading("tls.ca_file", tls.ca_file):
+            context.load_verify_locations(tls.ca_file)  # only these CAs
     else:
         context.load_default_certs()
     if tls is not None:
         if tls.cert_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            with _reading("tls.cert_file/key_file", tls.cert_file, tls.key_file):
+                context.load_cert_chain(tls.cert_file, tls.key_file)
         context.check_hostname = tls.verify_hostname
     return context
 
