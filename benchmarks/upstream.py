@@ -9,6 +9,7 @@ process, so that receiving does not share the gateway's interpreter. Prints one 
     python benchmarks/upstream.py                           # all phases, a 300 s outage (~7 min)
     python benchmarks/upstream.py --outage-s 30             # the quick run
     python benchmarks/upstream.py --phases throughput,latency --payload sample
+    python benchmarks/upstream.py --no-outage --protocol 3.1.1   # MQTT 5 is the default
     python benchmarks/upstream.py --broker mqtt://10.0.0.5:1883 --no-outage
 
 Each phase starts a fresh gateway, store and subscriber. The subscriber only notes when each
@@ -634,7 +635,7 @@ def write_config(
     sink: dict[str, Any] = {
         "id": "mqtt",
         "type": "mqtt",
-        "options": {"url": url, "payload": args.payload, "qos": 1},
+        "options": {"url": url, "payload": args.payload, "qos": 1, "protocol": args.protocol},
     }
     if args.topic is not None:
         sink["options"]["topic"] = args.topic
@@ -1045,6 +1046,7 @@ async def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "phases": list(args.phases),
                 "broker": "external" if args.broker else "mosquitto on loopback, started here",
                 "payload": args.payload,
+                "protocol": args.protocol,
                 "topic": args.topic or "pat/{site}/{area}/{instrument}/{signal} (default)",
                 "qos": 1,
                 "signals": args.signals,
@@ -1103,6 +1105,7 @@ def main() -> int:
     parser.add_argument("--steady-s", type=float, default=5.0, help="running before the outage")
     parser.add_argument("--signals", type=int, default=100)
     parser.add_argument("--payload", choices=("sample", "batch"), default="batch")
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")
     parser.add_argument(
         "--topic",
         default=None,

@@ -203,6 +203,14 @@ class ForwardingSink(Sink, Protocol):
     samples to its transport in call order (before its first ``await``, for instance), so that
     per-signal order is kept within each lane. After a failure some samples may be delivered
     twice; consumers de-duplicate on ``(signal, seq)``.
+
+    **Refusals.** When the destination takes the batch but refuses some samples on purpose (an
+    MQTT 5 broker's "Not authorized" for one topic), ``forward`` waits for the answers to the
+    others, then raises :class:`~gateway.errors.SamplesRefusedError` listing the refused ones
+    (:class:`~gateway.errors.Refusal`: positions, what was refused, the destination's reason)
+    and keeps its connection. The runtime then counts the others as delivered, records the
+    refused ones as lost to this sink, and quarantines their signals (probing on a backoff)
+    instead of retrying the batch: one refused topic never stalls the rest.
     """
 
     async def forward(self, samples: Sequence[Sample], historical: bool) -> None: ...

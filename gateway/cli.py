@@ -187,6 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.log_format or config.logging.format, args.log_level or config.logging.level
     )
     plan = load_plan(args.config, build_registry())
+    for warning in plan.warnings:
+        log.warning("config.warning", warning=warning)
     interactive = sys.stdout.isatty() and not args.no_view
     configure_interpreter()
 
@@ -209,6 +211,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         (len(plan.sinks), "sink"),
     )
     parts = ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
+    for warning in plan.warnings:  # valid all the same: exit 0
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid ({parts})")
     # Where the files will be, whatever the working directory of the service that runs it.
     print(f"relative paths resolve against {args.config.parent.absolute()}")

@@ -9,6 +9,8 @@
      ├── InstrumentError      an instrument cannot be reached or answered badly (drivers raise it;
      │                        the runtime marks the instrument's signals bad and reconnects)
      ├── WriteRefusedError    a write (setpoint) outside the configured allow-list, or unencodable
+     ├── SamplesRefusedError  a forwarding sink's destination took a batch but refused some of its
+     │                        samples for good (an MQTT topic its ACL denies); carries Refusals
      └── StoreError           the durable store cannot be opened or written
           └── StoreFullError  the disk (or the store's page limit) is full
 
@@ -19,12 +21,15 @@ they enter, with ``raise ... from exc`` so the original stays visible in traceba
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
     "GatewayError",
     "InstrumentError",
     "PluginError",
+    "Refusal",
+    "SamplesRefusedError",
     "StoreError",
     "StoreFullError",
     "UnitError",
@@ -72,3 +77,43 @@ class StoreError(GatewayError):
 
 class StoreFullError(StoreError):
     """The store's disk is full (SQLITE_FULL); the configured overflow policy applies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Samples of one ``forward`` call that the destination refused for good.
+
+    ``indices`` are their positions in the samples handed to ``forward``; ``target`` names what
+    the destination refused, in its own terms (an MQTT topic); ``reason`` is its reason, as
+    precise as it gives one (for MQTT, the PUBACK's reason code). Neither holds numbers that
+    change from call to call: the runtime logs once per target and merges loss records with
+    the same reason.
+    """
+
+    indices: tuple[int, ...]
+    target: str
+    reason: str
+
+
+class SamplesRefusedError(GatewayError):
+    """Raised by a forwarding sink's ``forward`` when the destination acknowledged the batch
+    except the samples in ``refusals``, which it refused on purpose (not a lost connection or a
+    timeout: sending them again at once would be refused again).
+
+    The runtime counts every other sample as delivered, gives the refused ones up for that sink
+    (recorded as losses with the reason), and quarantines their signals: their next samples are
+    given up too, except a probe on a backoff, until the destination takes one again.
+
+    ``failure`` is None when every other sample was acknowledged. Otherwise the forward failed
+    after the refusals came (a broker may drop the connection after refusing a message): the
+    refused samples are given up all the same, and the others are sent again after a backoff,
+    as after any failure, with ``failure`` as the reason.
+    """
+
+    def __init__(self, refusals: Sequence[Refusal], failure: str | None = None) -> None:
+        self.refusals: tuple[Refusal, ...] = tuple(refusals)
+        self.failure = failure
+        shown = "; ".join(f"{r.target}: {r.reason}" for r in self.refusals[:3])
+        more = f" (and {len(self.refusals) - 3} more)" if len(self.refusals) > 3 else ""
+        then = f"; then {failure}" if failure else ""
+        super().__init__(f"refused by the destination: {shown}{more}{then}")

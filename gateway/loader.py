@@ -2,9 +2,13 @@
 
 Every problem found is collected and reported at once as a :class:`ConfigError` whose lines
 name the path to the bad field, e.g. ``instruments[0].signals[2].unit: unknown UCUM unit
-'ml/mn'``. Nothing here does I/O beyond reading the file and the environment: string values
-may hold ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` (see
-:func:`read_config`).
+'ml/mn'``. A valid configuration may still carry warnings (:attr:`Plan.warnings`, printed by
+``patgw check`` and logged by ``patgw run``): a plugin's options model contributes them by
+defining ``config_warnings(self) -> Sequence[str]``, lines ``"field: message"`` relative to
+its ``options:`` block.
+
+Nothing here does I/O beyond reading the file and the environment: string values may hold
+``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` (see :func:`read_config`).
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ class Plan:
     emulators: tuple[ComponentPlan, ...]
     sinks: tuple[ComponentPlan, ...]
     processors: tuple[ProcessorPlan, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """``"path: message"`` lines: valid, but probably not what is meant (see the module)."""
 
     @property
     def signals(self) -> list[Signal]:
@@ -289,6 +295,7 @@ def _options(
     loc: tuple[str | int, ...],
     problems: list[str],
     config_dir: Path,
+    warnings: list[str],
 ) -> tuple[Any, BaseModel] | None:
     """The plugin's factory and its validated options, or ``None`` with the problems added.
 
@@ -311,6 +318,9 @@ def _options(
     if unset:
         problems.extend(unset)
         return None
+    config_warnings = getattr(options, "config_warnings", None)
+    if callable(config_warnings):
+        warnings.extend(f"{format_loc([*loc, 'options'])}.{line}" for line in config_warnings())
     return registration.factory, options
 
 
@@ -388,12 +398,20 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     config = read_config(path)
     config_dir = path.parent
     problems: list[str] = []
+    warnings: list[str] = []
     instruments = []
     configured: dict[str, Signal] = {}  # every instrument's signals, disabled ones included
     for i, inst in enumerate(config.instruments):
         loc: tuple[str | int, ...] = ("instruments", i)
         resolved = _options(
-            registry, PluginKind.DRIVER, inst.driver, inst.options, loc, problems, config_dir
+            registry,
+            PluginKind.DRIVER,
+            inst.driver,
+            inst.options,
+            loc,
+            problems,
+            config_dir,
+            warnings,
         )
         if resolved is None:
             continue
@@ -413,7 +431,9 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         configured.update((sp.signal.id, sp.signal) for sp in signals)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
-    processors = _processor_plans(config, registry, instruments, configured, problems, config_dir)
+    processors = _processor_plans(
+        config, registry, instruments, configured, problems, config_dir, warnings
+    )
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -426,7 +446,9 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     for kind, section, items in sections:
         for k, item in enumerate(items):
             loc = (section, k)
-            resolved = _options(registry, kind, item.type, item.options, loc, problems, config_dir)
+            resolved = _options(
+                registry, kind, item.type, item.options, loc, problems, config_dir, warnings
+            )
             if resolved is None:
                 continue
             factory, options = resolved
@@ -448,6 +470,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         tuple(components[PluginKind.EMULATOR]),
         tuple(components[PluginKind.SINK]),
         tuple(processors),
+        tuple(warnings),
     )
 
 
@@ -458,6 +481,7 @@ def _processor_plans(
     configured: Mapping[str, Signal],
     problems: list[str],
     config_dir: Path,
+    warnings: list[str],
 ) -> list[ProcessorPlan]:
     """Build the processors (all are checked; the enabled ones are returned), resolve what each
     reads (the signals of instruments and of processors before it) and bind those to it. An
@@ -470,7 +494,7 @@ def _processor_plans(
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
         resolved = _options(
-            registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems, config_dir
+            registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems, config_dir, warnings
         )
         if resolved is None:
             continue

@@ -246,6 +246,16 @@ class GatewayCollector:
             "Samples given up for the sink (retention policy, or lost by an at-most-once sink).",
             labels=sink,
         )
+        refused = CounterMetricFamily(
+            "patgw_sink_samples_refused_total",
+            "Samples given up for the sink because its destination refused them (quarantine).",
+            labels=sink,
+        )
+        quarantined = GaugeMetricFamily(
+            "patgw_sink_quarantined_signals",
+            "Signals whose samples the sink's destination refuses (given up, probed on a backoff).",
+            labels=sink,
+        )
         resent = CounterMetricFamily(
             "patgw_sink_samples_resent_total",
             "Samples handed to the sink again after a failure (possible duplicates upstream).",
@@ -275,6 +285,8 @@ class GatewayCollector:
             backlog.add_metric(key, stats.backlog)
             oldest.add_metric(key, _age_s(stats.oldest_undelivered_ns, now) or 0.0)
             dropped.add_metric(key, stats.dropped)
+            refused.add_metric(key, stats.refused)
+            quarantined.add_metric(key, len(stats.quarantined))
             resent.add_metric(key, stats.resent)
             failures.add_metric(key, stats.failures)
             reconnects.add_metric(key, max(stats.sessions - 1, 0))
@@ -288,7 +300,8 @@ class GatewayCollector:
             dropped.add_metric(key, feeder.lost)
             resent.add_metric(key, 0)
             up.add_metric(key, 1)
-        yield from (delivered, backlog, oldest, dropped, resent, failures, reconnects, up)
+        yield from (delivered, backlog, oldest, dropped, refused, quarantined, resent)
+        yield from (failures, reconnects, up)
 
 
 def store_size_bytes(path: Path) -> int:
@@ -315,8 +328,8 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     """The ``/health`` document: overall status, readiness and every part's state.
 
     ``status`` is ``starting`` before the gateway has started, ``stopping`` once it stops,
-    ``degraded`` while an instrument or a forwarding sink is down or the store cannot commit
-    (then not ready either), else ``ok``.
+    ``degraded`` while an instrument or a forwarding sink is down, a sink's destination refuses
+    a signal (quarantined), or the store cannot commit (then not ready either), else ``ok``.
     """
     writer = gateway.writer
     stats = writer.stats if writer is not None else None
@@ -339,6 +352,11 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "backlog": fs.backlog,
             "oldest_undelivered_age_s": _age_s(fs.oldest_undelivered_ns, now),
             "dropped": fs.dropped,
+            "refused": fs.refused,
+            "quarantined": {
+                signal: {"target": q.target, "reason": q.reason, "refused": q.refused}
+                for signal, q in fs.quarantined.items()
+            },
             "failures": fs.failures,
             "last_error": fs.last_error,
         }
@@ -374,7 +392,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     elif (
         not ready
         or any(_is_down(r) for r in gateway.runners)
-        or any(f.stats.state == _DOWN for f in gateway.forwarders)
+        or any(f.stats.state == _DOWN or f.stats.quarantined for f in gateway.forwarders)
     ):
         status = "degraded"
     else:

@@ -144,6 +144,23 @@ def test_check_reports_misspelt_unit_with_its_path(tmp_path: Path) -> None:
     ]
 
 
+def test_check_warns_on_mqtt_3_but_passes(tmp_path: Path) -> None:
+    """MQTT 3.1.1 cannot tell the gateway that a broker refused a message: a warning naming
+    the path, exit 0. The shipped demo (MQTT 5) gets none."""
+    demo = (REPO / "configs" / "demo-mqtt.yaml").read_text()
+    config = tmp_path / "demo-mqtt.yaml"
+    config.write_text(demo.replace("model: configs/", f"model: {REPO}/configs/"))
+    result = patgw("check", str(config))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert 'protocol: "5"' in demo
+    config.write_text(config.read_text().replace('protocol: "5"', 'protocol: "3.1.1"'))
+    result = patgw("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: valid")
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith("warning: sinks[2].options.protocol: MQTT 3.1.1"), warning
+
+
 def test_schema_is_json_schema_of_the_config() -> None:
     result = patgw("schema")
     assert result.returncode == 0

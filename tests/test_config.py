@@ -365,11 +365,13 @@ def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink_and_the_health_endpoint(
     *sinks, upstream = mqtt.pop("sinks")
     assert sinks == demo.pop("sinks")
     assert (upstream["id"], upstream["type"]) == ("mqtt", "mqtt")
-    assert upstream["options"] == {"url": "mqtt://127.0.0.1:1883"}
+    # MQTT 5, spelled out: a broker's ACL refusal is then seen (patgw check warns on 3.1.1).
+    assert upstream["options"] == {"url": "mqtt://127.0.0.1:1883", "protocol": "5"}
     assert mqtt == demo
     monkeypatch.setenv("MQTT_URL", "mqtts://broker.example:8883")
     plan = load_plan(REPO / "configs" / "demo-mqtt.yaml", registry)
     assert plan.sinks[-1].instance.url == "mqtts://broker.example:8883"
+    assert plan.warnings == ()
 
 
 def test_configs_directory_is_not_empty() -> None:
@@ -854,3 +856,31 @@ def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     _, err = capsys.readouterr()
     [line] = err.splitlines()
     assert line.startswith(f"{path}: cannot read: ")
+
+
+class _WarnedOptions(BaseModel):
+    """A plugin's options whose model contributes a check warning (valid all the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: str = "safe"
+
+    def config_warnings(self) -> list[str]:
+        return [f"mode: {self.mode!r} may lose data"] if self.mode != "safe" else []
+
+
+class _Quiet:
+    def __init__(self, options: _WarnedOptions, context: gateway.PluginContext) -> None:
+        self.options = options
+
+
+def test_a_plugins_options_may_contribute_check_warnings_with_their_path(tmp_path: Path) -> None:
+    registry = Registry()
+    registry.add_sink("warned", _Quiet, _WarnedOptions)
+    sinks = [
+        {"id": "a", "type": "warned"},
+        {"id": "b", "type": "warned", "options": {"mode": "fast"}},
+    ]
+    store = {"path": str(tmp_path / "s.sqlite")}
+    path = write(tmp_path, {"area": "a1", "store": store, "sinks": sinks})
+    plan = load_plan(path, registry)
+    assert plan.warnings == ("sinks[1].options.mode: 'fast' may lose data",)

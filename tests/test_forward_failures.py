@@ -221,7 +221,7 @@ async def test_a_sink_that_never_acknowledges_is_one_failure_that_says_how_long(
         await reader.aclose()
     assert sink.calls == 1
     assert forwarder.stats.failures == 1
-    assert forwarder.stats.last_error == "not acknowledged within 0.1 s"
+    assert forwarder.stats.last_error == "forward not acknowledged within 0.1 s (send_timeout_s)"
 
 
 # --- retention 'stop' at shutdown: the held samples are committed, not discarded ------------

@@ -29,11 +29,12 @@ from gateway import (
     hookimpl,
     load_plan,
 )
-from gateway.config import HttpConfig
+from gateway.config import BackoffConfig, HttpConfig
 from gateway.http import MAX_CONNECTIONS, MAX_HEAD_BYTES, serve_http
 from gateway.metrics import new_registry
 from gateway.runtime import Gateway
-from gateway.runtime.forward import ForwarderStats, SinkState
+from gateway.runtime.backoff import Backoff
+from gateway.runtime.forward import ForwarderStats, Quarantined, SinkState
 from gateway.store.writer import LATENCY_BUCKETS_S
 from gateway.timefmt import now_ns
 
@@ -280,6 +281,12 @@ async def test_forwarder_counters_in_metrics_and_health(tmp_path: Path) -> None:
         backlog=17,
         oldest_undelivered_ns=now_ns() - 5_000_000_000,
         last_error="connection refused",
+        refused=6,
+    )
+    topic = "topic pat/s/reactor1/pump/flow"
+    reason = f"refused by sink 'mqtt' ({topic}): Not authorized"
+    stats.quarantined["reactor1/pump/flow"] = Quarantined(
+        topic, reason, Backoff(BackoffConfig()), 0.0, refused=6
     )
     gateway.forwarders.append(cast(Any, SimpleNamespace(sink_id="mqtt", stats=stats)))
     text = generate_latest(new_registry(gateway)).decode()
@@ -291,6 +298,8 @@ async def test_forwarder_counters_in_metrics_and_health(tmp_path: Path) -> None:
     assert value(families, "patgw_sink_backlog_samples", **sink) == 17
     assert 5 <= value(families, "patgw_sink_oldest_undelivered_age_seconds", **sink) < 60
     assert value(families, "patgw_sink_samples_dropped_total", **sink) == 2
+    assert value(families, "patgw_sink_samples_refused_total", **sink) == 6
+    assert value(families, "patgw_sink_quarantined_signals", **sink) == 1
     assert value(families, "patgw_sink_samples_resent_total", **sink) == 4
     assert value(families, "patgw_sink_failures_total", **sink) == 3
     assert value(families, "patgw_sink_reconnects_total", **sink) == 1
@@ -312,6 +321,8 @@ async def test_forwarder_counters_in_metrics_and_health(tmp_path: Path) -> None:
         "backlog": 0,
         "oldest_undelivered_age_s": None,
         "dropped": 2,
+        "refused": 6,
+        "quarantined": {"reactor1/pump/flow": {"target": topic, "reason": reason, "refused": 6}},
         "failures": 3,
         "last_error": "connection refused",
     }

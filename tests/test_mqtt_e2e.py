@@ -771,3 +771,189 @@ async def test_demo_mqtt_publishes_every_signal_and_survives_a_sigkill(
         result = await assert_everything_received(consumer, store)
     assert {s for s, _ in result.committed} == {s.id for s in signals}
     print(f"demo-mqtt: {result.describe()}")
+
+
+# --- 5. a topic the broker's ACL denies (MQTT 5): quarantined, the rest flows ---------------------
+
+ALLOW_ALL = "topic readwrite #\n"
+NOT_AUTHORIZED = "Not authorized (MQTT 5 reason code 0x87)"
+
+
+def probe_bound(retry: Mapping[str, float], elapsed_s: float) -> int:
+    """The most probes a quarantine can make in ``elapsed_s`` with the sink's ``retry`` backoff
+    (each delay at least ``(1 - jitter)`` of its base; BackoffConfig's defaults otherwise)."""
+    base, factor = retry["initial_s"], retry.get("factor", 2.0)
+    floor = 1.0 - retry.get("jitter", 0.5)
+    probes, spent = 1, 0.0  # the first refusal, then one probe per delay
+    while True:
+        spent += base * floor
+        if spent > elapsed_s:
+            return probes
+        probes += 1
+        base = min(retry["max_s"], base * factor)
+
+
+@pytest.mark.asyncio
+async def test_a_denied_topic_is_never_republished_in_a_loop(tmp_path: Path) -> None:
+    denied_signal = "reactor1/feed_pump/flow"
+    denied = f"pat/{SITE}/{denied_signal}"
+    broker = Mosquitto(
+        tmp_path / "broker",
+        acl=f"{ALLOW_ALL}topic deny {denied}\n",
+        debug_log=True,  # to count the PUBLISH packets the broker refused
+        max_queued_messages=100_000,  # not 0: Mosquitto 2.0.11 then drops the connection
+    )
+    async with broker, Subscriber(broker, "pat/#") as subscriber:
+        consumer = Consumer(subscriber, SITE)
+        config = plan(tmp_path, gateway_config(tmp_path, broker.url))
+        async with running(config) as (gateway, _):
+            sink = forwarder(gateway)
+            handed: list[tuple[str, int]] = []  # the denied signal's samples given to the sink
+            probes: list[float] = []  # when each forward carrying them started
+            forward = sink.sink.forward
+
+            async def spy(samples: Any, historical: bool) -> None:
+                mine = [(s.signal, s.seq) for s in samples if s.signal == denied_signal]
+                if mine:
+                    handed.extend(mine)
+                    probes.append(time.monotonic())
+                await forward(samples, historical)
+
+            sink.sink.forward = spy  # type: ignore[method-assign]
+            await wait_for(lambda: len(probes) >= 4, within=15, what="4 probes of the topic")
+            # Meanwhile everything else flows, live.
+            others = {s.id for s in config.signals} - {denied_signal}
+            mark = consumer.mark()
+            await wait_for(
+                lambda: others <= {c.key[0] for c in consumer.update().copies[mark:]},
+                within=10,
+                what="new samples of every other signal",
+            )
+            elapsed = time.monotonic() - probes[0]
+            count = len(probes)
+        # The broker refused exactly one PUBLISH per probe: nothing was sent twice.
+        await wait_for(
+            lambda: broker.denied(denied) == len(probes),
+            within=5,
+            what=f"{len(probes)} refused PUBLISH in the broker's log ({broker.denied(denied)})",
+        )
+    refused = sink.stats.refused
+    # Each sample of the denied signal was handed over once, never again.
+    again = [key for key, n in Counter(handed).items() if n > 1]
+    assert not again, f"republished: {again[:5]}"
+    # Probes follow the backoff, not the data (a batch every few tens of ms).
+    assert count <= probe_bound(RETRY, elapsed), f"{count} probes in {elapsed:.2f} s"
+    # Every sample of the signal was given up as a loss with the broker's reason.
+    losses = [x for x in read_losses(config.config.store.path) if x.signal == denied_signal]
+    assert losses and all(NOT_AUTHORIZED in x.reason for x in losses), losses
+    assert sum(x.count for x in losses) == refused
+    assert not consumer.update().subscriber.on(denied)
+    print(f"denied topic: {count} probes in {elapsed:.2f} s, {refused} samples refused")
+
+
+@pytest.mark.asyncio
+async def test_demo_mqtt_with_an_acl_denying_one_topic_keeps_the_rest_flowing(
+    tmp_path: Path,
+) -> None:
+    """The issue's done-when: with a Mosquitto ACL denying one topic of the MQTT demo, every
+    other signal keeps arriving, the denied one is recorded as a loss with the broker's reason
+    (on /health and /metrics too), and it flows again once the ACL allows it (SIGHUP)."""
+    config, http_port = demo_mqtt_copy(tmp_path)
+    signals = {s.id for s in load_plan(config, build_registry()).signals}
+    site = "demo-site"
+    denied_signal = "reactor1/feed_pump/flow"
+    denied = f"pat/{site}/{denied_signal}"
+    store = tmp_path / "data" / "demo-mqtt.sqlite"
+    broker = Mosquitto(
+        tmp_path / "broker",
+        acl=f"{ALLOW_ALL}topic deny {denied}\n",
+        max_queued_messages=100_000,  # not 0: Mosquitto 2.0.11 then drops the connection
+        debug_log=True,
+    )
+    async with broker, Subscriber(broker, f"pat/{site}/#") as subscriber:
+        consumer = Consumer(subscriber, site)
+        gateway = GatewayProcess(config, tmp_path, {**os.environ, "MQTT_URL": broker.url})
+        try:
+            await gateway.start()
+            health: dict[str, Any] = {}
+
+            async def quarantined() -> bool:
+                gateway.alive()
+                response = await http_get(http_port, "/health")
+                if response is None or response.status not in (200, 503):
+                    return False
+                health.update(json.loads(response.body))
+                sink = health.get("sinks", {}).get(SINK, {})
+                return bool(sink.get("quarantined")) and sink.get("state") == "up"
+
+            await until(quarantined, 30, "the denied signal quarantined", lambda: f"{health}")
+            sink = health["sinks"][SINK]
+            assert list(sink["quarantined"]) == [denied_signal], sink
+            entry = sink["quarantined"][denied_signal]
+            assert entry["target"] == f"topic {denied}"
+            assert NOT_AUTHORIZED in entry["reason"] and sink["refused"] > 0, sink
+            assert health["status"] == "degraded", health
+            # Everything else keeps arriving while the topic is refused: every sample of the
+            # other signals committed until well after the refusal reaches the consumer.
+            refused_at = health["store"]["committed"]
+            commits: list[int] = []
+
+            async def committed_since() -> bool:
+                gateway.alive()
+                response = await http_get(http_port, "/health")
+                if response is not None:
+                    commits.append(json.loads(response.body)["store"]["committed"])
+                return bool(commits) and commits[-1] >= refused_at + 200
+
+            await until(committed_since, 20, "200 more samples committed")
+            horizon = {k for k in keys_between(store, 1, commits[-1]) if k[0] != denied_signal}
+            await wait_for(
+                lambda: gateway.alive() and horizon <= consumer.keys(),
+                within=20,
+                what="every sample of the other signals upstream",
+            )
+            assert {s for s, _ in horizon} == signals - {denied_signal}
+            metrics = await http_get(http_port, "/metrics")
+            assert metrics is not None and metrics.status == 200
+            refused = metric(metrics.body, "patgw_sink_samples_refused_total", sink=SINK)
+            assert refused is not None and refused > 0, metrics.body
+            assert metric(metrics.body, "patgw_sink_quarantined_signals", sink=SINK) == 1
+            # Recorded in the store as losses with the broker's reason.
+            await wait_for(
+                lambda: [x for x in read_losses(store) if x.signal == denied_signal],
+                what="the refusal recorded in the store",
+            )
+            assert not consumer.subscriber.on(denied)
+            # The ACL is fixed: the topic flows again, probed on the sink's backoff.
+            await broker.set_acl(ALLOW_ALL)
+            await wait_for(
+                lambda: gateway.alive() and consumer.subscriber.on(denied),
+                within=20,
+                what="the denied topic flowing again",
+            )
+
+            async def released() -> bool:
+                response = await http_get(http_port, "/health")
+                return (
+                    response is not None
+                    and not json.loads(response.body)["sinks"][SINK]["quarantined"]
+                )
+
+            await until(released, 10, "the quarantine released")
+            assert await gateway.stop() == 0, gateway.logs()
+            stopped = gateway.event("gateway.stopped")["sinks"][SINK]
+        finally:
+            await gateway.aclose()
+        result = await assert_everything_received(consumer, store, lost=NOT_AUTHORIZED)
+    losses = [x for x in read_losses(store) if NOT_AUTHORIZED in x.reason]
+    # Only the denied signal was given up, exactly what the sink counted, and none of it was
+    # received; everything else arrived.
+    assert {x.signal for x in losses} == {denied_signal}
+    assert sum(x.count for x in losses) == stopped["refused"] == len(result.missing)
+    assert {s for s, _ in result.missing} == {denied_signal}
+    assert {s for s, _ in result.received} == signals
+    # Logged once when refused, once when cleared: not per batch.
+    events = [json.loads(x) for x in gateway.log.read_text().splitlines() if x.startswith("{")]
+    names = Counter(e["event"] for e in events)
+    assert (names["sink.refused"], names["sink.refusal_cleared"]) == (1, 1), names
+    print(f"demo-mqtt with a denied topic: {result.describe()}, {stopped['refused']} refused")

@@ -8,6 +8,9 @@
   while the broker is down; a hung broker fails forward at publish_timeout_s and the broker
   then publishes the Last Will.
 * Security: username and password from the environment; TLS with the broker's CA.
+* Refusals (MQTT 5): a topic the broker's ACL denies is reported per sample with the broker's
+  reason, the rest is delivered on the same session; a denied metadata topic does not stop the
+  sink; a broker that accepts TCP but never sends CONNACK is named as such.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gateway import (
     PluginKind,
     Quality,
     Sample,
+    SamplesRefusedError,
     Signal,
     SignalKind,
     SpectralAxis,
@@ -39,6 +43,9 @@ from gateway import (
     historical_json,
     sample_to_json_dict,
 )
+from gateway.config import SinkConfig
+from gateway.runtime.forward import BacklogReader, Forwarder
+from gateway.store import SampleStore
 from plugins.mqtt.plugin import MqttError, MqttOptions, MqttSink
 
 SITE = "plant7"
@@ -89,7 +96,7 @@ DATA = "pat/+/reactor1/+/+"  # samples, not metadata
 def test_defaults() -> None:
     options = MqttOptions()
     assert options.url == "mqtt://127.0.0.1:1883"
-    assert (options.qos, options.protocol, options.payload) == (1, "3.1.1", "batch")
+    assert (options.qos, options.protocol, options.payload) == (1, "5", "batch")
     assert options.topic == "pat/{site}/{area}/{instrument}/{signal}"
     assert MqttSink.max_concurrent_forwards == 4
 
@@ -478,6 +485,139 @@ async def test_exit_without_a_session_does_nothing(tmp_path: Path) -> None:
     assert sink.sessions == 0
 
 
+# --- refusals ---------------------------------------------------------------------------------
+
+ALLOW_ALL = "topic readwrite #\n"
+
+
+def deny(*topics: str) -> str:
+    """A Mosquitto ACL (for anonymous clients): everything allowed but ``topics``."""
+    return ALLOW_ALL + "".join(f"topic deny {topic}\n" for topic in topics)
+
+
+def seqs(subscriber: Subscriber, signal: Signal) -> list[int]:
+    """The seq of every sample received on ``signal``'s topic (either payload form)."""
+    return [
+        item["seq"]
+        for message in subscriber.on(topic_of(signal))
+        for item in np.atleast_1d(message.json())
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("payload", ["batch", "sample"])
+async def test_a_denied_topic_is_refused_per_sample_and_the_rest_is_delivered(
+    tmp_path: Path, payload: str
+) -> None:
+    flow = [sample(FLOW, seq, float(seq)) for seq in range(5)]
+    speed = [sample(SPEED, seq, float(seq)) for seq in range(5)]
+    mixed = [x for pair in zip(flow, speed, strict=True) for x in pair]
+    # The data topic and (by the '#') the metadata topic of FLOW are denied. (Not with
+    # max_queued_messages 0: Mosquitto 2.0.11 then drops the connection after a refusal.)
+    broker = Mosquitto(
+        tmp_path / "broker", acl=deny(f"{topic_of(FLOW)}/#"), max_queued_messages=100_000
+    )
+    async with (
+        broker,
+        Subscriber(broker, DATA) as sub,
+        make_sink(broker.url, tmp_path, payload=payload) as sink,
+    ):
+        with pytest.raises(SamplesRefusedError) as excinfo:
+            await sink.forward(mixed, historical=False)
+        (refusal,) = excinfo.value.refusals
+        assert sorted(refusal.indices) == [i for i, s in enumerate(mixed) if s.signal == FLOW.id]
+        assert refusal.target == f"topic {topic_of(FLOW)}"
+        assert "Not authorized" in refusal.reason and "0x87" in refusal.reason, refusal.reason
+        assert excinfo.value.failure is None
+        await sink.forward(speed, historical=True)
+        assert sink.sessions == 1  # the session goes on: no new connection
+        # The ACL is fixed: the same topic is taken.
+        await broker.set_acl(ALLOW_ALL)
+        await sink.forward(flow[:1], historical=True)
+        await wait_for(lambda: sub.on(topic_of(FLOW)), within=5, what="FLOW once allowed")
+        expected = [0, 1, 2, 3, 4] * 2
+        await wait_for(lambda: len(seqs(sub, SPEED)) >= len(expected), within=5, what="SPEED")
+    assert seqs(sub, SPEED) == expected
+    assert seqs(sub, FLOW) == [0]
+    assert not paho_threads()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_never_sends_connack_is_named(tmp_path: Path) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # accepts TCP, reads the CONNECT, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, connect_timeout_s=0.5) as sink:
+            with pytest.raises(MqttError) as excinfo:
+                await sink.forward([sample(FLOW, 0)], historical=False)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert accepted, "the sink never connected"
+    message = str(excinfo.value)
+    assert "no CONNACK within 0.5 s" in message, message
+    assert f"127.0.0.1:{port}" in message
+    assert not paho_threads()
+
+
+@pytest.mark.asyncio
+async def test_a_forward_timing_out_in_the_runtime_says_so(tmp_path: Path) -> None:
+    """The runtime's own send timeout (shorter here than the sink's connect timeout) names
+    itself, not ``TimeoutError()``; with the defaults the sink's connect timeout comes first
+    and names its step."""
+    assert MqttOptions().connect_timeout_s < SinkConfig(id="x", type="mqtt").send_timeout_s
+    store = SampleStore(tmp_path / "s.sqlite")
+    stored = store.define([FLOW])
+    store.commit([(stored[FLOW.id].def_id, 0, T0, T0, 0, 1.0, None)], {FLOW.id: 1})
+    store.close()
+    names = {stored[FLOW.id].def_id: (FLOW.id, FLOW.unit)}
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader = BacklogReader(tmp_path / "s.sqlite")
+    config = SinkConfig(
+        id="up", type="mqtt", start_from="earliest", send_timeout_s=0.3, retry={"initial_s": 5}
+    )
+    try:
+        async with make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, connect_timeout_s=5) as sink:
+            forwarder = Forwarder("up", sink, config, names, reader)
+            forwarder.start(None, 1)
+            task = asyncio.create_task(forwarder.run(), name="test.forwarder")
+            try:
+                await wait_for(lambda: forwarder.stats.failures, within=5, what="a failure")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await reader.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    error = forwarder.stats.last_error
+    assert error == "forward not acknowledged within 0.3 s (send_timeout_s)", error
+
+
+def test_mqtt_3_and_qos_2_are_valid_but_warned_about() -> None:
+    assert MqttOptions().config_warnings() == []
+    (warning,) = MqttOptions(protocol="3.1.1").config_warnings()
+    assert warning.startswith("protocol: ") and "silently" not in warning
+    assert "drops" in warning and "protocol 5" in warning
+    (warning,) = MqttOptions(qos=2).config_warnings()
+    assert warning.startswith("qos: ") and "refus" in warning
+
+
 # --- security ---------------------------------------------------------------------------------
 
 
@@ -526,6 +666,23 @@ async def test_tls_with_the_brokers_ca(tmp_path: Path) -> None:
         by_name = broker.url.replace("127.0.0.1", "localhost")
         async with make_sink(by_name, tmp_path, tls={"ca_file": str(tls.ca)}) as named:
             await named.forward([sample(FLOW, 1)], historical=False)
+    assert not paho_threads()
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_tls_file_is_named(tmp_path: Path) -> None:
+    tls = make_broker_tls(tmp_path / "pki")
+    missing = tmp_path / "pki" / "missing.pem"
+    async with Mosquitto(tmp_path / "broker", tls=tls) as broker:
+        for options in (
+            {"ca_file": str(missing)},
+            {"ca_file": str(tls.ca), "cert_file": str(missing)},
+        ):
+            async with make_sink(broker.url, tmp_path, tls=options) as sink:
+                with pytest.raises(MqttError) as excinfo:
+                    await sink.forward([sample(FLOW, 0)], historical=False)
+            message = str(excinfo.value)
+            assert str(missing) in message and "No such file" in message, message
     assert not paho_threads()
 
 

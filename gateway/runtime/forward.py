@@ -14,7 +14,14 @@ See docs/decisions/0006-store-and-forward.md. For every sink that implements
 - on a failed forward: marks the sink down, forgets the live queue (those samples are in the
   store: they become backlog), and probes again after a jittered exponential backoff;
 - applies the retention bound to what is undelivered: ``drop_oldest`` gives the oldest up for
-  this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits.
+  this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits;
+- quarantines what the destination refuses (``forward`` raised
+  :class:`~gateway.errors.SamplesRefusedError`): the refused samples are given up for this sink
+  (counted, recorded as losses with the destination's reason, logged once per target), the
+  rest of the batch counts as delivered, and the refused signals' next samples are given up
+  the same way, except one batch's worth sent as a probe on a jittered exponential backoff
+  (the sink's ``retry``), until the destination takes one: then the signal flows again. A
+  refused sample is never counted as delivered.
 
 A sample whose forward was in flight when the sink failed, or acknowledged after the last save
 before a crash, is sent again: consumers de-duplicate on ``(signal, seq)``.
@@ -28,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ import structlog
 
 from ..api import ForwardingSink
 from ..config import SinkConfig
+from ..errors import SamplesRefusedError
 from ..model import Sample
 from ..store.sqlite import Delivery, Loss, Row, SampleStore
 from ..timefmt import now_ns
@@ -44,7 +52,14 @@ from .backoff import Backoff
 from .ranges import IdRanges
 from .sinks import samples_of
 
-__all__ = ["BacklogReader", "DeliveryUpdate", "Forwarder", "ForwarderStats", "SinkState"]
+__all__ = [
+    "BacklogReader",
+    "DeliveryUpdate",
+    "Forwarder",
+    "ForwarderStats",
+    "Quarantined",
+    "SinkState",
+]
 
 log = structlog.get_logger("gateway.sink")
 
@@ -60,6 +75,19 @@ class SinkState(StrEnum):
     STOPPED = "stopped"
 
 
+@dataclass(eq=False)
+class Quarantined:
+    """A signal whose samples the sink's destination refuses: they are given up for the sink,
+    and one batch of them is sent as a probe at ``probe_at`` (loop time)."""
+
+    target: str  # what the destination refused (e.g. "topic pat/site/area/pump/flow")
+    reason: str  # the reason of the losses recorded for it
+    backoff: Backoff
+    probe_at: float
+    refused: int = 0  # samples given up while quarantined (this time)
+    probing: bool = False  # a probe is in flight
+
+
 @dataclass
 class ForwarderStats:
     """Counters of one forwarding sink (this run), read by the view, /health and /metrics."""
@@ -69,6 +97,8 @@ class ForwarderStats:
     delivered_historical: int = 0  # of which from the backlog (flagged historical)
     resent: int = 0  # samples handed over again after a failure: possible duplicates upstream
     dropped: int = 0  # undelivered samples given up by the retention policy (drop_oldest)
+    refused: int = 0  # samples given up because the destination refused them (quarantine)
+    quarantined: dict[str, Quarantined] = field(default_factory=dict)  # by signal id
     failures: int = 0  # failed forwards (connection lost, timeout, refused...)
     sessions: int = 0  # times the sink came up (first success, and after each failure)
     # These two are always set together, from one moment (Forwarder._backlog_changed): None
@@ -396,7 +426,8 @@ class Forwarder:
                 self._wake.set()
                 return
             samples = [sample for _, sample in rows]
-            await self._send(first, last, samples, historical=True, epoch=epoch)
+            ids = [sample_id for sample_id, _ in rows]
+            await self._send(first, last, samples, historical=True, epoch=epoch, ids=ids)
         finally:
             self._backlog_tasks -= 1
 
@@ -408,12 +439,21 @@ class Forwarder:
         *,
         historical: bool,
         epoch: int | None = None,
+        ids: Sequence[int] | None = None,
     ) -> None:
+        """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome."""
         epoch = self._epoch if epoch is None else epoch
         was_up = self.stats.state is SinkState.UP
+        withheld: list[tuple[Sample, Quarantined]] = []
+        probes: list[Quarantined] = []
+        kept: list[int] | None = None  # positions of the samples sent, if some were withheld
+        if self.stats.quarantined:
+            kept, withheld, probes = self._screen(samples)
+            samples = [samples[position] for position in kept]
+        deadline: asyncio.Timeout | None = None
         try:
             if samples:
-                async with asyncio.timeout(self.send_timeout_s):
+                async with asyncio.timeout(self.send_timeout_s) as deadline:
                     await self.sink.forward(samples, historical)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -422,29 +462,167 @@ class Forwarder:
             # The sink (or its library) raised CancelledError on its own: a failure like any
             # other, with backoff — not a reason to resend at once, forever.
             self._failed("forward cancelled by the sink", epoch, len(samples) if was_up else 0)
-        except TimeoutError:
-            reason = f"not acknowledged within {self.send_timeout_s} s"
-            self._failed(reason, epoch, len(samples) if was_up else 0)
+        except SamplesRefusedError as exc:
+            refused = self._refused(exc, samples)
+            if refused is None:
+                reason = f"the sink reported refusals of samples it was not given: {exc}"
+                self._failed(reason, epoch, len(samples) if was_up else 0)
+            elif exc.failure is None:
+                self._acked(first, last, len(samples) - len(refused), historical, epoch, True)
+                self._quarantine(samples, refused, probes, withheld, taken=True)
+                self.stats.last_error = str(exc)
+            else:
+                # Then the forward failed (a broker that drops the connection after refusing a
+                # message): only the refused are done; the rest is sent again, as backlog.
+                every = range(first, last + 1) if ids is None else ids
+                for index in refused:
+                    sample_id = every[index if kept is None else kept[index]]
+                    self._delivered.add(sample_id, sample_id)
+                self._version += 1
+                self._backlog_changed()
+                self._quarantine(samples, refused, probes, [], taken=False)
+                self._failed(str(exc), epoch, len(samples) - len(refused) if was_up else 0)
         except Exception as exc:  # any failure of the sink: retry from the store, never crash
-            self._failed(str(exc) or repr(exc), epoch, len(samples) if was_up else 0)
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                reason = (
+                    f"forward not acknowledged within {self.send_timeout_s:g} s (send_timeout_s)"
+                )
+            else:
+                reason = str(exc) or f"{type(exc).__name__} (without a message) from the sink"
+            self._failed(reason, epoch, len(samples) if was_up else 0)
         else:
-            self._acked(first, last, len(samples), historical, epoch)
+            self._acked(first, last, len(samples), historical, epoch, bool(samples))
+            if probes or withheld:
+                self._quarantine(samples, {}, probes, withheld, taken=True)
         finally:
+            for probe in probes:
+                probe.probing = False
             self._busy.remove(first, last)
             self._wake.set()
 
-    def _acked(self, first: int, last: int, count: int, historical: bool, epoch: int) -> None:
+    def _acked(
+        self, first: int, last: int, count: int, historical: bool, epoch: int, answered: bool
+    ) -> None:
+        """``first..last`` is done: ``count`` samples delivered, the others given up by the
+        caller; ``answered``: the sink was given something and answered (so it is up)."""
         self._delivered.add(first, last)
         self._version += 1
         self.stats.delivered += count
         self._backlog_changed()
         if historical:
             self.stats.delivered_historical += count
-        if epoch == self._epoch and self.stats.state is not SinkState.UP:
+        if answered and epoch == self._epoch and self.stats.state is not SinkState.UP:
             self.stats.state = SinkState.UP
             self.stats.sessions += 1
             self._backoff.reset()
             self._log.info("sink.up", sessions=self.stats.sessions, backlog=self.stats.backlog)
+
+    # -- quarantine of what the destination refuses ---------------------------------------------
+    def _screen(
+        self, samples: list[Sample]
+    ) -> tuple[list[int], list[tuple[Sample, Quarantined]], list[Quarantined]]:
+        """Split a batch: the positions of the samples to send, those withheld (their signal is
+        quarantined and not due for a probe) and the quarantines this batch probes."""
+        quarantined = self.stats.quarantined
+        now = asyncio.get_running_loop().time()
+        kept: list[int] = []
+        withheld: list[tuple[Sample, Quarantined]] = []
+        probes: list[Quarantined] = []
+        for position, sample in enumerate(samples):
+            entry = quarantined.get(sample.signal)
+            if entry is not None and not (entry.probing and entry in probes):
+                if entry.probing or now < entry.probe_at:
+                    withheld.append((sample, entry))
+                    continue
+                entry.probing = True  # this batch is the probe (all its samples of the signal)
+                probes.append(entry)
+            kept.append(position)
+        return kept, withheld, probes
+
+    @staticmethod
+    def _refused(
+        exc: SamplesRefusedError, samples: list[Sample]
+    ) -> dict[int, tuple[str, str]] | None:
+        """Position → (target, reason) of each refused sample; None if a position is not one of
+        ``samples`` (a broken sink: the batch then counts as failed, and is sent again)."""
+        refused: dict[int, tuple[str, str]] = {}
+        for refusal in exc.refusals:
+            for index in refusal.indices:
+                if not 0 <= index < len(samples):
+                    return None
+                refused[index] = (refusal.target, refusal.reason)
+        return refused
+
+    def _quarantine(
+        self,
+        sent: list[Sample],
+        refused: dict[int, tuple[str, str]],
+        probes: list[Quarantined],
+        withheld: list[tuple[Sample, Quarantined]],
+        *,
+        taken: bool,
+    ) -> None:
+        """Give up the refused and withheld samples (recorded as losses with the next commit),
+        quarantine the signals refused, and (if the destination ``taken`` the rest) release
+        those whose probe was not refused."""
+        quarantined = self.stats.quarantined
+        loop_time = asyncio.get_running_loop().time()
+        lost: dict[tuple[str, str], list[int]] = {}  # (signal, reason) → [first, last, count]
+        refused_signals: set[str] = set()
+        for index, (target, why) in refused.items():
+            sample = sent[index]
+            refused_signals.add(sample.signal)
+            entry = quarantined.get(sample.signal)
+            reason = f"refused by sink {self.sink_id!r} ({target}): {why}"
+            if entry is None:
+                known = any(e.target == target for e in quarantined.values())
+                entry = Quarantined(target, reason, Backoff(self.config.retry), loop_time)
+                quarantined[sample.signal] = entry
+                entry.probe_at = loop_time + entry.backoff.next_delay()
+                if not known:  # logged once per target, until the destination takes it again
+                    self._log.error(
+                        "sink.refused",
+                        target=target,
+                        reason=why,
+                        signal=sample.signal,
+                        probe_in_s=round(entry.probe_at - loop_time, 2),
+                    )
+            elif entry in probes:
+                entry.reason = reason
+            self._lose(lost, sample, entry.reason)
+            entry.refused += 1
+        for entry in probes:  # refused again: probe later; else the destination takes it again
+            if any(quarantined.get(signal) is entry for signal in refused_signals):
+                entry.probe_at = loop_time + entry.backoff.next_delay()
+        for signal in [s for s, e in quarantined.items() if taken and e in probes]:
+            if signal not in refused_signals:
+                entry = quarantined.pop(signal)
+                self._log.info(
+                    "sink.refusal_cleared",
+                    target=entry.target,
+                    signal=signal,
+                    refused=entry.refused,
+                )
+        for sample, entry in withheld:
+            # Given up with the refusal it was withheld for (even if a probe in flight meanwhile
+            # was taken: this sample was not sent, and the cursor moves on).
+            self._lose(lost, sample, entry.reason)
+            entry.refused += 1
+        count = 0
+        for (signal, reason), (first_seq, last_seq, n) in lost.items():
+            self._unsaved_losses.append(Loss(signal, first_seq, last_seq, n, reason))
+            count += n
+        self.stats.refused += count
+
+    @staticmethod
+    def _lose(lost: dict[tuple[str, str], list[int]], sample: Sample, reason: str) -> None:
+        span = lost.get((sample.signal, reason))
+        if span is None:
+            lost[(sample.signal, reason)] = [sample.seq, sample.seq, 1]
+        else:
+            span[0] = min(span[0], sample.seq)
+            span[1] = max(span[1], sample.seq)
+            span[2] += 1
 
     def _failed(self, reason: str, epoch: int, resent: int) -> None:
         """A forward failed; ``resent`` samples of it were in flight on a working connection

@@ -166,6 +166,7 @@ class Gateway:
                         "historical": f.stats.delivered_historical,
                         "backlog": f.stats.backlog,
                         "dropped": f.stats.dropped,
+                        "refused": f.stats.refused,
                         "failures": f.stats.failures,
                         "resent": f.stats.resent,
                     }

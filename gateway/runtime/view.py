@@ -104,6 +104,7 @@ def _table(gateway: Gateway) -> Table:
             f"\nsink {f.sink_id}: [{style}]{s.state.value}[/] {s.delivered} delivered"
             f" ({s.delivered_historical} historical), backlog {s.backlog}"
             + (f", {s.dropped} dropped" if s.dropped else "")
+            + (f", {s.refused} refused ({len(s.quarantined)} quarantined)" if s.refused else "")
             + (f", error: {s.last_error}" if s.state == "down" and s.last_error else "")
         )
     return table

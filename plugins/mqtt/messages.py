@@ -108,32 +108,43 @@ def sample_messages(samples: Sequence[Sample], historical: bool, topics: TopicMa
 
 
 def batch_messages(
-    samples: Sequence[Sample], historical: bool, topics: TopicMap, max_bytes: int
+    samples: Sequence[Sample],
+    historical: bool,
+    topics: TopicMap,
+    max_bytes: int,
+    owners: list[list[int]] | None = None,
 ) -> list[Message]:
     """Per topic (in order of first appearance), JSON arrays of its samples in the order given
     (commit order: each signal's in ``seq`` order), each at most ``max_bytes`` long unless a
-    single sample is longer. With one topic per signal, that is one array per signal."""
+    single sample is longer. With one topic per signal, that is one array per signal.
+
+    ``owners``, if given, receives for each message the positions in ``samples`` of the
+    samples it holds (to say which samples a broker refused with a message)."""
     known = topics.topics
     topic_of = topics.topic
-    groups: dict[str, list[Sample]] = {}
-    for sample in samples:
+    groups: dict[str, list[int]] = {}
+    for position, sample in enumerate(samples):
         topic = known.get(sample.signal) or topic_of(sample.signal)
         group = groups.get(topic)
         if group is None:
-            groups[topic] = [sample]
+            groups[topic] = [position]
         else:
-            group.append(sample)
+            group.append(position)
     encode = historical_json if historical else sample_to_json
     messages: list[Message] = []
     for topic, group in groups.items():
-        items = [encode(s).encode() for s in group]
+        items = [encode(samples[p]).encode() for p in group]
         start, size = 0, 1  # size == len(b"[" + b",".join(items[start:i]) + b"]")
         for i, item in enumerate(items):
             if i > start and size + len(item) + 1 > max_bytes:
                 messages.append((topic, b"[" + b",".join(items[start:i]) + b"]"))
+                if owners is not None:
+                    owners.append(group[start:i])
                 start, size = i, 1
             size += len(item) + 1
         messages.append((topic, b"[" + b",".join(items[start:]) + b"]"))
+        if owners is not None:
+            owners.append(group[start:] if start else group)
     return messages
 
 

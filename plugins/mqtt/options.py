@@ -194,7 +194,15 @@ class MqttOptions(BaseModel):
             " system's certificate authorities."
         ),
     )
-    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT version.")
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="5",
+        description=(
+            "MQTT version. 5 (the default) lets a broker refuse one message with a reason (an"
+            " ACL's 'Not authorized'): its samples are given up as losses with that reason and"
+            " everything else flows. A 3.1.1 broker acknowledges a message it refuses and drops"
+            " it silently: 'patgw check' warns."
+        ),
+    )
     qos: Literal[1, 2] = Field(
         default=1,
         description=(
@@ -263,10 +271,14 @@ class MqttOptions(BaseModel):
         ),
     )
     connect_timeout_s: float = Field(
-        default=10.0,
+        default=5.0,
         gt=0,
         le=300,
-        description="Most seconds to connect and be accepted (CONNACK) by the broker.",
+        description=(
+            "Most seconds to connect (TCP, TLS) and be accepted (CONNACK) by the broker. Keep"
+            " it below the sink's send_timeout_s (10 s by default), so that a failed connect"
+            " says which step timed out."
+        ),
     )
     publish_timeout_s: float = Field(
         default=10.0,
@@ -318,6 +330,23 @@ class MqttOptions(BaseModel):
     @classmethod
     def _valid_status_topic(cls, topic: str | None) -> str | None:
         return None if topic is None else check_template(topic, STATUS_FIELDS)
+
+    def config_warnings(self) -> list[str]:
+        """What ``patgw check`` warns about (valid, but probably not what is meant)."""
+        warnings = []
+        if self.protocol == "3.1.1":
+            warnings.append(
+                "protocol: MQTT 3.1.1 has no way to refuse a message: a broker that denies a"
+                " topic (an ACL) acknowledges its messages and drops them, and the gateway counts"
+                " them delivered; use protocol 5"
+            )
+        elif self.qos == 2:
+            warnings.append(
+                "qos: at QoS 2 a broker's refusal of a message (an ACL) is not seen (paho-mqtt"
+                " ignores the reason code of PUBREC): refused messages count as delivered; QoS 1"
+                " reports them"
+            )
+        return warnings
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttOptions:

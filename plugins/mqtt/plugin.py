@@ -5,7 +5,10 @@ feeds the sink from the store through a durable cursor (:class:`gateway.Forwardi
 :meth:`MqttSink.forward` returns only once the broker acknowledged every message (PUBACK at
 QoS 1, PUBCOMP at QoS 2) and raises :class:`~.session.MqttError` on any failure; the runtime
 then retries from its cursor with backoff, so consumers may see a message twice and
-de-duplicate on ``(signal, seq)``.
+de-duplicate on ``(signal, seq)``. A message an MQTT 5 broker refuses (an ACL's "Not
+authorized" in the PUBACK) fails nothing else: ``forward`` raises
+:class:`gateway.SamplesRefusedError` naming its topic, its samples and the reason code, and the
+runtime quarantines those signals while everything else flows.
 
 The connection is made lazily, by the first ``forward`` (the gateway starts, and stores
 locally, while the broker is down), and again by the first one after a failure. Each connect
@@ -17,12 +20,20 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway import PluginContext, Registry, Sample, Signal, hookimpl
+from gateway import (
+    PluginContext,
+    Refusal,
+    Registry,
+    Sample,
+    SamplesRefusedError,
+    Signal,
+    hookimpl,
+)
 
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
 from .options import MqttOptions, check_topic, parse_broker_url
@@ -71,12 +82,8 @@ class MqttSink:
             tls=options.tls,
             will=will,
         )
-        if options.payload == "batch":
-            self._encode = functools.partial(
-                batch_messages, topics=self.topics, max_bytes=options.max_payload_bytes
-            )
-        else:
-            self._encode = functools.partial(sample_messages, topics=self.topics)
+        self._batch = options.payload == "batch"
+        self._refused_topics: set[str] = set()  # metadata or status topics refused, logged once
         self._session: Session | None = None
         self._retired: list[Session] = []  # ended sessions whose network thread may still run
         # Calls that wait for a session queue on the lock (first come, first served) and
@@ -119,10 +126,19 @@ class MqttSink:
 
         Raises :class:`MqttError` naming the broker and the reason on any failure (the session
         is then closed: the next call connects anew). Messages reach the client in call order.
+        Raises :class:`gateway.SamplesRefusedError` once every message is answered if the
+        broker refused some (MQTT 5): the others are delivered, the session stays.
         """
         if not samples:
             return
-        messages = self._encode(samples, historical)
+        owners: list[list[int]] | None = None
+        if self._batch:
+            owners = []
+            messages = batch_messages(
+                samples, historical, self.topics, self.options.max_payload_bytes, owners
+            )
+        else:
+            messages = sample_messages(samples, historical, self.topics)
         session = self._session
         if session is not None and session.usable and not self._in_line:
             delivery = self._publish(session, messages)
@@ -136,6 +152,8 @@ class MqttSink:
             finally:
                 self._in_line -= 1
         await self._acknowledged(session, delivery)
+        if delivery.refused:
+            raise SamplesRefusedError(_refusals(messages, owners, delivery.refused))
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -167,10 +185,12 @@ class MqttSink:
             greeting.append((self.status_topic, status_payload("online", self.client_id)))
         try:
             await session.open()
-            await self._acknowledged(session, session.publish(greeting, retain=True))
+            delivery = session.publish(greeting, retain=True)
+            await self._acknowledged(session, delivery)
         except BaseException:
             self._discard(session, "connect failed")
             raise
+        self._greeted(greeting, delivery.refused)
         session.ready = True
         self.sessions = session.number
         log.info(
@@ -182,6 +202,22 @@ class MqttSink:
             signals=len(self.topics.meta),
         )
         return session
+
+    def _greeted(self, greeting: Sequence[Message], refused: dict[int, ReasonCode]) -> None:
+        """A refused metadata or status message does not stop the sink (the samples may still
+        be allowed): log each refused topic once, until it is accepted again."""
+        for position, (topic, _) in enumerate(greeting):
+            reason_code = refused.get(position)
+            if reason_code is None:
+                self._refused_topics.discard(topic)
+            elif topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.warning(
+                    "mqtt.retained_refused",
+                    url=self.url,
+                    topic=topic,
+                    reason=_broker_reason(reason_code),
+                )
 
     def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
         try:
@@ -225,6 +261,23 @@ class MqttSink:
                 await asyncio.to_thread(_join_all, retired)
         except TimeoutError:
             log.warning("mqtt.close_timeout", url=self.url, sessions=len(retired))
+
+
+def _broker_reason(reason_code: ReasonCode) -> str:
+    return f"the broker answered {reason_code} (MQTT 5 reason code 0x{reason_code.value:02X})"
+
+
+def _refusals(
+    messages: Sequence[Message], owners: list[list[int]] | None, refused: dict[int, ReasonCode]
+) -> list[Refusal]:
+    """The samples of the refused messages, per topic and reason (``owners``: each message's
+    sample positions; None: one sample per message)."""
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for position in sorted(refused):
+        topic = messages[position][0]
+        indices = grouped.setdefault((f"topic {topic}", _broker_reason(refused[position])), [])
+        indices.extend(owners[position] if owners is not None else (position,))
+    return [Refusal(tuple(i), target, reason) for (target, reason), i in grouped.items()]
 
 
 def _join_all(sessions: Sequence[Session]) -> None:

@@ -8,6 +8,12 @@ message id. Acknowledgements arriving together are handed over in one call. Flow
 (at most ``max_inflight`` unacknowledged messages, or an MQTT 5 broker's Receive Maximum) is
 done here too, in order, rather than by paho.
 
+An MQTT 5 broker may refuse one message (a reason code of 0x80 or more in its PUBACK, e.g.
+"Not authorized" from an ACL) and keep the connection: such a message counts as done, and its
+:class:`Delivery` lists it in :attr:`Delivery.refused` with the broker's reason, so the caller
+can give it up without stalling the rest. (At QoS 2 paho-mqtt ignores the reason code of a
+PUBREC, and MQTT 3.1.1 has none: a refusal is then invisible.)
+
 A :class:`Session` is single-use, from connect to loss: paho's automatic reconnect is off,
 and the sink makes a new session after any failure. A lost connection fails every message
 still waiting for its acknowledgement at once, rather than at a timeout. Sessions start clean
@@ -30,8 +36,9 @@ import socket
 import ssl
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
@@ -85,19 +92,21 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class Delivery:
     """The acknowledgements of a group of messages, awaited together with :meth:`wait`."""
 
-    __slots__ = ("_future", "count", "remaining")
+    __slots__ = ("_future", "count", "refused", "remaining")
 
     def __init__(self, future: asyncio.Future[None], count: int) -> None:
         self._future = future
         self.count = count
         self.remaining = count
+        self.refused: dict[int, ReasonCode] = {}
+        """Messages the broker refused (by position in the group) and its reason code."""
         future.add_done_callback(_retrieve)
         if count == 0:
             future.set_result(None)
 
     async def wait(self) -> None:
-        """Return once the broker acknowledged every message; raise :class:`MqttError` if the
-        session fails first."""
+        """Return once the broker answered every message (acknowledged it, or refused it: see
+        :attr:`refused`); raise :class:`MqttError` if the session fails first."""
         await self._future
 
     def acknowledge(self) -> None:
@@ -105,6 +114,11 @@ class Delivery:
         self.remaining -= 1
         if self.remaining == 0 and not self._future.done():
             self._future.set_result(None)
+
+    def refuse(self, position: int, reason_code: ReasonCode) -> None:
+        """The broker refused the message at ``position``: it is answered, not delivered."""
+        self.refused[position] = reason_code
+        self.acknowledge()
 
     def fail(self, error: MqttError) -> None:
         """Fail the delivery (if it is not done)."""
@@ -126,16 +140,28 @@ class _TlsContext(ssl.SSLContext):
         return sock
 
 
+@contextlib.contextmanager
+def _reading(fields: str, *paths: Path | None) -> Iterator[None]:
+    """Name the option and file in an error reading it (ssl's own errors name neither)."""
+    try:
+        yield
+    except OSError as exc:
+        names = ", ".join(str(p) for p in paths if p is not None)
+        raise OSError(f"{fields} ({names}): {exc.strerror or exc}") from exc
+
+
 def _tls_context(tls: TlsOptions | None) -> _TlsContext:
     # Reads files: called on the connecting worker thread.
     context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
     if tls is not None and tls.ca_file is not None:
-        context.load_verify_locations(tls.ca_file)  # only these CAs
+        with _reading("tls.ca_file", tls.ca_file):
+            context.load_verify_locations(tls.ca_file)  # only these CAs
     else:
         context.load_default_certs()
     if tls is not None:
         if tls.cert_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            with _reading("tls.cert_file/key_file", tls.cert_file, tls.key_file):
+                context.load_cert_chain(tls.cert_file, tls.key_file)
         context.check_hostname = tls.verify_hostname
     return context
 
@@ -176,7 +202,8 @@ class Session:
         self._loop = loop
         self._lost: str | None = None
         self._connected = False
-        self._pending: dict[int, Delivery] = {}  # by message id, until acknowledged
+        # By message id until acknowledged: the delivery and the message's position in it.
+        self._pending: dict[int, tuple[Delivery, int]] = {}
         # Flow control is ours, not paho's: a limit in paho makes it scan its in-flight
         # messages on every acknowledgement (measured: 10,600 msg/s without a limit, 4,700
         # with 1000, 900 with 65535), and paho ignores an MQTT 5 broker's Receive Maximum.
@@ -184,7 +211,7 @@ class Session:
         # checking): a PUBACK must never be credited to another message with the same id.
         self._window = min(settings.max_inflight or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
         self._in_flight = 0
-        self._waiting: deque[tuple[str, str | bytes, bool, Delivery]] = deque()
+        self._waiting: deque[tuple[str, str | bytes, bool, Delivery, int]] = deque()
         self._connack: asyncio.Future[None] = loop.create_future()
         self._connack.add_done_callback(_retrieve)
         self._acks: list[tuple[int, ReasonCode]] = []
@@ -224,12 +251,26 @@ class Session:
         Raises :class:`MqttError` (the session is then aborted).
         """
         timeout = self.settings.connect_timeout_s
+        connected = False
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.to_thread(self._start)
+                connected = True
                 await self._connack
         except TimeoutError:
-            reason = f"no connection within {timeout:g} s"
+            # Also paho's own socket timeout (TimeoutError is an OSError): name the step.
+            if connected:
+                reason = (
+                    f"no CONNACK within {timeout:g} s (connect_timeout_s): the broker accepted"
+                    " the connection but did not answer the MQTT CONNECT"
+                )
+            else:
+                steps = (
+                    "TCP connection and TLS handshake"
+                    if self.settings.address.tls
+                    else "TCP connection"
+                )
+                reason = f"{steps} not completed within {timeout:g} s (connect_timeout_s)"
             self.abort(reason)
             raise self.error(reason) from None
         except MqttError:
@@ -258,14 +299,19 @@ class Session:
         delivery = Delivery(self._loop.create_future(), len(messages))
         if not self._waiting and self._in_flight + len(messages) <= self._window:
             hand = self._hand
-            for topic, payload in messages:
-                hand(topic, payload, retain, delivery)
+            for position, (topic, payload) in enumerate(messages):
+                hand(topic, payload, retain, delivery, position)
         else:
-            self._waiting.extend((topic, payload, retain, delivery) for topic, payload in messages)
+            self._waiting.extend(
+                (topic, payload, retain, delivery, position)
+                for position, (topic, payload) in enumerate(messages)
+            )
             self._release()
         return delivery
 
-    def _hand(self, topic: str, payload: str | bytes, retain: bool, delivery: Delivery) -> None:
+    def _hand(
+        self, topic: str, payload: str | bytes, retain: bool, delivery: Delivery, position: int
+    ) -> None:
         try:
             info = self._client.publish(topic, payload, self.settings.qos, retain)
         except ValueError as exc:  # a payload beyond MQTT's 256 MB limit
@@ -282,7 +328,7 @@ class Session:
         if info.mid in self._pending:  # cannot happen within the window: never guess
             self.abort(f"message id {info.mid} reused while in flight")
             raise self.error(f"message id {info.mid} reused while in flight")
-        self._pending[info.mid] = delivery
+        self._pending[info.mid] = (delivery, position)
         self._in_flight += 1
 
     def _release(self) -> None:
@@ -335,7 +381,9 @@ class Session:
             self._lost = reason
         if not self._connack.done():
             self._connack.set_exception(self.error(reason))
-        deliveries = dict.fromkeys([*self._pending.values(), *(w[3] for w in self._waiting)])
+        deliveries = dict.fromkeys(
+            [*(p[0] for p in self._pending.values()), *(w[3] for w in self._waiting)]
+        )
         self._pending.clear()
         self._waiting.clear()
         for delivery in deliveries:
@@ -358,14 +406,14 @@ class Session:
             acks, self._acks = self._acks, []
         pending = self._pending
         for mid, reason_code in acks:
-            delivery = pending.pop(mid, None)
-            if delivery is None:
+            entry = pending.pop(mid, None)
+            if entry is None:
                 continue  # failed or abandoned already
             self._in_flight -= 1
             if reason_code.is_failure:  # MQTT 5 only: e.g. "Not authorized" for the topic
-                delivery.fail(self.error(f"the broker refused a message: {reason_code}"))
+                entry[0].refuse(entry[1], reason_code)
             else:
-                delivery.acknowledge()
+                entry[0].acknowledge()
         if self._waiting:
             with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
                 self._release()
