@@ -147,9 +147,8 @@ def test_check_reports_misspelt_unit_with_its_path(tmp_path: Path) -> None:
 def test_check_warns_on_mqtt_3_but_passes(tmp_path: Path) -> None:
     """MQTT 3.1.1 cannot tell the gateway that a broker refused a message: a warning naming
     the path, exit 0. The shipped demo (MQTT 5) gets none."""
-    demo = (REPO / "configs" / "demo-mqtt.yaml").read_text()
-    config = tmp_path / "demo-mqtt.yaml"
-    config.write_text(demo.replace("model: configs/", f"model: {REPO}/configs/"))
+    config, _ = demo_copy(tmp_path, "demo-mqtt.yaml")
+    demo = config.read_text()
     result = patgw("check", str(config))
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert 'protocol: "5"' in demo
