@@ -21,6 +21,8 @@ import pytest
 import pytest_asyncio
 import structlog
 import yaml
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -246,6 +248,26 @@ def make_client_cert(folder: Path, name: str) -> ClientCert:
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     write_pem_key(pair.key, key)
     return pair
+
+
+async def secure_client(
+    url: str, who: ClientCert, server_cert: Path, user: str | None, password: str
+) -> Client:
+    """An asyncua client (not connected) for ``url``: Basic256Sha256 SignAndEncrypt with
+    ``who``'s certificate, trusting ``server_cert``, logging in as ``user`` (None: anonymous)."""
+    client = Client(url, timeout=5)
+    client.application_uri = who.uri
+    await client.set_security(
+        security_policies.SecurityPolicyBasic256Sha256,
+        str(who.cert),
+        str(who.key),
+        server_certificate=str(server_cert),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password)
+    return client
 
 
 def certificate_builder(
