@@ -43,9 +43,9 @@ from plugins.opcua_server.sink import OpcUaServerSink
 
 PASSWORD = "reader-secret"
 ATTEMPTS = 5
-# More than the default number of connections still logging in (and than the old cap of 20
-# connections of any kind), so the flood keeps the server's pre-login pool full.
-FLOOD = 60
+# More than the default number of connections still logging in (64; and than the old cap of
+# 20 connections of any kind), so the flood keeps the server's pre-login pool full.
+FLOOD = 100
 
 
 @contextlib.asynccontextmanager
@@ -105,6 +105,24 @@ async def test_a_trusted_client_gets_in_every_time_during_a_flood_that_never_log
             assert await connect_and_read(client) == ua.ServerState.Running
         # The flood was at work all along: the server had to close flood connections.
         await wait_for(lambda: flood.closed_by_server >= FLOOD, what="flood connections closed")
+
+
+@pytest.mark.asyncio
+async def test_a_flood_from_another_host_only_evicts_its_own_connections(tmp_path: Path) -> None:
+    # A small pool, turned over at once by a flood reopening at once: only which address is
+    # evicted from keeps the client in (the client's own steps take longer than 4 arrivals).
+    async with serving(tmp_path, max_unauthenticated=4) as sink:
+        who = trusted_client(sink, tmp_path / "client")
+        assert sink.own_certificate is not None
+        url, cert = sink.endpoint_url, sink.own_certificate.cert_path
+        async with ConnectionFlood(
+            "127.0.0.1", port_of(sink), 20, "hello", 0.0, "127.0.0.2"
+        ) as flood:
+            await flood.all_opened_once()
+            for _ in range(ATTEMPTS):
+                client = await secure_client(url, who, cert, "reader", PASSWORD)
+                assert await connect_and_read(client) == ua.ServerState.Running
+            await wait_for(lambda: flood.closed_by_server >= 20, what="flood connections closed")
 
 
 @pytest.mark.asyncio

@@ -13,10 +13,13 @@ What the API cannot reach is closed here, in subclasses:
   connections (an activated session) and connections still logging in are bounded apart; the
   latter must open a secure channel within ``handshake_timeout_s`` and activate a session
   within ``activation_timeout_s`` of connecting. When their pool is full a new connection
-  evicts the oldest one that has not *proven* itself — opened a secure channel with a trusted
-  client certificate, which a peer without a trusted key cannot do — so a flood from any
-  address, the client's own included, only ever pushes out its own connections. The newcomer
-  is refused only when every connection in the pool has proven itself.
+  evicts one that has not *proven* itself — opened a secure channel with a trusted client
+  certificate, which a peer without a trusted key cannot do: from the address holding the most
+  such connections, the one whose last step (connecting, its Hello) is the oldest. A flood
+  from another host only evicts its own connections; one from the client's own address pushes
+  the client out only if the pool turns over completely between two of the client's steps
+  (milliseconds; ``benchmarks/opcua_flood.py`` measures it). The newcomer is refused only when
+  every connection in the pool has proven itself.
 * **Oversized chunk headers**: asyncua buffers a whole chunk before comparing its size with the
   limit (and never compares a chunk that arrived complete in one read), so a peer announcing a
   4 GB chunk could make it buffer whatever it sends and a 100 KB Hello was ACKed;
@@ -128,23 +131,42 @@ class _Admission:
 
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
-        self.logging_in: dict[_BoundedProtocol, None] = {}  # oldest first
+        # Connections logging in, by their last step (connected, Hello) — oldest first.
+        self.logging_in: dict[_BoundedProtocol, None] = {}
         self.logged_in: set[_BoundedProtocol] = set()
         self.tally = _Tally()
 
     def admit(self, newcomer: _BoundedProtocol) -> bool:
         """Make room for ``newcomer`` in the pre-login pool; False if it must be refused."""
         if len(self.logging_in) >= self.limits.max_unauthenticated:
-            victim = next((p for p in self.logging_in if not p.proven), None)
-            pool = self.limits.max_unauthenticated
+            victim = self._victim()
             if victim is None:
                 self.tally("refused: all logging in with trusted certificates", newcomer.peer_name)
                 return False
+            pool = self.limits.max_unauthenticated
             self.tally("evicted: oldest of a full pre-login pool", victim.peer_name, pool=pool)
             self.forget(victim)
             victim.drop()
         self.logging_in[newcomer] = None
         return True
+
+    def _victim(self) -> _BoundedProtocol | None:
+        # From the address holding the most unproven connections (a flood from one host
+        # evicts its own, whoever else waits), the one whose last step is the oldest.
+        per_host: dict[str, int] = {}
+        for protocol in self.logging_in:
+            if not protocol.proven:
+                per_host[protocol.host] = per_host.get(protocol.host, 0) + 1
+        if not per_host:
+            return None
+        crowded = max(per_host, key=per_host.__getitem__)
+        return next(p for p in self.logging_in if not p.proven and p.host == crowded)
+
+    def greeted(self, protocol: _BoundedProtocol) -> None:
+        """A first Hello: a step forward, to the back of the eviction line."""
+        if protocol in self.logging_in:
+            del self.logging_in[protocol]
+            self.logging_in[protocol] = None
 
     def may_activate(self, protocol: _BoundedProtocol) -> bool:
         return protocol in self.logged_in or len(self.logged_in) < self.limits.max_sessions
@@ -190,6 +212,12 @@ class _GatewayProcessor(UaProcessor):
     def __init__(self, protocol: _BoundedProtocol) -> None:
         super().__init__(protocol.iserver, protocol.transport, protocol.limits)
         self._protocol = protocol
+
+    async def process(self, header: Any, body: Any) -> bool:
+        if not self._protocol.greeted and header.MessageType == ua.MessageType.Hello:
+            self._protocol.greeted = True
+            self._protocol.admission.greeted(self._protocol)
+        return await super().process(header, body)  # type: ignore[no-any-return,no-untyped-call]
 
     def open_secure_channel(self, algohdr: Any, seqhdr: Any, body: Any) -> None:
         super().open_secure_channel(algohdr, seqhdr, body)  # type: ignore[no-untyped-call]
@@ -237,11 +265,14 @@ class _BoundedProtocol(OPCUAProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.host = ""  # the peer's address
+        self.greeted = False  # a Hello came
         self.proven = False  # a secure channel with a trusted client certificate is open
         self._deadlines: list[asyncio.TimerHandle] = []
 
     def connection_made(self, transport: Any) -> None:
         self.peer_name = transport.get_extra_info("peername")
+        self.host = str(self.peer_name[0] if isinstance(self.peer_name, tuple) else self.peer_name)
         if not self.admission.admit(self):
             transport.close()
             return

@@ -132,15 +132,15 @@ class OpcUaServerOptions(BaseModel):
         ),
     )
     max_unauthenticated: int = Field(
-        default=32,
+        default=64,
         ge=1,
         le=1000,
         description=(
             "Most connections that have not activated a session yet. When full, a new"
-            " connection closes the oldest one that has not opened a secure channel with a"
-            " trusted client certificate (so a flood of connections that never log in, even"
-            " from the client's own address, cannot keep a trusted client out); if all have,"
-            " the new one is refused."
+            " connection closes one that has not opened a secure channel with a trusted client"
+            " certificate — from the address with the most, the one that made its last step"
+            " longest ago — so connections that never log in cannot keep a trusted client out;"
+            " if all have, the new one is refused."
         ),
     )
     handshake_timeout_s: float = Field(
