@@ -146,7 +146,9 @@ async def _scenario(
     attacker.start()
     try:
         await asyncio.to_thread(ready.wait, args.seconds)
+        started = time.monotonic()
         figures = await _logins(sink, who, args.attempts)
+        seconds = time.monotonic() - started
     finally:
         stop.set()
         opened, closed = await asyncio.to_thread(results.get, True, args.seconds + 10)
@@ -160,6 +162,8 @@ async def _scenario(
         },
         "flood_opened": opened,
         "flood_closed_by_server": closed,
+        "seconds": round(seconds, 1),
+        "flood_closed_per_s": round(closed / seconds),  # over the attempts: a rough churn rate
         **figures,
     }
 

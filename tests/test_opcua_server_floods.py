@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 
 import pytest
 import pytest_asyncio
+import structlog
 from asyncua import Client, ua
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
@@ -98,13 +100,21 @@ async def test_a_trusted_client_gets_in_every_time_during_a_flood_that_never_log
     who = trusted_client(server, tmp_path / "client")
     assert server.own_certificate is not None
     url, cert = server.endpoint_url, server.own_certificate.cert_path
-    async with ConnectionFlood("127.0.0.1", port_of(server), FLOOD, kind) as flood:  # type: ignore[arg-type]
-        await flood.all_opened_once()
-        for _ in range(ATTEMPTS):
-            client = await secure_client(url, who, cert, "reader", PASSWORD)
-            assert await connect_and_read(client) == ua.ServerState.Running
-        # The flood was at work all along: the server had to close flood connections.
-        await wait_for(lambda: flood.closed_by_server >= FLOOD, what="flood connections closed")
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logged:
+        async with ConnectionFlood("127.0.0.1", port_of(server), FLOOD, kind) as flood:  # type: ignore[arg-type]
+            await flood.all_opened_once()
+            for _ in range(ATTEMPTS):
+                client = await secure_client(url, who, cert, "reader", PASSWORD)
+                assert await connect_and_read(client) == ua.ServerState.Running
+            # The flood was at work all along: the server had to close flood connections.
+            await wait_for(lambda: flood.closed_by_server >= FLOOD, what="flood connections")
+    # Closing them is logged as a tally per reason every 10 s, not once per connection.
+    closed = [e for e in logged if e["event"] == "opcua_server.connection_closed"]
+    assert closed and all(e["log_level"] == "warning" for e in closed)
+    most = 1 + int((time.monotonic() - started) / 10)
+    for reason in {e["reason"] for e in closed}:
+        assert sum(e["reason"] == reason for e in closed) <= most, reason
 
 
 @pytest.mark.asyncio
