@@ -170,32 +170,36 @@ async def test_logged_in_clients_and_those_logging_in_are_bounded_apart(tmp_path
 
 @pytest.mark.asyncio
 async def test_a_connection_that_does_not_log_in_in_time_is_closed(tmp_path: Path) -> None:
-    async with serving(tmp_path, handshake_timeout_s=0.5, activation_timeout_s=1.0) as sink:
+    options = {"handshake_timeout_s": 0.5, "activation_timeout_s": 1.0}
+    async with serving(tmp_path, **options) as sink:
         who = trusted_client(sink, tmp_path / "client")
         assert sink.own_certificate is not None
-        # A Hello and then nothing: no secure channel within handshake_timeout_s.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sink))
-        try:
-            writer.write(hello(sink.endpoint_url))
-            async with asyncio.timeout(5):
-                assert (await read_until_closed(reader))[:3] == b"ACK"
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        # A secure channel with a trusted certificate, and then no session.
-        client = await secure_client(
-            sink.endpoint_url, who, sink.own_certificate.cert_path, "reader", PASSWORD
-        )
-        await client.connect_socket()
-        try:
-            await client.send_hello()
-            await client.open_secure_channel()
-            await wait_for(
-                lambda: client.uaclient.protocol.is_closed, within=5, what="closed by the server"
+        with structlog.testing.capture_logs() as logged:
+            # A Hello and then nothing: no secure channel within handshake_timeout_s.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(sink))
+            try:
+                writer.write(hello(sink.endpoint_url))
+                async with asyncio.timeout(5):
+                    assert (await read_until_closed(reader))[:3] == b"ACK"
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            # A secure channel with a trusted certificate, and then no session.
+            client = await secure_client(
+                sink.endpoint_url, who, sink.own_certificate.cert_path, "reader", PASSWORD
             )
-        finally:
-            client.disconnect_socket()
+            await client.connect_socket()
+            try:
+                await client.send_hello()
+                await client.open_secure_channel()
+                await wait_for(
+                    lambda: client.uaclient.protocol.is_closed, within=5, what="closed by server"
+                )
+            finally:
+                client.disconnect_socket()
+    reasons = [e["reason"] for e in logged if e["event"] == "opcua_server.connection_closed"]
+    assert reasons == ["no secure channel within 0.5 s", "no activated session within 1.0 s"]
 
 
 # --- oversized Hello ----------------------------------------------------------------------
