@@ -15,14 +15,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import pytest_asyncio
 import structlog
 import yaml
-from asyncua import Client, ua
-from asyncua.crypto import security_policies
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -31,6 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway import Plan, PollingDriver, Sample, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
 from gateway.store import SampleStore
+
+if TYPE_CHECKING:
+    from asyncua import Client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,6 +256,9 @@ async def secure_client(
 ) -> Client:
     """An asyncua client (not connected) for ``url``: Basic256Sha256 SignAndEncrypt with
     ``who``'s certificate, trusting ``server_cert``, logging in as ``user`` (None: anonymous)."""
+    from asyncua import Client, ua  # only the OPC UA tests pay for importing asyncua
+    from asyncua.crypto import security_policies
+
     client = Client(url, timeout=5)
     client.application_uri = who.uri
     await client.set_security(
