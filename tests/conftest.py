@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -31,6 +31,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway import Plan, PollingDriver, Sample, build_registry, load_plan
 from gateway.runtime import Gateway, RunSummary
 from gateway.store import SampleStore
+
+if TYPE_CHECKING:
+    from asyncua import Client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -276,6 +279,29 @@ def make_client_cert(folder: Path, name: str) -> ClientCert:
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     write_pem_key(pair.key, key)
     return pair
+
+
+async def secure_client(
+    url: str, who: ClientCert, server_cert: Path, user: str | None, password: str
+) -> Client:
+    """An asyncua client (not connected) for ``url``: Basic256Sha256 SignAndEncrypt with
+    ``who``'s certificate, trusting ``server_cert``, logging in as ``user`` (None: anonymous)."""
+    from asyncua import Client, ua  # only the OPC UA tests pay for importing asyncua
+    from asyncua.crypto import security_policies
+
+    client = Client(url, timeout=5)
+    client.application_uri = who.uri
+    await client.set_security(
+        security_policies.SecurityPolicyBasic256Sha256,
+        str(who.cert),
+        str(who.key),
+        server_certificate=str(server_cert),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password)
+    return client
 
 
 def certificate_builder(

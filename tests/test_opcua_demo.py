@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import conftest
 import pytest
 from asyncua import Client, ua
-from asyncua.crypto import security_policies
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 from conftest import demo_copy, make_client_cert, running, wait_for
@@ -54,20 +55,8 @@ async def test_demo_controller_in_and_secure_server_out(
         await insecure.disconnect()
         assert refused.value.code == StatusCodes.BadSecurityPolicyRejected
 
-        async def secure_client(user: str | None) -> Client:
-            client = Client(url, timeout=5)
-            client.application_uri = client_cert.uri
-            await client.set_security(
-                security_policies.SecurityPolicyBasic256Sha256,
-                str(client_cert.cert),
-                str(client_cert.key),
-                server_certificate=str(server_cert),
-                mode=ua.MessageSecurityMode.SignAndEncrypt,
-            )
-            if user is not None:
-                client.set_user(user)
-                client.set_password(DEMO_PASSWORD)
-            return client
+        def secure_client(user: str | None) -> Any:
+            return conftest.secure_client(url, client_cert, server_cert, user, DEMO_PASSWORD)
 
         # Secure channel but an untrusted certificate, then trusted but anonymous: refused.
         untrusted = await secure_client(DEMO_USER)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway import ConfigPath, is_password_hash
 
@@ -124,8 +124,53 @@ class OpcUaServerOptions(BaseModel):
         default=20,
         ge=1,
         le=1000,
-        description="Most TCP connections at once, logged in or not; more are refused.",
+        description=(
+            "Most clients logged in at once (connections with an activated session); a further"
+            " login is refused with BadTooManySessions. Connections still logging in do not"
+            " count: see max_unauthenticated."
+        ),
     )
+    max_unauthenticated: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description=(
+            "Most connections that have not activated a session yet. When full, a new"
+            " connection closes one that has not opened a secure channel with a trusted client"
+            " certificate — from the address with the most, the one that made its last step"
+            " longest ago — so connections that never log in cannot keep a trusted client out;"
+            " if all have, the new one is refused."
+        ),
+    )
+    handshake_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds from the TCP connection to an open secure channel (Hello and"
+            " OpenSecureChannel); a connection without one by then is closed."
+        ),
+    )
+    activation_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds from the TCP connection to an activated session (CreateSession and"
+            " ActivateSession with user name and password); a connection without one by then"
+            " is closed. At least handshake_timeout_s."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _activation_after_handshake(self) -> OpcUaServerOptions:
+        if self.activation_timeout_s < self.handshake_timeout_s:
+            raise ValueError(
+                f"activation_timeout_s ({self.activation_timeout_s}) must be at least"
+                f" handshake_timeout_s ({self.handshake_timeout_s}): the session comes after"
+                " the secure channel"
+            )
+        return self
 
     @field_validator("users")
     @classmethod

@@ -10,7 +10,9 @@ For the ``opcua_server`` sink and the operators who manage its files. Under
   session; the folder is read again whenever its contents change, so trusting a client needs
   no restart. Removing a file refuses new sessions of that client (open ones go on).
 * ``rejected/`` — certificates of refused clients, copied so an operator can check one and move
-  it to ``trusted/`` (at most :data:`MAX_REJECTED` files, so a flood cannot fill the disk).
+  it to ``trusted/``. At most :data:`MAX_REJECTED` files, so a flood cannot fill the disk; the
+  newest are kept (a new one replaces the oldest, and one refused again counts as new), so
+  however many certificates a peer sent before, a new client's is there for the operator.
 
 Trust is by exact certificate (SHA-256 of the DER form), the usual OPC UA trust list of
 self-signed application certificates; certificate authorities and revocation lists are not
@@ -284,14 +286,24 @@ class TrustList:
         path = self.rejected_dir / f"{label}_{fingerprint(der)[:16]}.der"
         try:
             if path.exists():
+                os.utime(path)  # refused again: among the newest, kept the longest
                 return path
-            if sum(1 for _ in self.rejected_dir.iterdir()) >= MAX_REJECTED:
-                return None
+            self._make_room()
             _write_atomically(path, der, 0o644)
         except OSError as exc:
             log.warning("opcua_server.reject_copy_failed", path=str(path), error=str(exc))
             return None
         return path
+
+    def _make_room(self) -> None:
+        """Delete the oldest rejected certificates so that one more makes :data:`MAX_REJECTED`."""
+        files = sorted(
+            (entry.stat().st_mtime_ns, entry.path)
+            for entry in os.scandir(self.rejected_dir)
+            if entry.is_file() and not entry.name.startswith(".")
+        )
+        for _, oldest in files[: max(0, len(files) - MAX_REJECTED + 1)]:
+            Path(oldest).unlink(missing_ok=True)
 
     def _refresh(self) -> None:
         try:

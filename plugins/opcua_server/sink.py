@@ -30,7 +30,7 @@ from gateway import PluginContext, Sample, Signal
 from ._ua import AttributeIds, ObjectIds, StatusCodes, from_timestamp, numeric_node, status
 from .access import ClientCertificateCheck, LoginGate, RoleRules
 from .address_space import SignalSpace, notify, set_value
-from .hardened import GatewayServer
+from .hardened import ConnectionLimits, GatewayServer
 from .options import OpcUaServerOptions
 from .pki import OwnCertificate, TrustList, load_or_create_own_certificate
 
@@ -105,7 +105,13 @@ class OpcUaServerSink:
             options.host,
         )
 
-        server = GatewayServer(gate, options.max_clients, options.allow_insecure)
+        limits = ConnectionLimits(
+            max_sessions=options.max_clients,
+            max_unauthenticated=options.max_unauthenticated,
+            handshake_timeout_s=options.handshake_timeout_s,
+            activation_timeout_s=options.activation_timeout_s,
+        )
+        server = GatewayServer(gate, limits, trust.is_trusted, options.allow_insecure)
         server.name = options.server_name
         server.manufacturer_name = "PAT Gateway"
         server.product_uri = "urn:pat-gateway"
