@@ -82,6 +82,30 @@ async def test_repeats_are_reported_even_when_the_line_does_not_come_back() -> N
         configure_logging()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="RepeatLimiter masks digits in every field, identifiers included: sink 'upstream2' "
+    "going down, or topic .../FT102 refused, is a repeat of 'upstream1' / FT101 and is hidden",
+)
+def test_lines_about_different_sinks_or_topics_are_not_repeats_of_each_other() -> None:
+    limiter = RepeatLimiter(60.0, Clock())
+    down = {"event": "sink.down", "level": "warning", "logger": "gateway.sink", "reason": "lost"}
+    assert written(limiter, **down, sink="upstream1", retry_in_s=0.5, backlog=10)
+    hidden = []
+    if not written(limiter, **down, sink="upstream2", retry_in_s=0.7, backlog=3):
+        hidden.append("sink.down of upstream2")
+    refused = {"event": "sink.refused", "level": "error", "logger": "gateway.sink", "sink": "up"}
+    reason = "the broker answered Not authorized (MQTT 5 reason code 0x87)"
+    assert written(
+        limiter, **refused, target="topic pat/r1/FT101/flow", signal="r1/FT101/flow", reason=reason
+    )
+    if not written(
+        limiter, **refused, target="topic pat/r1/FT102/flow", signal="r1/FT102/flow", reason=reason
+    ):
+        hidden.append("sink.refused of FT102 (logged once per target: never again)")
+    assert not hidden, hidden
+
+
 # -- gateway/store/lock.py ----------------------------------------------------------------------
 
 
