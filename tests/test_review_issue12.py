@@ -3,6 +3,7 @@ until the integrator decides on a fix. Each docstring says what goes wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -14,9 +15,11 @@ import pytest
 import structlog
 from conftest import free_port, patgw, wait_for, write_config
 
+from gateway import PluginContext, Quality, Sample, SamplesRefusedError, Signal
 from gateway.logs import RepeatLimiter, configure_logging
 from gateway.store.lock import host_lock_dir, lock_store
 from gateway.store.sqlite import SampleStore
+from plugins.mqtt.plugin import MqttOptions, MqttSink
 
 
 class Clock:
@@ -196,3 +199,78 @@ def test_check_warns_when_a_relative_store_path_used_to_name_an_existing_store(
     assert result.returncode == 0, result.stderr
     old = str(service_dir / "data" / "store.sqlite")
     assert old in result.stderr, (result.stdout, result.stderr)
+
+
+# -- plugins/mqtt/session.py: which PUBACK reason codes are a refusal for good --------------------
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+class QuotaBroker:
+    """An MQTT 5 broker that accepts the connection and answers every QoS 1 PUBLISH with
+    PUBACK 0x97 "Quota exceeded" (a broker throttling a client: try again later)."""
+
+    def __init__(self) -> None:
+        self.published = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                first, body = await _read_packet(reader)
+                kind = first >> 4
+                if kind == 1:  # CONNECT: CONNACK, success, no properties
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 3:  # PUBLISH
+                    topic_len = int.from_bytes(body[:2], "big")
+                    if (first >> 1) & 3:
+                        packet_id = body[2 + topic_len : 4 + topic_len]
+                        self.published += 1
+                        writer.write(bytes([0x40, 4]) + packet_id + bytes([0x97, 0]))
+                elif kind == 12:  # PINGREQ
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session._take_acks treats every PUBACK reason code >= 0x80 as a refusal for good: "
+    "0x97 Quota exceeded (a throttling broker) makes the runtime give the samples up as losses "
+    "instead of keeping them in the store and retrying",
+)
+@pytest.mark.asyncio
+async def test_a_throttling_broker_does_not_make_samples_lost(tmp_path: Path) -> None:
+    broker = QuotaBroker()
+    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    flow = Signal("r1/pump/flow", "mL/min", instrument="pump")
+    sink = MqttSink(
+        MqttOptions.model_validate({"url": f"mqtt://127.0.0.1:{port}"}),
+        PluginContext("up", tmp_path, site="s", area="r1"),
+    )
+    sink.bind([flow])
+    ts = 1_795_000_000_000_000_000
+    try:
+        async with sink:
+            with pytest.raises(Exception) as raised:  # noqa: PT011
+                await sink.forward(
+                    [Sample(flow.id, 1.5, flow.unit, ts, ts, Quality.GOOD, 0, None)], False
+                )
+        assert broker.published
+        # A throttled publish is a failure to retry (MqttError), not a refusal to give up.
+        assert not isinstance(raised.value, SamplesRefusedError), raised.value
+    finally:
+        server.close()
+        await server.wait_closed()
