@@ -338,3 +338,48 @@ async def test_a_loss_record_never_covers_a_delivered_sample(tmp_path: Path) -> 
         if (loss.signal, seq) in delivered
     ]
     assert not covering, covering
+
+
+# -- plugins/opcua_server/pki.py: the rejected folder ---------------------------------------------
+
+
+def _self_signed(name: str) -> Any:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="TrustList.reject keeps the newest MAX_REJECTED files and refreshes a certificate "
+    "refused again: a peer cycling 100 certificates pushes a new client's out within 100 "
+    "refusals (bound per peer, or never evict a certificate an attacker did not send)",
+)
+def test_a_peer_cycling_certificates_does_not_push_a_new_clients_out(tmp_path: Path) -> None:
+    from plugins.opcua_server.pki import MAX_REJECTED, TrustList
+
+    trust = TrustList(tmp_path / "trusted", tmp_path / "rejected")
+    trust.prepare()
+    legit = trust.reject(_self_signed("new-lims-client"))
+    assert legit is not None and legit.exists()
+    flood = [_self_signed(f"attacker{i}") for i in range(MAX_REJECTED)]
+    for cert in flood + flood:  # the same certificates, sent over and over
+        trust.reject(cert)
+    assert legit.exists(), "the new client's certificate was deleted by the flood"
