@@ -304,6 +304,7 @@ async def test_a_throttling_broker_does_not_make_samples_lost(tmp_path: Path) ->
     finally:
         server.close()
         await server.wait_closed()
+    assert broker.denials
 
 
 # -- gateway/runtime/forward.py: loss records of refusals ----------------------------------------
@@ -406,3 +407,83 @@ def test_a_peer_cycling_certificates_does_not_push_a_new_clients_out(tmp_path: P
     for cert in flood + flood:  # the same certificates, sent over and over
         trust.reject(cert)
     assert legit.exists(), "the new client's certificate was deleted by the flood"
+
+
+class DisconnectingBroker:
+    """An MQTT 5 broker that acknowledges every QoS 1 PUBLISH except those to a topic ending in
+    ``denied_suffix``: for those it sends DISCONNECT "Not authorized" (0x87) and closes, as AWS
+    IoT Core does, or EMQX with ``authorization.deny_action = disconnect``."""
+
+    def __init__(self, denied_suffix: str) -> None:
+        self.denied_suffix = denied_suffix
+        self.accepted: set[str] = set()
+        self.denials = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                first, body = await _read_packet(reader)
+                kind = first >> 4
+                if kind == 1:
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 3:
+                    topic_len = int.from_bytes(body[:2], "big")
+                    topic = body[2 : 2 + topic_len].decode()
+                    if topic.endswith(self.denied_suffix):
+                        self.denials += 1
+                        writer.write(bytes([0xE0, 2, 0x87, 0]))
+                        await writer.drain()
+                        break
+                    if (first >> 1) & 3:
+                        packet_id = body[2 + topic_len : 4 + topic_len]
+                        writer.write(bytes([0x40, 3]) + packet_id + bytes([0]))
+                    self.accepted.add(topic)
+                elif kind == 12:
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:
+                    break
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a broker that answers a denied publish with DISCONNECT 0x87 (AWS IoT Core, EMQX "
+    "deny_action=disconnect) is a plain connection loss to the mqtt sink: the batch with the "
+    "denied topic is republished forever and the cursor never passes it (the poison message)",
+)
+@pytest.mark.asyncio
+async def test_a_broker_that_disconnects_on_a_denied_topic_is_no_poison_message(
+    tmp_path: Path,
+) -> None:
+    names = make_refusals_store(tmp_path / "s.sqlite")
+    broker = DisconnectingBroker("/x")
+    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = MqttSink(
+        MqttOptions.model_validate({"url": f"mqtt://127.0.0.1:{port}"}),
+        PluginContext("up", tmp_path, site="s", area="t"),
+    )
+    sink.bind([Signal(name, unit) for name, unit in names.values()])
+    reader = BacklogReader(tmp_path / "s.sqlite")
+    config = SinkConfig(
+        id="up",
+        type="mqtt",
+        start_from="earliest",
+        batch_max_samples=10,
+        retry={"initial_s": 0.01, "max_s": 0.1},
+    )
+    forwarder = Forwarder("up", sink, config, names, reader)
+    forwarder.start(None, 2 * REFUSALS_COUNT)
+    try:
+        async with sink:
+            await refusals_run_until(
+                forwarder,
+                lambda: forwarder.cursor == 2 * REFUSALS_COUNT,
+                "the cursor past the denied topic",
+            )
+    finally:
+        await reader.aclose()
+        server.close()
+        await server.wait_closed()
+    assert broker.denials
