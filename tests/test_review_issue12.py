@@ -304,7 +304,6 @@ async def test_a_throttling_broker_does_not_make_samples_lost(tmp_path: Path) ->
     finally:
         server.close()
         await server.wait_closed()
-    assert broker.denials
 
 
 # -- gateway/runtime/forward.py: loss records of refusals ----------------------------------------
