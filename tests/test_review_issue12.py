@@ -142,11 +142,6 @@ def test_a_library_traceback_is_cut_too(fmt: str) -> None:
 # -- gateway/store/lock.py ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lock_store follows a symlink planted in the world-writable host lock folder and "
-    "truncates/overwrites its target (as root): open the lock file with O_NOFOLLOW",
-)
 def test_the_host_lock_file_is_not_followed_through_a_planted_symlink(tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite"
     store.touch()
@@ -332,11 +327,6 @@ class RefusingOddSeqs:
             raise SamplesRefusedError([Refusal(refused, "topic x", "Quota exceeded")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Forwarder._lose merges every refused sample of a signal into one (first_seq, "
-    "last_seq) span: a loss record then covers samples that were delivered between them",
-)
 @pytest.mark.asyncio
 async def test_a_loss_record_never_covers_a_delivered_sample(tmp_path: Path) -> None:
     names = make_refusals_store(tmp_path / "s.sqlite")
