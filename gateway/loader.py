@@ -258,6 +258,41 @@ def read_config(path: Path) -> GatewayConfig:
     return config
 
 
+def _relocated(path: Path, config: GatewayConfig) -> list[str]:
+    """Warnings for ``store.path`` and ``data_dir`` written as relative paths that resolved
+    against the working directory before they resolved against the config's folder (decision
+    0012), where the old place exists and the new one does not: a gateway started from its
+    old working directory would otherwise begin a new, empty store, stranding the old one's
+    backlog and handing out its seq numbers again."""
+    try:
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    expanded = _expand_environment(raw, (), os.environ, [], {})
+    if not isinstance(expanded, dict):
+        return []
+    store = expanded.get("store")
+    written = {
+        "store.path": store.get("path") if isinstance(store, dict) else None,
+        "data_dir": expanded.get("data_dir"),
+    }
+    now = {"store.path": config.store.path, "data_dir": config.data_dir}
+    lines = []
+    for name, value in written.items():
+        if not isinstance(value, str) or value.startswith("~") or Path(value).is_absolute():
+            continue
+        before = Path.cwd() / value
+        if before.exists() and not now[name].exists() and before.resolve() != now[name]:
+            lines.append(
+                f"{name}: {value!r} now resolves against the configuration's folder, to"
+                f" {now[name]}, which does not exist; {before.resolve()} (against the working"
+                " directory, as before) does: move it, or write the path you mean in full"
+            )
+    return lines
+
+
 def _plugin_problem(exc: Exception) -> str:
     """A plugin factory's error as a config problem: its own message for ValueError (and
     KeyError, e.g. a missing secret variable), the exception type too for anything else."""
@@ -296,11 +331,14 @@ def _options(
     problems: list[str],
     config_dir: Path,
     warnings: list[str],
+    *,
+    enabled: bool = True,
 ) -> tuple[Any, BaseModel] | None:
     """The plugin's factory and its validated options, or ``None`` with the problems added.
 
     Relative paths in the options resolve against ``config_dir``; a secret whose environment
-    variable is unset or empty is a problem here, not a surprise at run time."""
+    variable is unset or empty is a problem here, not a surprise at run time — a warning for a
+    component kept configured but disabled (it never reads the secret)."""
     registration = registry.get(kind, name)
     if registration is None:
         known = ", ".join(registry.names(kind)) or "none installed"
@@ -315,9 +353,10 @@ def _options(
         problems.extend(_problems(exc, (*loc, "options")))
         return None
     unset = _unset_secrets(options, (*loc, "options"))
-    if unset:
+    if unset and enabled:
         problems.extend(unset)
         return None
+    warnings.extend(f"{line} (disabled: needed once enabled)" for line in unset)
     config_warnings = getattr(options, "config_warnings", None)
     if callable(config_warnings):
         warnings.extend(f"{format_loc([*loc, 'options'])}.{line}" for line in config_warnings())
@@ -412,6 +451,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             problems,
             config_dir,
             warnings,
+            enabled=inst.enabled,
         )
         if resolved is None:
             continue
@@ -463,6 +503,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             components[kind].append(ComponentPlan(item, instance))
     if problems:
         raise ConfigError(problems)
+    warnings.extend(_relocated(path, config))
     return Plan(
         config,
         path,
@@ -494,7 +535,15 @@ def _processor_plans(
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
         resolved = _options(
-            registry, PluginKind.PROCESSOR, pc.type, pc.options, loc, problems, config_dir, warnings
+            registry,
+            PluginKind.PROCESSOR,
+            pc.type,
+            pc.options,
+            loc,
+            problems,
+            config_dir,
+            warnings,
+            enabled=pc.enabled,
         )
         if resolved is None:
             continue

@@ -567,7 +567,7 @@ class Forwarder:
         those whose probe was not refused."""
         quarantined = self.stats.quarantined
         loop_time = asyncio.get_running_loop().time()
-        lost: dict[tuple[str, str], list[int]] = {}  # (signal, reason) → [first, last, count]
+        lost: dict[tuple[str, str], list[int]] = {}  # (signal, reason) → seqs given up
         refused_signals: set[str] = set()
         for index, (target, why) in refused.items():
             sample = sent[index]
@@ -609,20 +609,24 @@ class Forwarder:
             self._lose(lost, sample, entry.reason)
             entry.refused += 1
         count = 0
-        for (signal, reason), (first_seq, last_seq, n) in lost.items():
-            self._unsaved_losses.append(Loss(signal, first_seq, last_seq, n, reason))
-            count += n
+        for (signal, reason), seqs in lost.items():
+            # One record per run of consecutive seqs: a record never spans a sample that was
+            # delivered (a signal's refused and taken samples may alternate).
+            seqs.sort()
+            start = 0
+            for at in range(1, len(seqs) + 1):
+                if at == len(seqs) or seqs[at] != seqs[at - 1] + 1:
+                    first_seq, last_seq = seqs[start], seqs[at - 1]
+                    self._unsaved_losses.append(
+                        Loss(signal, first_seq, last_seq, at - start, reason)
+                    )
+                    start = at
+            count += len(seqs)
         self.stats.refused += count
 
     @staticmethod
     def _lose(lost: dict[tuple[str, str], list[int]], sample: Sample, reason: str) -> None:
-        span = lost.get((sample.signal, reason))
-        if span is None:
-            lost[(sample.signal, reason)] = [sample.seq, sample.seq, 1]
-        else:
-            span[0] = min(span[0], sample.seq)
-            span[1] = max(span[1], sample.seq)
-            span[2] += 1
+        lost.setdefault((sample.signal, reason), []).append(sample.seq)
 
     def _failed(self, reason: str, epoch: int, resent: int) -> None:
         """A forward failed; ``resent`` samples of it were in flight on a working connection

@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -98,11 +99,28 @@ def _identity(path: Path) -> os.stat_result:
 
 
 def _open(lock_file: Path) -> IO[str]:
+    """Open (creating) a lock file, never through a symbolic link: the host's lock folder is
+    writable by every user, and a link planted there must not make a gateway running as root
+    truncate the file it points to."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
-        return lock_file.open("a+", encoding="utf-8")
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        mode = "r+"
     except PermissionError:
         # Created by a gateway running as another user: flock works on a read-only descriptor.
-        return lock_file.open("r", encoding="utf-8")
+        fd = os.open(lock_file, os.O_RDONLY | nofollow)
+        mode = "r"
+    except OSError as exc:
+        if lock_file.is_symlink():
+            raise StoreError(
+                f"{lock_file} is a symbolic link, not a lock file: refusing to follow it"
+                " (remove it if nobody planted it on purpose)"
+            ) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{lock_file} is not a regular file: refusing to use it as a lock")
+    return os.fdopen(fd, mode, encoding="utf-8")
 
 
 def _try_lock(handle: IO[str]) -> bool:
@@ -174,12 +192,12 @@ def lock_store(path: Path) -> StoreLock:
         raise StoreError("locking a store is implemented for POSIX systems only")
     resolved = path.resolve()
     try:
-        stat = _identity(resolved)
+        identity = _identity(resolved)
     except OSError as exc:
         raise StoreError(f"cannot open {resolved}: {exc}") from exc
-    lock = StoreLock(resolved, stat.st_dev, stat.st_ino)
+    lock = StoreLock(resolved, identity.st_dev, identity.st_ino)
     try:
-        _acquire(lock, f"patgw-store-{stat.st_dev}-{stat.st_ino}.lock")
+        _acquire(lock, f"patgw-store-{identity.st_dev}-{identity.st_ino}.lock")
     except OSError as exc:
         lock.release()
         raise StoreError(f"cannot lock {resolved}: {exc}") from exc
@@ -194,11 +212,11 @@ def lock_store(path: Path) -> StoreLock:
                 handle.truncate()
                 handle.write(json.dumps(holder))
                 handle.flush()
-    if stat.st_nlink > 1:
+    if identity.st_nlink > 1:
         log.warning(
             "store.hard_linked",
             path=str(resolved),
-            links=stat.st_nlink,
+            links=identity.st_nlink,
             why="SQLite names its WAL after the path: open this store through one name only",
         )
     return lock
