@@ -119,10 +119,55 @@ async def test_refused_requests_of_an_unauthenticated_peer_are_one_warning(
     events = [json.loads(line) for line in log.getvalue().splitlines()]
     server = [e for e in events if str(e.get("logger", "")).startswith("asyncua.server")]
     faults = [e for e in server if e["event"].startswith("sending service fault response")]
+    # Repeats whose window ended before the next refusal are reported by a summary line.
+    summaries = [
+        e
+        for e in server
+        if e["event"] == "log.repeats_suppressed"
+        and e["repeated"].startswith("sending service fault response")
+    ]
     # A peer's refused request is not the gateway's error...
     assert faults and all(e["level"] == "warning" for e in faults)
     assert not [e for e in server if e["level"] == "error"]
     # ...and is written once per window, the later line counting those left out: nothing is
     # lost from the count, however the requests fell into windows.
     assert len(faults) < probes
-    assert len(faults) + sum(e.get("suppressed", 0) for e in faults) == probes + 1
+    suppressed = sum(e.get("suppressed", 0) for e in faults + summaries)
+    assert len(faults) + suppressed == probes + 1
+
+
+def test_repeats_of_a_forgotten_kind_are_summarised_before_it_goes() -> None:
+    clock = Clock()
+    summaries: list[dict[str, Any]] = []
+    limiter = RepeatLimiter(10.0, clock, report=summaries.append)
+    assert let_through(limiter, event="store.commit_failed", error="disk full") is not None
+    assert let_through(limiter, event="store.commit_failed", error="disk full") is None
+    for i in range(5000):  # within the window: thousands of newer kinds push it out
+        let_through(limiter, event="other", instrument=format(i, "b").replace("1", "x"))
+    counted = [s for s in summaries if s.get("repeated") == "store.commit_failed"]
+    assert counted == [
+        {
+            "repeated": "store.commit_failed",
+            "error": "disk full",
+            "event": "log.repeats_suppressed",
+            "level": "info",
+            "suppressed": 1,
+            "suppressed_over_s": 0.0,
+        }
+    ]
+
+
+def test_an_instrument_flapping_as_fast_as_it_can_is_still_bounded() -> None:
+    from gateway.logs import STATE_CHANGES_PER_WINDOW
+
+    clock = Clock()
+    limiter = RepeatLimiter(10.0, clock)
+    kinds = ("instrument.down", "instrument.retry", "instrument.connected")
+    written = 0
+    for i in range(3000):  # 10 windows of 300 lines each
+        clock.now += 10.0 / 300
+        written += let_through(limiter, event=kinds[i % 3], instrument="a") is not None
+    # Each window: the first line of each kind plus at most the budget of state changes.
+    assert 0 < written <= 11 * (len(kinds) + STATE_CHANGES_PER_WINDOW), written
+    # Below the budget every change is written (down, retry, connected, down...).
+    assert written > 10 * STATE_CHANGES_PER_WINDOW, written

@@ -269,18 +269,26 @@ async def test_a_rogue_device_cannot_flood_the_log(tmp_path: Path) -> None:
     # ...but no line is long: the dump is cut to a few hundred characters.
     longest = max(len(line) for line in lines)
     assert longest < 2048, longest
-    # Each kind of line is written at most once per window (its first occurrence, then one per
-    # window carrying the count of those suppressed), so the volume does not follow the device.
+    # Each kind of library line is written at most once per window (its first occurrence,
+    # then one per window carrying the count of those suppressed, or a summary of that count
+    # once the window is over), so the volume does not follow the device.
     kinds = {
-        (e.get("logger"), re.sub(r"\d+", "#", e["event"].split("\n")[0]), e.get("level"))
-        for e in events
+        (
+            e.get("logger"),
+            re.sub(r"\d+", "#", e.get("repeated", e["event"]).split("\n")[0]),
+            e.get("level"),
+        )
+        for e in library
     }
     windows = elapsed / window_s + 1
-    assert len(lines) <= len(kinds) * windows, (len(lines), len(kinds), windows)
+    assert len(library) <= 2 * len(kinds) * windows, (len(library), len(kinds), windows)
     suppressed = sum(e.get("suppressed", 0) for e in events)
     assert suppressed > 0
+    # The gateway's own instrument.down is a state change after instrument.retry, so it is
+    # written on each failure (the log's last word must be right): its pace is the reconnect
+    # backoff's, never the device's, and at most one line per failure.
     down = [e for e in events if e["event"] == "instrument.down"]
-    assert 1 <= len(down) < runner.failures
+    assert 1 <= len(down) <= runner.failures
     print(
         f"{len(lines)} lines, {sum(map(len, lines))} bytes, longest {longest},"
         f" {suppressed} suppressed, {runner.failures} failed polls in {elapsed:.1f} s",

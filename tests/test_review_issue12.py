@@ -49,11 +49,6 @@ def written(limiter: RepeatLimiter, **event: Any) -> bool:
 # -- gateway/logs.py: RepeatLimiter --------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RepeatLimiter suppresses state transitions: after down/connected/down the log's "
-    "last word on the instrument is 'connected' while it is down",
-)
 def test_an_instrument_that_goes_down_again_is_not_left_reading_connected_in_the_log() -> None:
     clock = Clock()
     limiter = RepeatLimiter(60.0, clock)
@@ -68,11 +63,6 @@ def test_an_instrument_that_goes_down_again_is_not_left_reading_connected_in_the
     assert written(limiter, **down), "the second instrument.down was suppressed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a suppressed count is reported only by the next line of the same kind: if none "
-    "comes, the repeats are never reported (e.g. a store error that happened twice)",
-)
 @pytest.mark.asyncio
 async def test_repeats_are_reported_even_when_the_line_does_not_come_back() -> None:
     out = io.StringIO()
@@ -93,11 +83,6 @@ async def test_repeats_are_reported_even_when_the_line_does_not_come_back() -> N
         configure_logging()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RepeatLimiter masks digits in every field, identifiers included: sink 'upstream2' "
-    "going down, or topic .../FT102 refused, is a repeat of 'upstream1' / FT101 and is hidden",
-)
 def test_lines_about_different_sinks_or_topics_are_not_repeats_of_each_other() -> None:
     limiter = RepeatLimiter(60.0, Clock())
     down = {"event": "sink.down", "level": "warning", "logger": "gateway.sink", "reason": "lost"}
@@ -117,11 +102,6 @@ def test_lines_about_different_sinks_or_topics_are_not_repeats_of_each_other() -
     assert not hidden, hidden
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="truncate() runs before the renderer formats a library record's exc_info: a "
-    "traceback whose exception text holds a peer's data is written whole (100 KB and more)",
-)
 @pytest.mark.parametrize("fmt", ["console", "json"])
 def test_a_library_traceback_is_cut_too(fmt: str) -> None:
     out = io.StringIO()
