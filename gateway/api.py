@@ -155,7 +155,13 @@ class PollingDriver(abc.ABC):
             # Connected means answering: a TCP connect alone (a serial device server in front
             # of a dead device) must not reset the reconnect backoff.
             io.connected()
+            task = asyncio.current_task()
             while True:
+                if task is not None and task.cancelling():
+                    # A library swallowed our cancellation (Python 3.11's asyncio.wait_for does
+                    # when its inner future completes at the moment it is cancelled, and
+                    # pymodbus awaits every request with it): stop anyway, do not poll on.
+                    raise asyncio.CancelledError
                 deadline += self.poll_interval_s
                 delay = deadline - loop.time()
                 if delay < 0:

@@ -1,0 +1,82 @@
+"""A polling driver stops when cancelled even if a library it awaits swallowed the
+cancellation: Python 3.11's ``asyncio.wait_for`` (which pymodbus awaits every request with)
+returns the inner result and drops the CancelledError when both happen at once. Seen in CI as
+``gateway.stop_timeout`` for a Modbus instrument that went on polling for 10 s after the stop,
+its samples then dropped after the final commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from gateway import Channel, PollingDriver, Quality
+
+
+class _Output:
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def publish(
+        self,
+        value: object,
+        source_ts: int | None = None,
+        quality: Quality = Quality.GOOD,
+        reason: str | None = None,
+    ) -> None:
+        self.values.append(value)
+
+
+class _IO:
+    def __init__(self) -> None:
+        self.out = _Output()
+
+    def output(self, channel: str) -> _Output:
+        return self.out
+
+    def connected(self) -> None:
+        return None
+
+
+class SwallowingDriver(PollingDriver):
+    """Every poll awaits a "library call"; the first cancellation it sees becomes a normal
+    return."""
+
+    poll_interval_s = 0.001
+
+    def __init__(self) -> None:
+        self.in_call = asyncio.Event()
+        self.swallowed = 0
+
+    def channels(self) -> Sequence[Channel]:
+        return [Channel("x", "1")]
+
+    async def connect(self) -> None:
+        return None
+
+    async def poll(self, io: _IO) -> None:  # type: ignore[override]
+        self.in_call.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1  # like wait_for when the inner future had just completed
+        finally:
+            self.in_call.clear()
+        io.output("x").publish(1.0)
+
+
+@pytest.mark.asyncio
+async def test_a_cancellation_swallowed_by_a_library_still_stops_the_poll_loop() -> None:
+    driver = SwallowingDriver()
+    task = asyncio.create_task(driver.run(_IO()), name="test.polling")  # type: ignore[arg-type]
+    await driver.in_call.wait()  # the task is now suspended inside the library call
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    if not done:  # without the fix: the second cancellation gets through
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert driver.swallowed == 1
+    assert done and task.cancelled(), "the driver went on polling after its cancellation"
