@@ -5,10 +5,12 @@ feeds the sink from the store through a durable cursor (:class:`gateway.Forwardi
 :meth:`MqttSink.forward` returns only once the broker acknowledged every message (PUBACK at
 QoS 1, PUBCOMP at QoS 2) and raises :class:`~.session.MqttError` on any failure; the runtime
 then retries from its cursor with backoff, so consumers may see a message twice and
-de-duplicate on ``(signal, seq)``. A message an MQTT 5 broker refuses (an ACL's "Not
-authorized" in the PUBACK) fails nothing else: ``forward`` raises
-:class:`gateway.SamplesRefusedError` naming its topic, its samples and the reason code, and the
-runtime quarantines those signals while everything else flows.
+de-duplicate on ``(signal, seq)``. A message an MQTT 5 broker refuses for good (an ACL's "Not
+authorized" in the PUBACK, or in a DISCONNECT: see :data:`~.session.PUBACK_REFUSALS`) fails
+nothing else: ``forward`` raises :class:`gateway.SamplesRefusedError` naming its topic, its
+samples and the reason code (with ``failure`` if the connection was lost with it), and the
+runtime quarantines those signals while everything else flows. A transient failure code
+(0x97 "Quota exceeded") is a failed forward, retried with backoff.
 
 The connection is made lazily, by the first ``forward`` (the gateway starts, and stores
 locally, while the broker is down), and again by the first one after a failure. Each connect
@@ -151,7 +153,15 @@ class MqttSink:
                     delivery = self._publish(session, messages)
             finally:
                 self._in_line -= 1
-        await self._acknowledged(session, delivery)
+        try:
+            await self._acknowledged(session, delivery)
+        except MqttError as exc:
+            if delivery.refused:
+                # Refused, then the connection was lost (a broker that disconnects on a denied
+                # publish): the refused are given up, the rest is sent again.
+                refusals = _refusals(messages, owners, delivery.refused)
+                raise SamplesRefusedError(refusals, failure=str(exc)) from exc
+            raise
         if delivery.refused:
             raise SamplesRefusedError(_refusals(messages, owners, delivery.refused))
 
