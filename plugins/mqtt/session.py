@@ -337,7 +337,13 @@ class Session:
         if not self._waiting and self._in_flight + len(messages) <= self._window:
             hand = self._hand
             for position, (topic, payload) in enumerate(messages):
-                hand(topic, payload, retain, delivery, position)
+                if not hand(topic, payload, retain, delivery, position):
+                    self._waiting.extend(
+                        (topic, payload, retain, delivery, later)
+                        for later, (topic, payload) in enumerate(messages)
+                        if later >= position
+                    )
+                    break
         else:
             self._waiting.extend(
                 (topic, payload, retain, delivery, position)
@@ -348,18 +354,19 @@ class Session:
 
     def _hand(
         self, topic: str, payload: str | bytes, retain: bool, delivery: Delivery, position: int
-    ) -> None:
+    ) -> bool:
+        """Publish one message; False if paho's thread closed the connection meanwhile."""
         try:
             info = self._client.publish(topic, payload, self.settings.qos, retain)
         except ValueError as exc:  # a payload beyond MQTT's 256 MB limit
             self.abort(f"message refused: {exc}")
             raise self.error(f"message refused: {exc}") from exc
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # paho's thread reports why next (_disconnected): not failing the session here
+            # keeps a broker's DISCONNECT refusal attributable; the message waits to fail.
+            return False
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            reason = (
-                "connection to broker lost"
-                if info.rc == mqtt.MQTT_ERR_NO_CONN
-                else f"message refused: {mqtt.error_string(info.rc)}"
-            )
+            reason = f"message refused: {mqtt.error_string(info.rc)}"
             self.abort(reason)
             raise self.error(reason)
         if info.mid in self._pending:  # cannot happen within the window: never guess
@@ -367,11 +374,14 @@ class Session:
             raise self.error(f"message id {info.mid} reused while in flight")
         self._pending[info.mid] = (delivery, position)
         self._in_flight += 1
+        return True
 
     def _release(self) -> None:
         waiting = self._waiting
         while waiting and self._in_flight < self._window:
-            self._hand(*waiting.popleft())
+            if not self._hand(*waiting[0]):
+                return  # the connection is gone: the rest waits to fail with it
+            waiting.popleft()
 
     def abort(self, reason: str, *, graceful: bool = False) -> None:
         """End the session now: fail everything pending with ``reason`` and drop the connection
