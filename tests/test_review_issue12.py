@@ -541,3 +541,22 @@ async def test_a_disconnect_for_another_reason_gives_nothing_up(
     assert forwarder.stats.refused == 0 and not forwarder.stats.quarantined
     update = forwarder.take_delivery()
     assert update is None or not update.losses, update
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_disconnects_on_a_denied_metadata_topic_does_not_keep_the_sink_down(
+    tmp_path: Path,
+) -> None:
+    """The same refusal by DISCONNECT for a signal's retained metadata, published at every
+    connect: the metadata is left out of the next connects, the samples flow."""
+    broker = DisconnectingBroker("x/meta")
+    forwarder = await _forward_to(
+        tmp_path,
+        broker.serve,
+        lambda f: f.cursor == 2 * REFUSALS_COUNT,
+        "the cursor at the end",
+    )
+    assert broker.denials == 1
+    assert forwarder.stats.delivered == 2 * REFUSALS_COUNT
+    update = forwarder.take_delivery()
+    assert update is not None and not update.losses, update

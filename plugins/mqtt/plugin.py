@@ -86,6 +86,7 @@ class MqttSink:
         )
         self._batch = options.payload == "batch"
         self._refused_topics: set[str] = set()  # metadata or status topics refused, logged once
+        self._dropped_topics: set[str] = set()  # retained topics refused by a DISCONNECT
         self._session: Session | None = None
         self._retired: list[Session] = []  # ended sessions whose network thread may still run
         # Calls that wait for a session queue on the lock (first come, first served) and
@@ -190,15 +191,20 @@ class MqttSink:
             self._discard(self._session, "connection to broker lost")
         session = Session(self._settings, self.sessions + 1, asyncio.get_running_loop())
         self._session = session
-        greeting = list(self.topics.meta)
-        if self.status_topic is not None:
+        greeting = [m for m in self.topics.meta if m[0] not in self._dropped_topics]
+        if self.status_topic is not None and self.status_topic not in self._dropped_topics:
             greeting.append((self.status_topic, status_payload("online", self.client_id)))
+        delivery: Delivery | None = None
         try:
             await session.open()
             delivery = session.publish(greeting, retain=True)
             await self._acknowledged(session, delivery)
+            if session.lost is not None:  # the last message refused by a DISCONNECT
+                raise session.error(session.lost)
         except BaseException:
             self._discard(session, "connect failed")
+            if delivery is not None:
+                self._drop(greeting, delivery.refused)
             raise
         self._greeted(greeting, delivery.refused)
         session.ready = True
@@ -228,6 +234,21 @@ class MqttSink:
                     topic=topic,
                     reason=_broker_reason(reason_code),
                 )
+
+    def _drop(self, greeting: Sequence[Message], refused: dict[int, ReasonCode]) -> None:
+        """A broker that refuses a metadata or status message by disconnecting (AWS IoT Core,
+        EMQX with deny_action = disconnect) would refuse every connect: leave those messages
+        out of this sink's next greetings (they are published again at the next start)."""
+        for position, reason_code in refused.items():
+            topic = greeting[position][0]
+            self._dropped_topics.add(topic)
+            log.warning(
+                "mqtt.retained_dropped",
+                url=self.url,
+                topic=topic,
+                reason=_broker_reason(reason_code),
+                until="the gateway restarts",
+            )
 
     def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
         try:

@@ -272,6 +272,11 @@ class Session:
         self._client = client
 
     @property
+    def lost(self) -> str | None:
+        """Why the session ended (None while it lasts)."""
+        return self._lost
+
+    @property
     def usable(self) -> bool:
         """Established and not lost: messages may be published."""
         return self.ready and self._lost is None
