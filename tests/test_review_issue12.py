@@ -8,7 +8,7 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
@@ -242,12 +242,43 @@ class QuotaBroker:
         writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session._take_acks treats every PUBACK reason code >= 0x80 as a refusal for good: "
-    "0x97 Quota exceeded (a throttling broker) makes the runtime give the samples up as losses "
-    "instead of keeping them in the store and retrying",
-)
+async def _forward_to(
+    tmp_path: Path,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    until: Callable[[Forwarder], object],
+    what: str,
+    retry_max_s: float = 0.05,
+) -> Forwarder:
+    """Forward a store of X and Y (see test_forward_refusals) through an ``mqtt`` sink to a
+    scripted broker (``serve``) until ``until(forwarder)``; return the forwarder."""
+    names = make_refusals_store(tmp_path / "s.sqlite")
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = MqttSink(
+        MqttOptions.model_validate({"url": f"mqtt://127.0.0.1:{port}"}),
+        PluginContext("up", tmp_path, site="s", area="t"),
+    )
+    sink.bind([Signal(name, unit) for name, unit in names.values()])
+    reader = BacklogReader(tmp_path / "s.sqlite")
+    config = SinkConfig(
+        id="up",
+        type="mqtt",
+        start_from="earliest",
+        batch_max_samples=10,
+        retry={"initial_s": 0.01, "max_s": retry_max_s},
+    )
+    forwarder = Forwarder("up", sink, config, names, reader)
+    forwarder.start(None, 2 * REFUSALS_COUNT)
+    try:
+        async with sink:
+            await refusals_run_until(forwarder, lambda: until(forwarder), what)
+    finally:
+        await reader.aclose()
+        server.close()
+        await server.wait_closed()
+    return forwarder
+
+
 @pytest.mark.asyncio
 async def test_a_throttling_broker_does_not_make_samples_lost(tmp_path: Path) -> None:
     broker = QuotaBroker()
@@ -269,9 +300,26 @@ async def test_a_throttling_broker_does_not_make_samples_lost(tmp_path: Path) ->
         assert broker.published
         # A throttled publish is a failure to retry (MqttError), not a refusal to give up.
         assert not isinstance(raised.value, SamplesRefusedError), raised.value
+        assert "Quota exceeded" in str(raised.value), raised.value
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_throttled_backlog_stays_in_the_store_and_is_retried(tmp_path: Path) -> None:
+    """The same through the runtime: the forwarder retries with backoff, gives nothing up and
+    quarantines nothing while the broker answers "Quota exceeded"."""
+    broker = QuotaBroker()
+    forwarder = await _forward_to(
+        tmp_path, broker.serve, lambda f: f.stats.failures >= 3, "three throttled forwards"
+    )
+    assert broker.published
+    assert forwarder.stats.backlog == 2 * REFUSALS_COUNT
+    assert forwarder.stats.delivered == 0
+    assert forwarder.stats.refused == 0 and not forwarder.stats.quarantined
+    update = forwarder.take_delivery()
+    assert update is None or not update.losses, update
 
 
 # -- gateway/runtime/forward.py: loss records of refusals ----------------------------------------
@@ -376,8 +424,9 @@ class DisconnectingBroker:
     ``denied_suffix``: for those it sends DISCONNECT "Not authorized" (0x87) and closes, as AWS
     IoT Core does, or EMQX with ``authorization.deny_action = disconnect``."""
 
-    def __init__(self, denied_suffix: str) -> None:
+    def __init__(self, denied_suffix: str, reason_code: int = 0x87) -> None:
         self.denied_suffix = denied_suffix
+        self.reason_code = reason_code
         self.accepted: set[str] = set()
         self.denials = 0
 
@@ -393,7 +442,7 @@ class DisconnectingBroker:
                     topic = body[2 : 2 + topic_len].decode()
                     if topic.endswith(self.denied_suffix):
                         self.denials += 1
-                        writer.write(bytes([0xE0, 2, 0x87, 0]))
+                        writer.write(bytes([0xE0, 2, self.reason_code, 0]))
                         await writer.drain()
                         break
                     if (first >> 1) & 3:
@@ -408,44 +457,69 @@ class DisconnectingBroker:
         writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a broker that answers a denied publish with DISCONNECT 0x87 (AWS IoT Core, EMQX "
-    "deny_action=disconnect) is a plain connection loss to the mqtt sink: the batch with the "
-    "denied topic is republished forever and the cursor never passes it (the poison message)",
-)
 @pytest.mark.asyncio
 async def test_a_broker_that_disconnects_on_a_denied_topic_is_no_poison_message(
     tmp_path: Path,
 ) -> None:
-    names = make_refusals_store(tmp_path / "s.sqlite")
     broker = DisconnectingBroker("/x")
-    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sink = MqttSink(
-        MqttOptions.model_validate({"url": f"mqtt://127.0.0.1:{port}"}),
-        PluginContext("up", tmp_path, site="s", area="t"),
+    forwarder = await _forward_to(
+        tmp_path,
+        broker.serve,
+        lambda f: f.cursor == 2 * REFUSALS_COUNT,
+        "the cursor past the denied topic",
+        retry_max_s=0.1,
     )
-    sink.bind([Signal(name, unit) for name, unit in names.values()])
-    reader = BacklogReader(tmp_path / "s.sqlite")
-    config = SinkConfig(
-        id="up",
-        type="mqtt",
-        start_from="earliest",
-        batch_max_samples=10,
-        retry={"initial_s": 0.01, "max_s": 0.1},
-    )
-    forwarder = Forwarder("up", sink, config, names, reader)
-    forwarder.start(None, 2 * REFUSALS_COUNT)
-    try:
-        async with sink:
-            await refusals_run_until(
-                forwarder,
-                lambda: forwarder.cursor == 2 * REFUSALS_COUNT,
-                "the cursor past the denied topic",
-            )
-    finally:
-        await reader.aclose()
-        server.close()
-        await server.wait_closed()
     assert broker.denials
+    # Every sample of the denied signal given up with the broker's reason, none of the other.
+    update = forwarder.take_delivery()
+    assert update is not None
+    assert sum(loss.count for loss in update.losses if loss.signal == REFUSALS_X) == REFUSALS_COUNT
+    assert all(loss.signal == REFUSALS_X for loss in update.losses), update.losses
+    assert all("0x87" in loss.reason for loss in update.losses), update.losses
+    assert forwarder.stats.delivered == REFUSALS_COUNT
+    assert not any(topic.endswith("/x") for topic in broker.accepted)
+
+
+@pytest.mark.parametrize(
+    "reason_code",
+    [0x8B, 0x8E, 0x9C, 0x97, 0x80],
+    ids=[
+        "server-shutting-down",
+        "session-taken-over",
+        "use-another-server",
+        "quota",
+        "unspecified",
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_disconnect_for_another_reason_gives_nothing_up(
+    tmp_path: Path, reason_code: int
+) -> None:
+    """A DISCONNECT whose reason is about the session or the server, not a message, is a lost
+    connection even with publishes unacknowledged: retried, nothing given up or quarantined."""
+    broker = DisconnectingBroker("/x", reason_code)
+    forwarder = await _forward_to(
+        tmp_path, broker.serve, lambda f: broker.denials >= 3, "three disconnects on the topic"
+    )
+    assert forwarder.stats.refused == 0 and not forwarder.stats.quarantined
+    update = forwarder.take_delivery()
+    assert update is None or not update.losses, update
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_disconnects_on_a_denied_metadata_topic_does_not_keep_the_sink_down(
+    tmp_path: Path,
+) -> None:
+    """The same refusal by DISCONNECT for a signal's retained metadata, published at every
+    connect: the metadata is left out of the next connects, the samples flow."""
+    broker = DisconnectingBroker("x/meta")
+    forwarder = await _forward_to(
+        tmp_path,
+        broker.serve,
+        lambda f: f.cursor == 2 * REFUSALS_COUNT,
+        "the cursor at the end",
+    )
+    assert broker.denials == 1
+    assert forwarder.stats.delivered == 2 * REFUSALS_COUNT
+    update = forwarder.take_delivery()
+    assert update is not None and not update.losses, update

@@ -5,10 +5,12 @@ feeds the sink from the store through a durable cursor (:class:`gateway.Forwardi
 :meth:`MqttSink.forward` returns only once the broker acknowledged every message (PUBACK at
 QoS 1, PUBCOMP at QoS 2) and raises :class:`~.session.MqttError` on any failure; the runtime
 then retries from its cursor with backoff, so consumers may see a message twice and
-de-duplicate on ``(signal, seq)``. A message an MQTT 5 broker refuses (an ACL's "Not
-authorized" in the PUBACK) fails nothing else: ``forward`` raises
-:class:`gateway.SamplesRefusedError` naming its topic, its samples and the reason code, and the
-runtime quarantines those signals while everything else flows.
+de-duplicate on ``(signal, seq)``. A message an MQTT 5 broker refuses for good (an ACL's "Not
+authorized" in the PUBACK, or in a DISCONNECT: see :data:`~.session.PUBACK_REFUSALS`) fails
+nothing else: ``forward`` raises :class:`gateway.SamplesRefusedError` naming its topic, its
+samples and the reason code (with ``failure`` if the connection was lost with it), and the
+runtime quarantines those signals while everything else flows. A transient failure code
+(0x97 "Quota exceeded") is a failed forward, retried with backoff.
 
 The connection is made lazily, by the first ``forward`` (the gateway starts, and stores
 locally, while the broker is down), and again by the first one after a failure. Each connect
@@ -84,6 +86,7 @@ class MqttSink:
         )
         self._batch = options.payload == "batch"
         self._refused_topics: set[str] = set()  # metadata or status topics refused, logged once
+        self._dropped_topics: set[str] = set()  # retained topics refused by a DISCONNECT
         self._session: Session | None = None
         self._retired: list[Session] = []  # ended sessions whose network thread may still run
         # Calls that wait for a session queue on the lock (first come, first served) and
@@ -151,7 +154,15 @@ class MqttSink:
                     delivery = self._publish(session, messages)
             finally:
                 self._in_line -= 1
-        await self._acknowledged(session, delivery)
+        try:
+            await self._acknowledged(session, delivery)
+        except MqttError as exc:
+            if delivery.refused:
+                # Refused, then the connection was lost (a broker that disconnects on a denied
+                # publish): the refused are given up, the rest is sent again.
+                refusals = _refusals(messages, owners, delivery.refused)
+                raise SamplesRefusedError(refusals, failure=str(exc)) from exc
+            raise
         if delivery.refused:
             raise SamplesRefusedError(_refusals(messages, owners, delivery.refused))
 
@@ -180,15 +191,20 @@ class MqttSink:
             self._discard(self._session, "connection to broker lost")
         session = Session(self._settings, self.sessions + 1, asyncio.get_running_loop())
         self._session = session
-        greeting = list(self.topics.meta)
-        if self.status_topic is not None:
+        greeting = [m for m in self.topics.meta if m[0] not in self._dropped_topics]
+        if self.status_topic is not None and self.status_topic not in self._dropped_topics:
             greeting.append((self.status_topic, status_payload("online", self.client_id)))
+        delivery: Delivery | None = None
         try:
             await session.open()
             delivery = session.publish(greeting, retain=True)
             await self._acknowledged(session, delivery)
+            if session.lost is not None:  # the last message refused by a DISCONNECT
+                raise session.error(session.lost)
         except BaseException:
             self._discard(session, "connect failed")
+            if delivery is not None:
+                self._drop(greeting, delivery.refused)
             raise
         self._greeted(greeting, delivery.refused)
         session.ready = True
@@ -218,6 +234,21 @@ class MqttSink:
                     topic=topic,
                     reason=_broker_reason(reason_code),
                 )
+
+    def _drop(self, greeting: Sequence[Message], refused: dict[int, ReasonCode]) -> None:
+        """A broker that refuses a metadata or status message by disconnecting (AWS IoT Core,
+        EMQX with deny_action = disconnect) would refuse every connect: leave those messages
+        out of this sink's next greetings (they are published again at the next start)."""
+        for position, reason_code in refused.items():
+            topic = greeting[position][0]
+            self._dropped_topics.add(topic)
+            log.warning(
+                "mqtt.retained_dropped",
+                url=self.url,
+                topic=topic,
+                reason=_broker_reason(reason_code),
+                until="the gateway restarts",
+            )
 
     def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
         try:

@@ -8,11 +8,17 @@ message id. Acknowledgements arriving together are handed over in one call. Flow
 (at most ``max_inflight`` unacknowledged messages, or an MQTT 5 broker's Receive Maximum) is
 done here too, in order, rather than by paho.
 
-An MQTT 5 broker may refuse one message (a reason code of 0x80 or more in its PUBACK, e.g.
-"Not authorized" from an ACL) and keep the connection: such a message counts as done, and its
-:class:`Delivery` lists it in :attr:`Delivery.refused` with the broker's reason, so the caller
-can give it up without stalling the rest. (At QoS 2 paho-mqtt ignores the reason code of a
-PUBREC, and MQTT 3.1.1 has none: a refusal is then invisible.)
+An MQTT 5 broker may refuse one message for good (a PUBACK reason code in
+:data:`PUBACK_REFUSALS`, e.g. "Not authorized" from an ACL) and keep the connection: such a
+message counts as done, and its :class:`Delivery` lists it in :attr:`Delivery.refused` with the
+broker's reason, so the caller can give it up without stalling the rest. Any other failure code
+(0x97 "Quota exceeded": the broker throttles; 0x91 "Packet identifier in use") fails the
+delivery like a lost connection: the message is sent again later, nothing is given up. A broker
+that answers a denied publish with DISCONNECT instead (AWS IoT Core; EMQX with
+``deny_action = disconnect``), with a reason code in :data:`DISCONNECT_REFUSALS`, refuses the
+oldest unacknowledged message (brokers answer in order); the session is then lost. (At QoS 2
+paho-mqtt ignores the reason code of a PUBREC, and MQTT 3.1.1 has none: a refusal is then
+invisible.)
 
 A :class:`Session` is single-use, from connect to loss: paho's automatic reconnect is off,
 and the sink makes a new session after any failure. A lost connection fails every message
@@ -51,13 +57,44 @@ from gateway import GatewayError, SecretRef
 from .messages import Message
 from .options import BrokerAddress, TlsOptions
 
-__all__ = ["MAX_IN_FLIGHT", "Delivery", "MqttError", "Session", "SessionSettings"]
+__all__ = [
+    "DISCONNECT_REFUSALS",
+    "MAX_IN_FLIGHT",
+    "PUBACK_REFUSALS",
+    "Delivery",
+    "MqttError",
+    "Session",
+    "SessionSettings",
+]
 
 log = structlog.get_logger("plugins.mqtt")
 
 # Most messages awaiting acknowledgement in one session: below paho's 65,535 message ids, with
 # room for the metadata and status messages of a connect.
 MAX_IN_FLIGHT = 60_000
+
+PUBACK_REFUSALS = frozenset({0x80, 0x83, 0x87, 0x90, 0x99})
+"""PUBACK reason codes (MQTT 5.0, 3.4.2.1) that refuse this message for good: sent again, it
+would be refused again. 0x87 Not authorized, 0x90 Topic Name invalid and 0x99 Payload format
+invalid are about this message or topic. 0x83 Implementation specific error is too: Mosquitto
+answers it to a payload beyond its ``message_size_limit`` (and to a ``$CONTROL/`` topic), which
+no retry cures. 0x80 Unspecified error is by definition "does not accept the publish but does
+not want to reveal the reason" (brokers that hide an ACL's verdict): transient conditions have
+codes of their own (0x97), and retrying it would be the poison message again, while a wrong
+refusal costs a recorded loss and a quarantine that a probe lifts. The other failure codes a
+PUBACK may carry, 0x91 Packet identifier in use and 0x97 Quota exceeded, and any code a PUBACK
+may not carry (0x89 Server busy, 0x93 Receive Maximum exceeded, 0x96 Message rate too high are
+DISCONNECT codes) are transient: the delivery fails and is retried, nothing is given up."""
+
+DISCONNECT_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
+"""DISCONNECT reason codes (MQTT 5.0, 3.14.2.1) by which a broker refuses a message rather than
+the session: 0x87 Not authorized, 0x90 Topic Name invalid, 0x95 Packet too large, 0x99 Payload
+format invalid. The refused message is taken to be the oldest unacknowledged one: a broker
+processes a connection's packets in order and sends PUBACKs in order (MQTT-4.6.0-2), so every
+earlier one was acknowledged before the DISCONNECT. Codes about the session or the server
+(0x8B Server shutting down, 0x8E Session taken over, 0x9C Use another server, 0x97 Quota
+exceeded, 0x89 Server busy, 0x80 Unspecified error...) are a lost connection: nothing is
+given up."""
 
 
 class MqttError(GatewayError):
@@ -235,6 +272,11 @@ class Session:
         self._client = client
 
     @property
+    def lost(self) -> str | None:
+        """Why the session ended (None while it lasts)."""
+        return self._lost
+
+    @property
     def usable(self) -> bool:
         """Established and not lost: messages may be published."""
         return self.ready and self._lost is None
@@ -300,7 +342,13 @@ class Session:
         if not self._waiting and self._in_flight + len(messages) <= self._window:
             hand = self._hand
             for position, (topic, payload) in enumerate(messages):
-                hand(topic, payload, retain, delivery, position)
+                if not hand(topic, payload, retain, delivery, position):
+                    self._waiting.extend(
+                        (topic, payload, retain, delivery, later)
+                        for later, (topic, payload) in enumerate(messages)
+                        if later >= position
+                    )
+                    break
         else:
             self._waiting.extend(
                 (topic, payload, retain, delivery, position)
@@ -311,18 +359,19 @@ class Session:
 
     def _hand(
         self, topic: str, payload: str | bytes, retain: bool, delivery: Delivery, position: int
-    ) -> None:
+    ) -> bool:
+        """Publish one message; False if paho's thread closed the connection meanwhile."""
         try:
             info = self._client.publish(topic, payload, self.settings.qos, retain)
         except ValueError as exc:  # a payload beyond MQTT's 256 MB limit
             self.abort(f"message refused: {exc}")
             raise self.error(f"message refused: {exc}") from exc
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # paho's thread reports why next (_disconnected): not failing the session here
+            # keeps a broker's DISCONNECT refusal attributable; the message waits to fail.
+            return False
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            reason = (
-                "connection to broker lost"
-                if info.rc == mqtt.MQTT_ERR_NO_CONN
-                else f"message refused: {mqtt.error_string(info.rc)}"
-            )
+            reason = f"message refused: {mqtt.error_string(info.rc)}"
             self.abort(reason)
             raise self.error(reason)
         if info.mid in self._pending:  # cannot happen within the window: never guess
@@ -330,11 +379,14 @@ class Session:
             raise self.error(f"message id {info.mid} reused while in flight")
         self._pending[info.mid] = (delivery, position)
         self._in_flight += 1
+        return True
 
     def _release(self) -> None:
         waiting = self._waiting
         while waiting and self._in_flight < self._window:
-            self._hand(*waiting.popleft())
+            if not self._hand(*waiting[0]):
+                return  # the connection is gone: the rest waits to fail with it
+            waiting.popleft()
 
     def abort(self, reason: str, *, graceful: bool = False) -> None:
         """End the session now: fail everything pending with ``reason`` and drop the connection
@@ -410,10 +462,18 @@ class Session:
             if entry is None:
                 continue  # failed or abandoned already
             self._in_flight -= 1
-            if reason_code.is_failure:  # MQTT 5 only: e.g. "Not authorized" for the topic
-                entry[0].refuse(entry[1], reason_code)
-            else:
+            if not reason_code.is_failure:
                 entry[0].acknowledge()
+            elif reason_code.value in PUBACK_REFUSALS:  # MQTT 5 only: e.g. an ACL's verdict
+                entry[0].refuse(entry[1], reason_code)
+            else:  # e.g. a throttling broker's "Quota exceeded": send it again later
+                entry[0].fail(
+                    self.error(
+                        f"the broker answered {reason_code} (MQTT 5 reason code"
+                        f" 0x{reason_code.value:02X}) to a message: not a refusal, sent again"
+                        " later"
+                    )
+                )
         if self._waiting:
             with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
                 self._release()
@@ -424,6 +484,18 @@ class Session:
         detail = str(reason_code)
         if from_broker:
             reason = f"the broker closed the connection: {detail}"
+            if (
+                reason_code.value in DISCONNECT_REFUSALS
+                and self.settings.qos == 1  # at QoS 2, the oldest not PUBCOMPed may be PUBRECed
+                and self._pending
+            ):
+                # The broker refused the oldest unacknowledged message by disconnecting (AWS IoT
+                # Core, EMQX with deny_action = disconnect): answered, not delivered.
+                mid, (delivery, position) = next(iter(self._pending.items()))
+                del self._pending[mid]
+                self._in_flight -= 1
+                delivery.refuse(position, reason_code)
+                reason = f"{reason} (MQTT 5 reason code 0x{reason_code.value:02X})"
         elif detail in ("Unspecified error", "Success"):
             reason = "connection to broker lost"
         else:
