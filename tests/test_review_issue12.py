@@ -1,5 +1,6 @@
-"""Hostile review of issue 12's changes: each test shows a defect found, marked xfail (strict)
-until the integrator decides on a fix. Each docstring says what goes wrong."""
+"""Hostile review of issue 12's changes: each test showed a defect found (each failed before
+its fix). The one still marked xfail (strict) is a known limit, left for later: the reason says
+what goes wrong."""
 
 from __future__ import annotations
 
