@@ -31,8 +31,10 @@ from ..errors import GatewayError
 from ..http import serve_http
 from ..loader import ComponentPlan, Plan, SignalPlan
 from ..model import SignalKind
+from ..store.prune import Pruner
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
+from .budget import BudgetKeeper
 from .forward import BacklogReader, Forwarder
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput, SpectrumOutput
@@ -72,6 +74,7 @@ class Gateway:
         self.first_seq: dict[str, int] = {}  # seq of each signal when this run started
         self.writer: StoreWriter | None = None
         self._reader: BacklogReader | None = None
+        self.budget: BudgetKeeper | None = None  # the store budget's pruner, if configured
         self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
         self.stopping = False  # set once the run begins to stop (for /health)
@@ -107,6 +110,12 @@ class Gateway:
                     await self._attach(sink, instance, writer)
                     log.info("sink.started", sink=sink.id, type=sink.type)
                 self._build_runners(stored, writer)
+                budget = self.plan.config.store.budget
+                if budget is not None:
+                    # Only store-and-forward sinks hold samples; at-most-once ones never do.
+                    holders = [f.sink_id for f in self.forwarders]
+                    pruner = Pruner(self.plan.config.store.path, budget, holders)
+                    self.budget = BudgetKeeper(pruner, budget.check_interval_s)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -134,6 +143,8 @@ class Gateway:
                     await _uncancellable(writer.flush())
             finally:
                 try:
+                    if self.budget is not None:
+                        await _uncancellable(self.budget.aclose())
                     if self._reader is not None:
                         await _uncancellable(self._reader.aclose())
                 finally:
@@ -295,6 +306,9 @@ class Gateway:
                     for p in self.processors
                 ]
                 view = group.create_task(run_view(self, interactive=self.interactive), name="view")
+                if self.budget is not None:
+                    # Stopped with the sinks, below: the final save of their cursors comes after.
+                    feeders.append(group.create_task(self.budget.run(), name="store.budget"))
                 stopper = group.create_task(stop.wait(), name="stop")
                 done, _ = await asyncio.wait(
                     {stopper, writer_task},

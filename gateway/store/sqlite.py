@@ -32,13 +32,13 @@ from ..model import Quality, Sample, Signal, SignalKind
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 
-__all__ = ["Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
+__all__ = ["ArchivedRun", "Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
 
-# 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor. Older files
-# are upgraded in place.
-SCHEMA_VERSION = 4
+# 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor; 5: the
+# record of pruning and archive runs (the store budget). Older files are upgraded in place.
+SCHEMA_VERSION = 5
 
 # sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
 sqlite3.register_adapter(Spectrum, encode_values)
@@ -108,6 +108,33 @@ CREATE TABLE IF NOT EXISTS loss (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS loss_by_signal ON loss (signal, id);
+-- Schema 5. Each run of the store budget (gateway/store/prune.py): the sample ids it removes
+-- (a contiguous range, oldest first), the archive file it wrote them to first (name in the
+-- archive folder, SHA-256 and size; null without an archive) and its state: 'archiving' (file
+-- being written, nothing deleted), 'pruning' (file complete, rows being deleted), 'done', or
+-- 'abandoned' (stopped before anything was deleted; its file, if any, removed). Only the
+-- sample table is ever pruned: this record, losses, cursors and future audit tables stay.
+CREATE TABLE IF NOT EXISTS prune_run (
+    id INTEGER PRIMARY KEY,
+    started_ns INTEGER NOT NULL,
+    finished_ns INTEGER,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    archive_file TEXT,
+    archive_sha256 TEXT,
+    archive_bytes INTEGER,
+    state TEXT NOT NULL
+);
+-- Per signal, the seq span and count of the samples a run removed.
+CREATE TABLE IF NOT EXISTS prune_signal (
+    run_id INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, signal)
+) WITHOUT ROWID;
 """
 
 _INSERT = (
@@ -144,6 +171,19 @@ class Delivery:
     sink: str
     cursor: int
     ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedRun:
+    """An archive file a pruning run recorded: the sample ids it holds and its SHA-256."""
+
+    run_id: int
+    first_id: int
+    last_id: int
+    samples: int
+    file: str
+    sha256: str
+    size: int
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -454,12 +494,17 @@ class SampleStore:
         return [Signal(n, u, SignalKind(k), d, i) for n, u, k, d, i in rows]
 
     def samples(
-        self, signal_glob: str | None = None, since_ns: int | None = None
+        self,
+        signal_glob: str | None = None,
+        since_ns: int | None = None,
+        *,
+        above_id: int = 0,
     ) -> Iterator[Sample]:
         """Committed samples in commit order (so ``seq`` ascends per signal).
 
         ``signal_glob`` filters signal ids with shell wildcards (``reactor1/feed_pump/*``);
-        ``since_ns`` keeps samples whose source timestamp is at or after it.
+        ``since_ns`` keeps samples whose source timestamp is at or after it; ``above_id`` skips
+        the samples with ids up to it (those a pruning run has archived).
         """
         names, spectral = self._definitions()
         wanted = {
@@ -477,6 +522,9 @@ class SampleStore:
         if since_ns is not None:
             where.append("source_ts >= ?")
             params.append(since_ns)
+        if above_id:
+            where.append("id > ?")
+            params.append(above_id)
         sql = "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -496,6 +544,16 @@ class SampleStore:
             return list(self._decoded(rows, names, spectral))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading samples for a sink") from exc
+
+    def stream(self, first_id: int, last_id: int) -> Iterator[tuple[int, Sample]]:
+        """Like :meth:`between`, but one sample at a time (for ranges too large for memory)."""
+        names, spectral = self._definitions()
+        rows = self._db.execute(
+            "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
+            " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
+            (first_id, last_id),
+        )
+        yield from self._decoded(rows, names, spectral)
 
     def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         """Per signal, the seq span and count of the samples in the id ``ranges``: how a sink's
@@ -521,6 +579,29 @@ class SampleStore:
             Loss(names.get(d, (f"#{d}", ""))[0], low, high, count, reason)
             for d, (low, high, count) in found.items()
         ]
+
+    def archived_runs(self) -> list[ArchivedRun]:
+        """Every complete archive file the store budget recorded, oldest first."""
+        try:
+            rows = self._db.execute(
+                "SELECT id, first_id, last_id, samples, archive_file, archive_sha256,"
+                " archive_bytes FROM prune_run"
+                " WHERE state IN ('pruning', 'done') AND archive_file IS NOT NULL"
+                " ORDER BY first_id"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # a store older than schema 5, opened read-only: never pruned
+        return [ArchivedRun(*row) for row in rows]
+
+    def pruned_through(self) -> int:
+        """The highest sample id a pruning run has archived or deleted (0: none)."""
+        try:
+            row = self._db.execute(
+                "SELECT coalesce(max(last_id), 0) FROM prune_run WHERE state IN ('pruning', 'done')"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0])
 
     def gateway_ts(self, sample_id: int) -> int | None:
         """The gateway timestamp of sample ``sample_id`` (None if there is none)."""
