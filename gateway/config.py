@@ -251,7 +251,7 @@ class StoreBudgetConfig(_Closed):
         default=10.0, gt=0, le=3600, description="How often the budget is checked."
     )
     chunk_samples: int = Field(
-        default=5000,
+        default=1000,
         ge=100,
         le=1_000_000,
         description="Samples deleted per transaction: small, so commits are never held up.",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import gzip
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -204,9 +205,10 @@ def sample_from_json(line: str) -> Sample:
 def read_archive(
     path: Path, signal_glob: str | None = None, since_ns: int | None = None
 ) -> Iterator[Sample]:
-    """The samples of one archive file, filtered as :meth:`SampleStore.samples` filters."""
+    """The samples of one archive file (gzip-compressed JSON lines), filtered as
+    :meth:`SampleStore.samples` filters."""
     try:
-        with path.open("r", encoding="utf-8") as lines:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 try:
                     sample = sample_from_json(line)

@@ -5,6 +5,7 @@ no row both pruned and unarchived after a kill -9 in the middle of a run."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import signal
 import sqlite3
@@ -83,7 +84,8 @@ def archived(path: Path, folder: Path) -> list[tuple[str, int]]:
     found = []
     for run in runs:
         assert file_sha256(folder / run.file) == (run.sha256, run.size), run.file
-        lines = (folder / run.file).read_text().splitlines()
+        with gzip.open(folder / run.file, "rt") as f:
+            lines = f.read().splitlines()
         assert len(lines) == run.samples
         found += [(s.signal, s.seq) for s in map(sample_from_json, lines)]
     return found
@@ -187,7 +189,7 @@ def test_a_full_archive_pauses_pruning_and_loses_nothing(tmp_path: Path) -> None
     fill(path, 3000, a=3000)
     folder.mkdir()
     # The first file of the run: every write to it gets ENOSPC from the kernel (/dev/full).
-    (folder / "patgw-000000000001-000000001000.jsonl.partial").symlink_to("/dev/full")
+    (folder / "patgw-000000000001-000000001000.jsonl.gz.partial").symlink_to("/dev/full")
     with pytest.raises(ArchiveError, match="No space left on device"):
         prune(path, budget(folder), ["a"])
     assert in_store(path) == everything(3000)
@@ -336,9 +338,11 @@ def test_export_reads_the_archives_back_and_refuses_a_tampered_one(tmp_path: Pat
     filtered = patgw("export", str(config), "--include-archive", "--signal", "t/i/b")
     assert len(filtered.stdout.splitlines()) == 1500
     first = sorted(folder.iterdir())[0]
-    text = first.read_text()
+    with gzip.open(first, "rt") as f:
+        text = f.read()
     assert '"seq":0}' in text
-    first.write_text(text.replace('"seq":0}', '"seq":7}', 1))  # same size, other content
+    with gzip.open(first, "wt") as f:
+        f.write(text.replace('"seq":0}', '"seq":7}', 1))
     tampered = patgw("export", str(config), "--include-archive")
     assert tampered.returncode == 1
     assert f"archive file {first} does not match its record" in tampered.stderr
