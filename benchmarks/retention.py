@@ -57,8 +57,7 @@ async def measure(
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     archive_block = "" if args.no_archive else f", archive: {{path: {archive}}}"
     budget = (
-        f", budget: {{max_age_s: {args.budget_s}, check_interval_s: {args.check_s}"
-        f"{archive_block}}}"
+        f", budget: {{max_age_s: {args.budget_s}, check_interval_s: {args.check_s}{archive_block}}}"
         if pruning
         else ""
     )
@@ -76,9 +75,12 @@ async def measure(
     gateway = Gateway(plan)
     sizes: list[int] = []
 
+    wal_sizes: list[int] = []
+
     async def watch() -> None:
         while True:
             sizes.append(store_size_bytes(store))
+            wal_sizes.append(_wal_bytes(store))
             await asyncio.sleep(1.0)
 
     watcher = asyncio.create_task(watch(), name="bench.watch")
@@ -99,6 +101,7 @@ async def measure(
         "p50_commit_latency_ms": round(stats.latency_percentile(0.50) or 0.0, 2),
         "p99_commit_latency_ms": round(stats.latency_percentile(0.99) or 0.0, 2),
         "max_store_bytes": max(sizes, default=0),
+        "max_wal_bytes": max(wal_sizes, default=0),
         "final_store_bytes": store_size_bytes(store),
         "store_bytes_at_half_time": sizes[len(sizes) // 2] if sizes else 0,
     }
@@ -116,6 +119,13 @@ async def measure(
     with sqlite3.connect(store) as db:
         result["integrity_check"] = db.execute("PRAGMA integrity_check").fetchone()[0]
     return result
+
+
+def _wal_bytes(store: Path) -> int:
+    try:
+        return os.path.getsize(f"{store}-wal")
+    except OSError:
+        return 0
 
 
 def check_archives(store: Path, archive: Path) -> dict[str, Any]:

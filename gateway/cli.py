@@ -257,20 +257,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     store = SampleStore(config.store.path, read_only=True)
     origin = f"PAT Gateway {_version()}, {config.site}/{config.area}"
     try:
-        if args.include_archive:
-            samples = _with_archive(config, store, args.signal, since)
-        else:
-            samples = store.samples(args.signal, since)
-        writer = FORMATS[args.format]
-        if args.output:
-            try:
-                with args.output.open("w", encoding="utf-8", newline="") as out:
-                    result = writer(samples, out, origin)
-            except BaseException:
-                args.output.unlink(missing_ok=True)  # no half-written file that looks complete
-                raise
-        else:
-            result = writer(samples, sys.stdout, origin)
+        # One snapshot: a gateway pruning meanwhile can neither hide a sample nor show it twice.
+        with store.snapshot():
+            if args.include_archive:
+                samples = _with_archive(config, store, args.signal, since)
+            else:
+                samples = store.samples(args.signal, since)
+            writer = FORMATS[args.format]
+            if args.output:
+                try:
+                    with args.output.open("w", encoding="utf-8", newline="") as out:
+                        result = writer(samples, out, origin)
+                except BaseException:
+                    args.output.unlink(missing_ok=True)  # no half-written file that looks complete
+                    raise
+            else:
+                result = writer(samples, sys.stdout, origin)
     finally:
         store.close()
     what = "spectra" if args.format == "jcamp" else "samples"

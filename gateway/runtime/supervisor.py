@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -45,6 +46,8 @@ from .view import run_view
 __all__ = ["STOP_TIMEOUT_S", "Gateway", "RunSummary"]
 
 log = structlog.get_logger("gateway.runtime")
+
+T = TypeVar("T")
 
 STOP_TIMEOUT_S = 10.0
 
@@ -110,12 +113,8 @@ class Gateway:
                     await self._attach(sink, instance, writer)
                     log.info("sink.started", sink=sink.id, type=sink.type)
                 self._build_runners(stored, writer)
-                budget = self.plan.config.store.budget
-                if budget is not None:
-                    # Only store-and-forward sinks hold samples; at-most-once ones never do.
-                    holders = [f.sink_id for f in self.forwarders]
-                    pruner = Pruner(self.plan.config.store.path, budget, holders)
-                    self.budget = BudgetKeeper(pruner, budget.check_interval_s)
+                if self.plan.config.store.budget is not None:
+                    self.budget = self._budget_keeper(writer)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -233,6 +232,20 @@ class Gateway:
         self.forwarders.append(forwarder)
         writer.on_commit.append(forwarder.offer)
         writer.delivery_sources.append(forwarder)
+
+    def _budget_keeper(self, writer: StoreWriter) -> BudgetKeeper:
+        """The store budget's pruner: it reads on a connection of its own and deletes on the
+        writer's thread, between commits (no lock to wait for)."""
+        config = self.plan.config.store
+        assert config.budget is not None
+
+        def write(fn: Callable[[sqlite3.Connection], T]) -> T:
+            return writer.call_blocking(lambda store: store.write(fn), pruner.stop)
+
+        # Only store-and-forward sinks hold samples back; at-most-once ones never do.
+        holders = [f.sink_id for f in self.forwarders]
+        pruner = Pruner(config.path, config.budget, holders, write=write)
+        return BudgetKeeper(pruner, config.budget.check_interval_s)
 
     def _refuse_late_samples(self) -> None:
         """After the final commit, anything still published is counted as dropped, not kept

@@ -1,14 +1,18 @@
 """The store budget: prune old samples that every forwarding sink has released, archived first.
 
-Blocking code, run on a thread and connection of its own (:class:`~gateway.runtime.budget`
+Blocking code, run on a thread and connection of its own (:mod:`gateway.runtime.budget`
 schedules it), so that a pruning run never holds up a commit: each transaction deletes at most
-``chunk_samples`` rows and SQLite's WAL lets the writer go on between them.
+``chunk_samples`` rows, and a pause twice as long follows it, for the writer.
 
 What may be pruned: samples with ids up to the lowest saved cursor of the configured
 store-and-forward sinks (a cursor covers what was delivered and what that sink's own retention
 gave up, recorded as a loss in the same transaction). At-most-once sinks hold nothing. The
 newest sample is never pruned: SQLite gives a new row the largest id plus one, and the ids must
 keep increasing (they are the sinks' cursors). Only the ``sample`` table is ever touched.
+
+Archive files are gzip'd JSON lines in the form of ``patgw export --format jsonl``, written by a
+low-priority process of its own (:class:`_ArchiveWorker`), so that their Python work never
+competes with the store writer for the GIL.
 
 One run, crash-safe at every step (see docs/decisions/0014-store-budget.md)::
 
@@ -17,14 +21,16 @@ One run, crash-safe at every step (see docs/decisions/0014-store-budget.md)::
     record SHA-256, size, per-signal seq spans: 'pruning'     from here the rows may go
     delete the range in chunks, then 'done'
 
-After a crash, :meth:`Pruner.recover` abandons a run still 'archiving' (its partial or complete
-file is removed: its rows are all still in the store) and finishes a run that was 'pruning'. So a
-row is never both pruned and unarchived, and every pruned row is in exactly one recorded file.
+After a crash, the next run first (:meth:`Pruner._recover`) abandons a run still 'archiving'
+(its partial or complete file is removed: its rows are all still in the store) and finishes a
+run that was 'pruning'. So a row is never both pruned and unarchived, and every pruned row is in
+exactly one recorded file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import math
@@ -35,11 +41,11 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..config import StoreBudgetConfig
 from ..errors import StoreError
@@ -56,6 +62,15 @@ _GZIP_LEVEL = 1  # 14x smaller than plain JSON lines at ~250 MB/s (decision 0014
 # The byte budget prunes down to this fraction of max_bytes, so one run frees room for many
 # commits rather than a few.
 _BYTES_TARGET = 0.9
+
+
+T = TypeVar("T")
+
+
+class Writes(Protocol):
+    """Runs ``fn`` in one write transaction of a connection to the store; returns its result."""
+
+    def __call__(self, fn: Callable[[sqlite3.Connection], T], /) -> T: ...
 
 
 class ArchiveError(StoreError):
@@ -99,13 +114,29 @@ def archive_problems(budget: StoreBudgetConfig | None) -> list[str]:
 class Pruner:
     """Keeps the store at ``budget``; ``holders`` are the ids of the store-and-forward sinks."""
 
-    def __init__(self, path: Path, budget: StoreBudgetConfig, holders: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        budget: StoreBudgetConfig,
+        holders: Sequence[str],
+        *,
+        write: Writes | None = None,
+    ) -> None:
         self.path = path
         self.budget = budget
         self.holders = tuple(holders)
         self.stop = threading.Event()
         self._db: sqlite3.Connection | None = None
         self._worker = _ArchiveWorker()
+        # Write transactions run through ``write`` — in a gateway, on the store writer's own
+        # thread and connection between two commits, so the writer never waits for a lock
+        # (SQLite's busy handler sleeps 1, 2, 5, 10 ms...) — or else on our connection.
+        self._write: Writes = write or self._own_write
+
+    def _own_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._conn()
+        with _Transaction(db):
+            return fn(db)
 
     # -- connections (opened on the pruning thread) -------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -220,7 +251,6 @@ class Pruner:
 
     # -- one run ---------------------------------------------------------------------------------
     def _run(self, first: int, last: int) -> tuple[int, str | None]:
-        db = self._conn()
         archive = self.budget.archive
         name = None
         if archive is not None:
@@ -229,14 +259,18 @@ class Pruner:
         # Read outside the write transactions below, which must stay short (the rows in the
         # range never change: only pruning deletes samples, and only this one).
         spans = self._spans(first, last)
-        with _Transaction(db):
+
+        def begin(db: sqlite3.Connection) -> int:
             run_id: int = db.execute(
                 "INSERT INTO prune_run (started_ns, first_id, last_id, samples, archive_file,"
                 " state) VALUES (?, ?, ?, 0, ?, ?)",
                 (now_ns(), first, last, name, state),
             ).lastrowid  # type: ignore[assignment]  # an INSERT always sets it
             if archive is None:
-                self._record_signals(db, run_id, spans)
+                _record_signals(db, run_id, spans)
+            return run_id
+
+        run_id = self._write(begin)
         if archive is not None and name is not None:
             try:
                 written = self._worker.write(
@@ -249,13 +283,16 @@ class Pruner:
                 self._abandon(run_id, archive.path, name)
                 return 0, None
             digest, size = written
-            with _Transaction(db):
+
+            def archived(db: sqlite3.Connection) -> None:
                 db.execute(
                     "UPDATE prune_run SET state='pruning', archive_sha256=?, archive_bytes=?"
                     " WHERE id=?",
                     (digest, size, run_id),
                 )
-                self._record_signals(db, run_id, spans)
+                _record_signals(db, run_id, spans)
+
+            self._write(archived)
         return self._delete(run_id, first, last), name
 
     def _spans(self, first: int, last: int) -> list[tuple[str, int, int, int]]:
@@ -270,27 +307,12 @@ class Pruner:
             .fetchall()
         )
 
-    def _record_signals(
-        self, db: sqlite3.Connection, run_id: int, spans: list[tuple[str, int, int, int]]
-    ) -> None:
-        db.executemany(
-            "INSERT INTO prune_signal (run_id, signal, first_seq, last_seq, count)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(run_id, *span) for span in spans],
-        )
-        db.execute("UPDATE prune_run SET samples=? WHERE id=?", (sum(s[3] for s in spans), run_id))
-
     def _abandon(self, run_id: int, folder: Path, name: str) -> None:
         """Nothing of run ``run_id`` was deleted: remove its file and say so in its record."""
         for path in (folder / name, folder / (name + ".partial")):
             with contextlib.suppress(OSError):
                 path.unlink()
-        db = self._conn()
-        with _Transaction(db):
-            db.execute(
-                "UPDATE prune_run SET state='abandoned', finished_ns=? WHERE id=?",
-                (now_ns(), run_id),
-            )
+        self._write(functools.partial(_finish, run_id=run_id, state="abandoned"))
 
     def _delete(self, run_id: int, first: int, last: int) -> int:
         db = self._conn()
@@ -300,21 +322,16 @@ class Pruner:
         while at <= last:
             end = min(last, at + chunk - 1)
             started = time.perf_counter()
-            with _Transaction(db):
-                deleted += db.execute(
-                    "DELETE FROM sample WHERE id BETWEEN ? AND ?"
-                    " AND id < (SELECT max(id) FROM sample)",
-                    (at, end),
-                ).rowcount
+            deleted += self._write(functools.partial(_delete_range, first=at, last=end))
+            # Checkpoint what we wrote here rather than in the writer's next commit (SQLite
+            # runs the automatic checkpoint in whichever connection's commit passes 1000 WAL
+            # pages: the writer's, mostly, and pruning doubles the WAL's traffic).
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             at = end + 1
-            # The writer waits for the lock meanwhile, in SQLite's busy handler (sleeps of 1,
-            # 2, 5, 10 ms...): leave it the lock at least twice as long as we held it. Not cut
-            # short by a stop: the run ends in a few seconds either way.
-            time.sleep(max(_MIN_PAUSE_S, 2 * (time.perf_counter() - started)))
-        with _Transaction(db):
-            db.execute(
-                "UPDATE prune_run SET state='done', finished_ns=? WHERE id=?", (now_ns(), run_id)
-            )
+            # Leave the writer at least twice as long as the delete took.
+            if self.stop.wait(max(_MIN_PAUSE_S, 2 * (time.perf_counter() - started))):
+                return deleted  # still 'pruning': the next start finishes it (archive complete)
+        self._write(functools.partial(_finish, run_id=run_id, state="done"))
         return deleted
 
     def _recover(self) -> None:
@@ -329,8 +346,7 @@ class Pruner:
                 if folder is not None and name is not None:
                     self._abandon(run_id, folder, name)
                 else:
-                    with _Transaction(db):
-                        db.execute("UPDATE prune_run SET state='abandoned' WHERE id=?", (run_id,))
+                    self._write(functools.partial(_finish, run_id=run_id, state="abandoned"))
             else:
                 self._delete(run_id, first, last)
 
@@ -341,7 +357,32 @@ class Pruner:
             return
         step = max(16, self.budget.chunk_samples // 40)  # ~40 scalar rows per 4 kB page
         while not self.stop.is_set() and db.execute("PRAGMA freelist_count").fetchone()[0]:
-            db.execute(f"PRAGMA incremental_vacuum({step})")
+            self._write(lambda w: w.execute(f"PRAGMA incremental_vacuum({step})").fetchall())
+
+
+def _delete_range(db: sqlite3.Connection, *, first: int, last: int) -> int:
+    """Delete samples ``first..last``, never the newest (see the module docstring)."""
+    return int(
+        db.execute(
+            "DELETE FROM sample WHERE id BETWEEN ? AND ? AND id < (SELECT max(id) FROM sample)",
+            (first, last),
+        ).rowcount
+    )
+
+
+def _finish(db: sqlite3.Connection, *, run_id: int, state: str) -> None:
+    db.execute("UPDATE prune_run SET state=?, finished_ns=? WHERE id=?", (state, now_ns(), run_id))
+
+
+def _record_signals(
+    db: sqlite3.Connection, run_id: int, spans: list[tuple[str, int, int, int]]
+) -> None:
+    db.executemany(
+        "INSERT INTO prune_signal (run_id, signal, first_seq, last_seq, count)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(run_id, *span) for span in spans],
+    )
+    db.execute("UPDATE prune_run SET samples=? WHERE id=?", (sum(s[3] for s in spans), run_id))
 
 
 class _ArchiveWorker:

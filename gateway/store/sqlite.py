@@ -16,14 +16,15 @@ contiguous. A signal whose unit or description changes between runs gets a new d
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from ..timefmt import now_ns
 __all__ = ["ArchivedRun", "Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
+T = TypeVar("T")
 
 # 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor; 5: the
 # record of pruning and archive runs (the store budget). Older files are upgraded in place.
@@ -435,6 +437,15 @@ class SampleStore:
         except sqlite3.Error as exc:  # disk full, I/O errors, corruption
             raise _translate(exc, f"committing {len(rows)} samples") from exc
 
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in one write transaction of this store (the store budget's
+        deletes run so, on the writer's thread between two commits)."""
+        try:
+            with self._transaction():
+                return fn(self._db)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "pruning") from exc
+
     def record_losses(self, losses: Sequence[Loss]) -> None:
         """Keep evidence of dropped samples in the ``loss`` table."""
         try:
@@ -579,6 +590,17 @@ class SampleStore:
             Loss(names.get(d, (f"#{d}", ""))[0], low, high, count, reason)
             for d, (low, high, count) in found.items()
         ]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the store as it was on entry (one read transaction), e.g.
+        the archive record and the samples not yet pruned, while a gateway prunes."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to lose
+                self._db.execute("COMMIT")
 
     def archived_runs(self) -> list[ArchivedRun]:
         """Every complete archive file the store budget recorded, oldest first."""
