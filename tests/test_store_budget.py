@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, patgw, running, wait_for, write_config
+from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict
 from test_forward import Plugin as ForwardPlugin
 from test_forward import Upstream
@@ -27,7 +28,7 @@ from test_runtime import Recorder, SinkOptions
 from gateway import PluginContext, Registry, Signal, build_registry, hookimpl, load_plan
 from gateway.config import StoreBudgetConfig
 from gateway.export import sample_from_json
-from gateway.metrics import health_report
+from gateway.metrics import health_report, new_registry
 from gateway.model import Quality, SignalKind
 from gateway.store import SampleStore
 from gateway.store.prune import ArchiveError, Pruner, file_sha256
@@ -294,11 +295,13 @@ async def test_an_archive_folder_that_cannot_be_written_pauses_pruning_and_says_
         report = health_report(gateway, 0)["store"]["budget"]
         assert "cannot write archive" in report["paused"]
         assert report["pruned"] == 0
+        assert "patgw_store_prune_paused 1.0" in metrics_text(gateway)
         await wait_for(lambda: gateway.stats.committed > 500, what="commits go on")
         blocker.unlink()
         blocker.mkdir()
         await wait_for(lambda: keeper.stats.pruned > 0, what="pruning resumed")
         assert keeper.stats.paused is None
+        assert "patgw_store_prune_paused 0.0" in metrics_text(gateway)
     pruned = archived(tmp_path / "s.sqlite", folder)
     assert len(pruned) == len(set(pruned))
     kept = in_store(tmp_path / "s.sqlite")
@@ -307,6 +310,10 @@ async def test_an_archive_folder_that_cannot_be_written_pauses_pruning_and_says_
     for name in {s for s, _ in kept}:
         seqs = sorted([q for s, q in pruned if s == name] + [q for s, q in kept if s == name])
         assert seqs == list(range(len(seqs)))
+
+
+def metrics_text(gateway: Any) -> str:
+    return generate_latest(new_registry(gateway)).decode()
 
 
 def export_config(tmp_path: Path, folder: Path) -> Path:
