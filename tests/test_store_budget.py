@@ -39,8 +39,10 @@ SIGNALS = ("t/i/a", "t/i/b")
 HOUR_NS = 3600 * 10**9
 
 
-def fill(path: Path, count: int, *, recent: int = 10, **cursors: int) -> None:
-    """A store of ``count`` samples alternating over two signals, all an hour old but the
+def fill(
+    path: Path, count: int, *, recent: int = 10, age_ns: int = HOUR_NS, **cursors: int
+) -> None:
+    """A store of ``count`` samples alternating over two signals, all ``age_ns`` old but the
     ``recent`` newest, with the given sinks' cursors saved."""
     store = SampleStore(path)
     try:
@@ -50,7 +52,7 @@ def fill(path: Path, count: int, *, recent: int = 10, **cursors: int) -> None:
         seq = {s: 0 for s in SIGNALS}
         for k in range(count):
             name = SIGNALS[k % 2]
-            ts = now - HOUR_NS + k if k < count - recent else now
+            ts = now - age_ns + k if k < count - recent else now
             rows.append((defs[name].def_id, seq[name], ts, ts, 2, float(k), None))
             seq[name] += 1
         store.commit(rows, seq, deliveries=[Delivery(s, c) for s, c in cursors.items()])
@@ -163,6 +165,17 @@ def test_the_newest_sample_is_never_pruned_so_ids_keep_increasing(tmp_path: Path
         assert store.last_committed_id == 201
     finally:
         store.close()
+
+
+def test_a_run_starts_once_the_oldest_is_ten_percent_past_the_age_budget(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite"
+    fill(path, 500, age_ns=63 * 10**9, a=500)
+    assert prune(path, budget(None), ["a"]).pruned == 0  # 63 s old, budget 60 s: not yet
+    path.unlink()
+    fill(path, 500, age_ns=67 * 10**9, a=500)
+    assert prune(path, budget(None), ["a"]).pruned == 490
 
 
 def test_a_size_budget_prunes_the_oldest_released_samples(tmp_path: Path) -> None:
