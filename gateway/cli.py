@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,15 +25,18 @@ import yaml
 from pydantic import ValidationError
 
 from .api import PluginContext, validation_context
+from .config import GatewayConfig
 from .errors import ConfigError, GatewayError
-from .export import FORMATS
+from .export import FORMATS, read_archive
 from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
+from .model import Sample
 from .passwords import hash_password
 from .pluginmanager import build_registry
 from .registry import PluginKind, Registration
 from .schema import config_schema
 from .store.backup import backup_store
+from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
 from .timefmt import duration_argument, parse_iso_ns
 from .yamltext import load_yaml
@@ -94,6 +97,12 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     export.add_argument("--signal", metavar="GLOB", help="signal ids to keep, shell wildcards")
     export.add_argument("--since", metavar="ISO-TIME", help="keep samples from this source time")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+    export.add_argument(
+        "--include-archive",
+        action="store_true",
+        help="also the samples the store budget pruned, read back from its archive files"
+        " (each checked against its recorded SHA-256)",
+    )
 
     backup = sub.add_parser(
         "backup", parents=[common], help="copy the store while the gateway runs (checked)"
@@ -203,6 +212,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     plan = load_plan(args.config, build_registry())
+    problems = archive_problems(plan.config.store.budget)
+    if problems:
+        return _errors(problems)
     counts = (
         (len(plan.instruments), "instrument"),
         (len(plan.processors), "processor"),
@@ -266,17 +278,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     store = SampleStore(config.store.path, read_only=True)
     origin = f"PAT Gateway {_version()}, {config.site}/{config.area}"
     try:
-        samples = store.samples(args.signal, since)
-        writer = FORMATS[args.format]
-        if args.output:
-            try:
-                with args.output.open("w", encoding="utf-8", newline="") as out:
-                    result = writer(samples, out, origin)
-            except BaseException:
-                args.output.unlink(missing_ok=True)  # no half-written file that looks complete
-                raise
-        else:
-            result = writer(samples, sys.stdout, origin)
+        # One snapshot: a gateway pruning meanwhile can neither hide a sample nor show it twice.
+        with store.snapshot():
+            if args.include_archive:
+                samples = _with_archive(config, store, args.signal, since)
+            else:
+                samples = store.samples(args.signal, since)
+            writer = FORMATS[args.format]
+            if args.output:
+                try:
+                    with args.output.open("w", encoding="utf-8", newline="") as out:
+                        result = writer(samples, out, origin)
+                except BaseException:
+                    args.output.unlink(missing_ok=True)  # no half-written file that looks complete
+                    raise
+            else:
+                result = writer(samples, sys.stdout, origin)
     finally:
         store.close()
     what = "spectra" if args.format == "jcamp" else "samples"
@@ -312,6 +329,39 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
+
+
+def _with_archive(
+    config: GatewayConfig, store: SampleStore, signal_glob: str | None, since: int | None
+) -> Iterator[Sample]:
+    """The archived samples (every file checked first), then those still in the store."""
+    runs = store.archived_runs()
+    archive = config.store.budget.archive if config.store.budget is not None else None
+    if runs and archive is None:
+        raise GatewayError(
+            f"{len(runs)} archive files are recorded in {config.store.path}, but the"
+            " configuration has no store.budget.archive.path to find them in"
+        )
+    files = []
+    for run in runs:
+        assert archive is not None
+        path = archive.path / run.file
+        try:
+            digest, size = file_sha256(path)
+        except OSError as exc:
+            raise GatewayError(
+                f"archive file {path} (samples {run.first_id}..{run.last_id}) cannot be read: {exc}"
+            ) from exc
+        if digest != run.sha256 or size != run.size:
+            raise GatewayError(
+                f"archive file {path} does not match its record: SHA-256 {digest} ({size} bytes),"
+                f" recorded {run.sha256} ({run.size} bytes)"
+            )
+        files.append(path)
+    above = store.pruned_through()
+    for path in files:
+        yield from read_archive(path, signal_glob, since)
+    yield from store.samples(signal_glob, since, above_id=above)
 
 
 def _cmd_hash_password(args: argparse.Namespace) -> int:

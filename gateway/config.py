@@ -28,6 +28,8 @@ __all__ = [
     "RetentionConfig",
     "SignalConfig",
     "SinkConfig",
+    "StoreArchiveConfig",
+    "StoreBudgetConfig",
     "StoreConfig",
     "ViewConfig",
 ]
@@ -211,6 +213,61 @@ class SinkConfig(_Closed):
     )
 
 
+class StoreArchiveConfig(_Closed):
+    """Where samples go before the store budget prunes them: JSON lines files (the format of
+    ``patgw export --format jsonl``), one or more per pruning run, each one's SHA-256 recorded in
+    the store. ``patgw export --include-archive`` reads them back."""
+
+    path: ConfigPath = Field(
+        description="Archive folder; a relative path is relative to the config file's folder."
+    )
+    max_file_samples: int = Field(
+        default=1_000_000,
+        ge=1000,
+        le=100_000_000,
+        description="Most samples in one archive file (a pruning run writes several if needed).",
+    )
+
+
+class StoreBudgetConfig(_Closed):
+    """How much the store keeps: samples beyond the budget are pruned in the background.
+
+    Not to be confused with a sink's forwarding ``retention``: only samples that every
+    store-and-forward sink has released (delivered, or given up by its retention and recorded
+    as a loss) are ever pruned; a sink that is behind holds them (and says so on /health).
+    The loss table and any other record are never pruned, only samples.
+    """
+
+    max_age_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Prune samples whose gateway time is older than this (null: no bound).",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1 << 20,
+        description="Prune the oldest samples while the store's data exceeds this (null: none).",
+    )
+    check_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="How often the budget is checked."
+    )
+    chunk_samples: int = Field(
+        default=1000,
+        ge=100,
+        le=1_000_000,
+        description="Samples deleted per transaction: small, so commits are never held up.",
+    )
+    archive: StoreArchiveConfig | None = Field(
+        default=None, description="Write samples to archive files before pruning (null: no)."
+    )
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> StoreBudgetConfig:
+        if self.max_age_s is None and self.max_bytes is None:
+            raise ValueError("give max_age_s, max_bytes or both (or leave budget out)")
+        return self
+
+
 class StoreConfig(_Closed):
     """The durable local store (SQLite in WAL mode) every sample is committed to."""
 
@@ -243,6 +300,23 @@ class StoreConfig(_Closed):
             " Either way every dropped sample is counted, logged and recorded in the store."
         ),
     )
+    budget: StoreBudgetConfig | None = Field(
+        default=None,
+        description="How much the store keeps before pruning released samples (null: all).",
+    )
+
+    @model_validator(mode="after")
+    def _budget_above_commit_interval(self) -> StoreConfig:
+        budget = self.budget
+        age = budget.max_age_s if budget is not None else None
+        if age is not None and age * 1000 < self.commit_interval_ms:
+            raise PydanticCustomError(
+                "budget",
+                "budget.max_age_s ({age} s) is shorter than one commit interval"
+                " ({interval} ms): every sample would be pruned as soon as it is committed",
+                {"age": age, "interval": self.commit_interval_ms},
+            )
+        return self
 
 
 class LoggingConfig(_Closed):

@@ -5,22 +5,39 @@ axis). CSV has one row per *scalar* sample; a spectrum does not fit a cell, so C
 and says so. JCAMP-DX 5.01 (``--format jcamp``) carries spectra only: one block per spectrum,
 ``##XYPOINTS=(XY..XY)`` because a calibrated axis is not evenly spaced; several spectra make a
 compound (``##DATA TYPE=LINK``) file.
+
+With ``--include-archive``, the samples the store budget pruned are read back from the archive
+files it recorded (JSON lines in this same form, each checked against its recorded SHA-256
+first), before those still in the store: a long run exports whole.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
+import gzip
+import json
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
+from .errors import GatewayError, StoreError
 from .model import Quality, Sample, sample_to_json, sample_to_json_dict
-from .spectra import Spectrum
-from .timefmt import format_ns
+from .spectra import SpectralAxis, Spectrum
+from .timefmt import format_ns, parse_iso_ns
 
-__all__ = ["FORMATS", "ExportResult", "write_csv", "write_jcamp", "write_jsonl"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "read_archive",
+    "sample_from_json",
+    "write_csv",
+    "write_jcamp",
+    "write_jsonl",
+]
 
 _CSV_COLUMNS = ("signal", "value", "unit", "source_ts", "gateway_ts", "quality", "seq", "reason")
 
@@ -163,3 +180,44 @@ def _one_line(text: str) -> str:
 
 
 FORMATS: dict[str, Writer] = {"jsonl": write_jsonl, "csv": write_csv, "jcamp": write_jcamp}
+
+
+def sample_from_json(line: str) -> Sample:
+    """The sample a line of ``--format jsonl`` (or of an archive file) holds: the inverse of
+    :func:`~gateway.model.sample_to_json` (a non-finite float, written as null, stays None)."""
+    doc: dict[str, Any] = json.loads(line)
+    value = doc["value"]
+    axis = doc.get("axis")
+    if axis is not None and value is not None:
+        value = Spectrum(value, SpectralAxis(axis["values"], axis["unit"]))
+    return Sample(
+        doc["signal"],
+        value,
+        doc["unit"],
+        parse_iso_ns(doc["source_ts"]),
+        parse_iso_ns(doc["gateway_ts"]),
+        Quality.from_label(doc["quality"]),
+        int(doc["seq"]),
+        doc.get("reason"),
+    )
+
+
+def read_archive(
+    path: Path, signal_glob: str | None = None, since_ns: int | None = None
+) -> Iterator[Sample]:
+    """The samples of one archive file (gzip-compressed JSON lines), filtered as
+    :meth:`SampleStore.samples` filters."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    sample = sample_from_json(line)
+                except (ValueError, KeyError, TypeError, GatewayError) as exc:
+                    raise StoreError(f"{path}:{number}: not a sample: {exc}") from exc
+                if signal_glob is not None and not fnmatch.fnmatchcase(sample.signal, signal_glob):
+                    continue
+                if since_ns is not None and sample.source_ts < since_ns:
+                    continue
+                yield sample
+    except OSError as exc:
+        raise StoreError(f"cannot read archive {path}: {exc}") from exc

@@ -214,6 +214,18 @@ class GatewayCollector:
             "Size of the store file and its write-ahead log.",
             store_size_bytes(gateway.plan.config.store.path),
         )
+        budget = gateway.budget.stats if gateway.budget is not None else None
+        if budget is not None:
+            yield counter(
+                "patgw_store_pruned_samples_total",
+                "Samples the store budget pruned (archived first, if configured) during this run.",
+                budget.pruned,
+            )
+            yield gauge(
+                "patgw_store_prune_paused",
+                "1 while pruning is paused (archive not writable or full, store error), else 0.",
+                int(budget.paused is not None),
+            )
         counts = stats.latency_buckets if stats else [0] * (len(LATENCY_BUCKETS_S) + 1)
         bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
         yield HistogramMetricFamily(
@@ -344,8 +356,11 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
         for r in gateway.runners
     }
     sinks: dict[str, dict[str, Any]] = {}
+    budget = gateway.budget.stats if gateway.budget is not None else None
+    holding = budget.holding if budget is not None else {}
     for forwarder in gateway.forwarders:
         fs = forwarder.stats
+        held = holding.get(forwarder.sink_id, 0)
         sinks[forwarder.sink_id] = {
             "state": fs.state.value,
             "delivered": fs.delivered,
@@ -360,6 +375,9 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "failures": fs.failures,
             "last_error": fs.last_error,
         }
+        if budget is not None:
+            # Behind: samples over the store budget this sink has not released yet.
+            sinks[forwarder.sink_id] |= {"holding_prune": held > 0, "holding_samples": held}
     for feeder in gateway.feeders:
         sinks[feeder.sink_id] = {
             "state": "live",
@@ -377,13 +395,21 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
         }
         for p in gateway.processors
     }
-    store = {
+    store: dict[str, Any] = {
         "committed": stats.committed if stats else 0,
         "dropped": stats.dropped if stats else 0,
         "pending": writer.waiting if writer is not None else 0,
         "last_error": stats.last_error if stats else None,
         "size_bytes": store_size_bytes(gateway.plan.config.store.path),
     }
+    if budget is not None:
+        store["budget"] = {
+            "pruned": budget.pruned,
+            "archive_files": budget.archive_files,
+            "paused": budget.paused,
+            "held_by": dict(holding),
+            "last_run_ms": budget.last_run_ms,
+        }
     ready = is_ready(gateway)
     if gateway.stopping:
         status = "stopping"

@@ -262,7 +262,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     SampleStore(path).close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
         assert db.execute("SELECT count(*) FROM axis").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM sink_cursor").fetchone()[0] == 0
     finally:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -31,8 +32,10 @@ from ..errors import GatewayError
 from ..http import serve_http
 from ..loader import ComponentPlan, Plan, SignalPlan
 from ..model import SignalKind
+from ..store.prune import Pruner
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
+from .budget import BudgetKeeper
 from .forward import BacklogReader, Forwarder
 from .instrument import InstrumentRunner
 from .outputs import FanOut, SignalOutput, SpectrumOutput
@@ -43,6 +46,8 @@ from .view import run_view
 __all__ = ["STOP_TIMEOUT_S", "Gateway", "RunSummary"]
 
 log = structlog.get_logger("gateway.runtime")
+
+T = TypeVar("T")
 
 STOP_TIMEOUT_S = 10.0
 
@@ -72,6 +77,7 @@ class Gateway:
         self.first_seq: dict[str, int] = {}  # seq of each signal when this run started
         self.writer: StoreWriter | None = None
         self._reader: BacklogReader | None = None
+        self.budget: BudgetKeeper | None = None  # the store budget's pruner, if configured
         self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
         self.stopping = False  # set once the run begins to stop (for /health)
@@ -107,6 +113,8 @@ class Gateway:
                     await self._attach(sink, instance, writer)
                     log.info("sink.started", sink=sink.id, type=sink.type)
                 self._build_runners(stored, writer)
+                if self.plan.config.store.budget is not None:
+                    self.budget = self._budget_keeper(writer)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -134,6 +142,8 @@ class Gateway:
                     await _uncancellable(writer.flush())
             finally:
                 try:
+                    if self.budget is not None:
+                        await _uncancellable(self.budget.aclose())
                     if self._reader is not None:
                         await _uncancellable(self._reader.aclose())
                 finally:
@@ -225,6 +235,20 @@ class Gateway:
         writer.on_commit.append(forwarder.offer)
         writer.delivery_sources.append(forwarder)
 
+    def _budget_keeper(self, writer: StoreWriter) -> BudgetKeeper:
+        """The store budget's pruner: it reads on a connection of its own and deletes on the
+        writer's thread, between commits (no lock to wait for)."""
+        config = self.plan.config.store
+        assert config.budget is not None
+
+        def write(fn: Callable[[sqlite3.Connection], T]) -> T:
+            return writer.call_blocking(lambda store: store.write(fn), pruner.stop)
+
+        # Only store-and-forward sinks hold samples back; at-most-once ones never do.
+        holders = [f.sink_id for f in self.forwarders]
+        pruner = Pruner(config.path, config.budget, holders, write=write)
+        return BudgetKeeper(pruner, config.budget.check_interval_s)
+
     def _refuse_late_samples(self) -> None:
         """After the final commit, anything still published is counted as dropped, not kept
         in a list nobody will commit (a driver that ignored cancellation may still publish)."""
@@ -297,6 +321,9 @@ class Gateway:
                     for p in self.processors
                 ]
                 view = group.create_task(run_view(self, interactive=self.interactive), name="view")
+                if self.budget is not None:
+                    # Stopped with the sinks, below: the final save of their cursors comes after.
+                    feeders.append(group.create_task(self.budget.run(), name="store.budget"))
                 stopper = group.create_task(stop.wait(), name="stop")
                 done, _ = await asyncio.wait(
                     {stopper, writer_task},

@@ -16,12 +16,13 @@ contiguous. A signal whose unit or description changes between runs gets a new d
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,13 +32,14 @@ from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 from .lock import StoreLock, lock_store
 
-__all__ = ["Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
+__all__ = ["ArchivedRun", "Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
+T = TypeVar("T")
 
-# 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor. Older files
-# are upgraded in place.
-SCHEMA_VERSION = 4
+# 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor; 5: the
+# record of pruning and archive runs (the store budget). Older files are upgraded in place.
+SCHEMA_VERSION = 5
 
 # sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
 sqlite3.register_adapter(Spectrum, encode_values)
@@ -109,6 +111,33 @@ CREATE TABLE IF NOT EXISTS loss (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS loss_by_signal ON loss (signal, id);
+-- Schema 5. Each run of the store budget (gateway/store/prune.py): the sample ids it removes
+-- (a contiguous range, oldest first), the archive file it wrote them to first (name in the
+-- archive folder, SHA-256 and size; null without an archive) and its state: 'archiving' (file
+-- being written, nothing deleted), 'pruning' (file complete, rows being deleted), 'done', or
+-- 'abandoned' (stopped before anything was deleted; its file, if any, removed). Only the
+-- sample table is ever pruned: this record, losses, cursors and future audit tables stay.
+CREATE TABLE IF NOT EXISTS prune_run (
+    id INTEGER PRIMARY KEY,
+    started_ns INTEGER NOT NULL,
+    finished_ns INTEGER,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    archive_file TEXT,
+    archive_sha256 TEXT,
+    archive_bytes INTEGER,
+    state TEXT NOT NULL
+);
+-- Per signal, the seq span and count of the samples a run removed.
+CREATE TABLE IF NOT EXISTS prune_signal (
+    run_id INTEGER NOT NULL,
+    signal TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, signal)
+) WITHOUT ROWID;
 """
 
 _INSERT = (
@@ -145,6 +174,19 @@ class Delivery:
     sink: str
     cursor: int
     ranges: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedRun:
+    """An archive file a pruning run recorded: the sample ids it holds and its SHA-256."""
+
+    run_id: int
+    first_id: int
+    last_id: int
+    samples: int
+    file: str
+    sha256: str
+    size: int
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -377,6 +419,15 @@ class SampleStore:
         except sqlite3.Error as exc:  # disk full, I/O errors, corruption
             raise _translate(exc, f"committing {len(rows)} samples") from exc
 
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` in one write transaction of this store (the store budget's
+        deletes run so, on the writer's thread between two commits)."""
+        try:
+            with self._transaction():
+                return fn(self._db)
+        except sqlite3.Error as exc:
+            raise _translate(exc, "pruning") from exc
+
     def record_losses(self, losses: Sequence[Loss]) -> None:
         """Keep evidence of dropped samples in the ``loss`` table."""
         try:
@@ -436,12 +487,17 @@ class SampleStore:
         return [Signal(n, u, SignalKind(k), d, i) for n, u, k, d, i in rows]
 
     def samples(
-        self, signal_glob: str | None = None, since_ns: int | None = None
+        self,
+        signal_glob: str | None = None,
+        since_ns: int | None = None,
+        *,
+        above_id: int = 0,
     ) -> Iterator[Sample]:
         """Committed samples in commit order (so ``seq`` ascends per signal).
 
         ``signal_glob`` filters signal ids with shell wildcards (``reactor1/feed_pump/*``);
-        ``since_ns`` keeps samples whose source timestamp is at or after it.
+        ``since_ns`` keeps samples whose source timestamp is at or after it; ``above_id`` skips
+        the samples with ids up to it (those a pruning run has archived).
         """
         names, spectral = self._definitions()
         wanted = {
@@ -459,6 +515,9 @@ class SampleStore:
         if since_ns is not None:
             where.append("source_ts >= ?")
             params.append(since_ns)
+        if above_id:
+            where.append("id > ?")
+            params.append(above_id)
         sql = "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -478,6 +537,16 @@ class SampleStore:
             return list(self._decoded(rows, names, spectral))
         except sqlite3.Error as exc:
             raise _translate(exc, "reading samples for a sink") from exc
+
+    def stream(self, first_id: int, last_id: int) -> Iterator[tuple[int, Sample]]:
+        """Like :meth:`between`, but one sample at a time (for ranges too large for memory)."""
+        names, spectral = self._definitions()
+        rows = self._db.execute(
+            "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
+            " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
+            (first_id, last_id),
+        )
+        yield from self._decoded(rows, names, spectral)
 
     def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         """Per signal, the seq span and count of the samples in the id ``ranges``: how a sink's
@@ -503,6 +572,40 @@ class SampleStore:
             Loss(names.get(d, (f"#{d}", ""))[0], low, high, count, reason)
             for d, (low, high, count) in found.items()
         ]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the store as it was on entry (one read transaction), e.g.
+        the archive record and the samples not yet pruned, while a gateway prunes."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # a read transaction: nothing to lose
+                self._db.execute("COMMIT")
+
+    def archived_runs(self) -> list[ArchivedRun]:
+        """Every complete archive file the store budget recorded, oldest first."""
+        try:
+            rows = self._db.execute(
+                "SELECT id, first_id, last_id, samples, archive_file, archive_sha256,"
+                " archive_bytes FROM prune_run"
+                " WHERE state IN ('pruning', 'done') AND archive_file IS NOT NULL"
+                " ORDER BY first_id"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # a store older than schema 5, opened read-only: never pruned
+        return [ArchivedRun(*row) for row in rows]
+
+    def pruned_through(self) -> int:
+        """The highest sample id a pruning run has archived or deleted (0: none)."""
+        try:
+            row = self._db.execute(
+                "SELECT coalesce(max(last_id), 0) FROM prune_run WHERE state IN ('pruning', 'done')"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0])
 
     def gateway_ts(self, sample_id: int) -> int | None:
         """The gateway timestamp of sample ``sample_id`` (None if there is none)."""

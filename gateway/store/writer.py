@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import functools
 import operator
 import sqlite3
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -381,6 +383,19 @@ class StoreWriter:
         """Run ``fn(store)`` on the store's thread (reads at start-up, between commits)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, self.store)
+
+    def call_blocking(self, fn: Callable[[SampleStore], T], stop: threading.Event) -> T:
+        """From another thread: run ``fn(store)`` on the store's thread, between two commits,
+        and wait for it. ``StoreError`` if ``stop`` is set while it has not run yet (a stalled
+        disk must not hold up a shutdown)."""
+        future = self._executor.submit(fn, self.store)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if stop.is_set():
+                    future.cancel()
+                    raise StoreError("the store did not answer before shutdown") from None
 
     async def aclose(self) -> None:
         """Stop the writer thread and close the store."""
