@@ -385,8 +385,11 @@ def test_check_refuses_a_budget_below_one_commit_interval_and_an_unwritable_arch
     (tmp_path / "plain").write_text("")
     blocked = check({"budget": {"max_bytes": 1 << 30, "archive": {"path": "plain/archive"}}})
     assert blocked.returncode == 2
-    assert "store.budget.archive.path: plain/archive cannot be created: plain is not a folder" in (
-        blocked.stderr
+    # Relative to the config's folder (tmp_path), named in full.
+    plain = tmp_path / "plain"
+    assert (
+        f"store.budget.archive.path: {plain}/archive cannot be created: {plain} is not a folder"
+        in (blocked.stderr)
     )
     small = check({"budget": {"max_bytes": 1000}})
     assert small.returncode == 2 and "store.budget.max_bytes" in small.stderr
