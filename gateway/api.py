@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,9 @@ from pydantic import (
 )
 
 from .model import Quality, Sample, Signal, SignalKind
+
+if TYPE_CHECKING:
+    from .control import Access
 
 __all__ = [
     "Channel",
@@ -74,6 +77,10 @@ class PluginContext:
     poll_interval_s: float = 1.0
     site: str = "site"
     area: str = ""
+    access: Access | None = None
+    """The user base and the controlled write path, for a plugin that takes logins or writes
+    (the northbound OPC UA server); ``None`` in contexts that have none (e.g. ``patgw check``
+    of a single plugin)."""
 
 
 class Output(Protocol):

@@ -39,6 +39,7 @@ from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
 from .timefmt import duration_argument, parse_iso_ns
+from .writecli import add_write_command, cmd_write
 from .yamltext import load_yaml
 
 __all__ = ["main"]
@@ -116,6 +117,8 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
         parents=[common],
         help="read a password (prompt, or one line on stdin) and print its hash for a config",
     )
+
+    add_write_command(sub, common)
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -445,6 +448,7 @@ _COMMANDS = {
     "backup": _cmd_backup,
     "emulate": _cmd_emulate,
     "hash-password": _cmd_hash_password,
+    "write": cmd_write,
 }
 
 

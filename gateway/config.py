@@ -7,6 +7,7 @@ Schema of :class:`GatewayConfig` for editor completion.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from .api import ConfigPath
+from .control.config import WriteTargetConfig
 from .errors import UnitError
+from .security.config import SecurityConfig
 from .units import validate_ucum
 
 __all__ = [
@@ -31,7 +34,9 @@ __all__ = [
     "StoreArchiveConfig",
     "StoreBudgetConfig",
     "StoreConfig",
+    "TlsConfig",
     "ViewConfig",
+    "is_loopback",
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -335,13 +340,48 @@ class ViewConfig(_Closed):
     )
 
 
+class TlsConfig(_Closed):
+    """A server certificate and its private key (PEM files) for HTTPS."""
+
+    certificate: ConfigPath = Field(description="PEM certificate (chain) the endpoint presents.")
+    private_key: ConfigPath = Field(description="PEM private key of that certificate.")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpConfig(_Closed):
-    """The local HTTP endpoint: ``/health`` (JSON) and ``/metrics`` (Prometheus text)."""
+    """The local HTTP endpoint: ``/health`` (JSON), ``/metrics`` (Prometheus text) and, with
+    ``api: true``, the authenticated local API (``/api/v1``) that ``patgw write`` uses."""
 
     host: str = Field(
         default="127.0.0.1", description="Address to listen on; loopback unless you mean it."
     )
     port: int = Field(default=9180, ge=0, le=65535, description="TCP port (0: any free port).")
+    tls: TlsConfig | None = Field(
+        default=None, description="Serve HTTPS with this certificate; null: plain HTTP."
+    )
+    api: bool = Field(
+        default=False,
+        description="Serve the local API (/api/v1: writes, audit, who am I) with logins from"
+        " security.users. Beyond loopback it needs tls (passwords cross the network).",
+    )
+
+    @model_validator(mode="after")
+    def _api_needs_tls_beyond_loopback(self) -> HttpConfig:
+        if self.api and self.tls is None and not is_loopback(self.host):
+            raise ValueError(
+                f"the local API takes passwords: on {self.host!r}, beyond loopback, it needs"
+                " http.tls (a certificate and key); or listen on 127.0.0.1"
+            )
+        return self
 
 
 class GatewayConfig(_Closed):
@@ -374,6 +414,16 @@ class GatewayConfig(_Closed):
         " of instruments and of processors listed before it).",
     )
     sinks: list[SinkConfig] = Field(default_factory=list)
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig,
+        description="Users, roles and lock-out: the one user base of every interface that"
+        " takes a login (the OPC UA server, the local API).",
+    )
+    writes: list[WriteTargetConfig] = Field(
+        default_factory=list,
+        description="The only targets the gateway may write (setpoints), each with its limits;"
+        " none: nothing is writable.",
+    )
 
     def duplicate_ids(self) -> list[str]:
         """``"path: duplicate … id"`` lines for ids that must be unique but are not."""

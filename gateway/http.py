@@ -39,6 +39,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from enum import StrEnum
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -60,13 +61,25 @@ from .metrics import health_report, is_ready, new_registry
 if TYPE_CHECKING:
     from .runtime.supervisor import Gateway
 
-__all__ = ["MAX_CONNECTIONS", "MAX_HEAD_BYTES", "REQUEST_TIMEOUT_S", "serve_http"]
+__all__ = [
+    "API_PREFIX",
+    "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
+    "MAX_HEAD_BYTES",
+    "REQUEST_TIMEOUT_S",
+    "ApiHandler",
+    "Request",
+    "json_response",
+    "serve_http",
+]
 
 log = structlog.get_logger("gateway.http")
 
 MAX_HEAD_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 32
+MAX_BODY_BYTES = 64 * 1024
+API_PREFIX = "/api/"
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -95,6 +108,7 @@ async def serve_http(
     *,
     on_listening: Callable[[str, int], None] | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    api: ApiHandler | None = None,
 ) -> None:
     """Serve ``/health`` and ``/metrics`` of ``gateway`` on ``config.host``:``config.port``
     until cancelled; then stop listening and close every open connection.
@@ -102,10 +116,16 @@ async def serve_http(
     ``on_listening(host, port)`` is called once the socket is bound, with the actual port
     (``config.port`` 0 picks a free one). A failure to bind raises :class:`GatewayError`.
     """
-    endpoint = _Endpoint(gateway, request_timeout_s)
+    endpoint = _Endpoint(gateway, request_timeout_s, api)
+    ssl_context = _ssl_context(config)
     try:
         server = await asyncio.start_server(
-            endpoint.accept, config.host, config.port, limit=MAX_HEAD_BYTES
+            endpoint.accept,
+            config.host,
+            config.port,
+            limit=MAX_HEAD_BYTES,
+            ssl=ssl_context,
+            ssl_handshake_timeout=request_timeout_s if ssl_context else None,
         )
     except OSError as exc:
         # asyncio rewords bind errors ("error while attempting to bind on address ..."): the
@@ -115,7 +135,8 @@ async def serve_http(
         raise GatewayError(f"cannot serve HTTP on {where}: {reason or exc}") from exc
     try:
         port = int(server.sockets[0].getsockname()[1])
-        url = f"http://{_host_port(config.host, port)}/"
+        scheme = "https" if ssl_context else "http"
+        url = f"{scheme}://{_host_port(config.host, port)}/"
         log.info("http.listening", host=config.host, port=port, url=url)
         if on_listening is not None:
             on_listening(config.host, port)
@@ -123,6 +144,49 @@ async def serve_http(
     finally:
         server.close()
         await endpoint.aclose()
+
+
+def _ssl_context(config: HttpConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls.certificate, config.tls.private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise GatewayError(
+            f"http.tls: cannot load the certificate {config.tls.certificate} and key"
+            f" {config.tls.private_key}: {exc}"
+        ) from exc
+    return context
+
+
+class ApiHandler(Protocol):
+    """Answers the requests under :data:`API_PREFIX` (see :mod:`gateway.localapi`)."""
+
+    async def answer(self, request: Request, body: bytes) -> bytes: ...
+
+
+async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
+    """A request's body: exactly Content-Length bytes, at most :data:`MAX_BODY_BYTES`."""
+    if "transfer-encoding" in request.headers:
+        raise _Reject(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
+    length_text = request.headers.get("content-length")
+    if length_text is None:
+        if request.method == "POST":
+            raise _Reject(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
+        return b""
+    if not length_text.isdigit():
+        raise _Reject(HTTPStatus.BAD_REQUEST, "malformed Content-Length")
+    length = int(length_text)
+    if length > MAX_BODY_BYTES:
+        raise _Reject(
+            HTTPStatus.CONTENT_TOO_LARGE, f"a request body is at most {MAX_BODY_BYTES} bytes"
+        )
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise _Reject(HTTPStatus.BAD_REQUEST, "connection closed mid-body") from exc
 
 
 def _host_port(host: str, port: int) -> str:
@@ -151,8 +215,12 @@ _EVICTION_LOG_S = 10.0  # at most one warning at the cap this often (a flood is 
 class _Endpoint:
     """The connections of one server and the routes they are answered from."""
 
-    def __init__(self, gateway: Gateway, request_timeout_s: float) -> None:
+    def __init__(
+        self, gateway: Gateway, request_timeout_s: float, api: ApiHandler | None = None
+    ) -> None:
         self._gateway = gateway
+        self._api = api
+        self._allowed = (*_ALLOWED, "POST") if api is not None else _ALLOWED
         self._registry = new_registry(gateway)
         self._registry.register(_HttpCollector(self))
         self._timeout_s = request_timeout_s
@@ -244,10 +312,25 @@ class _Endpoint:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     lines = await _read_head(reader)
-                method, path = _parse(lines)
-                head_only = method == "HEAD"
+                    request = _parse(lines, self._allowed)
+                    body = await _read_body(reader, request)
+                head_only = request.method == "HEAD"
                 rejected = False
-                response = self._route(path, head_only)
+                if self._api is not None and request.path.startswith(API_PREFIX):
+                    response = await self._api.answer(
+                        Request(
+                            request.method,
+                            request.path,
+                            request.query,
+                            request.headers,
+                            connection.host,
+                        ),
+                        body,
+                    )
+                elif request.method not in _ALLOWED:
+                    raise _Reject(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
+                else:
+                    response = self._route(request.path, head_only)
             except _ClientGone:
                 return
             except TimeoutError:
@@ -385,8 +468,20 @@ def _too_large(request_line: bool) -> _Reject:
     )
 
 
-def _parse(lines: list[bytes]) -> tuple[str, str]:
-    """Check the request head; return its method and path (without the query)."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed request head: method, path (without the query), query and headers (names in
+    lower case; a repeated header keeps its last value)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    peer: str = ""
+
+
+def _parse(lines: list[bytes], allowed: tuple[str, ...] = _ALLOWED) -> Request:
+    """Check the request head; return it parsed."""
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
         raise _Reject(HTTPStatus.BAD_REQUEST, "malformed request line")
@@ -394,18 +489,29 @@ def _parse(lines: list[bytes]) -> tuple[str, str]:
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise _Reject(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.1 is served")
     hosts = 0
+    headers: dict[str, str] = {}
     for line in lines[1:]:
-        name, colon, _value = line.partition(b":")
+        name, colon, value = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
             raise _Reject(HTTPStatus.BAD_REQUEST, "malformed header line")
         hosts += name.lower() == b"host"
+        headers[name.decode("ascii").lower()] = value.strip().decode("latin-1")
     if hosts > 1 or (hosts == 0 and version == b"HTTP/1.1"):
         raise _Reject(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host")
-    if method.decode() not in _ALLOWED:
-        raise _Reject(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
+    if method.decode() not in allowed:
+        raise _Reject(HTTPStatus.METHOD_NOT_ALLOWED, f"only {', '.join(allowed)} are allowed")
     if not target.startswith(b"/") or not target.isascii():
         raise _Reject(HTTPStatus.BAD_REQUEST, "the request target must be a path")
-    return method.decode(), target.decode().partition("?")[0]
+    path, _, query = target.decode().partition("?")
+    return Request(method.decode(), path, query, headers)
+
+
+def json_response(
+    status: HTTPStatus, document: dict[str, Any], headers: tuple[str, ...] = ()
+) -> bytes:
+    """A complete response with ``document`` as its JSON body (for the local API)."""
+    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    return _response(status, _JSON, body, False, headers)
 
 
 def _json(status: HTTPStatus, document: dict[str, Any], head_only: bool) -> bytes:
@@ -418,7 +524,13 @@ def _error(status: HTTPStatus, detail: str, head_only: bool = False) -> bytes:
     return _response(status, _TEXT, body, head_only)
 
 
-def _response(status: HTTPStatus, content_type: str, body: bytes, head_only: bool) -> bytes:
+def _response(
+    status: HTTPStatus,
+    content_type: str,
+    body: bytes,
+    head_only: bool,
+    extra: tuple[str, ...] = (),
+) -> bytes:
     headers = [
         f"HTTP/1.1 {int(status)} {status.phrase}",
         f"Date: {formatdate(usegmt=True)}",
@@ -429,5 +541,6 @@ def _response(status: HTTPStatus, content_type: str, body: bytes, head_only: boo
     ]
     if status is HTTPStatus.METHOD_NOT_ALLOWED:
         headers.append(f"Allow: {', '.join(_ALLOWED)}")
+    headers.extend(extra)
     head = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + body

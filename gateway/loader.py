@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,11 @@ from pydantic import BaseModel, ValidationError
 
 from .api import Channel, Driver, PluginContext, Processor, SecretRef, validation_context
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
+from .control import Access, resolve_targets
 from .errors import ConfigError, UnitError
 from .model import Signal
 from .registry import PluginKind, Registry
+from .security import Authority, SecurityConfig
 from .units import Conversion, compile_conversion
 from .yamltext import load_yaml
 
@@ -99,6 +101,8 @@ class Plan:
     processors: tuple[ProcessorPlan, ...] = ()
     warnings: tuple[str, ...] = ()
     """``"path: message"`` lines: valid, but probably not what is meant (see the module)."""
+    access: Access = field(default_factory=lambda: Access(Authority(SecurityConfig()), {}))
+    """The user base and the declared write targets, resolved."""
 
     @property
     def signals(self) -> list[Signal]:
@@ -474,6 +478,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     processors = _processor_plans(
         config, registry, instruments, configured, problems, config_dir, warnings
     )
+    targets = resolve_targets(
+        config.writes, instruments, list(config.security.role_permissions()), problems
+    )
+    access = Access(Authority(config.security), targets)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],
@@ -495,7 +503,9 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             try:
                 instance = factory(
                     options,
-                    PluginContext(item.id, config.data_dir, site=config.site, area=config.area),
+                    PluginContext(
+                        item.id, config.data_dir, site=config.site, area=config.area, access=access
+                    ),
                 )
             except Exception as exc:
                 problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
@@ -512,6 +522,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         tuple(components[PluginKind.SINK]),
         tuple(processors),
         tuple(warnings),
+        access,
     )
 
 

@@ -418,6 +418,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     elif (
         not ready
         or any(_is_down(r) for r in gateway.runners)
+        or (gateway.audit is not None and gateway.audit.lost > 0)
         or any(f.stats.state == _DOWN or f.stats.quarantined for f in gateway.forwarders)
     ):
         status = "degraded"
@@ -432,6 +433,13 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
         "processors": processors,
         "sinks": sinks,
         "store": store,
+        "clock": gateway.clock.health(),
+        "audit": gateway.audit.health() if gateway.audit is not None else None,
+        "writes": {
+            "targets": sorted(gateway.plan.access.targets),
+            "outcomes": dict(gateway.write_path.counts) if gateway.write_path else {},
+            "locked_out": gateway.plan.access.authority.locked_out(),
+        },
     }
 
 

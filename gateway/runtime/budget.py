@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,9 +39,15 @@ class BudgetStats:
 class BudgetKeeper:
     """Owns a :class:`Pruner` and the thread it runs on."""
 
-    def __init__(self, pruner: Pruner, interval_s: float) -> None:
+    def __init__(
+        self,
+        pruner: Pruner,
+        interval_s: float,
+        on_pruned: Callable[[PruneReport], None] | None = None,
+    ) -> None:
         self.pruner = pruner
         self.interval_s = interval_s
+        self.on_pruned = on_pruned  # told of each run that pruned (the audit trail)
         self.stats = BudgetStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-prune")
         self._last_pause_log = 0.0
@@ -93,6 +100,8 @@ class BudgetKeeper:
                 released_through=report.released,
                 ms=stats.last_run_ms,
             )
+            if self.on_pruned is not None:
+                self.on_pruned(report)
 
     def _pause(self, reason: str) -> None:
         now = time.monotonic()

@@ -28,16 +28,30 @@ import structlog
 
 from ..api import Output
 from ..config import HttpConfig, SinkConfig
+from ..control import WritePath
 from ..errors import GatewayError
 from ..http import serve_http
 from ..loader import ComponentPlan, Plan, SignalPlan
+from ..localapi import LocalApi
 from ..model import SignalKind
 from ..store.prune import Pruner
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
+from .auditing import (
+    AnchorSink,
+    AuditRecorder,
+    LossTally,
+    clock_event,
+    close_recorder,
+    open_recorder,
+    pruned_event,
+    started_event,
+    stopped_event,
+)
 from .budget import BudgetKeeper
+from .clock import ClockStep, ClockWatch
 from .forward import BacklogReader, Forwarder
-from .instrument import InstrumentRunner
+from .instrument import InstrumentRunner, InstrumentState
 from .outputs import FanOut, SignalOutput, SpectrumOutput
 from .processors import ProcessorRunner, tap
 from .sinks import SinkFeeder
@@ -81,6 +95,10 @@ class Gateway:
         self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
         self.stopping = False  # set once the run begins to stop (for /health)
+        self.audit: AuditRecorder | None = None  # the audit trail, while the run lasts
+        self.write_path: WritePath | None = None  # the controlled write path, once started
+        self.clock = ClockWatch(self._clock_step)
+        self._anchor_sinks: list[AnchorSink] = []
 
     @property
     def stats(self) -> WriterStats:
@@ -89,7 +107,31 @@ class Gateway:
         return self.writer.stats
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> RunSummary:
-        """Run until ``stop`` is set or ``duration_s`` has passed; return what was done."""
+        """Run until ``stop`` is set or ``duration_s`` has passed; return what was done.
+
+        The audit trail opens first and closes last: a gateway whose trail cannot be opened
+        does not start; the start (with the configuration's hash) and the stop (with the run's
+        summary, or the error that ended it) are its first and last records of the run."""
+        audit = await open_recorder(self.plan)
+        self.audit = audit
+        self.plan.access.authority.bind_audit(audit.note)
+        recorder = asyncio.create_task(audit.run(), name="audit.recorder")
+        summary: RunSummary | None = None
+        error: BaseException | None = None
+        try:
+            summary = await self._run(stop, duration_s)
+            return summary
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.plan.access.bind(None)
+            await _uncancellable(
+                close_recorder(audit, recorder, self._anchor_sinks, stopped_event(summary, error))
+            )
+            self.plan.access.authority.bind_audit(None)
+
+    async def _run(self, stop: asyncio.Event, duration_s: float | None) -> RunSummary:
         writer, stored = await self._open_store()
         self.writer = writer
         writer_stop = asyncio.Event()
@@ -115,6 +157,7 @@ class Gateway:
                 self._build_runners(stored, writer)
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
+                self.plan.access.bind(self._write_path())
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -126,6 +169,8 @@ class Gateway:
                     sinks=len(self.feeders) + len(self.forwarders),
                     store=str(self.plan.config.store.path),
                 )
+                assert self.audit is not None
+                await self.audit.record(started_event(self.plan))
                 self.started.set()
                 await self._supervise(stop, duration_s, writer_stop, writer_task)
         finally:
@@ -200,7 +245,10 @@ class Gateway:
             if not listening.done():
                 listening.set_result((host, port))
 
-        task = asyncio.create_task(serve_http(self, config, on_listening=bound), name="http")
+        api = LocalApi(self.plan.access) if config.api else None
+        task = asyncio.create_task(
+            serve_http(self, config, on_listening=bound, api=api), name="http"
+        )
         waiting: set[asyncio.Future[Any]] = {task, listening}
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -212,6 +260,9 @@ class Gateway:
 
     async def _attach(self, sink: ComponentPlan, instance: Any, writer: StoreWriter) -> None:
         """Feed ``instance`` from the store (a forwarding sink) or live batches (any other)."""
+        publish_anchor = getattr(instance, "publish_anchor", None)
+        if callable(publish_anchor):  # optional: a sink that carries the audit anchor upstream
+            self._anchor_sinks.append(publish_anchor)
         config = sink.config
         assert isinstance(config, SinkConfig)
         if not callable(getattr(instance, "forward", None)):
@@ -247,7 +298,47 @@ class Gateway:
         # Only store-and-forward sinks hold samples back; at-most-once ones never do.
         holders = [f.sink_id for f in self.forwarders]
         pruner = Pruner(config.path, config.budget, holders, write=write)
-        return BudgetKeeper(pruner, config.budget.check_interval_s)
+        audit = self.audit
+        return BudgetKeeper(
+            pruner,
+            config.budget.check_interval_s,
+            on_pruned=None if audit is None else lambda report: audit.note(pruned_event(report)),
+        )
+
+    def _write_path(self) -> WritePath:
+        """The controlled write path over the running instruments (see gateway.control)."""
+        assert self.audit is not None
+        runners = {r.instrument_id: r for r in self.runners}
+
+        def is_up(instrument: str) -> bool:
+            runner = runners.get(instrument)
+            return runner is not None and runner.state is InstrumentState.CONNECTED
+
+        devices = {r.instrument_id: r.plan.driver for r in self.runners}
+        path = WritePath(
+            self.plan.access.targets,
+            self.plan.access.authority,
+            self.audit.record,
+            devices,  # type: ignore[arg-type]  # resolve_targets checked write/read_back
+            is_up,
+        )
+        self.write_path = path
+        return path
+
+    def _clock_step(self, step: ClockStep) -> None:
+        if self.audit is not None:
+            self.audit.note(clock_event(step))
+
+    async def _audit_ticks(self) -> None:
+        """Sign the audit trail's head every ``audit.sign_interval_s`` and record what was
+        lost since the last tick, as summaries."""
+        assert self.audit is not None
+        losses = LossTally()
+        while True:
+            await asyncio.sleep(self.plan.config.audit.sign_interval_s)
+            for event in losses.changes(self):
+                self.audit.note(event)
+            await self.audit.sign(self._anchor_sinks)
 
     def _refuse_late_samples(self) -> None:
         """After the final commit, anything still published is counted as dropped, not kept
@@ -324,6 +415,8 @@ class Gateway:
                 if self.budget is not None:
                     # Stopped with the sinks, below: the final save of their cursors comes after.
                     feeders.append(group.create_task(self.budget.run(), name="store.budget"))
+                feeders.append(group.create_task(self._audit_ticks(), name="audit.signer"))
+                feeders.append(group.create_task(self.clock.run(), name="clock.watch"))
                 stopper = group.create_task(stop.wait(), name="stop")
                 done, _ = await asyncio.wait(
                     {stopper, writer_task},
@@ -335,6 +428,7 @@ class Gateway:
                     # Only a bug ends the writer early; stop rather than run unstored.
                     log.error("gateway.writer_stopped_unexpectedly")
                 self.stopping = True
+                self.plan.access.bind(None)  # no write starts once the stop has begun
                 log.info("gateway.stopping")
                 for task in instruments:
                     task.cancel()

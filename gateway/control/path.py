@@ -1,0 +1,442 @@
+"""The one controlled write path to the instruments.
+
+Every write — from the local API (and the CLI through it), the northbound OPC UA server, or a
+controller inside the gateway — is a :class:`WriteRequest` handed to :meth:`WritePath.submit`,
+which goes, in this order:
+
+1. **declared** — the target is in ``writes:``;
+2. **authorised** — the identity may ``write`` and qualifies for the target's role;
+3. **reason** given; **signature** (meaning; a witness's for ``witnessed`` targets) if required;
+4. **limits** — finite, within ``min``..``max``;
+5. **instrument up**, then the current value read from the device (the *old* value);
+   **step** and **rate** checked against it;
+6. ``write.requested`` recorded in the audit trail — if that fails, nothing is written (fail
+   closed);
+7. **executed** by the driver (``write.executed`` or ``write.failed``);
+8. **read back** from the device and compared (``write.read_back``: ``ok`` or ``mismatch``).
+
+A refusal at any step changes nothing on the device and is recorded as ``write.refused`` with
+the rule that refused it. Writes to one target are serialised, so two requests cannot both pass
+the step check against the same old value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from ..errors import GatewayError, InstrumentError, WriteRefusedError
+from ..security import AuthenticationError, Authority, Identity, Permission
+from ..units import Conversion
+from .config import WriteTargetConfig
+
+if TYPE_CHECKING:
+    from ..audit import AuditEvent
+
+__all__ = [
+    "Signature",
+    "WriteDevice",
+    "WriteOutcome",
+    "WritePath",
+    "WriteRequest",
+    "WriteTarget",
+]
+
+log = structlog.get_logger("gateway.control")
+
+
+class WriteDevice(Protocol):
+    """What the write path needs of a running instrument (see ``gateway.WritableDriver``)."""
+
+    async def write(self, channel: str, value: float) -> None: ...
+
+    async def read_back(self, channel: str) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """A declared target resolved against the configuration: where it goes and in what unit."""
+
+    config: WriteTargetConfig
+    unit: str
+    instrument: str
+    channel: str
+    to_device: Conversion  # the target's (signal's) unit -> the channel's
+    from_device: Conversion  # the channel's unit -> the target's
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """An electronic signature on a write: the signer re-entered their password (the request
+    was authenticated with it) and states its ``meaning`` (e.g. "performed", "approved")."""
+
+    meaning: str
+    witness: Identity | None = None
+    witness_meaning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    target: str
+    value: float
+    identity: Identity
+    reason: str
+    interface: str  # "api", "opcua", "cli", "controller"
+    signature: Signature | None = None
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What became of a request. ``outcome``: ``done`` (written and read back equal),
+    ``mismatch`` (written, read back another value), ``failed`` (the device did not take it),
+    ``refused`` (nothing written; ``rule`` says which rule)."""
+
+    outcome: str
+    message: str
+    target: str
+    value: float
+    unit: str = ""
+    old: float | None = None
+    read_back: float | None = None
+    rule: str = ""
+    records: list[int] = field(default_factory=list)  # audit record numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "done"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "message": self.message,
+            "target": self.target,
+            "value": self.value,
+            "unit": self.unit,
+            "old": self.old,
+            "read_back": self.read_back,
+            "rule": self.rule or None,
+            "audit_records": self.records,
+        }
+
+
+class _Refused(Exception):
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+Record = Callable[["AuditEvent"], Awaitable[int]]
+"""Append one audit record durably; return its number; raise (AuditError) if it cannot."""
+
+
+class WritePath:
+    """Checks, executes, reads back and audits writes to the declared targets."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, WriteTarget],
+        authority: Authority,
+        record: Record,
+        devices: Mapping[str, WriteDevice],
+        is_up: Callable[[str], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.targets = dict(targets)
+        self.authority = authority
+        self._record = record
+        self._devices = devices
+        self._is_up = is_up
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
+        self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
+        self.counts: dict[str, int] = {}
+
+    async def submit(self, request: WriteRequest) -> WriteOutcome:
+        """Run ``request`` through every rule; never raises for a refusal or a device failure
+        (the outcome says), only if the audit trail cannot record the outcome of a write that
+        was executed (then the outcome is in the log)."""
+        target = self.targets.get(request.target)
+        unit = target.unit if target is not None else ""
+        outcome = WriteOutcome("refused", "", request.target, request.value, unit)
+        try:
+            if target is None:
+                known = ", ".join(sorted(self.targets)) or "none"
+                raise _Refused(
+                    "not-declared",
+                    f"{request.target!r} is not a writable target (declared: {known})",
+                )
+            async with self._locks[request.target]:
+                await self._run(request, target, outcome)
+        except _Refused as refusal:
+            outcome.outcome, outcome.rule = "refused", refusal.rule
+            outcome.message = refusal.message
+            await self._refused(request, outcome)
+        self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
+        log.info(
+            "write.outcome",
+            target=request.target,
+            user=request.identity.name,
+            interface=request.interface,
+            outcome=outcome.outcome,
+            rule=outcome.rule or None,
+            value=request.value,
+            old=outcome.old,
+            read_back=outcome.read_back,
+        )
+        return outcome
+
+    async def _run(self, request: WriteRequest, target: WriteTarget, outcome: WriteOutcome) -> None:
+        config = target.config
+        self._authorise(request, target)
+        value = request.value
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Refused("limit", f"{value!r} is not a finite number")
+        if not config.min <= value <= config.max:
+            raise _Refused(
+                "limit",
+                f"{value:g} {target.unit} is outside the limits {config.min:g}..{config.max:g}"
+                f" {target.unit} of {request.target}",
+            )
+        if not self._is_up(target.instrument):
+            raise _Refused(
+                "instrument-down",
+                f"instrument {target.instrument!r} is not connected: nothing was written",
+            )
+        device = self._devices[target.instrument]
+        try:
+            old = target.from_device(await device.read_back(target.channel))
+        except (InstrumentError, WriteRefusedError) as exc:
+            raise _Refused(
+                "instrument-down",
+                f"the current value of {request.target} could not be read ({exc}):"
+                " nothing was written",
+            ) from exc
+        outcome.old = old
+        self._check_change(request, target, old)
+        signature = _signature_details(request)
+        # Fail closed: without the request on record, nothing is written.
+        try:
+            outcome.records.append(
+                await self._record(
+                    _event(
+                        "write.requested",
+                        request,
+                        "accepted",
+                        old=old,
+                        new=value,
+                        details={"unit": target.unit, **signature},
+                    )
+                )
+            )
+        except GatewayError as exc:
+            raise _Refused(
+                "audit-unavailable",
+                f"the audit trail cannot be written ({exc}): nothing was written",
+            ) from exc
+        device_value = target.to_device(value)
+        try:
+            await device.write(target.channel, device_value)
+        except (InstrumentError, WriteRefusedError) as exc:
+            outcome.outcome, outcome.message = "failed", f"the device did not take the write: {exc}"
+            outcome.records.append(
+                await self._record(
+                    _event("write.failed", request, "failed", old=old, new=value, why=str(exc))
+                )
+            )
+            return
+        self._last[request.target] = (self._clock(), value)
+        outcome.records.append(
+            await self._record(
+                _event(
+                    "write.executed",
+                    request,
+                    "ok",
+                    old=old,
+                    new=value,
+                    details={"device_value": device_value},
+                )
+            )
+        )
+        if config.readback_delay_s:
+            await asyncio.sleep(config.readback_delay_s)
+        try:
+            read = target.from_device(await device.read_back(target.channel))
+        except (InstrumentError, WriteRefusedError) as exc:
+            outcome.outcome = "failed"
+            outcome.message = f"written, but the read-back failed: {exc}"
+            outcome.records.append(
+                await self._record(
+                    _event("write.read_back", request, "failed", old=old, new=value, why=str(exc))
+                )
+            )
+            return
+        outcome.read_back = read
+        equal = abs(read - value) <= config.tolerance_for(value)
+        outcome.outcome = "done" if equal else "mismatch"
+        outcome.message = (
+            f"{request.target} set to {value:g} {target.unit} (was {old:g}), read back {read:g}"
+            if equal
+            else f"{request.target}: wrote {value:g} {target.unit} but the device reads back"
+            f" {read:g} {target.unit} (was {old:g})"
+        )
+        outcome.records.append(
+            await self._record(
+                _event(
+                    "write.read_back",
+                    request,
+                    "ok" if equal else "mismatch",
+                    old=old,
+                    new=value,
+                    details={"read_back": read},
+                )
+            )
+        )
+
+    def _authorise(self, request: WriteRequest, target: WriteTarget) -> None:
+        identity, config = request.identity, target.config
+        if not self.qualifies(identity, config.role):
+            raise _Refused(
+                "role",
+                f"user {identity.name!r} (roles: {', '.join(sorted(identity.roles)) or 'none'})"
+                f" may not write {request.target}: it needs the role {config.role!r}",
+            )
+        if not request.reason.strip():
+            raise _Refused("reason", "a write needs a reason")
+        if config.signature == "none":
+            return
+        signature = request.signature
+        if signature is None or not signature.meaning.strip():
+            raise _Refused(
+                "signature",
+                f"{request.target} needs an electronic signature: give its meaning"
+                " (e.g. 'performed')",
+            )
+        if config.signature == "witnessed":
+            witness = signature.witness
+            if witness is None:
+                raise _Refused("signature", f"{request.target} needs a second person's signature")
+            if witness.name == identity.name:
+                raise _Refused("signature", "the witness must be another person")
+            if not self.qualifies(witness, config.role):
+                raise _Refused(
+                    "signature",
+                    f"witness {witness.name!r} may not sign for {request.target}: it needs"
+                    f" the role {config.role!r}",
+                )
+
+    def qualifies(self, identity: Identity, role: str) -> bool:
+        """Whether ``identity`` may write targets that need ``role``."""
+        if not identity.may(Permission.WRITE):
+            return False
+        if role in identity.roles:
+            return True
+        needed = self.authority.role_permissions(role)
+        return bool(needed) and needed <= identity.permissions
+
+    def _check_change(self, request: WriteRequest, target: WriteTarget, old: float) -> None:
+        config, value = target.config, request.value
+        change = abs(value - old)
+        if config.max_step is not None and change > config.max_step:
+            raise _Refused(
+                "step",
+                f"a change of {change:g} {target.unit} (from {old:g} to {value:g}) is more"
+                f" than the largest step, {config.max_step:g} {target.unit}",
+            )
+        last = self._last.get(request.target)
+        if config.max_rate_per_s is not None and last is not None:
+            waited = self._clock() - last[0]
+            needed = change / config.max_rate_per_s
+            if waited < needed:
+                raise _Refused(
+                    "rate",
+                    f"a change of {change:g} {target.unit} needs {needed:.1f} s after the last"
+                    f" write at {config.max_rate_per_s:g} {target.unit}/s; try again in"
+                    f" {needed - waited:.1f} s",
+                )
+
+    async def _refused(self, request: WriteRequest, outcome: WriteOutcome) -> None:
+        try:
+            outcome.records.append(
+                await self._record(
+                    _event(
+                        "write.refused",
+                        request,
+                        "refused",
+                        old=outcome.old,
+                        new=request.value,
+                        why=outcome.message,
+                        details={"rule": outcome.rule},
+                    )
+                )
+            )
+        except GatewayError as exc:
+            log.error("write.refusal_not_audited", target=request.target, reason=str(exc))
+
+
+def _signature_details(request: WriteRequest) -> dict[str, Any]:
+    signature = request.signature
+    if signature is None:
+        return {}
+    signed: dict[str, Any] = {
+        "signature": {
+            "name": request.identity.full_name,
+            "user": request.identity.name,
+            "meaning": signature.meaning,
+            "ts": time.time_ns(),
+        }
+    }
+    if signature.witness is not None:
+        signed["witness"] = {
+            "name": signature.witness.full_name,
+            "user": signature.witness.name,
+            "meaning": signature.witness_meaning or "witnessed",
+            "ts": time.time_ns(),
+        }
+    return signed
+
+
+def _event(
+    action: str,
+    request: WriteRequest,
+    outcome: str,
+    *,
+    old: float | None,
+    new: float,
+    why: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    from ..audit import AuditEvent
+
+    return AuditEvent(
+        action=action,
+        user=request.identity.name,
+        target=request.target,
+        old=old,
+        new=new,
+        reason=request.reason,
+        outcome=outcome,
+        details={
+            "interface": request.interface,
+            **({"why": why} if why else {}),
+            **(details or {}),
+        },
+    )
+
+
+def authenticate_witness(
+    authority: Authority, name: str, password: str, interface: str, peer: str = ""
+) -> Identity:
+    """The witness of a signature, authenticated with purpose ``signature``."""
+    try:
+        return authority.authenticate(
+            name, password, interface=interface, peer=peer, purpose="signature"
+        )
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"witness: {exc}") from exc

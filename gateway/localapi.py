@@ -1,0 +1,203 @@
+"""The local API, under ``/api/v1`` of the HTTP endpoint (``http.api: true``).
+
+Every request carries HTTP Basic credentials of a user in ``security.users``; each login is
+checked (scrypt, in a worker thread so the event loop keeps serving) and audited like any
+other. Routes::
+
+    GET  /api/v1/whoami    any user      who the credentials belong to: roles, permissions
+    GET  /api/v1/targets   read          the declared write targets with their limits
+    POST /api/v1/writes    (the target's role)  a controlled write (see gateway.control)
+
+A write's body is JSON: ``{"target", "value", "reason"}``, plus ``"meaning"`` for a target
+that needs an electronic signature and ``"witness": {"user", "password", "meaning"}`` for a
+witnessed one. The answer is the write's outcome (JSON): ``200`` done, ``409`` written but read
+back another value, ``502`` the device failed, ``403`` the user may not, ``422`` refused by a
+rule (limits, step, rate, reason, signature), ``503`` the instrument is down or the audit trail
+cannot be written; ``401`` for missing or refused credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+
+from .control import Access, Signature, WriteRequest
+from .control.path import authenticate_witness
+from .http import Request, json_response
+from .security import AuthenticationError, Identity, Permission
+
+__all__ = ["LocalApi"]
+
+log = structlog.get_logger("gateway.api")
+
+_STATUS_BY_RULE = {
+    "role": HTTPStatus.FORBIDDEN,
+    "not-declared": HTTPStatus.NOT_FOUND,
+    "instrument-down": HTTPStatus.SERVICE_UNAVAILABLE,
+    "audit-unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
+}
+_STATUS_BY_OUTCOME = {
+    "done": HTTPStatus.OK,
+    "mismatch": HTTPStatus.CONFLICT,
+    "failed": HTTPStatus.BAD_GATEWAY,
+}
+_CHALLENGE = ('WWW-Authenticate: Basic realm="patgw", charset="UTF-8"',)
+
+
+class LocalApi:
+    """Answers ``/api/v1`` requests for one running gateway."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        # One password check at a time: a flood of logins uses one core, not all of them.
+        self._checks = asyncio.Semaphore(1)
+
+    async def answer(self, request: Request, body: bytes) -> bytes:
+        try:
+            identity = await self._authenticate(request)
+        except AuthenticationError as exc:
+            return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)}, _CHALLENGE)
+        route = (request.method, request.path.rstrip("/"))
+        if route == ("GET", "/api/v1/whoami"):
+            return json_response(HTTPStatus.OK, _whoami(identity))
+        if route == ("GET", "/api/v1/targets"):
+            if not identity.may(Permission.READ):
+                return _forbidden(identity, Permission.READ)
+            return json_response(HTTPStatus.OK, {"targets": self._targets()})
+        if route == ("POST", "/api/v1/writes"):
+            return await self._write(identity, request, body)
+        known = "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes"
+        return json_response(
+            HTTPStatus.NOT_FOUND,
+            {"error": f"no such resource: {request.method} {request.path} (routes: {known})"},
+        )
+
+    async def _authenticate(self, request: Request) -> Identity:
+        name, password = _basic_credentials(request.headers.get("authorization"))
+        async with self._checks:
+            return await asyncio.to_thread(
+                self.access.authority.authenticate,
+                name,
+                password,
+                interface="api",
+                peer=request.peer,
+            )
+
+    async def _write(self, identity: Identity, request: Request, body: bytes) -> bytes:
+        try:
+            document = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return _bad("the body must be JSON")
+        if not isinstance(document, dict):
+            return _bad('the body must be a JSON object: {"target", "value", "reason"}')
+        target, value, reason = (
+            document.get("target"),
+            document.get("value"),
+            document.get("reason"),
+        )
+        if not isinstance(target, str) or not target:
+            return _bad('"target" (a signal id) is missing')
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return _bad('"value" must be a number')
+        if reason is not None and not isinstance(reason, str):
+            return _bad('"reason" must be text')
+        try:
+            signature = await self._signature(document, request)
+        except AuthenticationError as exc:
+            return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
+        except ValueError as exc:
+            return _bad(str(exc))
+        outcome = await self.access.write(
+            WriteRequest(
+                target,
+                float(value),
+                identity,
+                reason or "",
+                "api",
+                signature,
+            )
+        )
+        if outcome.outcome == "refused":
+            status = _STATUS_BY_RULE.get(outcome.rule, HTTPStatus.UNPROCESSABLE_ENTITY)
+        else:
+            status = _STATUS_BY_OUTCOME.get(outcome.outcome, HTTPStatus.INTERNAL_SERVER_ERROR)
+        return json_response(status, outcome.as_dict())
+
+    async def _signature(self, document: dict[str, Any], request: Request) -> Signature | None:
+        meaning = document.get("meaning")
+        witness_doc = document.get("witness")
+        if meaning is None and witness_doc is None:
+            return None
+        if not isinstance(meaning, str):
+            raise ValueError('"meaning" must be text (e.g. "performed")')
+        witness: Identity | None = None
+        witness_meaning = ""
+        if witness_doc is not None:
+            if not isinstance(witness_doc, dict) or not all(
+                isinstance(witness_doc.get(k), str) for k in ("user", "password")
+            ):
+                raise ValueError('"witness" must be {"user", "password", "meaning"}')
+            witness_meaning = str(witness_doc.get("meaning") or "witnessed")
+            async with self._checks:
+                witness = await asyncio.to_thread(
+                    authenticate_witness,
+                    self.access.authority,
+                    witness_doc["user"],
+                    witness_doc["password"],
+                    "api",
+                    request.peer,
+                )
+        return Signature(meaning, witness, witness_meaning)
+
+    def _targets(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "target": name,
+                "unit": target.unit,
+                "instrument": target.instrument,
+                **target.config.model_dump(exclude={"target"}),
+            }
+            for name, target in sorted(self.access.targets.items())
+        ]
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str]:
+    if not header:
+        raise AuthenticationError("log in: this API needs a user name and password (Basic)")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise AuthenticationError("only Basic authentication (over loopback or TLS) is accepted")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise AuthenticationError("malformed Basic credentials") from exc
+    name, colon, password = decoded.partition(":")
+    if not colon or not name:
+        raise AuthenticationError("malformed Basic credentials")
+    return name[:64], password
+
+
+def _whoami(identity: Identity) -> dict[str, Any]:
+    return {
+        "user": identity.name,
+        "full_name": identity.full_name,
+        "roles": sorted(identity.roles),
+        "permissions": sorted(identity.permissions),
+    }
+
+
+def _forbidden(identity: Identity, permission: Permission) -> bytes:
+    return json_response(
+        HTTPStatus.FORBIDDEN,
+        {"error": f"user {identity.name!r} may not do this: it needs {permission.value!r}"},
+    )
+
+
+def _bad(message: str) -> bytes:
+    return json_response(HTTPStatus.BAD_REQUEST, {"error": message})

@@ -1,0 +1,154 @@
+"""``patgw write``: a controlled write through the running gateway's local API.
+
+The password is read from a prompt, or one line on stdin (a witness's from the next line),
+never from the command line (it would sit in the shell history and the process list). The
+request goes to the configuration's ``http`` endpoint (HTTPS if ``http.tls``, trusting that
+certificate), which must serve the API (``http.api: true``). Exit 0 when the write was done and
+read back equal, 2 otherwise (refused, failed, read back another value, login refused, or no
+gateway running), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import json
+import math
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import GatewayConfig, HttpConfig
+from .loader import read_config
+
+__all__ = ["add_write_command", "cmd_write"]
+
+TIMEOUT_S = 30.0
+
+
+def add_write_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    write = sub.add_parser(
+        "write",
+        parents=[common],
+        help="write a declared target (a setpoint) through the running gateway, audited",
+    )
+    write.add_argument("config", type=Path)
+    write.add_argument("target", help="the target's signal id, e.g. reactor1/feed_pump/speed")
+    write.add_argument("value", type=_number, help="the value, in the target's unit")
+    write.add_argument("--user", required=True, help="who writes (security.users)")
+    write.add_argument("--reason", required=True, help="why: kept in the audit trail")
+    write.add_argument(
+        "--meaning", help="the meaning of your electronic signature, for targets that need one"
+    )
+    write.add_argument("--witness", help="the second person, for targets that need a witness")
+    write.add_argument("--witness-meaning", default="witnessed", help="the witness's meaning")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    config = read_config(args.config)
+    http = _api_endpoint(config, args.config)
+    if isinstance(http, str):
+        return _fail(http)
+    password = _password(f"password for {args.user}: ")
+    body: dict[str, Any] = {"target": args.target, "value": args.value, "reason": args.reason}
+    if args.meaning is not None:
+        body["meaning"] = args.meaning
+    if args.witness is not None:
+        body["meaning"] = args.meaning or "performed"
+        body["witness"] = {
+            "user": args.witness,
+            "password": _password(f"password for {args.witness} (witness): "),
+            "meaning": args.witness_meaning,
+        }
+    status, document = _post(http, "/api/v1/writes", args.user, password, body)
+    if status is None:
+        return _fail(str(document.get("error")))
+    if status == 200:
+        print(document.get("message", "done"))
+        _records(document)
+        return 0
+    message = document.get("message") or document.get("error") or f"HTTP {status}"
+    rule = document.get("rule")
+    _fail(f"write {document.get('outcome', 'refused')}: {message}" + (f" [{rule}]" if rule else ""))
+    _records(document)
+    return 2
+
+
+def _records(document: dict[str, Any]) -> None:
+    records = document.get("audit_records")
+    if records:
+        print(f"audit records: {', '.join(str(r) for r in records)}", file=sys.stderr)
+
+
+def _fail(message: str) -> int:
+    print(f"patgw: {message}", file=sys.stderr)
+    return 2
+
+
+def _password(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+def _api_endpoint(config: GatewayConfig, path: Path) -> HttpConfig | str:
+    http = config.http
+    if http is None or not http.api:
+        return f"{path}: the local API is off (set http.api: true and restart the gateway)"
+    if http.port == 0:
+        return f"{path}: http.port is 0 (any free port): give it a fixed port to write through it"
+    return http
+
+
+def _post(
+    http: HttpConfig, route: str, user: str, password: str, body: dict[str, Any]
+) -> tuple[int | None, dict[str, Any]]:
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "") else http.host
+    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+    scheme = "https" if http.tls is not None else "http"
+    url = f"{scheme}://{host}:{http.port}{route}"
+    context = None
+    if http.tls is not None:
+        context = ssl.create_default_context(cafile=str(http.tls.certificate))
+        context.check_hostname = False  # the configured certificate itself is the trust anchor
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+            return int(response.status), _document(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), _document(exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, {
+            "error": f"cannot reach the gateway's API at {url}: {reason} (is `patgw run` running"
+            " with this configuration?)"
+        }
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode("utf-8", "replace").strip()}
+    return document if isinstance(document, dict) else {"error": str(document)}
