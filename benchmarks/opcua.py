@@ -161,12 +161,14 @@ async def server_updates(seconds: float, rate: float, folder: Path) -> dict[str,
             {
                 "id": "opcua",
                 "type": "opcua_server",
-                "options": {
-                    "port": _free_port(),
-                    "users": [{"name": "bench", "password_hash": hash_password("bench")}],
-                },
+                "options": {"port": _free_port()},
             }
         ],
+        "security": {
+            "users": [
+                {"name": "bench", "password_hash": hash_password("bench"), "roles": ["viewer"]}
+            ]
+        },
     }
     path = folder / "s.yaml"
     path.write_text(yaml.safe_dump(config))

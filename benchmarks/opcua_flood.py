@@ -42,7 +42,9 @@ from conftest import free_port, make_client_cert, secure_client  # noqa: E402
 from opcua_flood import ConnectionFlood  # noqa: E402
 
 from gateway import PluginContext, hash_password  # noqa: E402
+from gateway.control import Access  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
+from gateway.security import Authority, SecurityConfig  # noqa: E402
 from plugins.opcua_server.options import OpcUaServerOptions  # noqa: E402
 from plugins.opcua_server.sink import OpcUaServerSink  # noqa: E402
 
@@ -173,12 +175,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="opcua-flood-"))
     try:
         pool = {} if args.pool is None else {"max_unauthenticated": args.pool}
-        options = OpcUaServerOptions(
-            port=free_port(),
-            users=({"name": "reader", "password_hash": hash_password(PASSWORD)},),
-            **pool,
+        options = OpcUaServerOptions(port=free_port(), **pool)
+        users = SecurityConfig.model_validate(
+            {
+                "users": [
+                    {
+                        "name": "reader",
+                        "password_hash": hash_password(PASSWORD),
+                        "roles": ["viewer"],
+                    }
+                ],
+                "lockout": None,
+            }
         )
-        sink = OpcUaServerSink(options, PluginContext("northbound", folder / "data"))
+        access = Access(Authority(users), {})
+        sink = OpcUaServerSink(options, PluginContext("northbound", folder / "data", access=access))
         async with sink:
             who = make_client_cert(folder / "client", "scada")
             shutil.copy(who.cert, sink.trusted_dir / who.cert.name)

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import Plan, PollingDriver, Sample, build_registry, load_plan
+from gateway import Plan, PollingDriver, Sample, build_registry, hash_password, load_plan
+from gateway.control import Access
 from gateway.runtime import Gateway, RunSummary
 from gateway.store import SampleStore
 
@@ -378,3 +379,20 @@ async def read_modbus_request(reader: asyncio.StreamReader) -> ModbusRequest:
 def modbus_frame(tid: int, unit: int, pdu: bytes) -> bytes:
     """A Modbus TCP frame: MBAP header for ``tid`` and ``unit``, then ``pdu``."""
     return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def access_for(users: dict[str, tuple[str, list[str]]], **security: Any) -> Access:
+    """The user base of a configuration with ``users`` (name -> (password, roles)) and no
+    write targets: for plugins built without a configuration (the OPC UA server)."""
+    from gateway.security import Authority, SecurityConfig
+
+    config = SecurityConfig.model_validate(
+        {
+            "users": [
+                {"name": name, "password_hash": hash_password(password), "roles": roles}
+                for name, (password, roles) in users.items()
+            ],
+            **security,
+        }
+    )
+    return Access(Authority(config), {})

@@ -350,16 +350,16 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     assert by_id["reactor1/feed_pump/flow"].conversion.is_identity
 
 
-def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink_and_the_health_endpoint(
+def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The two demos must not drift apart: only the store file, the MQTT sink and the HTTP
-    endpoint differ; the broker URL comes from MQTT_URL with a loopback default."""
+    """The two demos must not drift apart: only the store (and audit trail) files and the MQTT
+    sink differ; the broker URL comes from MQTT_URL with a loopback default."""
     monkeypatch.delenv("MQTT_URL", raising=False)
     demo = read_config(REPO / "configs" / "demo.yaml").model_dump()
     mqtt = read_config(REPO / "configs" / "demo-mqtt.yaml").model_dump()
-    assert mqtt.pop("http") == {"host": "127.0.0.1", "port": 9180}
-    assert demo.pop("http") is None
+    http = {"host": "127.0.0.1", "port": 9180, "tls": None, "api": True}
+    assert mqtt.pop("http") == demo.pop("http") == http
     assert mqtt["store"].pop("path") == REPO / "configs" / "../data/demo-mqtt.sqlite"
     demo["store"].pop("path")
     *sinks, upstream = mqtt.pop("sinks")

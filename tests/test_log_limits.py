@@ -19,9 +19,9 @@ import pytest
 import structlog
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
-from conftest import free_port, wait_for
+from conftest import access_for, free_port, wait_for
 
-from gateway import PluginContext, Signal, hash_password
+from gateway import PluginContext, Signal
 from gateway.logs import RepeatLimiter, configure_logging, truncate
 from plugins.opcua_server.options import OpcUaServerOptions
 from plugins.opcua_server.sink import OpcUaServerSink
@@ -85,10 +85,9 @@ async def test_refused_requests_of_an_unauthenticated_peer_are_one_warning(
 ) -> None:
     window_s = 1.0
     probes = 20
-    options = OpcUaServerOptions(
-        port=free_port(), users=({"name": "reader", "password_hash": hash_password("pw")},)
-    )
-    sink = OpcUaServerSink(options, PluginContext("northbound", tmp_path))
+    options = OpcUaServerOptions(port=free_port())
+    access = access_for({"reader": ("pw", ["viewer"])})
+    sink = OpcUaServerSink(options, PluginContext("northbound", tmp_path, access=access))
     sink.bind([Signal("reactor1/pump/flow", "mL/min", instrument="pump")])
     log = io.StringIO()
     async with sink:

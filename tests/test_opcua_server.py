@@ -36,6 +36,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 from conftest import (
     ClientCert,
+    access_for,
     assert_no_leftover_tasks,
     free_port,
     make_client_cert,
@@ -159,18 +160,15 @@ async def server(
     tmp_path_factory: pytest.TempPathFactory, pki: dict[str, ClientCert]
 ) -> AsyncIterator[OpcUaServerSink]:
     data_dir = tmp_path_factory.mktemp("data")
-    options = OpcUaServerOptions(
-        port=free_port(),
-        users=(
-            {"name": "reader", "password_hash": hash_password(PASSWORDS["reader"])},
-            {
-                "name": "operator",
-                "password_hash": hash_password(PASSWORDS["operator"]),
-                "role": "write",
-            },
-        ),
+    options = OpcUaServerOptions(port=free_port())
+    access = access_for(
+        {
+            "reader": (PASSWORDS["reader"], ["viewer"]),
+            "operator": (PASSWORDS["operator"], ["operator"]),
+        },
+        lockout=None,  # the server's own per-client throttle is what these tests check
     )
-    sink = OpcUaServerSink(options, PluginContext("northbound", data_dir))
+    sink = OpcUaServerSink(options, PluginContext("northbound", data_dir, access=access))
     sink.bind(SIGNALS)
     async with sink:
         trust(sink, pki["trusted"])
@@ -811,11 +809,13 @@ def test_defaults_are_secure() -> None:
         "127.0.0.1",
         4840,
         False,
-        (),
+        None,
     )
 
 
-def test_a_password_instead_of_a_hash_is_a_config_error(tmp_path: Path) -> None:
+def test_users_in_the_server_options_are_refused_saying_where_they_moved(
+    tmp_path: Path,
+) -> None:
     import yaml
 
     from gateway import ConfigError, load_plan
@@ -823,35 +823,28 @@ def test_a_password_instead_of_a_hash_is_a_config_error(tmp_path: Path) -> None:
     registry = Registry()
     plugin.pat_gateway_register_sinks(registry)
     config = tmp_path / "gateway.yaml"
+    old_users = [
+        {"name": "op", "password_hash": hash_password("x"), "role": "write"},
+        {"name": "ro", "password_hash": hash_password("y")},
+    ]
     config.write_text(
         yaml.safe_dump(
             {
                 "area": AREA,
                 "store": {"path": str(tmp_path / "s.sqlite")},
-                "sinks": [
-                    {
-                        "id": "ua",
-                        "type": "opcua_server",
-                        "options": {"users": [{"name": "op", "password_hash": "hunter2"}]},
-                    }
-                ],
+                "sinks": [{"id": "ua", "type": "opcua_server", "options": {"users": old_users}}],
             }
         )
     )
     with pytest.raises(ConfigError) as excinfo:
         load_plan(config, registry)
     (problem,) = excinfo.value.problems
-    assert problem.startswith("sinks[0].options.users[0].password_hash:")
-    assert "patgw hash-password" in problem
-    assert "hunter2" not in problem
+    assert problem.startswith("sinks[0].options.users:")
+    assert "moved to the configuration's top-level security.users" in problem
+    assert "op (roles: [operator]), ro (roles: [viewer])" in problem
 
 
-def test_user_names_are_unique_and_roles_known() -> None:
-    good = hash_password("x")
-    with pytest.raises(ValueError, match="unique: op"):
-        OpcUaServerOptions(users=({"name": "op", "password_hash": good},) * 2)
-    with pytest.raises(ValueError, match="role"):
-        OpcUaServerOptions(users=({"name": "op", "password_hash": good, "role": "admin"},))
+def test_anonymous_stays_refused_as_an_option() -> None:
     with pytest.raises(ValueError, match="allow_anonymous"):
         OpcUaServerOptions(allow_anonymous=True)  # type: ignore[call-arg]
 
@@ -895,12 +888,9 @@ async def test_own_certificate_made_once_then_reused_and_stop_is_prompt(tmp_path
 
 @pytest.mark.asyncio
 async def test_allow_insecure_offers_none_and_says_so(tmp_path: Path) -> None:
-    options = OpcUaServerOptions(
-        port=free_port(),
-        allow_insecure=True,
-        users=({"name": "reader", "password_hash": hash_password(PASSWORDS["reader"])},),
-    )
-    sink = OpcUaServerSink(options, PluginContext("northbound", tmp_path / "data"))
+    options = OpcUaServerOptions(port=free_port(), allow_insecure=True)
+    access = access_for({"reader": (PASSWORDS["reader"], ["viewer"])})
+    sink = OpcUaServerSink(options, PluginContext("northbound", tmp_path / "data", access=access))
     with events() as logged:
         async with sink:
             endpoints = await Client(

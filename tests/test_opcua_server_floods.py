@@ -30,6 +30,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 from conftest import (
     ClientCert,
+    access_for,
     demo_copy,
     free_port,
     make_client_cert,
@@ -39,7 +40,7 @@ from conftest import (
 )
 from opcua_flood import ConnectionFlood, hello, read_until_closed
 
-from gateway import PluginContext, build_registry, hash_password, load_plan
+from gateway import PluginContext, build_registry, load_plan
 from plugins.opcua_server.options import OpcUaServerOptions
 from plugins.opcua_server.sink import OpcUaServerSink
 
@@ -53,12 +54,10 @@ FLOOD = 100
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[OpcUaServerSink]:
     """The sink with one user, ``reader``, and ``options``."""
-    config = OpcUaServerOptions(
-        port=free_port(),
-        users=({"name": "reader", "password_hash": hash_password(PASSWORD)},),
-        **options,
-    )
-    async with OpcUaServerSink(config, PluginContext("northbound", tmp_path / "data")) as sink:
+    config = OpcUaServerOptions(port=free_port(), **options)
+    access = access_for({"reader": (PASSWORD, ["viewer"])}, lockout=None)
+    context = PluginContext("northbound", tmp_path / "data", access=access)
+    async with OpcUaServerSink(config, context) as sink:
         yield sink
 
 

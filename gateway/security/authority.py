@@ -34,7 +34,12 @@ _DUMMY_HASH = hash_password("no user has this password")
 
 
 class AuthenticationError(GatewayError):
-    """A login was refused; the message is safe to show the one who tried."""
+    """A login was refused; the message is safe to show the one who tried, ``why`` is the
+    precise reason (unknown user, wrong password...) for the log and the audit trail."""
+
+    def __init__(self, message: str, why: str = "") -> None:
+        super().__init__(message)
+        self.why = why or message
 
 
 class NotPermittedError(GatewayError):
@@ -104,17 +109,20 @@ class Authority:
             self._record(name, interface, peer, purpose, "refused", "locked out")
             raise AuthenticationError(
                 f"user {name!r} is locked out after repeated failed logins; try again in"
-                f" {max(1, round(locked))} s, or ask an admin to unlock"
+                f" {max(1, round(locked))} s, or ask an admin to unlock",
+                "locked out",
             )
         valid = verify_password(password, user.password_hash if user else _DUMMY_HASH)
         if user is None or not valid:
             why = "unknown user" if user is None else "wrong password"
             self._record(name, interface, peer, purpose, "refused", why)
             self._failed(name, now, interface)
-            raise AuthenticationError("login refused: unknown user or wrong password")
+            raise AuthenticationError("login refused: unknown user or wrong password", why)
         if not user.enabled:
             self._record(name, interface, peer, purpose, "refused", "account disabled")
-            raise AuthenticationError(f"login refused: user {name!r} is disabled")
+            raise AuthenticationError(
+                f"login refused: user {name!r} is disabled", "account disabled"
+            )
         self._failures.pop(name, None)
         self._record(name, interface, peer, purpose, "ok", "")
         return self.identity(user)
@@ -177,8 +185,11 @@ class Authority:
     def _record(
         self, name: str, interface: str, peer: str, purpose: str, outcome: str, reason: str
     ) -> None:
+        name = name[:64]  # whatever a client sent as its name: bounded in the log and trail
         if outcome != "ok":
-            log.warning(f"security.{purpose}_refused", user=name, interface=interface, peer=peer)
+            log.warning(
+                f"security.{purpose}_refused", user=name, interface=interface, peer=peer, why=reason
+            )
         self._emit(
             purpose if outcome == "ok" else f"{purpose}.failed",
             name,

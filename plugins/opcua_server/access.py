@@ -11,13 +11,16 @@ closed:
    (asyncua 2.1.0 validates the CreateSession certificate only if the client sends one, and
    accepts a session on a ``None`` channel even when no ``None`` endpoint is offered). A
    ``None`` channel is refused with ``BadSecurityPolicyRejected`` unless ``allow_insecure``;
-   then the user name and password, verified with :func:`gateway.verify_password`: unknown user
-   or wrong password ``BadUserAccessDenied``. An anonymous (or certificate) identity token never
-   gets here: only user name tokens are offered, and asyncua answers the others with
-   ``BadIdentityTokenRejected``. No name is special: asyncua's password-less ``admin`` is not
-   reachable through this gate.
-3. **Every request** — :class:`RoleRules`: ``read`` may browse, read, subscribe; ``write`` may
-   also call Write and Call. Node management (AddNodes…) and RegisterServer: nobody.
+   then the user name and password, checked by the gateway's one user base
+   (:class:`gateway.security.Authority`: ``security.users``, its lock-out, every attempt in the
+   audit trail): unknown user, wrong password, locked out ``BadUserAccessDenied``. An anonymous
+   (or certificate) identity token never gets here: only user name tokens are offered, and
+   asyncua answers the others with ``BadIdentityTokenRejected``. No name is special: asyncua's
+   password-less ``admin`` is not reachable through this gate.
+3. **Every request** — :class:`RoleRules`, from the user's roles' permissions: ``read`` may
+   browse, read, subscribe; ``write`` may also send Write requests, which reach only the
+   variables of declared write targets and go through the gateway's write path (limits,
+   audit; see :mod:`.writes`). Call, node management (AddNodes…) and RegisterServer: nobody.
 
 Password checks cost ~50 ms of scrypt each, on the event loop (asyncua asks for the user
 synchronously). After :data:`MAX_FAILURES` failed logins in :data:`FAILURE_WINDOW_S` seconds
@@ -29,9 +32,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import structlog
 from asyncua import ua
@@ -42,7 +45,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway import hash_password, verify_password
+from gateway.security import AuthenticationError, Authority, Identity, Permission
 
 from ._ua import ObjectIds, StatusCodes, numeric_node
 from .pki import TrustList, common_name, fingerprint
@@ -52,50 +55,48 @@ __all__ = [
     "MAX_FAILURES",
     "ClientCertificateCheck",
     "LoginGate",
-    "Role",
     "RoleRules",
     "certificate_problem",
 ]
 
 log = structlog.get_logger("plugins.opcua_server")
 
-Role = Literal["read", "write"]
-
 MAX_FAILURES: Final = 5
 FAILURE_WINDOW_S: Final = 60.0
 _INSECURE_CLIENT: Final = "<no certificate>"
 
 
-_WRITE_REQUESTS: Final = frozenset(
-    numeric_node(object_id)
-    for object_id in (
-        ObjectIds.WriteRequest_Encoding_DefaultBinary,
-        ObjectIds.CallRequest_Encoding_DefaultBinary,
-    )
+_WRITE_REQUEST: Final = numeric_node(ObjectIds.WriteRequest_Encoding_DefaultBinary)
+_CHANGING_REQUESTS: Final = frozenset(
+    {_WRITE_REQUEST, numeric_node(ObjectIds.CallRequest_Encoding_DefaultBinary)}
 )
-# asyncua's list of what an ordinary user may ask, less what changes anything.
+# asyncua's list of what an ordinary user may ask, less what changes anything (Call: nobody,
+# the server offers no methods).
 _READ_REQUESTS: Final = (
-    frozenset(numeric_node(object_id) for object_id in USER_TYPES) - _WRITE_REQUESTS
+    frozenset(numeric_node(object_id) for object_id in USER_TYPES) - _CHANGING_REQUESTS
 )
 
 
 class RoleRules(SimpleRoleRuleset):
-    """Request-level permissions by the user's configured role (asyncua's permission ruleset)."""
+    """Request-level permissions from the logged-in user's roles (asyncua's permission
+    ruleset): ``read`` may browse, read and subscribe; ``write`` may also send Write requests —
+    which reach only the variables of declared write targets, and go through the gateway's
+    write path (see :mod:`.writes`)."""
 
-    def __init__(self, roles: Mapping[str, Role]) -> None:
+    def __init__(self, identities: Mapping[str, Identity]) -> None:
         # SimpleRoleRuleset's own tables are not built: check_validity below decides alone.
-        self._roles = dict(roles)
+        self._identities = identities
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         """Whether ``user`` may send a request of type ``action_type_id``."""
-        # Only sessions that LoginGate let in carry a name with a role; asyncua's default
+        # Only sessions that LoginGate let in carry a name with an identity; asyncua's default
         # Anonymous user of a not-yet-activated session gets nothing.
-        role = self._roles.get(user.name or "") if user.role is UserRole.User else None
-        if role is None:
+        identity = self._identities.get(user.name or "") if user.role is UserRole.User else None
+        if identity is None:
             return False
         if action_type_id in _READ_REQUESTS:
-            return True
-        return role == "write" and action_type_id in _WRITE_REQUESTS
+            return identity.may(Permission.READ)
+        return action_type_id == _WRITE_REQUEST and identity.may(Permission.WRITE)
 
 
 class _Throttle:
@@ -120,22 +121,16 @@ class _Throttle:
 
 
 class LoginGate(UserManager):
-    """asyncua user manager: the secure channel's certificate, then user name and password."""
+    """asyncua user manager: the secure channel's certificate, then user name and password,
+    checked by the gateway's one user base (``security.users``; every login audited)."""
 
-    def __init__(
-        self,
-        users: Iterable[tuple[str, str, Role]],
-        trust: TrustList,
-        allow_insecure: bool,
-    ) -> None:
-        self._hashes = {name: password_hash for name, password_hash, _ in users}
-        self.roles: dict[str, Role] = {name: role for name, _, role in users}
+    def __init__(self, authority: Authority, trust: TrustList, allow_insecure: bool) -> None:
+        self._authority = authority
+        self.identities: dict[str, Identity] = {}
+        """Who each logged-in user name is (roles, permissions), for RoleRules and writes."""
         self._trust = trust
         self._allow_insecure = allow_insecure
         self._throttle = _Throttle()
-        # An unknown name costs the same scrypt work as a known one, so response times do
-        # not tell which names exist.
-        self._decoy = hash_password("decoy: no user has this password")
 
     def get_user(
         self,
@@ -153,18 +148,16 @@ class LoginGate(UserManager):
         if self._throttle.blocked(client, now):
             log.warning("opcua_server.login_throttled", user=username, client=client)
             return None
-        expected = self._hashes.get(username)
-        ok = verify_password(password or "", expected if expected is not None else self._decoy)
-        if not ok or expected is None:
-            self._throttle.failed(client, now)
-            log.warning(
-                "opcua_server.login_refused",
-                user=username,
-                client=client,
-                reason="unknown user" if expected is None else "wrong password",
+        try:
+            identity = self._authority.authenticate(
+                username, password or "", interface="opcua", peer=client
             )
+        except AuthenticationError as exc:
+            self._throttle.failed(client, now)
+            log.warning("opcua_server.login_refused", user=username, client=client, reason=exc.why)
             return None
-        log.info("opcua_server.login", user=username, role=self.roles[username], client=client)
+        self.identities[identity.name] = identity
+        log.info("opcua_server.login", user=username, roles=sorted(identity.roles), client=client)
         return User(role=UserRole.User, name=username)
 
     def _check_channel(self, certificate: Any) -> str:

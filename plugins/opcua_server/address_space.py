@@ -79,6 +79,7 @@ _BASE_DATA_TYPE: Final = numeric_node(ObjectIds.BaseDataType)
 _DOUBLE: Final = numeric_node(ObjectIds.Double)
 _EU_INFORMATION: Final = numeric_node(ObjectIds.EUInformation)
 _READ_ONLY: Final = ua.AccessLevel.CurrentRead.mask
+_READ_WRITE: Final = ua.AccessLevel.CurrentRead.mask | ua.AccessLevel.CurrentWrite.mask
 _DOUBLE_ARRAY: Final = ua.VariantType.Double
 _GOOD_STATUS: Final = status(StatusCodes.Good)
 _BAD: Final = Quality.BAD
@@ -245,6 +246,7 @@ def _variable(
     *,
     browse_namespace: int | None = None,
     prop: bool = False,
+    writable: bool = False,
 ) -> ua.AddNodesItem:
     attrs = ua.VariableAttributes()
     attrs.DisplayName = ua.LocalizedText(name)
@@ -254,9 +256,11 @@ def _variable(
     if array:
         attrs.ArrayDimensions = [ua.UInt32(0)]
     attrs.Value = NULL
-    # Nothing the gateway publishes may be written by a client, whatever the user's role.
-    attrs.AccessLevel = _READ_ONLY
-    attrs.UserAccessLevel = _READ_ONLY
+    # Only declared write targets may be written by a client, and those only through the
+    # gateway's write path (see writes.py), by users whose roles allow it.
+    access = _READ_WRITE if writable else _READ_ONLY
+    attrs.AccessLevel = access
+    attrs.UserAccessLevel = access
     attrs.WriteMask = 0
     attrs.UserWriteMask = 0
     namespace = nodeid.NamespaceIndex if browse_namespace is None else browse_namespace
@@ -289,14 +293,25 @@ class SignalSpace:
     """Creates the area, instrument and signal nodes (at start, or on a signal's first sample)
     and keeps each signal's :class:`SignalNode`."""
 
-    def __init__(self, server: Server, namespace_uri: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        server: Server,
+        namespace_uri: Callable[[str], str],
+        writable: frozenset[str] = frozenset(),
+    ) -> None:
         self._server = server
+        self._writable = writable  # signal ids of declared write targets
         self._namespace_uri = namespace_uri
         self._namespace: int | None = None
         self.namespace_uri: str | None = None
         self._objects: set[str] = set()
         self.nodes: dict[str, SignalNode] = {}
         """Signal id → node, looked up once per sample."""
+
+    @property
+    def namespace_index(self) -> int | None:
+        """The signal nodes' namespace index, once registered."""
+        return self._namespace
 
     async def add(self, signals: Iterable[Signal]) -> None:
         """Create the nodes of ``signals`` not created yet (declared, waiting for data)."""
@@ -340,7 +355,17 @@ class SignalSpace:
         data_type = _DOUBLE if spectrum else numeric_node(first.value) if first else _BASE_DATA_TYPE
         about = signal.description or f"{name} ({signal.unit})"
         variable = string_node(signal.id, ns)
-        items.append(_variable(variable, instrument_id, name, about, data_type, spectrum))
+        items.append(
+            _variable(
+                variable,
+                instrument_id,
+                name,
+                about,
+                data_type,
+                spectrum,
+                writable=signal.id in self._writable,
+            )
+        )
         eu = string_node(f"{signal.id}/EngineeringUnits", ns)
         items.append(_eu_property(eu, variable))
         if spectrum:

@@ -7,50 +7,15 @@ named option.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway import ConfigPath, is_password_hash
+from gateway import ConfigPath
 
-__all__ = ["OpcUaServerOptions", "UserOptions"]
+__all__ = ["OpcUaServerOptions"]
 
 DEFAULT_PORT = 4840  # IANA's port for OPC UA over TCP
-
-
-class UserOptions(BaseModel):
-    """One account that may log in to the server."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[^\s].*[^\s]$|^[^\s]$",
-        description="User name, case-sensitive. 'admin' is a name like any other.",
-    )
-    password_hash: str = Field(
-        description=(
-            "The password's scrypt hash, as printed by `patgw hash-password`; never the password."
-        )
-    )
-    role: Literal["read", "write"] = Field(
-        default="read",
-        description=(
-            "read: browse, read and subscribe. write: may also use the Write and Call services"
-            " on nodes that allow it (none do yet: every exposed variable is read-only)."
-        ),
-    )
-
-    @field_validator("password_hash")
-    @classmethod
-    def _hash_not_password(cls, value: str) -> str:
-        if not is_password_hash(value):
-            raise ValueError(
-                "not a password hash: a configuration never holds a password; run"
-                " `patgw hash-password` and put the line it prints here"
-            )
-        return value
 
 
 class OpcUaServerOptions(BaseModel):
@@ -98,12 +63,13 @@ class OpcUaServerOptions(BaseModel):
             " being the first part of the signal ids."
         ),
     )
-    users: tuple[UserOptions, ...] = Field(
-        default=(),
+    users: Any = Field(
+        default=None,
         description=(
-            "Accounts that may log in (username and password; anonymous access is off). With"
-            " none, nobody can."
+            "Moved: the server's logins are the configuration's security.users (one user base"
+            " for every interface). Giving users here is an error that says how to move them."
         ),
+        json_schema_extra={"deprecated": True},
     )
     trusted_clients_dir: ConfigPath | None = Field(
         default=None,
@@ -174,9 +140,18 @@ class OpcUaServerOptions(BaseModel):
 
     @field_validator("users")
     @classmethod
-    def _unique_names(cls, users: tuple[UserOptions, ...]) -> tuple[UserOptions, ...]:
-        names = [user.name for user in users]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"user names must be unique: {', '.join(duplicates)}")
-        return users
+    def _users_moved(cls, users: Any) -> None:
+        if users is None:
+            return None
+        lines = []
+        for user in users if isinstance(users, (list, tuple)) else []:
+            if isinstance(user, dict) and "name" in user:
+                role = {"read": "viewer", "write": "operator"}.get(str(user.get("role", "read")))
+                lines.append(f"{user['name']} (roles: [{role or 'viewer'}])")
+        moved = f": {', '.join(lines)}" if lines else ""
+        raise ValueError(
+            "the OPC UA server's users moved to the configuration's top-level security.users"
+            " (one user base for the OPC UA server, the local API and every write): move each"
+            " user there with its name and password_hash, role read becoming roles: [viewer]"
+            f" and role write roles: [operator]{moved}"
+        )

@@ -26,6 +26,8 @@ from asyncua import ua
 from asyncua.server.address_space import AttributeValue
 
 from gateway import PluginContext, Sample, Signal
+from gateway.control import Access
+from gateway.security import Authority, SecurityConfig
 
 from ._ua import AttributeIds, ObjectIds, StatusCodes, from_timestamp, numeric_node, status
 from .access import ClientCertificateCheck, LoginGate, RoleRules
@@ -33,6 +35,7 @@ from .address_space import SignalSpace, notify, set_value
 from .hardened import ConnectionLimits, GatewayServer
 from .options import OpcUaServerOptions
 from .pki import OwnCertificate, TrustList, load_or_create_own_certificate
+from .writes import WriteHandler
 
 __all__ = ["OpcUaServerSink"]
 
@@ -95,8 +98,9 @@ class OpcUaServerSink:
         options = self.options
         trust = TrustList(self.trusted_dir, self.rejected_dir)
         trust.prepare()
-        users = [(user.name, user.password_hash, user.role) for user in options.users]
-        gate = LoginGate(users, trust, options.allow_insecure)
+        access = self.context.access or Access(Authority(SecurityConfig()), {})
+        users = access.authority.users
+        gate = LoginGate(access.authority, trust, options.allow_insecure)
         self.own_certificate = await asyncio.to_thread(
             load_or_create_own_certificate,
             self.own_dir,
@@ -132,11 +136,16 @@ class OpcUaServerSink:
         policies = list(_SECURE_POLICIES)
         if options.allow_insecure:
             policies.insert(0, ua.SecurityPolicyType.NoSecurity)
-        server.set_security_policy(policies, permission_ruleset=RoleRules(gate.roles))
+        server.set_security_policy(policies, permission_ruleset=RoleRules(gate.identities))
         server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_certificate_validator(ClientCertificateCheck(trust))
 
-        self._space = SignalSpace(server, self._namespace_for)
+        space = SignalSpace(server, self._namespace_for, frozenset(access.targets))
+        self._space = space
+        service = server.iserver.attribute_service
+        service.write = WriteHandler(  # type: ignore[method-assign]
+            access, gate.identities, lambda: space.namespace_index, service.write
+        )
         await self._space.add(self._pending)
         self._pending.clear()
         await server.start()
@@ -153,6 +162,7 @@ class OpcUaServerSink:
             trusted_clients=len(trust),
             users=len(users),
             signals=len(self._space.nodes),
+            writable=sorted(access.targets),
         )
         if options.allow_insecure:
             log.warning(
