@@ -131,10 +131,12 @@ def patgw(
 def demo_copy(tmp_path: Path, name: str = "demo.yaml") -> tuple[Path, int]:
     """configs/``name`` moved to free ports, as ``tmp_path/configs/name`` beside the shipped
     models: its relative paths (``../data/...``) land in ``tmp_path/data`` as the demo's land in
-    the repository's data/. Returns the feed pump's port."""
+    the repository's data/ (its HTTP endpoint on a free port too). Returns the feed pump's
+    port."""
     port = free_port()
     text = (REPO / "configs" / name).read_text().replace("15020", str(port))
     text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
+    text = text.replace("port: 9180", f"port: {free_port()}")
     folder = tmp_path / "configs"
     folder.mkdir(exist_ok=True)
     if not (folder / "models").exists():

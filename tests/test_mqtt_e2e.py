@@ -44,6 +44,7 @@ from mosquitto import Mosquitto, Subscriber
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import Plan, build_registry, load_plan, sample_to_json_dict
+from gateway.loader import read_config
 from gateway.runtime import Gateway
 from gateway.runtime.forward import Forwarder, SinkState
 from gateway.store import Loss, SampleStore
@@ -724,10 +725,10 @@ async def test_retention_stop_overflow_is_recorded_as_one_loss_run_per_signal(
 def demo_mqtt_copy(folder: Path) -> tuple[Path, int]:
     """configs/demo-mqtt.yaml moved to free ports as tests/test_cli.py moves the demo; returns
     the HTTP port."""
-    http_port = free_port()
     path, _ = demo_copy(folder, "demo-mqtt.yaml")
-    path.write_text(path.read_text().replace("port: 9180", f"port: {http_port}"))
-    return path, http_port
+    http = read_config(path).http
+    assert http is not None
+    return path, http.port
 
 
 JSON_FORM = ["signal", "value", "unit", "source_ts", "gateway_ts", "quality", "seq"]
