@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import (
     connected,
+    demo_copy,
     free_port,
     plan_for,
     pump_instrument,
@@ -39,6 +40,7 @@ from gateway import (
     Quality,
     WritableDriver,
     WriteRefusedError,
+    build_registry,
     load_plan,
 )
 from gateway.runtime import Gateway
@@ -188,8 +190,7 @@ async def test_modbus_write_while_not_connected_is_an_instrument_error(tmp_path:
                 what="the pump's signals bad",
             )
             # Whatever the runtime is doing (closing, backing off, reconnecting): no write goes
-            # through a connection that is not there, and pymodbus is not let reconnect on its
-            # own (reconnecting is the runtime's job).
+            # through a connection that is not there.
             for _ in range(3):
                 with pytest.raises(InstrumentError):
                     await driver.write(SETPOINT, 5.0)
@@ -262,6 +263,54 @@ async def test_modbus_a_request_cancelled_while_waiting_leaves_the_one_in_flight
                 await asyncio.wait({write})
         emulator.clear_faults()
         assert emulator.model.setpoint_rpm == 2.0
+
+
+@pytest.mark.asyncio
+async def test_modbus_write_after_a_dropped_connection_fails_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A write between a drop and the runtime's reconnect: an instrument failure saying what
+    happened, and no new connection opened behind the runtime's back to send it."""
+    async with FeedPumpEmulator(model=PumpModel(setpoint_rpm=2.0, actual_rpm=2.0)) as emulator:
+        options = ModbusOptions.model_validate({"port": emulator.port, "profile": "feed_pump"})
+        driver = ModbusDriver(options, PluginContext("p", tmp_path))
+        async with connected(driver):
+            assert await driver.read_back(SETPOINT) == 2.0
+            emulator.inject(Fault.DROP_CONNECTIONS)
+            await wait_for(lambda: not driver._client.connected, what="the drop seen")
+            with pytest.raises(InstrumentError, match="connection closed by peer"):
+                await driver.write(SETPOINT, 5.0)
+            with pytest.raises(InstrumentError, match="connection closed by peer"):
+                await driver.read_back(SETPOINT)
+        assert emulator.model.setpoint_rpm == 2.0
+
+
+@pytest.mark.asyncio
+async def test_demo_setpoints_are_writable_end_to_end(tmp_path: Path) -> None:
+    """The demo configuration as shipped: the feed pump's speed setpoint (Modbus) and the
+    controller's pH setpoint (OPC UA) take writes, read back, and the published signals follow."""
+    config, _ = demo_copy(tmp_path)
+    plan = load_plan(config, build_registry())
+    drivers = {i.config.id: i.driver for i in plan.instruments}
+    pump_driver, controller_driver = drivers["feed_pump"], drivers["controller"]
+    assert isinstance(pump_driver, WritableDriver)
+    assert isinstance(controller_driver, WritableDriver)
+    async with running(plan) as (gateway, _):
+        await wait_for(
+            lambda: (
+                published_close_to(gateway, "feed_pump/speed_setpoint", 2.0)
+                and (row := latest(gateway, "controller/ph_setpoint")) is not None
+                and row[0] is Quality.GOOD
+            ),
+            within=30,
+            what="the demo's setpoints published",
+        )
+        await pump_driver.write("speed_setpoint", 5.0)
+        assert await pump_driver.read_back("speed_setpoint") == 5.0
+        await wait_for(lambda: published_close_to(gateway, "feed_pump/speed", 5.0), what="5 rpm")
+        await controller_driver.write("ph_setpoint", 7.1)
+        assert await controller_driver.read_back("ph_setpoint") == 7.1
+        await wait_for(lambda: published_close_to(gateway, "controller/ph_setpoint", 7.1))
 
 
 # -- OPC UA: the bioreactor controller ----------------------------------------------------------

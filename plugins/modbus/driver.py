@@ -230,14 +230,11 @@ class ModbusDriver(PollingDriver):
         its reply, and what is wrong with it that pymodbus does not check (or ``None``).
 
         A failure becomes an ``InstrumentError`` that says what the connection saw (the stored
-        reason of the instrument's samples). A closed connection is not reopened: pymodbus would
-        silently reconnect, and reconnecting is the runtime's job."""
+        reason of the instrument's samples)."""
         async with self._lock:
             client, watch = self._client, self._watch
             if client is None:
                 raise InstrumentError(f"{self.where}: not connected")
-            if not client.connected:
-                raise InstrumentError(f"{self.where}: {watch.describe_lost()}")
             try:
                 return await request(client), watch.inconsistent
             except ConnectionLostError as exc:
