@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.common.utils import ServiceError
+from asyncua.ua.status_codes import StatusCodes
 from conftest import (
     connected,
     demo_copy,
@@ -29,7 +32,7 @@ from conftest import (
     wait_for,
     write_config,
 )
-from test_opcua_driver import opcua_registry
+from test_opcua_driver import make_driver, opcua_registry, session, started_controller
 from test_opcua_driver_emulator import NAMESPACE, gateway_with_controller, instrument
 
 from firmware_stubs.bioreactor.faults import Fault as ControllerFault
@@ -438,3 +441,43 @@ async def test_opcua_write_before_any_session_is_an_instrument_error(tmp_path: P
         await driver.read_back("ph_setpoint")
     with pytest.raises(WriteRefusedError, match="'ph' is not writable"):
         await driver.write("ph", 7.0)
+
+
+@pytest.mark.asyncio
+async def test_opcua_a_service_fault_is_a_refusal_unless_the_session_failed(
+    tmp_path: Path,
+) -> None:
+    """A server refusing a whole write request says either "not this value" (a refusal: nothing
+    changed) or "your session/link is broken" (an instrument failure: retry once it is back)."""
+    answer = {"code": StatusCodes.BadTooManyOperations}
+
+    def refuse(event: ServerItemCallback, _dispatcher: object) -> None:
+        if event.is_external:  # a client's request, not the server's own clock
+            raise ServiceError(answer["code"])
+
+    controllers = started_controller()
+    controller = next(controllers)
+    try:
+        server = controller.server
+        assert server is not None
+
+        async def subscribe() -> None:
+            server.subscribe_server_callback(CallbackType.PreWrite, refuse)
+
+        await controller.on_server(subscribe())
+        before = await controller.value("Agitation.SP")
+        running_session = await session(make_driver(controller.url, tmp_path))
+        driver = running_session.driver
+        try:
+            with pytest.raises(
+                WriteRefusedError, match="refused by the server: BadTooManyOperations"
+            ):
+                await driver.write("agitation_sp", before + 10.0)
+            answer["code"] = StatusCodes.BadSessionIdInvalid
+            with pytest.raises(InstrumentError, match="failed: BadSessionIdInvalid"):
+                await driver.write("agitation_sp", before + 10.0)
+        finally:
+            await running_session.stop()
+        assert await controller.value("Agitation.SP") == before
+    finally:
+        controllers.close()
