@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -32,6 +32,7 @@ from gateway import (
     PluginContext,
     PollingDriver,
     Quality,
+    WritableDriver,
     WriteRefusedError,
     now_ns,
 )
@@ -299,3 +300,8 @@ class ModbusDriver(PollingDriver):
         if error is not None:
             raise InstrumentError(f"{self.where}: read-back of {channel} failed: {error}")
         return float(block.decoders[0].decode(words))
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the driver has the write capability's exact signatures.
+    _writable: type[WritableDriver] = ModbusDriver

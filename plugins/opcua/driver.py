@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from asyncua import ua
@@ -77,6 +77,7 @@ from gateway import (
     Quality,
     SecretRef,
     UnitError,
+    WritableDriver,
     WriteRefusedError,
     compile_conversion,
 )
@@ -924,3 +925,8 @@ def _application_uri(certificate: bytes) -> str | None:
         return None
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the driver has the write capability's exact signatures.
+    _writable: type[WritableDriver] = OpcUaDriver
