@@ -20,6 +20,7 @@ from .api import (
     SecretRef,
     SerialPort,
     Sink,
+    WritableDriver,
     resolve_config_path,
     validation_context,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "UnitError",
+    "WritableDriver",
     "WriteRefusedError",
     "build_registry",
     "compile_conversion",

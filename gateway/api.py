@@ -6,7 +6,8 @@ the constructor (``patgw check`` builds drivers to learn their channels). The ru
 raises :class:`~gateway.errors.InstrumentError` when the instrument becomes unreachable; the
 runtime marks the instrument's signals ``bad`` and calls ``run`` again after a jittered,
 exponential backoff. Most drivers poll: derive from :class:`PollingDriver` and write
-``connect``, ``poll`` and ``close``.
+``connect``, ``poll`` and ``close``. A driver that can set values on its instrument (setpoints)
+also implements :class:`WritableDriver`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "SecretRef",
     "SerialPort",
     "Sink",
+    "WritableDriver",
     "resolve_config_path",
     "validation_context",
 ]
@@ -121,6 +123,45 @@ class Driver(Protocol):
 
     async def run(self, io: InstrumentIO) -> None:
         """Connect and publish until cancelled; raise ``InstrumentError`` when unreachable."""
+
+
+@runtime_checkable
+class WritableDriver(Driver, Protocol):
+    """A driver that can set values on its instrument: setpoints, run commands.
+
+    The runtime writes only channels whose :class:`Channel` has ``writable=True``, only while
+    :meth:`~Driver.run` is active (between the runtime starting it and its end), and possibly
+    while a poll or a notification is being handled: a driver whose transport cannot carry two
+    requests at once serializes them itself. Values are in the *channel's* unit (the runtime
+    converts from a signal's unit first). The gateway's write path (limits, roles, audit) is the
+    runtime's; a driver still logs each write it sends or refuses.
+
+    Typical use, after the runtime's checks::
+
+        await driver.write("speed_setpoint", 5.0)
+        if not math.isclose(await driver.read_back("speed_setpoint"), 5.0, rel_tol=1e-6): ...
+
+    Exceptions:
+
+    - :class:`~gateway.errors.WriteRefusedError`: nothing was changed. The channel is unknown or
+      not writable, the value cannot be represented on the device (out of the register type's
+      range, not a whole number for an integer node...), or the device refused the request
+      (the message names the device's exception or status, e.g. ``exception 3 (illegal data
+      value)``, ``BadOutOfRange``).
+    - :class:`~gateway.errors.InstrumentError`: the instrument is not connected, or the
+      transport failed (no answer, connection lost). When it failed after the request went out,
+      the device *may* have taken the value: :meth:`read_back` tells.
+    """
+
+    async def write(self, channel: str, value: float) -> None:
+        """Set ``channel`` to ``value`` (channel unit); return once the device acknowledged."""
+
+    async def read_back(self, channel: str) -> float:
+        """A fresh read of ``channel`` from the device (not the last published value), in the
+        channel's unit. A device may hold another value than the one written: it clamps to its
+        own limits, or stores it with less precision (a float32, a scaled integer register).
+        Raises ``WriteRefusedError`` for a channel the driver does not offer, and
+        ``InstrumentError`` when the instrument does not answer or answers with an error."""
 
 
 class PollingDriver(abc.ABC):

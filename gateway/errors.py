@@ -8,7 +8,8 @@
      ├── PluginError          a plugin that fails to load or registers something twice
      ├── InstrumentError      an instrument cannot be reached or answered badly (drivers raise it;
      │                        the runtime marks the instrument's signals bad and reconnects)
-     ├── WriteRefusedError    a write (setpoint) outside the configured allow-list, or unencodable
+     ├── WriteRefusedError    a write (setpoint) refused, nothing changed: not writable, a value the
+ │                        target cannot hold, or refused by the device (its exception named)
      ├── SamplesRefusedError  a forwarding sink's destination took a batch but refused some of its
      │                        samples for good (an MQTT topic its ACL denies); carries Refusals
      └── StoreError           the durable store cannot be opened or written
@@ -67,8 +68,9 @@ class InstrumentError(GatewayError):
 
 
 class WriteRefusedError(GatewayError):
-    """A write to an instrument was refused before anything was sent (not allow-listed, or the
-    value does not fit the target). Refusals are logged like the writes themselves."""
+    """A write to an instrument was refused and changed nothing: the target is not writable,
+    the value does not fit it, or the device itself refused the request (the message names the
+    device's exception or status). Refusals are logged like the writes themselves."""
 
 
 class StoreError(GatewayError):

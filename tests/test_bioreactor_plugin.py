@@ -115,6 +115,10 @@ def test_options_override_initial_conditions_only() -> None:
         {"log_every_s": -1},
         {"volume_L": 0},
         {"glucose_g_L": float("inf")},
+        {"setpoint_limits": {"pH": [6.8, 7.4]}},  # limits of a controller, but no controller
+        {"port": 0, "setpoint_limits": {"pH": [7.4, 6.8]}},
+        {"port": 0, "setpoint_limits": {"pH": [6.8, float("nan")]}},
+        {"port": 0, "setpoint_limits": {"Pressure": [1.0, 2.0]}},
     ],
 )
 def test_bad_options_are_refused(raw: dict[str, Any]) -> None:

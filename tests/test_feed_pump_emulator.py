@@ -17,11 +17,13 @@ import pytest_asyncio
 from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from firmware_stubs.feed_pump import REGISTER_MAP_DOC, Fault, FeedPumpEmulator, PumpModel
 from firmware_stubs.feed_pump.model import PumpStateError
+from firmware_stubs.feed_pump.plugin import FeedPumpOptions
 from firmware_stubs.feed_pump.registers import (
     DEVICE_ID,
     FIELDS,
@@ -212,6 +214,25 @@ def test_setpoint_rejects_bad_values(rpm: float) -> None:
     with pytest.raises(PumpStateError):
         model.set_setpoint(rpm)
     assert model.setpoint_rpm == 50.0
+
+
+def test_setpoint_above_the_drive_limit_is_taken_clamped() -> None:
+    model = PumpModel(max_setpoint_rpm=10.0)
+    model.set_setpoint(15.0)
+    assert model.setpoint_rpm == 10.0
+    model.set_setpoint(4.5)
+    assert model.setpoint_rpm == 4.5
+    with pytest.raises(PumpStateError):  # beyond the hardware's range: still refused
+        model.set_setpoint(400.5)
+    assert model.setpoint_rpm == 4.5
+
+
+def test_options_keep_the_initial_setpoint_within_the_drive_limit() -> None:
+    options = FeedPumpOptions(setpoint_rpm=2.0, max_setpoint_rpm=10.0)
+    assert (options.setpoint_rpm, options.max_setpoint_rpm) == (2.0, 10.0)
+    assert FeedPumpOptions().max_setpoint_rpm == 400.0  # no limit below the hardware's
+    with pytest.raises(ValidationError, match="above max_setpoint_rpm"):
+        FeedPumpOptions(setpoint_rpm=50.0, max_setpoint_rpm=10.0)
 
 
 # --------------------------------------------------------------------------- registers

@@ -754,16 +754,16 @@ async def test_writes_only_to_writable_nodes_as_the_node_type(
         ]
         assert logs[0]["instrument"] == "ctl" and logs[0]["value"] == 150
         assert logs[0]["node"] == "ctl:BioreactorController/ctl:Agitation/ctl:SP"
-        # A server that refuses: the write fails, and says how.
+        # A server that refuses: the write is refused, and says how.
         await shared.on_server(shared.nodes["Counter"].set_read_only())
         with (
             capture_logs() as logs,
             pytest.raises(
-                InstrumentError, match=r"refused by the server: Bad(UserAccessDenied|NotWritable)"
+                WriteRefusedError, match=r"refused by the server: Bad(UserAccessDenied|NotWritable)"
             ),
         ):
             await driver.write("counter", 8)
-        assert [e["event"] for e in logs] == ["opcua.write_failed"]
+        assert [e["event"] for e in logs] == ["opcua.write_refused"]
     finally:
         await running.stop()
         await shared.on_server(shared.nodes["Counter"].set_writable())

@@ -22,7 +22,7 @@ from conftest import free_port, wait_for, write_config
 from test_opcua_driver import opcua_registry
 
 from firmware_stubs.bioreactor.faults import Fault
-from gateway import InstrumentError, Plan, Quality, WriteRefusedError, load_plan
+from gateway import Plan, Quality, WriteRefusedError, load_plan
 from gateway.runtime import Gateway
 from gateway.runtime.instrument import InstrumentRunner
 from gateway.store import SampleStore
@@ -78,16 +78,17 @@ def instrument(instrument_id: str, port: int, nodes: list[dict[str, Any]]) -> di
 
 @asynccontextmanager
 async def gateway_with_controller(
-    tmp_path: Path, *instruments: dict[str, Any], port: int
+    tmp_path: Path, *instruments: dict[str, Any], port: int, **emulator_options: Any
 ) -> AsyncIterator[tuple[Plan, Gateway]]:
-    """The real runtime with a ``bioreactor`` emulator serving OPC UA on ``port``."""
+    """The real runtime with a ``bioreactor`` emulator serving OPC UA on ``port`` (with more
+    ``emulator_options`` if given)."""
     config = {
         "area": "reactor1",
         "store": {"path": str(tmp_path / "store.sqlite"), "commit_interval_ms": 20},
         "data_dir": str(tmp_path / "data"),
         "emulators": [{
             "id": "reactor", "type": "bioreactor",
-            "options": {"port": port, "update_s": 0.1, "log_every_s": 0},
+            "options": {"port": port, "update_s": 0.1, "log_every_s": 0, **emulator_options},
         }],
         "instruments": list(instruments),
     }  # fmt: skip
@@ -222,7 +223,7 @@ async def test_a_unit_mismatch_and_a_missing_node_are_bad_alone_in_one_session(
         assert isinstance(driver, OpcUaDriver)
         await driver.write("temperature_sp", 36.5)
         await wait_for(lambda: latest(gateway, "temperature_sp")[1] == 36.5, within=5)
-        with pytest.raises(InstrumentError, match="refused by the server: BadOutOfRange"):
+        with pytest.raises(WriteRefusedError, match="refused by the server: BadOutOfRange"):
             await driver.write("temperature_sp", 99.0)
         with pytest.raises(WriteRefusedError):
             await driver.write("ph", 7.2)

@@ -412,6 +412,7 @@ def test_register_spec_defaults_and_count() -> None:
         {"table": "coil"},
         {"word_order": "middle"},
         {"access": "w"},
+        {"access": "rw", "table": "input"},
         {"colour": "red"},
         {"name": "-bad"},
         {"name": "has space"},

@@ -21,10 +21,13 @@ Unless a fault says otherwise, every value carries StatusCode Good and SourceTim
 ServerTimestamp = when it was computed (UTC); ``ServerStatus.CurrentTime`` moves with them.
 
 Writes: only the four ``SP`` variables are writable (AccessLevel and UserAccessLevel), and a
-written setpoint goes into the process model at once. A setpoint Double outside its EURange (or
-NaN) is refused with BadOutOfRange, a setpoint written with a bad status (no value) with
-BadWriteNotSupported, each for the whole request (a ServiceFault); a value of another type gets
-BadTypeMismatch and any other node BadUserAccessDenied, per node.
+written setpoint goes into the process model at once. A loop given operating limits
+(``setpoint_limits``, like a DCU's SP limits) accepts a setpoint within its EURange but outside
+those limits clamped to them: the write succeeds and the node reads back the limit. A
+setpoint Double outside its EURange (or NaN) is refused with BadOutOfRange, a setpoint written
+with a bad status (no value) with BadWriteNotSupported, each for the whole request (a
+ServiceFault); a value of another type gets BadTypeMismatch and any other node
+BadUserAccessDenied, per node.
 
 Security: this is a device on an isolated controller LAN, emulated on loopback for tests and
 demos, so it serves the None security policy to anonymous clients only, every one an ordinary
@@ -50,6 +53,7 @@ import contextlib
 import copy
 import logging
 import math
+from collections.abc import Mapping
 from datetime import UTC
 from typing import Any, NoReturn, Self
 
@@ -70,7 +74,14 @@ from . import dcu
 from .clock import ProcessClock
 from .faults import Fault
 
-__all__ = ["MANUFACTURER", "MODEL", "NAMESPACE_URI", "ROOT", "BioreactorController"]
+__all__ = [
+    "MANUFACTURER",
+    "MODEL",
+    "NAMESPACE_URI",
+    "ROOT",
+    "SETPOINT_LOOPS",
+    "BioreactorController",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -151,9 +162,17 @@ class BioreactorController:
         port: int = 0,
         update_s: float = 0.2,
         seed: int = 0,
+        setpoint_limits: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         if not (math.isfinite(update_s) and update_s > 0.0):
             raise ValueError(f"update_s must be a finite number > 0, not {update_s!r}")
+        limits = dict(setpoint_limits or {})
+        for loop, (low, high) in limits.items():
+            if loop not in SETPOINT_LOOPS:
+                raise ValueError(f"setpoint_limits: no loop {loop!r} (loops: {SETPOINT_LOOPS})")
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"setpoint_limits of {loop}: need finite low <= high")
+        self.setpoint_limits = limits
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} outside 0..65535")
         self.clock = clock
@@ -409,6 +428,21 @@ class BioreactorController:
             low, high = var.eu_range or (-math.inf, math.inf)
             if not (isinstance(value, float) and low <= value <= high):  # NaN included
                 self._refuse(var, written, StatusCodes.BadOutOfRange)
+            limits = self.setpoint_limits.get(var.path.partition(".")[0])
+            if limits is not None and not limits[0] <= value <= limits[1]:
+                # Accepted, clamped: the server stores (and the process gets) the limit.
+                clamped = copy.copy(written)
+                clamped.Value = ua.Variant(
+                    min(max(value, limits[0]), limits[1]), ua.VariantType.Double
+                )
+                item.Value = clamped
+                _log.info(
+                    "bioreactor.setpoint_clamped",
+                    process=self.name,
+                    node=var.path,
+                    value=value,
+                    to=clamped.Value.Value,
+                )
 
     def _refuse(self, var: dcu.Variable, written: ua.DataValue | None, code: int) -> NoReturn:
         _log.info(
@@ -540,6 +574,8 @@ class BioreactorController:
                 _log.info("bioreactor.controller_up", process=self.name, endpoint=self.endpoint)
 
 
+#: The loops with a writable SP (keys of ``setpoint_limits``).
+SETPOINT_LOOPS = ("Temperature", "pH", "DissolvedOxygen", "Agitation")
 #: Keyword of FedBatchModel.set_setpoints for each loop's SP.
 _SETPOINT_ARGS = {"Temperature": "temperature_C", "pH": "ph", "DissolvedOxygen": "do_pct"}
 

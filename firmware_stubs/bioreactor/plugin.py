@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from typing import Literal, Self
 
 import structlog
@@ -122,11 +123,24 @@ class BioreactorOptions(BaseModel):
     faults: tuple[BioreactorFaultStep, ...] = Field(
         default=(), description="Faults scheduled on the OPC UA controller (needs a port)."
     )
+    setpoint_limits: dict[
+        Literal["Temperature", "pH", "DissolvedOxygen", "Agitation"], tuple[float, float]
+    ] = Field(
+        default_factory=dict,
+        description="Operating limits [low, high] of a loop's SP, e.g. {pH: [6.8, 7.4]}: the"
+        " controller accepts a setpoint written within its EURange but outside these limits"
+        " clamped to them (it reads back the limit), as a DCU's SP limits do (needs a port).",
+    )
 
     @model_validator(mode="after")
     def _faults_need_a_controller(self) -> Self:
         if self.faults and self.port is None:
             raise ValueError("faults act on the OPC UA controller: set a port")
+        if self.setpoint_limits and self.port is None:
+            raise ValueError("setpoint_limits act on the OPC UA controller: set a port")
+        for loop, (low, high) in self.setpoint_limits.items():
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"setpoint_limits.{loop}: need finite low <= high")
         return self
 
     def params(self) -> ProcessParams:
@@ -205,6 +219,7 @@ class BioreactorEmulator:
                     port=options.port,
                     update_s=options.update_s,
                     seed=options.seed,
+                    setpoint_limits={str(k): v for k, v in options.setpoint_limits.items()},
                 )
                 await controller.start()
                 self._controller = controller

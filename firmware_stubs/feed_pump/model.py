@@ -43,12 +43,17 @@ class PumpModel:
 
     The default instance is running at steady state (``actual_rpm`` equals the
     setpoint) so a freshly started emulator already shows flow.
+
+    ``max_setpoint_rpm`` is the drive's configured speed limit: like a real pump's
+    "maximum speed" setting, a setpoint above it (but within the hardware's
+    0..MAX_RPM) is accepted and clamped, so it reads back as the limit.
     """
 
     setpoint_rpm: float = DEFAULT_SETPOINT_RPM
     actual_rpm: float = DEFAULT_SETPOINT_RPM
     ramp_rpm_per_s: float = DEFAULT_RAMP_RPM_PER_S
     ml_per_rev: float = DEFAULT_ML_PER_REV
+    max_setpoint_rpm: float = MAX_RPM
     running: bool = True
     fault_code: int = FAULT_NONE
     total_ml: float = 0.0
@@ -91,10 +96,11 @@ class PumpModel:
         self.elapsed_s += dt_s
 
     def set_setpoint(self, rpm: float) -> None:
-        """Change the speed setpoint; refuses NaN/inf and values outside 0..MAX_RPM."""
+        """Change the speed setpoint; refuses NaN/inf and values outside 0..MAX_RPM, and
+        clamps an accepted one to ``max_setpoint_rpm``."""
         if not math.isfinite(rpm) or not 0.0 <= rpm <= MAX_RPM:
             raise PumpStateError(f"setpoint {rpm!r} rpm outside 0..{MAX_RPM:g}")
-        self.setpoint_rpm = float(rpm)
+        self.setpoint_rpm = min(float(rpm), self.max_setpoint_rpm)
 
     def set_ml_per_rev(self, ml_per_rev: float) -> None:
         """Change the tubing calibration; must be finite and in (0, MAX_ML_PER_REV]."""

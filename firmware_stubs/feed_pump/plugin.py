@@ -7,10 +7,10 @@ the gateway's fault handling without writing code.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import PluginContext, Registry, hookimpl
 
@@ -45,6 +45,13 @@ class FeedPumpOptions(BaseModel):
         default="tcp", description="tcp = Modbus TCP; rtu = RTU frames over TCP (socket:// URLs)."
     )
     setpoint_rpm: float = Field(default=50.0, ge=0, le=400, description="Initial speed setpoint.")
+    max_setpoint_rpm: float = Field(
+        default=400.0,
+        ge=0,
+        le=400,
+        description="The drive's speed limit: a setpoint written above it (up to 400) is"
+        " accepted but clamped to it, and reads back as the limit, as real pumps do.",
+    )
     ml_per_rev: float = Field(default=0.8, gt=0, le=100, description="Tubing calibration, mL/rev.")
     faults: tuple[FaultStep, ...] = Field(default=(), description="Scheduled fault injection.")
     process: str | None = Field(
@@ -52,6 +59,15 @@ class FeedPumpOptions(BaseModel):
         description="Id of a 'bioreactor' emulator (listed before this one) whose process"
         " receives the pumped feed, millilitre for millilitre; none = the pump feeds nothing.",
     )
+
+    @model_validator(mode="after")
+    def _setpoint_within_limit(self) -> Self:
+        if self.setpoint_rpm > self.max_setpoint_rpm:
+            raise ValueError(
+                f"setpoint_rpm {self.setpoint_rpm:g} is above max_setpoint_rpm"
+                f" {self.max_setpoint_rpm:g}"
+            )
+        return self
 
 
 class ScheduledFeedPump(ScheduledEmulator[FeedPumpEmulator, FaultStep]):
@@ -91,6 +107,7 @@ def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
         setpoint_rpm=options.setpoint_rpm,
         actual_rpm=options.setpoint_rpm,
         ml_per_rev=options.ml_per_rev,
+        max_setpoint_rpm=options.max_setpoint_rpm,
     )
     emulator = FeedPumpEmulator(
         options.host, options.port, model=model, unit_id=options.unit_id, framing=options.framing

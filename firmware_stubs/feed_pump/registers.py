@@ -69,7 +69,14 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("speed_setpoint", 0, "float32", "rpm ({rev}/min)", True, "Speed setpoint, 0..400."),
+    Field(
+        "speed_setpoint",
+        0,
+        "float32",
+        "rpm ({rev}/min)",
+        True,
+        "Speed setpoint, 0..400; clamped to the drive's limit.",
+    ),
     Field("actual_speed", 2, "float32", "rpm ({rev}/min)", False, "Measured roller head speed."),
     Field("flow", 4, "float32", "mL/min", False, "actual_speed x tubing_ml_per_rev."),
     Field("total_volume", 6, "float64", "mL", False, "Volume dispensed since power-up."),

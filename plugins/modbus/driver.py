@@ -7,12 +7,18 @@ bytes that are no frame, a malformed frame, a reset or close by the peer. A repl
 well-formed but not what was asked (an exception code, another function, more or fewer
 registers than requested, a byte count that disagrees with its data) leaves the connection up
 and publishes the affected channels as ``bad`` with what was wrong as reason.
+
+Writes (setpoints, :class:`~gateway.WritableDriver`) and their read-backs share the one
+connection with the polls: requests go out one at a time, under the driver's lock, so each one's
+failure is named from what the connection saw while *it* was in flight. A device's exception
+reply to a write is a refusal (:class:`~gateway.WriteRefusedError`, the exception named).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -26,6 +32,7 @@ from gateway import (
     PluginContext,
     PollingDriver,
     Quality,
+    WritableDriver,
     WriteRefusedError,
     now_ns,
 )
@@ -49,6 +56,11 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
 }
+
+
+# Exception codes of a Modbus gateway that could not reach the device: the path failed, the
+# device did not refuse anything.
+_PATH_EXCEPTIONS = frozenset({10, 11})
 
 
 def _exception_reason(response: Any) -> str:
@@ -93,8 +105,22 @@ class ModbusDriver(PollingDriver):
             byte_order=self.byte_order,
             max_gap=options.max_gap,
         )
+        # One read block per register, for read-backs.
+        self._single: dict[str, ReadBlock] = {
+            name: plan_reads(
+                [spec],
+                address_base=self.address_base,
+                word_order=self.word_order,
+                byte_order=self.byte_order,
+            )[0]
+            for name, spec in specs.items()
+        }
         self._client: Any = None
         self._watch = ReplyWatch()
+        # Held from a request's send to the end of its reply's checks: polls, writes and
+        # read-backs never overlap on the connection, and the ReplyWatch's state is always the
+        # request's in flight (a request cancelled while waiting its turn must not end another's).
+        self._lock = asyncio.Lock()
         self._wired: list[tuple[Decoder, Output, RegisterSpec]] | None = None
         self._io: InstrumentIO | None = None
         if options.transport == "tcp":
@@ -181,19 +207,17 @@ class ModbusDriver(PollingDriver):
             output.publish(value, source_ts)
 
     async def _read(self, block: ReadBlock) -> tuple[list[int], str | None]:
-        client = self._client
-        if client is None:
-            raise InstrumentError(f"{self.where}: not connected")
-        read = (
-            client.read_holding_registers
-            if block.table == "holding"
-            else client.read_input_registers
-        )
-        response = await self._execute(
-            lambda: read(block.start, count=block.count, device_id=self.options.unit_id)
-        )
-        if self._watch.inconsistent is not None:
-            return [], f"malformed reply: {self._watch.inconsistent}"
+        def request(client: Any) -> Awaitable[Any]:
+            read = (
+                client.read_holding_registers
+                if block.table == "holding"
+                else client.read_input_registers
+            )
+            return read(block.start, count=block.count, device_id=self.options.unit_id)  # type: ignore[no-any-return]
+
+        response, inconsistent = await self._execute(request)
+        if inconsistent is not None:
+            return [], f"malformed reply: {inconsistent}"
         if response.isError():
             return [], _exception_reason(response)
         registers = response.registers
@@ -202,30 +226,37 @@ class ModbusDriver(PollingDriver):
             return [], f"reply carries {carried}, {block.count} requested"
         return registers, None
 
-    async def _execute(self, request: Callable[[], Awaitable[Any]]) -> Any:
-        """Await one pymodbus request; a failure becomes an ``InstrumentError`` that says what
-        the connection saw (the stored reason of the instrument's samples)."""
-        watch = self._watch
-        try:
-            return await request()
-        except ConnectionLostError as exc:
-            raise InstrumentError(f"{self.where}: {exc}") from exc
-        except ConnectionException as exc:
-            raise InstrumentError(f"{self.where}: {watch.describe_lost()}") from exc
-        except ModbusIOException as exc:
-            if "No response received" not in str(exc):
+    async def _execute(self, request: Callable[[Any], Awaitable[Any]]) -> tuple[Any, str | None]:
+        """Send one pymodbus request, made by ``request(client)``, when the connection is free;
+        its reply, and what is wrong with it that pymodbus does not check (or ``None``).
+
+        A failure becomes an ``InstrumentError`` that says what the connection saw (the stored
+        reason of the instrument's samples)."""
+        async with self._lock:
+            client, watch = self._client, self._watch
+            if client is None:
+                raise InstrumentError(f"{self.where}: not connected")
+            try:
+                return await request(client), watch.inconsistent
+            except ConnectionLostError as exc:
                 raise InstrumentError(f"{self.where}: {exc}") from exc
-            # pymodbus's only word for "nothing acceptable arrived before the timeout".
-            reason = watch.describe_timeout(self.options.timeout_s)
-            raise InstrumentError(f"{self.where}: {reason}") from exc
-        except ModbusException as exc:
-            raise InstrumentError(f"{self.where}: {exc}") from exc
-        finally:
-            watch.finished()
+            except ConnectionException as exc:
+                raise InstrumentError(f"{self.where}: {watch.describe_lost()}") from exc
+            except ModbusIOException as exc:
+                if "No response received" not in str(exc):
+                    raise InstrumentError(f"{self.where}: {exc}") from exc
+                # pymodbus's only word for "nothing acceptable arrived before the timeout".
+                reason = watch.describe_timeout(self.options.timeout_s)
+                raise InstrumentError(f"{self.where}: {reason}") from exc
+            except ModbusException as exc:
+                raise InstrumentError(f"{self.where}: {exc}") from exc
+            finally:
+                watch.finished()
 
     async def write(self, channel: str, value: float) -> None:
-        """Write a setpoint. Only registers declared ``access: rw`` may be written; every write,
-        refused, failed or done, is logged (instrument, channel, value, registers)."""
+        """Write a setpoint (:class:`~gateway.WritableDriver`). Only registers declared
+        ``access: rw`` may be written; every write, refused, failed or done, is logged
+        (instrument, channel, value, registers)."""
         # audit=True: never suppressed as a repeat by the log's rate limit.
         audit = log.bind(instrument=self.context.id, channel=channel, value=value, audit=True)
         spec = self.specs.get(channel)
@@ -239,20 +270,38 @@ class ModbusDriver(PollingDriver):
         except ValueError as exc:
             audit.warning("modbus.write_refused", reason=str(exc))
             raise WriteRefusedError(str(exc)) from exc
-        if self._client is None:
-            audit.warning("modbus.write_failed", reason="not connected")
-            raise InstrumentError(f"{self.where}: not connected")
         address = spec.address - self.address_base
+        unit_id = self.options.unit_id
         try:
-            client = self._client
-            response = await self._execute(
-                lambda: client.write_registers(address, words, device_id=self.options.unit_id)
+            response, _ = await self._execute(
+                lambda client: client.write_registers(address, words, device_id=unit_id)
             )
         except InstrumentError as exc:
             audit.warning("modbus.write_failed", reason=str(exc))
-            raise InstrumentError(f"write failed: {exc}") from exc
+            raise InstrumentError(f"write of {channel} failed: {exc}") from exc
         if response.isError():
             reason = _exception_reason(response)
-            audit.warning("modbus.write_failed", reason=reason)
-            raise InstrumentError(f"{self.where}: write of {channel} refused: {reason}")
+            if getattr(response, "exception_code", 0) in _PATH_EXCEPTIONS:
+                audit.warning("modbus.write_failed", reason=reason)
+                raise InstrumentError(f"{self.where}: write of {channel} failed: {reason}")
+            audit.warning("modbus.write_refused", reason=f"refused by the device: {reason}")
+            raise WriteRefusedError(
+                f"{self.where}: write of {channel} refused by the device: {reason}"
+            )
         audit.info("modbus.write", words=words)
+
+    async def read_back(self, channel: str) -> float:
+        """The value of ``channel`` read from the device now (:class:`~gateway.WritableDriver`),
+        decoded with the register map's type and scale."""
+        block = self._single.get(channel)
+        if block is None:
+            raise WriteRefusedError(f"channel {channel!r} is not a register of this map")
+        words, error = await self._read(block)
+        if error is not None:
+            raise InstrumentError(f"{self.where}: read-back of {channel} failed: {error}")
+        return float(block.decoders[0].decode(words))
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the driver has the write capability's exact signatures.
+    _writable: type[WritableDriver] = ModbusDriver

@@ -76,6 +76,10 @@ class RegisterSpec(BaseModel):
     def _scale_nonzero(self) -> RegisterSpec:
         if self.scale == 0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
             raise ValueError("scale must be finite and non-zero, offset finite")
+        if self.access == "rw" and self.table != "holding":
+            # Input registers are read-only in Modbus: a write would go to the holding
+            # register at the same address, another value.
+            raise ValueError("access: rw needs table: holding (input registers are read-only)")
         return self
 
     @property

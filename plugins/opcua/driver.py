@@ -30,6 +30,13 @@ request goes unanswered, or the notification backlog overflows. The session is c
 ``run`` returns, whatever happened: CloseSession is awaited for at most
 :data:`CLOSE_TIMEOUT_S`, or only :data:`DEAD_LINK_CLOSE_TIMEOUT_S` when the link is known to be
 dead (a frozen server cannot answer it, and waiting would only delay the ``bad``).
+
+Writes (:class:`~gateway.WritableDriver`) go to nodes declared ``writable: true``, as the node's
+data type, over the session's client (asyncua matches replies to requests, so they may overlap
+the subscription's traffic). A value the server refuses — a bad status for the node, or the
+whole request refused with a status such as ``BadOutOfRange`` — raises
+:class:`~gateway.WriteRefusedError` naming the status; a lost session or a request without an
+answer raises :class:`~gateway.InstrumentError`. ``read_back`` reads a node's value afresh.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from asyncua import ua
@@ -70,6 +77,7 @@ from gateway import (
     Quality,
     SecretRef,
     UnitError,
+    WritableDriver,
     WriteRefusedError,
     compile_conversion,
 )
@@ -127,6 +135,26 @@ _CLIENT_APPLICATION_URI = "urn:pat-gateway:opcua-client"
 _TRANSPORT_ERRORS = (UaError, OSError, TimeoutError)
 _DEAD_LINK_ERRORS = (OSError, TimeoutError)
 """A request that got no answer, or a socket that failed: the link, not the server, is gone."""
+_SESSION_FAULTS = frozenset(
+    {
+        "BadCommunicationError",
+        "BadConnectionClosed",
+        "BadNoCommunication",
+        "BadRequestTimeout",
+        "BadSecureChannelClosed",
+        "BadSecureChannelIdInvalid",
+        "BadServerHalted",
+        "BadServerNotConnected",
+        "BadSessionClosed",
+        "BadSessionIdInvalid",
+        "BadSessionNotActivated",
+        "BadShutdown",
+        "BadTcpInternalError",
+        "BadTimeout",
+    }
+)
+"""Service faults that say the session or the link failed, not that the server refused a value:
+a write answered with one of these may be retried once the session is back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +199,8 @@ class OpcUaDriver:
         self._index = {n.spec.name: i for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         self._write_targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
+        self._node_ids: dict[str, ua.NodeId] = {}
+        """The node id of each node in use in this session, by name (for read-backs)."""
         self._unusable: dict[int, str] = {}
         """Why each node that cannot be used in this session is not (by index), until a recheck
         finds it usable."""
@@ -227,7 +257,7 @@ class OpcUaDriver:
                 self._link_dead = True
             raise InstrumentError(f"{step}: {self._describe(exc)}") from exc
         finally:
-            self._client, self._write_targets = None, {}
+            self._client, self._write_targets, self._node_ids = None, {}, {}
             await self._close(client, opened)
 
     def _new_client(self) -> Client:
@@ -364,6 +394,7 @@ class OpcUaDriver:
             if i in problems:
                 continue
             name = self._nodes[i].spec.name
+            self._node_ids[name] = ids[i]
             if i in targets:
                 self._write_targets[name] = targets[i]
             was = self._unusable.pop(i, None)
@@ -609,8 +640,11 @@ class OpcUaDriver:
             )
         except UaStatusCodeError as exc:  # the whole request refused (a service fault)
             reason = self._describe(exc)
-            audit.warning("opcua.write_failed", reason=reason)
-            raise InstrumentError(f"write of {channel} refused by the server: {reason}") from exc
+            if reason in _SESSION_FAULTS:
+                audit.warning("opcua.write_failed", reason=reason)
+                raise InstrumentError(f"write of {channel} failed: {reason}") from exc
+            audit.warning("opcua.write_refused", reason=f"refused by the server: {reason}")
+            raise WriteRefusedError(f"write of {channel} refused by the server: {reason}") from exc
         except _TRANSPORT_ERRORS as exc:
             reason = self._describe(exc)
             audit.warning("opcua.write_failed", reason=reason)
@@ -618,9 +652,32 @@ class OpcUaDriver:
         status = results[0]
         if not status.is_good():  # the request went through, this value was refused
             reason = status_name(status.value)
-            audit.warning("opcua.write_failed", reason=reason)
-            raise InstrumentError(f"write of {channel} refused by the server: {reason}")
+            audit.warning("opcua.write_refused", reason=f"refused by the server: {reason}")
+            raise WriteRefusedError(f"write of {channel} refused by the server: {reason}")
         audit.info("opcua.write", data_type=variant_type.name)
+
+    async def read_back(self, channel: str) -> float:
+        """The value of ``channel``'s node read from the server now (a Read service call, not
+        the subscription's last value); ``InstrumentError`` unless it is a number with a Good
+        status."""
+        if channel not in self._by_name:
+            raise WriteRefusedError(f"channel {channel!r} is not a node of this instrument")
+        client, node_id = self._client, self._node_ids.get(channel)
+        if client is None:
+            raise InstrumentError(f"{self.options.url}: not connected")
+        if node_id is None:
+            unusable = self._unusable.get(self._index[channel], "not resolved yet")
+            raise InstrumentError(f"read-back of {channel} failed: node not usable: {unusable}")
+        try:
+            [data_value] = await client.uaclient.read_attributes([node_id], AttributeIds.Value)
+        except _TRANSPORT_ERRORS as exc:
+            raise InstrumentError(f"read-back of {channel} failed: {self._describe(exc)}") from exc
+        value, _, quality, reason = reading(data_value)
+        if quality is not Quality.GOOD:
+            raise InstrumentError(f"read-back of {channel}: {quality.label} ({reason})")
+        if not isinstance(value, int | float):  # bool is an int: a Boolean node reads 0 or 1
+            raise InstrumentError(f"read-back of {channel}: {value!r} is not a number")
+        return float(value)
 
     # -- subscription ----------------------------------------------------------------------------
     async def _subscribe(self, client: Client) -> tuple[Subscription, float]:
@@ -868,3 +925,8 @@ def _application_uri(certificate: bytes) -> str | None:
         return None
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the driver has the write capability's exact signatures.
+    _writable: type[WritableDriver] = OpcUaDriver
