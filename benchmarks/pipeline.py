@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,19 @@ class SyntheticPlugin:
 
 
 async def measure(
-    seconds: float, signals: int, rate: float, commit_ms: int, folder: Path, sink: bool = False
+    seconds: float,
+    signals: int,
+    rate: float,
+    commit_ms: int,
+    folder: Path,
+    sink: bool = False,
+    extra: str = "",
+    during: Callable[[Gateway], Awaitable[None]] | None = None,
+    more_instruments: str = "",
 ) -> dict[str, Any]:
+    """One run; ``more_instruments`` (YAML list items) follow the synthetic instrument,
+    ``extra`` is appended to the configuration (more top-level sections), and
+    ``during(gateway)`` runs beside the pipeline once it has started (e.g. writes)."""
     config = folder / "bench.yaml"
     # Every signal is converted mL/min → L/h, so the multiply-add is on the measured path.
     signal_lines = "\n".join(f"      - {{id: s{i}, unit: L/h}}" for i in range(signals))
@@ -101,14 +112,30 @@ async def measure(
         f"store: {{path: {folder / 'bench.sqlite'}, commit_interval_ms: {commit_ms}}}\n"
         f"instruments:\n  - id: synth\n    driver: synthetic\n"
         f"    options: {{signals: {signals}, rate: {rate}}}\n    signals:\n{signal_lines}\n"
+        + more_instruments
         + sink_lines
+        + extra
     )
     # The synthetic driver is inline; the sink (if any) is the installed jsonl_file plugin.
-    registry = build_registry([SyntheticPlugin()], entry_points=sink)
+    registry = build_registry([SyntheticPlugin()], entry_points=sink or bool(extra))
     plan = load_plan(config, registry)
     gateway = Gateway(plan)
+    SyntheticDriver.published = 0
     started = time.perf_counter()
-    summary = await gateway.run(asyncio.Event(), duration_s=seconds)
+    side: asyncio.Task[None] | None = None
+    if during is not None:
+
+        async def beside() -> None:
+            await gateway.started.wait()
+            await during(gateway)
+
+        side = asyncio.create_task(beside(), name="bench.during")
+    try:
+        summary = await gateway.run(asyncio.Event(), duration_s=seconds)
+    finally:
+        if side is not None:
+            side.cancel()
+            await asyncio.wait({side})
     elapsed = time.perf_counter() - started
     with sqlite3.connect(folder / "bench.sqlite") as db:
         stored = db.execute("SELECT count(*) FROM sample").fetchone()[0]

@@ -23,14 +23,16 @@ the step check against the same old value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..api import WritableDriver
 from ..errors import GatewayError, InstrumentError, WriteRefusedError
 from ..security import AuthenticationError, Authority, Identity, Permission
 from ..units import Conversion
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Signature",
-    "WriteDevice",
     "WriteOutcome",
     "WritePath",
     "WriteRequest",
@@ -49,14 +50,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway.control")
-
-
-class WriteDevice(Protocol):
-    """What the write path needs of a running instrument (see ``gateway.WritableDriver``)."""
-
-    async def write(self, channel: str, value: float) -> None: ...
-
-    async def read_back(self, channel: str) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +137,7 @@ class WritePath:
         targets: Mapping[str, WriteTarget],
         authority: Authority,
         record: Record,
-        devices: Mapping[str, WriteDevice],
+        devices: Mapping[str, WritableDriver],
         is_up: Callable[[str], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -243,11 +236,34 @@ class WritePath:
         device_value = target.to_device(value)
         try:
             await device.write(target.channel, device_value)
-        except (InstrumentError, WriteRefusedError) as exc:
-            outcome.outcome, outcome.message = "failed", f"the device did not take the write: {exc}"
+        except WriteRefusedError as exc:  # refused by the driver or the device: nothing changed
+            outcome.outcome, outcome.message = "failed", f"the device refused the write: {exc}"
             outcome.records.append(
                 await self._record(
-                    _event("write.failed", request, "failed", old=old, new=value, why=str(exc))
+                    _event("write.failed", request, "refused", old=old, new=value, why=str(exc))
+                )
+            )
+            return
+        except InstrumentError as exc:
+            # The request may have reached the device: what it holds now is read, if it can be.
+            holds: float | None = None
+            with contextlib.suppress(InstrumentError, WriteRefusedError):
+                holds = target.from_device(await device.read_back(target.channel))
+            outcome.outcome, outcome.read_back = "failed", holds
+            outcome.message = (
+                f"the write failed, its outcome unknown ({exc}); the device reads {holds}"
+            )
+            outcome.records.append(
+                await self._record(
+                    _event(
+                        "write.failed",
+                        request,
+                        "unknown",
+                        old=old,
+                        new=value,
+                        why=str(exc),
+                        details={"read_back": holds},
+                    )
                 )
             )
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..api import WritableDriver
 from ..units import Conversion
 from .config import WriteTargetConfig
 from .path import WriteTarget
@@ -52,9 +53,7 @@ def resolve_targets(
                 " Modbus register needs access: rw, an OPC UA node writable: true)"
             )
             continue
-        if not callable(getattr(inst.driver, "write", None)) or not callable(
-            getattr(inst.driver, "read_back", None)
-        ):
+        if not isinstance(inst.driver, WritableDriver):
             problems.append(
                 f"{where}.target: driver {inst.config.driver!r} cannot write and read back"
                 " (it does not implement gateway.WritableDriver)"

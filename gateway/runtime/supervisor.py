@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ..api import Output
+from ..api import Output, WritableDriver
 from ..config import HttpConfig, SinkConfig
 from ..control import WritePath
 from ..errors import GatewayError
@@ -314,12 +314,16 @@ class Gateway:
             runner = runners.get(instrument)
             return runner is not None and runner.state is InstrumentState.CONNECTED
 
-        devices = {r.instrument_id: r.plan.driver for r in self.runners}
+        devices = {
+            r.instrument_id: r.plan.driver
+            for r in self.runners
+            if isinstance(r.plan.driver, WritableDriver)
+        }
         path = WritePath(
             self.plan.access.targets,
             self.plan.access.authority,
             self.audit.record,
-            devices,  # type: ignore[arg-type]  # resolve_targets checked write/read_back
+            devices,
             is_up,
         )
         self.write_path = path
