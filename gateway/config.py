@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from .api import ConfigPath
+from .audit.config import AuditConfig
 from .errors import UnitError
 from .units import validate_ucum
 
@@ -374,6 +375,7 @@ class GatewayConfig(_Closed):
         " of instruments and of processors listed before it).",
     )
     sinks: list[SinkConfig] = Field(default_factory=list)
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit trail.")
 
     def duplicate_ids(self) -> list[str]:
         """``"path: duplicate … id"`` lines for ids that must be unique but are not."""
