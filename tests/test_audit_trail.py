@@ -143,6 +143,24 @@ def test_records_are_numbered_chained_and_hashed_as_documented(tmp_path: Path) -
     assert appended[2].hash == rows[3]["hash"]
 
 
+def test_unusual_values_hash_as_documented(tmp_path: Path) -> None:
+    files = Files(tmp_path)
+    events = [
+        AuditEvent("x.y", reason='Grüße, "quoted"\n\u2028', target="\u00e9", user="ü"),
+        AuditEvent("x.y", old=[1, 2.5, None, True], new={"b": {"z": 1, "a": [-0.0, 1e300]}}),
+        AuditEvent("x.y", details={"ß": "\x00", "a": {"nested": {"deep": "\ud7ff"}}}),
+    ]
+    with files.trail() as trail:
+        for event in events:
+            trail.append(event)
+    out = io.StringIO()
+    export(files.path, out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [row["hash"] for row in rows] == [independent_hash(row) for row in rows]
+    assert [r.event for r in read_records(files.path)][1:] == events
+    assert files.verify().ok
+
+
 def test_a_sound_trail_verifies_with_its_anchors(tmp_path: Path) -> None:
     files = filled(tmp_path, 30, anchor_every=7)
     report = files.verify()

@@ -7,9 +7,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .records import AuditError, AuditEvent, AuditRecord, canonical_json
+from .records import AuditError, AuditEvent, AuditRecord
 
-__all__ = ["KEY_ACTIONS", "RECORD_COLUMNS", "connect", "event_row", "record_from_row"]
+__all__ = ["KEY_ACTIONS", "RECORD_COLUMNS", "connect", "record_from_row"]
 
 SCHEMA_VERSION = 1
 
@@ -106,21 +106,6 @@ def connect(
         raise AuditError(f"audit trail {path} cannot be opened: {exc}") from exc
     except OSError as exc:
         raise AuditError(f"audit trail {path} cannot be created: {exc}") from exc
-
-
-def event_row(event: AuditEvent) -> tuple[str, str, str, str, str, str, str, str]:
-    """The columns an event fills (action .. details), JSON values canonically encoded."""
-    details = dict(event.details) if event.details is not None else None
-    return (
-        event.action,
-        event.user,
-        event.target,
-        canonical_json(event.old),
-        canonical_json(event.new),
-        event.reason,
-        event.outcome,
-        canonical_json(details),
-    )
 
 
 def record_from_row(row: tuple[Any, ...]) -> AuditRecord:

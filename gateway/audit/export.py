@@ -91,7 +91,8 @@ def export(
     if fmt == "jsonl":
         for record in records:
             fields = _flat(record)
-            out.write(json.dumps({k: fields[k] for k in EXPORT_COLUMNS}, ensure_ascii=False))
+            # ASCII only: a raw U+2028 would split the line for readers of "universal newlines".
+            out.write(json.dumps({k: fields[k] for k in EXPORT_COLUMNS}))
             out.write("\n")
             count += 1
     elif fmt == "csv":

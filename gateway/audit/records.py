@@ -103,25 +103,60 @@ def hashed_fields(
     }
 
 
+EncodedValues = tuple[str, str, str]
+"""An event's ``old``, ``new`` and ``details`` as canonical JSON text."""
+
+
+def encode_values(event: AuditEvent) -> EncodedValues:
+    """Check that ``event`` can be recorded and encode its JSON values, once; raise
+    :class:`AuditError` naming the field that cannot be recorded."""
+    for name in ("action", "user", "target", "reason", "outcome"):
+        if not isinstance(getattr(event, name), str):
+            raise AuditError(f"audit event {name} must be a string, not {getattr(event, name)!r}")
+    if not event.action:
+        raise AuditError("audit event has an empty action")
+    if event.details is not None and not isinstance(event.details, Mapping):
+        raise AuditError(f"audit event {event.action!r}: details must be a mapping")
+    encoded = []
+    for name, value in (
+        ("old", event.old),
+        ("new", event.new),
+        ("details", dict(event.details) if event.details is not None else None),
+    ):
+        try:
+            encoded.append(canonical_json(value))
+        except (TypeError, ValueError) as exc:
+            raise AuditError(
+                f"audit event {event.action!r}: {name} is not JSON-able ({exc})"
+            ) from exc
+    return encoded[0], encoded[1], encoded[2]
+
+
+def encoded_hash(
+    seq: int,
+    ts_ns: int,
+    gateway: str,
+    event: AuditEvent,
+    values: EncodedValues,
+    prev_hash: str,
+) -> str:
+    """:func:`record_hash` from values :func:`encode_values` already encoded: the same
+    canonical JSON, assembled key by key in sorted order instead of encoded again."""
+    text = _text
+    encoded = (
+        f'{{"action":{text(event.action)},"details":{values[2]},"gateway":{text(gateway)},'
+        f'"new":{values[1]},"old":{values[0]},"outcome":{text(event.outcome)},'
+        f'"prev_hash":{text(prev_hash)},"reason":{text(event.reason)},"seq":{seq:d},'
+        f'"target":{text(event.target)},"ts_ns":{ts_ns:d},"user":{text(event.user)}}}'
+    )
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
 def record_hash(seq: int, ts_ns: int, gateway: str, event: AuditEvent, prev_hash: str) -> str:
     """The hash of the record these fields make (see the module docstring)."""
     encoded = canonical_json(hashed_fields(seq, ts_ns, gateway, event, prev_hash))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def check_event(event: AuditEvent) -> None:
-    """Raise :class:`AuditError` naming the field of ``event`` that cannot be recorded."""
-    for name in ("action", "user", "target", "reason", "outcome"):
-        if not isinstance(getattr(event, name), str):
-            raise AuditError(f"audit event {name} must be a string, not {getattr(event, name)!r}")
-    if not event.action:
-        raise AuditError("audit event has an empty action")
-    for name in ("old", "new", "details"):
-        try:
-            canonical_json(getattr(event, name))
-        except (TypeError, ValueError) as exc:
-            raise AuditError(
-                f"audit event {event.action!r}: {name} is not JSON-able ({exc})"
-            ) from exc
-    if event.details is not None and not isinstance(event.details, Mapping):
-        raise AuditError(f"audit event {event.action!r}: details must be a mapping")
+def _text(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)

@@ -21,16 +21,25 @@ from types import TracebackType
 
 import structlog
 
-from ._db import KEY_ACTIONS, connect, event_row
+from ._db import KEY_ACTIONS, connect
 from .anchors import Anchor, append_anchor_file
 from .keys import SigningKey, public_path
-from .records import GENESIS_HASH, AuditError, AuditEvent, AuditRecord, check_event, record_hash
+from .records import (
+    GENESIS_HASH,
+    AuditError,
+    AuditEvent,
+    AuditRecord,
+    EncodedValues,
+    encode_values,
+    encoded_hash,
+)
 
 __all__ = ["AuditTrail"]
 
 log = structlog.get_logger("gateway.audit")
 
-_Pending = tuple[AuditEvent, "asyncio.Future[AuditRecord]"]
+_Prepared = tuple[AuditEvent, EncodedValues]
+_Pending = tuple[_Prepared, "asyncio.Future[AuditRecord]"]
 
 
 class AuditTrail:
@@ -117,12 +126,13 @@ class AuditTrail:
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[AuditRecord]:
         """Append ``events`` in order, in one transaction (all or none)."""
-        for event in events:
-            check_event(event)
+        return self._append_prepared([(event, encode_values(event)) for event in events])
+
+    def _append_prepared(self, prepared: Sequence[_Prepared]) -> list[AuditRecord]:
         with self._lock:
             db = self._connection()
             with self._transaction(db, "append to"):
-                return self._insert(db, events)
+                return self._insert(db, prepared)
 
     async def record(self, event: AuditEvent) -> AuditRecord:
         """Append ``event`` and return its record once committed, without blocking the loop.
@@ -130,10 +140,10 @@ class AuditTrail:
         Concurrent callers share one transaction (group commit): while one commit runs in a
         worker thread, the events that arrive wait for the next. A caller cancelled while
         waiting does not take its event back: it may still be committed."""
-        check_event(event)
+        values = encode_values(event)  # a bad event fails its caller alone, at once
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[AuditRecord] = loop.create_future()
-        self._pending.append((event, waiter))
+        self._pending.append(((event, values), waiter))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._commit_pending(), name="audit.group_commit")
         return await waiter
@@ -142,7 +152,7 @@ class AuditTrail:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                records = await asyncio.to_thread(self.append_many, [e for e, _ in batch])
+                records = await asyncio.to_thread(self._append_prepared, [p for p, _ in batch])
             except AuditError as exc:
                 for _, waiter in batch:
                     if not waiter.done():
@@ -221,7 +231,7 @@ class AuditTrail:
                     old = self._current_key(db)
                     details = {"old_key_id": old.id, "key_id": new.id, "public_key": new.public_hex}
                     event = AuditEvent("audit.key_rotated", details=details)
-                    record = self._insert(db, [event])[0]
+                    record = self._insert(db, [(event, encode_values(event))])[0]
                     self._anchor(db, old, (record.seq, record.hash))
             except BaseException:
                 _discard(staged)
@@ -262,17 +272,19 @@ class AuditTrail:
                 raise AuditError(f"cannot {what} audit trail {self.path}: {exc}") from exc
             raise
 
-    def _insert(self, db: sqlite3.Connection, events: Sequence[AuditEvent]) -> list[AuditRecord]:
+    def _insert(self, db: sqlite3.Connection, events: Sequence[_Prepared]) -> list[AuditRecord]:
         head = _head(db)
         seq, prev = head if head is not None else (0, GENESIS_HASH)
         records: list[AuditRecord] = []
         rows = []
-        for event in events:
+        gateway = self.gateway_id
+        for event, (old, new, details) in events:
             seq += 1
             ts_ns = time.time_ns()
-            digest = record_hash(seq, ts_ns, self.gateway_id, event, prev)
-            records.append(AuditRecord(seq, ts_ns, self.gateway_id, event, prev, digest))
-            rows.append((seq, ts_ns, self.gateway_id, *event_row(event), prev, digest))
+            digest = encoded_hash(seq, ts_ns, gateway, event, (old, new, details), prev)
+            records.append(AuditRecord(seq, ts_ns, gateway, event, prev, digest))
+            texts = (event.action, event.user, event.target, old, new, event.reason)
+            rows.append((seq, ts_ns, gateway, *texts, event.outcome, details, prev, digest))
             prev = digest
         db.executemany(
             "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
@@ -318,7 +330,8 @@ class AuditTrail:
             if _head(db) is not None:
                 raise AuditError(f"audit trail {self.path} has records but names no key")
             details = {"key_id": key.id, "public_key": key.public_hex}
-            self._insert(db, [AuditEvent("audit.created", details=details)])
+            created = AuditEvent("audit.created", details=details)
+            self._insert(db, [(created, encode_values(created))])
             log.info("audit.created", path=str(self.path), key_id=key.id)
         elif named[0] != key.id:
             raise AuditError(
