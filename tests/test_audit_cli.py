@@ -139,6 +139,7 @@ def test_verify_a_tampered_trail_exits_2_naming_the_first_bad_record(
     assert (record.event.action, record.event.outcome) == ("audit.verified", "failed")
     assert record.event.details["first_bad_seq"] == first_bad
     assert words in record.event.details["problem"]
+    assert record.event.details["records"] == len(list(read_records(paths.path))) - 1
 
 
 def test_verify_checks_anchors_collected_upstream(tmp_path: Path) -> None:
@@ -165,12 +166,13 @@ def test_verify_with_a_replaced_key_exits_2_and_cannot_record(tmp_path: Path) ->
     assert last_record(paths).seq == 12
 
 
-def test_verify_without_a_trail_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("action", ["verify", "export", "rotate-key"])
+def test_no_trail_exits_2_and_creates_none(tmp_path: Path, action: str) -> None:
     config, paths = configured(tmp_path)
-    result = patgw("audit", "verify", str(config))
+    result = patgw("audit", action, str(config))
     assert result.returncode == 2
     assert f"audit.path: no audit trail at {paths.path}" in result.stderr
-    assert not paths.path.exists()
+    assert not paths.path.exists() and not paths.key.exists()
 
 
 def test_export_filters_and_formats(tmp_path: Path) -> None:

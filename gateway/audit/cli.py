@@ -67,12 +67,12 @@ def run_audit(args: argparse.Namespace) -> int:
     """Run the ``patgw audit`` action ``args`` names."""
     config = read_config(args.config)
     paths = config.audit.resolved(config.store.path, config.data_dir)
-    if args.audit_command == "rotate-key":
-        return _rotate(config, paths)
     if not paths.path.exists():
         return _errors(
             [f"audit.path: no audit trail at {paths.path} (has the gateway run with this config?)"]
         )
+    if args.audit_command == "rotate-key":
+        return _rotate(config, paths)
     if args.audit_command == "verify":
         return _verify(config, paths, args.anchors)
     return _export(paths, args)
