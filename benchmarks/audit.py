@@ -11,6 +11,8 @@ the current directory, not a RAM disk) and reports the median. Prints JSON:
 (as a running gateway with many concurrent writers, logins...); concurrent records share a
 transaction (group commit). ``audit_append_records_per_s``: one thread calling ``append`` for
 each record, one transaction (and one fsync) per record: the worst case, e.g. a CLI.
+``audit_verify_records_per_s``: ``verify`` of a trail of ``--verify-records`` records (chain,
+hashes and anchor signatures), and ``audit_bytes_per_record`` of that file.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import AuditEvent, AuditTrail
+from gateway.audit import AuditEvent, AuditTrail, verify
 from gateway.logs import configure_logging
 
 
@@ -91,9 +93,33 @@ def append(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return {"audit_append_records_per_s": args.append_records / elapsed}
 
 
+def verify_trail(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """``verify`` of a trail of ``--verify-records`` records anchored every 1,000: records/s;
+    and the file's size per record."""
+    with _trail(folder) as trail:
+        for start in range(0, args.verify_records, 1000):
+            stop = min(start + 1000, args.verify_records)
+            trail.append_many([_event(i) for i in range(start, stop)])
+            trail.sign_head()
+    db = sqlite3.connect(folder / "audit.sqlite")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    size = (folder / "audit.sqlite").stat().st_size
+    begin = time.perf_counter()
+    report = verify(folder / "audit.sqlite", anchor_files=[folder / "anchors.jsonl"])
+    elapsed = time.perf_counter() - begin
+    if not report.ok:
+        raise SystemExit(f"the benchmark's trail does not verify: {report.problem}")
+    return {
+        "audit_verify_records_per_s": report.records / elapsed,
+        "audit_bytes_per_record": size / report.records,
+    }
+
+
 FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "group_commit": group_commit,
     "append": append,
+    "verify": verify_trail,
 }
 
 
@@ -120,6 +146,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20_000, help="records, group commit")
     parser.add_argument("--callers", type=int, default=100, help="concurrent callers")
     parser.add_argument("--append-records", type=int, default=3_000, help="records, append")
+    parser.add_argument("--verify-records", type=int, default=50_000, help="records, verify")
     parser.add_argument("--folder", type=Path, default=Path.cwd(), help="where the trails go")
     args = parser.parse_args()
     configure_logging("console", "warning")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import patgw, write_config
 
-from gateway.audit import AuditEvent, AuditPaths, AuditTrail, gateway_identity, read_records
+from gateway.audit import AuditEvent, AuditPaths, read_records, trail_for
 from gateway.audit.keys import SigningKey
 from gateway.loader import read_config
 
@@ -28,19 +28,10 @@ def configured(tmp_path: Path, **audit: Any) -> tuple[Path, AuditPaths]:
     return path, loaded.audit.resolved(loaded.store.path, loaded.data_dir)
 
 
-def trail_for(paths: AuditPaths) -> AuditTrail:
-    return AuditTrail(
-        paths.path,
-        gateway_id=gateway_identity("plant1", "reactor1"),
-        key_path=paths.key,
-        anchor_path=paths.anchor_file,
-    )
-
-
 def filled(tmp_path: Path) -> tuple[Path, AuditPaths]:
     """A configuration and its trail: 12 records, anchored at 4, 8 and 12."""
     config, paths = configured(tmp_path)
-    with trail_for(paths) as trail:
+    with trail_for(read_config(config)) as trail:
         trail.append(AuditEvent("gateway.started", details={"config_sha256": "ab" * 32}))
         for i in range(10):
             user = "operator" if i % 2 else "viewer"
@@ -102,6 +93,7 @@ def test_verify_a_sound_trail_exits_0_and_is_recorded(tmp_path: Path) -> None:
     assert (record.seq, record.event.action, record.event.outcome) == (13, "audit.verified", "ok")
     assert record.event.details["records"] == 12
     assert record.event.details["via"] == "cli"
+    assert {r.gateway for r in read_records(paths.path)} == {"plant1/reactor1"}
     assert patgw("audit", "verify", str(config)).returncode == 0  # its own record verifies
 
 

@@ -195,6 +195,20 @@ def test_sign_head_signs_only_a_head_that_moved(tmp_path: Path) -> None:
     assert Anchor.from_json(published) == second
 
 
+@pytest.mark.asyncio
+async def test_asign_head_signs_in_a_worker_thread(tmp_path: Path) -> None:
+    files = Files(tmp_path)
+    trail = files.trail().open()
+    try:
+        await trail.record(write_event(0))
+        anchor = await trail.asign_head()
+        assert anchor is not None and anchor.seq == 2
+        assert await trail.asign_head() is None
+    finally:
+        await trail.aclose()
+    assert files.verify().anchors == 1
+
+
 def test_each_distinct_configuration_is_kept_once(tmp_path: Path) -> None:
     files = Files(tmp_path)
     with files.trail() as trail:

@@ -14,7 +14,7 @@ record that is wrong. See docs/decisions/0016-audit-trail.md.
 """
 
 from .anchors import Anchor, read_anchor_file
-from .config import AuditConfig, AuditPaths, gateway_identity
+from .config import AuditConfig, AuditPaths, gateway_identity, trail_for
 from .export import EXPORT_COLUMNS, export, read_records
 from .records import GENESIS_HASH, AuditError, AuditEvent, AuditRecord, canonical_json, record_hash
 from .trail import AuditTrail
@@ -37,5 +37,6 @@ __all__ = [
     "read_anchor_file",
     "read_records",
     "record_hash",
+    "trail_for",
     "verify",
 ]

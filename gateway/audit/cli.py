@@ -16,10 +16,9 @@ from typing import Any
 from ..config import GatewayConfig
 from ..loader import read_config
 from ..timefmt import parse_iso_ns
-from .config import AuditPaths, gateway_identity
+from .config import AuditPaths, trail_for
 from .export import export
 from .records import AuditError, AuditEvent
-from .trail import AuditTrail
 from .verify import VerifyReport, verify
 
 __all__ = ["add_audit_parser", "run_audit"]
@@ -91,15 +90,6 @@ def _errors(lines: list[str]) -> int:
     return 2
 
 
-def _trail(config: GatewayConfig, paths: AuditPaths) -> AuditTrail:
-    return AuditTrail(
-        paths.path,
-        gateway_id=gateway_identity(config.site, config.area),
-        key_path=paths.key,
-        anchor_path=paths.anchor_file,
-    )
-
-
 def _who() -> dict[str, Any]:
     try:
         user = getpass.getuser()
@@ -137,7 +127,7 @@ def _record_verification(config: GatewayConfig, paths: AuditPaths, report: Verif
     }
     event = AuditEvent("audit.verified", outcome="ok" if report.ok else "failed", details=details)
     try:
-        with _trail(config, paths) as trail:
+        with trail_for(config) as trail:
             trail.append(event)
     except AuditError as exc:
         print(f"patgw: this verification is not recorded: {exc}", file=sys.stderr)
@@ -166,7 +156,7 @@ def _export(paths: AuditPaths, args: argparse.Namespace) -> int:
 
 
 def _rotate(config: GatewayConfig, paths: AuditPaths) -> int:
-    with _trail(config, paths) as trail:
+    with trail_for(config) as trail:
         old = trail.key_id
         record = trail.rotate_key()
         # Who asked: the rotation record itself is written by the trail, this one says who.

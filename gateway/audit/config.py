@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import ConfigPath
+from .trail import AuditTrail
 
-__all__ = ["AuditConfig", "AuditPaths", "gateway_identity"]
+if TYPE_CHECKING:
+    from ..config import GatewayConfig
+
+__all__ = ["AuditConfig", "AuditPaths", "gateway_identity", "trail_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +71,15 @@ class AuditConfig(BaseModel):
 def gateway_identity(site: str, area: str) -> str:
     """The gateway's name in its audit records and anchors: ``site/area``."""
     return f"{site}/{area}"
+
+
+def trail_for(config: GatewayConfig) -> AuditTrail:
+    """The audit trail ``config`` names (not opened yet): its files, and ``site/area`` as the
+    gateway's identity. The runtime and ``patgw audit`` both use this."""
+    paths = config.audit.resolved(config.store.path, config.data_dir)
+    return AuditTrail(
+        paths.path,
+        gateway_id=gateway_identity(config.site, config.area),
+        key_path=paths.key,
+        anchor_path=paths.anchor_file,
+    )

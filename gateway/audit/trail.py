@@ -215,6 +215,10 @@ class AuditTrail:
                     return None
                 return self._anchor(db, key, head)
 
+    async def asign_head(self) -> Anchor | None:
+        """:meth:`sign_head` in a worker thread, for the runtime's periodic signing."""
+        return await asyncio.to_thread(self.sign_head)
+
     def rotate_key(self) -> AuditRecord:
         """Replace the signing key with a new one.
 
