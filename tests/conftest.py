@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -378,3 +379,14 @@ async def read_modbus_request(reader: asyncio.StreamReader) -> ModbusRequest:
 def modbus_frame(tid: int, unit: int, pdu: bytes) -> bytes:
     """A Modbus TCP frame: MBAP header for ``tid`` and ``unit``, then ``pdu``."""
     return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+
+def tamper_audit(path: Path, *statements: str) -> None:
+    """Change the audit file as someone with write access to it would: triggers dropped first."""
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
+    db.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()

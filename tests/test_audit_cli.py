@@ -6,12 +6,11 @@ import csv
 import io
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import patgw, write_config
+from conftest import patgw, tamper_audit, write_config
 
 from gateway.audit import AuditEvent, AuditPaths, read_records, trail_for
 from gateway.audit.keys import SigningKey
@@ -41,16 +40,6 @@ def filled(tmp_path: Path) -> tuple[Path, AuditPaths]:
                 trail.sign_head()
         trail.sign_head()
     return config, paths
-
-
-def tamper(path: Path, *statements: str) -> None:
-    db = sqlite3.connect(path)
-    db.execute("DROP TRIGGER audit_records_no_update")
-    db.execute("DROP TRIGGER audit_records_no_delete")
-    for statement in statements:
-        db.execute(statement)
-    db.commit()
-    db.close()
 
 
 def last_record(paths: AuditPaths) -> Any:
@@ -123,7 +112,7 @@ def test_verify_a_tampered_trail_exits_2_naming_the_first_bad_record(
     tmp_path: Path, statements: list[str], first_bad: int, words: str
 ) -> None:
     config, paths = filled(tmp_path)
-    tamper(paths.path, *statements)
+    tamper_audit(paths.path, *statements)
     result = patgw("audit", "verify", str(config))
     assert result.returncode == 2
     assert "NOT VERIFIED" in result.stderr and words in result.stderr
@@ -139,7 +128,7 @@ def test_verify_checks_anchors_collected_upstream(tmp_path: Path) -> None:
     upstream = tmp_path / "upstream-anchors.jsonl"
     shutil.copy(paths.anchor_file, upstream)
     # Someone cuts the tail and every local trace of its anchors.
-    tamper(paths.path, "DELETE FROM audit_records WHERE seq > 9", "DELETE FROM audit_anchors")
+    tamper_audit(paths.path, "DELETE FROM audit_records WHERE seq > 9", "DELETE FROM audit_anchors")
     paths.anchor_file.unlink()
     assert patgw("audit", "verify", str(config)).returncode == 0  # locally, nothing shows
     result = patgw("audit", "verify", str(config), "--anchors", str(upstream))

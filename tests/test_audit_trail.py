@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, tamper_audit, wait_for
 
 from gateway.audit import (
     Anchor,
@@ -79,17 +79,6 @@ def filled(tmp_path: Path, records: int = 10, *, anchor_every: int = 0) -> Files
                 trail.sign_head()
         trail.sign_head()
     return files
-
-
-def tamper(path: Path, *statements: str) -> None:
-    """Change the audit file as someone with write access to it would: triggers dropped first."""
-    db = sqlite3.connect(path)
-    db.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
-    db.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
-    for statement in statements:
-        db.execute(statement)
-    db.commit()
-    db.close()
 
 
 def independent_hash(row: dict[str, Any]) -> str:
@@ -256,7 +245,7 @@ def test_the_file_refuses_updates_and_deletes(tmp_path: Path) -> None:
 )
 def test_an_edited_column_is_named_at_its_record(tmp_path: Path, column: str, value: str) -> None:
     files = filled(tmp_path, 10)
-    tamper(files.path, f"UPDATE audit_records SET {column} = {value} WHERE seq = 6")
+    tamper_audit(files.path, f"UPDATE audit_records SET {column} = {value} WHERE seq = 6")
     report = files.verify()
     assert not report.ok
     assert report.first_bad_seq == 6
@@ -270,7 +259,7 @@ def test_an_edited_and_rehashed_record_is_named(tmp_path: Path) -> None:
     fields = row.fields() | {"reason": "rewritten"}
     fields.pop("hash")
     new_hash = independent_hash(fields)
-    tamper(
+    tamper_audit(
         files.path,
         f"UPDATE audit_records SET reason = 'rewritten', hash = '{new_hash}' WHERE seq = 4",
     )
@@ -279,48 +268,48 @@ def test_an_edited_and_rehashed_record_is_named(tmp_path: Path) -> None:
     assert "record 5 does not follow record 4" in str(report.problem)
 
 
-def test_a_deleted_record_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("statements", "first_bad", "problem"),
+    [
+        (
+            ["DELETE FROM audit_records WHERE seq = 5"],
+            5,
+            "record 5 is missing (deleted): the chain goes from record 4 to record 6",
+        ),
+        (
+            [
+                "DELETE FROM audit_records WHERE seq = 5",
+                "UPDATE audit_records SET seq = seq - 1 WHERE seq > 5",
+            ],
+            5,
+            "record 5 was edited: its content does not match its hash, and it does not follow"
+            " record 4",
+        ),
+        (
+            [
+                "UPDATE audit_records SET seq = -1 WHERE seq = 7",
+                "UPDATE audit_records SET seq = 7 WHERE seq = 8",
+                "UPDATE audit_records SET seq = 8 WHERE seq = -1",
+            ],
+            7,
+            "record 7 is out of order: it follows record 8 (records were swapped or reordered)",
+        ),
+    ],
+    ids=["deleted", "deleted-and-renumbered", "swapped"],
+)
+def test_a_deleted_or_reordered_record_is_named(
+    tmp_path: Path, statements: list[str], first_bad: int, problem: str
+) -> None:
     files = filled(tmp_path, 10)
-    tamper(files.path, "DELETE FROM audit_records WHERE seq = 5")
+    tamper_audit(files.path, *statements)
     report = files.verify()
-    assert report.first_bad_seq == 5
-    assert report.problem == (
-        "record 5 is missing (deleted): the chain goes from record 4 to record 6"
-    )
-
-
-def test_a_deleted_and_renumbered_record_is_named(tmp_path: Path) -> None:
-    files = filled(tmp_path, 10)
-    tamper(
-        files.path,
-        "DELETE FROM audit_records WHERE seq = 5",
-        "UPDATE audit_records SET seq = seq - 1 WHERE seq > 5",
-    )
-    report = files.verify()
-    assert report.first_bad_seq == 5
-    assert "record 5 was edited" in str(report.problem)
-
-
-def test_a_swapped_pair_is_named(tmp_path: Path) -> None:
-    files = filled(tmp_path, 10)
-    tamper(
-        files.path,
-        "UPDATE audit_records SET seq = -1 WHERE seq = 7",
-        "UPDATE audit_records SET seq = 7 WHERE seq = 8",
-        "UPDATE audit_records SET seq = 8 WHERE seq = -1",
-    )
-    report = files.verify()
-    assert report.first_bad_seq == 7
-    assert (
-        report.problem
-        == "record 7 is out of order: it follows record 8 (records were swapped or reordered)"
-    )
+    assert (report.first_bad_seq, report.problem) == (first_bad, problem)
 
 
 def test_a_cut_tail_is_named_from_the_anchor_file(tmp_path: Path) -> None:
     files = filled(tmp_path, 20, anchor_every=5)
     # Cut the tail and the anchor table with it: the anchor file still names record 20.
-    tamper(
+    tamper_audit(
         files.path,
         "DELETE FROM audit_records WHERE seq > 12",
         "DELETE FROM audit_anchors WHERE seq > 12",
@@ -334,7 +323,7 @@ def test_a_cut_tail_is_named_from_the_anchor_file(tmp_path: Path) -> None:
 def test_a_cut_tail_is_named_from_the_anchor_table(tmp_path: Path) -> None:
     files = filled(tmp_path, 20, anchor_every=5)
     files.anchors.unlink()
-    tamper(files.path, "DELETE FROM audit_records WHERE seq > 16")
+    tamper_audit(files.path, "DELETE FROM audit_records WHERE seq > 16")
     report = verify(files.path)
     assert report.first_bad_seq == 17
     assert "anchor table" in str(report.problem)
