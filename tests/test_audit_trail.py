@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -447,6 +448,22 @@ def test_another_process_rotating_the_key_is_followed(tmp_path: Path) -> None:
         anchor = running.sign_head()
         assert anchor is not None and anchor.key_id == cli.key_id == running.key_id
     assert files.verify().ok
+
+
+def test_a_rotation_not_yet_installed_is_followed_with_the_staged_key(tmp_path: Path) -> None:
+    files = filled(tmp_path, 3)
+    old_pem = files.key.read_bytes()
+    staged = files.key.with_name(files.key.name + ".new")
+    with files.trail() as running:
+        with files.trail() as cli:
+            cli.rotate_key()
+        # The moment between the rotation's commit and the new key file's installation.
+        shutil.copy(files.key, staged)
+        files.key.write_bytes(old_pem)
+        running.append(write_event(1))
+        anchor = running.sign_head()
+        assert anchor is not None and anchor.key_id == SigningKey.load(staged).id
+    assert files.verify(key=False).ok
 
 
 def test_an_interrupted_rotation_is_finished_or_forgotten_on_open(tmp_path: Path) -> None:

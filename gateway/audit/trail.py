@@ -236,10 +236,13 @@ class AuditTrail:
                     details = {"old_key_id": old.id, "key_id": new.id, "public_key": new.public_hex}
                     event = AuditEvent("audit.key_rotated", details=details)
                     record = self._insert(db, [(event, encode_values(event))])[0]
-                    self._anchor(db, old, (record.seq, record.hash))
             except BaseException:
                 _discard(staged)
                 raise
+            # Anchored once committed: the anchor file must not name a record a reader (a
+            # verification) cannot see yet.
+            with self._transaction(db, "sign"):
+                self._anchor(db, old, (record.seq, record.hash))
             new.save(self.key_path)
             _discard(staged)
             self._key = new
@@ -309,7 +312,8 @@ class AuditTrail:
                 anchor.signature,
             ),
         )
-        # Within the transaction: the file never names a record a reader cannot see yet.
+        # Only committed records are anchored (the head as this transaction reads it, or a
+        # record committed before), so the file never names a record a reader cannot see yet.
         append_anchor_file(self.anchor_path, anchor)
         return anchor
 
@@ -351,14 +355,20 @@ class AuditTrail:
         named = chain_key(db)
         if named is None or named[0] == key.id:
             return key
-        reloaded = SigningKey.load(self.key_path)
-        if reloaded.id != named[0]:
-            raise AuditError(
-                f"audit key {self.key_path} (id {reloaded.id}) is not the key the trail names"
-                f" (id {named[0]})"
-            )
-        self._key = reloaded
-        return reloaded
+        # The rotating process installs the new key file just after committing the rotation:
+        # until then the new key is the staged one.
+        for candidate in (self.key_path, _staged_path(self.key_path)):
+            try:
+                reloaded = SigningKey.load(candidate)
+            except AuditError:
+                continue
+            if reloaded.id == named[0]:
+                self._key = reloaded
+                return reloaded
+        raise AuditError(
+            f"audit key {self.key_path} is not the key the trail {self.path} names (id"
+            f" {named[0]}): the key file was replaced; restore it"
+        )
 
 
 def chain_key(db: sqlite3.Connection) -> tuple[str, str] | None:
