@@ -671,6 +671,26 @@ def test_sigkill_while_appending_leaves_a_verifiable_chain(tmp_path: Path) -> No
     assert files.verify().ok
 
 
+def test_verify_while_another_process_appends_and_signs(tmp_path: Path) -> None:
+    files = Files(tmp_path)
+    proc = appender(tmp_path, "busy", -1)  # signs every 25 records
+    try:
+        assert proc.stdout is not None
+        while proc.stdout.readline().strip() != "open":
+            pass
+        heads: list[int] = []
+        deadline = time.monotonic() + 60
+        # At least 20 verifications, over at least 50 records appended (and 2 anchors) meanwhile.
+        while len(heads) < 20 or heads[-1] < heads[0] + 50:
+            assert time.monotonic() < deadline, f"the appender barely moved: {heads}"
+            report = files.verify()
+            assert report.ok, report.problem
+            heads.append(report.head_seq)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
 # -- export ------------------------------------------------------------------------------------
 
 
