@@ -20,9 +20,7 @@ from gateway.runtime import Gateway
 from gateway.security import Identity, Permission
 
 TARGET = "bench/pump/speed_setpoint"
-OPERATOR = Identity(
-    "bench", "Benchmark Operator", frozenset({"operator"}), frozenset(Permission)
-)
+OPERATOR = Identity("bench", "Benchmark Operator", frozenset({"operator"}), frozenset(Permission))
 
 
 def _free_port() -> int:
@@ -109,12 +107,24 @@ async def pipeline_with_writes(
         await _connected(gateway)
 
     without = await measure(
-        seconds, 100, rate, 10, folder / "without", extra=extra, during=idle,
+        seconds,
+        100,
+        rate,
+        10,
+        folder / "without",
+        extra=extra,
+        during=idle,
         more_instruments=instrument,
     )
     instrument, extra = _pump_sections(_free_port())
     with_writes = await measure(
-        seconds, 100, rate, 10, folder / "with", extra=extra, during=writing,
+        seconds,
+        100,
+        rate,
+        10,
+        folder / "with",
+        extra=extra,
+        during=writing,
         more_instruments=instrument,
     )
     return {

@@ -25,6 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from .api import PluginContext, validation_context
+from .audit.cli import add_audit_parser, run_audit
 from .config import GatewayConfig
 from .errors import ConfigError, GatewayError
 from .export import FORMATS, read_archive
@@ -111,6 +112,8 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     backup.add_argument("config", type=Path)
     backup.add_argument("output", type=Path, metavar="OUT", help="the copy to write")
     backup.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    add_audit_parser(sub, common)
 
     sub.add_parser(
         "hash-password",
@@ -449,6 +452,7 @@ _COMMANDS = {
     "emulate": _cmd_emulate,
     "hash-password": _cmd_hash_password,
     "write": cmd_write,
+    "audit": run_audit,
 }
 
 

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from .api import ConfigPath
+from .audit.config import AuditConfig
 from .control.config import WriteTargetConfig
 from .errors import UnitError
 from .security.config import SecurityConfig
@@ -424,6 +425,7 @@ class GatewayConfig(_Closed):
         description="The only targets the gateway may write (setpoints), each with its limits;"
         " none: nothing is writable.",
     )
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit trail.")
 
     def duplicate_ids(self) -> list[str]:
         """``"path: duplicate … id"`` lines for ids that must be unique but are not."""

@@ -181,7 +181,7 @@ async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
     length = int(length_text)
     if length > MAX_BODY_BYTES:
         raise _Reject(
-            HTTPStatus.CONTENT_TOO_LARGE, f"a request body is at most {MAX_BODY_BYTES} bytes"
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a request body is at most {MAX_BODY_BYTES} bytes"
         )
     try:
         return await reader.readexactly(length)

@@ -16,7 +16,18 @@ __all__ = ["BUILT_IN_COMMANDS", "PluginKind", "Registration", "Registry"]
 
 #: ``patgw`` commands of the core, which no plugin may register.
 BUILT_IN_COMMANDS = frozenset(
-    {"run", "check", "schema", "plugins", "export", "backup", "emulate", "hash-password"}
+    {
+        "run",
+        "check",
+        "schema",
+        "plugins",
+        "export",
+        "backup",
+        "emulate",
+        "hash-password",
+        "audit",
+        "write",
+    }
 )
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -398,3 +399,14 @@ def access_for(users: dict[str, tuple[str, list[str]]], **security: Any) -> Acce
         }
     )
     return Access(Authority(config), {})
+
+
+def tamper_audit(path: Path, *statements: str) -> None:
+    """Change the audit file as someone with write access to it would: triggers dropped first."""
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER IF EXISTS audit_records_no_update")
+    db.execute("DROP TRIGGER IF EXISTS audit_records_no_delete")
+    for statement in statements:
+        db.execute(statement)
+    db.commit()
+    db.close()

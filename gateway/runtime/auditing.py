@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..audit import AuditError, AuditEvent, AuditTrail
+from ..audit import AuditError, AuditEvent, AuditTrail, trail_for
 from ..errors import GatewayError
 from ..metrics import gateway_version
 
@@ -121,14 +121,14 @@ class AuditRecorder:
     async def sign(self, sinks: Iterable[AnchorSink]) -> None:
         """Sign the head now and publish the anchor to ``sinks`` (failures logged)."""
         try:
-            anchor = await asyncio.to_thread(self.trail.sign_head)
+            anchor = await self.trail.asign_head()
         except AuditError as exc:
             self.last_error = str(exc)
             log.error("audit.sign_failed", reason=str(exc))
             return
         if anchor is None:
             return
-        document = anchor.as_dict()
+        document = anchor.to_json()
         self.anchors += 1
         self.last_anchor = document
         for publish in sinks:
@@ -188,25 +188,16 @@ def _is_file(path: Path) -> bool:
 
 async def open_recorder(plan: Plan) -> AuditRecorder:
     """Open the configuration's audit trail (creating it, and the gateway's key, on first
-    use); a trail that cannot be opened stops the start with a GatewayError."""
-    config = plan.config.audit
-    trail = AuditTrail(
-        config.path,
-        gateway_id=gateway_identity(plan),
-        key_path=config.key,
-        anchor_path=config.anchor_file,
-    )
+    use); a trail that cannot be opened stops the start with an AuditError."""
+    trail = trail_for(plan.config)
     await asyncio.to_thread(trail.open)
-    # Each distinct configuration content is kept once, to compare any two runs' later.
-    await asyncio.to_thread(trail.keep_config, plan.source.read_bytes())
+    try:
+        # Each distinct configuration content is kept once, to compare any two runs' later.
+        await asyncio.to_thread(trail.keep_config, plan.source.read_bytes())
+    except BaseException:
+        await trail.aclose()
+        raise
     return AuditRecorder(trail)
-
-
-def gateway_identity(plan: Plan) -> str:
-    """Who "the gateway" is in its records: site, area and host."""
-    import socket
-
-    return f"{plan.config.site}/{plan.config.area}@{socket.gethostname()}"
 
 
 async def close_recorder(
@@ -223,7 +214,7 @@ async def close_recorder(
     except GatewayError as exc:
         log.error("audit.stop_not_recorded", reason=str(exc))
     await audit.sign(anchor_sinks)
-    await asyncio.to_thread(audit.trail.close)
+    await audit.trail.aclose()
 
 
 def started_event(plan: Plan) -> AuditEvent:

@@ -30,7 +30,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from gateway import GatewayError
 from gateway.control import Access, WriteOutcome, WriteRequest
 
-from ._ua import StatusCodes
+from ._ua import AttributeIds, StatusCodes, status
 
 __all__ = ["WriteHandler"]
 
@@ -74,12 +74,12 @@ class WriteHandler:
             return await self._original(params, user or User(role=UserRole.Admin))
         results = []
         for item in params.NodesToWrite:
-            results.append(ua.StatusCode(await self._one(item, user)))
+            results.append(status(await self._one(item, user)))
         return results
 
     async def _one(self, item: ua.WriteValue, user: User) -> int:
         target = self._target_of(item.NodeId)
-        if target is None or item.AttributeId != ua.AttributeIds.Value:
+        if target is None or item.AttributeId != AttributeIds.Value:
             return int(StatusCodes.BadUserAccessDenied)
         identity = self._identities.get(user.name or "")
         if identity is None:
