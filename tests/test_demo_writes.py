@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import demo_copy, patgw, running, wait_for
+from conftest import demo_copy, patgw, running, tamper_audit, wait_for
+from test_controlled_writes import audit_path
 
 from gateway import build_registry, load_plan
 
@@ -49,12 +50,12 @@ async def test_the_demo_writes_the_pump_audits_it_and_detects_tampering(tmp_path
     plan = load_plan(config, build_registry())
     async with running(plan) as (gateway, _):
         pump = next(r for r in gateway.runners if r.instrument_id == "feed_pump")
-        await wait_for(lambda: pump.state.value == "connected", 30, "the pump connected")
+        await wait_for(lambda: pump.state.value == "connected", 30, what="the pump connected")
         done = await asyncio.to_thread(write, config, "operator", "5", "raise the glucose feed")
         assert done.returncode == 0, done.stderr
         setpoint = next(o for o in gateway.outputs if o.signal.id == TARGET)
         first = setpoint.seq
-        await wait_for(lambda: setpoint.seq >= first + 2, 10, "the setpoint polled again")
+        await wait_for(lambda: setpoint.seq >= first + 2, 10, what="the setpoint polled again")
         above = await asyncio.to_thread(write, config, "operator", "50", "too much")
         assert above.returncode == 2 and "outside the limits 0..10" in above.stderr
         viewer = await asyncio.to_thread(write, config, "viewer", "4", "not mine to do")
@@ -85,10 +86,37 @@ async def test_the_demo_writes_the_pump_audits_it_and_detects_tampering(tmp_path
     verified = patgw("audit", "verify", str(config))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
-    # One edited row: verify names it.
-    victim = writes[0]["seq"]
-    with sqlite3.connect(plan.config.audit.path) as db:
-        db.execute("UPDATE audit_record SET new = '9' WHERE seq = ?", (victim,))
-    tampered = patgw("audit", "verify", str(config))
-    assert tampered.returncode == 2
-    assert f"record {victim}" in tampered.stdout + tampered.stderr
+    check_tampering_is_named(config, audit_path(plan), records, writes)
+
+
+def check_tampering_is_named(
+    config: Path, path: Path, records: list[dict[str, Any]], writes: list[dict[str, Any]]
+) -> None:
+    """Each kind of tampering, on a copy of the trail as it was: verify names the first bad
+    record."""
+    pristine = path.read_bytes()
+    victim, after = writes[0]["seq"], writes[1]["seq"]
+    stopped = max(r["seq"] for r in records if r["action"] == "gateway.stopped")
+    table = "audit_records"
+    cases: dict[str, tuple[tuple[str, ...], int]] = {
+        "edited": ((f"UPDATE {table} SET new = '9' WHERE seq = {victim}",), victim),
+        "deleted": ((f"DELETE FROM {table} WHERE seq = {victim}",), victim),
+        "swapped": (
+            (
+                f"UPDATE {table} SET seq = -1 WHERE seq = {victim}",
+                f"UPDATE {table} SET seq = {victim} WHERE seq = {after}",
+                f"UPDATE {table} SET seq = {after} WHERE seq = -1",
+            ),
+            victim,
+        ),
+        "tail cut": ((f"DELETE FROM {table} WHERE seq >= {stopped}",), stopped),
+    }
+    for case, (statements, first_bad) in cases.items():
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.write_bytes(pristine)
+        tamper_audit(path, *statements)
+        tampered = patgw("audit", "verify", str(config))
+        said = tampered.stdout + tampered.stderr
+        assert tampered.returncode == 2, (case, said)
+        assert f"record {first_bad}" in said, (case, said)

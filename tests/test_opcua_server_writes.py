@@ -87,7 +87,7 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     plan = plan_for(tmp_path, **config)
     async with running(plan) as (gateway, _):
         runner = gateway.runners[0]
-        await wait_for(lambda: runner.state.value == "connected", 10, "the pump connected")
+        await wait_for(lambda: runner.state.value == "connected", 10, what="the pump connected")
         sink = plan.sinks[0].instance
         assert isinstance(sink, OpcUaServerSink)
         yield Bench(plan, sink, tmp_path)
