@@ -13,6 +13,10 @@ transaction (group commit). ``audit_append_records_per_s``: one thread calling `
 each record, one transaction (and one fsync) per record: the worst case, e.g. a CLI.
 ``audit_verify_records_per_s``: ``verify`` of a trail of ``--verify-records`` records (chain,
 hashes and anchor signatures), and ``audit_bytes_per_record`` of that file.
+``write_latency_ms_p99`` (and p50, max): a controlled Modbus write to the emulated feed pump,
+device read before, write, read-back and three durable audit records, over ``--writes``.
+``pipeline_samples_per_s_with_writes`` / ``..._without_writes``: the pipeline benchmark's
+ingestion with ``--writes-per-s`` controlled writes going on, and without (their ratio too).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import controlled_writes
 
 from gateway.audit import AuditEvent, AuditTrail, verify
 from gateway.logs import configure_logging
@@ -116,10 +122,33 @@ def verify_trail(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def write_latency(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """A controlled Modbus write to the emulated pump, with read-back and audit (see
+    benchmarks/controlled_writes.py): p50, p99 and max over ``--writes`` writes, in ms."""
+    return controlled_writes.write_latency(args.writes, folder)
+
+
+def pipeline_with_writes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Ingestion (benchmarks/pipeline.py, 100 signals, ``--rate`` offered) without writes and
+    with ``--writes-per-s`` controlled writes going on; each run measures both, alternating."""
+    seconds, rate = args.pipeline_seconds, args.rate
+    without = controlled_writes.pipeline_samples_per_s(folder / "a", seconds, rate, 0)
+    with_writes = controlled_writes.pipeline_samples_per_s(
+        folder / "b", seconds, rate, args.writes_per_s
+    )
+    return {
+        "pipeline_samples_per_s_without_writes": float(without),
+        "pipeline_samples_per_s_with_writes": float(with_writes),
+        "pipeline_with_writes_ratio": with_writes / without,
+    }
+
+
 FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "group_commit": group_commit,
     "append": append,
     "verify": verify_trail,
+    "write_latency": write_latency,
+    "pipeline_with_writes": pipeline_with_writes,
 }
 
 
@@ -148,6 +177,10 @@ def main() -> int:
     parser.add_argument("--append-records", type=int, default=3_000, help="records, append")
     parser.add_argument("--verify-records", type=int, default=50_000, help="records, verify")
     parser.add_argument("--folder", type=Path, default=Path.cwd(), help="where the trails go")
+    parser.add_argument("--writes", type=int, default=500, help="writes, write latency")
+    parser.add_argument("--writes-per-s", type=float, default=10.0, help="pipeline with writes")
+    parser.add_argument("--rate", type=float, default=100_000.0, help="pipeline's offered rate")
+    parser.add_argument("--pipeline-seconds", type=float, default=10.0, help="per pipeline run")
     args = parser.parse_args()
     configure_logging("console", "warning")
     result: dict[str, Any] = {

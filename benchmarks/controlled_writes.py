@@ -1,8 +1,13 @@
-"""The controlled write path's cost: a Modbus write to the emulated feed pump with the device
-read before (step check), the write, the read-back and three audit records, end to end through
-``WritePath.submit``; and the pipeline's ingestion while such writes go on.
+"""The controlled write path's cost, for ``benchmarks/audit.py``.
 
-Used by ``benchmarks/audit.py`` (``write_latency_ms_p99``, ``pipeline_with_writes``)."""
+* ``write_latency``: sequential writes of the emulated feed pump's speed setpoint (Modbus TCP on
+  loopback) through ``WritePath.submit`` in a running gateway — the device read before the write
+  (old value, step check), the write, the read-back, and three durable audit records
+  (``synchronous=FULL``) — from submit to outcome: p50, p99, max in ms.
+* ``pipeline_with_writes``: ``benchmarks/pipeline.py``'s ingestion figure (synthetic driver,
+  100 signals) in a gateway that also polls the emulated pump, without writes and with
+  ``--writes-per-s`` writes going on.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,10 @@ import socket
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 from pipeline import measure
 
+from gateway import build_registry, load_plan
 from gateway.control import WriteRequest
 from gateway.runtime import Gateway
 from gateway.security import Identity, Permission
@@ -30,7 +35,7 @@ def _free_port() -> int:
 
 
 def _pump_sections(port: int) -> tuple[str, str]:
-    """The emulated pump (an instrument line for ``measure``), and its emulator and target."""
+    """The emulated pump's instrument (a list item) and its emulator and write target."""
     instrument = (
         "  - id: pump\n    driver: modbus\n    poll_interval_s: 0.5\n"
         f"    options: {{host: 127.0.0.1, port: {port}, profile: feed_pump, timeout_s: 1.0}}\n"
@@ -45,8 +50,11 @@ def _pump_sections(port: int) -> tuple[str, str]:
 
 async def _connected(gateway: Gateway) -> None:
     runner = next(r for r in gateway.runners if r.instrument_id == "pump")
-    while runner.state.value != "connected":
+    for _ in range(200):
+        if runner.state.value == "connected":
+            return
         await asyncio.sleep(0.05)
+    raise RuntimeError("the emulated pump did not connect within 10 s")
 
 
 async def _write(gateway: Gateway, value: float) -> float:
@@ -60,76 +68,65 @@ async def _write(gateway: Gateway, value: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def write_latency(folder: Path, writes: int) -> dict[str, Any]:
-    """``writes`` sequential writes beside a light pipeline (100 samples/s)."""
+async def _write_latency(folder: Path, writes: int) -> dict[str, float]:
     instrument, extra = _pump_sections(_free_port())
+    config = folder / "writes.yaml"
+    config.write_text(
+        f"area: bench\nstore: {{path: {folder / 'w.sqlite'}}}\ninstruments:\n" + instrument + extra
+    )
+    gateway = Gateway(load_plan(config, build_registry()))
+    stop = asyncio.Event()
     latencies: list[float] = []
 
-    async def during(gateway: Gateway) -> None:
+    async def writing() -> None:
+        await gateway.started.wait()
         await _connected(gateway)
-        for i in range(writes):
-            latencies.append(await _write(gateway, 10 + i % 50))
-        raise asyncio.CancelledError  # done: the run is stopped by its duration
+        try:
+            for i in range(writes):
+                latencies.append(await _write(gateway, 10 + i % 50))
+        finally:
+            stop.set()
 
-    run = asyncio.create_task(
-        measure(600, 10, 100, 10, folder, extra=extra, during=during, more_instruments=instrument)
-    )
-    while len(latencies) < writes and not run.done():
-        await asyncio.sleep(0.1)
-    run.cancel()
-    await asyncio.wait({run})
+    writer = asyncio.create_task(writing(), name="bench.writes")
+    await gateway.run(stop)
+    await writer
     ordered = sorted(latencies)
     return {
-        "writes": len(latencies),
-        "write_latency_ms_p50": round(statistics.median(ordered), 2),
-        "write_latency_ms_p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 2),
-        "write_latency_ms_max": round(ordered[-1], 2),
+        "write_latency_ms_p50": statistics.median(ordered),
+        "write_latency_ms_p99": ordered[max(0, round(len(ordered) * 0.99) - 1)],
+        "write_latency_ms_max": ordered[-1],
     }
 
 
-async def pipeline_with_writes(
-    folder: Path, seconds: float, writes_per_s: float, rate: float
-) -> dict[str, Any]:
-    """The pipeline figure with the pump instrument, without and with ``writes_per_s``."""
+def write_latency(writes: int, folder: Path) -> dict[str, float]:
+    return asyncio.run(_write_latency(folder, writes))
+
+
+async def _pipeline(folder: Path, seconds: float, rate: float, writes_per_s: float) -> float:
     instrument, extra = _pump_sections(_free_port())
-    done: list[float] = []
 
     async def writing(gateway: Gateway) -> None:
         await _connected(gateway)
         i = 0
-        while True:
+        while writes_per_s > 0:
             tick = time.perf_counter()
-            done.append(await _write(gateway, 10 + i % 50))
+            await _write(gateway, 10 + i % 50)
             i += 1
             await asyncio.sleep(max(0.0, 1 / writes_per_s - (time.perf_counter() - tick)))
 
-    async def idle(gateway: Gateway) -> None:
-        await _connected(gateway)
-
-    without = await measure(
+    result = await measure(
         seconds,
         100,
         rate,
         10,
-        folder / "without",
-        extra=extra,
-        during=idle,
-        more_instruments=instrument,
-    )
-    instrument, extra = _pump_sections(_free_port())
-    with_writes = await measure(
-        seconds,
-        100,
-        rate,
-        10,
-        folder / "with",
+        folder,
         extra=extra,
         during=writing,
         more_instruments=instrument,
     )
-    return {
-        "samples_per_s_without_writes": without["samples_per_s"],
-        "samples_per_s_with_writes": with_writes["samples_per_s"],
-        "writes_done": len(done),
-        "writes_per_s": round(len(done) / seconds, 2),
-    }
+    return float(result["samples_per_s"])
+
+
+def pipeline_samples_per_s(folder: Path, seconds: float, rate: float, writes_per_s: float) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_pipeline(folder, seconds, rate, writes_per_s))

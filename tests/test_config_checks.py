@@ -356,7 +356,7 @@ BUILT_IN_PATHS: list[tuple[PluginKind, str, dict[str, Any], list[str]]] = [
     (
         PluginKind.SINK,
         "opcua_server",
-        {"trusted_clients_dir": "pki/trusted", "users": []},
+        {"trusted_clients_dir": "pki/trusted"},
         ["trusted_clients_dir"],
     ),
     (

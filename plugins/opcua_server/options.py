@@ -141,8 +141,8 @@ class OpcUaServerOptions(BaseModel):
     @field_validator("users")
     @classmethod
     def _users_moved(cls, users: Any) -> None:
-        if users is None:
-            return None
+        if users is None or users == []:
+            return None  # nothing to move
         lines = []
         for user in users if isinstance(users, (list, tuple)) else []:
             if isinstance(user, dict) and "name" in user:
