@@ -236,6 +236,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"relative paths resolve against {args.config.parent.absolute()}")
     print(f"store: {plan.config.store.path}")
     print(f"data_dir: {plan.config.data_dir}")
+    config = plan.config
+    print(f"audit trail: {config.audit.resolved(config.store.path, config.data_dir).path}")
+    security = config.security
+    print(
+        f"users: {len(security.users)}; writable targets:"
+        f" {', '.join(sorted(plan.access.targets)) or 'none'}"
+    )
+    if config.http is not None and config.http.api:
+        scheme = "https" if config.http.tls is not None else "http"
+        print(f"local API: {scheme}://{config.http.host}:{config.http.port}/api/v1")
     return 0
 
 

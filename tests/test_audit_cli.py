@@ -49,9 +49,9 @@ def last_record(paths: AuditPaths) -> Any:
 def test_the_audit_files_default_beside_the_store_and_in_data_dir(tmp_path: Path) -> None:
     _, paths = configured(tmp_path)
     assert paths == AuditPaths(
-        tmp_path / "data" / "audit.sqlite",
+        tmp_path / "data" / "store.audit.sqlite",
         tmp_path / "data" / "audit" / "gateway-ed25519.key",
-        tmp_path / "data" / "audit.anchors.jsonl",
+        tmp_path / "data" / "store.audit.anchors.jsonl",
     )
     _, paths = configured(tmp_path, path="trail/a.db", key="/etc/patgw/k", anchor_file="x.jsonl")
     assert paths == AuditPaths(

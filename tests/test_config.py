@@ -804,6 +804,10 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
         f"relative paths resolve against {configs}",
         f"store: {configs / '../data/demo.sqlite'}",
         f"data_dir: {configs / '../data'}",
+        f"audit trail: {configs / '../data/demo.audit.sqlite'}",
+        "users: 5; writable targets: reactor1/controller/ph_setpoint,"
+        " reactor1/feed_pump/speed_setpoint",
+        "local API: http://127.0.0.1:9180/api/v1",
     ]
     assert err == ""
 

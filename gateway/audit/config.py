@@ -35,7 +35,8 @@ class AuditConfig(BaseModel):
 
     path: ConfigPath | None = Field(
         default=None,
-        description="Audit database file (SQLite); default: audit.sqlite beside the store.",
+        description="Audit database file (SQLite); default: beside the store, named after it"
+        " (store demo.sqlite: demo.audit.sqlite), so two configurations never share a trail.",
     )
     key: ConfigPath | None = Field(
         default=None,
@@ -58,7 +59,11 @@ class AuditConfig(BaseModel):
 
     def resolved(self, store_path: Path, data_dir: Path) -> AuditPaths:
         """The three files, given the configuration's store path and data_dir."""
-        path = self.path if self.path is not None else store_path.parent / "audit.sqlite"
+        path = (
+            self.path
+            if self.path is not None
+            else store_path.with_name(f"{store_path.stem}.audit.sqlite")
+        )
         key = self.key if self.key is not None else data_dir / "audit" / "gateway-ed25519.key"
         anchors = (
             self.anchor_file
