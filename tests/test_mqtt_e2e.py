@@ -77,13 +77,15 @@ class Copy:
 
 class Consumer:
     """Every sample copy received on the sample topics, in order of arrival, parsed from the
-    subscriber's messages (retained metadata and the gateway status are skipped). Each sample
+    subscriber's messages (retained metadata, the gateway status and the audit anchor are
+    skipped). Each sample
     must be on its signal's topic, ``pat/<site>/<signal id>``."""
 
     def __init__(self, subscriber: Subscriber, site: str, sink_id: str = SINK) -> None:
         self.subscriber = subscriber
         self.site = site
         self.status_topic = f"pat/{site}/gateway/patgw-{site}-{sink_id}/status"
+        self.audit_topic = f"pat/{site}/gateway/patgw-{site}-{sink_id}/audit"
         self.copies: list[Copy] = []
         self.topics_seen: set[str] = set()
         self._parsed = 0
@@ -94,7 +96,10 @@ class Consumer:
         new = self.subscriber.since(self._parsed)
         self._parsed += len(new)
         for message in new:
-            if message.topic.endswith("/meta") or message.topic == self.status_topic:
+            if message.topic.endswith("/meta") or message.topic in (
+                self.status_topic,
+                self.audit_topic,
+            ):
                 continue
             payload = message.json()  # batch: an array of samples; sample: one
             items = payload if isinstance(payload, list) else [payload]

@@ -46,6 +46,9 @@ __all__ = [
 
 log = structlog.get_logger("gateway.audit")
 
+ANCHOR_TIMEOUT_S = 5.0
+"""How long one sink may take to publish an anchor (a sink that is down costs this, once)."""
+
 AnchorSink = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
@@ -133,7 +136,13 @@ class AuditRecorder:
         self.last_anchor = document
         for publish in sinks:
             try:
-                await publish(document)
+                async with asyncio.timeout(ANCHOR_TIMEOUT_S):
+                    await publish(document)
+            except TimeoutError:
+                log.warning(
+                    "audit.anchor_not_published",
+                    reason=f"not acknowledged within {ANCHOR_TIMEOUT_S} s",
+                )
             except Exception as exc:  # a sink's failure costs its copy, not the others'
                 log.warning("audit.anchor_not_published", reason=str(exc))
 
@@ -201,19 +210,18 @@ async def open_recorder(plan: Plan) -> AuditRecorder:
 
 
 async def close_recorder(
-    audit: AuditRecorder,
-    task: asyncio.Task[None],
-    anchor_sinks: Iterable[AnchorSink],
-    stopped: AuditEvent,
+    audit: AuditRecorder, task: asyncio.Task[None], stopped: AuditEvent
 ) -> None:
-    """Write the queued notes and the stop record, sign the final head, close the trail."""
+    """Write the queued notes and the stop record, sign the final head (kept in the anchor
+    file and table: the sinks have stopped by now, they got the last anchor before), close the
+    trail."""
     await audit.aclose()
     await asyncio.wait({task})
     try:
         await audit.record(stopped)
     except GatewayError as exc:
         log.error("audit.stop_not_recorded", reason=str(exc))
-    await audit.sign(anchor_sinks)
+    await audit.sign(())
     await audit.trail.aclose()
 
 

@@ -126,9 +126,7 @@ class Gateway:
             raise
         finally:
             self.plan.access.bind(None)
-            await _uncancellable(
-                close_recorder(audit, recorder, self._anchor_sinks, stopped_event(summary, error))
-            )
+            await _uncancellable(close_recorder(audit, recorder, stopped_event(summary, error)))
             self.plan.access.authority.bind_audit(None)
 
     async def _run(self, stop: asyncio.Event, duration_s: float | None) -> RunSummary:
@@ -451,6 +449,10 @@ class Gateway:
                     deadline = loop.time() + max(f.send_timeout_s for f in all_sinks)
                     for sink in all_sinks:
                         await sink.drain(deadline)
+                if self.audit is not None:
+                    # The last anchor upstream, while the sinks still run (the stop record
+                    # itself is anchored in the anchor file only).
+                    await self.audit.sign(self._anchor_sinks)
                 for task in (*feeders, view):
                     task.cancel()
                 await asyncio.wait((*feeders, view))

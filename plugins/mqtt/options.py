@@ -270,6 +270,15 @@ class MqttOptions(BaseModel):
             " {site}, {client_id}. null: none."
         ),
     )
+    audit_topic: str | None = Field(
+        default="pat/{site}/gateway/{client_id}/audit",
+        description=(
+            "Topic of the retained audit anchor: the gateway's signed audit-trail head (JSON),"
+            " published each time it is signed and again after each connect, so a copy of it"
+            " lives outside the edge PC (see the README's Audit trail). Placeholders: {site},"
+            " {client_id}. null: none."
+        ),
+    )
     connect_timeout_s: float = Field(
         default=5.0,
         gt=0,

@@ -22,7 +22,9 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
@@ -67,6 +69,13 @@ class MqttSink:
                 options.status_topic.format_map({"site": context.site, "client_id": self.client_id})
             )
             will = (self.status_topic, status_payload("offline", self.client_id))
+        self.audit_topic: str | None = None
+        if options.audit_topic is not None:
+            self.audit_topic = check_topic(
+                options.audit_topic.format_map({"site": context.site, "client_id": self.client_id})
+            )
+        self._anchor: Message | None = None  # the latest audit anchor, sent again at connect
+        self._closed = False
         self.topics = TopicMap(options.topic, options.meta_topic, context.site, context.area)
         self.sessions = 0
         """Sessions established so far (each connect that the broker accepted)."""
@@ -98,14 +107,14 @@ class MqttSink:
 
     def bind(self, signals: Sequence[Signal]) -> None:
         """Compute every signal's topic; ``ValueError`` if two signals share one."""
-        self.topics.bind(
-            signals, reserved=() if self.status_topic is None else (self.status_topic,)
-        )
+        reserved = tuple(t for t in (self.status_topic, self.audit_topic) if t is not None)
+        self.topics.bind(signals, reserved=reserved)
 
     async def __aenter__(self) -> MqttSink:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             if session.usable and self.status_topic is not None:
@@ -119,6 +128,20 @@ class MqttSink:
                     pass  # best effort: the broker sends the Last Will if the connection breaks
             await session.close(CLOSE_TIMEOUT_S)
         await self._reap()
+
+    async def publish_anchor(self, anchor: Mapping[str, Any]) -> None:
+        """Publish the audit trail's signed head, retained on ``audit_topic``, and keep it to
+        publish again after each connect (the broker may have lost it)."""
+        if self.audit_topic is None or self._closed:
+            return
+        message = (self.audit_topic, json.dumps(dict(anchor), separators=(",", ":")).encode())
+        self._anchor = message
+        async with self._lock:
+            session = await self._ready_session(self._attempts)
+            delivery = session.publish([message], retain=True)
+        await self._acknowledged(session, delivery)
+        if delivery.refused:
+            raise MqttError(f"the broker refused the audit anchor on {self.audit_topic}")
 
     async def send(self, samples: Sequence[Sample]) -> None:
         """Deliver live samples: :meth:`forward` with ``historical`` false."""
@@ -194,6 +217,8 @@ class MqttSink:
         greeting = [m for m in self.topics.meta if m[0] not in self._dropped_topics]
         if self.status_topic is not None and self.status_topic not in self._dropped_topics:
             greeting.append((self.status_topic, status_payload("online", self.client_id)))
+        if self._anchor is not None and self._anchor[0] not in self._dropped_topics:
+            greeting.append(self._anchor)
         delivery: Delivery | None = None
         try:
             await session.open()

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import structlog
 from asyncua import ua
+from asyncua.common.node import Node
 from asyncua.server.address_space import AttributeValue
 from asyncua.server.server import Server
 
@@ -319,6 +320,19 @@ class SignalSpace:
             if signal.id not in self.nodes:
                 await self._ensure_namespace(signal.id)
                 self._create(signal, None)
+
+    async def add_anchor(self) -> Node | None:
+        """The read-only String variable ``<area>/gateway/audit_anchor`` under the area's
+        object, for the audit trail's signed head; None before any signal names the area."""
+        if self._namespace is None or not self.nodes:
+            return None
+        area = _parts(next(iter(self.nodes)))[0]
+        parent = self._server.get_node(string_node(area, self._namespace))
+        return await parent.add_variable(
+            string_node(f"{area}/gateway/audit_anchor", self._namespace),
+            ua.QualifiedName("AuditAnchor", self._namespace),
+            ua.Variant("", ua.VariantType.String),
+        )
 
     async def add_from_sample(self, sample: Sample) -> SignalNode:
         """Create the node of a signal nobody declared, from its first sample."""

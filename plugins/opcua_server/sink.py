@@ -16,13 +16,16 @@ import asyncio
 import contextlib
 import copy
 import importlib.metadata
+import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from asyncua import ua
+from asyncua.common.node import Node
 from asyncua.server.address_space import AttributeValue
 
 from gateway import PluginContext, Sample, Signal
@@ -79,6 +82,7 @@ class OpcUaServerSink:
         self._pending: list[Signal] = []
         self._server: GatewayServer | None = None
         self._space: SignalSpace | None = None
+        self._anchor_node: Node | None = None
         self._clock: asyncio.Task[None] | None = None
 
     def bind(self, signals: Sequence[Signal]) -> None:
@@ -147,6 +151,7 @@ class OpcUaServerSink:
             access, gate.identities, lambda: space.namespace_index, service.write
         )
         await self._space.add(self._pending)
+        self._anchor_node = await self._space.add_anchor()
         self._pending.clear()
         await server.start()
         self._server = server
@@ -184,6 +189,14 @@ class OpcUaServerSink:
             server, self._server = self._server, None
             await server.stop()
             log.info("opcua_server.stopped", endpoint=self.endpoint_url)
+
+    async def publish_anchor(self, anchor: Mapping[str, Any]) -> None:
+        """Serve the audit trail's latest signed head (JSON) as the read-only variable
+        ``<area>/gateway/audit_anchor``, so a client can keep a copy off the edge PC."""
+        if self._anchor_node is None or self._server is None:
+            return
+        text = json.dumps(dict(anchor), separators=(",", ":"))
+        await self._anchor_node.write_value(ua.Variant(text, ua.VariantType.String))
 
     async def send(self, samples: Sequence[Sample]) -> None:
         """Update the variables of ``samples``, in order; subscribers see every value."""
