@@ -7,6 +7,7 @@ other. Routes::
     GET  /api/v1/whoami    any user      who the credentials belong to: roles, permissions
     GET  /api/v1/targets   read          the declared write targets with their limits
     POST /api/v1/writes    (the target's role)  a controlled write (see gateway.control)
+    POST /api/v1/users/NAME/unlock  manage_users  lift NAME's lock-out (audited)
 
 A write's body is JSON: ``{"target", "value", "reason"}``, plus ``"meaning"`` for a target
 that needs an electronic signature and ``"witness": {"user", "password", "meaning"}`` for a
@@ -30,7 +31,7 @@ import structlog
 from .control import Access, Signature, WriteRequest
 from .control.path import authenticate_witness
 from .http import Request, json_response
-from .security import AuthenticationError, Identity, Permission
+from .security import AuthenticationError, Identity, NotPermittedError, Permission
 
 __all__ = ["LocalApi"]
 
@@ -47,6 +48,7 @@ _STATUS_BY_OUTCOME = {
     "mismatch": HTTPStatus.CONFLICT,
     "failed": HTTPStatus.BAD_GATEWAY,
 }
+_USERS = "/api/v1/users/"
 _CHALLENGE = ('WWW-Authenticate: Basic realm="patgw", charset="UTF-8"',)
 
 
@@ -72,7 +74,18 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"targets": self._targets()})
         if route == ("POST", "/api/v1/writes"):
             return await self._write(identity, request, body)
-        known = "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes"
+        method, path = route
+        if method == "POST" and path.startswith(_USERS) and path.endswith("/unlock"):
+            name = path[len(_USERS) : -len("/unlock")]
+            try:
+                was = self.access.authority.unlock(name, identity)
+            except NotPermittedError as exc:
+                return json_response(HTTPStatus.FORBIDDEN, {"error": str(exc)})
+            return json_response(HTTPStatus.OK, {"user": name, "was_locked_out": was})
+        known = (
+            "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes,"
+            " POST /api/v1/users/NAME/unlock"
+        )
         return json_response(
             HTTPStatus.NOT_FOUND,
             {"error": f"no such resource: {request.method} {request.path} (routes: {known})"},

@@ -220,6 +220,19 @@ async def test_bad_credentials_are_refused_and_repeated_failures_lock_out(bench:
         10,
         what="the failed logins and the lock-out in the audit trail",
     )
+    # Only a user manager lifts it.
+    route = "/api/v1/users/operator/unlock"
+    status, answer = await asyncio.to_thread(
+        api_call, bench.http_port, "POST", route, "engineer", PASSWORDS["engineer"], {}
+    )
+    assert status == 403 and "needs manage_users" in answer["error"]
+    status, answer = await asyncio.to_thread(
+        api_call, bench.http_port, "POST", route, "admin", PASSWORDS["admin"], {}
+    )
+    assert status == 200 and answer == {"user": "operator", "was_locked_out": True}
+    status, _ = await bench.write("operator", {"target": TARGET, "value": 3, "reason": "r"})
+    assert status == 200
+    await wait_for(lambda: ("user.unlocked", "admin") in recorded(), 10, what="the unlock")
 
 
 @pytest.mark.asyncio
@@ -319,3 +332,49 @@ async def test_patgw_write_as_each_role(tmp_path: Path) -> None:
         above = await asyncio.to_thread(patgw_with_password, source, "operator", "11")
         assert above.returncode == 2 and "outside the limits" in above.stderr
         assert plan.emulators[0].instance.emulator.model.setpoint_rpm == 5
+
+
+@pytest.mark.parametrize("bench", [{"signature": "required"}], indirect=True)
+@pytest.mark.asyncio
+async def test_a_target_needing_a_signature_takes_its_meaning_and_records_the_signer(
+    bench: Bench,
+) -> None:
+    body = {"target": TARGET, "value": 4, "reason": "batch record step 12"}
+    status, outcome = await bench.write("operator", body)
+    assert status == 422 and outcome["rule"] == "signature", outcome
+    assert bench.pump_setpoint == 2
+    status, outcome = await bench.write("operator", {**body, "meaning": "performed"})
+    assert status == 200, outcome
+    requested = next(r for r in bench.records() if r["action"] == "write.requested")
+    signature = requested["details"]["signature"]
+    assert (signature["user"], signature["name"], signature["meaning"]) == (
+        "operator",
+        "operator",
+        "performed",
+    )
+    assert isinstance(signature["ts"], int)
+
+
+@pytest.mark.parametrize("bench", [{"signature": "witnessed"}], indirect=True)
+@pytest.mark.asyncio
+async def test_a_witnessed_target_needs_a_second_qualified_person(bench: Bench) -> None:
+    body = {"target": TARGET, "value": 4, "reason": "r", "meaning": "performed"}
+
+    def witness(user: str, password: str | None = None) -> dict[str, Any]:
+        secret = PASSWORDS.get(user, "x") if password is None else password
+        return {**body, "witness": {"user": user, "password": secret, "meaning": "verified"}}
+
+    status, outcome = await bench.write("operator", body)
+    assert status == 422 and "second person" in outcome["message"]
+    status, outcome = await bench.write("operator", witness("operator"))
+    assert status == 422 and "another person" in outcome["message"]
+    status, outcome = await bench.write("operator", witness("viewer"))
+    assert status == 422 and "may not sign" in outcome["message"]
+    status, answer = await bench.write("operator", witness("engineer", "wrong"))
+    assert status == 401 and answer["error"].startswith("witness: ")
+    assert bench.pump_setpoint == 2
+    status, outcome = await bench.write("operator", witness("engineer"))
+    assert status == 200, outcome
+    requested = next(r for r in bench.records() if r["action"] == "write.requested")
+    assert requested["details"]["witness"]["user"] == "engineer"
+    assert requested["details"]["witness"]["meaning"] == "verified"
