@@ -33,16 +33,11 @@ def _users() -> list[dict[str, Any]]:
 
 
 def _config(tmp_path: Path, pump_port: int, http_port: int, **target: Any) -> dict[str, Any]:
+    pump = {"port": pump_port, "setpoint_rpm": 2, **target.pop("pump", {})}
     write = {"target": TARGET, "min": 0, "max": 10, "max_step": 5, "role": "operator"}
     write.update(target)
     return {
-        "emulators": [
-            {
-                "id": "pump_emulator",
-                "type": "feed_pump",
-                "options": {"port": pump_port, "setpoint_rpm": 2},
-            }
-        ],
+        "emulators": [{"id": "pump_emulator", "type": "feed_pump", "options": pump}],
         "instruments": [pump_instrument("pump", pump_port)],
         "http": {"host": "127.0.0.1", "port": http_port, "api": True},
         "security": {"users": _users(), "lockout": {"max_failures": 3, "duration_s": 600}},
@@ -289,7 +284,7 @@ def test_patgw_write_refuses_with_exit_2_when_no_gateway_runs(tmp_path: Path) ->
 
 
 def patgw_with_password(
-    config: Path, user: str, value: str, *extra: str
+    config: Path, user: str, value: str, *extra: str, password: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``patgw write`` as a user runs it, the password on stdin."""
     return subprocess.run(
@@ -307,7 +302,7 @@ def patgw_with_password(
             "test",
             *extra,
         ],
-        input=PASSWORDS.get(user, "x") + "\n",
+        input=(PASSWORDS.get(user, "x") if password is None else password) + "\n",
         capture_output=True,
         text=True,
         timeout=60,
@@ -331,7 +326,15 @@ async def test_patgw_write_as_each_role(tmp_path: Path) -> None:
         assert viewer.returncode == 2 and "needs the role 'operator'" in viewer.stderr
         above = await asyncio.to_thread(patgw_with_password, source, "operator", "11")
         assert above.returncode == 2 and "outside the limits" in above.stderr
-        assert plan.emulators[0].instance.emulator.model.setpoint_rpm == 5
+        admin = await asyncio.to_thread(patgw_with_password, source, "admin", "4")
+        assert admin.returncode == 2 and "needs the role 'operator'" in admin.stderr
+        engineer = await asyncio.to_thread(patgw_with_password, source, "engineer", "6")
+        assert engineer.returncode == 0, engineer.stderr
+        assert plan.emulators[0].instance.emulator.model.setpoint_rpm == 6
+        wrong = await asyncio.to_thread(
+            patgw_with_password, source, "operator", "5", password="guess"
+        )
+        assert wrong.returncode == 2 and "unknown user or wrong password" in wrong.stderr
 
 
 @pytest.mark.parametrize("bench", [{"signature": "required"}], indirect=True)
@@ -378,3 +381,21 @@ async def test_a_witnessed_target_needs_a_second_qualified_person(bench: Bench) 
     requested = next(r for r in bench.records() if r["action"] == "write.requested")
     assert requested["details"]["witness"]["user"] == "engineer"
     assert requested["details"]["witness"]["meaning"] == "verified"
+
+
+@pytest.mark.parametrize("bench", [{"pump": {"max_setpoint_rpm": 4}}], indirect=True)
+@pytest.mark.asyncio
+async def test_a_device_that_reads_back_another_value_is_a_mismatch_on_record(
+    bench: Bench,
+) -> None:
+    """The pump takes 6 rpm but clamps it to its drive limit, 4: written, not as asked."""
+    status, outcome = await bench.write("operator", {"target": TARGET, "value": 6, "reason": "r"})
+    assert status == 409, outcome
+    assert (outcome["outcome"], outcome["read_back"]) == ("mismatch", 4)
+    assert "wrote 6 {rev}/min but the device reads back 4 {rev}/min" in outcome["message"]
+    last = bench.last_write_record()
+    assert (last["action"], last["outcome"], last["details"]["read_back"]) == (
+        "write.read_back",
+        "mismatch",
+        4,
+    )

@@ -115,6 +115,7 @@ async def test_an_operator_write_over_opcua_moves_the_pump_and_is_audited(bench:
     [
         ("viewer", 4.0, StatusCodes.BadUserAccessDenied),  # the Write service itself
         ("admin", 4.0, StatusCodes.BadUserAccessDenied),
+        ("engineer", 11.0, StatusCodes.BadOutOfRange),  # engineer qualifies; above max
         ("operator", 11.0, StatusCodes.BadOutOfRange),  # above max
         ("operator", 9.0, StatusCodes.BadOutOfRange),  # a step of 7 > 5
     ],
