@@ -113,3 +113,40 @@ def test_a_wall_clock_step_is_reported_with_its_size() -> None:
     assert [round(s.step_s) for s in steps] == [-30]
     assert watch.health()["steps"] == 1 and watch.health()["last_step_s"] == -30.0
     assert watch.health()["sync"] in {"synchronized", "unsynchronized", "unknown"}
+
+
+@pytest.mark.asyncio
+async def test_pruning_and_sink_losses_are_recorded_as_summaries(tmp_path: Path) -> None:
+    """A store budget of 0.5 s prunes every check; an MQTT sink whose broker never answers,
+    with a retention of 20 samples (drop_oldest), gives up all but the newest 20: both show in
+    the trail as summary records (per tick), not one record per sample."""
+    sink = {
+        "id": "up",
+        "type": "mqtt",
+        "retention": {"max_samples": 20, "policy": "drop_oldest"},
+        "options": {"url": f"mqtt://127.0.0.1:{free_port()}"},  # nothing listens
+    }
+    config = _pump(tmp_path, [sink])
+    config["store"] = {
+        "path": str(tmp_path / "store.sqlite"),
+        "commit_interval_ms": 20,
+        "budget": {"max_age_s": 0.5, "check_interval_s": 0.2},
+    }
+    plan = plan_for(tmp_path, **config)
+
+    def actions() -> list[str]:
+        return [r["action"] for r in audit_records(plan)]
+
+    async with running(plan) as (_, task):
+        await wait_for(lambda: "store.pruned" in actions(), 20, what="a prune on record")
+        await wait_for(lambda: "data.lost" in actions(), 20, what="a loss summary on record")
+    dropped = task.result().sinks["up"]["dropped"]
+    records = audit_records(plan)
+    pruned = [r for r in records if r["action"] == "store.pruned"]
+    assert all(r["details"]["samples"] > 0 for r in pruned)
+    losses = [r for r in records if r["action"] == "data.lost" and r["target"] == "sink:up"]
+    # The summaries add up (each tick's, up to the last tick: not more than the run gave up).
+    total = sum(r["details"]["dropped_since_last"] for r in losses)
+    assert 0 < total <= dropped
+    assert losses[-1]["details"]["dropped_total"] == total
+    assert len(losses) < total  # summaries, not one per sample
