@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,3 +276,56 @@ def test_the_fit_does_not_depend_on_the_order_of_the_csv_rows(
     assert [t["components"] for t in again["targets"]] == [
         t["components"] for t in ordered["targets"]
     ]
+
+
+def test_fitting_for_a_configuration_needs_an_engineer_and_is_audited(
+    files: Files,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway import hash_password
+    from gateway.audit import read_records
+
+    config = tmp_path / "gateway.yaml"
+    users = [
+        {"name": n, "password_hash": hash_password(f"{n}-pw"), "roles": [n]}
+        for n in ("engineer", "operator")
+    ]
+    config.write_text(
+        json.dumps(
+            {
+                "area": "reactor1",
+                "store": {"path": str(tmp_path / "store.sqlite")},
+                "data_dir": str(tmp_path / "data"),
+                "security": {"users": users},
+            }
+        )
+    )
+    output = tmp_path / "m.json"
+    argv = ["fit", "--spectra", str(files.spectra), "--reference", str(files.reference)]
+    argv += ["--output", str(output), "--id", "r1", "--model-version", "3", "--components", "2"]
+    argv += ["--config", str(config), "--reason", "recalibrated after the probe change"]
+
+    def run(user: str, password: str) -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(f"{password}\n"))
+        return patgw_model([*argv, "--user", user])
+
+    assert run("operator", "operator-pw") == 2
+    assert "needs the 'configure' permission" in capsys.readouterr().err
+    assert run("engineer", "wrong") == 2
+    assert "unknown user or wrong password" in capsys.readouterr().err
+    assert not output.exists()
+    assert run("engineer", "engineer-pw") == 0
+    trail = tmp_path / "store.audit.sqlite"
+    records = [(r.event.action, r.event.user, r.event.outcome) for r in read_records(trail)]
+    assert records[1:] == [
+        ("login", "operator", "ok"),
+        ("model.fit.refused", "operator", "refused"),
+        ("login.failed", "engineer", "refused"),
+        ("login", "engineer", "ok"),
+        ("model.fitted", "engineer", "ok"),
+    ]
+    fitted = list(read_records(trail))[-1].event
+    assert fitted.target == str(output.resolve()) and fitted.reason.startswith("recalibrated")
+    assert fitted.new == hashlib.sha256(output.read_bytes()).hexdigest()

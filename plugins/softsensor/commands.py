@@ -28,6 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import UnitError, compile_conversion, format_ns
+from gateway.audit import AuditEvent
+from gateway.security import AuthenticationError, NotPermittedError, Permission
+from gateway.security.cli import CommandLogin, login_for_command
 
 from .data import DataError, Matched, SpectraSet, match, read_references_csv, read_spectra_jsonl
 from .model import ModelFileError, PlsModel, load_model, save_model
@@ -77,6 +80,14 @@ def _configure_fit(fit: argparse.ArgumentParser) -> None:
     _matching_options(fit)
     fit.add_argument("--confidence", type=float, default=0.99, help="limits' level (0.99)")
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
+    fit.add_argument(
+        "--config",
+        type=Path,
+        help="the gateway configuration whose model this is: then --user (an engineer) logs"
+        " in (password from a prompt or stdin) and the fit is recorded in its audit trail",
+    )
+    fit.add_argument("--user", help="who fits the model (with --config)")
+    fit.add_argument("--reason", default="", help="why (with --config): kept in the audit trail")
 
 
 def _configure_check(check: argparse.ArgumentParser) -> None:
@@ -124,6 +135,7 @@ def _fit(args: argparse.Namespace) -> int:
     )
     if not args.output.parent.is_dir():
         raise _InputError(f"--output: the folder {args.output.parent} does not exist")
+    login = _login(args)
     spectra = read_spectra_jsonl(args.spectra, args.signal)
     refs = read_references_csv(args.reference)
     matched = _matched(spectra, refs.times, match(spectra, refs, args.max_gap_s), args)
@@ -145,6 +157,17 @@ def _fit(args: argparse.Namespace) -> int:
         training=_sources(args, spectra, len(refs.times), matched),
     )
     save_model(model, args.output)
+    if login is not None:
+        login.record(
+            AuditEvent(
+                action="model.fitted",
+                user=login.identity.name,
+                target=str(args.output.resolve()),
+                new=_file_sha256(args.output),
+                reason=args.reason,
+                details={"model": model.id, "version": model.version, "interface": "cli"},
+            )
+        )
     summary = {
         "spectra": _spectra_summary(spectra),
         "references": {"rows": len(refs.times), "matched": len(matched.y)}
@@ -158,6 +181,20 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         _print_fit(summary, model)
     return 0
+
+
+def _login(args: argparse.Namespace) -> CommandLogin | None:
+    """With ``--config``: the engineer who fits, logged in (before any work is done)."""
+    if args.config is None:
+        if args.user is not None:
+            raise _InputError("--user needs --config (whose users it is checked against)")
+        return None
+    if args.user is None:
+        raise _InputError("--config needs --user: who fits the model")
+    try:
+        return login_for_command(args.config, args.user, Permission.CONFIGURE, "model.fit")
+    except (AuthenticationError, NotPermittedError) as exc:
+        raise _InputError(str(exc)) from exc
 
 
 def _preprocessing(text: str) -> list[Mapping[str, Any]]:
