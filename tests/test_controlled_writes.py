@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import ipaddress
 import json
 import subprocess
 import sys
@@ -16,7 +17,21 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import free_port, plan_for, pump_instrument, running, wait_for, write_config
+from conftest import (
+    certificate_builder,
+    free_port,
+    patgw,
+    plan_for,
+    pump_instrument,
+    running,
+    wait_for,
+    write_config,
+    write_pem_key,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from gateway import hash_password
 from gateway.audit import read_records
@@ -399,3 +414,51 @@ async def test_a_device_that_reads_back_another_value_is_a_mismatch_on_record(
         "mismatch",
         4,
     )
+
+
+def test_the_api_beyond_loopback_needs_tls(tmp_path: Path) -> None:
+    config = _config(tmp_path, free_port(), free_port())
+    config["http"]["host"] = "0.0.0.0"
+    path = write_config(tmp_path / "g.yaml", {"area": "reactor1", **config})
+    result = patgw("check", str(path))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "http: the local API takes passwords: on '0.0.0.0', beyond loopback, it needs http.tls"
+        " (a certificate and key); or listen on 127.0.0.1\n"
+    )
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "patgw-test")])
+    certificate = (
+        certificate_builder(name, name, key)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "api.pem", folder / "api.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    write_pem_key(key_path, key)
+    return cert_path, key_path
+
+
+@pytest.mark.asyncio
+async def test_patgw_write_over_https(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    http_port = free_port()
+    config = _config(tmp_path, free_port(), http_port)
+    config["http"]["tls"] = {"certificate": str(cert), "private_key": str(key)}
+    plan = plan_for(tmp_path, **config)
+    async with running(plan) as (gateway, _):
+        runner = gateway.runners[0]
+        await wait_for(lambda: runner.state.value == "connected", 10, what="the pump connected")
+        done = await asyncio.to_thread(patgw_with_password, plan.source, "operator", "5")
+        assert done.returncode == 0, done.stderr
+        with pytest.raises((http.client.HTTPException, OSError)):  # plain HTTP: no answer
+            await asyncio.to_thread(
+                api_call, http_port, "GET", "/api/v1/whoami", "viewer", PASSWORDS["viewer"]
+            )
+        assert plan.emulators[0].instance.emulator.model.setpoint_rpm == 5
