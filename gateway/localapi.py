@@ -30,6 +30,7 @@ import structlog
 
 from .control import Access, Signature, WriteRequest
 from .control.path import authenticate_witness
+from .errors import GatewayError
 from .http import Request, json_response
 from .security import AuthenticationError, Identity, NotPermittedError, Permission
 
@@ -126,16 +127,12 @@ class LocalApi:
             return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except ValueError as exc:
             return _bad(str(exc))
-        outcome = await self.access.write(
-            WriteRequest(
-                target,
-                float(value),
-                identity,
-                reason or "",
-                "api",
-                signature,
+        try:
+            outcome = await self.access.write(
+                WriteRequest(target, float(value), identity, reason or "", "api", signature)
             )
-        )
+        except GatewayError as exc:  # not running (starting, or stopping): nothing written
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
         if outcome.outcome == "refused":
             status = _STATUS_BY_RULE.get(outcome.rule, HTTPStatus.UNPROCESSABLE_ENTITY)
         else:
