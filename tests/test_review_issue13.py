@@ -647,3 +647,37 @@ async def test_the_audit_trail_is_readable_through_the_api_by_the_audit_permissi
         )
     assert status == 404
     assert "audit" in answer.get("error", ""), answer
+
+
+# -- 14. A write before the gateway has started ------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the API serves before the write path is bound (and after the stop unbinds it):"
+    " a write then crashes the handler (GatewayError uncaught) with 500 'internal error'",
+)
+@pytest.mark.asyncio
+async def test_a_write_while_the_gateway_starts_gets_a_clear_refusal(tmp_path: Path) -> None:
+    from gateway.runtime.supervisor import Gateway as RunningGateway
+
+    http_port = free_port()
+    config = _ua_config(tmp_path)
+    config["http"] = {"host": "127.0.0.1", "port": http_port, "api": True}
+    plan = plan_for(tmp_path, **config)
+    gateway = RunningGateway(plan)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gateway.run(stop), name="test.gateway")
+    body = {"target": TARGET, "value": 3, "reason": "early"}
+    answers: list[int] = []
+    try:
+        await wait_for(lambda: gateway.http_address is not None or run.done(), 20, what="http")
+        # The OPC UA server sink starts after the HTTP endpoint (it makes its certificate).
+        while not gateway.started.is_set() and not run.done():
+            raw = await asyncio.to_thread(_raw_call, http_port, _request(body))
+            answers.append(int(raw.split(b" ", 2)[1]))
+    finally:
+        stop.set()
+        await run
+    assert answers, "no request before the start"
+    assert 500 not in answers, answers
