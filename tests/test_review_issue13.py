@@ -681,3 +681,47 @@ async def test_a_write_while_the_gateway_starts_gets_a_clear_refusal(tmp_path: P
         await run
     assert answers, "no request before the start"
     assert 500 not in answers, answers
+
+
+# -- 15. The kept configurations are outside what verify checks -------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="verify never checks audit_configs: the configuration content kept for"
+    " gateway.started (config_sha256) can be replaced or deleted and the trail still verifies",
+)
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_configs SET content = CAST('writes: []' AS BLOB)",
+        "DELETE FROM audit_configs",
+    ],
+)
+@pytest.mark.asyncio
+async def test_verify_detects_a_replaced_or_deleted_kept_configuration(
+    tmp_path: Path, statement: str
+) -> None:
+    from conftest import tamper_audit
+
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), free_port()))
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+    started = [r for r in audit_records(plan) if r["action"] == "gateway.started"]
+    assert started and started[0]["details"]["config_sha256"]
+    path = plan.config.audit.resolved(plan.config.store.path, plan.config.data_dir).path
+
+    def patgw_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "audit", "verify", str(plan.source)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    sound = await asyncio.to_thread(patgw_verify)
+    assert sound.returncode == 0, sound.stdout + sound.stderr
+    tamper_audit(path, statement)
+    tampered = await asyncio.to_thread(patgw_verify)
+    assert tampered.returncode == 2, tampered.stdout + tampered.stderr
