@@ -725,3 +725,27 @@ async def test_verify_detects_a_replaced_or_deleted_kept_configuration(
     tamper_audit(path, statement)
     tampered = await asyncio.to_thread(patgw_verify)
     assert tampered.returncode == 2, tampered.stdout + tampered.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="/health, unauthenticated (and allowed beyond loopback), lists the locked-out users"
+    " by name: anyone can learn which accounts exist and which are under attack",
+)
+@pytest.mark.asyncio
+async def test_health_does_not_name_locked_out_users(tmp_path: Path) -> None:
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port))
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+        failures = plan.config.security.lockout
+        assert failures is not None
+        for _ in range(failures.max_failures):
+            await asyncio.to_thread(
+                api_call, http_port, "GET", "/api/v1/whoami", "engineer", "wrong guess"
+            )
+        health = await asyncio.to_thread(
+            _raw_call, http_port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+    assert b'"writes"' in health, health[:300]
+    assert b"engineer" not in health, health[-400:]
