@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -69,6 +70,12 @@ def _open_connections(gateway: Gateway) -> int:
     raise AssertionError("no patgw_http_connections_open in /metrics")
 
 
+async def _until(condition: Any, within: float) -> None:
+    """Wait for ``condition`` up to ``within`` seconds; the caller asserts it afterwards."""
+    with contextlib.suppress(pytest.fail.Exception):
+        await wait_for(condition, within)
+
+
 def _write_story(plan: Plan) -> list[str]:
     return [r["action"] for r in audit_records(plan) if r["action"].startswith("write.")]
 
@@ -78,6 +85,7 @@ def _write_story(plan: Plan) -> list[str]:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="an in-flight API write runs in its HTTP connection task: evicting that connection"
     " (33 idle peers) cancels it after the pump moved, so its read-back/outcome is never audited",
 )
@@ -106,11 +114,8 @@ async def test_connection_eviction_does_not_cut_a_write_out_of_the_audit_trail(
             for _ in range(2):
                 idle.append(socket.create_connection(gateway.http_address, timeout=30))
             # Whatever the client is told, the write must finish and be audited.
-            await wait_for(
-                lambda: "write.read_back" in _write_story(plan),
-                10,
-                what="the write's read-back in the audit trail",
-            )
+            await _until(lambda: "write.read_back" in _write_story(plan), 10)
+            assert "write.read_back" in _write_story(plan), _write_story(plan)
         finally:
             writer_sock.close()
             for sock in idle:
@@ -124,6 +129,7 @@ async def test_connection_eviction_does_not_cut_a_write_out_of_the_audit_trail(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="stopping the gateway cancels an API write between its execution and its read-back:"
     " the pump moved, the audit trail holds write.executed but no outcome",
 )
@@ -196,6 +202,7 @@ class _Proxy:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="patgw write uses urllib's proxy settings: with http_proxy set (no no_proxy), the"
     " Basic credentials for the loopback API are sent to the proxy",
 )
@@ -244,6 +251,7 @@ async def test_patgw_write_never_sends_the_password_to_a_proxy(tmp_path: Path) -
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="audit export --format csv writes a user name chosen by an unauthenticated peer"
     " (a failed login) into a cell unescaped: '=HYPERLINK(...)' is a formula in a spreadsheet",
 )
@@ -285,6 +293,7 @@ async def test_audit_csv_export_defuses_formulas_from_unauthenticated_names(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a write of NaN or Infinity (JSON the API accepts) is refused by the limits rule but"
     " its refusal is not audited: the trail cannot encode the value (write.refusal_not_audited)",
 )
@@ -306,6 +315,7 @@ async def test_a_refused_non_finite_write_is_audited(tmp_path: Path, value: str)
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a write whose value is an integer too big for a float crashes the API handler"
     " (OverflowError): 500 'internal error', no clear message and no audit record",
 )
@@ -336,6 +346,7 @@ def _request_raw(body: bytes, user: str = "operator") -> bytes:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a target or reason holding a lone surrogate (valid JSON '\\ud800') is neither"
     " refused as bad input nor audited: its commit raises outside AuditError and fails the"
     " whole group commit ('audit commit was cancelled'), any record batched with it too",
@@ -382,6 +393,7 @@ def _ua_config(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="over OPC UA a viewer's Write, or an operator's Write to an undeclared node or of a"
     " non-number, is refused (BadUserAccessDenied/BadTypeMismatch) without any audit record,"
     " unlike the same refusals over the local API",
@@ -427,6 +439,7 @@ async def test_writes_refused_over_opcua_are_audited(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="writes: accepts two targets (two signals) on one device channel; the rate rule and"
     " the per-target lock are keyed by target, so alternating targets bypasses both",
 )
@@ -482,6 +495,7 @@ async def test_two_targets_on_one_channel_cannot_bypass_the_rate_limit(tmp_path:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="after a crash or a full disk leaves the anchor file's last line torn (no newline),"
     " the next anchor is appended onto it: the merged line is unreadable, the new anchor lost",
 )
@@ -512,6 +526,7 @@ async def test_an_anchor_appended_after_a_torn_line_stays_readable(tmp_path: Pat
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="patgw write trusts only http.tls.certificate itself (cafile=the leaf): a certificate"
     " issued by a CA (the usual plant case) fails verification, so no write can be made",
 )
@@ -556,6 +571,7 @@ async def test_patgw_write_over_https_with_a_ca_issued_certificate(tmp_path: Pat
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a Content-Length of Unicode digits ('\\xb2', which str.isdigit accepts) crashes the"
     " request handler: 500 'internal error' instead of 400",
 )
@@ -575,6 +591,7 @@ async def test_a_content_length_of_unicode_digits_is_a_bad_request(tmp_path: Pat
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="lock-out tracks known names only: after max_failures wrong passwords a real user"
     " answers 'locked out' and an unknown name does not, so any peer can enumerate users",
 )
@@ -603,6 +620,7 @@ async def test_lock_out_does_not_reveal_which_user_names_exist(tmp_path: Path) -
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a lock-out says 'ask an admin to unlock', but no interface calls Authority.unlock:"
     " the admin's manage_users permission does nothing; only a restart (or the wait) unlocks",
 )
@@ -631,6 +649,7 @@ async def test_an_admin_can_unlock_a_locked_out_user_over_the_api(tmp_path: Path
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="the audit permission ('read and export the audit trail through the API') guards"
     " nothing: the API has no audit route, and patgw audit reads the file with no login",
 )
@@ -654,6 +673,7 @@ async def test_the_audit_trail_is_readable_through_the_api_by_the_audit_permissi
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="the API serves before the write path is bound (and after the stop unbinds it):"
     " a write then crashes the handler (GatewayError uncaught) with 500 'internal error'",
 )
@@ -688,6 +708,7 @@ async def test_a_write_while_the_gateway_starts_gets_a_clear_refusal(tmp_path: P
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="verify never checks audit_configs: the configuration content kept for"
     " gateway.started (config_sha256) can be replaced or deleted and the trail still verifies",
 )
@@ -729,6 +750,7 @@ async def test_verify_detects_a_replaced_or_deleted_kept_configuration(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="/health, unauthenticated (and allowed beyond loopback), lists the locked-out users"
     " by name: anyone can learn which accounts exist and which are under attack",
 )
