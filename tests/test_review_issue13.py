@@ -771,3 +771,47 @@ async def test_health_does_not_name_locked_out_users(tmp_path: Path) -> None:
         )
     assert b'"writes"' in health, health[:300]
     assert b"engineer" not in health, health[-400:]
+
+
+# -- 16. patgw write gives up before the gateway does ------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="patgw write times out after 30 s while a target's read-back may wait up to 60 s:"
+    " the operator is told 'cannot reach the gateway's API' for a write that was executed",
+)
+@pytest.mark.asyncio
+async def test_patgw_write_waits_for_a_slow_read_back_it_allows(tmp_path: Path) -> None:
+    from gateway.writecli import TIMEOUT_S
+
+    http_port = free_port()
+    delay = TIMEOUT_S + 1  # within the config's limit (readback_delay_s <= 60)
+    plan = plan_for(tmp_path, **_config(tmp_path, free_port(), http_port, readback_delay_s=delay))
+    async with running(plan) as (gateway, _):
+        await _connected(plan, gateway)
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "write",
+                str(plan.source),
+                TARGET,
+                "5",
+                "--user",
+                "operator",
+                "--reason",
+                "slow device",
+            ],
+            input=PASSWORDS["operator"] + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        moved = _setpoint(plan)
+    assert moved == 5
+    assert result.returncode == 0, result.stderr
