@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway.audit import AuditEvent
 from pydantic import ValidationError
 
 from gateway import hash_password
+from gateway.audit import AuditEvent
 from gateway.security import (
     AuthenticationError,
     Authority,
