@@ -176,7 +176,7 @@ async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
         if request.method == "POST":
             raise _Reject(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
         return b""
-    if not length_text.isdigit():
+    if not (length_text.isascii() and length_text.isdigit()):
         raise _Reject(HTTPStatus.BAD_REQUEST, "malformed Content-Length")
     length = int(length_text)
     if length > MAX_BODY_BYTES:
@@ -314,6 +314,9 @@ class _Endpoint:
                     lines = await _read_head(reader)
                     request = _parse(lines, self._allowed)
                     body = await _read_body(reader, request)
+                # From here the request is being answered (an API write may take a while): it
+                # is no victim for eviction unless every connection is being answered.
+                connection.phase = _Phase.ANSWER
                 head_only = request.method == "HEAD"
                 rejected = False
                 if self._api is not None and request.path.startswith(API_PREFIX):

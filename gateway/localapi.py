@@ -8,6 +8,7 @@ other. Routes::
     GET  /api/v1/targets   read          the declared write targets with their limits
     POST /api/v1/writes    (the target's role)  a controlled write (see gateway.control)
     POST /api/v1/users/NAME/unlock  manage_users  lift NAME's lock-out (audited)
+    GET  /api/v1/audit     audit         records (?since=ISO&user=U&action=GLOB&limit=N)
 
 A write's body is JSON: ``{"target", "value", "reason"}``, plus ``"meaning"`` for a target
 that needs an electronic signature and ``"witness": {"user", "password", "meaning"}`` for a
@@ -22,17 +23,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import json
+import urllib.parse
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from .audit import read_records
 from .control import Access, Signature, WriteRequest
 from .control.path import authenticate_witness
 from .errors import GatewayError
 from .http import Request, json_response
 from .security import AuthenticationError, Identity, NotPermittedError, Permission
+from .timefmt import parse_iso_ns
 
 __all__ = ["LocalApi"]
 
@@ -56,8 +62,9 @@ _CHALLENGE = ('WWW-Authenticate: Basic realm="patgw", charset="UTF-8"',)
 class LocalApi:
     """Answers ``/api/v1`` requests for one running gateway."""
 
-    def __init__(self, access: Access) -> None:
+    def __init__(self, access: Access, audit_path: Path | None = None) -> None:
         self.access = access
+        self.audit_path = audit_path
         # One password check at a time: a flood of logins uses one core, not all of them.
         self._checks = asyncio.Semaphore(1)
 
@@ -75,6 +82,10 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"targets": self._targets()})
         if route == ("POST", "/api/v1/writes"):
             return await self._write(identity, request, body)
+        if route == ("GET", "/api/v1/audit"):
+            if not identity.may(Permission.AUDIT):
+                return _forbidden(identity, Permission.AUDIT)
+            return await self._audit(request.query)
         method, path = route
         if method == "POST" and path.startswith(_USERS) and path.endswith("/unlock"):
             name = path[len(_USERS) : -len("/unlock")]
@@ -85,12 +96,39 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"user": name, "was_locked_out": was})
         known = (
             "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes,"
-            " POST /api/v1/users/NAME/unlock"
+            " POST /api/v1/users/NAME/unlock, GET /api/v1/audit"
         )
         return json_response(
             HTTPStatus.NOT_FOUND,
             {"error": f"no such resource: {request.method} {request.path} (routes: {known})"},
         )
+
+    async def _audit(self, query: str) -> bytes:
+        """The newest ``limit`` (default 1000) records matching ``since`` (ISO time), ``user``
+        and ``action`` (shell wildcards), oldest first."""
+        if self.audit_path is None:
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no audit trail"})
+        params = dict(urllib.parse.parse_qsl(query))
+        try:
+            limit = int(params.get("limit", "1000"))
+            since_ns = parse_iso_ns(params["since"]) if "since" in params else None
+        except ValueError as exc:
+            return _bad(f"bad query: {exc}")
+        if not 1 <= limit <= 100_000:
+            return _bad("limit must be 1..100000")
+        path = self.audit_path
+
+        def newest() -> list[dict[str, Any]]:
+            records = read_records(
+                path, since_ns=since_ns, user=params.get("user"), action=params.get("action")
+            )
+            return [record.fields() for record in collections.deque(records, maxlen=limit)]
+
+        try:
+            found = await asyncio.to_thread(newest)
+        except GatewayError as exc:
+            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        return json_response(HTTPStatus.OK, {"records": found})
 
     async def _authenticate(self, request: Request) -> Identity:
         name, password = _basic_credentials(request.headers.get("authorization"))
@@ -119,8 +157,15 @@ class LocalApi:
             return _bad('"target" (a signal id) is missing')
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _bad('"value" must be a number')
+        try:
+            number = float(value)
+        except OverflowError:
+            return _bad('"value" is too large for a number')
         if reason is not None and not isinstance(reason, str):
             return _bad('"reason" must be text')
+        for field in ("target", "reason", "meaning"):
+            if not _encodable(document.get(field)):
+                return _bad(f'"{field}" is not valid Unicode text (a lone surrogate)')
         try:
             signature = await self._signature(document, request)
         except AuthenticationError as exc:
@@ -129,7 +174,7 @@ class LocalApi:
             return _bad(str(exc))
         try:
             outcome = await self.access.write(
-                WriteRequest(target, float(value), identity, reason or "", "api", signature)
+                WriteRequest(target, number, identity, reason or "", "api", signature)
             )
         except GatewayError as exc:  # not running (starting, or stopping): nothing written
             return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
@@ -191,6 +236,17 @@ def _basic_credentials(header: str | None) -> tuple[str, str]:
     if not colon or not name:
         raise AuthenticationError("malformed Basic credentials")
     return name[:64], password
+
+
+def _encodable(text: object) -> bool:
+    """Whether ``text`` (if text) can be stored: JSON allows lone surrogates, UTF-8 does not."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _whoami(identity: Identity) -> dict[str, Any]:

@@ -438,7 +438,8 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
         "writes": {
             "targets": sorted(gateway.plan.access.targets),
             "outcomes": dict(gateway.write_path.counts) if gateway.write_path else {},
-            "locked_out": gateway.plan.access.authority.locked_out(),
+            # A count: /health needs no login, so it names nobody.
+            "users_locked_out": len(gateway.plan.access.authority.locked_out()),
         },
     }
 

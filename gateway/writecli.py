@@ -74,7 +74,9 @@ def cmd_write(args: argparse.Namespace) -> int:
             "password": _password(f"password for {args.witness} (witness): "),
             "meaning": args.witness_meaning,
         }
-    status, document = _post(http, "/api/v1/writes", args.user, password, body)
+    # Long enough for the slowest declared read-back (a write waits for it before answering).
+    slowest = max((w.readback_delay_s for w in config.writes), default=0.0)
+    status, document = _post(http, "/api/v1/writes", args.user, password, body, TIMEOUT_S + slowest)
     if status is None:
         return _fail(str(document.get("error")))
     if status == 200:
@@ -116,16 +118,31 @@ def _api_endpoint(config: GatewayConfig, path: Path) -> HttpConfig | str:
 
 
 def _post(
-    http: HttpConfig, route: str, user: str, password: str, body: dict[str, Any]
+    http: HttpConfig,
+    route: str,
+    user: str,
+    password: str,
+    body: dict[str, Any],
+    timeout_s: float = TIMEOUT_S,
 ) -> tuple[int | None, dict[str, Any]]:
     host = "127.0.0.1" if http.host in ("0.0.0.0", "") else http.host
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
     scheme = "https" if http.tls is not None else "http"
     url = f"{scheme}://{host}:{http.port}{route}"
-    context = None
+    handlers: list[urllib.request.BaseHandler] = [
+        # Never through a proxy (http_proxy...): the request carries a password, and the
+        # gateway is this machine's.
+        urllib.request.ProxyHandler({})
+    ]
     if http.tls is not None:
-        context = ssl.create_default_context(cafile=str(http.tls.certificate))
-        context.check_hostname = False  # the configured certificate itself is the trust anchor
+        # The configured certificate is trusted as it is (self-signed, or the leaf of a chain:
+        # partial chains accepted), beside the system's authorities.
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=str(http.tls.certificate))
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False  # 127.0.0.1: the certificate is pinned instead
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
     request = urllib.request.Request(
         url,
@@ -134,10 +151,15 @@ def _post(
         headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+        with opener.open(request, timeout=timeout_s) as response:
             return int(response.status), _document(response.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), _document(exc.read())
+    except TimeoutError:
+        return None, {
+            "error": f"no answer from {url} within {timeout_s:g} s: the write may have been"
+            " executed; see `patgw audit export` for its outcome"
+        }
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return None, {

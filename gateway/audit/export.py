@@ -102,8 +102,20 @@ def export(
             fields = _flat(record)
             for name in ("old", "new", "details"):
                 fields[name] = canonical_json(fields[name])
-            writer.writerow([fields[k] for k in EXPORT_COLUMNS])
+            writer.writerow([_cell(fields[k]) for k in EXPORT_COLUMNS])
             count += 1
     else:
         raise ValueError(f"unknown audit export format {fmt!r}")
     return count
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet will not run: text starting like a formula (a user name an
+    unauthenticated peer chose, say) gets a leading apostrophe (OWASP's CSV injection advice).
+    Numbers stay numbers; the JSON export is left exactly as recorded."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value

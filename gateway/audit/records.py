@@ -111,8 +111,13 @@ def encode_values(event: AuditEvent) -> EncodedValues:
     """Check that ``event`` can be recorded and encode its JSON values, once; raise
     :class:`AuditError` naming the field that cannot be recorded."""
     for name in ("action", "user", "target", "reason", "outcome"):
-        if not isinstance(getattr(event, name), str):
-            raise AuditError(f"audit event {name} must be a string, not {getattr(event, name)!r}")
+        text = getattr(event, name)
+        if not isinstance(text, str):
+            raise AuditError(f"audit event {name} must be a string, not {text!r}")
+        try:
+            text.encode("utf-8")  # SQLite stores UTF-8: a lone surrogate has none
+        except UnicodeEncodeError as exc:
+            raise AuditError(f"audit event {name} is not valid Unicode text ({exc})") from exc
     if not event.action:
         raise AuditError("audit event has an empty action")
     if event.details is not None and not isinstance(event.details, Mapping):
@@ -124,7 +129,9 @@ def encode_values(event: AuditEvent) -> EncodedValues:
         ("details", dict(event.details) if event.details is not None else None),
     ):
         try:
-            encoded.append(canonical_json(value))
+            text = canonical_json(value)
+            text.encode("utf-8")  # a lone surrogate passes json.dumps, not SQLite
+            encoded.append(text)
         except (TypeError, ValueError) as exc:
             raise AuditError(
                 f"audit event {event.action!r}: {name} is not JSON-able ({exc})"

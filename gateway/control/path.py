@@ -109,7 +109,7 @@ class WriteOutcome:
             "outcome": self.outcome,
             "message": self.message,
             "target": self.target,
-            "value": self.value,
+            "value": _recordable(self.value),
             "unit": self.unit,
             "old": self.old,
             "read_back": self.read_back,
@@ -396,6 +396,11 @@ class WritePath:
             log.error("write.refusal_not_audited", target=request.target, reason=str(exc))
 
 
+def _recordable(value: float) -> float | str:
+    """A value as JSON can hold it: NaN and the infinities (refused, but recorded) as text."""
+    return value if math.isfinite(value) else repr(value)
+
+
 def _signature_details(request: WriteRequest) -> dict[str, Any]:
     signature = request.signature
     if signature is None:
@@ -435,7 +440,7 @@ def _event(
         user=request.identity.name,
         target=request.target,
         old=old,
-        new=new,
+        new=_recordable(new),
         reason=request.reason,
         outcome=outcome,
         details={

@@ -27,6 +27,7 @@ def resolve_targets(
     unknown role, a duplicate)."""
     by_signal = {sp.signal.id: (inst, sp) for inst in instruments for sp in inst.signals}
     targets: dict[str, WriteTarget] = {}
+    channels_taken: dict[tuple[str, str], str] = {}
     for i, config in enumerate(writes):
         where = f"writes[{i}]"
         if config.target in targets:
@@ -44,6 +45,16 @@ def resolve_targets(
             )
             continue
         inst, signal_plan = found
+        channel_key = (inst.config.id, signal_plan.channel)
+        other = channels_taken.get(channel_key)
+        if other is not None:
+            problems.append(
+                f"{where}.target: {config.target!r} writes channel {signal_plan.channel!r} of"
+                f" instrument {inst.config.id!r}, which {other!r} already writes: one target per"
+                " channel (its limits, rate and serialisation would not hold otherwise)"
+            )
+            continue
+        channels_taken[channel_key] = config.target
         channels = {c.name: c for c in inst.driver.channels()}
         channel = channels.get(signal_plan.channel)
         if channel is None or not channel.writable:

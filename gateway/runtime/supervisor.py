@@ -243,7 +243,10 @@ class Gateway:
             if not listening.done():
                 listening.set_result((host, port))
 
-        api = LocalApi(self.plan.access) if config.api else None
+        audit = self.plan.config.audit.resolved(
+            self.plan.config.store.path, self.plan.config.data_dir
+        )
+        api = LocalApi(self.plan.access, audit.path) if config.api else None
         task = asyncio.create_task(
             serve_http(self, config, on_listening=bound, api=api), name="http"
         )

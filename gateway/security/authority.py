@@ -29,6 +29,9 @@ __all__ = ["AuthenticationError", "Authority", "Identity", "NotPermittedError"]
 
 log = structlog.get_logger("gateway.security")
 
+_MAX_TRACKED = 4096
+"""Most names whose failures (and lock-outs) are remembered at once."""
+
 # Checked against when the user is unknown, so a refusal always costs one scrypt check.
 _DUMMY_HASH = hash_password("no user has this password")
 
@@ -103,7 +106,7 @@ class Authority:
         password re-entered to sign a record (audited as such)."""
         now = self._clock()
         user = self._users.get(name)
-        locked = self._lock_remaining(name, now)
+        locked = self._lock_remaining(name[:64], now)
         if locked is not None:
             # Not even checked: guessing during a lock-out learns nothing.
             self._record(name, interface, peer, purpose, "refused", "locked out")
@@ -159,13 +162,21 @@ class Authority:
 
     def _failed(self, name: str, now: float, interface: str) -> None:
         policy = self.config.lockout
-        if policy is None or name not in self._users:
-            return  # unknown names are not tracked: an attacker could fill memory with them
-        failures = self._failures.setdefault(name, deque())
+        if policy is None:
+            return
+        # Unknown names are locked out like known ones (or the lock-out would tell which names
+        # exist), in a bounded table: the least recently failed name makes room.
+        name = name[:64]
+        if name not in self._failures and len(self._failures) >= _MAX_TRACKED:
+            del self._failures[next(iter(self._failures))]
+        failures = self._failures.pop(name, None) or deque()
+        self._failures[name] = failures  # now the most recent
         failures.append(now)
         while failures and failures[0] < now - policy.window_s:
             failures.popleft()
         if len(failures) >= policy.max_failures:
+            if name not in self._locked_until and len(self._locked_until) >= _MAX_TRACKED:
+                del self._locked_until[next(iter(self._locked_until))]
             self._locked_until[name] = now + policy.duration_s
             failures.clear()
             log.warning("security.locked_out", user=name, duration_s=policy.duration_s)
