@@ -3,6 +3,8 @@ introduced, and name the first record that is wrong, in one sentence."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +94,7 @@ def verify(
             for r in table
         ]
         checked, anchor_problem = _check_anchors(db, anchors, keys, head, walk_problem)
+        config_problem = _check_configs(db)
         if walk_problem is not None:  # the walk stopped there: count what the file holds
             count, last = db.execute("SELECT count(*), max(seq) FROM audit_records").fetchone()
             head = int(last or 0)
@@ -102,7 +105,7 @@ def verify(
         raise AuditError(f"audit trail {path} cannot be read: {exc}") from exc
     finally:
         db.close()
-    firsts = [p for p in (walk_problem, anchor_problem) if p is not None]
+    firsts = [p for p in (walk_problem, anchor_problem, config_problem) if p is not None]
     if firsts:
         problems.insert(0, min(firsts, key=lambda p: p.seq if p.seq is not None else head + 1))
     if key_path is not None and keys:
@@ -163,6 +166,40 @@ def _walk(
     if count and not keys:
         return count, expected - 1, keys, _Problem(1, "record 1 is not the trail's first record")
     return count, expected - 1, keys, None
+
+
+def _check_configs(db: sqlite3.Connection) -> _Problem | None:
+    """The configurations kept for ``gateway.started`` records: each one's content must hash
+    to its name, and every configuration a start names must be kept. The first start whose
+    configuration is missing or replaced is the first bad record (its record is sound, but what
+    it vouches for is gone)."""
+    kept = {
+        str(sha): hashlib.sha256(bytes(content)).hexdigest()
+        for sha, content in db.execute("SELECT sha256, content FROM audit_configs")
+    }
+    starts = db.execute(
+        "SELECT seq, details FROM audit_records WHERE action = 'gateway.started' ORDER BY seq"
+    )
+    for seq, details in starts:
+        try:
+            named = json.loads(details).get("config_sha256")
+        except (ValueError, AttributeError):
+            continue  # an edited record: the chain walk names it
+        if not named:
+            continue
+        if named not in kept:
+            return _Problem(
+                seq,
+                f"record {seq} names configuration {named[:16]}… which the trail no longer"
+                " keeps (deleted)",
+            )
+        if kept[named] != named:
+            return _Problem(
+                seq,
+                f"record {seq} names configuration {named[:16]}…, whose kept content was"
+                " replaced (it hashes to another value)",
+            )
+    return None
 
 
 def _link_problem(db: sqlite3.Connection, record: AuditRecord, computed: str) -> _Problem:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
+from ..audit import AuditEvent
 from ..errors import GatewayError
 from ..security import Authority
 from .path import WriteOutcome, WritePath, WriteRequest, WriteTarget
@@ -19,9 +21,36 @@ class Access:
         self.authority = authority
         self.targets = dict(targets)
         self._path: WritePath | None = None
+        self._note: Callable[[AuditEvent], None] | None = None
 
-    def bind(self, path: WritePath | None) -> None:
+    def bind(
+        self, path: WritePath | None, note: Callable[[AuditEvent], None] | None = None
+    ) -> None:
+        """The running gateway's write path, and where refusals an interface decides alone
+        are recorded (the audit recorder's non-blocking ``note``); None at the stop."""
         self._path = path
+        self._note = note
+
+    def note_refusal(
+        self, user: str, target: str, value: object, rule: str, why: str, interface: str
+    ) -> None:
+        """Record a write an interface refused before it reached the write path (an OPC UA
+        Write of a node that is no target, of a string, by a viewer): it changed nothing."""
+        if self._note is None:
+            return
+        recorded = value if isinstance(value, (int, float, str)) or value is None else repr(value)
+        if isinstance(recorded, float) and not math.isfinite(recorded):
+            recorded = repr(recorded)
+        self._note(
+            AuditEvent(
+                action="write.refused",
+                user=user[:64],
+                target=target[:200],
+                new=recorded,
+                outcome="refused",
+                details={"interface": interface, "why": why, "rule": rule},
+            )
+        )
 
     @property
     def path(self) -> WritePath | None:

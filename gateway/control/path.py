@@ -149,12 +149,34 @@ class WritePath:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
+        self._inflight: set[asyncio.Task[WriteOutcome]] = set()
         self.counts: dict[str, int] = {}
 
     async def submit(self, request: WriteRequest) -> WriteOutcome:
         """Run ``request`` through every rule; never raises for a refusal or a device failure
         (the outcome says), only if the audit trail cannot record the outcome of a write that
-        was executed (then the outcome is in the log)."""
+        was executed (then the outcome is in the log).
+
+        The write runs in a task of its own (``write.<target>``, owned here): a caller that is
+        cancelled — an HTTP connection closed, the API stopping — does not cut a write between
+        its execution and its read-back; it finishes and is recorded (see :meth:`drain`)."""
+        task = asyncio.get_running_loop().create_task(
+            self._submit(request), name=f"write.{request.target[:64]}"
+        )
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for the writes under way (at the stop, once no new
+        write can start, before the instruments stop)."""
+        if self._inflight:
+            _, late = await asyncio.wait(set(self._inflight), timeout=timeout_s)
+            for task in late:
+                log.error("write.unfinished_at_stop", task=task.get_name())
+                task.cancel()
+
+    async def _submit(self, request: WriteRequest) -> WriteOutcome:
         target = self.targets.get(request.target)
         unit = target.unit if target is not None else ""
         outcome = WriteOutcome("refused", "", request.target, request.value, unit)

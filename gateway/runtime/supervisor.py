@@ -155,7 +155,8 @@ class Gateway:
                 self._build_runners(stored, writer)
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
-                self.plan.access.bind(self._write_path())
+                assert self.audit is not None
+                self.plan.access.bind(self._write_path(), self.audit.note)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -435,6 +436,9 @@ class Gateway:
                 self.stopping = True
                 self.plan.access.bind(None)  # no write starts once the stop has begun
                 log.info("gateway.stopping")
+                if self.write_path is not None:
+                    # Writes under way finish (and are recorded) while their instruments run.
+                    await self.write_path.drain(STOP_TIMEOUT_S)
                 for task in instruments:
                     task.cancel()
                 _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)

@@ -45,6 +45,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.control import Access
 from gateway.security import AuthenticationError, Authority, Identity, Permission
 
 from ._ua import ObjectIds, StatusCodes, numeric_node
@@ -83,9 +84,10 @@ class RoleRules(SimpleRoleRuleset):
     which reach only the variables of declared write targets, and go through the gateway's
     write path (see :mod:`.writes`)."""
 
-    def __init__(self, identities: Mapping[str, Identity]) -> None:
+    def __init__(self, identities: Mapping[str, Identity], access: Access | None = None) -> None:
         # SimpleRoleRuleset's own tables are not built: check_validity below decides alone.
         self._identities = identities
+        self._access = access  # where a refused Write request is recorded
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         """Whether ``user`` may send a request of type ``action_type_id``."""
@@ -96,7 +98,19 @@ class RoleRules(SimpleRoleRuleset):
             return False
         if action_type_id in _READ_REQUESTS:
             return identity.may(Permission.READ)
-        return action_type_id == _WRITE_REQUEST and identity.may(Permission.WRITE)
+        if action_type_id == _WRITE_REQUEST:
+            if identity.may(Permission.WRITE):
+                return True
+            if self._access is not None:
+                self._access.note_refusal(
+                    identity.name,
+                    "(OPC UA Write request)",
+                    None,
+                    "role",
+                    f"user {identity.name!r} may not write (no role with the write permission)",
+                    "opcua",
+                )
+        return False
 
 
 class _Throttle:

@@ -140,7 +140,7 @@ class OpcUaServerSink:
         policies = list(_SECURE_POLICIES)
         if options.allow_insecure:
             policies.insert(0, ua.SecurityPolicyType.NoSecurity)
-        server.set_security_policy(policies, permission_ruleset=RoleRules(gate.identities))
+        server.set_security_policy(policies, permission_ruleset=RoleRules(gate.identities, access))
         server.set_identity_tokens([ua.UserNameIdentityToken])
         server.set_certificate_validator(ClientCertificateCheck(trust))
 

@@ -79,13 +79,26 @@ class WriteHandler:
 
     async def _one(self, item: ua.WriteValue, user: User) -> int:
         target = self._target_of(item.NodeId)
+        name = user.name or ""
         if target is None or item.AttributeId != AttributeIds.Value:
+            what = target or item.NodeId.to_string()
+            self._access.note_refusal(
+                name,
+                what,
+                _raw(item.Value),
+                "not-declared",
+                f"attribute {item.AttributeId} of {what} is not a declared write target",
+                "opcua",
+            )
             return int(StatusCodes.BadUserAccessDenied)
-        identity = self._identities.get(user.name or "")
+        identity = self._identities.get(name)
         if identity is None:
             return int(StatusCodes.BadUserAccessDenied)
         value = _number(item.Value)
         if value is None:
+            self._access.note_refusal(
+                name, target, _raw(item.Value), "value", "the value is not a finite number", "opcua"
+            )
             return int(StatusCodes.BadTypeMismatch)
         request = WriteRequest(
             target,
@@ -108,6 +121,12 @@ class WriteHandler:
         if isinstance(identifier, str) and identifier in self._access.targets:
             return identifier
         return None
+
+
+def _raw(value: ua.DataValue | None) -> object:
+    variant = value.Value if value is not None else None
+    raw = variant.Value if variant is not None else None
+    return raw if isinstance(raw, (int, float, str)) or raw is None else repr(raw)[:200]
 
 
 def _number(value: ua.DataValue | None) -> float | None:
