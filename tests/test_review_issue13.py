@@ -1,8 +1,8 @@
-"""Hostile review of issue 13 (trust and control): defects found, each as a strict xfail test.
+"""Hostile review of issue 13 (trust and control): each test is a defect the review found.
 
 Every test here runs over real transports (loopback TCP to the gateway's HTTP endpoint, the
-emulated Modbus feed pump, a real subprocess for ``patgw``) and fails on the reviewed code; the
-xfail reason names the defect.
+emulated Modbus feed pump, a real subprocess for ``patgw``) and failed on the reviewed code
+(trust13 at b899bfe, where each was a strict xfail naming the defect); all are fixed.
 """
 
 from __future__ import annotations
@@ -83,12 +83,6 @@ def _write_story(plan: Plan) -> list[str]:
 # -- 1. A write in progress is cancelled with its HTTP connection ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an in-flight API write runs in its HTTP connection task: evicting that connection"
-    " (33 idle peers) cancels it after the pump moved, so its read-back/outcome is never audited",
-)
 @pytest.mark.asyncio
 async def test_connection_eviction_does_not_cut_a_write_out_of_the_audit_trail(
     tmp_path: Path,
@@ -127,12 +121,6 @@ async def test_connection_eviction_does_not_cut_a_write_out_of_the_audit_trail(
 # -- 2. A write during stop -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="stopping the gateway cancels an API write between its execution and its read-back:"
-    " the pump moved, the audit trail holds write.executed but no outcome",
-)
 @pytest.mark.asyncio
 async def test_a_write_during_stop_is_finished_or_its_outcome_audited(tmp_path: Path) -> None:
     http_port = free_port()
@@ -200,12 +188,6 @@ class _Proxy:
         self._thread.join(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="patgw write uses urllib's proxy settings: with http_proxy set (no no_proxy), the"
-    " Basic credentials for the loopback API are sent to the proxy",
-)
 @pytest.mark.asyncio
 async def test_patgw_write_never_sends_the_password_to_a_proxy(tmp_path: Path) -> None:
     http_port = free_port()
@@ -249,12 +231,6 @@ async def test_patgw_write_never_sends_the_password_to_a_proxy(tmp_path: Path) -
 # -- 4. CSV export: formula injection through a login name -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="audit export --format csv writes a user name chosen by an unauthenticated peer"
-    " (a failed login) into a cell unescaped: '=HYPERLINK(...)' is a formula in a spreadsheet",
-)
 @pytest.mark.asyncio
 async def test_audit_csv_export_defuses_formulas_from_unauthenticated_names(
     tmp_path: Path,
@@ -291,12 +267,6 @@ async def test_audit_csv_export_defuses_formulas_from_unauthenticated_names(
 # -- 5. Values JSON cannot hold: refused, but not audited -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a write of NaN or Infinity (JSON the API accepts) is refused by the limits rule but"
-    " its refusal is not audited: the trail cannot encode the value (write.refusal_not_audited)",
-)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400"])
 @pytest.mark.asyncio
 async def test_a_refused_non_finite_write_is_audited(tmp_path: Path, value: str) -> None:
@@ -313,12 +283,6 @@ async def test_a_refused_non_finite_write_is_audited(tmp_path: Path, value: str)
         assert "write.refused" in _write_story(plan), _write_story(plan)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a write whose value is an integer too big for a float crashes the API handler"
-    " (OverflowError): 500 'internal error', no clear message and no audit record",
-)
 @pytest.mark.asyncio
 async def test_a_huge_integer_value_gets_a_clear_refusal(tmp_path: Path) -> None:
     http_port = free_port()
@@ -344,13 +308,6 @@ def _request_raw(body: bytes, user: str = "operator") -> bytes:
 # -- 6. Text the trail cannot encode ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a target or reason holding a lone surrogate (valid JSON '\\ud800') is neither"
-    " refused as bad input nor audited: its commit raises outside AuditError and fails the"
-    " whole group commit ('audit commit was cancelled'), any record batched with it too",
-)
 @pytest.mark.parametrize("field", ["target", "reason"])
 @pytest.mark.asyncio
 async def test_text_with_a_lone_surrogate_is_refused_or_audited(tmp_path: Path, field: str) -> None:
@@ -391,13 +348,6 @@ def _ua_config(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="over OPC UA a viewer's Write, or an operator's Write to an undeclared node or of a"
-    " non-number, is refused (BadUserAccessDenied/BadTypeMismatch) without any audit record,"
-    " unlike the same refusals over the local API",
-)
 @pytest.mark.parametrize(
     ("user", "node", "value"),
     [
@@ -437,12 +387,6 @@ async def test_writes_refused_over_opcua_are_audited(
 # -- 8. Two targets on one device channel -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="writes: accepts two targets (two signals) on one device channel; the rate rule and"
-    " the per-target lock are keyed by target, so alternating targets bypasses both",
-)
 @pytest.mark.asyncio
 async def test_two_targets_on_one_channel_cannot_bypass_the_rate_limit(tmp_path: Path) -> None:
     from gateway.errors import GatewayError
@@ -493,12 +437,6 @@ async def test_two_targets_on_one_channel_cannot_bypass_the_rate_limit(tmp_path:
 # -- 9. A torn anchor line swallows the next anchor -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a crash or a full disk leaves the anchor file's last line torn (no newline),"
-    " the next anchor is appended onto it: the merged line is unreadable, the new anchor lost",
-)
 @pytest.mark.asyncio
 async def test_an_anchor_appended_after_a_torn_line_stays_readable(tmp_path: Path) -> None:
     from gateway.audit import read_records
@@ -524,12 +462,6 @@ async def test_an_anchor_appended_after_a_torn_line_stays_readable(tmp_path: Pat
 # -- 10. patgw write over HTTPS with a certificate a CA issued --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="patgw write trusts only http.tls.certificate itself (cafile=the leaf): a certificate"
-    " issued by a CA (the usual plant case) fails verification, so no write can be made",
-)
 @pytest.mark.asyncio
 async def test_patgw_write_over_https_with_a_ca_issued_certificate(tmp_path: Path) -> None:
     from mosquitto import make_broker_tls
@@ -569,12 +501,6 @@ async def test_patgw_write_over_https_with_a_ca_issued_certificate(tmp_path: Pat
 # -- 11. HTTP parsing -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a Content-Length of Unicode digits ('\\xb2', which str.isdigit accepts) crashes the"
-    " request handler: 500 'internal error' instead of 400",
-)
 @pytest.mark.asyncio
 async def test_a_content_length_of_unicode_digits_is_a_bad_request(tmp_path: Path) -> None:
     http_port = free_port()
@@ -589,12 +515,6 @@ async def test_a_content_length_of_unicode_digits_is_a_bad_request(tmp_path: Pat
 # -- 12. Lock-out tells which user names exist ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="lock-out tracks known names only: after max_failures wrong passwords a real user"
-    " answers 'locked out' and an unknown name does not, so any peer can enumerate users",
-)
 @pytest.mark.asyncio
 async def test_lock_out_does_not_reveal_which_user_names_exist(tmp_path: Path) -> None:
     http_port = free_port()
@@ -618,12 +538,6 @@ async def test_lock_out_does_not_reveal_which_user_names_exist(tmp_path: Path) -
 # -- 13. Nobody can unlock a locked-out user --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a lock-out says 'ask an admin to unlock', but no interface calls Authority.unlock:"
-    " the admin's manage_users permission does nothing; only a restart (or the wait) unlocks",
-)
 @pytest.mark.asyncio
 async def test_an_admin_can_unlock_a_locked_out_user_over_the_api(tmp_path: Path) -> None:
     http_port = free_port()
@@ -647,12 +561,6 @@ async def test_an_admin_can_unlock_a_locked_out_user_over_the_api(tmp_path: Path
     assert "unlock" in answer.get("error", ""), answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the audit permission ('read and export the audit trail through the API') guards"
-    " nothing: the API has no audit route, and patgw audit reads the file with no login",
-)
 @pytest.mark.asyncio
 async def test_the_audit_trail_is_readable_through_the_api_by_the_audit_permission(
     tmp_path: Path,
@@ -671,12 +579,6 @@ async def test_the_audit_trail_is_readable_through_the_api_by_the_audit_permissi
 # -- 14. A write before the gateway has started ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the API serves before the write path is bound (and after the stop unbinds it):"
-    " a write then crashes the handler (GatewayError uncaught) with 500 'internal error'",
-)
 @pytest.mark.asyncio
 async def test_a_write_while_the_gateway_starts_gets_a_clear_refusal(tmp_path: Path) -> None:
     from gateway.runtime.supervisor import Gateway as RunningGateway
@@ -706,12 +608,6 @@ async def test_a_write_while_the_gateway_starts_gets_a_clear_refusal(tmp_path: P
 # -- 15. The kept configurations are outside what verify checks -------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="verify never checks audit_configs: the configuration content kept for"
-    " gateway.started (config_sha256) can be replaced or deleted and the trail still verifies",
-)
 @pytest.mark.parametrize(
     "statement",
     [
@@ -748,12 +644,6 @@ async def test_verify_detects_a_replaced_or_deleted_kept_configuration(
     assert tampered.returncode == 2, tampered.stdout + tampered.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="/health, unauthenticated (and allowed beyond loopback), lists the locked-out users"
-    " by name: anyone can learn which accounts exist and which are under attack",
-)
 @pytest.mark.asyncio
 async def test_health_does_not_name_locked_out_users(tmp_path: Path) -> None:
     http_port = free_port()
@@ -776,12 +666,6 @@ async def test_health_does_not_name_locked_out_users(tmp_path: Path) -> None:
 # -- 16. patgw write gives up before the gateway does ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="patgw write times out after 30 s while a target's read-back may wait up to 60 s:"
-    " the operator is told 'cannot reach the gateway's API' for a write that was executed",
-)
 @pytest.mark.asyncio
 async def test_patgw_write_waits_for_a_slow_read_back_it_allows(tmp_path: Path) -> None:
     from gateway.writecli import TIMEOUT_S
