@@ -478,8 +478,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     processors = _processor_plans(
         config, registry, instruments, configured, problems, config_dir, warnings
     )
+    loaded = {i.config.id for i in instruments}
+    unloaded = {i.id for i in config.instruments if i.enabled and i.id not in loaded}
     targets = resolve_targets(
-        config.writes, instruments, list(config.security.role_permissions()), problems
+        config.writes, instruments, list(config.security.role_permissions()), problems, unloaded
     )
     access = Access(Authority(config.security), targets)
 

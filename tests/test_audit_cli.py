@@ -31,7 +31,8 @@ def filled(tmp_path: Path) -> tuple[Path, AuditPaths]:
     """A configuration and its trail: 12 records, anchored at 4, 8 and 12."""
     config, paths = configured(tmp_path)
     with trail_for(read_config(config)) as trail:
-        trail.append(AuditEvent("gateway.started", details={"config_sha256": "ab" * 32}))
+        kept = trail.keep_config(config.read_bytes())  # as a starting gateway keeps it
+        trail.append(AuditEvent("gateway.started", details={"config_sha256": kept}))
         for i in range(10):
             user = "operator" if i % 2 else "viewer"
             action = "write.requested" if i % 2 else "login.ok"

@@ -500,6 +500,17 @@ def test_a_read_only_file_raises_audit_error(tmp_path: Path) -> None:
         files.trail().open().append(write_event(1))
 
 
+def test_a_file_that_cannot_be_written_raises_audit_error_even_for_root(tmp_path: Path) -> None:
+    """Root ignores file modes: the write-ahead log's path taken by a folder makes every
+    write fail for any user, as a broken or read-only medium would."""
+    files = filled(tmp_path, 3)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{files.path}{suffix}").unlink(missing_ok=True)
+    Path(f"{files.path}-wal").mkdir()
+    with pytest.raises(AuditError):
+        files.trail().open().append(write_event(1))
+
+
 def test_a_locked_file_raises_audit_error_and_records_nothing(tmp_path: Path) -> None:
     files = filled(tmp_path, 3)
     with files.trail(busy_timeout_s=0.1) as trail:

@@ -251,6 +251,8 @@ def test_check_says_where_relative_paths_resolve(tmp_path: Path) -> None:
         f"relative paths resolve against {site}",
         f"store: {home / 'gw.sqlite'}",  # ~ is the home folder; absolute paths stay
         f"data_dir: {site / '../shared'}",
+        f"audit trail: {home / 'gw.audit.sqlite'}",  # beside the store, named after it
+        "users: 0; writable targets: none",
     ]
     assert config.exists() and not (home / "gw.sqlite").exists()  # check creates nothing
 

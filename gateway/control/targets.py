@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from ..api import WritableDriver
@@ -21,10 +21,12 @@ def resolve_targets(
     instruments: Sequence[InstrumentPlan],
     known_roles: Sequence[str],
     problems: list[str],
+    unloaded: Collection[str] = (),
 ) -> dict[str, WriteTarget]:
     """Each declared target, resolved; a ``"writes[i].field: message"`` line in ``problems``
     for each that cannot be (unknown signal, channel not writable, unit without inverse, an
-    unknown role, a duplicate)."""
+    unknown role, a duplicate). Targets of ``unloaded`` instruments (enabled, but with a
+    problem of their own) are left out without another problem."""
     by_signal = {sp.signal.id: (inst, sp) for inst in instruments for sp in inst.signals}
     targets: dict[str, WriteTarget] = {}
     channels_taken: dict[tuple[str, str], str] = {}
@@ -40,6 +42,9 @@ def resolve_targets(
             continue
         found = by_signal.get(config.target)
         if found is None:
+            parts = config.target.split("/")
+            if len(parts) == 3 and parts[1] in unloaded:
+                continue  # its instrument has a problem of its own, already reported
             problems.append(
                 f"{where}.target: no enabled instrument publishes a signal {config.target!r}"
             )
