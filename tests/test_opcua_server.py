@@ -826,6 +826,7 @@ def test_users_in_the_server_options_are_refused_saying_where_they_moved(
     old_users = [
         {"name": "op", "password_hash": hash_password("x"), "role": "write"},
         {"name": "ro", "password_hash": hash_password("y")},
+        {"name": "Jörg M", "password_hash": hash_password("z")},
     ]
     config.write_text(
         yaml.safe_dump(
@@ -842,6 +843,7 @@ def test_users_in_the_server_options_are_refused_saying_where_they_moved(
     assert problem.startswith("sinks[0].options.users:")
     assert "moved to the configuration's top-level security.users" in problem
     assert "op (roles: [operator]), ro (roles: [viewer])" in problem
+    assert "Jörg M (roles: [viewer], renamed: security.users names are letters" in problem
 
 
 def test_anonymous_stays_refused_as_an_option() -> None:

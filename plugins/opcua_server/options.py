@@ -7,6 +7,7 @@ named option.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -147,7 +148,13 @@ class OpcUaServerOptions(BaseModel):
         for user in users if isinstance(users, (list, tuple)) else []:
             if isinstance(user, dict) and "name" in user:
                 role = {"read": "viewer", "write": "operator"}.get(str(user.get("role", "read")))
-                lines.append(f"{user['name']} (roles: [{role or 'viewer'}])")
+                name = str(user["name"])
+                renamed = (
+                    ""
+                    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]*", name)
+                    else ", renamed: security.users names are letters, digits, _ . @ -"
+                )
+                lines.append(f"{name} (roles: [{role or 'viewer'}]{renamed})")
         moved = f": {', '.join(lines)}" if lines else ""
         raise ValueError(
             "the OPC UA server's users moved to the configuration's top-level security.users"
