@@ -2,7 +2,7 @@
 
 Every test here runs over real transports (loopback TCP to the gateway's HTTP endpoint, the
 emulated Modbus feed pump, a real subprocess for ``patgw``) and failed on the reviewed code
-(trust13 at b899bfe, where each was a strict xfail naming the defect); all are fixed.
+(trust13 at ad45406, where each was a strict xfail naming the defect); all are fixed.
 """
 
 from __future__ import annotations
