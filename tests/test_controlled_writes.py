@@ -299,9 +299,16 @@ def test_patgw_write_refuses_with_exit_2_when_no_gateway_runs(tmp_path: Path) ->
 
 
 def patgw_with_password(
-    config: Path, user: str, value: str, *extra: str, password: str | None = None
+    config: Path,
+    user: str,
+    value: str,
+    *extra: str,
+    password: str | None = None,
+    target: str = TARGET,
+    reason: str = "test",
 ) -> subprocess.CompletedProcess[str]:
-    """``patgw write`` as a user runs it, the password on stdin."""
+    """``patgw write`` as a user runs it, the password on stdin (by default ``<user>-password``,
+    as in PASSWORDS and the demo)."""
     return subprocess.run(
         [
             sys.executable,
@@ -309,15 +316,15 @@ def patgw_with_password(
             "gateway",
             "write",
             str(config),
-            TARGET,
+            target,
             value,
             "--user",
             user,
             "--reason",
-            "test",
+            reason,
             *extra,
         ],
-        input=(PASSWORDS.get(user, "x") if password is None else password) + "\n",
+        input=(f"{user}-password" if password is None else password) + "\n",
         capture_output=True,
         text=True,
         timeout=60,

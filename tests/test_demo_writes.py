@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import demo_copy, patgw, running, tamper_audit, wait_for
-from test_controlled_writes import audit_path
+from test_controlled_writes import audit_path, patgw_with_password
 
 from gateway import build_registry, load_plan
 
@@ -22,26 +21,9 @@ TARGET = "reactor1/feed_pump/speed_setpoint"
 
 
 def write(config: Path, user: str, value: str, reason: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "write",
-            str(config),
-            TARGET,
-            value,
-            "--user",
-            user,
-            "--reason",
-            reason,
-        ],
-        input=f"{user}-password\n",  # the documented demo secrets
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """``patgw write`` of the demo's pump setpoint as ``user``, with the documented demo
+    password."""
+    return patgw_with_password(config, user, value, target=TARGET, reason=reason)
 
 
 @pytest.mark.asyncio

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 from ..audit import AuditEvent
 from ..errors import GatewayError
 from ..security import Authority
-from .path import WriteOutcome, WritePath, WriteRequest, WriteTarget
+from .path import WriteOutcome, WritePath, WriteRequest, WriteTarget, recordable
 
 __all__ = ["Access"]
 
@@ -38,23 +37,16 @@ class Access:
         Write of a node that is no target, of a string, by a viewer): it changed nothing."""
         if self._note is None:
             return
-        recorded = value if isinstance(value, (int, float, str)) or value is None else repr(value)
-        if isinstance(recorded, float) and not math.isfinite(recorded):
-            recorded = repr(recorded)
         self._note(
             AuditEvent(
                 action="write.refused",
                 user=user[:64],
                 target=target[:200],
-                new=recorded,
+                new=recordable(value),
                 outcome="refused",
                 details={"interface": interface, "why": why, "rule": rule},
             )
         )
-
-    @property
-    def path(self) -> WritePath | None:
-        return self._path
 
     async def write(self, request: WriteRequest) -> WriteOutcome:
         """Submit ``request`` to the write path (see :class:`WritePath`)."""

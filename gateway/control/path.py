@@ -109,7 +109,7 @@ class WriteOutcome:
             "outcome": self.outcome,
             "message": self.message,
             "target": self.target,
-            "value": _recordable(self.value),
+            "value": recordable(self.value),
             "unit": self.unit,
             "old": self.old,
             "read_back": self.read_back,
@@ -418,9 +418,14 @@ class WritePath:
             log.error("write.refusal_not_audited", target=request.target, reason=str(exc))
 
 
-def _recordable(value: float) -> float | str:
-    """A value as JSON can hold it: NaN and the infinities (refused, but recorded) as text."""
-    return value if math.isfinite(value) else repr(value)
+def recordable(value: object) -> object:
+    """A requested value as the audit trail's JSON can hold it: numbers, text and None as they
+    are; NaN, the infinities (refused, but recorded) and anything else as short text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return repr(value)[:200]
 
 
 def _signature_details(request: WriteRequest) -> dict[str, Any]:
@@ -462,7 +467,7 @@ def _event(
         user=request.identity.name,
         target=request.target,
         old=old,
-        new=_recordable(new),
+        new=recordable(new),
         reason=request.reason,
         outcome=outcome,
         details={

@@ -62,10 +62,6 @@ class Identity:
         return permission in self.permissions
 
 
-SYSTEM = Identity("system", "PAT Gateway", frozenset(), frozenset())
-"""The gateway itself, as the author of the records it makes on its own."""
-
-
 class Authority:
     """The user base of one configuration, with its lock-out state (in memory)."""
 

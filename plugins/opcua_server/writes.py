@@ -125,8 +125,7 @@ class WriteHandler:
 
 def _raw(value: ua.DataValue | None) -> object:
     variant = value.Value if value is not None else None
-    raw = variant.Value if variant is not None else None
-    return raw if isinstance(raw, (int, float, str)) or raw is None else repr(raw)[:200]
+    return variant.Value if variant is not None else None
 
 
 def _number(value: ua.DataValue | None) -> float | None:
