@@ -1,0 +1,1 @@
+"""Anomaly detection: batch-evolution PCA (T², Q), per-signal checks, alarms (``anomaly``)."""
