@@ -4,7 +4,9 @@ Every write — from the local API (and the CLI through it), the northbound OPC 
 controller inside the gateway — is a :class:`WriteRequest` handed to :meth:`WritePath.submit`,
 which goes, in this order:
 
-1. **declared** — the target is in ``writes:``;
+1. **declared** — the target is in ``writes:``; not a heartbeat (those only a controller beats,
+   :meth:`WritePath.heartbeat`); not **owned** by another identity (a controller in automatic
+   mode owns its target: :meth:`WritePath.claim`);
 2. **authorised** — the identity may ``write`` and qualifies for the target's role;
 3. **reason** given; **signature** (meaning; a witness's for ``witnessed`` targets) if required;
 4. **limits** — finite, within ``min``..``max``;
