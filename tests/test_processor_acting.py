@@ -6,6 +6,9 @@ with writable values in memory, and a processor whose commands make it act."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -418,3 +421,37 @@ def test_bind_controls_sees_each_target_s_limits(tmp_path: Path) -> None:
     bound = Actor.last.bound
     assert bound[SETPOINT] == TargetLimits(SETPOINT, "1", 0.0, 10.0, None, None, False)
     assert bound[BEAT].heartbeat is True
+
+
+def patgw_command(config: Path, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``patgw command`` as a user runs it, the password on stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "command", str(config), *args, "--user", user],
+        input=f"{user}-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.asyncio
+async def test_patgw_command_gives_a_processor_a_command(bench: Bench) -> None:
+    config = bench.plan.source
+    args = ("actor", "mode", "--set", "mode=manual", "--reason", "maintenance")
+    result = await asyncio.to_thread(patgw_command, config, "engineer", *args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mode"] == "manual"
+    (record,) = bench.records("control.mode")
+    assert (record["user"], record["reason"]) == ("engineer", "maintenance")
+    set_value = ("actor", "set", "--set", "value=3", "--reason", "by the book")
+    result = await asyncio.to_thread(patgw_command, config, "operator", *set_value)
+    assert result.returncode == 0, result.stderr
+    assert bench.device.values["setpoint"] == 3.0
+    refused = await asyncio.to_thread(patgw_command, config, "operator", *args)
+    assert refused.returncode == 2
+    assert "may not do this: it needs 'configure'" in refused.stderr
+    bad = await asyncio.to_thread(
+        patgw_command, config, "engineer", "actor", "mode", "--set", "reason=x", "--reason", "r"
+    )
+    assert bad.returncode == 2 and "--reason" in bad.stderr
