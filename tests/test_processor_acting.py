@@ -39,6 +39,7 @@ from gateway import (
     load_plan,
 )
 from gateway.loader import Plan
+from gateway.metrics import health_report
 from gateway.runtime import Gateway
 
 SETPOINT = "t/dev/setpoint"
@@ -286,6 +287,7 @@ async def test_a_claimed_target_refuses_everyone_else_until_released(bench: Benc
     assert status == 200
     status, targets = await bench.call("GET", "/api/v1/targets")
     assert {t["target"]: t["owner"] for t in targets["targets"]}[SETPOINT] == "actor"
+    assert health_report(bench.gateway, 1.0)["processors"]["actor"]["owns"] == [SETPOINT]
     body = {"target": SETPOINT, "value": 3, "reason": "by hand"}
     status, answer = await bench.call("POST", "/api/v1/writes", "operator", body)
     assert answer["outcome"] == "refused" and answer["rule"] == "owner", answer

@@ -208,6 +208,11 @@ class ProcessorRunner:
         self._origin_ns = sample.source_ts
 
     @property
+    def owned(self) -> list[str]:
+        """The targets it owns now (a controller in automatic mode)."""
+        return sorted(self._claimed)
+
+    @property
     def has_task(self) -> bool:
         """Whether the processor has a ``run`` of its own (timers, heartbeats)."""
         return callable(getattr(self.plan.processor, "run", None))
@@ -247,7 +252,7 @@ class ProcessorRunner:
             "skipped": self.skipped,
             "last_error": self.last_error,
             "controls": sorted(self._controls),
-            "owns": sorted(self._claimed),
+            "owns": self.owned,
             "commands": {
                 name: {"permission": str(c.permission), "description": c.description}
                 for name, c in self.commands().items()
