@@ -24,18 +24,20 @@ the model's mean and spread depend on the batch's age.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-import gateway
 from gateway import (
     Channel,
+    CommandCall,
     ConfigPath,
+    GatewayError,
     PluginContext,
+    ProcessorCommand,
     ProcessorIO,
     Quality,
     Sample,
@@ -121,6 +123,9 @@ class LevelCheck(_CheckBase):
     kind: Literal["level"]
     low: float | None = Field(default=None, description="Alarm below this.")
     high: float | None = Field(default=None, description="Alarm above this.")
+    target: float | None = Field(
+        default=None, description="The normal value, for {deviation_pct} in the message."
+    )
 
 
 CheckOptions = Annotated[
@@ -309,12 +314,9 @@ class AnomalyProcessor:
             self._evaluate(sample, io)
 
     # -- optional members of the processor contract -------------------------------------------
-    def commands(self) -> Mapping[str, Any]:
-        command = getattr(gateway, "ProcessorCommand", None)
-        if command is None:
-            return {}
+    def commands(self) -> Mapping[str, ProcessorCommand]:
         return {
-            "acknowledge": command(
+            "acknowledge": ProcessorCommand(
                 permission="write",
                 handler=self._acknowledge_command,
                 description="Acknowledge an alarm: body {'alarm': name, 'reason': text}",
@@ -332,7 +334,7 @@ class AnomalyProcessor:
         t2_out = io.output("t2")
         q_out = io.output("q")
         ts = sample.source_ts
-        hours = _process_hours(io, ts)
+        hours = io.process_time_h(ts)
         every = self.options.every_h
         if self._next_h - every <= hours < self._next_h:
             return
@@ -408,17 +410,18 @@ class AnomalyProcessor:
         else:
             out.publish(0, ts)
 
-    def _audit(self, transition: Transition, alarm: Alarm, io: ProcessorIO, user: str = "") -> None:
+    def _audit(
+        self, transition: Transition, alarm: Alarm, io: ProcessorIO, user: str = "", why: str = ""
+    ) -> None:
         self._log.warning(
             f"anomaly.alarm_{transition.action}", alarm=alarm.name, reason=transition.reason
         )
-        note: Callable[..., None] | None = getattr(io, "note", None)
-        if note is None:
-            return
-        note(
+        io.note(
             f"alarm.{transition.action}",
             target=f"{self.id}/{alarm.name}",
             new=alarm.value,
+            # The cause is the record's reason; an acknowledgement's is the user's own.
+            reason=why or transition.reason,
             why=transition.reason,
             details={"severity": alarm.severity, "state": alarm.status()},
             user=user or None,
@@ -428,7 +431,7 @@ class AnomalyProcessor:
         alarms = [self._mspc_alarm] if self.model is not None else []
         return alarms + [c.alarm for c in self._checks]
 
-    def acknowledge(self, name: str, user: str) -> Transition:
+    def acknowledge(self, name: str, user: str, why: str = "") -> Transition:
         """Acknowledge alarm ``name`` as ``user`` (audited); ``ValueError`` if unknown or if
         there is nothing to acknowledge."""
         by_name = {a.name: a for a in self._alarms()}
@@ -437,23 +440,20 @@ class AnomalyProcessor:
             raise ValueError(f"no alarm {name!r}; alarms: {', '.join(by_name)}")
         transition = alarm.acknowledge(user)
         if self._io is not None:
-            self._audit(transition, alarm, self._io, user)
+            self._audit(transition, alarm, self._io, user, why)
         return transition
 
-    def _acknowledge_command(self, call: Any) -> Awaitable[Mapping[str, Any]]:
-        async def run() -> Mapping[str, Any]:
-            name = call.body.get("alarm")
-            if not isinstance(name, str) or not name:
-                raise ValueError("body needs 'alarm': the alarm's name")
-            alarm = {a.name: a for a in self._alarms()}.get(name)
-            if alarm is not None and not _pending(alarm):
-                # Known, but nothing to acknowledge now: a conflict, not bad input.
-                raise gateway.GatewayError(f"alarm {name} has nothing to acknowledge")
-            transition = self.acknowledge(name, call.user)
-            assert alarm is not None
-            return {"alarm": name, "state": alarm.status(), "audit": transition.reason}
-
-        return run()
+    async def _acknowledge_command(self, call: CommandCall) -> Mapping[str, Any]:
+        name = call.body.get("alarm")
+        if not isinstance(name, str) or not name:
+            raise ValueError("body needs 'alarm': the alarm's name")
+        alarm = {a.name: a for a in self._alarms()}.get(name)
+        if alarm is not None and not _pending(alarm):
+            # Known, but nothing to acknowledge now: a conflict, not bad input.
+            raise GatewayError(f"alarm {name} has nothing to acknowledge ({alarm.status()})")
+        transition = self.acknowledge(name, call.user, call.reason)
+        assert alarm is not None
+        return {"alarm": name, "state": alarm.status(), "audit": transition.reason}
 
 
 def _pending(alarm: Alarm) -> bool:
@@ -467,13 +467,6 @@ def _alarm_status(alarm: Alarm) -> dict[str, Any]:
         "reason": alarm.reason if alarm.status() != "normal" else "",
         "raised": alarm.count,
     }
-
-
-def _process_hours(io: ProcessorIO, ts: int) -> float:
-    clock: Callable[[int], float] | None = getattr(io, "process_time_h", None)
-    if clock is None:
-        raise gateway.GatewayError("the runtime gives no process time (process_time_h)")
-    return clock(ts)
 
 
 def _build_check(options: CheckOptions) -> _Check:
@@ -499,4 +492,5 @@ def _build_check(options: CheckOptions) -> _Check:
         target = options.target
     else:
         detector = Level(options.low, options.high)
+        target = options.target
     return _Check(options, detector, alarm, target)
