@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from plugins.anomaly.checks import Alarm
-from plugins.anomaly.commands import configure_fit, configure_show
+from plugins.anomaly.commands import configure_check, configure_fit, configure_show
 from plugins.anomaly.mspc import ModelFileError, Run, fit_pca, load_model, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,10 @@ def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(ModelFileError, match="sha256 does not match"):
         load_model(path)
+    doc["kind"] = "pls"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="not a 'pca' model"):
+        load_model(path)
     path.write_text(json.dumps({"format": "pat-gateway/pls-model"}))
     with pytest.raises(ModelFileError, match="not a PAT Gateway PCA model"):
         load_model(path)
@@ -133,9 +137,18 @@ def test_fit_command_from_an_export(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(summary["training"]["runs"]) == 4
     assert summary["maturity_h"] == 48.0
     show = argparse.ArgumentParser()
+    show.add_argument("model", type=Path)  # patgw model adds FILE
     shown = configure_show(show)
     assert shown(show.parse_args([str(out), "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["sha256"] == summary["sha256"]
+    check = argparse.ArgumentParser()
+    check.add_argument("model", type=Path)
+    checked = configure_check(check)
+    assert checked(check.parse_args([str(out), "--data", argv[1], "--json"])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == summary["sha256"] and len(report["runs"]) == 4
+    # On its own training runs: a fraction over each limit, never all.
+    assert all(0 <= run["over_t2"] < 0.2 for run in report["runs"])
     # A signal the export does not have: exit 2, one line naming it.
     argv[3] = ",".join([*SIGNALS, "reactor1/controller/nothing"])
     assert handler(parser.parse_args(argv)) == 2

@@ -4,7 +4,8 @@
 
     patgw model fit pca --data normal.jsonl --signals reactor1/controller/ph,... \\
         --output configs/models/reactor-normal-pca.json --id reactor1-normal --model-version 1
-    patgw model show pca configs/models/reactor-normal-pca.json
+    patgw model show configs/models/reactor-normal-pca.json
+    patgw model check configs/models/reactor-normal-pca.json --data later.jsonl
 
 The export (``patgw export --format jsonl``, several files allowed) holds normal runs one after
 the other; a run ends where the first signal has a gap longer than ``--run-gap-h`` hours, and
@@ -27,9 +28,10 @@ import numpy as np
 from gateway import Quality
 from gateway.export import sample_from_json
 
+from .checks import Alarm
 from .mspc import ModelFileError, PcaModel, Run, fit_pca, load_model, save_model
 
-__all__ = ["configure_fit", "configure_show", "read_runs"]
+__all__ = ["configure_check", "configure_fit", "configure_show", "read_runs"]
 
 _NS_PER_H = 3_600_000_000_000
 
@@ -58,10 +60,22 @@ def configure_fit(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
 
 
 def configure_show(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """The arguments of ``patgw model show pca``; returns its handler."""
-    parser.add_argument("model", type=Path, help="model file")
+    """The arguments of ``patgw model show FILE`` for a PCA model (``patgw model`` adds FILE as
+    ``args.model``); returns its handler."""
     parser.add_argument("--json", action="store_true", help="print JSON")
     return _show
+
+
+def configure_check(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The arguments of ``patgw model check FILE`` for a PCA model: score exported runs and
+    report, per run, the fraction of points over each limit (about 1 - confidence on normal
+    runs) and the alarms the processor's default persistence rule (3 of 5) would raise."""
+    parser.add_argument(
+        "--data", type=Path, action="append", required=True, help="JSONL export of runs"
+    )
+    parser.add_argument("--run-gap-h", type=float, default=24.0, help="gap that ends a run, h")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return _check
 
 
 def read_runs(
@@ -155,6 +169,43 @@ def _show(args: argparse.Namespace) -> int:
         print(f"patgw model show pca: {exc}", file=sys.stderr)
         return 2
     _print(_summary(model), args.json)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(args.model)
+        runs, units = read_runs(args.data, list(model.signals), args.run_gap_h)
+        if tuple(units) != model.units:
+            raise InputError(f"the data's units {units} are not the model's {list(model.units)}")
+    except (InputError, ModelFileError) as exc:
+        print(f"patgw model check: {exc}", file=sys.stderr)
+        return 2
+    report = []
+    for run in runs:
+        t2, q = model.score_many(run.hours, run.values)
+        ratio = np.maximum(t2 / model.t2_limit, q / model.q_limit)
+        alarm = Alarm("mspc", severity=1)
+        raised = sum(
+            1
+            for r in ratio.tolist()
+            if (step := alarm.update(r, 0)) is not None and step.action == "raised"
+        )
+        report.append(
+            {
+                "run": run.name,
+                "points": len(run.hours),
+                "hours": round(float(run.hours.max()), 3) if len(run.hours) else 0.0,
+                "over_t2": round(float((t2 > model.t2_limit).mean()), 5),
+                "over_q": round(float((q > model.q_limit).mean()), 5),
+                "alarms": raised,
+            }
+        )
+    if args.json:
+        print(json.dumps({"model": _summary(model)["sha256"], "runs": report}))
+    else:
+        for row in report:
+            print(" ".join(f"{key}={value}" for key, value in row.items()))
     return 0
 
 

@@ -20,7 +20,8 @@ each training run is scored by a model fitted without it. Theoretical limits (F 
 from the training runs as a whole, so they are too tight on new normal runs (see
 docs/decisions/0021).
 
-The file is JSON like the PLS models: ``format``, ``format_version``, an ``id`` and ``version``
+The file is JSON like the PLS models: ``format``, ``format_version``, ``kind`` (``pca``, for
+``patgw model show`` and ``check``), an ``id`` and ``version``
 chosen by whoever fits it, and ``sha256`` over the canonical content, checked at load.
 """
 
@@ -40,6 +41,7 @@ from numpy.typing import NDArray
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "KIND",
     "ModelFileError",
     "PcaModel",
     "Run",
@@ -55,6 +57,8 @@ Array = NDArray[np.float64]
 
 FORMAT = "pat-gateway/pca-model"
 FORMAT_VERSION = 1
+#: The ``kind`` member: which ``patgw model`` kind shows and checks the file.
+KIND = "pca"
 
 #: A standard deviation below this fraction of the signal's typical magnitude (or 1e-9) is
 #: floored: a signal held perfectly still at one age must not make its tiniest wobble infinite.
@@ -307,6 +311,7 @@ def model_to_dict(model: PcaModel) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "kind": KIND,
         "id": model.id,
         "version": model.version,
         "signals": [{"id": s, "unit": u} for s, u in zip(model.signals, model.units, strict=True)],
@@ -334,6 +339,8 @@ def model_from_dict(doc: Any, source: str = "model") -> PcaModel:
         raise fail("not a JSON object")
     if doc.get("format") != FORMAT:
         raise fail(f"format {doc.get('format')!r} is not a PAT Gateway PCA model ({FORMAT!r})")
+    if doc.get("kind") != KIND:
+        raise fail(f"kind {doc.get('kind')!r}: not a {KIND!r} model")
     if doc.get("format_version") != FORMAT_VERSION:
         raise fail(f"format_version {doc.get('format_version')!r}: this gateway reads 1")
     if doc.get("sha256") != _content_hash(doc):
