@@ -78,31 +78,83 @@ def plan_runs(count: int, seed: int) -> list[NormalRun]:
     ]
 
 
-def play(run: NormalRun, hours: float, every_h: float) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Faults to play into a run (for the anomaly benchmark), each from its onset, in process
+    hours; ``None``: not played. They act as the emulators' faults do: ``tubing_wear`` on the
+    delivery (the pump's reported volume stays what it was asked for), ``ph_probe_drift`` on the
+    probe the pH loop controls on, ``growth_upset`` on the growth rate."""
+
+    tubing_wear: tuple[float, float] | None = None  # (onset h, fraction lost per h)
+    ph_probe_drift: tuple[float, float] | None = None  # (onset h, pH per h)
+    growth_upset: tuple[float, float] | None = None  # (onset h, growth factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """A played run: sample times (process h), values (one column per :data:`SIGNALS`), and
+    the truth behind them for validation: the fraction of the reported feed delivered lost to
+    wear, the pH probe's offset, the viable cell density."""
+
+    hours: np.ndarray
+    values: np.ndarray
+    delivery_loss: np.ndarray
+    probe_offset: np.ndarray
+    vcd: np.ndarray
+
+
+def play(
+    run: NormalRun, hours: float, every_h: float, faults: Faults | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The run's sample times (process hours) and values (one column per :data:`SIGNALS`)."""
+    played = play_run(run, hours, every_h, faults)
+    return played.hours, played.values
+
+
+def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None = None) -> Played:
+    """Play ``run`` for ``hours`` with ``faults`` (module docstring, :class:`Faults`)."""
+    faults = faults or Faults()
     params = ProcessParams(vcd_e6_per_mL=run.vcd_e6_per_mL, feed_glucose_g_L=run.feed_glucose_g_L)
     model = FedBatchModel(params, seed=run.seed)
     agitation = AgitationDrive(seed=run.seed)
-    times: list[float] = []
     rows: list[list[float]] = []
+    loss: list[float] = []
+    offset: list[float] = []
+    vcd: list[float] = []
     rate_L_per_h = 0.0
     steps = round(hours / every_h)
     feed_each = max(1, round(FEED_EVERY_H / every_h))
     for step in range(steps + 1):
+        hour = step * every_h
         state = model.state
+        if faults.ph_probe_drift is not None and hour == _onset(faults.ph_probe_drift, every_h):
+            model.set_ph_probe_drift(faults.ph_probe_drift[1])  # type: ignore[attr-defined]
+        if faults.growth_upset is not None and hour == _onset(faults.growth_upset, every_h):
+            model.set_growth_factor(faults.growth_upset[1])  # type: ignore[attr-defined]
+        wear = 0.0
+        if faults.tubing_wear is not None and hour > faults.tubing_wear[0]:
+            wear = min(0.5, (hour - faults.tubing_wear[0]) * faults.tubing_wear[1])
         if step % feed_each == 0:
             # Replace what the cells will take up until the next adjustment, plus a share of
-            # the gap to the level: a proportional loop on top of a feed-forward.
+            # the gap to the level: a proportional loop on top of a feed-forward. It sets the
+            # pump's rate; a worn tube delivers less of it.
             uptake_g_per_h = max(0.0, _uptake(model) * state.volume_L)
             gap_g = (run.glucose_level_g_L - state.glucose_g_L) * state.volume_L
             rate_g = max(0.0, uptake_g_per_h + 0.5 * gap_g / FEED_EVERY_H)
             rate_L_per_h = rate_g / params.feed_glucose_g_L
         values = readings(state, params, agitation)
-        times.append(step * every_h)
         rows.append([float(values[variable]) for _, _, variable in SIGNALS])
-        model.add_feed(rate_L_per_h * every_h)
+        loss.append(wear)
+        offset.append(float(getattr(state, "ph_probe", state.ph) - state.ph))
+        vcd.append(state.vcd_e6_per_mL)
+        model.add_feed(rate_L_per_h * every_h * (1.0 - wear))
         model.advance(every_h)
-    return np.asarray(times), np.asarray(rows)
+    times = np.arange(steps + 1) * every_h
+    return Played(times, np.asarray(rows), np.asarray(loss), np.asarray(offset), np.asarray(vcd))
+
+
+def _onset(fault: tuple[float, float], every_h: float) -> float:
+    return round(fault[0] / every_h) * every_h
 
 
 def _uptake(model: FedBatchModel) -> float:

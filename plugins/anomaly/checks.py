@@ -246,7 +246,9 @@ class Alarm:
                 self.state = AlarmState.NORMAL if self.acknowledged else AlarmState.CLEARED_UNACKED
                 self._below = 0
                 self._reset_window()
-                return Transition("cleared", self.name, f"cleared: {self.reason}")
+                return Transition(
+                    "cleared", self.name, f"back under the limit (was: {self.reason})"
+                )
             return None
         if self._over >= self.k:
             self.state = AlarmState.ACTIVE
