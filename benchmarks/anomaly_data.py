@@ -61,6 +61,8 @@ class NormalRun:
     glucose_level_g_L: float
     vcd_e6_per_mL: float
     feed_glucose_g_L: float
+    #: A constant feed instead of the glucose loop (a fixed pump speed), mL per process hour.
+    constant_feed_mL_per_h: float | None = None
 
 
 def plan_runs(count: int, seed: int) -> list[NormalRun]:
@@ -134,7 +136,9 @@ def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None
         wear = 0.0
         if faults.tubing_wear is not None and hour > faults.tubing_wear[0]:
             wear = min(0.5, (hour - faults.tubing_wear[0]) * faults.tubing_wear[1])
-        if step % feed_each == 0:
+        if run.constant_feed_mL_per_h is not None:
+            rate_L_per_h = run.constant_feed_mL_per_h / 1000.0
+        elif step % feed_each == 0:
             # Replace what the cells will take up until the next adjustment, plus a share of
             # the gap to the level: a proportional loop on top of a feed-forward. It sets the
             # pump's rate; a worn tube delivers less of it.
