@@ -152,11 +152,12 @@ class AnomalyOptions(BaseModel):
         default_factory=Persistence, description="The model's alarm raise/clear rule."
     )
     severity: int = Field(default=2, ge=1, le=4, description="The model alarm's severity.")
-    stale_s: float = Field(
-        default=10.0,
+    stale_s: float | None = Field(
+        default=None,
         gt=0,
-        description="A model signal whose last good value is older than this (wall seconds)"
-        " stops the model's statistics until it is fresh.",
+        description="For polled signals: one whose last good value is older than this (wall"
+        " seconds) stops the model's statistics until it is fresh. None (default): a value"
+        " holds until a bad sample (a subscription reports only changes).",
     )
     every_h: float = Field(
         default=0.1,
@@ -307,9 +308,9 @@ class AnomalyProcessor:
         index = self._model_index.get(signal)
         if index is None:
             return
-        if good:
-            self._latest[index] = float(value)
-            self._latest_ts[index] = sample.gateway_ts
+        # A bad sample voids the value: the model is never scored on what was last known.
+        self._latest[index] = float(value) if good else math.nan
+        self._latest_ts[index] = sample.gateway_ts
         if signal == self._pace:
             self._evaluate(sample, io)
 
@@ -340,7 +341,8 @@ class AnomalyProcessor:
             return
         # Also when the time went back (a new batch: its age restarts).
         self._next_h = hours + every
-        limit_ns = self.options.stale_s * 1e9
+        stale_s = self.options.stale_s
+        limit_ns = math.inf if stale_s is None else stale_s * 1e9
         now = sample.gateway_ts
         missing = [
             model.signals[k]
@@ -348,7 +350,7 @@ class AnomalyProcessor:
             if math.isnan(v) or now - seen > limit_ns
         ]
         if missing:
-            stale = f"no fresh good value of {', '.join(missing)}"
+            stale = f"no {'fresh ' if stale_s else ''}good value of {', '.join(missing)}"
             t2_out.publish(None, ts, Quality.BAD, stale)
             q_out.publish(None, ts, Quality.BAD, stale)
             return
