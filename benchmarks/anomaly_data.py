@@ -103,6 +103,11 @@ class Played:
     delivery_loss: np.ndarray
     probe_offset: np.ndarray
     vcd: np.ndarray
+    #: The feed pump's own total (what it was asked to deliver), mL: a gateway signal.
+    feed_reported_mL: np.ndarray
+    #: True glucose and lactate, g/L (a soft sensor's target).
+    glucose: np.ndarray
+    lactate: np.ndarray
 
 
 def play(
@@ -123,6 +128,10 @@ def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None
     loss: list[float] = []
     offset: list[float] = []
     vcd: list[float] = []
+    reported: list[float] = []
+    glucose: list[float] = []
+    lactate: list[float] = []
+    reported_mL = 0.0
     rate_L_per_h = 0.0
     steps = round(hours / every_h)
     feed_each = max(1, round(FEED_EVERY_H / every_h))
@@ -151,10 +160,23 @@ def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None
         loss.append(wear)
         offset.append(float(getattr(state, "ph_probe", state.ph) - state.ph))
         vcd.append(state.vcd_e6_per_mL)
+        reported.append(reported_mL)
+        glucose.append(state.glucose_g_L)
+        lactate.append(state.lactate_g_L)
+        reported_mL += rate_L_per_h * every_h * 1000.0
         model.add_feed(rate_L_per_h * every_h * (1.0 - wear))
         model.advance(every_h)
     times = np.arange(steps + 1) * every_h
-    return Played(times, np.asarray(rows), np.asarray(loss), np.asarray(offset), np.asarray(vcd))
+    return Played(
+        times,
+        np.asarray(rows),
+        np.asarray(loss),
+        np.asarray(offset),
+        np.asarray(vcd),
+        np.asarray(reported),
+        np.asarray(glucose),
+        np.asarray(lactate),
+    )
 
 
 def _onset(fault: tuple[float, float], every_h: float) -> float:
