@@ -162,6 +162,7 @@ def replay(
     runtime = cast(ProcessorIO, io)
     twin_processor, twin_io = (_twin(folder, processor, runtime)) if twin else (None, None)
     rng = np.random.default_rng(seed)
+    twin_inputs = set(twin_processor.inputs()) if twin_processor is not None else set()
     # The pace signal (the model's first) last in each round: scored on fresh values.
     order = [*range(1, len(signals)), 0]
     for step, (hour, row) in enumerate(zip(played.hours, played.values, strict=True)):
@@ -181,7 +182,8 @@ def replay(
                 + rng.normal(0, SOFTSENSOR_SD["lactate"]),
             }
             for k, (name, _) in enumerate(signals):
-                measured[name] = float(row[k])
+                if name in twin_inputs:
+                    measured[name] = float(row[k])
             for name, value in measured.items():
                 unit = TWIN_UNITS[name]
                 sample = Sample(name, value, unit, ts, wall, Quality.GOOD, step)
@@ -206,26 +208,19 @@ TWIN_UNITS = {
     "reactor1/softsensor/lactate": "g/L",
     **{name: unit for name, unit, _ in data.SIGNALS},
 }
-#: The anomaly processor's checks on the twin's residuals (what the demo configures).
+#: The anomaly processor's check on the twin's feed efficiency. A level, not a CUSUM: on clean
+#: runs the twin's estimate wanders between about 0.84 and 1.02 (its model is not the
+#: emulator's), so a drift test tuned to its noise alarms on every clean run. Its base residual
+#: wanders by +-14 mL on clean runs, more than a 0.2 pH drift moves it: no check on it here.
 CHECKS: list[dict[str, Any]] = [
     {
         "name": "feed_pump_wear",
-        "kind": "drift",
+        "kind": "level",
         "signal": "reactor1/twin/feed_efficiency",
         "instrument": "feed_pump",
+        "low": 0.8,
         "target": 1.0,
-        "sd": 0.02,
-        "direction": "low",
         "message": "delivered feed {deviation_pct:.0f} % below reported (tubing wear?)",
-    },
-    {
-        "name": "ph_probe_drift",
-        "kind": "drift",
-        "signal": "reactor1/twin/base_residual",
-        "instrument": "controller",
-        "target": 0.0,
-        "sd": 1.0,
-        "message": "base use off the twin's expectation (pH probe drifting?)",
     },
 ]
 
@@ -240,13 +235,11 @@ def _twin(folder: Path, anomaly: AnomalyProcessor, anomaly_io: ProcessorIO) -> t
             "glucose": "reactor1/softsensor/glucose",
             "lactate": "reactor1/softsensor/lactate",
             "base_total": "reactor1/controller/base_total",
-            "temperature": "reactor1/controller/temperature",
-            "ph": "reactor1/controller/ph",
-            "dissolved_oxygen": "reactor1/controller/dissolved_oxygen",
         }
     )
     twin = TwinProcessor(options, PluginContext("twin", folder))
-    twin.bind({name: Signal(name, unit) for name, unit in TWIN_UNITS.items()})
+    wanted = set(twin.inputs())
+    twin.bind({name: Signal(name, unit) for name, unit in TWIN_UNITS.items() if name in wanted})
     return twin, TwinIO(anomaly, anomaly_io)
 
 
@@ -280,7 +273,7 @@ FAULTS: dict[str, data.Faults] = {
 #: The alarms that name each fault (the model's alarm names the signals, not the cause).
 EXPECTED = {
     "growth_upset": ("mspc_alarm",),
-    "ph_probe_drift": ("ph_probe_drift", "mspc_alarm"),
+    "ph_probe_drift": ("mspc_alarm",),
     "tubing_wear": ("feed_pump_wear", "mspc_alarm"),
 }
 
