@@ -22,15 +22,22 @@ import pytest
 from asyncua import Client, ua
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
-from test_bioreactor_controller import connected, emulator, node
-from test_feed_pump_emulator import f32, f32_words, f64, make_client, poll_registers, read_all
+
+# empty_hub (autouse): each test starts with no process registered and leaves none behind.
+from test_bioreactor_controller import (
+    connected,
+    empty_hub,  # noqa: F401
+    emulator,
+    node,
+)
+from test_feed_pump_emulator import f32, f64, make_client, poll_registers, read_all
 from test_raman_emulator import GET_SPECTRUM, open_port, request
 from test_raman_emulator import Client as ObpClient
 
-from firmware_stubs.bioreactor import FedBatchModel, ProcessParams, hub
+from firmware_stubs.bioreactor import FedBatchModel, ProcessParams
 from firmware_stubs.bioreactor.plugin import BioreactorEmulator, BioreactorOptions
 from firmware_stubs.feed_pump import Fault as PumpFault
-from firmware_stubs.feed_pump import FeedPumpEmulator
+from firmware_stubs.feed_pump import FeedPumpEmulator, PumpModel
 from firmware_stubs.feed_pump.plugin import FeedPumpOptions, _build
 from firmware_stubs.raman import Composition, RamanEmulator
 from firmware_stubs.raman import Fault as RamanFault
@@ -40,16 +47,6 @@ from firmware_stubs.schedule import Ramp
 from gateway import PluginContext
 
 RUNNING = 10
-
-
-@pytest.fixture(autouse=True)
-def empty_hub() -> Any:
-    """Each test starts with no process registered and must leave none behind."""
-    assert not hub._processes
-    yield
-    leftover = sorted(hub._processes)
-    hub._processes.clear()
-    assert not leftover, f"test left processes registered: {leftover}"
 
 
 class FakeHours:
@@ -106,13 +103,14 @@ async def test_tubing_wear_reduces_the_delivery_at_its_rate_while_the_pump_repor
 ):
     hours = FakeHours(10.0)
     received: list[float] = []
-    pump = FeedPumpEmulator(port=0, on_delivered=received.append)
+    # 240 mL/min, a head that reaches its speed in 0.3 s: millilitres within a second.
+    model = PumpModel(setpoint_rpm=300.0, actual_rpm=300.0, ramp_rpm_per_s=1000.0)
+    pump = FeedPumpEmulator(port=0, model=model, on_delivered=received.append)
     pump.hours = hours
     async with pump:
         client = make_client(pump.port)
         await client.connect()
         try:
-            await write(client, 0, f32_words(300.0))  # 240 mL/min: millilitres within a second
             await pump_stopped_total(client)
             pump.inject(PumpFault.TUBING_WEAR, rate_per_h=0.05, max_loss=0.5)
             for at_h, loss in ((12.0, 0.1), (16.0, 0.3), (40.0, 0.5)):
@@ -148,7 +146,7 @@ async def test_scheduled_tubing_wear_counts_process_hours_and_feed_total_shows_t
     options = FeedPumpOptions.model_validate(
         {
             "port": 0,
-            "setpoint_rpm": 300,
+            "setpoint_rpm": 100,
             "process": "reactor",
             "faults": [{"fault": "tubing_wear", "after_s": 0, "rate_per_h": 0.2, "max_loss": 0.3}],
         }
@@ -173,7 +171,7 @@ async def test_scheduled_tubing_wear_counts_process_hours_and_feed_total_shows_t
 
         reported_1, true_1 = await totals()
         assert true_1 < reported_1 * 0.9  # the culture got less than the pump says it gave
-        await pump_some(modbus, 3.0)
+        await pump_some(modbus, 1.5)
         reported_2, true_2 = await totals()
         assert true_2 - true_1 == pytest.approx((reported_2 - reported_1) * 0.7, rel=1e-6)
 
