@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from conftest import wait_for
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
+from test_driver_writes import published_close_to, pump_gateway
 from test_feed_pump_emulator import f32, f32_words, make_client, poll_registers, read_all
 
 from firmware_stubs.feed_pump import PumpModel
@@ -190,3 +192,26 @@ async def test_the_watchdog_is_configured_over_modbus(
         SAFE_SPEED, list(struct.unpack(">2H", struct.pack(">f", 500.0))), device_id=1
     )
     assert refused.isError() and refused.exception_code == ExceptionCode.ILLEGAL_DATA_VALUE
+
+
+# --------------------------------------------------------------------------- through the gateway
+
+
+@pytest.mark.asyncio
+async def test_the_gateway_driver_arms_beats_and_sees_the_trip_through_the_profile(
+    tmp_path: Path,
+) -> None:
+    """The Modbus driver knows the watchdog only from the feed_pump profile: it arms it, sees the
+    trip published like any signal, and clears it with a beat."""
+    async with pump_gateway(tmp_path, setpoint_rpm=20.0, actual_rpm=20.0) as (pump, gw, driver):
+        await driver.write("safe_speed", 1.5)
+        await driver.write("watchdog_s", 1)
+        assert await driver.read_back("watchdog_s") == 1.0
+        await wait_for(lambda: published_close_to(gw, "watchdog_tripped", 1.0), what="the trip")
+        await wait_for(lambda: published_close_to(gw, "speed_setpoint", 1.5), what="safe speed")
+        await driver.write("watchdog_s", 0)  # disarmed first, so the flag cannot come back
+        await driver.write("heartbeat", 7)
+        assert await driver.read_back("watchdog_tripped") == 0.0
+        assert await driver.read_back("heartbeat") == 7.0
+        assert await driver.read_back("speed_setpoint") == 1.5  # safe until written again
+        assert pump.model.setpoint_rpm == 1.5
