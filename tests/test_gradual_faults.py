@@ -385,26 +385,3 @@ def test_process_faults_need_no_controller_but_controller_faults_do() -> None:
     BioreactorOptions.model_validate({"faults": [{"fault": "growth_upset", "after_s": 1}]})
     with pytest.raises(ValidationError, match="fault frozen acts on the OPC UA controller"):
         BioreactorOptions.model_validate({"faults": [{"fault": "frozen", "after_s": 1}]})
-
-
-# --------------------------------------------------------------------------- truths stay truths
-
-#: Names by which the emulators' truths are reached: the controller's validation-only nodes and
-#: the pump's in-process count of what the culture received.
-TRUTHS = ("Emulation.", "Emulation/", "FeedTotal", "delivered_ml", "ph_probe")
-
-
-@pytest.mark.parametrize("folder", ["gateway", "plugins"])
-def test_no_gateway_or_plugin_code_names_an_emulator_truth(folder: str) -> None:
-    """The true values are for validation only: no code of the gateway or of a plugin may read
-    them to detect, estimate or control (configs may still export them beside the estimates)."""
-    root = Path(__file__).resolve().parent.parent / folder
-    found = [
-        f"{path.relative_to(root.parent)}:{number}: {truth}"
-        for path in sorted(root.rglob("*.py"))
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        for truth in TRUTHS
-        if truth in line
-    ]
-    assert len(list(root.rglob("*.py"))) > 5  # the folder is really there
-    assert not found, "\n".join(found)
