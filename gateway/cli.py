@@ -40,7 +40,7 @@ from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
 from .timefmt import duration_argument, parse_iso_ns
-from .writecli import add_write_command, cmd_write
+from .writecli import add_command_command, add_write_command, cmd_command, cmd_write
 from .yamltext import load_yaml
 
 __all__ = ["main"]
@@ -122,6 +122,7 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     )
 
     add_write_command(sub, common)
+    add_command_command(sub, common)
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -462,6 +463,7 @@ _COMMANDS = {
     "emulate": _cmd_emulate,
     "hash-password": _cmd_hash_password,
     "write": cmd_write,
+    "command": cmd_command,
     "audit": run_audit,
 }
 

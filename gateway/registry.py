@@ -27,6 +27,7 @@ BUILT_IN_COMMANDS = frozenset(
         "hash-password",
         "audit",
         "write",
+        "command",
     }
 )
 
