@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from asyncua import Client, ua
+from conftest import running, wait_for, write_config
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -31,6 +32,8 @@ from test_bioreactor_controller import (
     node,
 )
 from test_feed_pump_emulator import f32, f64, make_client, poll_registers, read_all
+from test_opcua_driver_emulator import instrument as opcua_instrument
+from test_processor_acting import Plugin as ActingPlugin
 from test_raman_emulator import GET_SPECTRUM, open_port, request
 from test_raman_emulator import Client as ObpClient
 
@@ -44,7 +47,7 @@ from firmware_stubs.raman import Fault as RamanFault
 from firmware_stubs.raman.plugin import RamanOptions, factory
 from firmware_stubs.raman.spectrum import SpectrumSynthesizer
 from firmware_stubs.schedule import Ramp
-from gateway import PluginContext
+from gateway import PluginContext, build_registry, load_plan
 
 RUNNING = 10
 
@@ -345,6 +348,44 @@ async def test_batch_age_is_process_hours_since_inoculation() -> None:
         assert time.monotonic() - since >= (later - first) - 0.05 - 0.01
         eu = await (await age.get_child("0:EngineeringUnits")).read_value()
         assert (eu.UnitId, eu.DisplayName.Text) == (4740434, "h")
+
+
+@pytest.mark.asyncio
+async def test_a_processor_takes_batch_age_as_its_time_base(tmp_path: Path) -> None:
+    """The gateway reads Batch.Age over OPC UA as a signal in hours, and a processor whose
+    time_base names it counts process time from it, not from the gateway's start: the run is
+    5 process hours old before the gateway starts."""
+    reactor = emulator(time_scale=3600)
+    async with reactor, connected(reactor.endpoint) as (client, ns):
+        await wait_for_node(client, ns, "Batch.Age", lambda a: a > 5.0)
+        node_cfg = {"name": "batch_age", "node": "dcu:BioreactorController.Batch.Age", "unit": "h"}
+        document = {
+            "area": "t",
+            "data_dir": str(tmp_path / "data"),
+            "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
+            "instruments": [opcua_instrument("controller", reactor.controller.port, [node_cfg])],
+            "processors": [
+                {
+                    "id": "actor",
+                    "type": "actor",
+                    "options": {"controls": []},
+                    "time_base": {"time_scale": 3600, "age": "controller/batch_age"},
+                }
+            ],
+        }
+        registry = build_registry([ActingPlugin()])
+        plan = load_plan(write_config(tmp_path / "g.yaml", document), registry)
+        async with running(plan) as (gateway, _):
+            runner = gateway.processors[0]
+
+            def process_time_matches_the_run() -> bool:
+                before = reactor.clock.hours()
+                now = runner.process_time_h(time.time_ns())
+                # Within a model step (10 process s) and a little wall-clock slack.
+                return before - 0.02 <= now <= reactor.clock.hours() + 0.02
+
+            await wait_for(process_time_matches_the_run, 10, what="process time from Batch.Age")
+            assert runner.process_time_h(time.time_ns()) > 5.0
 
 
 # --------------------------------------------------------------------------- bad schedules
