@@ -133,15 +133,16 @@ def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None
     lactate: list[float] = []
     reported_mL = 0.0
     rate_L_per_h = 0.0
+    last_uptake: list[tuple[float, float]] = []
     steps = round(hours / every_h)
     feed_each = max(1, round(FEED_EVERY_H / every_h))
     for step in range(steps + 1):
         hour = step * every_h
         state = model.state
         if faults.ph_probe_drift is not None and hour == _onset(faults.ph_probe_drift, every_h):
-            model.set_ph_probe_drift(faults.ph_probe_drift[1])  # type: ignore[attr-defined]
+            model.set_ph_probe_drift(faults.ph_probe_drift[1])
         if faults.growth_upset is not None and hour == _onset(faults.growth_upset, every_h):
-            model.set_growth_factor(faults.growth_upset[1])  # type: ignore[attr-defined]
+            model.set_growth_factor(faults.growth_upset[1])
         wear = 0.0
         if faults.tubing_wear is not None and hour > faults.tubing_wear[0]:
             wear = min(0.5, (hour - faults.tubing_wear[0]) * faults.tubing_wear[1])
@@ -151,14 +152,14 @@ def play_run(run: NormalRun, hours: float, every_h: float, faults: Faults | None
             # Replace what the cells will take up until the next adjustment, plus a share of
             # the gap to the level: a proportional loop on top of a feed-forward. It sets the
             # pump's rate; a worn tube delivers less of it.
-            uptake_g_per_h = max(0.0, _uptake(model) * state.volume_L)
+            uptake_g_per_h = max(0.0, _uptake(model, last_uptake) * state.volume_L)
             gap_g = (run.glucose_level_g_L - state.glucose_g_L) * state.volume_L
             rate_g = max(0.0, uptake_g_per_h + 0.5 * gap_g / FEED_EVERY_H)
             rate_L_per_h = rate_g / params.feed_glucose_g_L
         values = readings(state, params, agitation)
         rows.append([float(values[variable]) for _, _, variable in SIGNALS])
         loss.append(wear)
-        offset.append(float(getattr(state, "ph_probe", state.ph) - state.ph))
+        offset.append(float(state.ph_probe - state.ph))
         vcd.append(state.vcd_e6_per_mL)
         reported.append(reported_mL)
         glucose.append(state.glucose_g_L)
@@ -183,11 +184,12 @@ def _onset(fault: tuple[float, float], every_h: float) -> float:
     return round(fault[0] / every_h) * every_h
 
 
-def _uptake(model: FedBatchModel) -> float:
-    """Glucose uptake now, g/L/h, from the last half hour's consumption (the loop's estimate)."""
+def _uptake(model: FedBatchModel, last: list[tuple[float, float]]) -> float:
+    """Glucose uptake now, g/L/h, since the previous call (the loop's estimate); ``last`` keeps
+    (time, glucose consumed) between calls."""
     state = model.state
-    previous = getattr(model, "_anomaly_data_last", None)
-    model._anomaly_data_last = (state.time_h, state.glucose_consumed_g)  # type: ignore[attr-defined]
+    previous = last[0] if last else None
+    last[:] = [(state.time_h, state.glucose_consumed_g)]
     if previous is None or state.time_h <= previous[0]:
         return 0.0
     return (state.glucose_consumed_g - previous[1]) / (state.time_h - previous[0]) / state.volume_L
