@@ -9,14 +9,12 @@ offline by ``benchmarks/anomaly_data.py``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from conftest import free_port, plan_for, running, stored_by_signal, wait_for
+from test_anomaly_mspc import DATA
 
 from plugins.anomaly.mspc import Run, fit_pca, save_model
 
@@ -30,22 +28,8 @@ ONSET_H = 30.0
 ALARM = "reactor1/anomaly/mspc_alarm"
 
 
-def _data_script() -> ModuleType:
-    module = sys.modules.get("anomaly_data")
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(
-        "anomaly_data", ROOT / "benchmarks" / "anomaly_data.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["anomaly_data"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fit_recipe_model(path: Path) -> None:
-    data = _data_script()
+    data = DATA
     runs = []
     for seed in range(6):
         run = data.NormalRun(f"fixed-feed-{seed}", 1000 + seed, 0.0, 0.5, 400.0, FEED_ML_PER_H)
