@@ -18,7 +18,6 @@ from test_anomaly_mspc import DATA
 
 from plugins.anomaly.mspc import Run, fit_pca, save_model
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Process seconds per wall second: 1 process hour per wall second.
 TIME_SCALE = 3600.0
 #: Feed, mL per process hour, and the pump speed that gives it at TIME_SCALE (0.8 mL/rev).
