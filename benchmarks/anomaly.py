@@ -226,7 +226,10 @@ CHECKS: list[dict[str, Any]] = [
 
 
 def _twin(folder: Path, anomaly: AnomalyProcessor, anomaly_io: ProcessorIO) -> tuple[Any, TwinIO]:
-    from plugins.twin.processor import TwinOptions, TwinProcessor
+    try:
+        from plugins.twin.processor import TwinOptions, TwinProcessor
+    except ImportError as exc:
+        raise SystemExit(f"the twin plugin is not here ({exc}): run with --no-twin") from exc
 
     options = TwinOptions.model_validate(
         {
