@@ -41,7 +41,7 @@ from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
 from .timefmt import duration_argument, parse_iso_ns
-from .writecli import add_write_command, cmd_write
+from .writecli import add_command_command, add_write_command, cmd_command, cmd_write
 from .yamltext import load_yaml
 
 __all__ = ["main"]
@@ -123,6 +123,7 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     )
 
     add_write_command(sub, common)
+    add_command_command(sub, common)
     add_model_parser(sub, common)
 
     emulate = sub.add_parser(
@@ -468,6 +469,7 @@ _COMMANDS = {
     "emulate": _cmd_emulate,
     "hash-password": _cmd_hash_password,
     "write": cmd_write,
+    "command": cmd_command,
     "audit": run_audit,
     "model": _cmd_model,
 }

@@ -392,6 +392,8 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "failures": p.failures,
             "skipped": p.skipped,
             "last_error": p.last_error,
+            "restarts": p.restarts,
+            "owns": p.owned,
         }
         for p in gateway.processors
     }

@@ -36,6 +36,7 @@ BUILT_IN_COMMANDS = frozenset(
         "hash-password",
         "audit",
         "write",
+        "command",
         "model",
     }
 )

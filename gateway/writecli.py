@@ -25,7 +25,7 @@ from typing import Any
 from .config import GatewayConfig, HttpConfig
 from .loader import read_config
 
-__all__ = ["add_write_command", "cmd_write"]
+__all__ = ["add_command_command", "add_write_command", "cmd_command", "cmd_write"]
 
 TIMEOUT_S = 30.0
 
@@ -46,6 +46,55 @@ def add_write_command(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     write.add_argument("--witness", help="the second person, for targets that need a witness")
     write.add_argument("--witness-meaning", default="witnessed", help="the witness's meaning")
+
+
+def add_command_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    command = sub.add_parser(
+        "command",
+        parents=[common],
+        help="give a processor a command through the running gateway (a loop's mode, an"
+        " alarm's acknowledgement), audited",
+    )
+    command.add_argument("config", type=Path)
+    command.add_argument("processor", help="the processor's id, e.g. glucose_loop")
+    command.add_argument("name", help="the command, e.g. mode (see GET /api/v1/processors)")
+    command.add_argument("--user", required=True, help="who gives it (security.users)")
+    command.add_argument("--reason", required=True, help="why: kept in the audit trail")
+    command.add_argument(
+        "--set",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of the command's body (VALUE as JSON if it parses, else text);"
+        " repeatable, e.g. --set mode=manual --set output=2.5",
+    )
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    config = read_config(args.config)
+    http = _api_endpoint(config, args.config)
+    if isinstance(http, str):
+        return _fail(http)
+    body: dict[str, Any] = {}
+    for field in args.fields:
+        key, sep, text = field.partition("=")
+        if not sep or not key or key == "reason":
+            return _fail(f"--set {field!r}: write KEY=VALUE (the reason goes in --reason)")
+        try:
+            body[key] = json.loads(text)
+        except ValueError:
+            body[key] = text
+    body["reason"] = args.reason
+    password = _password(f"password for {args.user}: ")
+    route = f"/api/v1/processors/{args.processor}/{args.name}"
+    status, document = _post(http, route, args.user, password, body)
+    if status is None:
+        return _fail(str(document.get("error")))
+    if status == 200:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    return _fail(f"{args.processor} {args.name}: {document.get('error') or f'HTTP {status}'}")
 
 
 def _number(text: str) -> float:
