@@ -1,13 +1,13 @@
 """The digital twin against the emulator's truth, through the real gateway.
 
-    python benchmarks/twin.py [--days 10] [--time-scale 1440] [--rpm 21] [--seed 7]
+    python benchmarks/twin.py [--days 10] [--time-scale 1440] [--rpm 15] [--seed 7]
         [--model configs/models/cho-twin.json]
 
 Runs ``patgw run`` on the demo's wiring (bioreactor controller on OPC UA, feed pump on Modbus,
 Raman on a pseudo-terminal, the ``pls`` soft sensor) time-scaled, with the ``twin`` processor
 beside it, for ``--days`` process days (``--days * 24 * 3600 / --time-scale`` wall seconds:
-10 min for the defaults). The pump runs at ``--rpm`` throughout (0.8 mL/rev: 21 rpm at 1440x
-is 0.7 mL of 400 g/L feed per process hour; the default, 15 rpm, 0.5 mL/h). The controller's ``Emulation.*`` nodes (the true
+10 min for the defaults). The pump runs at ``--rpm`` throughout (0.8 mL/rev: 15 rpm at 1440x
+is 0.5 mL of 400 g/L feed per process hour). The controller's ``Emulation.*`` nodes (the true
 VCD, titer and glucose, which no real controller has) are read *by this benchmark only*, as
 extra signals of its configuration; the twin never sees them. Prints one JSON object:
 
