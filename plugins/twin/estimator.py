@@ -233,11 +233,13 @@ class TwinEstimator:
 
     # -- forecast --------------------------------------------------------------------------------
     def forecast(
-        self, horizon_h: float, threshold: float, search_h: float, step_h: float = 0.25
+        self, horizon_h: float, threshold: float, search_h: float, step_h: float = 0.5
     ) -> Forecast:
         """Glucose at ``+horizon_h`` at the current feed (mean and sd, the covariance propagated
-        with the model), and the hours until glucose falls below ``threshold`` (searched up to
-        ``search_h``; its sd from the glucose sd there over the glucose slope)."""
+        with the model in steps of ``step_h``), and the hours until glucose falls below
+        ``threshold`` (searched up to ``search_h``, beyond the horizon in steps of up to 2 h,
+        shorter as glucose nears the threshold; its sd from the glucose sd there over the
+        glucose slope)."""
         p, u = self.p, self.u
         s = list(self.x)
         cov = self.cov.copy()
@@ -250,10 +252,15 @@ class TwinEstimator:
         if s[G] < threshold:
             depletion, depletion_sd = 0.0, 0.0
         while t < end - 1e-9:
-            dt = min(step_h, end - t)
-            if at_horizon is None and t + dt > horizon_h:
-                dt = max(1e-9, horizon_h - t)
             d = derivatives(s, p, u, factor)
+            if at_horizon is None:
+                dt = min(step_h, horizon_h - t)
+            else:
+                # Far from depletion, long steps: a fifth of the time glucose needs to reach it.
+                falling = -d[G]
+                room = s[G] - threshold
+                dt = 2.0 if falling <= 0 else min(2.0, max(step_h, 0.2 * room / falling))
+            dt = max(1e-9, min(dt, end - t))
             if at_horizon is None:
                 f = _transition(s, d, p, u, factor, dt)
                 cov = f @ cov @ f.T + self._q * dt

@@ -94,7 +94,10 @@ class TwinOptions(BaseModel):
         default=72.0, gt=0, le=720, description="How far time_to_depletion looks (process h)."
     )
     publish_every_h: float = Field(
-        default=0.1, gt=0, description="Publish the state at least this often (process h)."
+        default=0.1,
+        gt=0,
+        description="Publish the state at least this often, the forecast at most this often"
+        " (process h); the state also at each good measurement.",
     )
     stale_h: float = Field(
         default=2.0, gt=0, description="Open loop (uncertain) after this long without glucose."
@@ -141,6 +144,7 @@ class TwinProcessor:
         self._base_last: float | None = None
         self._last_good_glucose_h: float | None = None
         self._last_publish_h = -math.inf
+        self._last_forecast_h = -math.inf
         self.counts: dict[str, int] = {
             f"{role}_{what}": 0
             for role in ("glucose", "lactate")
@@ -324,6 +328,9 @@ class TwinProcessor:
                 reason,
             )
         opts = self.options
+        if t - self._last_forecast_h < opts.publish_every_h:
+            return  # the forecast of a moment ago still stands: at most one per publish_every_h
+        self._last_forecast_h = t
         forecast = est.forecast(opts.forecast_h, opts.depletion_g_per_l, opts.depletion_search_h)
         _publish(
             output("glucose_forecast"),
