@@ -502,6 +502,11 @@ def test_omitted_signals_publish_every_channel(tmp_path: Path, registry: Registr
         "running",
         "fault_code",
         "tubing_ml_per_rev",
+        "device_id",
+        "heartbeat",
+        "watchdog_s",
+        "safe_speed",
+        "watchdog_tripped",
     ]
     assert all(sp.conversion.is_identity for sp in inst.signals)
     assert all(sp.signal.id == f"reactor1/feed_pump/{sp.channel}" for sp in inst.signals)

@@ -16,7 +16,9 @@ from gateway import build_registry, load_plan
 REPO = Path(__file__).resolve().parents[1]
 #: What names an emulator truth in code: its OPC UA node names, the hub that hands out the
 #: process model, and the demo's *_true signals.
-TRUTH = re.compile(r"Emulation\.|FeedTotal|(?<![A-Za-z])hub\.lookup|\b(?!store_true)\w+_true\b")
+TRUTH = re.compile(
+    r"Emulation\.|FeedTotal|delivered_ml|(?<![A-Za-z])hub\.lookup|\b(?!store_true)\w+_true\b"
+)
 
 
 def truth_references(folder: Path) -> list[str]:
