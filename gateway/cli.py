@@ -32,6 +32,7 @@ from .export import FORMATS, read_archive
 from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
 from .model import Sample
+from .modelcli import add_model_parser, run_model_args
 from .passwords import hash_password
 from .pluginmanager import build_registry
 from .registry import PluginKind, Registration
@@ -60,8 +61,8 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patgw",
         description="PAT Gateway: read process-analytical instruments, durably.",
-        epilog="Plugins may add commands (e.g. 'patgw model' of the soft sensor);"
-        " 'patgw plugins' lists them (kind 'command').",
+        epilog="Plugins may add commands, and kinds of model file to 'patgw model' (e.g. the"
+        " soft sensor's pls); 'patgw plugins' lists them (kinds 'command' and 'model').",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-format", choices=("console", "json"), help="log output")
@@ -123,6 +124,7 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
 
     add_write_command(sub, common)
     add_command_command(sub, common)
+    add_model_parser(sub, common)
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -278,6 +280,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
     return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    return run_model_args(args, build_registry())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -465,6 +471,7 @@ _COMMANDS = {
     "write": cmd_write,
     "command": cmd_command,
     "audit": run_audit,
+    "model": _cmd_model,
 }
 
 

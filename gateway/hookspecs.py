@@ -66,6 +66,19 @@ def pat_gateway_register_commands(registry: Registry) -> None:
 
 
 @hookspec
+def pat_gateway_register_model_kinds(registry: Registry) -> None:
+    """Register kinds of model file with ``registry.add_model_kind(name, fit=..., show=...,
+    check=..., description=...)``.
+
+    ``patgw model fit NAME ...`` fits one (``pls`` when NAME is omitted); ``patgw model show
+    FILE`` and ``check FILE`` run the kind named by the file's ``"kind"`` member (``pls`` when it
+    has none). Each of ``fit``, ``show`` and ``check`` receives its
+    :class:`argparse.ArgumentParser`, adds its arguments and returns the handler,
+    ``handler(args) -> int``. Example: the soft sensor's ``pls``.
+    """
+
+
+@hookspec
 def pat_gateway_register_emulators(registry: Registry) -> None:
     """Register emulated instruments with ``registry.add_emulator(name, factory, options_model)``.
 

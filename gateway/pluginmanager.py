@@ -28,6 +28,7 @@ _HOOKS = (
     "pat_gateway_register_processors",
     "pat_gateway_register_emulators",
     "pat_gateway_register_commands",
+    "pat_gateway_register_model_kinds",
 )
 
 

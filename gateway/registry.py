@@ -1,8 +1,9 @@
 """The registry that plugin hooks fill: named factories of drivers, sinks, processors, emulators,
-and ``patgw`` sub-commands."""
+``patgw`` sub-commands and the model kinds of ``patgw model``."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -12,7 +13,15 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import PluginError
 
-__all__ = ["BUILT_IN_COMMANDS", "PluginKind", "Registration", "Registry"]
+__all__ = [
+    "BUILT_IN_COMMANDS",
+    "ModelConfigure",
+    "ModelHandler",
+    "ModelKind",
+    "PluginKind",
+    "Registration",
+    "Registry",
+]
 
 #: ``patgw`` commands of the core, which no plugin may register.
 BUILT_IN_COMMANDS = frozenset(
@@ -28,6 +37,7 @@ BUILT_IN_COMMANDS = frozenset(
         "audit",
         "write",
         "command",
+        "model",
     }
 )
 
@@ -40,6 +50,31 @@ class PluginKind(StrEnum):
     PROCESSOR = "processor"
     EMULATOR = "emulator"
     COMMAND = "command"
+    MODEL = "model"
+
+
+#: What a model kind's ``fit``, ``show`` or ``check`` hands back: runs the parsed arguments,
+#: returns the exit code (0 success, 2 a usage or input error, one line on standard error).
+ModelHandler = Callable[[argparse.Namespace], int]
+#: Adds a model kind's arguments to the parser ``patgw model`` gives it; returns the handler.
+ModelConfigure = Callable[[argparse.ArgumentParser], ModelHandler]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKind:
+    """A kind of model file that ``patgw model`` fits, shows and checks (``pls``, ``twin``...).
+
+    Each member configures the parser of one action and returns its handler. ``patgw model``
+    adds the ``FILE`` argument (``args.model``, a :class:`~pathlib.Path`) to the parsers of
+    ``show`` and ``check`` and ``--config``/``--user``/``--reason`` to that of ``fit``, whose
+    parser must have ``--output`` (the file it writes: recorded in the audit trail).
+    """
+
+    name: str
+    fit: ModelConfigure
+    show: ModelConfigure
+    check: ModelConfigure
+    description: str
 
 
 class _NoOptions(BaseModel):
@@ -67,6 +102,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[PluginKind, str], Registration] = {}
+        self._model_kinds: dict[str, ModelKind] = {}
         # Set by the plugin manager while it calls one plugin's hooks, so that every entry
         # records which plugin and distribution provided it.
         self._origin: tuple[str, str | None, str | None] = ("<unknown>", None, None)
@@ -122,6 +158,25 @@ class Registry:
         if name in BUILT_IN_COMMANDS:
             raise PluginError(f"{self._origin[0]}: command {name!r} is built into patgw")
         self._add(PluginKind.COMMAND, name, configure, _NoOptions, description)
+
+    def add_model_kind(
+        self,
+        name: str,
+        *,
+        fit: ModelConfigure,
+        show: ModelConfigure,
+        check: ModelConfigure,
+        description: str = "",
+    ) -> None:
+        """Register a kind of model file for ``patgw model``: ``patgw model fit NAME ...`` runs
+        ``fit``; ``show`` and ``check`` run for a file whose ``"kind"`` member is ``name``
+        (``pls`` for a file without one). See :class:`ModelKind`."""
+        self._add(PluginKind.MODEL, name, fit, _NoOptions, description)
+        self._model_kinds[name] = ModelKind(name, fit, show, check, description)
+
+    def model_kind(self, name: str) -> ModelKind | None:
+        """The model kind registered as ``name``, or ``None``."""
+        return self._model_kinds.get(name)
 
     def get(self, kind: PluginKind, name: str) -> Registration | None:
         """The registration of ``name`` for ``kind``, or ``None``."""

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import patgw
 
 from plugins.anomaly.checks import Alarm
 from plugins.anomaly.commands import configure_check, configure_fit, configure_show
@@ -153,3 +154,27 @@ def test_fit_command_from_an_export(tmp_path: Path, capsys: pytest.CaptureFixtur
     argv[3] = ",".join([*SIGNALS, "reactor1/controller/nothing"])
     assert handler(parser.parse_args(argv)) == 2
     assert "reactor1/controller/nothing" in capsys.readouterr().err
+
+
+def test_patgw_model_fits_shows_and_checks_pca_files(tmp_path: Path) -> None:
+    """The ``pca`` kind of ``patgw model``, as a user runs it."""
+    DATA.write_runs(tmp_path, DATA.plan_runs(4, 14), hours=48.0, every_h=0.25)
+    export = str(tmp_path / "normal.jsonl")
+    out = tmp_path / "pca.json"
+    fit = patgw(
+        "model", "fit", "pca", "--data", export, "--signals", ",".join(SIGNALS),
+        "--output", str(out), "--id", "r1-normal", "--model-version", "1", "--bin-h", "4",
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    assert "r1-normal" in fit.stdout
+    show = patgw("model", "show", str(out), "--json")
+    assert show.returncode == 0, show.stderr
+    assert json.loads(show.stdout)["id"] == "r1-normal"
+    check = patgw("model", "check", str(out), "--data", export, "--json")
+    assert check.returncode == 0, check.stderr
+    assert len(json.loads(check.stdout)["runs"]) == 4
+    doc = json.loads(out.read_text())
+    doc["t2_limit"] = 1.0
+    out.write_text(json.dumps(doc))
+    shown = patgw("model", "show", str(out))
+    assert shown.returncode == 2 and "sha256 does not match" in shown.stderr

@@ -3,7 +3,6 @@ would write them."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -20,8 +19,18 @@ from firmware_stubs.raman.spectrum import (
     wavelength_coefficients,
     wavelengths_nm,
 )
-from gateway import Quality, Sample, SpectralAxis, Spectrum, format_ns, parse_iso_ns, sample_to_json
-from plugins.softsensor.commands import configure
+from gateway import (
+    Quality,
+    Sample,
+    SpectralAxis,
+    Spectrum,
+    build_registry,
+    format_ns,
+    parse_iso_ns,
+    sample_to_json,
+)
+from gateway.modelcli import run_model
+from plugins.softsensor import plugin as softsensor_plugin
 from plugins.softsensor.model import content_hash
 
 SHIFT = raman_shift_cm1(wavelengths_nm(wavelength_coefficients(2048), 2048), 785.0)
@@ -33,10 +42,8 @@ MINUTE = 60_000_000_000
 
 
 def patgw_model(argv: list[str]) -> int:
-    """Run ``patgw model ARGV`` as the real ``patgw`` does: parse, then the handler."""
-    parser = argparse.ArgumentParser(prog="patgw model")
-    handler = configure(parser)
-    return handler(parser.parse_args(argv))
+    """Run ``patgw model ARGV`` as the real ``patgw`` does (the soft sensor's ``pls`` kind)."""
+    return run_model(argv, build_registry([softsensor_plugin], entry_points=False))
 
 
 def write_run(
@@ -284,24 +291,10 @@ def test_fitting_for_a_configuration_needs_an_engineer_and_is_audited(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gateway import hash_password
     from gateway.audit import read_records
+    from tests.test_model_kinds import engineer_config
 
-    config = tmp_path / "gateway.yaml"
-    users = [
-        {"name": n, "password_hash": hash_password(f"{n}-pw"), "roles": [n]}
-        for n in ("engineer", "operator")
-    ]
-    config.write_text(
-        json.dumps(
-            {
-                "area": "reactor1",
-                "store": {"path": str(tmp_path / "store.sqlite")},
-                "data_dir": str(tmp_path / "data"),
-                "security": {"users": users},
-            }
-        )
-    )
+    config = engineer_config(tmp_path)
     output = tmp_path / "m.json"
     argv = ["fit", "--spectra", str(files.spectra), "--reference", str(files.reference)]
     argv += ["--output", str(output), "--id", "r1", "--model-version", "3", "--components", "2"]

@@ -1,5 +1,5 @@
-"""``patgw model``: fit a soft-sensor model from exported spectra and laboratory references,
-check it against new data, and show what a model file holds.
+"""The ``pls`` kind of ``patgw model``: fit a soft-sensor model from exported spectra and
+laboratory references, check it against new data, and show what a model file holds.
 
 ::
 
@@ -28,15 +28,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import UnitError, compile_conversion, format_ns
-from gateway.audit import AuditEvent
-from gateway.security import AuthenticationError, NotPermittedError, Permission
-from gateway.security.cli import CommandLogin, login_for_command
 
 from .data import DataError, Matched, SpectraSet, match, read_references_csv, read_spectra_jsonl
 from .model import ModelFileError, PlsModel, load_model, save_model
 from .preprocess import Pipeline
 
-__all__ = ["configure"]
+__all__ = ["configure_check", "configure_fit", "configure_show"]
 
 Array = NDArray[np.float64]
 
@@ -45,16 +42,23 @@ class _InputError(Exception):
     """A problem with what the user gave; its message is the one line to print."""
 
 
-def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """Add the ``fit``, ``check`` and ``show`` sub-commands to ``parser``; return the handler
-    that runs the one chosen and returns the exit code."""
-    sub = parser.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
-    _configure_fit(sub.add_parser("fit", help="fit a model from spectra and references"))
-    _configure_check(sub.add_parser("check", help="predict new data and compare to references"))
-    show = sub.add_parser("show", help="what a model file holds")
-    show.add_argument("model", type=Path, help="model file")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    return _handle
+def configure_fit(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``patgw model fit [pls]``: add the fit's arguments to ``parser``; return its handler
+    (``patgw model`` adds ``--config``/``--user``/``--reason`` and the audit record)."""
+    _configure_fit(parser)
+    return _handler(_fit)
+
+
+def configure_check(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``patgw model check MODEL.json ...`` (``parser`` has the file argument, ``model``)."""
+    _configure_check(parser)
+    return _handler(_check)
+
+
+def configure_show(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``patgw model show MODEL.json [--json]``."""
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return _handler(_show)
 
 
 def _configure_fit(fit: argparse.ArgumentParser) -> None:
@@ -80,18 +84,9 @@ def _configure_fit(fit: argparse.ArgumentParser) -> None:
     _matching_options(fit)
     fit.add_argument("--confidence", type=float, default=0.99, help="limits' level (0.99)")
     fit.add_argument("--json", action="store_true", help="print the report as JSON")
-    fit.add_argument(
-        "--config",
-        type=Path,
-        help="the gateway configuration whose model this is: then --user (an engineer) logs"
-        " in (password from a prompt or stdin) and the fit is recorded in its audit trail",
-    )
-    fit.add_argument("--user", help="who fits the model (with --config)")
-    fit.add_argument("--reason", default="", help="why (with --config): kept in the audit trail")
 
 
 def _configure_check(check: argparse.ArgumentParser) -> None:
-    check.add_argument("model", type=Path, help="model file")
     check.add_argument("--data", type=Path, required=True, help="'patgw export' JSONL file")
     check.add_argument("--reference", type=Path, required=True, help="reference values, CSV")
     check.add_argument("--signal", metavar="GLOB", help="the spectrum signal (shell wildcards)")
@@ -109,15 +104,19 @@ def _matching_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _handle(args: argparse.Namespace) -> int:
-    command = _COMMANDS[args.model_command]
-    try:
-        return command(args)
-    except (_InputError, DataError, ModelFileError, UnitError, ValueError, OSError) as exc:
-        # Input problems, never a traceback: one line, as the rest of patgw reports them.
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"patgw model {args.model_command}: {message}", file=sys.stderr)
-        return 2
+def _handler(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    def handle(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (_InputError, DataError, ModelFileError, UnitError, ValueError, OSError) as exc:
+            # Input problems, never a traceback: one line, as the rest of patgw reports them.
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"patgw model {args.model_command}: {message}", file=sys.stderr)
+            return 2
+
+    return handle
 
 
 # --- fit ---------------------------------------------------------------------------------------
@@ -135,7 +134,6 @@ def _fit(args: argparse.Namespace) -> int:
     )
     if not args.output.parent.is_dir():
         raise _InputError(f"--output: the folder {args.output.parent} does not exist")
-    login = _login(args)
     spectra = read_spectra_jsonl(args.spectra, args.signal)
     refs = read_references_csv(args.reference)
     matched = _matched(spectra, refs.times, match(spectra, refs, args.max_gap_s), args)
@@ -157,17 +155,6 @@ def _fit(args: argparse.Namespace) -> int:
         training=_sources(args, spectra, len(refs.times), matched),
     )
     save_model(model, args.output)
-    if login is not None:
-        login.record(
-            AuditEvent(
-                action="model.fitted",
-                user=login.identity.name,
-                target=str(args.output.resolve()),
-                new=_file_sha256(args.output),
-                reason=args.reason,
-                details={"model": model.id, "version": model.version, "interface": "cli"},
-            )
-        )
     summary = {
         "spectra": _spectra_summary(spectra),
         "references": {"rows": len(refs.times), "matched": len(matched.y)}
@@ -181,20 +168,6 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         _print_fit(summary, model)
     return 0
-
-
-def _login(args: argparse.Namespace) -> CommandLogin | None:
-    """With ``--config``: the engineer who fits, logged in (before any work is done)."""
-    if args.config is None:
-        if args.user is not None:
-            raise _InputError("--user needs --config (whose users it is checked against)")
-        return None
-    if args.user is None:
-        raise _InputError("--config needs --user: who fits the model")
-    try:
-        return login_for_command(args.config, args.user, Permission.CONFIGURE, "model.fit")
-    except (AuthenticationError, NotPermittedError) as exc:
-        raise _InputError(str(exc)) from exc
 
 
 def _preprocessing(text: str) -> list[Mapping[str, Any]]:
@@ -532,10 +505,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "fit": _fit,
-    "check": _check,
-    "show": _show,
-}

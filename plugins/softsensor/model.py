@@ -51,6 +51,7 @@ __all__ = [
     "model_from_dict",
     "model_to_dict",
     "save_model",
+    "write_atomically",
 ]
 
 Array = NDArray[np.float64]
@@ -662,6 +663,12 @@ def save_model(model: PlsModel, path: Path) -> None:
     ]
     text = "{\n" + ",\n".join(lines) + "\n}\n"
     model_from_dict(json.loads(text, parse_constant=_refuse_constant), f"{target} (not written)")
+    write_atomically(target, text)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` through a temporary file in the same folder and
+    ``os.replace``: readers see the old file or the new one, never half of one."""
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the model from the gateway's user

@@ -1,11 +1,11 @@
 """Registers the soft sensor through the public hooks, like any plugin: the ``pls`` processor
-and the ``patgw model`` command (fit, check and show model files)."""
+and the ``pls`` kind of ``patgw model`` (fit, check and show PLS model files)."""
 
 from __future__ import annotations
 
 from gateway import Registry, hookimpl
 
-from .commands import configure
+from .commands import configure_check, configure_fit, configure_show
 from .processor import PlsOptions, PlsProcessor
 
 
@@ -21,9 +21,12 @@ def pat_gateway_register_processors(registry: Registry) -> None:
 
 
 @hookimpl
-def pat_gateway_register_commands(registry: Registry) -> None:
-    registry.add_command(
-        "model",
-        configure,
-        "fit, check and show PLS model files for the 'pls' processor (soft sensor)",
+def pat_gateway_register_model_kinds(registry: Registry) -> None:
+    registry.add_model_kind(
+        "pls",
+        fit=configure_fit,
+        show=configure_show,
+        check=configure_check,
+        description="PLS model files for the 'pls' processor (soft sensor): fit from exported"
+        " spectra and reference values, check on new data, show",
     )
