@@ -59,7 +59,7 @@ def test_layers(folder: str, forbidden: tuple[str, ...]) -> None:
 
 def test_every_hook_is_specified_documented_and_in_readme() -> None:
     hooks = [name for name in dir(hookspecs) if name.startswith("pat_gateway_")]
-    assert len(hooks) == 5
+    assert len(hooks) == 6  # drivers, sinks, processors, commands, emulators, model kinds
     for name in hooks:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
         assert f"`{name}(registry)`" in README, f"{name} missing from the README"
