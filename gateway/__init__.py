@@ -6,6 +6,7 @@ it are private and may change.
 
 from .api import (
     Channel,
+    CommandCall,
     ConfigPath,
     Driver,
     Emulator,
@@ -15,15 +16,18 @@ from .api import (
     PluginContext,
     PollingDriver,
     Processor,
+    ProcessorCommand,
     ProcessorIO,
     Secret,
     SecretRef,
     SerialPort,
     Sink,
+    TargetLimits,
     WritableDriver,
     resolve_config_path,
     validation_context,
 )
+from .control import WriteOutcome
 from .errors import (
     ConfigError,
     GatewayError,
@@ -58,6 +62,7 @@ from .yamltext import load_yaml
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Channel",
+    "CommandCall",
     "ConfigError",
     "ConfigPath",
     "Conversion",
@@ -74,6 +79,7 @@ __all__ = [
     "PluginKind",
     "PollingDriver",
     "Processor",
+    "ProcessorCommand",
     "ProcessorIO",
     "Quality",
     "Refusal",
@@ -90,8 +96,10 @@ __all__ = [
     "Spectrum",
     "StoreError",
     "StoreFullError",
+    "TargetLimits",
     "UnitError",
     "WritableDriver",
+    "WriteOutcome",
     "WriteRefusedError",
     "build_registry",
     "compile_conversion",

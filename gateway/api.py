@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, runtime_checkable
@@ -31,10 +31,11 @@ from pydantic import (
 from .model import Quality, Sample, Signal, SignalKind
 
 if TYPE_CHECKING:
-    from .control import Access
+    from .control import Access, WriteOutcome
 
 __all__ = [
     "Channel",
+    "CommandCall",
     "ConfigPath",
     "Driver",
     "Emulator",
@@ -44,11 +45,13 @@ __all__ = [
     "PluginContext",
     "PollingDriver",
     "Processor",
+    "ProcessorCommand",
     "ProcessorIO",
     "Secret",
     "SecretRef",
     "SerialPort",
     "Sink",
+    "TargetLimits",
     "WritableDriver",
     "resolve_config_path",
     "validation_context",
@@ -271,12 +274,115 @@ class ForwardingSink(Sink, Protocol):
 
 
 class ProcessorIO(Protocol):
-    """The runtime's side of a running processor."""
+    """The runtime's side of a running processor.
+
+    Beyond :meth:`output`, a processor that acts (a controller) or raises alarms uses the
+    process time base, the audit trail and the controlled write path through it. Each write,
+    claim and heartbeat is checked against the targets the processor declared in
+    ``controls()`` and made as the processor's own system identity (its id, with the
+    processor's configured ``role``)."""
 
     processor_id: str
 
     def output(self, channel: str) -> Output:
         """The output for ``channel`` (a do-nothing output if the config publishes nothing)."""
+
+    def process_time_h(self, ts_ns: int) -> float:
+        """Process time, in hours since the batch started, of the UTC nanosecond time ``ts_ns``
+        (a sample's ``source_ts`` or :func:`time.time_ns`), from the processor's ``time_base``:
+        the last batch age seen on the ``age`` signal plus the time since it, scaled; without
+        one, the time since the gateway started, times ``time_scale``."""
+
+    def note(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        target: str = "",
+        old: Any = None,
+        new: Any = None,
+        reason: str = "",
+        why: str = "",
+        details: Mapping[str, Any] | None = None,
+        user: str | None = None,
+    ) -> None:
+        """Queue one audit record (an alarm raised or cleared); returns at once and is durable
+        within about a second. ``user`` defaults to the processor's identity; values must be
+        JSON-able. Thread-safe."""
+
+    async def record(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        target: str = "",
+        old: Any = None,
+        new: Any = None,
+        reason: str = "",
+        why: str = "",
+        details: Mapping[str, Any] | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Append one audit record durably and return its number (a mode change: record, then
+        act). Raises :class:`~gateway.errors.GatewayError` when the trail cannot be written."""
+
+    async def write(self, target: str, value: float, reason: str) -> WriteOutcome:
+        """Write ``value`` (the target's unit) through the controlled write path: every rule
+        (limits, step, rate, instrument up, audit) applies, as to a person's write. Never
+        raises for a refusal or a device failure: the outcome says (``.ok``, ``.outcome``,
+        ``.rule``, ``.message``)."""
+
+    def claim(self, target: str) -> None:
+        """Own ``target``: until :meth:`release`, the write path refuses writes to it by
+        anyone else (rule ``owner``), so one controller in auto is its only writer."""
+
+    def release(self, target: str) -> None:
+        """Give up owning ``target`` (a no-op if not owned)."""
+
+    async def heartbeat(self, target: str, value: float) -> None:
+        """Write a heartbeat target (``heartbeat: true`` under ``writes:``) without a record
+        per beat: the first beat, failures and the recovery are audited. Raises
+        :class:`~gateway.errors.InstrumentError` or :class:`~gateway.errors.WriteRefusedError`
+        when the beat does not reach the device."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLimits:
+    """A declared write target as a processor that controls it sees it (``bind_controls``)."""
+
+    target: str
+    unit: str
+    min: float
+    max: float
+    max_step: float | None = None
+    max_rate_per_s: float | None = None
+    heartbeat: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandCall:
+    """One use of a processor's command by a logged-in user (through the local API)."""
+
+    user: str
+    full_name: str
+    roles: frozenset[str]
+    body: Mapping[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorCommand:
+    """An action users take on a processor (switch a loop to manual, acknowledge an alarm):
+    ``POST /api/v1/processors/<id>/<command>`` with a JSON body that has a ``reason``.
+
+    ``permission`` is what the user needs (a :class:`~gateway.security.Permission` value:
+    ``"read"``, ``"write"``, ``"configure"``...). ``handler`` raises ``ValueError`` for bad
+    input (HTTP 400 with its message) and :class:`~gateway.errors.GatewayError` when the
+    action cannot be taken now (HTTP 409); it returns a JSON-able answer."""
+
+    permission: str
+    handler: Callable[[CommandCall], Awaitable[Mapping[str, Any]]]
+    description: str = ""
 
 
 @runtime_checkable
@@ -295,6 +401,21 @@ class Processor(Protocol):
     input's source time) on every output of the processor, logs it, and carries on with the next
     sample. At shutdown, samples already taken from the instruments are still processed before
     the final commit.
+
+    Optional members (looked up with ``getattr``), for processors that act or take commands:
+
+    - ``controls() -> Sequence[str]``: the write targets (full ids, declared under
+      ``writes:``) it writes, claims or beats through ``io``; the loader refuses an undeclared
+      one, or one its role does not qualify for.
+    - ``bind_controls(targets: Mapping[str, TargetLimits]) -> None``: raise ``ValueError`` for
+      a target that does not suit (limits wider than the target's, a heartbeat target where a
+      setpoint is needed...): an error at ``patgw check``.
+    - ``async run(io) -> None``: a task of its own (``processor.<id>.run``) for timers
+      (staleness, fallbacks, heartbeats), started once writes are possible and cancelled at the
+      stop before the writes under way drain; if it raises, it is logged and started again
+      after a backoff.
+    - ``commands() -> Mapping[str, ProcessorCommand]`` and ``status() -> Mapping[str, Any]``:
+      actions and state for the local API (``/api/v1/processors``).
     """
 
     def inputs(self) -> Sequence[str]:

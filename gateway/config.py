@@ -113,6 +113,26 @@ class InstrumentConfig(_Closed):
     description: str = ""
 
 
+class TimeBaseConfig(_Closed):
+    """How a processor turns gateway time into process time (hours since the batch started):
+    controllers, the digital twin and batch-evolution monitoring reason in process time."""
+
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1_000_000,
+        description="Process seconds per wall-clock second: 1 on a real plant; the emulated"
+        " bioreactor's time_scale when it runs time-scaled (60: one process hour per minute).",
+    )
+    age: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A signal giving the batch age in hours (e.g. the bioreactor controller's"
+        " culture time, 'controller/batch_age'): process time is its last value plus the time"
+        " since, scaled. None: process time counts from the gateway's start.",
+    )
+
+
 class ProcessorConfig(_Closed):
     """A processor: derives signals from other signals (e.g. a soft sensor turning a spectrum
     into concentrations). Its signals are named ``area/processor-id/channel``, like an
@@ -138,6 +158,17 @@ class ProcessorConfig(_Closed):
             "Input samples waiting to be processed; beyond it the oldest are skipped (counted"
             " and logged: their derived samples are never made)."
         ),
+    )
+    time_base: TimeBaseConfig = Field(
+        default_factory=TimeBaseConfig,
+        description="Process time for processors that need it (controllers, twins, batch"
+        " monitoring).",
+    )
+    role: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", max_length=64)] = Field(
+        default="controller",
+        description="Role of the processor's own identity (named after its id) for the"
+        " writes it makes through the write path; the built-in 'controller' may read and"
+        " write.",
     )
     description: str = ""
 

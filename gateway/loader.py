@@ -23,13 +23,21 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .api import Channel, Driver, PluginContext, Processor, SecretRef, validation_context
+from .api import (
+    Channel,
+    Driver,
+    PluginContext,
+    Processor,
+    SecretRef,
+    TargetLimits,
+    validation_context,
+)
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
-from .control import Access, resolve_targets
+from .control import Access, WriteTarget, resolve_targets
 from .errors import ConfigError, UnitError
-from .model import Signal
+from .model import Signal, SignalKind
 from .registry import PluginKind, Registry
-from .security import Authority, SecurityConfig
+from .security import Authority, Permission, SecurityConfig
 from .units import Conversion, compile_conversion
 from .yamltext import load_yaml
 
@@ -71,6 +79,10 @@ class ProcessorPlan:
     processor: Processor
     inputs: dict[str, Signal]
     signals: tuple[SignalPlan, ...]
+    controls: tuple[str, ...] = ()
+    """Write targets it writes, claims or beats (declared, its role qualifies)."""
+    age: Signal | None = None
+    """The batch-age signal of its time base, if configured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,13 +487,13 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         configured.update((sp.signal.id, sp.signal) for sp in signals)
         if inst.enabled:
             instruments.append(InstrumentPlan(inst, driver, signals))
-    processors = _processor_plans(
-        config, registry, instruments, configured, problems, config_dir, warnings
-    )
     loaded = {i.config.id for i in instruments}
     unloaded = {i.id for i in config.instruments if i.enabled and i.id not in loaded}
     targets = resolve_targets(
         config.writes, instruments, list(config.security.role_permissions()), problems, unloaded
+    )
+    processors = _processor_plans(
+        config, registry, instruments, configured, problems, config_dir, warnings, targets
     )
     access = Access(Authority(config.security), targets)
 
@@ -536,6 +548,7 @@ def _processor_plans(
     problems: list[str],
     config_dir: Path,
     warnings: list[str],
+    targets: Mapping[str, WriteTarget],
 ) -> list[ProcessorPlan]:
     """Build the processors (all are checked; the enabled ones are returned), resolve what each
     reads (the signals of instruments and of processors before it) and bind those to it. An
@@ -587,16 +600,104 @@ def _processor_plans(
                 inputs[name] = signal
         if len(inputs) < len(names):
             continue
+        age: Signal | None = None
+        if pc.time_base.age is not None:
+            name = pc.time_base.age
+            age = known.get(name) or known.get(f"{config.area}/{name}")
+            where = format_loc([*loc, "time_base", "age"])
+            if age is None or age.kind is not SignalKind.SCALAR:
+                problems.append(
+                    f"{where}: {name!r} is no scalar signal of an instrument or an earlier"
+                    " processor"
+                )
+                continue
+            try:
+                compile_conversion(age.unit, "h")
+            except UnitError:
+                problems.append(f"{where}: {age.id} is in {age.unit!r}, not a time (h, min, s)")
+                continue
         try:
             processor.bind(inputs)
         except Exception as exc:
             problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
+            continue
+        controls = _controls(config, pc, processor, targets, loc, problems)
+        if controls is None:
             continue
         if not _units_valid(channels, loc, problems):
             continue
         signals = _signal_plans(config.area, pc, channels, loc, problems)
         known.update((sp.signal.id, sp.signal) for sp in signals)
         if pc.enabled:
-            plans.append(ProcessorPlan(pc, processor, inputs, signals))
+            plans.append(ProcessorPlan(pc, processor, inputs, signals, controls, age))
             running.update((sp.signal.id, sp.signal) for sp in signals)
     return plans
+
+
+def _controls(
+    config: GatewayConfig,
+    pc: ProcessorConfig,
+    processor: Processor,
+    targets: Mapping[str, WriteTarget],
+    loc: tuple[str | int, ...],
+    problems: list[str],
+) -> tuple[str, ...] | None:
+    """The targets a processor controls, checked: declared, its role qualifies, and accepted
+    by the processor's ``bind_controls``; ``None`` (with problems) if one is not."""
+    declared = getattr(processor, "controls", None)
+    if not callable(declared):
+        return ()
+    where = format_loc([*loc, "options"])
+    try:
+        names = tuple(declared())
+    except Exception as exc:
+        problems.append(f"{where}: {_plugin_problem(exc)}")
+        return None
+    if not names:
+        return ()
+    roles = config.security.role_permissions()
+    permissions = roles.get(pc.role)
+    count = len(problems)
+    if permissions is None:
+        problems.append(
+            f"{format_loc([*loc, 'role'])}: unknown role {pc.role!r} (roles: {', '.join(roles)})"
+        )
+        return None
+    if any(user.name == pc.id for user in config.security.users):
+        problems.append(
+            f"{format_loc([*loc, 'id'])}: {pc.id!r} is also a user's name; a processor that"
+            " writes does so as itself, so the audit trail could not tell them apart"
+        )
+    limits: dict[str, TargetLimits] = {}
+    for name in names:
+        target = targets.get(name)
+        if target is None:
+            known = ", ".join(sorted(targets)) or "none"
+            problems.append(
+                f"{where}: {name!r} is not a writable target: declare it under writes:"
+                f" (declared: {known})"
+            )
+            continue
+        tc = target.config
+        needed = roles.get(tc.role, frozenset())
+        if Permission.WRITE not in permissions or not (
+            pc.role == tc.role or (needed and needed <= permissions)
+        ):
+            problems.append(
+                f"{format_loc([*loc, 'role'])}: role {pc.role!r} may not write {name}: it needs"
+                f" the role {tc.role!r}"
+            )
+            continue
+        limits[name] = TargetLimits(
+            name, target.unit, tc.min, tc.max, tc.max_step, tc.max_rate_per_s, tc.heartbeat
+        )
+    if len(problems) > count:
+        return None
+    bind = getattr(processor, "bind_controls", None)
+    if callable(bind):
+        try:
+            bind(limits)
+        except Exception as exc:
+            problems.append(f"{where}: {_plugin_problem(exc)}")
+            return None
+    return names

@@ -9,6 +9,10 @@ other. Routes::
     POST /api/v1/writes    (the target's role)  a controlled write (see gateway.control)
     POST /api/v1/users/NAME/unlock  manage_users  lift NAME's lock-out (audited)
     GET  /api/v1/audit     audit         records (?since=ISO&user=U&action=GLOB&limit=N)
+    GET  /api/v1/processors              read  every processor: state, commands, what it owns
+    GET  /api/v1/processors/ID           read  one processor
+    POST /api/v1/processors/ID/COMMAND   (the command's permission)  e.g. a loop's mode,
+                                         an alarm's acknowledgement; body {"reason", ...}
 
 A write's body is JSON: ``{"target", "value", "reason"}``, plus ``"meaning"`` for a target
 that needs an electronic signature and ``"witness": {"user", "password", "meaning"}`` for a
@@ -26,12 +30,14 @@ import binascii
 import collections
 import json
 import urllib.parse
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from .api import CommandCall
 from .audit import read_records
 from .control import Access, Signature, WriteRequest
 from .control.path import authenticate_witness
@@ -39,6 +45,9 @@ from .errors import GatewayError
 from .http import Request, json_response
 from .security import AuthenticationError, Identity, NotPermittedError, Permission
 from .timefmt import parse_iso_ns
+
+if TYPE_CHECKING:
+    from .runtime.processors import ProcessorRunner
 
 __all__ = ["LocalApi"]
 
@@ -56,15 +65,22 @@ _STATUS_BY_OUTCOME = {
     "failed": HTTPStatus.BAD_GATEWAY,
 }
 _USERS = "/api/v1/users/"
+_PROCESSORS = "/api/v1/processors"
 _CHALLENGE = ('WWW-Authenticate: Basic realm="patgw", charset="UTF-8"',)
 
 
 class LocalApi:
     """Answers ``/api/v1`` requests for one running gateway."""
 
-    def __init__(self, access: Access, audit_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        access: Access,
+        audit_path: Path | None = None,
+        processors: Callable[[], Mapping[str, ProcessorRunner]] = dict,
+    ) -> None:
         self.access = access
         self.audit_path = audit_path
+        self.processors = processors
         # One password check at a time: a flood of logins uses one core, not all of them.
         self._checks = asyncio.Semaphore(1)
 
@@ -87,6 +103,8 @@ class LocalApi:
                 return _forbidden(identity, Permission.AUDIT)
             return await self._audit(request.query)
         method, path = route
+        if path == _PROCESSORS or path.startswith(_PROCESSORS + "/"):
+            return await self._processor(identity, method, path[len(_PROCESSORS) + 1 :], body)
         if method == "POST" and path.startswith(_USERS) and path.endswith("/unlock"):
             name = path[len(_USERS) : -len("/unlock")]
             try:
@@ -96,12 +114,68 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"user": name, "was_locked_out": was})
         known = (
             "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes,"
-            " POST /api/v1/users/NAME/unlock, GET /api/v1/audit"
+            " POST /api/v1/users/NAME/unlock, GET /api/v1/audit, GET /api/v1/processors,"
+            " GET /api/v1/processors/ID, POST /api/v1/processors/ID/COMMAND"
         )
         return json_response(
             HTTPStatus.NOT_FOUND,
             {"error": f"no such resource: {request.method} {request.path} (routes: {known})"},
         )
+
+    async def _processor(self, identity: Identity, method: str, rest: str, body: bytes) -> bytes:
+        """``GET`` the processors' state, or ``POST`` one processor's command."""
+        runners = self.processors()
+        name, _, command = rest.partition("/")
+        if method == "GET" and not command:
+            if not identity.may(Permission.READ):
+                return _forbidden(identity, Permission.READ)
+            if not name:
+                return json_response(
+                    HTTPStatus.OK, {"processors": [r.status() for r in runners.values()]}
+                )
+            runner = runners.get(name)
+            if runner is None:
+                return _no_processor(name, runners)
+            return json_response(HTTPStatus.OK, runner.status())
+        if method != "POST" or not name or not command or "/" in command:
+            return json_response(
+                HTTPStatus.NOT_FOUND,
+                {"error": "use GET /api/v1/processors[/ID] or POST /api/v1/processors/ID/COMMAND"},
+            )
+        runner = runners.get(name)
+        if runner is None:
+            return _no_processor(name, runners)
+        commands = runner.commands()
+        entry = commands.get(command)
+        if entry is None:
+            known = ", ".join(sorted(commands)) or "none"
+            return json_response(
+                HTTPStatus.NOT_FOUND,
+                {"error": f"processor {name!r} has no command {command!r} (commands: {known})"},
+            )
+        permission = Permission(entry.permission)
+        if not identity.may(permission):
+            return _forbidden(identity, permission)
+        try:
+            document = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            return _bad("the body must be JSON")
+        if not isinstance(document, dict):
+            return _bad('the body must be a JSON object with a "reason"')
+        reason = document.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or not _encodable(reason):
+            return _bad('"reason" (text) is required: it is kept in the audit trail')
+        call = CommandCall(
+            identity.name, identity.full_name, identity.roles, document, reason.strip()
+        )
+        try:
+            answer = await entry.handler(call)
+        except ValueError as exc:
+            return _bad(str(exc))
+        except GatewayError as exc:
+            return json_response(HTTPStatus.CONFLICT, {"error": str(exc)})
+        log.info("api.command", processor=name, command=command, user=identity.name)
+        return json_response(HTTPStatus.OK, dict(answer))
 
     async def _audit(self, query: str) -> bytes:
         """The newest ``limit`` (default 1000) records matching ``since`` (ISO time), ``user``
@@ -217,6 +291,7 @@ class LocalApi:
                 "unit": target.unit,
                 "instrument": target.instrument,
                 **target.config.model_dump(exclude={"target"}),
+                "owner": self.access.owner(name),
             }
             for name, target in sorted(self.access.targets.items())
         ]
@@ -262,6 +337,13 @@ def _forbidden(identity: Identity, permission: Permission) -> bytes:
     return json_response(
         HTTPStatus.FORBIDDEN,
         {"error": f"user {identity.name!r} may not do this: it needs {permission.value!r}"},
+    )
+
+
+def _no_processor(name: str, runners: Mapping[str, ProcessorRunner]) -> bytes:
+    known = ", ".join(sorted(runners)) or "none"
+    return json_response(
+        HTTPStatus.NOT_FOUND, {"error": f"no processor {name!r} (processors: {known})"}
     )
 
 

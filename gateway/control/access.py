@@ -48,6 +48,10 @@ class Access:
             )
         )
 
+    def owner(self, target: str) -> str | None:
+        """The processor that owns ``target`` now (a controller in automatic mode), if any."""
+        return None if self._path is None else self._path.owner(target)
+
     async def write(self, request: WriteRequest) -> WriteOutcome:
         """Submit ``request`` to the write path (see :class:`WritePath`)."""
         if self._path is None:

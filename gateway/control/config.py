@@ -62,6 +62,12 @@ class WriteTargetConfig(BaseModel):
         description="Wait between the write and its read-back (a device that applies writes"
         " on its own cycle).",
     )
+    heartbeat: bool = Field(
+        default=False,
+        description="A communication watchdog's heartbeat (a counter the device expects to"
+        " change): only a processor that controls it writes it, through the write path, with"
+        " no audit record per beat (the first beat, failures and recoveries are recorded).",
+    )
     description: str = Field(default="", max_length=500, description="What the target is.")
 
     @model_validator(mode="after")

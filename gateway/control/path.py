@@ -118,6 +118,12 @@ class WriteOutcome:
         }
 
 
+@dataclass(slots=True)
+class _BeatState:
+    beats: int = 0
+    failures: int = 0  # beats failed in a row
+
+
 class _Refused(Exception):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(message)
@@ -151,6 +157,8 @@ class WritePath:
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
         self._inflight: set[asyncio.Task[WriteOutcome]] = set()
         self.counts: dict[str, int] = {}
+        self._owners: dict[str, str] = {}  # target -> the identity that owns it (a controller)
+        self._beats: dict[str, _BeatState] = {}  # heartbeat target -> its state
 
     async def submit(self, request: WriteRequest) -> WriteOutcome:
         """Run ``request`` through every rule; never raises for a refusal or a device failure
@@ -166,6 +174,87 @@ class WritePath:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    def claim(self, target: str, owner: str) -> None:
+        """Make ``owner`` the only identity whose writes to ``target`` pass (a controller in
+        automatic mode); ``GatewayError`` if another owns it or it is not declared."""
+        if target not in self.targets:
+            raise GatewayError(f"{target!r} is not a writable target")
+        holder = self._owners.get(target)
+        if holder is not None and holder != owner:
+            raise GatewayError(f"{target} is owned by {holder!r}")
+        self._owners[target] = owner
+        if holder is None:
+            log.info("write.target_claimed", target=target, owner=owner)
+
+    def release(self, target: str, owner: str) -> None:
+        """``owner`` gives ``target`` up (nothing happens if it does not own it)."""
+        if self._owners.get(target) == owner:
+            del self._owners[target]
+            log.info("write.target_released", target=target, owner=owner)
+
+    def owner(self, target: str) -> str | None:
+        """Who owns ``target`` now, if anyone."""
+        return self._owners.get(target)
+
+    async def heartbeat(self, target: str, value: float, identity: Identity) -> None:
+        """Write ``value`` to the heartbeat target ``target``, as ``identity``.
+
+        Checked like a write (declared, a heartbeat target, the identity qualifies, the
+        instrument up) but not read back and not recorded per beat: the first beat, the first
+        failure of a run of failures and the recovery from it are. Raises
+        ``WriteRefusedError`` (nothing sent) or ``InstrumentError`` (the device did not answer).
+        """
+        resolved = self.targets.get(target)
+        if resolved is None or not resolved.config.heartbeat:
+            raise WriteRefusedError(f"{target!r} is not a heartbeat target under writes:")
+        if not self.qualifies(identity, resolved.config.role):
+            raise WriteRefusedError(
+                f"{identity.name!r} may not beat {target}: it needs the role"
+                f" {resolved.config.role!r}"
+            )
+        state = self._beats.setdefault(target, _BeatState())
+        try:
+            if not self._is_up(resolved.instrument):
+                raise InstrumentError(f"instrument {resolved.instrument!r} is not connected")
+            device = self._devices[resolved.instrument]
+            async with self._locks[target]:
+                await device.write(resolved.channel, resolved.to_device(value))
+        except (InstrumentError, WriteRefusedError) as exc:
+            state.failures += 1
+            if state.failures == 1:
+                await self._beat_record(
+                    "heartbeat.failed", target, identity, "failed", str(exc), state
+                )
+            raise
+        state.beats += 1
+        if state.beats == 1 or state.failures:
+            action = "heartbeat.started" if state.beats == 1 else "heartbeat.recovered"
+            await self._beat_record(action, target, identity, "ok", "", state)
+            state.failures = 0
+
+    async def _beat_record(
+        self,
+        action: str,
+        target: str,
+        identity: Identity,
+        outcome: str,
+        why: str,
+        state: _BeatState,
+    ) -> None:
+        from ..audit import AuditEvent
+
+        details: dict[str, Any] = {"interface": "controller", "beats": state.beats}
+        if why:
+            details["why"] = why
+        if state.failures:
+            details["failed_beats"] = state.failures
+        try:
+            await self._record(
+                AuditEvent(action, identity.name, target, outcome=outcome, details=details)
+            )
+        except GatewayError as exc:  # a beat keeps the pump safe; it is not refused for this
+            log.error("write.heartbeat_not_audited", target=target, reason=str(exc))
 
     async def drain(self, timeout_s: float) -> None:
         """Wait, at most ``timeout_s``, for the writes under way (at the stop, once no new
@@ -209,6 +298,18 @@ class WritePath:
 
     async def _run(self, request: WriteRequest, target: WriteTarget, outcome: WriteOutcome) -> None:
         config = target.config
+        if config.heartbeat:
+            raise _Refused(
+                "heartbeat",
+                f"{request.target} is a heartbeat: only the controller that beats it writes it",
+            )
+        owner = self._owners.get(request.target)
+        if owner is not None and owner != request.identity.name:
+            raise _Refused(
+                "owner",
+                f"{request.target} is controlled by {owner!r} in automatic mode: switch it to"
+                " manual first",
+            )
         self._authorise(request, target)
         value = request.value
         if not isinstance(value, (int, float)) or not math.isfinite(value):

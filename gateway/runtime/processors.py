@@ -18,16 +18,28 @@ that is counted as skipped (:meth:`ProcessorRunner.abandon`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ..api import Output
+from ..audit import AuditEvent
+from ..config import BackoffConfig
+from ..control import WriteOutcome, WritePath, WriteRequest
+from ..errors import GatewayError
 from ..loader import ProcessorPlan
 from ..model import Quality, Sample, Signal
+from ..security import Identity
 from ..store.sqlite import Row
+from ..units import compile_conversion
+from .backoff import Backoff
 from .outputs import NullOutput, SignalOutput
+
+if TYPE_CHECKING:
+    from .auditing import AuditRecorder
 
 __all__ = ["ProcessorRunner", "tap"]
 
@@ -60,10 +72,188 @@ class ProcessorRunner:
         self._inbox: deque[Sample] = deque()
         self._wake = asyncio.Event()
         self._log = log.bind(processor=self.processor_id, type=plan.config.type)
+        # Time base: process hours = origin + (ts - origin's ts) * scale.
+        base = plan.config.time_base
+        self._h_per_ns = base.time_scale / 3.6e12
+        self._origin_h = 0.0
+        self._origin_ns = time.time_ns()
+        self._age_to_h = compile_conversion(plan.age.unit, "h") if plan.age is not None else None
+        # Acting: the write path and the audit trail while the gateway runs (see attach).
+        self._path: WritePath | None = None
+        self._audit: AuditRecorder | None = None
+        self.identity = Identity(
+            self.processor_id,
+            plan.config.description or f"processor {self.processor_id}",
+            frozenset({plan.config.role}),
+            frozenset(),
+        )
+        self._controls = frozenset(plan.controls)
+        self._claimed: set[str] = set()
+        self.restarts = 0
 
     # -- ProcessorIO ---------------------------------------------------------------------------
     def output(self, channel: str) -> Output:
         return self._outputs.get(channel, _NULL)
+
+    def process_time_h(self, ts_ns: int) -> float:
+        return self._origin_h + (ts_ns - self._origin_ns) * self._h_per_ns
+
+    def note(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        target: str = "",
+        old: Any = None,
+        new: Any = None,
+        reason: str = "",
+        why: str = "",
+        details: Mapping[str, Any] | None = None,
+        user: str | None = None,
+    ) -> None:
+        event = self._event(action, outcome, target, old, new, reason, why, details, user)
+        if self._audit is None:
+            self._log.warning("processor.audit_unavailable", action=action, target=target)
+            return
+        self._audit.note(event)
+
+    async def record(
+        self,
+        action: str,
+        *,
+        outcome: str = "ok",
+        target: str = "",
+        old: Any = None,
+        new: Any = None,
+        reason: str = "",
+        why: str = "",
+        details: Mapping[str, Any] | None = None,
+        user: str | None = None,
+    ) -> int:
+        event = self._event(action, outcome, target, old, new, reason, why, details, user)
+        if self._audit is None:
+            raise GatewayError("the audit trail is not open: the gateway is not running")
+        return await self._audit.record(event)
+
+    async def write(self, target: str, value: float, reason: str) -> WriteOutcome:
+        path = self._acting(target)
+        request = WriteRequest(target, value, self.identity, reason, "controller")
+        return await path.submit(request)
+
+    def claim(self, target: str) -> None:
+        self._acting(target).claim(target, self.processor_id)
+        self._claimed.add(target)
+
+    def release(self, target: str) -> None:
+        self._claimed.discard(target)
+        if self._path is not None:
+            self._path.release(target, self.processor_id)
+
+    async def heartbeat(self, target: str, value: float) -> None:
+        await self._acting(target).heartbeat(target, value, self.identity)
+
+    # -- acting ----------------------------------------------------------------------------------
+    def attach(self, path: WritePath | None, audit: AuditRecorder | None) -> None:
+        """The running gateway's write path and audit trail (``None``, ``None`` at the stop)."""
+        if path is not None:
+            permissions = path.authority.role_permissions(self.plan.config.role)
+            self.identity = Identity(
+                self.identity.name, self.identity.full_name, self.identity.roles, permissions
+            )
+        elif self._path is not None:
+            for target in self._claimed:
+                self._path.release(target, self.processor_id)
+            self._claimed.clear()
+        self._path = path
+        self._audit = audit
+
+    def _acting(self, target: str) -> WritePath:
+        if target not in self._controls:
+            raise GatewayError(
+                f"processor {self.processor_id!r} does not control {target!r} (its controls:"
+                f" {', '.join(sorted(self._controls)) or 'none'})"
+            )
+        if self._path is None:
+            raise GatewayError("writes are not possible: the gateway is not running")
+        return self._path
+
+    def _event(
+        self,
+        action: str,
+        outcome: str,
+        target: str,
+        old: Any,
+        new: Any,
+        reason: str,
+        why: str,
+        details: Mapping[str, Any] | None,
+        user: str | None,
+    ) -> AuditEvent:
+        extra: dict[str, Any] = {"processor": self.processor_id}
+        if why:
+            extra["why"] = why
+        if details:
+            extra.update(details)
+        return AuditEvent(
+            action, user or self.processor_id, target, old, new, reason, outcome, extra
+        )
+
+    def offer_age(self, sample: Sample) -> None:
+        """A sample of the time base's batch-age signal (called from its tap)."""
+        value = sample.value
+        if sample.quality is Quality.BAD or not isinstance(value, (int, float)):
+            return
+        assert self._age_to_h is not None
+        self._origin_h = self._age_to_h(float(value))
+        self._origin_ns = sample.source_ts
+
+    @property
+    def has_task(self) -> bool:
+        """Whether the processor has a ``run`` of its own (timers, heartbeats)."""
+        return callable(getattr(self.plan.processor, "run", None))
+
+    async def run_own(self) -> None:
+        """The processor's own ``run(io)``, started again after a backoff if it raises."""
+        run = self.plan.processor.run  # type: ignore[attr-defined]
+        backoff = Backoff(BackoffConfig(initial_s=1.0, max_s=30.0))
+        while True:
+            try:
+                await run(self)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                self.last_error = f"run failed: {exc!r}"
+                delay = backoff.next_delay()
+                self._log.error(
+                    "processor.run_failed", restarts=self.restarts, retry_in_s=delay, exc_info=exc
+                )
+                await asyncio.sleep(delay)
+
+    # -- commands and status (local API) --------------------------------------------------------
+    def commands(self) -> Mapping[str, Any]:
+        commands = getattr(self.plan.processor, "commands", None)
+        return dict(commands()) if callable(commands) else {}
+
+    def status(self) -> dict[str, Any]:
+        status = getattr(self.plan.processor, "status", None)
+        own = dict(status()) if callable(status) else {}
+        return {
+            "id": self.processor_id,
+            "type": self.plan.config.type,
+            "processed": self.processed,
+            "failures": self.failures,
+            "skipped": self.skipped,
+            "last_error": self.last_error,
+            "controls": sorted(self._controls),
+            "owns": sorted(self._claimed),
+            "commands": {
+                name: {"permission": str(c.permission), "description": c.description}
+                for name, c in self.commands().items()
+            },
+            "status": own,
+        }
 
     # -- feeding ---------------------------------------------------------------------------------
     @property

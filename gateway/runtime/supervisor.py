@@ -156,7 +156,10 @@ class Gateway:
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
                 assert self.audit is not None
-                self.plan.access.bind(self._write_path(), self.audit.note)
+                path = self._write_path()
+                self.plan.access.bind(path, self.audit.note)
+                for processor in self.processors:
+                    processor.attach(path, self.audit)
                 # The writer is in no TaskGroup: whatever ends the run, it is stopped by us and
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
@@ -247,7 +250,15 @@ class Gateway:
         audit = self.plan.config.audit.resolved(
             self.plan.config.store.path, self.plan.config.data_dir
         )
-        api = LocalApi(self.plan.access, audit.path) if config.api else None
+        api = (
+            LocalApi(
+                self.plan.access,
+                audit.path,
+                lambda: {p.processor_id: p for p in self.processors},
+            )
+            if config.api
+            else None
+        )
         task = asyncio.create_task(
             serve_http(self, config, on_listening=bound, api=api), name="http"
         )
@@ -417,6 +428,12 @@ class Gateway:
                     group.create_task(p.run(), name=f"processor.{p.processor_id}")
                     for p in self.processors
                 ]
+                # Processors that act (controllers) run timers of their own.
+                acting = [
+                    group.create_task(p.run_own(), name=f"processor.{p.processor_id}.run")
+                    for p in self.processors
+                    if p.has_task
+                ]
                 view = group.create_task(run_view(self, interactive=self.interactive), name="view")
                 if self.budget is not None:
                     # Stopped with the sinks, below: the final save of their cursors comes after.
@@ -436,6 +453,12 @@ class Gateway:
                 self.stopping = True
                 self.plan.access.bind(None)  # no write starts once the stop has begun
                 log.info("gateway.stopping")
+                for task in acting:
+                    task.cancel()
+                if acting:
+                    await asyncio.wait(acting)
+                for processor in self.processors:
+                    processor.attach(None, self.audit)
                 if self.write_path is not None:
                     # Writes under way finish (and are recorded) while their instruments run.
                     await self.write_path.drain(STOP_TIMEOUT_S)
@@ -484,6 +507,8 @@ class Gateway:
             runner = ProcessorRunner(pp, channels, signal_outputs)
             for signal in pp.inputs.values():
                 tap(by_id[signal.id], signal, runner.offer)
+            if pp.age is not None:
+                tap(by_id[pp.age.id], pp.age, runner.offer_age)
             by_id.update((output.signal.id, output) for output in signal_outputs)
             self.processors.append(runner)
 

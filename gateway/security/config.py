@@ -61,6 +61,8 @@ BUILTIN_ROLES: dict[str, frozenset[Permission]] = {
         {Permission.READ, Permission.WRITE, Permission.CONFIGURE, Permission.AUDIT}
     ),
     "admin": frozenset({Permission.READ, Permission.MANAGE_USERS, Permission.AUDIT}),
+    # The system identity of a processor that writes (a controller): no person holds it.
+    "controller": frozenset({Permission.READ, Permission.WRITE}),
 }
 
 
