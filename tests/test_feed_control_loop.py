@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -66,7 +67,7 @@ def test_step_response_settles_at_the_setpoint_within_the_limits() -> None:
     assert max(glucose) < 4.0 + 0.5  # overshoot bounded
     assert all(0.0 <= u <= 20.0 for u in outputs)
     # No write ever broke the step or rate limit.
-    steps = [abs(b - a) for (_, a), (_, b) in zip(trace, trace[1:], strict=False)]
+    steps = [abs(b - a) for (_, a), (_, b) in itertools.pairwise(trace)]
     assert max(steps) <= 2.0 and max(steps) <= 1.0 * DT_S
 
 

@@ -26,6 +26,7 @@ the first good measurement after that returns it to normal control, bumplessly.
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ class FeedProfile:
         if not self.points:
             raise ValueError("a feed profile needs at least one point")
         times = [t for t, _ in self.points]
-        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(times)):
             raise ValueError(f"feed profile times must increase strictly: {times}")
         for t, value in self.points:
             if not (math.isfinite(t) and math.isfinite(value)):
@@ -278,7 +279,10 @@ class PiLoop:
         self.state = State.NORMAL
         self.reason = "controlling"
         self._last_t_h = None
-        if self._last_good_wall is None or wall_s - self._last_good_wall >= self.tuning.stale_after_s:
+        if (
+            self._last_good_wall is None
+            or wall_s - self._last_good_wall >= self.tuning.stale_after_s
+        ):
             # Measurements stale already: hold now rather than after another stale_after_s.
             self._last_good_wall = None
         self._track(self.output, self.error or 0.0, ff)

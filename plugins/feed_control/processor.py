@@ -12,7 +12,7 @@ safety states live in :mod:`.loop`; this module is the glue:
 * the ``mode`` command (``{"mode": "manual" | "auto", "output": optional}``) records the change
   first, then applies it: auto claims the target (nobody else may write it), manual releases it.
 
-Published channels: ``output`` (the value written, target unit), ``error`` (setpoint −
+Published channels: ``output`` (the value written, target unit), ``error`` (setpoint -
 measurement), ``mode`` (1 auto, 0 manual; the reason says why), ``state`` (0 normal, 1 hold,
 2 fallback, 3 manual) and ``fallback`` (1 while following the fallback profile, else 0).
 """
@@ -65,9 +65,19 @@ class PiControlOptions(BaseModel):
         " 'softsensor/glucose'); only its good samples drive the output.",
     )
     setpoint: float = Field(description="Setpoint, in the measurement's unit.", allow_inf_nan=False)
+    measurement_unit: str = Field(
+        min_length=1,
+        description="The measurement's unit (UCUM, e.g. 'g/L'): the unit of the setpoint and"
+        " of the published error; must be the measurement signal's.",
+    )
     target: str = Field(
         min_length=1,
         description="The write target it sets (full id, declared under 'writes:').",
+    )
+    output_unit: str = Field(
+        min_length=1,
+        description="The target's unit (e.g. '{rev}/min'): the unit of the output limits and of"
+        " the published output; must be the target's.",
     )
     readback: str = Field(
         min_length=1,
@@ -97,8 +107,7 @@ class PiControlOptions(BaseModel):
     deadband: float = Field(
         default=0.0,
         ge=0,
-        description="A change smaller than this is not written (each write is an audit"
-        " record).",
+        description="A change smaller than this is not written (each write is an audit record).",
     )
     feed_forward: str | None = Field(
         default=None,
@@ -151,7 +160,6 @@ class PiControlProcessor:
         self.limits: TargetLimits | None = None
         self.loop: PiLoop | None = None
         self._role: dict[str, str] = {}
-        self._measurement_unit = ""
         self._ff = 0.0
         self._known = False  # the target's present value is known (readback seen)
         self._moves: list[Move] = []
@@ -160,6 +168,7 @@ class PiControlProcessor:
         self._io: ProcessorIO | None = None
         self._beats = 0
         self._last_heartbeat_problem: str | None = None
+        self._published: tuple[Mode, State, str] | None = None
 
     # -- Processor ------------------------------------------------------------------------------
     def inputs(self) -> Sequence[str]:
@@ -168,16 +177,14 @@ class PiControlProcessor:
 
     def channels(self) -> Sequence[Channel]:
         return [
-            Channel("output", self._unit, description=f"Output written to {self.options.target}"),
-            Channel("error", self._measurement_unit, description="Setpoint minus measurement"),
+            Channel(
+                "output", self.options.output_unit, description=f"Written to {self.options.target}"
+            ),
+            Channel("error", self.options.measurement_unit, description="Setpoint - measurement"),
             Channel("mode", "1", description="1 auto, 0 manual (the reason says why)"),
             Channel("state", "1", description="0 normal, 1 hold, 2 fallback, 3 manual"),
             Channel("fallback", "1", description="1 while following the fallback feed profile"),
         ]
-
-    @property
-    def _unit(self) -> str:
-        return self.limits.unit if self.limits is not None else "1"
 
     def controls(self) -> Sequence[str]:
         o = self.options
@@ -188,6 +195,10 @@ class PiControlProcessor:
         limits = targets[o.target]
         if limits.heartbeat:
             raise ValueError(f"target: {o.target} is a heartbeat, not a setpoint")
+        if limits.unit != o.output_unit:
+            raise ValueError(
+                f"output_unit: {o.target} is in {limits.unit!r}, not {o.output_unit!r}"
+            )
         if o.heartbeat is not None and not targets[o.heartbeat].heartbeat:
             raise ValueError(
                 f"heartbeat: {o.heartbeat} is not a heartbeat target (heartbeat: true)"
@@ -226,7 +237,9 @@ class PiControlProcessor:
             if signal.kind is not SignalKind.SCALAR:
                 raise ValueError(f"{role}: {signal.id} is not a scalar signal")
             self._role[signal.id] = role
-        self._measurement_unit = inputs[o.measurement].unit
+        for name, unit in ((o.measurement, o.measurement_unit), (o.readback, o.output_unit)):
+            if inputs[name].unit != unit:
+                raise ValueError(f"{name} is in {inputs[name].unit!r}, not {unit!r}")
 
     def process(self, sample: Sample, io: ProcessorIO) -> None:
         loop = self.loop
@@ -248,9 +261,7 @@ class PiControlProcessor:
             loop.unmeasured(f"{sample.quality.name.lower()}: {sample.reason or 'no value'}")
             loop.measure(None, False, 0.0, wall)
             return
-        move = loop.measure(
-            float(value), True, io.process_time_h(sample.source_ts), wall, self._ff
-        )
+        move = loop.measure(float(value), True, io.process_time_h(sample.source_ts), wall, self._ff)
         io.output("error").publish(loop.error, sample.source_ts)
         if move.output is not None or move.events:
             self._moves.append(move)
@@ -350,8 +361,13 @@ class PiControlProcessor:
         self._last_heartbeat_problem = None
 
     def _publish_mode(self, io: ProcessorIO) -> None:
+        """Mode, state and fallback, when one of them (or the reason) changed."""
         loop = self.loop
         assert loop is not None
+        now = (loop.mode, loop.state, loop.reason)
+        if now == self._published:
+            return
+        self._published = now
         io.output("mode").publish(float(loop.mode.value), reason=loop.reason)
         io.output("state").publish(float(loop.state.value), reason=loop.reason)
         io.output("fallback").publish(1.0 if loop.state is State.FALLBACK else 0.0)
@@ -389,7 +405,9 @@ class PiControlProcessor:
         value = loop.manual(output)
         self._moves.clear()
         if output is not None:
-            result = await io.write(self.options.target, output, f"manual output set by {user}: {reason}")
+            result = await io.write(
+                self.options.target, output, f"manual output set by {user}: {reason}"
+            )
             if not result.ok:
                 io.release(self.options.target)
                 raise GatewayError(

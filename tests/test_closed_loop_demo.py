@@ -1,0 +1,86 @@
+"""Issue 14's closed-loop demo, run for real: the glucose loop moves the feed pump only through
+audited writes as its own identity; while it is in auto nobody else may write the pump; the
+mode change to manual is recorded before it takes effect and gives the pump back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, demo_copy, patgw, running, stored_by_signal, wait_for
+from test_controlled_writes import api_call, audit_records, patgw_with_password
+
+from gateway import build_registry, load_plan
+
+TARGET = "reactor1/feed_pump/speed_setpoint"
+LOOP = "glucose_loop"
+
+
+def test_the_closed_loop_demo_is_valid() -> None:
+    checked = patgw("check", str(REPO / "configs" / "demo-closed-loop.yaml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.asyncio
+async def test_the_pump_moves_only_through_the_loops_audited_writes(tmp_path: Path) -> None:
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    plan = load_plan(config, build_registry())
+    assert plan.config.http is not None
+    port = plan.config.http.port
+    async with running(plan) as (gateway, _):
+        output = next(o for o in gateway.outputs if o.signal.id == f"reactor1/{LOOP}/output")
+        await wait_for(lambda: output.seq >= 2, 120, what="three writes by the loop")
+        refused = await asyncio.to_thread(
+            patgw_with_password, config, "operator", "3", target=TARGET, reason="not now"
+        )
+        assert refused.returncode == 2 and LOOP in refused.stderr, refused.stderr
+        status, answer = await asyncio.to_thread(
+            api_call,
+            port,
+            "POST",
+            f"/api/v1/processors/{LOOP}/mode",
+            "operator",
+            "operator-password",
+            {"mode": "manual", "output": 2.5, "reason": "take a sample"},
+        )
+        assert status == 200, answer
+        assert (answer["mode"], answer["state"], answer["output"]) == ("manual", "manual", 2.5)
+        done = await asyncio.to_thread(
+            patgw_with_password, config, "operator", "3", target=TARGET, reason="my turn"
+        )
+        assert done.returncode == 0, done.stderr
+        setpoint = next(o for o in gateway.outputs if o.signal.id == TARGET)
+        await wait_for(
+            lambda: setpoint.latest and setpoint.latest[5] == 3,
+            10,
+            what="the operator's setpoint seen",
+        )
+
+    records = audit_records(plan)
+    executed = [r for r in records if r["action"] == "write.executed"]
+    by_loop = [r for r in executed if r["user"] == LOOP]
+    assert len(by_loop) >= 3 and all(r["details"]["interface"] == "controller" for r in by_loop)
+    owner = [r for r in records if r["action"] == "write.refused" and r["user"] == "operator"]
+    assert [r["details"]["rule"] for r in owner] == ["owner"]
+    modes = [r for r in records if r["action"] == "control.mode"]
+    assert [(r["user"], r["old"], r["new"]) for r in modes] == [
+        (LOOP, "manual", "auto"),
+        ("operator", "auto", "manual at 2.5"),
+    ]
+    manual_write = next(r for r in executed if r["new"] == 2.5)
+    assert modes[1]["seq"] < manual_write["seq"]  # recorded first, then applied
+    assert executed[-1]["user"] == "operator" and executed[-1]["new"] == 3
+
+    # Every change of the pump's setpoint, as polled and stored, is an executed write's value
+    # (the register is a float32), each by the loop until the operator's own.
+    stored = stored_by_signal(plan.config.store.path)[TARGET]
+    values = [s.value for s in stored if s.quality.name == "GOOD"]
+    changes = [b for a, b in itertools.pairwise(values) if b != a]
+    assert len(changes) >= 3
+    written = [float(r["new"]) for r in executed]
+    for value in changes:
+        assert any(abs(value - w) <= 1e-5 * max(1.0, abs(w)) for w in written), (value, written)
+    assert json.dumps(values[0]) == "0.0"
