@@ -84,3 +84,54 @@ async def test_the_pump_moves_only_through_the_loops_audited_writes(tmp_path: Pa
     for value in changes:
         assert any(abs(value - w) <= 1e-5 * max(1.0, abs(w)) for w in written), (value, written)
     assert json.dumps(values[0]) == "0.0"
+
+
+@pytest.mark.asyncio
+async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
+    tmp_path: Path,
+) -> None:
+    """The Raman probe goes silent: no good glucose, so the loop holds, then follows the
+    fallback profile (5 rpm before process hour 72), each step audited and published; when the
+    probe answers again it controls again."""
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    text = config.read_text()
+    text = text.replace(
+        "options: {serial: true,",
+        "options: {faults: [{fault: silence, after_s: 12, for_s: 30}], serial: true,",
+    )
+    text = text.replace("stale_after_s: 10", "stale_after_s: 4").replace(
+        "fallback_after_s: 30", "fallback_after_s: 4"
+    )
+    config.write_text(text)
+    plan = load_plan(config, build_registry())
+    async with running(plan) as (gateway, _):
+        state = next(o for o in gateway.outputs if o.signal.id == f"reactor1/{LOOP}/state")
+        seen: list[float] = []
+
+        def state_is(value: float) -> bool:
+            now = state.latest[5] if state.latest else None
+            if now is not None and (not seen or seen[-1] != now):
+                seen.append(now)
+            return now == value
+
+        await wait_for(lambda: state_is(2.0), 90, what="the loop in fallback")
+        await wait_for(lambda: state_is(0.0), 90, what="the loop controlling again")
+
+    assert seen[-3:] == [1.0, 2.0, 0.0]  # hold, fallback, normal
+    records = audit_records(plan)
+    control = [r for r in records if r["action"].startswith("control.") and r["user"] == LOOP]
+    actions = [r["action"] for r in control]
+    assert actions[-3:] == ["control.hold.enter", "control.fallback.enter", "control.fallback.exit"]
+    enter, leave = control[-2]["seq"], control[-1]["seq"]
+    during = [
+        r
+        for r in records
+        if r["action"] == "write.executed" and r["user"] == LOOP and enter < r["seq"] < leave
+    ]
+    assert during and during[-1]["new"] == 5.0  # the fallback profile's rate
+    hold = control[-3]["seq"]
+    assert not [
+        r
+        for r in records
+        if r["action"] == "write.requested" and hold < r["seq"] < enter  # holding: no writes
+    ]
