@@ -135,3 +135,36 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
         for r in records
         if r["action"] == "write.requested" and hold < r["seq"] < enter  # holding: no writes
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("out_max: 100", "out_max: 150"), "output limits 0..150 are wider than"),
+        (
+            ("target: reactor1/feed_pump/speed_setpoint", "target: reactor1/feed_pump/speed"),
+            "'reactor1/feed_pump/speed' is not a writable target",
+        ),
+        (("      kp: 25\n", "      kp: 25\n      max_rate_per_s: 50\n"), "max_rate_per_s 50 is"),
+        (("fallback: [[0, 5], [72, 20]]", "fallback: [[0, 5], [72, 200]]"), "fallback output"),
+        (("fallback: [[0, 5], [72, 20]]", "fallback: [[10, 5], [2, 20]]"), "must increase"),
+        (("measurement_unit: g/L", "measurement_unit: mg/L"), "is in 'g/L', not 'mg/L'"),
+        (
+            (
+                "role: operator\n  - target: reactor1/controller",
+                "role: admin\n  - target: reactor1/controller",
+            ),
+            "may not write",
+        ),
+    ],
+)
+def test_a_bad_loop_is_an_error_at_check(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    text = config.read_text()
+    assert change[0] in text
+    config.write_text(text.replace(change[0], change[1], 1))
+    checked = patgw("check", str(config))
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert message in checked.stderr + checked.stdout, checked.stderr
