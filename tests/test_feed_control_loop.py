@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import pytest
 
@@ -196,3 +197,24 @@ def test_bad_tuning_is_refused() -> None:
         FeedProfile(((1.0, 1.0), (1.0, 2.0)))
     with pytest.raises(ValueError, match="finite"):
         tuning(kp=math.nan)
+
+
+def test_analyser_noise_at_a_limit_does_not_become_a_feed() -> None:
+    """Little demand (the output's steady state is near its 0 limit) and a noisy analyser
+    (0.22 g/L, the soft sensor's RMSECV): the output must not rectify the noise into a net
+    feed that drives glucose above the setpoint."""
+    rng = random.Random(7)
+    loop = PiLoop(tuning(kp=10.0, ti_h=8.0, filter_h=1.5), output=0.0, wall_s=0.0)
+    loop.auto(0.0)
+    plant = Plant(glucose=4.0, uptake=0.01)  # needs 0.2 on average
+    glucose = []
+    for i in range(4000):  # 200 process hours
+        wall, t_h = i * DT_S, i * DT_H
+        move = loop.measure(plant.glucose + rng.gauss(0.0, 0.22), True, t_h, wall)
+        if move.output is not None:
+            loop.written(move.output, wall)
+        plant.step(loop.output)
+        glucose.append(plant.glucose)
+    late = glucose[1000:]
+    assert abs(sum(late) / len(late) - 4.0) < 0.15
+    assert max(late) < 4.5

@@ -10,13 +10,15 @@ and the people watching it, which live on wall time).
 
 The law: positional PI plus an optional feed-forward term, ``u = ff + kp * e + I`` with
 ``e = setpoint - measurement`` (a positive ``kp`` raises the output when the measurement is
-low: a feed pump for a consumed nutrient) and ``I`` integrated as ``kp / ti * e`` per process
-hour. The output is clamped to ``[out_min, out_max]`` and moved at most ``max_step`` per write
-and ``max_rate_per_s`` per wall second. Anti-windup by back-calculation with full tracking:
-whenever the limited output differs from the law's, ``I`` is reset so that the law gives the
-limited output — the integral never runs away while the output is held by a limit, and leaving
-the limit is immediate. The same tracking makes every transfer bumpless: manual → auto, hold or
-fallback → auto and a refused write all start the law from the output the equipment really has.
+low: a feed pump for a consumed nutrient), the measurement optionally through a first-order
+filter (``filter_h``), and ``I`` integrated as ``kp / ti * e`` per process hour. The output is
+clamped to ``[out_min, out_max]`` and moved at most ``max_step`` per write and
+``max_rate_per_s`` per wall second. Anti-windup by conditional integration: while a limit holds
+the output, ``I`` only moves back from that limit, and it never leaves the output range — so the
+output leaves a limit as soon as the error turns. (Full back-calculation tracking was tried
+first: at a limit of 0 it turned the analyser's noise into a net feed.) Transfers are bumpless:
+manual → auto, hold or fallback → auto and a refused write set ``I`` so that the law starts
+from the output the equipment really has.
 
 Safety: a measurement that is not good never drives the output. In auto, a not-good (or no)
 measurement for ``stale_after_s`` puts the loop in ``hold`` (the last output stays); after
@@ -105,6 +107,9 @@ class PiTuning:
     """Largest change per wall second, output units; None: none."""
     deadband: float = 0.0
     """A change smaller than this is not written (the audit trail records every write)."""
+    filter_h: float = 0.0
+    """Time constant of a first-order filter on the measurement, process hours (0: none): an
+    analyser's noise times kp would otherwise move the output at every sample."""
     stale_after_s: float = 30.0
     """Wall seconds without a good measurement before the loop holds."""
     fallback_after_s: float = 120.0
@@ -130,6 +135,8 @@ class PiTuning:
         for name, limit in (("max_step", self.max_step), ("max_rate_per_s", self.max_rate_per_s)):
             if limit is not None and not (math.isfinite(limit) and limit > 0):
                 raise ValueError(f"{name} must be a finite number > 0, not {limit!r}")
+        if not (math.isfinite(self.filter_h) and self.filter_h >= 0):
+            raise ValueError(f"filter_h must be ≥ 0, not {self.filter_h!r}")
         if not (math.isfinite(self.deadband) and self.deadband >= 0):
             raise ValueError(f"deadband must be ≥ 0, not {self.deadband!r}")
         if not 0 < self.stale_after_s < math.inf:
@@ -180,6 +187,7 @@ class PiLoop:
         self._last_write_wall: float = wall_s
         self._last_t_h: float | None = None
         self._pending: float | None = None
+        self._filtered: float | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
     def measure(
@@ -190,13 +198,20 @@ class PiLoop:
         if not good or value is None or not math.isfinite(value):
             self._last_t_h = None
             return move
-        e = self.tuning.setpoint - value
+        tuning = self.tuning
+        last_t_h, self._last_t_h = self._last_t_h, t_h
+        filtered = self._filtered
+        if filtered is None or last_t_h is None or tuning.filter_h == 0:
+            filtered = value  # the first after a gap starts the filter afresh
+        else:
+            dt_h = max(t_h - last_t_h, 0.0)
+            filtered += (1.0 - math.exp(-dt_h / tuning.filter_h)) * (value - filtered)
+        self._filtered = filtered
+        e = tuning.setpoint - filtered
         self.error = e
         self._last_good_wall = wall_s
         if self.mode is Mode.MANUAL or self._pending is not None:
-            self._last_t_h = t_h
             return move
-        tuning = self.tuning
         if self.state is not State.NORMAL:
             move.events.append(
                 LoopEvent(
@@ -209,16 +224,15 @@ class PiLoop:
             self.state = State.NORMAL
             self.reason = "controlling"
             self._track(self.output, e, ff)
-            self._last_t_h = t_h
             return move
-        dt_h = 0.0 if self._last_t_h is None else max(t_h - self._last_t_h, 0.0)
-        self._last_t_h = t_h
+        dt_h = 0.0 if last_t_h is None else max(t_h - last_t_h, 0.0)
         integral = self.integral + tuning.kp / tuning.ti_h * e * dt_h
         law = ff + tuning.kp * e + integral
         limited = self._limit(law, wall_s)
-        self.integral = integral
-        if limited != law:
-            self._track(limited, e, ff)
+        # Conditional integration: while a limit (range, step or rate) holds the output, the
+        # integral moves only back from it; and it never leaves the output range.
+        if limited == law or (law > limited) == (e < 0):
+            self.integral = _clamp(integral, tuning.out_min - ff, tuning.out_max - ff)
         if abs(limited - self.output) >= max(tuning.deadband, 1e-12):
             move.output = limited
             self._pending = limited

@@ -109,6 +109,13 @@ class PiControlOptions(BaseModel):
         ge=0,
         description="A change smaller than this is not written (each write is an audit record).",
     )
+    filter_h: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Time constant of a first-order filter on the measurement, process hours"
+        " (0: none): damps an analyser's noise before it moves the output.",
+    )
     feed_forward: str | None = Field(
         default=None,
         min_length=1,
@@ -223,6 +230,7 @@ class PiControlProcessor:
             max_step=step,
             max_rate_per_s=rate,
             deadband=o.deadband,
+            filter_h=o.filter_h,
             stale_after_s=o.stale_after_s,
             fallback_after_s=o.fallback_after_s,
         )
