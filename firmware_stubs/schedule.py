@@ -2,16 +2,67 @@
 
 Each emulator's options list its own steps (what can break differs per instrument); any step
 with ``after_s`` and ``for_s`` (0 = until the emulator stops) can be played here.
+
+Gradual faults (tubing wear, laser decay, a drifting probe) start and stop on the same wall-clock
+schedule, but their size grows with *hours* of the emulator's time base: the shared process's
+clock when the emulator is linked to one (so a time-scaled demo wears its tubing in process
+hours), wall hours otherwise. :class:`Ramp` is that growth; :func:`wall_hours` the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, Protocol, Self, TypeVar
 
-__all__ = ["FaultSchedule", "ScheduledEmulator", "ScheduledStep"]
+__all__ = ["FaultSchedule", "Ramp", "ScheduledEmulator", "ScheduledStep", "wall_hours"]
+
+
+def wall_hours() -> float:
+    """Monotonic wall-clock hours: the time base of an emulator linked to no process."""
+    return time.monotonic() / 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """The size of a gradual fault: 0 at ``onset_h``, growing by ``rate_per_h`` per hour of
+    its time base, capped at ``limit`` (e.g. the fraction of delivery a worn tube loses)."""
+
+    rate_per_h: float
+    limit: float
+    onset_h: float
+
+    def __post_init__(self) -> None:
+        for name in ("rate_per_h", "limit", "onset_h"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, not {value!r}")
+        if not (self.rate_per_h > 0.0 and self.limit > 0.0):
+            raise ValueError("rate_per_h and limit must be > 0")
+
+    def at(self, hours: float) -> float:
+        """The fault's size at ``hours`` of its time base (0 before the onset)."""
+        return min(self.limit, self.rate_per_h * max(0.0, hours - self.onset_h))
+
+    def mean(self, from_h: float, to_h: float) -> float:
+        """The mean size over ``from_h``..``to_h`` (exact: the ramp is piecewise linear)."""
+        if to_h <= from_h:
+            return self.at(to_h)
+        # Integral of min(limit, rate * max(0, t - onset)) in closed form.
+        return (self._integral(to_h) - self._integral(from_h)) / (to_h - from_h)
+
+    def _integral(self, hours: float) -> float:
+        t = hours - self.onset_h
+        if t <= 0.0:
+            return 0.0
+        full = self.limit / self.rate_per_h  # hours until the cap is reached
+        if t <= full:
+            return 0.5 * self.rate_per_h * t * t
+        return 0.5 * self.limit * full + self.limit * (t - full)
 
 
 class ScheduledStep(Protocol):

@@ -36,6 +36,7 @@ from firmware_stubs.bioreactor import FedBatchModel, ProcessParams, hub
 from firmware_stubs.bioreactor.dcu import (
     CELSIUS,
     GRAM_PER_LITRE,
+    HOUR,
     LITRE_PER_MINUTE,
     MILLILITRE,
     MILLIMOLE_PER_LITRE,
@@ -67,6 +68,7 @@ UNECE = {
     "MLT": (5065812, "ml"),
     "GL": (18252, "g/l"),
     "M33": (5059379, "mmol/l"),
+    "HUR": (4740434, "h"),
     # Rec. 20 has no code for cells per volume: "no unit id" and a display name for people.
     "cells": (-1, "10⁶ cells/mL"),
 }
@@ -90,6 +92,7 @@ VARIABLES: dict[str, tuple[str | None, tuple[float, float] | None, bool]] = {
     "Pumps.BaseTotal": ("MLT", None, False),
     "Pumps.AcidTotal": ("MLT", None, False),
     "Pumps.FeedTotal": ("MLT", None, False),
+    "Batch.Age": ("HUR", None, False),
     "Alarms.TemperatureDeviation": (None, None, False),
     "Alarms.pHDeviation": (None, None, False),
     "Alarms.DOLow": (None, None, False),
@@ -99,6 +102,7 @@ VARIABLES: dict[str, tuple[str | None, tuple[float, float] | None, bool]] = {
     "Emulation.Glutamine": ("M33", None, False),
     "Emulation.ViableCellDensity": ("cells", None, False),
     "Emulation.Titer": ("GL", None, False),
+    "Emulation.pH": ("pH", None, False),
 }
 
 #: Emulation leaf -> the ProcessState field it shows.
@@ -108,6 +112,7 @@ TRUTH = {
     "Glutamine": "glutamine_mM",
     "ViableCellDensity": "vcd_e6_per_mL",
     "Titer": "titer_g_L",
+    "pH": "ph",
 }
 
 
@@ -203,6 +208,7 @@ def test_units_are_the_unece_codes_packed_into_unit_ids() -> None:
         MILLILITRE,
         GRAM_PER_LITRE,
         MILLIMOLE_PER_LITRE,
+        HOUR,
     ):
         assert (unit.unit_id, unit.display_name) == UNECE[unit.code]
         assert unit.unit_id == pack(unit.code)
@@ -239,7 +245,12 @@ def test_readings_follow_the_process_controllers() -> None:
     assert at(kla_per_h=p.kla_max_per_h, do_pct=70.0)["GasFlows.N2"] == 0.0
     assert at(base_added_mL=12.5, fed_volume_L=0.04)["Pumps.FeedTotal"] == pytest.approx(40.0)
     assert at(temperature_C=s.temperature_sp_C + 1.5)["Alarms.TemperatureDeviation"]
-    assert at(ph=s.ph_sp - 0.2)["Alarms.pHDeviation"]
+    # The alarm, like the loop, goes by what the probe reads, not by the true pH.
+    assert at(ph_probe=s.ph_sp - 0.2)["Alarms.pHDeviation"]
+    assert not at(ph=s.ph_sp - 0.2)["Alarms.pHDeviation"]
+    drifted = at(ph_probe=s.ph_sp + 0.05, ph=s.ph_sp - 0.3)
+    assert (drifted["pH.PV"], drifted["Emulation.pH"]) == (s.ph_sp + 0.05, s.ph_sp - 0.3)
+    assert at(time_h=26.5)["Batch.Age"] == 26.5
     assert at(do_pct=s.do_sp_pct - 15.0)["Alarms.DOLow"]
     assert not at(do_pct=s.do_sp_pct + 30.0)["Alarms.DOLow"]
 
@@ -305,7 +316,7 @@ async def test_the_address_space_carries_units_ranges_and_fresh_values() -> None
             (await child.read_browse_name()).to_string() for child in await root.get_children()
         }
         groups = ("Identification", "Temperature", "pH", "DissolvedOxygen", "Agitation")
-        more = ("GasFlows", "Pumps", "Alarms", "Emulation")
+        more = ("GasFlows", "Pumps", "Batch", "Alarms", "Emulation")
         assert names == {f"{ns}:{g}" for g in (*groups, *more)}
         emulation = await node(client, ns, "Emulation").read_description()
         assert "no real controller" in emulation.Text

@@ -241,7 +241,7 @@ def test_options_keep_the_initial_setpoint_within_the_drive_limit() -> None:
 def test_encode_registers_layout() -> None:
     model = PumpModel(total_ml=1234.5678)
     words = encode_registers(model)
-    assert len(words) == REGISTER_COUNT == 15
+    assert len(words) == REGISTER_COUNT == 20
     assert all(0 <= w <= 0xFFFF for w in words)
     assert words[0:2] == [0x4248, 0x0000]  # 50.0 as float32, ABCD
     assert f32(words, 0) == 50.0
@@ -252,6 +252,7 @@ def test_encode_registers_layout() -> None:
     assert words[11] == 0
     assert f32(words, 12) == pytest.approx(0.8)
     assert words[14] == DEVICE_ID == 0x5046
+    assert words[15:20] == [0, 0, 0, 0, 0]  # heartbeat, watchdog off, safe speed 0.0, not tripped
 
 
 def test_fields_tile_the_map_without_gaps() -> None:
@@ -270,7 +271,8 @@ def test_register_map_doc_lists_every_field() -> None:
 def test_read_registers_range() -> None:
     model = PumpModel()
     assert read_registers(model, 14, 1) == [DEVICE_ID]
-    for address, count in [(14, 2), (15, 1), (-1, 1), (0, 0)]:
+    assert read_registers(model, 19, 1) == [0]
+    for address, count in [(19, 2), (20, 1), (-1, 1), (0, 0)]:
         with pytest.raises(RegisterAccessError) as err:
             read_registers(model, address, count)
         assert err.value.code == ExceptionCode.ILLEGAL_DATA_ADDRESS
@@ -295,8 +297,10 @@ def test_apply_write_setpoint_run_and_calibration() -> None:
         (14, [1], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # device id: read-only
         (1, [0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # half of the setpoint
         (0, [0x43C8], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # other half of the setpoint
-        (15, [0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # outside the map
-        (14, [0, 0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # runs past the end
+        (19, [0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # watchdog_tripped: read-only
+        (17, [0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # half of the safe speed
+        (20, [0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # outside the map
+        (19, [0, 0], ExceptionCode.ILLEGAL_DATA_ADDRESS),  # runs past the end
         (0, [], ExceptionCode.ILLEGAL_DATA_ADDRESS),
         (0, f32_words(400.5), ExceptionCode.ILLEGAL_DATA_VALUE),
         (0, f32_words(-1.0), ExceptionCode.ILLEGAL_DATA_VALUE),
@@ -344,7 +348,7 @@ async def test_read_all_registers_in_one_request(
 ) -> None:
     assert emulator.port > 0
     words = await read_all(client)
-    assert len(words) == 15
+    assert len(words) == 20
     assert f32(words, 0) == 50.0
     assert f32(words, 2) == pytest.approx(50.0)
     assert f32(words, 4) == pytest.approx(40.0)
@@ -410,7 +414,7 @@ async def test_bad_writes_get_exceptions(
 
 @pytest.mark.asyncio
 async def test_bad_reads_and_functions_get_exceptions(client: AsyncModbusTcpClient) -> None:
-    for address, count in [(14, 2), (15, 1), (100, 3)]:
+    for address, count in [(19, 2), (20, 1), (100, 3)]:
         response = await client.read_holding_registers(address, count=count, device_id=1)
         assert response.isError()
         assert response.exception_code == 2

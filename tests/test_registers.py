@@ -591,11 +591,12 @@ def test_every_shipped_profile_loads_and_plans(name: str) -> None:
     assert all(b.count <= MAX_READ for b in blocks)
 
 
-def test_feed_pump_profile_is_one_holding_block_of_14() -> None:
+def test_feed_pump_profile_is_one_holding_block_of_20() -> None:
     profile = load_profile("feed_pump")
     assert (profile.address_base, profile.word_order, profile.byte_order) == (0, "big", "big")
     blocks = plan_reads(profile.registers, address_base=profile.address_base)
-    assert layout(blocks) == [("holding", 0, 14)]
+    # The watchdog registers (15-19) follow the device id (14): still one read per poll.
+    assert layout(blocks) == [("holding", 0, 20)]
     assert [(d.name, d.offset_in_block, d.count) for d in blocks[0].decoders] == [
         ("speed_setpoint", 0, 2),
         ("speed", 2, 2),
@@ -604,9 +605,21 @@ def test_feed_pump_profile_is_one_holding_block_of_14() -> None:
         ("running", 10, 1),
         ("fault_code", 11, 1),
         ("tubing_ml_per_rev", 12, 2),
+        ("device_id", 14, 1),
+        ("heartbeat", 15, 1),
+        ("watchdog_s", 16, 1),
+        ("safe_speed", 17, 2),
+        ("watchdog_tripped", 19, 1),
     ]
     writable = {r.name for r in profile.registers if r.access == "rw"}
-    assert writable == {"speed_setpoint", "running", "tubing_ml_per_rev"}
+    assert writable == {
+        "speed_setpoint",
+        "running",
+        "tubing_ml_per_rev",
+        "heartbeat",
+        "watchdog_s",
+        "safe_speed",
+    }
 
 
 def test_feed_pump_block_decodes() -> None:
@@ -620,6 +633,11 @@ def test_feed_pump_block_decodes() -> None:
         1,  # running
         0,  # fault_code
         *(0x3F4C, 0xCCCD),  # tubing_ml_per_rev float32 0.8
+        0x5046,  # device_id
+        7,  # heartbeat
+        30,  # watchdog_s
+        *(0x4120, 0x0000),  # safe_speed 10.0
+        1,  # watchdog_tripped
     ]
     values = {d.name: d.decode(words) for d in block.decoders}
     assert values["speed_setpoint"] == 60.0
@@ -628,6 +646,8 @@ def test_feed_pump_block_decodes() -> None:
     assert values["running"] == 1
     assert values["fault_code"] == 0
     assert values["tubing_ml_per_rev"] == pytest.approx(0.8, rel=1e-7)
+    assert (values["heartbeat"], values["watchdog_s"], values["watchdog_tripped"]) == (7, 30, 1)
+    assert values["safe_speed"] == 10.0
 
 
 def test_hamilton_arc_profile_plans_two_blocks_at_1_based_addresses() -> None:

@@ -49,6 +49,12 @@ class ProcessClock:
             self.model.advance((now - self._last) * self._h_per_wall_s)
             self._last = now
 
+    def hours(self) -> float:
+        """Process hours since inoculation now (the batch age): the time base of gradual
+        faults in the emulators linked to this run."""
+        self.advance()
+        return self.model.elapsed_h
+
     def feed(self, volume_mL: float) -> None:
         """Add ``volume_mL`` millilitres of feed medium (what the pump delivered), now.
 

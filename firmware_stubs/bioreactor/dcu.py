@@ -5,7 +5,9 @@ this module computes. For whoever reads the controller (the gateway's OPC UA dri
 client) this is the reference of the variables below ``BioreactorController``:
 
 * ``Temperature.PV`` / ``.SP`` — Double, °C, UnitId 4408652 (CEL), EURange 0-50;
-* ``pH.PV`` / ``.SP`` — Double, pH, UnitId 5321520 (Q30), EURange 0-14;
+* ``pH.PV`` / ``.SP`` — Double, pH, UnitId 5321520 (Q30), EURange 0-14; the PV is what the
+  pH probe reads (the true pH plus the probe's drift under the ``ph_probe_drift`` fault), and
+  the pH loop controls on it;
 * ``DissolvedOxygen.PV`` / ``.SP`` — Double, % of air saturation, UnitId 20529 (P1), 0-100;
 * ``Agitation.PV`` / ``.SP`` — Double, r/min, UnitId 5394509 (RPM), EURange 0-1000;
 * ``GasFlows.Air``, ``.O2``, ``.CO2``, ``.N2`` — Double, l/min, UnitId 19506 (L2), EURange up to
@@ -13,18 +15,25 @@ client) this is the reference of the variables below ``BioreactorController``:
 * ``Pumps.BaseTotal``, ``.AcidTotal``, ``.FeedTotal`` — Double, ml, UnitId 5065812 (MLT), no
   EURange: base dosed by the pH controller, acid dosed (always 0: the model lowers the pH with
   CO2, as CHO processes mostly do), feed medium received;
+* ``Batch.Age`` — Double, h, UnitId 4740434 (HUR), no EURange: the batch age, culture time
+  since inoculation, as a DCU's batch timer shows it (process time: it runs ``time_scale``
+  times faster than the wall clock). A clock, not a measurement of the broth;
 * ``Alarms.TemperatureDeviation`` (``|PV - SP| > 1 °C``), ``Alarms.pHDeviation``
   (``|PV - SP| > 0.1``), ``Alarms.DOLow`` (``PV < SP - 10 %``) — Boolean;
 * ``Emulation.Glucose``, ``.Lactate``, ``.Titer`` — Double, g/L, UnitId 18252 (GL);
   ``Emulation.Glutamine`` — Double, mM, UnitId 5059379 (M33, millimole per litre);
   ``Emulation.ViableCellDensity`` — Double, 1e6 cells/mL, UnitId -1 with DisplayName
-  "10⁶ cells/mL" (Rec. 20 has no code for a cell count per volume); none has an EURange.
+  "10⁶ cells/mL" (Rec. 20 has no code for a cell count per volume); ``Emulation.pH`` — the
+  true pH, Double, pH (Q30); none has an EURange.
 
 The ``Emulation`` group is the emulator's own, and **a real controller has no such values**:
 they are the process model's *true* concentrations and cell density, which no instrument
 measures without error (a real DCU knows the broth only through probes and offline samples).
 They exist so that demos and tests can put a soft sensor's predictions (e.g. glucose and lactate
-from Raman spectra) next to the truth. They are read-only and follow the same rules as every
+from Raman spectra) next to the truth, for validation only: nothing in the gateway may use them
+to detect, estimate or control. ``Pumps.FeedTotal`` is such a truth too: the feed volume the
+culture truly received, which is less than the pump's own ``total_volume`` when its tubing
+wears (``tubing_wear``). They are read-only and follow the same rules as every
 other variable: the same timestamps, StatusCode Good, Bad under the ``bad_values`` fault, still
 under ``frozen``.
 
@@ -61,6 +70,7 @@ __all__ = [
     "EMULATION_GROUP",
     "GRAM_PER_LITRE",
     "GROUP_DESCRIPTIONS",
+    "HOUR",
     "LITRE_PER_MINUTE",
     "MILLILITRE",
     "MILLIMOLE_PER_LITRE",
@@ -100,6 +110,7 @@ LITRE_PER_MINUTE = EngineeringUnit("L2", 19506, "l/min", "litre per minute")
 MILLILITRE = EngineeringUnit("MLT", 5065812, "ml", "millilitre")
 GRAM_PER_LITRE = EngineeringUnit("GL", 18252, "g/l", "gram per litre")
 MILLIMOLE_PER_LITRE = EngineeringUnit("M33", 5059379, "mmol/l", "millimole per litre")
+HOUR = EngineeringUnit("HUR", 4740434, "h", "hour")
 #: Rec. 20 has no code for a number of cells per volume: UnitId -1 ("no unit id", OPC UA Part 8
 #: §5.6.3) and a display name a person reads; a client cannot check it and must trust its config.
 MILLION_CELLS_PER_ML = EngineeringUnit(
@@ -113,8 +124,9 @@ EMULATION_GROUP = "Emulation"
 GROUP_DESCRIPTIONS = {
     EMULATION_GROUP: (
         "Emulator only, no real controller has these: the emulated process's true values, for"
-        " comparing soft sensors with the truth"
+        " comparing soft sensors with the truth (validation only, never for control)"
     ),
+    "Batch": "Batch timer: culture time since inoculation (a clock, not a measurement)",
 }
 
 #: How far a PV may leave its setpoint before the alarm of its loop is raised.
@@ -179,7 +191,13 @@ def variables(params: ProcessParams) -> tuple[Variable, ...]:
     found += [
         Variable("Pumps.BaseTotal", "Base solution dosed by the pH controller", MILLILITRE),
         Variable("Pumps.AcidTotal", "Acid dosed (none: the pH is lowered with CO2)", MILLILITRE),
-        Variable("Pumps.FeedTotal", "Feed medium received since inoculation", MILLILITRE),
+        Variable(
+            "Pumps.FeedTotal",
+            "Feed medium the culture truly received since inoculation (emulator truth: less"
+            " than the pump's own total when its tubing wears)",
+            MILLILITRE,
+        ),
+        Variable("Batch.Age", "Batch age: culture time since inoculation", HOUR),
         Variable(
             "Alarms.TemperatureDeviation",
             f"Temperature more than {ALARM_BANDS['temperature_C']:g} °C from its setpoint",
@@ -195,6 +213,7 @@ def variables(params: ProcessParams) -> tuple[Variable, ...]:
         ("Glutamine", "glutamine", MILLIMOLE_PER_LITRE),
         ("ViableCellDensity", "viable cell density", MILLION_CELLS_PER_ML),
         ("Titer", "product (antibody) titer", GRAM_PER_LITRE),
+        ("pH", "pH (the probe behind pH.PV may drift from it)", PH),
     ):
         found.append(
             Variable(
@@ -255,7 +274,7 @@ def readings(
     return {
         "Temperature.PV": state.temperature_C,
         "Temperature.SP": state.temperature_sp_C,
-        "pH.PV": state.ph,
+        "pH.PV": state.ph_probe,
         "pH.SP": state.ph_sp,
         "DissolvedOxygen.PV": state.do_pct,
         "DissolvedOxygen.SP": state.do_sp_pct,
@@ -270,11 +289,13 @@ def readings(
         "Pumps.FeedTotal": state.fed_volume_L * 1000.0,
         "Alarms.TemperatureDeviation": abs(state.temperature_C - state.temperature_sp_C)
         > ALARM_BANDS["temperature_C"],
-        "Alarms.pHDeviation": abs(state.ph - state.ph_sp) > ALARM_BANDS["ph"],
+        "Batch.Age": state.time_h,
+        "Alarms.pHDeviation": abs(state.ph_probe - state.ph_sp) > ALARM_BANDS["ph"],
         "Alarms.DOLow": state.do_pct < state.do_sp_pct - ALARM_BANDS["do_low_pct"],
         "Emulation.Glucose": state.glucose_g_L,
         "Emulation.Lactate": state.lactate_g_L,
         "Emulation.Glutamine": state.glutamine_mM,
         "Emulation.ViableCellDensity": state.vcd_e6_per_mL,
         "Emulation.Titer": state.titer_g_L,
+        "Emulation.pH": state.ph,
     }

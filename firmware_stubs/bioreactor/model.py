@@ -242,7 +242,11 @@ class ProcessState:
     temperature_C: float
     """Culture temperature, °C."""
     ph: float
-    """Culture pH."""
+    """Culture pH (the truth)."""
+    ph_probe: float
+    """pH the controller's probe reads, and its pH loop controls on: the true pH plus the
+    probe's drift (equal to ``ph`` unless a drift is set with
+    :meth:`FedBatchModel.set_ph_probe_drift`)."""
     do_pct: float
     """Dissolved oxygen, % of air saturation (0-100)."""
     fed_volume_L: float
@@ -300,6 +304,12 @@ class FedBatchModel:
         self.initial_glucose_g = self._glucose
         """Glucose in the vessel at inoculation, g: the reference of the glucose balance."""
 
+        # Faults: a factor on the growth rate, and the pH probe's offset and its drift.
+        self._growth_factor = 1.0
+        self._ph_offset = 0.0
+        self._ph_drift_per_h = 0.0
+        self._ph_drift_limit = 0.0
+
         self._fed = 0.0
         self._glucose_fed = 0.0
         self._glucose_consumed = 0.0
@@ -344,6 +354,7 @@ class FedBatchModel:
             titer_g_L=self._product / v,
             temperature_C=self._temperature,
             ph=self._ph,
+            ph_probe=self._ph + self._ph_offset,
             do_pct=self._do,
             fed_volume_L=self._fed,
             glucose_fed_g=self._glucose_fed,
@@ -356,6 +367,36 @@ class FedBatchModel:
             ph_sp=self._ph_sp,
             do_sp_pct=self._do_sp,
         )
+
+    @property
+    def elapsed_h(self) -> float:
+        """Process hours since inoculation, all the time given to :meth:`advance` (the last
+        whole step plus the remainder carried into the next call)."""
+        return float(self._elapsed)
+
+    def set_growth_factor(self, factor: float) -> None:
+        """Multiply the specific growth rate by ``factor`` (0..1) from now: a biological upset
+        (1 = none). ``ValueError`` outside 0..1."""
+        if not (math.isfinite(factor) and 0.0 <= factor <= 1.0):
+            raise ValueError(f"growth factor must be in 0..1, not {factor!r}")
+        self._growth_factor = float(factor)
+
+    def set_ph_probe_drift(self, rate_per_h: float, limit: float = 1.0) -> None:
+        """Let the pH probe drift from now on by ``rate_per_h`` pH units per process hour (signed),
+        its offset from the true pH capped at ``limit`` in size; the pH loop controls on the
+        drifting reading, so the true pH moves the other way. ``ValueError`` for a
+        non-finite rate or a limit not > 0."""
+        if not math.isfinite(rate_per_h):
+            raise ValueError(f"pH drift rate must be finite, not {rate_per_h!r}")
+        if not (math.isfinite(limit) and limit > 0.0):
+            raise ValueError(f"pH drift limit must be > 0, not {limit!r}")
+        self._ph_drift_per_h = float(rate_per_h)
+        self._ph_drift_limit = float(limit)
+
+    def recalibrate_ph_probe(self) -> None:
+        """Stop the drift and zero the probe's offset (a recalibrated or new probe)."""
+        self._ph_drift_per_h = 0.0
+        self._ph_offset = 0.0
 
     def advance(self, dt_h: float) -> None:
         """Let ``dt_h`` hours of process time pass.
@@ -433,6 +474,7 @@ class FedBatchModel:
         sqrt_dt = math.sqrt(dt)
 
         mu_max = p.mu_max_per_h
+        mu_eff = mu_max * self._growth_factor
         ks_g = p.ks_glucose_g_L
         ks_q = p.ks_glutamine_mM
         kd0 = p.kd_per_h
@@ -457,6 +499,9 @@ class FedBatchModel:
         t_noise = p.temperature_noise_C_per_sqrt_h * sqrt_dt
 
         ph_sp = self._ph_sp
+        ph_drift_dt = self._ph_drift_per_h * dt
+        ph_drift_limit = self._ph_drift_limit
+        ph_offset = self._ph_offset
         inv_beta = 1.0 / p.buffer_capacity_mM_per_pH
         co2_acid_dt = p.co2_acid_mM_per_h_per_vcd * dt
         base_max_dt = p.base_max_mM_per_h * dt
@@ -510,7 +555,7 @@ class FedBatchModel:
             f_glc = glc_c / (ks_g + glc_c)
             f_gln = gln_c / (ks_q + gln_c)
             f_growth = f_glc * f_gln
-            mu = mu_max * f_growth
+            mu = mu_eff * f_growth
 
             # Uptake is clamped to what is in the vessel and booked as clamped, so amounts
             # never go negative and the balances stay exact.
@@ -562,7 +607,14 @@ class FedBatchModel:
 
             # pH: split range, +1 = full base, -1 = full CO2 sparge. The deadband shifts the
             # error towards zero instead of cutting it, so the output has no step at its edges.
-            err = ph_sp - ph
+            # The loop sees the probe: the true pH plus the probe's (drifting) offset.
+            if ph_drift_dt != 0.0:
+                ph_offset += ph_drift_dt
+                if ph_offset > ph_drift_limit:
+                    ph_offset = ph_drift_limit
+                elif ph_offset < -ph_drift_limit:
+                    ph_offset = -ph_drift_limit
+            err = ph_sp - (ph + ph_offset)
             if err > ph_db:
                 err -= ph_db
             elif err < -ph_db:
@@ -619,6 +671,7 @@ class FedBatchModel:
         self._temperature_i = temp_i
         self._ph = ph
         self._ph_i = ph_i
+        self._ph_offset = ph_offset
         self._do = do
         self._do_i = do_i
         self._heater = heater

@@ -35,35 +35,71 @@ from .controller import BioreactorController
 from .faults import Fault
 from .model import FedBatchModel, ProcessParams
 
-__all__ = ["BioreactorEmulator", "BioreactorFaultStep", "BioreactorOptions"]
+__all__ = ["CONTROLLER_FAULTS", "BioreactorEmulator", "BioreactorFaultStep", "BioreactorOptions"]
 
 log = structlog.get_logger(__name__)
 
 _DEFAULTS = ProcessParams()
 
 
+#: Faults of the OPC UA controller (they need a port); the others act on the process.
+CONTROLLER_FAULTS = frozenset({"server_restart", "bad_values", "frozen"})
+
+
 class BioreactorFaultStep(BaseModel):
-    """Inject ``fault`` into the controller ``after_s`` seconds after start; clear it ``for_s``
-    seconds later."""
+    """Inject ``fault`` ``after_s`` wall seconds after start; clear it ``for_s`` wall seconds
+    later. A gradual fault (``ph_probe_drift``) then grows with the process clock."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fault: Literal["server_restart", "bad_values", "frozen"] = Field(
-        description="What to break: server_restart = the OPC UA server is down for for_s"
-        " (sessions die), then starts again on the same port; bad_values = every value Bad;"
-        " frozen = values stop updating."
+    fault: Literal["server_restart", "bad_values", "frozen", "ph_probe_drift", "growth_upset"] = (
+        Field(
+            description="What to break: server_restart = the OPC UA server is down for for_s"
+            " (sessions die), then starts again on the same port; bad_values = every value Bad;"
+            " frozen = values stop updating; ph_probe_drift = the pH probe (pH.PV, which the pH"
+            " loop controls on) drifts from the true pH at rate_per_h per process hour;"
+            " growth_upset = the specific growth rate drops to factor times its value."
+        )
     )
-    after_s: float = Field(ge=0, description="Seconds after start.")
+    after_s: float = Field(ge=0, description="Wall seconds after start.")
     for_s: float = Field(
         default=0,
         ge=0,
-        description="How long; 0 = until the emulator stops (server_restart needs a time > 0).",
+        description="How long, wall seconds; 0 = until the emulator stops (server_restart needs"
+        " a time > 0). Clearing ph_probe_drift recalibrates the probe (offset back to 0).",
+    )
+    rate_per_h: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="ph_probe_drift only (required, not 0): pH units per process hour, signed"
+        " (> 0: the probe reads high, so the loop drives the true pH down).",
+    )
+    max_offset: float | None = Field(
+        default=None,
+        gt=0,
+        le=7,
+        description="ph_probe_drift only: the probe's offset stops growing at this size"
+        " (default 1 pH unit).",
+    )
+    factor: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="growth_upset only: the growth rate is multiplied by this (default 0.5).",
     )
 
     @model_validator(mode="after")
-    def _restart_comes_back(self) -> Self:
+    def _parameters_fit_the_fault(self) -> Self:
         if self.fault == "server_restart" and self.for_s <= 0:
             raise ValueError("server_restart needs for_s > 0: how long the server is down")
+        if self.fault == "ph_probe_drift":
+            if self.rate_per_h is None or self.rate_per_h == 0:
+                raise ValueError("ph_probe_drift needs rate_per_h (pH per process hour, not 0)")
+        elif self.rate_per_h is not None or self.max_offset is not None:
+            raise ValueError("rate_per_h and max_offset apply only to fault 'ph_probe_drift'")
+        if self.factor is not None and self.fault != "growth_upset":
+            raise ValueError("factor applies only to fault 'growth_upset'")
         return self
 
 
@@ -121,7 +157,9 @@ class BioreactorOptions(BaseModel):
         description="The controller refreshes its values from the process every so many s.",
     )
     faults: tuple[BioreactorFaultStep, ...] = Field(
-        default=(), description="Faults scheduled on the OPC UA controller (needs a port)."
+        default=(),
+        description="Faults scheduled on the process (ph_probe_drift, growth_upset) or on the"
+        " OPC UA controller (server_restart, bad_values, frozen: these need a port).",
     )
     setpoint_limits: dict[
         Literal["Temperature", "pH", "DissolvedOxygen", "Agitation"], tuple[float, float]
@@ -134,8 +172,12 @@ class BioreactorOptions(BaseModel):
 
     @model_validator(mode="after")
     def _faults_need_a_controller(self) -> Self:
-        if self.faults and self.port is None:
-            raise ValueError("faults act on the OPC UA controller: set a port")
+        if self.port is None:
+            for step in self.faults:
+                if step.fault in CONTROLLER_FAULTS:
+                    raise ValueError(
+                        f"fault {step.fault} acts on the OPC UA controller: set a port"
+                    )
         if self.setpoint_limits and self.port is None:
             raise ValueError("setpoint_limits act on the OPC UA controller: set a port")
         for loop, (low, high) in self.setpoint_limits.items():
@@ -223,13 +265,10 @@ class BioreactorEmulator:
                 )
                 await controller.start()
                 self._controller = controller
-                self._schedule = FaultSchedule(
-                    options.faults,
-                    lambda step: controller.inject(Fault(step.fault)),
-                    lambda step: controller.clear(Fault(step.fault)),
-                    f"bioreactor.{self.name}.faults",
-                )
-                self._schedule.start()
+            self._schedule = FaultSchedule(
+                options.faults, self._inject, self._clear, f"bioreactor.{self.name}.faults"
+            )
+            self._schedule.start()
             if options.log_every_s > 0:
                 self._task = asyncio.create_task(
                     self._log_states(), name=f"bioreactor.{self.name}.log"
@@ -238,6 +277,35 @@ class BioreactorEmulator:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def _inject(self, step: BioreactorFaultStep) -> None:
+        clock = self.clock
+        if step.fault == "ph_probe_drift":
+            assert step.rate_per_h is not None  # checked by the options
+            clock.advance()  # the time up to now ran without it
+            clock.model.set_ph_probe_drift(
+                step.rate_per_h, 1.0 if step.max_offset is None else step.max_offset
+            )
+        elif step.fault == "growth_upset":
+            clock.advance()
+            clock.model.set_growth_factor(0.5 if step.factor is None else step.factor)
+        else:
+            self.controller.inject(Fault(step.fault))
+            return
+        log.info("bioreactor.fault_injected", process=self.name, fault=step.fault)
+
+    def _clear(self, step: BioreactorFaultStep) -> None:
+        clock = self.clock
+        if step.fault == "ph_probe_drift":
+            clock.advance()
+            clock.model.recalibrate_ph_probe()
+        elif step.fault == "growth_upset":
+            clock.advance()
+            clock.model.set_growth_factor(1.0)
+        else:
+            self.controller.clear(Fault(step.fault))
+            return
+        log.info("bioreactor.fault_cleared", process=self.name, fault=step.fault)
 
     async def __aexit__(self, *exc_info: object) -> None:
         schedule, self._schedule = self._schedule, None
@@ -275,6 +343,7 @@ class BioreactorEmulator:
                 titer_g_L=round(s.titer_g_L, 3),
                 temperature_C=round(s.temperature_C, 2),
                 ph=round(s.ph, 3),
+                ph_probe=round(s.ph_probe, 3),
                 do_pct=round(s.do_pct, 1),
             )
             await asyncio.sleep(self.options.log_every_s)

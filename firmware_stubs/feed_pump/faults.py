@@ -8,8 +8,8 @@ import enum
 class Fault(enum.Enum):
     """What :meth:`FeedPumpEmulator.inject` can break.
 
-    ``DROP_CONNECTIONS`` and ``PUMP_FAULT`` act once; ``EXCEPTION_RESPONSES``
-    and ``STALL`` stay active until :meth:`FeedPumpEmulator.clear_faults`.
+    ``DROP_CONNECTIONS`` and ``PUMP_FAULT`` act once; ``EXCEPTION_RESPONSES``,
+    ``STALL`` and ``TUBING_WEAR`` stay active until cleared.
     """
 
     #: Close every open client connection now; new connections are still accepted.
@@ -20,3 +20,9 @@ class Fault(enum.Enum):
     STALL = "stall"
     #: Latch pump fault code 1 (tube/occlusion), which stops the pump.
     PUMP_FAULT = "pump_fault"
+    #: Gradual: the tubing delivers less per revolution as it wears (``rate_per_h``: fraction
+    #: of the delivery lost per hour of the time base, up to ``max_loss``). Speed, flow and
+    #: total_volume, what the pump *reports*, stay perfect; only the volume handed to the
+    #: process (and counted in :attr:`FeedPumpEmulator.delivered_ml`) shrinks. Clearing it
+    #: is new tubing.
+    TUBING_WEAR = "tubing_wear"

@@ -22,7 +22,7 @@ from .model import PumpModel, PumpStateError
 DEVICE_ID = 0x5046
 
 #: Number of 16-bit registers in the map (addresses 0..REGISTER_COUNT-1).
-REGISTER_COUNT = 15
+REGISTER_COUNT = 20
 
 FieldKind = Literal["float32", "float64", "uint16"]
 
@@ -84,6 +84,39 @@ FIELDS: tuple[Field, ...] = (
     Field("fault_code", 11, "uint16", "-", True, "0 = ok, 1 = tube/occlusion; write 0 = ack."),
     Field("tubing_ml_per_rev", 12, "float32", "mL", True, "Tubing calibration, (0, 100]."),
     Field("device_id", 14, "uint16", "-", False, "Model code 0x5046 ('PF')."),
+    Field(
+        "heartbeat",
+        15,
+        "uint16",
+        "-",
+        True,
+        "Watchdog heartbeat: any write is a beat (clears watchdog_tripped); reads the last.",
+    ),
+    Field(
+        "watchdog_s",
+        16,
+        "uint16",
+        "s",
+        True,
+        "Communication watchdog timeout, 0 = off; a write restarts the timer.",
+    ),
+    Field(
+        "safe_speed",
+        17,
+        "float32",
+        "rpm ({rev}/min)",
+        True,
+        "Speed the setpoint is limited to when the watchdog trips, 0..400.",
+    ),
+    Field(
+        "watchdog_tripped",
+        19,
+        "uint16",
+        "-",
+        False,
+        "1 = no beat within watchdog_s: setpoint limited to safe_speed (it stays so until"
+        " written again, even after a beat clears this flag).",
+    ),
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
@@ -102,6 +135,10 @@ def _field_values(model: PumpModel) -> tuple[float | int, ...]:
         model.fault_code & 0xFFFF,
         model.ml_per_rev,
         DEVICE_ID,
+        model.heartbeat & 0xFFFF,
+        model.watchdog_s & 0xFFFF,
+        model.safe_rpm,
+        1 if model.watchdog_tripped else 0,
     )
 
 
@@ -164,6 +201,14 @@ def _apply_fields(model: PumpModel, fields: list[tuple[Field, float | int]]) -> 
         model.acknowledge_fault()
     if "tubing_ml_per_rev" in values:
         model.set_ml_per_rev(float(values["tubing_ml_per_rev"]))
+    # Watchdog settings and the beat before the setpoint, so that a write of them together
+    # leaves the setpoint as written.
+    if "safe_speed" in values:
+        model.set_safe_rpm(float(values["safe_speed"]))
+    if "watchdog_s" in values:
+        model.set_watchdog(int(values["watchdog_s"]))
+    if "heartbeat" in values:
+        model.beat(int(values["heartbeat"]))
     if "speed_setpoint" in values:
         model.set_setpoint(float(values["speed_setpoint"]))
     if "running" in values:
@@ -180,8 +225,8 @@ def apply_write(model: PumpModel, address: int, words: list[int]) -> None:
 
     Raises :class:`RegisterAccessError` with ILLEGAL_DATA_ADDRESS for writes
     outside the map, to read-only fields or to part of a multi-word field, and
-    ILLEGAL_DATA_VALUE for values the pump refuses (setpoint outside 0..400 or
-    NaN, running not 0/1, fault_code not 0, start while a fault is latched).
+    ILLEGAL_DATA_VALUE for values the pump refuses (setpoint or safe speed outside
+    0..400 or NaN, running not 0/1, fault_code not 0, start while a fault is latched).
     Nothing is changed when an error is raised.
     """
     fields = _covered_fields(address, words)
@@ -208,7 +253,8 @@ def _register_map_doc() -> str:
         for f in FIELDS
     )
     footer = (
-        "\nExceptions: 1 = unsupported function code, 2 = address outside 0..14, "
+        "\nExceptions: 1 = unsupported function code, "
+        f"2 = address outside 0..{REGISTER_COUNT - 1}, "
         "read-only field or partial field write, 3 = value refused, "
         "4 = device failure (injected fault), 11 = unknown unit id.\n"
     )

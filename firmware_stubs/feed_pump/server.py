@@ -35,6 +35,7 @@ from pymodbus.pdu.device import ModbusDeviceIdentification
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from ..schedule import Ramp, wall_hours
 from .faults import Fault
 from .model import FAULT_NONE, FAULT_TUBE, PumpModel
 from .registers import FIELDS, RegisterAccessError, apply_write, encode_registers
@@ -80,6 +81,13 @@ class FeedPumpEmulator:
         self.tick_s = tick_s
         # Told every millilitre the pump delivers (the shared bioreactor process takes it in).
         self.on_delivered = on_delivered
+        # The time base of gradual faults: the shared process's hours once linked to one.
+        self.hours: Callable[[], float] = wall_hours
+        #: Volume truly delivered, mL: total_volume less what worn tubing lost (emulator truth,
+        #: never on the wire).
+        self.delivered_ml = 0.0
+        self._wear: Ramp | None = None
+        self._wear_at_h = 0.0
         # "rtu" serves RTU frames (CRC, no MBAP header) over TCP: what a serial device server
         # sends, and what a driver opening the pyserial URL socket://host:port expects.
         self.framing = framing
@@ -166,8 +174,35 @@ class FeedPumpEmulator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def inject(self, fault: Fault) -> None:
-        """Inject ``fault`` now; see :class:`Fault` for what each one does."""
+    @property
+    def wear_loss(self) -> float:
+        """Fraction of the delivery worn tubing loses now (0 without ``TUBING_WEAR``)."""
+        return 0.0 if self._wear is None else self._wear.at(self.hours())
+
+    def inject(
+        self, fault: Fault, *, rate_per_h: float | None = None, max_loss: float = 0.5
+    ) -> None:
+        """Inject ``fault`` now; see :class:`Fault` for what each one does.
+
+        ``TUBING_WEAR`` needs ``rate_per_h`` (fraction of the delivery lost per hour of
+        :attr:`hours`, > 0) and takes ``max_loss`` (0 < max_loss <= 1); ``ValueError`` otherwise.
+        """
+        if fault is Fault.TUBING_WEAR:
+            if rate_per_h is None or not 0.0 < max_loss <= 1.0:
+                raise ValueError("tubing_wear needs rate_per_h > 0 and 0 < max_loss <= 1")
+            self._advance()  # the time up to now ran on good tubing
+            now_h = self.hours()
+            self._wear = Ramp(rate_per_h, max_loss, now_h)
+            self._wear_at_h = now_h
+            _log.info(
+                "emulator.fault_injected",
+                fault=fault.value,
+                rate_per_h=rate_per_h,
+                max_loss=max_loss,
+            )
+            return
+        if rate_per_h is not None:
+            raise ValueError(f"fault {fault.value!r} takes no rate_per_h")
         if fault is Fault.DROP_CONNECTIONS:
             dropped = self._drop_connections()
             _log.info("emulator.fault_injected", fault=fault.value, connections=dropped)
@@ -180,10 +215,12 @@ class FeedPumpEmulator:
         _log.info("emulator.fault_injected", fault=fault.value)
 
     def clear_faults(self) -> None:
-        """Clear every injected fault, acknowledging a pump fault too.
+        """Clear every injected fault, acknowledging a pump fault too (worn tubing is replaced).
 
         Like an operator acknowledge, this leaves a tripped pump stopped.
         """
+        self._advance()
+        self._wear = None
         self._faults.clear()
         if self.model.fault_code != FAULT_NONE:
             self._advance()
@@ -192,7 +229,10 @@ class FeedPumpEmulator:
 
     def clear(self, fault: Fault) -> None:
         """Clear one fault, leaving any other injected fault active."""
-        if fault is Fault.PUMP_FAULT:
+        if fault is Fault.TUBING_WEAR:
+            self._advance()  # the time up to now ran on the worn tubing
+            self._wear = None
+        elif fault is Fault.PUMP_FAULT:
             if self.model.fault_code != FAULT_NONE:
                 self._advance()
                 self.model.acknowledge_fault()
@@ -306,7 +346,14 @@ class FeedPumpEmulator:
         self.model.step(now - self._last_step)
         self._last_step = now
         delivered = self.model.total_ml - before
-        if delivered > 0.0 and self.on_delivered is not None:
+        if self._wear is not None:
+            now_h = self.hours()
+            delivered *= 1.0 - self._wear.mean(self._wear_at_h, now_h)
+            self._wear_at_h = now_h
+        if delivered <= 0.0:
+            return
+        self.delivered_ml += delivered
+        if self.on_delivered is not None:
             self.on_delivered(delivered)
 
     async def _run_model(self) -> None:

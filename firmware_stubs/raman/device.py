@@ -122,6 +122,9 @@ class RamanDevice:
         self.shift_cm1 = raman_shift_cm1(self.wavelengths_nm, laser_nm)
         self._synthesizer = SpectrumSynthesizer(self.shift_cm1, DARK_PIXELS)
         self._composition = composition or _constant_default
+        #: What fraction of their nominal intensity the Raman bands have now (the laser's
+        #: output); ``None`` = full. The emulator's ``laser_decay`` fault sets it.
+        self.band_scale: Callable[[], float] | None = None
         self._spectrum_rng = np.random.default_rng(seed)
         # A second stream, so that reading the temperature does not change later spectra.
         self._temperature_rng = np.random.default_rng([seed, 1])
@@ -239,8 +242,9 @@ class RamanDevice:
         integration_s = self.integration_us / 1e6
         # The detector integrates first; the reply leaves when the exposure is over.
         await asyncio.sleep(integration_s)
+        scale = 1.0 if self.band_scale is None else self.band_scale()
         counts = self._synthesizer.counts(
-            self._composition(), integration_s, self.detector_c, self._spectrum_rng
+            self._composition(), integration_s, self.detector_c, self._spectrum_rng, scale
         )
         return counts.tobytes()
 

@@ -6,7 +6,14 @@ import enum
 import math
 from dataclasses import dataclass
 
-__all__ = ["Fault", "GarbageParams", "NackParams", "TruncatedParams", "fault_params"]
+__all__ = [
+    "Fault",
+    "GarbageParams",
+    "LaserDecayParams",
+    "NackParams",
+    "TruncatedParams",
+    "fault_params",
+]
 
 
 class Fault(enum.Enum):
@@ -23,6 +30,11 @@ class Fault(enum.Enum):
     GARBAGE = "garbage"
     #: Read and ignore everything: no reply to anything.
     SILENCE = "silence"
+    #: Gradual: the laser's output falls, so the Raman bands lose ``rate_per_h`` of their
+    #: intensity per hour of the time base (process hours when linked to a process), down to
+    #: ``1 - max_loss``; fluorescence background and dark signal are unchanged. Clearing it is
+    #: a new laser.
+    LASER_DECAY = "laser_decay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,20 @@ class GarbageParams:
 
 
 @dataclass(frozen=True, slots=True)
+class LaserDecayParams:
+    """Parameters of :attr:`Fault.LASER_DECAY`."""
+
+    rate_per_h: float
+    max_loss: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate_per_h) and 0.0 < self.rate_per_h <= 1.0):
+            raise ValueError(f"rate_per_h must be in (0, 1] per hour, got {self.rate_per_h}")
+        if not (math.isfinite(self.max_loss) and 0.0 < self.max_loss <= 1.0):
+            raise ValueError(f"max_loss must be in (0, 1], got {self.max_loss}")
+
+
+@dataclass(frozen=True, slots=True)
 class _NoParams:
     """Faults without parameters."""
 
@@ -73,6 +99,7 @@ _PARAMS: dict[Fault, type[object]] = {
     Fault.TRUNCATED: TruncatedParams,
     Fault.GARBAGE: GarbageParams,
     Fault.SILENCE: _NoParams,
+    Fault.LASER_DECAY: LaserDecayParams,
 }
 
 

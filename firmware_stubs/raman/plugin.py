@@ -35,22 +35,47 @@ class RamanFaultStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fault: Literal["nack", "bad_checksum", "truncated", "garbage", "silence"] = Field(
-        description="What to break; see the emulator's Fault enum."
+    fault: Literal["nack", "bad_checksum", "truncated", "garbage", "silence", "laser_decay"] = (
+        Field(
+            description="What to break; see the emulator's Fault enum. laser_decay (gradual):"
+            " the Raman bands weaken by rate_per_h per process hour (per wall hour without a"
+            " process), background and dark unchanged."
+        )
     )
-    after_s: float = Field(ge=0, description="Seconds after start.")
-    for_s: float = Field(default=0, ge=0, description="How long; 0 = until the emulator stops.")
+    after_s: float = Field(ge=0, description="Wall seconds after start.")
+    for_s: float = Field(
+        default=0,
+        ge=0,
+        description="How long; 0 = until the emulator stops; clearing laser_decay = a new laser.",
+    )
     error: int | None = Field(
         default=None,
         ge=1,
         le=255,
         description="NACK error number for fault 'nack' (default 7, device not ready).",
     )
+    rate_per_h: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="laser_decay only (required): fraction of band intensity lost per hour.",
+    )
+    max_loss: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="laser_decay only: the loss stops growing at this fraction (default 0.9).",
+    )
 
     @model_validator(mode="after")
-    def _error_only_with_nack(self) -> Self:
+    def _parameters_fit_the_fault(self) -> Self:
         if self.error is not None and self.fault != "nack":
             raise ValueError("error applies only to fault 'nack'")
+        if self.fault == "laser_decay":
+            if self.rate_per_h is None:
+                raise ValueError("laser_decay needs rate_per_h: fraction lost per hour")
+        elif self.rate_per_h is not None or self.max_loss is not None:
+            raise ValueError("rate_per_h and max_loss apply only to fault 'laser_decay'")
         return self
 
 
@@ -150,10 +175,17 @@ class ScheduledRaman(ScheduledEmulator[RamanEmulator, RamanFaultStep]):
 
     def before_start(self) -> None:
         if self.process is not None:
-            shared_process(self.process)  # fail now, naming the process, not per spectrum
+            # Fail now, naming the process, not per spectrum.
+            self.emulator.hours = shared_process(self.process).hours
 
     def _inject(self, step: RamanFaultStep) -> None:
-        if step.error is not None:
+        if step.rate_per_h is not None:
+            self.emulator.inject(
+                Fault.LASER_DECAY,
+                rate_per_h=step.rate_per_h,
+                max_loss=0.9 if step.max_loss is None else step.max_loss,
+            )
+        elif step.error is not None:
             self.emulator.inject(Fault(step.fault), error=step.error)
         else:
             self.emulator.inject(Fault(step.fault))

@@ -33,8 +33,16 @@ from typing import Literal, Self
 
 import structlog
 
+from ..schedule import Ramp, wall_hours
 from .device import DEFAULT_SERIAL_NUMBER, RamanDevice
-from .faults import Fault, GarbageParams, NackParams, TruncatedParams, fault_params
+from .faults import (
+    Fault,
+    GarbageParams,
+    LaserDecayParams,
+    NackParams,
+    TruncatedParams,
+    fault_params,
+)
 from .obp import FOOTER_SIZE, ChecksumType, Decoder, Frame, FrameError, encode
 from .spectrum import Composition
 
@@ -321,6 +329,8 @@ class RamanEmulator:
         # Line noise has its own stream, so injecting garbage leaves the spectra unchanged.
         self._noise = random.Random(seed)
         self._faults: dict[Fault, object] = {}
+        #: The time base of gradual faults: the shared process's hours once linked to one.
+        self.hours: Callable[[], float] = wall_hours
         # Made at start, in the loop that serves; wakes the garbage task when faults change.
         self._faults_changed: asyncio.Event | None = None
         self._queue: asyncio.Queue[tuple[_Peer, Frame | FrameError]] | None = None
@@ -427,18 +437,25 @@ class RamanEmulator:
 
         ``TypeError`` for a parameter the fault does not take, ``ValueError`` for a bad value.
         """
-        self._faults[fault] = fault_params(fault, params)
+        checked = fault_params(fault, params)
+        if isinstance(checked, LaserDecayParams):
+            decay = Ramp(checked.rate_per_h, checked.max_loss, self.hours())
+            self.device.band_scale = lambda: 1.0 - decay.at(self.hours())
+        self._faults[fault] = checked
         self._faults_updated()
         _log.info("emulator.fault_injected", fault=fault.value, **params)
 
     def clear(self, fault: Fault) -> None:
         """Clear one fault, leaving any other injected fault active."""
+        if fault is Fault.LASER_DECAY:
+            self.device.band_scale = None
         self._faults.pop(fault, None)
         self._faults_updated()
         _log.info("emulator.fault_cleared", fault=fault.value)
 
     def clear_faults(self) -> None:
         """Clear every injected fault."""
+        self.device.band_scale = None
         self._faults.clear()
         self._faults_updated()
         _log.info("emulator.faults_cleared")

@@ -15,6 +15,8 @@ Model of one raw spectrum, in detector counts per pixel::
 * The first :data:`DARK_PIXELS` pixels are optically masked: dark offset, dark current and
   noise only, never light.
 * ``t`` is the integration time; the dark offset and read noise do not scale with it.
+* ``band_scale`` (1 by default) scales the Raman bands alone: a decaying laser (the emulator's
+  ``laser_decay`` fault) weakens them while fluorescence, dark current and offset stay as they are.
 """
 
 from __future__ import annotations
@@ -190,10 +192,14 @@ class SpectrumSynthesizer:
         self._fluorescence = _fluorescence_shape(shift) * optical
 
     def mean_counts(
-        self, composition: Composition, integration_s: float, detector_c: float
+        self,
+        composition: Composition,
+        integration_s: float,
+        detector_c: float,
+        band_scale: float = 1.0,
     ) -> NDArray[np.float64]:
         """The noise-free expectation of every pixel, before rounding and clipping."""
-        return self._mean(composition, integration_s, detector_c)[0]
+        return self._mean(composition, integration_s, detector_c, band_scale)[0]
 
     def counts(
         self,
@@ -201,9 +207,10 @@ class SpectrumSynthesizer:
         integration_s: float,
         detector_c: float,
         rng: np.random.Generator,
+        band_scale: float = 1.0,
     ) -> NDArray[np.uint16]:
         """One noisy raw spectrum as the detector reads it out (little-endian u16 counts)."""
-        mean, electrons = self._mean(composition, integration_s, detector_c)
+        mean, electrons = self._mean(composition, integration_s, detector_c, band_scale)
         # Shot noise (variance = collected electrons, gain 1 count/e⁻) and read noise, drawn
         # together: the normal approximation of Poisson is exact enough above a few counts.
         sigma = np.sqrt(electrons + READ_NOISE_COUNTS**2)
@@ -211,10 +218,16 @@ class SpectrumSynthesizer:
         return np.clip(np.rint(noisy), 0, FULL_SCALE).astype("<u2")
 
     def _mean(
-        self, composition: Composition, integration_s: float, detector_c: float
+        self,
+        composition: Composition,
+        integration_s: float,
+        detector_c: float,
+        band_scale: float = 1.0,
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         if not (math.isfinite(integration_s) and integration_s >= 0.0):
             raise ValueError(f"integration time must be finite and >= 0, got {integration_s}")
+        if not (math.isfinite(band_scale) and band_scale >= 0.0):
+            raise ValueError(f"band scale must be finite and >= 0, got {band_scale}")
         species = np.array(
             [
                 composition.glucose_g_L,
@@ -226,7 +239,7 @@ class SpectrumSynthesizer:
             ]
         )
         fluorescence = _FLUORESCENCE_BASE_PER_S + _FLUORESCENCE_PER_VCD * composition.vcd_e6_per_mL
-        light_per_s = species @ self._shapes + fluorescence * self._fluorescence
+        light_per_s = band_scale * (species @ self._shapes) + fluorescence * self._fluorescence
         electrons = integration_s * (light_per_s + _dark_current_per_s(detector_c))
         return electrons + dark_offset_counts(detector_c), electrons
 
