@@ -33,6 +33,10 @@ async def test_the_pump_moves_only_through_the_loops_audited_writes(tmp_path: Pa
     async with running(plan) as (gateway, _):
         output = next(o for o in gateway.outputs if o.signal.id == f"reactor1/{LOOP}/output")
         await wait_for(lambda: output.seq >= 2, 120, what="three writes by the loop")
+        pump = plan.emulators[1].instance.emulator.model
+        beat = pump.heartbeat
+        await wait_for(lambda: pump.heartbeat >= beat + 3, 30, what="three heartbeats")
+        assert pump.watchdog_s == 10 and not pump.watchdog_tripped
         refused = await asyncio.to_thread(
             patgw_with_password, config, "operator", "3", target=TARGET, reason="not now"
         )
@@ -73,6 +77,10 @@ async def test_the_pump_moves_only_through_the_loops_audited_writes(tmp_path: Pa
     manual_write = next(r for r in executed if r["new"] == 2.5)
     assert modes[1]["seq"] < manual_write["seq"]  # recorded first, then applied
     assert executed[-1]["user"] == "operator" and executed[-1]["new"] == 3
+    # Heartbeats are not audited one by one, and never count as setpoint writes.
+    beats = [r for r in records if r["target"] == "reactor1/feed_pump/heartbeat"]
+    assert 1 <= len(beats) <= 2, beats
+    assert all(r["target"] == TARGET for r in executed)
 
     # Every change of the pump's setpoint, as polled and stored, is an executed write's value
     # (the register is a float32), each by the loop until the operator's own.
