@@ -218,3 +218,19 @@ def test_analyser_noise_at_a_limit_does_not_become_a_feed() -> None:
     late = glucose[1000:]
     assert abs(sum(late) / len(late) - 4.0) < 0.15
     assert max(late) < 4.5
+
+
+def test_a_write_cut_short_does_not_block_the_loop() -> None:
+    """A move asked for but never written (a mode change, the task stopped) must not leave the
+    loop waiting for its outcome forever."""
+    for cut in ("mode", "abandon"):
+        loop = PiLoop(tuning(), output=3.0, wall_s=0.0)
+        loop.auto(0.0)
+        assert loop.measure(2.0, True, 0.0, 10.0).output is not None
+        if cut == "mode":
+            loop.manual()
+            loop.auto(20.0)
+        else:
+            loop.abandon()
+        moves = [loop.measure(2.0, True, 0.1 * k, 20.0 + 2 * k) for k in (1, 2)]
+        assert any(m.output is not None for m in moves), cut

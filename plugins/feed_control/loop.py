@@ -276,6 +276,7 @@ class PiLoop:
         self.mode = Mode.MANUAL
         self.state = State.MANUAL
         self.reason = "manual"
+        self._pending = None
         if output is not None:
             if not math.isfinite(output):
                 raise ValueError(f"output must be finite, not {output!r}")
@@ -293,6 +294,7 @@ class PiLoop:
         self.state = State.NORMAL
         self.reason = "controlling"
         self._last_t_h = None
+        self._pending = None
         if (
             self._last_good_wall is None
             or wall_s - self._last_good_wall >= self.tuning.stale_after_s
@@ -312,6 +314,10 @@ class PiLoop:
         self._pending = None
         self.output = value
         self._last_write_wall = wall_s
+
+    def abandon(self) -> None:
+        """The write the last :class:`Move` asked for will not be made (the task stopped)."""
+        self._pending = None
 
     def refused(self, why: str, wall_s: float) -> LoopEvent:
         """The write the last :class:`Move` asked for was refused or failed: the equipment keeps

@@ -176,6 +176,7 @@ class PiControlProcessor:
         self._beats = 0
         self._last_heartbeat_problem: str | None = None
         self._published: tuple[Mode, State, str] | None = None
+        self._started = False
 
     # -- Processor ------------------------------------------------------------------------------
     def inputs(self) -> Sequence[str]:
@@ -284,7 +285,6 @@ class PiControlProcessor:
         o = self.options
         next_beat = time.monotonic()
         next_tick = time.monotonic()
-        started = False
         self._publish_mode(io)
         try:
             while True:
@@ -292,14 +292,16 @@ class PiControlProcessor:
                 if o.heartbeat is not None and now >= next_beat:
                     await self._beat(io, o.heartbeat)
                     next_beat = now + o.heartbeat_s
-                if not started and self._known:
-                    started = True
+                if not self._started and self._known:
+                    # Once per gateway run: a run restarted after an error keeps the mode a
+                    # person chose.
                     if o.start == "auto":
                         async with self._lock:
                             await self._to_auto(io, self.id, "started in auto", "configured start")
+                    self._started = True
                 if now >= next_tick:
                     next_tick = now + _TICK_S
-                    if started:
+                    if self._started:
                         move = loop.tick(io.process_time_h(time.time_ns()), now)
                         if move.output is not None or move.events:
                             self._moves.append(move)
@@ -316,6 +318,7 @@ class PiControlProcessor:
                     pass
         finally:
             self._moves.clear()
+            loop.abandon()  # a move cut short is not pending any more
 
     async def _act(self, io: ProcessorIO, move: Move) -> None:
         loop = self.loop
