@@ -71,6 +71,8 @@ def _config(folder: Path, time_scale: float, closed: bool) -> Path:
         "        - {name: titer_true, node: ctl:BioreactorController.Emulation.Titer,"
         " unit: g/L}\n        - {name: lactate_true,",
     )
+    # Control against the nominal process: no scheduled faults.
+    text = re.sub(r"\n      faults: \[.*\]", "", text)
     text = re.sub(r"\nsinks:\n(?:  .*\n|\s*\n)*", "\n", text)
     if not closed:
         # Emulated processes are named per Python process: the open loop's needs its own name.

@@ -176,3 +176,42 @@ def test_a_bad_loop_is_an_error_at_check(
     checked = patgw("check", str(config))
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert message in checked.stderr + checked.stdout, checked.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_holds_the_loop_and_says_so(tmp_path: Path) -> None:
+    """The pump answers every request with a Modbus exception for a while: the loop's writes
+    are refused (the write path cannot read the present value), the loop holds (state 1, the
+    reason saying the write was refused), records it, and controls again once the pump
+    answers."""
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    text = config.read_text()
+    wear = "faults: [{fault: tubing_wear, after_s: 30, rate_per_h: 0.005}]"
+    assert wear in text
+    config.write_text(
+        text.replace(wear, "faults: [{fault: exception_responses, after_s: 12, for_s: 25}]")
+    )
+    plan = load_plan(config, build_registry())
+    async with running(plan) as (gateway, _):
+        state = next(o for o in gateway.outputs if o.signal.id == f"reactor1/{LOOP}/state")
+        reasons: list[str] = []
+
+        def refused() -> bool:
+            if state.latest and state.latest[5] == 1.0 and state.latest[6]:
+                reasons.append(state.latest[6])
+            return any(r["action"] == "control.write.refused" for r in audit_records(plan))
+
+        await wait_for(refused, 90, interval=0.2, what="a write refused and recorded")
+        first = next(r for r in audit_records(plan) if r["action"] == "control.write.refused")
+
+        def controlling_again() -> bool:
+            return any(
+                r["action"] == "write.executed" and r["user"] == LOOP and r["seq"] > first["seq"]
+                for r in audit_records(plan)
+            )
+
+        await wait_for(controlling_again, 90, interval=0.5, what="a write done after the fault")
+    assert first["outcome"] == "refused" and first["user"] == LOOP
+    # The write path cannot read the pump's present value: it refuses, nothing is written.
+    assert "write refused: refused (instrument-down)" in first["details"]["why"], first
+    assert any("write refused" in r for r in reasons), reasons
