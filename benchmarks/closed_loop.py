@@ -77,7 +77,7 @@ def _config(folder: Path, time_scale: float, closed: bool) -> Path:
     if not closed:
         # Emulated processes are named per Python process: the open loop's needs its own name.
         text = text.replace("  - id: reactor\n", "  - id: reactor_open\n")
-        text = text.replace("process: reactor}", "process: reactor_open}")
+        text = re.sub(r"process: reactor\b", "process: reactor_open", text)
         text = re.sub(r"\n  # Glucose held at 4 g/L.*?(?=\n\n|\Z)", "", text, flags=re.S)
         text = text.replace("watchdog_s: 10", "watchdog_s: 0")  # nobody beats it here
         limits = "    max: 100\n    max_step: 20\n    max_rate_per_s: 10\n"
