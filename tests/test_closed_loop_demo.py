@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -186,10 +187,10 @@ async def test_a_failed_write_holds_the_loop_and_says_so(tmp_path: Path) -> None
     answers."""
     config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
     text = config.read_text()
-    wear = "faults: [{fault: tubing_wear, after_s: 30, rate_per_h: 0.005}]"
-    assert wear in text
+    wear = re.compile(r"faults: \[\{fault: tubing_wear, [^\n]*\}\]")
+    assert wear.search(text)
     config.write_text(
-        text.replace(wear, "faults: [{fault: exception_responses, after_s: 12, for_s: 25}]")
+        wear.sub("faults: [{fault: exception_responses, after_s: 12, for_s: 25}]", text)
     )
     plan = load_plan(config, build_registry())
     async with running(plan) as (gateway, _):
