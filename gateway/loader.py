@@ -560,6 +560,13 @@ def _processor_plans(
     plans: list[ProcessorPlan] = []
     for i, pc in enumerate(config.processors):
         loc: tuple[str | int, ...] = ("processors", i)
+        if any(user.name == pc.id for user in config.security.users):
+            # Any processor may record to the audit trail as itself (alarms), not only one
+            # that writes.
+            problems.append(
+                f"{format_loc([*loc, 'id'])}: {pc.id!r} is also a user's name; a processor"
+                " records (and writes) as itself, so the audit trail could not tell them apart"
+            )
         resolved = _options(
             registry,
             PluginKind.PROCESSOR,
@@ -616,6 +623,13 @@ def _processor_plans(
             except UnitError:
                 problems.append(f"{where}: {age.id} is in {age.unit!r}, not a time (h, min, s)")
                 continue
+            if pc.enabled and age.id not in running:
+                # It would never come: process time would count from the gateway's start.
+                problems.append(
+                    f"{where}: {age.id} comes from {age.instrument!r}, which is disabled"
+                    " (process time would silently count from the gateway's start)"
+                )
+                continue
         try:
             processor.bind(inputs)
         except Exception as exc:
@@ -663,11 +677,6 @@ def _controls(
             f"{format_loc([*loc, 'role'])}: unknown role {pc.role!r} (roles: {', '.join(roles)})"
         )
         return None
-    if any(user.name == pc.id for user in config.security.users):
-        problems.append(
-            f"{format_loc([*loc, 'id'])}: {pc.id!r} is also a user's name; a processor that"
-            " writes does so as itself, so the audit trail could not tell them apart"
-        )
     limits: dict[str, TargetLimits] = {}
     for name in names:
         target = targets.get(name)

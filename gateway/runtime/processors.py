@@ -49,6 +49,8 @@ _NULL = NullOutput()
 _QUALITIES = tuple(sorted(Quality))  # stored int -> member, by index
 # Inputs processed before the runner yields to the event loop (instruments keep their pace).
 _BATCH = 64
+# A batch age stamped more than this after its receipt (a clock ahead) is anchored at receipt.
+_AGE_SKEW_NS = 2_000_000_000
 
 
 class ProcessorRunner:
@@ -78,6 +80,7 @@ class ProcessorRunner:
         self._origin_h = 0.0
         self._origin_ns = time.time_ns()
         self._age_to_h = compile_conversion(plan.age.unit, "h") if plan.age is not None else None
+        self._age_skewed = False
         # Acting: the write path and the audit trail while the gateway runs (see attach).
         self._path: WritePath | None = None
         self._audit: AuditRecorder | None = None
@@ -204,8 +207,25 @@ class ProcessorRunner:
         if sample.quality is Quality.BAD or not isinstance(value, (int, float)):
             return
         assert self._age_to_h is not None
+        origin_ns = sample.source_ts
+        skew_ns = origin_ns - sample.gateway_ts
+        skewed = skew_ns > _AGE_SKEW_NS
+        if skewed:
+            # Stamped after its receipt: the source's clock is ahead (a DCU's own clock), and
+            # anchored at that time the age would shift process time by the skew times the
+            # time scale (to a negative age). Anchor it at its receipt instead. (An older
+            # source time may be a late delivery: it stands.)
+            origin_ns = sample.gateway_ts
+            if not self._age_skewed:
+                self._log.warning(
+                    "processor.age_clock_skew",
+                    age_signal=sample.signal,
+                    skew_s=round(skew_ns / 1e9, 3),
+                    hint="the age is anchored at its receipt: check the source's clock",
+                )
+        self._age_skewed = skewed
         self._origin_h = self._age_to_h(float(value))
-        self._origin_ns = sample.source_ts
+        self._origin_ns = origin_ns
 
     @property
     def owned(self) -> list[str]:

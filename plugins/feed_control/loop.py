@@ -303,8 +303,11 @@ class PiLoop:
             self._last_good_wall = None
         self._track(self.output, self.error or 0.0, ff)
 
-    def adopt(self, output: float) -> None:
-        """The equipment's present output (read back, or written by a person in manual)."""
+    def adopt(self, output: float, wall_s: float | None = None) -> None:
+        """The equipment's present output (read back, or written by a person in manual). With
+        ``wall_s``, a change counts as a write then (the rate limit counts from it)."""
+        if wall_s is not None and output != self.output:
+            self._last_write_wall = wall_s
         self.output = output
         if self.mode is Mode.AUTO:
             self._track(output, self.error or 0.0, 0.0)

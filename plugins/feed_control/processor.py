@@ -130,6 +130,14 @@ class PiControlOptions(BaseModel):
         gt=0,
         description="Wall seconds without a good measurement before the loop holds its output.",
     )
+    max_clock_skew_s: float = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How far ahead of the gateway's clock a measurement's source time may be;"
+        " one further ahead is not used (a device clock stepped ahead would otherwise"
+        " integrate the jump, time-scaled). One older than stale_after_s is not used either.",
+    )
     fallback_after_s: float = Field(
         default=120.0,
         ge=0,
@@ -259,15 +267,21 @@ class PiControlProcessor:
         good = sample.quality is Quality.GOOD and isinstance(value, (int, float))
         if role == "readback":
             if good and (loop.mode is Mode.MANUAL or not self._known):
-                loop.adopt(float(value))
+                # A change by someone else restarts the rate limit's count, as the path's does.
+                loop.adopt(float(value), time.monotonic())
                 self._known = True
             return
         if role == "feed_forward":
             self._ff = self.options.feed_forward_gain * float(value) if good else 0.0
             return
         wall = time.monotonic()
-        if not good:
-            loop.unmeasured(f"{sample.quality.name.lower()}: {sample.reason or 'no value'}")
+        unusable = (
+            f"{sample.quality.name.lower()}: {sample.reason or 'no value'}"
+            if not good
+            else self._untimely(sample.source_ts)
+        )
+        if unusable is not None:
+            loop.unmeasured(unusable)
             loop.measure(None, False, 0.0, wall)
             return
         move = loop.measure(float(value), True, io.process_time_h(sample.source_ts), wall, self._ff)
@@ -275,6 +289,19 @@ class PiControlProcessor:
         if move.output is not None or move.events:
             self._moves.append(move)
             self._wake.set()
+
+    def _untimely(self, source_ts: int) -> str | None:
+        """Why a measurement's source time makes it unusable (too old, or from the future)."""
+        o = self.options
+        age_s = (time.time_ns() - source_ts) / 1e9
+        if age_s > o.stale_after_s:
+            return f"source time {age_s:.1f} s old (stale_after_s {o.stale_after_s:g})"
+        if -age_s > o.max_clock_skew_s:
+            return (
+                f"source time {-age_s:.1f} s in the future (max_clock_skew_s"
+                f" {o.max_clock_skew_s:g}): the instrument's clock?"
+            )
+        return None
 
     # -- the loop's own task ---------------------------------------------------------------------
     async def run(self, io: ProcessorIO) -> None:
@@ -294,11 +321,9 @@ class PiControlProcessor:
                     next_beat = now + o.heartbeat_s
                 if not self._started and self._known:
                     # Once per gateway run: a run restarted after an error keeps the mode a
-                    # person chose.
-                    if o.start == "auto":
-                        async with self._lock:
-                            await self._to_auto(io, self.id, "started in auto", "configured start")
-                    self._started = True
+                    # person chose. Auto waits while the target is outside its limits.
+                    async with self._lock:
+                        await self._start(io)
                 if now >= next_tick:
                     next_tick = now + _TICK_S
                     if self._started:
@@ -384,9 +409,38 @@ class PiControlProcessor:
         io.output("fallback").publish(1.0 if loop.state is State.FALLBACK else 0.0)
 
     # -- modes -----------------------------------------------------------------------------------
+    async def _start(self, io: ProcessorIO) -> None:
+        """The configured start mode, once the target's present value is known."""
+        loop = self.loop
+        assert loop is not None
+        if self._started:
+            return  # a person chose a mode meanwhile
+        if self.options.start == "auto":
+            problem = self._outside()
+            if problem is not None:
+                loop.reason = f"starting in manual: {problem}"
+                return
+            await self._to_auto(io, self.id, "started in auto", "configured start")
+        self._started = True
+
+    def _outside(self) -> str | None:
+        """Why auto is impossible now: the target's present value is outside its limits, so
+        that no write the path allows can bring it back (None: auto is possible)."""
+        loop, limits = self.loop, self.limits
+        assert loop is not None and limits is not None
+        if limits.min <= loop.output <= limits.max:
+            return None
+        return (
+            f"the present output {loop.output:g} is outside {limits.target}'s limits"
+            f" {limits.min:g}..{limits.max:g}: bring it back in manual first"
+        )
+
     async def _to_auto(self, io: ProcessorIO, user: str, reason: str, why: str) -> None:
         loop = self.loop
         assert loop is not None
+        problem = self._outside()
+        if problem is not None:
+            raise GatewayError(problem)
         await io.record(
             "control.mode",
             target=self.options.target,
@@ -451,7 +505,10 @@ class PiControlProcessor:
                 raise ValueError("output is only for manual")
             if isinstance(output, bool) or not isinstance(output, (int, float)):
                 raise ValueError("output must be a number")
-            output = float(output)
+            try:
+                output = float(output)
+            except OverflowError:  # an int beyond a float (JSON allows any)
+                raise ValueError("output must be finite") from None
             if not math.isfinite(output):
                 raise ValueError("output must be finite")
         loop, io = self.loop, self._io
@@ -471,6 +528,7 @@ class PiControlProcessor:
                     await self._to_auto(io, call.user, call.reason, f"asked by {call.full_name}")
             else:
                 await self._to_manual(io, call.user, call.reason, output)
+            self._started = True  # a person's choice: the configured start no longer applies
         self._publish_mode(io)
         self._wake.set()
         return self.status()
