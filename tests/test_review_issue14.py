@@ -189,18 +189,20 @@ class Bench:
         """Nothing queued for the loop, no move pending, no write or command under way."""
         p = self.processor
         assert p.loop is not None
-        return (
-            self.runner.queued == 0
-            and not p._moves
-            and p.loop._pending is None
-            and not p._lock.locked()
-        )
+        return not p._moves and p.loop._pending is None and not p._lock.locked()
 
     async def measure(self, value: float, offset_s: float = 0.0) -> None:
         """One glucose sample stamped ``offset_s`` from now; wait until the loop acted on it."""
-        processed = self.runner.processed
+        published = self.plant.published
         self.plant.glucose.append((value, time.time_ns() + int(offset_s * 1e9)))
-        await wait_for(lambda: self.runner.processed > processed, 10, what="the sample processed")
+
+        def processed() -> bool:
+            inbox = self.runner._inbox
+            return self.plant.published > published and not any(
+                s.signal == "t/plant/glucose" for s in inbox
+            )
+
+        await wait_for(processed, 10, what="the sample processed")
         await wait_for(self.idle, 10, what="the loop idle")
 
 
@@ -374,3 +376,28 @@ def test_a_processor_that_only_audits_may_not_share_a_user_s_name(tmp_path: Path
     document["processors"].append({"id": "operator", "type": "listener"})
     with pytest.raises(ConfigError, match=r"processors\[1\]\.id: 'operator' is also a user"):
         plan(tmp_path, document)
+
+
+@pytest.mark.asyncio
+async def test_a_second_loop_on_an_owned_target_stays_in_manual_without_a_record_storm(
+    tmp_path: Path,
+) -> None:
+    """Two loops on one pump (a copied loop, a backup law), both configured to start in auto:
+    the second's claim failed after its mode change was recorded, so its ``run`` raised and was
+    restarted, recording "auto" again at every restart, while it was never in auto. It must
+    stay in manual, say who owns the target, and record nothing it did not do."""
+    document = config(tmp_path, free_port())
+    second = dict(document["processors"][0], id="loop2")
+    document["processors"].append(second)
+    the_plan = plan(tmp_path, document)
+    async with running(the_plan) as (gateway, _):
+        first, other = (r.plan.processor for r in gateway.processors)
+        assert isinstance(first, PiControlProcessor) and isinstance(other, PiControlProcessor)
+        assert first.loop is not None and other.loop is not None
+        await wait_for(lambda: first.loop.mode is Mode.AUTO, 10, what="the first loop in auto")
+        await wait_for(lambda: "owned by" in other.loop.reason, 10, what="the second says why")
+        runner = gateway.processors[1]
+        assert runner.restarts == 0, runner.last_error
+        assert other.loop.mode is Mode.MANUAL
+        modes = [r for r in audit_records(the_plan) if r["action"] == "control.mode"]
+        assert [r["user"] for r in modes] == ["loop"], modes

@@ -415,13 +415,15 @@ class PiControlProcessor:
         assert loop is not None
         if self._started:
             return  # a person chose a mode meanwhile
-        if self.options.start == "auto":
-            problem = self._outside()
-            if problem is not None:
-                loop.reason = f"starting in manual: {problem}"
-                return
-            await self._to_auto(io, self.id, "started in auto", "configured start")
+        # Tried once: a loop that took over later by itself (when the pump came back within
+        # its limits, when another owner let go) would surprise the person now driving it.
         self._started = True
+        if self.options.start == "auto":
+            try:
+                await self._to_auto(io, self.id, "started in auto", "configured start")
+            except GatewayError as exc:
+                loop.reason = f"starting in manual: {exc}"
+                self._log.warning("pi_control.start_manual", why=str(exc))
 
     def _outside(self) -> str | None:
         """Why auto is impossible now: the target's present value is outside its limits, so
@@ -441,16 +443,22 @@ class PiControlProcessor:
         problem = self._outside()
         if problem is not None:
             raise GatewayError(problem)
-        await io.record(
-            "control.mode",
-            target=self.options.target,
-            old=loop.mode.name.lower(),
-            new="auto",
-            reason=reason,
-            why=why,
-            user=user,
-        )
+        # The claim first (it refuses if another owns the target; it changes nothing on the
+        # equipment), then the record, then auto: a change that cannot happen is not recorded.
         io.claim(self.options.target)
+        try:
+            await io.record(
+                "control.mode",
+                target=self.options.target,
+                old=loop.mode.name.lower(),
+                new="auto",
+                reason=reason,
+                why=why,
+                user=user,
+            )
+        except BaseException:
+            io.release(self.options.target)
+            raise
         loop.auto(time.monotonic(), self._ff)
 
     async def _to_manual(
