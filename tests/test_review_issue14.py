@@ -38,6 +38,7 @@ from plugins.feed_control.loop import Mode, State
 from plugins.feed_control.processor import PiControlProcessor
 
 TARGET = "t/plant/speed"
+BEAT = "t/plant/beat"
 SETPOINT_G_PER_L = 4.0
 #: The speed the pump has at start; the loop takes over from it.
 START_RPM = 2.0
@@ -53,12 +54,15 @@ class Plant:
 
     last: ClassVar[Plant | None] = None
     start_speed: ClassVar[float] = START_RPM
+    #: While set and not open, a heartbeat write waits for it (a slow device).
+    beat_gate: ClassVar[asyncio.Event | None] = None
 
     def __init__(self, options: NoOptions, context: PluginContext) -> None:
         self.speed = Plant.start_speed
         self.writes: list[float] = []
         self.glucose: deque[tuple[float, int]] = deque()
         self.ages: deque[tuple[float, int]] = deque()
+        self.beat_waiting = False
         self.published = 0
         Plant.last = self
 
@@ -67,6 +71,7 @@ class Plant:
             Channel("glucose", "g/L"),
             Channel("speed", "{rev}/min", writable=True),
             Channel("age", "h"),
+            Channel("beat", "1", writable=True),
         ]
 
     async def run(self, io: InstrumentIO) -> None:
@@ -83,11 +88,18 @@ class Plant:
             await asyncio.sleep(0.02)
 
     async def write(self, channel: str, value: float) -> None:
+        if channel == "beat":
+            gate = Plant.beat_gate
+            if gate is not None:
+                self.beat_waiting = True
+                await gate.wait()
+                self.beat_waiting = False
+            return
         self.speed = value
         self.writes.append(value)
 
     async def read_back(self, channel: str) -> float:
-        return self.speed
+        return self.speed if channel == "speed" else 0.0
 
 
 class Listener:
@@ -157,7 +169,10 @@ def config(tmp_path: Path, http_port: int, **options: Any) -> dict[str, Any]:
                 {"name": name, "password_hash": HASHES[name], "roles": [name]} for name in PASSWORDS
             ]
         },
-        "writes": [target],
+        "writes": [
+            target,
+            {"target": BEAT, "min": 0, "max": 65535, "role": "operator", "heartbeat": True},
+        ],
     }
 
 
@@ -401,3 +416,32 @@ async def test_a_second_loop_on_an_owned_target_stays_in_manual_without_a_record
         assert other.loop.mode is Mode.MANUAL
         modes = [r for r in audit_records(the_plan) if r["action"] == "control.mode"]
         assert [r["user"] for r in modes] == ["loop"], modes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bench", [{"heartbeat": BEAT, "heartbeat_s": 0.2}], indirect=True)
+async def test_a_switch_to_manual_does_not_lose_the_loop_s_queued_events(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's task is busy beating a slow pump when a good measurement ends its hold (the
+    ``control.hold.exit`` event queued) and an operator switches it to manual: the switch threw
+    the queued event away, so the trail showed the loop holding for ever."""
+    loop = bench.processor.loop
+    assert loop is not None
+    await wait_for(lambda: loop.state is State.HOLD, 10, what="the loop holding")
+    gate = asyncio.Event()
+    monkeypatch.setattr(Plant, "beat_gate", gate)
+    try:
+        await wait_for(lambda: bench.plant.beat_waiting, 10, what="a beat under way")
+        published = bench.plant.published
+        bench.plant.glucose.append((SETPOINT_G_PER_L, time.time_ns()))
+        await wait_for(lambda: bench.processor._moves, 10, what="the hold's exit queued")
+        assert bench.plant.published > published
+        status, answer = await bench.command(mode="manual")
+        assert status == 200, answer
+    finally:
+        gate.set()
+    await wait_for(bench.idle, 10, what="the loop idle")
+    actions = [r["action"] for r in audit_records(bench.plan) if r["action"].startswith("control")]
+    # In the order they happened: the hold ended, then the operator took over.
+    assert actions[-2:] == ["control.hold.exit", "control.mode"], actions

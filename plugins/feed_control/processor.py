@@ -466,6 +466,11 @@ class PiControlProcessor:
     ) -> float:
         loop = self.loop
         assert loop is not None
+        # What the loop did before is recorded first (its queued events); its queued outputs
+        # are dropped with the switch.
+        while self._moves:
+            for event in self._moves.pop(0).events:
+                await self._record(io, event)
         old = loop.mode.name.lower()
         await io.record(
             "control.mode",
@@ -476,7 +481,8 @@ class PiControlProcessor:
             user=user,
         )
         value = loop.manual(output)
-        self._moves.clear()
+        for move in self._moves:  # queued meanwhile: its events stand, its output does not
+            move.output = None
         if output is not None:
             result = await io.write(
                 self.options.target, output, f"manual output set by {user}: {reason}"
