@@ -158,7 +158,7 @@ class LocalApi:
             return _forbidden(identity, permission)
         try:
             document = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
             return _bad("the body must be JSON")
         if not isinstance(document, dict):
             return _bad('the body must be a JSON object with a "reason"')
@@ -218,7 +218,7 @@ class LocalApi:
     async def _write(self, identity: Identity, request: Request, body: bytes) -> bytes:
         try:
             document = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
             return _bad("the body must be JSON")
         if not isinstance(document, dict):
             return _bad('the body must be a JSON object: {"target", "value", "reason"}')

@@ -5,6 +5,8 @@ API over HTTP) and the loader's checks of processors that act."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -445,3 +447,25 @@ async def test_a_switch_to_manual_does_not_lose_the_loop_s_queued_events(
     actions = [r["action"] for r in audit_records(bench.plan) if r["action"].startswith("control")]
     # In the order they happened: the hold ended, then the operator took over.
     assert actions[-2:] == ["control.hold.exit", "control.mode"], actions
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("route", ["/api/v1/processors/loop/mode", "/api/v1/writes"])
+async def test_a_deeply_nested_body_is_a_clear_400(bench: Bench, route: str) -> None:
+    """60 kB of brackets (under the body limit) overflow the JSON decoder's recursion: a
+    hostile client got a 500 and a logged stack trace instead of a plain refusal."""
+    body = b"[" * 30_000 + b"]" * 30_000
+
+    def post() -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", bench.port, timeout=30)
+        try:
+            token = base64.b64encode(f"operator:{PASSWORDS['operator']}".encode()).decode()
+            connection.request("POST", route, body, {"Authorization": f"Basic {token}"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    status, answer = await asyncio.to_thread(post)
+    assert status == 400, answer
+    assert b"JSON" in answer
