@@ -100,7 +100,7 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
     tmp_path: Path,
 ) -> None:
     """The Raman probe goes silent: no good glucose, so the loop holds, then follows the
-    fallback profile (5 rpm before process hour 72), each step audited and published; when the
+    fallback profile (12.5 rpm before process hour 72), each step audited and published; when the
     probe answers again it controls again."""
     config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
     text = config.read_text()
@@ -137,7 +137,7 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
         for r in records
         if r["action"] == "write.executed" and r["user"] == LOOP and enter < r["seq"] < leave
     ]
-    assert during and during[-1]["new"] == 5.0  # the fallback profile's rate
+    assert during and during[-1]["new"] == 12.5  # the fallback profile's rate
     hold = control[-3]["seq"]
     assert not [
         r
@@ -149,14 +149,17 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("out_max: 100", "out_max: 150"), "output limits 0..150 are wider than"),
+        (("out_max: 250", "out_max: 300"), "output limits 0..300 are wider than"),
         (
             ("target: reactor1/feed_pump/speed_setpoint", "target: reactor1/feed_pump/speed"),
             "'reactor1/feed_pump/speed' is not a writable target",
         ),
-        (("      kp: 25\n", "      kp: 25\n      max_rate_per_s: 50\n"), "max_rate_per_s 50 is"),
-        (("fallback: [[0, 5], [72, 20]]", "fallback: [[0, 5], [72, 200]]"), "fallback output"),
-        (("fallback: [[0, 5], [72, 20]]", "fallback: [[10, 5], [2, 20]]"), "must increase"),
+        (
+            ("      kp: 62.5\n", "      kp: 62.5\n      max_rate_per_s: 50\n"),
+            "max_rate_per_s 50 is",
+        ),
+        (("fallback: [[0, 12.5], [72, 50]]", "fallback: [[0, 5], [72, 300]]"), "fallback output"),
+        (("fallback: [[0, 12.5], [72, 50]]", "fallback: [[10, 5], [2, 20]]"), "must increase"),
         (("measurement_unit: g/L", "measurement_unit: mg/L"), "is in 'g/L', not 'mg/L'"),
         (
             (
