@@ -219,3 +219,48 @@ async def test_a_failed_write_holds_the_loop_and_says_so(tmp_path: Path) -> None
     # The write path cannot read the pump's present value: it refuses, nothing is written.
     assert "write refused: refused (instrument-down)" in first["details"]["why"], first
     assert any("write refused" in r for r in reasons), reasons
+
+
+@pytest.mark.timeout(300)  # the demo runs its two minutes
+def test_the_two_minute_demo_controls_estimates_and_sees_the_pump_wear(tmp_path: Path) -> None:
+    """Issue 14's done-when, as a user runs it: `patgw run configs/demo-closed-loop.yaml --for
+    120` exports the loop's output, the soft sensor's glucose, the twin's VCD and titer (beside
+    the emulator's truth) and the alarms; the tubing wear's alarm names the pump; the pump's
+    setpoint changes only through the loop's audited writes."""
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    ran = patgw("run", str(config), "--for", "120", "--no-view", timeout=200)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    exported = patgw("export", str(config), "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    by_signal: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_signal.setdefault(str(row["signal"]), []).append(row)
+    for signal in (
+        f"reactor1/{LOOP}/output",
+        "reactor1/softsensor/glucose",
+        "reactor1/twin/vcd",
+        "reactor1/twin/vcd_sd",
+        "reactor1/twin/titer",
+        "reactor1/controller/vcd_true",
+        "reactor1/controller/titer_true",
+        "reactor1/anomaly/mspc_alarm",
+    ):
+        good = [r for r in by_signal.get(signal, []) if r["quality"] == "good"]
+        assert good, f"no good {signal} exported"
+    wear = [r for r in by_signal["reactor1/anomaly/feed_pump_wear"] if r["value"]]
+    assert wear, "the tubing wear's alarm was not raised within the two minutes"
+
+    records = audit_records(load_plan(config, build_registry()))
+    raised = [r for r in records if r["action"] == "alarm.raised" and r["target"]]
+    wear_records = [r for r in raised if "feed_pump_wear" in json.dumps(r)]
+    assert wear_records and "feed_pump" in wear_records[0]["reason"], raised
+    executed = [r for r in records if r["action"] == "write.executed"]
+    assert executed and all(r["user"] == LOOP for r in executed)
+    assert all(r["target"] == TARGET for r in executed)
+    # Every change of the stored setpoint is one of those writes (a float32 register).
+    values = [r["value"] for r in by_signal[TARGET] if r["quality"] == "good"]
+    written = [float(r["new"]) for r in executed]
+    for before, after in itertools.pairwise(values):
+        if after != before:
+            assert any(abs(float(after) - w) <= 1e-5 * max(1.0, w) for w in written), after
