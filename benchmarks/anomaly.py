@@ -17,6 +17,10 @@ processor's time base gives it from the batch age.
   fault's size at detection: VCD below the same run without the fault (%), the probe's offset
   (pH), the delivery lost (fraction; target < 0.10) — from the emulator's truth, which only
   the benchmark reads.
+* **laser_decay** (``laser_decay`` in the output; :mod:`anomaly_laser`): the same clean and
+  faulty plans scanned by the emulated Raman spectrometer through the ``pls`` soft sensor, its
+  reference band watched by a ``relative`` check; the laser loses 0.5 %/h of band intensity
+  from 72 h on: false alarms, delay and band loss at detection.
 
 Why not the whole gateway: 300 clean process hours and four faults through the runtime need the
 glucose loop and the twin running too (issue 14's other items), at time scales where the OPC UA
@@ -48,6 +52,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anomaly_data as data
+import anomaly_laser
 
 from gateway import PluginContext, ProcessorIO, Quality, Sample, Signal
 from plugins.anomaly.processor import AnomalyOptions, AnomalyProcessor
@@ -354,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         result["faults"] = {
             name: fault(name, args.fault_runs, args.seed + 1, folder, twin) for name in FAULTS
         }
+        result["laser_decay"] = anomaly_laser.laser_decay(
+            args.clean_runs, args.fault_runs, args.seed, folder, hours=HOURS, onset_h=ONSET_H
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, default=float))
     return 0
