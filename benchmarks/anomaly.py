@@ -20,6 +20,10 @@ processor's time base gives it from the batch age.
   ran the pump) and ``loss_when_feed_began``: the wear counts from the onset, but nothing of it
   can be seen before the pump feeds, and the loop starts only once glucose has fallen to its
   level (76-100 h in these runs).
+* **laser_decay** (``laser_decay`` in the output; :mod:`anomaly_laser`): the same clean and
+  faulty plans scanned by the emulated Raman spectrometer through the ``pls`` soft sensor, its
+  reference band watched by a ``relative`` check; the laser loses 0.5 %/h of band intensity
+  from 72 h on: false alarms, delay and band loss at detection.
 
 Why not the whole gateway: 300 clean process hours and four faults through the runtime need the
 glucose loop and the twin running too (issue 14's other items), at time scales where the OPC UA
@@ -51,6 +55,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anomaly_data as data
+import anomaly_laser
 
 from gateway import PluginContext, ProcessorIO, Quality, Sample, Signal
 from plugins.anomaly.processor import AnomalyOptions, AnomalyProcessor
@@ -375,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         result["faults"] = {
             name: fault(name, args.fault_runs, args.seed + 1, folder, twin) for name in FAULTS
         }
+        result["laser_decay"] = anomaly_laser.laser_decay(
+            args.clean_runs, args.fault_runs, args.seed, folder, hours=HOURS, onset_h=ONSET_H
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, default=float))
     return 0
