@@ -64,13 +64,7 @@ def _config(folder: Path, time_scale: float, closed: bool) -> Path:
     for old in ("15020", "14840", "port: 9180"):
         new = str(_free_port())
         text = text.replace(old, new if old.isdigit() else f"port: {new}")
-    text = text.replace("time_scale: 1440", f"time_scale: {time_scale:g}")
-    # The true titer too (validation only, like glucose_true).
-    text = text.replace(
-        "        - {name: lactate_true,",
-        "        - {name: titer_true, node: ctl:BioreactorController.Emulation.Titer,"
-        " unit: g/L}\n        - {name: lactate_true,",
-    )
+    text = _rescaled(text, time_scale)
     # Control against the nominal process: no scheduled faults.
     text = re.sub(r"\n      faults: \[.*\]", "", text)
     text = re.sub(r"\nsinks:\n(?:  .*\n|\s*\n)*", "\n", text)
@@ -80,14 +74,49 @@ def _config(folder: Path, time_scale: float, closed: bool) -> Path:
         text = re.sub(r"process: reactor\b", "process: reactor_open", text)
         text = re.sub(r"\n  # Glucose held at 4 g/L.*?(?=\n\n|\Z)", "", text, flags=re.S)
         text = text.replace("watchdog_s: 10", "watchdog_s: 0")  # nobody beats it here
-        limits = "    max: 100\n    max_step: 20\n    max_rate_per_s: 10\n"
-        text = text.replace(limits, "    max: 400\n")  # a bolus: fast, no step limit
+        # A bolus: fast, no step limit.
+        text, count = re.subn(
+            r"(  - target: reactor1/feed_pump/speed_setpoint\n(?:    .*\n)*?)"
+            r"    max: .*\n    max_step: .*\n    max_rate_per_s: .*\n",
+            r"\1    max: 400\n",
+            text,
+        )
+        assert count == 1, "the demo's pump target has changed: update this benchmark"
     configs = folder / "configs"
     configs.mkdir(parents=True)
     (configs / "models").symlink_to(REPO / "configs" / "models")
     path = configs / "closed-loop.yaml"
     path.write_text(text)
     return path
+
+
+#: The demo's time scale, for which its rpm figures are set.
+DEMO_SCALE = 3600.0
+
+
+def _rescaled(text: str, time_scale: float) -> str:
+    """The demo at ``time_scale``: the pump runs on wall time, so every rpm figure (the loop's
+    gain, output limit and fallback, the target's limits, the watchdog's safe speed) scales by
+    ``time_scale / DEMO_SCALE`` for the same feed per process hour."""
+    factor = time_scale / DEMO_SCALE
+    text = text.replace(f"time_scale: {DEMO_SCALE:g}", f"time_scale: {time_scale:g}")
+
+    def scaled(match: re.Match[str]) -> str:
+        return f"{match.group(1)}{float(match.group(2)) * factor:g}"
+
+    for key in ("kp", "out_max", "safe_rpm"):
+        text = re.sub(rf"(\n\s+{key}: )([0-9.]+)(?=\n)", scaled, text)
+    head, sep, rest = text.partition("  - target: reactor1/feed_pump/speed_setpoint\n")
+    block, end, tail = rest.partition("\n  - ")
+    for key in ("max", "max_step", "max_rate_per_s"):
+        block = re.sub(rf"(\n    {key}: )([0-9.]+)(?=\n)", scaled, "\n" + block)[1:]
+    text = head + sep + block + end + tail
+    text = re.sub(
+        r"(fallback: )(\[\[.*\]\])",
+        lambda m: m.group(1) + str([[h, rpm * factor] for h, rpm in json.loads(m.group(2))]),
+        text,
+    )
+    return text
 
 
 async def _bolus_schedule(gateway: Gateway, time_scale: float, days: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.anomaly.checks import Alarm, AlarmState, Drift, Frozen, Level, Spike
+from plugins.anomaly.checks import Alarm, AlarmState, Drift, Frozen, Level, Relative, Spike
 
 
 def _first_over(detector: Frozen | Spike | Drift | Level, series: np.ndarray) -> int | None:
@@ -106,3 +106,51 @@ def test_alarm_acknowledgement() -> None:
     assert alarm.state is AlarmState.CLEARED_UNACKED
     alarm.acknowledge("op")
     assert alarm.state is AlarmState.NORMAL
+
+
+def test_relative_learns_its_start_then_flags_a_slow_fall_of_the_smoothed_value() -> None:
+    """Noisy values (3.5 % per point, as a Raman reference band at 500 ms) every 0.1 h; from
+    20 h they fall by 0.5 %/h. The start is the mean of the first 2 h; the smoothed value
+    crosses 6 % below it a little after the loss does, never before."""
+    rng = np.random.default_rng(3)
+    check = Relative(0.06, baseline_h=2.0, smoothing_h=1.0)
+    first = None
+    for step in range(2000):
+        hours = step * 0.1
+        loss = max(0.0, 0.005 * (hours - 20.0))
+        ratio = check.update_at(80.0 * (1 - loss) * (1 + rng.normal(0, 0.035)), hours)
+        if hours < 2.0:
+            assert ratio == 0.0 and check.reference is None
+        if ratio > 1.0:
+            first = hours
+            break
+    assert first is not None and check.reference == pytest.approx(80.0, rel=0.03)
+    loss_at = 0.005 * (first - 20.0)
+    assert 0.05 <= loss_at <= 0.09
+    assert "below its start" in check.describe(0.0)
+
+
+def test_relative_stays_quiet_on_noise_and_restarts_with_a_new_batch() -> None:
+    rng = np.random.default_rng(4)
+    check = Relative(0.06)
+    ratios = [check.update_at(80.0 * (1 + rng.normal(0, 0.035)), s * 0.1) for s in range(2400)]
+    assert max(ratios) < 0.5
+    # A new batch (process time back to 0) at a tenth of the intensity: a new start, no alarm.
+    assert check.update_at(8.0, 0.0) == 0.0 and check.reference is None
+    ratios = [check.update_at(8.0 * (1 + rng.normal(0, 0.035)), s * 0.1) for s in range(1, 100)]
+    assert max(ratios) < 0.5 and check.reference == pytest.approx(8.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_drop": 0.0}, "max_drop"),
+        ({"max_drop": 1.0}, "max_drop"),
+        ({"max_drop": 0.1, "baseline_h": 0.0}, "baseline_h"),
+        ({"max_drop": 0.1, "smoothing_h": -1.0}, "smoothing_h"),
+        ({"max_drop": 0.1, "baseline_points": 0}, "baseline_points"),
+    ],
+)
+def test_relative_refuses_nonsense(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Relative(**kwargs)  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ def test_demo_runs_and_exports_contiguous_unit_aware_samples(tmp_path: Path) -> 
         "reactor1/softsensor/lactate": "g/L",
         "reactor1/softsensor/lactate_t2": "1",
         "reactor1/softsensor/lactate_q": "1",
+        "reactor1/softsensor/reference_intensity": "{counts}",
     }
     assert {k: v[0]["unit"] for k, v in by_signal.items()} == expected_units
     for signal_id, rows in by_signal.items():

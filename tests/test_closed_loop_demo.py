@@ -100,7 +100,7 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
     tmp_path: Path,
 ) -> None:
     """The Raman probe goes silent: no good glucose, so the loop holds, then follows the
-    fallback profile (5 rpm before process hour 72), each step audited and published; when the
+    fallback profile (12.5 rpm before process hour 72), each step audited and published; when the
     probe answers again it controls again."""
     config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
     text = config.read_text()
@@ -137,7 +137,7 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
         for r in records
         if r["action"] == "write.executed" and r["user"] == LOOP and enter < r["seq"] < leave
     ]
-    assert during and during[-1]["new"] == 5.0  # the fallback profile's rate
+    assert during and during[-1]["new"] == 12.5  # the fallback profile's rate
     hold = control[-3]["seq"]
     assert not [
         r
@@ -149,14 +149,17 @@ async def test_a_silent_spectrometer_holds_the_pump_then_falls_back_audited(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("out_max: 100", "out_max: 150"), "output limits 0..150 are wider than"),
+        (("out_max: 250", "out_max: 300"), "output limits 0..300 are wider than"),
         (
             ("target: reactor1/feed_pump/speed_setpoint", "target: reactor1/feed_pump/speed"),
             "'reactor1/feed_pump/speed' is not a writable target",
         ),
-        (("      kp: 25\n", "      kp: 25\n      max_rate_per_s: 50\n"), "max_rate_per_s 50 is"),
-        (("fallback: [[0, 5], [72, 20]]", "fallback: [[0, 5], [72, 200]]"), "fallback output"),
-        (("fallback: [[0, 5], [72, 20]]", "fallback: [[10, 5], [2, 20]]"), "must increase"),
+        (
+            ("      kp: 62.5\n", "      kp: 62.5\n      max_rate_per_s: 50\n"),
+            "max_rate_per_s 50 is",
+        ),
+        (("fallback: [[0, 12.5], [72, 50]]", "fallback: [[0, 5], [72, 300]]"), "fallback output"),
+        (("fallback: [[0, 12.5], [72, 50]]", "fallback: [[10, 5], [2, 20]]"), "must increase"),
         (("measurement_unit: g/L", "measurement_unit: mg/L"), "is in 'g/L', not 'mg/L'"),
         (
             (
@@ -216,3 +219,48 @@ async def test_a_failed_write_holds_the_loop_and_says_so(tmp_path: Path) -> None
     # The write path cannot read the pump's present value: it refuses, nothing is written.
     assert "write refused: refused (instrument-down)" in first["details"]["why"], first
     assert any("write refused" in r for r in reasons), reasons
+
+
+@pytest.mark.timeout(300)  # the demo runs its two minutes
+def test_the_two_minute_demo_controls_estimates_and_sees_the_pump_wear(tmp_path: Path) -> None:
+    """Issue 14's done-when, as a user runs it: `patgw run configs/demo-closed-loop.yaml --for
+    120` exports the loop's output, the soft sensor's glucose, the twin's VCD and titer (beside
+    the emulator's truth) and the alarms; the tubing wear's alarm names the pump; the pump's
+    setpoint changes only through the loop's audited writes."""
+    config, _ = demo_copy(tmp_path, "demo-closed-loop.yaml")
+    ran = patgw("run", str(config), "--for", "120", "--no-view", timeout=200)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    exported = patgw("export", str(config), "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    by_signal: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_signal.setdefault(str(row["signal"]), []).append(row)
+    for signal in (
+        f"reactor1/{LOOP}/output",
+        "reactor1/softsensor/glucose",
+        "reactor1/twin/vcd",
+        "reactor1/twin/vcd_sd",
+        "reactor1/twin/titer",
+        "reactor1/controller/vcd_true",
+        "reactor1/controller/titer_true",
+        "reactor1/anomaly/mspc_alarm",
+    ):
+        good = [r for r in by_signal.get(signal, []) if r["quality"] == "good"]
+        assert good, f"no good {signal} exported"
+    wear = [r for r in by_signal["reactor1/anomaly/feed_pump_wear"] if r["value"]]
+    assert wear, "the tubing wear's alarm was not raised within the two minutes"
+
+    records = audit_records(load_plan(config, build_registry()))
+    raised = [r for r in records if r["action"] == "alarm.raised" and r["target"]]
+    wear_records = [r for r in raised if "feed_pump_wear" in json.dumps(r)]
+    assert wear_records and "feed_pump" in wear_records[0]["reason"], raised
+    executed = [r for r in records if r["action"] == "write.executed"]
+    assert executed and all(r["user"] == LOOP for r in executed)
+    assert all(r["target"] == TARGET for r in executed)
+    # Every change of the stored setpoint is one of those writes (a float32 register).
+    values = [r["value"] for r in by_signal[TARGET] if r["quality"] == "good"]
+    written = [float(r["new"]) for r in executed]
+    for before, after in itertools.pairwise(values):
+        if after != before:
+            assert any(abs(float(after) - w) <= 1e-5 * max(1.0, w) for w in written), after

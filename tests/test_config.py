@@ -309,7 +309,7 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     sinks = [(c.id, c.type) for c in plan.sinks]
     assert sinks == [("jsonl", "jsonl_file"), ("opcua", "opcua_server")]
     signals = plan.signals
-    assert len(signals) == 26
+    assert len(signals) == 27  # the soft sensor's 6 and its reference_intensity
     assert [(s.id, s.unit) for s in signals[7:10]] == [
         ("reactor1/controller/ph", "[pH]"),
         ("reactor1/controller/ph_setpoint", "[pH]"),
@@ -325,7 +325,7 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
         (f"reactor1/softsensor/{name}", unit, "softsensor")
         for target in ("glucose", "lactate")
         for name, unit in ((target, "g/L"), (f"{target}_t2", "1"), (f"{target}_q", "1"))
-    ]
+    ] + [("reactor1/softsensor/reference_intensity", "{counts}", "softsensor")]
     signals = [*signals[:7], *signals[17:20]]
     assert [(s.id, s.unit, s.kind.value) for s in signals[7:]] == [
         ("reactor1/raman/spectrum", "{counts}", "spectrum"),
@@ -805,7 +805,7 @@ def test_check_valid_demo(capsys: pytest.CaptureFixture[str]) -> None:
     out, err = capsys.readouterr()
     configs = REPO / "configs"
     assert out.splitlines() == [
-        f"{path}: valid (3 instruments, 1 processor, 26 signals, 3 emulators, 2 sinks)",
+        f"{path}: valid (3 instruments, 1 processor, 27 signals, 3 emulators, 2 sinks)",
         f"relative paths resolve against {configs}",
         f"store: {configs / '../data/demo.sqlite'}",
         f"data_dir: {configs / '../data'}",

@@ -23,7 +23,14 @@ from plugins.softsensor.model import (
     model_to_dict,
     save_model,
 )
-from plugins.softsensor.preprocess import Baseline, Crop, MeanCenter, Pipeline, SavitzkyGolay
+from plugins.softsensor.preprocess import (
+    Baseline,
+    Crop,
+    MeanCenter,
+    Normalize,
+    Pipeline,
+    SavitzkyGolay,
+)
 
 AXIS = SpectralAxis([100.0, 200.0, 300.0, 400.0, 500.0], "cm-1")
 
@@ -392,3 +399,24 @@ def test_every_field_and_step_is_documented() -> None:
     steps = ["crop", "baseline", "snv", "savgol", "normalize", "mean_center"]
     missing = [name for name in fields + steps if f"`{name}`" not in docs]
     assert not missing, f"not in docs/model-file.md: {missing}"
+
+
+def test_reference_is_the_mean_in_the_normalisation_window_before_normalising() -> None:
+    """Crop to 200..400, normalise by the mean over 250..400 (points 300, 400): the reference is
+    that mean of the cropped spectrum, and the prediction is on the normalised one."""
+    pipeline = Pipeline((Crop(150, 450), Normalize(250, 400), MeanCenter((0.0, 0.0, 0.0))))
+    model = small_model(preprocessing=pipeline)
+    assert model.reference_window == (250.0, 400.0)
+    spectra = np.array([[9.0, 3.0, 4.0, 2.0, 9.0], [0.0, 6.0, 8.0, 4.0, 0.0]])
+    prediction = model.predict(spectra)
+    assert prediction.reference is not None
+    assert prediction.reference.tolist() == [3.0, 6.0]
+    # Both normalise to (1, 4/3, 2/3): the same values.
+    assert prediction.values[0].tolist() == pytest.approx(prediction.values[1].tolist())
+    assert prediction.values[0].tolist() == pytest.approx([2 + 2 / 3 + 0.5, 4 / 3 - 1.0])
+
+
+def test_a_model_without_normalisation_has_no_reference() -> None:
+    model = small_model()
+    assert model.reference_window is None
+    assert model.predict(np.array([9.0, 3.0, 4.0, 2.0, 9.0])).reference is None

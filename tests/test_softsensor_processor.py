@@ -103,7 +103,15 @@ def test_a_good_spectrum_gives_good_predictions_at_its_source_time() -> None:
     p, io = processor(), IO()
     p.process(sample(spectrum(BROTH)), io)
     assert sorted(io.outputs) == sorted(
-        ["glucose", "glucose_t2", "glucose_q", "lactate", "lactate_t2", "lactate_q"]
+        [
+            "glucose",
+            "glucose_t2",
+            "glucose_q",
+            "lactate",
+            "lactate_t2",
+            "lactate_q",
+            "reference_intensity",
+        ]
     )
     assert [c.name for c in p.channels()] == list(io.outputs)
     glucose, lactate = io.last("glucose"), io.last("lactate")
@@ -117,6 +125,43 @@ def test_a_good_spectrum_gives_good_predictions_at_its_source_time() -> None:
     t2_limit = model["targets"][0]["limits"]["t2"]
     assert 0 <= io.last("glucose_t2").value < t2_limit
     assert 0 <= io.last("glucose_q").value < model["targets"][0]["limits"]["q"]
+
+
+def reference_and_glucose(band_scale: float, broth: Composition, seed: int) -> tuple[float, float]:
+    counts = SYNTHESIZER.counts(broth, 0.5, -10.0, np.random.default_rng(seed), band_scale)
+    p, io = processor(), IO()
+    p.process(sample(Spectrum(dark_corrected(counts, DARK), AXIS)), io)
+    return io.last("reference_intensity").value, io.last("glucose").value
+
+
+def test_reference_intensity_falls_with_the_laser_where_predictions_do_not() -> None:
+    """A laser at 80 % of its power: the normalised predictions stay, the reference band's
+    intensity falls by the same 20 %; and it hardly moves as the broth changes (cells grow,
+    their fluorescence triples the raw counts' background): it is a measure of the laser."""
+    seeds = range(8)
+    full = [reference_and_glucose(1.0, BROTH, seed) for seed in seeds]
+    weak = [reference_and_glucose(0.8, BROTH, seed) for seed in seeds]
+    grown = Composition(glucose_g_L=2.0, lactate_g_L=3.0, vcd_e6_per_mL=25.0, titer_g_L=3.0)
+    late = [reference_and_glucose(1.0, grown, seed) for seed in seeds]
+    reference = float(np.mean([r for r, _ in full]))
+    assert reference > 0
+    assert np.mean([r for r, _ in weak]) / reference == pytest.approx(0.8, abs=0.02)
+    assert np.mean([r for r, _ in late]) / reference == pytest.approx(1.0, abs=0.04)
+    glucose_shift = np.mean([g for _, g in weak]) - np.mean([g for _, g in full])
+    assert abs(glucose_shift) < 0.3  # g/L: about the model's own error
+
+
+def test_reference_intensity_shares_the_spectrum_s_quality_and_its_unit() -> None:
+    p, io = processor(), IO()
+    (channel,) = [c for c in p.channels() if c.name == "reference_intensity"]
+    assert channel.unit == "{counts}" and "1580-1700 cm-1" in channel.description
+    p.process(sample(spectrum(BROTH), Quality.UNCERTAIN, "detector warm"), io)
+    assert io.last("reference_intensity").quality is Quality.UNCERTAIN
+    assert io.last("reference_intensity").reason == "spectrum uncertain: detector warm"
+    p.process(sample(None, Quality.BAD, "timeout"), io)
+    assert io.last("reference_intensity") == Published(
+        None, T0, Quality.BAD, "spectrum bad: timeout"
+    )
 
 
 def test_predictions_follow_glucose_across_the_calibrated_range() -> None:
@@ -141,7 +186,7 @@ def test_a_bad_spectrum_makes_every_output_bad_saying_why() -> None:
         assert recorder.published == [
             Published(None, T0, Quality.BAD, "spectrum bad: unreachable: timeout")
         ], channel
-    assert len(io.outputs) == 6
+    assert len(io.outputs) == 7  # with reference_intensity
 
 
 def test_an_uncertain_spectrum_gives_uncertain_outputs_with_its_reason() -> None:

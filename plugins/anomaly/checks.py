@@ -11,7 +11,12 @@ A *check* turns each value of one signal into a ratio ``r`` of its statistic to 
 * :class:`Drift` — a one- or two-sided tabular CUSUM on ``(x - target) / sd`` with slack ``k``
   and decision interval ``h``: ``r`` = CUSUM / ``h``. It accumulates small persistent deviations
   (a residual creeping away) long before any single point is unusual;
-* :class:`Level` — ``r`` = the value over an upper limit, or under a lower one (as fractions).
+* :class:`Level` — ``r`` = the value over an upper limit, or under a lower one (as fractions);
+* :class:`Relative` — the value against the run's own start: the mean of its first
+  ``baseline_h`` process hours is the reference, an exponential average over ``smoothing_h``
+  the current level, and ``r`` = its fall below the reference / ``max_drop``. For what should
+  stay constant through a run but has no fixed value across runs or instruments (a Raman
+  reference band's intensity: it falls with the laser's power).
 
 An :class:`Alarm` is raised after ``k`` of the last ``n`` points were over the limit (one noisy
 point raises nothing), cleared only after ``clear_points`` points in a row were below
@@ -26,7 +31,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Alarm", "AlarmState", "Drift", "Frozen", "Level", "Spike", "Transition"]
+__all__ = ["Alarm", "AlarmState", "Drift", "Frozen", "Level", "Relative", "Spike", "Transition"]
 
 #: MAD → standard deviation for normal data.
 _MAD_TO_SD = 1.4826
@@ -161,6 +166,85 @@ class Level:
         if self.low is not None and value < self.low:
             return f"{value:.6g} below {self.low:.6g}"
         return f"{value:.6g} within limits"
+
+
+class Relative:
+    """The smoothed value's fall below the mean of the run's first hours (module docstring).
+
+    Timed in process hours (:meth:`update_at`), so it means the same at any scan rate or time
+    scale. Process time going back (a new batch) starts a new reference.
+    """
+
+    def __init__(
+        self,
+        max_drop: float,
+        *,
+        baseline_h: float = 2.0,
+        baseline_points: int = 5,
+        smoothing_h: float = 1.0,
+    ) -> None:
+        if not 0 < max_drop < 1:
+            raise ValueError(f"max_drop must be in (0, 1), not {max_drop}")
+        if not (baseline_h > 0 and smoothing_h > 0):
+            raise ValueError(
+                f"baseline_h and smoothing_h must be > 0, not {baseline_h}, {smoothing_h}"
+            )
+        if baseline_points < 1:
+            raise ValueError(f"baseline_points must be ≥ 1, not {baseline_points}")
+        self.max_drop = max_drop
+        self.baseline_h = baseline_h
+        self.baseline_points = baseline_points
+        self.smoothing_h = smoothing_h
+        self._restart()
+
+    def _restart(self) -> None:
+        self._start_h = math.nan
+        self._last_h = -math.inf
+        self._sum = 0.0
+        self._count = 0
+        #: The mean of the first hours; None while it is being learnt.
+        self.reference: float | None = None
+        self.level = math.nan
+
+    def update(self, value: float) -> float:
+        raise TypeError("a relative check is timed: call update_at(value, hours)")
+
+    def update_at(self, value: float, hours: float) -> float:
+        if hours < self._last_h:
+            self._restart()
+        if math.isnan(self._start_h):
+            self._start_h = hours
+        dt = hours - self._last_h
+        self._last_h = hours
+        if self.reference is None:
+            self._sum += value
+            self._count += 1
+            if hours - self._start_h < self.baseline_h or self._count < self.baseline_points:
+                return 0.0
+            self.reference = self._sum / self._count
+            self.level = self.reference
+            return 0.0
+        # An exponential average with a time constant in process hours: irregular scans weigh
+        # by the time they cover.
+        self.level += (value - self.level) * -math.expm1(-dt / self.smoothing_h)
+        if not self.reference > 0:
+            return 0.0
+        drop = 1.0 - self.level / self.reference
+        return drop / self.max_drop
+
+    @property
+    def drop(self) -> float:
+        """The fraction the smoothed value lies below the reference (0 while learning)."""
+        if self.reference is None or not self.reference > 0:
+            return 0.0
+        return 1.0 - self.level / self.reference
+
+    def describe(self, value: float) -> str:
+        return (
+            f"{100 * self.drop:.0f} % below its start ({self.level:.4g}, smoothed over"
+            f" {self.smoothing_h:g} h, against {self.reference or math.nan:.4g}, the mean of its"
+            f" first {self.baseline_h:g} h)"
+        )
 
 
 def _median(ordered: list[float]) -> float:

@@ -45,7 +45,7 @@ from gateway import (
     SignalKind,
 )
 
-from .checks import Alarm, Drift, Frozen, Level, Spike, Transition
+from .checks import Alarm, Drift, Frozen, Level, Relative, Spike, Transition
 from .mspc import PcaModel, load_model
 
 __all__ = ["AnomalyOptions", "AnomalyProcessor"]
@@ -128,8 +128,31 @@ class LevelCheck(_CheckBase):
     )
 
 
+class RelativeCheck(_CheckBase):
+    """Against the run's own start: for a signal that should stay constant through a run but
+    has no fixed value (a Raman reference band's intensity, which falls with the laser)."""
+
+    kind: Literal["relative"]
+    max_drop: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Alarm when the smoothed value is this fraction below its start.",
+    )
+    baseline_h: float = Field(
+        default=2.0, gt=0, description="Process hours from the first value whose mean is the start."
+    )
+    baseline_points: int = Field(
+        default=5, ge=1, description="...and at least so many values (the start's own noise)."
+    )
+    smoothing_h: float = Field(
+        default=1.0, gt=0, description="Time constant of the exponential average, process hours."
+    )
+
+
 CheckOptions = Annotated[
-    FrozenCheck | SpikeCheck | DriftCheck | LevelCheck, Field(discriminator="kind")
+    FrozenCheck | SpikeCheck | DriftCheck | LevelCheck | RelativeCheck,
+    Field(discriminator="kind"),
 ]
 
 
@@ -385,7 +408,11 @@ class AnomalyProcessor:
 
     # -- checks and alarms ---------------------------------------------------------------------
     def _run_check(self, check: _Check, value: float, ts: int, io: ProcessorIO) -> None:
-        ratio = check.detector.update(value)
+        detector = check.detector
+        if isinstance(detector, Relative):
+            ratio = detector.update_at(value, io.process_time_h(ts))
+        else:
+            ratio = detector.update(value)
         describe = None
         if ratio > 1.0:
             o = check.options
@@ -393,6 +420,8 @@ class AnomalyProcessor:
             text = f"{o.instrument}: {o.signal} {what}"
             if o.message:
                 target = check.target
+                if isinstance(detector, Relative):
+                    target, value = detector.reference, detector.level
                 deviation = (value - target) / target * 100 if target else math.nan
                 text += "; " + o.message.format(
                     value=value, target=target, deviation_pct=abs(deviation)
@@ -492,6 +521,13 @@ def _build_check(options: CheckOptions) -> _Check:
             options.target, options.sd, k=options.k, h=options.h, direction=options.direction
         )
         target = options.target
+    elif isinstance(options, RelativeCheck):
+        detector = Relative(
+            options.max_drop,
+            baseline_h=options.baseline_h,
+            baseline_points=options.baseline_points,
+            smoothing_h=options.smoothing_h,
+        )
     else:
         detector = Level(options.low, options.high)
         target = options.target

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from gateway import SpectralAxis, UnitError, parse_iso_ns, validate_ucum
 
-from .preprocess import CompiledPipeline, MeanCenter, Pipeline
+from .preprocess import CompiledPipeline, MeanCenter, Normalize, Pipeline
 
 __all__ = [
     "AXIS_TOLERANCE",
@@ -167,6 +167,10 @@ class Prediction:
     values: Array
     t2: Array
     q: Array
+    #: ``(n,)``: each spectrum's mean in the model's normalisation window, after the steps
+    #: before ``normalize`` (baseline-corrected counts): the reference band's intensity, which
+    #: normalisation cancels and a falling laser power lowers. ``None`` without ``normalize``.
+    reference: Array | None = None
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -211,6 +215,15 @@ class PlsModel:
             f" sha256 {self.sha256[:12] or '-'})"
         )
 
+    @property
+    def reference_window(self) -> tuple[float, float] | None:
+        """The window its ``normalize`` step divides by (``Prediction.reference`` is the
+        spectrum's mean in it), or None without one."""
+        for step in self.preprocessing.steps:
+            if isinstance(step, Normalize):
+                return step.low, step.high
+        return None
+
     def axis_mismatch(self, axis: SpectralAxis) -> str | None:
         """``None`` when spectra on ``axis`` can be used: the same unit, the same number of
         points, and every point within :data:`AXIS_TOLERANCE` times the model axis' span of the
@@ -245,7 +258,14 @@ class PlsModel:
             raise ValueError(
                 f"spectra of shape {x.shape}; the model expects (n, {c.points}) on its axis"
             )
-        x = c.prepare(x)
+        reference = None
+        if c.reference_band is None:
+            x = c.prepare(x)
+        else:
+            x = c.before_normalize(x)
+            band = c.reference_band
+            reference = np.add.reduce(x[:, band], axis=1) / c.reference_points
+            x = c.prepare(x)
         values = x @ c.coefficients
         values += c.intercepts
         # (x - center) @ rotations for every target at once: one product, one subtraction.
@@ -259,7 +279,7 @@ class PlsModel:
             residual += center
             np.subtract(x, residual, out=residual)
             q[:, k] = np.add.reduce(np.square(residual), axis=1)
-        return Prediction(values, t2, q)
+        return Prediction(values, t2, q, reference)
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,7 +287,14 @@ class _Compiled:
     """Everything :meth:`PlsModel.predict` needs, laid out for it once."""
 
     points: int
+    #: The preprocessing; with a ``normalize`` step, only from that step on (the steps before
+    #: it are :attr:`before_normalize`, so the reference band is read on their output).
     prepare: CompiledPipeline
+    before_normalize: CompiledPipeline
+    #: Points of :attr:`before_normalize`'s output in the normalisation window (None: no
+    #: ``normalize`` step), and how many.
+    reference_band: slice | NDArray[np.intp] | None
+    reference_points: int
     #: ``(p, k)`` stacked coefficients and ``(k,)`` intercepts.
     coefficients: Array
     intercepts: Array
@@ -293,6 +320,11 @@ def _compile(model: PlsModel) -> _Compiled:
         raise ValueError("a model needs at least one target")
     prepare = model.preprocessing.compile(model.axis.values)
     p = len(prepare.output_axis)
+    before, band, points = _split_at_normalize(model.preprocessing, prepare)
+    if band is not None:
+        prepare = CompiledPipeline(
+            prepare.transforms[len(before.transforms) :], before.output_axis, prepare.output_axis
+        )
     for target in model.targets:
         if len(target.coefficients) != p:
             raise ValueError(
@@ -311,6 +343,9 @@ def _compile(model: PlsModel) -> _Compiled:
     return _Compiled(
         points=len(model.axis),
         prepare=prepare,
+        before_normalize=before,
+        reference_band=band,
+        reference_points=points,
         coefficients=np.ascontiguousarray(np.stack([t.coefficients for t in model.targets], 1)),
         intercepts=np.array([t.intercept for t in model.targets]),
         rotations=np.ascontiguousarray(np.hstack([t.rotations for t in model.targets])),
@@ -318,6 +353,22 @@ def _compile(model: PlsModel) -> _Compiled:
         t2_weights=t2_weights,
         reconstruct=tuple(reconstruct),
     )
+
+
+def _split_at_normalize(
+    pipeline: Pipeline, compiled: CompiledPipeline
+) -> tuple[CompiledPipeline, slice | NDArray[np.intp] | None, int]:
+    """The compiled steps before the first ``normalize``, and the points of their output axis
+    in its window (as a slice when they are one run); no ``normalize``: all steps, None, 0."""
+    for index, step in enumerate(pipeline.steps):
+        if isinstance(step, Normalize):
+            head = Pipeline(pipeline.steps[:index]).compile(compiled.axis)
+            axis = head.output_axis
+            kept = np.flatnonzero((axis >= step.low) & (axis <= step.high))
+            run = int(kept[-1]) - int(kept[0]) + 1 == kept.size
+            band = slice(int(kept[0]), int(kept[-1]) + 1) if run else kept
+            return head, band, int(kept.size)
+    return compiled, None, 0
 
 
 def _describe(axis: SpectralAxis) -> str:

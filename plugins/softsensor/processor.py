@@ -6,6 +6,18 @@ For every target of the model (e.g. glucose and lactate) it publishes three sign
     <target>_t2   Hotelling's T² of the spectrum in that target's model (distance within it)
     <target>_q    the Q residual (squared distance from it: what the model cannot explain)
 
+and, when the model normalises its spectra (a ``normalize`` step: an internal-standard band
+such as water's near 1640 cm-1), one more::
+
+    reference_intensity   the spectrum's mean in that window after the steps before
+                          normalisation (baseline-corrected counts, in the spectrum's unit)
+
+Normalisation cancels a change of laser power, so predictions and Q barely move when the laser
+weakens; the reference band's own intensity, constant through a run at constant power, shows
+it (the ``anomaly`` processor's ``relative`` check watches it against the run's start). Raw
+counts in the window would not: there the fluorescence background, which grows with the cells,
+outweighs the band.
+
 Each carries the spectrum's ``source_ts``: a prediction is *of* the moment the spectrum was
 taken. Quality:
 
@@ -46,10 +58,12 @@ from gateway import (
 
 from .model import PlsModel, load_model
 
-__all__ = ["PlsOptions", "PlsProcessor"]
+__all__ = ["REFERENCE_CHANNEL", "PlsOptions", "PlsProcessor"]
 
 log = structlog.get_logger(__name__)
 
+#: The channel of the reference band's intensity (models with a ``normalize`` step).
+REFERENCE_CHANNEL = "reference_intensity"
 #: Axis verdicts kept (an axis is judged, and a mismatch logged, once per key while kept).
 _AXES_REMEMBERED = 64
 
@@ -91,6 +105,7 @@ class PlsProcessor:
         self._axis_problem: dict[str, str | None] = {model.axis.key: None}
         # Per target: its value, T² and Q channels (named once, not per spectrum).
         self._channel_names = [(t.name, f"{t.name}_t2", f"{t.name}_q") for t in model.targets]
+        self._reference_window = model.reference_window
         self._log = log.bind(processor=context.id, model=model.id, version=model.version)
 
     # -- Processor ------------------------------------------------------------------------------
@@ -117,6 +132,17 @@ class PlsProcessor:
                     f" (limit {t.q_limit:.6g} at {self._confidence}; preprocessed units²)",
                 ),
             ]
+        if self._reference_window is not None:
+            low, high = self._reference_window
+            out.append(
+                Channel(
+                    REFERENCE_CHANNEL,
+                    model.spectrum_unit,
+                    description=f"Mean intensity of the spectrum in {origin}'s normalisation"
+                    f" window {low:g}-{high:g} {model.axis.unit}, baseline-corrected, before"
+                    " normalisation (falls with the laser power)",
+                )
+            )
         return out
 
     def bind(self, inputs: Mapping[str, Signal]) -> None:
@@ -136,14 +162,14 @@ class PlsProcessor:
         ts = sample.source_ts
         spectrum = sample.value
         if sample.quality == Quality.BAD or spectrum is None:
-            self._all_bad(outputs, ts, f"spectrum bad: {sample.reason or 'no value'}")
+            self._all_bad(outputs, io, ts, f"spectrum bad: {sample.reason or 'no value'}")
             return
         if not isinstance(spectrum, Spectrum):
-            self._all_bad(outputs, ts, f"not a spectrum: {type(spectrum).__name__}")
+            self._all_bad(outputs, io, ts, f"not a spectrum: {type(spectrum).__name__}")
             return
         problem = self._axis_check(spectrum)
         if problem is not None:
-            self._all_bad(outputs, ts, problem)
+            self._all_bad(outputs, io, ts, problem)
             return
         prediction = self.model.predict(spectrum.values[np.newaxis, :])
         values = prediction.values[0].tolist()
@@ -175,8 +201,20 @@ class PlsProcessor:
                 value_out.publish(value, ts)
             t2_out.publish(t2, ts, stat_quality, stat_reason)
             q_out.publish(q, ts, stat_quality, stat_reason)
+        if prediction.reference is not None:
+            reference = float(prediction.reference[0])
+            io.output(REFERENCE_CHANNEL).publish(reference, ts, stat_quality, stat_reason)
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _all_bad(
+        self, outputs: list[tuple[Output, Output, Output]], io: ProcessorIO, ts: int, reason: str
+    ) -> None:
+        for triple in outputs:
+            for output in triple:
+                output.publish(None, ts, Quality.BAD, reason)
+        if self._reference_window is not None:
+            io.output(REFERENCE_CHANNEL).publish(None, ts, Quality.BAD, reason)
+
     def _outputs_of(self, io: ProcessorIO) -> list[tuple[Output, Output, Output]]:
         output = io.output
         return [(output(v), output(t2), output(q)) for v, t2, q in self._channel_names]
@@ -196,12 +234,6 @@ class PlsProcessor:
             self._axis_problem = {self.model.axis.key: None}
         self._axis_problem[key] = problem
         return problem
-
-    @staticmethod
-    def _all_bad(outputs: list[tuple[Output, Output, Output]], ts: int, reason: str) -> None:
-        for triple in outputs:
-            for output in triple:
-                output.publish(None, ts, Quality.BAD, reason)
 
 
 def _decimals(span: float) -> int:
