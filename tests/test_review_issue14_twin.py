@@ -1,5 +1,5 @@
-"""Issue 14's review of the digital twin (plugins/twin, edited by another helper: the defects found
-are recorded here as strict xfails, the fix described in the review's report)."""
+"""Issue 14's review of the digital twin: a base counter that restarts, and a sample stamped
+in the future (both failed before the fix in plugins/twin/processor.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,6 @@ from gateway import Quality, Sample, Signal
 from plugins.twin.processor import TwinOptions, TwinProcessor
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="twin: a base_total counter that restarts (a DCU restart) keeps the old baseline, so"
-    " base_residual drops by all the base used so far (fix: on a decrease, shift _base0 by"
-    " the drop, as _feed_total re-baselines the feed)",
-)
 def test_a_base_counter_restart_does_not_make_the_base_residual_jump(tmp_path: Path) -> None:
     options = TwinOptions(
         model=MODEL,
@@ -66,15 +59,6 @@ class _ScaledIO(_IO):
         return (ts_ns - self.start_ns) * 1440 / HOUR_NS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="twin: one sample stamped an hour ahead (an analyser's clock step) advances the"
-    " estimator 1440 process hours at once, and every later sample is 'earlier', so the twin"
-    " stays frozen there for the rest of the batch (fix: do not use a sample whose source time"
-    " is ahead of the gateway's clock by more than a tolerance, like pi_control's"
-    " max_clock_skew_s; count it in the status)",
-)
 def test_a_sample_from_the_future_does_not_freeze_the_twin(tmp_path: Path) -> None:
     options = TwinOptions(
         model=MODEL,

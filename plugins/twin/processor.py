@@ -65,6 +65,10 @@ _STATE_CHANNELS = (
 )
 #: Feed-rate window: the rate is the total's change over at least this much process time.
 _FEED_WINDOW_H = 0.25
+#: A sample stamped further ahead of its arrival than this (an analyser's clock stepped
+#: forward) is not used: at a time scale of 3600 one such sample would advance the twin by
+#: days, and every later sample would then look older than the state.
+_MAX_CLOCK_SKEW_NS = 2_000_000_000
 
 
 class TwinOptions(BaseModel):
@@ -151,6 +155,8 @@ class TwinProcessor:
             for what in ("used", "uncertain", "bad", "rejected")
         }
         self.counts["feed_total_resets"] = 0
+        self.counts["base_total_resets"] = 0
+        self.counts["future_stamped"] = 0
 
     # -- Processor ------------------------------------------------------------------------------
     def inputs(self) -> Sequence[str]:
@@ -208,6 +214,16 @@ class TwinProcessor:
     def process(self, sample: Sample, io: ProcessorIO) -> None:
         role = self._role.get(sample.signal)
         if role is None:
+            return
+        if sample.source_ts - sample.gateway_ts > _MAX_CLOCK_SKEW_NS:
+            self.counts["future_stamped"] += 1
+            if self.counts["future_stamped"] & (self.counts["future_stamped"] - 1) == 0:
+                self._log.warning(
+                    "twin.sample_from_the_future",
+                    signal=sample.signal,
+                    ahead_s=round((sample.source_ts - sample.gateway_ts) / 1e9, 3),
+                    count=self.counts["future_stamped"],
+                )
             return
         t = self._process_time(io, sample.source_ts)
         est = self.estimator
@@ -288,8 +304,13 @@ class TwinProcessor:
     def _base_total(self, total: float) -> None:
         if self._base0 is None:
             self._base0 = total
-        if self._base_last is not None and total > self._base_last:
-            self.estimator.u.volume_L += (total - self._base_last) * 1e-3
+        last = self._base_last
+        if last is not None and total > last:
+            self.estimator.u.volume_L += (total - last) * 1e-3
+        elif last is not None and total < last:
+            # The controller's counter restarted (a DCU restart): keep the base used so far.
+            self.counts["base_total_resets"] += 1
+            self._base0 += total - last
         self._base_last = total
 
     # -- outputs ---------------------------------------------------------------------------------
