@@ -28,6 +28,7 @@ from gateway import (
     load_plan,
 )
 from gateway.loader import Plan
+from gateway.runtime import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 ALARM = "t/watch/feed_pump_wear"
@@ -99,8 +100,8 @@ def plan(tmp_path: Path, document: dict[str, Any]) -> Plan:
 
 
 class Bench:
-    def __init__(self, plan: Plan, port: int) -> None:
-        self.plan, self.port = plan, port
+    def __init__(self, plan: Plan, port: int, gateway: Gateway) -> None:
+        self.plan, self.port, self.gateway = plan, port, gateway
 
     async def acknowledge(self, user: str, **body: Any) -> tuple[int, dict[str, Any]]:
         body.setdefault("reason", "seen it")
@@ -133,8 +134,8 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     Dial.value = 1.0
     port = free_port()
     the_plan = plan(tmp_path, config(tmp_path, port))
-    async with running(the_plan):
-        yield Bench(the_plan, port)
+    async with running(the_plan) as (gateway, _):
+        yield Bench(the_plan, port, gateway)
 
 
 @pytest.mark.asyncio
@@ -179,6 +180,19 @@ async def test_an_alarm_is_raised_acknowledged_and_cleared_and_each_step_audited
     ack = bench.records()[1]
     assert ack["reason"] == "on it" and ack["target"] == "watch/feed_pump_wear"
     assert "tubing wear" in ack["details"]["why"]
+
+
+@pytest.mark.asyncio
+async def test_an_acknowledgement_the_audit_trail_cannot_record_is_not_taken(
+    bench: Bench,
+) -> None:
+    Dial.value = 0.9
+    await wait_for(lambda: bench.has("alarm.raised"), 10, what="alarm.raised in the trail")
+    assert bench.gateway.audit is not None
+    bench.gateway.audit.trail.close()  # as if its file had gone: every append fails
+    code, answer = await bench.acknowledge("operator", alarm="feed_pump_wear", reason="on it")
+    assert code == 409 and "audit" in answer["error"].lower(), answer
+    assert "active, unacknowledged" in json.dumps(await bench.status())
 
 
 @pytest.mark.asyncio

@@ -482,9 +482,30 @@ class AnomalyProcessor:
         if alarm is not None and not _pending(alarm):
             # Known, but nothing to acknowledge now: a conflict, not bad input.
             raise GatewayError(f"alarm {name} has nothing to acknowledge ({alarm.status()})")
-        transition = self.acknowledge(name, call.user, call.reason)
-        assert alarm is not None
-        return {"alarm": name, "state": alarm.status(), "audit": transition.reason}
+        if alarm is None:
+            known = ", ".join(a.name for a in self._alarms())
+            raise ValueError(f"no alarm {name!r}; alarms: {known}")
+        io = self._io
+        if io is None:
+            raise GatewayError("the anomaly processor has not started yet")
+        # A person's action: on record (durably) before it takes effect; fail closed.
+        record = await io.record(
+            "alarm.acknowledged",
+            target=f"{self.id}/{alarm.name}",
+            new=alarm.value,
+            reason=call.reason,
+            why=alarm.reason,
+            details={"severity": alarm.severity, "state": alarm.status()},
+            user=call.user,
+        )
+        transition = alarm.acknowledge(call.user)
+        self._log.warning("anomaly.alarm_acknowledged", alarm=alarm.name, user=call.user)
+        return {
+            "alarm": name,
+            "state": alarm.status(),
+            "audit": transition.reason,
+            "record": record,
+        }
 
 
 def _pending(alarm: Alarm) -> bool:
