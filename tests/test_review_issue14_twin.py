@@ -8,29 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_twin import _IO, HOUR_NS, MODEL, context
+from test_twin import _IO, HOUR_NS, bound_twin
 
-from gateway import Quality, Sample, Signal
-from plugins.twin.processor import TwinOptions, TwinProcessor
+from gateway import Quality, Sample
 
 
 def test_a_base_counter_restart_does_not_make_the_base_residual_jump(tmp_path: Path) -> None:
-    options = TwinOptions(
-        model=MODEL,
-        feed_total="pump/total",
-        glucose="ss/glucose",
-        lactate="ss/lactate",
-        base_total="c/base",
-    )
-    twin = TwinProcessor(options, context(tmp_path))
-    twin.bind(
-        {
-            "pump/total": Signal("r/pump/total", "mL"),
-            "ss/glucose": Signal("r/ss/glucose", "g/L"),
-            "ss/lactate": Signal("r/ss/lactate", "g/L"),
-            "c/base": Signal("r/c/base", "mL"),
-        }
-    )
+    twin = bound_twin(tmp_path)
     io = _IO()
 
     def feed(signal: str, value: Any, hour: float) -> None:
@@ -60,22 +44,7 @@ class _ScaledIO(_IO):
 
 
 def test_a_sample_from_the_future_does_not_freeze_the_twin(tmp_path: Path) -> None:
-    options = TwinOptions(
-        model=MODEL,
-        feed_total="pump/total",
-        glucose="ss/glucose",
-        lactate="ss/lactate",
-        base_total="c/base",
-    )
-    twin = TwinProcessor(options, context(tmp_path))
-    twin.bind(
-        {
-            "pump/total": Signal("r/pump/total", "mL"),
-            "ss/glucose": Signal("r/ss/glucose", "g/L"),
-            "ss/lactate": Signal("r/ss/lactate", "g/L"),
-            "c/base": Signal("r/c/base", "mL"),
-        }
-    )
+    twin = bound_twin(tmp_path)
     now = time.time_ns()
     io = _ScaledIO(now)
 

@@ -209,7 +209,8 @@ class _IO:
         return ts_ns / HOUR_NS
 
 
-def test_uncertain_and_bad_measurements_are_skipped_and_counted(tmp_path: Path) -> None:
+def bound_twin(tmp_path: Path) -> TwinProcessor:
+    """A twin on the shipped model, bound to a pump total, glucose, lactate and base total."""
     options = TwinOptions(
         model=MODEL,
         feed_total="pump/total",
@@ -226,6 +227,11 @@ def test_uncertain_and_bad_measurements_are_skipped_and_counted(tmp_path: Path) 
             "c/base": Signal("r/c/base", "mL"),
         }
     )
+    return twin
+
+
+def test_uncertain_and_bad_measurements_are_skipped_and_counted(tmp_path: Path) -> None:
+    twin = bound_twin(tmp_path)
     io = _IO()
 
     def feed(signal: str, value: Any, hour: float, quality: Quality = Quality.GOOD) -> None:
