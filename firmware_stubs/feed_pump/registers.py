@@ -1,8 +1,8 @@
 """The feed pump's Modbus register map, encoded the way the device firmware does it.
 
 This is the emulator's *own* codec, deliberately independent of the gateway's
-decoding code (stdlib ``struct`` only), so gateway tests against the emulator
-check the gateway's decoding rather than compare a codec with itself.
+decoding code (stdlib ``struct`` only, in :mod:`firmware_stubs.modbus_device`), so gateway
+tests against the emulator check the gateway's decoding rather than compare a codec with itself.
 
 Holding registers, 0-based PDU addresses, byte order big-endian within a word
 and most-significant word first ("ABCD"). Input registers (FC 4) mirror the
@@ -11,62 +11,37 @@ same data read-only.
 
 from __future__ import annotations
 
-import enum
-import struct
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
+from ..modbus_device import (
+    ExceptionCode,
+    Field,
+    RegisterAccessError,
+    decode_field,
+    encode_fields,
+    field_rows,
+)
 from .model import PumpModel, PumpStateError
+
+__all__ = [
+    "DEVICE_ID",
+    "FIELDS",
+    "FIELDS_BY_NAME",
+    "REGISTER_COUNT",
+    "REGISTER_MAP_DOC",
+    "ExceptionCode",
+    "RegisterAccessError",
+    "apply_write",
+    "decode_field",
+    "encode_registers",
+    "read_registers",
+]
 
 #: Model code served at address 14: ASCII "PF" (peristaltic feed pump).
 DEVICE_ID = 0x5046
 
 #: Number of 16-bit registers in the map (addresses 0..REGISTER_COUNT-1).
 REGISTER_COUNT = 20
-
-FieldKind = Literal["float32", "float64", "uint16"]
-
-_STRUCT_CODE: dict[FieldKind, str] = {"float32": "f", "float64": "d", "uint16": "H"}
-
-
-class ExceptionCode(enum.IntEnum):
-    """Modbus exception codes the pump can answer with (same numbers as the spec)."""
-
-    ILLEGAL_FUNCTION = 1
-    ILLEGAL_DATA_ADDRESS = 2
-    ILLEGAL_DATA_VALUE = 3
-    SLAVE_DEVICE_FAILURE = 4
-
-
-class RegisterAccessError(Exception):
-    """A register read or write was refused; ``code`` is the Modbus exception code."""
-
-    def __init__(self, code: ExceptionCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One named value in the register map."""
-
-    name: str
-    address: int
-    kind: FieldKind
-    unit: str
-    writable: bool
-    description: str
-
-    @property
-    def count(self) -> int:
-        """Number of 16-bit registers the value occupies."""
-        return struct.calcsize(">" + _STRUCT_CODE[self.kind]) // 2
-
-    @property
-    def end(self) -> int:
-        """First address after this field."""
-        return self.address + self.count
-
 
 FIELDS: tuple[Field, ...] = (
     Field(
@@ -121,9 +96,6 @@ FIELDS: tuple[Field, ...] = (
 
 FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
 
-_IMAGE = struct.Struct(">" + "".join(_STRUCT_CODE[field.kind] for field in FIELDS))
-_WORDS = struct.Struct(f">{REGISTER_COUNT}H")
-
 
 def _field_values(model: PumpModel) -> tuple[float | int, ...]:
     return (
@@ -144,7 +116,7 @@ def _field_values(model: PumpModel) -> tuple[float | int, ...]:
 
 def encode_registers(model: PumpModel) -> list[int]:
     """Return the full register image (REGISTER_COUNT words) for the model's current state."""
-    return list(_WORDS.unpack(_IMAGE.pack(*_field_values(model))))
+    return encode_fields(FIELDS, _field_values(model))
 
 
 def read_registers(model: PumpModel, address: int, count: int) -> list[int]:
@@ -155,13 +127,6 @@ def read_registers(model: PumpModel, address: int, count: int) -> list[int]:
             f"read {address}+{count} outside 0..{REGISTER_COUNT - 1}",
         )
     return encode_registers(model)[address : address + count]
-
-
-def decode_field(field: Field, words: list[int]) -> float | int:
-    """Decode one field from exactly ``field.count`` words."""
-    raw = struct.pack(f">{field.count}H", *words)
-    value: float | int = struct.unpack(">" + _STRUCT_CODE[field.kind], raw)[0]
-    return value
 
 
 def _covered_fields(address: int, words: list[int]) -> list[tuple[Field, float | int]]:
@@ -247,11 +212,7 @@ def _register_map_doc() -> str:
         "| addr | count | name | type | unit | access | notes |\n"
         "|---|---|---|---|---|---|---|\n"
     )
-    rows = "".join(
-        f"| {f.address} | {f.count} | {f.name} | {f.kind} | {f.unit} | "
-        f"{'read/write' if f.writable else 'read'} | {f.description} |\n"
-        for f in FIELDS
-    )
+    rows = field_rows(FIELDS)
     footer = (
         "\nExceptions: 1 = unsupported function code, "
         f"2 = address outside 0..{REGISTER_COUNT - 1}, "
