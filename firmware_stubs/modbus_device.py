@@ -51,6 +51,7 @@ __all__ = [
     "FieldKind",
     "ModbusDeviceServer",
     "RegisterAccessError",
+    "covered_fields",
     "decode_field",
     "encode_fields",
     "field_rows",
@@ -116,6 +117,38 @@ def decode_field(field: Field, words: Sequence[int]) -> float | int:
     raw = struct.pack(f">{field.count}H", *words)
     value: float | int = struct.unpack(">" + _STRUCT_CODE[field.kind], raw)[0]
     return value
+
+
+def covered_fields(
+    fields: Sequence[Field], address: int, words: Sequence[int]
+) -> list[tuple[Field, float | int]]:
+    """Split a write of ``words`` at ``address`` into the whole ``fields`` (contiguous, in
+    address order) it covers, decoded; outside the fields, partial or read-only fields are
+    ILLEGAL_DATA_ADDRESS, a word that is not 16-bit ILLEGAL_DATA_VALUE."""
+    end = address + len(words)
+    if not words or address < fields[0].address or end > fields[-1].end:
+        raise RegisterAccessError(
+            ExceptionCode.ILLEGAL_DATA_ADDRESS, f"write {address}+{len(words)} outside map"
+        )
+    if any(not 0 <= word <= 0xFFFF for word in words):
+        raise RegisterAccessError(ExceptionCode.ILLEGAL_DATA_VALUE, "register value not 16-bit")
+    covered: list[tuple[Field, float | int]] = []
+    for field in fields:
+        if field.end <= address or field.address >= end:
+            continue
+        if field.address < address or field.end > end:
+            # Half a float is meaningless on its own, so the firmware refuses it
+            # rather than combining it with stale words.
+            raise RegisterAccessError(
+                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"partial write of {field.name}"
+            )
+        if not field.writable:
+            raise RegisterAccessError(
+                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"{field.name} is read-only"
+            )
+        offset = field.address - address
+        covered.append((field, decode_field(field, words[offset : offset + field.count])))
+    return covered
 
 
 def field_rows(fields: Sequence[Field]) -> str:

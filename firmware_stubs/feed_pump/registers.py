@@ -17,6 +17,7 @@ from ..modbus_device import (
     ExceptionCode,
     Field,
     RegisterAccessError,
+    covered_fields,
     decode_field,
     encode_fields,
     field_rows,
@@ -129,34 +130,6 @@ def read_registers(model: PumpModel, address: int, count: int) -> list[int]:
     return encode_registers(model)[address : address + count]
 
 
-def _covered_fields(address: int, words: list[int]) -> list[tuple[Field, float | int]]:
-    """Split a write into whole fields; partial or read-only fields are address errors."""
-    end = address + len(words)
-    if not words or address < 0 or end > REGISTER_COUNT:
-        raise RegisterAccessError(
-            ExceptionCode.ILLEGAL_DATA_ADDRESS, f"write {address}+{len(words)} outside map"
-        )
-    if any(not 0 <= word <= 0xFFFF for word in words):
-        raise RegisterAccessError(ExceptionCode.ILLEGAL_DATA_VALUE, "register value not 16-bit")
-    covered: list[tuple[Field, float | int]] = []
-    for field in FIELDS:
-        if field.end <= address or field.address >= end:
-            continue
-        if field.address < address or field.end > end:
-            # Half a float is meaningless on its own, so the firmware refuses it
-            # rather than combining it with stale words.
-            raise RegisterAccessError(
-                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"partial write of {field.name}"
-            )
-        if not field.writable:
-            raise RegisterAccessError(
-                ExceptionCode.ILLEGAL_DATA_ADDRESS, f"{field.name} is read-only"
-            )
-        offset = field.address - address
-        covered.append((field, decode_field(field, words[offset : offset + field.count])))
-    return covered
-
-
 def _apply_fields(model: PumpModel, fields: list[tuple[Field, float | int]]) -> None:
     values = {field.name: value for field, value in fields}
     # Acknowledge before start so "ack + start" in one FC 16 write works.
@@ -194,7 +167,7 @@ def apply_write(model: PumpModel, address: int, words: list[int]) -> None:
     0..400 or NaN, running not 0/1, fault_code not 0, start while a fault is latched).
     Nothing is changed when an error is raised.
     """
-    fields = _covered_fields(address, words)
+    fields = covered_fields(FIELDS, address, words)
     try:
         # Dry run on a copy first so a bad value late in a multi-field write
         # cannot leave the earlier fields applied.
