@@ -67,7 +67,8 @@ DIAMETER_RANGE_UM = (8.0, 25.0)
 UNSTABLE_JUMP = 0.05
 #: Weight of a new stable reading in the firmware's running conductivity level.
 _LEVEL_WEIGHT = 0.2
-#: Unstable readings in a row after which the firmware takes the new level as the real one.
+#: Unstable readings in a row, agreeing with each other, after which the firmware takes them for
+#: the new level.
 _RELEARN_AFTER = 5
 
 _EPSILON_UNIT = 1e12  # F/cm -> pF/cm
@@ -218,7 +219,7 @@ class ProbeModel:
         #: A probe failure is latched (electrode or cable).
         self.failed = False
         self._level: float | None = None  # the firmware's running conductivity level
-        self._unstable_run = 0
+        self._unstable: list[float] = []  # conductivities of the unstable readings in a row
 
     @staticmethod
     def check_cell_factor(value: float) -> None:
@@ -270,21 +271,25 @@ class ProbeModel:
             level = self._level
             if level is not None and abs(conductivity - level) > UNSTABLE_JUMP * level:
                 status |= STATUS_UNSTABLE
-                self._unstable_run += 1
-                if self._unstable_run >= _RELEARN_AFTER:
-                    # Not a bubble that passes but a real step (or a probe moved): follow it.
-                    self._level, self._unstable_run = conductivity, 0
+                run = self._unstable = [*self._unstable[1 - _RELEARN_AFTER :], conductivity]
+                middle = sorted(run)[len(run) // 2]
+                if len(run) == _RELEARN_AFTER and all(
+                    abs(c - middle) <= UNSTABLE_JUMP * middle for c in run
+                ):
+                    # Not bubbles (they scatter) but a real step, steady since: follow it.
+                    self._level = middle
+                    self._unstable = []
             else:
-                self._unstable_run = 0
+                self._unstable = []
                 self._level = (
                     conductivity
                     if level is None
                     else level + _LEVEL_WEIGHT * (conductivity - level)
                 )
-        lo, hi = PERMITTIVITY_RANGE
-        c_lo, c_hi = CONDUCTIVITY_RANGE
-        if not (lo <= permittivity <= hi and c_lo <= conductivity <= c_hi):
-            status |= STATUS_RANGE
+            lo, hi = PERMITTIVITY_RANGE
+            c_lo, c_hi = CONDUCTIVITY_RANGE
+            if not (lo <= permittivity <= hi and c_lo <= conductivity <= c_hi):
+                status |= STATUS_RANGE
         return Reading(
             permittivity_pF_per_cm=permittivity,
             conductivity_mS_per_cm=conductivity,
