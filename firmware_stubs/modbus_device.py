@@ -34,7 +34,7 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Self, cast
+from typing import Generic, Literal, Self, TypeVar, cast
 
 import structlog
 from pymodbus.constants import ExcCodes
@@ -44,6 +44,8 @@ from pymodbus.pdu.device import ModbusDeviceIdentification
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .schedule import FaultSchedule, ScheduledEmulator, ScheduledStep
+
 __all__ = [
     "CommFault",
     "ExceptionCode",
@@ -51,6 +53,7 @@ __all__ = [
     "FieldKind",
     "ModbusDeviceServer",
     "RegisterAccessError",
+    "ScheduledModbusDevice",
     "covered_fields",
     "decode_field",
     "encode_fields",
@@ -407,3 +410,35 @@ class ModbusDeviceServer:
         while True:
             await asyncio.sleep(self.tick_s)
             self._advance()
+
+
+DeviceT = TypeVar("DeviceT", bound=ModbusDeviceServer)
+StepT = TypeVar("StepT", bound=ScheduledStep)
+
+
+class ScheduledModbusDevice(ScheduledEmulator[DeviceT, StepT], Generic[DeviceT, StepT]):
+    """What a Modbus device emulator plugin hands the gateway: the device, its fault schedule
+    (played by :meth:`_inject` and :meth:`_clear`) and the name of the shared bioreactor process
+    it is linked to, if any (a subclass links it in :meth:`before_start`)."""
+
+    def __init__(
+        self, emulator: DeviceT, faults: Sequence[StepT], process: str | None = None
+    ) -> None:
+        name = f"{emulator.kind}.faults"
+        super().__init__(emulator, FaultSchedule(faults, self._inject, self._clear, name))
+        self.process = process
+
+    @property
+    def port(self) -> int:
+        return self.emulator.port
+
+    @property
+    def endpoint(self) -> str:
+        """Where a driver connects: ``host:port``."""
+        return f"{self.emulator.host}:{self.emulator.port}"
+
+    def _inject(self, step: StepT) -> None:
+        raise NotImplementedError
+
+    def _clear(self, step: StepT) -> None:
+        raise NotImplementedError

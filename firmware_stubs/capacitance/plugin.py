@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway import PluginContext, Registry, hookimpl
 
 from ..bioreactor import ProcessClock, shared_process
-from ..schedule import FaultSchedule, ScheduledEmulator
+from ..modbus_device import ScheduledModbusDevice
 from .faults import Fault
 from .model import DIAMETER_RANGE_UM, Culture, ProbeModel, ProbeParams
 from .server import CapacitanceProbeEmulator, constant_culture
@@ -170,27 +170,8 @@ def _culture_of(clock: ProcessClock) -> Culture:
     )
 
 
-class ScheduledProbe(ScheduledEmulator[CapacitanceProbeEmulator, ProbeFaultStep]):
+class ScheduledProbe(ScheduledModbusDevice[CapacitanceProbeEmulator, ProbeFaultStep]):
     """The emulator, its fault schedule and its link to a shared bioreactor process."""
-
-    def __init__(
-        self,
-        emulator: CapacitanceProbeEmulator,
-        faults: tuple[ProbeFaultStep, ...],
-        process: str | None = None,
-    ) -> None:
-        schedule = FaultSchedule(faults, self._inject, self._clear, "capacitance_probe.faults")
-        super().__init__(emulator, schedule)
-        self.process = process
-
-    @property
-    def port(self) -> int:
-        return self.emulator.port
-
-    @property
-    def endpoint(self) -> str:
-        """Where a driver connects: ``host:port``."""
-        return f"{self.emulator.host}:{self.emulator.port}"
 
     def before_start(self) -> None:
         if self.process is not None:

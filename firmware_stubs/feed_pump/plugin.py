@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway import PluginContext, Registry, hookimpl
 
 from ..bioreactor import shared_process
-from ..schedule import FaultSchedule, ScheduledEmulator
+from ..modbus_device import ScheduledModbusDevice
 from .faults import Fault
 from .model import PumpModel
 from .server import FeedPumpEmulator
@@ -120,27 +120,8 @@ class FeedPumpOptions(BaseModel):
         return self
 
 
-class ScheduledFeedPump(ScheduledEmulator[FeedPumpEmulator, FaultStep]):
+class ScheduledFeedPump(ScheduledModbusDevice[FeedPumpEmulator, FaultStep]):
     """The emulator, its fault schedule and its link to a shared bioreactor process."""
-
-    def __init__(
-        self,
-        emulator: FeedPumpEmulator,
-        faults: tuple[FaultStep, ...],
-        process: str | None = None,
-    ) -> None:
-        schedule = FaultSchedule(faults, self._inject, self._clear, "feed_pump.faults")
-        super().__init__(emulator, schedule)
-        self.process = process
-
-    @property
-    def port(self) -> int:
-        return self.emulator.port
-
-    @property
-    def endpoint(self) -> str:
-        """Where a driver connects: ``host:port``."""
-        return f"{self.emulator.host}:{self.emulator.port}"
 
     def before_start(self) -> None:
         if self.process is not None:
