@@ -349,3 +349,33 @@ def _read_vcd(port: int) -> list[float]:
             client.close()
 
     return asyncio.run(read())
+
+
+@pytest.mark.asyncio
+async def test_rtu_framing_through_a_pyserial_socket_url(tmp_path: Path) -> None:
+    """The probe behind a serial device server: RTU frames over TCP, the driver's RTU transport."""
+    port = free_port()
+    config = line(port, probe={"framing": "rtu"})
+    config["instruments"][0]["options"] = {
+        "transport": "rtu",
+        "serial_port": f"socket://127.0.0.1:{port}",
+        "profile": "capacitance_probe",
+        "timeout_s": 0.5,
+    }
+    plan = plan_for(tmp_path, **config)
+    async with running(plan) as (gateway, _):
+        probe = probe_of(plan)
+        await wait_for(
+            lambda: (
+                has_latest(gateway, "measurement_count")
+                and int(latest(gateway, "measurement_count")[5]) > 2
+            ),
+            what="readings over RTU",
+        )
+        count = int(latest(gateway, "measurement_count")[5])
+        permittivity = latest(gateway, "permittivity")
+        truth = next(t for t in probe.truth if t.count == count)
+        sigma = probe.model.params.permittivity_noise
+    assert Quality(permittivity[4]) is Quality.GOOD
+    # One request reads the counter and the permittivity: the same measurement.
+    assert abs(permittivity[5] - truth.permittivity_pF_per_cm) < 6 * sigma
