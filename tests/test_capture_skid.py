@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port, plan_for, running, stored_by_signal, wait_for
+from structlog.testing import capture_logs
 
 from firmware_stubs.bioreactor import hub
 from firmware_stubs.bioreactor.faults import Fault
@@ -167,3 +168,63 @@ async def test_a_skid_listed_before_its_process_cannot_start(tmp_path: Path) -> 
     with pytest.raises(GatewayError, match="no bioreactor process 'reactor' is running"):
         async with running(plan):
             pass
+
+
+@pytest.mark.asyncio
+async def test_linked_to_a_bioreactor_run_through_the_config(tmp_path: Path) -> None:
+    """The plugin as a config uses it: the skid finds its process by id, takes that run's
+    harvest (a fed-batch run has none: nothing moves), and its truth file, named relative to
+    the config's folder, is there from the start."""
+    port = free_port()
+    plan = plan_for(
+        tmp_path,
+        emulators=[
+            {"id": "reactor", "type": "bioreactor", "options": {"log_every_s": 0}},
+            {
+                "id": "capture",
+                "type": "capture_skid",
+                "options": {
+                    "process": "reactor",
+                    "port": port,
+                    "update_s": 0.05,
+                    "truth_file": "truth/capture.jsonl",
+                },
+            },
+        ],
+        instruments=[skid_instrument(port)],
+    )
+    async with running(plan) as (gateway, _):
+        await wait_for(
+            lambda: all(latest(gateway, n["name"])[:1] == (Quality.GOOD,) for n in NODES),
+            within=20,
+            what="data",
+        )
+        clock = plan.emulators[0].instance.clock
+        skid = plan.emulators[1].instance.skid  # brought up to the run's time now
+        now_h = clock.hours()
+        # On the run's clock (60x here): within one 0.01 h step of it.
+        assert skid.time_h <= now_h < skid.time_h + 0.011
+        state = clock.snapshot()
+        harvest_mL_min = getattr(state, "harvest_L_per_d", 0.0) * 1000 / 24 / 60
+        assert latest(gateway, "feed_flow")[1] == pytest.approx(harvest_mL_min)
+        assert (tmp_path / "truth" / "capture.jsonl").exists()
+    if harvest_mL_min == 0.0:
+        assert latest(gateway, "column1_state")[1] == 1 and latest(gateway, "fraction")[1] == 0
+        assert (tmp_path / "truth" / "capture.jsonl").read_text() == ""
+
+
+@pytest.mark.asyncio
+async def test_a_truth_file_that_cannot_be_written_stops_nothing(tmp_path: Path) -> None:
+    # /dev/full opens but every write fails (ENOSPC): each lost line is counted and logged,
+    # and the skid goes on eluting.
+    options = CaptureSkidOptions.model_validate(
+        {"process": "reactor", "port": 0, "update_s": 0.05, "truth_file": "/dev/full"}
+    )
+    source = WallClockHarvest(titer_g_L=1.0, time_scale=7200)
+    context = PluginContext("capture", tmp_path)
+    with capture_logs() as logs:
+        async with CaptureSkidEmulator(options, context, source=source) as emu:
+            await wait_for(lambda: emu.skid.fractions_done >= 2, within=30, what="fractions")
+            assert emu.truth_lost == emu.skid.fractions_done
+    failed = [e for e in logs if e["event"] == "capture.truth_write_failed"]
+    assert len(failed) >= 2 and failed[0]["fraction"] == 1

@@ -270,6 +270,8 @@ class CaptureSkidEmulator:
         self._truth: IO[str] | None = None
         self._server: CaptureSkidServer | None = None
         self._schedule: FaultSchedule[CaptureFaultStep] | None = None
+        self.truth_lost = 0
+        """Fractions whose truth line could not be written (each logged as an error)."""
 
     @property
     def endpoint(self) -> str:
@@ -342,7 +344,10 @@ class CaptureSkidEmulator:
         finally:
             self._skid = None
             if truth is not None:
-                truth.close()
+                try:
+                    truth.close()
+                except OSError as exc:  # what a failed write left in the buffer: counted there
+                    log.error("capture.truth_close_failed", skid=self.name, error=str(exc))
 
     def _catch_up(self) -> None:
         if self._skid is None or self._source is None:
@@ -358,8 +363,19 @@ class CaptureSkidEmulator:
     def _record(self, fraction: Fraction) -> None:
         record = fraction.truth()
         if self._truth is not None:
-            self._truth.write(json.dumps(record, separators=(",", ":")) + "\n")
-            self._truth.flush()
+            try:
+                self._truth.write(json.dumps(record, separators=(",", ":")) + "\n")
+                self._truth.flush()
+            except OSError as exc:
+                # The truth is for validation: a full disk must not stop the skid mid-step.
+                self.truth_lost += 1
+                log.error(
+                    "capture.truth_write_failed",
+                    skid=self.name,
+                    fraction=fraction.number,
+                    lost=self.truth_lost,
+                    error=str(exc),
+                )
         log.info(
             "capture.fraction",
             skid=self.name,
