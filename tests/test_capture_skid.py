@@ -46,17 +46,21 @@ NODES: list[dict[str, Any]] = [
 
 class WallClockHarvest:
     """A perfusion reactor's harvest on the wall clock, ``time_scale`` process seconds per
-    second (what a ProcessClock gives): 2.5 L/d at ``titer_g_L``."""
+    second (what a ProcessClock gives): 2.5 L/d at ``titer_g_L``. With ``held``, process time
+    stands at 0 until :meth:`go`, so a test can watch the skid from its first step."""
 
-    def __init__(self, titer_g_L: float, time_scale: float) -> None:
-        self._start = time.monotonic()
+    def __init__(self, titer_g_L: float, time_scale: float, *, held: bool = False) -> None:
+        self._start: float | None = None if held else time.monotonic()
         self._h_per_s = time_scale / 3600.0
         self.state = SimpleNamespace(
             harvest_L_per_d=2.5, harvest_titer_g_L=titer_g_L, harvest_hcp_g_L=0.3, deviation=False
         )
 
+    def go(self) -> None:
+        self._start = time.monotonic()
+
     def hours(self) -> float:
-        return (time.monotonic() - self._start) * self._h_per_s
+        return 0.0 if self._start is None else (time.monotonic() - self._start) * self._h_per_s
 
     def snapshot(self) -> object:
         return self.state
@@ -94,9 +98,10 @@ async def test_the_driver_sees_switches_fractions_and_a_tracer_and_the_truth_add
         "process": "reactor", "port": port, "update_s": 0.05, "truth_file": str(truth),
         "faults": [{"fault": "tracer_step", "after_s": 0.5, "delta_mS_cm": 5.0}],
     })  # fmt: skip
-    # 1 g/L at 1800x: the first column leaves the train after about 2 process hours (4 s), its
-    # fraction is done 0.6 h (1.2 s) later.
-    source = WallClockHarvest(titer_g_L=1.0, time_scale=1800)
+    # 1 g/L at 1800x: the first column leaves the train after about 3 process hours (6 s: the
+    # product reaches it through the tank first), its fraction is done 0.6 h (1.2 s) later.
+    # Process time starts once the driver has data: the whole story is seen from its start.
+    source = WallClockHarvest(titer_g_L=1.0, time_scale=1800, held=True)
     plan = plan_for(tmp_path, instruments=[skid_instrument(port)])
     async with (
         CaptureSkidEmulator(options, PluginContext("capture", tmp_path), source=source) as emu,
@@ -107,6 +112,7 @@ async def test_the_driver_sees_switches_fractions_and_a_tracer_and_the_truth_add
             return latest(gateway, channel)[:1] == (Quality.GOOD,)
 
         await wait_for(lambda: all(good(n["name"]) for n in NODES), within=20, what="data")
+        source.go()
         await wait_for(
             lambda: (*latest(gateway, "fraction"), 0, 0)[1] >= 1, within=30, what="a fraction"
         )
