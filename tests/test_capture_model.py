@@ -269,6 +269,12 @@ def test_elution_collects_exactly_what_the_column_bound() -> None:
     assert skid.columns[0].bound.product_g == 0.0
     assert skid.signals()["Column1.State"] == 5  # regenerating
     assert seen_low_ph and peak > 1000.0
+    # The truth nodes describe that fraction as its record does.
+    record, s = fraction.truth(), skid.signals()
+    assert s["Emulation.Fraction.Mass"] == pytest.approx(record["mass_g"])
+    centre = sum((a + b) / 2 * g for a, b, g in record["bins"]) / record["mass_g"]  # type: ignore[attr-defined,operator]
+    assert s["Emulation.Fraction.MeanHarvestTime"] == pytest.approx(centre)
+    assert 1.0 < centre < fraction.start_h
 
 
 # --------------------------------------------------------------------------- the surge tank

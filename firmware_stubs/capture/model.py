@@ -192,6 +192,15 @@ class Material:
             self.lo += cut
             self.bins = kept
 
+    def mean_harvest_h(self) -> float:
+        """Mass-weighted mean harvest time of the product, process hours (bin centres; 0 when
+        there is none)."""
+        total = self.product_g
+        if total <= 0.0:
+            return 0.0
+        centres = (np.arange(self.bins.size) + self.lo + 0.5) * BIN_H
+        return float(np.dot(self.bins, centres)) / total
+
     def bin_masses(self) -> list[tuple[int, float]]:
         """(bin index, grams) of every bin holding product, oldest first."""
         return [(self.lo + i, float(g)) for i, g in enumerate(self.bins) if g > 0.0]
@@ -673,6 +682,9 @@ class CaptureSkid:
             "Emulation.ProductEluted": self.eluted_g,
             "Emulation.ProductLost": self.lost_g,
             "Emulation.FeedTiter": product,
+            "Emulation.Fraction.Mass": self.eluate.product_g,
+            "Emulation.Fraction.DeviationMass": self.eluate.dev_g,
+            "Emulation.Fraction.MeanHarvestTime": self.eluate.mean_harvest_h(),
         }
         for c in self.columns:
             values[f"Column{c.number}.UV280"] = self.column_uv(c)

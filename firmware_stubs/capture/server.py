@@ -107,7 +107,7 @@ VARIABLES: tuple[SkidVariable, ...] = (
     *_column(2),
     *_column(3),
     SkidVariable("Eluate.Fraction", None, "Current or last eluate fraction (one per elution)"),
-    SkidVariable("Eluate.Column", None, "Column (1-3) of that fraction"),
+    SkidVariable("Eluate.Column", None, "Column (1-3) of that fraction; 0 before the first"),
     SkidVariable("Eluate.Collecting", None, "1 while the fraction is being collected"),
     SkidVariable("Eluate.UV280", MILLI_AU, "UV280 of the eluate"),
     SkidVariable("Eluate.pH", PH, "pH of the eluate"),
@@ -129,6 +129,15 @@ VARIABLES: tuple[SkidVariable, ...] = (
     *(
         SkidVariable(f"Emulation.Column{n}.Capacity", GRAM, f"Truth: capacity of column {n}")
         for n in (1, 2, 3)
+    ),
+    SkidVariable("Emulation.Fraction.Mass", GRAM, "Truth: product in the current/last fraction"),
+    SkidVariable(
+        "Emulation.Fraction.DeviationMass", GRAM, "Truth: of it, harvested during a deviation"
+    ),
+    SkidVariable(
+        "Emulation.Fraction.MeanHarvestTime",
+        HOUR,
+        "Truth: its mass-weighted mean harvest time (process hours when it left the reactor)",
     ),
 )
 
