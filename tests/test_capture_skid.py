@@ -10,6 +10,7 @@ driver and the emulator share no code: units are the UCUM codes written here.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -234,3 +235,24 @@ async def test_a_truth_file_that_cannot_be_written_stops_nothing(tmp_path: Path)
             assert emu.truth_lost == emu.skid.fractions_done
     failed = [e for e in logs if e["event"] == "capture.truth_write_failed"]
     assert len(failed) >= 2 and failed[0]["fraction"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_taken_port_cannot_start_and_leaves_nothing_open(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        options = CaptureSkidOptions.model_validate(
+            {"process": "reactor", "port": blocker.getsockname()[1], "truth_file": str(truth)}
+        )
+        emu = CaptureSkidEmulator(
+            options, PluginContext("capture", tmp_path), source=WallClockHarvest(0.5, 60)
+        )
+        with pytest.raises(OSError, match=r"capture skid cannot listen on 127\.0\.0\.1"):
+            async with emu:
+                pass
+    assert not emu.is_running
+    with pytest.raises(RuntimeError, match="not running"):
+        emu.skid  # noqa: B018
+    assert truth.read_text() == ""  # made empty: a start is a new run

@@ -33,7 +33,7 @@ from typing import IO, Literal, Protocol, Self
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway import ConfigPath, PluginContext, PluginError, Registry, hookimpl
+from gateway import ConfigPath, PluginContext, Registry, hookimpl
 
 from ..bioreactor import shared_process
 from ..bioreactor.faults import Fault
@@ -324,9 +324,6 @@ class CaptureSkidEmulator:
                 options.faults, self._inject, self._clear, f"capture.{self.name}.faults"
             )
             self._schedule.start()
-        except OSError as exc:
-            await self.__aexit__(None, None, None)
-            raise PluginError(f"capture skid {self.name!r} cannot start: {exc}") from exc
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
