@@ -265,6 +265,8 @@ def test_elution_collects_exactly_what_the_column_bound() -> None:
             seen_low_ph |= s["Eluate.pH"] == 3.5 and s["Column1.State"] == 4
     (fraction,) = done
     assert fraction.column == 1 and fraction.number == 1
+    # Washed for wash_h from the switch, then eluted for elute_h, to the step.
+    assert fraction.start_h == pytest.approx(skid.load_started_h + 0.3)
     assert fraction.end_h - fraction.start_h == pytest.approx(0.3)
     assert skid.columns[0].bound.product_g == 0.0
     assert skid.signals()["Column1.State"] == 5  # regenerating

@@ -414,7 +414,6 @@ class CaptureSkid:
         self.eluate_column = 0
         self.eluate = Material()
         self._eluate_start_h = 0.0
-        self._eluate_initial_g = 0.0
         self._eluate_step_g = 0.0
         self.harvested_g = 0.0
         self.waste = Material()
@@ -449,6 +448,9 @@ class CaptureSkid:
         self.flow_L_per_h = q
         self.harvest_conductivity = p.harvest_conductivity_mS_cm + self.tracer_mS_cm
         volume = q * dt
+        # Columns outside the train first: one that becomes ready in this step can take the
+        # breakthrough in it, and one that leaves the train at its end starts washing next.
+        self._recover(t + dt)
         if volume > 0.0:
             product = max(0.0, harvest.titer_g_L) * volume
             inlet = Material.harvested(
@@ -461,7 +463,6 @@ class CaptureSkid:
             self.harvested_g += product
             feed = self._through_tank(inlet, volume)
             self._load(feed, volume)
-        self._recover(t + dt)
         self.steps_done += 1
         if self.steps_done % p.steps(BIN_H) == 0:
             for m in self.tank:
@@ -556,7 +557,6 @@ class CaptureSkid:
                 self.eluate_column = column.number
                 self.eluate = Material()
                 self._eluate_start_h = end_h
-                self._eluate_initial_g = column.bound.product_g
             elif column.phase is Phase.ELUTE:
                 column.phase, column.steps_left = Phase.REGENERATE, p.steps(p.regenerate_h)
                 column.loaded_g = 0.0
@@ -566,9 +566,6 @@ class CaptureSkid:
                 column.cycles += 1
             elif column.phase is Phase.EQUILIBRATE:
                 column.phase = Phase.READY
-        if self.waiting and any(c.phase is Phase.READY for c in self.columns):
-            # The recovered column joins at once; the primary has been over its threshold.
-            self._switch()
 
     def _elute(self, column: Column, end_h: float) -> None:
         """Move this step's share of the elution peak (a sin² profile over ``elute_h``) into
