@@ -13,6 +13,7 @@ import itertools
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -175,6 +176,9 @@ def test_the_harvest_is_read_from_a_perfusion_state() -> None:
     assert harvest.lot_shares == {2: 0.25, 3: 0.75}
     m = Material.harvested(0, 2.0, harvest, 0.0, 0.0)
     assert m.lots == {2: 0.5, 3: 1.5} and m.dev_g == 2.0
+    # A lot id that is a string is kept as it is; a number that is not finite counts as none.
+    odd = Harvest.of(SimpleNamespace(harvest_L_per_d=float("nan"), media_lot="M-17"))
+    assert odd.flow_L_per_h == 0.0 and odd.lot_shares == {"M-17": 1.0}
 
 
 # --------------------------------------------------------------------------- the PCC schedule

@@ -58,6 +58,8 @@ __all__ = [
 BIN_H = 0.05
 
 Vector = npt.NDArray[np.float64]
+#: A media lot: its number (the interface's ``media_lot``), or an id string.
+Lot = int | str
 
 #: Leading tank bins holding less than this much product in all are folded into the next bin,
 #: so a well-mixed tank's ever-thinner tail costs nothing and no gram is dropped.
@@ -71,7 +73,7 @@ class Harvest:
     flow_L_per_h: float = 0.0
     titer_g_L: float = 0.0
     hcp_g_L: float = 0.0
-    lot_shares: Mapping[int, float] = field(default_factory=dict)
+    lot_shares: Mapping[Lot, float] = field(default_factory=dict)
     """Share of each media lot in the vessel liquid (normalised here; empty = lot 1 only)."""
     deviation: bool = False
 
@@ -82,14 +84,20 @@ class Harvest:
         numbers count as 0."""
         shares = getattr(state, "lot_shares", None)
         if not isinstance(shares, Mapping) or not shares:
-            shares = {int(getattr(state, "media_lot", 1)): 1.0}
+            shares = {getattr(state, "media_lot", 1): 1.0}
         return cls(
             flow_L_per_h=_amount(getattr(state, "harvest_L_per_d", 0.0)) / 24.0,
             titer_g_L=_amount(getattr(state, "harvest_titer_g_L", 0.0)),
             hcp_g_L=_amount(getattr(state, "harvest_hcp_g_L", 0.0)),
-            lot_shares={int(lot): _amount(share) for lot, share in shares.items()},
+            lot_shares={_lot(lot): _amount(share) for lot, share in shares.items()},
             deviation=bool(getattr(state, "deviation", False)),
         )
+
+
+def _lot(lot: object) -> Lot:
+    """A lot number as the bioreactor gives it (an int, or a lot id string); anything else by
+    its text, so an unexpected type names a lot rather than stopping the skid."""
+    return lot if isinstance(lot, int | str) and not isinstance(lot, bool) else str(lot)
 
 
 def _amount(value: object) -> float:
@@ -106,7 +114,7 @@ class Material:
     def __init__(self) -> None:
         self.lo = 0
         self.bins: Vector = np.zeros(0)
-        self.lots: dict[int, float] = {}
+        self.lots: dict[Lot, float] = {}
         self.dev_g = 0.0
         self.hcp_g = 0.0
         self.salt = 0.0
@@ -372,7 +380,7 @@ class Fraction:
             "bins": [
                 [round(b * BIN_H, 6), round((b + 1) * BIN_H, 6), g] for b, g in m.bin_masses()
             ],
-            "lots": {str(lot): g for lot, g in sorted(m.lots.items())},
+            "lots": {str(lot): g for lot, g in sorted(m.lots.items(), key=lambda kv: str(kv[0]))},
             "deviation_mass_g": m.dev_g,
         }
 
