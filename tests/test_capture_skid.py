@@ -215,6 +215,12 @@ async def test_linked_to_a_bioreactor_run_through_the_config(tmp_path: Path) -> 
         harvest_mL_min = getattr(state, "harvest_L_per_d", 0.0) * 1000 / 24 / 60
         assert latest(gateway, "feed_flow")[1] == pytest.approx(harvest_mL_min)
         assert (tmp_path / "truth" / "capture.jsonl").exists()
+        # bad_values: the server answers, every value Bad; then good again.
+        server = plan.emulators[1].instance.server
+        server.inject(Fault.BAD_VALUES)
+        await wait_for(lambda: latest(gateway, "feed_flow")[0] == Quality.BAD, within=10)
+        server.clear(Fault.BAD_VALUES)
+        await wait_for(lambda: latest(gateway, "feed_flow")[0] == Quality.GOOD, within=10)
     if harvest_mL_min == 0.0:
         assert latest(gateway, "column1_state")[1] == 1 and latest(gateway, "fraction")[1] == 0
         assert (tmp_path / "truth" / "capture.jsonl").read_text() == ""
