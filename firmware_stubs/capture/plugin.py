@@ -265,7 +265,8 @@ class CaptureSkidEmulator:
     ) -> None:
         self.options = options
         self.name = context.id
-        self._source = source
+        self._given_source = source
+        self._source: ProcessSource | None = None
         self._skid: CaptureSkid | None = None
         self._truth: IO[str] | None = None
         self._server: CaptureSkidServer | None = None
@@ -305,7 +306,9 @@ class CaptureSkidEmulator:
     async def __aenter__(self) -> Self:
         options = self.options
         source: ProcessSource = (
-            self._source if self._source is not None else shared_process(options.process)
+            self._given_source
+            if self._given_source is not None
+            else shared_process(options.process)  # looked up afresh: a start is a new run
         )
         self._source = source
         try:
@@ -339,7 +342,7 @@ class CaptureSkidEmulator:
             if server is not None:
                 await server.stop()
         finally:
-            self._skid = None
+            self._skid = self._source = None
             if truth is not None:
                 try:
                     truth.close()
