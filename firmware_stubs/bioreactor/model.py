@@ -460,6 +460,8 @@ class ProcessState:
     """Host-cell protein secreted or released by lysis so far, g."""
     hcp_harvested_g: float = 0.0
     """Host-cell protein carried out with the harvest so far, g."""
+    hcp_bled_g: float = 0.0
+    """Host-cell protein carried out with the bleed so far, g."""
 
 
 class FedBatchModel:
@@ -528,6 +530,7 @@ class FedBatchModel:
         self._hcp = 0.0
         self._hcp_made = 0.0
         self._hcp_harvested = 0.0
+        self._hcp_bled = 0.0
         self._glucose_removed = 0.0
         self._harvest_total = 0.0
         self._bleed_total = 0.0
@@ -625,6 +628,7 @@ class FedBatchModel:
             product_bled_g=self._product_bled,
             hcp_made_g=self._hcp_made,
             hcp_harvested_g=self._hcp_harvested,
+            hcp_bled_g=self._hcp_bled,
         )
 
     def _lot_shares(self) -> dict[int, float]:
@@ -670,7 +674,7 @@ class FedBatchModel:
         permeability per process hour, up to ``limit`` (0 < limit < 1). The transmembrane
         pressure rises as ``1 / (1 - fouling)`` and the sieving of product and HCP falls as
         ``1 - fouling``. ``ValueError`` for a run without a filter or a bad rate or limit."""
-        self._need_perfusion("a retention filter")
+        self._need_perfusion("retention filter")
         if not (math.isfinite(rate_per_h) and rate_per_h > 0.0):
             raise ValueError(f"fouling rate must be > 0 per hour, not {rate_per_h!r}")
         if not (math.isfinite(limit) and 0.0 < limit < 1.0):
@@ -686,7 +690,7 @@ class FedBatchModel:
     def change_media_lot(self) -> int:
         """The perfusion medium flowing in is from the next lot from now on; its number.
         ``ValueError`` in a fed-batch run (no medium flows in)."""
-        self._need_perfusion("a perfusion medium")
+        self._need_perfusion("perfusion medium")
         scale = self._older_scale
         self._older_lots = {lot: amount * scale for lot, amount in self._older_lots.items()}
         self._older_lots[self._media_lot] = self._lot_now
@@ -875,6 +879,7 @@ class FedBatchModel:
         product_made = self._product_made
         hcp_made = self._hcp_made
         hcp_harvested = self._hcp_harvested
+        hcp_bled = self._hcp_bled
         glucose_fed = self._glucose_fed
         removed = self._glucose_removed
         harvest_total = self._harvest_total
@@ -1068,8 +1073,10 @@ class FedBatchModel:
                 product_harvested += out_h
                 product_bled += out_b
                 out_h = hcp * f_harvest * sieve_h * open_fraction
-                hcp -= out_h + hcp * f_bleed
+                out_b = hcp * f_bleed
+                hcp -= out_h + out_b
                 hcp_harvested += out_h
+                hcp_bled += out_b
                 keep = 1.0 - f_out
                 lot_now *= keep
                 older_scale *= keep
@@ -1079,8 +1086,8 @@ class FedBatchModel:
 
         self._noise_at = at
         if perfusing:
-            # The pumps over the last step, in L/day.
-            self._bleed_now = bleed_v / dt * 24.0
+            # The pumps over the last step, in L/day (the bleed runs at its rate or not at all).
+            self._bleed_now = self._bleed_rate if bleed_v > 0.0 else 0.0
             self._harvest_now = harvest_v / dt * 24.0
         self._fouling = fouling
         self._qp_factor = qp
@@ -1088,6 +1095,7 @@ class FedBatchModel:
         self._product_made = product_made
         self._hcp_made = hcp_made
         self._hcp_harvested = hcp_harvested
+        self._hcp_bled = hcp_bled
         self._glucose_fed = glucose_fed
         self._glucose_removed = removed
         self._harvest_total = harvest_total
