@@ -5,27 +5,28 @@ over real OPC UA, read and written with asyncua's own client (no gateway code).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client, Node, ua
+from asyncua import ua
 from asyncua.ua.uaerrors import BadOutOfRange, BadUserAccessDenied
 from conftest import free_port, patgw, wait_for, write_config
 from pydantic import ValidationError
+from test_bioreactor_controller import (  # empty_hub: the autouse fixture, for these tests too
+    UPDATE_S,
+    connected,
+    double,
+    empty_hub,  # noqa: F401
+    node,
+    value_of,
+    wait_for_value,
+)
 from test_opcua_driver_emulator import gateway_with_controller, instrument, latest, stored
 
-from firmware_stubs.bioreactor import hub
 from firmware_stubs.bioreactor.plugin import BioreactorEmulator, BioreactorOptions
 from gateway import PluginContext, Quality, WriteRefusedError
 from plugins.opcua.driver import OpcUaDriver
-
-NAMESPACE = "urn:pat-gateway:emulator:bioreactor-controller"
-UPDATE_S = 0.05
 
 #: The perfusion run's variables: path -> (UnitId, DisplayName, EURange, writable); UnitIds are
 #: the UNECE common codes packed by hand (LD, MBR, LTR, GL, C62); None = no unit.
@@ -45,15 +46,6 @@ PERFUSION_VARIABLES: dict[str, tuple[int | None, str, tuple[float, float] | None
 }
 
 
-@pytest.fixture(autouse=True)
-def empty_hub() -> Iterator[None]:
-    assert not hub._processes
-    yield
-    leftover = sorted(hub._processes)
-    hub._processes.clear()
-    assert not leftover, f"test left processes registered: {leftover}"
-
-
 def emulator(**raw: Any) -> BioreactorEmulator:
     """A perfusion bioreactor "reactor" on a free loopback port, one process hour a second."""
     raw = {
@@ -68,35 +60,6 @@ def emulator(**raw: Any) -> BioreactorEmulator:
     return BioreactorEmulator(
         BioreactorOptions.model_validate(raw), PluginContext("reactor", Path())
     )
-
-
-@asynccontextmanager
-async def connected(endpoint: str) -> AsyncIterator[tuple[Client, int]]:
-    async with Client(endpoint, timeout=2) as client:
-        yield client, await client.get_namespace_index(NAMESPACE)
-
-
-def node(client: Client, ns: int, path: str) -> Node:
-    return client.get_node(f"ns={ns};s=BioreactorController.{path}")
-
-
-async def value_of(client: Client, ns: int, path: str) -> Any:
-    return (await node(client, ns, path).read_data_value()).Value.Value
-
-
-async def wait_for_value(client: Client, ns: int, path: str, ok: Any, within: float = 5.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = await value_of(client, ns, path)
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} = {value!r} after {within} s")
-        await asyncio.sleep(UPDATE_S)
-
-
-def double(value: float) -> ua.DataValue:
-    return ua.DataValue(ua.Variant(value, ua.VariantType.Double))
 
 
 # --------------------------------------------------------------------------- options
