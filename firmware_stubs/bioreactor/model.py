@@ -450,8 +450,8 @@ class ProcessState:
     bleed_total_L: float = 0.0
     """Culture bled so far, L."""
     product_made_g: float = 0.0
-    """Product secreted so far, g (the balance: made = in the vessel - initial + harvested +
-    bled)."""
+    """Product secreted so far, g, in either mode (the balance: made = in the vessel - initial
+    + harvested + bled)."""
     product_harvested_g: float = 0.0
     """Product carried out with the harvest so far, g."""
     product_bled_g: float = 0.0
