@@ -10,24 +10,26 @@ index is usually 2; clients look it up by URI), object ``Objects/BioreactorContr
 ``Identification`` object (properties ``Manufacturer``, ``Model``, ``SerialNumber``) and the
 variables listed in :mod:`~firmware_stubs.bioreactor.dcu`, grouped in objects ``Temperature``,
 ``pH``, ``DissolvedOxygen``, ``Agitation`` (each ``PV`` and ``SP``), ``GasFlows``, ``Pumps``,
-``Alarms`` and ``Emulation`` (the process model's true concentrations, which no real controller
-has, for comparing soft sensors with the truth; the object's Description says so). Every node id
-is a string id in that namespace equal to its dotted path, e.g.
-``BioreactorController.Temperature.PV``. Analog variables (Double) are of ``AnalogItemType``
-with the standard properties ``EngineeringUnits`` and ``EURange`` (browse names in namespace 0;
-node ids ``<variable>.EngineeringUnits`` and ``<variable>.EURange``); the pump totals and the
-true values, which have no natural range, are ``AnalogUnitType`` with ``EngineeringUnits`` only.
-Unless a fault says otherwise, every value carries StatusCode Good and SourceTimestamp =
-ServerTimestamp = when it was computed (UTC); ``ServerStatus.CurrentTime`` moves with them.
+``Alarms`` and ``Emulation`` (the process model's true concentrations, which no real controller has,
+for comparing soft sensors with the truth; the object's Description says so); a perfusion run adds
+``Perfusion/Rate`` and ``Bleed/Rate`` (each ``PV`` and ``SP``), ``Harvest``, ``Retention``,
+``Media`` and ``Volume`` (decision 0024). Every node id is a string id in that namespace equal to
+its dotted path, e.g. ``BioreactorController.Temperature.PV`` or
+``BioreactorController.Perfusion.Rate.SP`` (each dotted prefix an object). Analog variables (Double)
+are of ``AnalogItemType`` with the standard properties ``EngineeringUnits`` and ``EURange`` (browse
+names in namespace 0; node ids ``<variable>.EngineeringUnits`` and ``<variable>.EURange``); the pump
+totals and the true values, which have no natural range, are ``AnalogUnitType`` with
+``EngineeringUnits`` only. Unless a fault says otherwise, every value carries StatusCode Good and
+SourceTimestamp = ServerTimestamp = when it was computed (UTC); ``ServerStatus.CurrentTime`` moves
+with them.
 
-Writes: only the four ``SP`` variables are writable (AccessLevel and UserAccessLevel), and a
-written setpoint goes into the process model at once. A loop given operating limits
-(``setpoint_limits``, like a DCU's SP limits) accepts a setpoint within its EURange but outside
-those limits clamped to them: the write succeeds and the node reads back the limit. A
-setpoint Double outside its EURange (or NaN) is refused with BadOutOfRange, a setpoint written
-with a bad status (no value) with BadWriteNotSupported, each for the whole request (a
-ServiceFault); a value of another type gets BadTypeMismatch and any other node
-BadUserAccessDenied, per node.
+Writes: only the ``SP`` variables (four; six in perfusion) are writable (AccessLevel and
+UserAccessLevel), and a written setpoint goes into the process model at once. A loop given operating
+limits (``setpoint_limits``, like a DCU's SP limits) accepts a setpoint within its EURange but
+outside those limits clamped to them: the write succeeds and the node reads back the limit. A
+setpoint Double outside its EURange (or NaN) is refused with BadOutOfRange, a setpoint written with
+a bad status (no value) with BadWriteNotSupported, each for the whole request (a ServiceFault); a
+value of another type gets BadTypeMismatch and any other node BadUserAccessDenied, per node.
 
 Security: this is a device on an isolated controller LAN, emulated on loopback for tests and
 demos, so it serves the None security policy to anonymous clients only, every one an ordinary
@@ -78,6 +80,7 @@ __all__ = [
     "MANUFACTURER",
     "MODEL",
     "NAMESPACE_URI",
+    "PERFUSION_MODEL",
     "ROOT",
     "SETPOINT_LOOPS",
     "BioreactorController",
@@ -91,6 +94,8 @@ NAMESPACE_URI = "urn:pat-gateway:emulator:bioreactor-controller"
 ROOT = "BioreactorController"
 MANUFACTURER = "PAT Gateway emulator"
 MODEL = "Fed-batch controller"
+#: The model a perfusion run's controller reports.
+PERFUSION_MODEL = "Perfusion controller"
 
 #: What stop() and a listener restart may take before they give up waiting.
 _STOP_TIMEOUT_S = 5.0
@@ -166,10 +171,16 @@ class BioreactorController:
     ) -> None:
         if not (math.isfinite(update_s) and update_s > 0.0):
             raise ValueError(f"update_s must be a finite number > 0, not {update_s!r}")
+        self._variables = dcu.variables(clock.model.params, clock.model.perfusion)
+        loops = tuple(
+            loop
+            for loop in SETPOINT_LOOPS
+            if any(v.writable and _loop_of(v.path) == loop for v in self._variables)
+        )
         limits = dict(setpoint_limits or {})
         for loop, (low, high) in limits.items():
-            if loop not in SETPOINT_LOOPS:
-                raise ValueError(f"setpoint_limits: no loop {loop!r} (loops: {SETPOINT_LOOPS})")
+            if loop not in loops:
+                raise ValueError(f"setpoint_limits: no loop {loop!r} (loops: {loops})")
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
                 raise ValueError(f"setpoint_limits of {loop}: need finite low <= high")
         self.setpoint_limits = limits
@@ -181,7 +192,6 @@ class BioreactorController:
         self.agitation = dcu.AgitationDrive(seed=seed)
         self._host = host
         self._port = port
-        self._variables = dcu.variables(clock.model.params)
         self._faults: set[Fault] = set()
         self._server: Server | None = None
         self._iserver: _SessionTrackingServer | None = None
@@ -355,7 +365,7 @@ class BioreactorController:
         )
         for prop, text in (
             ("Manufacturer", MANUFACTURER),
-            ("Model", MODEL),
+            ("Model", MODEL if self.clock.model.perfusion is None else PERFUSION_MODEL),
             ("SerialNumber", f"EMU-{self.name}"),
         ):
             await ident.add_property(
@@ -365,12 +375,14 @@ class BioreactorController:
                 ua.VariantType.String,
             )
 
-        parents: dict[str, ua.NodeId] = {}
-        session = server.iserver.isession
-        for var in self._variables:
-            group, _, leaf = var.path.rpartition(".")
+        # Group objects by dotted path ("" = the controller itself), made on first use.
+        parents: dict[str, ua.NodeId] = {"": root.nodeid}
+
+        async def parent_of(group: str) -> ua.NodeId:
             if group not in parents:
-                obj = await root.add_object(node_id(group), ua.QualifiedName(group, ns))
+                above, _, name = group.rpartition(".")
+                holder = server.get_node(await parent_of(above))
+                obj = await holder.add_object(node_id(group), ua.QualifiedName(name, ns))
                 described = dcu.GROUP_DESCRIPTIONS.get(group)
                 if described is not None:
                     await obj.write_attribute(
@@ -378,10 +390,14 @@ class BioreactorController:
                         ua.DataValue(ua.Variant(ua.LocalizedText(described))),
                     )
                 parents[group] = obj.nodeid
+            return parents[group]
+
+        session = server.iserver.isession
+        for var in self._variables:
+            group, _, leaf = var.path.rpartition(".")
+            parent = await parent_of(group)
             nid = node_id(var.path)
-            item = _variable_item(
-                var, nid, parents[group], ua.QualifiedName(leaf, ns), self.update_s
-            )
+            item = _variable_item(var, nid, parent, ua.QualifiedName(leaf, ns), self.update_s)
             (result,) = await session.add_nodes([item])
             result.StatusCode.check()
             node = server.get_node(nid)
@@ -428,7 +444,7 @@ class BioreactorController:
             low, high = var.eu_range or (-math.inf, math.inf)
             if not (isinstance(value, float) and low <= value <= high):  # NaN included
                 self._refuse(var, written, StatusCodes.BadOutOfRange)
-            limits = self.setpoint_limits.get(var.path.partition(".")[0])
+            limits = self.setpoint_limits.get(_loop_of(var.path))
             if limits is not None and not limits[0] <= value <= limits[1]:
                 # Accepted, clamped: the server stores (and the process gets) the limit.
                 clamped = copy.copy(written)
@@ -474,8 +490,7 @@ class BioreactorController:
             else:
                 # The time up to now ran on the old setpoint.
                 self.clock.advance()
-                loop = var.path.partition(".")[0]
-                self.clock.model.set_setpoints(**{_SETPOINT_ARGS[loop]: value})
+                self.clock.model.set_setpoints(**{_SETPOINT_ARGS[_loop_of(var.path)]: value})
             _log.info("bioreactor.setpoint_written", process=self.name, node=var.path, value=value)
 
     # ------------------------------------------------------------------ updating
@@ -511,6 +526,8 @@ class BioreactorController:
                 variant = ua.Variant()
             elif var.is_analog:
                 variant = ua.Variant(float(values[var.path]), ua.VariantType.Double)
+            elif var.integer:
+                variant = ua.Variant(int(values[var.path]), ua.VariantType.Int32)
             else:
                 variant = ua.Variant(bool(values[var.path]), ua.VariantType.Boolean)
             await server.write_attribute_value(
@@ -574,10 +591,22 @@ class BioreactorController:
                 _log.info("bioreactor.controller_up", process=self.name, endpoint=self.endpoint)
 
 
-#: The loops with a writable SP (keys of ``setpoint_limits``).
-SETPOINT_LOOPS = ("Temperature", "pH", "DissolvedOxygen", "Agitation")
+#: The loops with a writable SP (keys of ``setpoint_limits``); the last two in perfusion only.
+SETPOINT_LOOPS = ("Temperature", "pH", "DissolvedOxygen", "Agitation", "Perfusion", "Bleed")
 #: Keyword of FedBatchModel.set_setpoints for each loop's SP.
-_SETPOINT_ARGS = {"Temperature": "temperature_C", "pH": "ph", "DissolvedOxygen": "do_pct"}
+_SETPOINT_ARGS = {
+    "Temperature": "temperature_C",
+    "pH": "ph",
+    "DissolvedOxygen": "do_pct",
+    "Perfusion": "perfusion_L_per_d",
+    "Bleed": "bleed_L_per_d",
+}
+
+
+def _loop_of(path: str) -> str:
+    """The loop a variable belongs to: the first part of its path (``Perfusion.Rate.SP`` is
+    the ``Perfusion`` loop's)."""
+    return path.partition(".")[0]
 
 
 def _variable_item(
@@ -588,11 +617,15 @@ def _variable_item(
     update_s: float,
 ) -> ua.AddNodesItem:
     """The AddNodes request for one variable: analog ones as AnalogItemType (with a range) or
-    AnalogUnitType (without), alarms as plain Boolean data variables; sampling faster than the
-    controller updates would only repeat values, so the minimum sampling interval says so."""
+    AnalogUnitType (without), alarms as plain Boolean data variables, counts (the media lot) as
+    Int32 ones; sampling faster than the controller updates would only repeat values, so the
+    minimum sampling interval says so."""
     if var.is_analog:
         type_id = ObjectIds.AnalogItemType if var.eu_range else ObjectIds.AnalogUnitType
         data_type, initial = ObjectIds.Double, ua.Variant(0.0, ua.VariantType.Double)
+    elif var.integer:
+        type_id = ObjectIds.BaseDataVariableType
+        data_type, initial = ObjectIds.Int32, ua.Variant(0, ua.VariantType.Int32)
     else:
         type_id = ObjectIds.BaseDataVariableType
         data_type, initial = ObjectIds.Boolean, ua.Variant(False, ua.VariantType.Boolean)

@@ -37,13 +37,34 @@ wears (``tubing_wear``). They are read-only and follow the same rules as every
 other variable: the same timestamps, StatusCode Good, Bad under the ``bad_values`` fault, still
 under ``frozen``.
 
-Only the four setpoints are writable. A UnitId packs the UNECE Rec. 20 common code's ASCII
-characters into an Int32 (OPC UA Part 8 §5.6.3). They are hard-coded here on purpose: the
-emulator is the independent check of the driver's own unit mapping, so it shares no code with
+A perfusion run (decision 0024) adds:
+
+* ``Perfusion.Rate.SP`` / ``.PV`` — Double, l/d (litres per *process* day), UnitId 19524 (LD),
+  EURange 0 to 5 working volumes a day: the perfusion pump's rate of fresh medium; the SP is
+  writable;
+* ``Bleed.Rate.SP`` / ``.PV`` — Double, l/d (LD), EURange 0 to 1 working volume a day: the
+  bleed pump's rate of culture with its cells out; the SP is writable; the PV is 0 while the
+  low-level interlock (volume below half the working volume) stops the pump;
+* ``Harvest.Flow`` — Double, l/d (LD), EURange as the perfusion's: cell-free permeate out of the
+  retention filter, level-controlled (perfusion + base - bleed);
+* ``Retention.TMP`` — Double, mbar, UnitId 5063250 (MBR), EURange 0-1000: the retention
+  filter's transmembrane pressure (it rises as the filter fouls);
+* ``Media.Lot`` — Int32, no unit: the lot number of the medium flowing in now;
+* ``Volume`` — Double, l, UnitId 5002322 (LTR), EURange 0 to 1.5 working volumes (directly below
+  ``BioreactorController``);
+* truth: ``Emulation.HarvestTiter``, ``.HarvestHCP`` (in the permeate), ``.HCP`` (in the
+  reactor) — Double, g/L (GL); ``Emulation.Sieving`` — the product sieving of the filter, Double,
+  UnitId 4404786 (C62, "1"); ``Emulation.SpecificProductivity`` — Double, pg/cell/day, UnitId -1
+  (no Rec. 20 code); ``Emulation.Deviation`` — Boolean, an injected process deviation
+  (``temperature_excursion``) is active.
+
+Only the setpoints (four, six in perfusion) are writable. A UnitId packs the UNECE Rec. 20 common
+code's ASCII characters into an Int32 (OPC UA Part 8 §5.6.3). They are hard-coded here on purpose:
+the emulator is the independent check of the driver's own unit mapping, so it shares no code with
 it. CEL, RPM, L2, MLT, GL and M33, with their display names, are rows of the OPC Foundation's
-``UNECE_to_OPCUA.csv``; P1 (percent) is packed the same way, though the current CSV lacks it.
-The pH is Q30 (5321520, "pH"), as the CSV lists it; many real controllers send UnitId -1 with
-DisplayName "pH" instead, which the gateway's driver accepts too.
+``UNECE_to_OPCUA.csv``; P1 (percent) is packed the same way, though the current CSV lacks it. The pH
+is Q30 (5321520, "pH"), as the CSV lists it; many real controllers send UnitId -1 with DisplayName
+"pH" instead, which the gateway's driver accepts too.
 
 The model has no stirrer: :class:`AgitationDrive` is a motor whose speed follows its setpoint.
 Gas flows are derived from the model's controllers, for display only (they do not act back on
@@ -62,7 +83,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from .model import ProcessParams, ProcessState
+from .model import PerfusionParams, ProcessParams, ProcessState
 
 __all__ = [
     "ALARM_BANDS",
@@ -71,11 +92,16 @@ __all__ = [
     "GRAM_PER_LITRE",
     "GROUP_DESCRIPTIONS",
     "HOUR",
+    "LITRE",
+    "LITRE_PER_DAY",
     "LITRE_PER_MINUTE",
+    "MILLIBAR",
     "MILLILITRE",
     "MILLIMOLE_PER_LITRE",
     "MILLION_CELLS_PER_ML",
+    "ONE",
     "PERCENT",
+    "PG_PER_CELL_DAY",
     "PH",
     "RPM",
     "UNITS_NAMESPACE_URI",
@@ -111,6 +137,14 @@ MILLILITRE = EngineeringUnit("MLT", 5065812, "ml", "millilitre")
 GRAM_PER_LITRE = EngineeringUnit("GL", 18252, "g/l", "gram per litre")
 MILLIMOLE_PER_LITRE = EngineeringUnit("M33", 5059379, "mmol/l", "millimole per litre")
 HOUR = EngineeringUnit("HUR", 4740434, "h", "hour")
+LITRE = EngineeringUnit("LTR", 5002322, "l", "litre")
+LITRE_PER_DAY = EngineeringUnit("LD", 19524, "l/d", "litre per day")
+MILLIBAR = EngineeringUnit("MBR", 5063250, "mbar", "millibar")
+ONE = EngineeringUnit("C62", 4404786, "1", "one")
+#: No Rec. 20 code either: a mass per cell and day.
+PG_PER_CELL_DAY = EngineeringUnit(
+    "", -1, "pg/(cell·d)", "picogram per cell and day (no UNECE Rec. 20 code)"
+)
 #: Rec. 20 has no code for a number of cells per volume: UnitId -1 ("no unit id", OPC UA Part 8
 #: §5.6.3) and a display name a person reads; a client cannot check it and must trust its config.
 MILLION_CELLS_PER_ML = EngineeringUnit(
@@ -127,7 +161,18 @@ GROUP_DESCRIPTIONS = {
         " comparing soft sensors with the truth (validation only, never for control)"
     ),
     "Batch": "Batch timer: culture time since inoculation (a clock, not a measurement)",
+    "Perfusion": "Perfusion pump: fresh medium in, litres per process day",
+    "Bleed": "Bleed pump: culture with its cells out, litres per process day",
+    "Harvest": "Cell-free permeate out of the retention filter (level-controlled)",
+    "Retention": "Cell-retention filter (ATF/TFF)",
+    "Media": "Perfusion medium",
 }
+
+#: Normal operating ranges of a perfusion run's pumps and vessel, in working volumes (a day).
+_PERFUSION_MAX_VVD = 5.0
+_BLEED_MAX_VVD = 1.0
+_VESSEL_MAX_VOLUMES = 1.5
+_TMP_RANGE_MBAR = (0.0, 1000.0)
 
 #: How far a PV may leave its setpoint before the alarm of its loop is raised.
 ALARM_BANDS = {"temperature_C": 1.0, "ph": 0.1, "do_low_pct": 10.0}
@@ -159,15 +204,21 @@ class Variable:
     """Normal operating range (``EURange``) where one makes sense."""
     writable: bool = False
     """True for setpoints: clients may write them, within ``eu_range``."""
+    integer: bool = False
+    """An Int32 without a unit (a count or a number, e.g. the media lot); with no unit and not
+    integer, a Boolean."""
 
     @property
     def is_analog(self) -> bool:
         return self.unit is not None
 
 
-def variables(params: ProcessParams) -> tuple[Variable, ...]:
-    """Every variable the controller serves, in address-space order. The gas flows' ranges are
-    the mass-flow controllers' full scale for the run's initial working volume."""
+def variables(
+    params: ProcessParams, perfusion: PerfusionParams | None = None
+) -> tuple[Variable, ...]:
+    """Every variable the controller serves, in address-space order (with ``perfusion``, those
+    of a perfusion run too). The gas flows' ranges are the mass-flow controllers' full scale
+    for the run's initial working volume."""
     v = params.volume_L
     loops = (
         ("Temperature", "culture temperature", CELSIUS, (0.0, 50.0)),
@@ -177,8 +228,7 @@ def variables(params: ProcessParams) -> tuple[Variable, ...]:
     )
     found: list[Variable] = []
     for loop, what, unit, eu_range in loops:
-        found.append(Variable(f"{loop}.PV", f"Measured {what}", unit, eu_range))
-        found.append(Variable(f"{loop}.SP", f"Setpoint of the {what}", unit, eu_range, True))
+        found += _loop(loop, what, unit, eu_range)
     for gas, max_vvm, what in (
         ("Air", _AIR_MAX_VVM, "air sparged (first stage of the DO cascade)"),
         ("O2", _O2_MAX_VVM, "oxygen sparged (second stage of the DO cascade)"),
@@ -215,14 +265,72 @@ def variables(params: ProcessParams) -> tuple[Variable, ...]:
         ("Titer", "product (antibody) titer", GRAM_PER_LITRE),
         ("pH", "pH (the probe behind pH.PV may drift from it)", PH),
     ):
-        found.append(
-            Variable(
-                f"{EMULATION_GROUP}.{leaf}",
-                f"True {what} of the emulated process (emulator only: no real controller has it)",
-                unit,
-            )
-        )
+        found.append(_truth(leaf, what, unit))
+    if perfusion is not None:
+        found += _perfusion_variables(v)
     return tuple(found)
+
+
+def _loop(
+    loop: str, what: str, unit: EngineeringUnit, eu_range: tuple[float, float]
+) -> tuple[Variable, Variable]:
+    """A loop's measured value and its writable setpoint."""
+    return (
+        Variable(f"{loop}.PV", f"Measured {what}", unit, eu_range),
+        Variable(f"{loop}.SP", f"Setpoint of the {what}", unit, eu_range, True),
+    )
+
+
+def _truth(leaf: str, what: str, unit: EngineeringUnit | None) -> Variable:
+    return Variable(
+        f"{EMULATION_GROUP}.{leaf}",
+        f"True {what} of the emulated process (emulator only: no real controller has it)",
+        unit,
+    )
+
+
+def _perfusion_variables(v: float) -> list[Variable]:
+    """The pumps, filter, medium and volume of a perfusion run, and its truths."""
+    perfusion_range = (0.0, _PERFUSION_MAX_VVD * v)
+    bleed_range = (0.0, _BLEED_MAX_VVD * v)
+    found = [
+        *_loop(
+            "Perfusion.Rate",
+            "perfusion rate (fresh medium in), l per process day",
+            LITRE_PER_DAY,
+            perfusion_range,
+        ),
+        *_loop(
+            "Bleed.Rate",
+            "bleed rate (culture with cells out), l per process day",
+            LITRE_PER_DAY,
+            bleed_range,
+        ),
+        Variable(
+            "Harvest.Flow",
+            "Cell-free permeate out of the retention filter, l per process day",
+            LITRE_PER_DAY,
+            perfusion_range,
+        ),
+        Variable(
+            "Retention.TMP",
+            "Transmembrane pressure of the cell-retention filter",
+            MILLIBAR,
+            _TMP_RANGE_MBAR,
+        ),
+        Variable("Media.Lot", "Lot number of the perfusion medium flowing in now", integer=True),
+        Variable("Volume", "Working volume", LITRE, (0.0, _VESSEL_MAX_VOLUMES * v)),
+    ]
+    for leaf, what, unit in (
+        ("HarvestTiter", "product (antibody) titer in the harvest", GRAM_PER_LITRE),
+        ("HarvestHCP", "host-cell protein in the harvest", GRAM_PER_LITRE),
+        ("HCP", "host-cell protein in the reactor", GRAM_PER_LITRE),
+        ("Sieving", "product sieving of the retention filter (harvest / reactor titer)", ONE),
+        ("SpecificProductivity", "specific productivity", PG_PER_CELL_DAY),
+        ("Deviation", "state of an injected process deviation (True while active)", None),
+    ):
+        found.append(_truth(leaf, what, unit))
+    return found
 
 
 class AgitationDrive:
@@ -298,4 +406,19 @@ def readings(
         "Emulation.ViableCellDensity": state.vcd_e6_per_mL,
         "Emulation.Titer": state.titer_g_L,
         "Emulation.pH": state.ph,
+        # A perfusion run's (0, lot 1 and no deviation in a fed-batch).
+        "Perfusion.Rate.PV": state.perfusion_L_per_d,
+        "Perfusion.Rate.SP": state.perfusion_sp_L_per_d,
+        "Bleed.Rate.PV": state.bleed_L_per_d,
+        "Bleed.Rate.SP": state.bleed_sp_L_per_d,
+        "Harvest.Flow": state.harvest_L_per_d,
+        "Retention.TMP": state.tmp_mbar,
+        "Media.Lot": state.media_lot,
+        "Volume": state.volume_L,
+        "Emulation.HarvestTiter": state.harvest_titer_g_L,
+        "Emulation.HarvestHCP": state.harvest_hcp_g_L,
+        "Emulation.HCP": state.hcp_g_L,
+        "Emulation.Sieving": state.product_sieving,
+        "Emulation.SpecificProductivity": state.qp_pg_per_cell_day,
+        "Emulation.Deviation": state.deviation,
     }

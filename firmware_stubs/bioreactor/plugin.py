@@ -13,6 +13,13 @@ use it. With a ``port`` it also serves the run as a bioreactor controller over O
 
 Without a port it has no network endpoint; ``patgw emulate bioreactor`` then runs the process
 alone and logs a state line every ``log_every_s`` seconds, a quick look at its dynamics.
+
+``mode: perfusion`` makes the run a perfusion culture (decision 0024): perfusion and bleed rates
+(initial values of the controller's ``Perfusion.Rate.SP`` and ``Bleed.Rate.SP``), the perfusion
+medium, and the process events ``filter_fouling`` and ``media_lot_change``::
+
+    patgw emulate bioreactor --port 4840 --option mode=perfusion \
+        --option perfusion_L_per_d=2.6 --option bleed_L_per_d=0.3
 """
 
 from __future__ import annotations
@@ -33,33 +40,70 @@ from . import hub
 from .clock import ProcessClock
 from .controller import BioreactorController
 from .faults import Fault
-from .model import FedBatchModel, ProcessParams
+from .model import (
+    FedBatchModel,
+    PerfusionParams,
+    ProcessParams,
+    perfusion_process_params,
+    steady_state_problem,
+)
 
-__all__ = ["CONTROLLER_FAULTS", "BioreactorEmulator", "BioreactorFaultStep", "BioreactorOptions"]
+__all__ = [
+    "CONTROLLER_FAULTS",
+    "PERFUSION_FAULTS",
+    "BioreactorEmulator",
+    "BioreactorFaultStep",
+    "BioreactorOptions",
+]
 
 log = structlog.get_logger(__name__)
 
 _DEFAULTS = ProcessParams()
+_PERFUSION = PerfusionParams()
 
 
 #: Faults of the OPC UA controller (they need a port); the others act on the process.
 CONTROLLER_FAULTS = frozenset({"server_restart", "bad_values", "frozen"})
+#: Process events of a perfusion run only (a fed-batch has no retention filter, no medium flow).
+PERFUSION_FAULTS = frozenset({"filter_fouling", "media_lot_change"})
+#: The options of mode perfusion only.
+_PERFUSION_OPTIONS = (
+    "perfusion_L_per_d",
+    "bleed_L_per_d",
+    "medium_glucose_g_L",
+    "medium_glutamine_mM",
+    "qp_decline_per_d",
+)
 
 
 class BioreactorFaultStep(BaseModel):
     """Inject ``fault`` ``after_s`` wall seconds after start; clear it ``for_s`` wall seconds
-    later. A gradual fault (``ph_probe_drift``) then grows with the process clock."""
+    later. A gradual fault (``ph_probe_drift``, ``filter_fouling``) then grows with the process
+    clock."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fault: Literal["server_restart", "bad_values", "frozen", "ph_probe_drift", "growth_upset"] = (
-        Field(
-            description="What to break: server_restart = the OPC UA server is down for for_s"
-            " (sessions die), then starts again on the same port; bad_values = every value Bad;"
-            " frozen = values stop updating; ph_probe_drift = the pH probe (pH.PV, which the pH"
-            " loop controls on) drifts from the true pH at rate_per_h per process hour;"
-            " growth_upset = the specific growth rate drops to factor times its value."
-        )
+    fault: Literal[
+        "server_restart",
+        "bad_values",
+        "frozen",
+        "ph_probe_drift",
+        "growth_upset",
+        "filter_fouling",
+        "temperature_excursion",
+        "media_lot_change",
+    ] = Field(
+        description="What to break: server_restart = the OPC UA server is down for for_s"
+        " (sessions die), then starts again on the same port; bad_values = every value Bad;"
+        " frozen = values stop updating; ph_probe_drift = the pH probe (pH.PV, which the pH"
+        " loop controls on) drifts from the true pH at rate_per_h per process hour;"
+        " growth_upset = the specific growth rate drops to factor times its value;"
+        " filter_fouling (perfusion) = the retention filter loses rate_per_h of its"
+        " permeability per process hour up to max_loss (TMP rises, product sieving falls;"
+        " clearing it = a new filter); temperature_excursion = a process deviation: the"
+        " culture temperature (Temperature.PV) is delta_C off for for_s; media_lot_change"
+        " (perfusion) = the medium flowing in is from the next lot from after_s on (an event:"
+        " no for_s)."
     )
     after_s: float = Field(ge=0, description="Wall seconds after start.")
     for_s: float = Field(
@@ -72,8 +116,9 @@ class BioreactorFaultStep(BaseModel):
         default=None,
         ge=-1,
         le=1,
-        description="ph_probe_drift only (required, not 0): pH units per process hour, signed"
-        " (> 0: the probe reads high, so the loop drives the true pH down).",
+        description="ph_probe_drift (required, not 0): pH units per process hour, signed"
+        " (> 0: the probe reads high, so the loop drives the true pH down); filter_fouling"
+        " (required, > 0): fraction of the filter's permeability lost per process hour.",
     )
     max_offset: float | None = Field(
         default=None,
@@ -88,26 +133,101 @@ class BioreactorFaultStep(BaseModel):
         lt=1,
         description="growth_upset only: the growth rate is multiplied by this (default 0.5).",
     )
+    max_loss: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.95,
+        description="filter_fouling only: the fouling stops growing at this fraction of the"
+        " permeability lost (default 0.8: TMP five times the clean filter's, sieving a fifth).",
+    )
+    delta_C: float | None = Field(
+        default=None,
+        ge=-20,
+        le=20,
+        description="temperature_excursion only: how far the culture temperature moves, °C,"
+        " signed, not 0 (default +2).",
+    )
 
     @model_validator(mode="after")
     def _parameters_fit_the_fault(self) -> Self:
         if self.fault == "server_restart" and self.for_s <= 0:
             raise ValueError("server_restart needs for_s > 0: how long the server is down")
+        if self.fault == "temperature_excursion" and self.for_s <= 0:
+            raise ValueError("temperature_excursion needs for_s > 0: how long it lasts")
+        if self.fault == "media_lot_change" and self.for_s != 0:
+            raise ValueError("media_lot_change is an event: no for_s (the new lot stays)")
         if self.fault == "ph_probe_drift":
             if self.rate_per_h is None or self.rate_per_h == 0:
                 raise ValueError("ph_probe_drift needs rate_per_h (pH per process hour, not 0)")
-        elif self.rate_per_h is not None or self.max_offset is not None:
-            raise ValueError("rate_per_h and max_offset apply only to fault 'ph_probe_drift'")
+        elif self.fault == "filter_fouling":
+            if self.rate_per_h is None or self.rate_per_h <= 0:
+                raise ValueError("filter_fouling needs rate_per_h (> 0, per process hour)")
+        elif self.rate_per_h is not None:
+            raise ValueError(
+                "rate_per_h applies only to fault 'ph_probe_drift' and 'filter_fouling'"
+            )
+        if self.max_offset is not None and self.fault != "ph_probe_drift":
+            raise ValueError("max_offset applies only to fault 'ph_probe_drift'")
         if self.factor is not None and self.fault != "growth_upset":
             raise ValueError("factor applies only to fault 'growth_upset'")
+        if self.max_loss is not None and self.fault != "filter_fouling":
+            raise ValueError("max_loss applies only to fault 'filter_fouling'")
+        if self.delta_C is not None:
+            if self.fault != "temperature_excursion":
+                raise ValueError("delta_C applies only to fault 'temperature_excursion'")
+            if self.delta_C == 0:
+                raise ValueError("temperature_excursion needs delta_C not 0")
         return self
 
 
 class BioreactorOptions(BaseModel):
-    """How fast the emulated fed-batch runs, its noise seed and a few initial conditions; and,
-    with a port, the OPC UA controller serving it and its scheduled faults."""
+    """How fast the emulated culture runs, its noise seed, its mode (fed-batch or perfusion)
+    and a few initial conditions; and, with a port, the OPC UA controller serving it and its
+    scheduled faults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["fed_batch", "perfusion"] = Field(
+        default="fed_batch",
+        description="fed_batch (the default: fed by the feed pump, volume grows) or perfusion"
+        " (medium in, bleed and cell-free harvest out at constant volume; decision 0024).",
+    )
+    perfusion_L_per_d: float | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="perfusion only: fresh medium in at start, L per process day (the initial"
+        " Perfusion.Rate.SP); default 1.3 vessel volumes a day.",
+    )
+    bleed_L_per_d: float | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="perfusion only: culture bled at start, L per process day (the initial"
+        " Bleed.Rate.SP); default 0.15 vessel volumes a day. Must be below perfusion_L_per_d"
+        " and below what the cells can grow back (or both 0: a batch start).",
+    )
+    medium_glucose_g_L: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description=f"perfusion only: glucose in the perfusion medium, g/L (default"
+        f" {_PERFUSION.medium_glucose_g_L:g}).",
+    )
+    medium_glutamine_mM: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description=f"perfusion only: glutamine in the perfusion medium, mM (default"
+        f" {_PERFUSION.medium_glutamine_mM:g}).",
+    )
+    qp_decline_per_d: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=f"perfusion only: specific productivity lost per process day, as"
+        f" exp(-rate * days) (default {_PERFUSION.qp_decline_per_d:g}).",
+    )
 
     seed: int = Field(
         default=0, ge=0, description="Seed of the process noise: same seed and feeds, same batch."
@@ -158,16 +278,19 @@ class BioreactorOptions(BaseModel):
     )
     faults: tuple[BioreactorFaultStep, ...] = Field(
         default=(),
-        description="Faults scheduled on the process (ph_probe_drift, growth_upset) or on the"
+        description="Faults scheduled on the process (ph_probe_drift, growth_upset,"
+        " temperature_excursion; in perfusion also filter_fouling, media_lot_change) or on the"
         " OPC UA controller (server_restart, bad_values, frozen: these need a port).",
     )
     setpoint_limits: dict[
-        Literal["Temperature", "pH", "DissolvedOxygen", "Agitation"], tuple[float, float]
+        Literal["Temperature", "pH", "DissolvedOxygen", "Agitation", "Perfusion", "Bleed"],
+        tuple[float, float],
     ] = Field(
         default_factory=dict,
         description="Operating limits [low, high] of a loop's SP, e.g. {pH: [6.8, 7.4]}: the"
         " controller accepts a setpoint written within its EURange but outside these limits"
-        " clamped to them (it reads back the limit), as a DCU's SP limits do (needs a port).",
+        " clamped to them (it reads back the limit), as a DCU's SP limits do (needs a port)."
+        " Perfusion and Bleed (L/d: Perfusion.Rate.SP, Bleed.Rate.SP) in mode perfusion only.",
     )
 
     @model_validator(mode="after")
@@ -185,15 +308,57 @@ class BioreactorOptions(BaseModel):
                 raise ValueError(f"setpoint_limits.{loop}: need finite low <= high")
         return self
 
+    @model_validator(mode="after")
+    def _perfusion_can_settle(self) -> Self:
+        perfusion = self.perfusion()
+        if perfusion is None:
+            given = [name for name in _PERFUSION_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: options of mode perfusion only")
+            for step in self.faults:
+                if step.fault in PERFUSION_FAULTS:
+                    raise ValueError(f"fault {step.fault} needs mode perfusion")
+            for loop in ("Perfusion", "Bleed"):
+                if loop in self.setpoint_limits:
+                    raise ValueError(f"setpoint_limits.{loop}: needs mode perfusion")
+            return self
+        problem = steady_state_problem(self.params(), perfusion)
+        if problem is not None:
+            raise ValueError(f"no steady state: {problem}")
+        return self
+
     def params(self) -> ProcessParams:
-        """The process parameters: the defaults with these initial conditions."""
+        """The process parameters: the defaults (for perfusion: with the gassing sized for
+        perfusion densities) with these initial conditions."""
+        base = perfusion_process_params() if self.mode == "perfusion" else _DEFAULTS
         return dataclasses.replace(
-            _DEFAULTS,
+            base,
             volume_L=self.volume_L,
             vcd_e6_per_mL=self.vcd_e6_per_mL,
             glucose_g_L=self.glucose_g_L,
             feed_glucose_g_L=self.feed_glucose_g_L,
         )
+
+    def perfusion(self) -> PerfusionParams | None:
+        """The perfusion parameters in mode perfusion (defaults for what is not set; the rates
+        scaled to the volume), ``None`` for a fed-batch."""
+        if self.mode != "perfusion":
+            return None
+        d = _PERFUSION
+        # The defaults' rates are for their 2 L vessel: the same vessel volumes a day here.
+        per_litre = self.volume_L / _DEFAULTS.volume_L
+        return dataclasses.replace(
+            d,
+            perfusion_L_per_d=_given(self.perfusion_L_per_d, d.perfusion_L_per_d * per_litre),
+            bleed_L_per_d=_given(self.bleed_L_per_d, d.bleed_L_per_d * per_litre),
+            medium_glucose_g_L=_given(self.medium_glucose_g_L, d.medium_glucose_g_L),
+            medium_glutamine_mM=_given(self.medium_glutamine_mM, d.medium_glutamine_mM),
+            qp_decline_per_d=_given(self.qp_decline_per_d, d.qp_decline_per_d),
+        )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class BioreactorEmulator:
@@ -244,7 +409,7 @@ class BioreactorEmulator:
 
     async def __aenter__(self) -> Self:
         options = self.options
-        model = FedBatchModel(options.params(), seed=options.seed)
+        model = FedBatchModel(options.params(), seed=options.seed, perfusion=options.perfusion())
         clock = ProcessClock(model, time_scale=options.time_scale)
         try:
             hub.register(self.name, clock)
@@ -289,10 +454,29 @@ class BioreactorEmulator:
         elif step.fault == "growth_upset":
             clock.advance()
             clock.model.set_growth_factor(0.5 if step.factor is None else step.factor)
+        elif step.fault == "filter_fouling":
+            assert step.rate_per_h is not None  # checked by the options
+            clock.advance()
+            clock.model.set_filter_fouling(
+                step.rate_per_h, 0.8 if step.max_loss is None else step.max_loss
+            )
+        elif step.fault == "temperature_excursion":
+            clock.advance()
+            clock.model.start_temperature_excursion(2.0 if step.delta_C is None else step.delta_C)
+        elif step.fault == "media_lot_change":
+            clock.advance()
+            lot = clock.model.change_media_lot()
+            log.info("bioreactor.media_lot_changed", process=self.name, media_lot=lot)
+            return
         else:
             self.controller.inject(Fault(step.fault))
             return
-        log.info("bioreactor.fault_injected", process=self.name, fault=step.fault)
+        log.info(
+            "bioreactor.fault_injected",
+            process=self.name,
+            fault=step.fault,
+            process_h=round(clock.model.state.time_h, 4),
+        )
 
     def _clear(self, step: BioreactorFaultStep) -> None:
         clock = self.clock
@@ -302,10 +486,23 @@ class BioreactorEmulator:
         elif step.fault == "growth_upset":
             clock.advance()
             clock.model.set_growth_factor(1.0)
+        elif step.fault == "filter_fouling":
+            clock.advance()
+            clock.model.replace_filter()
+        elif step.fault == "temperature_excursion":
+            clock.advance()
+            clock.model.end_temperature_excursion()
+        elif step.fault == "media_lot_change":
+            return  # an event: never cleared (for_s is 0)
         else:
             self.controller.clear(Fault(step.fault))
             return
-        log.info("bioreactor.fault_cleared", process=self.name, fault=step.fault)
+        log.info(
+            "bioreactor.fault_cleared",
+            process=self.name,
+            fault=step.fault,
+            process_h=round(clock.model.state.time_h, 4),
+        )
 
     async def __aexit__(self, *exc_info: object) -> None:
         schedule, self._schedule = self._schedule, None
@@ -328,8 +525,22 @@ class BioreactorEmulator:
 
     async def _log_states(self) -> None:
         clock = self.clock
+        perfusing = clock.model.perfusion is not None
         while True:
             s = clock.snapshot()
+            extra = (
+                {
+                    "perfusion_L_per_d": round(s.perfusion_L_per_d, 4),
+                    "bleed_L_per_d": round(s.bleed_L_per_d, 4),
+                    "harvest_L_per_d": round(s.harvest_L_per_d, 4),
+                    "harvest_titer_g_L": round(s.harvest_titer_g_L, 4),
+                    "hcp_g_L": round(s.hcp_g_L, 4),
+                    "tmp_mbar": round(s.tmp_mbar, 1),
+                    "media_lot": s.media_lot,
+                }
+                if perfusing
+                else {}
+            )
             log.info(
                 "bioreactor.state",
                 process=self.name,
@@ -345,6 +556,7 @@ class BioreactorEmulator:
                 ph=round(s.ph, 3),
                 ph_probe=round(s.ph_probe, 3),
                 do_pct=round(s.do_pct, 1),
+                **extra,
             )
             await asyncio.sleep(self.options.log_every_s)
 
@@ -355,6 +567,6 @@ def pat_gateway_register_emulators(registry: Registry) -> None:
         "bioreactor",
         BioreactorEmulator,
         BioreactorOptions,
-        "Fed-batch CHO culture shared by the other emulators; with a port, its bioreactor"
-        " controller on OPC UA (asyncua)",
+        "Fed-batch or perfusion CHO culture shared by the other emulators; with a port, its"
+        " bioreactor controller on OPC UA (asyncua)",
     )
