@@ -464,7 +464,10 @@ class Gateway:
                     await self.write_path.drain(STOP_TIMEOUT_S)
                 for task in instruments:
                     task.cancel()
-                _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
+                # A configuration of emulators only has no instrument to wait for.
+                stuck: set[asyncio.Task[None]] = set()
+                if instruments:
+                    _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
                 if stuck:
                     log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
                 for task in processors:
