@@ -138,6 +138,10 @@ def demo_copy(tmp_path: Path, name: str = "demo.yaml") -> tuple[Path, int]:
     text = (REPO / "configs" / name).read_text().replace("15020", str(port))
     text = text.replace("14840", str(free_port())).replace("port: 4840", f"port: {free_port()}")
     text = text.replace("port: 9180", f"port: {free_port()}")
+    # The continuous demo's own ports (its controller, biomass probe, capture skid, HTTP).
+    for fixed in ("14841", "15023", "14851", "port: 9181"):
+        number = str(free_port())
+        text = text.replace(fixed, f"port: {number}" if fixed.startswith("port") else number)
     folder = tmp_path / "configs"
     folder.mkdir(exist_ok=True)
     if not (folder / "models").exists():

@@ -1,0 +1,232 @@
+"""The continuous line through the real gateway for weeks of process time: steady-state control
+and residence-time traceability against the emulators' truth.
+
+``configs/demo-continuous.yaml`` split in two processes, as a plant has them: one ``patgw run``
+serves the emulated line (the perfusion bioreactor, the capacitance and Raman probes, the
+capture skid), a second ``patgw run`` is the gateway (drivers, soft sensor, the VCD and glucose
+loops, the ``rtd_trace`` processor, the store), so its CPU time and peak memory are its own
+(``os.wait4``). Time-scaled (``--time-scale``, 3600 = a process hour per wall second), free
+ports, no sinks. The culture starts at ``--start-vcd`` (5e6 cells/mL); the medium's lot changes
+on day 8; the culture is 2 °C warm for one process hour on day ``--deviation-day`` (20).
+
+Figures (JSON on standard output):
+
+- ``vcd``: the fraction of the time after start-up (from the first time the VCD is within
+  ±10 % of the setpoint) that it stays within, for the true VCD (the controller's
+  ``Emulation.ViableCellDensity``, read for validation only) and for the probe's reading that
+  the loop holds; target ≥ 0.9.
+- ``traceability``: from the capture skid's truth file (which harvest each fraction really
+  holds) and the trace processor's genealogy (what the gateway recommends): the share of the
+  deviation's material in fractions recommended for divert (target ≥ 0.99); unaffected material
+  wrongly diverted, i.e. the mass of diverted fractions that truly hold at most ``divert_share``
+  of it, in fractions (target ≤ 0.05); and, for the record, all unaffected material in diverted
+  fractions (whole fractions are diverted: an eluate pool cannot be split).
+- ``gateway``: CPU seconds, CPU share of one core, and peak RSS of the gateway process; the
+  emulators' process alike, for comparison.
+
+    .venv/bin/python benchmarks/continuous.py [--days 30] [--time-scale 3600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.store import SampleStore
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo-continuous.yaml"
+VCD_SETPOINT = 50.0
+BAND = 0.10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _configs(
+    folder: Path, time_scale: float, start_vcd: float, lot_day: float, deviation_day: float
+) -> tuple[Path, Path, dict[str, Any]]:
+    """The demo split into an emulator config and a gateway config in ``folder/configs``."""
+    text = DEMO.read_text()
+    for fixed in ("14841", "15023", "14851"):
+        text = text.replace(fixed, str(_free_port()))
+    text = text.replace("port: 9181", f"port: {_free_port()}")
+    text = re.sub(r"time_scale: 600\b", f"time_scale: {time_scale:g}", text)
+    config = yaml.safe_load(text)
+    wall_s_per_h = 3600.0 / time_scale
+    for emulator in config["emulators"]:
+        if emulator["type"] == "bioreactor":
+            emulator["options"]["vcd_e6_per_mL"] = start_vcd
+            emulator["options"]["faults"] = [
+                {"fault": "media_lot_change", "after_s": lot_day * 24 * wall_s_per_h},
+                {
+                    "fault": "temperature_excursion",
+                    "after_s": deviation_day * 24 * wall_s_per_h,
+                    "for_s": wall_s_per_h,
+                    "delta_C": 2.0,
+                },
+            ]
+    configs = folder / "configs"
+    configs.mkdir(parents=True)
+    (configs / "models").symlink_to(REPO / "configs" / "models")
+    emulators = {
+        "version": 1,
+        "site": config["site"],
+        "area": "emulators",
+        "data_dir": "../data/emulators",
+        "store": {"path": "../data/emulators/emulators.sqlite"},
+        "emulators": config["emulators"],
+        "instruments": [],
+    }
+    gateway = {k: v for k, v in config.items() if k != "emulators"}
+    gateway.pop("sinks", None)
+    emulator_path = configs / "emulators.yaml"
+    gateway_path = configs / "gateway.yaml"
+    emulator_path.write_text(yaml.safe_dump(emulators, sort_keys=False))
+    gateway_path.write_text(yaml.safe_dump(gateway, sort_keys=False))
+    return emulator_path, gateway_path, config
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage
+        time.sleep(0.5)
+    proc.kill()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+def _usage(usage: Any, wall_s: float) -> dict[str, Any]:
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "cpu_s": round(cpu, 1),
+        "cpu_share_of_one_core": round(cpu / wall_s, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def _run(emulator_cfg: Path, gateway_cfg: Path, run_s: float, logs: Path) -> dict[str, Any]:
+    patgw = [sys.executable, "-m", "gateway", "run"]
+    with (logs / "emulators.log").open("wb") as elog, (logs / "gateway.log").open("wb") as glog:
+        emulators = subprocess.Popen(
+            [*patgw, str(emulator_cfg), "--for", f"{run_s + 30:.0f}"], stdout=elog, stderr=elog
+        )
+        time.sleep(3.0)  # the emulators listen before the gateway's first connection
+        started = time.monotonic()
+        gateway = subprocess.Popen(
+            [*patgw, str(gateway_cfg), "--for", f"{run_s:.0f}"], stdout=glog, stderr=glog
+        )
+        rc, usage = _wait(gateway, run_s + 120)
+        wall = time.monotonic() - started
+        emulators.terminate()
+        erc, eusage = _wait(emulators, 60)
+    return {
+        "gateway_exit": rc,
+        "emulators_exit": erc,
+        "wall_s": round(wall, 1),
+        "gateway": _usage(usage, wall),
+        "emulators": _usage(eusage, wall),
+    }
+
+
+def _series(store_path: Path, signals: set[str]) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {s: [] for s in signals}
+    store = SampleStore(store_path, read_only=True)
+    try:
+        for s in store.samples():
+            if s.signal in signals and s.quality.name == "GOOD" and s.value is not None:
+                out[s.signal].append((s.source_ts, float(s.value)))
+    finally:
+        store.close()
+    return out
+
+
+def _in_band(series: list[tuple[int, float]], time_scale: float) -> dict[str, Any]:
+    """Time-weighted share within ±BAND of the setpoint after the first entry into the band."""
+    h_per_ns = time_scale / 3.6e12
+    if len(series) < 2:
+        return {"samples": len(series)}
+    t0 = series[0][0]
+    inside = [abs(v - VCD_SETPOINT) <= BAND * VCD_SETPOINT for _, v in series]
+    start = next((i for i, ok in enumerate(inside) if ok), None)
+    if start is None:
+        return {"start_up_h": None, "fraction_in_band_after_start_up": 0.0}
+    span = series[-1][0] - series[start][0]
+    good = sum(
+        b - a
+        for ((a, _), (b, _)), ok in zip(
+            itertools.pairwise(series[start:]), inside[start:], strict=False
+        )
+        if ok
+    )
+    values = [v for _, v in series[start:]]
+    return {
+        "start_up_h": round((series[start][0] - t0) * h_per_ns, 1),
+        "fraction_in_band_after_start_up": round(good / span, 4) if span else None,
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--time-scale", type=float, default=3600.0)
+    parser.add_argument("--start-vcd", type=float, default=5.0)
+    parser.add_argument("--lot-day", type=float, default=8.0)
+    parser.add_argument("--deviation-day", type=float, default=20.0)
+    parser.add_argument("--work", type=Path, default=None, help="keep the run's files here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="patgw-continuous-") as tmp:
+        folder = args.work or Path(tmp)
+        emulator_cfg, gateway_cfg, config = _configs(
+            folder, args.time_scale, args.start_vcd, args.lot_day, args.deviation_day
+        )
+        run_s = args.days * 24 * 3600 / args.time_scale
+        figures: dict[str, Any] = {
+            "days": args.days,
+            "time_scale": args.time_scale,
+            "command": " ".join(sys.argv),
+        }
+        figures["run"] = _run(emulator_cfg, gateway_cfg, run_s, folder)
+        area = config["area"]
+        store = folder / "data" / "continuous" / "demo.sqlite"
+        series = _series(
+            store,
+            {f"{area}/controller/vcd_true", f"{area}/biomass_probe/viable_cell_density"},
+        )
+        figures["vcd"] = {
+            "setpoint": VCD_SETPOINT,
+            "true": _in_band(series[f"{area}/controller/vcd_true"], args.time_scale),
+            "probe": _in_band(series[f"{area}/biomass_probe/viable_cell_density"], args.time_scale),
+        }
+        figures["traceability"] = _traceability(folder, config, args)
+    print(json.dumps(figures))
+
+
+def _traceability(folder: Path, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    main()
