@@ -1,0 +1,274 @@
+"""Residence-time traceability: the line's models (tanks in series in volume coordinates, the
+bioreactor as a CSTR over media lots, the columns' loading with breakthrough) and the
+``rtd_trace`` processor fed a scripted perfusion line (no emulator)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import traceline
+from traceline import CYCLE_H, EXCURSION_H, PADDING_H, SIGNALS, SURGE, expected_share, values_at
+
+from gateway import PluginContext, Quality, Sample, Signal
+from plugins.traceability.line import Capture, HarvestBin, Reactor, Tanks, add_into
+from plugins.traceability.options import TraceOptions
+from plugins.traceability.processor import TraceProcessor
+from plugins.traceability.rtd import RtdModel, save_rtd_model
+
+HOUR_NS = 3_600_000_000_000
+
+
+def test_tanks_in_series_conserve_what_enters_whatever_the_flows() -> None:
+    rng = random.Random(7)
+    tanks = Tanks(4, 200.0, 30.0)
+    inside0 = sum(tanks.content().values())
+    fed = left = 0.0
+    for step in range(3000):
+        inlet = {step: rng.uniform(0, 20)} if rng.random() < 0.9 else {}
+        fed += sum(inlet.values())
+        out = tanks.step(inlet, rng.uniform(0, 25))
+        left += sum(out.values())
+    inside = sum(tanks.content().values())
+    assert fed > 10_000 and left > 10_000
+    balance = inside0 + fed - (inside + left + tanks.pruned)
+    assert abs(balance) < 1e-6 * (inside0 + fed), balance
+
+
+@pytest.mark.parametrize("varying", [False, True])
+def test_a_pulse_leaves_with_the_mean_residence_volume_of_the_model(varying: bool) -> None:
+    """Material moves by the volume that flowed: with a flow that changes (and stops), the
+    mean volume flowed between a pulse's entry and its exit is the model's V + V_dead."""
+    model = RtdModel("m", "1", "surge_tank", n_tanks=3, volume_mL=300.0, dead_volume_mL=50.0)
+    tanks = Tanks(model.n_tanks, model.volume_mL, model.dead_volume_mL)
+    rng = random.Random(3)
+    flowed = 0.0
+    weighted = mass = 0.0
+    for step in range(4000):
+        flow = 10.0 if not varying else rng.choice([0.0, 2.0, 10.0, 25.0])
+        inlet = {1: 5.0} if step == 0 else {}
+        inlet[0] = flow  # carrier, so that the plug moves with the flow
+        out = tanks.step(inlet, flow)
+        flowed += flow
+        pulse = out.get(1, 0.0)
+        weighted += pulse * (flowed - flow / 2)
+        mass += pulse
+    assert mass == pytest.approx(5.0, rel=1e-4)
+    assert weighted / mass == pytest.approx(model.mean_residence_mL, rel=0.02)
+
+
+def test_the_bioreactor_mixes_a_new_media_lot_in_as_a_cstr() -> None:
+    reactor = Reactor(entry_h=0.5)
+    volume, inflow = 2000.0, 50.0  # mL, mL per 0.1 h step
+    b = HarvestBin(0, 0, 0)
+    for k in range(400):
+        lot = "1" if k < 100 else "2"
+        reactor.step(k * 0.1, (k + 1) * 0.1, inflow, volume, lot, frozenset())
+        reactor.composition(b)
+        if k >= 100:
+            exchanged = inflow * (k - 99)
+            assert b.lots["2"] == pytest.approx(1 - math.exp(-exchanged / volume), rel=1e-9)
+    # What was in the reactor before tracing is "unknown", and washes out the same way.
+    assert b.lots["unknown"] == pytest.approx(math.exp(-400 * inflow / volume), rel=1e-6)
+    assert sum(b.lots.values()) == pytest.approx(1.0)
+    # A deviation at the media inlet marks what entered during it, with its padding.
+    reactor.flag_since("media_glucose", 39.0)  # the last hour (two entries of 0.5 h)
+    reactor.composition(b)
+    assert b.media["media_glucose"] == pytest.approx(1 - math.exp(-10 * inflow / volume), rel=1e-6)
+
+
+def test_columns_take_the_feed_by_state_and_the_secondary_the_breakthrough() -> None:
+    capture = Capture(3)
+    capture.load({5: 100.0}, [1, 2, 0], [0.2, 0.0, 0.0])
+    assert capture.columns[0] == {5: pytest.approx(80.0)}
+    assert capture.columns[1] == {5: pytest.approx(20.0)}
+    # No secondary interconnected: the breakthrough goes to the flow-through, lost.
+    capture.load({6: 100.0}, [0, 1, 3], [0.0, 0.3, 0.0])
+    assert capture.columns[1] == {5: pytest.approx(20.0), 6: pytest.approx(70.0)}
+    assert capture.lost == pytest.approx(30.0)
+    # No column loading: nothing is captured.
+    capture.load({7: 10.0}, [3, 4, 5], [0.0] * 3)
+    assert capture.not_loaded == pytest.approx(10.0)
+    assert capture.take(1) == {5: pytest.approx(20.0), 6: pytest.approx(70.0)}
+    assert capture.columns[1] == {}
+
+
+def test_add_into_scales() -> None:
+    target = {1: 1.0}
+    add_into(target, {1: 2.0, 2: 4.0}, 0.5)
+    assert target == {1: 2.0, 2: 2.0}
+
+
+# --- the processor on a scripted line -----------------------------------------------------------
+
+
+class _Out:
+    def __init__(self, sink: list[tuple[str, Any, int, Quality, str | None]], name: str) -> None:
+        self.sink, self.name = sink, name
+
+    def publish(
+        self, value: Any, source_ts: int | None = None, quality: Quality = Quality.GOOD,
+        reason: str | None = None,
+    ) -> None:  # fmt: skip
+        self.sink.append((self.name, value, source_ts or 0, quality, reason))
+
+
+class _IO:
+    """The runtime's side as a processor sees it: outputs, process time, audit notes."""
+
+    processor_id = "trace"
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any, int, Quality, str | None]] = []
+        self.notes: list[dict[str, Any]] = []
+
+    def output(self, channel: str) -> _Out:
+        return _Out(self.published, channel)
+
+    def process_time_h(self, ts_ns: int) -> float:
+        return ts_ns / HOUR_NS
+
+    def note(self, action: str, **fields: Any) -> None:
+        self.notes.append({"action": action, **fields})
+
+    def values(self, channel: str) -> list[Any]:
+        return [v for name, v, *_ in self.published if name == channel]
+
+
+def surge_model(folder: Path, unit: str = "surge_tank") -> Path:
+    path = folder / "surge-rtd.json"
+    save_rtd_model(RtdModel("surge", "1", unit, **SURGE), path)  # type: ignore[arg-type]
+    return path
+
+
+def bound(tmp_path: Path, **extra: Any) -> TraceProcessor:
+    options = TraceOptions.model_validate(traceline.options(str(surge_model(tmp_path)), **extra))
+    processor = TraceProcessor(options, PluginContext("trace", tmp_path / "data"))
+    processor.bind({name: Signal(f"a/{name}", SIGNALS[name.split("/")[1]])
+                    for name in processor.inputs()})  # fmt: skip
+    return processor
+
+
+def run_line(
+    processor: TraceProcessor, io: _IO, hours: float, every_h: float = 0.01, start_h: float = 0.0
+) -> None:
+    for k in range(round((hours - start_h) / every_h)):
+        t = start_h + k * every_h
+        ts = round(t * HOUR_NS)
+        for name, value in values_at(t).items():
+            sample = Sample(f"a/line/{name}", value, SIGNALS[name], ts, ts, Quality.GOOD, 0)
+            processor.process(sample, io)  # type: ignore[arg-type]
+
+
+def fractions(tmp_path: Path) -> dict[int, dict[str, Any]]:
+    path = tmp_path / "data" / "traceability" / "trace.genealogy.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return {f["fraction"]: f for f in lines if f["type"] == "fraction"}
+
+
+def test_each_fraction_holds_the_harvest_the_rtd_says_and_the_excursion_share(
+    tmp_path: Path,
+) -> None:
+    processor = bound(tmp_path, pools=[{"name": "batch-1", "fractions": [9, 12]}])
+    io = _IO()
+    run_line(processor, io, 30.0)
+    found = fractions(tmp_path)
+    assert sorted(found) == list(range(1, 15))
+    assert io.values("fraction") == list(range(1, 15))
+    # Columns seen loading when tracing started hold material nobody traced: not vouched for.
+    assert not found[1]["complete"] and not found[2]["complete"]
+    assert found[1]["recommendation"]["divert"] and found[2]["recommendation"]["divert"]
+    checked = 0
+    for number in range(4, 15):
+        f = found[number]
+        assert f["complete"] and f["column"] == (number - 1) % 3 + 1
+        loads = [
+            ((number - 2) * CYCLE_H, (number - 1) * CYCLE_H, traceline.BREAKTHROUGH),
+            ((number - 1) * CYCLE_H, number * CYCLE_H, 1 - traceline.BREAKTHROUGH),
+        ]
+        window = (EXCURSION_H[0] - PADDING_H, EXCURSION_H[1] + PADDING_H)
+        expected = expected_share(loads, window)
+        affected = f["deviations"]["temperature"] + f["unknown_share"]
+        assert affected == pytest.approx(expected, abs=0.02), (number, f)
+        assert f["affected_share"] == pytest.approx(affected, abs=1e-9)
+        assert f["recommendation"]["divert"] is (f["affected_share"] > 0.01)
+        # The summary of the signal over its harvest window: vcd is the harvest hour itself.
+        low, high = f["harvest_window_h"]
+        vcd = f["signals"]["vcd"]
+        assert low - 0.01 <= vcd["min"] <= vcd["mean"] <= vcd["max"] <= high
+        checked += expected > 0.05
+    assert checked >= 2  # the excursion reached some fractions
+    clean = [n for n in range(4, 15) if found[n]["affected_share"] < 1e-3]
+    assert len(clean) >= 5 and all(not found[n]["recommendation"]["divert"] for n in clean)
+    # The media lot changed at 10 h: fractions before it are lot 1 (and what predates
+    # tracing), after it ever more lot 2.
+    lot2 = [found[n]["lots"].get("2", 0.0) for n in range(4, 15)]
+    assert lot2[0] == 0 and lot2 == sorted(lot2) and lot2[-1] > 0.3
+    # Recommendations are in the audit trail; the pool is summarized once fraction 12 is in.
+    noted = [
+        n["details"]["fraction"] for n in io.notes if n["action"] == "trace.divert_recommended"
+    ]
+    assert noted == [n for n in range(1, 15) if found[n]["recommendation"]["divert"]]
+    path = tmp_path / "data" / "traceability" / "trace.genealogy.jsonl"
+    (pool,) = [json.loads(x) for x in path.read_text().splitlines() if '"pool"' in x]
+    assert pool["present"] == [9, 10, 11, 12] and pool["missing"] == []
+    weights = [found[n]["loaded"] for n in range(9, 13)]
+    mixed = sum(w * found[n]["affected_share"] for w, n in zip(weights, range(9, 13), strict=True))
+    assert pool["affected_share"] == pytest.approx(mixed / sum(weights))
+    assert io.values("pool_affected_share") == [pool["affected_share"]]
+
+
+def test_memory_stays_bounded_over_a_long_run(tmp_path: Path) -> None:
+    processor = bound(tmp_path)
+    io = _IO()
+    run_line(processor, io, 200.0, every_h=0.05)
+    # Only bins still in the line (the tank's traces down to 1e-9 of its content) or in a
+    # column are kept: a day's worth at most, not 200 h of them.
+    oldest = min(b.start_h for b in processor._bins.values())
+    assert oldest > 200 - 24 and len(processor._bins) < 24 / 0.05
+    # The reactor's media entries: older ones merge into a tail by (lot, deviations).
+    assert len(processor._reactor.entries) < 24 * 14 / 0.5 and len(processor._reactor.tail) <= 3
+    assert processor.counts["fractions"] == 99
+
+
+def test_a_restarted_processor_continues_after_the_last_fraction_it_wrote(tmp_path: Path) -> None:
+    processor = bound(tmp_path)
+    run_line(processor, _IO(), 9.0)
+    assert sorted(fractions(tmp_path)) == [1, 2, 3, 4]
+    # The gateway restarts while the skid elutes fraction 4: 5 and 6 come next, once each.
+    again = bound(tmp_path)
+    io = _IO()
+    run_line(again, io, 13.0, start_h=8.5)
+    assert sorted(fractions(tmp_path)) == [1, 2, 3, 4, 5, 6] and io.values("fraction") == [5, 6]
+    # A numbering that starts afresh (a new campaign) is a new baseline, not fraction 0.
+    run_line(again, io, 5.0)
+    assert io.values("fraction") == [5, 6, 1, 2]
+
+
+def test_a_model_fitted_on_another_unit_is_refused(tmp_path: Path) -> None:
+    options = TraceOptions.model_validate(
+        traceline.options(str(surge_model(tmp_path, unit="hold_loop")))
+    )
+    with pytest.raises(ValueError, match="fitted on unit 'hold_loop', not 'surge_tank'"):
+        TraceProcessor(options, PluginContext("trace", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("pools", "message"),
+    [
+        ([[1, 4], [4, 6]], "overlap"),
+        ([[5, 8], [1, 6]], "overlap"),
+        ([[3, 2]], "no range"),
+    ],
+)
+def test_pools_that_overlap_are_refused(
+    tmp_path: Path, pools: list[list[int]], message: str
+) -> None:
+    doc = traceline.options("m.json", pools=[{"name": f"p{k}", "fractions": f}
+                                             for k, f in enumerate(pools)])  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        TraceOptions.model_validate(doc)
