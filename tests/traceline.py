@@ -3,16 +3,24 @@ capture skid would publish at process hour ``t`` (no emulator: the values follow
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import gammainc
+
+from gateway import Channel, InstrumentIO, PluginContext, Registry, hookimpl
 
 REACTOR_ML = 2000.0
 PERFUSION_ML_H = 2000.0 / 24  # 1 vessel volume a day
 CYCLE_H = 2.0  # each column is primary for one cycle, then eluted
-BREAKTHROUGH = 0.1
+BREAKTHROUGH = 0.2  # the primary's, at the end of its load (from 0 at its start)
+PASSING = 0.1  # of that, what the secondary lets through (lost)
 FEED_UV = 500.0
+NONBINDING = 0.3  # share of the feed's UV280 that never binds (media, HCP)
 LOT_CHANGE_H = 10.0
 SURGE = {"n_tanks": 2, "volume_mL": 100.0, "dead_volume_mL": 20.0}
 EXCURSION_H = (20.0, 21.0)
@@ -26,13 +34,13 @@ SIGNALS: dict[str, str] = {
     "temperature": "Cel",
     "vcd": "10*6/mL",
     "feed_flow": "mL/min",
-    "feed_uv": "mAU",
+    "feed_uv": "{mAU}",
     "col1_state": "1",
     "col2_state": "1",
     "col3_state": "1",
-    "col1_uv": "mAU",
-    "col2_uv": "mAU",
-    "col3_uv": "mAU",
+    "col1_uv": "{mAU}",
+    "col2_uv": "{mAU}",
+    "col3_uv": "{mAU}",
     "fraction": "1",
     "fraction_column": "1",
 }
@@ -56,11 +64,23 @@ def values_at(t: float) -> dict[str, float]:
         "fraction": float(cycle),  # one elution starts per cycle after the first
         "fraction_column": float(eluting + 1) if eluting is not None else 0.0,
     }
+    through = breakthrough(t)
+    product = FEED_UV * (1 - NONBINDING)
     for k in range(3):
         state = 1 if k == primary else 2 if k == secondary else 4 if k == eluting else 0
         out[f"col{k + 1}_state"] = float(state)
-        out[f"col{k + 1}_uv"] = FEED_UV * BREAKTHROUGH if k == primary else 0.0
+        uv = 0.0
+        if k == primary:
+            uv = FEED_UV * NONBINDING + product * through
+        elif k == secondary:
+            uv = FEED_UV * NONBINDING + product * through * PASSING
+        out[f"col{k + 1}_uv"] = uv
     return out
+
+
+def breakthrough(t: float) -> float:
+    """The primary's breakthrough share at process hour ``t``: grows through its load."""
+    return BREAKTHROUGH * (t % CYCLE_H) / CYCLE_H
 
 
 def options(model: str, **extra: Any) -> dict[str, Any]:
@@ -106,18 +126,56 @@ def surge_cdf(age_h: float) -> float:
     return float(gammainc(n, volume * n / SURGE["volume_mL"]))
 
 
-def expected_share(
-    column_loads: list[tuple[float, float, float]], window: tuple[float, float]
-) -> float:
-    """Share of a column's protein that left the reactor within ``window`` (process h), from
-    the surge tank's analytic RTD: ``column_loads`` is [(start_h, end_h, share of the feed)]."""
+def expected_share(number: int, window: tuple[float, float]) -> float:
+    """Share of fraction ``number``'s protein that left the reactor within ``window``
+    (process h), from the script and the surge tank's analytic RTD: its column was secondary
+    in cycle ``number - 2`` (caught the breakthrough, less what passed it) and primary in
+    cycle ``number - 1``."""
     steps = 400
     taken = hit = 0.0
-    for start, end, part in column_loads:
+    for cycle, primary in ((number - 2, False), (number - 1, True)):
+        start = cycle * CYCLE_H
         for i in range(steps):
-            tau = start + (i + 0.5) * (end - start) / steps
+            tau = start + (i + 0.5) * CYCLE_H / steps
+            b = breakthrough(tau)
+            part = 1 - b if primary else b * (1 - PASSING)
             # Material at the column at tau left the reactor between tau - a and tau - b.
             inside = surge_cdf(tau - window[0]) - surge_cdf(tau - window[1])
             hit += part * inside
             taken += part
     return hit / taken if taken else math.nan
+
+
+# --- the scripted line as an instrument (for a gateway run and for `patgw` subprocesses) --------
+
+
+class ScriptOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_scale: float = Field(default=36000.0, gt=0, description="Process s per wall s.")
+    every_s: float = Field(default=0.01, gt=0, description="Publishing period, wall s.")
+
+
+class ScriptedLine:
+    """Publishes :func:`values_at` of its own process time (from its start, scaled)."""
+
+    def __init__(self, options: ScriptOptions, context: PluginContext) -> None:
+        self.options = options
+
+    def channels(self) -> Sequence[Channel]:
+        return [Channel(name, unit) for name, unit in SIGNALS.items()]
+
+    async def run(self, io: InstrumentIO) -> None:
+        io.connected()
+        start = time.monotonic()
+        outputs = {name: io.output(name) for name in SIGNALS}
+        while True:
+            t = (time.monotonic() - start) * self.options.time_scale / 3600
+            for name, value in values_at(t).items():
+                outputs[name].publish(value)
+            await asyncio.sleep(self.options.every_s)
+
+
+@hookimpl
+def pat_gateway_register_drivers(registry: Registry) -> None:
+    registry.add_driver("scripted_line", ScriptedLine, ScriptOptions)

@@ -284,9 +284,12 @@ class Capture:
         self.lost = 0.0
         self.not_loaded = 0.0
 
-    def load(self, parcel: Amounts, states: list[int], breakthrough: list[float]) -> None:
+    def load(
+        self, parcel: Amounts, states: list[int], breakthrough: list[float], passing: float = 0.0
+    ) -> None:
         """``parcel`` reached the columns; ``breakthrough[k]`` is the share column k lets
-        through while primary (its outlet UV over the feed UV)."""
+        through while primary; ``passing`` the share of that the secondary lets through in
+        turn (lost)."""
         primary = secondary = -1
         for k, state in enumerate(states):
             if state == LOAD_PRIMARY and primary < 0:
@@ -300,7 +303,9 @@ class Capture:
         add_into(self.columns[primary], parcel, 1.0 - through)
         if through > 0:
             if secondary >= 0:
-                add_into(self.columns[secondary], parcel, through)
+                passed = min(1.0, max(0.0, passing))
+                add_into(self.columns[secondary], parcel, through * (1.0 - passed))
+                self.lost += sum(parcel.values()) * through * passed
             else:
                 self.lost += sum(parcel.values()) * through
 

@@ -97,6 +97,14 @@ class CaptureOptions(_Closed):
     uv_floor: float = Field(
         default=1.0, ge=0, description="Feed UV280 below this: no breakthrough is computed."
     )
+    nonbinding_uv_share: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Share of the feed's UV280 that does not bind (media, host-cell protein)"
+        " and so always reaches a column's outlet. None: each column's lowest outlet/feed"
+        " ratio since it started loading (a fresh column lets only that through).",
+    )
 
 
 class DeviationOptions(_Closed):

@@ -179,6 +179,8 @@ class TraceProcessor:
         # A column first seen loading (or later) holds material from before tracing started.
         self._column_partial = [False] * len(o.capture.columns)
         self._column_seen = [False] * len(o.capture.columns)
+        self._states = [0] * len(o.capture.columns)
+        self._floor = [math.inf] * len(o.capture.columns)
         self._bins: dict[int, HarvestBin] = {}
         self._open: HarvestBin | None = None
         self._index = 0
@@ -410,6 +412,7 @@ class TraceProcessor:
 
     def _load_columns(self, parcel: Amounts) -> None:
         latest = self._latest
+        capture = self.options.capture
         states: list[int] = []
         for k, slot in enumerate(self._v_states):
             s = latest[slot]
@@ -417,23 +420,44 @@ class TraceProcessor:
             if not self._column_seen[k] and math.isfinite(s):
                 self._column_seen[k] = True
                 self._column_partial[k] = state in (1, 2, 3, _ELUTE)
+            if state in (1, 2) and self._states[k] not in (1, 2):
+                self._floor[k] = math.inf  # a fresh load: its non-binding floor anew
             states.append(state)
-        if not parcel:
-            return
-        weight = 1.0
-        feed_uv = math.nan
-        if self._v_feed_uv is not None:
-            feed_uv = latest[self._v_feed_uv]
-            weight = max(0.0, feed_uv) if math.isfinite(feed_uv) else 1.0
-        through = [0.0] * len(states)
-        floor = self.options.capture.uv_floor
-        if math.isfinite(feed_uv) and feed_uv > floor:
+        self._states = states
+        # What reaches each outlet, as a share of the feed's UV280: the non-binding part
+        # always, then the product a loaded column no longer holds.
+        feed_uv = latest[self._v_feed_uv] if self._v_feed_uv is not None else math.nan
+        ratio = [math.nan] * len(states)
+        if math.isfinite(feed_uv) and feed_uv > capture.uv_floor:
             for k, uv_slot in enumerate(self._v_col_uv):
                 if uv_slot is not None and math.isfinite(latest[uv_slot]):
-                    through[k] = latest[uv_slot] / feed_uv
-        if weight != 1.0:
+                    ratio[k] = max(0.0, latest[uv_slot] / feed_uv)
+                    if states[k] in (1, 2):
+                        self._floor[k] = min(self._floor[k], ratio[k])
+        if not parcel:
+            return
+        primary = next((k for k, s in enumerate(states) if s == 1), -1)
+        secondary = next((k for k, s in enumerate(states) if s == 2), -1)
+        floor = 0.0
+        if primary >= 0:
+            fixed = capture.nonbinding_uv_share
+            floor = fixed if fixed is not None else self._floor[primary]
+            floor = floor if math.isfinite(floor) and floor < 1 else 0.0
+        through = [0.0] * len(states)
+        passing = 0.0
+        if primary >= 0 and math.isfinite(ratio[primary]):
+            through[primary] = max(0.0, ratio[primary] - floor) / (1.0 - floor)
+            if secondary >= 0 and math.isfinite(ratio[secondary]) and through[primary] > 0:
+                fixed = capture.nonbinding_uv_share
+                sfloor = fixed if fixed is not None else self._floor[secondary]
+                sfloor = sfloor if math.isfinite(sfloor) and sfloor < 1 else 0.0
+                lost = max(0.0, ratio[secondary] - sfloor) / (1.0 - sfloor)
+                passing = min(1.0, lost / through[primary])
+        if math.isfinite(feed_uv):
+            # The protein that binds, not the volume: its UV280 above the non-binding part.
+            weight = max(0.0, feed_uv) * (1.0 - floor)
             parcel = {label: amount * weight for label, amount in parcel.items()}
-        self._capture.load(parcel, states, through)
+        self._capture.load(parcel, states, through, passing)
 
     def _deviation(self, d: _Deviation, x: float, t: float) -> None:
         o = d.options
