@@ -272,3 +272,107 @@ def test_pools_that_overlap_are_refused(
                                              for k, f in enumerate(pools)])  # fmt: skip
     with pytest.raises(ValueError, match=message):
         TraceOptions.model_validate(doc)
+
+
+def test_late_samples_are_used_and_a_new_batch_restarts_the_line(tmp_path: Path) -> None:
+    processor = bound(tmp_path)
+    io = _IO()
+    run_line(processor, io, 9.0)
+    steps = processor.counts["steps"]
+    # Another instrument's sample, 0.3 process h late (its slower path): used, no restart.
+    late = round(8.7 * HOUR_NS)
+    now = round(9.0 * HOUR_NS)
+    processor.process(Sample("a/line/vcd", 1.0, "", late, now, Quality.GOOD, 0), io)  # type: ignore[arg-type]
+    assert processor.counts["time_went_back"] == 0 and processor._bins
+    # Stamped far ahead of its arrival (a clock stepped forward): not used at all.
+    ahead = now + 10 * HOUR_NS
+    processor.process(Sample("a/line/vcd", 1.0, "", ahead, now, Quality.GOOD, 0), io)  # type: ignore[arg-type]
+    assert processor.counts["future_stamped"] == 1 and processor.counts["steps"] == steps
+    # The batch age restarts (a new batch): the line's state is unknown again.
+    early = round(1.0 * HOUR_NS)
+    processor.process(Sample("a/line/vcd", 1.0, "", early, early, Quality.GOOD, 0), io)  # type: ignore[arg-type]
+    assert processor.counts["time_went_back"] == 1 and not processor._bins
+
+
+def test_a_genealogy_the_disk_refuses_is_kept_and_written_in_order_later(tmp_path: Path) -> None:
+    processor = bound(tmp_path)
+    io = _IO()
+    run_line(processor, io, 7.0)
+    path = tmp_path / "data" / "traceability" / "trace.genealogy.jsonl"
+    text = path.read_text()
+    path.unlink()
+    path.mkdir()  # every append now fails (as on a full or read-only disk)
+    run_line(processor, io, 13.0, start_h=7.0)
+    assert processor.counts["genealogy_write_failures"] >= 3
+    assert processor.status()["genealogy_lines_waiting"] == 3  # fractions 4, 5, 6
+    path.rmdir()
+    path.write_text(text)
+    run_line(processor, io, 15.0, start_h=13.0)
+    assert sorted(fractions(tmp_path)) == list(range(1, 8))
+    numbers = [json.loads(x)["fraction"] for x in path.read_text().splitlines()]
+    assert numbers == sorted(numbers)
+
+
+def test_a_torn_last_line_is_skipped_and_the_run_continues_after_the_good_ones(
+    tmp_path: Path,
+) -> None:
+    processor = bound(tmp_path)
+    run_line(processor, _IO(), 7.0)
+    path = tmp_path / "data" / "traceability" / "trace.genealogy.jsonl"
+    with path.open("a") as out:
+        out.write('{"type": "fraction", "fraction": 4, "col')  # killed mid-write
+    again = bound(tmp_path)
+    assert again._last_fraction == 3
+    io = _IO()
+    run_line(again, io, 11.0, start_h=6.5)
+    assert io.values("fraction") == [4, 5]
+
+
+def test_media_entering_during_a_deviation_is_traced_through_the_reactor(tmp_path: Path) -> None:
+    """A deviation at the media inlet marks the medium that entered during it: what the harvest
+    carries of it rises and washes out as a CSTR's content does (tau = V / perfusion)."""
+    SIGNALS["media_alarm"] = "1"
+    try:
+        extra = {
+            "name": "media_alarm",
+            "signal": "line/media_alarm",
+            "kind": "flag",
+            "at": "media",
+            "padding_h": 0.0,
+        }
+        doc = traceline.options(str(surge_model(tmp_path)))
+        doc["deviations"] = [*doc["deviations"], extra]
+        processor = TraceProcessor(
+            TraceOptions.model_validate(doc), PluginContext("trace", tmp_path / "data")
+        )
+        processor.bind(
+            {name: Signal(f"a/{name}", SIGNALS[name.split("/")[1]]) for name in processor.inputs()}
+        )
+        io = _IO()
+        every = 0.01
+        for k in range(round(30.0 / every)):
+            t = k * every
+            ts = round(t * HOUR_NS)
+            values = values_at(t)
+            values["media_alarm"] = 2.0 if 4.0 <= t < 6.0 else 0.0
+            for name, value in values.items():
+                sample = Sample(f"a/line/{name}", value, SIGNALS[name], ts, ts, Quality.GOOD, 0)
+                processor.process(sample, io)  # type: ignore[arg-type]
+    finally:
+        del SIGNALS["media_alarm"]
+    tau = traceline.REACTOR_ML / traceline.PERFUSION_ML_H
+
+    def flagged_at(h: float) -> float:  # share of the reactor's content that entered 4-6 h
+        if h <= 4.0:
+            return 0.0
+        if h <= 6.0:
+            return 1 - math.exp(-(h - 4.0) / tau)
+        return (1 - math.exp(-2.0 / tau)) * math.exp(-(h - 6.0) / tau)
+
+    found = fractions(tmp_path)
+    for number in range(4, 15):
+        f = found[number]
+        # From the fraction's own harvest windows, what the reactor's mixing says.
+        expected = sum(s * flagged_at((a + b) / 2) for a, b, s in f["bins"])
+        assert f["deviations"]["media_alarm"] == pytest.approx(expected, abs=0.003), number
+    assert max(found[n]["deviations"]["media_alarm"] for n in range(4, 15)) > 0.05

@@ -59,10 +59,18 @@ __all__ = ["TraceProcessor"]
 log = structlog.get_logger(__name__)
 
 #: Fractions remembered for decisions and pools (older ones are in the file).
-_RECENT_FRACTIONS = 2000
+_RECENT_FRACTIONS = 1000
 #: A gap in process time longer than this is not bridged step by step (the line's state is
 #: unknown across it): the model restarts its clock.
 _MAX_GAP_STEPS = 2000
+#: A sample this much older than the line's clock (process h) means a new batch (its age
+#: restarted); a little older is only late (another instrument's slower path) and is used.
+_BACK_TOLERANCE_H = 1.0
+#: A sample stamped further ahead of its arrival than this (an instrument's clock stepped
+#: forward) is not used: time-scaled, it would move the whole line by hours.
+_MAX_CLOCK_SKEW_NS = 2_000_000_000
+#: Genealogy lines kept in memory while the file cannot be written (disk full), retried.
+_MAX_UNWRITTEN = 10_000
 _COLLECT_EVERY_STEPS = 100
 _ELUTE = 4
 
@@ -162,7 +170,10 @@ class TraceProcessor:
             "time_went_back": 0,
             "fractions_skipped": 0,
             "bad_samples": 0,
+            "future_stamped": 0,
+            "genealogy_write_failures": 0,
         }
+        self._unwritten: list[dict[str, Any]] = []
         self._reset_line()
         self._recent: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._pools_done: set[str] = set()
@@ -261,6 +272,9 @@ class TraceProcessor:
         if slots is None:
             return
         self._io = io
+        if sample.source_ts - sample.gateway_ts > _MAX_CLOCK_SKEW_NS:
+            self.counts["future_stamped"] += 1
+            return
         t = io.process_time_h(sample.source_ts)
         self._advance(t, sample.source_ts, io)
         value = sample.value
@@ -320,6 +334,7 @@ class TraceProcessor:
             "lost_breakthrough": self._capture.lost,
             "not_loaded": self._capture.not_loaded,
             "counts": dict(self.counts),
+            "genealogy_lines_waiting": len(self._unwritten),
             "deviations": {
                 d.options.name: {"active": d.active, "episodes": d.episodes}
                 for d in self._deviations
@@ -333,7 +348,7 @@ class TraceProcessor:
         if current is None:
             self._start(t)
             return
-        if t < current.start_h - bin_h:
+        if t < current.start_h - max(_BACK_TOLERANCE_H, 20 * bin_h):
             self.counts["time_went_back"] += 1
             self._log.warning("trace.time_went_back", from_h=current.start_h, to_h=t)
             self._restart(t)
@@ -409,6 +424,8 @@ class TraceProcessor:
         self._open = HarvestBin(self._index, end, end + o.bin_h)
         if self.counts["steps"] % _COLLECT_EVERY_STEPS == 0:
             self._collect()
+            if self._unwritten:
+                self._flush()
 
     def _load_columns(self, parcel: Amounts) -> None:
         latest = self._latest
@@ -598,6 +615,7 @@ class TraceProcessor:
             "loaded": total,
             "harvest_window_h": [listed[0][0].start_h, listed[-1][0].end_h] if listed else None,
             "windows": [[round(a, 6), round(b, 6), s] for a, b, s in windows],
+            "bins": [[round(b.start_h, 6), round(b.end_h, 6), share] for b, share in listed],
             "other_share": other,
             "unknown_share": unknown,
             "lots": dict(sorted(lots.items(), key=lambda kv: -kv[1])),
@@ -634,7 +652,7 @@ class TraceProcessor:
         out("divert").publish(
             1 if divert else 0, ts, Quality.GOOD, record["recommendation"]["why"] or None
         )
-        self._writer.append(record)
+        self._append(record)
         self._remember(record)
         self.counts["fractions"] += 1
         if divert:
@@ -659,9 +677,33 @@ class TraceProcessor:
             )
         self._pools(number, ts, io)
 
+    def _append(self, record: dict[str, Any]) -> None:
+        """Write a genealogy line after any the file refused before; keep it if refused."""
+        self._unwritten.append(record)
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self._unwritten:
+                self._writer.append(self._unwritten[0])
+                self._unwritten.pop(0)
+        except OSError as exc:
+            self.counts["genealogy_write_failures"] += 1
+            if len(self._unwritten) > _MAX_UNWRITTEN:
+                dropped = self._unwritten.pop(0)
+                self._log.error("trace.genealogy_line_dropped", fraction=dropped.get("fraction"))
+            self._log.error(
+                "trace.genealogy_not_written",
+                path=str(self.path),
+                error=exc.strerror,
+                waiting=len(self._unwritten),
+            )
+
     def _remember(self, record: Mapping[str, Any]) -> None:
+        """Keep a fraction's summary for decisions, pools and the live API (its harvest bins
+        and windows are in the file only: memory stays small over a long campaign)."""
         number = int(record["fraction"])
-        entry = dict(record)
+        entry = {k: v for k, v in record.items() if k not in ("bins", "windows")}
         entry.setdefault("decision", None)
         self._recent[number] = entry
         self._recent.move_to_end(number)
@@ -702,7 +744,7 @@ class TraceProcessor:
                     int(m["fraction"]) for m in members if m["recommendation"]["divert"]
                 ],
             }
-            self._writer.append(record)
+            self._append(record)
             quality = Quality.GOOD if not missing else Quality.UNCERTAIN
             why = f"fractions missing: {missing}" if missing else None
             io.output("pool_affected_share").publish(affected, ts, quality, why)
@@ -722,6 +764,11 @@ class TraceProcessor:
         io = self._io
         if io is None:
             raise GatewayError("the traceability processor has not started yet")
+        if self._unwritten:
+            raise GatewayError(
+                f"the genealogy {self.path} cannot be written now ({len(self._unwritten)}"
+                " line(s) waiting): a decision would not be kept with its fraction"
+            )
         previous = fraction.get("decision")
         # A person's decision: on record (durably) before it takes effect; fail closed.
         record = await io.record(
