@@ -411,3 +411,41 @@ def test_media_entering_during_a_deviation_is_traced_through_the_reactor(tmp_pat
         expected = sum(s * flagged_at((a + b) / 2) for a, b, s in f["bins"])
         assert f["deviations"]["media_alarm"] == pytest.approx(expected, abs=0.003), number
     assert max(found[n]["deviations"]["media_alarm"] for n in range(4, 15)) > 0.05
+
+
+def test_a_tank_whose_level_a_signal_gives_stands_in_for_an_rtd_model(tmp_path: Path) -> None:
+    """The surge tank as one mixed tank of measured volume (``kind: cstr``): the fractions hold
+    what a CSTR of that volume passes on (the analytic RTD of one tank)."""
+    SIGNALS["tank_volume"] = "mL"
+    try:
+        doc = traceline.options("unused.json")
+        doc["line"] = [
+            {"name": "surge_tank", "kind": "cstr", "volume": "line/tank_volume",
+             "flow": "line/feed_flow"}
+        ]  # fmt: skip
+        processor = TraceProcessor(
+            TraceOptions.model_validate(doc), PluginContext("trace", tmp_path / "data")
+        )
+        processor.bind(
+            {name: Signal(f"a/{name}", SIGNALS[name.split("/")[1]]) for name in processor.inputs()}
+        )
+        io = _IO()
+        every = 0.01
+        for k in range(round(30.0 / every)):
+            t = k * every
+            ts = round(t * HOUR_NS)
+            values = values_at(t)
+            values["tank_volume"] = 120.0
+            for name, value in values.items():
+                sample = Sample(f"a/line/{name}", value, SIGNALS[name], ts, ts, Quality.GOOD, 0)
+                processor.process(sample, io)  # type: ignore[arg-type]
+    finally:
+        del SIGNALS["tank_volume"]
+    cstr = {"n_tanks": 1, "volume_mL": 120.0, "dead_volume_mL": 0.0}
+    window = (EXCURSION_H[0] - PADDING_H, EXCURSION_H[1] + PADDING_H)
+    found = fractions(tmp_path)
+    for number in range(4, 15):
+        f = found[number]
+        affected = f["deviations"]["temperature"] + f["unknown_share"]
+        assert affected == pytest.approx(expected_share(number, window, cstr), abs=0.02), number
+    assert max(found[n]["affected_share"] for n in range(4, 15)) > 0.3

@@ -117,16 +117,17 @@ def options(model: str, **extra: Any) -> dict[str, Any]:
     return doc
 
 
-def surge_cdf(age_h: float) -> float:
-    """Share of what entered the surge tank that has left it ``age_h`` hours later."""
-    volume = age_h * PERFUSION_ML_H - SURGE["dead_volume_mL"]
+def surge_cdf(age_h: float, rtd: dict[str, Any] = SURGE) -> float:
+    """Share of what entered the surge tank (``rtd``: tanks in series) that has left it
+    ``age_h`` hours later."""
+    volume = age_h * PERFUSION_ML_H - rtd["dead_volume_mL"]
     if volume <= 0:
         return 0.0
-    n = SURGE["n_tanks"]
-    return float(gammainc(n, volume * n / SURGE["volume_mL"]))
+    n = rtd["n_tanks"]
+    return float(gammainc(n, volume * n / rtd["volume_mL"]))
 
 
-def expected_share(number: int, window: tuple[float, float]) -> float:
+def expected_share(number: int, window: tuple[float, float], rtd: dict[str, Any] = SURGE) -> float:
     """Share of fraction ``number``'s protein that left the reactor within ``window``
     (process h), from the script and the surge tank's analytic RTD: its column was secondary
     in cycle ``number - 2`` (caught the breakthrough, less what passed it) and primary in
@@ -140,7 +141,7 @@ def expected_share(number: int, window: tuple[float, float]) -> float:
             b = breakthrough(tau)
             part = 1 - b if primary else b * (1 - PASSING)
             # Material at the column at tau left the reactor between tau - a and tau - b.
-            inside = surge_cdf(tau - window[0]) - surge_cdf(tau - window[1])
+            inside = surge_cdf(tau - window[0], rtd) - surge_cdf(tau - window[1], rtd)
             hit += part * inside
             taken += part
     return hit / taken if taken else math.nan
