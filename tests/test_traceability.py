@@ -243,7 +243,16 @@ def test_each_fraction_holds_the_harvest_the_rtd_says_and_the_excursion_share(
     # tracing), after it ever more lot 2.
     lot2 = [found[n]["lots"].get("2", 0.0) for n in range(4, 15)]
     assert lot2[0] == 0 and lot2 == sorted(lot2) and lot2[-1] > 0.3
-    # Recommendations are in the audit trail; the pool is summarized once fraction 12 is in.
+    # The excursion, recommendations: in the audit trail; the pool: once fraction 12 is in.
+    episodes = [
+        (n["action"], n["details"]["process_time_h"])
+        for n in io.notes
+        if n["action"].startswith("trace.deviation")
+    ]
+    assert episodes == [
+        ("trace.deviation_started", pytest.approx(EXCURSION_H[0])),
+        ("trace.deviation_ended", pytest.approx(EXCURSION_H[1])),
+    ]
     noted = [
         n["details"]["fraction"] for n in io.notes if n["action"] == "trace.divert_recommended"
     ]

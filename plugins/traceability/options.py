@@ -117,8 +117,12 @@ class DeviationOptions(_Closed):
         description="limits: active outside low..high; flag: active while the value is above 0"
         " (an anomaly alarm publishes its severity while active, 0 otherwise).",
     )
-    low: float | None = Field(default=None, description="limits: active below this.")
-    high: float | None = Field(default=None, description="limits: active above this.")
+    low: float | None = Field(
+        default=None, description="limits: active below this (in the signal's unit)."
+    )
+    high: float | None = Field(
+        default=None, description="limits: active above this (in the signal's unit)."
+    )
     at: Literal["harvest", "media"] = Field(
         default="harvest",
         description="harvest: the material leaving the reactor while active; media: the medium"

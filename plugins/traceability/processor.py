@@ -501,6 +501,14 @@ class TraceProcessor:
                 )
         elif d.active and not active:
             d.until_h = t + o.padding_h
+            if self._io is not None:
+                self._io.note(
+                    "trace.deviation_ended",
+                    target=f"{self.id}/{o.name}",
+                    new=x,
+                    reason=f"{o.signal} {x:.6g} back within its limits",
+                    details={"at": o.at, "process_time_h": t, "padding_h": o.padding_h},
+                )
         d.active = active
         if active:
             d.hit = True
