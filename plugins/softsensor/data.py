@@ -30,15 +30,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import SpectralAxis, UnitError, parse_iso_ns, validate_ucum
+from gateway import Quality, SpectralAxis, UnitError, parse_iso_ns, validate_ucum
+from gateway.export import sample_from_json
 
 __all__ = [
     "DataError",
     "Matched",
     "References",
+    "ScalarSeries",
     "SpectraSet",
     "match",
     "read_references_csv",
+    "read_scalar_series",
     "read_spectra_jsonl",
 ]
 
@@ -168,6 +171,49 @@ def read_spectra_jsonl(path: Path, signal: str | None = None) -> SpectraSet:
     times = np.array(found.times, dtype=np.int64)
     values, times = _without_duplicates(values, times, found.skipped)
     return SpectraSet(axis, values, times, name, found.units[name], dict(found.skipped))
+
+
+@dataclass
+class ScalarSeries:
+    """The good samples of one scalar signal of an export, in file order."""
+
+    signal: str
+    unit: str
+    times: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+
+def read_scalar_series(path: Path, globs: dict[str, str | None]) -> dict[str, ScalarSeries]:
+    """For each role, the good, finite samples of the first signal of a ``patgw export`` JSONL
+    file matching the role's glob (``None``: not read). Spectra are skipped."""
+    chosen: dict[str, str] = {}
+    out: dict[str, ScalarSeries] = {}
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip() or '"axis"' in line:
+                continue  # spectra: not read here
+            try:
+                sample = sample_from_json(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{number}: not a 'patgw export' line ({exc!r})") from None
+            for role, glob in globs.items():
+                if glob is None or not fnmatch.fnmatchcase(sample.signal, glob):
+                    continue
+                if chosen.setdefault(role, sample.signal) != sample.signal:
+                    continue
+                series = out.setdefault(role, ScalarSeries(sample.signal, sample.unit))
+                value = sample.value
+                if sample.quality != Quality.GOOD or not isinstance(value, int | float):
+                    continue
+                if math.isfinite(value):
+                    series.times.append(sample.source_ts)
+                    series.values.append(float(value))
+    return out
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -26,7 +26,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,13 @@ __all__ = [
     "PlsModel",
     "Prediction",
     "Target",
+    "check_document",
+    "check_hash",
     "content_hash",
     "load_model",
     "model_from_dict",
     "model_to_dict",
+    "read_json_document",
     "save_model",
     "write_atomically",
 ]
@@ -675,6 +678,72 @@ def _kind(value: Any) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_json_document(path: Path, error: type[ValueError]) -> Any:
+    """The JSON document in the model file ``path`` (NaN and infinities refused); ``error``
+    naming the file if it cannot be read or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid JSON (not UTF-8: {exc.reason})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_non_finite)
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def _refuse_non_finite(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def check_document(
+    doc: Any,
+    fail: Callable[[str], ValueError],
+    *,
+    format: str,
+    kind: str,
+    members: Sequence[str],
+    strings: Sequence[str],
+    not_empty: Sequence[str],
+) -> dict[str, Any]:
+    """Check the envelope of a model file of version 1 (``format``, ``format_version``,
+    ``kind``, exactly ``members``, the string members, those that must not be empty); raise
+    ``fail(message)`` naming the first problem. The content hash is checked last, by
+    :func:`check_hash`, once the members are known to be sound."""
+    if not isinstance(doc, dict):
+        raise fail("not a JSON object")
+    if doc.get("format") != format:
+        raise fail(f"format: expected {format!r}, not {doc.get('format')!r}")
+    if doc.get("format_version") != 1:
+        raise fail(f"format_version: {doc.get('format_version')!r} is not supported (1)")
+    if doc.get("kind") != kind:
+        raise fail(f"kind: expected {kind!r}, not {doc.get('kind')!r}")
+    unknown = sorted(set(doc) - set(members))
+    if unknown:
+        raise fail(f"unknown member(s): {', '.join(unknown)}")
+    missing = [k for k in members if k not in doc]
+    if missing:
+        raise fail(f"missing member(s): {', '.join(missing)}")
+    for name in strings:
+        if not isinstance(doc[name], str):
+            raise fail(f"{name}: expected a string")
+    for name in not_empty:
+        if not doc[name].strip():
+            raise fail(f"{name}: must not be empty")
+    return doc
+
+
+def check_hash(doc: Mapping[str, Any], fail: Callable[[str], ValueError]) -> None:
+    """Raise ``fail(message)`` when ``doc["sha256"]`` is not the hash of its content."""
+    actual = content_hash(doc)
+    if doc["sha256"] != actual:
+        raise fail(
+            f"sha256: content hash mismatch (file says {str(doc['sha256'])[:16]}, content is"
+            f" {actual[:16]}): edited or damaged since it was written"
+        )
 
 
 def load_model(path: Path) -> PlsModel:

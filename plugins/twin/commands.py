@@ -21,18 +21,20 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import Quality, UnitError, compile_conversion
-from gateway.export import sample_from_json
-from plugins.softsensor.data import DataError, read_references_csv
+from gateway import UnitError, compile_conversion
+from plugins.softsensor.data import (
+    DataError,
+    ScalarSeries,
+    read_references_csv,
+    read_scalar_series,
+)
 
 from .fit import DEFAULT_PARAMETERS, Run, fit_parameters, score
 from .model import (
@@ -119,41 +121,15 @@ def configure_show(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
 # --- reading runs ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Series:
-    times: list[int]
-    values: list[float]
-
-
-def _read_export(path: Path, globs: dict[str, str | None]) -> dict[str, _Series]:
-    """The good samples of each role's signal (the first signal matching its glob)."""
-    chosen: dict[str, str] = {}
-    out: dict[str, _Series] = {}
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise _InputError(f"{path}: cannot read ({exc.strerror})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip() or '"axis"' in line:
-                continue  # spectra: not read here
-            try:
-                sample = sample_from_json(line)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise _InputError(f"{path}:{number}: not a 'patgw export' line ({exc!r})") from None
-            for role, glob in globs.items():
-                if glob is None or not fnmatchcase(sample.signal, glob):
-                    continue
-                if chosen.setdefault(role, sample.signal) != sample.signal:
-                    continue
-                if sample.quality != Quality.GOOD or not isinstance(sample.value, int | float):
-                    continue
-                value = float(sample.value)
-                if role in ("feed_total", "base_total"):
-                    value *= compile_conversion(sample.unit, "mL").scale
-                series = out.setdefault(role, _Series([], []))
-                series.times.append(sample.source_ts)
-                series.values.append(value)
+def _read_export(path: Path, globs: dict[str, str | None]) -> dict[str, ScalarSeries]:
+    """The good samples of each role's signal (the first signal matching its glob); the
+    totals in mL."""
+    out = read_scalar_series(path, globs)
+    for role in ("feed_total", "base_total"):
+        series = out.get(role)
+        if series is not None:
+            scale = compile_conversion(series.unit, "mL").scale
+            series.values = [value * scale for value in series.values]
     return out
 
 

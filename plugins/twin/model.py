@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plugins.softsensor.model import content_hash, write_atomically
+from plugins.softsensor.model import (
+    check_document,
+    check_hash,
+    content_hash,
+    read_json_document,
+    write_atomically,
+)
 
 __all__ = [
     "FORMAT",
@@ -166,26 +172,15 @@ def twin_model_from_dict(doc: Any, source: str = "<dict>") -> TwinModel:
     def fail(message: str) -> TwinModelFileError:
         return TwinModelFileError(f"{source}: {message}")
 
-    if not isinstance(doc, dict):
-        raise fail("not a JSON object")
-    if doc.get("format") != FORMAT:
-        raise fail(f"format: expected {FORMAT!r}, not {doc.get('format')!r}")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise fail(f"format_version: {doc.get('format_version')!r} is not supported (1)")
-    if doc.get("kind") != KIND:
-        raise fail(f"kind: expected {KIND!r}, not {doc.get('kind')!r}")
-    unknown = sorted(set(doc) - set(_TOP))
-    if unknown:
-        raise fail(f"unknown member(s): {', '.join(unknown)}")
-    missing = [k for k in _TOP if k not in doc]
-    if missing:
-        raise fail(f"missing member(s): {', '.join(missing)}")
-    for name in ("id", "version", "description", "created", "sha256"):
-        if not isinstance(doc[name], str):
-            raise fail(f"{name}: expected a string")
-    for name in ("id", "version"):
-        if not doc[name].strip():
-            raise fail(f"{name}: must not be empty")
+    check_document(
+        doc,
+        fail,
+        format=FORMAT,
+        kind=KIND,
+        members=_TOP,
+        strings=("id", "version", "description", "created", "sha256"),
+        not_empty=("id", "version"),
+    )
     inputs = doc["inputs"]
     if not isinstance(inputs, dict):
         raise fail("inputs: expected an object of role: unit")
@@ -201,12 +196,7 @@ def twin_model_from_dict(doc: Any, source: str = "<dict>") -> TwinModel:
         raise fail("training: expected an object")
     parameters = _numbers(doc["parameters"], PARAMETERS, "parameters", fail)
     noise = _numbers(doc["noise"], NOISE, "noise", fail)
-    actual = content_hash(doc)
-    if doc["sha256"] != actual:
-        raise fail(
-            f"sha256: content hash mismatch (file says {doc['sha256'][:16]}, content is"
-            f" {actual[:16]}): edited or damaged since it was written"
-        )
+    check_hash(doc, fail)
     return TwinModel(
         id=doc["id"],
         version=doc["version"],
@@ -243,21 +233,9 @@ def _numbers(
     return out
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a finite number")
-
-
 def load_twin_model(path: Path) -> TwinModel:
     """Read and check the model file at ``path``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TwinModelFileError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        doc = json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as exc:
-        raise TwinModelFileError(f"{path}: not valid JSON ({exc})") from None
-    return twin_model_from_dict(doc, str(path))
+    return twin_model_from_dict(read_json_document(path, TwinModelFileError), str(path))
 
 
 def save_twin_model(model: TwinModel, path: Path) -> TwinModel:

@@ -1,0 +1,1 @@
+"""Residence-time traceability: RTD models, the ``rtd_trace`` processor, genealogy export."""
