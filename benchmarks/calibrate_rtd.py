@@ -95,8 +95,11 @@ def _config(folder: Path, time_scale: float, step_after_h: float) -> Path:
                     "sampling_interval_ms": 100,
                     "publishing_interval_ms": 100,
                     "nodes": [
-                        {"name": "batch_age", "node": "ctl:BioreactorController.Batch.Age",
-                         "unit": "h"},
+                        {
+                            "name": "batch_age",
+                            "node": "ctl:BioreactorController.Batch.Age",
+                            "unit": "h",
+                        },
                     ],
                 },
             },
@@ -142,6 +145,7 @@ def main() -> None:
             "--outlet", "*/feed_conductivity",
             "--flow", "*/feed_flow",
             "--age", "*/batch_age",
+            "--time-scale", f"{args.time_scale:g}",
             "--unit", "surge_tank",
             "--id", "surge-tank",
             "--model-version", args.model_version,

@@ -220,12 +220,76 @@ def main() -> None:
             "true": _in_band(series[f"{area}/controller/vcd_true"], args.time_scale),
             "probe": _in_band(series[f"{area}/biomass_probe/viable_cell_density"], args.time_scale),
         }
-        figures["traceability"] = _traceability(folder, config, args)
+        figures["traceability"] = _traceability(folder, config)
     print(json.dumps(figures))
 
 
-def _traceability(folder: Path, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    raise NotImplementedError
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _traceability(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's divert recommendations against the skid's truth, fraction by fraction."""
+    trace = next(p for p in config["processors"] if p["type"] == "rtd_trace")
+    threshold = float(trace["options"]["divert_share"])
+    data = folder / "data" / "continuous"
+    truth = {int(t["fraction"]): t for t in _jsonl(data / "capture-truth.jsonl")}
+    records = [
+        r
+        for r in _jsonl(data / "traceability" / f"{trace['id']}.genealogy.jsonl")
+        if r.get("type") == "fraction"
+    ]
+    traced = {int(r["fraction"]): r for r in records}
+    deviation_total = sum(t["deviation_mass_g"] for t in truth.values())
+    masses = [t["mass_g"] for t in truth.values()]
+    mean_mass = sum(masses) / len(masses) if masses else 0.0
+    captured = wrong = unaffected_diverted = 0.0
+    startup_diverted = 0
+    share_errors: list[float] = []
+    lot_errors: list[float] = []
+    missing = sorted(set(truth) - set(traced))
+    for number, t in truth.items():
+        r = traced.get(number)
+        true_share = t["deviation_mass_g"] / t["mass_g"] if t["mass_g"] > 0 else 0.0
+        if r is None:
+            continue
+        diverted = bool(r["recommendation"]["divert"])
+        unknown = float(r.get("unknown_share") or 0.0)
+        if unknown <= threshold:
+            if true_share > 0 or r["affected_share"] > 0:
+                share_errors.append(abs(float(r["affected_share"]) - true_share))
+            lots_true = {k: v / t["mass_g"] for k, v in t.get("lots", {}).items()}
+            lots_traced = r.get("lots", {})
+            lot_errors.extend(abs(float(lots_traced.get(k, 0.0)) - v) for k, v in lots_true.items())
+        if not diverted:
+            continue
+        captured += t["deviation_mass_g"]
+        unaffected_diverted += t["mass_g"] - t["deviation_mass_g"]
+        if unknown > threshold:
+            startup_diverted += 1
+        elif true_share <= threshold:
+            wrong += t["mass_g"]
+    return {
+        "divert_share": threshold,
+        "fractions_truth": len(truth),
+        "fractions_traced": len(traced),
+        "fractions_missing_from_genealogy": missing[:20],
+        "fractions_diverted": sum(1 for r in records if r["recommendation"]["divert"]),
+        "diverted_for_unknown_origin_at_start": startup_diverted,
+        "deviation_mass_g": round(deviation_total, 6),
+        "deviation_share_in_diverted_fractions": (
+            round(captured / deviation_total, 5) if deviation_total > 0 else None
+        ),
+        "wrongly_diverted_in_fractions": round(wrong / mean_mass, 4) if mean_mass else None,
+        "unaffected_in_diverted_fractions_in_fractions": (
+            round(unaffected_diverted / mean_mass, 3) if mean_mass else None
+        ),
+        "affected_share_max_abs_error": round(max(share_errors), 4) if share_errors else None,
+        "lot_share_max_abs_error": round(max(lot_errors), 4) if lot_errors else None,
+        "mean_fraction_mass_g": round(mean_mass, 4),
+    }
 
 
 if __name__ == "__main__":

@@ -40,14 +40,18 @@ def step_export(
     points: int = 720,
     step: float = 10.0,
     noise: float = 0.05,
+    by_exception: bool = False,
 ) -> Path:
     """A tracer step through a unit, as ``patgw export`` writes it: the flow changes (and
-    stops for a while), the outlet answers in volume flowed, with sensor noise."""
+    stops for a while), the outlet answers in volume flowed, with sensor noise. ``by_exception``:
+    the inlet and the flow are written only when they change, noise-free (as an OPC UA
+    subscription reports a set value)."""
     rng = random.Random(11)
     lines: list[str] = []
     volume = 0.0
     step_volume: float | None = None
     last_h = 0.0
+    sent: dict[str, float] = {}
     for k in range(points):
         h = k * 6.0 / points  # six hours
         flow = 10.0 if h < 2 else 0.0 if h < 2.5 else 4.0 if h < 4 else 12.0  # mL/min
@@ -64,6 +68,11 @@ def step_export(
             ("a/skid/feed_cond", outlet + rng.gauss(0, noise), "mS/cm"),
             ("a/skid/feed_flow", flow, "mL/min"),
         ):
+            if by_exception and signal != "a/skid/feed_cond":
+                value = inlet if signal.endswith("harvest_cond") else flow
+                if sent.get(signal) == value:
+                    continue
+                sent[signal] = value
             lines.append(sample_to_json(Sample(signal, value, unit, ts, ts, Quality.GOOD, k)))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -93,10 +102,27 @@ def test_fit_recovers_the_tanks_and_volumes_of_a_noisy_step_with_a_changing_flow
     assert json.loads(check.stdout)["fit"]["r2"] > 0.99
 
 
+def test_fit_takes_an_inlet_and_a_flow_reported_only_when_they_change(tmp_path: Path) -> None:
+    """An OPC UA subscription sends the tracer's inlet twice (before and at the step) and the
+    flow at each change: each value holds until the next (not a ramp between two reports)."""
+    data = step_export(tmp_path / "step.jsonl", by_exception=True)
+    inlet_lines = sum("harvest_cond" in line for line in data.read_text().splitlines())
+    assert inlet_lines == 2
+    fit = patgw(
+        "model", "fit", "rtd", "--data", str(data), *STEP, "--unit", "surge_tank",
+        "--output", str(tmp_path / "m.json"), "--id", "m", "--model-version", "1", "--json",
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    report = json.loads(fit.stdout)
+    assert report["n_tanks"] == 4
+    assert report["volume_mL"] == pytest.approx(600.0, rel=0.03)
+    assert report["dead_volume_mL"] == pytest.approx(40.0, abs=15.0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"points": 12}, "12 good samples of --inlet"),
+        ({"points": 12}, "12 good samples of --outlet"),
         ({"step": 0.0}, "no step in the inlet a/skid/harvest_cond"),
     ],
 )

@@ -140,12 +140,15 @@ def read_step(args: argparse.Namespace) -> StepTest:
     globs = {"inlet": args.inlet, "outlet": args.outlet, "flow": args.flow, "age": args.age}
     path: Path = args.data
     series = read_scalar_series(path, globs)
-    for role in ("inlet", "outlet", "flow"):
+    # The outlet's response is what is fitted: it needs points. The inlet and the flow may be
+    # reported by exception (an OPC UA subscription sends a value when it changes): each value
+    # holds until the next, so a step needs only its value before and after.
+    for role, least in (("inlet", 2), ("outlet", _MIN_POINTS), ("flow", 1)):
         count = len(series[role].times) if role in series else 0
-        if count < _MIN_POINTS:
+        if count < least:
             raise _InputError(
                 f"{path}: {count} good samples of --{role} {globs[role]!r}; a step test needs at"
-                f" least {_MIN_POINTS}"
+                f" least {least}"
             )
     try:
         flow_scale = compile_conversion(series["flow"].unit, "mL/h").scale
@@ -157,9 +160,8 @@ def read_step(args: argparse.Namespace) -> StepTest:
     hours = _process_hours(args, series, t_out, t_out[0])
     t_in, y_in = _sorted(series["inlet"])
     t_f, q = _sorted(series["flow"])
-    inlet = np.interp(hours, _process_hours(args, series, t_in, t_out[0]), y_in)
-    flow_h = _process_hours(args, series, t_f, t_out[0])
-    flow = np.interp(hours, flow_h, q * flow_scale)
+    inlet = _held(hours, _process_hours(args, series, t_in, t_out[0]), y_in)
+    flow = _held(hours, _process_hours(args, series, t_f, t_out[0]), q * flow_scale)
     if np.any(flow < 0):
         raise _InputError(f"{path}: the flow is negative at times; not a step test through a unit")
     volume = np.concatenate([[0.0], np.cumsum(0.5 * (flow[1:] + flow[:-1]) * np.diff(hours))])
@@ -180,6 +182,13 @@ def read_step(args: argparse.Namespace) -> StepTest:
             f" {noise:.3g}): a tracer step test changes the inlet clearly"
         )
     return StepTest(grid, inlet_g, outlet_g, float(hours[-1] - hours[0]))
+
+
+def _held(at: Array, times: Array, values: Array) -> Array:
+    """Each value held from its time until the next one (the first also before it): a
+    reported-by-exception signal, not a line between two reports."""
+    idx = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 1)
+    return np.asarray(values[idx], dtype=np.float64)
 
 
 def _sorted(series: ScalarSeries) -> tuple[NDArray[np.int64], Array]:
