@@ -73,12 +73,13 @@ class Kind:
 
 
 #: The perfusion model's preprocessing: ``patgw model fit``'s default without the normalisation
-#: to the water band. At perfusion densities the fluorescence's shot noise in that weak band's
-#: 120 points is about 4 % of it, and dividing by it multiplies every prediction by that noise:
-#: fitted on the default perfusion campaign, the RMSEP of glucose over 6 other perfusion runs
-#: was 0.29-0.39 g/L per run with it (0.33-0.68 above 45e6 cells/mL) and 0.11-0.18 without
-#: (0.16-0.20). The price: predictions follow the laser's power (5 % less power, about 5 %
-#: lower glucose), which normalisation would cancel.
+#: to the water band. The fluorescence's shot noise makes that weak band's mean vary by 7 % from
+#: spectrum to spectrum at 50e6 cells/mL (3.7 % at 10e6), and dividing by it multiplies every
+#: prediction by that noise: fitted on the default perfusion campaign, the RMSEP of glucose on
+#: other perfusion runs (the emulator's default culture, 4 runs of design seed 2026, the 2 of
+#: seed 1001) was 0.29-0.39 g/L per run with it (0.33-0.68 above 45e6 cells/mL) and 0.11-0.18
+#: without (0.16-0.20). The price: predictions follow the laser's power, which normalisation
+#: would cancel (5 % less power: glucose 4.01 -> 3.82 g/L, Q under its limit).
 PERFUSION_PREPROCESSING: tuple[dict[str, Any], ...] = (
     {"step": "crop", "low": 400.0, "high": 1800.0},
     {"step": "baseline", "degree": 2},
