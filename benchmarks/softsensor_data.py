@@ -18,7 +18,10 @@ the emulated spectrometer's raw spectra along each run, and writes what a soft-s
   (ISO 8601 UTC, nanoseconds) and run name, and the process's true concentrations then — a
   laboratory that never errs.
 
-    python benchmarks/softsensor_data.py --out DIR [--runs 8] [--seed 1] [--integration-ms 500]
+    python benchmarks/softsensor_data.py --out DIR [--runs 8] [--seed 1] [--integration-ms 500] \\
+        [--kind fed-batch|perfusion]
+
+(``--kind perfusion``: runs of :func:`~firmware_stubs.raman.campaign.design_perfusion_runs`.)
 
 prints one JSON object: ``spectra``, ``runs``, ``glucose_range`` and ``lactate_range`` ([min,
 max], g/L), ``seconds`` (wall time of planning and writing), plus ``axis_key`` and
@@ -39,7 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from firmware_stubs.raman.campaign import Acquisition, CampaignRun, acquire, design_runs
+from firmware_stubs.raman.campaign import (
+    Acquisition,
+    CampaignRun,
+    acquire,
+    design_perfusion_runs,
+    design_runs,
+)
 from gateway import (
     Quality,
     Sample,
@@ -153,9 +162,13 @@ def main() -> int:
     parser.add_argument(
         "--noise-seed", type=int, default=None, help="spectral noise seed (default: --seed)"
     )
+    parser.add_argument(
+        "--kind", choices=("fed-batch", "perfusion"), default="fed-batch", help="(fed-batch)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    runs = design_runs(args.runs, args.seed)
+    design = design_perfusion_runs if args.kind == "perfusion" else design_runs
+    runs = design(args.runs, args.seed)
     summary = write_dataset(
         args.out,
         runs,
