@@ -443,15 +443,21 @@ class TraceProcessor:
         latest = self._latest
         capture = self.options.capture
         states: list[int] = []
+        # A column that starts loading shows the buffer it was equilibrated in (UV280 ~0) until
+        # its void volume has passed: not its floor, or the whole non-binding part would count
+        # as breakthrough for its entire load.
+        starting: list[bool] = []
         for k, slot in enumerate(self._v_states):
             s = latest[slot]
             state = int(s) if math.isfinite(s) else 0
             if not self._column_seen[k] and math.isfinite(s):
                 self._column_seen[k] = True
                 self._column_partial[k] = state in (1, 2, 3, _ELUTE)
-            if state in (1, 2) and self._states[k] not in (1, 2):
+            fresh = state in (1, 2) and self._states[k] not in (1, 2)
+            if fresh:
                 self._floor[k] = math.inf  # a fresh load: its non-binding floor anew
             states.append(state)
+            starting.append(fresh)
         self._states = states
         # What reaches each outlet, as a share of the feed's UV280: the non-binding part
         # always, then the product a loaded column no longer holds.
@@ -459,9 +465,10 @@ class TraceProcessor:
         ratio = [math.nan] * len(states)
         if math.isfinite(feed_uv) and feed_uv > capture.uv_floor:
             for k, uv_slot in enumerate(self._v_col_uv):
-                if uv_slot is not None and math.isfinite(latest[uv_slot]):
-                    ratio[k] = max(0.0, latest[uv_slot] / feed_uv)
-                    if states[k] in (1, 2):
+                uv = latest[uv_slot] if uv_slot is not None else math.nan
+                if math.isfinite(uv):
+                    ratio[k] = max(0.0, uv / feed_uv)
+                    if states[k] in (1, 2) and not starting[k] and uv > capture.uv_floor:
                         self._floor[k] = min(self._floor[k], ratio[k])
         if not parcel:
             return
