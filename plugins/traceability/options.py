@@ -103,7 +103,9 @@ class CaptureOptions(_Closed):
         lt=1,
         description="Share of the feed's UV280 that does not bind (media, host-cell protein)"
         " and so always reaches a column's outlet. None: each column's lowest outlet/feed"
-        " ratio since it started loading (a fresh column lets only that through).",
+        " ratio since it started loading (a fresh column lets only that through), from its"
+        " second step of loading on and only outlet readings above uv_floor (until its void"
+        " volume has passed, a column shows the buffer it holds).",
     )
 
 

@@ -398,14 +398,20 @@ class TraceProcessor:
                 current.flags.add(d.options.name)
             d.hit = d.active
         harvest = latest[self._v_harvest]
-        current.volume_mL = max(0.0, harvest) * dt if math.isfinite(harvest) else 0.0
+        # An unknown flow is not a zero flow (an instrument not heard from yet, a gap): moving
+        # the other side alone would drain or fill the modelled unit for good, and every later
+        # bin would reach the columns early or late. A unit holds its level instead: what
+        # enters unseen is of unknown origin; what leaves unseen is as much as entered.
+        inflow_known = math.isfinite(harvest)
+        current.volume_mL = max(0.0, harvest) * dt if inflow_known else 0.0
         parcel: Amounts = {}
         if current.volume_mL > 0:
             parcel = {current.index: current.volume_mL}
             self._bins[current.index] = current
         for unit in self._line:
             flow = latest[unit.flow]
-            out_mL = max(0.0, flow) * dt if math.isfinite(flow) else 0.0
+            outflow_known = math.isfinite(flow)
+            out_mL = max(0.0, flow) * dt if outflow_known else 0.0
             volume_now = latest[unit.volume] if unit.volume is not None else None
             if volume_now is not None:
                 if not (math.isfinite(volume_now) and volume_now > 0):
@@ -416,8 +422,14 @@ class TraceProcessor:
                     unit.filled = True
             if unit.volume is not None and not unit.filled:
                 parcel = {}  # no volume known yet: what it would pass on is unknown
+                inflow_known = False
                 continue
+            if not inflow_known and outflow_known:
+                parcel = {UNKNOWN: out_mL} if out_mL > 0 else {}
+            elif inflow_known and not outflow_known:
+                out_mL = sum(parcel.values())
             parcel = unit.tanks.step(parcel, out_mL, volume_now)
+            inflow_known = inflow_known or outflow_known
         self._load_columns(parcel)
         self._check_fraction(end, ts, io)
         self._index += 1
@@ -431,15 +443,21 @@ class TraceProcessor:
         latest = self._latest
         capture = self.options.capture
         states: list[int] = []
+        # A column that starts loading shows the buffer it was equilibrated in (UV280 ~0) until
+        # its void volume has passed: not its floor, or the whole non-binding part would count
+        # as breakthrough for its entire load.
+        starting: list[bool] = []
         for k, slot in enumerate(self._v_states):
             s = latest[slot]
             state = int(s) if math.isfinite(s) else 0
             if not self._column_seen[k] and math.isfinite(s):
                 self._column_seen[k] = True
                 self._column_partial[k] = state in (1, 2, 3, _ELUTE)
-            if state in (1, 2) and self._states[k] not in (1, 2):
+            fresh = state in (1, 2) and self._states[k] not in (1, 2)
+            if fresh:
                 self._floor[k] = math.inf  # a fresh load: its non-binding floor anew
             states.append(state)
+            starting.append(fresh)
         self._states = states
         # What reaches each outlet, as a share of the feed's UV280: the non-binding part
         # always, then the product a loaded column no longer holds.
@@ -447,9 +465,10 @@ class TraceProcessor:
         ratio = [math.nan] * len(states)
         if math.isfinite(feed_uv) and feed_uv > capture.uv_floor:
             for k, uv_slot in enumerate(self._v_col_uv):
-                if uv_slot is not None and math.isfinite(latest[uv_slot]):
-                    ratio[k] = max(0.0, latest[uv_slot] / feed_uv)
-                    if states[k] in (1, 2):
+                uv = latest[uv_slot] if uv_slot is not None else math.nan
+                if math.isfinite(uv):
+                    ratio[k] = max(0.0, uv / feed_uv)
+                    if states[k] in (1, 2) and not starting[k] and uv > capture.uv_floor:
                         self._floor[k] = min(self._floor[k], ratio[k])
         if not parcel:
             return
