@@ -263,8 +263,9 @@ def _traceability(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         # gateway cannot vouch for it (diverted as of unknown origin, counted apart).
         unknown = float(r.get("unknown_share") or 0.0) > threshold or not r["complete"]
         if not unknown:
-            if true_share > 0 or r["affected_share"] > 0:
-                share_errors.append(abs(float(r["affected_share"]) - true_share))
+            traced_share = float(sum(r.get("deviations", {}).values()))
+            if true_share > 0 or traced_share > 0:
+                share_errors.append(abs(traced_share - true_share))
             # Lots that entered after the start: the medium in the vessel at the start is of
             # unknown lot to the gateway (it says so), the emulator's lot 1.
             lots_true = {k: v / t["mass_g"] for k, v in t.get("lots", {}).items() if k != "1"}
@@ -294,7 +295,7 @@ def _traceability(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         "unaffected_in_diverted_fractions_in_fractions": (
             round(unaffected_diverted / mean_mass, 3) if mean_mass else None
         ),
-        "affected_share_max_abs_error": round(max(share_errors), 4) if share_errors else None,
+        "deviation_share_max_abs_error": round(max(share_errors), 4) if share_errors else None,
         "new_lot_share_max_abs_error": round(max(lot_errors), 4) if lot_errors else None,
         "mean_fraction_mass_g": round(mean_mass, 4),
     }
