@@ -57,6 +57,8 @@ class Memory:
     """A device holding writable values; ``down`` makes every request fail."""
 
     devices: ClassVar[dict[str, Memory]] = {}
+    #: Wall seconds before the first age sample (a clock instrument that connects later).
+    age_delay_s: ClassVar[float] = 0.0
 
     def __init__(self, options: NoOptions, context: PluginContext) -> None:
         self.values = {"setpoint": 2.0, "beat": 0.0}
@@ -73,10 +75,12 @@ class Memory:
 
     async def run(self, io: InstrumentIO) -> None:
         io.connected()
+        age_from = time.monotonic() + Memory.age_delay_s
         while True:
             for name in ("setpoint", "beat"):
                 io.output(name).publish(self.values[name])
-            io.output("age").publish(AGE_H, AGE_TS)
+            if time.monotonic() >= age_from:
+                io.output("age").publish(AGE_H, AGE_TS)
             await asyncio.sleep(0.02)
 
     async def write(self, channel: str, value: float) -> None:
@@ -96,6 +100,7 @@ class ActorOptions(BaseModel):
     controls: list[str] = [SETPOINT, BEAT]
     widest: float | None = None  # bind_controls refuses a target whose max is above it
     fail_runs: int = 0
+    inputs: list[str] = []
 
 
 class Actor:
@@ -108,10 +113,11 @@ class Actor:
         self.io: ProcessorIO | None = None
         self.runs = 0
         self.bound: Mapping[str, TargetLimits] = {}
+        self.seen_h: list[float] = []  # process time of each input sample, as processed
         Actor.last = self
 
     def inputs(self) -> Sequence[str]:
-        return []
+        return self.options.inputs
 
     def channels(self) -> Sequence[Channel]:
         return [Channel("out", "1")]
@@ -120,7 +126,7 @@ class Actor:
         pass
 
     def process(self, sample: Sample, io: ProcessorIO) -> None:
-        pass
+        self.seen_h.append(io.process_time_h(AGE_TS))
 
     def controls(self) -> Sequence[str]:
         return self.options.controls
@@ -381,6 +387,26 @@ async def test_the_time_base_follows_the_batch_age_signal_scaled(bench: Bench) -
     # One wall second is one process hour at 3600x, counted from the age's own source time.
     assert runner.process_time_h(AGE_TS + 1_000_000_000) == pytest.approx(AGE_H + 1.0)
     assert runner.process_time_h(AGE_TS + 90_000_000_000) == pytest.approx(AGE_H + 90.0)
+
+
+@pytest.mark.asyncio
+async def test_inputs_before_the_first_age_sample_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock instrument heard after the inputs (it connected later): the inputs wait for the
+    age, so none is processed on a process time counted from the gateway's start that would
+    then jump to the batch's age (100 h here)."""
+    monkeypatch.setattr(Memory, "age_delay_s", 1.0)
+    document = config(
+        tmp_path,
+        free_port(),
+        time_base={"time_scale": 3600, "age": "dev/age"},
+        options={"inputs": ["dev/setpoint"]},
+    )
+    async with running(plan(tmp_path, document)):
+        await wait_for(lambda: Actor.last is not None and len(Actor.last.seen_h) > 20, 20)
+        assert Actor.last is not None
+        assert Actor.last.seen_h[0] == pytest.approx(AGE_H), Actor.last.seen_h[:3]
 
 
 @pytest.mark.asyncio

@@ -51,6 +51,8 @@ _QUALITIES = tuple(sorted(Quality))  # stored int -> member, by index
 _BATCH = 64
 # A batch age stamped more than this after its receipt (a clock ahead) is anchored at receipt.
 _AGE_SKEW_NS = 2_000_000_000
+#: How long a processor with a batch-age signal waits for its first sample before it starts.
+AGE_WAIT_S = 10.0
 
 
 class ProcessorRunner:
@@ -81,6 +83,12 @@ class ProcessorRunner:
         self._origin_ns = time.time_ns()
         self._age_to_h = compile_conversion(plan.age.unit, "h") if plan.age is not None else None
         self._age_skewed = False
+        # With a batch-age signal, inputs wait (queued) for its first sample, up to
+        # AGE_WAIT_S: process time counted from the gateway's start until then would jump to
+        # the batch's age when it came (by the whole age: a gateway restarted mid-batch).
+        self._age_seen = asyncio.Event()
+        if self._age_to_h is None:
+            self._age_seen.set()
         # Acting: the write path and the audit trail while the gateway runs (see attach).
         self._path: WritePath | None = None
         self._audit: AuditRecorder | None = None
@@ -226,6 +234,23 @@ class ProcessorRunner:
         self._age_skewed = skewed
         self._origin_h = self._age_to_h(float(value))
         self._origin_ns = origin_ns
+        self._age_seen.set()
+
+    async def _await_time_base(self) -> None:
+        """Until the batch age is first seen (at most AGE_WAIT_S): the time base is known."""
+        if self._age_seen.is_set():
+            return
+        try:
+            async with asyncio.timeout(AGE_WAIT_S):
+                await self._age_seen.wait()
+        except TimeoutError:
+            self._log.warning(
+                "processor.age_not_seen",
+                age_signal=self.plan.age.id if self.plan.age is not None else None,
+                waited_s=AGE_WAIT_S,
+                hint="process time counts from the gateway's start until the age comes",
+            )
+            self._age_seen.set()
 
     @property
     def owned(self) -> list[str]:
@@ -241,6 +266,7 @@ class ProcessorRunner:
         """The processor's own ``run(io)``, started again after a backoff if it raises."""
         run = self.plan.processor.run  # type: ignore[attr-defined]
         backoff = Backoff(BackoffConfig(initial_s=1.0, max_s=30.0))
+        await self._await_time_base()
         while True:
             try:
                 await run(self)
@@ -304,6 +330,7 @@ class ProcessorRunner:
 
     async def run(self) -> None:
         """Process inputs as they arrive, until cancelled."""
+        await self._await_time_base()
         while True:
             await self._wake.wait()
             self._wake.clear()
