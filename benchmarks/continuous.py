@@ -33,8 +33,10 @@ import argparse
 import itertools
 import json
 import os
+import random
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +98,19 @@ def _configs(
     }
     gateway = {k: v for k, v in config.items() if k != "emulators"}
     gateway.pop("sinks", None)
+    # The lab's recalibration of the probe (--recalibrate-every-d): its cell factor, read and
+    # written through the controlled write path by an operator.
+    probe = next(i for i in gateway["instruments"] if i["id"] == "biomass_probe")
+    probe["signals"].append({"id": "cell_factor", "unit": "10*6.cm/(mL.pF)"})
+    gateway["writes"].append(
+        {
+            "target": f"{config['area']}/biomass_probe/cell_factor",
+            "description": "Capacitance probe cell factor (from an offline count)",
+            "min": 0.01,
+            "max": 100,
+            "role": "operator",
+        }
+    )
     emulator_path = configs / "emulators.yaml"
     gateway_path = configs / "gateway.yaml"
     emulator_path.write_text(yaml.safe_dump(emulators, sort_keys=False))
@@ -126,7 +141,66 @@ def _usage(usage: Any, wall_s: float) -> dict[str, Any]:
     }
 
 
-def _run(emulator_cfg: Path, gateway_cfg: Path, run_s: float, logs: Path) -> dict[str, Any]:
+class Lab:
+    """Every ``every_d`` process days an offline cell count (the emulator's true VCD, read from
+    the gateway's store where the controller's ``Emulation`` node lands, with a count's 5 %
+    error: the lab's measurement, not the gateway's) and the probe's mean reading over the same
+    hour give a corrected cell factor, which an operator writes with ``patgw write`` through the
+    gateway's controlled write path (audited). What a plant does with a capacitance probe whose
+    cell size drifts; the loop itself only ever reads the probe."""
+
+    def __init__(self, gateway_cfg: Path, area: str, every_d: float, time_scale: float) -> None:
+        self.cfg, self.area, self.every_d, self.scale = gateway_cfg, area, every_d, time_scale
+        self.store = gateway_cfg.parent.parent / "data" / "continuous" / "demo.sqlite"
+        self.rng = random.Random(7)
+        self.writes: list[dict[str, Any]] = []
+
+    def due_s(self) -> float:
+        return self.every_d * 24 * 3600 / self.scale
+
+    def recalibrate(self) -> None:
+        since = time.time_ns() - round(3.6e12 / self.scale)  # the last process hour
+        store = SampleStore(self.store, read_only=True)
+        try:
+            values: dict[str, list[float]] = {
+                "vcd_true": [],
+                "viable_cell_density": [],
+                "cell_factor": [],
+            }
+            for name, glob in (
+                ("vcd_true", f"{self.area}/controller/vcd_true"),
+                ("viable_cell_density", f"{self.area}/biomass_probe/viable_cell_density"),
+                ("cell_factor", f"{self.area}/biomass_probe/cell_factor"),
+            ):
+                for sample in store.samples(glob, since):
+                    if sample.quality.name == "GOOD" and sample.value is not None:
+                        values[name].append(float(sample.value))
+        finally:
+            store.close()
+        if not all(values.values()):
+            self.writes.append({"skipped": "no samples in the last process hour"})
+            return
+        count = statistics.fmean(values["vcd_true"]) * (1 + self.rng.gauss(0, 0.05))
+        probe = statistics.fmean(values["viable_cell_density"])
+        factor = values["cell_factor"][-1] * count / probe
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "gateway", "write", str(self.cfg),
+                f"{self.area}/biomass_probe/cell_factor", f"{factor:.6g}",
+                "--user", "operator",
+                "--reason", f"offline count {count:.1f}e6/mL, probe {probe:.1f}e6/mL",
+            ],
+            input="operator-password\n", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        self.writes.append(
+            {"count": round(count, 2), "probe": round(probe, 2), "factor": round(factor, 5),
+             "exit": done.returncode}
+        )  # fmt: skip
+
+
+def _run(
+    emulator_cfg: Path, gateway_cfg: Path, run_s: float, logs: Path, lab: Lab | None
+) -> dict[str, Any]:
     patgw = [sys.executable, "-m", "gateway", "run"]
     with (logs / "emulators.log").open("wb") as elog, (logs / "gateway.log").open("wb") as glog:
         emulators = subprocess.Popen(
@@ -139,6 +213,13 @@ def _run(emulator_cfg: Path, gateway_cfg: Path, run_s: float, logs: Path) -> dic
         gateway = subprocess.Popen(
             [*patgw, str(gateway_cfg), "--for", f"{run_s:.0f}"], stdout=glog, stderr=glog
         )
+        if lab is not None:
+            next_at = started + lab.due_s()
+            while gateway.poll() is None and next_at < started + run_s - 5:
+                time.sleep(max(0.0, min(1.0, next_at - time.monotonic())))
+                if time.monotonic() >= next_at:
+                    lab.recalibrate()
+                    next_at += lab.due_s()
         rc, usage = _wait(gateway, run_s + 120)
         wall = time.monotonic() - started
         emulators.terminate()
@@ -198,6 +279,12 @@ def main() -> None:
     parser.add_argument("--start-vcd", type=float, default=5.0)
     parser.add_argument("--lot-day", type=float, default=8.0)
     parser.add_argument("--deviation-day", type=float, default=20.0)
+    parser.add_argument(
+        "--recalibrate-every-d",
+        type=float,
+        default=0.0,
+        help="process days between offline counts that correct the probe's cell factor (0: none)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep the run's files here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="patgw-continuous-") as tmp:
@@ -211,7 +298,12 @@ def main() -> None:
             "time_scale": args.time_scale,
             "command": " ".join(sys.argv),
         }
-        figures["run"] = _run(emulator_cfg, gateway_cfg, run_s, folder)
+        lab = None
+        if args.recalibrate_every_d > 0:
+            lab = Lab(gateway_cfg, config["area"], args.recalibrate_every_d, args.time_scale)
+        figures["run"] = _run(emulator_cfg, gateway_cfg, run_s, folder, lab)
+        if lab is not None:
+            figures["lab_recalibrations"] = lab.writes
         area = config["area"]
         store = folder / "data" / "continuous" / "demo.sqlite"
         series = _series(
