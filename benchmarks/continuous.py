@@ -98,19 +98,6 @@ def _configs(
     }
     gateway = {k: v for k, v in config.items() if k != "emulators"}
     gateway.pop("sinks", None)
-    # The lab's recalibration of the probe (--recalibrate-every-d): its cell factor, read and
-    # written through the controlled write path by an operator.
-    probe = next(i for i in gateway["instruments"] if i["id"] == "biomass_probe")
-    probe["signals"].append({"id": "cell_factor", "unit": "10*6.cm/(mL.pF)"})
-    gateway["writes"].append(
-        {
-            "target": f"{config['area']}/biomass_probe/cell_factor",
-            "description": "Capacitance probe cell factor (from an offline count)",
-            "min": 0.01,
-            "max": 100,
-            "role": "operator",
-        }
-    )
     emulator_path = configs / "emulators.yaml"
     gateway_path = configs / "gateway.yaml"
     emulator_path.write_text(yaml.safe_dump(emulators, sort_keys=False))
