@@ -49,10 +49,10 @@ def free_port() -> int:
     """A TCP port on loopback that was free a moment ago, below the kernel's ephemeral range:
     a port the kernel hands out (``bind(0)``) may be taken the next moment by some process's
     outgoing connection before the server under test binds it (EADDRINUSE, seen in CI)."""
-    low, _ = _ephemeral_range()
+    start, stop = _port_slice()
     rng = random.Random()
     for _ in range(1000):
-        port = rng.randrange(max(1024, low - 12000), low)
+        port = rng.randrange(start, stop)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -63,6 +63,22 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError("no free loopback port below the ephemeral range")
+
+
+def _port_slice() -> tuple[int, int]:
+    """The ports this test process hands out: 12000 below the ephemeral range, split between
+    pytest-xdist's workers (``scripts/test`` runs several) so that two workers never hand out
+    the same port: each keeps its own ``_handed_out``, and a port checked free by one may
+    not be bound yet by the server it is for when another checks it."""
+    low, _ = _ephemeral_range()
+    start = max(1024, low - 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return start, low
+    width = (low - start) // count
+    index = int(worker[2:]) % count
+    return start + index * width, start + (index + 1) * width
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -25,6 +25,9 @@ FEED_ML_PER_H = 0.3
 PUMP_RPM = FEED_ML_PER_H * TIME_SCALE / 60 / 0.8
 ONSET_H = 30.0
 ALARM = "reactor1/anomaly/mspc_alarm"
+#: Seconds between reads of the whole store while waiting: each read holds the event loop the
+#: emulators and the gateway run on.
+STORE_POLL_S = 0.5
 
 
 def _fit_recipe_model(path: Path) -> None:
@@ -137,11 +140,13 @@ async def test_a_process_fault_raises_the_model_alarm(
         await wait_for(
             lambda: any(s.value and s.value > ONSET_H for s in ages()),
             ONSET_H * 3600 / TIME_SCALE + 30,
+            STORE_POLL_S,
             what="the batch past the fault's onset",
         )
         await wait_for(
             alarm_after_onset,
             within_h * 3600 / TIME_SCALE + 30,
+            STORE_POLL_S,
             what=f"the model's alarm within {within_h} h of the onset",
         )
     samples = stored_by_signal(store)

@@ -30,6 +30,9 @@ RATE_PER_H = 0.02
 RUN_H = 16.0
 ALARM = "reactor1/anomaly/raman_laser"
 REFERENCE = "reactor1/softsensor/reference_intensity"
+#: Seconds between reads of the whole store while waiting: each read holds the event loop the
+#: emulators and the gateway run on.
+STORE_POLL_S = 0.5
 
 
 def _config(tmp_path: Path, faults: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,6 +126,7 @@ async def test_a_decaying_laser_raises_an_alarm_naming_the_raman(tmp_path: Path)
         await wait_for(
             lambda: bool(_raised(store)),
             RUN_H * 3600 / TIME_SCALE + 60,
+            STORE_POLL_S,
             what="the laser alarm",
         )
     raised = _raised(store)[0]
@@ -149,6 +153,7 @@ async def test_a_clean_run_of_the_same_length_raises_no_laser_alarm(tmp_path: Pa
         await wait_for(
             lambda: _last_check_h(store) >= RUN_H,
             RUN_H * 3600 / TIME_SCALE + 60,
+            STORE_POLL_S,
             what=f"{RUN_H} process hours of the check",
         )
     assert _raised(store) == []

@@ -80,6 +80,10 @@ def _config(tmp_path: Path, wear: dict[str, Any] | None) -> Path:
     return config
 
 
+#: Seconds between reads of the whole store while waiting: each read holds the event loop the
+#: emulators and the gateway run on, and the store grows to tens of thousands of samples.
+STORE_POLL_S = 0.5
+
 #: A clean run goes this far (process hours) without the alarm.
 CLEAN_TO_H = 30.0
 
@@ -99,7 +103,9 @@ async def test_tubing_wear_on_the_emulated_pump_raises_an_alarm_naming_the_pump(
         return bool(raised)
 
     async with running(plan):
-        await wait_for(alarm, CLEAN_TO_H * 3600 / TIME_SCALE + 30, what="the pump's wear alarm")
+        await wait_for(
+            alarm, CLEAN_TO_H * 3600 / TIME_SCALE + 30, STORE_POLL_S, what="the pump's wear alarm"
+        )
     samples = stored_by_signal(store)
     first = raised[0]
     age = [s.value for s in samples[AGE] if s.source_ts <= first.source_ts]
@@ -118,6 +124,7 @@ async def test_the_same_run_without_wear_raises_no_alarm(tmp_path: Path) -> None
         await wait_for(
             lambda: any(s.value > CLEAN_TO_H for s in stored_by_signal(store).get(AGE, [])),
             CLEAN_TO_H * 3600 / TIME_SCALE + 30,
+            STORE_POLL_S,
             what=f"the batch past {CLEAN_TO_H} h",
         )
     samples = stored_by_signal(store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 import jcamp
 import pytest
 import serial
-from conftest import demo_copy, fake_distribution, free_port, patgw
+from conftest import demo_copy, fake_distribution, free_port, patgw, stored_by_signal
+
+from gateway.errors import StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,29 +244,64 @@ def quality_runs(samples: list[dict]) -> list[str]:
 
 
 def test_emulate_standalone_with_scheduled_fault(tmp_path: Path) -> None:
+    """`patgw emulate` with a fault scheduled 4 s after its start: a gateway already polling
+    reads good, then the device failure, then good again."""
     port = free_port()
-    # The fault starts 4 s after the emulator: a gateway started right after it on a loaded
-    # machine has read good samples by then (at 2 s it sometimes had not even started).
-    schedule = "faults=[{fault: exception_responses, after_s: 4.0, for_s: 1.5}]"
-    emulator = start_emulator(port, schedule, "setpoint_rpm=120")
+    config = pump_config(tmp_path, port)
+    store = tmp_path / "s.sqlite"
+    # The gateway first, so that it reads the emulator as soon as it listens: a gateway started
+    # after the emulator on a loaded machine may come up after the fault (seen at 4 s).
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", str(config), "--for", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    emulator: subprocess.Popen[str] | None = None
+
+    def runs() -> list[str]:
+        if not store.exists():
+            return []
+        try:
+            flows = stored_by_signal(store).get("r9/pump/flow", [])
+        except (sqlite3.OperationalError, StoreError):  # its tables not made yet
+            return []
+        return quality_runs([{"quality": s.quality.name.lower()} for s in flows])
+
     try:
-        result = patgw("run", str(pump_config(tmp_path, port)), "--for", "7.5")
-        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 60
+        while runs() != ["bad"]:  # polling, nothing listening yet
+            assert gateway.poll() is None, gateway.communicate()
+            assert time.monotonic() < deadline, f"the gateway never polled: {runs()}"
+            time.sleep(0.1)
+        schedule = "faults=[{fault: exception_responses, after_s: 4.0, for_s: 1.5}]"
+        emulator = start_emulator(port, schedule, "setpoint_rpm=120")
+        deadline = time.monotonic() + 60
+        while runs() != ["bad", "good", "bad", "good"]:
+            assert gateway.poll() is None, gateway.communicate()
+            assert time.monotonic() < deadline, f"never saw the fault come and go: {runs()}"
+            time.sleep(0.2)
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=30) == 0, gateway.communicate()
         emulator.send_signal(signal.SIGTERM)
         emulator.communicate(timeout=10)
         assert emulator.returncode == 0
     finally:
-        if emulator.poll() is None:
-            emulator.kill()
-            emulator.communicate()
-    samples = export_jsonl(pump_config(tmp_path, port))
-    assert quality_runs(samples) == ["good", "bad", "good"]
-    assert {s["reason"] for s in samples if s["quality"] == "bad"} == {
+        for proc in (gateway, emulator):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    samples = export_jsonl(config)
+    assert [s["seq"] for s in samples] == list(range(len(samples)))
+    # From the first good sample on: the emulator's scheduled fault, and only that.
+    first = next(i for i, s in enumerate(samples) if s["quality"] == "good")
+    served = samples[first:]
+    assert quality_runs(served) == ["good", "bad", "good"]
+    assert {s["reason"] for s in served if s["quality"] == "bad"} == {
         "exception 4 (device failure)"
     }
-    good = [s["value"] for s in samples if s["quality"] == "good"]
+    good = [s["value"] for s in served if s["quality"] == "good"]
     assert good and all(v == pytest.approx(96.0) for v in good)  # 120 rpm x 0.8 mL/rev
-    assert [s["seq"] for s in samples] == list(range(len(samples)))
 
 
 def test_emulator_process_killed_and_restarted(tmp_path: Path) -> None:

@@ -520,7 +520,7 @@ async def test_gateway_sigkilled_at_random_moments_loses_nothing(tmp_path: Path)
         try:
             for _ in range(kills):
                 await gateway.start()
-                await until(lambda: forwarding(gateway, http_port), 20, "the gateway forwarding")
+                await until(lambda: forwarding(gateway, http_port), 60, "the gateway forwarding")
                 resumed.append(gateway.event("sink.resume")["backlog"])
                 moments.append(round(rng.uniform(1.0, 3.0), 2))
                 await asyncio.sleep(moments[-1])  # a random moment, not a wait for a condition
@@ -528,7 +528,7 @@ async def test_gateway_sigkilled_at_random_moments_loses_nothing(tmp_path: Path)
                 await gateway.kill()
             before_last = set(read_store(store)[0])
             await gateway.start()
-            await until(lambda: forwarding(gateway, http_port), 20, "the last run forwarding")
+            await until(lambda: forwarding(gateway, http_port), 60, "the last run forwarding")
             resumed.append(gateway.event("sink.resume")["backlog"])
             # The last run delivers what the killed ones left undelivered; then its backlog is
             # live data in flight only. (Not 0: against Mosquitto's default set_tcp_nodelay
@@ -756,7 +756,7 @@ async def test_demo_mqtt_publishes_every_signal_and_survives_a_sigkill(
             wanted = {f"pat/{site}/{s.id}" for s in signals}
             await wait_for(
                 lambda: gateway.alive() and wanted <= consumer.update().topics_seen,
-                within=20,
+                within=60,  # a gateway process starting the demo's emulators: slow when loaded
                 what=f"a message on each of {len(wanted)} signal topics",
             )
             for copy in first_occurrences(consumer.copies):
@@ -775,7 +775,7 @@ async def test_demo_mqtt_publishes_every_signal_and_survives_a_sigkill(
             await gateway.kill()
             before = set(read_store(store)[0])
             await gateway.start()
-            await until(lambda: forwarding(gateway, http_port), 20, "the second run forwarding")
+            await until(lambda: forwarding(gateway, http_port), 60, "the second run forwarding")
             await wait_for(
                 lambda: gateway.alive() and before <= consumer.keys(),
                 within=15,
