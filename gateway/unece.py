@@ -82,6 +82,7 @@ _TABLE: Final[tuple[tuple[str, str, int, str, str], ...]] = (
     ("/h", "H10", 4731184, "1/h", "reciprocal hour"),
     ("/s", "C97", 4405559, "s⁻¹", "reciprocal second"),
     ("Hz", "HTZ", 4740186, "Hz", "hertz"),
+    ("kHz", "KHZ", 4933722, "kHz", "kilohertz"),
     # volume
     ("mL", "MLT", 5065812, "ml", "millilitre"),
     ("L", "LTR", 5002322, "l", "litre"),
@@ -147,7 +148,20 @@ _TABLE: Final[tuple[tuple[str, str, int, str, str], ...]] = (
 OFF_TABLE_CODES: Final = frozenset({"P1", "E32", "E90"})
 """Rec 20 codes used here that the OPC Foundation's ``UNECE_to_OPCUA.csv`` does not list."""
 
-NO_UNECE_UNIT: Final = frozenset({"{counts}", "{cells}", "10*6/mL", "10*6/L", "10*9/L"})
+NO_UNECE_UNIT: Final = frozenset(
+    {
+        "{counts}",
+        "{cells}",
+        "10*6/mL",
+        "10*6/L",
+        "10*9/L",
+        # A capacitance probe's permittivity and cell factor, and a UV detector's milli
+        # absorbance units: Rec 20 has no code for them.
+        "pF/cm",
+        "10*6.cm/(mL.pF)",
+        "{mAU}",
+    }
+)
 """UCUM codes the gateway meets that have no Rec 20 unit: :func:`unece_for_ucum` gives ``None``."""
 
 # Display names a server may send without a usable unit id, for units whose UCUM code is
