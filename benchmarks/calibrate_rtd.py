@@ -14,7 +14,7 @@ conductivity and the flow recorded, a residence-time model fitted on them.
    ``surge_tank``, writing ``--output``.
 
     python benchmarks/calibrate_rtd.py [--output configs/models/surge-tank-rtd.json]
-        [--time-scale 600] [--hours 12] [--step-after-h 2] [--work DIR]
+        [--time-scale 600] [--hours 18] [--step-after-h 6] [--work DIR]
 
 Each ``patgw`` step runs as a user would run it (printed on standard error); the last line on
 standard output is the fit's JSON report. The demo's model was made with the defaults.
@@ -125,8 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=REPO / "configs/models/surge-tank-rtd.json")
     parser.add_argument("--time-scale", type=float, default=600.0)
-    parser.add_argument("--hours", type=float, default=12.0, help="process hours recorded")
-    parser.add_argument("--step-after-h", type=float, default=2.0)
+    parser.add_argument("--hours", type=float, default=18.0, help="process hours recorded")
+    parser.add_argument(
+        "--step-after-h",
+        type=float,
+        default=6.0,
+        help="process hours before the step: the tank settles from its start-up fill first",
+    )
     parser.add_argument("--model-version", default="1")
     parser.add_argument("--work", type=Path, default=None, help="keep the test's files here")
     args = parser.parse_args()
