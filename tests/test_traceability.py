@@ -15,6 +15,7 @@ import traceline
 from traceline import EXCURSION_H, PADDING_H, SIGNALS, SURGE, expected_share, values_at
 
 from gateway import PluginContext, Quality, Sample, Signal
+from plugins.traceability.genealogy import read_genealogy
 from plugins.traceability.line import Capture, HarvestBin, Reactor, Tanks, add_into
 from plugins.traceability.options import TraceOptions
 from plugins.traceability.processor import TraceProcessor
@@ -370,6 +371,19 @@ def test_a_torn_last_line_is_skipped_and_the_run_continues_after_the_good_ones(
     io = _IO()
     run_line(again, io, 11.0, start_h=6.5)
     assert io.values("fraction") == [4, 5]
+    # The lines written after the restart are lines of their own, not glued onto the torn one.
+    genealogy = read_genealogy(path)
+    assert [f["fraction"] for f in genealogy.fractions] == [1, 2, 3, 4, 5]
+    assert genealogy.skipped == 1
+
+
+def test_a_fraction_into_which_nothing_was_traced_is_not_released(tmp_path: Path) -> None:
+    """A column into which no material was traced (the feed's UV read nothing while it
+    loaded): the gateway cannot vouch for what the fraction holds."""
+    processor = bound(tmp_path)
+    record = processor._describe(5, 1, {}, False, 20.0, 0)
+    assert record["recommendation"]["divert"] is True
+    assert "no material traced" in record["recommendation"]["why"]
 
 
 def test_media_entering_during_a_deviation_is_traced_through_the_reactor(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from test_controlled_writes import HASHES, PASSWORDS, api_call, audit_records
 
 import plugins.traceability.plugin as traceability_plugin
 from gateway import Quality, Sample, build_registry, load_plan, sample_to_json
+from gateway.timefmt import parse_iso_ns
 from plugins.softsensor.model import content_hash
 from plugins.traceability.rtd import RtdModel, rtd_model_to_dict, save_rtd_model
 
@@ -117,6 +118,29 @@ def test_fit_takes_an_inlet_and_a_flow_reported_only_when_they_change(tmp_path: 
     assert report["n_tanks"] == 4
     assert report["volume_mL"] == pytest.approx(600.0, rel=0.03)
     assert report["dead_volume_mL"] == pytest.approx(40.0, abs=15.0)
+
+
+def test_fit_converts_an_age_signal_to_hours(tmp_path: Path) -> None:
+    """A batch age in minutes is minutes: the volumes come out the same as from the clock."""
+    data = step_export(tmp_path / "step.jsonl")
+    lines = data.read_text().splitlines()
+    ages = []
+    for line in lines:
+        row = json.loads(line)
+        if row["signal"] == "a/skid/feed_flow":
+            ts = parse_iso_ns(row["source_ts"])
+            minutes = (ts - T0) / HOUR_NS * 60
+            age = Sample("a/ctl/batch_age", minutes, "min", ts, ts, Quality.GOOD, len(ages))
+            ages.append(sample_to_json(age))
+    data.write_text("\n".join(lines + ages) + "\n")
+    fit = patgw(
+        "model", "fit", "rtd", "--data", str(data), *STEP, "--age", "*/batch_age",
+        "--unit", "surge_tank", "--output", str(tmp_path / "m.json"), "--id", "m",
+        "--model-version", "1", "--json",
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    report = json.loads(fit.stdout)
+    assert report["volume_mL"] == pytest.approx(600.0, rel=0.03)
 
 
 @pytest.mark.parametrize(

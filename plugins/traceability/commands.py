@@ -207,7 +207,14 @@ def _process_hours(
         return np.asarray((ns - origin) / 3.6e12 * args.time_scale, dtype=np.float64)
     if "age" not in series or not series["age"].times:
         raise _InputError(f"{args.data}: no good samples of an age matching {args.age!r}")
+    try:
+        to_h = compile_conversion(series["age"].unit, "h")
+    except UnitError as exc:
+        raise _InputError(
+            f"--age: {series['age'].signal} is in {series['age'].unit!r}, not a time ({exc})"
+        ) from None
     a_t, a_v = _sorted(series["age"])
+    a_v = np.asarray([to_h(float(v)) for v in a_v], dtype=np.float64)
     idx = np.clip(np.searchsorted(a_t, ns, side="right") - 1, 0, len(a_t) - 1)
     return np.asarray(a_v[idx] + (ns - a_t[idx]) / 3.6e12 * args.time_scale, dtype=np.float64)
 

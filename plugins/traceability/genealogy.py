@@ -42,8 +42,14 @@ class GenealogyWriter:
     def append(self, record: Mapping[str, Any]) -> None:
         text = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(text + "\n")
+        with self.path.open("a+b") as out:
+            # A crash may have left a torn last line: end it, so this record is a line of its
+            # own rather than glued onto the torn one (and skipped with it when read).
+            if out.tell() > 0:
+                out.seek(-1, os.SEEK_END)
+                if out.read(1) != b"\n":
+                    out.write(b"\n")
+            out.write((text + "\n").encode("utf-8"))
             out.flush()
             os.fsync(out.fileno())
 

@@ -566,6 +566,7 @@ class TraceProcessor:
         col_value = latest[self._v_fraction_column]
         columns = len(self._v_states)
         if not math.isfinite(col_value) or not 1 <= int(col_value) <= columns:
+            self.counts["fractions_skipped"] += 1
             self._log.warning("trace.fraction_column_unknown", fraction=number, column=col_value)
             return
         column = int(col_value)
@@ -622,7 +623,9 @@ class TraceProcessor:
             if n > 0:
                 signals[name] = {"min": lo, "mean": acc / n, "max": hi, "samples": int(n)}
         complete = not partial and total > 0
-        if partial and o.unknown_is_affected:
+        # A column loaded before tracing started, or one into which nothing was traced (the
+        # feed's UV read nothing while it loaded): nobody can vouch for what it holds.
+        if (partial or total <= 0) and o.unknown_is_affected:
             affected = 1.0
         affected = min(1.0, affected)
         divert = affected > o.divert_share
@@ -631,6 +634,8 @@ class TraceProcessor:
             reasons.append(f"unknown origin {unknown:.3g}")
         if partial:
             reasons.append("column loaded before tracing started")
+        elif total <= 0:
+            reasons.append("no material traced into it")
         return {
             "type": "fraction",
             "processor": self.id,
