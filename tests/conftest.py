@@ -328,6 +328,16 @@ async def secure_client(
     return client
 
 
+async def trusted_client(server: Any, folder: Path, user: str, password: str) -> Client:
+    """A client (not connected) of the gateway's OPC UA server sink ``server``, with a new
+    certificate in ``folder`` that the server trusts, logging in as ``user``."""
+    who = make_client_cert(folder, "historian")
+    (server.trusted_dir / who.cert.name).write_bytes(who.cert.read_bytes())
+    return await secure_client(
+        server.endpoint_url, who, server.own_certificate.cert_path, user, password
+    )
+
+
 def certificate_builder(
     subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
 ) -> x509.CertificateBuilder:

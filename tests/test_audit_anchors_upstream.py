@@ -12,11 +12,10 @@ import pytest
 from asyncua import ua
 from conftest import (
     free_port,
-    make_client_cert,
     plan_for,
     pump_instrument,
     running,
-    secure_client,
+    trusted_client,
     wait_for,
 )
 from mosquitto import Mosquitto, Subscriber
@@ -83,11 +82,7 @@ async def test_the_anchor_is_served_by_the_opcua_server(tmp_path: Path) -> None:
     async with running(plan) as (gateway, _):
         await wait_for(lambda: gateway.audit and gateway.audit.anchors, 15, what="an anchor")
         server = plan.sinks[0].instance
-        who = make_client_cert(tmp_path / "client", "historian")
-        (server.trusted_dir / who.cert.name).write_bytes(who.cert.read_bytes())
-        client = await secure_client(
-            server.endpoint_url, who, server.own_certificate.cert_path, "viewer", "pw"
-        )
+        client = await trusted_client(server, tmp_path / "client", "viewer", "pw")
         async with client:
             index = await client.get_namespace_index(server.namespace_uri)
             node = client.get_node(ua.NodeId("reactor1/gateway/audit_anchor", index))

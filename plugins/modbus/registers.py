@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway import float32_decimal
+
 __all__ = [
     "DATA_TYPES",
     "Decoder",
@@ -96,22 +98,27 @@ class Decoder:
     offset_in_block: int
     count: int
     fmt: struct.Struct
+    words: struct.Struct
     swap_words: bool
     swap_bytes: bool
     scale: float
     offset: float
     is_float: bool
+    float32: bool
 
     def decode(self, words: Sequence[int]) -> float | int:
-        """Decode this register from ``words`` (the whole block's registers)."""
+        """Decode this register from ``words`` (the whole block's registers).
+
+        A float32 is taken as the decimal the instrument meant (1.6, not 1.600000023841858:
+        :func:`gateway.float32_decimal`) before the scale and offset apply."""
         part = words[self.offset_in_block : self.offset_in_block + self.count]
         if self.swap_words:
             part = part[::-1]
-        raw = bytearray()
-        for word in part:
-            hi, lo = (word >> 8) & 0xFF, word & 0xFF
-            raw += bytes((lo, hi)) if self.swap_bytes else bytes((hi, lo))
+        # The words packed as 16-bit integers in the byte order of the map: the value's bytes.
+        raw = self.words.pack(*part)
         value: float | int = self.fmt.unpack(raw)[0]
+        if self.float32:
+            value = float32_decimal(value)
         if self.scale != 1.0 or self.offset != 0.0:
             return value * self.scale + self.offset
         return value if self.is_float else int(value)
@@ -129,16 +136,19 @@ class ReadBlock:
 
 def _decoder(spec: RegisterSpec, start: int, word_order: Order, byte_order: Order) -> Decoder:
     code, count = DATA_TYPES[spec.type]
+    swap_bytes = (spec.byte_order or byte_order) == "little"
     return Decoder(
         name=spec.name,
         offset_in_block=start,
         count=count,
         fmt=struct.Struct(">" + code),
+        words=struct.Struct(("<" if swap_bytes else ">") + "H" * count),
         swap_words=(spec.word_order or word_order) == "little",
-        swap_bytes=(spec.byte_order or byte_order) == "little",
+        swap_bytes=swap_bytes,
         scale=spec.scale,
         offset=spec.offset,
         is_float=spec.type.startswith("float") or spec.scale != 1.0 or spec.offset != 0.0,
+        float32=spec.type == "float32",
     )
 
 

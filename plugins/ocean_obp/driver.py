@@ -28,6 +28,7 @@ from gateway import (
     SignalKind,
     SpectralAxis,
     Spectrum,
+    float32_decimal,
     now_ns,
 )
 
@@ -206,7 +207,8 @@ class ObpSpectrometer(PollingDriver):
             return
         celsius = unpack_f32(reply, what)
         if math.isfinite(celsius):
-            outputs.detector_temperature.publish(celsius, asked)
+            # A float32 on the wire: publish the decimal the spectrometer meant.
+            outputs.detector_temperature.publish(float32_decimal(celsius), asked)
         else:
             outputs.detector_temperature.publish(
                 None, asked, Quality.BAD, f"detector temperature reads {celsius}"

@@ -4,6 +4,8 @@ A ``DataValue`` carries a value, a ``StatusCode`` whose two top bits are its sev
 Uncertain, Bad; OPC UA Part 4 §7.39), and a source and a server timestamp. The gateway keeps the
 source timestamp as received (the server's timestamp stands in when a server sends none), the
 quality from the severity, and the status code's name as the reason for anything not Good.
+A ``Float`` (float32) value is taken as the decimal the server meant (``1.6``, not
+``1.600000023841858``: :func:`gateway.float32_decimal`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from asyncua import ua
 
-from gateway import Quality
+from gateway import Quality, float32_decimal
 
 __all__ = [
     "coerce_for_write",
@@ -49,6 +51,8 @@ def reading(dv: ua.DataValue) -> tuple[Any, int | None, Quality, str | None]:
     """``(value, source_ts, quality, reason)`` of one data value, ready to publish."""
     variant = dv.Value
     value = plain_value(variant.Value) if variant is not None else None
+    if variant is not None and variant.VariantType is ua.VariantType.Float:
+        value = _float32_decimals(value)
     status = dv.StatusCode
     code = status.value if status is not None else 0
     source_ts = None
@@ -62,6 +66,14 @@ def reading(dv: ua.DataValue) -> tuple[Any, int | None, Quality, str | None]:
             return None, source_ts, Quality.BAD, "Good status without a value"
         return value, source_ts, Quality.GOOD, None
     return value, source_ts, _SEVERITY[severity], status_name(code)
+
+
+def _float32_decimals(value: Any) -> Any:
+    if type(value) is float:
+        return float32_decimal(value)
+    if type(value) is list:  # an array of Float
+        return [_float32_decimals(v) for v in value]
+    return value
 
 
 def status_name(code: int) -> str:
