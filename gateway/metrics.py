@@ -16,6 +16,7 @@ import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,14 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GatewayCollector",
+    "ProducerCounts",
     "gateway_version",
     "health_report",
     "is_ready",
     "new_registry",
+    "producer_counts",
     "store_size_bytes",
 ]
 
 _LIVE, _HISTORICAL = "live", "historical"
+_INSTRUMENT, _PROCESSOR = "instrument", "processor"
 # State values (InstrumentState, SinkState) compared as strings: importing gateway.runtime here
 # would make gateway.runtime and this module (which the supervisor uses) import each other.
 _CONNECTED, _CONNECTING, _DOWN, _UP = "connected", "connecting", "down", "up"
@@ -73,10 +77,6 @@ class GatewayCollector:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._version = gateway_version()
-        self._instrument_of = {s.id: s.instrument for s in gateway.plan.signals}
-        # def_id → instrument, built once the writer (and with it the def_ids) exists.
-        self._names: Mapping[int, tuple[str, str]] | None = None
-        self._instrument_of_def: dict[int, str] = {}
 
     def collect(self) -> Iterator[Metric]:
         """Every metric, read now."""
@@ -86,33 +86,15 @@ class GatewayCollector:
         yield InfoMetricFamily(
             "patgw", "PAT Gateway build information.", value={"version": self._version}
         )
-        yield from self._instruments()
+        counts = producer_counts(self._gateway)
+        yield from self._producers(counts)
+        yield from self._instruments(counts)
         yield from self._processors()
         yield from self._store()
         yield from self._sinks()
 
-    def _instruments(self) -> Iterator[Metric]:
+    def _instruments(self, counts: Mapping[str, ProducerCounts]) -> Iterator[Metric]:
         gateway = self._gateway
-        read: Counter[str] = Counter()
-        first_seq = gateway.first_seq
-        for output in gateway.outputs:
-            signal = output.signal
-            read[signal.instrument] += output.seq - first_seq[signal.id]
-        committed: Counter[str] = Counter()
-        writer = gateway.writer
-        if writer is not None:
-            if self._names is not writer.names:
-                self._names = writer.names
-                self._instrument_of_def = {
-                    def_id: self._instrument_of[signal_id]
-                    for def_id, (signal_id, _unit) in writer.names.items()
-                    if signal_id in self._instrument_of
-                }
-            of_def = self._instrument_of_def
-            for def_id, count in writer.stats.committed_by_def.items():
-                instrument = of_def.get(def_id)
-                if instrument is not None:
-                    committed[instrument] += count
         labels = ["instrument"]
         samples_read = CounterMetricFamily(
             "patgw_instrument_samples_read_total",
@@ -141,12 +123,39 @@ class GatewayCollector:
         )
         for runner in gateway.runners:
             key = [runner.instrument_id]
-            samples_read.add_metric(key, read[runner.instrument_id])
-            samples_committed.add_metric(key, committed[runner.instrument_id])
+            own = counts[runner.instrument_id]
+            samples_read.add_metric(key, own.published)
+            samples_committed.add_metric(key, own.committed)
             connected.add_metric(key, runner.state == _CONNECTED)
             failures.add_metric(key, runner.failures)
             sessions.add_metric(key, runner.sessions)
         yield from (samples_read, samples_committed, connected, failures, sessions)
+
+    def _producers(self, counts: Mapping[str, ProducerCounts]) -> Iterator[Metric]:
+        labels = ["producer", "kind"]
+        published = CounterMetricFamily(
+            "patgw_producer_samples_published_total",
+            "Samples the producer (an instrument's driver, a processor) published during this run.",
+            labels=labels,
+        )
+        committed = CounterMetricFamily(
+            "patgw_producer_samples_committed_total",
+            "Samples of the producer committed to the local store during this run (summed over"
+            " producers: patgw_store_samples_committed_total).",
+            labels=labels,
+        )
+        dropped = CounterMetricFamily(
+            "patgw_producer_samples_dropped_total",
+            "Samples of the producer the store could not keep during this run (summed over"
+            " producers: patgw_store_samples_dropped_total).",
+            labels=labels,
+        )
+        for producer, own in counts.items():
+            key = [producer, own.kind]
+            published.add_metric(key, own.published)
+            committed.add_metric(key, own.committed)
+            dropped.add_metric(key, own.dropped)
+        yield from (published, committed, dropped)
 
     def _processors(self) -> Iterator[Metric]:
         labels = ["processor"]
@@ -316,6 +325,56 @@ class GatewayCollector:
         yield from (failures, reconnects, up)
 
 
+@dataclass(frozen=True, slots=True)
+class ProducerCounts:
+    """One producer's samples during this run. What it published is committed, dropped or still
+    pending (waiting for a commit, or kept for a retry)."""
+
+    kind: str
+    """``instrument`` or ``processor``."""
+    published: int
+    committed: int
+    dropped: int
+
+    @property
+    def pending(self) -> int:
+        """Published and neither committed nor dropped (yet)."""
+        return self.published - self.committed - self.dropped
+
+
+def producer_counts(gateway: Gateway) -> dict[str, ProducerCounts]:
+    """Samples per producer (instrument or processor, by id) during this run.
+
+    Every row the store commits or drops was published by exactly one producer's output, so
+    the producers' committed and dropped counts sum to the store's totals.
+    """
+    published: Counter[str] = Counter()
+    producer_of: dict[int, str] = {}  # def_id → producer
+    first_seq = gateway.first_seq
+    for output in gateway.outputs:
+        signal = output.signal
+        published[signal.instrument] += output.seq - first_seq[signal.id]
+        producer_of[output.def_id] = signal.instrument
+    committed: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    writer = gateway.writer
+    if writer is not None:
+        for counter, by_def in (
+            (committed, writer.stats.committed_by_def),
+            (dropped, writer.stats.dropped_by_def),
+        ):
+            for def_id, count in by_def.items():
+                producer = producer_of.get(def_id)  # every committed def has an output
+                if producer is not None:
+                    counter[producer] += count
+    kinds = {r.instrument_id: _INSTRUMENT for r in gateway.runners}
+    kinds |= {p.processor_id: _PROCESSOR for p in gateway.processors}
+    return {
+        producer: ProducerCounts(kind, published[producer], committed[producer], dropped[producer])
+        for producer, kind in kinds.items()
+    }
+
+
 def store_size_bytes(path: Path) -> int:
     """Bytes on disk of the SQLite store at ``path`` and its write-ahead log (0 if missing)."""
     size = 0
@@ -346,6 +405,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     writer = gateway.writer
     stats = writer.stats if writer is not None else None
     now = now_ns()
+    counts = producer_counts(gateway)
     instruments = {
         r.instrument_id: {
             "state": r.state.value,
@@ -353,6 +413,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "failures": r.failures,
             "last_error": r.last_error,
         }
+        | _samples(counts[r.instrument_id])
         for r in gateway.runners
     }
     sinks: dict[str, dict[str, Any]] = {}
@@ -395,6 +456,7 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "restarts": p.restarts,
             "owns": p.owned,
         }
+        | _samples(counts[p.processor_id])
         for p in gateway.processors
     }
     store: dict[str, Any] = {
@@ -443,6 +505,15 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             # A count: /health needs no login, so it names nobody.
             "users_locked_out": len(gateway.plan.access.authority.locked_out()),
         },
+    }
+
+
+def _samples(own: ProducerCounts) -> dict[str, Any]:
+    return {
+        "published": own.published,
+        "committed": own.committed,
+        "dropped": own.dropped,
+        "pending": own.pending,
     }
 
 

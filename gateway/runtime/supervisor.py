@@ -365,6 +365,7 @@ class Gateway:
 
         def late(row: Row) -> None:
             writer.stats.dropped += 1
+            writer.stats.dropped_by_def[row[0]] += 1
             if writer.stats.dropped_late == 0:
                 log.error("store.sample_after_final_commit", def_id=row[0], seq=row[1])
             writer.stats.dropped_late += 1

@@ -75,6 +75,8 @@ class WriterStats:
     commit_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     # Committed samples per signal definition id (the store's def_id; see StoreWriter.names).
     committed_by_def: Counter[int] = field(default_factory=Counter)
+    # Dropped samples per def_id: with committed_by_def, what each producer lost (metrics).
+    dropped_by_def: Counter[int] = field(default_factory=Counter)
     # Commit latency histogram: counts per LATENCY_BUCKETS_S upper bound (+inf last), and sum.
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
@@ -202,6 +204,7 @@ class StoreWriter:
         self._add_losses(self._losses_of(left, cause))
         losses, self._losses = self._losses, []
         self.stats.dropped += len(left)
+        self.stats.dropped_by_def.update(map(_def_id, left))
         if left or losses:
             log.error(
                 "store.unsaved_at_shutdown",
@@ -326,6 +329,7 @@ class StoreWriter:
         if not rows:
             return
         self.stats.dropped += len(rows)
+        self.stats.dropped_by_def.update(map(_def_id, rows))
         losses = self._losses_of(rows, reason)
         self._add_losses(losses)
         now = time.monotonic()
