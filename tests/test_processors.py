@@ -33,15 +33,17 @@ from gateway.runtime import Gateway
 
 class CounterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    per_tick: int = 1
 
 
 class Counter:
-    """Publishes 0, 1, 2, … every 5 ms with a source time of its own (1 ms steps from 2026)."""
+    """Publishes 0, 1, 2, … (``per_tick`` of them) every 5 ms with a source time of its own (1 ms
+    steps from 2026)."""
 
     EPOCH = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
     def __init__(self, options: CounterOptions, context: PluginContext) -> None:
-        pass
+        self.per_tick = options.per_tick
 
     def channels(self) -> Sequence[Channel]:
         return [Channel("count", "1")]
@@ -51,11 +53,11 @@ class Counter:
         out = io.output("count")
         n = 0
         while True:
-            quality = Quality.UNCERTAIN if n % 10 == 9 else Quality.GOOD
-            out.publish(
-                float(n), self.EPOCH + n * 1_000_000, quality, "drift" if n % 10 == 9 else None
-            )
-            n += 1
+            for _ in range(self.per_tick):
+                quality = Quality.UNCERTAIN if n % 10 == 9 else Quality.GOOD
+                reason = "drift" if n % 10 == 9 else None
+                out.publish(float(n), self.EPOCH + n * 1_000_000, quality, reason)
+                n += 1
             await asyncio.sleep(0.005)
 
 

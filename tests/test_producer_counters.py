@@ -5,8 +5,6 @@ keep, and after the final commit."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,55 +12,11 @@ import pytest
 from conftest import running, wait_for, write_config
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict
-from test_processors import Scale, ScaleOptions
+from test_processors import Plugin
 
-from gateway import (
-    Channel,
-    InstrumentIO,
-    PluginContext,
-    Registry,
-    build_registry,
-    hookimpl,
-    load_plan,
-)
+from gateway import build_registry, load_plan
 from gateway.metrics import health_report, new_registry
 from gateway.runtime import Gateway
-
-
-class BurstOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Burst:
-    """Publishes 40 readings every 5 ms: far more than a store bounded to 1,000 waiting samples
-    and committing every 300 ms keeps, so it drops some."""
-
-    def __init__(self, options: BurstOptions, context: PluginContext) -> None:
-        pass
-
-    def channels(self) -> Sequence[Channel]:
-        return [Channel("count", "1")]
-
-    async def run(self, io: InstrumentIO) -> None:
-        io.connected()
-        out = io.output("count")
-        n = 0
-        while True:
-            for _ in range(40):
-                out.publish(float(n))
-                n += 1
-            await asyncio.sleep(0.005)
-
-
-class Plugin:
-    @hookimpl
-    def pat_gateway_register_drivers(self, registry: Registry) -> None:
-        registry.add_driver("burst", Burst, BurstOptions)
-
-    @hookimpl
-    def pat_gateway_register_processors(self, registry: Registry) -> None:
-        registry.add_processor("scale", Scale, ScaleOptions)
 
 
 def metric_values(gateway: Gateway) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -118,7 +72,9 @@ async def test_producer_counts_sum_to_the_stores_totals_with_a_processor(tmp_pat
             "commit_interval_ms": 300,
             "max_pending_samples": 1000,
         },
-        "instruments": [{"id": "c", "driver": "burst"}],
+        # 40 readings every 5 ms: more than a store bounded to 1,000 waiting samples and
+        # committing every 300 ms keeps, so it drops some.
+        "instruments": [{"id": "c", "driver": "counter", "options": {"per_tick": 40}}],
         "processors": [{"id": "p", "type": "scale", "options": {"input": "t/c/count"}}],
     }
     registry = build_registry([Plugin()], entry_points=False)
