@@ -12,6 +12,7 @@ import json
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,8 +29,9 @@ from conftest import (
 from mosquitto import Mosquitto, Subscriber
 
 from firmware_stubs.feed_pump import FeedPumpEmulator, PumpModel
-from gateway import float32_decimal, hash_password
+from gateway import Signal, compile_conversion, float32_decimal, hash_password
 from gateway.export import write_csv, write_jsonl
+from gateway.runtime.outputs import SignalOutput
 from gateway.store import SampleStore
 from plugins.modbus.registers import RegisterSpec, plan_reads
 
@@ -76,6 +78,16 @@ def test_the_register_decoder_gives_the_decimal_of_a_float32_register() -> None:
     assert repr(flow) == "1.6"
     assert scaled == 16.0
     assert wide == 1.600000023841858  # a float64 is taken exactly as it is
+
+
+def test_a_numpy_float32_published_by_any_driver_is_stored_as_its_decimal() -> None:
+    rows: list[tuple[Any, ...]] = []
+    signal = Signal("r/dev/level", "m")
+    output = SignalOutput(signal, compile_conversion("m", "cm"), 1, 0, rows.append)
+    output.publish(np.float32(1.6))
+    plain = SignalOutput(signal, compile_conversion("m", "m"), 1, 0, rows.append)
+    plain.publish(np.float32(0.1))
+    assert [row[5] for row in rows] == [160.0, 0.1]
 
 
 @pytest.mark.asyncio

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model import Quality, Signal
+from ..model import Quality, Signal, float32_decimal
 from ..spectra import Spectrum
 from ..store.sqlite import Row
 from ..timefmt import now_ns
@@ -162,12 +162,15 @@ def _also(problem: str, reason: str | None) -> str:
 
 def _unusual(value: Any, q: int, reason: str | None) -> tuple[Any, int, str | None]:
     """Values other than plain floats and ints (off the hot path): make numbers plain numbers
-    (numpy scalars, IntEnum, float subclasses) so they are stored and checked as such."""
+    (numpy scalars, IntEnum, float subclasses) so they are stored and checked as such; a numpy
+    float32 becomes its shortest decimal (:func:`~gateway.float32_decimal`)."""
     if isinstance(value, bool | str | bytes):
         return value, q, reason
     if isinstance(value, Spectrum):
         problem = "a spectrum published on a scalar signal (declare the channel as a spectrum)"
         return None, _BAD, _also(problem, reason)
+    if type(value) is np.float32:  # a float32 reading: the decimal the instrument meant
+        return float32_decimal(float(value)), q, reason
     try:
         return operator.index(value), q, reason  # integers of any kind, exactly
     except TypeError:
