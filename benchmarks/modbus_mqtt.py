@@ -56,7 +56,16 @@ Figures of a run (one JSON object per line, then a summary object):
   ``gateway_cpu_pct_per_1000_values_s`` divides the gateway's by the produced rate / 1000;
   ``subscriber_cpu_s`` is the subscriber's receiving CPU over the whole run;
 * ``rss_mb``: the gateway's resident memory at the end of the window, its highest sample during
-  the window, and the kernel's high-water mark (VmHWM, start-up included).
+  the window, and the kernel's high-water mark (VmHWM, start-up included);
+* ``first_value_s``: from starting ``patgw run`` to the first value at the subscriber;
+  ``values_per_request``: values committed per Modbus read request the emulators served (100:
+  one request per poll);
+* ``stop``: ``exit_s`` from SIGTERM to the exit (SIGKILL after ``--stop-timeout-s``:
+  ``exited`` false); ``clean``: exited with code 0 and no ``gateway.stop_timeout`` or
+  ``store.sample_after_final_commit`` in its log; ``within_bound``: in at most 5 s;
+  ``losses_recorded``: samples in the store's loss records; ``unaccounted_seq_gaps``: seq
+  numbers missing between a signal's first and last committed sample beyond its recorded
+  losses (0 expected); ``log_events``: the gateway's warnings and errors, by event.
 
 Figures taken while other work shares the machine are noisy: compare CPU per value (less
 sensitive than rates), and take final figures on a quiet machine.
@@ -106,6 +115,7 @@ from firmware_stubs.modbus_device import ModbusDeviceServer
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ("sample", "batch", "sparkplug")
 KEEPS_UP = {"delivered_fraction": 0.99, "latency_p99_ms": 100.0}
+STOP_BOUND_S = 5.0  # issue 16: a stop finishes within 5 s whatever the load
 GROWTH_FRACTION = 0.01  # a backlog growing faster than 1 % of the produced rate "grows"
 SPARKPLUG_GROUP = "bench"
 SPARKPLUG_NODE = "patgw-bench"
@@ -449,18 +459,24 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
 
 def store_figures(path: Path, window: tuple[int, int], ticks: np.ndarray) -> dict[str, Any]:
     """From the gateway's store after the run: values produced (committed) in the window, the
-    cumulative count produced by each tick, losses recorded."""
+    cumulative count produced by each tick, losses recorded (samples), and seq numbers missing
+    between a signal's first and last committed sample that no loss record accounts for."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         stamps = np.array(
             [row[0] for row in db.execute("SELECT gateway_ts FROM sample")], dtype=np.int64
         )
-        losses = db.execute("SELECT count(*) FROM loss").fetchone()[0]
+        lost = dict(db.execute("SELECT signal, sum(count) FROM loss GROUP BY signal").fetchall())
+        spans = db.execute(
+            "SELECT d.name, max(s.seq) - min(s.seq) + 1 - count(*) FROM sample s"
+            " JOIN signal_def d ON d.id = s.def_id GROUP BY d.name"
+        ).fetchall()
     stamps.sort()
     return {
         "in_window": int(((stamps >= window[0]) & (stamps < window[1])).sum()),
         "by_tick": np.searchsorted(stamps, ticks, side="right"),
         "total": int(stamps.size),
-        "losses": int(losses),
+        "losses": int(sum(lost.values())),
+        "unaccounted_gaps": sum(max(0, gap - lost.get(name, 0)) for name, gap in spans),
     }
 
 
@@ -681,7 +697,9 @@ async def one_run(
             and gateway.returncode == 0
             and not events.get("gateway.stop_timeout")
             and not events.get("store.sample_after_final_commit"),
+            "within_bound": exited and exit_s <= STOP_BOUND_S,
             "losses_recorded": produced["losses"],
+            "unaccounted_seq_gaps": produced["unaccounted_gaps"],
             "log_events": events,
         }
     finally:

@@ -51,6 +51,8 @@ def test_modbus_mqtt_benchmark_runs_and_reports(tmp_path: Path) -> None:
         # 100 contiguous registers: one read request per poll (a request per register: 1).
         assert run["values_per_request"] > 50
         assert run["stop"]["exited"] and run["stop"]["returncode"] == 0, run["stop"]
+        # Every seq between a signal's first and last committed sample is there.
+        assert run["stop"]["unaccounted_seq_gaps"] == 0, run["stop"]
     # One message per value, one per instrument and delivery.
     sample, batch = runs
     assert sample["messages"] == sample["received_values"]
