@@ -103,6 +103,7 @@ from _mqtt_bench import (  # what the MQTT benchmarks share
     Control,
     RawSubscriber,
     SubscriberProcess,
+    is_sample_topic,
     machine,
     machine_busy_cpu_s,
     mosquitto_version,
@@ -216,8 +217,9 @@ def _receive_paho(
         subscribed = True
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if not message.topic.endswith(("/meta", "/status")):
-            record((clock(), b"", bytes(message.payload)))
+        topic = message.topic.encode()
+        if is_sample_topic(topic):
+            record((clock(), topic, bytes(message.payload)))
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
