@@ -604,9 +604,10 @@ async def one_run(
     gateway_log = folder / "gateway.log"
     try:
         await broker.start()
+        # The emulators' and the subscriber's processes start side by side.
+        subscriber = SubscriberProcess(_subscriber, "127.0.0.1", broker.port, payload)
         await emulators.start()
         config = write_config(folder, payload, broker.url, emulators.ports, args.registers, poll_s)
-        subscriber = SubscriberProcess(_subscriber, "127.0.0.1", broker.port, payload)
         await subscriber.ready()
         spawned_ns = time.time_ns()
         with gateway_log.open("wb") as out:

@@ -30,7 +30,7 @@ def test_modbus_mqtt_benchmark_runs_and_reports(tmp_path: Path) -> None:
     command = [
         sys.executable, str(REPO / "benchmarks" / "modbus_mqtt.py"),
         "--payload", "sample,batch", "--loads", "1000",
-        "--seconds", "2", "--warmup-s", "0.5", "--settle-s", "1",
+        "--seconds", "2", "--warmup-s", "0.5", "--settle-s", "0.5",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
