@@ -463,13 +463,18 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
     return memory
 
 
-def store_figures(path: Path, window: tuple[int, int], ticks: np.ndarray) -> dict[str, Any]:
+def store_figures(
+    path: Path, window: tuple[int, int], ticks: np.ndarray, sparkplug: bool
+) -> dict[str, Any]:
     """From the gateway's store after the run: values produced (committed) in the window, the
     cumulative count produced by each tick, losses recorded (samples), and seq numbers missing
-    between a signal's first and last committed sample that no loss record accounts for."""
+    between a signal's first and last committed sample that no loss record accounts for.
+    Values are placed in time as the subscriber places them: by ``gateway_ts``, or for
+    Sparkplug by the metric's timestamp (``source_ts`` in whole ms)."""
+    stamp = "source_ts / 1000000 * 1000000" if sparkplug else "gateway_ts"
     with contextlib.closing(sqlite3.connect(path)) as db:
         stamps = np.array(
-            [row[0] for row in db.execute("SELECT gateway_ts FROM sample")], dtype=np.int64
+            [row[0] for row in db.execute(f"SELECT {stamp} FROM sample")], dtype=np.int64
         )
         lost = dict(db.execute("SELECT signal, sum(count) FROM loss GROUP BY signal").fetchall())
         spans = db.execute(
@@ -666,7 +671,9 @@ async def one_run(
         received = await subscriber.finish(60)
         window = (start[0], end[0])
         tick_array = np.array(ticks, dtype=np.int64)
-        produced = store_figures(folder / "bench.sqlite", window, tick_array)
+        produced = store_figures(
+            folder / "bench.sqlite", window, tick_array, payload == "sparkplug"
+        )
         result |= figures(received, produced, window, tick_array, int(args.settle_s * 1e9))
         # One read request per poll of a device: 100 contiguous registers in one request.
         result["modbus_requests"] = emulators.reads
