@@ -81,20 +81,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import platform
-import pwd
 import resource
-import select
-import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,13 +96,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt
 import paho.mqtt.client as mqtt
 import yaml
+from _mqtt_bench import (  # what the MQTT benchmarks share
+    Broker,
+    Control,
+    RawSubscriber,
+    SubscriberProcess,
+    is_sample_topic,
+    machine,
+    machine_busy_cpu_s,
+    mosquitto_version,
+    source_version,
+    timestamp_ns,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from pipeline import SyntheticDriver, SyntheticOptions  # the pipeline benchmark's driver
 
-from gateway import InstrumentIO, Registry, build_registry, hookimpl, load_plan, parse_iso_ns
+from gateway import InstrumentIO, Registry, build_registry, hookimpl, load_plan
 from gateway.logs import configure_logging
 from gateway.runtime import Gateway
 from gateway.runtime.forward import Forwarder, SinkState
@@ -124,7 +128,6 @@ TARGETS = {
     "live_p99_during_drain_ms": 2_000.0,
 }
 SUBSCRIBER_ID = "patgw-bench-subscriber"
-QUIET_S = 1.0  # the subscriber has received everything once nothing came for this long
 
 
 def log(message: str) -> None:
@@ -173,289 +176,14 @@ class BoundedPlugin:
         registry.add_driver("synthetic", BoundedDriver, BoundedOptions)
 
 
-# --- the broker -------------------------------------------------------------------------------
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto")
-    if found is None and os.access("/usr/sbin/mosquitto", os.X_OK):
-        found = "/usr/sbin/mosquitto"
-    if found is None:
-        raise SystemExit("mosquitto not found: install it (apt-get install mosquitto)")
-    return found
-
-
-def mosquitto_version() -> str | None:
-    try:
-        out = subprocess.run(
-            [mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = out.splitlines()[0] if out else ""
-    return first.removeprefix("mosquitto version ").strip() or None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def machine_busy_cpu_s() -> float:
-    """CPU seconds all processors of the machine have been busy (from /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Broker:
-    """Mosquitto on ``127.0.0.1:port`` with persistence; restarts on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
-        self.cpu_s = 0.0  # of processes that have been stopped
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config = folder / "mosquitto.conf"
-        self.log = folder / "mosquitto.log"
-        self.config.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    # The outage subscriber's session (and its queue) survives a restart.
-                    "persistence true",
-                    f"persistence_location {folder}/",
-                    "autosave_interval 0",  # saved at shutdown only: no pauses while measuring
-                    "max_queued_messages 0",  # no limit: a slow subscriber loses nothing
-                    "max_inflight_messages 0",  # no limit on unacknowledged messages out
-                    f"log_dest file {self.log}",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    # As root, mosquitto would switch to the "mosquitto" user, which cannot
-                    # write the temporary folder: stay who we are (a no-op for other users).
-                    f"user {pwd.getpwuid(os.getuid()).pw_name}",
-                ]
-            )
-            + "\n"
-        )
-
-    def cpu_now(self) -> float:
-        return self.cpu_s + (proc_cpu_s(self.process.pid) if self.process else 0.0)
-
-    async def start(self) -> None:
-        with (self.folder / "mosquitto.out").open("ab") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                mosquitto_binary(), "-c", str(self.config),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        for _ in range(200):
-            if self.process.returncode is not None:
-                raise RuntimeError(f"mosquitto exited: {self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                await asyncio.sleep(0.025)
-        raise RuntimeError(f"mosquitto does not listen on {self.port}: {self.output()}")
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        self.cpu_s += proc_cpu_s(process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(sig)
-        try:
-            async with asyncio.timeout(30):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    def output(self) -> str:
-        texts = []
-        for path in (self.folder / "mosquitto.out", self.log):
-            if path.exists():
-                texts.append(path.read_text(errors="replace"))
-        return "\n".join(texts).strip()
-
-
 # --- the subscriber, in its own process ---------------------------------------------------------
 
 
-class _Control:
-    """The subscriber's side of the pipe: ``ready``, then a stop request; decides when the
-    subscriber has received everything (nothing arrived for ``quiet_s`` after the request)."""
-
-    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
-        self.conn = conn
-        self.stop_at: float | None = None  # when told to stop (monotonic)
-        self.quiet_s = self.max_wait_s = 0.0
-        self._next_look = 0.0
-        self.cpu_at_ready = 0.0
-
-    def ready(self) -> None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        self.cpu_at_ready = usage.ru_utime + usage.ru_stime  # imports and connecting excluded
-        self.conn.send(("ready",))
-
-    def done(self, last_arrival_ns: int) -> bool:
-        """Whether to stop now (looked at every 50 ms at most)."""
-        now = time.monotonic()
-        if now < self._next_look:
-            return False
-        self._next_look = now + 0.05
-        if self.stop_at is None:
-            if not self.conn.poll():
-                return False
-            _, self.quiet_s, self.max_wait_s = self.conn.recv()
-            self.stop_at = now
-        idle_s = (time.time_ns() - last_arrival_ns) / 1e9
-        return idle_s >= self.quiet_s or now - self.stop_at > self.max_wait_s
-
-    def cpu_s(self) -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime - self.cpu_at_ready
-
-
-def _is_sample_topic(topic: bytes) -> bool:
-    # Not the retained metadata of each signal, nor the gateway's status.
-    return not topic.endswith((b"/meta", b"/status"))
-
-
-def _mqtt_string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _packet(first_byte: int, body: bytes) -> bytes:
-    """An MQTT packet: fixed header (with the remaining length) and ``body``."""
-    length, size = bytearray(), len(body)
-    while True:
-        size, digit = divmod(size, 128)
-        length.append(digit | (0x80 if size else 0))
-        if not size:
-            return bytes([first_byte]) + bytes(length) + body
-
-
-class _RawSubscriber:
-    """A minimal MQTT 3.1.1 subscriber on a blocking socket: CONNECT, SUBSCRIBE ``pat/#`` at
-    QoS 1, then PUBLISH in and PUBACK out — every PUBACK of one read in one ``send``. Each
-    message is stamped with the time its bytes were read. See ``--subscriber``."""
-
-    def __init__(self, host: str, port: int, client_id: str, clean: bool) -> None:
-        self.address = (host, port)
-        self.client_id = client_id
-        self.clean = clean
-        self.received: list[tuple[int, bytes]] = []
-        self.reconnects = 0
-        self.sock: socket.socket | None = None
-        self.buffer = bytearray()
-        self.last_ping = 0.0
-        self.subscribed = False  # the SUBACK came
-
-    def connect(self) -> None:
-        sock = socket.create_connection(self.address, timeout=5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        flags = 0x02 if self.clean else 0x00
-        body = _mqtt_string("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big")
-        sock.sendall(_packet(0x10, body + _mqtt_string(self.client_id)))
-        connack = sock.recv(4)
-        if len(connack) < 4 or connack[0] != 0x20 or connack[3] != 0:
-            sock.close()
-            raise OSError(f"connection refused by the broker: {connack!r}")
-        # Subscribe again even in a resumed session: harmless, and the same in both cases.
-        sock.sendall(_packet(0x82, (1).to_bytes(2, "big") + _mqtt_string("pat/#") + b"\x01"))
-        sock.settimeout(None)  # blocking: waits are select()'s, and a send never times out
-        self.sock = sock
-        self.buffer.clear()
-        self.last_ping = time.monotonic()
-
-    def receive(self) -> None:
-        """Read what is there (waiting 50 ms at most), record it, acknowledge it; raise
-        ``OSError`` if the connection is gone."""
-        sock = self.sock
-        assert sock is not None
-        readable, _, _ = select.select([sock], [], [], 0.05)
-        now = time.monotonic()
-        if now - self.last_ping > 30:
-            sock.sendall(b"\xc0\x00")  # PINGREQ
-            self.last_ping = now
-        if not readable:
-            return
-        chunk = sock.recv(1 << 18)
-        if not chunk:
-            raise OSError("connection closed by the broker")
-        at = time.time_ns()
-        buffer = self.buffer
-        buffer += chunk
-        acks = []
-        record = self.received.append
-        pos, end = 0, len(buffer)
-        while pos < end:
-            first = buffer[pos]
-            body, size, shift, complete = pos + 1, 0, 0, False
-            while body < end:  # the remaining length: 1 to 4 bytes of 7 bits each
-                digit = buffer[body]
-                size |= (digit & 0x7F) << shift
-                shift += 7
-                body += 1
-                if not digit & 0x80:
-                    complete = True
-                    break
-            stop = body + size
-            if not complete or stop > end:
-                break  # the rest comes with the next read
-            if first >> 4 == 3:  # PUBLISH
-                topic_end = body + 2 + int.from_bytes(buffer[body : body + 2], "big")
-                start = topic_end
-                if (first >> 1) & 3:  # QoS 1 (as subscribed): acknowledge its packet id
-                    acks.append(b"\x40\x02" + bytes(buffer[topic_end : topic_end + 2]))
-                    start += 2
-                if _is_sample_topic(bytes(buffer[body + 2 : topic_end])):
-                    record((at, bytes(buffer[start:stop])))
-            elif first >> 4 == 9:  # SUBACK
-                self.subscribed = True
-            pos = stop
-        del buffer[:pos]
-        if acks:
-            sock.sendall(b"".join(acks))
-
-    def close(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.sendall(b"\xe0\x00")  # DISCONNECT
-            self.sock.close()
-            self.sock = None
-
-
 def _receive_raw(
-    control: _Control, host: str, port: int, client_id: str, persistent: bool
-) -> tuple[list[tuple[int, bytes]], int]:
-    subscriber = _RawSubscriber(host, port, client_id, clean=not persistent)
-    subscriber.connect()
-    deadline = time.monotonic() + 10
-    while not subscriber.subscribed:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the broker did not acknowledge the subscription")
-        subscriber.receive()
+    control: Control, host: str, port: int, client_id: str, persistent: bool
+) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    subscriber = RawSubscriber(host, port, client_id, clean=not persistent)
+    subscriber.subscribe()
     control.ready()
     received = subscriber.received
     while not control.done(received[-1][0] if received else 0):
@@ -474,9 +202,9 @@ def _receive_raw(
 
 
 def _receive_paho(
-    control: _Control, host: str, port: int, client_id: str, persistent: bool
-) -> tuple[list[tuple[int, bytes]], int]:
-    received: list[tuple[int, bytes]] = []
+    control: Control, host: str, port: int, client_id: str, persistent: bool
+) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    received: list[tuple[int, bytes, bytes]] = []
     record = received.append
     clock = time.time_ns
     subscribed = False
@@ -489,8 +217,9 @@ def _receive_paho(
         subscribed = True
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if not message.topic.endswith(("/meta", "/status")):
-            record((clock(), bytes(message.payload)))
+        topic = message.topic.encode()
+        if is_sample_topic(topic):
+            record((clock(), topic, bytes(message.payload)))
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
@@ -529,14 +258,14 @@ def _subscriber(
     then parse, and send back the samples as arrays. Reconnects every 0.1 s while the broker
     is away. ``persistent``: a fixed client id and clean session off, so the broker keeps the
     subscription and queues for it while it is disconnected."""
-    control = _Control(conn)
+    control = Control(conn)
     client_id = SUBSCRIBER_ID if persistent else f"{SUBSCRIBER_ID}-{os.getpid()}"
     receive = _receive_raw if kind == "raw" else _receive_paho
     received, reconnects = receive(control, host, port, client_id, persistent)
     receive_cpu_s = control.cpu_s()
     if persistent:  # end the broker's session (and its queue) for good
         with contextlib.suppress(OSError):
-            cleaner = _RawSubscriber(host, port, SUBSCRIBER_ID, clean=True)
+            cleaner = RawSubscriber(host, port, SUBSCRIBER_ID, clean=True)
             cleaner.connect()
             cleaner.close()
     messages = len(received)
@@ -547,20 +276,7 @@ def _subscriber(
     conn.send(result)
 
 
-@functools.lru_cache(maxsize=65536)
-def _second_ns(prefix: str) -> int:
-    return parse_iso_ns(prefix + "Z")
-
-
-def _timestamp_ns(text: str) -> int:
-    """``parse_iso_ns``, with the whole second looked up once: ``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ``
-    is what the gateway writes."""
-    if len(text) == 30 and text[19] == ".":
-        return _second_ns(text[:19]) + int(text[20:29])
-    return parse_iso_ns(text)
-
-
-def _parse(received: list[tuple[int, bytes]]) -> dict[str, Any]:
+def _parse(received: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
     """Arrays of what arrived: per sample its arrival, source_ts, signal (index into
     ``signals``), seq and historical flag."""
     arrival: list[int] = []
@@ -571,11 +287,11 @@ def _parse(received: list[tuple[int, bytes]]) -> dict[str, Any]:
     names: dict[str, int] = {}
     loads = json.loads
     while received:
-        at, payload = received.pop()  # from the end, freeing memory as it goes
+        at, _, payload = received.pop()  # from the end, freeing memory as it goes
         items = loads(payload)
         for item in items if isinstance(items, list) else (items,):
             arrival.append(at)
-            source.append(_timestamp_ns(item["source_ts"]))
+            source.append(timestamp_ns(item["source_ts"]))
             name = item["signal"]
             index = names.get(name)
             if index is None:
@@ -591,39 +307,6 @@ def _parse(received: list[tuple[int, bytes]]) -> dict[str, Any]:
         "seq": np.array(seqs, dtype=np.int64),
         "historical": np.array(historical, dtype=bool),
     }
-
-
-class Subscriber:
-    """The subscriber process, seen from the benchmark."""
-
-    def __init__(self, host: str, port: int, persistent: bool, kind: str) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_subscriber, args=(child, host, port, persistent, kind), daemon=True
-        )
-        self._process.start()
-        child.close()
-
-    async def _recv(self, within: float) -> Any:
-        if not await asyncio.to_thread(self._conn.poll, within):
-            raise RuntimeError(f"no answer from the subscriber within {within:g} s")
-        return self._conn.recv()
-
-    async def ready(self) -> None:
-        await self._recv(60)
-
-    async def finish(self, max_wait_s: float) -> dict[str, Any]:
-        """Wait until it has received everything (nothing for ``QUIET_S``); its arrays."""
-        self._conn.send(("stop", QUIET_S, max_wait_s))
-        result: dict[str, Any] = await self._recv(max_wait_s + 300)
-        await asyncio.to_thread(self._process.join, 10)
-        return result
-
-    def kill(self) -> None:
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
 
 
 # --- one phase ----------------------------------------------------------------------------------
@@ -695,7 +378,7 @@ class Phase:
         self.gateway = Gateway(self.plan)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[Any] | None = None
-        self.subscriber: Subscriber | None = None
+        self.subscriber: SubscriberProcess | None = None
         self._cpu = (0.0, 0.0, 0.0)
         self._machine_cpu = 0.0
         self.acks: list[tuple[int, list[int]]] = []
@@ -719,8 +402,8 @@ class Phase:
 
     async def begin(self) -> None:
         address = parse_broker_url(self.url)
-        self.subscriber = Subscriber(
-            address.host, address.port, self.persistent, self.args.subscriber
+        self.subscriber = SubscriberProcess(
+            _subscriber, address.host, address.port, self.persistent, self.args.subscriber
         )
         await self.subscriber.ready()
         BoundedDriver.reset()
@@ -973,41 +656,6 @@ async def outage(phase: Phase, args: argparse.Namespace, broker: Broker) -> dict
 
 
 # --- the whole run ------------------------------------------------------------------------------
-
-
-def source_version() -> str | None:
-    """The repository's commit, with ``+dirty`` if gateway/ or plugins/ have changes."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "gateway", "plugins")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) or None
-
-
-def machine() -> dict[str, Any]:
-    model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "paho_mqtt": paho.mqtt.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 async def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
