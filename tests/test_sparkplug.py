@@ -19,7 +19,9 @@ datatype numbers against the Sparkplug 3.0 specification's (written out here).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import itertools
 import json
 import shutil
 import subprocess
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import free_port, plan_for, pump_instrument, running, stored_by_signal, wait_for
 from mosquitto import Mosquitto, Subscriber
 from structlog.testing import capture_logs
 
@@ -452,19 +454,26 @@ def test_each_kind_of_bad_command_is_named(spb: ModuleType) -> None:
 async def test_rebirth_requests_coalesce(
     mosquitto: Mosquitto, tmp_path: Path, spb: ModuleType
 ) -> None:
-    async with (
-        Subscriber(mosquitto, "spBv1.0/#") as sub,
-        make_sink(mosquitto.url, tmp_path) as sink,
-    ):
-        await sink.forward([sample(PH, 0, 7.0)], False)
-        for _ in range(30):
-            sub.client.publish(topic("NCMD"), command(spb, REBIRTH_TRUE), qos=1)
-        # The first within the interval waits for it; the other 29 join that one.
-        await wait_for(lambda: len(of_kind(sub, "NBIRTH")) == 2, within=10 + REBIRTH_MIN_INTERVAL_S)
-        started = time.monotonic()
-        await wait_for(lambda: time.monotonic() - started > REBIRTH_MIN_INTERVAL_S + 0.5)
-    assert len(of_kind(sub, "NBIRTH")) == 2
+    with capture_logs() as logs:
+        async with (
+            Subscriber(mosquitto, "spBv1.0/#") as sub,
+            make_sink(mosquitto.url, tmp_path) as sink,
+        ):
+            await sink.forward([sample(PH, 0, 7.0)], False)
+            for _ in range(30):
+                sub.client.publish(topic("NCMD"), command(spb, REBIRTH_TRUE), qos=1)
+            await wait_for(
+                lambda: sum(e["event"] == "sparkplug.rebirth_requested" for e in logs) == 30,
+                within=10,
+                what="30 rebirth requests read",
+            )
+            # The first came within the interval after the connect's births: it waits for the
+            # interval's end, and the other 29 join it.
+            await wait_for(lambda: len(of_kind(sub, "NBIRTH")) == 2, within=10, what="rebirth")
+            assert sink._rebirth_timer is None and not sink._births_due  # nothing more to come
     assert sink.births == 2
+    first, second = (decode(spb, p).timestamp for p in of_kind(sub, "NBIRTH"))
+    assert second - first >= REBIRTH_MIN_INTERVAL_S * 1000 - 50
 
 
 def test_payload_seq_wraps_after_255() -> None:
@@ -497,7 +506,7 @@ async def test_publishing_waits_for_the_primary_host(
 ) -> None:
     with capture_logs() as logs:
         async with (
-            Subscriber(mosquitto, "spBv1.0/+/+/#") as sub,
+            Subscriber(mosquitto, f"spBv1.0/{GROUP}/#") as sub,
             make_sink(mosquitto.url, tmp_path, primary_host_id=HOST) as sink,
         ):
             with pytest.raises(MqttError, match="primary host 'scada1' is offline"):
@@ -522,3 +531,86 @@ async def test_publishing_waits_for_the_primary_host(
     events = [e["event"] for e in logs]
     assert "sparkplug.state_invalid" in events and "sparkplug.state_stale" in events
     assert sink.sessions == 1  # the node stayed connected throughout
+
+
+# --- through the runtime: a flapping primary host loses nothing --------------------------------
+
+
+def received_samples(spb: ModuleType, sub: Subscriber) -> dict[tuple[str, int], bool]:
+    """(metric name, seq) → historical, of every DDATA metric (aliases resolved through the
+    DBIRTHs), de-duplicated."""
+    names: dict[int, str] = {}
+    out: dict[tuple[str, int], bool] = {}
+    for message in sub.since(0):
+        kind = message.topic.split("/")[2]
+        payload = decode(spb, message.payload)
+        if kind == "DBIRTH":
+            names.update({m.alias: m.name for m in payload.metrics})
+        elif kind == "DDATA":
+            for metric in payload.metrics:
+                key = (names[metric.alias], props(metric)["seq"])
+                out[key] = out.get(key, True) and metric.is_historical
+    return out
+
+
+@pytest.mark.asyncio
+async def test_a_flapping_primary_host_gets_no_birth_storm_and_loses_nothing(
+    tmp_path: Path, mosquitto: Mosquitto, spb: ModuleType
+) -> None:
+    port = free_port()
+    sink = {
+        "id": "spb",
+        "type": "sparkplug",
+        "retry": {"initial_s": 0.05, "max_s": 0.3},
+        "options": {"url": mosquitto.url, "primary_host_id": HOST, "edge_node_id": NODE},
+    }
+    plan = plan_for(
+        tmp_path,
+        site="s1",
+        emulators=[{"id": "pump_emulator", "type": "feed_pump", "options": {"port": port}}],
+        instruments=[pump_instrument("pump", port)],
+        sinks=[sink],
+    )
+    store_path = tmp_path / "store.sqlite"
+    flips = 0
+    with capture_logs() as logs:
+        async with (
+            Subscriber(mosquitto, f"spBv1.0/{GROUP}/#") as sub,
+            Subscriber(mosquitto, "unused/topic") as host,
+        ):
+            host.client.publish(STATE, state(True, 1), qos=1, retain=True)
+            async with running(plan):
+                await wait_for(lambda: of_kind(sub, "DDATA", "pump"), within=15, what="data")
+                # Offline/online every 0.2 s for 40 changes, then online for good.
+                for timestamp in range(2, 42):
+                    host.client.publish(STATE, state(timestamp % 2 == 1, timestamp), qos=1)
+                    flips += timestamp % 2 == 1
+                    await asyncio.sleep(0.2)
+                host.client.publish(STATE, state(True, 100), qos=1, retain=True)
+                await wait_for(lambda: stored_by_signal(store_path), within=5)
+                stored = {
+                    (s.signal.split("/", 2)[2], s.seq)
+                    for samples in stored_by_signal(store_path).values()
+                    for s in samples
+                }
+                await wait_for(
+                    lambda: stored <= received_samples(spb, sub).keys(),
+                    within=30,
+                    what="every sample stored by the end of the flapping, delivered",
+                )
+            host.client.publish(STATE, b"", qos=1, retain=True)
+    births = len(of_kind(sub, "NBIRTH"))
+    delivered = received_samples(spb, sub)
+    print(
+        f"flapping host: {births} births for {flips} returns; {len(delivered)} samples,"
+        f" {sum(delivered.values())} historical"
+    )
+    assert 1 < births <= 1 + flips  # one per return of the host at most, never per device
+    # Coalesced: births (each NBIRTH is stamped when built) at most once per interval.
+    stamps = [decode(spb, p).timestamp for p in of_kind(sub, "NBIRTH")]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert min(gaps) >= REBIRTH_MIN_INTERVAL_S * 1000 - 50, gaps
+    assert len(of_kind(sub, "DBIRTH", "pump")) == births
+    assert any(delivered[key] for key in stored)  # held while offline: sent as backlog
+    state_lines = [e for e in logs if e["event"].startswith("sparkplug.primary_host_")]
+    assert 2 <= len(state_lines) <= 6, state_lines  # rate-limited: not one per change

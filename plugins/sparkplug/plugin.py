@@ -14,9 +14,10 @@ NBIRTH (seq 0) and every DBIRTH. Each ``forward`` publishes one DDATA per device
 (backlog samples flagged ``is_historical``). A clean stop publishes the NDEATH itself.
 
 **Rebirth.** An NCMD ``Node Control/Rebirth`` = true republishes the NBIRTH (same bdSeq) and
-every DBIRTH, at most once per :data:`REBIRTH_MIN_INTERVAL_S` (requests in between are
-coalesced into one). Any other NCMD content (unknown metric, wrong datatype, malformed
-protobuf) is ignored and logged, rate-limited.
+every DBIRTH. Births other than a connect's (a rebirth, the primary host's return) come at
+most once per :data:`REBIRTH_MIN_INTERVAL_S`: requests in between are coalesced into one, and
+data that needs them waits for them. Any other NCMD content (unknown metric, wrong datatype,
+malformed protobuf) is ignored and logged, rate-limited.
 
 **Primary host.** With ``primary_host_id``, births and data are held until the host's STATE
 (``{"online": true, "timestamp": ms}``, retained by the host) says it is online, and held again
@@ -123,6 +124,8 @@ class SparkplugSink:
         self._births_due = True
         self._last_births = float("-inf")  # loop time of the last births
         self._rebirth_timer: asyncio.TimerHandle | None = None
+        self._gate: asyncio.Event | None = None  # births wait on it for the interval to pass
+        self._gate_timer: asyncio.TimerHandle | None = None
         self._throttle = _Throttle()
         self._address = parse_broker_url(options.url)
         self._session: Session | None = None
@@ -142,8 +145,11 @@ class SparkplugSink:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
-        if self._rebirth_timer is not None:
-            self._rebirth_timer.cancel()
+        for timer in (self._rebirth_timer, self._gate_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._gate is not None:
+            self._gate.set()  # nothing may wait on a timer that no longer runs
         session, self._session = self._session, None
         if session is not None:
             if session.usable:
@@ -178,13 +184,17 @@ class SparkplugSink:
             finally:
                 self._in_line -= 1
         if not self.host_online:
-            raise MqttError(
-                f"MQTT broker {self.url}: Sparkplug primary host {self.primary_host_id!r} is"
-                " offline (STATE): publishing held, the samples wait in the store"
-            )
+            raise self._held()
+        if self.catalog.declare(samples) or self._births_due:
+            # At most one set of births per interval, however often the host comes back.
+            await self._birth_gate()
+            if not session.usable:
+                raise session.error(session.lost or "session ended")
+            if not self.host_online:
+                raise self._held()
         # From here to publish nothing awaits: payload seq numbers follow publication order.
         messages: list[Message] = []
-        if self.catalog.declare(samples) or self._births_due:
+        if self._births_due or self.catalog.changed:
             messages = self._births()
         first = len(messages)
         owners: list[list[int]] = []
@@ -208,7 +218,26 @@ class SparkplugSink:
             if refusals:
                 raise SamplesRefusedError(refusals)
 
+    def _held(self) -> MqttError:
+        return MqttError(
+            f"MQTT broker {self.url}: Sparkplug primary host {self.primary_host_id!r} is"
+            " offline (STATE): publishing held, the samples wait in the store"
+        )
+
     # --- births ------------------------------------------------------------------------------
+
+    async def _birth_gate(self) -> None:
+        """Return once :data:`REBIRTH_MIN_INTERVAL_S` has passed since the last births; the
+        calls waiting meanwhile resume together, in the order they came."""
+        loop = asyncio.get_running_loop()
+        wait = self._last_births + REBIRTH_MIN_INTERVAL_S - loop.time()
+        if wait <= 0:
+            return
+        gate = self._gate
+        if gate is None or gate.is_set():
+            gate = self._gate = asyncio.Event()
+            self._gate_timer = loop.call_later(wait, gate.set)
+        await gate.wait()
 
     def _births(self) -> list[Message]:
         """NBIRTH and every DBIRTH, in that order (NBIRTH resets the payload seq to 0)."""
