@@ -614,3 +614,26 @@ async def test_a_flapping_primary_host_gets_no_birth_storm_and_loses_nothing(
     assert any(delivered[key] for key in stored)  # held while offline: sent as backlog
     state_lines = [e for e in logs if e["event"].startswith("sparkplug.primary_host_")]
     assert 2 <= len(state_lines) <= 6, state_lines  # rate-limited: not one per change
+
+
+@pytest.mark.asyncio
+async def test_a_backlog_signal_no_longer_configured_is_born_before_its_data(
+    mosquitto: Mosquitto, tmp_path: Path, spb: ModuleType
+) -> None:
+    gone = Signal("reactor1/old_probe/od", "1")
+    alike = Signal("reactor1/feed+pump/flow", "mL/min")  # sanitizes to feed_pump/flow: taken
+    async with (
+        Subscriber(mosquitto, f"spBv1.0/{GROUP}/#") as sub,
+        make_sink(mosquitto.url, tmp_path) as sink,
+    ):
+        await sink.forward([sample(PH, 0, 7.0)], False)
+        await sink.forward([sample(gone, 5, 0.3), sample(alike, 9, 2.0)], True)
+        await wait_for(lambda: len(of_kind(sub, "DDATA", "feed_pump")) == 1, within=5)
+    assert len(of_kind(sub, "NBIRTH")) == 2  # the new metrics need births before their data
+    old = named(decode(spb, of_kind(sub, "DBIRTH", "old_probe")[0]))["od"]
+    assert old.alias == 6  # after the 5 aliases of the configured signals
+    feed = named(decode(spb, of_kind(sub, "DBIRTH", "feed_pump")[-1]))
+    assert list(feed) == ["flow", "reactor1/feed+pump/flow"]
+    (data,) = decode(spb, of_kind(sub, "DDATA", "feed_pump")[0]).metrics
+    assert (data.alias, data.double_value, data.is_historical) == (7, 2.0, True)
+    assert props(data)["seq"] == 9

@@ -227,8 +227,11 @@ class Catalog:
             )
         self.changed = False
 
-    def _add(self, signal_id: str, unit: str, spectrum: bool, description: str) -> _Metric:
-        device_id, name = device_of(signal_id)
+    def _add(
+        self, signal_id: str, unit: str, spectrum: bool, description: str, name: str = ""
+    ) -> _Metric:
+        device_id, default = device_of(signal_id)
+        name = name or default
         device = self.devices.get(device_id)
         if device is None:
             device = self.devices[device_id] = _Device(device_id)
@@ -352,7 +355,10 @@ class Catalog:
         for sample in samples:
             if sample.signal not in known:
                 spectrum = type(sample.value) is Spectrum
-                self._add(sample.signal, sample.unit, spectrum, "")
+                try:
+                    self._add(sample.signal, sample.unit, spectrum, "")
+                except ValueError:  # its name is taken (ids that sanitize alike): the full id
+                    self._add(sample.signal, sample.unit, spectrum, "", name=sample.signal)
         return self.changed
 
     def ddata(

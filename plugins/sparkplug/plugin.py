@@ -67,7 +67,7 @@ CLOSE_TIMEOUT_S = 2.0
 
 
 class _Throttle:
-    """Rate-limited warnings: per event, one line per :data:`LOG_EVERY_S`, then a count of
+    """Rate-limited log lines: per event, one line per :data:`LOG_EVERY_S`, then a count of
     those left out."""
 
     def __init__(self) -> None:
@@ -75,6 +75,9 @@ class _Throttle:
         self._skipped: dict[str, int] = {}
 
     def warning(self, event: str, **fields: Any) -> None:
+        self.log(log.warning, event, **fields)
+
+    def log(self, method: Any, event: str, **fields: Any) -> None:
         now = time.monotonic()
         last = self._last.get(event)
         if last is not None and now - last < LOG_EVERY_S:
@@ -82,7 +85,7 @@ class _Throttle:
             return
         self._last[event] = now
         skipped = self._skipped.pop(event, 0)
-        log.warning(event, **fields, **({"not_logged_since": skipped} if skipped else {}))
+        method(event, **fields, **({"not_logged_since": skipped} if skipped else {}))
 
 
 def _ms() -> int:
@@ -316,7 +319,8 @@ class SparkplugSink:
         if online == self.host_online:
             return
         self.host_online = online
-        self._throttle.warning(
+        self._throttle.log(
+            log.info if online else log.warning,
             "sparkplug.primary_host_online" if online else "sparkplug.primary_host_offline",
             host=self.primary_host_id,
             timestamp=timestamp,
