@@ -15,7 +15,7 @@ from test_sparkplug import REBIRTH_TRUE, command, compile_proto, decode, named, 
 
 from gateway import build_registry, load_plan
 from gateway.unece import unece_for_ucum
-from plugins.sparkplug.payloads import device_of
+from plugins.sparkplug.names import device_of
 
 
 @pytest.fixture(scope="module")

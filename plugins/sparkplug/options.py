@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from plugins.mqtt.options import BrokerOptions
 
-from .payloads import check_id
+from .names import check_id
 
 __all__ = ["SparkplugOptions"]
 

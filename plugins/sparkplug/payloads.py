@@ -39,21 +39,17 @@ from gateway import Quality, Sample, Signal, SignalKind, Spectrum
 from gateway.unece import unece_for_ucum
 
 from . import sparkplug_b_pb2 as pb
+from .names import device_of
 
 __all__ = [
-    "NAMESPACE",
     "QUALITY_CODES",
     "REBIRTH",
     "Catalog",
     "Command",
     "DataType",
-    "check_id",
     "decode_command",
-    "device_of",
-    "sanitize",
 ]
 
-NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"
 BDSEQ = "bdSeq"
 
@@ -76,35 +72,6 @@ QUALITY_CODES = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
 _QUALITY = [QUALITY_CODES[Quality(q)] for q in range(len(Quality))]  # by int(quality)
 _GOOD = int(Quality.GOOD)
 _LITTLE = sys.byteorder == "little"
-
-_FORBIDDEN = str.maketrans({"+": "_", "#": "_", "/": "_"})
-
-
-def sanitize(name: str) -> str:
-    """``name`` as a Sparkplug id element: ``+``, ``#`` and ``/`` replaced by ``_``."""
-    return name.translate(_FORBIDDEN)
-
-
-def check_id(value: str, what: str) -> str:
-    """``value`` if it is a valid group, edge node or host id; ``ValueError`` otherwise."""
-    if not value:
-        raise ValueError(f"{what} cannot be empty")
-    bad = sorted({c for c in value if c in "+#/"})
-    if bad:
-        raise ValueError(f"{what} {value!r} holds {' '.join(bad)}: Sparkplug ids may not")
-    if "\0" in value:
-        raise ValueError(f"{what} {value!r} holds a NUL character")
-    return value
-
-
-def device_of(signal_id: str) -> tuple[str, str]:
-    """(device id, metric name) of a signal id ``<area>/<instrument>/<signal...>``."""
-    parts = signal_id.split("/")
-    if len(parts) >= 3:
-        return sanitize(parts[1]), "/".join(parts[2:])
-    if len(parts) == 2:
-        return sanitize(parts[0]), parts[1]
-    return "gateway", signal_id
 
 
 @dataclass(slots=True)

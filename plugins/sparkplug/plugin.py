@@ -36,7 +36,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -53,8 +53,11 @@ from plugins.mqtt.messages import Message
 from plugins.mqtt.options import check_topic, parse_broker_url
 from plugins.mqtt.session import Delivery, MqttError, Session, SessionSettings
 
+from .names import NAMESPACE, check_id, sanitize
 from .options import SparkplugOptions
-from .payloads import NAMESPACE, Catalog, check_id, decode_command, sanitize
+
+if TYPE_CHECKING:
+    from .payloads import Catalog
 
 __all__ = ["SparkplugOptions", "SparkplugSink"]
 
@@ -115,7 +118,11 @@ class SparkplugSink:
         self.state_topic = (
             None if self.primary_host_id is None else f"{NAMESPACE}/STATE/{self.primary_host_id}"
         )
-        self.catalog = Catalog()
+        # The protobuf runtime is imported only by a gateway that uses this sink.
+        from . import payloads
+
+        self._payloads = payloads
+        self.catalog: Catalog = payloads.Catalog()
         self.bd_seq = -1  # the current connection's; the first connect makes it 0
         self.births = 0
         """NBIRTHs published (each with every DBIRTH), at connects and rebirths."""
@@ -157,7 +164,7 @@ class SparkplugSink:
         if session is not None:
             if session.usable:
                 # A clean stop sends no Last Will: say it ourselves (same bdSeq).
-                death = [(self.ndeath_topic, Catalog.ndeath(self.bd_seq, _ms()))]
+                death = [(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms()))]
                 try:
                     async with asyncio.timeout(
                         min(CLOSE_TIMEOUT_S, self.options.publish_timeout_s)
@@ -282,7 +289,7 @@ class SparkplugSink:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.ncmd_topic:
-            command = decode_command(payload)
+            command = self._payloads.decode_command(payload)
             for problem in command.problems:
                 self._throttle.warning("sparkplug.ncmd_ignored", topic=topic, problem=problem)
             if command.rebirth:
@@ -357,7 +364,7 @@ class SparkplugSink:
             username=options.username,
             password=options.password,
             tls=options.tls,
-            will=(self.ndeath_topic, Catalog.ndeath(self.bd_seq, _ms())),
+            will=(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms())),
             will_retain=False,
             subscriptions=subscriptions,
             on_message=self._on_message,
