@@ -43,6 +43,7 @@ from gateway import (
     PluginKind,
     Quality,
     Sample,
+    SamplesRefusedError,
     Signal,
     SignalKind,
     SpectralAxis,
@@ -637,3 +638,35 @@ async def test_a_backlog_signal_no_longer_configured_is_born_before_its_data(
     (data,) = decode(spb, of_kind(sub, "DDATA", "feed_pump")[0]).metrics
     assert (data.alias, data.double_value, data.is_historical) == (7, 2.0, True)
     assert props(data)["seq"] == 9
+
+
+@pytest.mark.asyncio
+async def test_a_denied_device_topic_is_refused_and_the_rest_delivered(
+    tmp_path: Path, spb: ModuleType
+) -> None:
+    # (Not with max_queued_messages 0: Mosquitto 2.0.11 then drops the connection after a
+    # refusal.)
+    denied = topic("DDATA", "feed_pump")
+    broker = Mosquitto(
+        tmp_path / "broker",
+        acl=f"topic readwrite #\ntopic deny {denied}\n",
+        max_queued_messages=100_000,
+    )
+    batch = [sample(PH, 0, 7.0), sample(FLOW, 0, 1.6), sample(TEMP, 0, 37.0), sample(FLOW, 1)]
+    async with (
+        broker,
+        Subscriber(broker, f"spBv1.0/{GROUP}/#") as sub,
+        make_sink(broker.url, tmp_path) as sink,
+    ):
+        with pytest.raises(SamplesRefusedError) as excinfo:
+            await sink.forward(batch, False)
+        (refusal,) = excinfo.value.refusals
+        assert refusal.indices == (1, 3) and refusal.target == f"topic {denied}"
+        assert "0x87" in refusal.reason and excinfo.value.failure is None
+        await sink.forward([sample(PH, 1, 7.1)], False)  # the session goes on
+        await wait_for(lambda: len(of_kind(sub, "DDATA", "controller")) == 2, within=5)
+    assert sink.sessions == 1
+    values = [
+        m.double_value for p in of_kind(sub, "DDATA", "controller") for m in decode(spb, p).metrics
+    ]
+    assert values == [7.0, 37.0, 7.1]
