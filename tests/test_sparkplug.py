@@ -15,6 +15,8 @@ datatype numbers against the Sparkplug 3.0 specification's (written out here).
   birth, the session lives on.
 * STATE: held until the primary host is online; not-JSON and stale STATE ignored; a flapping
   host gives no birth storm and, through the runtime, nothing is lost.
+* Failures: a DDATA topic the broker's ACL denies (MQTT 5) is refused for its samples only; a
+  broker restart through the runtime loses nothing (backlog flagged is_historical).
 """
 
 from __future__ import annotations

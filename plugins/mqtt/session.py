@@ -20,6 +20,11 @@ oldest unacknowledged message (brokers answer in order); the session is then los
 paho-mqtt ignores the reason code of a PUBREC, and MQTT 3.1.1 has none: a refusal is then
 invisible.)
 
+Inbound (for the ``sparkplug`` sink's commands and STATE): :meth:`Session.open` subscribes to
+the settings' ``subscriptions`` and returns only once the broker granted each (a refusal fails
+it, naming the filter); every message received is handed to ``on_message`` on the event loop,
+in arrival order (paho acknowledges QoS 1 ones).
+
 A :class:`Session` is single-use, from connect to loss: paho's automatic reconnect is off,
 and the sink makes a new session after any failure. A lost connection fails every message
 still waiting for its acknowledgement at once, rather than at a timeout. Sessions start clean
