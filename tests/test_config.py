@@ -374,6 +374,41 @@ def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink(
     assert plan.warnings == ()
 
 
+def test_demo_sparkplug_is_the_demo_plus_the_sparkplug_sink(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the MQTT demo: only the store file and the upstream sink differ from the demo."""
+    monkeypatch.delenv("MQTT_URL", raising=False)
+    demo = read_config(REPO / "configs" / "demo.yaml").model_dump()
+    spb = read_config(REPO / "configs" / "demo-sparkplug.yaml").model_dump()
+    assert (
+        spb.pop("http")
+        == demo.pop("http")
+        == {
+            "host": "127.0.0.1",
+            "port": 9180,
+            "tls": None,
+            "api": True,
+        }
+    )
+    assert spb["store"].pop("path") == REPO / "configs" / "../data/demo-sparkplug.sqlite"
+    demo["store"].pop("path")
+    *sinks, upstream = spb.pop("sinks")
+    assert sinks == demo.pop("sinks")
+    assert (upstream["id"], upstream["type"]) == ("sparkplug", "sparkplug")
+    assert upstream["options"] == {
+        "url": "mqtt://127.0.0.1:1883",
+        "group_id": "pat",
+        "primary_host_id": None,
+    }
+    assert spb == demo
+    monkeypatch.setenv("MQTT_URL", "mqtts://broker.example:8883")
+    plan = load_plan(REPO / "configs" / "demo-sparkplug.yaml", registry)
+    assert plan.sinks[-1].instance.url == "mqtts://broker.example:8883"
+    assert plan.sinks[-1].instance.nbirth_topic == "spBv1.0/pat/NBIRTH/demo-site"
+    assert plan.warnings == ()
+
+
 def test_configs_directory_is_not_empty() -> None:
     assert REPO / "configs" / "demo.yaml" in CONFIGS
 

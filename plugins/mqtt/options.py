@@ -20,6 +20,7 @@ __all__ = [
     "STATUS_FIELDS",
     "TOPIC_FIELDS",
     "BrokerAddress",
+    "BrokerOptions",
     "MqttOptions",
     "TlsOptions",
     "check_template",
@@ -160,8 +161,9 @@ class TlsOptions(BaseModel):
         return self
 
 
-class MqttOptions(BaseModel):
-    """Which broker, as whom, and how samples become MQTT messages."""
+class BrokerOptions(BaseModel):
+    """Which broker, as whom, and the connection's timing: the options every sink that
+    publishes through :class:`~.session.Session` shares (``mqtt``, ``sparkplug``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -203,6 +205,72 @@ class MqttOptions(BaseModel):
             " it silently: 'patgw check' warns."
         ),
     )
+    keepalive_s: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description=(
+            "Seconds between keep-alive pings; a broker silent for this long counts as lost."
+        ),
+    )
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Most seconds to connect (TCP, TLS) and be accepted (CONNACK) by the broker. Keep"
+            " it below the sink's send_timeout_s (10 s by default), so that a failed connect"
+            " says which step timed out."
+        ),
+    )
+    publish_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Most seconds for the broker to acknowledge a delivery; longer fails it and drops"
+            " the connection (the next delivery reconnects)."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        parse_broker_url(url)
+        return url
+
+    @field_validator("client_id")
+    @classmethod
+    def _valid_client_id(cls, client_id: str | None) -> str | None:
+        if client_id is not None:
+            if "\0" in client_id:
+                raise ValueError("a client id cannot hold a NUL character")
+            if len(client_id.encode("utf-8")) > MAX_STRING_BYTES:
+                raise ValueError(f"a client id is at most {MAX_STRING_BYTES} bytes in UTF-8")
+        return client_id
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BrokerOptions:
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if self.tls is not None and not parse_broker_url(self.url).tls:
+            raise ValueError("tls needs an mqtts:// url")
+        return self
+
+    def config_warnings(self) -> list[str]:
+        """What ``patgw check`` warns about (valid, but probably not what is meant)."""
+        if self.protocol == "3.1.1":
+            return [
+                "protocol: MQTT 3.1.1 has no way to refuse a message: a broker that denies a"
+                " topic (an ACL) acknowledges its messages and drops them, and the gateway counts"
+                " them delivered; use protocol 5"
+            ]
+        return []
+
+
+class MqttOptions(BrokerOptions):
+    """Which broker, as whom, and how samples become MQTT messages."""
+
     qos: Literal[1, 2] = Field(
         default=1,
         description=(
@@ -219,14 +287,6 @@ class MqttOptions(BaseModel):
             " order. null: no limit at QoS 1, 20 at QoS 2 (Mosquitto's default limit on"
             " incoming QoS 2 messages, beyond which it drops the connection). An MQTT 5"
             " broker's Receive Maximum always applies."
-        ),
-    )
-    keepalive_s: int = Field(
-        default=30,
-        ge=5,
-        le=3600,
-        description=(
-            "Seconds between keep-alive pings; a broker silent for this long counts as lost."
         ),
     )
     topic: str = Field(
@@ -279,41 +339,6 @@ class MqttOptions(BaseModel):
             " {client_id}. null: none."
         ),
     )
-    connect_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=300,
-        description=(
-            "Most seconds to connect (TCP, TLS) and be accepted (CONNACK) by the broker. Keep"
-            " it below the sink's send_timeout_s (10 s by default), so that a failed connect"
-            " says which step timed out."
-        ),
-    )
-    publish_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=3600,
-        description=(
-            "Most seconds for the broker to acknowledge a delivery; longer fails it and drops"
-            " the connection (the next delivery reconnects)."
-        ),
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _valid_url(cls, url: str) -> str:
-        parse_broker_url(url)
-        return url
-
-    @field_validator("client_id")
-    @classmethod
-    def _valid_client_id(cls, client_id: str | None) -> str | None:
-        if client_id is not None:
-            if "\0" in client_id:
-                raise ValueError("a client id cannot hold a NUL character")
-            if len(client_id.encode("utf-8")) > MAX_STRING_BYTES:
-                raise ValueError(f"a client id is at most {MAX_STRING_BYTES} bytes in UTF-8")
-        return client_id
 
     @field_validator("qos", mode="before")
     @classmethod
@@ -342,25 +367,11 @@ class MqttOptions(BaseModel):
 
     def config_warnings(self) -> list[str]:
         """What ``patgw check`` warns about (valid, but probably not what is meant)."""
-        warnings = []
-        if self.protocol == "3.1.1":
-            warnings.append(
-                "protocol: MQTT 3.1.1 has no way to refuse a message: a broker that denies a"
-                " topic (an ACL) acknowledges its messages and drops them, and the gateway counts"
-                " them delivered; use protocol 5"
-            )
-        elif self.qos == 2:
+        warnings = super().config_warnings()
+        if not warnings and self.qos == 2:
             warnings.append(
                 "qos: at QoS 2 a broker's refusal of a message (an ACL) is not seen (paho-mqtt"
                 " ignores the reason code of PUBREC): refused messages count as delivered; QoS 1"
                 " reports them"
             )
         return warnings
-
-    @model_validator(mode="after")
-    def _consistent(self) -> MqttOptions:
-        if self.password is not None and self.username is None:
-            raise ValueError("password needs username")
-        if self.tls is not None and not parse_broker_url(self.url).tls:
-            raise ValueError("tls needs an mqtts:// url")
-        return self

@@ -20,6 +20,11 @@ oldest unacknowledged message (brokers answer in order); the session is then los
 paho-mqtt ignores the reason code of a PUBREC, and MQTT 3.1.1 has none: a refusal is then
 invisible.)
 
+Inbound (for the ``sparkplug`` sink's commands and STATE): :meth:`Session.open` subscribes to
+the settings' ``subscriptions`` and returns only once the broker granted each (a refusal fails
+it, naming the filter); every message received is handed to ``on_message`` on the event loop,
+in arrival order (paho acknowledges QoS 1 ones).
+
 A :class:`Session` is single-use, from connect to loss: paho's automatic reconnect is off,
 and the sink makes a new session after any failure. A lost connection fails every message
 still waiting for its acknowledgement at once, rather than at a timeout. Sessions start clean
@@ -116,10 +121,15 @@ class SessionSettings:
     username: str | None = None
     password: SecretRef | None = None
     tls: TlsOptions | None = None
-    will: Message | None = None  # sent retained at ``qos`` by the broker if the connection breaks
+    will: Message | None = None  # sent at ``qos`` by the broker if the connection breaks
+    will_retain: bool = True  # the Last Will is retained (Sparkplug's NDEATH is not)
+    subscriptions: tuple[tuple[str, int], ...] = ()  # (topic filter, QoS), subscribed in open()
+    on_message: Callable[[str, bytes], None] | None = None
+    """Called on the event loop's thread, in arrival order, with every message received (topic,
+    payload); must not block. An exception it raises is logged and does not end the session."""
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     # A delivery failed by a lost connection after its forward gave up waiting (cancelled)
     # must not be reported as "exception never retrieved".
     if not future.cancelled():
@@ -251,6 +261,8 @@ class Session:
         self._waiting: deque[tuple[str, str | bytes, bool, Delivery, int]] = deque()
         self._connack: asyncio.Future[None] = loop.create_future()
         self._connack.add_done_callback(_retrieve)
+        # The SUBACK of open()'s subscriptions, by the message id of the SUBSCRIBE.
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._acks: list[tuple[int, ReasonCode]] = []
         self._acks_lock = threading.Lock()
         self._thread_lock = threading.Lock()  # orders abort against the network thread's start
@@ -269,6 +281,9 @@ class Session:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        if settings.on_message is not None:
+            client.on_message = self._on_message
         self._client = client
 
     @property
@@ -288,20 +303,28 @@ class Session:
     # --- on the event loop ------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect and wait for the broker to accept (CONNACK), within ``connect_timeout_s``.
+        """Connect and wait for the broker to accept (CONNACK) and to grant every subscription
+        of the settings (SUBACK), within ``connect_timeout_s``.
 
-        Raises :class:`MqttError` (the session is then aborted).
+        Raises :class:`MqttError` (the session is then aborted), naming the topic filter if the
+        broker refused a subscription.
         """
         timeout = self.settings.connect_timeout_s
         connected = False
+        accepted = False
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.to_thread(self._start)
                 connected = True
                 await self._connack
+                accepted = True
+                if self.settings.subscriptions:
+                    await self._subscribe(self.settings.subscriptions)
         except TimeoutError:
             # Also paho's own socket timeout (TimeoutError is an OSError): name the step.
-            if connected:
+            if accepted:
+                reason = f"no SUBACK within {timeout:g} s (connect_timeout_s)"
+            elif connected:
                 reason = (
                     f"no CONNACK within {timeout:g} s (connect_timeout_s): the broker accepted"
                     " the connection but did not answer the MQTT CONNECT"
@@ -328,6 +351,45 @@ class Session:
             self.abort("connect cancelled")
             raise
         self._connected = True
+
+    async def _subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> None:
+        future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        future.add_done_callback(_retrieve)
+        # The SUBACK is handed to this thread with call_soon_threadsafe: it is looked up only
+        # after this registration, even if it arrives before subscribe() returns.
+        rc, mid = self._client.subscribe(list(subscriptions))
+        if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            self._subacks[mid] = future
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise self.error(f"cannot subscribe: {mqtt.error_string(rc)}")
+        codes = await future
+        for (topic_filter, _), code in zip(subscriptions, codes, strict=False):
+            if code.is_failure:
+                raise self.error(
+                    f"the broker refused the subscription to {topic_filter!r}: {code}"
+                    f" (reason code 0x{code.value:02X})"
+                )
+        if len(codes) != len(subscriptions):
+            raise self.error(f"{len(codes)} SUBACK codes for {len(subscriptions)} subscriptions")
+
+    def _suback_received(self, mid: int, codes: list[ReasonCode]) -> None:
+        future = self._subacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(codes)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        handler = self.settings.on_message
+        if handler is None or self._lost is not None:
+            return
+        try:
+            handler(topic, payload)
+        except Exception as exc:  # the handler's bug must not end the session
+            log.error(
+                "mqtt.on_message_failed",
+                url=self.settings.url,
+                topic=topic[:200],
+                error=repr(exc)[:500],
+            )
 
     def publish(self, messages: Sequence[Message], retain: bool = False) -> Delivery:
         """Hand ``messages`` to paho, in order, and return their :class:`Delivery`.
@@ -433,6 +495,10 @@ class Session:
             self._lost = reason
         if not self._connack.done():
             self._connack.set_exception(self.error(reason))
+        subacks, self._subacks = self._subacks, {}
+        for future in subacks.values():
+            if not future.done():
+                future.set_exception(self.error(reason))
         deliveries = dict.fromkeys(
             [*(p[0] for p in self._pending.values()), *(w[3] for w in self._waiting)]
         )
@@ -547,6 +613,20 @@ class Session:
                 return  # a hand-over is already scheduled and will take this one too
         self._call(self._take_acks)
 
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        self._call(self._suback_received, mid, list(reason_codes))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # paho acknowledges a QoS 1 message itself once this returns.
+        self._call(self._deliver, message.topic, bytes(message.payload))
+
     # --- on a worker thread -----------------------------------------------------------------
 
     def _start(self) -> None:
@@ -562,7 +642,7 @@ class Session:
             client.tls_set_context(tls)
         if settings.will is not None:
             topic, payload = settings.will
-            client.will_set(topic, payload, settings.qos, retain=True)
+            client.will_set(topic, payload, settings.qos, retain=settings.will_retain)
         client.connect_timeout = settings.connect_timeout_s  # TCP connect and TLS handshake
         address = settings.address
         with self._thread_lock:
