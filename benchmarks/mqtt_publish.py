@@ -84,6 +84,11 @@ def _topic(i: int) -> str:
     return f"bench/area/dev{i // 100:03d}/r{i % 100:03d}"
 
 
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 class _Counter:
     """Acknowledgements counted from any thread; ``wait`` returns once ``target`` arrived."""
 
@@ -104,8 +109,7 @@ class _Counter:
             self.count += n
             reached = self.count >= self.target
         if reached and self.done is not None:
-            done = self.done
-            self.loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            self.loop.call_soon_threadsafe(_finish, self.done)
 
 
 Runner = Callable[[str, int, int, int], Coroutine[Any, Any, float]]
@@ -182,12 +186,16 @@ async def run_sink(host: str, port: int, messages: int, group: int) -> float:
 
     signals = [Signal(f"area/dev{i // 100:03d}/r{i % 100:03d}", "1") for i in range(SIGNALS)]
     options = MqttOptions(url=f"mqtt://{host}:{port}", client_id="bench-sink", meta_topic=None)
-    sink = MqttSink(options, PluginContext("bench", Path(tempfile.gettempdir()), site="bench", area="area"))
+    sink = MqttSink(
+        options, PluginContext("bench", Path(tempfile.gettempdir()), site="bench", area="area")
+    )
     sink.bind(signals)
     t0 = 1_795_000_000_000_000_000
     batches = [
         [
-            Sample(signals[i % SIGNALS].id, 1000.0 + i * 0.25, "1", t0 + i, t0 + i + 7, Quality.GOOD, i)
+            Sample(
+                signals[i % SIGNALS].id, 1000.0 + i * 0.25, "1", t0 + i, t0 + i + 7, Quality.GOOD, i
+            )
             for i in range(first, min(first + group, messages))
         ]
         for first in range(0, messages, group)
@@ -208,17 +216,18 @@ async def run_sink(host: str, port: int, messages: int, group: int) -> float:
 
 
 async def run_gmqtt(host: str, port: int, messages: int, group: int) -> float:
-    import gmqtt
-    from gmqtt.mqtt.handler import MqttPackageHandler
+    # Imported by name: optional, and without type hints.
+    gmqtt: Any = importlib.import_module("gmqtt")
+    handler: Any = importlib.import_module("gmqtt.mqtt.handler").MqttPackageHandler
 
     counter = _Counter(asyncio.get_running_loop())
-    original = MqttPackageHandler._handle_puback_packet
+    original = handler._handle_puback_packet
 
     def counted(self: Any, cmd: int, packet: bytes) -> None:
         original(self, cmd, packet)
         counter.add()
 
-    MqttPackageHandler._handle_puback_packet = counted  # type: ignore[method-assign]
+    handler._handle_puback_packet = counted
     client = gmqtt.Client("bench-gmqtt")
     await client.connect(host, port, version=gmqtt.constants.MQTTv311)
     try:
@@ -231,13 +240,12 @@ async def run_gmqtt(host: str, port: int, messages: int, group: int) -> float:
         await done
         return _cpu() - start
     finally:
-        MqttPackageHandler._handle_puback_packet = original  # type: ignore[method-assign]
+        handler._handle_puback_packet = original
         await client.disconnect()
 
 
 async def run_zmqtt(host: str, port: int, messages: int, group: int) -> float:
-    import zmqtt
-
+    zmqtt: Any = importlib.import_module("zmqtt")
     client: Any = zmqtt.create_client(host, port, client_id="bench-zmqtt")
     async with client:
         start = _cpu()
@@ -291,9 +299,7 @@ async def _run_floor(
 ) -> float:
     loop = asyncio.get_running_loop()
     counter = _Counter(loop)
-    transport, protocol = await loop.create_connection(
-        lambda: _Floor(counter.add), host, port
-    )
+    transport, protocol = await loop.create_connection(lambda: _Floor(counter.add), host, port)
     try:
         transport.write(_connect_packet("bench-floor"))
         await protocol.connack
@@ -321,7 +327,7 @@ async def run_floor(host: str, port: int, messages: int, group: int) -> float:
 async def run_mqtt5(host: str, port: int, messages: int, group: int) -> float:
     # MQTT 5 CONNECT and PUBACKs: the codec speaks MQTT 5 only. Mosquitto sends a 4-byte
     # PUBACK for reason 0 without properties, as in 3.1.1, and a CONNACK with properties.
-    import mqtt5
+    mqtt5: Any = importlib.import_module("mqtt5")
 
     loop = asyncio.get_running_loop()
     counter = _Counter(loop)

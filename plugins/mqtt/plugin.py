@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import (
     PluginContext,
@@ -41,7 +40,7 @@ from gateway import (
 
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
 from .options import MqttOptions, check_topic, parse_broker_url
-from .session import Delivery, MqttError, Session, SessionSettings
+from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
