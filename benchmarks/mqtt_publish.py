@@ -185,7 +185,9 @@ async def run_sink(host: str, port: int, messages: int, group: int) -> float:
     from plugins.mqtt.plugin import MqttOptions, MqttSink
 
     signals = [Signal(f"area/dev{i // 100:03d}/r{i % 100:03d}", "1") for i in range(SIGNALS)]
-    options = MqttOptions(url=f"mqtt://{host}:{port}", client_id="bench-sink", meta_topic=None)
+    options = MqttOptions(
+        url=f"mqtt://{host}:{port}", client_id="bench-sink", meta_topic=None, payload="sample"
+    )
     sink = MqttSink(
         options, PluginContext("bench", Path(tempfile.gettempdir()), site="bench", area="area")
     )

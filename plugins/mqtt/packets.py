@@ -207,6 +207,11 @@ class Decoder:
     def __init__(self) -> None:
         self._buffer = b""
 
+    @property
+    def partial(self) -> bool:
+        """Part of a packet is waiting for the rest."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         """The complete packets in what has arrived so far: (type, flags, body); keeps a
         partial packet for the next call. :class:`ProtocolError` on a bad length."""

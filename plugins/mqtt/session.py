@@ -159,7 +159,12 @@ class Delivery:
     def acknowledge(self) -> None:
         """One more message acknowledged."""
         self.remaining -= 1
-        if self.remaining == 0 and not self._future.done():
+        if self.remaining == 0:
+            self.complete()
+
+    def complete(self) -> None:
+        """Every message is answered (``remaining`` is 0)."""
+        if not self._future.done():
             self._future.set_result(None)
 
     def refuse(self, position: int, reason_code: ReasonCode) -> None:
@@ -406,7 +411,14 @@ class Session(asyncio.Protocol):
                 mid = mid + 1 if mid < 65535 else 1
                 while mid in pending:  # never reuse an id in flight
                     mid = mid + 1 if mid < 65535 else 1
-                append(header(first, len(name) + extra + len(payload)))
+                remaining = len(name) + extra + len(payload)
+                append(
+                    bytes((first, remaining))
+                    if remaining < 128
+                    else bytes((first, remaining & 0x7F | 0x80, remaining >> 7))
+                    if remaining < 16384
+                    else header(first, remaining)
+                )
                 append(name)
                 append(mid.to_bytes(2, "big") + properties)
                 append(payload)
@@ -544,6 +556,23 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost is not None:
             return
+        at = 0
+        if not self._decoder.partial:
+            # The common case, in bulk: PUBACKs with no reason code (Success), 4 bytes each.
+            pending = self._pending
+            end = len(data) - 3
+            while at < end and data[at] == 0x40 and data[at + 1] == 2:
+                entry = pending.pop(data[at + 2] << 8 | data[at + 3], None)
+                at += 4
+                if entry is not None:
+                    delivery = entry[0]
+                    delivery.remaining -= 1
+                    if not delivery.remaining:
+                        delivery.complete()
+            if at == len(data):
+                data = b""
+            elif at:
+                data = data[at:]
         try:
             for kind, flags, body in self._decoder.feed(data):
                 if kind == packets.PUBACK:
