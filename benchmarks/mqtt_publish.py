@@ -441,4 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from gateway.logs import configure_logging
+
+    configure_logging("json", "warning")  # to standard error: standard output is the JSON
     print(json.dumps(asyncio.run(main(parse_args())), indent=2))

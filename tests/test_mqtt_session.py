@@ -17,6 +17,7 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -398,3 +399,20 @@ def test_reason_codes_read_like_the_standard() -> None:
     assert str(packets.ReasonCode(0x87)) == "Not authorized"
     assert packets.ReasonCode(0x87).is_failure and not packets.ReasonCode(0x10).is_failure
     assert packets.parse_connack(memoryview(b"\x00\x05"), v5=False)[0].value == 0x87
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_is_seen_at_qos_2(tmp_path: Path) -> None:
+    """An ACL's "Not authorized" comes in the PUBREC at QoS 2: the message is refused, the
+    others are delivered on the same session (paho-mqtt ignored that reason code)."""
+    acl = "topic readwrite #\ntopic deny q2/denied\n"
+    async with (
+        Mosquitto(tmp_path / "broker", acl=acl, max_queued_messages=1000) as broker,
+        opened(settings(broker.url, qos=2)) as session,
+    ):
+        delivery = session.publish([("q2/ok", b"1"), ("q2/denied", b"2"), ("q2/ok", b"3")])
+        async with asyncio.timeout(10):
+            await delivery.wait()
+        assert list(delivery.refused) == [1]
+        assert str(delivery.refused[1]) == "Not authorized"
+        assert session.usable

@@ -349,12 +349,6 @@ class MqttOptions(BaseModel):
                 " topic (an ACL) acknowledges its messages and drops them, and the gateway counts"
                 " them delivered; use protocol 5"
             )
-        elif self.qos == 2:
-            warnings.append(
-                "qos: at QoS 2 a broker's refusal of a message (an ACL) is not seen (paho-mqtt"
-                " ignores the reason code of PUBREC): refused messages count as delivered; QoS 1"
-                " reports them"
-            )
         return warnings
 
     @model_validator(mode="after")
