@@ -297,24 +297,21 @@ def _publish_packet(topic: bytes, payload: bytes, mid: int) -> bytes:
 
 
 async def _run_floor(
-    host: str, port: int, messages: int, group: int, encode: Callable[[bytes, bytes, int], bytes]
+    host: str, port: int, messages: int, group: int, connect: bytes, encode: Callable[[int], bytes]
 ) -> float:
+    """Publish ``encode(i)`` for i in 0..messages-1, one write per group; count PUBACKs."""
     loop = asyncio.get_running_loop()
     counter = _Counter(loop)
     transport, protocol = await loop.create_connection(lambda: _Floor(counter.add), host, port)
     try:
-        transport.write(_connect_packet("bench-floor"))
+        transport.write(connect)
         await protocol.connack
-        topics = [_topic(i).encode() for i in range(SIGNALS)]
+        await asyncio.sleep(0.2)  # the rest of an MQTT 5 CONNACK (its properties): dropped
+        protocol.buffer = b""
         done = counter.arm(messages)
         start = _cpu()
         for first in range(0, messages, group):
-            transport.write(
-                b"".join(
-                    encode(topics[i % SIGNALS], PAYLOAD, i % 65535 + 1)
-                    for i in range(first, min(first + group, messages))
-                )
-            )
+            transport.write(b"".join(map(encode, range(first, min(first + group, messages)))))
             await asyncio.sleep(0)
         await done
         return _cpu() - start
@@ -323,51 +320,35 @@ async def _run_floor(
 
 
 async def run_floor(host: str, port: int, messages: int, group: int) -> float:
-    return await _run_floor(host, port, messages, group, _publish_packet)
+    topics = [_topic(i).encode() for i in range(SIGNALS)]
+
+    def encode(i: int) -> bytes:
+        return _publish_packet(topics[i % SIGNALS], PAYLOAD, i % 65535 + 1)
+
+    return await _run_floor(host, port, messages, group, _connect_packet("bench-floor"), encode)
 
 
 async def run_mqtt5(host: str, port: int, messages: int, group: int) -> float:
-    # MQTT 5 CONNECT and PUBACKs: the codec speaks MQTT 5 only. Mosquitto sends a 4-byte
-    # PUBACK for reason 0 without properties, as in 3.1.1, and a CONNACK with properties.
+    # The codec speaks MQTT 5 only: an MQTT 5 CONNECT. Mosquitto answers a QoS 1 PUBLISH
+    # with a 4-byte PUBACK (reason Success, no properties), as in 3.1.1.
     mqtt5: Any = importlib.import_module("mqtt5")
+    topics = [_topic(i) for i in range(SIGNALS)]
+    qos = mqtt5.QoS.AT_LEAST_ONCE
 
-    loop = asyncio.get_running_loop()
-    counter = _Counter(loop)
-    transport, protocol = await loop.create_connection(lambda: _Floor(counter.add), host, port)
-    protocol.buffer = b""
-    try:
-        connect = mqtt5.ConnectPacket(client_id="bench-mqtt5", keep_alive=60)
-        transport.write(connect.write())
-        await protocol.connack
-        await asyncio.sleep(0.2)  # the CONNACK's properties: skipped below
-        protocol.buffer = b""
-        topics = [_topic(i) for i in range(SIGNALS)]
-        done = counter.arm(messages)
-        start = _cpu()
-        qos = mqtt5.QoS.AT_LEAST_ONCE
-        for first in range(0, messages, group):
-            transport.write(
-                b"".join(
-                    mqtt5.PublishPacket(
-                        topic=topics[i % SIGNALS],
-                        payload=PAYLOAD,
-                        qos=qos,
-                        packet_id=i % 65535 + 1,
-                    ).write()
-                    for i in range(first, min(first + group, messages))
-                )
-            )
-            await asyncio.sleep(0)
-        await done
-        return _cpu() - start
-    finally:
-        transport.close()
+    def encode(i: int) -> bytes:
+        packet = mqtt5.PublishPacket(
+            topic=topics[i % SIGNALS], payload=PAYLOAD, qos=qos, packet_id=i % 65535 + 1
+        )
+        return bytes(packet.write())
+
+    connect = bytes(mqtt5.ConnectPacket(client_id="bench-mqtt5", keep_alive=60).write())
+    return await _run_floor(host, port, messages, group, connect, encode)
 
 
 RUNNERS: dict[str, tuple[Runner, str | None]] = {
     "paho": (run_paho, "paho"),
-    "session": (run_session, "paho"),
-    "sink": (run_sink, "paho"),
+    "session": (run_session, None),
+    "sink": (run_sink, None),
     "gmqtt": (run_gmqtt, "gmqtt"),
     "zmqtt": (run_zmqtt, "zmqtt"),
     "floor": (run_floor, None),

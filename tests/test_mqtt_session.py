@@ -228,6 +228,14 @@ async def read_until(
 CONNACK = b"\x20\x02\x00\x00"
 
 
+async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytearray:
+    """Read the CONNECT, answer an MQTT 3.1.1 CONNACK; the buffer for what follows."""
+    buffer = bytearray()
+    await read_until(reader, buffer, 1)
+    writer.write(CONNACK)
+    return buffer
+
+
 @pytest.mark.asyncio
 async def test_packets_split_byte_by_byte_and_an_unknown_puback() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -257,9 +265,7 @@ async def test_packets_split_byte_by_byte_and_an_unknown_puback() -> None:
 @pytest.mark.asyncio
 async def test_a_broker_that_closes_mid_packet_fails_every_pending_delivery() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        await read_until(reader, buffer, 1)
-        writer.write(CONNACK)
+        buffer = await accept(reader, writer)
         packets_in = await read_until(reader, buffer, 4)
         first = publish_mid(packets_in[0][1])
         # The first message acknowledged, then half a PUBACK, then the connection closes.
@@ -316,9 +322,7 @@ async def test_a_message_id_is_never_reused_while_in_flight() -> None:
     ack_rest = asyncio.Event()
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        await read_until(reader, buffer, 1)
-        writer.write(CONNACK)
+        buffer = await accept(reader, writer)
         while True:
             data = await reader.read(1 << 20)
             if not data:
@@ -351,9 +355,7 @@ async def test_a_message_id_is_never_reused_while_in_flight() -> None:
 @pytest.mark.asyncio
 async def test_a_broker_that_stops_answering_pings_ends_the_session() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        await read_until(reader, buffer, 1)
-        writer.write(CONNACK)
+        await accept(reader, writer)
         await reader.read()  # reads PINGREQs, never answers
 
     async with scripted(script) as url:
