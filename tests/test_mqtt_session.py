@@ -371,6 +371,43 @@ async def test_a_broker_that_stops_answering_pings_ends_the_session() -> None:
         await session.close(1.0)
 
 
+@pytest.mark.asyncio
+async def test_an_mqtt5_brokers_maximum_qos_and_keepalive_are_obeyed() -> None:
+    pings: list[int] = []
+
+    def connack(properties: bytes) -> bytes:
+        return bytes((0x20, 3 + len(properties), 0, 0, len(properties))) + properties
+
+    async def qos_1_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, bytearray(), 1)
+        writer.write(connack(b"\x24\x01"))  # Maximum QoS 1
+        await reader.read()
+
+    async with scripted(qos_1_only) as url:
+        session = Session(settings(url, qos=2), 1, asyncio.get_running_loop())
+        with pytest.raises(MqttError, match="takes QoS 1 at most"):
+            await session.open()
+
+    async def keepalive_1_s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = bytearray()
+        await read_until(reader, buffer, 1)
+        writer.write(connack(b"\x13\x00\x01"))  # Server Keep Alive: 1 s
+        while data := await reader.read(1024):  # PINGREQs counted, never answered
+            buffer += data
+            pings.extend(first for first, _ in read_packets(buffer) if first == 0xC0)
+
+    async with scripted(keepalive_1_s) as url:
+        session = Session(settings(url, keepalive_s=60), 1, asyncio.get_running_loop())
+        await session.open()
+        session.ready = True
+        delivery = session.publish([("a", b"1")])
+        with pytest.raises(MqttError, match=r"no answer to PINGREQ within 1 s"):
+            async with asyncio.timeout(10):
+                await delivery.wait()
+        await session.close(1.0)
+    assert pings == [0xC0]
+
+
 # --- the codec ----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 __all__ = [
     "MAX_PACKET",
+    "Connack",
     "Decoder",
     "ProtocolError",
     "ReasonCode",
@@ -306,18 +307,27 @@ def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
     return found, end
 
 
-def parse_connack(body: memoryview, v5: bool) -> tuple[ReasonCode, int | None]:
-    """The CONNACK's answer and an MQTT 5 broker's Receive Maximum (None if it sets none)."""
+class Connack(NamedTuple):
+    """A broker's answer to CONNECT, with what an MQTT 5 broker may set (None: not set)."""
+
+    reason_code: ReasonCode
+    receive_maximum: int | None = None  # most unacknowledged QoS 1 and 2 messages it takes
+    server_keepalive: int | None = None  # the keepalive it imposes (seconds; 0: none)
+    maximum_qos: int | None = None  # the highest QoS it takes (0 or 1; None: 2)
+
+
+def parse_connack(body: memoryview, v5: bool) -> Connack:
+    """A CONNACK (MQTT 3.1.1 return codes mapped to MQTT 5 reason codes)."""
     if len(body) < 2:
         raise ProtocolError("a CONNACK cut short")
     code = body[1]
     if not v5:
-        return ReasonCode(_V3_CONNACK.get(code, 0x80) if code else 0), None
+        return Connack(ReasonCode(_V3_CONNACK.get(code, 0x80) if code else 0))
     found, _ = _properties(body, 2) if len(body) > 2 else ({}, 2)
     receive_maximum = found.get(0x21)
     if receive_maximum == 0:
         raise ProtocolError("a Receive Maximum of 0")
-    return ReasonCode(code), receive_maximum
+    return Connack(ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24))
 
 
 def parse_ack(body: memoryview) -> tuple[int, ReasonCode]:

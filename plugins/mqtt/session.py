@@ -209,7 +209,8 @@ def _describe(exc: BaseException) -> str:
         return str(exc.args[0])  # a missing secret: "environment variable X is not set"
     if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
         # asyncio's "[Errno 111] Connect call failed (...)" does not say what errno 111 is.
-        return f"{os.strerror(exc.errno)}: {exc}"
+        text, name = str(exc), os.strerror(exc.errno)
+        return text if name in text else f"{name}: {text}"
     return str(exc) or type(exc).__name__
 
 
@@ -264,6 +265,7 @@ class Session(asyncio.Protocol):
         self._recorded: set[int] = set()  # outgoing QoS 2 ids the broker PUBRECed (has them)
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_unanswered = False
+        self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
 
     @property
     def lost(self) -> str | None:
@@ -352,8 +354,8 @@ class Session(asyncio.Protocol):
         if transport is None or self._lost is not None:
             raise self.error(self._lost or "connection to broker lost")
         transport.write(connect)
-        if settings.keepalive_s:
-            self._keepalive = self._loop.call_later(settings.keepalive_s, self._ping)
+        if self._keepalive_s:
+            self._keepalive = self._loop.call_later(self._keepalive_s, self._ping)
 
     async def _subscribe(self) -> None:
         subscriptions = self.settings.subscriptions
@@ -530,11 +532,11 @@ class Session(asyncio.Protocol):
         if self._lost is not None:
             return
         if self._ping_unanswered:
-            self.abort(f"no answer to PINGREQ within {self.settings.keepalive_s} s (keepalive_s)")
+            self.abort(f"no answer to PINGREQ within {self._keepalive_s} s (keepalive_s)")
             return
         self._ping_unanswered = True
         self._write(packets.ping_packet())
-        self._keepalive = self._loop.call_later(self.settings.keepalive_s, self._ping)
+        self._keepalive = self._loop.call_later(self._keepalive_s, self._ping)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -633,7 +635,7 @@ class Session(asyncio.Protocol):
         elif kind == packets.PINGRESP:
             self._ping_unanswered = False
         elif kind == packets.CONNACK:
-            self._connack_received(*packets.parse_connack(body, self._v5))
+            self._connack_received(packets.parse_connack(body, self._v5))
         elif kind == packets.SUBACK:
             mid, codes = packets.parse_suback(body, self._v5)
             if mid == self._subscribe_mid and not self._suback.done():
@@ -643,16 +645,31 @@ class Session(asyncio.Protocol):
         else:
             raise ProtocolError(f"an unexpected packet of type {kind}")
 
-    def _connack_received(self, reason_code: ReasonCode, receive_maximum: int | None) -> None:
+    def _connack_received(self, connack: packets.Connack) -> None:
         if self._connack.done():
             raise ProtocolError("a second CONNACK")
         # An MQTT 5 broker says how many unacknowledged messages it takes (Receive Maximum);
         # it may disconnect a client that sends more.
+        receive_maximum = connack.receive_maximum
         if receive_maximum and not 0 < self._window <= receive_maximum:
             self._window = receive_maximum
-        if reason_code.is_failure:
+        if connack.server_keepalive is not None and connack.server_keepalive != self._keepalive_s:
+            self._keepalive_s = connack.server_keepalive  # the broker's word is final
+            if self._keepalive is not None:
+                self._keepalive.cancel()
+                self._keepalive = None
+            if self._keepalive_s:
+                self._keepalive = self._loop.call_later(self._keepalive_s, self._ping)
+        if connack.reason_code.is_failure:
             self._connack.set_exception(
-                self.error(f"the broker refused the connection: {reason_code}")
+                self.error(f"the broker refused the connection: {connack.reason_code}")
+            )
+        elif connack.maximum_qos is not None and connack.maximum_qos < self._qos:
+            self._connack.set_exception(
+                self.error(
+                    f"the broker takes QoS {connack.maximum_qos} at most (its Maximum QoS), not"
+                    f" qos {self._qos}: set qos: 1"
+                )
             )
         else:
             self._connack.set_result(None)
