@@ -112,10 +112,10 @@ class _Counter:
             self.loop.call_soon_threadsafe(_finish, self.done)
 
 
-Runner = Callable[[str, int, int, int], Coroutine[Any, Any, float]]
+Runner = Callable[[str, int, int, int, str], Coroutine[Any, Any, float]]
 
 
-async def run_paho(host: str, port: int, messages: int, group: int) -> float:
+async def run_paho(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -141,7 +141,7 @@ async def run_paho(host: str, port: int, messages: int, group: int) -> float:
         client.loop_stop()
 
 
-def _settings(host: str, port: int, name: str) -> Any:
+def _settings(host: str, port: int, name: str, protocol: str) -> Any:
     from plugins.mqtt.options import parse_broker_url
     from plugins.mqtt.session import SessionSettings
 
@@ -150,17 +150,19 @@ def _settings(host: str, port: int, name: str) -> Any:
         url=url,
         address=parse_broker_url(url),
         client_id=name,
-        protocol="3.1.1",
+        protocol=protocol,
         qos=1,
         keepalive_s=60,
         connect_timeout_s=10.0,
     )
 
 
-async def run_session(host: str, port: int, messages: int, group: int) -> float:
+async def run_session(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     from plugins.mqtt.session import Session
 
-    session = Session(_settings(host, port, "bench-session"), 1, asyncio.get_running_loop())
+    session = Session(
+        _settings(host, port, "bench-session", protocol), 1, asyncio.get_running_loop()
+    )
     await session.open()
     session.ready = True
     try:
@@ -180,13 +182,17 @@ async def run_session(host: str, port: int, messages: int, group: int) -> float:
         await session.close(2.0)
 
 
-async def run_sink(host: str, port: int, messages: int, group: int) -> float:
+async def run_sink(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     from gateway import PluginContext, Quality, Sample, Signal
     from plugins.mqtt.plugin import MqttOptions, MqttSink
 
     signals = [Signal(f"area/dev{i // 100:03d}/r{i % 100:03d}", "1") for i in range(SIGNALS)]
     options = MqttOptions(
-        url=f"mqtt://{host}:{port}", client_id="bench-sink", meta_topic=None, payload="sample"
+        url=f"mqtt://{host}:{port}",
+        client_id="bench-sink",
+        meta_topic=None,
+        payload="sample",
+        protocol=protocol,
     )
     sink = MqttSink(
         options, PluginContext("bench", Path(tempfile.gettempdir()), site="bench", area="area")
@@ -217,7 +223,7 @@ async def run_sink(host: str, port: int, messages: int, group: int) -> float:
         return _cpu() - start
 
 
-async def run_gmqtt(host: str, port: int, messages: int, group: int) -> float:
+async def run_gmqtt(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     # Imported by name: optional, and without type hints.
     gmqtt: Any = importlib.import_module("gmqtt")
     handler: Any = importlib.import_module("gmqtt.mqtt.handler").MqttPackageHandler
@@ -246,7 +252,7 @@ async def run_gmqtt(host: str, port: int, messages: int, group: int) -> float:
         await client.disconnect()
 
 
-async def run_zmqtt(host: str, port: int, messages: int, group: int) -> float:
+async def run_zmqtt(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     zmqtt: Any = importlib.import_module("zmqtt")
     client: Any = zmqtt.create_client(host, port, client_id="bench-zmqtt")
     async with client:
@@ -319,7 +325,7 @@ async def _run_floor(
         transport.close()
 
 
-async def run_floor(host: str, port: int, messages: int, group: int) -> float:
+async def run_floor(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     topics = [_topic(i).encode() for i in range(SIGNALS)]
 
     def encode(i: int) -> bytes:
@@ -328,7 +334,7 @@ async def run_floor(host: str, port: int, messages: int, group: int) -> float:
     return await _run_floor(host, port, messages, group, _connect_packet("bench-floor"), encode)
 
 
-async def run_mqtt5(host: str, port: int, messages: int, group: int) -> float:
+async def run_mqtt5(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     # The codec speaks MQTT 5 only: an MQTT 5 CONNECT. Mosquitto answers a QoS 1 PUBLISH
     # with a 4-byte PUBACK (reason Success, no properties), as in 3.1.1.
     mqtt5: Any = importlib.import_module("mqtt5")
@@ -386,7 +392,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 best: float | None = None
                 for _ in range(args.rounds):
                     wall = time.perf_counter()
-                    cpu = await runner("127.0.0.1", port, args.messages, args.group)
+                    cpu = await runner("127.0.0.1", port, args.messages, args.group, args.protocol)
                     wall = time.perf_counter() - wall
                     if best is None or cpu < best:
                         best = cpu
@@ -403,6 +409,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "group": args.group,
         "rounds": args.rounds,
         "qos": 1,
+        "protocol": args.protocol,
         "payload_bytes": len(PAYLOAD),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -414,6 +421,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000, help="messages per round")
     parser.add_argument("--group", type=int, default=500, help="messages per publish call")
+    parser.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version of the session and sink modes (paho, gmqtt, floor: 3.1.1; mqtt5: 5)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode (best is kept)")
     parser.add_argument(
         "--modes", default=",".join(ALL_MODES), help=f"comma-separated, of {', '.join(ALL_MODES)}"

@@ -184,7 +184,7 @@ def read_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
 
 
 def publish_mid(body: bytes) -> int:
-    """The message id of a QoS 1 PUBLISH (MQTT 3.1.1) from its body."""
+    """The message id of a QoS 1 PUBLISH from its body (before any MQTT 5 properties)."""
     (size,) = struct.unpack_from("!H", body)
     return int(struct.unpack_from("!H", body, 2 + size)[0])
 
@@ -260,6 +260,33 @@ async def test_packets_split_byte_by_byte_and_an_unknown_puback() -> None:
         async with asyncio.timeout(10):
             await delivery.wait()
         assert delivery.remaining == 0 and session.usable
+
+
+@pytest.mark.asyncio
+async def test_pubacks_with_reason_codes_in_one_read() -> None:
+    """MQTT 5 PUBACKs of every form in one read: no reason code, a success code (0x10 No
+    matching subscribers), a refusal (0x87) and one with properties (a reason string)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = bytearray()
+        await read_until(reader, buffer, 1)
+        writer.write(b"\x20\x03\x00\x00\x00")  # MQTT 5 CONNACK, no properties
+        packets_in = await read_until(reader, buffer, 4)
+        mids = [struct.pack("!H", publish_mid(body)) for _, body in packets_in]
+        writer.write(
+            b"\x40\x03" + mids[0] + b"\x10"
+            + b"\x40\x03" + mids[1] + b"\x87"
+            + b"\x40\x02" + mids[2]
+            + b"\x40\x09" + mids[3] + b"\x10\x05\x1f\x00\x02ok"
+        )  # fmt: skip
+        await reader.read()
+
+    async with scripted(script) as url, opened(settings(url)) as session:
+        delivery = session.publish([("a", b"1"), ("b", b"2"), ("c", b"3"), ("d", b"4")])
+        async with asyncio.timeout(10):
+            await delivery.wait()
+        assert delivery.remaining == 0 and list(delivery.refused) == [1]
+        assert delivery.refused[1].value == 0x87 and session.usable
 
 
 @pytest.mark.asyncio

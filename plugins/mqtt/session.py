@@ -560,18 +560,23 @@ class Session(asyncio.Protocol):
             return
         at = 0
         if not self._decoder.partial:
-            # The common case, in bulk: PUBACKs with no reason code (Success), 4 bytes each.
+            # The common case, in bulk: PUBACKs without reason code (Success: 4 bytes) or with
+            # a success code and no properties (MQTT 5, 0x10 No matching subscribers: 5 bytes).
             pending = self._pending
-            end = len(data) - 3
-            while at < end and data[at] == 0x40 and data[at + 1] == 2:
+            size = len(data)
+            end = size - 3
+            while at < end and data[at] == 0x40:
+                length = data[at + 1]
+                if length != 2 and not (length == 3 and at + 4 < size and data[at + 4] < 0x80):
+                    break
                 entry = pending.pop(data[at + 2] << 8 | data[at + 3], None)
-                at += 4
+                at += 2 + length
                 if entry is not None:
                     delivery = entry[0]
                     delivery.remaining -= 1
                     if not delivery.remaining:
                         delivery.complete()
-            if at == len(data):
+            if at == size:
                 data = b""
             elif at:
                 data = data[at:]
