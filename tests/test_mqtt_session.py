@@ -8,7 +8,7 @@
   across reads byte by byte, a PUBACK for an id not in flight, a broker that closes in the
   middle of a packet, message ids never reused while in flight, a broker that stops
   answering PINGREQ.
-* The codec: the decoder's partial reads and bad lengths.
+* The codec: the decoder's partial reads and bad lengths; garbage raises only ProtocolError.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import paho.mqtt.client as mqtt
 import pytest
 import structlog
 from conftest import wait_for
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 from mosquitto import Mosquitto, Subscriber
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -482,3 +485,25 @@ async def test_a_refusal_is_seen_at_qos_2(tmp_path: Path) -> None:
         assert list(delivery.refused) == [1]
         assert str(delivery.refused[1]) == "Not authorized"
         assert session.usable
+
+
+@settings_hypothesis(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=300))
+def test_the_codec_raises_only_protocol_errors_on_garbage(data: bytes, cut: int) -> None:
+    decoder = packets.Decoder()
+    try:
+        for chunk in (data[:cut], data[cut:]):
+            for kind, flags, body in decoder.feed(chunk):
+                for v5 in (False, True):
+                    if kind == packets.CONNACK:
+                        packets.parse_connack(body, v5)
+                    elif kind == packets.SUBACK:
+                        packets.parse_suback(body, v5)
+                    elif kind == packets.PUBLISH:
+                        packets.parse_publish(flags, body, v5)
+                    elif kind == packets.DISCONNECT:
+                        packets.parse_disconnect(body)
+                    else:
+                        packets.parse_ack(body)
+    except packets.ProtocolError:
+        pass
