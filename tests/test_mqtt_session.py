@@ -293,6 +293,31 @@ async def test_pubacks_with_reason_codes_in_one_read() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_disconnect_refusal_at_qos_2_skips_what_the_broker_pubreced() -> None:
+    """A broker that refuses a publish with DISCONNECT "Not authorized" at QoS 2: the refused
+    message is the oldest one it has not PUBRECed (a PUBRECed one is the broker's already)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = bytearray()
+        await read_until(reader, buffer, 1)
+        writer.write(b"\x20\x03\x00\x00\x00")  # MQTT 5 CONNACK, no properties
+        first, _second = await read_until(reader, buffer, 2)
+        writer.write(b"\x50\x02" + struct.pack("!H", publish_mid(first[1])))  # PUBREC
+        ((kind, _),) = await read_until(reader, buffer, 1)
+        assert kind == 0x62, kind  # our PUBREL
+        writer.write(b"\xe0\x01\x87")  # DISCONNECT Not authorized
+        await writer.drain()
+        writer.close()
+
+    async with scripted(script) as url, opened(settings(url, qos=2)) as session:
+        delivery = session.publish([("ok", b"1"), ("denied", b"2")])
+        with pytest.raises(MqttError, match="Not authorized"):
+            async with asyncio.timeout(10):
+                await delivery.wait()
+        assert list(delivery.refused) == [1], delivery.refused
+
+
+@pytest.mark.asyncio
 async def test_a_broker_that_closes_mid_packet_fails_every_pending_delivery() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = await accept(reader, writer)
