@@ -364,14 +364,3 @@ class MqttOptions(BrokerOptions):
     @classmethod
     def _valid_status_topic(cls, topic: str | None) -> str | None:
         return None if topic is None else check_template(topic, STATUS_FIELDS)
-
-    def config_warnings(self) -> list[str]:
-        """What ``patgw check`` warns about (valid, but probably not what is meant)."""
-        warnings = super().config_warnings()
-        if not warnings and self.qos == 2:
-            warnings.append(
-                "qos: at QoS 2 a broker's refusal of a message (an ACL) is not seen (paho-mqtt"
-                " ignores the reason code of PUBREC): refused messages count as delivered; QoS 1"
-                " reports them"
-            )
-        return warnings

@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import (
     PluginContext,
@@ -41,7 +40,7 @@ from gateway import (
 
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
 from .options import MqttOptions, check_topic, parse_broker_url
-from .session import Delivery, MqttError, Session, SessionSettings
+from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
@@ -97,7 +96,7 @@ class MqttSink:
         self._refused_topics: set[str] = set()  # metadata or status topics refused, logged once
         self._dropped_topics: set[str] = set()  # retained topics refused by a DISCONNECT
         self._session: Session | None = None
-        self._retired: list[Session] = []  # ended sessions whose network thread may still run
+        self._retired: list[Session] = []  # ended sessions whose connection may still close
         # Calls that wait for a session queue on the lock (first come, first served) and
         # publish in that order; while any wait, later calls queue behind them.
         self._lock = asyncio.Lock()
@@ -308,15 +307,10 @@ class MqttSink:
             self._retired.append(session)
 
     async def _reap(self) -> None:
-        """Wait (bounded) for the network threads of ended sessions to finish."""
+        """Wait (bounded) for the connections of ended sessions to close."""
         retired, self._retired = self._retired, []
-        if not retired:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.to_thread(_join_all, retired)
-        except TimeoutError:
-            log.warning("mqtt.close_timeout", url=self.url, sessions=len(retired))
+        for session in retired:
+            await session.close(CLOSE_TIMEOUT_S)  # cuts the connection if it takes longer
 
 
 def _broker_reason(reason_code: ReasonCode) -> str:
@@ -334,11 +328,6 @@ def _refusals(
         indices = grouped.setdefault((f"topic {topic}", _broker_reason(refused[position])), [])
         indices.extend(owners[position] if owners is not None else (position,))
     return [Refusal(tuple(i), target, reason) for (target, reason), i in grouped.items()]
-
-
-def _join_all(sessions: Sequence[Session]) -> None:
-    for session in sessions:
-        session.join()
 
 
 @hookimpl

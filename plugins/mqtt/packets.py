@@ -1,0 +1,369 @@
+"""MQTT 3.1.1 and 5.0 packets: encoding what the gateway sends, decoding what a broker sends.
+
+Pure functions, no I/O, for :mod:`.session`; tested without a broker (and against a real one
+through the session). Only the packets a publishing client with a few subscriptions needs:
+CONNECT/CONNACK, PUBLISH with PUBACK (QoS 1) or PUBREC/PUBREL/PUBCOMP (QoS 2), SUBSCRIBE/
+SUBACK, PINGREQ/PINGRESP, DISCONNECT. Decoding is strict: a malformed packet raises
+:class:`ProtocolError` (the session then ends), never anything else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+__all__ = [
+    "MAX_PACKET",
+    "Connack",
+    "Decoder",
+    "ProtocolError",
+    "ReasonCode",
+    "connect_packet",
+    "disconnect_packet",
+    "parse_ack",
+    "parse_connack",
+    "parse_disconnect",
+    "parse_publish",
+    "parse_suback",
+    "ping_packet",
+    "puback_packet",
+    "publish_header",
+    "subscribe_packet",
+    "topic_field",
+]
+
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+
+MAX_REMAINING = 268_435_455  # the largest remaining length MQTT can express (4 bytes)
+MAX_PACKET = 16 * 1024 * 1024
+"""The largest packet accepted from a broker (announced as Maximum Packet Size in MQTT 5):
+bounded buffers; the gateway only receives small commands and status messages."""
+
+_NAMES = {
+    0x00: "Success",
+    0x01: "Granted QoS 1",
+    0x02: "Granted QoS 2",
+    0x04: "Disconnect with will message",
+    0x10: "No matching subscribers",
+    0x80: "Unspecified error",
+    0x81: "Malformed packet",
+    0x82: "Protocol error",
+    0x83: "Implementation specific error",
+    0x84: "Unsupported protocol version",
+    0x85: "Client identifier not valid",
+    0x86: "Bad user name or password",
+    0x87: "Not authorized",
+    0x88: "Server unavailable",
+    0x89: "Server busy",
+    0x8A: "Banned",
+    0x8B: "Server shutting down",
+    0x8C: "Bad authentication method",
+    0x8D: "Keep alive timeout",
+    0x8E: "Session taken over",
+    0x8F: "Topic filter invalid",
+    0x90: "Topic Name invalid",
+    0x91: "Packet identifier in use",
+    0x92: "Packet identifier not found",
+    0x93: "Receive Maximum exceeded",
+    0x94: "Topic alias invalid",
+    0x95: "Packet too large",
+    0x96: "Message rate too high",
+    0x97: "Quota exceeded",
+    0x98: "Administrative action",
+    0x99: "Payload format invalid",
+    0x9A: "Retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "Use another server",
+    0x9D: "Server moved",
+    0x9E: "Shared subscriptions not supported",
+    0x9F: "Connection rate exceeded",
+    0xA0: "Maximum connect time",
+    0xA1: "Subscription identifiers not supported",
+    0xA2: "Wildcard subscriptions not supported",
+}
+
+# MQTT 3.1.1 CONNACK return codes (3.2.2.3), as their MQTT 5 equivalents.
+_V3_CONNACK = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+
+
+class ProtocolError(Exception):
+    """The broker sent something that is not a valid MQTT packet here."""
+
+
+class ReasonCode(NamedTuple):
+    """An MQTT 5 reason code (MQTT 3.1.1 answers are mapped to their MQTT 5 equivalents)."""
+
+    value: int
+
+    @property
+    def is_failure(self) -> bool:
+        return self.value >= 0x80
+
+    def __str__(self) -> str:
+        return _NAMES.get(self.value, f"Reason code 0x{self.value:02X}")
+
+
+SUCCESS = ReasonCode(0)
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
+def _string(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    if len(raw) > 65535:
+        raise ValueError(f"longer than 65535 bytes: {raw[:40]!r}...")
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _varint(len(body)) + body
+
+
+def connect_packet(
+    *,
+    client_id: str,
+    v5: bool,
+    keepalive_s: int,
+    username: str | None = None,
+    password: str | None = None,
+    will: tuple[str, bytes, int, bool] | None = None,
+) -> bytes:
+    """A CONNECT with a clean session (3.1.1) or clean start (5); ``will`` is (topic, payload,
+    qos, retain). MQTT 5 announces :data:`MAX_PACKET` as the client's Maximum Packet Size."""
+    flags = 0x02
+    payload = _string(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
+        payload += (b"\x00" if v5 else b"") + _string(topic) + _string(message)
+    if username is not None:
+        flags |= 0x80
+        payload += _string(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _string(password)
+    header = _string("MQTT") + bytes((5 if v5 else 4, flags)) + struct.pack("!H", keepalive_s)
+    if v5:
+        properties = b"\x27" + struct.pack("!I", MAX_PACKET)  # Maximum Packet Size
+        header += _varint(len(properties)) + properties
+    return _packet(CONNECT << 4, header + payload)
+
+
+def topic_field(topic: str) -> bytes:
+    """A topic name as it appears in a PUBLISH; ``ValueError`` if it cannot be one."""
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ValueError(f"not a valid topic name: {topic!r}")
+    return _string(topic)
+
+
+def publish_header(first: int, remaining: int) -> bytes:
+    """The fixed header of a PUBLISH whose variable header and payload are ``remaining`` bytes
+    long; ``ValueError`` beyond MQTT's limit."""
+    if remaining < 128:
+        return bytes((first, remaining))
+    if remaining < 16384:
+        return bytes((first, remaining & 0x7F | 0x80, remaining >> 7))
+    if remaining > MAX_REMAINING:
+        raise ValueError(f"a message of {remaining} bytes is beyond MQTT's 256 MB limit")
+    return bytes((first,)) + _varint(remaining)
+
+
+def puback_packet(kind: int, mid: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (``kind``) for ``mid``, reason Success."""
+    return bytes(((kind << 4) | (0x02 if kind == PUBREL else 0), 2)) + struct.pack("!H", mid)
+
+
+def subscribe_packet(mid: int, filters: tuple[tuple[str, int], ...], v5: bool) -> bytes:
+    body = struct.pack("!H", mid) + (b"\x00" if v5 else b"")
+    for topic_filter, qos in filters:
+        body += _string(topic_filter) + bytes((qos,))
+    return _packet(SUBSCRIBE << 4 | 0x02, body)
+
+
+def ping_packet() -> bytes:
+    return b"\xc0\x00"
+
+
+def disconnect_packet() -> bytes:
+    """DISCONNECT, normal disconnection (no Last Will), in either version."""
+    return b"\xe0\x00"
+
+
+class Decoder:
+    """Cuts a byte stream into packets, across reads of any size."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    @property
+    def partial(self) -> bool:
+        """Part of a packet is waiting for the rest."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
+        """The complete packets in what has arrived so far: (type, flags, body); keeps a
+        partial packet for the next call. :class:`ProtocolError` on a bad length."""
+        buffer = self._buffer + data if self._buffer else data
+        view = memoryview(buffer)
+        end = len(buffer)
+        at = 0
+        while end - at >= 2:
+            first = buffer[at]
+            length = buffer[at + 1]
+            start = at + 2
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                while True:
+                    if start >= end:
+                        self._buffer = buffer[at:]
+                        return
+                    byte = buffer[start]
+                    start += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise ProtocolError("a remaining length longer than 4 bytes")
+            if length > MAX_PACKET:
+                raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
+            if start + length > end:
+                break
+            at = start + length
+            yield first >> 4, first & 0x0F, view[start:at]
+        self._buffer = buffer[at:] if at < end else b""
+
+
+def _u16(body: memoryview, at: int) -> int:
+    if len(body) < at + 2:
+        raise ProtocolError("a packet cut short")
+    return int(body[at]) << 8 | body[at + 1]
+
+
+def _read_varint(body: memoryview, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if at >= len(body) or shift > 21:
+            raise ProtocolError("a bad variable byte integer")
+        byte = body[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+# Property identifier -> encoded size: 1, 2, 4 bytes, "v" variable byte integer, "s" string
+# or binary (2-byte length), "p" string pair.
+_PROPERTY_SIZES: dict[int, int | str] = {
+    0x01: 1, 0x02: 4, 0x03: "s", 0x08: "s", 0x09: "s", 0x0B: "v", 0x11: 4, 0x12: "s",
+    0x13: 2, 0x15: "s", 0x16: "s", 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: "s", 0x1C: "s",
+    0x1F: "s", 0x21: 2, 0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: "p", 0x27: 4, 0x28: 1,
+    0x29: 1, 0x2A: 1,
+}  # fmt: skip
+
+
+def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
+    """Skip MQTT 5 properties at ``at``; the integer ones by identifier, and the end."""
+    length, at = _read_varint(body, at)
+    end = at + length
+    if end > len(body):
+        raise ProtocolError("properties beyond the packet")
+    found: dict[int, int] = {}
+    while at < end:
+        identifier, at = _read_varint(body, at)
+        size = _PROPERTY_SIZES.get(identifier)
+        if size is None:
+            raise ProtocolError(f"an unknown property 0x{identifier:02X}")
+        if size == "v":
+            found[identifier], at = _read_varint(body, at)
+        elif size == "s":
+            at += 2 + _u16(body, at)
+        elif size == "p":
+            at += 2 + _u16(body, at)
+            at += 2 + _u16(body, at)
+        else:
+            assert isinstance(size, int)
+            if at + size > end:
+                raise ProtocolError("a property cut short")
+            found[identifier] = int.from_bytes(body[at : at + size], "big")
+            at += size
+    if at != end:
+        raise ProtocolError("properties cut short")
+    return found, end
+
+
+class Connack(NamedTuple):
+    """A broker's answer to CONNECT, with what an MQTT 5 broker may set (None: not set)."""
+
+    reason_code: ReasonCode
+    receive_maximum: int | None = None  # most unacknowledged QoS 1 and 2 messages it takes
+    server_keepalive: int | None = None  # the keepalive it imposes (seconds; 0: none)
+    maximum_qos: int | None = None  # the highest QoS it takes (0 or 1; None: 2)
+
+
+def parse_connack(body: memoryview, v5: bool) -> Connack:
+    """A CONNACK (MQTT 3.1.1 return codes mapped to MQTT 5 reason codes)."""
+    if len(body) < 2:
+        raise ProtocolError("a CONNACK cut short")
+    code = body[1]
+    if not v5:
+        return Connack(ReasonCode(_V3_CONNACK.get(code, 0x80) if code else 0))
+    found, _ = _properties(body, 2) if len(body) > 2 else ({}, 2)
+    receive_maximum = found.get(0x21)
+    if receive_maximum == 0:
+        raise ProtocolError("a Receive Maximum of 0")
+    return Connack(ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24))
+
+
+def parse_ack(body: memoryview) -> tuple[int, ReasonCode]:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it)."""
+    mid = _u16(body, 0)
+    return mid, ReasonCode(body[2]) if len(body) > 2 else SUCCESS
+
+
+def parse_suback(body: memoryview, v5: bool) -> tuple[int, list[int]]:
+    """A SUBACK: message id and one reason code (or granted QoS) per filter."""
+    mid = _u16(body, 0)
+    at = _properties(body, 2)[1] if v5 else 2
+    return mid, list(body[at:])
+
+
+def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, int, int]:
+    """An incoming PUBLISH: topic, payload, QoS and message id (0 at QoS 0)."""
+    qos = (flags >> 1) & 0x03
+    if qos == 3:
+        raise ProtocolError("a PUBLISH with QoS 3")
+    size = _u16(body, 0)
+    if 2 + size > len(body):
+        raise ProtocolError("a PUBLISH topic beyond the packet")
+    try:
+        topic = bytes(body[2 : 2 + size]).decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("a PUBLISH topic that is not UTF-8") from exc
+    at = 2 + size
+    mid = 0
+    if qos:
+        mid = _u16(body, at)
+        at += 2
+    if v5:
+        at = _properties(body, at)[1]
+    return topic, bytes(body[at:]), qos, mid
+
+
+def parse_disconnect(body: memoryview) -> ReasonCode:
+    return ReasonCode(body[0]) if len(body) else SUCCESS
