@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway import (
     Channel,
+    GatewayError,
     InstrumentIO,
     PluginContext,
     Registry,
@@ -117,6 +118,15 @@ class SlowSink:
         self.received.extend(samples)
 
 
+class BrokenSink(SlowSink):
+    """A sink that cannot start (its port is taken) once the test opens its gate."""
+
+    async def __aenter__(self) -> Any:
+        assert self.gate is not None
+        await self.gate.open.wait()
+        raise OSError(98, "Address already in use")
+
+
 class SlowForwardingSink(SlowSink):
     """The same, fed from the store (store-and-forward)."""
 
@@ -133,6 +143,7 @@ class Plugins:
     def pat_gateway_register_sinks(self, registry: Registry) -> None:
         registry.add_sink("slow", SlowSink, NoOptions)
         registry.add_sink("slow_forwarding", SlowForwardingSink, NoOptions)
+        registry.add_sink("broken", BrokenSink, NoOptions)
 
 
 def make_plan(tmp_path: Path, sinks: list[dict[str, Any]]) -> Any:
@@ -212,3 +223,24 @@ async def test_samples_published_after_the_final_commit_are_recorded_as_losses(
     # Every published seq is committed or recorded as lost, once; none will be handed out again.
     assert sorted(committed + lost) == list(range(published))
     assert next_seq == published
+
+
+@pytest.mark.asyncio
+async def test_a_sink_that_cannot_start_ends_the_run_with_its_error_after_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    plan = make_plan(tmp_path, [{"id": "upstream", "type": "broken", "options": {}}])
+    gate = Gate()
+    plan.sinks[0].instance.gate = gate
+    from gateway.runtime import Gateway
+
+    gateway = Gateway(plan)
+    task = asyncio.create_task(gateway.run(asyncio.Event()), name="test.gateway")
+    await wait_for(lambda: gateway.writer is not None and gateway.stats.committed >= 10)
+    gate.open.set()
+    with pytest.raises(GatewayError, match=r"sink 'upstream' \(broken\) cannot start: .*in use"):
+        await task
+    assert not gateway.started.is_set()
+    # What was read while the sink was starting is committed, none of it lost.
+    published = gateway.outputs[0].seq
+    assert len(stored_by_signal(tmp_path / "s.sqlite")["t/i/n"]) == published > 0
