@@ -45,6 +45,7 @@ from ..store.prune import Pruner
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .auditing import (
+    ANCHOR_TIMEOUT_S,
     AnchorSink,
     AuditRecorder,
     LossTally,
@@ -332,13 +333,28 @@ class Gateway:
         writer.delivery_sources.append(forwarder)
         return forwarder
 
-    def _entered(self, sink: ComponentPlan, instance: Any) -> None:
+    def _entered(self, sink: ComponentPlan, instance: Any) -> Coroutine[Any, Any, None] | None:
         """``sink`` is up: what ``__aenter__`` returned is what its feeder or forwarder
-        sends to, and what carries the audit anchor upstream (optional)."""
+        sends to, and what carries the audit anchor upstream (optional). Returns what is left
+        to do once it is fed: publish the latest anchor, if the trail was signed while the
+        sink was starting."""
         self._delivery[sink.id].sink = instance
         publish_anchor = getattr(instance, "publish_anchor", None)
-        if callable(publish_anchor):
-            self._anchor_sinks.append(publish_anchor)
+        if not callable(publish_anchor):
+            return None
+        self._anchor_sinks.append(publish_anchor)
+        latest = self.audit.last_anchor if self.audit is not None else None
+        if latest is None:
+            return None
+
+        async def publish() -> None:
+            try:
+                async with asyncio.timeout(ANCHOR_TIMEOUT_S):
+                    await publish_anchor(latest)
+            except Exception as exc:  # TimeoutError included: its copy only, as in sign()
+                log.warning("audit.anchor_not_published", sink=sink.id, reason=repr(exc))
+
+        return publish()
 
     def _budget_keeper(self, writer: StoreWriter) -> BudgetKeeper:
         """The store budget's pruner: it reads on a connection of its own and deletes on the
@@ -553,7 +569,7 @@ class Gateway:
                     processor.attach(None, self.audit)
                 if self.write_path is not None:
                     # Writes under way finish (and are recorded) while their instruments run.
-                    await self.write_path.drain(STOP_TIMEOUT_S / 2)
+                    await self.write_path.drain(STOP_TIMEOUT_S / 4)
                 for task in instruments:
                     task.cancel()
                 # A configuration of emulators only has no instrument to wait for.
@@ -652,25 +668,30 @@ class Gateway:
 
 class _SinkStarts:
     """Enters the sinks beside the running instruments (one task each, so a slow one delays
-    no other), lets each one's feeder or forwarder send once it is up, and exits them in
-    reverse configuration order within the stop's bound."""
+    no other), lets each one's feeder or forwarder send once it is up, and exits them
+    together within the stop's bound."""
 
     def __init__(self, sinks: Sequence[ComponentPlan]) -> None:
         self._sinks = tuple(sinks)
         self._up = {sink.id: asyncio.Event() for sink in sinks}
         self._entered: dict[str, Any] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._waiter: asyncio.Task[None] | None = None
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
         self.exit_by: float | None = None  # loop time by which the sinks should have exited
 
     def start(
-        self, on_entered: Callable[[ComponentPlan, Any], None], all_up: asyncio.Event
+        self,
+        on_entered: Callable[[ComponentPlan, Any], Coroutine[Any, Any, None] | None],
+        all_up: asyncio.Event,
     ) -> None:
         """Enter every sink now, each in its own task; set ``all_up`` when all are."""
         loop = asyncio.get_running_loop()
         began = loop.time()
+
+        def everything_up() -> None:
+            log.info("gateway.started", sinks=len(self._sinks))
+            all_up.set()
 
         async def enter(sink: ComponentPlan) -> None:
             try:
@@ -684,23 +705,21 @@ class _SinkStarts:
                 self._fail(exc)
                 return
             self._entered[sink.id] = instance
-            on_entered(sink, instance)
+            then = on_entered(sink, instance)
             self._up[sink.id].set()
             log.info(
                 "sink.started", sink=sink.id, type=sink.type, after_s=round(loop.time() - began, 3)
             )
+            if all(up.is_set() for up in self._up.values()):
+                everything_up()
+            if then is not None:
+                await then
 
         for sink in self._sinks:
             self._tasks[sink.id] = asyncio.create_task(enter(sink), name=f"sink.{sink.id}.start")
 
-        async def wait_all() -> None:
-            if self._tasks:
-                await asyncio.wait(self._tasks.values())
-            if self.failure is None:
-                log.info("gateway.started", sinks=len(self._sinks))
-                all_up.set()
-
-        self._waiter = asyncio.create_task(wait_all(), name="sinks.started")
+        if not self._sinks:
+            everything_up()
 
     def _fail(self, error: BaseException) -> None:
         if self.failure is None:
@@ -729,9 +748,6 @@ class _SinkStarts:
         if self._tasks:
             # A start cancelled half-way cleans up after itself (its __aenter__'s business).
             await asyncio.wait(self._tasks.values(), timeout=SINK_EXIT_S)
-        if self._waiter is not None:
-            self._waiter.cancel()
-            await asyncio.wait({self._waiter})
         # Never less than a moment to close cleanly, even when the steps before overran.
         deadline = max(self.exit_by or 0.0, loop.time() + SINK_EXIT_S / 2)
 
