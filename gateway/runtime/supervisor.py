@@ -81,7 +81,7 @@ most half of it to finish before)."""
 SINK_EXIT_S = 1.0
 """What the sinks get to exit (together), at the end of the bound."""
 _LAST_ANCHOR_S = 0.5  # the audit trail's last anchor upstream, before the sinks exit
-_CLOSE_S = 0.5  # after the sinks: the store's and the audit trail's close, the process's exit
+_CLOSE_S = 1.0  # after the sinks: the store's and the audit trail's close, the process's exit
 
 
 @dataclass(frozen=True, slots=True)
