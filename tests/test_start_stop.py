@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import running, stored_by_signal, wait_for, write_config
+from conftest import free_port, running, stored_by_signal, wait_for, write_config
 from pydantic import BaseModel, ConfigDict
 
 from gateway import (
@@ -244,3 +244,49 @@ async def test_a_sink_that_cannot_start_ends_the_run_with_its_error_after_a_clea
     # What was read while the sink was starting is committed, none of it lost.
     published = gateway.outputs[0].seq
     assert len(stored_by_signal(tmp_path / "s.sqlite")["t/i/n"]) == published > 0
+
+
+@pytest.mark.asyncio
+async def test_the_opcua_server_gets_what_was_committed_before_it_was_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugins.opcua_server.sink import OpcUaServerSink
+
+    gate = Gate()
+    enter = OpcUaServerSink.__aenter__
+
+    async def slow_enter(self: OpcUaServerSink) -> OpcUaServerSink:
+        await gate.open.wait()  # as if building its address space took this long
+        return await enter(self)
+
+    monkeypatch.setattr(OpcUaServerSink, "__aenter__", slow_enter)
+    config = {
+        "area": "t",
+        "data_dir": str(tmp_path / "data"),
+        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20},
+        "instruments": [{"id": "i", "driver": "ticker"}],
+        "sinks": [{"id": "ua", "type": "opcua_server", "options": {"port": free_port()}}],
+    }
+    registry = build_registry([Plugins()])  # the built-in opcua_server too
+    plan = load_plan(write_config(tmp_path / "g.yaml", config), registry)
+    from gateway.runtime import Gateway
+
+    gateway = Gateway(plan)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop), name="test.gateway")
+    try:
+        await wait_for(lambda: gateway.writer is not None and gateway.stats.committed >= 20)
+        before = gateway.stats.committed  # committed while the server was not up
+        gate.open.set()
+        await wait_for(gateway.started.is_set, within=60, what="the OPC UA server up")
+        feeder = gateway.feeders[0]
+        await wait_for(lambda: feeder.delivered >= before + 10, what="the server catches up")
+        server = plan.sinks[0].instance
+        node = server._space.nodes["t/i/n"]
+        assert node.value.value.Value.Value >= before - 1  # a value published after them
+    finally:
+        stop.set()
+        await task
+    # Every committed sample reached the server, those before it was up included.
+    assert feeder.lost == 0
+    assert feeder.delivered == gateway.stats.committed
