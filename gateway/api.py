@@ -225,7 +225,8 @@ class PollingDriver(abc.ABC):
 
 @runtime_checkable
 class Sink(Protocol):
-    """An upstream destination. Entered before the instruments start, exited after they stop."""
+    """An upstream destination. Entered beside the instruments as they start (what is committed
+    meanwhile waits for it), exited after they stop."""
 
     async def __aenter__(self) -> Sink: ...
 

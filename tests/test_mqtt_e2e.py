@@ -763,6 +763,14 @@ async def test_demo_mqtt_publishes_every_signal_and_survives_a_sigkill(
                 spectral = ["axis"] if copy.key[0].endswith("/spectrum") else []
                 form = [*JSON_FORM[:3], *spectral, *JSON_FORM[3:]]
                 assert [k for k in copy.item if k != "historical"] == form, copy.item.keys()
+
+            # Ready once every sink is up: samples flow upstream before the OPC UA server,
+            # entered beside the instruments, has built its address space (decision 0030).
+            async def ready() -> bool:
+                response = await http_get(http_port, "/health/ready")
+                return response is not None and response.status == 200
+
+            await until(ready, 60, "the gateway ready")
             health = await http_get(http_port, "/health")
             assert health is not None and health.status == 200, health
             assert health.content_type.startswith("application/json")
@@ -900,7 +908,9 @@ async def test_demo_mqtt_with_an_acl_denying_one_topic_keeps_the_rest_flowing(
                     return False
                 health.update(json.loads(response.body))
                 sink = health.get("sinks", {}).get(SINK, {})
-                return bool(sink.get("quarantined")) and sink.get("state") == "up"
+                # "starting" until every sink is up (the OPC UA server starts beside the rest).
+                started = health.get("status") != "starting"
+                return bool(sink.get("quarantined")) and sink.get("state") == "up" and started
 
             await until(quarantined, 30, "the denied signal quarantined", lambda: f"{health}")
             sink = health["sinks"][SINK]

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,7 +38,6 @@ from gateway import PluginContext, PluginError, Registry, hookimpl
 from ..schedule import FaultSchedule
 from . import hub
 from .clock import ProcessClock
-from .controller import BioreactorController
 from .faults import Fault
 from .model import (
     FedBatchModel,
@@ -47,6 +46,9 @@ from .model import (
     perfusion_process_params,
     steady_state_problem,
 )
+
+if TYPE_CHECKING:  # asyncua is imported only when a controller is served (start-up time)
+    from .controller import BioreactorController
 
 __all__ = [
     "CONTROLLER_FAULTS",
@@ -419,6 +421,8 @@ class BioreactorEmulator:
         self._clock = clock
         try:
             if options.port is not None:
+                from .controller import BioreactorController
+
                 controller = BioreactorController(
                     clock,
                     name=self.name,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import IO, Literal, Protocol, Self
+from typing import IO, TYPE_CHECKING, Literal, Protocol, Self
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,7 +39,9 @@ from ..bioreactor import shared_process
 from ..bioreactor.faults import Fault
 from ..schedule import FaultSchedule
 from .model import CaptureSkid, Fraction, Harvest, SkidParams, load_step_h
-from .server import CaptureSkidServer
+
+if TYPE_CHECKING:  # asyncua is imported only when the skid is served (start-up time)
+    from .server import CaptureSkidServer
 
 __all__ = ["CaptureFaultStep", "CaptureSkidEmulator", "CaptureSkidOptions", "ProcessSource"]
 
@@ -315,6 +317,8 @@ class CaptureSkidEmulator:
             if options.truth_file is not None:
                 self._truth = _open_truth(Path(options.truth_file))
             self._skid = CaptureSkid(options.params(), source.hours(), self._record)
+            from .server import CaptureSkidServer
+
             self._server = CaptureSkidServer(
                 self._read,
                 name=self.name,

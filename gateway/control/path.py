@@ -266,6 +266,8 @@ class WritePath:
             for task in late:
                 log.error("write.unfinished_at_stop", task=task.get_name())
                 task.cancel()
+            if late:  # each records what it had done (a moment: the audit trail's queue)
+                await asyncio.wait(late, timeout=timeout_s)
 
     async def _submit(self, request: WriteRequest) -> WriteOutcome:
         target = self.targets.get(request.target)
@@ -405,10 +407,23 @@ class WritePath:
                 )
             )
         )
-        if config.readback_delay_s:
-            await asyncio.sleep(config.readback_delay_s)
         try:
+            if config.readback_delay_s:
+                await asyncio.sleep(config.readback_delay_s)
             read = target.from_device(await device.read_back(target.channel))
+        except asyncio.CancelledError:
+            # The gateway stops (its bound leaves writes under way a moment, not a read-back
+            # delay): the write is on record, so is that it was never verified.
+            why = "the gateway stopped before the read-back"
+            outcome.outcome, outcome.message = "failed", f"written, but {why}"
+            outcome.records.append(
+                await asyncio.shield(
+                    self._record(
+                        _event("write.read_back", request, "failed", old=old, new=value, why=why)
+                    )
+                )
+            )
+            raise
         except (InstrumentError, WriteRefusedError) as exc:
             outcome.outcome = "failed"
             outcome.message = f"written, but the read-back failed: {exc}"

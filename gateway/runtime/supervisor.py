@@ -1,17 +1,24 @@
 """The supervisor: starts everything in order, runs it in one TaskGroup, stops it in order.
 
-Start: open the store and look up signal definitions and counters → enter emulators → enter
-sinks (each resuming from its saved cursor if it forwards from the store) → run the store
-writer, one runner per instrument, one per processor, one feeder or forwarder per sink and the
-live view as named tasks.
+Start: open the store and look up signal definitions and counters → enter emulators → attach
+the sinks to the store (each resuming from its saved cursor if it forwards from the store) →
+run the store writer, one runner per instrument, one per processor, one feeder or forwarder per
+sink and the live view as named tasks (``gateway.running``). The sinks are entered *beside*
+the instruments, one task each: a sink slow to start (the OPC UA server builds its address
+space) delays no reading; until it is up, what is committed waits for it (in its bounded queue,
+or in the store for a store-and-forward sink) and it catches up once entered. ``started`` is
+set (``gateway.started``; ``/health/ready``) once every sink is up. A sink that cannot start
+stops the run, in order, and its error ends it.
 
-Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI): cancel the instruments
+Stop (``stop`` event, ``--for`` elapsed, SIGINT/SIGTERM via the CLI), bounded by
+``STOP_BOUND_S`` whatever the load: the live view stops → the instruments are cancelled
 (waiting at most ``STOP_TIMEOUT_S`` for drivers to close) → the processors process what they
-were given, in configuration order → the writer commits what is left →
-the sinks get what was committed (bounded wait) → feeders, forwarders and view stop → the
-forwarders' progress is saved → sinks exit → emulators exit → the store closes. The writer's
-final commit also runs when the run ends by an error, so an exception never silently discards
-published samples.
+were given, in configuration order → the writer commits what is left → the sinks get what was
+committed until the bound's sink deadline → feeders, forwarders stop → the forwarders' progress
+is saved → sinks exit (together, within ``SINK_EXIT_S``) → emulators exit → anything a driver that
+ignored its cancellation published after the final commit is recorded in the store as a loss
+(signal, seq range, reason) → the store closes. The writer's final commit also runs when the
+run ends by an error, so an exception never silently discards published samples.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +45,7 @@ from ..store.prune import Pruner
 from ..store.sqlite import Row, SampleStore
 from ..store.writer import StoreWriter, WriterStats
 from .auditing import (
+    ANCHOR_TIMEOUT_S,
     AnchorSink,
     AuditRecorder,
     LossTally,
@@ -57,13 +65,23 @@ from .processors import ProcessorRunner, tap
 from .sinks import SinkFeeder
 from .view import run_view
 
-__all__ = ["STOP_TIMEOUT_S", "Gateway", "RunSummary"]
+__all__ = ["SINK_EXIT_S", "STOP_BOUND_S", "STOP_TIMEOUT_S", "Gateway", "RunSummary"]
 
 log = structlog.get_logger("gateway.runtime")
 
 T = TypeVar("T")
 
-STOP_TIMEOUT_S = 10.0
+STOP_BOUND_S = 5.0
+"""A stop ends within this many seconds of being asked for, whatever the load: drivers closed,
+everything published committed (or recorded as a loss), sinks given what time is left, the
+store closed. Emulators run in the same process (the demo) stop after, on their own time."""
+STOP_TIMEOUT_S = 2.0
+"""Of which the drivers get at most this long to close once cancelled (and writes under way at
+most half of it to finish before)."""
+SINK_EXIT_S = 1.0
+"""What the sinks get to exit (together), at the end of the bound."""
+_LAST_ANCHOR_S = 0.5  # the audit trail's last anchor upstream, before the sinks exit
+_CLOSE_S = 1.0  # after the sinks: the store's and the audit trail's close, the process's exit
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +117,11 @@ class Gateway:
         self.write_path: WritePath | None = None  # the controlled write path, once started
         self.clock = ClockWatch(self._clock_step)
         self._anchor_sinks: list[AnchorSink] = []
+        self._delivery: dict[str, SinkFeeder | Forwarder] = {}  # by sink id
+        # How long each step of the stop took (s), for the last log line and tests.
+        self.stop_phases: dict[str, float] = {}
+        self._after_close_logged = False
+        self._late_refused = False
 
     @property
     def stats(self) -> WriterStats:
@@ -135,6 +158,7 @@ class Gateway:
         writer_stop = asyncio.Event()
         writer_task: asyncio.Task[None] | None = None
         http_task: asyncio.Task[None] | None = None
+        sinks = _SinkStarts(self.plan.sinks)
         try:
             if self.plan.config.http is not None:
                 # Before anything else starts: a port in use is a clean error at start-up.
@@ -149,9 +173,11 @@ class Gateway:
                         # Optional: a sink that publishes an address space (OPC UA) learns
                         # every signal before the first sample arrives.
                         bind(self.plan.signals)
-                    instance = await _enter(stack, sink, "sink")
-                    await self._attach(sink, instance, writer)
-                    log.info("sink.started", sink=sink.id, type=sink.type)
+                    # Fed from now on; it sends once entered (beside the instruments, below).
+                    self._delivery[sink.id] = await self._attach(sink, writer)
+                # Exited last (after the sinks have had what the stop left them), and also
+                # when the run ends by an error.
+                stack.push_async_callback(sinks.aclose)
                 self._build_runners(stored, writer)
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
@@ -164,7 +190,7 @@ class Gateway:
                 # commits what is left, instead of being cancelled mid-commit.
                 writer_task = asyncio.create_task(writer.run(writer_stop), name="store.writer")
                 log.info(
-                    "gateway.started",
+                    "gateway.running",
                     instruments=len(self.runners),
                     processors=len(self.processors),
                     signals=len(self.outputs),
@@ -173,8 +199,8 @@ class Gateway:
                 )
                 assert self.audit is not None
                 await self.audit.record(started_event(self.plan))
-                self.started.set()
-                await self._supervise(stop, duration_s, writer_stop, writer_task)
+                sinks.start(self._entered, self.started)
+                await self._supervise(stop, duration_s, writer_stop, writer_task, sinks)
         finally:
             try:
                 if writer_task is not None:
@@ -183,10 +209,15 @@ class Gateway:
                     self._drain_processors()
                     await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
-                if self.forwarders:
-                    # Again, in case the run ended by an error before the save above: nothing
-                    # to do if it happened (only unsaved progress is written).
+                # What the sinks acknowledged, and the losses of samples a driver published
+                # after the final commit (with their seq counters): saved before the store
+                # closes. A no-op if there is nothing new; again for what came meanwhile.
+                for _ in range(2):
                     await _uncancellable(writer.flush())
+                    if not writer.unsaved_losses:
+                        break
+                self._refuse_after_close()
+                writer.abandon("the store closed before they could be recorded")
             finally:
                 try:
                     if self.budget is not None:
@@ -200,6 +231,8 @@ class Gateway:
                         if http_task is not None:  # last: /health says "stopping" until here
                             http_task.cancel()
                             await asyncio.wait({http_task})
+        if sinks.failure is not None:
+            raise sinks.failure
         summary = RunSummary(
             committed=writer.stats.committed,
             dropped=writer.stats.dropped,
@@ -236,6 +269,7 @@ class Gateway:
             committed=summary.committed,
             dropped=summary.dropped,
             sinks=summary.sinks,
+            stop=self.stop_phases,
         )
         return summary
 
@@ -271,11 +305,10 @@ class Gateway:
         self.http_address = listening.result()
         return task
 
-    async def _attach(self, sink: ComponentPlan, instance: Any, writer: StoreWriter) -> None:
-        """Feed ``instance`` from the store (a forwarding sink) or live batches (any other)."""
-        publish_anchor = getattr(instance, "publish_anchor", None)
-        if callable(publish_anchor):  # optional: a sink that carries the audit anchor upstream
-            self._anchor_sinks.append(publish_anchor)
+    async def _attach(self, sink: ComponentPlan, writer: StoreWriter) -> SinkFeeder | Forwarder:
+        """Feed the sink from the store (a forwarding sink) or live batches (any other), from
+        the next commit on; it is given them once it has been entered (:meth:`_entered`)."""
+        instance = sink.instance
         config = sink.config
         assert isinstance(config, SinkConfig)
         if not callable(getattr(instance, "forward", None)):
@@ -288,7 +321,7 @@ class Gateway:
             )
             self.feeders.append(feeder)
             writer.on_commit.append(feeder.offer)
-            return
+            return feeder
         if self._reader is None:
             self._reader = BacklogReader(self.plan.config.store.path)
         forwarder = Forwarder(sink.id, instance, config, writer.names, self._reader)
@@ -298,6 +331,30 @@ class Gateway:
         self.forwarders.append(forwarder)
         writer.on_commit.append(forwarder.offer)
         writer.delivery_sources.append(forwarder)
+        return forwarder
+
+    def _entered(self, sink: ComponentPlan, instance: Any) -> Coroutine[Any, Any, None] | None:
+        """``sink`` is up: what ``__aenter__`` returned is what its feeder or forwarder
+        sends to, and what carries the audit anchor upstream (optional). Returns what is left
+        to do once it is fed: publish the latest anchor, if the trail was signed while the
+        sink was starting."""
+        self._delivery[sink.id].sink = instance
+        publish_anchor = getattr(instance, "publish_anchor", None)
+        if not callable(publish_anchor):
+            return None
+        self._anchor_sinks.append(publish_anchor)
+        latest = self.audit.last_anchor if self.audit is not None else None
+        if latest is None:
+            return None
+
+        async def publish() -> None:
+            try:
+                async with asyncio.timeout(ANCHOR_TIMEOUT_S):
+                    await publish_anchor(latest)
+            except Exception as exc:  # TimeoutError included: its copy only, as in sign()
+                log.warning("audit.anchor_not_published", sink=sink.id, reason=repr(exc))
+
+        return publish()
 
     def _budget_keeper(self, writer: StoreWriter) -> BudgetKeeper:
         """The store budget's pruner: it reads on a connection of its own and deletes on the
@@ -358,23 +415,57 @@ class Gateway:
             await self.audit.sign(self._anchor_sinks)
 
     def _refuse_late_samples(self) -> None:
-        """After the final commit, anything still published is counted as dropped, not kept
-        in a list nobody will commit (a driver that ignored cancellation may still publish)."""
+        """After the final commit, anything still published (by a driver that ignored its
+        cancellation) is dropped and recorded as a loss with its seq range — saved by the
+        writer's last flush, before the store closes — not kept in a list nobody will commit."""
         writer = self.writer
         assert writer is not None
+        if self._late_refused:
+            return
+        self._late_refused = True
+        reason = "published after the final commit (the driver ignored its stop)"
 
         def late(row: Row) -> None:
-            writer.stats.dropped += 1
-            writer.stats.dropped_by_def[row[0]] += 1
             if writer.stats.dropped_late == 0:
-                log.error("store.sample_after_final_commit", def_id=row[0], seq=row[1])
+                log.error(
+                    "store.sample_after_final_commit",
+                    def_id=row[0],
+                    seq=row[1],
+                    detail="recorded as a loss",
+                )
             writer.stats.dropped_late += 1
+            writer.lose([row], reason)
 
         for output in self.outputs:
             output.redirect(late)
+        if writer.pending:  # published between the final commit and now
+            for row in list(writer.pending):
+                late(row)
+            writer.pending.clear()
         writer.abandon("published after the final commit")
         for processor in self.processors:
             processor.abandon()
+
+    def _refuse_after_close(self) -> None:
+        """Once the last flush is done, nothing more can be recorded in the store: a sample
+        published still later is counted, and its signal and seq logged (once per run)."""
+        writer = self.writer
+        assert writer is not None
+
+        def unrecorded(row: Row) -> None:
+            writer.stats.dropped += 1
+            writer.stats.dropped_late += 1
+            if not self._after_close_logged:
+                self._after_close_logged = True
+                log.error(
+                    "store.sample_after_close",
+                    def_id=row[0],
+                    seq=row[1],
+                    detail="the store is closing: counted, not recorded in it",
+                )
+
+        for output in self.outputs:
+            output.redirect(unrecorded)
 
     def _drain_processors(self) -> None:
         """Process every queued input, in configuration order (a later processor may read an
@@ -412,6 +503,7 @@ class Gateway:
         duration_s: float | None,
         writer_stop: asyncio.Event,
         writer_task: asyncio.Task[None],
+        sinks: _SinkStarts,
     ) -> None:
         # Instrument tasks are owned here rather than by the TaskGroup: a driver that ignores
         # cancellation must not hold up the final commit (the group would wait for it forever).
@@ -423,7 +515,10 @@ class Gateway:
             async with asyncio.TaskGroup() as group:
                 all_sinks: tuple[SinkFeeder | Forwarder, ...] = (*self.feeders, *self.forwarders)
                 feeders = [
-                    group.create_task(sink.run(), name=f"sink.{sink.sink_id}") for sink in all_sinks
+                    group.create_task(
+                        sinks.deliver(sink.sink_id, sink.run()), name=f"sink.{sink.sink_id}"
+                    )
+                    for sink in all_sinks
                 ]
                 processors = [
                     group.create_task(p.run(), name=f"processor.{p.processor_id}")
@@ -442,27 +537,39 @@ class Gateway:
                 feeders.append(group.create_task(self._audit_ticks(), name="audit.signer"))
                 feeders.append(group.create_task(self.clock.run(), name="clock.watch"))
                 stopper = group.create_task(stop.wait(), name="stop")
+                failed = group.create_task(sinks.failed.wait(), name="sinks.failed")
                 done, _ = await asyncio.wait(
-                    {stopper, writer_task},
+                    {stopper, writer_task, failed},
                     timeout=duration_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 stopper.cancel()
+                failed.cancel()
                 if writer_task in done:
                     # Only a bug ends the writer early; stop rather than run unstored.
                     log.error("gateway.writer_stopped_unexpectedly")
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                phases = self.stop_phases
+
+                def phase(name: str) -> None:
+                    phases[name] = round(loop.time() - began, 3)
+
                 self.stopping = True
                 self.plan.access.bind(None)  # no write starts once the stop has begun
                 log.info("gateway.stopping")
+                # A convenience (thousands of summary lines with many signals) must not compete
+                # with the stop for the loop.
+                view.cancel()
                 for task in acting:
                     task.cancel()
                 if acting:
-                    await asyncio.wait(acting)
+                    await asyncio.wait(acting, timeout=STOP_TIMEOUT_S)
                 for processor in self.processors:
                     processor.attach(None, self.audit)
                 if self.write_path is not None:
                     # Writes under way finish (and are recorded) while their instruments run.
-                    await self.write_path.drain(STOP_TIMEOUT_S)
+                    await self.write_path.drain(STOP_TIMEOUT_S / 4)
                 for task in instruments:
                     task.cancel()
                 # A configuration of emulators only has no instrument to wait for.
@@ -471,22 +578,34 @@ class Gateway:
                     _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
                 if stuck:
                     log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+                phase("instruments_s")
                 for task in processors:
                     task.cancel()
                 if processors:
-                    await asyncio.wait(processors)
+                    await asyncio.wait(processors, timeout=STOP_TIMEOUT_S)
                 self._drain_processors()
                 await _final_commit(writer_stop, writer_task)
                 self._refuse_late_samples()
-                if all_sinks:
-                    loop = asyncio.get_running_loop()
-                    deadline = loop.time() + max(f.send_timeout_s for f in all_sinks)
-                    for sink in all_sinks:
+                phase("final_commit_s")
+                # The sinks get what was committed until what the bound leaves after their exit
+                # (a sink still starting gets nothing more; what a forwarding one did not take
+                # stays in the store for the next run).
+                exit_at = began + STOP_BOUND_S - _CLOSE_S - SINK_EXIT_S
+                sink_deadline = exit_at - _LAST_ANCHOR_S
+                running = [f for f in all_sinks if sinks.is_up(f.sink_id)]
+                if running:
+                    deadline = min(
+                        loop.time() + max(f.send_timeout_s for f in running), sink_deadline
+                    )
+                    for sink in running:
                         await sink.drain(deadline)
                 if self.audit is not None:
                     # The last anchor upstream, while the sinks still run (the stop record
-                    # itself is anchored in the anchor file only).
-                    await self.audit.sign(self._anchor_sinks)
+                    # itself is anchored in the anchor file only); within the same deadline.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(max(exit_at, loop.time() + 0.1)):
+                            await self.audit.sign(self._anchor_sinks)
+                phase("sinks_drained_s")
                 for task in (*feeders, view):
                     task.cancel()
                 await asyncio.wait((*feeders, view))
@@ -497,6 +616,8 @@ class Gateway:
                     # exit (a sink slow to close must not cost the record of its progress).
                     assert self.writer is not None
                     await _uncancellable(self.writer.flush())
+                phase("sinks_stopped_s")
+                sinks.exit_by = exit_at + SINK_EXIT_S
         finally:
             for task in instruments:
                 task.cancel()
@@ -543,6 +664,110 @@ class Gateway:
 
     def _next_seq(self) -> dict[str, int]:
         return {o.signal.id: o.seq for o in self.outputs}
+
+
+class _SinkStarts:
+    """Enters the sinks beside the running instruments (one task each, so a slow one delays
+    no other), lets each one's feeder or forwarder send once it is up, and exits them
+    together within the stop's bound."""
+
+    def __init__(self, sinks: Sequence[ComponentPlan]) -> None:
+        self._sinks = tuple(sinks)
+        self._up = {sink.id: asyncio.Event() for sink in sinks}
+        self._entered: dict[str, Any] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.exit_by: float | None = None  # loop time by which the sinks should have exited
+
+    def start(
+        self,
+        on_entered: Callable[[ComponentPlan, Any], Coroutine[Any, Any, None] | None],
+        all_up: asyncio.Event,
+    ) -> None:
+        """Enter every sink now, each in its own task; set ``all_up`` when all are."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        def everything_up() -> None:
+            log.info("gateway.started", sinks=len(self._sinks))
+            all_up.set()
+
+        async def enter(sink: ComponentPlan) -> None:
+            try:
+                instance = await sink.instance.__aenter__()
+            except (OSError, GatewayError) as exc:
+                error = GatewayError(f"sink {sink.id!r} ({sink.type}) cannot start: {exc}")
+                error.__cause__ = exc
+                self._fail(error)
+                return
+            except Exception as exc:  # a sink's bug: reported as such, after the stop
+                self._fail(exc)
+                return
+            self._entered[sink.id] = instance
+            then = on_entered(sink, instance)
+            self._up[sink.id].set()
+            log.info(
+                "sink.started", sink=sink.id, type=sink.type, after_s=round(loop.time() - began, 3)
+            )
+            if all(up.is_set() for up in self._up.values()):
+                everything_up()
+            if then is not None:
+                await then
+
+        for sink in self._sinks:
+            self._tasks[sink.id] = asyncio.create_task(enter(sink), name=f"sink.{sink.id}.start")
+
+        if not self._sinks:
+            everything_up()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+            log.error("sink.start_failed", error=str(error))
+        self.failed.set()
+
+    def is_up(self, sink_id: str) -> bool:
+        return self._up[sink_id].is_set()
+
+    async def deliver(self, sink_id: str, run: Coroutine[Any, Any, None]) -> None:
+        """Run a sink's feeder or forwarder (``run``) once the sink is up."""
+        try:
+            await self._up[sink_id].wait()
+        except BaseException:
+            run.close()  # never started
+            raise
+        await run
+
+    async def aclose(self) -> None:
+        """Stop the starts still under way; exit the entered sinks, all at once, by the stop's
+        bound (``exit_by``) or within ``SINK_EXIT_S`` if that leaves less."""
+        loop = asyncio.get_running_loop()
+        for task in self._tasks.values():
+            task.cancel()
+        if self._tasks:
+            # A start cancelled half-way cleans up after itself (its __aenter__'s business).
+            await asyncio.wait(self._tasks.values(), timeout=SINK_EXIT_S)
+        # Never less than a moment to close cleanly, even when the steps before overran.
+        deadline = max(self.exit_by or 0.0, loop.time() + SINK_EXIT_S / 2)
+
+        async def leave(sink: ComponentPlan) -> None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await sink.instance.__aexit__(None, None, None)
+            except TimeoutError:
+                log.error("sink.exit_timeout", sink=sink.id)
+            except Exception as exc:  # one sink's failure to close must not skip the others
+                log.error("sink.exit_failed", sink=sink.id, error=repr(exc))
+            else:
+                log.info("sink.stopped", sink=sink.id)
+
+        entered = [sink for sink in reversed(self._sinks) if sink.id in self._entered]
+        self._entered.clear()
+        if entered:
+            await asyncio.wait(
+                [asyncio.create_task(leave(sink), name=f"sink.{sink.id}.exit") for sink in entered]
+            )
 
 
 async def _final_commit(writer_stop: asyncio.Event, writer_task: asyncio.Task[None]) -> None:

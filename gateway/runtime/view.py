@@ -36,6 +36,8 @@ _STATE_STYLE = {
 
 _summaries: dict[int, tuple[Spectrum, str]] = {}
 
+_LINES_PER_STEP = 100  # summary lines logged between two turns of the event loop
+
 
 def format_value(value: Any) -> str:
     """A reading as a short text: numbers to 6 significant digits, a spectrum as a one-line
@@ -140,7 +142,10 @@ async def _run_view(gateway: Gateway, *, interactive: bool) -> None:
                 backlog=f.stats.backlog,
                 dropped=f.stats.dropped,
             )
-        for output in gateway.outputs:
+        for index, output in enumerate(gateway.outputs):
+            if index % _LINES_PER_STEP == _LINES_PER_STEP - 1:
+                # Thousands of signals are thousands of lines: let the loop run between steps.
+                await asyncio.sleep(0)
             row = output.latest
             if row is not None:
                 log.info(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..errors import GatewayError
-from ..passwords import hash_password, verify_password
+from ..passwords import verify_password
 from .config import Permission, SecurityConfig, UserConfig
 
 if TYPE_CHECKING:
@@ -32,8 +32,13 @@ log = structlog.get_logger("gateway.security")
 _MAX_TRACKED = 4096
 """Most names whose failures (and lock-outs) are remembered at once."""
 
-# Checked against when the user is unknown, so a refusal always costs one scrypt check.
-_DUMMY_HASH = hash_password("no user has this password")
+
+# Checked against when the user is unknown, so a refusal always costs one scrypt check. A
+# constant (made once by hash_password, with its parameters; the password was random and thrown
+# away) rather than a hash computed at import: that was one scrypt at every start of `patgw`.
+_DUMMY_HASH = (
+    "scrypt$16384$8$1$gx/u503ShZytk/xEWwnMdw==$f2u9OeMowvrNYqjW4B4Fh5uw+KA93lALDBS2hziy480="
+)
 
 
 class AuthenticationError(GatewayError):

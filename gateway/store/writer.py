@@ -242,10 +242,15 @@ class StoreWriter:
                 else "commits lag behind the instruments",
             )
         saved = self._saved_seq
-        counters = {k: v for k, v in self._next_seq().items() if saved.get(k) != v} if batch else {}
         # Taken out (not copied): a drop while the commit runs must start a new record rather
         # than extend one that is being saved.
         own_losses, self._losses = self._losses, []
+        # With the losses too: the seq numbers of dropped samples are never handed out again.
+        counters = (
+            {k: v for k, v in self._next_seq().items() if saved.get(k) != v}
+            if batch or own_losses
+            else {}
+        )
         self._open_runs.clear()
         losses = own_losses + [loss for u in updates for loss in u.losses]
         commit = functools.partial(
@@ -271,6 +276,7 @@ class StoreWriter:
             self._failed(repr(exc), exc)
             return
         self._commit_failure = None
+        self._saved_seq.update(counters)
         for source, update in taken:
             source.delivery_saved(update)
         if not batch:
@@ -288,7 +294,6 @@ class StoreWriter:
         self.stats.last_error = None
         self.stats.observe_latency((now_ns() - batch[0][3]) / 1e9)
         self.stats.committed_by_def.update(map(_def_id, batch))
-        self._saved_seq.update(counters)
         first_id = self.store.last_committed_id - len(batch) + 1
         for deliver in self.on_commit:
             deliver(first_id, batch)
@@ -377,6 +382,16 @@ class StoreWriter:
             Loss(self.names.get(def_id, (f"#{def_id}", ""))[0], first, last, count, reason)
             for def_id, (first, last, count) in runs.items()
         ]
+
+    def lose(self, rows: list[Row], reason: str) -> None:
+        """Count ``rows`` as dropped and record them as losses (per signal, with their seq
+        range), saved by the next :meth:`flush` — for rows that can no longer be committed."""
+        self._drop(rows, reason)
+
+    @property
+    def unsaved_losses(self) -> int:
+        """Loss records waiting for the next commit."""
+        return len(self._losses)
 
     @property
     def waiting(self) -> int:

@@ -3,10 +3,25 @@ any plugin."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
 from gateway import Registry, hookimpl
 
-from .commands import configure_check, configure_fit, configure_show
 from .processor import AnomalyOptions, AnomalyProcessor
+
+
+def _later(name: str) -> Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]:
+    """``commands.<name>``, imported when ``patgw`` builds that command's parser, not when the
+    plugin registers: its imports (numpy, file formats) cost every start of ``patgw run``."""
+
+    def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+        from . import commands
+
+        handler: Callable[[argparse.Namespace], int] = getattr(commands, name)(parser)
+        return handler
+
+    return configure
 
 
 @hookimpl
@@ -25,9 +40,9 @@ def pat_gateway_register_processors(registry: Registry) -> None:
 def pat_gateway_register_model_kinds(registry: Registry) -> None:
     registry.add_model_kind(
         "pca",
-        fit=configure_fit,
-        show=configure_show,
-        check=configure_check,
+        fit=_later("configure_fit"),
+        show=_later("configure_show"),
+        check=_later("configure_check"),
         description="Batch-evolution PCA models of normal operation for the 'anomaly'"
         " processor: fit from exported normal runs, check on other runs, show",
     )

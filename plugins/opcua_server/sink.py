@@ -1,8 +1,9 @@
 """The ``opcua_server`` sink: an OPC UA server exposing every gateway signal, secure by default.
 
 For automation engineers who connect a SCADA, historian or MES to the gateway over OPC UA.
-Entered before the instruments start, the sink starts an asyncua server; every committed batch
-updates the variables of its signals (see :mod:`.address_space`). Access control is in
+Entered beside the instruments as they start (what is committed meanwhile waits in the sink's
+queue), the sink starts an asyncua server; every committed batch updates the variables of its
+signals (see :mod:`.address_space`). Access control is in
 :mod:`.access`, certificates in :mod:`.pki`, and what asyncua leaves open is closed in
 :mod:`.hardened` — the module docstrings say what each gate answers.
 

@@ -3,10 +3,25 @@ and the ``pls`` kind of ``patgw model`` (fit, check and show PLS model files).""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
 from gateway import Registry, hookimpl
 
-from .commands import configure_check, configure_fit, configure_show
 from .processor import PlsOptions, PlsProcessor
+
+
+def _later(name: str) -> Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]:
+    """``commands.<name>``, imported when ``patgw`` builds that command's parser, not when the
+    plugin registers: its imports (numpy, file formats) cost every start of ``patgw run``."""
+
+    def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+        from . import commands
+
+        handler: Callable[[argparse.Namespace], int] = getattr(commands, name)(parser)
+        return handler
+
+    return configure
 
 
 @hookimpl
@@ -24,9 +39,9 @@ def pat_gateway_register_processors(registry: Registry) -> None:
 def pat_gateway_register_model_kinds(registry: Registry) -> None:
     registry.add_model_kind(
         "pls",
-        fit=configure_fit,
-        show=configure_show,
-        check=configure_check,
+        fit=_later("configure_fit"),
+        show=_later("configure_show"),
+        check=_later("configure_check"),
         description="PLS model files for the 'pls' processor (soft sensor): fit from exported"
         " spectra and reference values, check on new data, show",
     )

@@ -3,11 +3,26 @@ processor, the ``rtd`` kind of ``patgw model`` and the ``patgw genealogy`` comma
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
 from gateway import Registry, hookimpl
 
-from .commands import configure_check, configure_fit, configure_genealogy, configure_show
 from .options import TraceOptions
 from .processor import TraceProcessor
+
+
+def _later(name: str) -> Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]:
+    """``commands.<name>``, imported when ``patgw`` builds that command's parser, not when the
+    plugin registers: its imports (numpy, file formats) cost every start of ``patgw run``."""
+
+    def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+        from . import commands
+
+        handler: Callable[[argparse.Namespace], int] = getattr(commands, name)(parser)
+        return handler
+
+    return configure
 
 
 @hookimpl
@@ -26,9 +41,9 @@ def pat_gateway_register_processors(registry: Registry) -> None:
 def pat_gateway_register_model_kinds(registry: Registry) -> None:
     registry.add_model_kind(
         "rtd",
-        fit=configure_fit,
-        show=configure_show,
-        check=configure_check,
+        fit=_later("configure_fit"),
+        show=_later("configure_show"),
+        check=_later("configure_check"),
         description="Residence-time models (tanks in series, dead volume) of a unit operation,"
         " in volume coordinates, fitted from a tracer step test",
     )
@@ -38,6 +53,6 @@ def pat_gateway_register_model_kinds(registry: Registry) -> None:
 def pat_gateway_register_commands(registry: Registry) -> None:
     registry.add_command(
         "genealogy",
-        configure_genealogy,
+        _later("configure_genealogy"),
         "Export the genealogy of the eluate fractions an rtd_trace processor traced (json, csv)",
     )
