@@ -115,7 +115,7 @@ def test_signal_stops_cleanly_and_flushes(tmp_path: Path, sig: signal.Signals) -
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a loaded box: the demo's emulators start first
         store = tmp_path / "data" / "demo.sqlite"
         while not store.exists() or not export_jsonl(config):
             assert proc.poll() is None, proc.communicate()
