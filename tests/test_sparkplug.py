@@ -360,8 +360,9 @@ async def test_the_last_will_is_an_ndeath_with_the_connections_bdseq(
         make_sink(mosquitto.url, tmp_path) as sink,
     ):
         await sink.forward([sample(PH, 0, 7.0)], False)
-        assert sink._session is not None
-        sink._session.abort("test: connection cut")  # no DISCONNECT: the broker sends the will
+        session = sink._sessions.current
+        assert session is not None
+        session.abort("test: connection cut")  # no DISCONNECT: the broker sends the will
         await wait_for(lambda: of_kind(sub, "NDEATH"), within=10, what="the Last Will")
         await sink.forward([sample(PH, 1, 7.1)], False)  # reconnects: the next bdSeq
         await wait_for(lambda: len(of_kind(sub, "NBIRTH")) == 2, within=5)
