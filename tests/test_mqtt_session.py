@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,24 +27,12 @@ from hypothesis import given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 from mosquitto import Mosquitto, Subscriber
+from mqtt_helpers import scripted
+from mqtt_helpers import session_settings as settings
 from paho.mqtt.enums import CallbackAPIVersion
 
 from plugins.mqtt import packets
-from plugins.mqtt.options import parse_broker_url
 from plugins.mqtt.session import MqttError, Session, SessionSettings
-
-
-def settings(url: str, **changes: Any) -> SessionSettings:
-    base: dict[str, Any] = {
-        "url": url,
-        "address": parse_broker_url(url),
-        "client_id": "test-session",
-        "protocol": "5",
-        "qos": 1,
-        "keepalive_s": 30,
-        "connect_timeout_s": 5.0,
-    }
-    return SessionSettings(**{**base, **changes})
 
 
 @asynccontextmanager
@@ -190,28 +177,6 @@ def publish_mid(body: bytes) -> int:
     """The message id of a QoS 1 PUBLISH from its body (before any MQTT 5 properties)."""
     (size,) = struct.unpack_from("!H", body)
     return int(struct.unpack_from("!H", body, 2 + size)[0])
-
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[str]:
-    writers: list[asyncio.StreamWriter] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await script(reader, writer)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def read_until(

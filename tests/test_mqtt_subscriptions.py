@@ -18,27 +18,10 @@ from typing import Literal
 import pytest
 from conftest import wait_for
 from mosquitto import Mosquitto, Subscriber
+from mqtt_helpers import read_packet, scripted, session_settings
 from structlog.testing import capture_logs
 
-from plugins.mqtt.options import parse_broker_url
-from plugins.mqtt.session import MqttError, Session, SessionSettings
-
-
-def settings(
-    broker: Mosquitto,
-    protocol: Literal["3.1.1", "5"] = "5",
-    **extra: object,
-) -> SessionSettings:
-    return SessionSettings(
-        url=broker.url,
-        address=parse_broker_url(broker.url),
-        client_id="test-session",
-        protocol=protocol,
-        qos=1,
-        keepalive_s=30,
-        connect_timeout_s=5.0,
-        **extra,  # type: ignore[arg-type]
-    )
+from plugins.mqtt.session import MqttError, Session
 
 
 async def close(session: Session) -> None:
@@ -58,7 +41,9 @@ async def test_messages_reach_on_message_in_order_on_the_loop(
         received.append((topic, payload))
 
     session = Session(
-        settings(mosquitto, protocol, subscriptions=(("cmd/#", 1),), on_message=on_message),
+        session_settings(
+            mosquitto.url, protocol=protocol, subscriptions=(("cmd/#", 1),), on_message=on_message
+        ),
         1,
         asyncio.get_running_loop(),
     )
@@ -83,8 +68,8 @@ async def test_open_waits_for_the_suback_and_a_retained_message_follows(
         info = other.client.publish("state/host", b"retained", qos=1, retain=True)
         await asyncio.to_thread(info.wait_for_publish, 5)
     session = Session(
-        settings(
-            mosquitto,
+        session_settings(
+            mosquitto.url,
             subscriptions=(("state/host", 1),),
             on_message=lambda _, payload: received.append(payload),
         ),
@@ -99,19 +84,6 @@ async def test_open_waits_for_the_suback_and_a_retained_message_follows(
     assert received == [b"retained"]
 
 
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One MQTT packet: (first byte, the rest after the remaining length)."""
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    return first, await reader.readexactly(length)
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("code", "protocol"), [(0x80, "3.1.1"), (0x87, "5")])
 async def test_a_refused_subscription_fails_open_naming_the_filter(
@@ -119,10 +91,8 @@ async def test_a_refused_subscription_fails_open_naming_the_filter(
 ) -> None:
     """A scripted broker (Mosquitto grants every subscription, an ACL only filters delivery)
     accepts the connection and refuses the second of two subscriptions."""
-    writers: list[asyncio.StreamWriter] = []
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         await read_packet(reader)  # CONNECT
         v5 = protocol == "5"
         writer.write(b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00")  # CONNACK
@@ -135,34 +105,19 @@ async def test_a_refused_subscription_fails_open_naming_the_filter(
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             await reader.read()
 
-    server = await asyncio.start_server(broker, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = f"mqtt://127.0.0.1:{port}"
-    session = Session(
-        SessionSettings(
-            url=url,
-            address=parse_broker_url(url),
-            client_id="test-session",
-            protocol=protocol,
-            qos=1,
-            keepalive_s=30,
-            connect_timeout_s=5.0,
-            subscriptions=(("allowed/x", 1), ("secret/#", 1)),
-        ),
-        1,
-        asyncio.get_running_loop(),
-    )
-    try:
+    async with scripted(broker) as url:
+        session = Session(
+            session_settings(
+                url, protocol=protocol, subscriptions=(("allowed/x", 1), ("secret/#", 1))
+            ),
+            1,
+            asyncio.get_running_loop(),
+        )
         with pytest.raises(MqttError, match=r"refused the subscription to 'secret/#'") as excinfo:
             await session.open()
         assert f"0x{code:02X}" in str(excinfo.value) and url in str(excinfo.value)
         assert session.lost is not None
         await asyncio.to_thread(session.join)
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -175,7 +130,7 @@ async def test_a_failing_handler_is_logged_and_the_session_goes_on(mosquitto: Mo
         received.append(payload)
 
     session = Session(
-        settings(mosquitto, subscriptions=(("cmd", 1),), on_message=on_message),
+        session_settings(mosquitto.url, subscriptions=(("cmd", 1),), on_message=on_message),
         1,
         asyncio.get_running_loop(),
     )
@@ -199,7 +154,7 @@ async def test_a_failing_handler_is_logged_and_the_session_goes_on(mosquitto: Mo
 @pytest.mark.parametrize("retain", [False, True])
 async def test_the_last_will_is_retained_only_if_asked(mosquitto: Mosquitto, retain: bool) -> None:
     session = Session(
-        settings(mosquitto, will=("death", b"gone"), will_retain=retain),
+        session_settings(mosquitto.url, will=("death", b"gone"), will_retain=retain),
         1,
         asyncio.get_running_loop(),
     )
