@@ -3,7 +3,8 @@
 * :class:`Samples`: samples of a test's signals, seq ``n`` stamped ``t0 + n * step_ns``.
 * :func:`bound_sink`: a sink of either kind, its options validated as a configuration's,
   bound to the test's signals.
-* :func:`session_settings`: a session's settings for a test broker.
+* :func:`session_settings` and :func:`opened`: a session's settings for a test broker, and a
+  session opened with them.
 * :func:`scripted` and :func:`read_packet`: a broker on loopback that does what a test's
   script says (what Mosquitto never does), and the test's own MQTT framing to script it with,
   independent of the session's codec.
@@ -23,13 +24,14 @@ from pydantic import BaseModel
 
 from gateway import PluginContext, Quality, Sample, Signal, SpectralAxis, Spectrum
 from plugins.mqtt.options import parse_broker_url
-from plugins.mqtt.session import SessionSettings
+from plugins.mqtt.session import Session, SessionSettings
 
 __all__ = [
     "SITE",
     "Samples",
     "Script",
     "bound_sink",
+    "opened",
     "read_packet",
     "scripted",
     "session_settings",
@@ -86,6 +88,18 @@ def bound_sink(
     sink = factory(options_model.model_validate({"url": url, **options}), context)
     sink.bind(signals)
     return sink
+
+
+@asynccontextmanager
+async def opened(settings: SessionSettings) -> AsyncIterator[Session]:
+    """A session opened (connected, subscribed) and ready; closed on exit."""
+    session = Session(settings, 1, asyncio.get_running_loop())
+    await session.open()
+    session.ready = True
+    try:
+        yield session
+    finally:
+        await session.close(2.0)
 
 
 def session_settings(url: str, **changes: Any) -> SessionSettings:

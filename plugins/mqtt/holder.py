@@ -14,11 +14,30 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from .messages import Message
+from .options import BrokerOptions, parse_broker_url
 from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
 
-__all__ = ["CLOSE_TIMEOUT_S", "SessionHolder", "broker_reason"]
+__all__ = ["CLOSE_TIMEOUT_S", "SessionHolder", "broker_reason", "broker_settings"]
 
 CLOSE_TIMEOUT_S = 2.0  # per step of a clean stop: the last message, then the disconnect
+
+
+def broker_settings(options: BrokerOptions, client_id: str, qos: int) -> SessionSettings:
+    """A session's settings from a sink's broker options (URL, credentials, TLS, protocol,
+    timing); what else a sink needs (Last Will, subscriptions...) it adds with
+    :func:`dataclasses.replace`."""
+    return SessionSettings(
+        url=options.url,
+        address=parse_broker_url(options.url),
+        client_id=client_id,
+        protocol=options.protocol,
+        qos=qos,
+        keepalive_s=options.keepalive_s,
+        connect_timeout_s=options.connect_timeout_s,
+        username=options.username,
+        password=options.password,
+        tls=options.tls,
+    )
 
 
 def broker_reason(reason_code: ReasonCode) -> str:

@@ -21,6 +21,7 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,10 +38,10 @@ from gateway import (
     hookimpl,
 )
 
-from .holder import SessionHolder, broker_reason
+from .holder import SessionHolder, broker_reason, broker_settings
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
-from .options import MqttOptions, check_topic, parse_broker_url
-from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
+from .options import MqttOptions, check_topic
+from .session import Delivery, MqttError, ReasonCode, Session
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
@@ -77,18 +78,9 @@ class MqttSink:
         self.topics = TopicMap(options.topic, options.meta_topic, context.site, context.area)
         self.sessions = 0
         """Sessions established so far (each connect that the broker accepted)."""
-        self._settings = SessionSettings(
-            url=options.url,
-            address=parse_broker_url(options.url),
-            client_id=self.client_id,
-            protocol=options.protocol,
-            qos=options.qos,
-            keepalive_s=options.keepalive_s,
-            connect_timeout_s=options.connect_timeout_s,
+        self._settings = dataclasses.replace(
+            broker_settings(options, self.client_id, options.qos),
             max_inflight=options.max_inflight or (0 if options.qos == 1 else QOS2_INFLIGHT),
-            username=options.username,
-            password=options.password,
-            tls=options.tls,
             will=will,
         )
         self._batch = options.payload == "batch"

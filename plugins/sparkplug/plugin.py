@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -49,9 +50,9 @@ from gateway import (
     Signal,
     hookimpl,
 )
-from plugins.mqtt.holder import SessionHolder, broker_reason
+from plugins.mqtt.holder import SessionHolder, broker_reason, broker_settings
 from plugins.mqtt.messages import Message
-from plugins.mqtt.options import check_topic, parse_broker_url
+from plugins.mqtt.options import check_topic
 from plugins.mqtt.session import MqttError, Session, SessionSettings
 
 from .names import NAMESPACE, check_id, sanitize
@@ -137,7 +138,7 @@ class SparkplugSink:
         self._gate: asyncio.Event | None = None  # births wait on it for the interval to pass
         self._gate_timer: asyncio.TimerHandle | None = None
         self._throttle = _Throttle()
-        self._address = parse_broker_url(options.url)
+        self._broker = broker_settings(options, self.client_id, 1)
         self._sessions = SessionHolder(options.publish_timeout_s, self._session_discarded)
         self._closed = False
 
@@ -369,18 +370,8 @@ class SparkplugSink:
             subscriptions += ((self.state_topic, 1),)
             self.host_online = False  # until its STATE says otherwise
             self._state_seen.clear()
-        options = self.options
-        return SessionSettings(
-            url=options.url,
-            address=self._address,
-            client_id=self.client_id,
-            protocol=options.protocol,
-            qos=1,
-            keepalive_s=options.keepalive_s,
-            connect_timeout_s=options.connect_timeout_s,
-            username=options.username,
-            password=options.password,
-            tls=options.tls,
+        return dataclasses.replace(
+            self._broker,
             will=(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms())),
             will_retain=False,
             subscriptions=subscriptions,
