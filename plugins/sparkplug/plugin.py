@@ -4,9 +4,10 @@ For plants whose MQTT infrastructure speaks Sparkplug B (Ignition, HiveMQ, EMQX,
 namespace"). The gateway is one edge node (``spBv1.0/<group_id>/NBIRTH/<edge_node_id>``), each
 instrument a device (``.../DBIRTH|DDATA/<edge_node_id>/<device_id>``); what the payloads hold
 is in :mod:`.payloads`. The connection is the ``mqtt`` sink's :class:`~plugins.mqtt.session.
-Session`: QoS 1, a sample is released only after the broker's PUBACK, and a failed ``forward``
-is retried by the runtime from the store (possibly twice: consumers de-duplicate on the
-``seq`` property of each metric, the sample's per-signal seq).
+Session`, held the same way (:class:`~plugins.mqtt.holder.SessionHolder`): QoS 1, a sample is
+released only after the broker's PUBACK, and a failed ``forward`` is retried by the runtime
+from the store (possibly twice: consumers de-duplicate on the ``seq`` property of each metric,
+the sample's per-signal seq).
 
 Each connect takes the next ``bdSeq`` (0-255) and sets NDEATH with it as the Last Will (not
 retained), subscribes to its NCMD topic (and to the primary host's STATE), then publishes the
@@ -320,8 +321,7 @@ class SparkplugSink:
     # --- sessions ------------------------------------------------------------------------------
 
     async def _ready_session(self) -> Session:
-        sessions = self._sessions
-        session = sessions.current
+        session = self._sessions.current
         if session is not None and session.usable:
             return session
         return await self._connect()
