@@ -1,10 +1,10 @@
 """The MQTT session (``plugins/mqtt/session.py``) on its own, and its packet codec.
 
-* Against a real Mosquitto: subscriptions (made before ``open`` returns, messages passed to
-  ``on_message`` in order, QoS 1 ones acknowledged, a failing ``on_message`` logged without
-  ending the session); a Last Will retained or not; QoS 2.
-* Against a scripted broker on loopback (to do what Mosquitto never does): a refused
-  subscription named, packets split
+(Subscriptions, ``on_message`` and the Last Will, shared interface S2/S3:
+test_mqtt_subscriptions.py.)
+
+* Against a real Mosquitto: QoS 2.
+* Against a scripted broker on loopback (to do what Mosquitto never does): packets split
   across reads byte by byte, a PUBACK for an id not in flight, a broker that closes in the
   middle of a packet, message ids never reused while in flight, a broker that stops
   answering PINGREQ.
@@ -15,138 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-import structlog
 from conftest import wait_for
 from hypothesis import given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 from mosquitto import Mosquitto, Subscriber
-from paho.mqtt.enums import CallbackAPIVersion
+from mqtt_helpers import opened, scripted
+from mqtt_helpers import session_settings as settings
 
 from plugins.mqtt import packets
-from plugins.mqtt.options import parse_broker_url
-from plugins.mqtt.session import MqttError, Session, SessionSettings
-
-
-def settings(url: str, **changes: Any) -> SessionSettings:
-    base: dict[str, Any] = {
-        "url": url,
-        "address": parse_broker_url(url),
-        "client_id": "test-session",
-        "protocol": "5",
-        "qos": 1,
-        "keepalive_s": 30,
-        "connect_timeout_s": 5.0,
-    }
-    return SessionSettings(**{**base, **changes})
-
-
-@asynccontextmanager
-async def opened(settings: SessionSettings) -> AsyncIterator[Session]:
-    session = Session(settings, 1, asyncio.get_running_loop())
-    await session.open()
-    session.ready = True
-    try:
-        yield session
-    finally:
-        await session.close(2.0)
-
-
-def publish_with_paho(broker: Mosquitto, messages: list[tuple[str, bytes, int]]) -> None:
-    """Publish with an independent client (paho-mqtt), blocking until each is sent."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher")
-    client.connect("127.0.0.1", broker.port, 30)
-    client.loop_start()
-    try:
-        for topic, payload, qos in messages:
-            client.publish(topic, payload, qos).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-# --- subscriptions (S2) -----------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-async def test_subscriptions_pass_messages_in_order(mosquitto: Mosquitto, protocol: str) -> None:
-    received: list[tuple[str, bytes]] = []
-    subscribed = settings(
-        mosquitto.url,
-        protocol=protocol,
-        subscriptions=(("cmd/+/node", 1), ("state/host", 0)),
-        on_message=lambda topic, payload: received.append((topic, payload)),
-    )
-    async with opened(subscribed) as session:
-        # open() returned after the SUBACK: what is published now reaches the session.
-        sent = [(f"cmd/{i % 3}/node", f"m{i}".encode(), 1) for i in range(50)]
-        sent.append(("state/host", b"online", 0))
-        sent.append(("other/topic", b"not subscribed", 1))
-        await asyncio.to_thread(publish_with_paho, mosquitto, sent)
-        await wait_for(lambda: len(received) >= 51, within=5, what="the messages")
-        assert received == [(topic, payload) for topic, payload, _ in sent[:51]]
-        # The session acknowledged the QoS 1 messages (else Mosquitto would hold them in
-        # flight and stop at its max_inflight_messages of 20): 50 went through. It still
-        # publishes as usual.
-        await session.publish([("data/x", b"1")]).wait()
-        assert session.usable
-
-
-@pytest.mark.asyncio
-async def test_a_failing_on_message_is_logged_and_the_session_goes_on(
-    mosquitto: Mosquitto,
-) -> None:
-    received: list[bytes] = []
-
-    def on_message(topic: str, payload: bytes) -> None:
-        if payload == b"bad":
-            raise RuntimeError("consumer bug")
-        received.append(payload)
-
-    subscribed = settings(mosquitto.url, subscriptions=(("cmd", 1),), on_message=on_message)
-    with structlog.testing.capture_logs() as logs:
-        async with opened(subscribed) as session:
-            sent = [("cmd", b"one", 1), ("cmd", b"bad", 1), ("cmd", b"two", 1)]
-            await asyncio.to_thread(publish_with_paho, mosquitto, sent)
-            await wait_for(lambda: received == [b"one", b"two"], within=5, what="the messages")
-            assert session.usable
-    failures = [entry for entry in logs if entry["event"] == "mqtt.on_message_failed"]
-    assert len(failures) == 1 and "consumer bug" in failures[0]["error"], logs
-
-
-# --- the Last Will (S3) -----------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("retain", [True, False])
-async def test_the_last_will_is_retained_or_not(mosquitto: Mosquitto, retain: bool) -> None:
-    will = ("gw/status", b"offline")
-    async with Subscriber(mosquitto, "gw/status") as live:
-        session = Session(
-            settings(mosquitto.url, will=will, will_retain=retain), 1, asyncio.get_running_loop()
-        )
-        await session.open()
-        session.abort("test: the connection breaks")  # cut, no DISCONNECT: the Will goes out
-        await wait_for(lambda: live.on("gw/status"), within=5, what="the Last Will")
-        assert live.on("gw/status")[0].payload == b"offline"
-    async with Subscriber(mosquitto, "gw/status") as late:
-        # A retained message reaches a late subscriber at once; PINGREQ round trip via a
-        # second subscription would be no better than this wait for the retained one.
-        if retain:
-            await wait_for(lambda: late.on("gw/status"), within=5, what="the retained Will")
-            assert late.on("gw/status")[0].retain
-        else:
-            await asyncio.to_thread(publish_with_paho, mosquitto, [("gw/marker", b"x", 1)])
-            assert late.on("gw/status") == []
-
+from plugins.mqtt.session import MqttError, Session
 
 # --- QoS 2 ------------------------------------------------------------------------------------
 
@@ -190,28 +71,6 @@ def publish_mid(body: bytes) -> int:
     """The message id of a QoS 1 PUBLISH from its body (before any MQTT 5 properties)."""
     (size,) = struct.unpack_from("!H", body)
     return int(struct.unpack_from("!H", body, 2 + size)[0])
-
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[str]:
-    writers: list[asyncio.StreamWriter] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await script(reader, writer)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def read_until(
@@ -339,32 +198,6 @@ async def test_a_broker_that_closes_mid_packet_fails_every_pending_delivery() ->
         assert session.lost is not None and not session.usable
         with pytest.raises(MqttError):
             session.publish([("e", b"5")])
-
-
-@pytest.mark.asyncio
-async def test_a_refused_subscription_is_named() -> None:
-    # (Mosquitto 2.0's ACL file grants every subscription and filters what it delivers.)
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        await read_until(reader, buffer, 1)
-        writer.write(b"\x20\x03\x00\x00\x00")  # MQTT 5 CONNACK, no properties
-        ((first, body),) = await read_until(reader, buffer, 1)
-        assert first == 0x82, first  # SUBSCRIBE
-        writer.write(b"\x90\x05" + body[:2] + b"\x00\x01\x87")  # cmd/ok granted, not secret
-        await reader.read()
-
-    async with scripted(script) as url:
-        session = Session(
-            settings(url, subscriptions=(("cmd/ok", 1), ("cmd/secret", 1))),
-            1,
-            asyncio.get_running_loop(),
-        )
-        with pytest.raises(MqttError) as excinfo:
-            await session.open()
-    message = str(excinfo.value)
-    assert "subscription to 'cmd/secret'" in message and "Not authorized" in message, message
-    assert "0x87" in message and "cmd/ok" not in message
-    assert session.lost is not None
 
 
 @pytest.mark.asyncio

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 from conftest import free_port, wait_for
 from mosquitto import Mosquitto, Subscriber, make_broker_tls
+from mqtt_helpers import SITE, Samples, bound_sink, scripted
 from pydantic import ValidationError
 
 from gateway import (
-    PluginContext,
     PluginKind,
     Quality,
     Sample,
@@ -38,7 +38,6 @@ from gateway import (
     Signal,
     SignalKind,
     SpectralAxis,
-    Spectrum,
     build_registry,
     historical_json,
     sample_to_json_dict,
@@ -49,34 +48,23 @@ from gateway.store import SampleStore
 from plugins.mqtt.plugin import MqttError, MqttOptions, MqttSink
 from plugins.mqtt.session import Session
 
-SITE = "plant7"
 FLOW = Signal("reactor1/feed_pump/flow", "mL/min", description="Feed flow", instrument="feed_pump")
 SPEED = Signal("reactor1/feed_pump/speed", "/min", instrument="feed_pump")
 SPECTRUM = Signal("reactor1/raman/spectrum", "1", SignalKind.SPECTRUM, instrument="raman")
 SIGNALS = (FLOW, SPEED, SPECTRUM)
 AXIS = SpectralAxis(np.linspace(200.0, 1800.0, 2048), "cm-1")
 T0 = 1_795_000_000_000_000_000
-
-
-def sample(
-    signal: Signal, seq: int, value: Any = 1.5, quality: Quality = Quality.GOOD, reason: str = ""
-) -> Sample:
-    ts = T0 + seq * 1_000_000
-    return Sample(signal.id, value, signal.unit, ts, ts + 1000, quality, seq, reason or None)
+sample = Samples(T0, 1_000_000, AXIS)  # a millisecond apart
 
 
 def spectrum_sample(seq: int) -> Sample:
-    values = np.linspace(0.0, 1.0, 2048, dtype=np.float32) * (seq + 1)
-    return sample(SPECTRUM, seq, Spectrum(values, AXIS))
+    return sample.spectrum(SPECTRUM, seq)
 
 
 def make_sink(
     url: str, tmp_path: Path, signals: Sequence[Signal] = SIGNALS, **options: Any
 ) -> MqttSink:
-    context = PluginContext("up", tmp_path, site=SITE, area="reactor1")
-    sink = MqttSink(MqttOptions.model_validate({"url": url, **options}), context)
-    sink.bind(signals)
-    return sink
+    return bound_sink(MqttSink, MqttOptions, url, tmp_path, signals, **options)
 
 
 def open_sessions() -> list[Session]:
@@ -555,21 +543,13 @@ async def test_a_broker_that_never_sends_connack_is_named(tmp_path: Path) -> Non
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)  # accepts TCP, reads the CONNECT, never answers
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, connect_timeout_s=0.5) as sink:
-            with pytest.raises(MqttError) as excinfo:
-                await sink.forward([sample(FLOW, 0)], historical=False)
-    finally:
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    async with scripted(silent) as url, make_sink(url, tmp_path, connect_timeout_s=0.5) as sink:
+        with pytest.raises(MqttError) as excinfo:
+            await sink.forward([sample(FLOW, 0)], historical=False)
     assert accepted, "the sink never connected"
     message = str(excinfo.value)
     assert "no CONNACK within 0.5 s" in message, message
-    assert f"127.0.0.1:{port}" in message
+    assert url.removeprefix("mqtt://") in message
     assert not open_sessions()
 
 
@@ -584,19 +564,19 @@ async def test_a_forward_timing_out_in_the_runtime_says_so(tmp_path: Path) -> No
     store.commit([(stored[FLOW.id].def_id, 0, T0, T0, 0, 1.0, None)], {FLOW.id: 1})
     store.close()
     names = {stored[FLOW.id].def_id: (FLOW.id, FLOW.unit)}
-    accepted: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
+        pass  # accepts TCP, reads the CONNECT, never answers
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     reader = BacklogReader(tmp_path / "s.sqlite")
     config = SinkConfig(
         id="up", type="mqtt", start_from="earliest", send_timeout_s=0.3, retry={"initial_s": 5}
     )
     try:
-        async with make_sink(f"mqtt://127.0.0.1:{port}", tmp_path, connect_timeout_s=5) as sink:
+        async with (
+            scripted(silent) as url,
+            make_sink(url, tmp_path, connect_timeout_s=5) as sink,
+        ):
             forwarder = Forwarder("up", sink, config, names, reader)
             forwarder.start(None, 1)
             task = asyncio.create_task(forwarder.run(), name="test.forwarder")
@@ -607,10 +587,6 @@ async def test_a_forward_timing_out_in_the_runtime_says_so(tmp_path: Path) -> No
                 await asyncio.gather(task, return_exceptions=True)
     finally:
         await reader.aclose()
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
     error = forwarder.stats.last_error
     assert error == "forward not acknowledged within 0.3 s (send_timeout_s)", error
 

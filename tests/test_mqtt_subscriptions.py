@@ -1,11 +1,13 @@
-"""The MQTT session's inbound side (shared interface S2/S3), against a real Mosquitto.
+"""The MQTT session's inbound side and its Last Will (shared interface S2/S3), against a real
+Mosquitto (and a scripted broker for a refused subscription, which Mosquitto never sends).
 
-* ``open()`` returns only once every subscription is granted; a refused one (SUBACK >= 0x80)
-  fails it with an error naming the topic filter.
-* ``on_message`` gets every message, in arrival order, on the event loop's thread, QoS 1
-  messages acknowledged (the broker sends no duplicate); an exception it raises is logged as
-  ``mqtt.on_message_failed`` and the session goes on.
-* ``will_retain`` false: the Last Will is not retained (Sparkplug's NDEATH).
+* ``open()`` returns only once every subscription is granted (a retained message follows at
+  once); a refused one (SUBACK >= 0x80) fails it with an error naming the topic filter.
+* ``on_message`` gets every message of the subscribed topics, in arrival order, on the event
+  loop's thread, QoS 1 messages acknowledged (else Mosquitto would stop at its in-flight
+  limit); an exception it raises is logged as ``mqtt.on_message_failed`` and the session goes
+  on, publishing as usual.
+* ``will_retain``: the Last Will is retained only if asked (Sparkplug's NDEATH is not).
 """
 
 from __future__ import annotations
@@ -15,39 +17,37 @@ import contextlib
 import threading
 from typing import Literal
 
+import paho.mqtt.client as mqtt
 import pytest
 from conftest import wait_for
 from mosquitto import Mosquitto, Subscriber
+from mqtt_helpers import opened, read_packet, scripted, session_settings
+from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
-from plugins.mqtt.options import parse_broker_url
-from plugins.mqtt.session import MqttError, Session, SessionSettings
-
-
-def settings(
-    broker: Mosquitto,
-    protocol: Literal["3.1.1", "5"] = "5",
-    **extra: object,
-) -> SessionSettings:
-    return SessionSettings(
-        url=broker.url,
-        address=parse_broker_url(broker.url),
-        client_id="test-session",
-        protocol=protocol,
-        qos=1,
-        keepalive_s=30,
-        connect_timeout_s=5.0,
-        **extra,  # type: ignore[arg-type]
-    )
+from plugins.mqtt.session import MqttError, Session
 
 
 async def close(session: Session) -> None:
     await session.close(2.0)
 
 
+def publish_with_paho(broker: Mosquitto, messages: list[tuple[str, bytes, int]]) -> None:
+    """Publish with an independent client (paho-mqtt), blocking until each is sent."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher")
+    client.connect("127.0.0.1", broker.port, 30)
+    client.loop_start()
+    try:
+        for topic, payload, qos in messages:
+            client.publish(topic, payload, qos).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-async def test_messages_reach_on_message_in_order_on_the_loop(
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_subscriptions_pass_messages_in_order_on_the_loop(
     mosquitto: Mosquitto, protocol: Literal["3.1.1", "5"]
 ) -> None:
     received: list[tuple[str, bytes]] = []
@@ -57,21 +57,26 @@ async def test_messages_reach_on_message_in_order_on_the_loop(
         threads.add(threading.get_ident())
         received.append((topic, payload))
 
-    session = Session(
-        settings(mosquitto, protocol, subscriptions=(("cmd/#", 1),), on_message=on_message),
-        1,
-        asyncio.get_running_loop(),
+    subscribed = session_settings(
+        mosquitto.url,
+        protocol=protocol,
+        subscriptions=(("cmd/+/node", 1), ("state/host", 0)),
+        on_message=on_message,
     )
-    await session.open()
-    try:
-        async with Subscriber(mosquitto, "unused/topic") as other:
-            for n in range(200):
-                other.client.publish(f"cmd/{n % 3}", str(n).encode(), qos=1)
-            await wait_for(lambda: len(received) >= 200, within=10, what="200 messages")
-    finally:
-        await close(session)
-    assert received == [(f"cmd/{n % 3}", str(n).encode()) for n in range(200)]
-    assert threads == {threading.get_ident()}
+    async with opened(subscribed) as session:
+        # open() returned after the SUBACK: what is published now reaches the session.
+        sent = [(f"cmd/{i % 3}/node", f"m{i}".encode(), 1) for i in range(50)]
+        sent.append(("state/host", b"online", 0))
+        sent.append(("other/topic", b"not subscribed", 1))
+        await asyncio.to_thread(publish_with_paho, mosquitto, sent)
+        await wait_for(lambda: len(received) >= 51, within=5, what="the messages")
+        assert received == [(topic, payload) for topic, payload, _ in sent[:51]]
+        assert threads == {threading.get_ident()}
+        # The session acknowledged the QoS 1 messages (else Mosquitto would hold them in
+        # flight and stop at its max_inflight_messages of 20): 50 went through. It still
+        # publishes as usual.
+        await session.publish([("data/x", b"1")]).wait()
+        assert session.usable
 
 
 @pytest.mark.asyncio
@@ -83,8 +88,8 @@ async def test_open_waits_for_the_suback_and_a_retained_message_follows(
         info = other.client.publish("state/host", b"retained", qos=1, retain=True)
         await asyncio.to_thread(info.wait_for_publish, 5)
     session = Session(
-        settings(
-            mosquitto,
+        session_settings(
+            mosquitto.url,
             subscriptions=(("state/host", 1),),
             on_message=lambda _, payload: received.append(payload),
         ),
@@ -99,30 +104,17 @@ async def test_open_waits_for_the_suback_and_a_retained_message_follows(
     assert received == [b"retained"]
 
 
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One MQTT packet: (first byte, the rest after the remaining length)."""
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    return first, await reader.readexactly(length)
-
-
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("code", "protocol"), [(0x80, "3.1.1"), (0x87, "5")])
+@pytest.mark.parametrize(
+    ("code", "protocol", "name"), [(0x80, "3.1.1", ""), (0x87, "5", "Not authorized")]
+)
 async def test_a_refused_subscription_fails_open_naming_the_filter(
-    code: int, protocol: Literal["3.1.1", "5"]
+    code: int, protocol: Literal["3.1.1", "5"], name: str
 ) -> None:
     """A scripted broker (Mosquitto grants every subscription, an ACL only filters delivery)
     accepts the connection and refuses the second of two subscriptions."""
-    writers: list[asyncio.StreamWriter] = []
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         await read_packet(reader)  # CONNECT
         v5 = protocol == "5"
         writer.write(b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00")  # CONNACK
@@ -135,34 +127,21 @@ async def test_a_refused_subscription_fails_open_naming_the_filter(
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             await reader.read()
 
-    server = await asyncio.start_server(broker, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = f"mqtt://127.0.0.1:{port}"
-    session = Session(
-        SessionSettings(
-            url=url,
-            address=parse_broker_url(url),
-            client_id="test-session",
-            protocol=protocol,
-            qos=1,
-            keepalive_s=30,
-            connect_timeout_s=5.0,
-            subscriptions=(("allowed/x", 1), ("secret/#", 1)),
-        ),
-        1,
-        asyncio.get_running_loop(),
-    )
-    try:
+    async with scripted(broker) as url:
+        session = Session(
+            session_settings(
+                url, protocol=protocol, subscriptions=(("allowed/x", 1), ("secret/#", 1))
+            ),
+            1,
+            asyncio.get_running_loop(),
+        )
         with pytest.raises(MqttError, match=r"refused the subscription to 'secret/#'") as excinfo:
             await session.open()
-        assert f"0x{code:02X}" in str(excinfo.value) and url in str(excinfo.value)
+        message = str(excinfo.value)
+        assert f"0x{code:02X}" in message and url in message and name in message, message
+        assert "allowed/x" not in message  # the granted one is not named
         assert session.lost is not None
         await asyncio.to_thread(session.join)
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -175,7 +154,7 @@ async def test_a_failing_handler_is_logged_and_the_session_goes_on(mosquitto: Mo
         received.append(payload)
 
     session = Session(
-        settings(mosquitto, subscriptions=(("cmd", 1),), on_message=on_message),
+        session_settings(mosquitto.url, subscriptions=(("cmd", 1),), on_message=on_message),
         1,
         asyncio.get_running_loop(),
     )
@@ -199,7 +178,7 @@ async def test_a_failing_handler_is_logged_and_the_session_goes_on(mosquitto: Mo
 @pytest.mark.parametrize("retain", [False, True])
 async def test_the_last_will_is_retained_only_if_asked(mosquitto: Mosquitto, retain: bool) -> None:
     session = Session(
-        settings(mosquitto, will=("death", b"gone"), will_retain=retain),
+        session_settings(mosquitto.url, will=("death", b"gone"), will_retain=retain),
         1,
         asyncio.get_running_loop(),
     )
@@ -208,10 +187,11 @@ async def test_the_last_will_is_retained_only_if_asked(mosquitto: Mosquitto, ret
         session.abort("test: cut")  # no DISCONNECT: the broker publishes the will
         await asyncio.to_thread(session.join)
         await wait_for(lambda: sub.on("death"), within=10, what="the Last Will")
+        assert sub.on("death")[0].payload == b"gone"
     # A subscriber arriving now gets it only if it was retained (right after its SUBACK, so
     # before its own probe comes back).
     async with Subscriber(mosquitto, "#") as late:
         late.client.publish("probe", b"x", qos=1)
         await wait_for(lambda: late.on("probe"), within=5, what="the probe")
-        retained = [m.payload for m in late.on("death")]
-    assert retained == ([b"gone"] if retain else [])
+        retained = [(m.payload, m.retain) for m in late.on("death")]
+    assert retained == ([(b"gone", True)] if retain else [])

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import structlog
 from conftest import free_port, patgw, wait_for, write_config
+from mqtt_helpers import read_packet
 from test_forward_refusals import COUNT as REFUSALS_COUNT
 from test_forward_refusals import X as REFUSALS_X
 from test_forward_refusals import make_store as make_refusals_store
@@ -203,18 +204,6 @@ def test_check_warns_when_a_relative_store_path_used_to_name_an_existing_store(
 # -- plugins/mqtt/session.py: which PUBACK reason codes are a refusal for good --------------------
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first, await reader.readexactly(length)
-
-
 class QuotaBroker:
     """An MQTT 5 broker that accepts the connection and answers every QoS 1 PUBLISH with
     PUBACK 0x97 "Quota exceeded" (a broker throttling a client: try again later)."""
@@ -225,7 +214,7 @@ class QuotaBroker:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                first, body = await _read_packet(reader)
+                first, body = await read_packet(reader)
                 kind = first >> 4
                 if kind == 1:  # CONNECT: CONNACK, success, no properties
                     writer.write(bytes([0x20, 3, 0, 0, 0]))
@@ -443,7 +432,7 @@ class DisconnectingBroker:
         self.connections.append(topics)
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
-                first, body = await _read_packet(reader)
+                first, body = await read_packet(reader)
                 kind = first >> 4
                 if kind == 1:
                     writer.write(bytes([0x20, 3, 0, 0, 0]))

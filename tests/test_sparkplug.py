@@ -38,9 +38,11 @@ import numpy as np
 import pytest
 from conftest import free_port, plan_for, pump_instrument, running, stored_by_signal, wait_for
 from mosquitto import Mosquitto, Subscriber
+from mqtt_helpers import SITE, Samples, bound_sink
 from structlog.testing import capture_logs
 
 from gateway import (
+    Plan,
     PluginContext,
     PluginKind,
     Quality,
@@ -49,7 +51,6 @@ from gateway import (
     Signal,
     SignalKind,
     SpectralAxis,
-    Spectrum,
     build_registry,
 )
 from plugins.mqtt.session import MqttError
@@ -58,7 +59,6 @@ from plugins.sparkplug.plugin import REBIRTH_MIN_INTERVAL_S, SparkplugSink
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO = REPO / "plugins" / "sparkplug" / "sparkplug_b.proto"
-SITE = "plant7"
 GROUP = "pat"
 NODE = SITE
 PH = Signal("reactor1/controller/ph", "[pH]", description="Culture pH", instrument="controller")
@@ -67,19 +67,12 @@ FLOW = Signal("reactor1/feed_pump/flow", "mL/min", description="Feed flow", inst
 SPECTRUM = Signal("reactor1/raman/spectrum", "{counts}", SignalKind.SPECTRUM, instrument="raman")
 SIGNALS = (PH, TEMP, FLOW, SPECTRUM)
 AXIS = SpectralAxis(np.linspace(200.0, 1800.0, 64), "cm-1")
-T0 = 1_795_000_000_123_456_789
-
-
-def sample(
-    signal: Signal, seq: int, value: Any = 1.5, quality: Quality = Quality.GOOD, reason: str = ""
-) -> Sample:
-    ts = T0 + seq * 1_000_000_000
-    return Sample(signal.id, value, signal.unit, ts, ts + 1000, quality, seq, reason or None)
+T0 = 1_795_000_000_123_456_789  # not a whole millisecond: Sparkplug timestamps are in ms
+sample = Samples(T0, 1_000_000_000, AXIS)  # a second apart
 
 
 def spectrum_sample(seq: int) -> Sample:
-    values = np.linspace(0.0, 1.0, 64, dtype=np.float32) * (seq + 1)
-    return sample(SPECTRUM, seq, Spectrum(values, AXIS))
+    return sample.spectrum(SPECTRUM, seq)
 
 
 # --- the independent decoder ------------------------------------------------------------------
@@ -258,10 +251,7 @@ def test_two_signals_on_one_metric_are_refused(tmp_path: Path) -> None:
 def make_sink(
     url: str, tmp_path: Path, signals: Sequence[Signal] = SIGNALS, **options: Any
 ) -> SparkplugSink:
-    context = PluginContext("up", tmp_path, site=SITE, area="reactor1")
-    sink = SparkplugSink(SparkplugOptions.model_validate({"url": url, **options}), context)
-    sink.bind(signals)
-    return sink
+    return bound_sink(SparkplugSink, SparkplugOptions, url, tmp_path, signals, **options)
 
 
 def topic(kind: str, device: str | None = None) -> str:
@@ -360,8 +350,9 @@ async def test_the_last_will_is_an_ndeath_with_the_connections_bdseq(
         make_sink(mosquitto.url, tmp_path) as sink,
     ):
         await sink.forward([sample(PH, 0, 7.0)], False)
-        assert sink._session is not None
-        sink._session.abort("test: connection cut")  # no DISCONNECT: the broker sends the will
+        session = sink._sessions.current
+        assert session is not None
+        session.abort("test: connection cut")  # no DISCONNECT: the broker sends the will
         await wait_for(lambda: of_kind(sub, "NDEATH"), within=10, what="the Last Will")
         await sink.forward([sample(PH, 1, 7.1)], False)  # reconnects: the next bdSeq
         await wait_for(lambda: len(of_kind(sub, "NBIRTH")) == 2, within=5)
@@ -556,24 +547,50 @@ def received_samples(spb: ModuleType, sub: Subscriber) -> dict[tuple[str, int], 
     return out
 
 
-@pytest.mark.asyncio
-async def test_a_flapping_primary_host_gets_no_birth_storm_and_loses_nothing(
-    tmp_path: Path, mosquitto: Mosquitto, spb: ModuleType
-) -> None:
+def pump_plan(tmp_path: Path, url: str, **options: Any) -> Plan:
+    """A gateway (site s1) with one emulated feed pump and a ``sparkplug`` sink to ``url``
+    (edge node :data:`NODE`, ``options`` added) that retries within 0.3 s."""
     port = free_port()
     sink = {
         "id": "spb",
         "type": "sparkplug",
         "retry": {"initial_s": 0.05, "max_s": 0.3},
-        "options": {"url": mosquitto.url, "primary_host_id": HOST, "edge_node_id": NODE},
+        "options": {"url": url, "edge_node_id": NODE, **options},
     }
-    plan = plan_for(
+    return plan_for(
         tmp_path,
         site="s1",
         emulators=[{"id": "pump_emulator", "type": "feed_pump", "options": {"port": port}}],
         instruments=[pump_instrument("pump", port)],
         sinks=[sink],
     )
+
+
+def stored_keys(store_path: Path) -> set[tuple[str, int]]:
+    """(metric name, seq) of every sample in the store."""
+    return {
+        (s.signal.split("/", 2)[2], s.seq)
+        for samples in stored_by_signal(store_path).values()
+        for s in samples
+    }
+
+
+async def all_delivered(
+    spb: ModuleType, sub: Subscriber, stored: set[tuple[str, int]], which: str
+) -> None:
+    """Wait until every sample of ``stored`` arrived in a DDATA."""
+    await wait_for(
+        lambda: stored <= received_samples(spb, sub).keys(),
+        within=30,
+        what=f"every sample {which}, delivered",
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_flapping_primary_host_gets_no_birth_storm_and_loses_nothing(
+    tmp_path: Path, mosquitto: Mosquitto, spb: ModuleType
+) -> None:
+    plan = pump_plan(tmp_path, mosquitto.url, primary_host_id=HOST)
     store_path = tmp_path / "store.sqlite"
     flips = 0
     with capture_logs() as logs:
@@ -591,16 +608,8 @@ async def test_a_flapping_primary_host_gets_no_birth_storm_and_loses_nothing(
                     await asyncio.sleep(0.2)
                 host.client.publish(STATE, state(True, 100), qos=1, retain=True)
                 await wait_for(lambda: stored_by_signal(store_path), within=5)
-                stored = {
-                    (s.signal.split("/", 2)[2], s.seq)
-                    for samples in stored_by_signal(store_path).values()
-                    for s in samples
-                }
-                await wait_for(
-                    lambda: stored <= received_samples(spb, sub).keys(),
-                    within=30,
-                    what="every sample stored by the end of the flapping, delivered",
-                )
+                stored = stored_keys(store_path)
+                await all_delivered(spb, sub, stored, "stored by the end of the flapping")
             host.client.publish(STATE, b"", qos=1, retain=True)
     births = len(of_kind(sub, "NBIRTH"))
     delivered = received_samples(spb, sub)
@@ -678,21 +687,8 @@ async def test_a_denied_device_topic_is_refused_and_the_rest_delivered(
 async def test_a_broker_restart_loses_nothing_and_each_connect_takes_a_new_bdseq(
     tmp_path: Path, spb: ModuleType
 ) -> None:
-    port = free_port()
     broker = Mosquitto(tmp_path / "broker", persistence=True)
-    sink = {
-        "id": "spb",
-        "type": "sparkplug",
-        "retry": {"initial_s": 0.05, "max_s": 0.3},
-        "options": {"url": broker.url, "edge_node_id": NODE},
-    }
-    plan = plan_for(
-        tmp_path,
-        site="s1",
-        emulators=[{"id": "pump_emulator", "type": "feed_pump", "options": {"port": port}}],
-        instruments=[pump_instrument("pump", port)],
-        sinks=[sink],
-    )
+    plan = pump_plan(tmp_path, broker.url)
     store_path = tmp_path / "store.sqlite"
     await broker.start()
     try:
@@ -711,16 +707,8 @@ async def test_a_broker_restart_loses_nothing_and_each_connect_takes_a_new_bdseq
             )
             await broker.start()
             await wait_for(lambda: len(of_kind(sub, "NBIRTH")) >= 2, within=20)
-            stored = {
-                (s.signal.split("/", 2)[2], s.seq)
-                for samples in stored_by_signal(store_path).values()
-                for s in samples
-            }
-            await wait_for(
-                lambda: stored <= received_samples(spb, sub).keys(),
-                within=30,
-                what="every sample stored before the restart's end, delivered",
-            )
+            stored = stored_keys(store_path)
+            await all_delivered(spb, sub, stored, "stored before the restart's end")
     finally:
         await broker.kill()
     bd_seqs = [named(decode(spb, p))["bdSeq"].long_value for p in of_kind(sub, "NBIRTH")]

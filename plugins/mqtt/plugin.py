@@ -21,7 +21,7 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,16 +38,16 @@ from gateway import (
     hookimpl,
 )
 
+from .holder import SessionHolder, broker_reason, broker_settings
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
-from .options import MqttOptions, check_topic, parse_broker_url
-from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
+from .options import MqttOptions, check_topic
+from .session import Delivery, MqttError, ReasonCode, Session
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
 log = structlog.get_logger("plugins.mqtt")
 
 QOS2_INFLIGHT = 20  # Mosquitto's default max_inflight_messages, enforced on incoming QoS 2
-CLOSE_TIMEOUT_S = 2.0  # per step of a clean stop: the offline status, then the disconnect
 
 
 class MqttSink:
@@ -78,29 +78,15 @@ class MqttSink:
         self.topics = TopicMap(options.topic, options.meta_topic, context.site, context.area)
         self.sessions = 0
         """Sessions established so far (each connect that the broker accepted)."""
-        self._settings = SessionSettings(
-            url=options.url,
-            address=parse_broker_url(options.url),
-            client_id=self.client_id,
-            protocol=options.protocol,
-            qos=options.qos,
-            keepalive_s=options.keepalive_s,
-            connect_timeout_s=options.connect_timeout_s,
+        self._settings = dataclasses.replace(
+            broker_settings(options, self.client_id, options.qos),
             max_inflight=options.max_inflight or (0 if options.qos == 1 else QOS2_INFLIGHT),
-            username=options.username,
-            password=options.password,
-            tls=options.tls,
             will=will,
         )
         self._batch = options.payload == "batch"
         self._refused_topics: set[str] = set()  # metadata or status topics refused, logged once
         self._dropped_topics: set[str] = set()  # retained topics refused by a DISCONNECT
-        self._session: Session | None = None
-        self._retired: list[Session] = []  # ended sessions whose connection may still close
-        # Calls that wait for a session queue on the lock (first come, first served) and
-        # publish in that order; while any wait, later calls queue behind them.
-        self._lock = asyncio.Lock()
-        self._in_line = 0
+        self._sessions = SessionHolder(options.publish_timeout_s)
         self._attempts = 0
         self._failure: str | None = None  # why the last connect attempt failed
 
@@ -114,19 +100,13 @@ class MqttSink:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            if session.usable and self.status_topic is not None:
-                offline = [(self.status_topic, status_payload("offline", self.client_id))]
-                try:
-                    async with asyncio.timeout(
-                        min(CLOSE_TIMEOUT_S, self.options.publish_timeout_s)
-                    ):
-                        await session.publish(offline, retain=True).wait()
-                except (MqttError, TimeoutError):
-                    pass  # best effort: the broker sends the Last Will if the connection breaks
-            await session.close(CLOSE_TIMEOUT_S)
-        await self._reap()
+        status_topic = self.status_topic
+        await self._sessions.close(
+            None
+            if status_topic is None
+            else lambda: (status_topic, status_payload("offline", self.client_id)),
+            retain=True,
+        )
 
     async def publish_anchor(self, anchor: Mapping[str, Any]) -> None:
         """Publish the audit trail's signed head, retained on ``audit_topic``, and keep it to
@@ -135,10 +115,10 @@ class MqttSink:
             return
         message = (self.audit_topic, json.dumps(dict(anchor), separators=(",", ":")).encode())
         self._anchor = message
-        async with self._lock:
+        async with self._sessions.lock:  # in lock order, but not counted as waiting in line
             session = await self._ready_session(self._attempts)
             delivery = session.publish([message], retain=True)
-        await self._acknowledged(session, delivery)
+        await self._sessions.acknowledged(session, delivery)
         if delivery.refused:
             raise MqttError(f"the broker refused the audit anchor on {self.audit_topic}")
 
@@ -164,20 +144,14 @@ class MqttSink:
             )
         else:
             messages = sample_messages(samples, historical, self.topics)
-        session = self._session
-        if session is not None and session.usable and not self._in_line:
-            delivery = self._publish(session, messages)
-        else:
-            self._in_line += 1
+        sessions = self._sessions
+        session = sessions.ready()
+        if session is None:
             attempt = self._attempts
-            try:
-                async with self._lock:
-                    session = await self._ready_session(attempt)
-                    delivery = self._publish(session, messages)
-            finally:
-                self._in_line -= 1
+            session = await sessions.queue(lambda: self._ready_session(attempt))
+        delivery = sessions.publish(session, messages)  # in this call's turn: nothing awaited
         try:
-            await self._acknowledged(session, delivery)
+            await sessions.acknowledged(session, delivery)
         except MqttError as exc:
             if delivery.refused:
                 # Refused, then the connection was lost (a broker that disconnects on a denied
@@ -191,7 +165,7 @@ class MqttSink:
     # --- sessions ---------------------------------------------------------------------------
 
     async def _ready_session(self, attempt: int) -> Session:
-        session = self._session
+        session = self._sessions.current
         if session is not None and session.usable:
             return session
         if self._attempts != attempt and self._failure is not None:
@@ -208,11 +182,8 @@ class MqttSink:
         return session
 
     async def _connect(self) -> Session:
-        await self._reap()
-        if self._session is not None:
-            self._discard(self._session, "connection to broker lost")
-        session = Session(self._settings, self.sessions + 1, asyncio.get_running_loop())
-        self._session = session
+        sessions = self._sessions
+        session = await sessions.renew(lambda: self._settings, self.sessions + 1)
         greeting = [m for m in self.topics.meta if m[0] not in self._dropped_topics]
         if self.status_topic is not None and self.status_topic not in self._dropped_topics:
             greeting.append((self.status_topic, status_payload("online", self.client_id)))
@@ -222,11 +193,11 @@ class MqttSink:
         try:
             await session.open()
             delivery = session.publish(greeting, retain=True)
-            await self._acknowledged(session, delivery)
+            await sessions.acknowledged(session, delivery)
             if session.lost is not None:  # the last message refused by a DISCONNECT
                 raise session.error(session.lost)
         except BaseException:
-            self._discard(session, "connect failed")
+            sessions.discard(session, "connect failed")
             if delivery is not None:
                 self._drop(greeting, delivery.refused)
             raise
@@ -256,7 +227,7 @@ class MqttSink:
                     "mqtt.retained_refused",
                     url=self.url,
                     topic=topic,
-                    reason=_broker_reason(reason_code),
+                    reason=broker_reason(reason_code),
                 )
 
     def _drop(self, greeting: Sequence[Message], refused: dict[int, ReasonCode]) -> None:
@@ -270,51 +241,9 @@ class MqttSink:
                 "mqtt.retained_dropped",
                 url=self.url,
                 topic=topic,
-                reason=_broker_reason(reason_code),
+                reason=broker_reason(reason_code),
                 until="the gateway restarts",
             )
-
-    def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
-        try:
-            return session.publish(messages)
-        except MqttError:
-            self._discard(session, "publish failed")
-            raise
-
-    async def _acknowledged(self, session: Session, delivery: Delivery) -> None:
-        timeout = self.options.publish_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                await delivery.wait()
-        except TimeoutError:
-            reason = (
-                f"{delivery.remaining} of {delivery.count} messages not acknowledged within"
-                f" {timeout:g} s"
-            )
-            self._discard(session, reason)
-            raise session.error(reason) from None
-        except BaseException:
-            # Lost connection, refused message, or a cancelled forward (whose messages' fate is
-            # unknown): the next call starts from a clean session.
-            self._discard(session, "delivery failed")
-            raise
-
-    def _discard(self, session: Session, reason: str) -> None:
-        session.abort(reason)
-        if self._session is session:
-            self._session = None
-        if session not in self._retired:
-            self._retired.append(session)
-
-    async def _reap(self) -> None:
-        """Wait (bounded) for the connections of ended sessions to close."""
-        retired, self._retired = self._retired, []
-        for session in retired:
-            await session.close(CLOSE_TIMEOUT_S)  # cuts the connection if it takes longer
-
-
-def _broker_reason(reason_code: ReasonCode) -> str:
-    return f"the broker answered {reason_code} (MQTT 5 reason code 0x{reason_code.value:02X})"
 
 
 def _refusals(
@@ -325,7 +254,7 @@ def _refusals(
     grouped: dict[tuple[str, str], list[int]] = {}
     for position in sorted(refused):
         topic = messages[position][0]
-        indices = grouped.setdefault((f"topic {topic}", _broker_reason(refused[position])), [])
+        indices = grouped.setdefault((f"topic {topic}", broker_reason(refused[position])), [])
         indices.extend(owners[position] if owners is not None else (position,))
     return [Refusal(tuple(i), target, reason) for (target, reason), i in grouped.items()]
 

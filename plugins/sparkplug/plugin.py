@@ -4,9 +4,10 @@ For plants whose MQTT infrastructure speaks Sparkplug B (Ignition, HiveMQ, EMQX,
 namespace"). The gateway is one edge node (``spBv1.0/<group_id>/NBIRTH/<edge_node_id>``), each
 instrument a device (``.../DBIRTH|DDATA/<edge_node_id>/<device_id>``); what the payloads hold
 is in :mod:`.payloads`. The connection is the ``mqtt`` sink's :class:`~plugins.mqtt.session.
-Session`: QoS 1, a sample is released only after the broker's PUBACK, and a failed ``forward``
-is retried by the runtime from the store (possibly twice: consumers de-duplicate on the
-``seq`` property of each metric, the sample's per-signal seq).
+Session`, held the same way (:class:`~plugins.mqtt.holder.SessionHolder`): QoS 1, a sample is
+released only after the broker's PUBACK, and a failed ``forward`` is retried by the runtime
+from the store (possibly twice: consumers de-duplicate on the ``seq`` property of each metric,
+the sample's per-signal seq).
 
 Each connect takes the next ``bdSeq`` (0-255) and sets NDEATH with it as the Last Will (not
 retained), subscribes to its NCMD topic (and to the primary host's STATE), then publishes the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -49,9 +51,10 @@ from gateway import (
     Signal,
     hookimpl,
 )
+from plugins.mqtt.holder import SessionHolder, broker_reason, broker_settings
 from plugins.mqtt.messages import Message
-from plugins.mqtt.options import check_topic, parse_broker_url
-from plugins.mqtt.session import Delivery, MqttError, Session, SessionSettings
+from plugins.mqtt.options import check_topic
+from plugins.mqtt.session import MqttError, Session, SessionSettings
 
 from .names import NAMESPACE, check_id, sanitize
 from .options import SparkplugOptions
@@ -66,7 +69,6 @@ log = structlog.get_logger("plugins.sparkplug")
 REBIRTH_MIN_INTERVAL_S = 2.0  # births at most this often on request (NCMD, primary host back)
 STATE_WAIT_S = 1.0  # after connecting, how long to wait for the primary host's retained STATE
 LOG_EVERY_S = 10.0  # one line per kind of bad input at most this often (with a count)
-CLOSE_TIMEOUT_S = 2.0
 
 
 class _Throttle:
@@ -137,11 +139,8 @@ class SparkplugSink:
         self._gate: asyncio.Event | None = None  # births wait on it for the interval to pass
         self._gate_timer: asyncio.TimerHandle | None = None
         self._throttle = _Throttle()
-        self._address = parse_broker_url(options.url)
-        self._session: Session | None = None
-        self._retired: list[Session] = []
-        self._lock = asyncio.Lock()
-        self._in_line = 0
+        self._broker = broker_settings(options, self.client_id, 1)
+        self._sessions = SessionHolder(options.publish_timeout_s, self._session_discarded)
         self._closed = False
 
     def bind(self, signals: Sequence[Signal]) -> None:
@@ -160,20 +159,7 @@ class SparkplugSink:
                 timer.cancel()
         if self._gate is not None:
             self._gate.set()  # nothing may wait on a timer that no longer runs
-        session, self._session = self._session, None
-        if session is not None:
-            if session.usable:
-                # A clean stop sends no Last Will: say it ourselves (same bdSeq).
-                death = [(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms()))]
-                try:
-                    async with asyncio.timeout(
-                        min(CLOSE_TIMEOUT_S, self.options.publish_timeout_s)
-                    ):
-                        await session.publish(death).wait()
-                except (MqttError, TimeoutError):
-                    pass  # best effort: the broker sends the Last Will if the connection breaks
-            await session.close(CLOSE_TIMEOUT_S)
-        await self._reap()
+        await self._sessions.close(self._death, retain=False)
 
     async def send(self, samples: Sequence[Sample]) -> None:
         """Deliver live samples: :meth:`forward` with ``historical`` false."""
@@ -185,14 +171,8 @@ class SparkplugSink:
         :class:`gateway.SamplesRefusedError` if an MQTT 5 broker refused some DDATA."""
         if not samples:
             return
-        session = self._session
-        if session is None or not session.usable or self._in_line:
-            self._in_line += 1
-            try:
-                async with self._lock:
-                    session = await self._ready_session()
-            finally:
-                self._in_line -= 1
+        sessions = self._sessions
+        session = sessions.ready() or await sessions.queue(self._ready_session)
         if not self.host_online:
             raise self._held()
         if self.catalog.declare(samples) or self._births_due:
@@ -211,22 +191,23 @@ class SparkplugSink:
         topic = self._device_topics.format
         for device_id, payload in self.catalog.ddata(samples, historical, _ms(), owners):
             messages.append((topic("DDATA", device_id), payload))
-        delivery = self._publish(session, messages)
-        await self._acknowledged(session, delivery)
+        delivery = sessions.publish(session, messages)
+        await sessions.acknowledged(session, delivery)
         if delivery.refused:
             refusals: list[Refusal] = []
             for position, reason_code in sorted(delivery.refused.items()):
                 target = f"topic {messages[position][0]}"
-                reason = (
-                    f"the broker answered {reason_code} (MQTT 5 reason code"
-                    f" 0x{reason_code.value:02X})"
-                )
+                reason = broker_reason(reason_code)
                 if position < first:
                     self._throttle.warning("sparkplug.birth_refused", topic=target, reason=reason)
                 else:
                     refusals.append(Refusal(tuple(owners[position - first]), target, reason))
             if refusals:
                 raise SamplesRefusedError(refusals)
+
+    def _death(self) -> Message:
+        """The NDEATH of a clean stop, which sends no Last Will (same bdSeq)."""
+        return (self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms()))
 
     def _held(self) -> MqttError:
         return MqttError(
@@ -268,7 +249,7 @@ class SparkplugSink:
         last (requests meanwhile coalesce); if the session or the host is down, the next
         connect or ``forward`` publishes them."""
         self._births_due = True
-        session = self._session
+        session = self._sessions.current
         if self._closed or session is None or not session.usable or not self.host_online:
             return
         loop = asyncio.get_running_loop()
@@ -278,7 +259,7 @@ class SparkplugSink:
                 self._rebirth_timer = loop.call_later(wait, self._rebirth_timer_fired)
             return
         with contextlib.suppress(MqttError):  # the session is discarded: the next forward births
-            self._publish(session, self._births())
+            self._sessions.publish(session, self._births())
 
     def _rebirth_timer_fired(self) -> None:
         self._rebirth_timer = None
@@ -340,37 +321,14 @@ class SparkplugSink:
     # --- sessions ------------------------------------------------------------------------------
 
     async def _ready_session(self) -> Session:
-        session = self._session
+        session = self._sessions.current
         if session is not None and session.usable:
             return session
-        await self._reap()
-        if session is not None:
-            self._discard(session, "connection to broker lost")
-        self.bd_seq = (self.bd_seq + 1) & 0xFF  # per connect attempt
-        subscriptions: tuple[tuple[str, int], ...] = ((self.ncmd_topic, 1),)
-        if self.state_topic is not None:
-            subscriptions += ((self.state_topic, 1),)
-            self.host_online = False  # until its STATE says otherwise
-            self._state_seen.clear()
-        options = self.options
-        settings = SessionSettings(
-            url=options.url,
-            address=self._address,
-            client_id=self.client_id,
-            protocol=options.protocol,
-            qos=1,
-            keepalive_s=options.keepalive_s,
-            connect_timeout_s=options.connect_timeout_s,
-            username=options.username,
-            password=options.password,
-            tls=options.tls,
-            will=(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms())),
-            will_retain=False,
-            subscriptions=subscriptions,
-            on_message=self._on_message,
-        )
-        session = Session(settings, self.sessions + 1, asyncio.get_running_loop())
-        self._session = session
+        return await self._connect()
+
+    async def _connect(self) -> Session:
+        sessions = self._sessions
+        session = await sessions.renew(self._settings, self.sessions + 1)
         self._births_due = True
         try:
             await session.open()
@@ -383,10 +341,10 @@ class SparkplugSink:
                     pass
             session.ready = True
             if self.host_online:
-                delivery = self._publish(session, self._births())
-                await self._acknowledged(session, delivery)
+                delivery = sessions.publish(session, self._births())
+                await sessions.acknowledged(session, delivery)
         except BaseException:
-            self._discard(session, "connect failed")
+            sessions.discard(session, "connect failed")
             raise
         self.sessions = session.number
         log.info(
@@ -402,52 +360,26 @@ class SparkplugSink:
         )
         return session
 
-    def _publish(self, session: Session, messages: Sequence[Message]) -> Delivery:
-        try:
-            return session.publish(messages)
-        except MqttError:
-            self._discard(session, "publish failed")
-            raise
+    def _settings(self) -> SessionSettings:
+        """A new connection's settings, and the state that starts with it: the next bdSeq
+        (its NDEATH is the Last Will), the primary host offline until its STATE says otherwise.
+        """
+        self.bd_seq = (self.bd_seq + 1) & 0xFF  # per connect attempt
+        subscriptions: tuple[tuple[str, int], ...] = ((self.ncmd_topic, 1),)
+        if self.state_topic is not None:
+            subscriptions += ((self.state_topic, 1),)
+            self.host_online = False  # until its STATE says otherwise
+            self._state_seen.clear()
+        return dataclasses.replace(
+            self._broker,
+            will=(self.ndeath_topic, self._payloads.Catalog.ndeath(self.bd_seq, _ms())),
+            will_retain=False,
+            subscriptions=subscriptions,
+            on_message=self._on_message,
+        )
 
-    async def _acknowledged(self, session: Session, delivery: Delivery) -> None:
-        timeout = self.options.publish_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                await delivery.wait()
-        except TimeoutError:
-            reason = (
-                f"{delivery.remaining} of {delivery.count} messages not acknowledged within"
-                f" {timeout:g} s"
-            )
-            self._discard(session, reason)
-            raise session.error(reason) from None
-        except BaseException:
-            self._discard(session, "delivery failed")
-            raise
-
-    def _discard(self, session: Session, reason: str) -> None:
-        session.abort(reason)
-        if self._session is session:
-            self._session = None
-            self._births_due = True
-        if session not in self._retired:
-            self._retired.append(session)
-
-    async def _reap(self) -> None:
-        """Wait (bounded) for the network threads of ended sessions to finish."""
-        retired, self._retired = self._retired, []
-        if not retired:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.to_thread(_join_all, retired)
-        except TimeoutError:
-            log.warning("sparkplug.close_timeout", url=self.url, sessions=len(retired))
-
-
-def _join_all(sessions: Sequence[Session]) -> None:
-    for session in sessions:
-        session.join()
+    def _session_discarded(self) -> None:
+        self._births_due = True
 
 
 @hookimpl
