@@ -203,10 +203,11 @@ def disconnect_packet() -> bytes:
 class Decoder:
     """Cuts a byte stream into packets, across reads of any size."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_need")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()  # a partial packet: appended to, not copied, per read
+        self._need = 0  # the partial packet's full size once its header is known
 
     @property
     def partial(self) -> bool:
@@ -215,8 +216,20 @@ class Decoder:
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         """The complete packets in what has arrived so far: (type, flags, body); keeps a
-        partial packet for the next call. :class:`ProtocolError` on a bad length."""
-        buffer = self._buffer + data if self._buffer else data
+        partial packet for the next call. :class:`ProtocolError` on a bad length.
+
+        A packet arriving in many small reads is appended to a buffer and parsed once it is
+        complete: each byte is copied a bounded number of times (a 16 MiB packet in 1,460-byte
+        reads cost seconds of CPU when every read copied the whole partial packet again)."""
+        if self._buffer:
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return
+            buffer = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            buffer = data
+        self._need = 0
         view = memoryview(buffer)
         end = len(buffer)
         at = 0
@@ -229,7 +242,7 @@ class Decoder:
                 shift = 7
                 while True:
                     if start >= end:
-                        self._buffer = buffer[at:]
+                        self._buffer += view[at:]
                         return
                     byte = buffer[start]
                     start += 1
@@ -242,10 +255,12 @@ class Decoder:
             if length > MAX_PACKET:
                 raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
             if start + length > end:
+                self._need = start + length - at
                 break
             at = start + length
             yield first >> 4, first & 0x0F, view[start:at]
-        self._buffer = buffer[at:] if at < end else b""
+        if at < end:
+            self._buffer += view[at:]
 
 
 def _u16(body: memoryview, at: int) -> int:
@@ -277,6 +292,10 @@ _PROPERTY_SIZES: dict[int, int | str] = {
 }  # fmt: skip
 
 
+# Properties that may appear more than once: User Property, Subscription Identifier.
+_REPEATABLE = frozenset({0x26, 0x0B})
+
+
 def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
     """Skip MQTT 5 properties at ``at``; the integer ones by identifier, and the end."""
     length, at = _read_varint(body, at)
@@ -284,11 +303,15 @@ def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
     if end > len(body):
         raise ProtocolError("properties beyond the packet")
     found: dict[int, int] = {}
+    seen: set[int] = set()
     while at < end:
         identifier, at = _read_varint(body, at)
         size = _PROPERTY_SIZES.get(identifier)
         if size is None:
             raise ProtocolError(f"an unknown property 0x{identifier:02X}")
+        if identifier in seen and identifier not in _REPEATABLE:
+            raise ProtocolError(f"property 0x{identifier:02X} more than once")  # MQTT 5, 2.2.2.2
+        seen.add(identifier)
         if size == "v":
             found[identifier], at = _read_varint(body, at)
         elif size == "s":
@@ -314,6 +337,7 @@ class Connack(NamedTuple):
     receive_maximum: int | None = None  # most unacknowledged QoS 1 and 2 messages it takes
     server_keepalive: int | None = None  # the keepalive it imposes (seconds; 0: none)
     maximum_qos: int | None = None  # the highest QoS it takes (0 or 1; None: 2)
+    maximum_packet_size: int | None = None  # the largest packet it takes (bytes; None: any)
 
 
 def parse_connack(body: memoryview, v5: bool) -> Connack:
@@ -327,13 +351,23 @@ def parse_connack(body: memoryview, v5: bool) -> Connack:
     receive_maximum = found.get(0x21)
     if receive_maximum == 0:
         raise ProtocolError("a Receive Maximum of 0")
-    return Connack(ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24))
+    maximum_packet_size = found.get(0x27)
+    if maximum_packet_size == 0:
+        raise ProtocolError("a Maximum Packet Size of 0")
+    return Connack(
+        ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24), maximum_packet_size
+    )
 
 
 def parse_ack(body: memoryview) -> tuple[int, ReasonCode]:
-    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it)."""
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it, and
+    the properties after it)."""
     mid = _u16(body, 0)
-    return mid, ReasonCode(body[2]) if len(body) > 2 else SUCCESS
+    if len(body) <= 2:
+        return mid, SUCCESS
+    if len(body) > 3 and _properties(body, 3)[1] != len(body):
+        raise ProtocolError("bytes after the properties of an acknowledgement")
+    return mid, ReasonCode(body[2])
 
 
 def parse_suback(body: memoryview, v5: bool) -> tuple[int, list[int]]:
@@ -355,13 +389,17 @@ def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, i
         topic = bytes(body[2 : 2 + size]).decode()
     except UnicodeDecodeError as exc:
         raise ProtocolError("a PUBLISH topic that is not UTF-8") from exc
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ProtocolError(f"a PUBLISH topic that is not a topic name: {topic[:100]!r}")
     at = 2 + size
     mid = 0
     if qos:
         mid = _u16(body, at)
         at += 2
     if v5:
-        at = _properties(body, at)[1]
+        found, at = _properties(body, at)
+        if 0x23 in found:  # the CONNECT sets no Topic Alias Maximum: 0, none allowed
+            raise ProtocolError("a PUBLISH with a topic alias (the gateway allows none)")
     return topic, bytes(body[at:]), qos, mid
 
 

@@ -79,6 +79,8 @@ log = structlog.get_logger("plugins.mqtt")
 MAX_IN_FLIGHT = 60_000
 TOPIC_CACHE = 100_000  # encoded topic names kept per session (one per signal, in practice)
 
+_PACKET_TOO_LARGE = ReasonCode(0x95)
+
 PUBACK_REFUSALS = frozenset({0x80, 0x83, 0x87, 0x90, 0x99})
 """PUBACK (and PUBREC) reason codes (MQTT 5.0, 3.4.2.1) that refuse this message for good: sent
 again, it would be refused again. 0x87 Not authorized, 0x90 Topic Name invalid and 0x99 Payload
@@ -266,6 +268,10 @@ class Session(asyncio.Protocol):
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_unanswered = False
         self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
+        # The largest remaining length of a PUBLISH the broker takes (its Maximum Packet Size
+        # less the fixed header's 5 bytes at most); a longer message is checked exactly.
+        self._max_remaining = packets.MAX_REMAINING
+        self._max_packet = 0  # an MQTT 5 broker's Maximum Packet Size (0: not set)
 
     @property
     def lost(self) -> str | None:
@@ -410,10 +416,14 @@ class Session(asyncio.Protocol):
                 name = topics.get(topic) or self._topic(topic)
                 if isinstance(payload, str):
                     payload = payload.encode()
+                remaining = len(name) + extra + len(payload)
+                if remaining > self._max_remaining and self._too_large(remaining):
+                    # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
+                    delivery.refuse(position, _PACKET_TOO_LARGE)
+                    continue
                 mid = mid + 1 if mid < 65535 else 1
                 while mid in pending:  # never reuse an id in flight
                     mid = mid + 1 if mid < 65535 else 1
-                remaining = len(name) + extra + len(payload)
                 append(
                     bytes((first, remaining))
                     if remaining < 128
@@ -431,6 +441,15 @@ class Session(asyncio.Protocol):
         finally:
             self._mid = mid
         self._write(b"".join(parts))
+
+    def _too_large(self, remaining: int) -> bool:
+        """A PUBLISH of ``remaining`` bytes after its fixed header exceeds the broker's Maximum
+        Packet Size (without one, MQTT's own limit is publish_header's to enforce)."""
+        limit = self._max_packet
+        return bool(limit) and (
+            remaining > packets.MAX_REMAINING
+            or len(packets.publish_header(0, remaining)) + remaining > limit
+        )
 
     def _topic(self, topic: str) -> bytes:
         if len(self._topics) >= TOPIC_CACHE:
@@ -527,8 +546,10 @@ class Session(asyncio.Protocol):
             delivery.fail(self.error(reason))
 
     def _ping(self) -> None:
-        """Every ``keepalive_s``: a PINGREQ; the session is lost if the last one had no
-        answer (a broker that hangs would otherwise hold everything until a timeout)."""
+        """Every ``keepalive_s``: a PINGREQ; the session is lost if no packet came from the
+        broker since the last one (a broker that hangs would otherwise hold everything until a
+        timeout). Any complete packet counts, not only its PINGRESP: on a slow link a PINGREQ
+        waits behind every byte written before it, while the broker's PUBACKs keep coming."""
         if self._lost is not None:
             return
         if self._ping_unanswered:
@@ -580,8 +601,11 @@ class Session(asyncio.Protocol):
                 data = b""
             elif at:
                 data = data[at:]
+            if at:
+                self._ping_unanswered = False  # the broker is alive (see _ping)
         try:
             for kind, flags, body in self._decoder.feed(data):
+                self._ping_unanswered = False
                 if kind == packets.PUBACK:
                     self._acknowledged(*packets.parse_ack(body))
                 elif kind == packets.PUBLISH:
@@ -658,6 +682,9 @@ class Session(asyncio.Protocol):
         receive_maximum = connack.receive_maximum
         if receive_maximum and not 0 < self._window <= receive_maximum:
             self._window = receive_maximum
+        if connack.maximum_packet_size is not None:
+            self._max_packet = connack.maximum_packet_size
+            self._max_remaining = max(0, connack.maximum_packet_size - 5)
         if connack.server_keepalive is not None and connack.server_keepalive != self._keepalive_s:
             self._keepalive_s = connack.server_keepalive  # the broker's word is final
             if self._keepalive is not None:

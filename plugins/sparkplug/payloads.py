@@ -203,7 +203,12 @@ class Catalog:
         if device is None:
             device = self.devices[device_id] = _Device(device_id)
         for other in device.metrics:
-            if other.name == name or (spectrum and other.name == f"{name}/axis"):
+            # A spectrum brings a second metric, "<name>/axis": no name may meet another's.
+            if (
+                other.name == name
+                or (spectrum and other.name == f"{name}/axis")
+                or (other.spectrum and name == f"{other.name}/axis")
+            ):
                 raise ValueError(
                     f"signals {other.signal} and {signal_id} both map to metric {name!r} of"
                     f" Sparkplug device {device_id!r}"
