@@ -13,6 +13,7 @@ against brokers and peers that misbehave (scripted brokers on loopback, a real M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import time
@@ -350,3 +351,63 @@ async def test_a_deeply_nested_state_is_an_invalid_state(
 def sample_of(signal: Signal, seq: int) -> Sample:
     ts = time.time_ns()
     return Sample(signal.id, 7.0, signal.unit, ts, ts, Quality.GOOD, seq, None)
+
+
+def test_a_huge_ncmd_is_not_decoded_and_problems_are_bounded() -> None:
+    """A 15 MB NCMD of 1.7 million metrics (each an unknown one) took 0.9 s of the event loop
+    and 320 MB to decode, and listed 1.7 million problems for the sink to log. It is refused
+    unparsed; a command under the limit lists at most MAX_PROBLEMS problems and a count."""
+    from plugins.sparkplug import sparkplug_b_pb2 as pb
+    from plugins.sparkplug.payloads import MAX_COMMAND, MAX_PROBLEMS, decode_command
+
+    metric = pb.Payload.Metric(name="x", datatype=11, boolean_value=True).SerializeToString()
+    field = b"\x12" + bytes((len(metric),)) + metric  # Payload.metrics (2), length-delimited
+    huge = decode_command(field * (15_000_000 // len(field)))
+    assert not huge.rebirth and len(huge.problems) == 1, huge.problems[:3]
+    assert f"more than {MAX_COMMAND}" in huge.problems[0]
+    many = field * (MAX_COMMAND // len(field))
+    command = decode_command(many)
+    assert len(command.problems) == MAX_PROBLEMS + 1, len(command.problems)
+    assert command.problems[-1] == f"and {len(many) // len(field) - MAX_PROBLEMS} more"
+
+
+@pytest.mark.asyncio
+async def test_open_cancelled_at_any_point_leaves_nothing_behind() -> None:
+    """``open()`` cancelled before the TCP connection, while waiting for the CONNACK, for the
+    SUBACK, and right after: every session ends (lost), its connection closed by the broker's
+    side seeing EOF, no task left over."""
+    accepted = closed = 0
+
+    async def slow_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted, closed
+        accepted += 1
+        buffer = bytearray()
+        try:
+            await read_until(reader, buffer, 1)
+            await asyncio.sleep(0.01)
+            writer.write(b"\x20\x03\x00\x00\x00")
+            ((_, body),) = await read_until(reader, buffer, 1)
+            await asyncio.sleep(0.01)
+            writer.write(b"\x90\x04" + body[:2] + b"\x00\x01")
+            await reader.read()
+        except ConnectionError:
+            pass
+        closed += 1
+
+    sessions = []
+    async with scripted(slow_broker) as url:
+        loop = asyncio.get_running_loop()
+        for step in range(40):
+            session = Session(settings(url, subscriptions=(("cmd", 1),)), step, loop)
+            sessions.append(session)
+            task = asyncio.create_task(session.open(), name=f"open-{step}")
+            await asyncio.sleep(step * 0.001)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if task.cancelled():
+                assert session.lost is not None, step
+            else:
+                session.abort("test: done")
+        await wait_for(lambda: closed == accepted, within=20, what="every connection closed")
+    assert all(s.lost is not None for s in sessions)
