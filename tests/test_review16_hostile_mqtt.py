@@ -411,3 +411,24 @@ async def test_open_cancelled_at_any_point_leaves_nothing_behind() -> None:
                 session.abort("test: done")
         await wait_for(lambda: closed == accepted, within=20, what="every connection closed")
     assert all(s.lost is not None for s in sessions)
+
+
+@pytest.mark.asyncio
+async def test_a_suback_before_the_subscribe_does_not_end_open() -> None:
+    """A broker that sends a SUBACK (id 0) right after its CONNACK, before the session
+    subscribed, and never answers the real SUBSCRIBE: ``open()`` took that SUBACK for the
+    answer and returned with nothing subscribed (a Sparkplug node deaf to NCMD and STATE)."""
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, bytearray(), 1)
+        writer.write(b"\x20\x03\x00\x00\x00" + b"\x90\x04\x00\x00\x00\x01")
+        await reader.read()
+
+    async with scripted(early) as url:
+        session = Session(
+            settings(url, subscriptions=(("cmd", 1),), connect_timeout_s=1.0),
+            1,
+            asyncio.get_running_loop(),
+        )
+        with pytest.raises(MqttError, match="no SUBACK within 1 s"):
+            await session.open()

@@ -411,13 +411,14 @@ class Session(asyncio.Protocol):
         parts: list[bytes] = []
         append = parts.append
         mid = self._mid
+        max_remaining = self._max_remaining
         try:
             for position, (topic, payload) in enumerate(messages, start):
                 name = topics.get(topic) or self._topic(topic)
                 if isinstance(payload, str):
                     payload = payload.encode()
                 remaining = len(name) + extra + len(payload)
-                if remaining > self._max_remaining and self._too_large(remaining):
+                if remaining > max_remaining and self._too_large(remaining):
                     # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
                     delivery.refuse(position, _PACKET_TOO_LARGE)
                     continue
@@ -667,7 +668,8 @@ class Session(asyncio.Protocol):
             self._connack_received(packets.parse_connack(body, self._v5))
         elif kind == packets.SUBACK:
             mid, codes = packets.parse_suback(body, self._v5)
-            if mid == self._subscribe_mid and not self._suback.done():
+            # (0 before the SUBSCRIBE is sent: no SUBACK can be its answer yet.)
+            if mid == self._subscribe_mid and mid and not self._suback.done():
                 self._suback.set_result(codes)
         elif kind == packets.DISCONNECT:
             self._disconnected(packets.parse_disconnect(body))
