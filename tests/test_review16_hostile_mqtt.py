@@ -19,9 +19,11 @@ import struct
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from conftest import wait_for
 from mosquitto import Mosquitto, Subscriber
+from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 from test_mqtt_session import (
     CONNACK,
@@ -432,3 +434,61 @@ async def test_a_suback_before_the_subscribe_does_not_end_open() -> None:
         )
         with pytest.raises(MqttError, match="no SUBACK within 1 s"):
             await session.open()
+
+
+def test_an_oversized_publish_is_cut_to_its_head_and_skipped() -> None:
+    """A PUBLISH beyond MAX_PACKET, in 1 MiB reads, then a PUBACK: the decoder yields the
+    PUBLISH's head (topic and id, to acknowledge it) as OVERSIZE, drops the rest as it comes,
+    and reads the PUBACK after it. Any other packet type that large stays a protocol error."""
+    size = packets.MAX_PACKET + 1000
+    body = b"\x00\x03cmd\x00\x2a" + b"z" * (size - 7)
+    stream = packets.publish_header(0x32, len(body)) + body + b"\x40\x02\x00\x07"
+    decoder = packets.Decoder()
+    found = []
+    for at in range(0, len(stream), 1 << 20):
+        found += [(k, f, bytes(b)) for k, f, b in decoder.feed(stream[at : at + (1 << 20)])]
+    assert [k for k, _, _ in found] == [packets.OVERSIZE, packets.PUBACK]
+    assert packets.parse_oversize(found[0][1], memoryview(found[0][2])) == ("cmd", 1, 42)
+    assert len(found[0][2]) < 70_000 and not decoder.partial
+    with pytest.raises(packets.ProtocolError, match="more than"):
+        list(packets.Decoder().feed(b"\x40\xff\xff\xff\x7f"))
+
+
+@pytest.mark.asyncio
+async def test_a_retained_message_beyond_the_limit_does_not_end_every_mqtt311_session(
+    tmp_path: Path,
+) -> None:
+    """MQTT 3.1.1 cannot tell the broker the client's packet limit: a retained 17 MiB message
+    on a subscribed topic (a STATE topic, say) came right after the SUBACK and ended the
+    session ("protocol error"), at every connect: an outage until someone clears it. Now it
+    is acknowledged, dropped and logged, and the session goes on."""
+    received: list[bytes] = []
+    async with Mosquitto(tmp_path / "broker") as broker:
+        await asyncio.to_thread(
+            publish_with_paho, broker, [("state/h", b"x" * (17 * 1024 * 1024), 1, True)]
+        )
+        subscribed = settings(
+            broker.url,
+            protocol="3.1.1",
+            subscriptions=(("state/h", 1),),
+            on_message=lambda topic, payload: received.append(payload),
+        )
+        with capture_logs() as logs:
+            async with opened(subscribed) as session:
+                await asyncio.to_thread(publish_with_paho, broker, [("state/h", b"ok", 1, False)])
+                await wait_for(lambda: received, within=20, what="the message after it")
+                assert received == [b"ok"] and session.usable, session.lost
+    assert [e["topic"] for e in logs if e["event"] == "mqtt.message_too_large"] == ["state/h"]
+
+
+def publish_with_paho(broker: Mosquitto, messages: list[tuple[str, bytes, int, bool]]) -> None:
+    """Publish with an independent client (paho-mqtt), retained or not."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher")
+    client.connect("127.0.0.1", broker.port, 30)
+    client.loop_start()
+    try:
+        for topic_name, payload, qos, retain in messages:
+            client.publish(topic_name, payload, qos, retain).wait_for_publish(20)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -24,6 +24,7 @@ __all__ = [
     "parse_ack",
     "parse_connack",
     "parse_disconnect",
+    "parse_oversize",
     "parse_publish",
     "parse_suback",
     "ping_packet",
@@ -35,6 +36,10 @@ __all__ = [
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+OVERSIZE = 16
+"""Not an MQTT type: what :class:`Decoder` yields for a PUBLISH beyond :data:`MAX_PACKET`, the
+body cut after its topic and message id (the rest is skipped, never buffered)."""
+_HEAD = 2 + 65535 + 2  # a PUBLISH's topic (at most 65,535 bytes) and message id
 
 MAX_REMAINING = 268_435_455  # the largest remaining length MQTT can express (4 bytes)
 MAX_PACKET = 16 * 1024 * 1024
@@ -203,16 +208,17 @@ def disconnect_packet() -> bytes:
 class Decoder:
     """Cuts a byte stream into packets, across reads of any size."""
 
-    __slots__ = ("_buffer", "_need")
+    __slots__ = ("_buffer", "_need", "_skip")
 
     def __init__(self) -> None:
         self._buffer = bytearray()  # a partial packet: appended to, not copied, per read
         self._need = 0  # the partial packet's full size once its header is known
+        self._skip = 0  # bytes of an oversized PUBLISH still to come, to be dropped
 
     @property
     def partial(self) -> bool:
-        """Part of a packet is waiting for the rest."""
-        return bool(self._buffer)
+        """Part of a packet is waiting for the rest (or being skipped)."""
+        return bool(self._buffer) or self._skip > 0
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         """The complete packets in what has arrived so far: (type, flags, body); keeps a
@@ -220,7 +226,19 @@ class Decoder:
 
         A packet arriving in many small reads is appended to a buffer and parsed once it is
         complete: each byte is copied a bounded number of times (a 16 MiB packet in 1,460-byte
-        reads cost seconds of CPU when every read copied the whole partial packet again)."""
+        reads cost seconds of CPU when every read copied the whole partial packet again).
+
+        A PUBLISH beyond :data:`MAX_PACKET` is yielded as :data:`OVERSIZE` with its body cut
+        after the topic and message id (enough to acknowledge it), the rest dropped as it
+        comes: MQTT 3.1.1 cannot tell the broker the limit, and a retained message that large
+        on a subscribed topic would otherwise end every session right after it connects. Any
+        other packet that large is a :class:`ProtocolError`."""
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
         if self._buffer:
             self._buffer += data
             if len(self._buffer) < self._need:
@@ -253,7 +271,15 @@ class Decoder:
                     if shift > 21:
                         raise ProtocolError("a remaining length longer than 4 bytes")
             if length > MAX_PACKET:
-                raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
+                if first >> 4 != PUBLISH:
+                    raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
+                if start + _HEAD > end:
+                    self._need = start + _HEAD - at
+                    break
+                yield OVERSIZE, first & 0x0F, view[start : start + _HEAD]
+                self._skip = max(0, start + length - end)
+                at = min(start + length, end)
+                continue
             if start + length > end:
                 self._need = start + length - at
                 break
@@ -401,6 +427,15 @@ def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, i
         if 0x23 in found:  # the CONNECT sets no Topic Alias Maximum: 0, none allowed
             raise ProtocolError("a PUBLISH with a topic alias (the gateway allows none)")
     return topic, bytes(body[at:]), qos, mid
+
+
+def parse_oversize(flags: int, body: memoryview) -> tuple[str, int, int]:
+    """The topic (any bytes replaced by U+FFFD), QoS and message id of an :data:`OVERSIZE`
+    PUBLISH."""
+    qos = (flags >> 1) & 0x03
+    size = _u16(body, 0)
+    topic = bytes(body[2 : 2 + size]).decode("utf-8", "replace")
+    return topic, qos, _u16(body, 2 + size) if qos else 0
 
 
 def parse_disconnect(body: memoryview) -> ReasonCode:

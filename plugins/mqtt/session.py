@@ -612,7 +612,7 @@ class Session(asyncio.Protocol):
                 elif kind == packets.PUBLISH:
                     self._received(flags, body)
                 else:
-                    self._control(kind, body)
+                    self._control(kind, body, flags)
                 if self._lost is not None:
                     return
         except ProtocolError as exc:
@@ -646,7 +646,7 @@ class Session(asyncio.Protocol):
                 )
             )
 
-    def _control(self, kind: int, body: memoryview) -> None:
+    def _control(self, kind: int, body: memoryview, flags: int = 0) -> None:
         if kind == packets.PUBREC:
             mid, reason_code = packets.parse_ack(body)
             if reason_code.is_failure:
@@ -673,6 +673,8 @@ class Session(asyncio.Protocol):
                 self._suback.set_result(codes)
         elif kind == packets.DISCONNECT:
             self._disconnected(packets.parse_disconnect(body))
+        elif kind == packets.OVERSIZE:
+            self._oversize(flags, body)
         else:
             raise ProtocolError(f"an unexpected packet of type {kind}")
 
@@ -730,6 +732,31 @@ class Session(asyncio.Protocol):
                 error=_describe(exc)[:200],
                 exc_info=exc,
             )
+
+    def _oversize(self, flags: int, body: memoryview) -> None:
+        """A PUBLISH beyond :data:`packets.MAX_PACKET`: acknowledged and dropped, logged. (An
+        MQTT 3.1.1 broker cannot be told the limit: a retained message that large on a
+        subscribed topic would otherwise end every session right after it connects. An MQTT 5
+        broker was told, in the CONNECT: from it, a protocol error.)"""
+        if self._v5:
+            raise ProtocolError(
+                f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
+            )
+        topic, qos, mid = packets.parse_oversize(flags, body)
+        if qos == 3:
+            raise ProtocolError("a PUBLISH with QoS 3")
+        if qos == 1:
+            self._write(packets.puback_packet(packets.PUBACK, mid))
+        elif qos == 2:
+            self._write(packets.puback_packet(packets.PUBREC, mid))
+            self._received_qos2.add(mid)
+        log.warning(
+            "mqtt.message_too_large",
+            url=self.settings.url,
+            topic=topic[:200],
+            limit=packets.MAX_PACKET,
+            detail="a message from the broker larger than the limit: acknowledged and dropped",
+        )
 
     def _disconnected(self, reason_code: ReasonCode) -> None:
         reason = f"the broker closed the connection: {reason_code}"
