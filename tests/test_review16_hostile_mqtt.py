@@ -492,3 +492,36 @@ def publish_with_paho(broker: Mosquitto, messages: list[tuple[str, bytes, int, b
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+@pytest.mark.asyncio
+async def test_pubacks_out_of_order_release_only_what_they_acknowledge() -> None:
+    """QoS 1 exactness against a broker that acknowledges in reverse order, one id twice and
+    an id never sent: the delivery counts each message once and is done only with the last
+    PUBACK; a PUBACK after the session's abort changes nothing."""
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def reverse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = await accept(reader, writer)
+        sent.extend(publish_mid(body) for _, body in await read_until(reader, buffer, 10))
+        acks = [b"\x40\x02" + struct.pack("!H", mid) for mid in reversed(sent)]
+        writer.write(b"".join(acks[:9]) + acks[0] + b"\x40\x02\xbe\xef")  # 9, a repeat, a stray
+        ((_, marker),) = await read_until(reader, buffer, 1)
+        writer.write(b"\x40\x02" + struct.pack("!H", publish_mid(marker)))  # behind them
+        await release.wait()
+        writer.write(acks[9])  # the last one, after the abort
+        await reader.read()
+
+    async with scripted(reverse) as url, opened(settings(url, protocol="3.1.1")) as session:
+        delivery = session.publish([(f"t/{i}", b"v") for i in range(10)])
+        await wait_for(lambda: len(sent) == 10, within=10, what="the ten messages")
+        marker = session.publish([("marker", b"m")])
+        async with asyncio.timeout(10):
+            await marker.wait()  # every PUBACK before the marker's was read
+        assert delivery.remaining == 1
+        session.abort("test: cut")
+        release.set()
+        with pytest.raises(MqttError, match="test: cut"):
+            await delivery.wait()
+        assert delivery.remaining == 1
