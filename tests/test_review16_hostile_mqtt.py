@@ -40,7 +40,7 @@ from test_sparkplug import spb as spb  # the fixture: the test's own protobuf de
 
 from gateway import Quality, Sample, Signal, SignalKind
 from plugins.mqtt import packets
-from plugins.mqtt.session import MqttError, Session
+from plugins.mqtt.session import MqttError, Session, SessionSettings
 from plugins.sparkplug.payloads import Catalog
 
 # --- the codec ----------------------------------------------------------------------------------
@@ -119,6 +119,14 @@ def test_a_property_given_twice_is_a_protocol_error() -> None:
 # --- the session against scripted brokers -------------------------------------------------------
 
 
+async def started(chosen: SessionSettings) -> Session:
+    """A session opened and ready (closed by the test)."""
+    session = Session(chosen, 1, asyncio.get_running_loop())
+    await session.open()
+    session.ready = True
+    return session
+
+
 @pytest.mark.asyncio
 async def test_a_slow_link_that_keeps_acknowledging_is_not_cut() -> None:
     """A broker behind a slow link (~50 kB/s here) reads 200 kB of messages in seconds and
@@ -142,11 +150,7 @@ async def test_a_slow_link_that_keeps_acknowledging_is_not_cut() -> None:
             await asyncio.sleep(0.02)
 
     async with scripted(slow) as url:
-        session = Session(
-            settings(url, protocol="3.1.1", keepalive_s=1), 1, asyncio.get_running_loop()
-        )
-        await session.open()
-        session.ready = True
+        session = await started(settings(url, protocol="3.1.1", keepalive_s=1))
         delivery = session.publish([(f"t/{i}", b"v" * 1000) for i in range(200)])
         async with asyncio.timeout(60):
             await delivery.wait()
@@ -168,13 +172,7 @@ async def test_a_broker_that_trickles_a_packet_is_cut_at_the_keepalive() -> None
             await asyncio.sleep(0.1)
 
     async with scripted(trickle) as url:
-        session = Session(
-            settings(url, protocol="5", keepalive_s=1, subscriptions=()),
-            1,
-            asyncio.get_running_loop(),
-        )
-        await session.open()
-        session.ready = True
+        session = await started(settings(url, protocol="5", keepalive_s=1))
         delivery = session.publish([("a", b"1")])
         with pytest.raises(MqttError, match="no answer to PINGREQ within 1 s"):
             async with asyncio.timeout(20):
@@ -525,3 +523,20 @@ async def test_pubacks_out_of_order_release_only_what_they_acknowledge() -> None
         with pytest.raises(MqttError, match="test: cut"):
             await delivery.wait()
         assert delivery.remaining == 1
+
+
+@pytest.mark.asyncio
+async def test_a_broker_that_sends_but_no_longer_reads_is_cut_at_the_keepalive() -> None:
+    """A broker whose reading side hangs while it still forwards messages to us: its PUBLISHes
+    must not count as answers to PINGREQ (what we write, PUBACKs included, would pile up)."""
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept(reader, writer)
+        while not writer.is_closing():
+            writer.write(b"\x30\x0e\x00\x07state/hhere!")  # QoS 0, 3.1.1
+            await asyncio.sleep(0.1)
+
+    async with scripted(deaf) as url:
+        session = await started(settings(url, protocol="3.1.1", keepalive_s=1))
+        await wait_for(lambda: session.lost is not None, within=20, what="the session's end")
+        assert session.lost == "no answer to PINGREQ within 1 s (keepalive_s)"

@@ -547,10 +547,11 @@ class Session(asyncio.Protocol):
             delivery.fail(self.error(reason))
 
     def _ping(self) -> None:
-        """Every ``keepalive_s``: a PINGREQ; the session is lost if no packet came from the
-        broker since the last one (a broker that hangs would otherwise hold everything until a
-        timeout). Any complete packet counts, not only its PINGRESP: on a slow link a PINGREQ
-        waits behind every byte written before it, while the broker's PUBACKs keep coming."""
+        """Every ``keepalive_s``: a PINGREQ; the session is lost if the broker answered nothing
+        we sent since the last one (a broker that hangs would otherwise hold everything until a
+        timeout). Any answer counts, not only its PINGRESP: on a slow link a PINGREQ waits
+        behind every byte written before it, while the broker's PUBACKs keep coming. Its own
+        PUBLISHes do not: they say nothing about whether it still reads."""
         if self._lost is not None:
             return
         if self._ping_unanswered:
@@ -603,16 +604,18 @@ class Session(asyncio.Protocol):
             elif at:
                 data = data[at:]
             if at:
-                self._ping_unanswered = False  # the broker is alive (see _ping)
+                self._ping_unanswered = False  # the broker reads what we send (see _ping)
         try:
             for kind, flags, body in self._decoder.feed(data):
-                self._ping_unanswered = False
                 if kind == packets.PUBACK:
                     self._acknowledged(*packets.parse_ack(body))
+                    self._ping_unanswered = False
                 elif kind == packets.PUBLISH:
-                    self._received(flags, body)
+                    self._received(flags, body)  # (proves nothing about our direction)
                 else:
                     self._control(kind, body, flags)
+                    if kind != packets.OVERSIZE:
+                        self._ping_unanswered = False
                 if self._lost is not None:
                     return
         except ProtocolError as exc:
