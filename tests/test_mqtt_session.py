@@ -319,7 +319,7 @@ def test_the_decoder_refuses_bad_lengths() -> None:
     with pytest.raises(packets.ProtocolError, match="longer than 4 bytes"):
         list(packets.Decoder().feed(b"\x30\xff\xff\xff\xff\x01"))
     with pytest.raises(packets.ProtocolError, match="more than"):
-        list(packets.Decoder().feed(b"\x30\xff\xff\xff\x7f"))
+        list(packets.Decoder().feed(b"\x40\xff\xff\xff\x7f"))  # (an oversized PUBLISH: skipped)
 
 
 def test_reason_codes_read_like_the_standard() -> None:

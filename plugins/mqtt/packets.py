@@ -24,6 +24,7 @@ __all__ = [
     "parse_ack",
     "parse_connack",
     "parse_disconnect",
+    "parse_oversize",
     "parse_publish",
     "parse_suback",
     "ping_packet",
@@ -35,6 +36,10 @@ __all__ = [
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
+OVERSIZE = 16
+"""Not an MQTT type: what :class:`Decoder` yields for a PUBLISH beyond :data:`MAX_PACKET`, the
+body cut after its topic and message id (the rest is skipped, never buffered)."""
+_HEAD = 2 + 65535 + 2  # a PUBLISH's topic (at most 65,535 bytes) and message id
 
 MAX_REMAINING = 268_435_455  # the largest remaining length MQTT can express (4 bytes)
 MAX_PACKET = 16 * 1024 * 1024
@@ -203,20 +208,46 @@ def disconnect_packet() -> bytes:
 class Decoder:
     """Cuts a byte stream into packets, across reads of any size."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_need", "_skip")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()  # a partial packet: appended to, not copied, per read
+        self._need = 0  # the partial packet's full size once its header is known
+        self._skip = 0  # bytes of an oversized PUBLISH still to come, to be dropped
 
     @property
     def partial(self) -> bool:
-        """Part of a packet is waiting for the rest."""
-        return bool(self._buffer)
+        """Part of a packet is waiting for the rest (or being skipped)."""
+        return bool(self._buffer) or self._skip > 0
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         """The complete packets in what has arrived so far: (type, flags, body); keeps a
-        partial packet for the next call. :class:`ProtocolError` on a bad length."""
-        buffer = self._buffer + data if self._buffer else data
+        partial packet for the next call. :class:`ProtocolError` on a bad length.
+
+        A packet arriving in many small reads is appended to a buffer and parsed once it is
+        complete: each byte is copied a bounded number of times (a 16 MiB packet in 1,460-byte
+        reads cost seconds of CPU when every read copied the whole partial packet again).
+
+        A PUBLISH beyond :data:`MAX_PACKET` is yielded as :data:`OVERSIZE` with its body cut
+        after the topic and message id (enough to acknowledge it), the rest dropped as it
+        comes: MQTT 3.1.1 cannot tell the broker the limit, and a retained message that large
+        on a subscribed topic would otherwise end every session right after it connects. Any
+        other packet that large is a :class:`ProtocolError`."""
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
+        if self._buffer:
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return
+            buffer = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            buffer = data
+        self._need = 0
         view = memoryview(buffer)
         end = len(buffer)
         at = 0
@@ -229,7 +260,7 @@ class Decoder:
                 shift = 7
                 while True:
                     if start >= end:
-                        self._buffer = buffer[at:]
+                        self._buffer += view[at:]
                         return
                     byte = buffer[start]
                     start += 1
@@ -240,12 +271,22 @@ class Decoder:
                     if shift > 21:
                         raise ProtocolError("a remaining length longer than 4 bytes")
             if length > MAX_PACKET:
-                raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
+                if first >> 4 != PUBLISH:
+                    raise ProtocolError(f"a packet of {length} bytes (more than {MAX_PACKET})")
+                if start + _HEAD > end:
+                    self._need = start + _HEAD - at
+                    break
+                yield OVERSIZE, first & 0x0F, view[start : start + _HEAD]
+                self._skip = max(0, start + length - end)
+                at = min(start + length, end)
+                continue
             if start + length > end:
+                self._need = start + length - at
                 break
             at = start + length
             yield first >> 4, first & 0x0F, view[start:at]
-        self._buffer = buffer[at:] if at < end else b""
+        if at < end:
+            self._buffer += view[at:]
 
 
 def _u16(body: memoryview, at: int) -> int:
@@ -277,6 +318,10 @@ _PROPERTY_SIZES: dict[int, int | str] = {
 }  # fmt: skip
 
 
+# Properties that may appear more than once: User Property, Subscription Identifier.
+_REPEATABLE = frozenset({0x26, 0x0B})
+
+
 def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
     """Skip MQTT 5 properties at ``at``; the integer ones by identifier, and the end."""
     length, at = _read_varint(body, at)
@@ -284,11 +329,15 @@ def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
     if end > len(body):
         raise ProtocolError("properties beyond the packet")
     found: dict[int, int] = {}
+    seen: set[int] = set()
     while at < end:
         identifier, at = _read_varint(body, at)
         size = _PROPERTY_SIZES.get(identifier)
         if size is None:
             raise ProtocolError(f"an unknown property 0x{identifier:02X}")
+        if identifier in seen and identifier not in _REPEATABLE:
+            raise ProtocolError(f"property 0x{identifier:02X} more than once")  # MQTT 5, 2.2.2.2
+        seen.add(identifier)
         if size == "v":
             found[identifier], at = _read_varint(body, at)
         elif size == "s":
@@ -314,6 +363,7 @@ class Connack(NamedTuple):
     receive_maximum: int | None = None  # most unacknowledged QoS 1 and 2 messages it takes
     server_keepalive: int | None = None  # the keepalive it imposes (seconds; 0: none)
     maximum_qos: int | None = None  # the highest QoS it takes (0 or 1; None: 2)
+    maximum_packet_size: int | None = None  # the largest packet it takes (bytes; None: any)
 
 
 def parse_connack(body: memoryview, v5: bool) -> Connack:
@@ -327,13 +377,23 @@ def parse_connack(body: memoryview, v5: bool) -> Connack:
     receive_maximum = found.get(0x21)
     if receive_maximum == 0:
         raise ProtocolError("a Receive Maximum of 0")
-    return Connack(ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24))
+    maximum_packet_size = found.get(0x27)
+    if maximum_packet_size == 0:
+        raise ProtocolError("a Maximum Packet Size of 0")
+    return Connack(
+        ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24), maximum_packet_size
+    )
 
 
 def parse_ack(body: memoryview) -> tuple[int, ReasonCode]:
-    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it)."""
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it, and
+    the properties after it)."""
     mid = _u16(body, 0)
-    return mid, ReasonCode(body[2]) if len(body) > 2 else SUCCESS
+    if len(body) <= 2:
+        return mid, SUCCESS
+    if len(body) > 3 and _properties(body, 3)[1] != len(body):
+        raise ProtocolError("bytes after the properties of an acknowledgement")
+    return mid, ReasonCode(body[2])
 
 
 def parse_suback(body: memoryview, v5: bool) -> tuple[int, list[int]]:
@@ -355,14 +415,27 @@ def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, i
         topic = bytes(body[2 : 2 + size]).decode()
     except UnicodeDecodeError as exc:
         raise ProtocolError("a PUBLISH topic that is not UTF-8") from exc
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ProtocolError(f"a PUBLISH topic that is not a topic name: {topic[:100]!r}")
     at = 2 + size
     mid = 0
     if qos:
         mid = _u16(body, at)
         at += 2
     if v5:
-        at = _properties(body, at)[1]
+        found, at = _properties(body, at)
+        if 0x23 in found:  # the CONNECT sets no Topic Alias Maximum: 0, none allowed
+            raise ProtocolError("a PUBLISH with a topic alias (the gateway allows none)")
     return topic, bytes(body[at:]), qos, mid
+
+
+def parse_oversize(flags: int, body: memoryview) -> tuple[str, int, int]:
+    """The topic (any bytes replaced by U+FFFD), QoS and message id of an :data:`OVERSIZE`
+    PUBLISH."""
+    qos = (flags >> 1) & 0x03
+    size = _u16(body, 0)
+    topic = bytes(body[2 : 2 + size]).decode("utf-8", "replace")
+    return topic, qos, _u16(body, 2 + size) if qos else 0
 
 
 def parse_disconnect(body: memoryview) -> ReasonCode:

@@ -79,6 +79,8 @@ log = structlog.get_logger("plugins.mqtt")
 MAX_IN_FLIGHT = 60_000
 TOPIC_CACHE = 100_000  # encoded topic names kept per session (one per signal, in practice)
 
+_PACKET_TOO_LARGE = ReasonCode(0x95)
+
 PUBACK_REFUSALS = frozenset({0x80, 0x83, 0x87, 0x90, 0x99})
 """PUBACK (and PUBREC) reason codes (MQTT 5.0, 3.4.2.1) that refuse this message for good: sent
 again, it would be refused again. 0x87 Not authorized, 0x90 Topic Name invalid and 0x99 Payload
@@ -266,6 +268,10 @@ class Session(asyncio.Protocol):
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_unanswered = False
         self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
+        # The largest remaining length of a PUBLISH the broker takes (its Maximum Packet Size
+        # less the fixed header's 5 bytes at most); a longer message is checked exactly.
+        self._max_remaining = packets.MAX_REMAINING
+        self._max_packet = 0  # an MQTT 5 broker's Maximum Packet Size (0: not set)
 
     @property
     def lost(self) -> str | None:
@@ -405,15 +411,20 @@ class Session(asyncio.Protocol):
         parts: list[bytes] = []
         append = parts.append
         mid = self._mid
+        max_remaining = self._max_remaining
         try:
             for position, (topic, payload) in enumerate(messages, start):
                 name = topics.get(topic) or self._topic(topic)
                 if isinstance(payload, str):
                     payload = payload.encode()
+                remaining = len(name) + extra + len(payload)
+                if remaining > max_remaining and self._too_large(remaining):
+                    # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
+                    delivery.refuse(position, _PACKET_TOO_LARGE)
+                    continue
                 mid = mid + 1 if mid < 65535 else 1
                 while mid in pending:  # never reuse an id in flight
                     mid = mid + 1 if mid < 65535 else 1
-                remaining = len(name) + extra + len(payload)
                 append(
                     bytes((first, remaining))
                     if remaining < 128
@@ -431,6 +442,15 @@ class Session(asyncio.Protocol):
         finally:
             self._mid = mid
         self._write(b"".join(parts))
+
+    def _too_large(self, remaining: int) -> bool:
+        """A PUBLISH of ``remaining`` bytes after its fixed header exceeds the broker's Maximum
+        Packet Size (without one, MQTT's own limit is publish_header's to enforce)."""
+        limit = self._max_packet
+        return bool(limit) and (
+            remaining > packets.MAX_REMAINING
+            or len(packets.publish_header(0, remaining)) + remaining > limit
+        )
 
     def _topic(self, topic: str) -> bytes:
         if len(self._topics) >= TOPIC_CACHE:
@@ -527,8 +547,11 @@ class Session(asyncio.Protocol):
             delivery.fail(self.error(reason))
 
     def _ping(self) -> None:
-        """Every ``keepalive_s``: a PINGREQ; the session is lost if the last one had no
-        answer (a broker that hangs would otherwise hold everything until a timeout)."""
+        """Every ``keepalive_s``: a PINGREQ; the session is lost if the broker answered nothing
+        we sent since the last one (a broker that hangs would otherwise hold everything until a
+        timeout). Any answer counts, not only its PINGRESP: on a slow link a PINGREQ waits
+        behind every byte written before it, while the broker's PUBACKs keep coming. Its own
+        PUBLISHes do not: they say nothing about whether it still reads."""
         if self._lost is not None:
             return
         if self._ping_unanswered:
@@ -580,14 +603,19 @@ class Session(asyncio.Protocol):
                 data = b""
             elif at:
                 data = data[at:]
+            if at:
+                self._ping_unanswered = False  # the broker reads what we send (see _ping)
         try:
             for kind, flags, body in self._decoder.feed(data):
                 if kind == packets.PUBACK:
                     self._acknowledged(*packets.parse_ack(body))
+                    self._ping_unanswered = False
                 elif kind == packets.PUBLISH:
-                    self._received(flags, body)
+                    self._received(flags, body)  # (proves nothing about our direction)
                 else:
-                    self._control(kind, body)
+                    self._control(kind, body, flags)
+                    if kind != packets.OVERSIZE:
+                        self._ping_unanswered = False
                 if self._lost is not None:
                     return
         except ProtocolError as exc:
@@ -621,7 +649,7 @@ class Session(asyncio.Protocol):
                 )
             )
 
-    def _control(self, kind: int, body: memoryview) -> None:
+    def _control(self, kind: int, body: memoryview, flags: int = 0) -> None:
         if kind == packets.PUBREC:
             mid, reason_code = packets.parse_ack(body)
             if reason_code.is_failure:
@@ -643,10 +671,13 @@ class Session(asyncio.Protocol):
             self._connack_received(packets.parse_connack(body, self._v5))
         elif kind == packets.SUBACK:
             mid, codes = packets.parse_suback(body, self._v5)
-            if mid == self._subscribe_mid and not self._suback.done():
+            # (0 before the SUBSCRIBE is sent: no SUBACK can be its answer yet.)
+            if mid == self._subscribe_mid and mid and not self._suback.done():
                 self._suback.set_result(codes)
         elif kind == packets.DISCONNECT:
             self._disconnected(packets.parse_disconnect(body))
+        elif kind == packets.OVERSIZE:
+            self._oversize(flags, body)
         else:
             raise ProtocolError(f"an unexpected packet of type {kind}")
 
@@ -658,6 +689,9 @@ class Session(asyncio.Protocol):
         receive_maximum = connack.receive_maximum
         if receive_maximum and not 0 < self._window <= receive_maximum:
             self._window = receive_maximum
+        if connack.maximum_packet_size is not None:
+            self._max_packet = connack.maximum_packet_size
+            self._max_remaining = max(0, connack.maximum_packet_size - 5)
         if connack.server_keepalive is not None and connack.server_keepalive != self._keepalive_s:
             self._keepalive_s = connack.server_keepalive  # the broker's word is final
             if self._keepalive is not None:
@@ -701,6 +735,31 @@ class Session(asyncio.Protocol):
                 error=_describe(exc)[:200],
                 exc_info=exc,
             )
+
+    def _oversize(self, flags: int, body: memoryview) -> None:
+        """A PUBLISH beyond :data:`packets.MAX_PACKET`: acknowledged and dropped, logged. (An
+        MQTT 3.1.1 broker cannot be told the limit: a retained message that large on a
+        subscribed topic would otherwise end every session right after it connects. An MQTT 5
+        broker was told, in the CONNECT: from it, a protocol error.)"""
+        if self._v5:
+            raise ProtocolError(
+                f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
+            )
+        topic, qos, mid = packets.parse_oversize(flags, body)
+        if qos == 3:
+            raise ProtocolError("a PUBLISH with QoS 3")
+        if qos == 1:
+            self._write(packets.puback_packet(packets.PUBACK, mid))
+        elif qos == 2:
+            self._write(packets.puback_packet(packets.PUBREC, mid))
+            self._received_qos2.add(mid)
+        log.warning(
+            "mqtt.message_too_large",
+            url=self.settings.url,
+            topic=topic[:200],
+            limit=packets.MAX_PACKET,
+            detail="a message from the broker larger than the limit: acknowledged and dropped",
+        )
 
     def _disconnected(self, reason_code: ReasonCode) -> None:
         reason = f"the broker closed the connection: {reason_code}"
