@@ -289,11 +289,6 @@ def test_a_metric_named_like_a_spectrums_axis_is_refused(spectrum_first: bool) -
 PH = Signal("reactor1/controller/ph", "[pH]", instrument="controller")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin.py logs sparkplug.rebirth_requested at info for every NCMD, not rate-limited:"
-    " a rebirth flood (10k/s) is a log flood (the births coalesce; the lines do not)",
-)
 @pytest.mark.asyncio
 async def test_a_rebirth_command_flood_is_not_a_log_flood(
     mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
@@ -320,12 +315,6 @@ async def test_a_rebirth_command_flood_is_not_a_log_flood(
     assert len(requested) <= 3, f"{len(requested)} lines for 300 requests"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plugin.py's STATE parser catches ValueError/TypeError/KeyError only: a deeply nested"
-    " JSON STATE raises RecursionError, logged by the session as mqtt.on_message_failed with a"
-    " traceback per message, not as sparkplug.state_invalid (rate-limited)",
-)
 @pytest.mark.asyncio
 async def test_a_deeply_nested_state_is_an_invalid_state(
     mosquitto: Mosquitto, tmp_path: Path

@@ -128,6 +128,8 @@ class SparkplugSink:
         self.bd_seq = -1  # the current connection's; the first connect makes it 0
         self.births = 0
         """NBIRTHs published (each with every DBIRTH), at connects and rebirths."""
+        self.rebirth_requests = 0
+        """Rebirth commands received (logged at most once per ``LOG_EVERY_S``, with a count)."""
         self.sessions = 0
         """Sessions established so far (each connect that the broker accepted)."""
         self.host_online = self.state_topic is None
@@ -274,7 +276,8 @@ class SparkplugSink:
             for problem in command.problems:
                 self._throttle.warning("sparkplug.ncmd_ignored", topic=topic, problem=problem)
             if command.rebirth:
-                log.info("sparkplug.rebirth_requested", topic=topic)
+                self.rebirth_requests += 1
+                self._throttle.log(log.info, "sparkplug.rebirth_requested", topic=topic)
                 self._rebirth()
         elif topic == self.state_topic:
             self._on_state(payload)
@@ -286,7 +289,8 @@ class SparkplugSink:
             timestamp = state["timestamp"]
             if type(online) is not bool or type(timestamp) is not int:
                 raise TypeError("online must be a boolean and timestamp an integer")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser goes ("[" * 100000).
             self._throttle.warning(
                 "sparkplug.state_invalid",
                 topic=self.state_topic,
