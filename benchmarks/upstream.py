@@ -336,8 +336,8 @@ class _Control:
 
 
 def _is_sample_topic(topic: bytes) -> bool:
-    # Not the retained metadata of each signal, nor the gateway's status.
-    return not topic.endswith((b"/meta", b"/status"))
+    # Not the retained metadata of each signal, nor the gateway's status or audit anchor.
+    return not topic.endswith((b"/meta", b"/status", b"/audit"))
 
 
 def _mqtt_string(text: str) -> bytes:
@@ -489,7 +489,7 @@ def _receive_paho(
         subscribed = True
 
     def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if not message.topic.endswith(("/meta", "/status")):
+        if _is_sample_topic(message.topic.encode()):
             record((clock(), bytes(message.payload)))
 
     client = mqtt.Client(
