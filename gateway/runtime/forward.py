@@ -12,7 +12,10 @@ See docs/decisions/0006-store-and-forward.md. For every sink that implements
   page in commit order, flagged ``historical``. Live batches go first; the backlog uses the
   sink's remaining concurrency and, optionally, a rate cap;
 - on a failed forward: marks the sink down, forgets the live queue (those samples are in the
-  store: they become backlog), and probes again after a jittered exponential backoff;
+  store: they become backlog), and probes again after a jittered exponential backoff — or at
+  once, if the sink can tell that its destination came back (``reachable``, checked every
+  :data:`REACHABLE_CHECK_S` while it is down and once unreachable: a backlog starts draining
+  within a fraction of a second of a broker's return, not up to ``retry.max_s`` later);
 - applies the retention bound to what is undelivered: ``drop_oldest`` gives the oldest up for
   this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits;
 - quarantines what the destination refuses (``forward`` raised
@@ -64,6 +67,8 @@ __all__ = [
 log = structlog.get_logger("gateway.sink")
 
 _HOUSEKEEPING_S = 0.5  # retention is checked this often
+REACHABLE_CHECK_S = 0.25
+"""While a sink with a ``reachable`` check is down, it is called this often between retries."""
 
 
 class SinkState(StrEnum):
@@ -135,8 +140,9 @@ class BacklogReader:
             self._store = SampleStore(self.path, read_only=True)
         return self._store
 
-    async def between(self, first: int, last: int) -> list[tuple[int, Sample]]:
-        return await self._call(lambda: self._opened().between(first, last))  # type: ignore[no-any-return]
+    async def page(self, first: int, last: int) -> tuple[list[int], list[Sample]]:
+        """The committed samples with ids ``first..last`` and their ids, in commit order."""
+        return await self._call(lambda: self._opened().page(first, last))  # type: ignore[no-any-return]
 
     async def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         return await self._call(lambda: self._opened().runs(ranges, reason))  # type: ignore[no-any-return]
@@ -205,6 +211,12 @@ class Forwarder:
         self._idle = asyncio.Event()
         self._backoff = Backoff(config.retry)
         self._retry_at = 0.0
+        # The sink's optional cheap check (see ForwardingSink): was the destination seen away
+        # since the last attempt, when the next check is due, and the check in progress.
+        self._reachable = getattr(sink, "reachable", None)
+        self._seen_away = False
+        self._check_at = 0.0
+        self._check: asyncio.Task[None] | None = None
         self._epoch = 0  # increases with every failure; a send remembers the epoch it began in
         self._draining = False
         self._version = 0
@@ -340,7 +352,12 @@ class Forwarder:
             housekeeping.cancel()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(housekeeping, *self._tasks, return_exceptions=True)
+            check = self._check
+            if check is not None:
+                check.cancel()
+            await asyncio.gather(
+                housekeeping, *self._tasks, *([check] if check else []), return_exceptions=True
+            )
             self.stats.state = SinkState.STOPPED
 
     async def drain(self, deadline: float) -> None:
@@ -364,7 +381,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.stats.state is SinkState.DOWN and now < self._retry_at:
-            return self._retry_at - now
+            return self._wait_for_retry(now)
         probing = self.stats.state is not SinkState.UP
         limit = 1 if probing else self._concurrency
         live = self._live
@@ -404,6 +421,41 @@ class Forwarder:
             self._spawn(self._backlog(first, last), "backlog")
         return None
 
+    def _wait_for_retry(self, now: float) -> float:
+        """Down, before the next retry: check whether the destination is back, if the sink
+        can tell; how long to sleep at most."""
+        wait = self._retry_at - now
+        if self._reachable is None or self._draining:
+            return wait
+        if self._check is None and now >= self._check_at:
+            self._check_at = now + REACHABLE_CHECK_S
+            self._check = asyncio.create_task(
+                self._check_reachable(self._epoch), name=f"sink.{self.sink_id}.reachable"
+            )
+        return min(wait, max(0.0, self._check_at - now))
+
+    async def _check_reachable(self, epoch: int) -> None:
+        """Retry at once if the destination answers after having been seen away since the last
+        attempt. A destination that answers but refuses the attempt (bad credentials) is not
+        seen away again, so it is retried on the backoff, never every check."""
+        assert self._reachable is not None
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                answers = bool(await self._reachable())
+        except Exception:  # a failing check is a destination not answering
+            answers = False
+        finally:
+            self._check = None
+        if epoch != self._epoch or self.stats.state is not SinkState.DOWN:
+            return  # an attempt was made meanwhile: this answer is about the time before it
+        if not answers:
+            self._seen_away = True
+        elif self._seen_away:
+            self._seen_away = False
+            self._retry_at = asyncio.get_running_loop().time()
+            self._log.info("sink.reachable", retry="now", backlog=self.stats.backlog)
+        self._wake.set()
+
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"sink.{self.sink_id}.{what}")
         self._tasks.add(task)
@@ -419,14 +471,12 @@ class Forwarder:
         epoch = self._epoch
         try:
             try:
-                rows = await self._reader.between(first, last)
+                ids, samples = await self._reader.page(first, last)
             except Exception as exc:  # StoreError, or anything else: retry later, never strand
                 self._busy.remove(first, last)
                 self._failed(f"reading the backlog: {exc!r}", epoch, 0)
                 self._wake.set()
                 return
-            samples = [sample for _, sample in rows]
-            ids = [sample_id for sample_id, _ in rows]
             await self._send(first, last, samples, historical=True, epoch=epoch, ids=ids)
         finally:
             self._backlog_tasks -= 1
@@ -515,6 +565,7 @@ class Forwarder:
             self.stats.state = SinkState.UP
             self.stats.sessions += 1
             self._backoff.reset()
+            self._seen_away = False
             self._log.info("sink.up", sessions=self.stats.sessions, backlog=self.stats.backlog)
 
     # -- quarantine of what the destination refuses ---------------------------------------------
