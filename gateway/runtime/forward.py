@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,7 @@ __all__ = [
 log = structlog.get_logger("gateway.sink")
 
 _HOUSEKEEPING_S = 0.5  # retention is checked this often
+_WINDOW_PAGES = 8  # pages (of batch_max_samples) per backlog window while the sink is up
 REACHABLE_CHECK_S = 0.25
 """While a sink with a ``reachable`` check is down, it is called this often between retries."""
 
@@ -205,7 +207,10 @@ class Forwarder:
         self._live_count = 0
         self._horizon = 0  # the last committed id the forwarder knows of
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog_tasks = 0
+        self._backlog_tasks = 0  # backlog forwards in flight (pages and windows' parts)
+        self._windows = 0  # window tasks running (they forward nothing themselves)
+        self._window_open = False  # a window is reading or handing its parts to the sink
+        self._freed = asyncio.Event()  # a task ended: a window waiting for a slot looks again
         self._backlog_ready_at = 0.0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -385,7 +390,7 @@ class Forwarder:
         probing = self.stats.state is not SinkState.UP
         limit = 1 if probing else self._concurrency
         live = self._live
-        while len(self._tasks) < limit and live:
+        while len(self._tasks) - self._windows < limit and live:
             first, last, rows = live.popleft()
             # Batches that queued up while the sink was busy go together (up to a batch): a
             # busy sink gets fewer, larger forwards — for MQTT, fewer messages — and catches
@@ -404,21 +409,29 @@ class Forwarder:
         if self._draining or self._live:
             return None
         backlog_limit = limit if probing else max(1, limit - 1)  # one slot stays for live data
-        while len(self._tasks) < limit and self._backlog_tasks < backlog_limit:
+        while len(self._tasks) - self._windows < limit and self._backlog_tasks < backlog_limit:
             if now < self._backlog_ready_at:
                 return self._backlog_ready_at - now
+            if not probing and self._window_open:
+                return None  # the next window starts once this one's parts are all sent
             gap = next(self._delivered.gaps(1, self._horizon, self._busy), None)
             if gap is None:
                 return None
             first = gap[0]
-            last = min(gap[1], first + self.config.batch_max_samples - 1)
+            pages = 1 if probing else _WINDOW_PAGES
+            last = min(gap[1], first + pages * self.config.batch_max_samples - 1)
             self._busy.add(first, last)
-            self._backlog_tasks += 1
             rate = self.config.backlog_max_rate
             if rate is not None:
                 start = max(now, self._backlog_ready_at)
                 self._backlog_ready_at = start + (last - first + 1) / rate
-            self._spawn(self._backlog(first, last), "backlog")
+            if probing:
+                self._backlog_tasks += 1
+                self._spawn(self._backlog(first, last), "backlog")
+            else:
+                self._window_open = True
+                self._windows += 1
+                self._spawn(self._window(first, last, backlog_limit), "backlog")
         return None
 
     def _wait_for_retry(self, now: float) -> float:
@@ -465,6 +478,7 @@ class Forwarder:
         # A done callback runs after the task's last line: look again only now that the task
         # has left the set (the drain waits for an empty one).
         self._tasks.discard(task)
+        self._freed.set()
         self._wake.set()
 
     async def _backlog(self, first: int, last: int) -> None:
@@ -481,6 +495,96 @@ class Forwarder:
         finally:
             self._backlog_tasks -= 1
 
+    async def _window(self, first: int, last: int, slots: int) -> None:
+        """Forward the backlog ``first..last`` (up to :data:`_WINDOW_PAGES` pages) regrouped by
+        signal: parts of at most ``batch_max_samples``, each signal's samples in commit order
+        and split only between consecutive parts, started in order as backlog slots (at most
+        ``slots``) free up. With a topic per signal, a page in commit order holds every signal:
+        regrouped, a part is a few long arrays instead of one short array per signal.
+
+        Once every part has been handed to the sink, the next window may read (so reading
+        overlaps this one's acknowledgements; its parts are handed over after these, which
+        keeps each signal's order). The window counts as delivered once every part is; if
+        one fails, all of it is sent again (parts already acknowledged become duplicates,
+        counted as ``resent``)."""
+        epoch = self._epoch
+        step = self.config.batch_max_samples
+        parts: list[asyncio.Task[None]] = []
+        sent: list[int | None] = []  # per part: samples delivered, None until acknowledged
+        is_open = True  # this window holds _window_open (no other may read until it is False)
+        try:
+            try:
+                ids, samples = await self._reader.page(first, last)
+            except Exception as exc:  # StoreError, or anything else: retry later, never strand
+                self._failed(f"reading the backlog: {exc!r}", epoch, 0)
+                return
+            by_signal: dict[str, list[int]] = {}
+            for position, sample in enumerate(samples):
+                group = by_signal.get(sample.signal)
+                if group is None:
+                    by_signal[sample.signal] = [position]
+                else:
+                    group.append(position)
+            order = list(itertools.chain.from_iterable(by_signal.values()))
+            for at in range(0, len(order), step):
+                while self._backlog_tasks >= slots or len(self._tasks) - self._windows >= (
+                    slots + 1
+                ):
+                    self._freed.clear()
+                    await self._freed.wait()
+                if epoch != self._epoch or self._draining:
+                    break  # failed (sent again from the store) or stopping: start no more
+                chunk = order[at : at + step]
+                self._backlog_tasks += 1
+                part = self._part(first, last, samples, ids, chunk, epoch, sent, len(sent))
+                sent.append(None)
+                task = asyncio.create_task(part, name=f"sink.{self.sink_id}.backlog.part")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+                parts.append(task)
+            await asyncio.sleep(0)  # the parts' first steps hand their samples to the sink
+            self._window_open = is_open = False
+            self._wake.set()
+            if parts:
+                await asyncio.wait(parts)
+            if len(parts) * step >= len(order) and all(n is not None for n in sent):
+                self._mark(first, last)
+            else:
+                # Sent again with the rest of the window: possible duplicates upstream.
+                self.stats.resent += sum(n for n in sent if n is not None)
+        finally:
+            self._busy.remove(first, last)
+            if is_open:
+                self._window_open = False
+            self._windows -= 1
+            self._wake.set()
+
+    async def _part(
+        self,
+        first: int,
+        last: int,
+        samples: list[Sample],
+        ids: list[int],
+        chunk: list[int],
+        epoch: int,
+        sent: list[int | None],
+        index: int,
+    ) -> None:
+        """Part ``index`` of a :meth:`_window`: its samples at ``chunk``'s positions; how many
+        were delivered goes to ``sent[index]``."""
+        try:
+            sent[index] = await self._send(
+                first,
+                last,
+                [samples[p] for p in chunk],
+                historical=True,
+                epoch=epoch,
+                ids=[ids[p] for p in chunk],
+                in_window=True,
+            )
+        finally:
+            self._backlog_tasks -= 1
+
     async def _send(
         self,
         first: int,
@@ -490,8 +594,11 @@ class Forwarder:
         historical: bool,
         epoch: int | None = None,
         ids: Sequence[int] | None = None,
-    ) -> None:
-        """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome."""
+        in_window: bool = False,
+    ) -> int | None:
+        """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome:
+        how many were delivered, None if the forward failed. ``in_window``: one part of
+        :meth:`_window`, which settles ``first..last`` and ``_busy`` itself."""
         epoch = self._epoch if epoch is None else epoch
         was_up = self.stats.state is SinkState.UP
         withheld: list[tuple[Sample, Quarantined]] = []
@@ -518,9 +625,13 @@ class Forwarder:
                 reason = f"the sink reported refusals of samples it was not given: {exc}"
                 self._failed(reason, epoch, len(samples) if was_up else 0)
             elif exc.failure is None:
-                self._acked(first, last, len(samples) - len(refused), historical, epoch, True)
+                delivered = len(samples) - len(refused)
+                if not in_window:
+                    self._mark(first, last)
+                self._count(delivered, historical, epoch, True)
                 self._quarantine(samples, refused, probes, withheld, taken=True)
                 self.stats.last_error = str(exc)
+                return delivered
             else:
                 # Then the forward failed (a broker that drops the connection after refusing a
                 # message): only the refused are done; the rest is sent again, as backlog.
@@ -541,24 +652,30 @@ class Forwarder:
                 reason = str(exc) or f"{type(exc).__name__} (without a message) from the sink"
             self._failed(reason, epoch, len(samples) if was_up else 0)
         else:
-            self._acked(first, last, len(samples), historical, epoch, bool(samples))
+            if not in_window:
+                self._mark(first, last)
+            self._count(len(samples), historical, epoch, bool(samples))
             if probes or withheld:
                 self._quarantine(samples, {}, probes, withheld, taken=True)
+            return len(samples)
         finally:
             for probe in probes:
                 probe.probing = False
-            self._busy.remove(first, last)
+            if not in_window:
+                self._busy.remove(first, last)
             self._wake.set()
+        return None
 
-    def _acked(
-        self, first: int, last: int, count: int, historical: bool, epoch: int, answered: bool
-    ) -> None:
-        """``first..last`` is done: ``count`` samples delivered, the others given up by the
-        caller; ``answered``: the sink was given something and answered (so it is up)."""
+    def _mark(self, first: int, last: int) -> None:
+        """``first..last`` is done (delivered, or given up by the caller)."""
         self._delivered.add(first, last)
         self._version += 1
-        self.stats.delivered += count
         self._backlog_changed()
+
+    def _count(self, count: int, historical: bool, epoch: int, answered: bool) -> None:
+        """``count`` samples delivered; ``answered``: the sink was given something and
+        answered (so it is up)."""
+        self.stats.delivered += count
         if historical:
             self.stats.delivered_historical += count
         if answered and epoch == self._epoch and self.stats.state is not SinkState.UP:
