@@ -8,9 +8,11 @@ See docs/decisions/0006-store-and-forward.md. For every sink that implements
   record of anything the retention policy gave up, so a cursor never passes a silent loss;
 - sends *live* batches (handed over by the writer right after each commit) at once while the
   sink is up, and reads the *backlog* (every committed id not yet delivered: an outage, a
-  restart, a live queue that overflowed) from the store on the reader's own thread, page by
-  page in commit order, flagged ``historical``. Live batches go first; the backlog uses the
-  sink's remaining concurrency and, optionally, a rate cap;
+  restart, a live queue that overflowed) from the store on the reader's own thread, in commit
+  order, flagged ``historical``: one page at a time while probing a sink that is down, and
+  while it is up in windows of :data:`_WINDOW_PAGES` pages forwarded regrouped by signal
+  (:meth:`Forwarder._window`). Live batches go first; the backlog uses the sink's remaining
+  concurrency and, optionally, a rate cap;
 - on a failed forward: marks the sink down, forgets the live queue (those samples are in the
   store: they become backlog), and probes again after a jittered exponential backoff — or at
   once, if the sink can tell that its destination came back (``reachable``, checked every
