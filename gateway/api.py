@@ -269,6 +269,14 @@ class ForwardingSink(Sink, Protocol):
     and keeps its connection. The runtime then counts the others as delivered, records the
     refused ones as lost to this sink, and quarantines their signals (probing on a backoff)
     instead of retrying the batch: one refused topic never stalls the rest.
+
+    **Reachability** (optional). A sink may also define ``async def reachable(self) -> bool``:
+    a cheap check, without a session, whether its destination answers at all now (the MQTT
+    sink: a TCP connection to the broker's port). While the sink is down, the runtime calls it
+    every few hundred milliseconds between retries; when it answers true after having answered
+    false, the runtime retries at once instead of waiting out the backoff, so a backlog starts
+    draining as soon as a broker is back. It is never used to retry a destination that answers
+    but refuses (that one is retried on the backoff).
     """
 
     async def forward(self, samples: Sequence[Sample], historical: bool) -> None: ...

@@ -8,11 +8,16 @@ See docs/decisions/0006-store-and-forward.md. For every sink that implements
   record of anything the retention policy gave up, so a cursor never passes a silent loss;
 - sends *live* batches (handed over by the writer right after each commit) at once while the
   sink is up, and reads the *backlog* (every committed id not yet delivered: an outage, a
-  restart, a live queue that overflowed) from the store on the reader's own thread, page by
-  page in commit order, flagged ``historical``. Live batches go first; the backlog uses the
-  sink's remaining concurrency and, optionally, a rate cap;
+  restart, a live queue that overflowed) from the store on the reader's own thread, in commit
+  order, flagged ``historical``: one page at a time while probing a sink that is down, and
+  while it is up in windows of :data:`_WINDOW_PAGES` pages forwarded regrouped by signal
+  (:meth:`Forwarder._window`). Live batches go first; the backlog uses the sink's remaining
+  concurrency and, optionally, a rate cap;
 - on a failed forward: marks the sink down, forgets the live queue (those samples are in the
-  store: they become backlog), and probes again after a jittered exponential backoff;
+  store: they become backlog), and probes again after a jittered exponential backoff — or at
+  once, if the sink can tell that its destination came back (``reachable``, checked every
+  :data:`REACHABLE_CHECK_S` while it is down and once unreachable: a backlog starts draining
+  within a fraction of a second of a broker's return, not up to ``retry.max_s`` later);
 - applies the retention bound to what is undelivered: ``drop_oldest`` gives the oldest up for
   this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits;
 - quarantines what the destination refuses (``forward`` raised
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -64,6 +70,9 @@ __all__ = [
 log = structlog.get_logger("gateway.sink")
 
 _HOUSEKEEPING_S = 0.5  # retention is checked this often
+_WINDOW_PAGES = 8  # pages (of batch_max_samples) per backlog window while the sink is up
+REACHABLE_CHECK_S = 0.25
+"""While a sink with a ``reachable`` check is down, it is called this often between retries."""
 
 
 class SinkState(StrEnum):
@@ -135,8 +144,9 @@ class BacklogReader:
             self._store = SampleStore(self.path, read_only=True)
         return self._store
 
-    async def between(self, first: int, last: int) -> list[tuple[int, Sample]]:
-        return await self._call(lambda: self._opened().between(first, last))  # type: ignore[no-any-return]
+    async def page(self, first: int, last: int) -> tuple[list[int], list[Sample]]:
+        """The committed samples with ids ``first..last`` and their ids, in commit order."""
+        return await self._call(lambda: self._opened().page(first, last))  # type: ignore[no-any-return]
 
     async def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         return await self._call(lambda: self._opened().runs(ranges, reason))  # type: ignore[no-any-return]
@@ -199,12 +209,21 @@ class Forwarder:
         self._live_count = 0
         self._horizon = 0  # the last committed id the forwarder knows of
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog_tasks = 0
+        self._backlog_tasks = 0  # backlog forwards in flight (pages and windows' parts)
+        self._windows = 0  # window tasks running (they forward nothing themselves)
+        self._window_open = False  # a window is reading or handing its parts to the sink
+        self._freed = asyncio.Event()  # a task ended: a window waiting for a slot looks again
         self._backlog_ready_at = 0.0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._backoff = Backoff(config.retry)
         self._retry_at = 0.0
+        # The sink's optional cheap check (see ForwardingSink): was the destination seen away
+        # since the last attempt, when the next check is due, and the check in progress.
+        self._reachable = getattr(sink, "reachable", None)
+        self._seen_away = False
+        self._check_at = 0.0
+        self._check: asyncio.Task[None] | None = None
         self._epoch = 0  # increases with every failure; a send remembers the epoch it began in
         self._draining = False
         self._version = 0
@@ -340,7 +359,12 @@ class Forwarder:
             housekeeping.cancel()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(housekeeping, *self._tasks, return_exceptions=True)
+            check = self._check
+            if check is not None:
+                check.cancel()
+            await asyncio.gather(
+                housekeeping, *self._tasks, *([check] if check else []), return_exceptions=True
+            )
             self.stats.state = SinkState.STOPPED
 
     async def drain(self, deadline: float) -> None:
@@ -364,11 +388,11 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self.stats.state is SinkState.DOWN and now < self._retry_at:
-            return self._retry_at - now
+            return self._wait_for_retry(now)
         probing = self.stats.state is not SinkState.UP
         limit = 1 if probing else self._concurrency
         live = self._live
-        while len(self._tasks) < limit and live:
+        while len(self._tasks) - self._windows < limit and live:
             first, last, rows = live.popleft()
             # Batches that queued up while the sink was busy go together (up to a batch): a
             # busy sink gets fewer, larger forwards — for MQTT, fewer messages — and catches
@@ -387,22 +411,65 @@ class Forwarder:
         if self._draining or self._live:
             return None
         backlog_limit = limit if probing else max(1, limit - 1)  # one slot stays for live data
-        while len(self._tasks) < limit and self._backlog_tasks < backlog_limit:
+        while len(self._tasks) - self._windows < limit and self._backlog_tasks < backlog_limit:
             if now < self._backlog_ready_at:
                 return self._backlog_ready_at - now
+            if not probing and self._window_open:
+                return None  # the next window starts once this one's parts are all sent
             gap = next(self._delivered.gaps(1, self._horizon, self._busy), None)
             if gap is None:
                 return None
             first = gap[0]
-            last = min(gap[1], first + self.config.batch_max_samples - 1)
+            pages = 1 if probing else _WINDOW_PAGES
+            last = min(gap[1], first + pages * self.config.batch_max_samples - 1)
             self._busy.add(first, last)
-            self._backlog_tasks += 1
             rate = self.config.backlog_max_rate
             if rate is not None:
                 start = max(now, self._backlog_ready_at)
                 self._backlog_ready_at = start + (last - first + 1) / rate
-            self._spawn(self._backlog(first, last), "backlog")
+            if probing:
+                self._backlog_tasks += 1
+                self._spawn(self._backlog(first, last), "backlog")
+            else:
+                self._window_open = True
+                self._windows += 1
+                self._spawn(self._window(first, last, backlog_limit), "backlog")
         return None
+
+    def _wait_for_retry(self, now: float) -> float:
+        """Down, before the next retry: check whether the destination is back, if the sink
+        can tell; how long to sleep at most."""
+        wait = self._retry_at - now
+        if self._reachable is None or self._draining:
+            return wait
+        if self._check is None and now >= self._check_at:
+            self._check_at = now + REACHABLE_CHECK_S
+            self._check = asyncio.create_task(
+                self._check_reachable(self._epoch), name=f"sink.{self.sink_id}.reachable"
+            )
+        return min(wait, max(0.0, self._check_at - now))
+
+    async def _check_reachable(self, epoch: int) -> None:
+        """Retry at once if the destination answers after having been seen away since the last
+        attempt. A destination that answers but refuses the attempt (bad credentials) is not
+        seen away again, so it is retried on the backoff, never every check."""
+        assert self._reachable is not None
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                answers = bool(await self._reachable())
+        except Exception:  # a failing check is a destination not answering
+            answers = False
+        finally:
+            self._check = None
+        if epoch != self._epoch or self.stats.state is not SinkState.DOWN:
+            return  # an attempt was made meanwhile: this answer is about the time before it
+        if not answers:
+            self._seen_away = True
+        elif self._seen_away:
+            self._seen_away = False
+            self._retry_at = asyncio.get_running_loop().time()
+            self._log.info("sink.reachable", retry="now", backlog=self.stats.backlog)
+        self._wake.set()
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"sink.{self.sink_id}.{what}")
@@ -413,21 +480,110 @@ class Forwarder:
         # A done callback runs after the task's last line: look again only now that the task
         # has left the set (the drain waits for an empty one).
         self._tasks.discard(task)
+        self._freed.set()
         self._wake.set()
 
     async def _backlog(self, first: int, last: int) -> None:
         epoch = self._epoch
         try:
             try:
-                rows = await self._reader.between(first, last)
+                ids, samples = await self._reader.page(first, last)
             except Exception as exc:  # StoreError, or anything else: retry later, never strand
                 self._busy.remove(first, last)
                 self._failed(f"reading the backlog: {exc!r}", epoch, 0)
                 self._wake.set()
                 return
-            samples = [sample for _, sample in rows]
-            ids = [sample_id for sample_id, _ in rows]
             await self._send(first, last, samples, historical=True, epoch=epoch, ids=ids)
+        finally:
+            self._backlog_tasks -= 1
+
+    async def _window(self, first: int, last: int, slots: int) -> None:
+        """Forward the backlog ``first..last`` (up to :data:`_WINDOW_PAGES` pages) regrouped by
+        signal: parts of at most ``batch_max_samples``, each signal's samples in commit order
+        and split only between consecutive parts, started in order as backlog slots (at most
+        ``slots``) free up. With a topic per signal, a page in commit order holds every signal:
+        regrouped, a part is a few long arrays instead of one short array per signal.
+
+        Once every part has been handed to the sink, the next window may read (so reading
+        overlaps this one's acknowledgements; its parts are handed over after these, which
+        keeps each signal's order). The window counts as delivered once every part is; if
+        one fails, all of it is sent again (parts already acknowledged become duplicates,
+        counted as ``resent``)."""
+        epoch = self._epoch
+        step = self.config.batch_max_samples
+        parts: list[asyncio.Task[None]] = []
+        sent: list[int | None] = []  # per part: samples delivered, None until acknowledged
+        is_open = True  # this window holds _window_open (no other may read until it is False)
+        try:
+            try:
+                ids, samples = await self._reader.page(first, last)
+            except Exception as exc:  # StoreError, or anything else: retry later, never strand
+                self._failed(f"reading the backlog: {exc!r}", epoch, 0)
+                return
+            by_signal: dict[str, list[int]] = {}
+            for position, sample in enumerate(samples):
+                group = by_signal.get(sample.signal)
+                if group is None:
+                    by_signal[sample.signal] = [position]
+                else:
+                    group.append(position)
+            order = list(itertools.chain.from_iterable(by_signal.values()))
+            for at in range(0, len(order), step):
+                while self._backlog_tasks >= slots or len(self._tasks) - self._windows >= (
+                    slots + 1
+                ):
+                    self._freed.clear()
+                    await self._freed.wait()
+                if epoch != self._epoch or self._draining:
+                    break  # failed (sent again from the store) or stopping: start no more
+                chunk = order[at : at + step]
+                self._backlog_tasks += 1
+                part = self._part(first, last, samples, ids, chunk, epoch, sent, len(sent))
+                sent.append(None)
+                task = asyncio.create_task(part, name=f"sink.{self.sink_id}.backlog.part")
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+                parts.append(task)
+            await asyncio.sleep(0)  # the parts' first steps hand their samples to the sink
+            self._window_open = is_open = False
+            self._wake.set()
+            if parts:
+                await asyncio.wait(parts)
+            if len(parts) * step >= len(order) and all(n is not None for n in sent):
+                self._mark(first, last)
+            else:
+                # Sent again with the rest of the window: possible duplicates upstream.
+                self.stats.resent += sum(n for n in sent if n is not None)
+        finally:
+            self._busy.remove(first, last)
+            if is_open:
+                self._window_open = False
+            self._windows -= 1
+            self._wake.set()
+
+    async def _part(
+        self,
+        first: int,
+        last: int,
+        samples: list[Sample],
+        ids: list[int],
+        chunk: list[int],
+        epoch: int,
+        sent: list[int | None],
+        index: int,
+    ) -> None:
+        """Part ``index`` of a :meth:`_window`: its samples at ``chunk``'s positions; how many
+        were delivered goes to ``sent[index]``."""
+        try:
+            sent[index] = await self._send(
+                first,
+                last,
+                [samples[p] for p in chunk],
+                historical=True,
+                epoch=epoch,
+                ids=[ids[p] for p in chunk],
+                in_window=True,
+            )
         finally:
             self._backlog_tasks -= 1
 
@@ -440,8 +596,11 @@ class Forwarder:
         historical: bool,
         epoch: int | None = None,
         ids: Sequence[int] | None = None,
-    ) -> None:
-        """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome."""
+        in_window: bool = False,
+    ) -> int | None:
+        """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome:
+        how many were delivered, None if the forward failed. ``in_window``: one part of
+        :meth:`_window`, which settles ``first..last`` and ``_busy`` itself."""
         epoch = self._epoch if epoch is None else epoch
         was_up = self.stats.state is SinkState.UP
         withheld: list[tuple[Sample, Quarantined]] = []
@@ -468,9 +627,13 @@ class Forwarder:
                 reason = f"the sink reported refusals of samples it was not given: {exc}"
                 self._failed(reason, epoch, len(samples) if was_up else 0)
             elif exc.failure is None:
-                self._acked(first, last, len(samples) - len(refused), historical, epoch, True)
+                delivered = len(samples) - len(refused)
+                if not in_window:
+                    self._mark(first, last)
+                self._count(delivered, historical, epoch, True)
                 self._quarantine(samples, refused, probes, withheld, taken=True)
                 self.stats.last_error = str(exc)
+                return delivered
             else:
                 # Then the forward failed (a broker that drops the connection after refusing a
                 # message): only the refused are done; the rest is sent again, as backlog.
@@ -491,30 +654,37 @@ class Forwarder:
                 reason = str(exc) or f"{type(exc).__name__} (without a message) from the sink"
             self._failed(reason, epoch, len(samples) if was_up else 0)
         else:
-            self._acked(first, last, len(samples), historical, epoch, bool(samples))
+            if not in_window:
+                self._mark(first, last)
+            self._count(len(samples), historical, epoch, bool(samples))
             if probes or withheld:
                 self._quarantine(samples, {}, probes, withheld, taken=True)
+            return len(samples)
         finally:
             for probe in probes:
                 probe.probing = False
-            self._busy.remove(first, last)
+            if not in_window:
+                self._busy.remove(first, last)
             self._wake.set()
+        return None
 
-    def _acked(
-        self, first: int, last: int, count: int, historical: bool, epoch: int, answered: bool
-    ) -> None:
-        """``first..last`` is done: ``count`` samples delivered, the others given up by the
-        caller; ``answered``: the sink was given something and answered (so it is up)."""
+    def _mark(self, first: int, last: int) -> None:
+        """``first..last`` is done (delivered, or given up by the caller)."""
         self._delivered.add(first, last)
         self._version += 1
-        self.stats.delivered += count
         self._backlog_changed()
+
+    def _count(self, count: int, historical: bool, epoch: int, answered: bool) -> None:
+        """``count`` samples delivered; ``answered``: the sink was given something and
+        answered (so it is up)."""
+        self.stats.delivered += count
         if historical:
             self.stats.delivered_historical += count
         if answered and epoch == self._epoch and self.stats.state is not SinkState.UP:
             self.stats.state = SinkState.UP
             self.stats.sessions += 1
             self._backoff.reset()
+            self._seen_away = False
             self._log.info("sink.up", sessions=self.stats.sessions, backlog=self.stats.backlog)
 
     # -- quarantine of what the destination refuses ---------------------------------------------

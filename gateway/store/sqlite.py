@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,14 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _SQLITE_FULL = 13
+_SELECT_BETWEEN = (
+    "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
+    " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id"
+)
+_DECODE_CHUNK = 1000  # rows per fetch when streaming
+_QUALITIES = list(Quality)
+# A Sample from a tuple of its fields, without NamedTuple's Python-level __new__ (a C call).
+_new_sample: Callable[[tuple[Any, ...]], Sample] = functools.partial(tuple.__new__, Sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,25 +536,23 @@ class SampleStore:
 
     def between(self, first_id: int, last_id: int) -> list[tuple[int, Sample]]:
         """Committed samples with ``first_id <= id <= last_id``, in commit order, with ids."""
+        ids, samples = self.page(first_id, last_id)
+        return list(zip(ids, samples, strict=True))
+
+    def page(self, first_id: int, last_id: int) -> tuple[list[int], list[Sample]]:
+        """:meth:`between` as two lists, the ids and the samples: how the forwarders read a
+        sink's backlog (every sample of an outage comes through here)."""
         try:
             names, spectral = self._definitions()
-            rows = self._db.execute(
-                "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
-                " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
-                (first_id, last_id),
-            )
-            return list(self._decoded(rows, names, spectral))
+            rows = self._db.execute(_SELECT_BETWEEN, (first_id, last_id)).fetchall()
+            return self._decode(rows, names, spectral)
         except sqlite3.Error as exc:
             raise _translate(exc, "reading samples for a sink") from exc
 
     def stream(self, first_id: int, last_id: int) -> Iterator[tuple[int, Sample]]:
         """Like :meth:`between`, but one sample at a time (for ranges too large for memory)."""
         names, spectral = self._definitions()
-        rows = self._db.execute(
-            "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason"
-            " FROM sample WHERE id BETWEEN ? AND ? ORDER BY id",
-            (first_id, last_id),
-        )
+        rows = self._db.execute(_SELECT_BETWEEN, (first_id, last_id))
         yield from self._decoded(rows, names, spectral)
 
     def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
@@ -644,12 +651,28 @@ class SampleStore:
         return names, spectral
 
     def _decoded(
-        self, rows: Iterable[Any], names: Mapping[int, tuple[str, str]], spectral: set[int]
+        self, rows: sqlite3.Cursor, names: Mapping[int, tuple[str, str]], spectral: set[int]
     ) -> Iterator[tuple[int, Sample]]:
-        quality = list(Quality)
+        """:meth:`_decode` of a cursor, a chunk at a time (bounded memory)."""
+        while chunk := rows.fetchmany(_DECODE_CHUNK):
+            ids, samples = self._decode(chunk, names, spectral)
+            yield from zip(ids, samples, strict=True)
+
+    def _decode(
+        self, rows: Iterable[Any], names: Mapping[int, tuple[str, str]], spectral: set[int]
+    ) -> tuple[list[int], list[Sample]]:
+        """Rows ``(id, def_id, seq, source_ts, gateway_ts, quality, value, reason)`` as their
+        ids and samples. Each sample's tuple is built directly (not through the named tuple's
+        Python-level constructor): this is half the CPU time of reading a backlog back."""
+        ids: list[int] = []
+        samples: list[Sample] = []
+        add_id, add = ids.append, samples.append
+        quality, sample = _QUALITIES, _new_sample
         axes: dict[str, SpectralAxis | None] = {}
         for row_id, def_id, seq, source_ts, gateway_ts, q, value, reason in rows:
-            name, unit = names.get(def_id, (f"#{def_id}", ""))
+            name_unit = names.get(def_id)
+            if name_unit is None:
+                name_unit = (f"#{def_id}", "")
             if def_id in spectral and value is not None:
                 try:
                     value = self._spectrum(value, axes)
@@ -659,8 +682,22 @@ class SampleStore:
                     value, q = None, int(Quality.BAD)
                     problem = f"stored spectrum unreadable: {exc}"
                     reason = f"{problem}; {reason}" if reason else problem
-            sample = Sample(name, value, unit, source_ts, gateway_ts, quality[q], seq, reason)
-            yield row_id, sample
+            add_id(row_id)
+            add(
+                sample(
+                    (
+                        name_unit[0],
+                        value,
+                        name_unit[1],
+                        source_ts,
+                        gateway_ts,
+                        quality[q],
+                        seq,
+                        reason,
+                    )
+                )
+            )
+        return ids, samples
 
     def _spectrum(self, blob: Any, axes: dict[str, SpectralAxis | None]) -> Spectrum:
         try:

@@ -7,6 +7,7 @@ mode, a JSON array of them per signal.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -120,32 +121,56 @@ def batch_messages(
 
     ``owners``, if given, receives for each message the positions in ``samples`` of the
     samples it holds (to say which samples a broker refused with a message)."""
-    known = topics.topics
-    topic_of = topics.topic
-    groups: dict[str, list[int]] = {}
+    # Every sample of a backlog drain passes here: group by signal (one topic look-up per
+    # signal, not per sample), then merge the signals that share a topic back in order.
+    by_signal: dict[str, list[int]] = {}
     for position, sample in enumerate(samples):
-        topic = known.get(sample.signal) or topic_of(sample.signal)
-        group = groups.get(topic)
+        group = by_signal.get(sample.signal)
         if group is None:
-            groups[topic] = [position]
+            by_signal[sample.signal] = [position]
         else:
             group.append(position)
+    known = topics.topics
+    shared: dict[str, list[list[int]]] = {}
+    for signal, positions in by_signal.items():
+        shared.setdefault(known.get(signal) or topics.topic(signal), []).append(positions)
+    groups = {
+        topic: lists[0] if len(lists) == 1 else sorted(itertools.chain.from_iterable(lists))
+        for topic, lists in shared.items()
+    }
     encode = historical_json if historical else sample_to_json
     messages: list[Message] = []
     for topic, group in groups.items():
-        items = [encode(samples[p]).encode() for p in group]
+        texts = [encode(samples[p]) for p in group]
+        joined = ",".join(texts)
+        if joined.isascii():  # then a text's length is its length in bytes
+            if len(joined) + 2 <= max_bytes:  # the usual case: the whole array at once
+                messages.append((topic, f"[{joined}]".encode()))
+                if owners is not None:
+                    owners.append(group)
+                continue
+            items: Sequence[str | bytes] = texts
+        else:
+            items = [text.encode() for text in texts]
         start, size = 0, 1  # size == len(b"[" + b",".join(items[start:i]) + b"]")
         for i, item in enumerate(items):
             if i > start and size + len(item) + 1 > max_bytes:
-                messages.append((topic, b"[" + b",".join(items[start:i]) + b"]"))
+                messages.append((topic, _array(items[start:i])))
                 if owners is not None:
                     owners.append(group[start:i])
                 start, size = i, 1
             size += len(item) + 1
-        messages.append((topic, b"[" + b",".join(items[start:]) + b"]"))
+        messages.append((topic, _array(items[start:])))
         if owners is not None:
             owners.append(group[start:] if start else group)
     return messages
+
+
+def _array(items: Sequence[str | bytes]) -> bytes:
+    """A JSON array of encoded ``items`` (all ``str`` or all ``bytes``), as bytes."""
+    if items and isinstance(items[0], str):
+        return f"[{','.join(items)}]".encode()  # type: ignore[arg-type]
+    return b"[" + b",".join(items) + b"]"  # type: ignore[arg-type]
 
 
 def _json(value: dict[str, Any]) -> bytes:

@@ -21,6 +21,8 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -161,6 +163,21 @@ class MqttSink:
             raise
         if delivery.refused:
             raise SamplesRefusedError(_refusals(messages, owners, delivery.refused))
+
+    async def reachable(self) -> bool:
+        """Whether the broker's port accepts a TCP connection now (no MQTT, no TLS handshake;
+        closed at once), within ``connect_timeout_s``: the runtime's cue, while the sink is
+        down, to connect at once rather than at the end of its backoff."""
+        address = self._settings.address
+        try:
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                _, writer = await asyncio.open_connection(address.host, address.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     # --- sessions ---------------------------------------------------------------------------
 
