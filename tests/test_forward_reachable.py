@@ -23,9 +23,11 @@ from gateway.runtime.forward import Forwarder, SinkState
 SLOW_RETRY = {"initial_s": 60.0, "max_s": 60.0, "jitter": 0.0}
 
 
-def plan_for(folder: Path, broker_url: str, **options: Any) -> Plan:
-    """The feed pump read every 20 ms, committed every 10 ms, and the MQTT sink with the slow
-    backoff."""
+def plan_for(folder: Path, broker_url: str, sink_type: str = "mqtt", **options: Any) -> Plan:
+    """The feed pump read every 20 ms, committed every 10 ms, and the MQTT (or Sparkplug B)
+    sink with the slow backoff."""
+    if sink_type == "sparkplug":
+        options = {"group_id": "plant", **options}
     pump_port = free_port()
     config = {
         "site": "reach",
@@ -36,8 +38,8 @@ def plan_for(folder: Path, broker_url: str, **options: Any) -> Plan:
         "instruments": [pump_instrument("feed_pump", pump_port, poll_interval_s=0.02)],
         "sinks": [
             {
-                "id": "mqtt",
-                "type": "mqtt",
+                "id": "upstream",
+                "type": sink_type,
                 "retry": SLOW_RETRY,
                 "options": {"url": broker_url, "connect_timeout_s": 2, **options},
             }
@@ -66,12 +68,15 @@ def forwarder(gateway: Gateway) -> Forwarder:
     return only
 
 
+@pytest.mark.parametrize("sink_type", ["mqtt", "sparkplug"])
 @pytest.mark.asyncio
-async def test_a_backlog_drains_as_soon_as_the_broker_is_back(tmp_path: Path) -> None:
+async def test_a_backlog_drains_as_soon_as_the_broker_is_back(
+    tmp_path: Path, sink_type: str
+) -> None:
     broker = Mosquitto(tmp_path / "broker")
     await broker.start()
     try:
-        plan = plan_for(tmp_path, broker.url)
+        plan = plan_for(tmp_path, broker.url, sink_type)
         answers = counted_checks(plan)
         async with running(plan) as (gateway, _):
             sink = forwarder(gateway)

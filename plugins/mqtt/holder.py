@@ -11,13 +11,20 @@ at the sink's stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from .messages import Message
-from .options import BrokerOptions, parse_broker_url
+from .options import BrokerAddress, BrokerOptions, parse_broker_url
 from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
 
-__all__ = ["CLOSE_TIMEOUT_S", "SessionHolder", "broker_reason", "broker_settings"]
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "SessionHolder",
+    "broker_reachable",
+    "broker_reason",
+    "broker_settings",
+]
 
 CLOSE_TIMEOUT_S = 2.0  # per step of a clean stop: the last message, then the disconnect
 
@@ -38,6 +45,21 @@ def broker_settings(options: BrokerOptions, client_id: str, qos: int) -> Session
         password=options.password,
         tls=options.tls,
     )
+
+
+async def broker_reachable(address: BrokerAddress, timeout_s: float) -> bool:
+    """Whether the broker's port accepts a TCP connection now (no MQTT, no TLS handshake;
+    closed at once), within ``timeout_s``: a sink's ``reachable`` check, the runtime's cue,
+    while the sink is down, to connect at once rather than at the end of its backoff."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(address.host, address.port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def broker_reason(reason_code: ReasonCode) -> str:

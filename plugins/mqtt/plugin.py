@@ -21,8 +21,6 @@ counts as established only once the broker acknowledged them. The Last Will (ret
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -40,7 +38,7 @@ from gateway import (
     hookimpl,
 )
 
-from .holder import SessionHolder, broker_reason, broker_settings
+from .holder import SessionHolder, broker_reachable, broker_reason, broker_settings
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
 from .options import MqttOptions, check_topic
 from .session import Delivery, MqttError, ReasonCode, Session
@@ -165,19 +163,9 @@ class MqttSink:
             raise SamplesRefusedError(_refusals(messages, owners, delivery.refused))
 
     async def reachable(self) -> bool:
-        """Whether the broker's port accepts a TCP connection now (no MQTT, no TLS handshake;
-        closed at once), within ``connect_timeout_s``: the runtime's cue, while the sink is
-        down, to connect at once rather than at the end of its backoff."""
-        address = self._settings.address
-        try:
-            async with asyncio.timeout(self.options.connect_timeout_s):
-                _, writer = await asyncio.open_connection(address.host, address.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+        """Whether the broker's port accepts a TCP connection now (see
+        :func:`~.holder.broker_reachable`)."""
+        return await broker_reachable(self._settings.address, self.options.connect_timeout_s)
 
     # --- sessions ---------------------------------------------------------------------------
 

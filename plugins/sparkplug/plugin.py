@@ -51,7 +51,7 @@ from gateway import (
     Signal,
     hookimpl,
 )
-from plugins.mqtt.holder import SessionHolder, broker_reason, broker_settings
+from plugins.mqtt.holder import SessionHolder, broker_reachable, broker_reason, broker_settings
 from plugins.mqtt.messages import Message
 from plugins.mqtt.options import check_topic
 from plugins.mqtt.session import MqttError, Session, SessionSettings
@@ -162,6 +162,12 @@ class SparkplugSink:
         if self._gate is not None:
             self._gate.set()  # nothing may wait on a timer that no longer runs
         await self._sessions.close(self._death, retain=False)
+
+    async def reachable(self) -> bool:
+        """Whether the broker's port accepts a TCP connection now: after an outage the backlog
+        starts as soon as the broker is back (a primary host that is offline is not an outage:
+        the broker answers all along, so it does not cut the wait)."""
+        return await broker_reachable(self._broker.address, self.options.connect_timeout_s)
 
     async def send(self, samples: Sequence[Sample]) -> None:
         """Deliver live samples: :meth:`forward` with ``historical`` false."""
