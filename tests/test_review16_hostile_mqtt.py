@@ -118,6 +118,56 @@ def test_a_property_given_twice_is_a_protocol_error() -> None:
 
 # --- the session against scripted brokers -------------------------------------------------------
 
+CONNACK5 = b"\x20\x03\x00\x00\x00"  # MQTT 5 CONNACK, Success, no properties (length 0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("sent", "message"),
+    [
+        # A topic alias the CONNECT never allowed (no Topic Alias Maximum: 0).
+        (publish_packet(b"cmd", b"x", b"\x03\x23\x00\x01"), "topic alias"),
+        # No topic name (and no alias), a wildcard, a NUL, bytes that are not UTF-8.
+        (publish_packet(b"", b"x"), "malformed packet"),
+        (publish_packet(b"cmd/+", b"x"), "not a topic name"),
+        (publish_packet(b"cmd\x00x", b"x"), "not a topic name"),
+        (publish_packet(b"cmd\xff", b"x"), "malformed packet"),
+        # A PUBACK whose property block runs past the packet; bytes after its properties.
+        (b"\x40\x04\x00\x01\x10\x05", "malformed packet"),
+        (b"\x40\x08\x00\x01\x10\x04\x1f\x00\x09ab", "malformed packet"),
+        (b"\x40\x08\x00\x01\x10\x00junk", "malformed packet"),
+        # A property given twice (Payload Format Indicator).
+        (publish_packet(b"cmd", b"x", b"\x04\x01\x00\x01\x01"), "malformed packet"),
+        # A reason code a PUBACK may not carry; a packet type a broker never sends.
+        (b"\x40\x03\x00\x01\x42", "malformed packet"),
+        (b"\xc0\x00", "unexpected packet"),
+        # A reason string that is not UTF-8 (mqtt5 0.8.0 panics on it: caught, named).
+        (b"\x40\x08\x00\x01\x10\x04\x1f\x00\x01\xff", "malformed packet"),
+    ],
+)
+async def test_an_mqtt5_broker_sending_a_malformed_packet_ends_the_session_named(
+    sent: bytes, message: str
+) -> None:
+    """Every packet from an MQTT 5 broker goes through the codec (mqtt5) and the session's own
+    checks: what is not valid ends the session as a protocol error, never a traceback in the
+    event loop, never a message passed on under a wrong topic."""
+    received: list[tuple[str, bytes]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, bytearray(), 1)  # the CONNECT
+        writer.write(CONNACK5 + sent)
+        await reader.read()  # until the session closes
+
+    async with scripted(script) as url:
+        session = await started(
+            settings(url, protocol="5", on_message=lambda t, p: received.append((t, p)))
+        )
+        await wait_for(lambda: session.lost is not None, within=10, what="the session's end")
+        assert session.lost is not None and session.lost.startswith("protocol error: ")
+        assert message in session.lost
+        assert received == []
+        await session.close(1.0)
+
 
 async def started(chosen: SessionSettings) -> Session:
     """A session opened and ready (closed by the test)."""
@@ -165,7 +215,8 @@ async def test_a_broker_that_trickles_a_packet_is_cut_at_the_keepalive() -> None
     ends at the keepalive (no complete packet since the last PINGREQ), its buffer one packet."""
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await accept(reader, writer)
+        await read_until(reader, bytearray(), 1)  # the CONNECT
+        writer.write(CONNACK5)
         for byte in publish_packet(b"cmd", b"x" * 100_000)[:-1]:
             writer.write(bytes((byte,)))
             await writer.drain()

@@ -208,9 +208,10 @@ def disconnect_packet() -> bytes:
 class Decoder:
     """Cuts a byte stream into packets, across reads of any size."""
 
-    __slots__ = ("_buffer", "_need", "_skip")
+    __slots__ = ("_buffer", "_need", "_skip", "_whole")
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole: bool = False) -> None:
+        self._whole = whole  # yield each packet whole (fixed header included), for mqtt5.read
         self._buffer = bytearray()  # a partial packet: appended to, not copied, per read
         self._need = 0  # the partial packet's full size once its header is known
         self._skip = 0  # bytes of an oversized PUBLISH still to come, to be dropped
@@ -221,7 +222,8 @@ class Decoder:
         return bool(self._buffer) or self._skip > 0
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, memoryview]]:
-        """The complete packets in what has arrived so far: (type, flags, body); keeps a
+        """The complete packets in what has arrived so far: (type, flags, body, or the whole
+        packet if the decoder was made with ``whole=True``); keeps a
         partial packet for the next call. :class:`ProtocolError` on a bad length.
 
         A packet arriving in many small reads is appended to a buffer and parsed once it is
@@ -251,6 +253,7 @@ class Decoder:
         view = memoryview(buffer)
         end = len(buffer)
         at = 0
+        whole = self._whole
         while end - at >= 2:
             first = buffer[at]
             length = buffer[at + 1]
@@ -283,8 +286,8 @@ class Decoder:
             if start + length > end:
                 self._need = start + length - at
                 break
-            at = start + length
-            yield first >> 4, first & 0x0F, view[start:at]
+            begin, at = at, start + length
+            yield first >> 4, first & 0x0F, view[begin if whole else start : at]
         if at < end:
             self._buffer += view[at:]
 

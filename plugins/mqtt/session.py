@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import mqtt5
 import structlog
 
 from gateway import GatewayError, SecretRef
@@ -256,7 +257,7 @@ class Session(asyncio.Protocol):
         self._mid = 0  # the last message id used
         self._topics: dict[str, bytes] = {}  # topic -> its encoded name
         self._transport: asyncio.Transport | None = None
-        self._decoder = packets.Decoder()
+        self._decoder = packets.Decoder(whole=self._v5)  # MQTT 5: whole packets for mqtt5
         self._connack: asyncio.Future[None] = loop.create_future()
         self._connack.add_done_callback(_retrieve)
         self._suback: asyncio.Future[list[int]] = loop.create_future()
@@ -341,14 +342,28 @@ class Session(asyncio.Protocol):
             topic, payload = settings.will
             raw = payload.encode() if isinstance(payload, str) else payload
             will = (topic, raw, settings.qos, settings.will_retain)
-        connect = packets.connect_packet(
-            client_id=settings.client_id,
-            v5=self._v5,
-            keepalive_s=settings.keepalive_s,
-            username=settings.username,
-            password=password,
-            will=will,
-        )
+        if self._v5:
+            connect = mqtt5.ConnectPacket(
+                settings.client_id,
+                username=settings.username,
+                password=password.encode() if password is not None else None,
+                clean_start=True,
+                will=None
+                if will is None
+                else mqtt5.Will(will[0], payload=will[1], qos=mqtt5.QoS(will[2]), retain=will[3]),
+                keep_alive=settings.keepalive_s,
+                max_packet_size=packets.MAX_PACKET,
+                request_problem_info=True,
+            ).write()
+        else:
+            connect = packets.connect_packet(
+                client_id=settings.client_id,
+                v5=False,
+                keepalive_s=settings.keepalive_s,
+                username=settings.username,
+                password=password,
+                will=will,
+            )
         await self._loop.create_connection(
             lambda: self,
             address.host,
@@ -366,7 +381,14 @@ class Session(asyncio.Protocol):
     async def _subscribe(self) -> None:
         subscriptions = self.settings.subscriptions
         self._subscribe_mid = self._next_mid()
-        self._write(packets.subscribe_packet(self._subscribe_mid, subscriptions, self._v5))
+        if self._v5:
+            filters = [
+                mqtt5.TopicFilter(topic_filter, max_qos=mqtt5.QoS(qos), retain_as_published=False)
+                for topic_filter, qos in subscriptions
+            ]
+            self._write(mqtt5.SubscribePacket(self._subscribe_mid, filters).write())
+        else:
+            self._write(packets.subscribe_packet(self._subscribe_mid, subscriptions, False))
         codes = await asyncio.shield(self._suback)
         if len(codes) != len(subscriptions):
             raise self.error(
@@ -391,7 +413,7 @@ class Session(asyncio.Protocol):
             raise self.error(self._lost)
         delivery = Delivery(self._loop.create_future(), len(messages))
         if not self._waiting and len(self._pending) + len(messages) <= self._window:
-            self._send(messages, retain, delivery, 0)
+            (self._send5 if self._v5 else self._send)(messages, retain, delivery, 0)
         elif messages:
             self._waiting.append(_Waiting(messages, retain, delivery))
             self._release()
@@ -443,6 +465,41 @@ class Session(asyncio.Protocol):
             self._mid = mid
         self._write(b"".join(parts))
 
+    def _send5(
+        self, messages: Sequence[Message], retain: bool, delivery: Delivery, start: int
+    ) -> None:
+        """:meth:`_send` for MQTT 5, each PUBLISH encoded by ``mqtt5``."""
+        pending = self._pending
+        topics = self._topics
+        qos = mqtt5.QoS(self._qos)
+        publish = mqtt5.PublishPacket
+        parts: list[bytes] = []
+        append = parts.append
+        mid = self._mid
+        limit = self._max_packet
+        try:
+            for position, (topic, payload) in enumerate(messages, start):
+                if topic not in topics:
+                    self._topic(topic)  # validated once (mqtt5 lets a NUL through)
+                if isinstance(payload, str):
+                    payload = payload.encode()
+                mid = mid + 1 if mid < 65535 else 1
+                while mid in pending:  # never reuse an id in flight
+                    mid = mid + 1 if mid < 65535 else 1
+                packet = publish(topic, payload, qos=qos, retain=retain, packet_id=mid).write()
+                if limit and len(packet) > limit:
+                    # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
+                    delivery.refuse(position, _PACKET_TOO_LARGE)
+                    continue
+                append(packet)
+                pending[mid] = (delivery, position)
+        except ValueError as exc:
+            self.abort(f"message refused: {exc}")
+            raise self.error(f"message refused: {exc}") from exc
+        finally:
+            self._mid = mid
+        self._write(b"".join(parts))
+
     def _too_large(self, remaining: int) -> bool:
         """A PUBLISH of ``remaining`` bytes after its fixed header exceeds the broker's Maximum
         Packet Size (without one, MQTT's own limit is publish_header's to enforce)."""
@@ -479,7 +536,8 @@ class Session(asyncio.Protocol):
             if end == len(group.messages):
                 waiting.popleft()
             group.start = end
-            self._send(group.messages[start:end], group.retain, group.delivery, start)
+            send = self._send5 if self._v5 else self._send
+            send(group.messages[start:end], group.retain, group.delivery, start)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and self._lost is None:
@@ -495,7 +553,9 @@ class Session(asyncio.Protocol):
         if not first or transport is None:
             return
         if graceful:
-            transport.write(packets.disconnect_packet())
+            transport.write(
+                mqtt5.DisconnectPacket().write() if self._v5 else packets.disconnect_packet()
+            )
             transport.close()  # after what is buffered
             log.info(
                 "mqtt.disconnected",
@@ -558,7 +618,7 @@ class Session(asyncio.Protocol):
             self.abort(f"no answer to PINGREQ within {self._keepalive_s} s (keepalive_s)")
             return
         self._ping_unanswered = True
-        self._write(packets.ping_packet())
+        self._write(mqtt5.PingReqPacket().write() if self._v5 else packets.ping_packet())
         self._keepalive = self._loop.call_later(self._keepalive_s, self._ping)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -580,6 +640,9 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lost is not None:
+            return
+        if self._v5:
+            self._data5(data)
             return
         at = 0
         if not self._decoder.partial:
@@ -625,6 +688,67 @@ class Session(asyncio.Protocol):
             with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
                 self._release()
 
+    def _data5(self, data: bytes) -> None:
+        """:meth:`data_received` for MQTT 5: every packet decoded by ``mqtt5``."""
+        try:
+            for kind, _, whole in self._decoder.feed(data):
+                if kind == packets.OVERSIZE:  # the CONNECT announced the limit
+                    raise ProtocolError(
+                        f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
+                    )
+                packet = _read5(whole)
+                if isinstance(packet, mqtt5.PubAckPacket):
+                    self._acknowledged(packet.packet_id, ReasonCode(packet.reason_code.value))
+                    self._ping_unanswered = False
+                elif isinstance(packet, mqtt5.PublishPacket):
+                    self._received5(packet)  # (proves nothing about our direction)
+                else:
+                    self._control5(packet)
+                    self._ping_unanswered = False
+                if self._lost is not None:
+                    return
+        except ProtocolError as exc:
+            self.abort(f"protocol error: {exc}")
+            return
+        if self._waiting:
+            with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
+                self._release()
+
+    def _control5(self, packet: mqtt5.Packet) -> None:
+        if isinstance(packet, mqtt5.PubRecPacket):
+            self._recorded_by_broker(packet.packet_id, ReasonCode(packet.reason_code.value))
+        elif isinstance(packet, mqtt5.PubCompPacket):
+            self._acknowledged(packet.packet_id, ReasonCode(packet.reason_code.value))
+        elif isinstance(packet, mqtt5.PubRelPacket):
+            self._received_qos2.discard(packet.packet_id)
+            self._write(mqtt5.PubCompPacket(packet.packet_id).write())
+        elif isinstance(packet, mqtt5.PingRespPacket):
+            self._ping_unanswered = False
+        elif isinstance(packet, mqtt5.ConnAckPacket):
+            self._connack_received(
+                packets.Connack(
+                    ReasonCode(packet.reason_code.value),
+                    packet.receive_max,
+                    packet.server_keep_alive,
+                    None if packet.max_qos == mqtt5.QoS.EXACTLY_ONCE else packet.max_qos.value,
+                    packet.max_packet_size,
+                )
+            )
+        elif isinstance(packet, mqtt5.SubAckPacket):
+            self._suback_received(packet.packet_id, [c.value for c in packet.reason_codes])
+        elif isinstance(packet, mqtt5.DisconnectPacket):
+            self._disconnected(ReasonCode(packet.reason_code.value))
+        else:
+            raise ProtocolError(f"an unexpected packet: {type(packet).__name__}")
+
+    def _received5(self, packet: mqtt5.PublishPacket) -> None:
+        topic = packet.topic
+        if "+" in topic or "#" in topic or "\x00" in topic:
+            raise ProtocolError(f"a PUBLISH topic that is not a topic name: {topic[:100]!r}")
+        if packet.topic_alias is not None:  # the CONNECT sets no Topic Alias Maximum: none
+            raise ProtocolError("a PUBLISH with a topic alias (the gateway allows none)")
+        self._deliver(topic, packet.payload, packet.qos.value, packet.packet_id or 0)
+
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost says the rest
 
@@ -651,14 +775,7 @@ class Session(asyncio.Protocol):
 
     def _control(self, kind: int, body: memoryview, flags: int = 0) -> None:
         if kind == packets.PUBREC:
-            mid, reason_code = packets.parse_ack(body)
-            if reason_code.is_failure:
-                self._acknowledged(mid, reason_code)  # the exchange ends here
-            else:
-                if mid in self._pending:
-                    self._recorded.add(mid)
-                # (an id not in flight any more: released all the same, or the broker waits)
-                self._write(packets.puback_packet(packets.PUBREL, mid))
+            self._recorded_by_broker(*packets.parse_ack(body))
         elif kind == packets.PUBCOMP:
             self._acknowledged(*packets.parse_ack(body))
         elif kind == packets.PUBREL:
@@ -670,16 +787,32 @@ class Session(asyncio.Protocol):
         elif kind == packets.CONNACK:
             self._connack_received(packets.parse_connack(body, self._v5))
         elif kind == packets.SUBACK:
-            mid, codes = packets.parse_suback(body, self._v5)
-            # (0 before the SUBSCRIBE is sent: no SUBACK can be its answer yet.)
-            if mid == self._subscribe_mid and mid and not self._suback.done():
-                self._suback.set_result(codes)
+            self._suback_received(*packets.parse_suback(body, self._v5))
         elif kind == packets.DISCONNECT:
             self._disconnected(packets.parse_disconnect(body))
         elif kind == packets.OVERSIZE:
             self._oversize(flags, body)
         else:
             raise ProtocolError(f"an unexpected packet of type {kind}")
+
+    def _recorded_by_broker(self, mid: int, reason_code: ReasonCode) -> None:
+        """A PUBREC (QoS 2) for ``mid``."""
+        if reason_code.is_failure:
+            self._acknowledged(mid, reason_code)  # the exchange ends here
+            return
+        if mid in self._pending:
+            self._recorded.add(mid)
+        # (an id not in flight any more: released all the same, or the broker waits)
+        self._write(
+            mqtt5.PubRelPacket(mid).write()
+            if self._v5
+            else packets.puback_packet(packets.PUBREL, mid)
+        )
+
+    def _suback_received(self, mid: int, codes: list[int]) -> None:
+        # (0 before the SUBSCRIBE is sent: no SUBACK can be its answer yet.)
+        if mid == self._subscribe_mid and mid and not self._suback.done():
+            self._suback.set_result(codes)
 
     def _connack_received(self, connack: packets.Connack) -> None:
         if self._connack.done():
@@ -714,11 +847,22 @@ class Session(asyncio.Protocol):
             self._connack.set_result(None)
 
     def _received(self, flags: int, body: memoryview) -> None:
-        topic, payload, qos, mid = packets.parse_publish(flags, body, self._v5)
+        self._deliver(*packets.parse_publish(flags, body, self._v5))
+
+    def _deliver(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+        """An incoming PUBLISH: acknowledged, then passed to ``on_message`` (once)."""
         if qos == 1:
-            self._write(packets.puback_packet(packets.PUBACK, mid))
+            self._write(
+                mqtt5.PubAckPacket(mid).write()
+                if self._v5
+                else packets.puback_packet(packets.PUBACK, mid)
+            )
         elif qos == 2:
-            self._write(packets.puback_packet(packets.PUBREC, mid))
+            self._write(
+                mqtt5.PubRecPacket(mid).write()
+                if self._v5
+                else packets.puback_packet(packets.PUBREC, mid)
+            )
             if mid in self._received_qos2:
                 return  # sent again before our PUBREC arrived: passed on already
             self._received_qos2.add(mid)
@@ -772,3 +916,23 @@ class Session(asyncio.Protocol):
             delivery.refuse(position, reason_code)
             reason = f"{reason} (MQTT 5 reason code 0x{reason_code.value:02X})"
         self.abort(reason)
+
+
+def _read5(whole: memoryview) -> mqtt5.Packet:
+    """One whole MQTT 5 packet decoded by ``mqtt5``; :class:`ProtocolError` if it is not valid.
+
+    mqtt5 0.8.0 raises ValueError (a UnicodeDecodeError for a string that is not UTF-8, caught
+    inside it) or IndexError for what it cannot read, and for some malformed strings a pyo3
+    ``PanicException``, which derives from BaseException: all of them a protocol error here."""
+    try:
+        packet, size = mqtt5.read(whole)
+    except (ValueError, IndexError) as exc:
+        raise ProtocolError(f"a malformed packet ({exc})") from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        context = exc.__context__ or exc
+        raise ProtocolError(f"a malformed packet ({context})") from exc
+    if size != len(whole):
+        raise ProtocolError("bytes after the end of a packet")
+    return packet
