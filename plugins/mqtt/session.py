@@ -486,7 +486,11 @@ class Session(asyncio.Protocol):
                 mid = mid + 1 if mid < 65535 else 1
                 while mid in pending:  # never reuse an id in flight
                     mid = mid + 1 if mid < 65535 else 1
-                packet = publish(topic, payload, qos=qos, retain=retain, packet_id=mid).write()
+                packet = (
+                    publish(topic, payload, qos=qos, retain=True, packet_id=mid).write()
+                    if retain
+                    else publish(topic, payload, qos=qos, packet_id=mid).write()  # (-0.14 µs)
+                )
                 if limit and len(packet) > limit:
                     # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
                     delivery.refuse(position, _PACKET_TOO_LARGE)
@@ -689,22 +693,26 @@ class Session(asyncio.Protocol):
                 self._release()
 
     def _data5(self, data: bytes) -> None:
-        """:meth:`data_received` for MQTT 5: every packet decoded by ``mqtt5``."""
+        """:meth:`data_received` for MQTT 5: every packet decoded by ``mqtt5``.
+
+        What arrived is read packet by packet straight from the read (no framing of ours, the
+        PUBACKs of a group applied in one pass); a packet cut by the end of the read, and
+        anything after one, goes through :class:`packets.Decoder`, which bounds what is
+        buffered (:data:`packets.MAX_PACKET`) and hands over whole packets."""
         try:
-            for kind, _, whole in self._decoder.feed(data):
+            decoder = self._decoder
+            if not decoder.partial:
+                view = memoryview(data)
+                at = self._read_direct(view)
+                if self._lost is not None:
+                    return
+                data = b"" if at == len(data) else data[at:]
+            for kind, _, whole in decoder.feed(data):
                 if kind == packets.OVERSIZE:  # the CONNECT announced the limit
                     raise ProtocolError(
                         f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
                     )
-                packet = _read5(whole)
-                if isinstance(packet, mqtt5.PubAckPacket):
-                    self._acknowledged(packet.packet_id, ReasonCode(packet.reason_code.value))
-                    self._ping_unanswered = False
-                elif isinstance(packet, mqtt5.PublishPacket):
-                    self._received5(packet)  # (proves nothing about our direction)
-                else:
-                    self._control5(packet)
-                    self._ping_unanswered = False
+                self._dispatch5(_read5(whole))
                 if self._lost is not None:
                     return
         except ProtocolError as exc:
@@ -713,6 +721,52 @@ class Session(asyncio.Protocol):
         if self._waiting:
             with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
                 self._release()
+
+    def _read_direct(self, view: memoryview) -> int:
+        """Decode the whole packets at the start of ``view``; where the first one that is not
+        whole starts (or the end)."""
+        read = mqtt5.read
+        puback = mqtt5.PubAckPacket
+        pending = self._pending
+        at = 0
+        end = len(view)
+        acknowledged = False
+        while at < end:
+            try:
+                packet, size = read(view[at:])
+            except IndexError:  # not whole yet (or malformed: the decoder tells which)
+                break
+            except BaseException as exc:  # sorted out by _read5 (a panic is a BaseException)
+                _read5(view[at:], exc)
+                raise  # (not reached: _read5 raised)
+            at += size
+            if type(packet) is puback and packet.reason_code.value < 0x80:
+                acknowledged = True  # the common case: Success, No matching subscribers
+                entry = pending.pop(packet.packet_id, None)
+                if entry is not None:
+                    delivery = entry[0]
+                    delivery.remaining -= 1
+                    if not delivery.remaining:
+                        delivery.complete()
+                if self._recorded:
+                    self._recorded.discard(packet.packet_id)
+                continue
+            self._dispatch5(packet)
+            if self._lost is not None:
+                break
+        if acknowledged:
+            self._ping_unanswered = False  # the broker reads what we send (see _ping)
+        return at
+
+    def _dispatch5(self, packet: mqtt5.Packet) -> None:
+        if isinstance(packet, mqtt5.PubAckPacket):
+            self._acknowledged(packet.packet_id, ReasonCode(packet.reason_code.value))
+            self._ping_unanswered = False
+        elif isinstance(packet, mqtt5.PublishPacket):
+            self._received5(packet)  # (proves nothing about our direction)
+        else:
+            self._control5(packet)
+            self._ping_unanswered = False
 
     def _control5(self, packet: mqtt5.Packet) -> None:
         if isinstance(packet, mqtt5.PubRecPacket):
@@ -918,13 +972,16 @@ class Session(asyncio.Protocol):
         self.abort(reason)
 
 
-def _read5(whole: memoryview) -> mqtt5.Packet:
-    """One whole MQTT 5 packet decoded by ``mqtt5``; :class:`ProtocolError` if it is not valid.
+def _read5(whole: memoryview, failed: BaseException | None = None) -> mqtt5.Packet:
+    """One whole MQTT 5 packet decoded by ``mqtt5``; :class:`ProtocolError` if it is not valid
+    (or if ``failed``, what ``mqtt5.read`` raised for it already).
 
     mqtt5 0.8.0 raises ValueError (a UnicodeDecodeError for a string that is not UTF-8, caught
     inside it) or IndexError for what it cannot read, and for some malformed strings a pyo3
     ``PanicException``, which derives from BaseException: all of them a protocol error here."""
     try:
+        if failed is not None:
+            raise failed
         packet, size = mqtt5.read(whole)
     except (ValueError, IndexError) as exc:
         raise ProtocolError(f"a malformed packet ({exc})") from exc
