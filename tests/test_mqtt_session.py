@@ -365,3 +365,56 @@ def test_the_codec_raises_only_protocol_errors_on_garbage(data: bytes, cut: int)
                         packets.parse_ack(body)
     except packets.ProtocolError:
         pass
+
+
+class _Wire(asyncio.Transport):
+    """A transport that keeps what the session writes (for the session fed by hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+
+@settings_hypothesis(max_examples=400, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        # Plausible packets: a known first byte and a short length, then garbage.
+        st.tuples(
+            st.sampled_from([0x20, 0x32, 0x40, 0x50, 0x62, 0x70, 0x90, 0xD0, 0xE0]),
+            st.integers(min_value=0, max_value=40),
+            st.binary(max_size=60),
+        ).map(lambda t: bytes((t[0], t[1])) + t[2]),
+    ),
+    cut=st.integers(min_value=0, max_value=300),
+    protocol=st.sampled_from(["5", "3.1.1"]),
+)
+def test_a_session_fed_garbage_ends_only_with_a_protocol_error(
+    data: bytes, cut: int, protocol: str
+) -> None:
+    """Whatever a broker sends, cut anywhere between reads, the session's decoding (mqtt5 for
+    MQTT 5, packets.py for 3.1.1) raises nothing out of data_received: the session goes on, or
+    ends as "protocol error: ..." or by the broker's DISCONNECT."""
+    loop = asyncio.new_event_loop()
+    try:
+        session = Session(settings("mqtt://127.0.0.1:1", protocol=protocol), 1, loop)
+        wire = _Wire()
+        session.connection_made(wire)
+        for chunk in (data[:cut], data[cut:]):
+            session.data_received(chunk)
+        ended = ("protocol error: ", "the broker closed the connection")
+        assert session.lost is None or session.lost.startswith(ended), session.lost
+        assert wire.aborted == (session.lost is not None)
+        loop.run_until_complete(asyncio.sleep(0))  # the futures' done callbacks
+    finally:
+        loop.close()
