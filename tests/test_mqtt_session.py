@@ -8,7 +8,8 @@ test_mqtt_subscriptions.py.)
   across reads byte by byte, a PUBACK for an id not in flight, a broker that closes in the
   middle of a packet, message ids never reused while in flight, a broker that stops
   answering PINGREQ.
-* The codec: the decoder's partial reads and bad lengths; garbage raises only ProtocolError.
+* The codecs (packets.py for 3.1.1, mqtt5 for 5): the decoder's partial reads and bad lengths;
+  garbage raises only ProtocolError, fed to the codecs or to the session.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mqtt_helpers import opened, scripted
 from mqtt_helpers import session_settings as settings
 
 from plugins.mqtt import packets
-from plugins.mqtt.session import MqttError, Session
+from plugins.mqtt.session import MqttError, Session, _read5
 
 # --- QoS 2 ------------------------------------------------------------------------------------
 
@@ -325,7 +326,7 @@ def test_the_decoder_refuses_bad_lengths() -> None:
 def test_reason_codes_read_like_the_standard() -> None:
     assert str(packets.ReasonCode(0x87)) == "Not authorized"
     assert packets.ReasonCode(0x87).is_failure and not packets.ReasonCode(0x10).is_failure
-    assert packets.parse_connack(memoryview(b"\x00\x05"), v5=False)[0].value == 0x87
+    assert packets.parse_connack(memoryview(b"\x00\x05"))[0].value == 0x87
 
 
 @pytest.mark.asyncio
@@ -348,21 +349,29 @@ async def test_a_refusal_is_seen_at_qos_2(tmp_path: Path) -> None:
 @settings_hypothesis(max_examples=500, deadline=None)
 @given(data=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=300))
 def test_the_codec_raises_only_protocol_errors_on_garbage(data: bytes, cut: int) -> None:
+    """The 3.1.1 codec (packets.py) and the MQTT 5 one (mqtt5, through the session's _read5)."""
     decoder = packets.Decoder()
+    whole = packets.Decoder(whole=True)
     try:
         for chunk in (data[:cut], data[cut:]):
             for kind, flags, body in decoder.feed(chunk):
-                for v5 in (False, True):
-                    if kind == packets.CONNACK:
-                        packets.parse_connack(body, v5)
-                    elif kind == packets.SUBACK:
-                        packets.parse_suback(body, v5)
-                    elif kind == packets.PUBLISH:
-                        packets.parse_publish(flags, body, v5)
-                    elif kind == packets.DISCONNECT:
-                        packets.parse_disconnect(body)
-                    else:
-                        packets.parse_ack(body)
+                if kind == packets.CONNACK:
+                    packets.parse_connack(body)
+                elif kind == packets.SUBACK:
+                    packets.parse_suback(body)
+                elif kind == packets.PUBLISH:
+                    packets.parse_publish(flags, body)
+                elif kind == packets.DISCONNECT:
+                    packets.parse_disconnect(body)
+                else:
+                    packets.parse_ack(body)
+    except packets.ProtocolError:
+        pass
+    try:
+        for chunk in (data[:cut], data[cut:]):
+            for kind, _, packet in whole.feed(chunk):
+                if kind != packets.OVERSIZE:
+                    _read5(packet)
     except packets.ProtocolError:
         pass
 

@@ -1,10 +1,13 @@
-"""MQTT 3.1.1 and 5.0 packets: encoding what the gateway sends, decoding what a broker sends.
+"""MQTT 3.1.1 packets (encoding what the gateway sends, decoding what a broker sends), the
+framing that bounds what is buffered, and the reason codes, for :mod:`.session`.
 
-Pure functions, no I/O, for :mod:`.session`; tested without a broker (and against a real one
-through the session). Only the packets a publishing client with a few subscriptions needs:
-CONNECT/CONNACK, PUBLISH with PUBACK (QoS 1) or PUBREC/PUBREL/PUBCOMP (QoS 2), SUBSCRIBE/
-SUBACK, PINGREQ/PINGRESP, DISCONNECT. Decoding is strict: a malformed packet raises
-:class:`ProtocolError` (the session then ends), never anything else.
+MQTT 5 packets are encoded and decoded by the maintained ``mqtt5`` codec (decision 0028,
+amended); this hand-written 3.1.1 codec is to be replaced too (by paho-mqtt for
+``protocol: "3.1.1"``, proposed there). Pure functions, no I/O; tested without a broker (and
+against a real one through the session). Only the packets a publishing client with a few
+subscriptions needs: CONNECT/CONNACK, PUBLISH with PUBACK (QoS 1) or PUBREC/PUBREL/PUBCOMP
+(QoS 2), SUBSCRIBE/SUBACK, PINGREQ/PINGRESP, DISCONNECT. Decoding is strict: a malformed
+packet raises :class:`ProtocolError` (the session then ends), never anything else.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ _HEAD = 2 + 65535 + 2  # a PUBLISH's topic (at most 65,535 bytes) and message id
 
 MAX_REMAINING = 268_435_455  # the largest remaining length MQTT can express (4 bytes)
 MAX_PACKET = 16 * 1024 * 1024
-"""The largest packet accepted from a broker (announced as Maximum Packet Size in MQTT 5):
-bounded buffers; the gateway only receives small commands and status messages."""
+"""The largest packet accepted from a broker (announced as Maximum Packet Size in MQTT 5, by
+the session): bounded buffers; the gateway only receives small commands and status messages."""
 
 _NAMES = {
     0x00: "Success",
@@ -138,30 +141,25 @@ def _packet(first: int, body: bytes) -> bytes:
 def connect_packet(
     *,
     client_id: str,
-    v5: bool,
     keepalive_s: int,
     username: str | None = None,
     password: str | None = None,
     will: tuple[str, bytes, int, bool] | None = None,
 ) -> bytes:
-    """A CONNECT with a clean session (3.1.1) or clean start (5); ``will`` is (topic, payload,
-    qos, retain). MQTT 5 announces :data:`MAX_PACKET` as the client's Maximum Packet Size."""
+    """An MQTT 3.1.1 CONNECT with a clean session; ``will`` is (topic, payload, qos, retain)."""
     flags = 0x02
     payload = _string(client_id)
     if will is not None:
         topic, message, qos, retain = will
         flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
-        payload += (b"\x00" if v5 else b"") + _string(topic) + _string(message)
+        payload += _string(topic) + _string(message)
     if username is not None:
         flags |= 0x80
         payload += _string(username)
     if password is not None:
         flags |= 0x40
         payload += _string(password)
-    header = _string("MQTT") + bytes((5 if v5 else 4, flags)) + struct.pack("!H", keepalive_s)
-    if v5:
-        properties = b"\x27" + struct.pack("!I", MAX_PACKET)  # Maximum Packet Size
-        header += _varint(len(properties)) + properties
+    header = _string("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive_s)
     return _packet(CONNECT << 4, header + payload)
 
 
@@ -189,8 +187,8 @@ def puback_packet(kind: int, mid: int) -> bytes:
     return bytes(((kind << 4) | (0x02 if kind == PUBREL else 0), 2)) + struct.pack("!H", mid)
 
 
-def subscribe_packet(mid: int, filters: tuple[tuple[str, int], ...], v5: bool) -> bytes:
-    body = struct.pack("!H", mid) + (b"\x00" if v5 else b"")
+def subscribe_packet(mid: int, filters: tuple[tuple[str, int], ...]) -> bytes:
+    body = struct.pack("!H", mid)
     for topic_filter, qos in filters:
         body += _string(topic_filter) + bytes((qos,))
     return _packet(SUBSCRIBE << 4 | 0x02, body)
@@ -298,67 +296,6 @@ def _u16(body: memoryview, at: int) -> int:
     return int(body[at]) << 8 | body[at + 1]
 
 
-def _read_varint(body: memoryview, at: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if at >= len(body) or shift > 21:
-            raise ProtocolError("a bad variable byte integer")
-        byte = body[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, at
-        shift += 7
-
-
-# Property identifier -> encoded size: 1, 2, 4 bytes, "v" variable byte integer, "s" string
-# or binary (2-byte length), "p" string pair.
-_PROPERTY_SIZES: dict[int, int | str] = {
-    0x01: 1, 0x02: 4, 0x03: "s", 0x08: "s", 0x09: "s", 0x0B: "v", 0x11: 4, 0x12: "s",
-    0x13: 2, 0x15: "s", 0x16: "s", 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: "s", 0x1C: "s",
-    0x1F: "s", 0x21: 2, 0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: "p", 0x27: 4, 0x28: 1,
-    0x29: 1, 0x2A: 1,
-}  # fmt: skip
-
-
-# Properties that may appear more than once: User Property, Subscription Identifier.
-_REPEATABLE = frozenset({0x26, 0x0B})
-
-
-def _properties(body: memoryview, at: int) -> tuple[dict[int, int], int]:
-    """Skip MQTT 5 properties at ``at``; the integer ones by identifier, and the end."""
-    length, at = _read_varint(body, at)
-    end = at + length
-    if end > len(body):
-        raise ProtocolError("properties beyond the packet")
-    found: dict[int, int] = {}
-    seen: set[int] = set()
-    while at < end:
-        identifier, at = _read_varint(body, at)
-        size = _PROPERTY_SIZES.get(identifier)
-        if size is None:
-            raise ProtocolError(f"an unknown property 0x{identifier:02X}")
-        if identifier in seen and identifier not in _REPEATABLE:
-            raise ProtocolError(f"property 0x{identifier:02X} more than once")  # MQTT 5, 2.2.2.2
-        seen.add(identifier)
-        if size == "v":
-            found[identifier], at = _read_varint(body, at)
-        elif size == "s":
-            at += 2 + _u16(body, at)
-        elif size == "p":
-            at += 2 + _u16(body, at)
-            at += 2 + _u16(body, at)
-        else:
-            assert isinstance(size, int)
-            if at + size > end:
-                raise ProtocolError("a property cut short")
-            found[identifier] = int.from_bytes(body[at : at + size], "big")
-            at += size
-    if at != end:
-        raise ProtocolError("properties cut short")
-    return found, end
-
-
 class Connack(NamedTuple):
     """A broker's answer to CONNECT, with what an MQTT 5 broker may set (None: not set)."""
 
@@ -369,44 +306,27 @@ class Connack(NamedTuple):
     maximum_packet_size: int | None = None  # the largest packet it takes (bytes; None: any)
 
 
-def parse_connack(body: memoryview, v5: bool) -> Connack:
-    """A CONNACK (MQTT 3.1.1 return codes mapped to MQTT 5 reason codes)."""
-    if len(body) < 2:
-        raise ProtocolError("a CONNACK cut short")
+def parse_connack(body: memoryview) -> Connack:
+    """An MQTT 3.1.1 CONNACK (its return codes mapped to MQTT 5 reason codes)."""
+    if len(body) != 2:
+        raise ProtocolError(f"a CONNACK of {len(body)} bytes (MQTT 3.1.1: 2)")
     code = body[1]
-    if not v5:
-        return Connack(ReasonCode(_V3_CONNACK.get(code, 0x80) if code else 0))
-    found, _ = _properties(body, 2) if len(body) > 2 else ({}, 2)
-    receive_maximum = found.get(0x21)
-    if receive_maximum == 0:
-        raise ProtocolError("a Receive Maximum of 0")
-    maximum_packet_size = found.get(0x27)
-    if maximum_packet_size == 0:
-        raise ProtocolError("a Maximum Packet Size of 0")
-    return Connack(
-        ReasonCode(code), receive_maximum, found.get(0x13), found.get(0x24), maximum_packet_size
-    )
+    return Connack(ReasonCode(_V3_CONNACK.get(code, 0x80) if code else 0))
 
 
 def parse_ack(body: memoryview) -> tuple[int, ReasonCode]:
-    """A PUBACK, PUBREC, PUBREL or PUBCOMP: message id and reason (MQTT 5 may omit it, and
-    the properties after it)."""
-    mid = _u16(body, 0)
-    if len(body) <= 2:
-        return mid, SUCCESS
-    if len(body) > 3 and _properties(body, 3)[1] != len(body):
-        raise ProtocolError("bytes after the properties of an acknowledgement")
-    return mid, ReasonCode(body[2])
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP: its message id (MQTT 3.1.1 has no reason code)."""
+    if len(body) != 2:
+        raise ProtocolError(f"an acknowledgement of {len(body)} bytes (MQTT 3.1.1: 2)")
+    return int(body[0]) << 8 | body[1], SUCCESS
 
 
-def parse_suback(body: memoryview, v5: bool) -> tuple[int, list[int]]:
-    """A SUBACK: message id and one reason code (or granted QoS) per filter."""
-    mid = _u16(body, 0)
-    at = _properties(body, 2)[1] if v5 else 2
-    return mid, list(body[at:])
+def parse_suback(body: memoryview) -> tuple[int, list[int]]:
+    """A SUBACK: message id and one return code (granted QoS, or 0x80) per filter."""
+    return _u16(body, 0), list(body[2:])
 
 
-def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, int, int]:
+def parse_publish(flags: int, body: memoryview) -> tuple[str, bytes, int, int]:
     """An incoming PUBLISH: topic, payload, QoS and message id (0 at QoS 0)."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
@@ -425,10 +345,6 @@ def parse_publish(flags: int, body: memoryview, v5: bool) -> tuple[str, bytes, i
     if qos:
         mid = _u16(body, at)
         at += 2
-    if v5:
-        found, at = _properties(body, at)
-        if 0x23 in found:  # the CONNECT sets no Topic Alias Maximum: 0, none allowed
-            raise ProtocolError("a PUBLISH with a topic alias (the gateway allows none)")
     return topic, bytes(body[at:]), qos, mid
 
 

@@ -269,9 +269,6 @@ class Session(asyncio.Protocol):
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_unanswered = False
         self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
-        # The largest remaining length of a PUBLISH the broker takes (its Maximum Packet Size
-        # less the fixed header's 5 bytes at most); a longer message is checked exactly.
-        self._max_remaining = packets.MAX_REMAINING
         self._max_packet = 0  # an MQTT 5 broker's Maximum Packet Size (0: not set)
 
     @property
@@ -358,7 +355,6 @@ class Session(asyncio.Protocol):
         else:
             connect = packets.connect_packet(
                 client_id=settings.client_id,
-                v5=False,
                 keepalive_s=settings.keepalive_s,
                 username=settings.username,
                 password=password,
@@ -388,7 +384,7 @@ class Session(asyncio.Protocol):
             ]
             self._write(mqtt5.SubscribePacket(self._subscribe_mid, filters).write())
         else:
-            self._write(packets.subscribe_packet(self._subscribe_mid, subscriptions, False))
+            self._write(packets.subscribe_packet(self._subscribe_mid, subscriptions))
         codes = await asyncio.shield(self._suback)
         if len(codes) != len(subscriptions):
             raise self.error(
@@ -423,27 +419,20 @@ class Session(asyncio.Protocol):
         self, messages: Sequence[Message], retain: bool, delivery: Delivery, start: int
     ) -> None:
         """Encode ``messages`` (positions ``start``... of ``delivery``) and hand them to the
-        transport in one write."""
+        transport in one write (MQTT 3.1.1: :meth:`_send5` for MQTT 5)."""
         pending = self._pending
         topics = self._topics
         first = 0x30 | self._qos << 1 | retain
-        properties = b"\x00" if self._v5 else b""
-        extra = 2 + len(properties)  # message id and (MQTT 5) an empty property list
         header = packets.publish_header
         parts: list[bytes] = []
         append = parts.append
         mid = self._mid
-        max_remaining = self._max_remaining
         try:
             for position, (topic, payload) in enumerate(messages, start):
                 name = topics.get(topic) or self._topic(topic)
                 if isinstance(payload, str):
                     payload = payload.encode()
-                remaining = len(name) + extra + len(payload)
-                if remaining > max_remaining and self._too_large(remaining):
-                    # The broker would disconnect (0x95): refused here, not sent (MQTT-3.1.2-24).
-                    delivery.refuse(position, _PACKET_TOO_LARGE)
-                    continue
+                remaining = len(name) + 2 + len(payload)  # (2: the message id)
                 mid = mid + 1 if mid < 65535 else 1
                 while mid in pending:  # never reuse an id in flight
                     mid = mid + 1 if mid < 65535 else 1
@@ -455,7 +444,7 @@ class Session(asyncio.Protocol):
                     else header(first, remaining)
                 )
                 append(name)
-                append(mid.to_bytes(2, "big") + properties)
+                append(mid.to_bytes(2, "big"))
                 append(payload)
                 pending[mid] = (delivery, position)
         except ValueError as exc:
@@ -503,15 +492,6 @@ class Session(asyncio.Protocol):
         finally:
             self._mid = mid
         self._write(b"".join(parts))
-
-    def _too_large(self, remaining: int) -> bool:
-        """A PUBLISH of ``remaining`` bytes after its fixed header exceeds the broker's Maximum
-        Packet Size (without one, MQTT's own limit is publish_header's to enforce)."""
-        limit = self._max_packet
-        return bool(limit) and (
-            remaining > packets.MAX_REMAINING
-            or len(packets.publish_header(0, remaining)) + remaining > limit
-        )
 
     def _topic(self, topic: str) -> bytes:
         if len(self._topics) >= TOPIC_CACHE:
@@ -650,17 +630,13 @@ class Session(asyncio.Protocol):
             return
         at = 0
         if not self._decoder.partial:
-            # The common case, in bulk: PUBACKs without reason code (Success: 4 bytes) or with
-            # a success code and no properties (MQTT 5, 0x10 No matching subscribers: 5 bytes).
+            # The common case, in bulk: PUBACKs (MQTT 3.1.1: 4 bytes).
             pending = self._pending
             size = len(data)
             end = size - 3
-            while at < end and data[at] == 0x40:
-                length = data[at + 1]
-                if length != 2 and not (length == 3 and at + 4 < size and data[at + 4] < 0x80):
-                    break
+            while at < end and data[at] == 0x40 and data[at + 1] == 2:
                 entry = pending.pop(data[at + 2] << 8 | data[at + 3], None)
-                at += 2 + length
+                at += 4
                 if entry is not None:
                     delivery = entry[0]
                     delivery.remaining -= 1
@@ -839,9 +815,9 @@ class Session(asyncio.Protocol):
         elif kind == packets.PINGRESP:
             self._ping_unanswered = False
         elif kind == packets.CONNACK:
-            self._connack_received(packets.parse_connack(body, self._v5))
+            self._connack_received(packets.parse_connack(body))
         elif kind == packets.SUBACK:
-            self._suback_received(*packets.parse_suback(body, self._v5))
+            self._suback_received(*packets.parse_suback(body))
         elif kind == packets.DISCONNECT:
             self._disconnected(packets.parse_disconnect(body))
         elif kind == packets.OVERSIZE:
@@ -878,7 +854,6 @@ class Session(asyncio.Protocol):
             self._window = receive_maximum
         if connack.maximum_packet_size is not None:
             self._max_packet = connack.maximum_packet_size
-            self._max_remaining = max(0, connack.maximum_packet_size - 5)
         if connack.server_keepalive is not None and connack.server_keepalive != self._keepalive_s:
             self._keepalive_s = connack.server_keepalive  # the broker's word is final
             if self._keepalive is not None:
@@ -901,7 +876,7 @@ class Session(asyncio.Protocol):
             self._connack.set_result(None)
 
     def _received(self, flags: int, body: memoryview) -> None:
-        self._deliver(*packets.parse_publish(flags, body, self._v5))
+        self._deliver(*packets.parse_publish(flags, body))
 
     def _deliver(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
         """An incoming PUBLISH: acknowledged, then passed to ``on_message`` (once)."""
@@ -938,11 +913,7 @@ class Session(asyncio.Protocol):
         """A PUBLISH beyond :data:`packets.MAX_PACKET`: acknowledged and dropped, logged. (An
         MQTT 3.1.1 broker cannot be told the limit: a retained message that large on a
         subscribed topic would otherwise end every session right after it connects. An MQTT 5
-        broker was told, in the CONNECT: from it, a protocol error.)"""
-        if self._v5:
-            raise ProtocolError(
-                f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
-            )
+        broker was told, in the CONNECT: from it, a protocol error, in :meth:`_data5`.)"""
         topic, qos, mid = packets.parse_oversize(flags, body)
         if qos == 3:
             raise ProtocolError("a PUBLISH with QoS 3")
