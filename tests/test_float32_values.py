@@ -6,6 +6,7 @@ reads back as the very same float32."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -29,7 +30,7 @@ from conftest import (
 from mosquitto import Mosquitto, Subscriber
 
 from firmware_stubs.feed_pump import FeedPumpEmulator, PumpModel
-from gateway import Signal, compile_conversion, float32_decimal, hash_password
+from gateway import Quality, Signal, compile_conversion, float32_decimal, hash_password
 from gateway.export import write_csv, write_jsonl
 from gateway.runtime.outputs import SignalOutput
 from gateway.store import SampleStore
@@ -124,17 +125,25 @@ async def test_a_modbus_float32_of_1_6_is_1_6_in_json_mqtt_opcua_and_exports(
                     lambda: gateway.stats.committed >= 10, 15, what="10 committed samples"
                 )
                 served = await node.read_data_value()
+                async with asyncio.timeout(15):  # the latest reading may be a timed-out one
+                    while not served.StatusCode.is_good():
+                        await asyncio.sleep(0.1)
+                        served = await node.read_data_value()
     assert as_float32(1.6) != 1.6  # what the register holds is not the double 1.6
 
+    # A loaded machine may time a Modbus read out: that reading is bad, with no value. Every
+    # good one must be the decimal.
     mqtt_payloads = [json.loads(m.payload) for m in subscriber.on(topic)]
+    mqtt_payloads = [p for p in mqtt_payloads if p["quality"] == "good"]
     assert mqtt_payloads and all(p["signal"] == FLOW for p in mqtt_payloads)
     assert {p["value"] for p in mqtt_payloads} == {1.6}
-    assert b'"value":1.6,' in subscriber.on(topic)[0].payload
+    assert any(b'"value":1.6,' in m.payload for m in subscriber.on(topic))
 
     assert served.Value.VariantType == ua.VariantType.Double
     assert served.Value.Value == 1.6  # the nearest double of the decimal
 
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if x["quality"] == "good"]
     flows = [x["value"] for x in lines if x["signal"] == FLOW]
     assert flows and set(flows) == {1.6}
     # 1.6 mL/min is 0.096 L/h: the conversion starts from the decimal, not from the float32.
@@ -142,7 +151,8 @@ async def test_a_modbus_float32_of_1_6_is_1_6_in_json_mqtt_opcua_and_exports(
     assert lph and all(abs(v - 0.096) <= 1e-16 for v in lph), lph
 
     by_signal = stored_by_signal(tmp_path / "store.sqlite")
-    assert {s.value for s in by_signal[FLOW]} == {1.6}
+    good = [s for s in by_signal[FLOW] if s.quality == Quality.GOOD]
+    assert good and {s.value for s in good} == {1.6}
     store = SampleStore(tmp_path / "store.sqlite", read_only=True)
     try:
         jsonl, table = io.StringIO(), io.StringIO()
@@ -150,9 +160,10 @@ async def test_a_modbus_float32_of_1_6_is_1_6_in_json_mqtt_opcua_and_exports(
         write_csv(store.samples(FLOW), table)
     finally:
         store.close()
-    assert jsonl.getvalue().count('"value":1.6,') == len(by_signal[FLOW])
+    assert jsonl.getvalue().count('"value":1.6,') == len(good)
     rows = list(csv.DictReader(io.StringIO(table.getvalue())))
-    assert rows and {row["value"] for row in rows} == {"1.6"}
+    rows = [row for row in rows if row["quality"] == "good"]
+    assert len(rows) == len(good) and {row["value"] for row in rows} == {"1.6"}
 
 
 @pytest.mark.asyncio
