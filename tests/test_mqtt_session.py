@@ -411,3 +411,21 @@ def test_a_session_fed_garbage_ends_only_with_a_protocol_error(data: bytes, cut:
         loop.run_until_complete(asyncio.sleep(0))  # the futures' done callbacks
     finally:
         loop.close()
+
+
+def test_mqtt_311_is_paho_mqtt_and_the_own_session_speaks_only_mqtt5() -> None:
+    """Decision 0028 (paho16): no MQTT packet of our own. 3.1.1 sessions are paho-mqtt's,
+    chosen in one place (holder.new_session); the asyncio Session refuses to speak 3.1.1, and
+    packets.py has no encoder left."""
+    from plugins.mqtt.paho_session import PahoSession
+
+    loop = asyncio.new_event_loop()
+    try:
+        url = "mqtt://127.0.0.1:1"
+        assert isinstance(new_session(settings(url, protocol="3.1.1"), 1, loop), PahoSession)
+        assert type(new_session(settings(url), 1, loop)) is Session
+        with pytest.raises(ValueError, match=r"MQTT 5, not 3\.1\.1"):
+            Session(settings(url, protocol="3.1.1"), 1, loop)
+    finally:
+        loop.close()
+    assert not [name for name in vars(packets) if name.endswith("_packet") or "publish" in name]
