@@ -20,8 +20,14 @@ from plugins.mqtt import packets
 
 def decode_cpu_s(size: int, read: int) -> float:
     topic = b"spBv1.0/pat/NCMD/node"
-    body = struct.pack("!H", len(topic)) + topic + b"\x00\x01" + b"x" * size
-    stream = packets.publish_header(0x32, len(body)) + body
+    body = struct.pack("!H", len(topic)) + topic + b"\x00\x01\x00" + b"x" * size  # MQTT 5
+    remaining, length = len(body), bytearray()
+    while True:  # the fixed header's remaining length, encoded here (the gateway encodes none)
+        byte, remaining = remaining & 0x7F, remaining >> 7
+        length.append(byte | 0x80 if remaining else byte)
+        if not remaining:
+            break
+    stream = b"\x32" + bytes(length) + body
     decoder = packets.Decoder()
     found = 0
     start = time.process_time()

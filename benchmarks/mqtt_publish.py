@@ -12,8 +12,9 @@ Modes:
 
 * ``paho``: paho-mqtt alone, its network thread (``loop_start``), ``publish`` per message and
   a count of ``on_publish`` callbacks: the library's own floor as the gateway used it.
-* ``session``: the gateway's :class:`plugins.mqtt.session.Session` (``publish`` per group,
-  ``Delivery.wait``).
+* ``session``: the gateway's session as :func:`plugins.mqtt.holder.new_session` picks it
+  (``--protocol 5``: :class:`plugins.mqtt.session.Session`; ``3.1.1``: paho-mqtt through
+  :class:`plugins.mqtt.paho_session.PahoSession`), ``publish`` per group, ``Delivery.wait``.
 * ``sink``: :class:`plugins.mqtt.plugin.MqttSink` ``forward`` of samples (``payload: sample``,
   one topic per signal): topics, JSON encoding with two timestamps, the session.
 * ``gmqtt``, ``zmqtt``: the asyncio clients on PyPI, when installed (``pip install gmqtt
@@ -158,9 +159,9 @@ def _settings(host: str, port: int, name: str, protocol: str) -> Any:
 
 
 async def run_session(host: str, port: int, messages: int, group: int, protocol: str) -> float:
-    from plugins.mqtt.session import Session
+    from plugins.mqtt.holder import new_session
 
-    session = Session(
+    session = new_session(
         _settings(host, port, "bench-session", protocol), 1, asyncio.get_running_loop()
     )
     await session.open()

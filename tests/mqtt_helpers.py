@@ -23,8 +23,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from gateway import PluginContext, Quality, Sample, Signal, SpectralAxis, Spectrum
+from plugins.mqtt.holder import AnySession, new_session
 from plugins.mqtt.options import parse_broker_url
-from plugins.mqtt.session import Session, SessionSettings
+from plugins.mqtt.session import SessionSettings
 
 __all__ = [
     "SITE",
@@ -91,9 +92,10 @@ def bound_sink(
 
 
 @asynccontextmanager
-async def opened(settings: SessionSettings) -> AsyncIterator[Session]:
-    """A session opened (connected, subscribed) and ready; closed on exit."""
-    session = Session(settings, 1, asyncio.get_running_loop())
+async def opened(settings: SessionSettings) -> AsyncIterator[AnySession]:
+    """A session of ``settings.protocol`` (holder.new_session) opened (connected, subscribed)
+    and ready; closed on exit."""
+    session = new_session(settings, 1, asyncio.get_running_loop())
     await session.open()
     session.ready = True
     try:
@@ -151,3 +153,14 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if byte < 0x80:
             break
     return first, await reader.readexactly(length)
+
+
+def fixed_header(first: int, remaining: int) -> bytes:
+    """An MQTT fixed header (first byte, remaining length), for the tests' scripted brokers
+    (encoded here, not by the gateway's code)."""
+    length = bytearray()
+    while True:
+        byte, remaining = remaining & 0x7F, remaining >> 7
+        length.append(byte | 0x80 if remaining else byte)
+        if not remaining:
+            return bytes((first,)) + bytes(length)

@@ -8,7 +8,7 @@ test_mqtt_subscriptions.py.)
   across reads byte by byte, a PUBACK for an id not in flight, a broker that closes in the
   middle of a packet, message ids never reused while in flight, a broker that stops
   answering PINGREQ.
-* The codecs (packets.py for 3.1.1, mqtt5 for 5): the decoder's partial reads and bad lengths;
+* The framing (packets.py) and the MQTT 5 codec (mqtt5): partial reads and bad lengths;
   garbage raises only ProtocolError, fed to the codecs or to the session.
 """
 
@@ -24,10 +24,11 @@ from hypothesis import given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 from mosquitto import Mosquitto, Subscriber
-from mqtt_helpers import opened, scripted
+from mqtt_helpers import fixed_header, opened, scripted
 from mqtt_helpers import session_settings as settings
 
 from plugins.mqtt import packets
+from plugins.mqtt.holder import new_session
 from plugins.mqtt.session import MqttError, Session, _read5
 
 # --- QoS 2 ------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ async def test_a_broker_that_stops_answering_pings_ends_the_session() -> None:
         await reader.read()  # reads PINGREQs, never answers
 
     async with scripted(script) as url:
-        session = Session(
+        session = new_session(
             settings(url, protocol="3.1.1", keepalive_s=1), 1, asyncio.get_running_loop()
         )
         await session.open()
@@ -304,29 +305,30 @@ def test_the_decoder_takes_packets_across_any_cut() -> None:
     stream = (
         CONNACK
         + b"\x40\x02\x00\x07"
-        + packets.publish_header(0x32, 2 + 1 + 2 + 300)
-        + b"\x00\x01t\x00\x09"
+        + fixed_header(0x32, 2 + 1 + 2 + 1 + 300)
+        + b"\x00\x01t\x00\x09\x00"
         + b"x" * 300
     )
     for cut in range(1, len(stream)):
         decoder = packets.Decoder()
-        found = [(k, f, bytes(b)) for k, f, b in decoder.feed(stream[:cut])]
-        found += [(k, f, bytes(b)) for k, f, b in decoder.feed(stream[cut:])]
-        assert [k for k, _, _ in found] == [2, 4, 3], cut
-        assert found[2][2] == b"\x00\x01t\x00\x09" + b"x" * 300
+        found = [bytes(b) for b in decoder.feed(stream[:cut])]
+        found += [bytes(b) for b in decoder.feed(stream[cut:])]
+        assert [b[0] >> 4 for b in found] == [2, 4, 3], cut
+        assert b"".join(found) == stream, cut
 
 
 def test_the_decoder_refuses_bad_lengths() -> None:
     with pytest.raises(packets.ProtocolError, match="longer than 4 bytes"):
         list(packets.Decoder().feed(b"\x30\xff\xff\xff\xff\x01"))
-    with pytest.raises(packets.ProtocolError, match="more than"):
-        list(packets.Decoder().feed(b"\x40\xff\xff\xff\x7f"))  # (an oversized PUBLISH: skipped)
+    with pytest.raises(packets.ProtocolError, match="beyond the Maximum Packet Size"):
+        list(packets.Decoder().feed(b"\x40\xff\xff\xff\x7f"))
+    with pytest.raises(packets.ProtocolError, match="beyond the Maximum Packet Size"):
+        list(packets.Decoder().feed(b"\x32\xff\xff\xff\x7f"))  # a PUBLISH too: announced
 
 
 def test_reason_codes_read_like_the_standard() -> None:
     assert str(packets.ReasonCode(0x87)) == "Not authorized"
     assert packets.ReasonCode(0x87).is_failure and not packets.ReasonCode(0x10).is_failure
-    assert packets.parse_connack(memoryview(b"\x00\x05"))[0].value == 0x87
 
 
 @pytest.mark.asyncio
@@ -349,29 +351,13 @@ async def test_a_refusal_is_seen_at_qos_2(tmp_path: Path) -> None:
 @settings_hypothesis(max_examples=500, deadline=None)
 @given(data=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=300))
 def test_the_codec_raises_only_protocol_errors_on_garbage(data: bytes, cut: int) -> None:
-    """The 3.1.1 codec (packets.py) and the MQTT 5 one (mqtt5, through the session's _read5)."""
-    decoder = packets.Decoder()
-    whole = packets.Decoder(whole=True)
+    """The framing (packets.Decoder) and the MQTT 5 codec (mqtt5, through the session's _read5).
+    (MQTT 3.1.1 is decoded by paho-mqtt, its own tests' business.)"""
+    whole = packets.Decoder()
     try:
         for chunk in (data[:cut], data[cut:]):
-            for kind, flags, body in decoder.feed(chunk):
-                if kind == packets.CONNACK:
-                    packets.parse_connack(body)
-                elif kind == packets.SUBACK:
-                    packets.parse_suback(body)
-                elif kind == packets.PUBLISH:
-                    packets.parse_publish(flags, body)
-                elif kind == packets.DISCONNECT:
-                    packets.parse_disconnect(body)
-                else:
-                    packets.parse_ack(body)
-    except packets.ProtocolError:
-        pass
-    try:
-        for chunk in (data[:cut], data[cut:]):
-            for kind, _, packet in whole.feed(chunk):
-                if kind != packets.OVERSIZE:
-                    _read5(packet)
+            for packet in whole.feed(chunk):
+                _read5(packet)
     except packets.ProtocolError:
         pass
 
@@ -406,17 +392,15 @@ class _Wire(asyncio.Transport):
         ).map(lambda t: bytes((t[0], t[1])) + t[2]),
     ),
     cut=st.integers(min_value=0, max_value=300),
-    protocol=st.sampled_from(["5", "3.1.1"]),
 )
-def test_a_session_fed_garbage_ends_only_with_a_protocol_error(
-    data: bytes, cut: int, protocol: str
-) -> None:
-    """Whatever a broker sends, cut anywhere between reads, the session's decoding (mqtt5 for
-    MQTT 5, packets.py for 3.1.1) raises nothing out of data_received: the session goes on, or
-    ends as "protocol error: ..." or by the broker's DISCONNECT."""
+def test_a_session_fed_garbage_ends_only_with_a_protocol_error(data: bytes, cut: int) -> None:
+    """Whatever a broker sends, cut anywhere between reads, the MQTT 5 session's decoding
+    (mqtt5) raises nothing out of data_received: the session goes on, or ends as "protocol
+    error: ..." or by the broker's DISCONNECT. (MQTT 3.1.1: paho-mqtt reads on its own thread;
+    a packet it cannot read ends its connection, i.e. the session, as a lost connection.)"""
     loop = asyncio.new_event_loop()
     try:
-        session = Session(settings("mqtt://127.0.0.1:1", protocol=protocol), 1, loop)
+        session = Session(settings("mqtt://127.0.0.1:1"), 1, loop)
         wire = _Wire()
         session.connection_made(wire)
         for chunk in (data[:cut], data[cut:]):
@@ -427,3 +411,21 @@ def test_a_session_fed_garbage_ends_only_with_a_protocol_error(
         loop.run_until_complete(asyncio.sleep(0))  # the futures' done callbacks
     finally:
         loop.close()
+
+
+def test_mqtt_311_is_paho_mqtt_and_the_own_session_speaks_only_mqtt5() -> None:
+    """Decision 0028 (paho16): no MQTT packet of our own. 3.1.1 sessions are paho-mqtt's,
+    chosen in one place (holder.new_session); the asyncio Session refuses to speak 3.1.1, and
+    packets.py has no encoder left."""
+    from plugins.mqtt.paho_session import PahoSession
+
+    loop = asyncio.new_event_loop()
+    try:
+        url = "mqtt://127.0.0.1:1"
+        assert isinstance(new_session(settings(url, protocol="3.1.1"), 1, loop), PahoSession)
+        assert type(new_session(settings(url), 1, loop)) is Session
+        with pytest.raises(ValueError, match=r"MQTT 5, not 3\.1\.1"):
+            Session(settings(url, protocol="3.1.1"), 1, loop)
+    finally:
+        loop.close()
+    assert not [name for name in vars(packets) if name.endswith("_packet") or "publish" in name]

@@ -25,6 +25,7 @@ from mqtt_helpers import opened, read_packet, scripted, session_settings
 from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
+from plugins.mqtt.holder import new_session
 from plugins.mqtt.session import MqttError, Session
 
 
@@ -128,7 +129,7 @@ async def test_a_refused_subscription_fails_open_naming_the_filter(
             await reader.read()
 
     async with scripted(broker) as url:
-        session = Session(
+        session = new_session(
             session_settings(
                 url, protocol=protocol, subscriptions=(("allowed/x", 1), ("secret/#", 1))
             ),

@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from .messages import Message
 from .options import BrokerAddress, BrokerOptions, parse_broker_url
+from .paho_session import PahoSession
 from .session import Delivery, MqttError, ReasonCode, Session, SessionSettings
 
 __all__ = [
     "CLOSE_TIMEOUT_S",
+    "AnySession",
     "SessionHolder",
     "broker_reachable",
     "broker_reason",
@@ -27,6 +29,19 @@ __all__ = [
 ]
 
 CLOSE_TIMEOUT_S = 2.0  # per step of a clean stop: the last message, then the disconnect
+
+AnySession = Session | PahoSession
+"""A session of either protocol: the same public surface (decision 0028)."""
+
+
+def new_session(
+    settings: SessionSettings, number: int, loop: asyncio.AbstractEventLoop
+) -> AnySession:
+    """The one place a session's class is chosen: MQTT 5 through our :class:`Session` (packets
+    by the ``mqtt5`` codec), MQTT 3.1.1 through paho-mqtt (:class:`PahoSession`)."""
+    if settings.protocol == "3.1.1":
+        return PahoSession(settings, number, loop)
+    return Session(settings, number, loop)
 
 
 def broker_settings(options: BrokerOptions, client_id: str, qos: int) -> SessionSettings:
@@ -81,15 +96,15 @@ class SessionHolder:
         on_discard: Callable[[], None] | None = None,
     ) -> None:
         self.publish_timeout_s = publish_timeout_s
-        self.current: Session | None = None
+        self.current: AnySession | None = None
         # Held while a call connects (or publishes what must follow a connect): calls that wait
         # for a session queue on it, and while any wait, later calls queue behind them.
         self.lock = asyncio.Lock()
         self._in_line = 0
-        self._retired: list[Session] = []  # ended sessions whose connection may still close
+        self._retired: list[AnySession] = []  # ended sessions whose connection may still close
         self._on_discard = on_discard
 
-    def ready(self) -> Session | None:
+    def ready(self) -> AnySession | None:
         """The current session if a call may publish on it at once: usable, and no call
         waiting for a connect (those go first)."""
         session = self.current
@@ -97,7 +112,7 @@ class SessionHolder:
             return session
         return None
 
-    async def queue(self, connect: Callable[[], Awaitable[Session]]) -> Session:
+    async def queue(self, connect: Callable[[], Awaitable[AnySession]]) -> AnySession:
         """Wait for this call's turn, then ``connect()`` (which returns the current session if
         it is usable, else connects). Nothing awaits between the return and the caller's next
         step: a caller that publishes at once publishes in its turn."""
@@ -108,18 +123,18 @@ class SessionHolder:
         finally:
             self._in_line -= 1
 
-    async def renew(self, settings: Callable[[], SessionSettings], number: int) -> Session:
+    async def renew(self, settings: Callable[[], SessionSettings], number: int) -> AnySession:
         """Close the ended sessions, discard the current one, and make (not open) a new
         session, now current, with ``settings()`` (computed after the old ones are gone)."""
         await self.reap()
         if self.current is not None:
             self.discard(self.current, "connection to broker lost")
-        session = Session(settings(), number, asyncio.get_running_loop())
+        session = new_session(settings(), number, asyncio.get_running_loop())
         self.current = session
         return session
 
     def publish(
-        self, session: Session, messages: Sequence[Message], retain: bool = False
+        self, session: AnySession, messages: Sequence[Message], retain: bool = False
     ) -> Delivery:
         """:meth:`Session.publish`; a session that cannot send is discarded."""
         try:
@@ -128,7 +143,7 @@ class SessionHolder:
             self.discard(session, "publish failed")
             raise
 
-    async def acknowledged(self, session: Session, delivery: Delivery) -> None:
+    async def acknowledged(self, session: AnySession, delivery: Delivery) -> None:
         """Wait for ``delivery`` (at most ``publish_timeout_s``); on any failure, including
         this call's cancellation, discard ``session`` and raise."""
         timeout = self.publish_timeout_s
@@ -148,7 +163,7 @@ class SessionHolder:
             self.discard(session, "delivery failed")
             raise
 
-    def discard(self, session: Session, reason: str) -> None:
+    def discard(self, session: AnySession, reason: str) -> None:
         """End ``session`` now (idempotent); it is closed by the next :meth:`reap`."""
         session.abort(reason)
         if self.current is session:

@@ -38,10 +38,16 @@ from gateway import (
     hookimpl,
 )
 
-from .holder import SessionHolder, broker_reachable, broker_reason, broker_settings
+from .holder import (
+    AnySession,
+    SessionHolder,
+    broker_reachable,
+    broker_reason,
+    broker_settings,
+)
 from .messages import Message, TopicMap, batch_messages, sample_messages, status_payload
 from .options import MqttOptions, check_topic
-from .session import Delivery, MqttError, ReasonCode, Session
+from .session import Delivery, MqttError, ReasonCode
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
@@ -169,7 +175,7 @@ class MqttSink:
 
     # --- sessions ---------------------------------------------------------------------------
 
-    async def _ready_session(self, attempt: int) -> Session:
+    async def _ready_session(self, attempt: int) -> AnySession:
         session = self._sessions.current
         if session is not None and session.usable:
             return session
@@ -186,7 +192,7 @@ class MqttSink:
         self._failure = None
         return session
 
-    async def _connect(self) -> Session:
+    async def _connect(self) -> AnySession:
         sessions = self._sessions
         session = await sessions.renew(lambda: self._settings, self.sessions + 1)
         greeting = [m for m in self.topics.meta if m[0] not in self._dropped_topics]

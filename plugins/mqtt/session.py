@@ -1,7 +1,9 @@
-"""One MQTT connection, as an asyncio protocol on the event loop's thread (no thread).
+"""One MQTT 5 connection, as an asyncio protocol on the event loop's thread (no thread).
 
-For the ``mqtt`` sink (and the ``sparkplug`` sink). The packets are encoded and decoded by
-:mod:`.packets`; this module keeps the session's state. :meth:`Session.publish` encodes a whole
+For the ``mqtt`` sink (and the ``sparkplug`` sink) with ``protocol: "5"`` (MQTT 3.1.1 goes
+through paho-mqtt: :mod:`.paho_session`, chosen by :func:`.holder.new_session`). The packets
+are encoded and decoded by the maintained ``mqtt5`` codec, framed by :mod:`.packets` (bounded
+buffers); this module keeps the session's state. :meth:`Session.publish` encodes a whole
 group of messages and hands them to the transport in one write; the acknowledgements that
 arrive in one read are applied in one pass. A message id is never reused while its message
 is in flight, and a PUBACK for an id that is not in flight is ignored. Flow control (at most
@@ -17,13 +19,12 @@ broker's reason, so the caller can give it up without stalling the rest. Any oth
 delivery like a lost connection: the message is sent again later, nothing is given up. A broker
 that answers a denied publish with DISCONNECT instead (AWS IoT Core; EMQX with
 ``deny_action = disconnect``), with a reason code in :data:`DISCONNECT_REFUSALS`, refuses the
-oldest unacknowledged message (brokers answer in order); the session is then lost. (MQTT 3.1.1
-has no reason codes: a refusal is invisible there.)
+oldest unacknowledged message (brokers answer in order); the session is then lost.
 
 A :class:`Session` is single-use, from connect to loss: the sink makes a new session after any
 failure. A lost connection fails every message still waiting for its acknowledgement at once,
 rather than at a timeout; so does a broker that does not answer a PINGREQ within the keepalive.
-Sessions start clean (MQTT 3.1.1 clean session, MQTT 5 clean start): the gateway's store, not
+Sessions start clean (MQTT 5 clean start): the gateway's store, not
 the broker's session state, knows what was delivered.
 
 Subscriptions (``SessionSettings.subscriptions``) are made by :meth:`Session.open`, which
@@ -191,9 +192,11 @@ def _reading(fields: str, *paths: Path | None) -> Iterator[None]:
         raise OSError(f"{fields} ({names}): {exc.strerror or exc}") from exc
 
 
-def _tls_context(tls: TlsOptions | None) -> ssl.SSLContext:
+def _tls_context(
+    tls: TlsOptions | None, make: Callable[[int], ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
     # Reads files: called on a worker thread.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
+    context = make(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
     if tls is not None and tls.ca_file is not None:
         with _reading("tls.ca_file", tls.ca_file):
             context.load_verify_locations(tls.ca_file)  # only these CAs
@@ -217,26 +220,23 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _Waiting:
-    """Messages of one ``publish`` call waiting for room in the window, from ``start`` on."""
+def timeout_reason(timeout: float, step: str, tls: bool) -> str:
+    """Why a session's ``open`` timed out, by the step it had reached ("connect", "connack" or
+    "suback"; either protocol)."""
+    if step == "suback":
+        return f"no SUBACK within {timeout:g} s (connect_timeout_s)"
+    if step == "connack":
+        return (
+            f"no CONNACK within {timeout:g} s (connect_timeout_s): the broker accepted the"
+            " connection but did not answer the MQTT CONNECT"
+        )
+    steps = "TCP connection and TLS handshake" if tls else "TCP connection"
+    return f"{steps} not completed within {timeout:g} s (connect_timeout_s)"
 
-    __slots__ = ("delivery", "messages", "retain", "start")
 
-    def __init__(self, messages: Sequence[Message], retain: bool, delivery: Delivery) -> None:
-        self.messages = messages
-        self.retain = retain
-        self.delivery = delivery
-        self.start = 0
-
-
-class Session(asyncio.Protocol):
-    """One connection to the broker, usable until it fails or is closed.
-
-    :meth:`open` connects (and subscribes); :meth:`publish` sends messages in order and
-    returns their :class:`Delivery`; :meth:`abort` ends the session at once (fails what is
-    pending, cuts the connection); :meth:`close` ends it cleanly. Everything runs on the event
-    loop's thread.
-    """
+class SessionBase:
+    """What both protocols' sessions share: who they are, whether they are usable, why they
+    ended (:class:`Session` for MQTT 5, :class:`~.paho_session.PahoSession` for 3.1.1)."""
 
     def __init__(
         self, settings: SessionSettings, number: int, loop: asyncio.AbstractEventLoop
@@ -247,29 +247,6 @@ class Session(asyncio.Protocol):
         self._loop = loop
         self._lost: str | None = None
         self._connected = False
-        self._v5 = settings.protocol == "5"
-        self._qos = settings.qos
-        # By message id until acknowledged: the delivery and the message's position in it, in
-        # the order sent (the oldest first: a DISCONNECT refusal is about it).
-        self._pending: dict[int, tuple[Delivery, int]] = {}
-        self._window = min(settings.max_inflight or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
-        self._waiting: deque[_Waiting] = deque()
-        self._mid = 0  # the last message id used
-        self._topics: dict[str, bytes] = {}  # topic -> its encoded name
-        self._transport: asyncio.Transport | None = None
-        self._decoder = packets.Decoder(whole=self._v5)  # MQTT 5: whole packets for mqtt5
-        self._connack: asyncio.Future[None] = loop.create_future()
-        self._connack.add_done_callback(_retrieve)
-        self._suback: asyncio.Future[list[int]] = loop.create_future()
-        self._suback.add_done_callback(_retrieve)
-        self._subscribe_mid = 0
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self._received_qos2: set[int] = set()  # incoming QoS 2 ids passed on, not yet PUBRELed
-        self._recorded: set[int] = set()  # outgoing QoS 2 ids the broker PUBRECed (has them)
-        self._keepalive: asyncio.TimerHandle | None = None
-        self._ping_unanswered = False
-        self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
-        self._max_packet = 0  # an MQTT 5 broker's Maximum Packet Size (0: not set)
 
     @property
     def lost(self) -> str | None:
@@ -285,6 +262,57 @@ class Session(asyncio.Protocol):
         """An :class:`MqttError` naming the broker and ``reason``."""
         return MqttError(f"MQTT broker {self.settings.url}: {reason}")
 
+
+class _Waiting:
+    """Messages of one ``publish`` call waiting for room in the window, from ``start`` on."""
+
+    __slots__ = ("delivery", "messages", "retain", "start")
+
+    def __init__(self, messages: Sequence[Message], retain: bool, delivery: Delivery) -> None:
+        self.messages = messages
+        self.retain = retain
+        self.delivery = delivery
+        self.start = 0
+
+
+class Session(SessionBase, asyncio.Protocol):
+    """One connection to the broker, usable until it fails or is closed.
+
+    :meth:`open` connects (and subscribes); :meth:`publish` sends messages in order and
+    returns their :class:`Delivery`; :meth:`abort` ends the session at once (fails what is
+    pending, cuts the connection); :meth:`close` ends it cleanly. Everything runs on the event
+    loop's thread.
+    """
+
+    def __init__(
+        self, settings: SessionSettings, number: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(settings, number, loop)
+        if settings.protocol != "5":  # (MQTT 3.1.1: PahoSession, chosen by holder.new_session)
+            raise ValueError(f"Session speaks MQTT 5, not {settings.protocol}")
+        self._qos = settings.qos
+        # By message id until acknowledged: the delivery and the message's position in it, in
+        # the order sent (the oldest first: a DISCONNECT refusal is about it).
+        self._pending: dict[int, tuple[Delivery, int]] = {}
+        self._window = min(settings.max_inflight or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
+        self._waiting: deque[_Waiting] = deque()
+        self._mid = 0  # the last message id used
+        self._topics: set[str] = set()  # topic names checked
+        self._transport: asyncio.Transport | None = None
+        self._decoder = packets.Decoder()  # whole packets for mqtt5, bounded
+        self._connack: asyncio.Future[None] = loop.create_future()
+        self._connack.add_done_callback(_retrieve)
+        self._suback: asyncio.Future[list[int]] = loop.create_future()
+        self._suback.add_done_callback(_retrieve)
+        self._subscribe_mid = 0
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._received_qos2: set[int] = set()  # incoming QoS 2 ids passed on, not yet PUBRELed
+        self._recorded: set[int] = set()  # outgoing QoS 2 ids the broker PUBRECed (has them)
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_unanswered = False
+        self._keepalive_s = settings.keepalive_s  # or an MQTT 5 broker's Server Keep Alive
+        self._max_packet = 0  # an MQTT 5 broker's Maximum Packet Size (0: not set)
+
     async def open(self) -> None:
         """Connect, wait for the broker to accept (CONNACK) and to grant every subscription
         (SUBACK), within ``connect_timeout_s``.
@@ -299,20 +327,14 @@ class Session(asyncio.Protocol):
                 if self.settings.subscriptions:
                     await self._subscribe()
         except TimeoutError:
-            if self._connack.done():
-                reason = f"no SUBACK within {timeout:g} s (connect_timeout_s)"
-            elif self._transport is not None:
-                reason = (
-                    f"no CONNACK within {timeout:g} s (connect_timeout_s): the broker accepted"
-                    " the connection but did not answer the MQTT CONNECT"
-                )
-            else:
-                steps = (
-                    "TCP connection and TLS handshake"
-                    if self.settings.address.tls
-                    else "TCP connection"
-                )
-                reason = f"{steps} not completed within {timeout:g} s (connect_timeout_s)"
+            step = (
+                "suback"
+                if self._connack.done()
+                else "connack"
+                if self._transport is not None
+                else "connect"
+            )
+            reason = timeout_reason(timeout, step, self.settings.address.tls)
             self.abort(reason)
             raise self.error(reason) from None
         except MqttError:
@@ -339,27 +361,18 @@ class Session(asyncio.Protocol):
             topic, payload = settings.will
             raw = payload.encode() if isinstance(payload, str) else payload
             will = (topic, raw, settings.qos, settings.will_retain)
-        if self._v5:
-            connect = mqtt5.ConnectPacket(
-                settings.client_id,
-                username=settings.username,
-                password=password.encode() if password is not None else None,
-                clean_start=True,
-                will=None
-                if will is None
-                else mqtt5.Will(will[0], payload=will[1], qos=mqtt5.QoS(will[2]), retain=will[3]),
-                keep_alive=settings.keepalive_s,
-                max_packet_size=packets.MAX_PACKET,
-                request_problem_info=True,
-            ).write()
-        else:
-            connect = packets.connect_packet(
-                client_id=settings.client_id,
-                keepalive_s=settings.keepalive_s,
-                username=settings.username,
-                password=password,
-                will=will,
-            )
+        connect = mqtt5.ConnectPacket(
+            settings.client_id,
+            username=settings.username,
+            password=password.encode() if password is not None else None,
+            clean_start=True,
+            will=None
+            if will is None
+            else mqtt5.Will(will[0], payload=will[1], qos=mqtt5.QoS(will[2]), retain=will[3]),
+            keep_alive=settings.keepalive_s,
+            max_packet_size=packets.MAX_PACKET,
+            request_problem_info=True,
+        ).write()
         await self._loop.create_connection(
             lambda: self,
             address.host,
@@ -377,14 +390,11 @@ class Session(asyncio.Protocol):
     async def _subscribe(self) -> None:
         subscriptions = self.settings.subscriptions
         self._subscribe_mid = self._next_mid()
-        if self._v5:
-            filters = [
-                mqtt5.TopicFilter(topic_filter, max_qos=mqtt5.QoS(qos), retain_as_published=False)
-                for topic_filter, qos in subscriptions
-            ]
-            self._write(mqtt5.SubscribePacket(self._subscribe_mid, filters).write())
-        else:
-            self._write(packets.subscribe_packet(self._subscribe_mid, subscriptions))
+        filters = [
+            mqtt5.TopicFilter(topic_filter, max_qos=mqtt5.QoS(qos), retain_as_published=False)
+            for topic_filter, qos in subscriptions
+        ]
+        self._write(mqtt5.SubscribePacket(self._subscribe_mid, filters).write())
         codes = await asyncio.shield(self._suback)
         if len(codes) != len(subscriptions):
             raise self.error(
@@ -409,7 +419,7 @@ class Session(asyncio.Protocol):
             raise self.error(self._lost)
         delivery = Delivery(self._loop.create_future(), len(messages))
         if not self._waiting and len(self._pending) + len(messages) <= self._window:
-            (self._send5 if self._v5 else self._send)(messages, retain, delivery, 0)
+            self._send(messages, retain, delivery, 0)
         elif messages:
             self._waiting.append(_Waiting(messages, retain, delivery))
             self._release()
@@ -418,46 +428,8 @@ class Session(asyncio.Protocol):
     def _send(
         self, messages: Sequence[Message], retain: bool, delivery: Delivery, start: int
     ) -> None:
-        """Encode ``messages`` (positions ``start``... of ``delivery``) and hand them to the
-        transport in one write (MQTT 3.1.1: :meth:`_send5` for MQTT 5)."""
-        pending = self._pending
-        topics = self._topics
-        first = 0x30 | self._qos << 1 | retain
-        header = packets.publish_header
-        parts: list[bytes] = []
-        append = parts.append
-        mid = self._mid
-        try:
-            for position, (topic, payload) in enumerate(messages, start):
-                name = topics.get(topic) or self._topic(topic)
-                if isinstance(payload, str):
-                    payload = payload.encode()
-                remaining = len(name) + 2 + len(payload)  # (2: the message id)
-                mid = mid + 1 if mid < 65535 else 1
-                while mid in pending:  # never reuse an id in flight
-                    mid = mid + 1 if mid < 65535 else 1
-                append(
-                    bytes((first, remaining))
-                    if remaining < 128
-                    else bytes((first, remaining & 0x7F | 0x80, remaining >> 7))
-                    if remaining < 16384
-                    else header(first, remaining)
-                )
-                append(name)
-                append(mid.to_bytes(2, "big"))
-                append(payload)
-                pending[mid] = (delivery, position)
-        except ValueError as exc:
-            self.abort(f"message refused: {exc}")
-            raise self.error(f"message refused: {exc}") from exc
-        finally:
-            self._mid = mid
-        self._write(b"".join(parts))
-
-    def _send5(
-        self, messages: Sequence[Message], retain: bool, delivery: Delivery, start: int
-    ) -> None:
-        """:meth:`_send` for MQTT 5, each PUBLISH encoded by ``mqtt5``."""
+        """Encode ``messages`` (positions ``start``... of ``delivery``), each PUBLISH by
+        ``mqtt5``, and hand them to the transport in one write."""
         pending = self._pending
         topics = self._topics
         qos = mqtt5.QoS(self._qos)
@@ -469,7 +441,7 @@ class Session(asyncio.Protocol):
         try:
             for position, (topic, payload) in enumerate(messages, start):
                 if topic not in topics:
-                    self._topic(topic)  # validated once (mqtt5 lets a NUL through)
+                    self._topic(topic)  # checked once (mqtt5 lets a NUL through)
                 if isinstance(payload, str):
                     payload = payload.encode()
                 mid = mid + 1 if mid < 65535 else 1
@@ -493,11 +465,11 @@ class Session(asyncio.Protocol):
             self._mid = mid
         self._write(b"".join(parts))
 
-    def _topic(self, topic: str) -> bytes:
+    def _topic(self, topic: str) -> None:
         if len(self._topics) >= TOPIC_CACHE:
             self._topics.clear()
-        name = self._topics[topic] = packets.topic_field(topic)
-        return name
+        packets.check_topic_name(topic)
+        self._topics.add(topic)
 
     def _next_mid(self) -> int:
         mid = self._mid
@@ -520,8 +492,7 @@ class Session(asyncio.Protocol):
             if end == len(group.messages):
                 waiting.popleft()
             group.start = end
-            send = self._send5 if self._v5 else self._send
-            send(group.messages[start:end], group.retain, group.delivery, start)
+            self._send(group.messages[start:end], group.retain, group.delivery, start)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and self._lost is None:
@@ -537,9 +508,7 @@ class Session(asyncio.Protocol):
         if not first or transport is None:
             return
         if graceful:
-            transport.write(
-                mqtt5.DisconnectPacket().write() if self._v5 else packets.disconnect_packet()
-            )
+            transport.write(mqtt5.DisconnectPacket().write())
             transport.close()  # after what is buffered
             log.info(
                 "mqtt.disconnected",
@@ -602,7 +571,7 @@ class Session(asyncio.Protocol):
             self.abort(f"no answer to PINGREQ within {self._keepalive_s} s (keepalive_s)")
             return
         self._ping_unanswered = True
-        self._write(mqtt5.PingReqPacket().write() if self._v5 else packets.ping_packet())
+        self._write(mqtt5.PingReqPacket().write())
         self._keepalive = self._loop.call_later(self._keepalive_s, self._ping)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -625,56 +594,6 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost is not None:
             return
-        if self._v5:
-            self._data5(data)
-            return
-        at = 0
-        if not self._decoder.partial:
-            # The common case, in bulk: PUBACKs (MQTT 3.1.1: 4 bytes).
-            pending = self._pending
-            size = len(data)
-            end = size - 3
-            while at < end and data[at] == 0x40 and data[at + 1] == 2:
-                entry = pending.pop(data[at + 2] << 8 | data[at + 3], None)
-                at += 4
-                if entry is not None:
-                    delivery = entry[0]
-                    delivery.remaining -= 1
-                    if not delivery.remaining:
-                        delivery.complete()
-            if at == size:
-                data = b""
-            elif at:
-                data = data[at:]
-            if at:
-                self._ping_unanswered = False  # the broker reads what we send (see _ping)
-        try:
-            for kind, flags, body in self._decoder.feed(data):
-                if kind == packets.PUBACK:
-                    self._acknowledged(*packets.parse_ack(body))
-                    self._ping_unanswered = False
-                elif kind == packets.PUBLISH:
-                    self._received(flags, body)  # (proves nothing about our direction)
-                else:
-                    self._control(kind, body, flags)
-                    if kind != packets.OVERSIZE:
-                        self._ping_unanswered = False
-                if self._lost is not None:
-                    return
-        except ProtocolError as exc:
-            self.abort(f"protocol error: {exc}")
-            return
-        if self._waiting:
-            with contextlib.suppress(MqttError):  # the session is aborted: deliveries failed
-                self._release()
-
-    def _data5(self, data: bytes) -> None:
-        """:meth:`data_received` for MQTT 5: every packet decoded by ``mqtt5``.
-
-        What arrived is read packet by packet straight from the read (no framing of ours, the
-        PUBACKs of a group applied in one pass); a packet cut by the end of the read, and
-        anything after one, goes through :class:`packets.Decoder`, which bounds what is
-        buffered (:data:`packets.MAX_PACKET`) and hands over whole packets."""
         try:
             decoder = self._decoder
             if not decoder.partial:
@@ -683,12 +602,8 @@ class Session(asyncio.Protocol):
                 if self._lost is not None:
                     return
                 data = b"" if at == len(data) else data[at:]
-            for kind, _, whole in decoder.feed(data):
-                if kind == packets.OVERSIZE:  # the CONNECT announced the limit
-                    raise ProtocolError(
-                        f"a PUBLISH beyond the Maximum Packet Size announced ({packets.MAX_PACKET})"
-                    )
-                self._dispatch5(_read5(whole))
+            for whole in decoder.feed(data):
+                self._dispatch(_read5(whole))
                 if self._lost is not None:
                     return
         except ProtocolError as exc:
@@ -727,24 +642,24 @@ class Session(asyncio.Protocol):
                 if self._recorded:
                     self._recorded.discard(packet.packet_id)
                 continue
-            self._dispatch5(packet)
+            self._dispatch(packet)
             if self._lost is not None:
                 break
         if acknowledged:
             self._ping_unanswered = False  # the broker reads what we send (see _ping)
         return at
 
-    def _dispatch5(self, packet: mqtt5.Packet) -> None:
+    def _dispatch(self, packet: mqtt5.Packet) -> None:
         if isinstance(packet, mqtt5.PubAckPacket):
             self._acknowledged(packet.packet_id, ReasonCode(packet.reason_code.value))
             self._ping_unanswered = False
         elif isinstance(packet, mqtt5.PublishPacket):
-            self._received5(packet)  # (proves nothing about our direction)
+            self._received(packet)  # (proves nothing about our direction)
         else:
-            self._control5(packet)
+            self._control(packet)
             self._ping_unanswered = False
 
-    def _control5(self, packet: mqtt5.Packet) -> None:
+    def _control(self, packet: mqtt5.Packet) -> None:
         if isinstance(packet, mqtt5.PubRecPacket):
             self._recorded_by_broker(packet.packet_id, ReasonCode(packet.reason_code.value))
         elif isinstance(packet, mqtt5.PubCompPacket):
@@ -771,7 +686,7 @@ class Session(asyncio.Protocol):
         else:
             raise ProtocolError(f"an unexpected packet: {type(packet).__name__}")
 
-    def _received5(self, packet: mqtt5.PublishPacket) -> None:
+    def _received(self, packet: mqtt5.PublishPacket) -> None:
         topic = packet.topic
         if "+" in topic or "#" in topic or "\x00" in topic:
             raise ProtocolError(f"a PUBLISH topic that is not a topic name: {topic[:100]!r}")
@@ -803,28 +718,6 @@ class Session(asyncio.Protocol):
                 )
             )
 
-    def _control(self, kind: int, body: memoryview, flags: int = 0) -> None:
-        if kind == packets.PUBREC:
-            self._recorded_by_broker(*packets.parse_ack(body))
-        elif kind == packets.PUBCOMP:
-            self._acknowledged(*packets.parse_ack(body))
-        elif kind == packets.PUBREL:
-            mid, _ = packets.parse_ack(body)
-            self._received_qos2.discard(mid)
-            self._write(packets.puback_packet(packets.PUBCOMP, mid))
-        elif kind == packets.PINGRESP:
-            self._ping_unanswered = False
-        elif kind == packets.CONNACK:
-            self._connack_received(packets.parse_connack(body))
-        elif kind == packets.SUBACK:
-            self._suback_received(*packets.parse_suback(body))
-        elif kind == packets.DISCONNECT:
-            self._disconnected(packets.parse_disconnect(body))
-        elif kind == packets.OVERSIZE:
-            self._oversize(flags, body)
-        else:
-            raise ProtocolError(f"an unexpected packet of type {kind}")
-
     def _recorded_by_broker(self, mid: int, reason_code: ReasonCode) -> None:
         """A PUBREC (QoS 2) for ``mid``."""
         if reason_code.is_failure:
@@ -833,11 +726,7 @@ class Session(asyncio.Protocol):
         if mid in self._pending:
             self._recorded.add(mid)
         # (an id not in flight any more: released all the same, or the broker waits)
-        self._write(
-            mqtt5.PubRelPacket(mid).write()
-            if self._v5
-            else packets.puback_packet(packets.PUBREL, mid)
-        )
+        self._write(mqtt5.PubRelPacket(mid).write())
 
     def _suback_received(self, mid: int, codes: list[int]) -> None:
         # (0 before the SUBSCRIBE is sent: no SUBACK can be its answer yet.)
@@ -875,23 +764,12 @@ class Session(asyncio.Protocol):
         else:
             self._connack.set_result(None)
 
-    def _received(self, flags: int, body: memoryview) -> None:
-        self._deliver(*packets.parse_publish(flags, body))
-
     def _deliver(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
         """An incoming PUBLISH: acknowledged, then passed to ``on_message`` (once)."""
         if qos == 1:
-            self._write(
-                mqtt5.PubAckPacket(mid).write()
-                if self._v5
-                else packets.puback_packet(packets.PUBACK, mid)
-            )
+            self._write(mqtt5.PubAckPacket(mid).write())
         elif qos == 2:
-            self._write(
-                mqtt5.PubRecPacket(mid).write()
-                if self._v5
-                else packets.puback_packet(packets.PUBREC, mid)
-            )
+            self._write(mqtt5.PubRecPacket(mid).write())
             if mid in self._received_qos2:
                 return  # sent again before our PUBREC arrived: passed on already
             self._received_qos2.add(mid)
@@ -908,27 +786,6 @@ class Session(asyncio.Protocol):
                 error=_describe(exc)[:200],
                 exc_info=exc,
             )
-
-    def _oversize(self, flags: int, body: memoryview) -> None:
-        """A PUBLISH beyond :data:`packets.MAX_PACKET`: acknowledged and dropped, logged. (An
-        MQTT 3.1.1 broker cannot be told the limit: a retained message that large on a
-        subscribed topic would otherwise end every session right after it connects. An MQTT 5
-        broker was told, in the CONNECT: from it, a protocol error, in :meth:`_data5`.)"""
-        topic, qos, mid = packets.parse_oversize(flags, body)
-        if qos == 3:
-            raise ProtocolError("a PUBLISH with QoS 3")
-        if qos == 1:
-            self._write(packets.puback_packet(packets.PUBACK, mid))
-        elif qos == 2:
-            self._write(packets.puback_packet(packets.PUBREC, mid))
-            self._received_qos2.add(mid)
-        log.warning(
-            "mqtt.message_too_large",
-            url=self.settings.url,
-            topic=topic[:200],
-            limit=packets.MAX_PACKET,
-            detail="a message from the broker larger than the limit: acknowledged and dropped",
-        )
 
     def _disconnected(self, reason_code: ReasonCode) -> None:
         reason = f"the broker closed the connection: {reason_code}"

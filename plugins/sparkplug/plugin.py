@@ -51,10 +51,16 @@ from gateway import (
     Signal,
     hookimpl,
 )
-from plugins.mqtt.holder import SessionHolder, broker_reachable, broker_reason, broker_settings
+from plugins.mqtt.holder import (
+    AnySession,
+    SessionHolder,
+    broker_reachable,
+    broker_reason,
+    broker_settings,
+)
 from plugins.mqtt.messages import Message
 from plugins.mqtt.options import check_topic
-from plugins.mqtt.session import MqttError, Session, SessionSettings
+from plugins.mqtt.session import MqttError, SessionSettings
 
 from .names import NAMESPACE, check_id, sanitize
 from .options import SparkplugOptions
@@ -330,13 +336,13 @@ class SparkplugSink:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    async def _ready_session(self) -> Session:
+    async def _ready_session(self) -> AnySession:
         session = self._sessions.current
         if session is not None and session.usable:
             return session
         return await self._connect()
 
-    async def _connect(self) -> Session:
+    async def _connect(self) -> AnySession:
         sessions = self._sessions
         session = await sessions.renew(self._settings, self.sessions + 1)
         self._births_due = True
