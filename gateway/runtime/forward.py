@@ -520,6 +520,13 @@ class Forwarder:
             except Exception as exc:  # StoreError, or anything else: retry later, never strand
                 self._failed(f"reading the backlog: {exc!r}", epoch, 0)
                 return
+            if self._delivered.count(first, last):
+                # Samples given up inside this range already (refused, then the forward
+                # failed: marked done one by one) are not sent, nor recorded lost, again.
+                done = self._delivered.contains
+                keep = [i for i, sample_id in enumerate(ids) if not done(sample_id)]
+                ids = [ids[i] for i in keep]
+                samples = [samples[i] for i in keep]
             by_signal: dict[str, list[int]] = {}
             for position, sample in enumerate(samples):
                 group = by_signal.get(sample.signal)
