@@ -228,7 +228,8 @@ async def test_scheduled_lot_change_excursion_and_fouling_show_on_the_controller
         assert pv < sp + 4.0
         assert await value_of(client, ns, "Alarms.TemperatureDeviation") is True
         assert await wait_for_value(client, ns, "Media.Lot", lambda v: v == 2) == 2
-        assert model.state.lot_shares[2] > 0.0
+        # The new lot's share grows from the next step of the model on.
+        await wait_for(lambda: model.state.lot_shares[2] > 0.0, 10, what="lot 2 in the vessel")
         # Fouling: the TMP rises, the product sieving falls (at most by half: 5 process hours).
         tmp = await wait_for_value(client, ns, "Retention.TMP", lambda v: v > 1.5 * 28.75, 15)
         half = await wait_for_value(client, ns, "Emulation.Sieving", lambda v: v < 0.475 + 1e-6, 30)
