@@ -54,10 +54,8 @@ from .session import (
     MqttError,
     SessionBase,
     SessionSettings,
-    _describe,
     _retrieve,
     _tls_context,
-    timeout_reason,
 )
 
 __all__ = ["PahoSession"]
@@ -149,36 +147,19 @@ class PahoSession(SessionBase):
         Raises :class:`MqttError` (the session is then aborted), naming the topic filter if the
         broker refused a subscription.
         """
-        timeout = self.settings.connect_timeout_s
         connected = False
         accepted = False
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.to_thread(self._start)
-                connected = True
-                await self._connack
-                accepted = True
-                if self.settings.subscriptions:
-                    await self._subscribe(self.settings.subscriptions)
-        except TimeoutError:
-            # Also paho's own socket timeout (TimeoutError is an OSError): name the step.
-            step = "suback" if accepted else "connack" if connected else "connect"
-            reason = timeout_reason(timeout, step, self.settings.address.tls)
-            self.abort(reason)
-            raise self.error(reason) from None
-        except MqttError:
-            self.abort("connect failed")
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            # OSError covers refused and unreachable hosts, names that do not resolve, TLS
-            # failures (ssl.SSLError) and unreadable certificate files.
-            reason = f"cannot connect: {_describe(exc)}"
-            self.abort(reason)
-            raise self.error(reason) from exc
-        except BaseException:
-            self.abort("connect cancelled")
-            raise
-        self._connected = True
+
+        def step() -> str:
+            return "suback" if accepted else "connack" if connected else "connect"
+
+        async with self._opening(step):
+            await asyncio.to_thread(self._start)
+            connected = True
+            await self._connack
+            accepted = True
+            if self.settings.subscriptions:
+                await self._subscribe(self.settings.subscriptions)
 
     async def _subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> None:
         future: asyncio.Future[list[ReasonCode]] = self._loop.create_future()

@@ -48,7 +48,7 @@ import contextlib
 import os
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -262,6 +262,37 @@ class SessionBase:
         """An :class:`MqttError` naming the broker and ``reason``."""
         return MqttError(f"MQTT broker {self.settings.url}: {reason}")
 
+    def abort(self, reason: str, *, graceful: bool = False) -> None:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def _opening(self, step: Callable[[], str]) -> AsyncIterator[None]:
+        """The body of ``open``, within ``connect_timeout_s``; any failure aborts the session
+        and is raised as :class:`MqttError` naming the step (``step()``: connect, connack or
+        suback) or the cause."""
+        timeout = self.settings.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                yield
+        except TimeoutError:
+            # Also a socket's own timeout (TimeoutError is an OSError): name the step.
+            reason = timeout_reason(timeout, step(), self.settings.address.tls)
+            self.abort(reason)
+            raise self.error(reason) from None
+        except MqttError:
+            self.abort("connect failed")
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            # OSError covers refused and unreachable hosts, names that do not resolve, TLS
+            # failures (ssl.SSLError) and unreadable certificate files.
+            reason = f"cannot connect: {_describe(exc)}"
+            self.abort(reason)
+            raise self.error(reason) from exc
+        except BaseException:
+            self.abort("connect cancelled")
+            raise
+        self._connected = True
+
 
 class _Waiting:
     """Messages of one ``publish`` call waiting for room in the window, from ``start`` on."""
@@ -319,37 +350,17 @@ class Session(SessionBase, asyncio.Protocol):
 
         Raises :class:`MqttError` (the session is then aborted).
         """
-        timeout = self.settings.connect_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                await self._start()
-                await asyncio.shield(self._connack)  # its state names the step
-                if self.settings.subscriptions:
-                    await self._subscribe()
-        except TimeoutError:
-            step = (
-                "suback"
-                if self._connack.done()
-                else "connack"
-                if self._transport is not None
-                else "connect"
-            )
-            reason = timeout_reason(timeout, step, self.settings.address.tls)
-            self.abort(reason)
-            raise self.error(reason) from None
-        except MqttError:
-            self.abort("connect failed")
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            # OSError covers refused and unreachable hosts, names that do not resolve, TLS
-            # failures (ssl.SSLError) and unreadable certificate files.
-            reason = f"cannot connect: {_describe(exc)}"
-            self.abort(reason)
-            raise self.error(reason) from exc
-        except BaseException:
-            self.abort("connect cancelled")
-            raise
-        self._connected = True
+
+        def step() -> str:
+            if self._connack.done():
+                return "suback"
+            return "connack" if self._transport is not None else "connect"
+
+        async with self._opening(step):
+            await self._start()
+            await asyncio.shield(self._connack)  # its state names the step
+            if self.settings.subscriptions:
+                await self._subscribe()
 
     async def _start(self) -> None:
         settings = self.settings
