@@ -132,3 +132,69 @@ async def test_refused_samples_are_given_up_once_and_everything_else_is_delivere
     if fail_after_refusal:
         # (Two forwards failing together count as one failure.)
         assert 1 <= stats.failures <= fail_after_refusal, stats
+
+
+class FailingOnceInAWindow(Refusing):
+    """Refuses the samples of ``denied`` (no failure); the first backlog forward of other
+    samples after a refusal fails outright (a dropped connection): a backlog window whose parts
+    gave up some samples is then sent again."""
+
+    def __init__(self, denied: set[str]) -> None:
+        super().__init__(denied)
+        self.refusals = 0
+        self.failed = False
+
+    async def forward(self, samples: Sequence[Sample], historical: bool) -> None:
+        refusing = any(s.signal in self.denied for s in samples)
+        if self.refusals and not refusing and historical and not self.failed:
+            self.failed = True
+            await asyncio.sleep(0)
+            self.handed.extend((s.signal, s.seq) for s in samples)
+            raise ConnectionError("connection to the destination lost")
+        self.refusals += refusing
+        await super().forward(samples, historical)
+
+
+@pytest.mark.asyncio
+async def test_samples_given_up_in_a_window_that_fails_are_recorded_lost_once(
+    tmp_path: Path,
+) -> None:
+    """A backlog window (8 pages regrouped by signal: X's parts, then Y's) whose X samples are
+    refused or withheld (X is quarantined) and one of whose Y parts then fails is sent again:
+    its X samples are not given up (nor recorded lost) a second time."""
+    names = make_store(tmp_path / "s.sqlite")
+    reader = BacklogReader(tmp_path / "s.sqlite")
+    sink = FailingOnceInAWindow({X})
+    config = SinkConfig(
+        id="up",
+        type="x",
+        start_from="earliest",
+        batch_max_samples=10,
+        retry={"initial_s": 0.01, "max_s": 0.05},
+    )
+    forwarder = Forwarder("up", sink, config, names, reader)  # type: ignore[arg-type]
+    forwarder.start(None, 2 * COUNT)
+    try:
+        await run_until(
+            forwarder,
+            lambda: forwarder.cursor == 2 * COUNT and forwarder.stats.state is SinkState.UP,
+            "the cursor at the end, the sink up",
+        )
+    finally:
+        await reader.aclose()
+    assert sink.failed, "no forward failed: the case was not exercised"
+    stats = forwarder.stats
+    assert stats.failures == 1, stats
+    assert sorted(set(sink.received)) == [(Y, seq) for seq in range(COUNT)], sink.received
+    update = forwarder.take_delivery()
+    assert update is not None
+    by_seq = Counter(
+        seq
+        for loss in update.losses
+        if loss.signal == X
+        for seq in range(loss.first_seq, loss.last_seq + 1)
+    )
+    twice = sorted(seq for seq, n in by_seq.items() if n > 1)
+    assert not twice, f"samples of X recorded lost more than once: {twice}"
+    assert sorted(by_seq) == list(range(COUNT)) and stats.refused == COUNT, update.losses
+    assert lost_seqs(update.losses, Y) == 0, update.losses

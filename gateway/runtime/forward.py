@@ -637,6 +637,8 @@ class Forwarder:
                 delivered = len(samples) - len(refused)
                 if not in_window:
                     self._mark(first, last)
+                else:  # the window may be sent again: what it gave up must not be, nor lost again
+                    self._mark_given_up(first, last, ids, kept, refused)
                 self._count(delivered, historical, epoch, True)
                 self._quarantine(samples, refused, probes, withheld, taken=True)
                 self.stats.last_error = str(exc)
@@ -644,12 +646,7 @@ class Forwarder:
             else:
                 # Then the forward failed (a broker that drops the connection after refusing a
                 # message): only the refused are done; the rest is sent again, as backlog.
-                every = range(first, last + 1) if ids is None else ids
-                for index in refused:
-                    sample_id = every[index if kept is None else kept[index]]
-                    self._delivered.add(sample_id, sample_id)
-                self._version += 1
-                self._backlog_changed()
+                self._mark_given_up(first, last, ids, kept, refused, withheld=False)
                 self._quarantine(samples, refused, probes, [], taken=False)
                 self._failed(str(exc), epoch, len(samples) - len(refused) if was_up else 0)
         except Exception as exc:  # any failure of the sink: retry from the store, never crash
@@ -663,6 +660,8 @@ class Forwarder:
         else:
             if not in_window:
                 self._mark(first, last)
+            elif withheld:
+                self._mark_given_up(first, last, ids, kept, {})
             self._count(len(samples), historical, epoch, bool(samples))
             if probes or withheld:
                 self._quarantine(samples, {}, probes, withheld, taken=True)
@@ -678,6 +677,34 @@ class Forwarder:
     def _mark(self, first: int, last: int) -> None:
         """``first..last`` is done (delivered, or given up by the caller)."""
         self._delivered.add(first, last)
+        self._version += 1
+        self._backlog_changed()
+
+    def _mark_given_up(
+        self,
+        first: int,
+        last: int,
+        ids: Sequence[int] | None,
+        kept: list[int] | None,
+        refused: dict[int, tuple[str, str]],
+        *,
+        withheld: bool = True,
+    ) -> None:
+        """Mark done, one by one, the samples of a batch (ids ``first..last``, or ``ids``) given
+        up: those ``refused`` (positions among the samples sent, ``kept``) and, if
+        ``withheld``, those not sent because their signal is quarantined. The rest of the
+        range may be sent again (a failed forward, or another part of its window failed);
+        these are then not sent, nor recorded lost, a second time."""
+        every = range(first, last + 1) if ids is None else ids
+        done = [every[index if kept is None else kept[index]] for index in refused]
+        if withheld and kept is not None:
+            sent = set(kept)
+            done += [sample_id for at, sample_id in enumerate(every) if at not in sent]
+        if not done:
+            return
+        add = self._delivered.add
+        for sample_id in done:
+            add(sample_id, sample_id)
         self._version += 1
         self._backlog_changed()
 
