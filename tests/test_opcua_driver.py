@@ -531,12 +531,17 @@ def test_channels_are_known_without_io(tmp_path: Path) -> None:
     assert driver.sessions == 0
 
 
-def test_registered_as_its_own_factory() -> None:
+def test_registered_factory_builds_the_driver(tmp_path: Path) -> None:
     registry = Registry()
     opcua_plugin.pat_gateway_register_drivers(registry)
     registration = registry.get(PluginKind.DRIVER, "opcua")
     assert registration is not None
-    assert registration.factory is OpcUaDriver and registration.options_model is OpcUaOptions
+    assert registration.options_model is OpcUaOptions
+    built = registration.factory(
+        OpcUaOptions.model_validate(options("opc.tcp://127.0.0.1:4840")),
+        PluginContext("ctl", tmp_path),
+    )
+    assert type(built) is OpcUaDriver
 
 
 # -- against a server ------------------------------------------------------------------------------

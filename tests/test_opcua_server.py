@@ -794,13 +794,14 @@ async def test_subscribers_are_notified(
 # --- options and lifecycle ----------------------------------------------------------------
 
 
-def test_registered_through_the_hook() -> None:
+def test_registered_through_the_hook(tmp_path: Path) -> None:
     registry = Registry()
     plugin.pat_gateway_register_sinks(registry)
     registration = registry.get(PluginKind.SINK, "opcua_server")
     assert registration is not None
-    assert registration.factory is OpcUaServerSink
     assert registration.options_model is OpcUaServerOptions
+    built = registration.factory(OpcUaServerOptions(), PluginContext("northbound", tmp_path))
+    assert type(built) is OpcUaServerSink
 
 
 def test_defaults_are_secure() -> None:

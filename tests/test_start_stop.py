@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,21 @@ async def test_the_opcua_server_gets_what_was_committed_before_it_was_up(
     # Every committed sample reached the server, those before it was up included.
     assert feeder.lost == 0
     assert feeder.delivered == gateway.stats.committed
+
+
+def test_loading_the_plugins_imports_no_heavy_library_a_configuration_does_not_use() -> None:
+    """``patgw run`` loads every installed plugin. asyncua (~14 MB resident, ~0.1 s) and the
+    protobuf runtime come in only when an ``opcua``/``opcua_server``/``sparkplug`` component
+    is built: a Modbus-to-MQTT gateway does not pay for them (issue 16's 100 MB budget)."""
+    code = (
+        "import sys\n"
+        "from gateway import PluginKind, build_registry\n"
+        "registry = build_registry()\n"
+        "assert {'opcua', 'modbus'} <= set(registry.names(PluginKind.DRIVER))\n"
+        "assert {'opcua_server', 'sparkplug'} <= set(registry.names(PluginKind.SINK))\n"
+        "print(' '.join(sorted(m for m in ('asyncua', 'google.protobuf') if m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == ""
