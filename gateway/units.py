@@ -4,13 +4,24 @@ UCUM (unitsofmeasure.org) is the gateway's internal unit language. Codes are par
 ``ucumvert`` into ``pint`` units once, when the configuration loads; a conversion between two
 units is then reduced to ``value * scale + offset`` (:class:`Conversion`), so the per-sample cost
 is one multiply and one add, with no pint on the hot path.
+
+What pint and ucumvert answered is remembered on disk (:class:`_Memo`: codes found valid and
+compiled conversions, in the user's cache folder, keyed by both libraries' versions): a start
+whose units were all seen before imports neither library (~15 MB resident and ~0.1 s less for
+``patgw run``). Invalid codes are never remembered: they are parsed again for their message.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +99,97 @@ def _parse(code: str) -> Any:
     return parsed
 
 
+_MEMO_FORMAT = 1  # bump when what _parse accepts or compile_conversion computes changes
+_MEMO_MAX = 4096  # entries of each kind: a configuration has dozens; fuzzing must not grow it
+
+
+class _Memo:
+    """Valid codes and conversions found by pint in earlier runs (a JSON file, replaced
+    atomically; a missing, unreadable or foreign file is ignored: it is only a cache).
+    ``PATGW_UNIT_CACHE=off`` disables it; ``PATGW_UNIT_CACHE=<folder>`` moves it."""
+
+    def __init__(self) -> None:
+        self.valid: set[str] = set()
+        self.conversions: dict[str, tuple[float, float]] = {}
+        self.path = self._path()
+        self._dirty = False
+        if self.path is not None:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                valid = data["valid"]
+                conversions = data["conversions"]
+                if all(type(code) is str for code in valid) and all(
+                    type(k) is str and len(v) == 2 and all(type(x) is float for x in v)
+                    for k, v in conversions.items()
+                ):
+                    self.valid = set(valid)
+                    self.conversions = {k: (v[0], v[1]) for k, v in conversions.items()}
+
+    @staticmethod
+    def _path() -> Path | None:
+        setting = os.environ.get("PATGW_UNIT_CACHE", "")
+        if setting.lower() in ("off", "0", "no", "false"):
+            return None
+        if setting:
+            folder = Path(setting)
+        else:
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".cache"
+            )
+            folder = Path(base) / "patgw"
+        versions = []
+        for package in ("pint", "ucumvert"):
+            try:
+                versions.append(version(package))
+            except PackageNotFoundError:
+                return None
+        return folder / f"ucum-{_MEMO_FORMAT}-pint{versions[0]}-ucumvert{versions[1]}.json"
+
+    def remember_valid(self, code: str) -> None:
+        if code not in self.valid and len(self.valid) < _MEMO_MAX:
+            self.valid.add(code)
+            self._changed()
+
+    def remember_conversion(self, key: str, conversion: Conversion) -> None:
+        if len(self.conversions) >= _MEMO_MAX:
+            return
+        self.conversions[key] = (float(conversion.scale), float(conversion.offset))
+        self._changed()
+
+    def _changed(self) -> None:
+        if not self._dirty and self.path is not None:
+            self._dirty = True
+            atexit.register(self.save)
+
+    def save(self) -> None:
+        """Write the file (at exit, if anything was learnt); failures are ignored."""
+        if not self._dirty or self.path is None:
+            return
+        self._dirty = False
+        data = {"valid": sorted(self.valid), "conversions": self.conversions}
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ucum-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out)
+                os.replace(tmp, self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+@functools.cache
+def _memo() -> _Memo:
+    return _Memo()
+
+
 def validate_ucum(code: str) -> str:
     """Return ``code`` if it is a valid UCUM code, else raise :class:`UnitError`."""
-    _parse(code)
+    memo = _memo()
+    if code not in memo.valid:
+        _parse(code)
+        memo.remember_valid(code)
     return code
 
 
@@ -103,6 +202,17 @@ def compile_conversion(source: str, target: str) -> Conversion:
     if source == target:
         validate_ucum(source)
         return IDENTITY
+    memo = _memo()
+    key = f"{source}\n{target}"
+    known = memo.conversions.get(key)
+    if known is not None:
+        return Conversion(*known)
+    conversion = _compile(source, target)
+    memo.remember_conversion(key, conversion)
+    return conversion
+
+
+def _compile(source: str, target: str) -> Conversion:
     src, dst = _parse(source), _parse(target)
     if not src.is_compatible_with(dst):
         raise UnitError(f"cannot convert {source!r} to {target!r}: incompatible dimensions")

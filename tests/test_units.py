@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -230,3 +236,83 @@ def test_round_trip_returns_the_value(pair: tuple[str, str], value: float) -> No
     a, b = pair
     forward, back = compile_conversion(a, b), compile_conversion(b, a)
     assert math.isclose(back(forward(value)), value, rel_tol=1e-9, abs_tol=1e-9)
+
+
+# -- what pint answered, remembered on disk --------------------------------------------------------
+_PROBE = """
+import json, sys
+from gateway import UnitError, compile_conversion, validate_ucum
+out = {"valid": validate_ucum("mL/min")}
+conversion = compile_conversion("Cel", "[degF]")
+out["conv"] = [conversion.scale, conversion.offset]
+out["pint_before_invalid"] = "pint" in sys.modules
+try:
+    validate_ucum("ml/mn")
+    out["invalid"] = None
+except UnitError as exc:
+    out["invalid"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def _probe(cache: str, home: Path | None = None) -> dict[str, Any]:
+    """Validate and convert in a new process (``PATGW_UNIT_CACHE=cache``)."""
+    env = {**os.environ, "PATGW_UNIT_CACHE": cache}
+    if home is not None:
+        env |= {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_a_second_start_with_the_same_units_does_not_import_pint(tmp_path: Path) -> None:
+    first = _probe(str(tmp_path))
+    assert first["pint_before_invalid"] is True
+    (memo,) = tmp_path.glob("ucum-*.json")
+    second = _probe(str(tmp_path))
+    assert second["pint_before_invalid"] is False  # answered from the memo
+    assert second["valid"] == "mL/min"
+    assert second["conv"] == first["conv"]  # exactly: floats round-trip through JSON
+    assert math.isclose(first["conv"][0], 1.8) and math.isclose(first["conv"][1], 32.0)
+    # An invalid code is parsed again (never remembered), for its message.
+    assert second["invalid"] == first["invalid"]
+    assert "unknown UCUM unit 'ml/mn'" in first["invalid"]
+    text = memo.read_text()
+    assert "ml/mn" not in text and "mL/min" in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "",
+        '{"valid": "mL/min", "conversions": {}}',
+        '{"valid": [1], "conversions": {}}',
+        '{"valid": [], "conversions": {"Cel\\n[degF]": ["x", 1.0]}}',
+    ],
+    ids=["not-json", "empty", "valid-not-a-list", "code-not-text", "conversion-not-numbers"],
+)
+def test_a_damaged_memo_is_ignored_and_replaced(tmp_path: Path, content: str) -> None:
+    _probe(str(tmp_path))
+    (memo,) = tmp_path.glob("ucum-*.json")
+    memo.write_text(content)
+    again = _probe(str(tmp_path))
+    assert again["pint_before_invalid"] is True and again["valid"] == "mL/min"
+    assert math.isclose(again["conv"][0], 1.8)
+    assert "mL/min" in memo.read_text()
+
+
+def test_the_memo_can_be_switched_off(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = _probe("off", home=tmp_path)
+        assert result["pint_before_invalid"] is True and result["valid"] == "mL/min"
+    assert not list(tmp_path.rglob("ucum-*.json"))
+
+
+def test_by_default_the_memo_is_in_the_users_cache_folder(tmp_path: Path) -> None:
+    _probe("", home=tmp_path)
+    (memo,) = (tmp_path / ".cache" / "patgw").glob("ucum-*.json")
+    assert "pint" in memo.name and "ucumvert" in memo.name  # a library upgrade starts afresh
