@@ -250,7 +250,6 @@ async def test_samples_held_by_the_stop_policy_are_committed_at_shutdown(
     writer = StoreWriter(
         store,
         StoreConfig(path=tmp_path / "s.sqlite", commit_interval_ms=5),
-        next_seq=lambda: {"t/c/x": 50},
         names={def_id: ("t/c/x", "1")},
         executor=StoreWriter.new_executor(),
     )

@@ -106,26 +106,19 @@ async def test_full_disk_policy_counts_and_records_every_drop(tmp_path: Path, po
     store = SampleStore(tmp_path / "s.sqlite")
     ids = store.define([FLOW, SPEED])
     flow_id, speed_id = ids[FLOW.id].def_id, ids[SPEED.id].def_id
-    counters = {FLOW.id: 0, SPEED.id: 0}
     config = StoreConfig(path=tmp_path / "s.sqlite", max_pending_samples=1000, on_full=policy)
     writer = StoreWriter(
         store,
         config,
-        next_seq=lambda: counters,
         names={flow_id: (FLOW.id, FLOW.unit), speed_id: (SPEED.id, SPEED.unit)},
         executor=StoreWriter.new_executor(),
     )
     try:
         fill_up(store)
         # 1500 flow + 300 speed samples arrive while the disk is full: 800 must go.
-        arrivals = [
-            (rows(flow_id, 0, 900), {FLOW.id: 900, SPEED.id: 0}),
-            (rows(speed_id, 0, 300), {FLOW.id: 900, SPEED.id: 300}),
-            (rows(flow_id, 900, 600), {FLOW.id: 1500, SPEED.id: 300}),
-        ]
-        for batch, published in arrivals:
+        arrivals = [rows(flow_id, 0, 900), rows(speed_id, 0, 300), rows(flow_id, 900, 600)]
+        for batch in arrivals:
             writer.pending.extend(batch)
-            counters.update(published)
             await writer.flush()
         assert writer.stats.failed_commits == 3
         assert writer.stats.dropped == 800
@@ -168,11 +161,9 @@ async def test_losses_on_a_full_disk_name_the_error_the_store_got(tmp_path: Path
     recorded and logged with the commit's own error."""
     store = SampleStore(tmp_path / "s.sqlite")
     flow_id = store.define([FLOW])[FLOW.id].def_id
-    counters = {FLOW.id: 0}
     writer = StoreWriter(
         store,
         StoreConfig(path=tmp_path / "s.sqlite", max_pending_samples=1000),
-        next_seq=lambda: counters,
         names={flow_id: (FLOW.id, FLOW.unit)},
         executor=StoreWriter.new_executor(),
     )
@@ -181,7 +172,6 @@ async def test_losses_on_a_full_disk_name_the_error_the_store_got(tmp_path: Path
         with capture_logs() as logs:
             for first in range(0, 3000, 600):  # one interval's arrivals each, disk still full
                 writer.pending.extend(rows(flow_id, first, 600))
-                counters[FLOW.id] = first + 600
                 await writer.flush()
         failed = writer.stats.last_error
         store.limit_pages(1_000_000)  # space again: the losses are recorded
@@ -216,7 +206,7 @@ async def main():
     counters = {flow.id: 0}
     writer = StoreWriter(
         store, StoreConfig(path=disk / "s.sqlite", max_pending_samples=2000),
-        next_seq=lambda: counters, names={def_id: (flow.id, flow.unit)},
+        names={def_id: (flow.id, flow.unit)},
         executor=StoreWriter.new_executor(),
     )
     try:
@@ -304,7 +294,6 @@ async def test_shutdown_with_a_full_disk_counts_what_is_lost(tmp_path: Path) -> 
     writer = StoreWriter(
         store,
         StoreConfig(path=tmp_path / "s.sqlite", commit_interval_ms=10),
-        next_seq=lambda: {FLOW.id: 5000},
         names={flow_id: (FLOW.id, FLOW.unit)},
         executor=StoreWriter.new_executor(),
     )

@@ -492,9 +492,7 @@ class Gateway:
             executor.shutdown()
             raise
         names = {stored[s.id].def_id: (s.id, s.unit) for s in self.plan.signals}
-        writer = StoreWriter(
-            store, config.store, next_seq=self._next_seq, names=names, executor=executor
-        )
+        writer = StoreWriter(store, config.store, names=names, executor=executor)
         return writer, stored
 
     async def _supervise(
@@ -661,9 +659,6 @@ class Gateway:
         }
         self.outputs.extend(signal_outputs)
         return channels, signal_outputs
-
-    def _next_seq(self) -> dict[str, int]:
-        return {o.signal.id: o.seq for o in self.outputs}
 
 
 class _SinkStarts:

@@ -121,7 +121,6 @@ class StoreWriter:
         store: SampleStore,
         config: StoreConfig,
         *,
-        next_seq: Callable[[], Mapping[str, int]],
         names: Mapping[int, tuple[str, str]],
         executor: ThreadPoolExecutor,
     ) -> None:
@@ -131,7 +130,6 @@ class StoreWriter:
         self.stats = WriterStats()
         self._retry: list[Row] = []
         self._losses: list[Loss] = []
-        self._next_seq = next_seq
         self.names = names
         # Called with the id of the first row and every committed batch (the sinks' offer);
         # must not block.
@@ -213,6 +211,27 @@ class StoreWriter:
                 error=self.stats.last_error,
             )
 
+    def _counters(
+        self, batch: Sequence[Row], losses: Sequence[Loss], saved: Mapping[str, int]
+    ) -> dict[str, int]:
+        """Each signal's next seq after ``batch`` and ``losses`` (those not saved already): one
+        past the last seq committed or lost. Every seq an output hands out ends in a row or a
+        loss, so this is the outputs' counter, read from the batch (its rows, a fraction of
+        the signals at a short interval) rather than from every output at every commit."""
+        last: dict[int, int] = {}
+        for row in batch:  # in publication order: each def_id's last row has its highest seq
+            last[row[0]] = row[1]
+        names = self.names
+        counters: dict[str, int] = {}
+        for def_id, seq in last.items():
+            name = names[def_id][0]
+            if counters.get(name, 0) <= seq:  # (a signal whose unit changed has two def_ids)
+                counters[name] = seq + 1
+        for loss in losses:
+            if counters.get(loss.signal, 0) <= loss.last_seq:
+                counters[loss.signal] = loss.last_seq + 1
+        return {k: v for k, v in counters.items() if saved.get(k, -1) < v}
+
     async def flush(self) -> None:
         """Commit everything pending now, with the losses to record and the sinks' delivery
         progress (one transaction)."""
@@ -246,11 +265,7 @@ class StoreWriter:
         # than extend one that is being saved.
         own_losses, self._losses = self._losses, []
         # With the losses too: the seq numbers of dropped samples are never handed out again.
-        counters = (
-            {k: v for k, v in self._next_seq().items() if saved.get(k) != v}
-            if batch or own_losses
-            else {}
-        )
+        counters = self._counters(batch, own_losses, saved) if batch or own_losses else {}
         self._open_runs.clear()
         losses = own_losses + [loss for u in updates for loss in u.losses]
         commit = functools.partial(
