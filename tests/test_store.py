@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+import gateway.store.sqlite as sqlite_module
 from gateway import Quality, Signal, StoreError, StoreFullError
 from gateway.config import StoreConfig
 from gateway.store import SampleStore, StoreWriter
@@ -26,6 +27,43 @@ def rows(def_id: int, first_seq: int, count: int, t0: int = 1_000) -> list[tuple
         (def_id, seq, t0 + seq, t0 + seq + 1, Quality.GOOD, float(seq), None)
         for seq in range(first_seq, first_seq + count)
     ]
+
+
+@pytest.mark.parametrize("update_from", [True, False], ids=["update-from", "sqlite-before-3.33"])
+@pytest.mark.parametrize("count", [1, 2, 127, 128, 129, 255, 256, 300, 1001])
+def test_batches_of_any_size_are_stored_in_order_with_their_counters(
+    tmp_path: Path, count: int, update_from: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go in statements of many rows (128, then powers of two): every row is stored once,
+    ids in commit order, values exact; every signal's counter advances, none goes back (also
+    with the one-row-at-a-time counters kept for SQLite older than 3.33)."""
+    monkeypatch.setattr(sqlite_module, "_HAS_UPDATE_FROM", update_from)
+    signals = [Signal(f"r1/dev/s{i:04d}", "1", instrument="dev") for i in range(count)]
+    store = SampleStore(tmp_path / "s.sqlite")
+    try:
+        ids = store.define(signals)
+        batch = [
+            (ids[s.id].def_id, 7, 1000 + i, 2000 + i, Quality.GOOD, i / 3 if i % 2 else i, None)
+            for i, s in enumerate(signals)
+        ]
+        store.commit(batch, {s.id: 8 + i for i, s in enumerate(signals)})
+        assert store.last_committed_id == count
+        # A lower counter (a stale writer) never moves one back; a higher one moves it on.
+        store.commit([], {signals[0].id: 1, signals[-1].id: 10_000})
+    finally:
+        store.close()
+    store = SampleStore(tmp_path / "s.sqlite")
+    try:
+        stored = [(s.signal, s.seq, s.source_ts, s.value) for s in store.samples()]
+        again = store.define(signals)
+    finally:
+        store.close()
+    assert stored == [(s.id, 7, 1000 + i, i / 3 if i % 2 else i) for i, s in enumerate(signals)]
+    assert type(stored[0][3]) is int and (count == 1 or type(stored[1][3]) is float)
+    expected = [8 + i for i in range(count)]
+    expected[0] = max(expected[0], 1)
+    expected[-1] = 10_000
+    assert [again[s.id].next_seq for s in signals] == expected
 
 
 def test_counters_survive_reopen(tmp_path: Path) -> None:
