@@ -198,7 +198,7 @@ def _install_stop_handlers(stop: asyncio.Event) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Gateway
-    from .runtime.interpreter import configure_interpreter
+    from .runtime.interpreter import configure_interpreter, freeze_long_lived
 
     config = read_config(args.config)
     configure_logging(
@@ -210,10 +210,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     interactive = sys.stdout.isatty() and not args.no_view
     configure_interpreter()
 
+    async def freeze_once_started(gateway: Gateway) -> None:
+        await gateway.started.wait()
+        freeze_long_lived()  # the runtime built at start-up lives until the stop
+
     async def main() -> int:
         stop = asyncio.Event()
         _install_stop_handlers(stop)
-        await Gateway(plan, interactive=interactive).run(stop, args.duration)
+        gateway = Gateway(plan, interactive=interactive)
+        freezer = asyncio.create_task(freeze_once_started(gateway), name="interpreter.freeze")
+        try:
+            await gateway.run(stop, args.duration)
+        finally:
+            freezer.cancel()
+            await asyncio.gather(freezer, return_exceptions=True)
         return 0
 
     return asyncio.run(main())
