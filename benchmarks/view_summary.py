@@ -5,7 +5,8 @@ line per signal (and per sink). This script builds ``--instruments`` x ``--signa
 signal outputs, gives each a reading, configures logging as ``patgw run`` does (``--format``
 console or json, to a null stream) and runs ``--periods`` summaries, each after every value
 changed (``--changing``, the worst case: no line is a repeat) or with the values unchanged
-(the repeat limiter then counts instead of writing). Prints JSON: CPU milliseconds
+(the repeat limiter then counts instead of writing, while it remembers fewer kinds than there
+are signals; ``--repeat-window-s 0`` switches it off). Prints JSON: CPU milliseconds
 (``time.process_time``) and wall milliseconds per summary (the best period), lines and bytes
 written per summary, and the event loop's longest stall (the summary yields every 100 lines).
 
@@ -26,7 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from gateway import Signal
-from gateway.logs import configure_logging
+from gateway.logs import REPEAT_WINDOW_S, configure_logging
 from gateway.runtime.outputs import SignalOutput
 from gateway.runtime.view import log_summary
 from gateway.units import Conversion
@@ -63,11 +64,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     saved = sys.stderr
     sys.stderr = sink
     try:
-        configure_logging(args.format)
+        configure_logging(args.format, repeat_window_s=args.repeat_window_s)
         cpu, wall, lines, size, stall = [], [], [], [], []
         for period in range(args.periods):
             for n, output in enumerate(outputs):
-                output.publish(1.0 + n + (period if args.changing else 0) * 0.001)
+                output.publish((1.0 + n) * (1.0 + (period if args.changing else 0) * 1e-3))
             sink.lines = sink.bytes = 0
             stop = asyncio.Event()
             worst = [0.0]
@@ -89,6 +90,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "signals": len(outputs),
         "format": args.format,
         "values": "changing" if args.changing else "steady",
+        "repeat_window_s": args.repeat_window_s,
         "cpu_ms_per_summary_best": round(min(cpu[1:] or cpu) * 1e3, 1),
         "cpu_ms_per_summary_first": round(cpu[0] * 1e3, 1),
         "wall_ms_per_summary_best": round(min(wall[1:] or wall) * 1e3, 1),
@@ -110,6 +112,12 @@ def main() -> None:
     parser.add_argument("--periods", type=int, default=4)
     parser.add_argument("--format", choices=("console", "json"), default="console")
     parser.add_argument("--steady", dest="changing", action="store_false")
+    parser.add_argument(
+        "--repeat-window-s",
+        type=float,
+        default=REPEAT_WINDOW_S,
+        help="the log's repeat window (0: no repeat limiter)",
+    )
     print(json.dumps(asyncio.run(_run(parser.parse_args())), indent=2))
 
 
