@@ -463,7 +463,13 @@ class Processor(Protocol):
 
 @runtime_checkable
 class Emulator(Protocol):
-    """An emulated instrument: started before the instruments, stopped after them."""
+    """An emulated instrument: started before the instruments, stopped after them.
+
+    An emulator that runs a process may also define ``process_time_h() -> float``: the hours
+    of process time since its run began (the batch age), which the live view shows. It is
+    called on the event loop while the emulator runs, several times a second, so it must be
+    cheap; raising (e.g. before ``__aenter__``) just leaves it out.
+    """
 
     async def __aenter__(self) -> Emulator: ...
 

@@ -409,6 +409,11 @@ class BioreactorEmulator:
             raise RuntimeError(f"{self.endpoint} is not running")
         return self._clock
 
+    def process_time_h(self) -> float:
+        """Process hours since inoculation now (the batch age), for the gateway's live view;
+        ``RuntimeError`` when not running."""
+        return self.clock.hours()
+
     async def __aenter__(self) -> Self:
         options = self.options
         model = FedBatchModel(options.params(), seed=options.seed, perfusion=options.perfusion())
