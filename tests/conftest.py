@@ -36,6 +36,7 @@ from gateway.store import SampleStore
 
 if TYPE_CHECKING:
     from asyncua import Client
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -388,6 +389,19 @@ async def mosquitto(tmp_path: Path) -> AsyncIterator[Any]:
 
     async with Mosquitto(tmp_path / "mosquitto") as broker:
         yield broker
+
+
+# --- A real browser: Debian's headless Chromium through Selenium (tests/browser.py) ----------
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """A headless Chromium with a fixed window size and its own profile under ``tmp_path``;
+    quit after the test. Skips where Chromium is not installed, fails instead under CI."""
+    from browser import chromium  # only the browser tests pay for importing Selenium
+
+    with chromium(tmp_path / "chromium") as driver:
+        yield driver
 
 
 @dataclass(frozen=True)
