@@ -122,6 +122,11 @@ def message_page(title: str, message: str, who: Identity | None = None, csrf: st
     return _layout(title, f"<p>{_e(message)}</p>", who, csrf)
 
 
+def _number(value: object) -> object:
+    """A float to 6 significant digits (as console.js shows it); anything else as it is."""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
 def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], css: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join(
@@ -145,6 +150,15 @@ def overview_page(report: Mapping[str, Any], who: Identity, csrf: str) -> str:
                 for name, i in report.get("instruments", {}).items()
             ),
             "instruments",
+        ),
+        "<h2>Processors</h2>",
+        _table(
+            ("processor", "processed", "queued", "failures", "restarts", "last error"),
+            (
+                (name, p["processed"], p["queued"], p["failures"], p["restarts"], p["last_error"])
+                for name, p in report.get("processors", {}).items()
+            ),
+            "processors",
         ),
         "<h2>Sinks</h2>",
         _table(
@@ -220,7 +234,7 @@ def signals_page(
         shown = f"{quality} ({reason})" if reason else quality
         body.append(
             f'<tr data-signal="{_e(row["id"])}"><td>{_e(row["id"])}</td>'
-            f'<td class="value">{_e(data.get("value", "—"))}</td><td>{unit}</td>'
+            f'<td class="value">{_e(_number(data.get("value", "—")))}</td><td>{unit}</td>'
             f'<td class="quality q-{_e(quality)}">{_e(shown)}</td>'
             f'<td class="age">{_e(data.get("age_s", ""))}</td>'
             f'<td class="seq">{_e(data.get("seq", ""))}</td></tr>'

@@ -55,12 +55,22 @@
     row.tr.addEventListener("click", () => choose(id));
   }
 
+  function shown(value) {
+    if (value === null) {
+      return "—";
+    }
+    // Floats to 6 significant digits, as the page was rendered on the server.
+    return typeof value === "number" && !Number.isInteger(value)
+      ? String(Number(value.toPrecision(6)))
+      : String(value);
+  }
+
   function show(data) {
     const row = rows.get(data.id);
     if (!row) {
       return;
     }
-    row.value.textContent = data.value === null ? "—" : String(data.value);
+    row.value.textContent = shown(data.value);
     row.quality.textContent = data.reason ? data.quality + " (" + data.reason + ")" : data.quality;
     row.quality.className = "quality q-" + data.quality;
     row.seq.textContent = String(data.seq);
