@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import re
 import socket
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import pytest_asyncio
 from conftest import free_port, plan_for, pump_instrument, running, wait_for
 from pydantic import BaseModel, ConfigDict, ValidationError
-from test_controlled_writes import HASHES, PASSWORDS, TARGET, Bench
+from test_controlled_writes import HASHES, PASSWORDS, TARGET, Bench, _self_signed
 from test_http import Response, exchange
 
 from gateway import (
@@ -576,3 +578,55 @@ async def test_events_are_coalesced_per_signal_latest_wins() -> None:
     assert (events[1]["quality"], events[1]["reason"]) == ("uncertain", "drift")
     assert len(rows) == 12  # every sample still went to the store
     assert shared["r/i/fast"][0] == 10  # encoded once, for every stream of the console
+
+
+def _https(
+    port: int, cafile: Path, method: str, path: str, body: str = "", headers: Any = None
+) -> tuple[int, dict[str, str], bytes]:
+    context = ssl.create_default_context(cafile=str(cafile))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        connection.request(method, path, body.encode() or None, headers or {})
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.asyncio
+async def test_under_tls_the_cookie_is_secure_and_the_origin_is_https(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    config = _config(port, free_port(), 900.0)
+    config["http"]["tls"] = {"certificate": str(cert), "private_key": str(key)}
+    async with running(plan_for(tmp_path, **config)):
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        login = urllib.parse.urlencode({"user": "viewer", "password": PASSWORDS["viewer"]})
+        status, headers, _ = await asyncio.to_thread(
+            _https, port, cert, "POST", "/login", login, form
+        )
+        assert status == 303
+        cookie = headers["set-cookie"].split(";")[0]
+        flags = {f.strip() for f in headers["set-cookie"].split(";")[1:]}
+        assert flags == {"HttpOnly", "SameSite=Strict", "Path=/", "Secure"}
+        status, _, page = await asyncio.to_thread(
+            _https, port, cert, "GET", "/", "", {"Cookie": cookie}
+        )
+        assert status == 200
+        match = re.search(rb'name="csrf" value="([^"]+)"', page)
+        assert match is not None
+        logout = f"csrf={match.group(1).decode()}"
+        for origin, expected in (
+            (f"http://127.0.0.1:{port}", 403),
+            (f"https://127.0.0.1:{port}", 303),
+        ):
+            status, _, _ = await asyncio.to_thread(
+                _https,
+                port,
+                cert,
+                "POST",
+                "/logout",
+                logout,
+                {**form, "Cookie": cookie, "Origin": origin},
+            )
+            assert status == expected, origin
