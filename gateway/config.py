@@ -390,8 +390,9 @@ def is_loopback(host: str) -> bool:
 
 
 class HttpConfig(_Closed):
-    """The local HTTP endpoint: ``/health`` (JSON), ``/metrics`` (Prometheus text) and, with
-    ``api: true``, the authenticated local API (``/api/v1``) that ``patgw write`` uses."""
+    """The local HTTP endpoint: ``/health`` (JSON), ``/metrics`` (Prometheus text), the web
+    console at ``/`` and, with ``api: true``, the authenticated local API (``/api/v1``) that
+    ``patgw write`` uses."""
 
     host: str = Field(
         default="127.0.0.1", description="Address to listen on; loopback unless you mean it."
@@ -405,15 +406,36 @@ class HttpConfig(_Closed):
         description="Serve the local API (/api/v1: writes, audit, who am I) with logins from"
         " security.users. Beyond loopback it needs tls (passwords cross the network).",
     )
+    console: bool | None = Field(
+        default=None,
+        description="Serve the web console at / (login with security.users; overview, live"
+        " signals). null (the default): served on loopback, or anywhere with tls; true: served,"
+        " which beyond loopback needs tls (passwords cross the network); false: not served.",
+    )
+    console_idle_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86400,
+        description="A console session unused for this long is closed: the next page asks for"
+        " the login again.",
+    )
 
     @model_validator(mode="after")
     def _api_needs_tls_beyond_loopback(self) -> HttpConfig:
-        if self.api and self.tls is None and not is_loopback(self.host):
-            raise ValueError(
-                f"the local API takes passwords: on {self.host!r}, beyond loopback, it needs"
-                " http.tls (a certificate and key); or listen on 127.0.0.1"
-            )
+        for what, on in (("the local API", self.api), ("the web console", self.console)):
+            if on and self.tls is None and not is_loopback(self.host):
+                raise ValueError(
+                    f"{what} takes passwords: on {self.host!r}, beyond loopback, it needs"
+                    " http.tls (a certificate and key); or listen on 127.0.0.1"
+                )
         return self
+
+    @property
+    def serves_console(self) -> bool:
+        """Whether the web console is served (see ``console``)."""
+        if self.console is None:
+            return self.tls is not None or is_loopback(self.host)
+        return self.console
 
 
 class GatewayConfig(_Closed):

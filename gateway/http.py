@@ -27,6 +27,14 @@ Routes (query strings are ignored)::
     /health         200 when ready, else 503  JSON: status, ready, instruments, sinks, store
     /health/live    200  {"live": true}
     /health/ready   200 when ready, else 503  {"ready": ...}
+    /api/...        the local API, when served (an :class:`ApiHandler`, gateway.localapi)
+    anything else   the web console, when served (a :class:`ConsoleHandler`, gateway.console)
+
+Both handlers may be sent ``POST`` requests (a body of at most :data:`MAX_BODY_BYTES`). The
+console may answer with a :class:`Stream` (Server-Sent Events) instead of a complete response:
+the connection stays in the answer phase while the stream writes to it, each write bounded like
+a response's — a client that leaves more than :data:`STREAM_BUFFER_BYTES` unread for
+``request_timeout_s`` is cut off — until the stream ends, the client goes or the gateway stops.
 
 Answers are read from the gateway's counters at request time (see :mod:`gateway.metrics`).
 """
@@ -42,7 +50,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import StrEnum
@@ -67,9 +75,13 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_HEAD_BYTES",
     "REQUEST_TIMEOUT_S",
+    "STREAM_BUFFER_BYTES",
     "ApiHandler",
+    "ConsoleHandler",
     "Request",
+    "Stream",
     "json_response",
+    "response",
     "serve_http",
 ]
 
@@ -80,6 +92,10 @@ REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 32
 MAX_BODY_BYTES = 64 * 1024
 API_PREFIX = "/api/"
+STREAM_BUFFER_BYTES = 16 * 1024
+"""What a stream may leave unsent (in our buffer, and asked of the kernel's send buffer)
+before its writes wait for the client to read; a client that does not within
+``request_timeout_s`` is cut off."""
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -109,14 +125,16 @@ async def serve_http(
     on_listening: Callable[[str, int], None] | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     api: ApiHandler | None = None,
+    console: ConsoleHandler | None = None,
 ) -> None:
     """Serve ``/health`` and ``/metrics`` of ``gateway`` on ``config.host``:``config.port``
-    until cancelled; then stop listening and close every open connection.
+    (and the ``api`` and ``console`` handlers' routes, if given) until cancelled; then stop
+    listening and close every open connection.
 
     ``on_listening(host, port)`` is called once the socket is bound, with the actual port
     (``config.port`` 0 picks a free one). A failure to bind raises :class:`GatewayError`.
     """
-    endpoint = _Endpoint(gateway, request_timeout_s, api)
+    endpoint = _Endpoint(gateway, request_timeout_s, api, console)
     ssl_context = _ssl_context(config)
     try:
         server = await asyncio.start_server(
@@ -165,6 +183,32 @@ class ApiHandler(Protocol):
     """Answers the requests under :data:`API_PREFIX` (see :mod:`gateway.localapi`)."""
 
     async def answer(self, request: Request, body: bytes) -> bytes: ...
+
+
+class Stream(Protocol):
+    """A response written over time (Server-Sent Events): ``head`` first, then whatever
+    :meth:`run` sends, until it returns. ``send`` waits while the client is behind, and raises
+    (ending the connection) if it stays behind longer than the request timeout or has gone."""
+
+    head: bytes
+
+    async def run(self, send: Callable[[bytes], Awaitable[None]]) -> None: ...
+
+
+class ConsoleHandler(Protocol):
+    """Answers every request that is not for ``/metrics``, ``/health*`` or the API (see
+    :mod:`gateway.console`): a complete response, or a :class:`Stream`."""
+
+    async def answer(self, request: Request, body: bytes) -> bytes | Stream: ...
+
+
+def _is_console_path(path: str) -> bool:
+    return not (
+        path.startswith(API_PREFIX)
+        or path == "/metrics"
+        or path == "/health"
+        or path.startswith("/health/")
+    )
 
 
 async def _read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
@@ -216,11 +260,17 @@ class _Endpoint:
     """The connections of one server and the routes they are answered from."""
 
     def __init__(
-        self, gateway: Gateway, request_timeout_s: float, api: ApiHandler | None = None
+        self,
+        gateway: Gateway,
+        request_timeout_s: float,
+        api: ApiHandler | None = None,
+        console: ConsoleHandler | None = None,
     ) -> None:
         self._gateway = gateway
         self._api = api
-        self._allowed = (*_ALLOWED, "POST") if api is not None else _ALLOWED
+        self._console = console
+        posts = api is not None or console is not None
+        self._allowed = (*_ALLOWED, "POST") if posts else _ALLOWED
         self._registry = new_registry(gateway)
         self._registry.register(_HttpCollector(self))
         self._timeout_s = request_timeout_s
@@ -319,17 +369,13 @@ class _Endpoint:
                 connection.phase = _Phase.ANSWER
                 head_only = request.method == "HEAD"
                 rejected = False
+                seen = Request(
+                    request.method, request.path, request.query, request.headers, connection.host
+                )
                 if self._api is not None and request.path.startswith(API_PREFIX):
-                    response = await self._api.answer(
-                        Request(
-                            request.method,
-                            request.path,
-                            request.query,
-                            request.headers,
-                            connection.host,
-                        ),
-                        body,
-                    )
+                    response: bytes | Stream = await self._api.answer(seen, body)
+                elif self._console is not None and _is_console_path(request.path):
+                    response = await self._console.answer(seen, body)
                 elif request.method not in _ALLOWED:
                     raise _Reject(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are allowed")
                 else:
@@ -345,7 +391,10 @@ class _Endpoint:
                 log.exception("http.handler_failed")
                 response = _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", head_only)
             connection.phase = _Phase.ANSWER
-            writer.write(response)
+            if isinstance(response, bytes):
+                writer.write(response)
+            else:
+                await self._stream(response, writer)
             async with asyncio.timeout(self._timeout_s):
                 await writer.drain()
             if rejected:
@@ -360,6 +409,27 @@ class _Endpoint:
             writer.transport.abort()
         finally:
             writer.close()
+
+    async def _stream(self, stream: Stream, writer: asyncio.StreamWriter) -> None:
+        """Write ``stream`` to the client, never buffering more than about
+        :data:`STREAM_BUFFER_BYTES` (ours) plus as much in the kernel, nor waiting for a client
+        that does not read longer than the request timeout (then the connection is cut)."""
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=STREAM_BUFFER_BYTES)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER_BYTES)
+
+        async def send(data: bytes) -> None:
+            if transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            writer.write(data)
+            async with asyncio.timeout(self._timeout_s):
+                await writer.drain()  # at once, unless the client is behind
+
+        await send(stream.head)
+        await stream.run(send)
 
     def _route(self, path: str, head_only: bool) -> bytes:
         gateway = self._gateway
@@ -507,6 +577,19 @@ def _parse(lines: list[bytes], allowed: tuple[str, ...] = _ALLOWED) -> Request:
         raise _Reject(HTTPStatus.BAD_REQUEST, "the request target must be a path")
     path, _, query = target.decode().partition("?")
     return Request(method.decode(), path, query, headers)
+
+
+def response(
+    status: HTTPStatus,
+    content_type: str,
+    body: bytes,
+    headers: tuple[str, ...] = (),
+    *,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response (``Connection: close``, ``Cache-Control: no-store``) with
+    ``headers`` added; only the head if ``head_only`` (a ``HEAD`` request)."""
+    return _response(status, content_type, body, head_only, headers)
 
 
 def json_response(

@@ -39,7 +39,7 @@ import structlog
 
 from .api import CommandCall
 from .audit import read_records
-from .control import Access, Signature, WriteRequest
+from .control import Access, Signature, WriteOutcome, WriteRequest
 from .control.path import authenticate_witness
 from .errors import GatewayError
 from .http import Request, json_response
@@ -49,7 +49,7 @@ from .timefmt import parse_iso_ns
 if TYPE_CHECKING:
     from .runtime.processors import ProcessorRunner
 
-__all__ = ["LocalApi"]
+__all__ = ["LocalApi", "write_status"]
 
 log = structlog.get_logger("gateway.api")
 
@@ -252,11 +252,7 @@ class LocalApi:
             )
         except GatewayError as exc:  # not running (starting, or stopping): nothing written
             return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        if outcome.outcome == "refused":
-            status = _STATUS_BY_RULE.get(outcome.rule, HTTPStatus.UNPROCESSABLE_ENTITY)
-        else:
-            status = _STATUS_BY_OUTCOME.get(outcome.outcome, HTTPStatus.INTERNAL_SERVER_ERROR)
-        return json_response(status, outcome.as_dict())
+        return json_response(write_status(outcome), outcome.as_dict())
 
     async def _signature(self, document: dict[str, Any], request: Request) -> Signature | None:
         meaning = document.get("meaning")
@@ -295,6 +291,13 @@ class LocalApi:
             }
             for name, target in sorted(self.access.targets.items())
         ]
+
+
+def write_status(outcome: WriteOutcome) -> HTTPStatus:
+    """The HTTP status that tells a write's outcome (see the module docstring)."""
+    if outcome.outcome == "refused":
+        return _STATUS_BY_RULE.get(outcome.rule, HTTPStatus.UNPROCESSABLE_ENTITY)
+    return _STATUS_BY_OUTCOME.get(outcome.outcome, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str]:

@@ -350,6 +350,17 @@ def test_demo_config_loads_pump_and_raman_on_one_process(registry: Registry) -> 
     assert by_id["reactor1/feed_pump/flow"].conversion.is_identity
 
 
+DEMO_HTTP = {
+    "host": "127.0.0.1",
+    "port": 9180,
+    "tls": None,
+    "api": True,
+    "console": None,
+    "console_idle_timeout_s": 900.0,
+}
+"""The demos' HTTP endpoint: health, metrics, the console and the local API on loopback."""
+
+
 def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,8 +369,7 @@ def test_demo_mqtt_is_the_demo_plus_the_mqtt_sink(
     monkeypatch.delenv("MQTT_URL", raising=False)
     demo = read_config(REPO / "configs" / "demo.yaml").model_dump()
     mqtt = read_config(REPO / "configs" / "demo-mqtt.yaml").model_dump()
-    http = {"host": "127.0.0.1", "port": 9180, "tls": None, "api": True}
-    assert mqtt.pop("http") == demo.pop("http") == http
+    assert mqtt.pop("http") == demo.pop("http") == DEMO_HTTP
     assert mqtt["store"].pop("path") == REPO / "configs" / "../data/demo-mqtt.sqlite"
     demo["store"].pop("path")
     *sinks, upstream = mqtt.pop("sinks")
@@ -381,16 +391,7 @@ def test_demo_sparkplug_is_the_demo_plus_the_sparkplug_sink(
     monkeypatch.delenv("MQTT_URL", raising=False)
     demo = read_config(REPO / "configs" / "demo.yaml").model_dump()
     spb = read_config(REPO / "configs" / "demo-sparkplug.yaml").model_dump()
-    assert (
-        spb.pop("http")
-        == demo.pop("http")
-        == {
-            "host": "127.0.0.1",
-            "port": 9180,
-            "tls": None,
-            "api": True,
-        }
-    )
+    assert spb.pop("http") == demo.pop("http") == DEMO_HTTP
     assert spb["store"].pop("path") == REPO / "configs" / "../data/demo-sparkplug.sqlite"
     demo["store"].pop("path")
     *sinks, upstream = spb.pop("sinks")

@@ -35,6 +35,7 @@ import structlog
 
 from ..api import Output, WritableDriver
 from ..config import HttpConfig, SinkConfig
+from ..console import Console
 from ..control import WritePath
 from ..errors import GatewayError
 from ..http import serve_http
@@ -293,8 +294,19 @@ class Gateway:
             if config.api
             else None
         )
+        console = (
+            Console(
+                self,
+                self.plan.access,
+                idle_timeout_s=config.console_idle_timeout_s,
+                secure=config.tls is not None,
+                note=self.audit.note if self.audit is not None else None,
+            )
+            if config.serves_console
+            else None
+        )
         task = asyncio.create_task(
-            serve_http(self, config, on_listening=bound, api=api), name="http"
+            serve_http(self, config, on_listening=bound, api=api, console=console), name="http"
         )
         waiting: set[asyncio.Future[Any]] = {task, listening}
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)

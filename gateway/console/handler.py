@@ -1,0 +1,280 @@
+"""The web console's requests: routing, logins, sessions and CSRF checks (a
+:class:`gateway.http.ConsoleHandler`).
+
+Routes::
+
+    GET  /static/NAME    anyone      a file of the manifest (gateway.console.assets), else 404
+    GET  /login          anyone      the login form
+    POST /login          anyone      user, password: 303 to / with a session cookie; 401, or
+                                     429 while the user is locked out (every attempt audited)
+    POST /logout         session     ends the session (audited)
+    GET  /               read        overview: instruments, sinks, store, clock
+    GET  /signals        read        latest value of every signal (?instrument=ID)
+    GET  /events         read        Server-Sent Events: the signals' updates (?instrument=ID)
+    GET  /writes         write       a form per write target
+    GET  /configuration  configure   what the configuration declares (no options, no secrets)
+    POST /write          session     target, value, reason: the controlled write path decides
+
+Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events``). Every
+``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
+``X-CSRF-Token``) and, if the browser sends an ``Origin``, this gateway's own: else ``403``,
+and nothing is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..audit import AuditEvent
+from ..control import Access, WriteRequest
+from ..errors import GatewayError
+from ..http import Request, Stream
+from ..localapi import write_status
+from ..metrics import health_report
+from ..security import AuthenticationError, Permission
+from ..timefmt import now_ns
+from . import pages
+from .assets import asset
+from .events import SignalEvents, event_data
+from .responses import asset_response, html_response, redirect, text_response
+from .sessions import COOKIE, Session, Sessions
+
+if TYPE_CHECKING:
+    from ..runtime.outputs import SignalOutput
+    from ..runtime.supervisor import Gateway
+
+__all__ = ["MAX_STREAMS", "Console"]
+
+log = structlog.get_logger("gateway.console")
+
+MAX_STREAMS = 16
+"""Event streams open at once (of the HTTP endpoint's 32 connections): the rest stay free for
+pages, probes and the API."""
+_FORM = "application/x-www-form-urlencoded"
+_STATIC = "/static/"
+
+
+class Console:
+    """Answers the console's requests for one running gateway."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        access: Access,
+        *,
+        idle_timeout_s: float,
+        secure: bool,
+        note: Callable[[AuditEvent], None] | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._access = access
+        self._note = note
+        self.sessions = Sessions(idle_timeout_s)
+        self._cookie_flags = "; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
+        self._scheme = "https" if secure else "http"
+        self._checks = asyncio.Semaphore(1)  # one password check at a time (scrypt)
+        self._started = time.monotonic()
+        self.streams: set[SignalEvents] = set()  # open event streams
+        self._encoded: dict[str, tuple[int, bytes]] = {}  # the streams' latest events
+
+    async def answer(self, request: Request, body: bytes) -> bytes | Stream:
+        answer = await self._answer(request, body)
+        if request.method == "HEAD" and isinstance(answer, bytes):
+            return answer[: answer.index(b"\r\n\r\n") + 4]  # the head, as for a GET
+        return answer
+
+    async def _answer(self, request: Request, body: bytes) -> bytes | Stream:
+        path, method = request.path, request.method
+        if path.startswith(_STATIC):
+            if method == "POST":
+                return text_response(HTTPStatus.METHOD_NOT_ALLOWED, "static files are GET only")
+            found = asset(path[len(_STATIC) :])
+            if found is None:
+                return text_response(HTTPStatus.NOT_FOUND, "no such file")
+            return asset_response(found.content_type, found.body)
+        if path == "/login":
+            if method == "POST":
+                return self._foreign(request) or await self._login(request, body)
+            return html_response(HTTPStatus.OK, pages.login_page())
+        session, expired = self.sessions.find(_cookie(request), touch=path != "/events")
+        if expired is not None:
+            self._audit("logout", expired.identity.name, request, "idle timeout")
+        if session is None:
+            if path == "/events":
+                return text_response(HTTPStatus.UNAUTHORIZED, "log in first")
+            return redirect("/login")
+        if method == "POST":
+            refusal = self._refuse_post(request, body, session)
+            if refusal is not None:
+                return refusal
+            if path == "/logout":
+                self.sessions.close(session)
+                self._audit("logout", session.identity.name, request)
+                return redirect(
+                    "/login", (f"Set-Cookie: {COOKIE}=; Max-Age=0{self._cookie_flags}",)
+                )
+            if path == "/write":
+                return await self._write(session, _form(body))
+            return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
+        return self._page(request, session)
+
+    # -- pages --------------------------------------------------------------------------------
+    def _page(self, request: Request, session: Session) -> bytes | Stream:
+        who, csrf = session.identity, session.csrf
+        if not who.may(Permission.READ):
+            return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read")
+        path = request.path
+        if path == "/":
+            report = health_report(self._gateway, time.monotonic() - self._started)
+            return html_response(HTTPStatus.OK, pages.overview_page(report, who, csrf))
+        if path in ("/signals", "/events"):
+            chosen = urllib.parse.parse_qs(request.query).get("instrument", [""])[0]
+            if path == "/events":
+                if request.method != "GET":
+                    return text_response(HTTPStatus.METHOD_NOT_ALLOWED, "GET /events only")
+                return self._events(session, chosen)
+            now = now_ns()
+            rows = [
+                {"id": o.signal.id, "unit": o.signal.unit, "data": event_data(o, now)}
+                for o in self._outputs(chosen)
+            ]
+            instruments = sorted({o.signal.instrument for o in self._gateway.outputs})
+            page = pages.signals_page(rows, instruments, chosen, who, csrf)
+            return html_response(HTTPStatus.OK, page)
+        if path == "/writes":
+            if not who.may(Permission.WRITE):
+                return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not write")
+            page = pages.writes_page(self._access.targets, who, csrf)
+            return html_response(HTTPStatus.OK, page)
+        if path == "/configuration":
+            if not who.may(Permission.CONFIGURE):
+                return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not configure")
+            plan = self._gateway.plan
+            page = pages.configuration_page(plan.config, str(plan.source), who, csrf)
+            return html_response(HTTPStatus.OK, page)
+        return text_response(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+    def _outputs(self, instrument: str) -> Iterable[SignalOutput]:
+        outputs = self._gateway.outputs
+        return (
+            outputs if not instrument else [o for o in outputs if o.signal.instrument == instrument]
+        )
+
+    def _events(self, session: Session, instrument: str) -> bytes | Stream:
+        if len(self.streams) >= MAX_STREAMS:
+            return text_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"at most {MAX_STREAMS} live streams at once"
+            )
+        return SignalEvents(
+            lambda: self._outputs(instrument),
+            lambda: self.sessions.alive(session) and not self._gateway.stopping,
+            open_streams=self.streams,
+            encoded=self._encoded,
+        )
+
+    # -- posts --------------------------------------------------------------------------------
+    def _refuse_post(self, request: Request, body: bytes, session: Session) -> bytes | None:
+        """A 403 if the POST lacks the session's CSRF token or comes from another origin."""
+        foreign = self._foreign(request)
+        if foreign is not None:
+            return foreign
+        token = request.headers.get("x-csrf-token")
+        if token is None:
+            token = _form(body).get("csrf")
+        if not session.csrf_matches(token):
+            log.warning("console.csrf_refused", user=session.identity.name, peer=request.peer)
+            return text_response(
+                HTTPStatus.FORBIDDEN, "missing or wrong CSRF token: reload the page and retry"
+            )
+        return None
+
+    def _foreign(self, request: Request) -> bytes | None:
+        """A 403 if the browser says the request comes from another site (``Origin``)."""
+        origin = request.headers.get("origin")
+        if origin is None or origin == f"{self._scheme}://{request.headers.get('host', '')}":
+            return None
+        log.warning("console.foreign_origin", origin=origin[:200], peer=request.peer)
+        return text_response(HTTPStatus.FORBIDDEN, "this request came from another site")
+
+    async def _login(self, request: Request, body: bytes) -> bytes:
+        if request.headers.get("content-type", "").split(";")[0].strip() != _FORM:
+            return text_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the login as {_FORM}")
+        form = _form(body)
+        name, password = form.get("user", "")[:64], form.get("password", "")
+        try:
+            async with self._checks:
+                identity = await asyncio.to_thread(
+                    self._access.authority.authenticate,
+                    name,
+                    password,
+                    interface="console",
+                    peer=request.peer,
+                )
+        except AuthenticationError as exc:
+            status = (
+                HTTPStatus.TOO_MANY_REQUESTS if exc.why == "locked out" else HTTPStatus.UNAUTHORIZED
+            )
+            return html_response(status, pages.login_page(str(exc), name))
+        token, _session = self.sessions.create(identity, request.peer)
+        log.info("console.login", user=identity.name, peer=request.peer)
+        return redirect("/", (f"Set-Cookie: {COOKIE}={token}{self._cookie_flags}",))
+
+    async def _write(self, session: Session, form: dict[str, str]) -> bytes:
+        who, csrf = session.identity, session.csrf
+        target, reason = form.get("target", ""), form.get("reason", "")
+        try:
+            value = float(form.get("value", ""))
+            if not math.isfinite(value):
+                raise ValueError(value)
+        except ValueError:
+            page = pages.message_page("Write", "the value must be a number", who, csrf)
+            return html_response(HTTPStatus.BAD_REQUEST, page)
+        try:
+            outcome = await self._access.write(WriteRequest(target, value, who, reason, "console"))
+        except GatewayError as exc:  # not running (starting, or stopping): nothing written
+            page = pages.message_page("Write", str(exc), who, csrf)
+            return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
+        page = pages.write_outcome_page(outcome, who, csrf)
+        return html_response(write_status(outcome), page)
+
+    def _audit(self, action: str, user: str, request: Request, reason: str = "") -> None:
+        if self._note is None:
+            return
+        self._note(
+            AuditEvent(
+                action=action,
+                user=user,
+                target="console",
+                reason=reason,
+                details={"interface": "console", "peer": request.peer},
+            )
+        )
+
+
+def _cookie(request: Request) -> str | None:
+    """The session token from the ``Cookie`` header, if any."""
+    for part in request.headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return None
+
+
+def _form(body: bytes) -> dict[str, str]:
+    """A url-encoded form's fields (the first of a repeated one); empty if it is not one."""
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode("utf-8"), max_num_fields=32)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    return form
