@@ -18,7 +18,7 @@ SECURITY_HEADERS = (
     " base-uri 'none'",
     "X-Content-Type-Options: nosniff",
     "X-Frame-Options: DENY",
-    "Referrer-Policy: no-referrer",
+    "Referrer-Policy: same-origin",
 )
 _HTML = "text/html; charset=utf-8"
 
