@@ -343,9 +343,11 @@ async def test_batch_age_is_process_hours_since_inoculation() -> None:
         since = time.monotonic()
         assert 0.0 <= first <= reactor.clock.hours()
         later = await wait_for_node(client, ns, "Batch.Age", lambda a: a >= first + 2.0)
-        # 3600 process s per wall s: 2 process hours cannot come in less than 2 wall seconds
-        # (less one controller update the first reading may have lagged).
-        assert time.monotonic() - since >= (later - first) - 0.05 - 0.01
+        # 3600 process s per wall s: 2 process hours cannot come in much less than 2 wall
+        # seconds. The first reading may lag the clock by a controller update or more on a
+        # loaded machine (0.08 s was seen under a CPU hog): 10 % of slack, still far from any
+        # other time base (wall seconds would take an hour, process seconds a second).
+        assert time.monotonic() - since >= 0.9 * (later - first) - 0.05
         eu = await (await age.get_child("0:EngineeringUnits")).read_value()
         assert (eu.UnitId, eu.DisplayName.Text) == (4740434, "h")
 
