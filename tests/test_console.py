@@ -320,6 +320,36 @@ async def test_only_who_configures_sees_the_configuration(console: Console) -> N
 
 
 @pytest.mark.asyncio
+async def test_the_audit_page_shows_the_trail_verified_to_auditors_only(console: Console) -> None:
+    """Engineers and admins (the ``audit`` permission) see the newest records first, filtered
+    by user and action, with the chain's verification; operators and viewers get 403."""
+    await console.login("operator")
+    await _audited(console, "login", 1)
+    engineer, _ = await console.login("engineer")
+    page = await console.request("GET", "/audit", cookie=engineer)
+    assert page.status == 200, page.body
+    assert b'id="verify">Verified: ' in page.body and b'href="/audit"' in page.body
+    rows = re.findall(
+        rb"<tr><td>(\d+)</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>", page.body
+    )
+    seqs = [int(seq) for seq, _, _ in rows]
+    assert seqs == sorted(seqs, reverse=True) and len(seqs) >= 2, rows
+    assert (b"operator", b"login") in {(user, action) for _, user, action in rows}
+    only = await console.request("GET", "/audit?user=operator&action=login*", cookie=engineer)
+    found = re.findall(
+        rb"<tr><td>\d+</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>", only.body
+    )
+    assert found and all(
+        user == b"operator" and action.startswith(b"login") for user, action in found
+    )
+    for user in ("operator", "viewer"):
+        cookie, _ = await console.login(user)
+        assert (await console.request("GET", "/audit", cookie=cookie)).status == 403
+        overview = await console.request("GET", "/", cookie=cookie)
+        assert b'href="/audit"' not in overview.body
+
+
+@pytest.mark.asyncio
 async def test_an_oversized_request_is_refused(console: Console) -> None:
     cookie, csrf = await console.login("operator")
     head = (

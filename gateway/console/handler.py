@@ -24,6 +24,7 @@ and nothing is done.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 import urllib.parse
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ..audit import AuditEvent
+from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport, read_records, verify
 from ..control import Access, WriteRequest
 from ..errors import GatewayError
 from ..http import Request, Stream
@@ -60,6 +61,7 @@ MAX_STREAMS = 16
 pages, probes and the API."""
 _FORM = "application/x-www-form-urlencoded"
 _STATIC = "/static/"
+AUDIT_PAGE_MAX = 1000  # records on one audit page (the export is `patgw audit export`)
 
 
 class Console:
@@ -73,8 +75,10 @@ class Console:
         idle_timeout_s: float,
         secure: bool,
         note: Callable[[AuditEvent], None] | None = None,
+        audit: AuditPaths | None = None,
     ) -> None:
         self._gateway = gateway
+        self._audit_paths = audit
         self._access = access
         self._note = note
         self.sessions = Sessions(idle_timeout_s)
@@ -124,7 +128,40 @@ class Console:
             if path == "/write":
                 return await self._write(session, _form(body))
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
+        if request.path == "/audit":
+            return await self._audit_page(request, session)
         return self._page(request, session)
+
+    async def _audit_page(self, request: Request, session: Session) -> bytes:
+        """The audit trail, newest first, filtered by user and action (shell wildcards), with
+        the chain's verification: for users with the ``audit`` permission."""
+        who, csrf = session.identity, session.csrf
+        if not who.may(Permission.AUDIT):
+            return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read the audit")
+        paths = self._audit_paths
+        if paths is None:
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, "no audit trail")
+        query = dict(urllib.parse.parse_qsl(request.query, max_num_fields=8))
+        user, action = query.get("user", "")[:64], query.get("action", "")[:64]
+        try:
+            limit = min(max(int(query.get("limit", "200")), 1), AUDIT_PAGE_MAX)
+        except ValueError:
+            limit = 200
+
+        def read() -> tuple[list[AuditRecord], VerifyReport]:
+            found = read_records(paths.path, user=user or None, action=action or None)
+            newest = list(collections.deque(found, maxlen=limit))
+            newest.reverse()
+            report = verify(paths.path, anchor_files=(paths.anchor_file,), key_path=paths.key)
+            return newest, report
+
+        try:
+            records, report = await asyncio.to_thread(read)
+        except GatewayError as exc:
+            page = pages.message_page("Audit trail", str(exc), who, csrf)
+            return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
+        page = pages.audit_page(records, report, user, action, limit, who, csrf)
+        return html_response(HTTPStatus.OK, page)
 
     # -- pages --------------------------------------------------------------------------------
     def _page(self, request: Request, session: Session) -> bytes | Stream:

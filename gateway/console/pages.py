@@ -12,14 +12,17 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..security import Identity, Permission
+from ..timefmt import format_ns
 from ..unece import unece_for_ucum
 
 if TYPE_CHECKING:
+    from ..audit import AuditRecord, VerifyReport
     from ..config import GatewayConfig
     from ..control.path import WriteOutcome, WriteTarget
 
 __all__ = [
     "SignalRow",
+    "audit_page",
     "configuration_page",
     "human_unit",
     "login_page",
@@ -87,6 +90,8 @@ def _layout(
             links.append(("/writes", "Writes"))
         if who.may(Permission.CONFIGURE):
             links.append(("/configuration", "Configuration"))
+        if who.may(Permission.AUDIT):
+            links.append(("/audit", "Audit trail"))
         items = "".join(f'<a href="{href}">{_e(text)}</a>' for href, text in links)
         roles = ", ".join(sorted(who.roles))
         nav = (
@@ -317,3 +322,53 @@ def configuration_page(config: GatewayConfig, source: str, who: Identity, csrf: 
         ),
     ]
     return _layout("Configuration", "".join(parts), who, csrf)
+
+
+def audit_page(
+    records: Iterable[AuditRecord],
+    report: VerifyReport,
+    user: str,
+    action: str,
+    limit: int,
+    who: Identity,
+    csrf: str,
+) -> str:
+    """The newest audit records (newest first), the filter form and the chain's verification."""
+    status = (
+        f'<p class="status status-ok" id="verify">Verified: {_e(report.summary())}</p>'
+        if report.ok
+        else f'<p class="status status-bad" id="verify">{_e(report.summary())}'
+        + (f" (first bad record: {report.first_bad_seq})" if report.first_bad_seq else "")
+        + "</p>"
+    )
+    form = (
+        '<form method="get" action="/audit" class="filter">'
+        f'<label>User <input name="user" value="{_e(user)}"></label>'
+        f'<label>Action <input name="action" value="{_e(action)}" placeholder="write.*"></label>'
+        f'<label>Records <input name="limit" value="{limit}" inputmode="numeric"></label>'
+        '<button type="submit">Show</button></form>'
+    )
+    rows = [
+        (
+            r.seq,
+            format_ns(r.ts_ns),
+            r.event.user,
+            r.event.action,
+            r.event.target,
+            "" if r.event.old is None else r.event.old,
+            "" if r.event.new is None else r.event.new,
+            r.event.outcome,
+            r.event.reason,
+        )
+        for r in records
+    ]
+    table = _table(
+        ("seq", "time (UTC)", "user", "action", "target", "old", "new", "outcome", "reason"),
+        rows,
+        "audit",
+    )
+    note = (
+        "<p>Export the whole trail with <code>patgw audit export CONFIG</code>;"
+        " verify it with <code>patgw audit verify CONFIG</code>.</p>"
+    )
+    return _layout("Audit trail", status + form + table + note, who, csrf)

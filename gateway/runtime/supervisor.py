@@ -301,6 +301,7 @@ class Gateway:
                 idle_timeout_s=config.console_idle_timeout_s,
                 secure=config.tls is not None,
                 note=self.audit.note if self.audit is not None else None,
+                audit=audit,
             )
             if config.serves_console
             else None
