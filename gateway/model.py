@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
@@ -95,6 +96,11 @@ class Sample(NamedTuple):
     quality: Quality
     seq: int
     reason: str | None = None
+
+
+sample_of_fields: Callable[[tuple[Any, ...]], Sample] = functools.partial(tuple.__new__, Sample)
+"""A :class:`Sample` from the tuple of its eight fields, in order, without NamedTuple's
+Python-level ``__new__`` (a C call: half the cost, for paths that build one per row)."""
 
 
 _FLOAT32 = np.float32

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import GatewayError, StoreError, StoreFullError
-from ..model import Quality, Sample, Signal, SignalKind
+from ..model import Quality, Sample, Signal, SignalKind, sample_of_fields
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 from .lock import StoreLock, lock_store
@@ -205,8 +205,6 @@ _SELECT_BETWEEN = (
 )
 _DECODE_CHUNK = 1000  # rows per fetch when streaming
 _QUALITIES = list(Quality)
-# A Sample from a tuple of its fields, without NamedTuple's Python-level __new__ (a C call).
-_new_sample: Callable[[tuple[Any, ...]], Sample] = functools.partial(tuple.__new__, Sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,7 +721,7 @@ class SampleStore:
         ids: list[int] = []
         samples: list[Sample] = []
         add_id, add = ids.append, samples.append
-        quality, sample = _QUALITIES, _new_sample
+        quality, sample = _QUALITIES, sample_of_fields
         axes: dict[str, SpectralAxis | None] = {}
         for row_id, def_id, seq, source_ts, gateway_ts, q, value, reason in rows:
             name_unit = names.get(def_id)
