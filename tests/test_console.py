@@ -342,6 +342,9 @@ async def test_the_audit_page_shows_the_trail_verified_to_auditors_only(console:
     assert found and all(
         user == b"operator" and action.startswith(b"login") for user, action in found
     )
+    # A forged query with more fields than the form: refused, not an internal error.
+    forged = "&".join(f"f{i}=x" for i in range(20))
+    assert (await console.request("GET", f"/audit?{forged}", cookie=engineer)).status == 400
     for user in ("operator", "viewer"):
         cookie, _ = await console.login(user)
         assert (await console.request("GET", "/audit", cookie=cookie)).status == 403

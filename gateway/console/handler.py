@@ -141,7 +141,10 @@ class Console:
         paths = self._audit_paths
         if paths is None:
             return text_response(HTTPStatus.SERVICE_UNAVAILABLE, "no audit trail")
-        query = dict(urllib.parse.parse_qsl(request.query, max_num_fields=8))
+        try:
+            query = dict(urllib.parse.parse_qsl(request.query, max_num_fields=8))
+        except ValueError:  # more fields than the form has: not from this page
+            return text_response(HTTPStatus.BAD_REQUEST, "too many query fields")
         user, action = query.get("user", "")[:64], query.get("action", "")[:64]
         try:
             limit = min(max(int(query.get("limit", "200")), 1), AUDIT_PAGE_MAX)
