@@ -82,18 +82,11 @@ async def run_until(forwarder: Forwarder, condition: Callable[[], object], what:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def lost_seqs(losses: Sequence[Loss], signal: str) -> int:
-    return sum(loss.count for loss in losses if loss.signal == signal)
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("fail_after_refusal", [0, 3], ids=["refused", "refused-then-failed"])
-async def test_refused_samples_are_given_up_once_and_everything_else_is_delivered(
-    tmp_path: Path, fail_after_refusal: int
-) -> None:
+async def forward_everything(tmp_path: Path, sink: Refusing) -> Forwarder:
+    """A forwarder of the store's 2 x COUNT samples to ``sink`` (pages of 10), run until its
+    cursor is at the end and the sink is up (a refused signal is quarantined, not the sink)."""
     names = make_store(tmp_path / "s.sqlite")
     reader = BacklogReader(tmp_path / "s.sqlite")
-    sink = Refusing({X}, fail_after_refusal)
     config = SinkConfig(
         id="up",
         type="x",
@@ -104,7 +97,6 @@ async def test_refused_samples_are_given_up_once_and_everything_else_is_delivere
     forwarder = Forwarder("up", sink, config, names, reader)  # type: ignore[arg-type]
     forwarder.start(None, 2 * COUNT)
     try:
-        # The signal is quarantined, not the sink: it is up.
         await run_until(
             forwarder,
             lambda: forwarder.cursor == 2 * COUNT and forwarder.stats.state is SinkState.UP,
@@ -112,6 +104,20 @@ async def test_refused_samples_are_given_up_once_and_everything_else_is_delivere
         )
     finally:
         await reader.aclose()
+    return forwarder
+
+
+def lost_seqs(losses: Sequence[Loss], signal: str) -> int:
+    return sum(loss.count for loss in losses if loss.signal == signal)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fail_after_refusal", [0, 3], ids=["refused", "refused-then-failed"])
+async def test_refused_samples_are_given_up_once_and_everything_else_is_delivered(
+    tmp_path: Path, fail_after_refusal: int
+) -> None:
+    sink = Refusing({X}, fail_after_refusal)
+    forwarder = await forward_everything(tmp_path, sink)
     stats = forwarder.stats
     # Everything else was delivered, once each (no failure sends anything twice here but the
     # batches that failed after a refusal).
@@ -162,26 +168,8 @@ async def test_samples_given_up_in_a_window_that_fails_are_recorded_lost_once(
     """A backlog window (8 pages regrouped by signal: X's parts, then Y's) whose X samples are
     refused or withheld (X is quarantined) and one of whose Y parts then fails is sent again:
     its X samples are not given up (nor recorded lost) a second time."""
-    names = make_store(tmp_path / "s.sqlite")
-    reader = BacklogReader(tmp_path / "s.sqlite")
     sink = FailingOnceInAWindow({X})
-    config = SinkConfig(
-        id="up",
-        type="x",
-        start_from="earliest",
-        batch_max_samples=10,
-        retry={"initial_s": 0.01, "max_s": 0.05},
-    )
-    forwarder = Forwarder("up", sink, config, names, reader)  # type: ignore[arg-type]
-    forwarder.start(None, 2 * COUNT)
-    try:
-        await run_until(
-            forwarder,
-            lambda: forwarder.cursor == 2 * COUNT and forwarder.stats.state is SinkState.UP,
-            "the cursor at the end, the sink up",
-        )
-    finally:
-        await reader.aclose()
+    forwarder = await forward_everything(tmp_path, sink)
     assert sink.failed, "no forward failed: the case was not exercised"
     stats = forwarder.stats
     assert stats.failures == 1, stats
