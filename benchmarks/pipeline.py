@@ -95,8 +95,10 @@ async def measure(
     extra: str = "",
     during: Callable[[Gateway], Awaitable[None]] | None = None,
     more_instruments: str = "",
+    store_options: str = "",
 ) -> dict[str, Any]:
     """One run; ``more_instruments`` (YAML list items) follow the synthetic instrument,
+    ``store_options`` (``", key: value"``) are added to the store section,
     ``extra`` is appended to the configuration (more top-level sections), and
     ``during(gateway)`` runs beside the pipeline once it has started (e.g. writes)."""
     config = folder / "bench.yaml"
@@ -109,7 +111,8 @@ async def measure(
     )
     config.write_text(
         f"area: bench\n"
-        f"store: {{path: {folder / 'bench.sqlite'}, commit_interval_ms: {commit_ms}}}\n"
+        f"store: {{path: {folder / 'bench.sqlite'}, commit_interval_ms: {commit_ms}"
+        f"{store_options}}}\n"
         f"instruments:\n  - id: synth\n    driver: synthetic\n"
         f"    options: {{signals: {signals}, rate: {rate}}}\n    signals:\n{signal_lines}\n"
         + more_instruments

@@ -341,6 +341,14 @@ class StoreConfig(_Closed):
         default=None,
         description="How much the store keeps before pruning released samples (null: all).",
     )
+    trends: bool = Field(
+        default=True,
+        description=(
+            "Keep trend rollups (1 s, 10 s, 60 s buckets per signal) in a file beside the store"
+            " (<store>.trends), rolled up once a second on a thread of its own, for the"
+            " console's trends page; false: no trends file."
+        ),
+    )
 
     @model_validator(mode="after")
     def _budget_above_commit_interval(self) -> StoreConfig:

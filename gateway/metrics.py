@@ -474,6 +474,13 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "held_by": dict(holding),
             "last_run_ms": budget.last_run_ms,
         }
+    if gateway.trends is not None:
+        trends = gateway.trends.stats
+        store["trends"] = {
+            "rolled_id": trends.rolled_id,
+            "last_roll_ms": trends.last_roll_ms,
+            "failing": trends.failing,
+        }
     ready = is_ready(gateway)
     if gateway.stopping:
         status = "stopping"

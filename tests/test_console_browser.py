@@ -1,6 +1,7 @@
 """The web console in a real browser (headless Chromium, tests/browser.py) against the demo run
 by ``patgw run``: the operator logs in, sees every demo instrument connected, watches the
-signals update live (Server-Sent Events) and opens a live chart (uPlot), writes the feed pump's
+signals update live (Server-Sent Events) and opens a live chart (uPlot), sees trends of two
+signals from the store and zooms into one, writes the feed pump's
 setpoint through the form and sees the pump follow; a viewer is refused the writes page.
 Screenshots of each page are kept under the test's temporary folder and checked non-blank."""
 
@@ -13,6 +14,7 @@ import yaml
 from browser import screenshot, wait_text
 from conftest import demo_copy
 from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 from test_browser_smoke import demo_gateway, wait_listening
@@ -70,6 +72,26 @@ def test_operator_sees_live_values_writes_and_a_viewer_is_refused(
             lambda d: d.find_elements(By.CSS_SELECTOR, "#chart canvas")
         )
         screenshot(browser, tmp_path / "signals.png")
+
+        # Trends: the store's points of several signals, redrawn live; a drag zooms in.
+        browser.get(f"{base}/trends?signal={flow}&signal=reactor1/feed_pump/speed&window=300")
+
+        def points(driver: WebDriver) -> list[int]:
+            sections = driver.find_elements(By.CSS_SELECTOR, "section.trend")
+            return [int(x.get_attribute("data-points") or 0) for x in sections]
+
+        WebDriverWait(browser, 30).until(lambda d: len(points(d)) == 2 and min(points(d)) > 5)
+        assert browser.find_elements(By.CSS_SELECTOR, "section.trend canvas")
+        status = browser.find_element(By.CSS_SELECTOR, "section.trend .trend-status")
+        assert "live" in status.text and "points" in status.text
+        screenshot(browser, tmp_path / "trends.png")
+        over = browser.find_element(By.CSS_SELECTOR, "section.trend .u-over")
+        ActionChains(browser).move_to_element_with_offset(
+            over, -100, 0
+        ).click_and_hold().move_by_offset(150, 0).release().perform()
+        WebDriverWait(browser, 20).until(lambda d: "zoomed" in status.text)
+        browser.find_element(By.ID, "trend-live").click()
+        WebDriverWait(browser, 20).until(lambda d: "live" in status.text)
 
         # A write through the form: the pump's setpoint, read back by the gateway.
         browser.get(f"{base}/writes")

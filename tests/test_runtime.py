@@ -28,6 +28,7 @@ from gateway import (
 )
 from gateway.runtime import Gateway
 from gateway.store import SampleStore
+from gateway.store.trends import TrendReader, trends_path
 
 
 class Options(BaseModel):
@@ -327,3 +328,52 @@ async def test_a_sink_with_bind_learns_every_signal_before_it_starts(tmp_path: P
         await wait_for(lambda: gateway.stats.committed >= 3, what="samples")
     sink = built.sinks[0].instance
     assert sink.bound == ["t/c/count"] and sink.entered_after_bind
+
+
+@pytest.mark.asyncio
+async def test_a_running_gateway_keeps_trends_of_what_it_committed(tmp_path: Path) -> None:
+    """store.trends (on by default): the ``store.trends`` task rolls up what was committed,
+    and a trend read after the stop counts every committed sample once."""
+    async with running(plan(tmp_path)) as (gateway, _):
+        assert gateway.trends is not None
+        trends = gateway.trends
+        await wait_for(lambda: trends.stats.rolled_id >= 30, what="a roll-up")
+        assert trends.stats.failing is None
+    samples = stored(tmp_path)
+    first, last = samples[0].gateway_ts, samples[-1].gateway_ts
+    with TrendReader(tmp_path / "s.sqlite") as reader:
+        got = reader.trend(["t/c/count"], first, last + 1, 1)["t/c/count"]
+    assert sum(got.count) == len(samples) and got.behind == 0
+    assert (got.lo, got.hi) == ([0.0], [float(len(samples) - 1)])
+
+
+@pytest.mark.asyncio
+async def test_trends_that_cannot_be_written_leave_the_samples_alone(tmp_path: Path) -> None:
+    """A trends file that cannot be made (here a folder in its place): the failure is on
+    /health's counters and the log; every sample is still committed."""
+    trends_path(tmp_path / "s.sqlite").mkdir()
+    async with running(plan(tmp_path)) as (gateway, _):
+        assert gateway.trends is not None
+        trends = gateway.trends
+        await wait_for(lambda: trends.stats.failing, what="the failure")
+        assert "trends file" in str(trends.stats.failing)
+        await wait_for(lambda: gateway.outputs[0].seq >= 20)
+    samples = stored(tmp_path)
+    assert [s.seq for s in samples] == list(range(gateway.outputs[0].seq))
+
+
+@pytest.mark.asyncio
+async def test_store_trends_false_makes_no_trends_file(tmp_path: Path) -> None:
+    config = {
+        "area": "t",
+        "store": {"path": str(tmp_path / "s.sqlite"), "commit_interval_ms": 20, "trends": False},
+        "instruments": [{"id": "c", "driver": "counter"}],
+    }
+    registry = build_registry([InlinePlugin()], entry_points=False)
+    async with running(load_plan(write_config(tmp_path / "g.yaml", config), registry)) as (
+        gateway,
+        _,
+    ):
+        assert gateway.trends is None
+        await wait_for(lambda: gateway.outputs[0].seq >= 5)
+    assert not trends_path(tmp_path / "s.sqlite").exists()

@@ -11,11 +11,14 @@ Routes::
     GET  /               read        overview: instruments, sinks, store, clock
     GET  /signals        read        latest value of every signal (?instrument=ID)
     GET  /events         read        Server-Sent Events: the signals' updates (?instrument=ID)
+    GET  /trends         read        trends of chosen signals (?signal=ID...&window=S)
+    GET  /trends/data    read        their points as JSON (see gateway.console.trendpage)
     GET  /writes         write       a form per write target
     GET  /configuration  configure   what the configuration declares (no options, no secrets)
     POST /write          session     target, value, reason: the controlled write path decides
 
-Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events``). Every
+Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events`` and
+``/trends/data``, which scripts fetch). Every
 ``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
 ``X-CSRF-Token``) and, if the browser sends an ``Origin``, this gateway's own: else ``403``,
 and nothing is done.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import math
 import time
 import urllib.parse
@@ -37,15 +41,17 @@ import structlog
 from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport, read_records, verify
 from ..control import Access, WriteRequest
 from ..errors import GatewayError
-from ..http import Request, Stream
+from ..http import Request, Stream, response
 from ..localapi import write_status
 from ..metrics import health_report
+from ..model import SignalKind
 from ..security import AuthenticationError, Permission
+from ..store.trends import Trend, TrendError, TrendReader
 from ..timefmt import now_ns
-from . import pages
+from . import pages, trendpage
 from .assets import asset
 from .events import SignalEvents, event_data
-from .responses import asset_response, html_response, redirect, text_response
+from .responses import SECURITY_HEADERS, asset_response, html_response, redirect, text_response
 from .sessions import COOKIE, Session, Sessions
 
 if TYPE_CHECKING:
@@ -60,6 +66,7 @@ MAX_STREAMS = 16
 """Event streams open at once (of the HTTP endpoint's 32 connections): the rest stay free for
 pages, probes and the API."""
 _FORM = "application/x-www-form-urlencoded"
+_FETCHED = ("/events", "/trends/data")  # fetched by scripts: 401 rather than a redirect
 _STATIC = "/static/"
 AUDIT_PAGE_MAX = 1000  # records on one audit page (the export is `patgw audit export`)
 
@@ -85,6 +92,7 @@ class Console:
         self._cookie_flags = "; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
         self._scheme = "https" if secure else "http"
         self._checks = asyncio.Semaphore(1)  # one password check at a time (scrypt)
+        self._trend_reads = asyncio.Semaphore(2)  # trend reads on worker threads at once
         self._started = time.monotonic()
         self.streams: set[SignalEvents] = set()  # open event streams
         self._encoded: dict[str, tuple[int, bytes]] = {}  # the streams' latest events
@@ -112,7 +120,7 @@ class Console:
         if expired is not None:
             self._audit("logout", expired.identity.name, request, "idle timeout")
         if session is None:
-            if path == "/events":
+            if path in _FETCHED:
                 return text_response(HTTPStatus.UNAUTHORIZED, "log in first")
             return redirect("/login")
         if method == "POST":
@@ -130,7 +138,44 @@ class Console:
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
         if request.path == "/audit":
             return await self._audit_page(request, session)
+        if request.path == "/trends/data":
+            return await self._trend_data(request, session)
         return self._page(request, session)
+
+    def _scalars(self) -> dict[str, str]:
+        """The scalar signals (trends have no spectra), id → UCUM unit, in configuration order."""
+        return {
+            o.signal.id: o.signal.unit
+            for o in self._gateway.outputs
+            if o.signal.kind is SignalKind.SCALAR
+        }
+
+    async def _trend_data(self, request: Request, session: Session) -> bytes:
+        """Trend points from the store as JSON, read on a worker thread (two at a time)."""
+        who = session.identity
+        if not who.may(Permission.READ):
+            return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read")
+        if not self._gateway.plan.config.store.trends:
+            return text_response(HTTPStatus.NOT_FOUND, "trends are off (store.trends: false)")
+        try:
+            query = trendpage.parse_trend_query(request.query, self._scalars(), now_ns())
+        except trendpage.TrendQueryError as exc:
+            return text_response(HTTPStatus.BAD_REQUEST, str(exc))
+        path = self._gateway.plan.config.store.path
+
+        def read() -> dict[str, Trend]:
+            with TrendReader(path) as reader:
+                return reader.trend(query.signals, query.start_ns, query.end_ns, query.points)
+
+        try:
+            async with self._trend_reads:
+                trends = await asyncio.to_thread(read)
+        except TrendError as exc:  # e.g. a signal with no sample stored yet
+            return text_response(HTTPStatus.BAD_REQUEST, str(exc))
+        except GatewayError as exc:  # no trends file yet, or the store cannot be read
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        body = json.dumps(trendpage.trend_json(trends, query), allow_nan=False).encode()
+        return response(HTTPStatus.OK, "application/json", body, SECURITY_HEADERS)
 
     async def _audit_page(self, request: Request, session: Session) -> bytes:
         """The audit trail, newest first, filtered by user and action (shell wildcards), with
@@ -188,6 +233,25 @@ class Console:
             ]
             instruments = sorted({o.signal.instrument for o in self._gateway.outputs})
             page = pages.signals_page(rows, instruments, chosen, who, csrf)
+            return html_response(HTTPStatus.OK, page)
+        if path == "/trends":
+            try:
+                fields = urllib.parse.parse_qs(
+                    request.query, max_num_fields=trendpage.MAX_CHARTS + 2
+                )
+            except ValueError:  # more fields than the form has: not from this page
+                return text_response(HTTPStatus.BAD_REQUEST, "too many query fields")
+            scalars = self._scalars()
+            picked = [s for s in dict.fromkeys(fields.get("signal", [])) if s in scalars]
+            try:
+                window = int(fields.get("window", ["900"])[0])
+            except ValueError:
+                window = 900
+            window = window if window in trendpage.WINDOWS_S else 900
+            note = ""
+            if not self._gateway.plan.config.store.trends:
+                note = "Trends are off: set store.trends: true in the configuration."
+            page = trendpage.trends_page(scalars, picked, window, who, csrf, note)
             return html_response(HTTPStatus.OK, page)
         if path == "/writes":
             if not who.may(Permission.WRITE):

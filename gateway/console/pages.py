@@ -85,7 +85,7 @@ def _layout(
     )
     nav = ""
     if who is not None:
-        links = [("/", "Overview"), ("/signals", "Signals")]
+        links = [("/", "Overview"), ("/signals", "Signals"), ("/trends", "Trends")]
         if who.may(Permission.WRITE):
             links.append(("/writes", "Writes"))
         if who.may(Permission.CONFIGURE):

@@ -64,6 +64,7 @@ from .instrument import InstrumentRunner, InstrumentState
 from .outputs import FanOut, SignalOutput, SpectrumOutput
 from .processors import ProcessorRunner, tap
 from .sinks import SinkFeeder
+from .trendkeeper import TrendKeeper
 from .view import run_view
 
 __all__ = ["SINK_EXIT_S", "STOP_BOUND_S", "STOP_TIMEOUT_S", "Gateway", "RunSummary"]
@@ -111,6 +112,7 @@ class Gateway:
         self.writer: StoreWriter | None = None
         self._reader: BacklogReader | None = None
         self.budget: BudgetKeeper | None = None  # the store budget's pruner, if configured
+        self.trends: TrendKeeper | None = None  # the trend roll-up (store.trends)
         self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
         self.stopping = False  # set once the run begins to stop (for /health)
@@ -182,6 +184,8 @@ class Gateway:
                 self._build_runners(stored, writer)
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
+                if self.plan.config.store.trends:
+                    self.trends = TrendKeeper(self.plan.config.store.path)
                 assert self.audit is not None
                 path = self._write_path()
                 self.plan.access.bind(path, self.audit.note)
@@ -223,6 +227,8 @@ class Gateway:
                 try:
                     if self.budget is not None:
                         await _uncancellable(self.budget.aclose())
+                    if self.trends is not None:
+                        await _uncancellable(self.trends.aclose())
                     if self._reader is not None:
                         await _uncancellable(self._reader.aclose())
                 finally:
@@ -545,6 +551,8 @@ class Gateway:
                 if self.budget is not None:
                     # Stopped with the sinks, below: the final save of their cursors comes after.
                     feeders.append(group.create_task(self.budget.run(), name="store.budget"))
+                if self.trends is not None:
+                    feeders.append(group.create_task(self.trends.run(), name="store.trends"))
                 feeders.append(group.create_task(self._audit_ticks(), name="audit.signer"))
                 feeders.append(group.create_task(self.clock.run(), name="clock.watch"))
                 stopper = group.create_task(stop.wait(), name="stop")
