@@ -104,6 +104,12 @@ async def test_trend_data_refusals(console: Console) -> None:  # noqa: F811
     ):
         answer = await _data(console, cookie, query)
         assert answer.status == 400 and why in answer.body, (query, answer.body)
+    # Another site's page cannot read the data or the live stream (its Origin is refused).
+    for path in (f"/trends/data?signal={SPEED}", "/events"):
+        forged = await console.request(
+            "GET", path, cookie=cookie, headers=["Origin: http://evil.example"]
+        )
+        assert forged.status == 403 and b"another site" in forged.body, path
     too_many = "&".join(["signal=x"] * 20)
     assert (await console.request("GET", f"/trends?{too_many}", cookie=cookie)).status == 400
     # Nothing of this stopped anything: the pump is still read.

@@ -18,7 +18,7 @@ Routes::
     POST /write          session     target, value, reason: the controlled write path decides
 
 Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events`` and
-``/trends/data``, which scripts fetch). Every
+``/trends/data``, which scripts fetch; they also refuse another site's ``Origin``). Every
 ``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
 ``X-CSRF-Token``) and, if the browser sends an ``Origin``, this gateway's own: else ``403``,
 and nothing is done.
@@ -155,6 +155,9 @@ class Console:
         who = session.identity
         if not who.may(Permission.READ):
             return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read")
+        foreign = self._foreign(request)
+        if foreign is not None:
+            return foreign
         if not self._gateway.plan.config.store.trends:
             return text_response(HTTPStatus.NOT_FOUND, "trends are off (store.trends: false)")
         try:
@@ -225,7 +228,7 @@ class Console:
             if path == "/events":
                 if request.method != "GET":
                     return text_response(HTTPStatus.METHOD_NOT_ALLOWED, "GET /events only")
-                return self._events(session, chosen)
+                return self._foreign(request) or self._events(session, chosen)
             now = now_ns()
             rows = [
                 {"id": o.signal.id, "unit": o.signal.unit, "data": event_data(o, now)}
