@@ -13,7 +13,11 @@ Routes::
     GET  /events         read        Server-Sent Events: the signals' updates (?instrument=ID)
     GET  /writes         write       a form per write target
     GET  /configuration  configure   what the configuration declares (no options, no secrets)
-    POST /write          session     target, value, reason: the controlled write path decides
+    GET  /audit          audit       the newest records (?user=U&action=GLOB&limit=N), verified
+    GET  /audit/export   audit       the records /audit shows, as a file (&format=jsonl|csv)
+    POST /write          session     target, value, reason (and for a signed target meaning,
+                                     signature_password; witness, witness_password,
+                                     witness_meaning): the controlled write path decides
 
 Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events``). Every
 ``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
