@@ -15,7 +15,7 @@ record that is wrong. See docs/decisions/0016-audit-trail.md.
 
 from .anchors import Anchor, read_anchor_file
 from .config import AuditConfig, AuditPaths, gateway_identity, trail_for
-from .export import EXPORT_COLUMNS, export, read_records
+from .export import EXPORT_COLUMNS, chain_head, export, read_records
 from .records import GENESIS_HASH, AuditError, AuditEvent, AuditRecord, canonical_json, record_hash
 from .trail import AuditTrail
 from .verify import VerifyReport, verify
@@ -32,6 +32,7 @@ __all__ = [
     "AuditTrail",
     "VerifyReport",
     "canonical_json",
+    "chain_head",
     "export",
     "gateway_identity",
     "read_anchor_file",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -12,7 +13,7 @@ from ..timefmt import format_ns
 from ._db import RECORD_COLUMNS, connect, record_from_row
 from .records import AuditError, AuditRecord, canonical_json
 
-__all__ = ["EXPORT_COLUMNS", "export", "read_records"]
+__all__ = ["EXPORT_COLUMNS", "chain_head", "export", "read_records"]
 
 EXPORT_COLUMNS = (
     "seq",
@@ -39,9 +40,12 @@ def read_records(
     since_ns: int | None = None,
     user: str | None = None,
     action: str | None = None,
+    newest: int | None = None,
 ) -> Iterator[AuditRecord]:
     """The records of the trail at ``path`` in order: from time ``since_ns`` (UTC ns) on, of
-    ``user`` only, of actions matching ``action`` (shell wildcards: ``write.*``)."""
+    ``user`` only, of actions matching ``action`` (shell wildcards: ``write.*``); with
+    ``newest``, only the last ``newest`` of them (read from the head back: a page of a long
+    trail does not decode every record)."""
     where: list[str] = []
     params: list[int | str] = []
     if since_ns is not None:
@@ -54,11 +58,13 @@ def read_records(
         where.append("action GLOB ?")
         params.append(action)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
+    query = f"SELECT {RECORD_COLUMNS} FROM audit_records{clause} ORDER BY seq"
+    if newest is not None:
+        query = f"SELECT * FROM ({query} DESC LIMIT ?) ORDER BY seq"
+        params.append(max(0, newest))
     db = connect(path, read_only=True)
     try:
-        rows = db.execute(
-            f"SELECT {RECORD_COLUMNS} FROM audit_records{clause} ORDER BY seq", params
-        )
+        rows = db.execute(query, params)
         for row in rows:
             try:
                 yield record_from_row(tuple(row))
@@ -68,6 +74,18 @@ def read_records(
                 ) from exc
     finally:
         db.close()
+
+
+def chain_head(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) of the last record of the trail at ``path``; None if it has none."""
+    db = connect(path, read_only=True)
+    try:
+        row = db.execute("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise AuditError(f"audit trail {path} cannot be read: {exc}") from exc
+    finally:
+        db.close()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 def _flat(record: AuditRecord) -> dict[str, Any]:
@@ -84,9 +102,10 @@ def export(
     since_ns: int | None = None,
     user: str | None = None,
     action: str | None = None,
+    newest: int | None = None,
 ) -> int:
     """Write the records :func:`read_records` selects to ``out``; returns how many."""
-    records = read_records(path, since_ns=since_ns, user=user, action=action)
+    records = read_records(path, since_ns=since_ns, user=user, action=action, newest=newest)
     count = 0
     if fmt == "jsonl":
         for record in records:

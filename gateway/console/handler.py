@@ -15,7 +15,11 @@ Routes::
     GET  /trends/data    read        their points as JSON (see gateway.console.trendpage)
     GET  /writes         write       a form per write target
     GET  /configuration  configure   what the configuration declares (no options, no secrets)
-    POST /write          session     target, value, reason: the controlled write path decides
+    GET  /audit          audit       the newest records (?user=U&action=GLOB&limit=N), verified
+    GET  /audit/export   audit       the records /audit shows, as a file (&format=jsonl|csv)
+    POST /write          session     target, value, reason (and for a signed target meaning,
+                                     signature_password; witness, witness_password,
+                                     witness_meaning): the controlled write path decides
 
 Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events`` and
 ``/trends/data``, which scripts fetch; they also refuse another site's ``Origin``). Every
@@ -27,7 +31,6 @@ and nothing is done.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import math
 import time
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport, read_records, verify
+from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport
 from ..control import Access, WriteRequest
 from ..errors import GatewayError
 from ..http import Request, Stream, response
@@ -50,9 +53,17 @@ from ..store.trends import Trend, TrendError, TrendReader
 from ..timefmt import now_ns
 from . import pages, trendpage
 from .assets import asset
+from .auditview import EXPORT_FORMATS, VerifyCache, audit_filter, export_download
 from .events import SignalEvents, event_data
-from .responses import SECURITY_HEADERS, asset_response, html_response, redirect, text_response
+from .responses import (
+    SECURITY_HEADERS,
+    asset_response,
+    html_response,
+    redirect,
+    text_response,
+)
 from .sessions import COOKIE, Session, Sessions
+from .signatures import SignatureRefused, signed
 
 if TYPE_CHECKING:
     from ..runtime.outputs import SignalOutput
@@ -68,7 +79,6 @@ pages, probes and the API."""
 _FORM = "application/x-www-form-urlencoded"
 _FETCHED = ("/events", "/trends/data")  # fetched by scripts: 401 rather than a redirect
 _STATIC = "/static/"
-AUDIT_PAGE_MAX = 1000  # records on one audit page (the export is `patgw audit export`)
 
 
 class Console:
@@ -86,6 +96,7 @@ class Console:
     ) -> None:
         self._gateway = gateway
         self._audit_paths = audit
+        self._verified = VerifyCache(audit) if audit is not None else None
         self._access = access
         self._note = note
         self.sessions = Sessions(idle_timeout_s)
@@ -134,12 +145,14 @@ class Console:
                     "/login", (f"Set-Cookie: {COOKIE}=; Max-Age=0{self._cookie_flags}",)
                 )
             if path == "/write":
-                return await self._write(session, _form(body))
+                return await self._write(session, _form(body), request.peer)
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
         if request.path == "/audit":
             return await self._audit_page(request, session)
         if request.path == "/trends/data":
             return await self._trend_data(request, session)
+        if request.path == "/audit/export":
+            return await self._audit_export(request, session)
         return self._page(request, session)
 
     def _scalars(self) -> dict[str, str]:
@@ -186,33 +199,64 @@ class Console:
         who, csrf = session.identity, session.csrf
         if not who.may(Permission.AUDIT):
             return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read the audit")
-        paths = self._audit_paths
-        if paths is None:
+        paths, verified = self._audit_paths, self._verified
+        if paths is None or verified is None:
             return text_response(HTTPStatus.SERVICE_UNAVAILABLE, "no audit trail")
         try:
-            query = dict(urllib.parse.parse_qsl(request.query, max_num_fields=8))
+            chosen = audit_filter(request.query)
         except ValueError:  # more fields than the form has: not from this page
             return text_response(HTTPStatus.BAD_REQUEST, "too many query fields")
-        user, action = query.get("user", "")[:64], query.get("action", "")[:64]
-        try:
-            limit = min(max(int(query.get("limit", "200")), 1), AUDIT_PAGE_MAX)
-        except ValueError:
-            limit = 200
 
         def read() -> tuple[list[AuditRecord], VerifyReport]:
-            found = read_records(paths.path, user=user or None, action=action or None)
-            newest = list(collections.deque(found, maxlen=limit))
+            newest = list(chosen.records(paths.path))
             newest.reverse()
-            report = verify(paths.path, anchor_files=(paths.anchor_file,), key_path=paths.key)
-            return newest, report
+            return newest, verified.report()
 
         try:
             records, report = await asyncio.to_thread(read)
         except GatewayError as exc:
             page = pages.message_page("Audit trail", str(exc), who, csrf)
             return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
-        page = pages.audit_page(records, report, user, action, limit, who, csrf)
+        page = pages.audit_page(
+            records, report, chosen.user, chosen.action, chosen.limit, who, csrf
+        )
         return html_response(HTTPStatus.OK, page)
+
+    async def _audit_export(self, request: Request, session: Session) -> bytes:
+        """The records the audit page shows for the same query (``user``, ``action``,
+        ``limit``), as a file (``format``: ``jsonl`` or ``csv``, as ``patgw audit export``
+        writes them); the export is itself recorded (``audit.exported``)."""
+        who = session.identity
+        if not who.may(Permission.AUDIT):
+            return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read the audit")
+        if self._audit_paths is None:
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, "no audit trail")
+        path = self._audit_paths.path
+        try:
+            chosen = audit_filter(request.query)
+        except ValueError:
+            return text_response(HTTPStatus.BAD_REQUEST, "too many query fields")
+        if chosen.format not in EXPORT_FORMATS:
+            known = ", ".join(EXPORT_FORMATS)
+            return text_response(HTTPStatus.BAD_REQUEST, f"format is one of {known}")
+        try:
+            download = await asyncio.to_thread(export_download, path, chosen)
+        except GatewayError as exc:
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        if request.method == "GET" and self._note is not None:  # a HEAD sends no records
+            details = {"interface": "console", "peer": request.peer, **chosen.recorded()}
+            self._note(
+                AuditEvent(
+                    action="audit.exported",
+                    user=who.name,
+                    target=str(path),
+                    details={**details, "records": download.records},
+                )
+            )
+        disposition = f'Content-Disposition: attachment; filename="{download.filename}"'
+        return response(
+            HTTPStatus.OK, download.content_type, download.body, (*SECURITY_HEADERS, disposition)
+        )
 
     # -- pages --------------------------------------------------------------------------------
     def _page(self, request: Request, session: Session) -> bytes | Stream:
@@ -334,7 +378,7 @@ class Console:
         log.info("console.login", user=identity.name, peer=request.peer)
         return redirect("/", (f"Set-Cookie: {COOKIE}={token}{self._cookie_flags}",))
 
-    async def _write(self, session: Session, form: dict[str, str]) -> bytes:
+    async def _write(self, session: Session, form: dict[str, str], peer: str) -> bytes:
         who, csrf = session.identity, session.csrf
         target, reason = form.get("target", ""), form.get("reason", "")
         try:
@@ -344,8 +388,25 @@ class Console:
         except ValueError:
             page = pages.message_page("Write", "the value must be a number", who, csrf)
             return html_response(HTTPStatus.BAD_REQUEST, page)
+        declared = self._access.targets.get(target)
         try:
-            outcome = await self._access.write(WriteRequest(target, value, who, reason, "console"))
+            signature = await signed(
+                form,
+                None if declared is None else declared.config,
+                who,
+                self._access.authority,
+                self._checks,
+                peer,
+            )
+        except SignatureRefused as refused:
+            self._access.note_refusal(
+                who.name, target, value, "signature", refused.message, "console"
+            )
+            page = pages.message_page("Write", refused.message, who, csrf)
+            return html_response(refused.status, page)
+        try:
+            request = WriteRequest(target, value, who, reason, "console", signature)
+            outcome = await self._access.write(request)
         except GatewayError as exc:  # not running (starting, or stopping): nothing written
             page = pages.message_page("Write", str(exc), who, csrf)
             return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..security import Identity, Permission
 from ..timefmt import format_ns
 from ..unece import unece_for_ucum
+from .auditview import export_links
+from .signatures import signature_fields, signatures_text
 
 if TYPE_CHECKING:
     from ..audit import AuditRecord, VerifyReport
@@ -259,13 +261,15 @@ def writes_page(targets: Mapping[str, WriteTarget], who: Identity, csrf: str) ->
     for name, target in sorted(targets.items()):
         config = target.config
         limits = f"{config.min} … {config.max} {human_unit(target.unit)}"
+        signed = "" if config.signature == "none" else f"; signature {config.signature}"
         forms.append(
             f'<form method="post" action="/write" class="write"><h2>{_e(name)}</h2>'
-            f"<p>limits {_e(limits)}; role {_e(config.role)}</p>"
+            f"<p>limits {_e(limits)}; role {_e(config.role)}{_e(signed)}</p>"
             f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
             f'<input type="hidden" name="target" value="{_e(name)}">'
             '<label>Value <input name="value" inputmode="decimal" required></label>'
             '<label>Reason <input name="reason" required></label>'
+            f"{signature_fields(config, who)}"
             '<button type="submit">Write</button></form>'
         )
     return _layout("Writes", "".join(forms), who, csrf)
@@ -359,16 +363,29 @@ def audit_page(
             "" if r.event.new is None else r.event.new,
             r.event.outcome,
             r.event.reason,
+            signatures_text(r.event.details),
         )
         for r in records
     ]
     table = _table(
-        ("seq", "time (UTC)", "user", "action", "target", "old", "new", "outcome", "reason"),
+        (
+            "seq",
+            "time (UTC)",
+            "user",
+            "action",
+            "target",
+            "old",
+            "new",
+            "outcome",
+            "reason",
+            "signature",
+        ),
         rows,
         "audit",
     )
     note = (
-        "<p>Export the whole trail with <code>patgw audit export CONFIG</code>;"
+        export_links(user, action, limit)
+        + "<p>Export the whole trail with <code>patgw audit export CONFIG</code>;"
         " verify it with <code>patgw audit verify CONFIG</code>.</p>"
     )
     return _layout("Audit trail", status + form + table + note, who, csrf)
