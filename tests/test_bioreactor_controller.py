@@ -482,8 +482,10 @@ async def test_standalone_from_the_plugin_factory_with_faults_scheduled_and_inje
             "update_s": UPDATE_S,
             "log_every_s": 0,
             "faults": [
-                {"fault": "bad_values", "after_s": 0.3, "for_s": 0.4},
-                {"fault": "server_restart", "after_s": 0.9, "for_s": 0.3},
+                # Wide margins: the test must see the bad values, then a good one, before
+                # the restart, also on a loaded machine (0.2 s between them flickered).
+                {"fault": "bad_values", "after_s": 0.3, "for_s": 1.5},
+                {"fault": "server_restart", "after_s": 4.0, "for_s": 0.3},
             ],
         }
     )
