@@ -3,7 +3,9 @@
 The pipeline benchmark's synthetic instrument (``--signals`` signals, ``--rate`` samples/s in
 all) with the HTTP endpoint and its console, run ``--runs`` times each way: with no browser,
 and with ``--clients`` logged-in event streams (``/events``) that read slowly (a pause of
-``--read-pause-ms`` between reads) plus one that never reads. Reports the medians of the
+``--read-pause-ms`` between reads) plus one that never reads, and ``--trend-clients`` trends
+pages (``/trends/data`` of 8 signals over the last 15 minutes, 600 points, every 2 s, as
+``static/trends.js`` asks). Reports the medians of the
 committed rate and the commit p99 each way and their ratio, the gateway's resident memory
 growth over the run with clients, how long the signals page takes (first values are in its
 HTML) and how long the first event of a stream takes, and how many events the clients got.
@@ -95,6 +97,18 @@ async def _stream(port: int, cookie: str, pause_s: float | None, got: dict[str, 
         writer.close()
 
 
+async def _trends(port: int, cookie: str, got: dict[str, Any]) -> None:
+    """One trends page: its data every 2 s (eight signals, 15 minutes, 600 points)."""
+    query = "&".join(f"signal=bench/synth/s{i}" for i in range(8)) + "&window=900&points=600"
+    request = f"GET /trends/data?{query} HTTP/1.1\r\nHost: b\r\nCookie: {cookie}\r\n\r\n"
+    while True:
+        started = time.perf_counter()
+        head, _ = await _call(port, request.encode())
+        got["trend_reads_ms"].append(round((time.perf_counter() - started) * 1000, 1))
+        got["trend_statuses"].add(int(head.split(b" ", 2)[1]))
+        await asyncio.sleep(2.0)
+
+
 async def _browsers(gateway: Gateway, args: argparse.Namespace, got: dict[str, Any]) -> None:
     assert gateway.http_address is not None
     port = gateway.http_address[1]
@@ -113,6 +127,10 @@ async def _browsers(gateway: Gateway, args: argparse.Namespace, got: dict[str, A
         for i in range(args.clients)
     ]
     tasks.append(asyncio.create_task(_stream(port, cookie, None, got), name="bench.stalled"))
+    tasks += [
+        asyncio.create_task(_trends(port, cookie, got), name=f"bench.trends{i}")
+        for i in range(args.trend_clients)
+    ]
     try:
         await asyncio.Future()
     finally:
@@ -123,7 +141,7 @@ async def _browsers(gateway: Gateway, args: argparse.Namespace, got: dict[str, A
 
 
 async def _run(args: argparse.Namespace, with_clients: bool) -> dict[str, Any]:
-    got: dict[str, Any] = {"events": 0, "closed": 0}
+    got: dict[str, Any] = {"events": 0, "closed": 0, "trend_reads_ms": [], "trend_statuses": set()}
     extra = (
         "http: {host: 127.0.0.1, port: 0}\n"
         "security:\n  users:\n"
@@ -144,6 +162,12 @@ async def _run(args: argparse.Namespace, with_clients: bool) -> dict[str, Any]:
             extra=extra,
             during=during if with_clients else None,
         )
+    reads = got.pop("trend_reads_ms")
+    got["trend_statuses"] = sorted(got["trend_statuses"])
+    if reads:
+        got["trend_reads"] = len(reads)
+        got["trend_read_median_ms"] = statistics.median(reads)
+        got["trend_read_max_ms"] = max(reads)
     return {**result, **got}
 
 
@@ -156,6 +180,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--read-pause-ms", type=float, default=200.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--trend-clients", type=int, default=2, help="trends pages open")
     args = parser.parse_args()
     args.hash = hash_password(_PASSWORD)
     configure_logging("json", "warning")
@@ -198,6 +223,11 @@ def main() -> int:
                 "first_event_ms": [r.get("first_event_ms") for r in clients],
                 "events_received": [r["events"] for r in clients],
                 "reading_streams_cut_off": [r["closed"] for r in clients],
+                "trend_clients": args.trend_clients,
+                "trend_reads": [r.get("trend_reads") for r in clients],
+                "trend_statuses": [r["trend_statuses"] for r in clients],
+                "trend_read_median_ms": [r.get("trend_read_median_ms") for r in clients],
+                "trend_read_max_ms": [r.get("trend_read_max_ms") for r in clients],
             }
         )
     )
