@@ -14,6 +14,9 @@ Routes::
     GET  /writes         write       a form per write target
     GET  /configuration  configure   what the configuration declares (no options, no secrets)
     POST /write          session     target, value, reason: the controlled write path decides
+    GET  /spectra[/data] read        spectra and their bands (gateway.console.spectra)
+    GET  /models[/data]  read        processors' outputs and alarms (gateway.console.models)
+    POST /models/acknowledge  session  an alarm's acknowledgement (the command's permission)
 
 Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events``). Every
 ``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
@@ -45,8 +48,10 @@ from ..timefmt import now_ns
 from . import pages
 from .assets import asset
 from .events import SignalEvents, event_data
+from .models import ModelPages
 from .responses import asset_response, html_response, redirect, text_response
 from .sessions import COOKIE, Session, Sessions
+from .spectra import SpectraPages
 
 if TYPE_CHECKING:
     from ..runtime.outputs import SignalOutput
@@ -88,6 +93,8 @@ class Console:
         self._started = time.monotonic()
         self.streams: set[SignalEvents] = set()  # open event streams
         self._encoded: dict[str, tuple[int, bytes]] = {}  # the streams' latest events
+        self._spectra = SpectraPages(gateway)
+        self._models = ModelPages(gateway)
 
     async def answer(self, request: Request, body: bytes) -> bytes | Stream:
         answer = await self._answer(request, body)
@@ -127,9 +134,15 @@ class Console:
                 )
             if path == "/write":
                 return await self._write(session, _form(body))
+            if path == "/models/acknowledge":
+                return await self._models.acknowledge(session, _form(body))
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
         if request.path == "/audit":
             return await self._audit_page(request, session)
+        if path in ("/spectra", "/spectra/data"):
+            return await self._spectra.answer(request, session)
+        if path in ("/models", "/models/data"):
+            return self._models.answer(request, session)
         return self._page(request, session)
 
     async def _audit_page(self, request: Request, session: Session) -> bytes:

@@ -85,7 +85,8 @@ def _layout(
     )
     nav = ""
     if who is not None:
-        links = [("/", "Overview"), ("/signals", "Signals")]
+        links = [("/", "Overview"), ("/signals", "Signals"), ("/spectra", "Spectra")]
+        links.append(("/models", "Models"))
         if who.may(Permission.WRITE):
             links.append(("/writes", "Writes"))
         if who.may(Permission.CONFIGURE):
