@@ -106,6 +106,13 @@ class Spread:
         return {"limits": {"level": 0.95}}
 
 
+class Broken(Spread):
+    """A processor whose ``status()`` has a bug: the pages show the others, and its outputs."""
+
+    def status(self) -> Mapping[str, Any]:
+        raise RuntimeError("a bug in status()")
+
+
 class Plugin:
     @hookimpl
     def pat_gateway_register_drivers(self, registry: Registry) -> None:
@@ -115,6 +122,7 @@ class Plugin:
     @hookimpl
     def pat_gateway_register_processors(self, registry: Registry) -> None:
         registry.add_processor("spread", Spread, NoOptions)
+        registry.add_processor("broken", Broken, NoOptions)
 
 
 def _config(tmp_path: Path, port: int) -> dict[str, Any]:
@@ -134,6 +142,7 @@ def _config(tmp_path: Path, port: int) -> dict[str, Any]:
             },
             {"id": "watch", "type": "anomaly", "options": {"checks": [CHECK]}},
             {"id": "spread", "type": "spread"},
+            {"id": "broken", "type": "broken"},
         ],
         "http": {"host": "127.0.0.1", "port": port, "api": True},
         "security": {
@@ -287,6 +296,9 @@ async def test_models_page_shows_predictions_limits_sd_and_alarms(bench: Bench) 
     assert 'data-sd-signal="t/spread/level_sd"' in level
     assert '<td class="value over">1</td><td class="sd">± 0.05</td>' in level
     assert 't/spread/level_sd"><td>' not in text  # the sd is no row of its own
+    # A processor whose status() raises: shown (its outputs, no limits), the page still served.
+    assert 'data-processor="broken"' in text
+    assert "data-limit" not in _row(text, "t/broken/level")
     # An alarm row, normal, and no Acknowledge form for a viewer.
     assert 'data-alarm="watch/feed_pump_wear"' in text
     assert "Acknowledge" not in text and 'action="/models/acknowledge"' not in text

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from ..http import Request, json_response
 from ..localapi import call_command
 from ..security import Identity, Permission
@@ -43,7 +45,17 @@ if TYPE_CHECKING:
     from ..runtime.supervisor import Gateway
     from .sessions import Session
 
-__all__ = ["ModelPages", "OutputRow", "ProcessorView", "models_page", "processor_views"]
+__all__ = [
+    "ModelPages",
+    "OutputRow",
+    "ProcessorView",
+    "models_page",
+    "processor_status",
+    "processor_views",
+]
+
+log = structlog.get_logger("gateway.console")
+_FAILED_STATUS: set[str] = set()  # processors whose status() failed (logged once each)
 
 _SD = "_sd"
 _ACKNOWLEDGE = "acknowledge"
@@ -74,13 +86,26 @@ class ProcessorView:
     acknowledge: str | None = None  # the acknowledge command's permission, if it has one
 
 
+def processor_status(runner: ProcessorRunner) -> dict[str, Any]:
+    """``runner.status()``, the local API's processor document; a processor whose own
+    ``status()`` raises (a plugin's bug) is shown without it, and logged once, rather than
+    taking the page down."""
+    try:
+        return runner.status()
+    except Exception as exc:  # a plugin's code: any error is its bug, not the page's
+        if runner.processor_id not in _FAILED_STATUS:
+            _FAILED_STATUS.add(runner.processor_id)
+            log.error("console.status_failed", processor=runner.processor_id, error=repr(exc))
+        return {"id": runner.processor_id, "type": runner.plan.config.type, "status": {}}
+
+
 def processor_views(
     runners: Sequence[ProcessorRunner], outputs: Mapping[str, SignalOutput], now: int
 ) -> list[ProcessorView]:
     """What the page shows of each processor, from its status and its outputs' latest rows."""
     views = []
     for runner in runners:
-        status = runner.status()
+        status = processor_status(runner)
         own = status.get("status")
         own = own if isinstance(own, Mapping) else {}
         limits = own.get("limits")

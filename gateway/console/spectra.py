@@ -46,6 +46,7 @@ from ..security import Identity, Permission
 from ..spectra import Spectrum
 from ..store.sqlite import SampleStore
 from ..timefmt import format_ns
+from .models import processor_status
 from .pages import _e, _layout, human_unit
 from .responses import SECURITY_HEADERS, html_response, text_response
 
@@ -248,7 +249,7 @@ class SpectraPages:
         (none while the gateway is starting: the page's script asks again)."""
         found: list[dict[str, Any]] = []
         for runner in self._gateway.processors:
-            status = runner.status()
+            status = processor_status(runner)
             own = status.get("status")
             if not isinstance(own, Mapping) or own.get("input") != signal:
                 continue
