@@ -29,6 +29,7 @@ lists ``bands`` (``use``, ``low``, ``high``, ``unit``) has them shaded, in the a
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import GatewayError
-from ..http import Request, json_response
+from ..http import Request, response
 from ..model import Sample, SignalKind
 from ..security import Identity, Permission
 from ..spectra import Spectrum
@@ -73,6 +74,7 @@ SCAN_ROWS = 500_000
 ``benchmarks/console_spectra.py`` (2-core machine, warm page cache): 36 ms for the whole window
 when the signal is not in it, 2 ms for the newest 5 and 4 ms for the newest 20 with a spectrum
 every 2,000 rows (the walk stops at the N-th)."""
+_JSON = "application/json"
 _SIGNIFICANT = 6  # digits a plotted value keeps, relative to its spectrum's largest
 
 # The axis' quantity by its unit, for the chart's label ("Raman shift (cm⁻¹)").
@@ -232,13 +234,13 @@ class SpectraPages:
             page = spectra_page(signals, chosen, count, who, session.csrf)
             return html_response(HTTPStatus.OK, page)
         path = self._gateway.plan.config.store.path
+        bands = self.bands(chosen.id)  # on the loop: the processors are the loop's
         try:
             async with self._reads:
-                samples, cut_short = await asyncio.to_thread(_read_newest, path, chosen.id, count)
+                body = await asyncio.to_thread(_data_body, path, chosen, count, bands)
         except GatewayError as exc:
             return text_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-        document = spectra_document(chosen, samples, self.bands(chosen.id), not cut_short)
-        return json_response(HTTPStatus.OK, document, SECURITY_HEADERS)
+        return response(HTTPStatus.OK, _JSON, body, SECURITY_HEADERS)
 
     def _signals(self) -> list[Signal]:
         """The configuration's spectrum signals (known before the instruments start)."""
@@ -265,10 +267,14 @@ class SpectraPages:
         return found
 
 
-def _read_newest(path: Path, signal: str, count: int) -> tuple[list[Sample], bool]:
-    """The newest ``count`` samples of ``signal`` (worker thread; a read-only connection)."""
+def _data_body(path: Path, signal: Signal, count: int, bands: list[dict[str, Any]]) -> bytes:
+    """The ``/spectra/data`` answer's body, built in a worker thread: the newest ``count``
+    samples of ``signal`` read on a read-only connection, and their JSON (20 spectra of 2,000
+    points are 13 ms of encoding: never on the event loop, where ingestion runs)."""
     store = SampleStore(path, read_only=True)
     try:
-        return store.newest(signal, count, scan_rows=SCAN_ROWS)
+        samples, cut_short = store.newest(signal.id, count, scan_rows=SCAN_ROWS)
     finally:
         store.close()
+    document = spectra_document(signal, samples, bands, not cut_short)
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
