@@ -441,7 +441,12 @@ class Processor(Protocol):
       stop before the writes under way drain; if it raises, it is logged and started again
       after a backoff.
     - ``commands() -> Mapping[str, ProcessorCommand]`` and ``status() -> Mapping[str, Any]``:
-      actions and state for the local API (``/api/v1/processors``).
+      actions and state for the local API (``/api/v1/processors``). The web console reads the
+      same status and shows, where given: ``limits`` (output channel → limit, e.g. a T²'s),
+      ``alarms`` (name → ``state``, ``severity``, ``reason``, ``pending``: an Acknowledge
+      button calls the ``acknowledge`` command) and, with ``input`` naming a spectrum signal,
+      ``bands`` (``use``, ``low``, ``high``, ``unit``: axis ranges shaded on its spectra). An
+      output ``<name>_sd`` is shown as the ± of output ``<name>``.
     """
 
     def inputs(self) -> Sequence[str]:

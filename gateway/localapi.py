@@ -49,7 +49,7 @@ from .timefmt import parse_iso_ns
 if TYPE_CHECKING:
     from .runtime.processors import ProcessorRunner
 
-__all__ = ["LocalApi", "write_status"]
+__all__ = ["LocalApi", "call_command", "write_status"]
 
 log = structlog.get_logger("gateway.api")
 
@@ -145,37 +145,12 @@ class LocalApi:
         runner = runners.get(name)
         if runner is None:
             return _no_processor(name, runners)
-        commands = runner.commands()
-        entry = commands.get(command)
-        if entry is None:
-            known = ", ".join(sorted(commands)) or "none"
-            return json_response(
-                HTTPStatus.NOT_FOUND,
-                {"error": f"processor {name!r} has no command {command!r} (commands: {known})"},
-            )
-        permission = Permission(entry.permission)
-        if not identity.may(permission):
-            return _forbidden(identity, permission)
         try:
             document = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
-            return _bad("the body must be JSON")
-        if not isinstance(document, dict):
-            return _bad('the body must be a JSON object with a "reason"')
-        reason = document.get("reason")
-        if not isinstance(reason, str) or not reason.strip() or not _encodable(reason):
-            return _bad('"reason" (text) is required: it is kept in the audit trail')
-        call = CommandCall(
-            identity.name, identity.full_name, identity.roles, document, reason.strip()
-        )
-        try:
-            answer = await entry.handler(call)
-        except ValueError as exc:
-            return _bad(str(exc))
-        except GatewayError as exc:
-            return json_response(HTTPStatus.CONFLICT, {"error": str(exc)})
-        log.info("api.command", processor=name, command=command, user=identity.name)
-        return json_response(HTTPStatus.OK, dict(answer))
+            document = None
+        status, answer = await call_command(runner, command, identity, document)
+        return json_response(status, answer)
 
     async def _audit(self, query: str) -> bytes:
         """The newest ``limit`` (default 1000) records matching ``since`` (ISO time), ``user``
@@ -300,6 +275,44 @@ def write_status(outcome: WriteOutcome) -> HTTPStatus:
     return _STATUS_BY_OUTCOME.get(outcome.outcome, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
+async def call_command(
+    runner: ProcessorRunner, command: str, identity: Identity, document: Any
+) -> tuple[HTTPStatus, dict[str, Any]]:
+    """Use ``runner``'s ``command`` as ``identity`` with the JSON ``document`` (None: the body
+    was not JSON), as ``POST /api/v1/processors/ID/COMMAND`` does; the HTTP status and the
+    JSON answer. The command's permission is checked here; what it does and audits is the
+    processor's. Shared by the local API and the console (its alarms' acknowledge button)."""
+    commands = runner.commands()
+    entry = commands.get(command)
+    if entry is None:
+        known = ", ".join(sorted(commands)) or "none"
+        return HTTPStatus.NOT_FOUND, {
+            "error": f"processor {runner.processor_id!r} has no command {command!r}"
+            f" (commands: {known})"
+        }
+    permission = Permission(entry.permission)
+    if not identity.may(permission):
+        return HTTPStatus.FORBIDDEN, _forbidden_answer(identity, permission)
+    if document is None:
+        return HTTPStatus.BAD_REQUEST, {"error": "the body must be JSON"}
+    if not isinstance(document, dict):
+        return HTTPStatus.BAD_REQUEST, {"error": 'the body must be a JSON object with a "reason"'}
+    reason = document.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or not _encodable(reason):
+        return HTTPStatus.BAD_REQUEST, {
+            "error": '"reason" (text) is required: it is kept in the audit trail'
+        }
+    call = CommandCall(identity.name, identity.full_name, identity.roles, document, reason.strip())
+    try:
+        answer = await entry.handler(call)
+    except ValueError as exc:
+        return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+    except GatewayError as exc:
+        return HTTPStatus.CONFLICT, {"error": str(exc)}
+    log.info("api.command", processor=runner.processor_id, command=command, user=identity.name)
+    return HTTPStatus.OK, dict(answer)
+
+
 def _basic_credentials(header: str | None) -> tuple[str, str]:
     if not header:
         raise AuthenticationError("log in: this API needs a user name and password (Basic)")
@@ -337,10 +350,11 @@ def _whoami(identity: Identity) -> dict[str, Any]:
 
 
 def _forbidden(identity: Identity, permission: Permission) -> bytes:
-    return json_response(
-        HTTPStatus.FORBIDDEN,
-        {"error": f"user {identity.name!r} may not do this: it needs {permission.value!r}"},
-    )
+    return json_response(HTTPStatus.FORBIDDEN, _forbidden_answer(identity, permission))
+
+
+def _forbidden_answer(identity: Identity, permission: Permission) -> dict[str, Any]:
+    return {"error": f"user {identity.name!r} may not do this: it needs {permission.value!r}"}
 
 
 def _no_processor(name: str, runners: Mapping[str, ProcessorRunner]) -> bytes:

@@ -87,7 +87,8 @@ async def test_the_trends_page_and_its_points_from_the_store(console: Console) -
 
 @pytest.mark.asyncio
 async def test_trend_data_refusals(console: Console) -> None:  # noqa: F811
-    assert (await _data(console, "", f"signal={SPEED}")).status == 401  # fetched: no redirect
+    for path in (f"/trends/data?signal={SPEED}", "/spectra/data", "/models/data"):
+        assert (await console.request("GET", path)).status == 401  # fetched: no redirect
     cookie, _ = await console.login("operator")
     many = "&".join(f"signal={SPEED}{i}" for i in range(9))
     for query, why in (
@@ -105,7 +106,7 @@ async def test_trend_data_refusals(console: Console) -> None:  # noqa: F811
         answer = await _data(console, cookie, query)
         assert answer.status == 400 and why in answer.body, (query, answer.body)
     # Another site's page cannot read the data or the live stream (its Origin is refused).
-    for path in (f"/trends/data?signal={SPEED}", "/events"):
+    for path in (f"/trends/data?signal={SPEED}", "/events", "/spectra/data", "/models/data"):
         forged = await console.request(
             "GET", path, cookie=cookie, headers=["Origin: http://evil.example"]
         )

@@ -20,9 +20,12 @@ Routes::
     POST /write          session     target, value, reason (and for a signed target meaning,
                                      signature_password; witness, witness_password,
                                      witness_meaning): the controlled write path decides
+    GET  /spectra[/data] read        spectra and their bands (gateway.console.spectra)
+    GET  /models[/data]  read        processors' outputs and alarms (gateway.console.models)
+    POST /models/acknowledge  session  an alarm's acknowledgement (the command's permission)
 
 Any other page without a live session is ``303`` to ``/login`` (``401`` for ``/events`` and
-``/trends/data``, which scripts fetch; they also refuse another site's ``Origin``). Every
+the ``/…/data`` answers, which scripts fetch; they also refuse another site's ``Origin``). Every
 ``POST`` but the login needs the session's CSRF token (form field ``csrf`` or header
 ``X-CSRF-Token``) and, if the browser sends an ``Origin``, this gateway's own: else ``403``,
 and nothing is done.
@@ -55,6 +58,7 @@ from . import pages, trendpage
 from .assets import asset
 from .auditview import EXPORT_FORMATS, VerifyCache, audit_filter, export_download
 from .events import SignalEvents, event_data
+from .models import ModelPages
 from .responses import (
     SECURITY_HEADERS,
     asset_response,
@@ -64,6 +68,7 @@ from .responses import (
 )
 from .sessions import COOKIE, Session, Sessions
 from .signatures import SignatureRefused, signed
+from .spectra import SpectraPages
 
 if TYPE_CHECKING:
     from ..runtime.outputs import SignalOutput
@@ -77,7 +82,9 @@ MAX_STREAMS = 16
 """Event streams open at once (of the HTTP endpoint's 32 connections): the rest stay free for
 pages, probes and the API."""
 _FORM = "application/x-www-form-urlencoded"
-_FETCHED = ("/events", "/trends/data")  # fetched by scripts: 401 rather than a redirect
+# Fetched by scripts: 401 rather than a redirect without a session, and another site's Origin
+# refused (a page elsewhere must not read them with the user's cookie).
+_FETCHED = ("/events", "/trends/data", "/spectra/data", "/models/data")
 _STATIC = "/static/"
 
 
@@ -107,6 +114,8 @@ class Console:
         self._started = time.monotonic()
         self.streams: set[SignalEvents] = set()  # open event streams
         self._encoded: dict[str, tuple[int, bytes]] = {}  # the streams' latest events
+        self._spectra = SpectraPages(gateway)
+        self._models = ModelPages(gateway)
 
     async def answer(self, request: Request, body: bytes) -> bytes | Stream:
         answer = await self._answer(request, body)
@@ -134,6 +143,10 @@ class Console:
             if path in _FETCHED:
                 return text_response(HTTPStatus.UNAUTHORIZED, "log in first")
             return redirect("/login")
+        if path in _FETCHED:
+            foreign = self._foreign(request)
+            if foreign is not None:
+                return foreign
         if method == "POST":
             refusal = self._refuse_post(request, body, session)
             if refusal is not None:
@@ -146,6 +159,8 @@ class Console:
                 )
             if path == "/write":
                 return await self._write(session, _form(body), request.peer)
+            if path == "/models/acknowledge":
+                return await self._models.acknowledge(session, _form(body))
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
         if request.path == "/audit":
             return await self._audit_page(request, session)
@@ -153,6 +168,10 @@ class Console:
             return await self._trend_data(request, session)
         if request.path == "/audit/export":
             return await self._audit_export(request, session)
+        if path in ("/spectra", "/spectra/data"):
+            return await self._spectra.answer(request, session)
+        if path in ("/models", "/models/data"):
+            return self._models.answer(request, session)
         return self._page(request, session)
 
     def _scalars(self) -> dict[str, str]:
@@ -168,9 +187,6 @@ class Console:
         who = session.identity
         if not who.may(Permission.READ):
             return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not read")
-        foreign = self._foreign(request)
-        if foreign is not None:
-            return foreign
         if not self._gateway.plan.config.store.trends:
             return text_response(HTTPStatus.NOT_FOUND, "trends are off (store.trends: false)")
         try:
@@ -272,7 +288,7 @@ class Console:
             if path == "/events":
                 if request.method != "GET":
                     return text_response(HTTPStatus.METHOD_NOT_ALLOWED, "GET /events only")
-                return self._foreign(request) or self._events(session, chosen)
+                return self._events(session, chosen)
             now = now_ns()
             rows = [
                 {"id": o.signal.id, "unit": o.signal.unit, "data": event_data(o, now)}

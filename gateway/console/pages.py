@@ -88,6 +88,7 @@ def _layout(
     nav = ""
     if who is not None:
         links = [("/", "Overview"), ("/signals", "Signals"), ("/trends", "Trends")]
+        links += [("/spectra", "Spectra"), ("/models", "Models")]
         if who.may(Permission.WRITE):
             links.append(("/writes", "Writes"))
         if who.may(Permission.CONFIGURE):

@@ -609,6 +609,32 @@ class SampleStore:
         rows = self._db.execute(_SELECT_BETWEEN, (first_id, last_id))
         yield from self._decoded(rows, names, spectral)
 
+    def newest(self, signal: str, count: int, *, scan_rows: int) -> tuple[list[Sample], bool]:
+        """The newest ``count`` samples of ``signal`` (newest first) among the last
+        ``scan_rows`` committed samples, and whether the search was cut short: fewer than
+        ``count`` found in a window that does not reach the oldest sample (older ones of
+        ``signal`` may lie beyond it).
+
+        The sample table has no index by signal: this walks the primary key backwards from the
+        newest id and stops at the ``count``-th match, so it costs the rows committed since the
+        ``count``-th newest sample of ``signal``, and never more than ``scan_rows``."""
+        try:
+            names, spectral = self._definitions()
+            wanted = [d for d, (name, _unit) in names.items() if name == signal]
+            if not wanted or count < 1:
+                return [], False
+            newest_id = self._max_id()
+            rows = self._db.execute(
+                "SELECT id, def_id, seq, source_ts, gateway_ts, quality, value, reason FROM sample"
+                f" WHERE id > ? AND def_id IN ({','.join('?' * len(wanted))})"
+                " ORDER BY id DESC LIMIT ?",
+                (newest_id - scan_rows, *wanted, count),
+            ).fetchall()
+            _ids, samples = self._decode(rows, names, spectral)
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"reading the newest samples of {signal}") from exc
+        return samples, len(samples) < count and newest_id > scan_rows
+
     def runs(self, ranges: Sequence[tuple[int, int]], reason: str) -> list[Loss]:
         """Per signal, the seq span and count of the samples in the id ``ranges``: how a sink's
         retention records what it gives up."""

@@ -349,7 +349,10 @@ class AnomalyProcessor:
 
     def status(self) -> Mapping[str, Any]:
         alarms = {a.name: _alarm_status(a) for a in self._alarms()}
-        return {"alarms": alarms, "mspc": dict(self._last_scores)}
+        model = self.model
+        # Each output channel's limit (the console shows T² and Q against them).
+        limits = {} if model is None else {"t2": model.t2_limit, "q": model.q_limit}
+        return {"alarms": alarms, "mspc": dict(self._last_scores), "limits": limits}
 
     # -- the model -----------------------------------------------------------------------------
     def _evaluate(self, sample: Sample, io: ProcessorIO) -> None:
@@ -518,6 +521,8 @@ def _alarm_status(alarm: Alarm) -> dict[str, Any]:
         "severity": alarm.severity,
         "reason": alarm.reason if alarm.status() != "normal" else "",
         "raised": alarm.count,
+        "acknowledged": alarm.acknowledged,
+        "pending": _pending(alarm),
     }
 
 

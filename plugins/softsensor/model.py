@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from gateway import SpectralAxis, UnitError, parse_iso_ns, validate_ucum
 
-from .preprocess import CompiledPipeline, MeanCenter, Normalize, Pipeline
+from .preprocess import CompiledPipeline, Crop, MeanCenter, Normalize, Pipeline
 
 __all__ = [
     "AXIS_TOLERANCE",
@@ -226,6 +226,33 @@ class PlsModel:
             if isinstance(step, Normalize):
                 return step.low, step.high
         return None
+
+    def bands(self) -> list[tuple[str, float, float]]:
+        """The ranges of its axis the model uses, as ``(use, low, high)`` in the axis unit:
+        ``"prediction"`` for each run of points its crops keep (what the PLS sees), then
+        ``"reference"`` for the points of its ``normalize`` window (the internal standard).
+        ``low`` and ``high`` are the first and last points' axis values, not the steps' bounds:
+        what a chart should shade."""
+        values = self.axis.values
+        kept = np.arange(values.size)
+        reference: tuple[float, float] | None = None
+        for step in self.preprocessing.steps:
+            if isinstance(step, Crop):
+                kept = kept[(values[kept] >= step.low) & (values[kept] <= step.high)]
+            elif isinstance(step, Normalize) and reference is None:
+                inside = kept[(values[kept] >= step.low) & (values[kept] <= step.high)]
+                if inside.size:
+                    reference = (float(values[inside].min()), float(values[inside].max()))
+        found: list[tuple[str, float, float]] = []
+        if kept.size:
+            # Runs of consecutive points: a crop of a monotonic axis keeps exactly one.
+            breaks = np.flatnonzero(np.diff(kept) != 1) + 1
+            for run in np.split(kept, breaks):
+                ends = values[run]
+                found.append(("prediction", float(ends.min()), float(ends.max())))
+        if reference is not None:
+            found.append(("reference", *reference))
+        return found
 
     def axis_mismatch(self, axis: SpectralAxis) -> str | None:
         """``None`` when spectra on ``axis`` can be used: the same unit, the same number of

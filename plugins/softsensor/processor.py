@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import structlog
@@ -107,6 +108,11 @@ class PlsProcessor:
         self._channel_names = [(t.name, f"{t.name}_t2", f"{t.name}_q") for t in model.targets]
         self._reference_window = model.reference_window
         self._log = log.bind(processor=context.id, model=model.id, version=model.version)
+        self._input = options.spectrum  # its full signal id once bound
+        self._bands = [
+            {"use": use, "low": low, "high": high, "unit": model.axis.unit}
+            for use, low, high in model.bands()
+        ]
 
     # -- Processor ------------------------------------------------------------------------------
     def inputs(self) -> Sequence[str]:
@@ -147,6 +153,7 @@ class PlsProcessor:
 
     def bind(self, inputs: Mapping[str, Signal]) -> None:
         signal = inputs[self.options.spectrum]
+        self._input = signal.id
         if signal.kind is not SignalKind.SPECTRUM:
             raise ValueError(
                 f"spectrum: {signal.id} is a {signal.kind.value} signal; a PLS model reads spectra"
@@ -204,6 +211,27 @@ class PlsProcessor:
         if prediction.reference is not None:
             reference = float(prediction.reference[0])
             io.output(REFERENCE_CHANNEL).publish(reference, ts, stat_quality, stat_reason)
+
+    # -- optional members of the processor contract -------------------------------------------
+    def status(self) -> Mapping[str, Any]:
+        """What the local API and the console show: the spectrum signal it reads, its model,
+        the bands of the axis the model uses (:meth:`PlsModel.bands`), and each output
+        channel's limit (T² and Q at the model's confidence)."""
+        model = self.model
+        limits: dict[str, float] = {}
+        for (_value, t2, q), target in zip(self._channel_names, model.targets, strict=True):
+            limits[t2], limits[q] = target.t2_limit, target.q_limit
+        return {
+            "input": self._input,
+            "model": {"id": model.id, "version": model.version, "sha256": model.sha256},
+            "confidence": model.confidence,
+            "bands": [dict(band) for band in self._bands],
+            "limits": limits,
+            "targets": {
+                t.name: {"unit": t.unit, "calibration_range": list(t.calibration_range)}
+                for t in model.targets
+            },
+        }
 
     # -- helpers ---------------------------------------------------------------------------------
     def _all_bad(
