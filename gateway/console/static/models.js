@@ -57,7 +57,7 @@
       const answer = await fetch("/models/data", { headers: { Accept: "application/json" } });
       const type = answer.headers.get("Content-Type") || "";
       if (!answer.ok || !type.startsWith("application/json")) {
-        // The session ended (a login page came back): the page itself asks for it.
+        // The session ended (401), or an error: the page itself asks for the login, or says.
         window.location.reload();
         return;
       }

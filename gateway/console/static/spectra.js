@@ -131,6 +131,10 @@
     try {
       const answer = await fetch(box.dataset.source, { headers: { Accept: "application/json" } });
       const type = answer.headers.get("Content-Type") || "";
+      if (answer.status === 401) {
+        window.location.reload(); // the session ended: the page itself asks for the login
+        return;
+      }
       if (!answer.ok || !type.startsWith("application/json")) {
         say("Could not read the spectra (" + answer.status + "): reload the page.");
         return;
