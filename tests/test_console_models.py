@@ -298,6 +298,16 @@ async def test_models_page_shows_predictions_limits_sd_and_alarms(bench: Bench) 
     assert 't/spread/level_sd"><td>' not in text  # the sd is no row of its own
     # A processor whose status() raises: shown (its outputs, no limits), the page still served.
     assert 'data-processor="broken"' in text
+    # ... and the local API serves its document too, saying what failed (it answered 500).
+    code, broken = await asyncio.to_thread(
+        api_call, bench.port, "GET", "/api/v1/processors/broken", "viewer", PASSWORDS["viewer"]
+    )
+    assert code == 200 and broken["status"] == {}, broken
+    assert "a bug in status()" in broken["status_error"]
+    code, listed = await asyncio.to_thread(
+        api_call, bench.port, "GET", "/api/v1/processors", "viewer", PASSWORDS["viewer"]
+    )
+    assert code == 200 and len(listed["processors"]) >= 2
     assert "data-limit" not in _row(text, "t/broken/level")
     # An alarm row, normal, and no Acknowledge form for a viewer.
     assert 'data-alarm="watch/feed_pump_wear"' in text

@@ -69,6 +69,7 @@ class ProcessorRunner:
         self.processed = 0
         self.failures = 0
         self.skipped = 0
+        self._status_failed = False  # its status() raised once (logged once)
         self.last_error: str | None = None
         self._max_queued = plan.config.queue_max_samples
         self._outputs = outputs
@@ -289,7 +290,18 @@ class ProcessorRunner:
 
     def status(self) -> dict[str, Any]:
         status = getattr(self.plan.processor, "status", None)
-        own = dict(status()) if callable(status) else {}
+        own: dict[str, Any] = {}
+        status_error = None
+        if callable(status):
+            try:
+                own = dict(status())
+            except Exception as exc:  # the plugin's bug: its document is served without it
+                status_error = repr(exc)[:300]
+                if not self._status_failed:
+                    self._status_failed = True
+                    log.error(
+                        "processor.status_failed", processor=self.processor_id, error=status_error
+                    )
         return {
             "id": self.processor_id,
             "type": self.plan.config.type,
@@ -304,6 +316,7 @@ class ProcessorRunner:
                 for name, c in self.commands().items()
             },
             "status": own,
+            "status_error": status_error,
         }
 
     # -- feeding ---------------------------------------------------------------------------------
