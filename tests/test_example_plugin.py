@@ -122,7 +122,9 @@ def test_a_config_using_it_runs_and_exports(
 
 def test_the_examples_own_tests_pass_with_the_kit(example_venv: tuple[Path, Path]) -> None:
     python, source = example_venv
-    tested = _run(python, "-m", "pytest", "-p", "no:cacheprovider", cwd=source)
+    # Its own temporary folders inside this test's: never beside another pytest run's.
+    basetemp = f"--basetemp={source.parent / 'pytest-tmp'}"
+    tested = _run(python, "-m", "pytest", "-p", "no:cacheprovider", basetemp, cwd=source)
     assert tested.returncode == 0, tested.stdout[-4000:] + tested.stderr[-2000:]
     # The kit's fixtures came from the installed gateway's pytest11 entry point.
     plugins = next(line for line in tested.stdout.splitlines() if line.startswith("plugins:"))
