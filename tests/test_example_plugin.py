@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,10 +72,25 @@ def test_patgw_plugins_lists_the_example(example_venv: tuple[Path, Path], tmp_pa
         for row in json.loads(listed.stdout)
         if row["distribution"] == "mtsics-balance"
     }
+    version = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["version"]
     assert mine == {
-        ("driver", "mtsics_balance", "mtsics-balance", "0.1.0"),
-        ("emulator", "mtsics_balance", "mtsics-balance", "0.1.0"),
+        ("driver", "mtsics_balance", "mtsics-balance", version),
+        ("emulator", "mtsics_balance", "mtsics-balance", version),
     }
+
+
+def test_patgw_emulate_prints_where_the_example_emulator_serves(
+    example_venv: tuple[Path, Path], tmp_path: Path
+) -> None:
+    python, _ = example_venv
+    served = _run(
+        python,
+        *("-m", "gateway", "emulate", "mtsics_balance", "--port", "0", "--for", "0.5"),
+        cwd=tmp_path,
+    )
+    assert served.returncode == 0, served.stderr
+    host, _, port = served.stdout.strip().partition(":")
+    assert host == "127.0.0.1" and int(port) > 0, served.stdout
 
 
 def test_a_config_using_it_runs_and_exports(
