@@ -148,3 +148,14 @@ def test_the_examples_own_tests_pass_with_the_kit(example_venv: tuple[Path, Path
     written = (source / "tests" / "test_balance.py").read_text().count("\ndef test_")
     written += (source / "tests" / "test_balance.py").read_text().count("\nasync def test_")
     assert f" {written} passed" in tested.stdout, tested.stdout[-2000:]
+
+
+def test_the_example_type_checks_against_the_installed_gateway(
+    example_venv: tuple[Path, Path],
+) -> None:
+    # From the plugin's own folder, as its author runs it: gateway is found through the venv
+    # (decision 0039), so its types are checked, not skipped as missing.
+    python, source = example_venv
+    checked = _run(python, "-m", "mypy", "--strict", "--no-incremental", "src", "tests", cwd=source)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith("Success: no issues found"), checked.stdout
