@@ -14,7 +14,6 @@ import os
 import struct
 import time
 import tty
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from conftest import connected, plan_for, running, stored_by_signal, wait_for
 from structlog.testing import capture_logs
 
 from gateway import InstrumentError, PluginContext, Quality, Spectrum
+from gateway.testing import RecordingIO
 from plugins.ocean_obp.driver import ObpSpectrometer
 from plugins.ocean_obp.obp import (
     GET_RAW_SPECTRUM,
@@ -187,40 +187,6 @@ class ScriptedSpectrometer:
         return pack_frame(msg_type, regarding, self.payload(msg_type, data), md5=self.md5_replies)
 
 
-class Published(NamedTuple):
-    value: Any
-    source_ts: int | None
-    quality: Quality
-    reason: str | None
-
-
-class RecordingOutput:
-    def __init__(self, into: list[Published]) -> None:
-        self._into = into
-
-    def publish(
-        self, value: Any, source_ts: int | None = None, quality: Quality = Quality.GOOD,
-        reason: str | None = None,
-    ) -> None:  # fmt: skip
-        self._into.append(Published(value, source_ts, quality, reason))
-
-
-class RecordingIO:
-    """The runtime's side of the driver boundary, recording what the driver publishes."""
-
-    instrument_id = "raman"
-
-    def __init__(self) -> None:
-        self.published: dict[str, list[Published]] = defaultdict(list)
-        self.connections = 0
-
-    def output(self, channel: str) -> RecordingOutput:
-        return RecordingOutput(self.published[channel])
-
-    def connected(self) -> None:
-        self.connections += 1
-
-
 def make_driver(port: str, tmp_path: Path, **options: Any) -> ObpSpectrometer:
     config = {
         "port": port, "laser_wavelength_nm": 785.0, "integration_time_ms": 5, "timeout_s": 0.3,
@@ -245,7 +211,7 @@ async def test_connect_then_poll_publishes_spectrum_integration_time_and_tempera
     tmp_path: Path, device: ScriptedSpectrometer
 ) -> None:
     driver = make_driver(device.url, tmp_path, dark_pixels=8)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     async with connected(driver):
         before = time.time_ns()
         await driver.poll(io)
@@ -258,7 +224,7 @@ async def test_connect_then_poll_publishes_spectrum_integration_time_and_tempera
     ]
     assert all(r.checksum_type == 0 for r in device.requests)
 
-    [spectrum] = io.published["spectrum"]
+    [spectrum] = io.samples("spectrum")
     assert isinstance(spectrum.value, Spectrum)
     assert spectrum.quality is Quality.GOOD and spectrum.reason is None
     assert spectrum.source_ts is not None and before <= spectrum.source_ts <= after
@@ -269,10 +235,10 @@ async def test_connect_then_poll_publishes_spectrum_integration_time_and_tempera
     p = np.arange(8, 1024)
     c = np.array(COEFFICIENTS, dtype=np.float32).astype(np.float64)  # sent as float32
     np.testing.assert_allclose(axis.values, 1e7 / 785 - 1e7 / (c[0] + c[1] * p + c[2] * p**2))
-    assert io.published["integration_time"] == [
-        Published(5.0, spectrum.source_ts, Quality.GOOD, None)
-    ]
-    [temperature] = io.published["detector_temperature"]
+    assert [
+        (s.value, s.source_ts, s.quality, s.reason) for s in io.samples("integration_time")
+    ] == [(5.0, spectrum.source_ts, Quality.GOOD, None)]
+    [temperature] = io.samples("detector_temperature")
     assert temperature.value == -10.0 and temperature.quality is Quality.GOOD
     assert temperature.source_ts is not None and temperature.source_ts >= spectrum.source_ts
 
@@ -283,10 +249,10 @@ async def test_saturated_pixels_make_the_spectrum_uncertain(
 ) -> None:
     device.counts[100:103] = 65535
     driver = make_driver(device.url, tmp_path, axis="wavelength")
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     async with connected(driver):
         await driver.poll(io)
-    [spectrum] = io.published["spectrum"]
+    [spectrum] = io.samples("spectrum")
     assert spectrum.quality is Quality.UNCERTAIN
     assert spectrum.reason == "saturated: 3 pixels"
     assert spectrum.value.axis.unit == "nm" and len(spectrum.value) == 1024
@@ -297,13 +263,13 @@ async def test_axis_is_built_once_and_rebuilt_when_the_pixel_count_changes(
     tmp_path: Path, device: ScriptedSpectrometer
 ) -> None:
     driver = make_driver(device.url, tmp_path)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     async with connected(driver):
         await driver.poll(io)
         await driver.poll(io)
         device.counts = device.counts[:512].copy()
         await driver.poll(io)
-    first, second, third = (p.value.axis for p in io.published["spectrum"])
+    first, second, third = (p.value.axis for p in io.samples("spectrum"))
     assert first is second
     assert len(third) == 512 and third.values[0] == first.values[0]
 
@@ -312,11 +278,11 @@ async def test_axis_is_built_once_and_rebuilt_when_the_pixel_count_changes(
 async def test_md5_both_ways(tmp_path: Path) -> None:
     async with ScriptedSpectrometer(md5_replies=True) as device:
         driver = make_driver(device.url, tmp_path, checksum="md5")
-        io = RecordingIO()
+        io = RecordingIO(driver, "raman")
         async with connected(driver):
             await driver.poll(io)
     assert all(r.checksum_type == 1 for r in device.requests)  # and the device checked them
-    assert io.published["spectrum"][0].quality is Quality.GOOD
+    assert io.samples("spectrum")[0].quality is Quality.GOOD
 
 
 @pytest.mark.asyncio
@@ -324,14 +290,14 @@ async def test_run_connects_publishes_and_closes_when_cancelled(
     tmp_path: Path, device: ScriptedSpectrometer
 ) -> None:
     driver = make_driver(device.url, tmp_path)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     task = asyncio.create_task(driver.run(io), name="test.obp.run")
-    await wait_for(lambda: len(io.published["spectrum"]) >= 3, what="three spectra")
+    await wait_for(lambda: len(io.samples("spectrum")) >= 3, what="three spectra")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert io.connections == 1
-    assert len(io.published["spectrum"]) >= 3
+    assert io.connects == 1
+    assert len(io.samples("spectrum")) >= 3
     # The thread guard (conftest) checks that the link's worker is gone.
 
 
@@ -354,17 +320,17 @@ async def test_a_fault_raises_a_reason_and_a_reconnect_recovers(
     tmp_path: Path, device: ScriptedSpectrometer, fault: str, reason: str
 ) -> None:
     driver = make_driver(device.url, tmp_path)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     device.faults[GET_RAW_SPECTRUM] = fault
     async with connected(driver):
         with pytest.raises(InstrumentError, match=reason):
             await driver.poll(io)
-    assert io.published["spectrum"] == []
+    assert io.samples("spectrum") == []
     # What the runtime does next: run the driver again, which opens a fresh link.
     del device.faults[GET_RAW_SPECTRUM]
     async with connected(driver):
         await driver.poll(io)
-    assert io.published["spectrum"][0].quality is Quality.GOOD
+    assert io.samples("spectrum")[0].quality is Quality.GOOD
 
 
 @pytest.mark.asyncio
@@ -373,11 +339,11 @@ async def test_a_device_without_temperature_gets_a_bad_temperature_not_a_reconne
 ) -> None:
     device.faults[GET_TEC_TEMPERATURE] = "nack12"
     driver = make_driver(device.url, tmp_path)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     async with connected(driver):
         await driver.poll(io)
-    assert io.published["spectrum"][0].quality is Quality.GOOD
-    [temperature] = io.published["detector_temperature"]
+    assert io.samples("spectrum")[0].quality is Quality.GOOD
+    [temperature] = io.samples("detector_temperature")
     assert temperature.value is None and temperature.quality is Quality.BAD
     assert temperature.reason is not None
     assert temperature.reason.startswith("device NACK: information does not exist (12)")
@@ -412,7 +378,7 @@ async def test_a_laser_above_the_pixels_fails_at_the_first_spectrum(
     driver = make_driver(device.url, tmp_path, laser_wavelength_nm=800.0)
     async with connected(driver):
         with pytest.raises(InstrumentError, match="laser_wavelength_nm 800 is not below"):
-            await driver.poll(RecordingIO())
+            await driver.poll(RecordingIO(driver, "raman"))
 
 
 @pytest.mark.asyncio
@@ -573,10 +539,10 @@ async def test_driver_over_a_pty(tmp_path: Path) -> None:
     device = ScriptedSpectrometer(pixels=2048)
     async with pty_device(device) as line:
         driver = make_driver(line.path, tmp_path, timeout_s=1.0)
-        io = RecordingIO()
+        io = RecordingIO(driver, "raman")
         async with connected(driver):
             await driver.poll(io)
-    [spectrum] = io.published["spectrum"]
+    [spectrum] = io.samples("spectrum")
     assert len(spectrum.value) == 2048
     np.testing.assert_array_equal(spectrum.value.values, device.counts.astype(np.float32))
 
@@ -587,10 +553,10 @@ async def test_a_device_that_does_not_echo_regarding_still_works(
 ) -> None:
     device.echo_regarding = False
     driver = make_driver(device.url, tmp_path)
-    io = RecordingIO()
+    io = RecordingIO(driver, "raman")
     async with connected(driver):
         await driver.poll(io)
-    assert io.published["spectrum"][0].quality is Quality.GOOD
+    assert io.samples("spectrum")[0].quality is Quality.GOOD
 
 
 @pytest.mark.asyncio
@@ -623,7 +589,7 @@ async def test_a_vanished_serial_port_is_named_as_lost(
     async with pty_device(device) as line:
         driver = make_driver(line.path, tmp_path, timeout_s=5.0)
         async with connected(driver):
-            io = RecordingIO()
+            io = RecordingIO(driver, "raman")
             await driver.poll(io)
             if when == "between requests":
                 await line.hang_up()
@@ -637,7 +603,7 @@ async def test_a_vanished_serial_port_is_named_as_lost(
             with pytest.raises(InstrumentError) as caught:
                 await polled
     assert str(caught.value) in {f"serial port {line.path} lost: {text}" for text in why}
-    assert len(io.published["spectrum"]) == 1
+    assert len(io.samples("spectrum")) == 1
 
 
 @pytest.mark.asyncio

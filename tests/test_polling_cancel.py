@@ -11,32 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway import Channel, PollingDriver, Quality
-
-
-class _Output:
-    def __init__(self) -> None:
-        self.values: list[object] = []
-
-    def publish(
-        self,
-        value: object,
-        source_ts: int | None = None,
-        quality: Quality = Quality.GOOD,
-        reason: str | None = None,
-    ) -> None:
-        self.values.append(value)
-
-
-class _IO:
-    def __init__(self) -> None:
-        self.out = _Output()
-
-    def output(self, channel: str) -> _Output:
-        return self.out
-
-    def connected(self) -> None:
-        return None
+from gateway import Channel, InstrumentIO, PollingDriver
+from gateway.testing import RecordingIO
 
 
 class SwallowingDriver(PollingDriver):
@@ -55,7 +31,7 @@ class SwallowingDriver(PollingDriver):
     async def connect(self) -> None:
         return None
 
-    async def poll(self, io: _IO) -> None:  # type: ignore[override]
+    async def poll(self, io: InstrumentIO) -> None:
         self.in_call.set()
         try:
             await asyncio.sleep(0.05)
@@ -71,7 +47,7 @@ class SwallowingDriver(PollingDriver):
 @pytest.mark.asyncio
 async def test_a_cancellation_swallowed_by_a_library_still_stops_the_poll_loop() -> None:
     driver = SwallowingDriver()
-    task = asyncio.create_task(driver.run(_IO()), name="test.polling")  # type: ignore[arg-type]
+    task = asyncio.create_task(driver.run(RecordingIO(driver)), name="test.polling")
     await driver.in_call.wait()  # the task is now suspended inside the library call
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2.0)

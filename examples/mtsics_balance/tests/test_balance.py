@@ -1,0 +1,120 @@
+"""The balance driver against its emulator over loopback, with PAT Gateway's test kit only
+(the ``pat_gateway`` pytest plugin's fixtures: no fake of the gateway written here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mtsics_balance.driver import BalanceOptions, MtSicsBalance, parse_weight
+
+from gateway import InstrumentError, PluginContext, Quality, WriteRefusedError
+from gateway.testing import RecordingIO, RunningEmulator
+
+
+def balance(emulator: RunningEmulator, tmp_path: Path, **options: Any) -> MtSicsBalance:
+    options = {"host": emulator.host, "port": emulator.port, "timeout_s": 1.0, **options}
+    context = PluginContext("balance", tmp_path, poll_interval_s=0.05)
+    return MtSicsBalance(BalanceOptions.model_validate(options), context)
+
+
+def test_parse_weight_answers() -> None:
+    assert parse_weight("S S      12.345 g", "SI").grams == 12.345
+    assert parse_weight("S D       0.5 kg", "SI") == parse_weight("S D 500 g", "SI")
+    assert parse_weight("S +", "SI").problem == "overload"
+    assert parse_weight("ES", "SI").problem == "balance answered ES (syntax error)"
+    assert parse_weight("S S 1.0 lb", "SI").problem == "unit 'lb' not supported (g, kg, mg)"
+    with pytest.raises(ValueError, match="not an answer"):
+        parse_weight("T S 1.0 g", "SI")
+
+
+async def test_stable_and_dynamic_weights_are_published(
+    start_emulator: Any, recording_io: Any, tmp_path: Path
+) -> None:
+    async with start_emulator("mtsics_balance", load_g=12.5) as emulator:
+        io: RecordingIO = recording_io(balance(emulator, tmp_path), "balance")
+        async with io.running():
+            await io.wait_for_samples("weight", 2)
+            emulator.instance.stable = False
+            await io.wait_for_samples("weight", 4)
+            while io.samples("weight")[-1].quality is Quality.GOOD:
+                await io.wait_for_samples("weight", len(io.samples("weight")) + 1)
+    weights = io.samples("weight")
+    assert weights[0].value == 12.5 and weights[0].quality is Quality.GOOD
+    assert weights[0].signal == "test/balance/weight" and weights[0].unit == "g"
+    assert weights[-1].value == 12.5 and weights[-1].quality is Quality.UNCERTAIN
+    assert weights[-1].reason == "dynamic (not stable)"
+    assert io.values("stable")[0] == 1 and io.values("stable")[-1] == 0
+    assert [s.seq for s in weights] == list(range(len(weights)))
+    assert io.events[0] == ("connected", None)
+
+
+async def test_tare_and_zero_reach_the_balance(start_emulator: Any, tmp_path: Path) -> None:
+    async with start_emulator("mtsics_balance", load_g=80.0) as emulator:
+        driver = balance(emulator, tmp_path)
+        io = RecordingIO(driver, "balance")
+        await driver.connect()
+        try:
+            assert await driver.tare() == 80.0
+            emulator.instance.load_g = 95.0
+            await driver.poll(io)
+            assert io.values("weight") == [15.0]
+            await driver.zero()
+            await driver.poll(io)
+            assert io.values("weight")[-1] == 0.0
+            emulator.instance.stable = False
+            with pytest.raises(WriteRefusedError, match="busy"):
+                await driver.zero()
+        finally:
+            await driver.close()
+    assert emulator.instance.commands == ["T", "SI", "Z", "SI", "Z"]
+
+
+async def test_overload_is_a_bad_sample_and_a_lost_balance_marks_signals_bad(
+    start_emulator: Any, recording_io: Any, tmp_path: Path
+) -> None:
+    emulator = start_emulator("mtsics_balance", load_g=500.0)
+    async with emulator:
+        io: RecordingIO = recording_io(balance(emulator, tmp_path), "balance")
+        async with io.running():
+            await io.wait_for_samples("weight", 1)
+            assert io.samples("weight")[0].quality is Quality.BAD
+            assert io.samples("weight")[0].reason == "overload"
+            await emulator.__aexit__(None, None, None)  # the balance goes away
+            await io.wait_for_events("connected", "down")
+    down = [reason for event, reason in io.events if event == "down"]
+    assert down and down[0] is not None and down[0].startswith("unreachable: ")
+    last = io.samples("weight")[-1]
+    assert last.quality is Quality.BAD and last.reason == down[-1]
+
+
+async def test_the_driver_refuses_a_silent_peer(start_emulator: Any, tmp_path: Path) -> None:
+    async with start_emulator("mtsics_balance") as emulator:
+        driver = balance(emulator, tmp_path, timeout_s=0.2)
+    with pytest.raises(InstrumentError, match="cannot connect"):
+        await driver.connect()
+    await driver.close()
+
+
+async def test_a_gateway_commits_the_balance_weights(start_emulator: Any, run_gateway: Any) -> None:
+    async with start_emulator("mtsics_balance", load_g=42.0) as emulator:
+        config = {
+            "instruments": [
+                {
+                    "id": "balance",
+                    "driver": "mtsics_balance",
+                    "poll_interval_s": 0.05,
+                    "options": {"host": emulator.host, "port": emulator.port},
+                    "signals": [{"id": "weight", "unit": "kg"}, {"id": "stable"}],
+                }
+            ],
+            "sinks": [{"id": "upstream", "type": "recording"}],
+        }
+        async with run_gateway(config) as run:
+            await run.wait_for_samples("test/balance/weight", 3)
+    committed = run.samples("test/balance/weight")
+    assert len(committed) >= 3
+    assert {(s.value, s.unit, s.quality) for s in committed} == {(0.042, "kg", Quality.GOOD)}
+    delivered = run.sink("upstream").of("test/balance/weight")
+    assert [s.seq for s in delivered] == [s.seq for s in committed]
