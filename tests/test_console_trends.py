@@ -101,6 +101,8 @@ async def test_trend_data_refusals(console: Console) -> None:  # noqa: F811
         (f"signal={SPEED}&window=0", b"window must be"),
         (f"signal={SPEED}&window=700000", b"window must be"),
         (f"signal={SPEED}&start=2000&end=1000", b"end must be after start"),
+        (f"signal={SPEED}&start=-5&end=1000", b"1970 .. 2200"),
+        (f"signal={SPEED}&start=0&end={8 * 86_400_000}", b"at most 7 days apart"),
         ("&".join(["x=1"] * 20), b"too many query fields"),
     ):
         answer = await _data(console, cookie, query)

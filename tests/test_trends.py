@@ -366,6 +366,12 @@ def test_unknown_and_spectrum_signals_and_bad_requests_are_refused(tmp_path: Pat
             reader.trend("a", T0, T0 + S, 10)
         with pytest.raises(TrendError, match="at most"):
             reader.trend([f"s{i}" for i in range(MAX_SIGNALS + 1)], T0, T0 + S, 10)
+        with pytest.raises(TrendError, match="between 1970 and 2262"):
+            reader.trend(["a"], -S, T0, 10)
+        with pytest.raises(TrendError, match="between 1970 and 2262"):
+            reader.trend(["a"], T0, 2**63, 10)
+        with pytest.raises(TrendError, match="more than 200,000 buckets"):
+            reader.trend(["a"], T0 - 200_000 * 60 * S, T0 + 60 * S, 10)
         with pytest.raises(TrendError, match="start_ns must be an integer"):
             reader.trend(["a"], 1.5, T0, 10)  # type: ignore[arg-type]
 

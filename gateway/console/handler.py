@@ -52,7 +52,7 @@ from ..localapi import write_status
 from ..metrics import health_report
 from ..model import SignalKind
 from ..security import AuthenticationError, Permission
-from ..store.trends import Trend, TrendError, TrendReader
+from ..store.trends import TrendError, TrendReader
 from ..timefmt import now_ns
 from . import pages, trendpage
 from .assets import asset
@@ -195,18 +195,18 @@ class Console:
             return text_response(HTTPStatus.BAD_REQUEST, str(exc))
         path = self._gateway.plan.config.store.path
 
-        def read() -> dict[str, Trend]:
+        def read() -> bytes:  # the answer is built here too: ~80 ms at most, off the loop
             with TrendReader(path) as reader:
-                return reader.trend(query.signals, query.start_ns, query.end_ns, query.points)
+                trends = reader.trend(query.signals, query.start_ns, query.end_ns, query.points)
+            return json.dumps(trendpage.trend_json(trends, query), allow_nan=False).encode()
 
         try:
             async with self._trend_reads:
-                trends = await asyncio.to_thread(read)
+                body = await asyncio.to_thread(read)
         except TrendError as exc:  # e.g. a signal with no sample stored yet
             return text_response(HTTPStatus.BAD_REQUEST, str(exc))
         except GatewayError as exc:  # no trends file yet, or the store cannot be read
             return text_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-        body = json.dumps(trendpage.trend_json(trends, query), allow_nan=False).encode()
         return response(HTTPStatus.OK, "application/json", body, SECURITY_HEADERS)
 
     async def _audit_page(self, request: Request, session: Session) -> bytes:

@@ -4,12 +4,15 @@ A session is created by a login and named by a random token (32 bytes, URL-safe)
 browser holds in the ``patgw_session`` cookie; the server keeps only the token's SHA-256, so a
 memory dump does not hand out live sessions. Each session has its own CSRF token, which every
 ``POST`` must carry (form field ``csrf`` or header ``X-CSRF-Token``). A session unused for
-``idle_timeout_s`` is over; at most :data:`MAX_SESSIONS` are kept (the least recently used one
-makes room). A restart ends every session.
+``idle_timeout_s`` is over. A user has at most :data:`MAX_SESSIONS_PER_USER` (a new login ends
+that user's least recently used one), so one user logging in again and again never ends
+another's session; at most :data:`MAX_SESSIONS` are kept in all (then the least recently used
+session of the user holding the most makes room). A restart ends every session.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import secrets
@@ -19,10 +22,11 @@ from dataclasses import dataclass, field
 
 from ..security import Identity
 
-__all__ = ["COOKIE", "MAX_SESSIONS", "Session", "Sessions"]
+__all__ = ["COOKIE", "MAX_SESSIONS", "MAX_SESSIONS_PER_USER", "Session", "Sessions"]
 
 COOKIE = "patgw_session"
 MAX_SESSIONS = 256
+MAX_SESSIONS_PER_USER = 16
 
 
 @dataclass(slots=True)
@@ -56,8 +60,13 @@ class Sessions:
         """A new session for ``identity``; returns its cookie token and the session."""
         token = secrets.token_urlsafe(32)
         key = _key(token)
-        if len(self._open) >= MAX_SESSIONS:
-            del self._open[next(iter(self._open))]
+        mine = [k for k, s in self._open.items() if s.identity.name == identity.name]
+        if len(mine) >= MAX_SESSIONS_PER_USER:
+            del self._open[mine[0]]  # this user's least recently used
+        elif len(self._open) >= MAX_SESSIONS:
+            counts = collections.Counter(s.identity.name for s in self._open.values())
+            busiest = counts.most_common(1)[0][0]
+            del self._open[next(k for k, s in self._open.items() if s.identity.name == busiest)]
         session = Session(identity, secrets.token_urlsafe(32), peer, self._clock(), key)
         self._open[key] = session
         return token, session

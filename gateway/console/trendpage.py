@@ -39,8 +39,11 @@ MAX_CHARTS = 8
 """Signals one page (and one data request) shows at most."""
 MAX_POINTS = 2000
 """Points per signal one data request may ask for (a chart's width in pixels, about)."""
+MAX_SPAN_S = 7 * 24 * 3600
+"""The longest window or zoom one request may ask for."""
 _DEFAULT_CHARTS = 4
 _NS = 1_000_000_000
+_LATEST_NS = 7_258_118_400 * _NS  # 2200-01-01: far from int64's end (2262)
 
 
 class TrendQueryError(ValueError):
@@ -58,7 +61,8 @@ class TrendQuery:
 def parse_trend_query(query: str, known: Iterable[str], now: int) -> TrendQuery:
     """``signal`` (repeated, at most :data:`MAX_CHARTS`, each one of ``known``), then either
     ``window`` (seconds before ``now``, 1 s .. 7 days) or ``start`` and ``end`` (milliseconds
-    since the epoch, UTC), and ``points`` (10 .. :data:`MAX_POINTS`, default 600)."""
+    since the epoch, UTC, from 1970 to 2200, at most 7 days apart: a read's cost follows its
+    span), and ``points`` (10 .. :data:`MAX_POINTS`, default 600)."""
     try:
         fields = urllib.parse.parse_qs(query, max_num_fields=MAX_CHARTS + 4, strict_parsing=False)
     except ValueError as exc:
@@ -78,11 +82,13 @@ def parse_trend_query(query: str, known: Iterable[str], now: int) -> TrendQuery:
     if "start" in fields or "end" in fields:
         start_ns = _integer(fields, "start", 0) * 1_000_000
         end_ns = _integer(fields, "end", 0) * 1_000_000
-        if end_ns <= start_ns:
-            raise TrendQueryError("end must be after start")
+        if not 0 <= start_ns < end_ns <= _LATEST_NS:
+            raise TrendQueryError("end must be after start, both in 1970 .. 2200 (ms since 1970)")
+        if end_ns - start_ns > MAX_SPAN_S * _NS:
+            raise TrendQueryError("start and end may be at most 7 days apart")
     else:
         window = _integer(fields, "window", 900)
-        if not 1 <= window <= 7 * 24 * 3600:
+        if not 1 <= window <= MAX_SPAN_S:
             raise TrendQueryError("window must be 1 s .. 7 days")
         start_ns, end_ns = now - window * _NS, now
     return TrendQuery(signals, start_ns, end_ns, points)

@@ -18,6 +18,7 @@ that is counted as skipped (:meth:`ProcessorRunner.abandon`).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,31 @@ if TYPE_CHECKING:
 __all__ = ["ProcessorRunner", "tap"]
 
 log = structlog.get_logger("gateway.processor")
+
+
+def _jsonable(value: Any, depth: int) -> Any:
+    """A processor's status as strict JSON can carry it (a plugin may put anything there):
+    mappings with string keys, lists, finite numbers, strings, booleans and null; a NaN or
+    infinity becomes null, anything else its ``str`` (a datetime, a path), nesting below 16
+    levels ``"…"``."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= 16:
+        return "…"
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v, depth + 1) for v in value]
+    if hasattr(value, "__float__") and not isinstance(value, complex):
+        try:
+            number = float(value)  # numpy scalars and the like
+        except (TypeError, ValueError):
+            return str(value)
+        return number if math.isfinite(number) else None
+    return str(value)
+
 
 _NULL = NullOutput()
 _QUALITIES = tuple(sorted(Quality))  # stored int -> member, by index
@@ -294,7 +320,7 @@ class ProcessorRunner:
         status_error = None
         if callable(status):
             try:
-                own = dict(status())
+                own = _jsonable(dict(status()), 0)
             except Exception as exc:  # the plugin's bug: its document is served without it
                 status_error = repr(exc)[:300]
                 if not self._status_failed:

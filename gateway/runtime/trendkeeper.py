@@ -6,13 +6,15 @@ until it has caught up (a backlog, such as a store older than its trends file, i
 chunk at a time, with the stop looked at between chunks). The roller reads the store as a WAL
 reader and writes only its own file, so the store writer never waits for it; its SQL runs in
 SQLite's C code with the GIL released. If it fails (disk full, a damaged trends file), it is
-logged once, shown on /health, and tried again at the next interval: trends lag, samples are
-never affected.
+logged once, shown on /health, and tried again at the next interval with a new connection:
+trends lag, samples are never affected. A trends file deleted or replaced while running is
+noticed at the next interval (its identity changed) and made again from the samples.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,15 @@ import structlog
 from ..store.trends import ROLL_EVERY_S, Roller
 
 __all__ = ["TrendKeeper", "TrendStats"]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
+
 
 log = structlog.get_logger("gateway.store")
 
@@ -47,6 +58,7 @@ class TrendKeeper:
         self.stats = TrendStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patgw-trends")
         self._roller: Roller | None = None
+        self._opened: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._stop = threading.Event()
         self._last_failure_log = 0.0
 
@@ -71,16 +83,35 @@ class TrendKeeper:
 
     def _catch_up(self) -> int:
         """On the thread: roll up chunk after chunk until caught up or told to stop."""
-        if self._roller is None:
-            self._roller = Roller(self.store_path)
-        roller, total = self._roller, 0
-        while not self._stop.is_set():
-            rolled = roller.roll()
-            total += rolled
-            if rolled < roller.chunk_rows:
-                break
+        roller = self._open()
+        total = 0
+        try:
+            while not self._stop.is_set():
+                rolled = roller.roll()
+                total += rolled
+                if rolled < roller.chunk_rows:
+                    break
+        except BaseException:
+            self._drop()  # the next interval starts again with a new connection
+            raise
         self.stats.rolled_id = roller.rolled_id
         return total
+
+    def _open(self) -> Roller:
+        """The roller, opened again if its file was deleted or replaced since it was opened."""
+        if self._roller is not None and _identity(self._roller.path) != self._opened:
+            log.warning("store.trends_file_replaced", trends=str(self._roller.path))
+            self._drop()
+        if self._roller is None:
+            self._roller = Roller(self.store_path)
+            self._opened = _identity(self._roller.path)
+        return self._roller
+
+    def _drop(self) -> None:
+        if self._roller is not None:
+            with contextlib.suppress(Exception):
+                self._roller.close()
+            self._roller = None
 
     def _done(self, rolled: int, seconds: float) -> None:
         stats = self.stats

@@ -34,6 +34,7 @@ from ..errors import GatewayError, StoreError
 from ..model import Quality, SignalKind
 
 __all__ = [
+    "MAX_BUCKETS",
     "MAX_POINTS",
     "MAX_SIGNALS",
     "ROLLUP_WIDTHS_S",
@@ -61,6 +62,10 @@ finest rollup are read from the samples if their id span is at most this, else f
 rollup (fewer points than asked for, never a slow read)."""
 
 _NS = 1_000_000_000
+_INT64_MAX = 2**63 - 1
+MAX_BUCKETS = 200_000
+"""The most buckets of the coarsest rollup (60 s) a window may span (~139 days): a rollup read
+seeks each bucket of each signal asked for (~3 ms per 1,000), so its cost follows the span."""
 
 log = structlog.get_logger("gateway.store")
 
@@ -571,6 +576,14 @@ def _checked(signals: Sequence[str], start_ns: int, end_ns: int, max_points: int
             raise TrendError(f"{name} must be an integer, not {type(value).__name__}")
     if end_ns <= start_ns:
         raise TrendError(f"empty window: end_ns {end_ns} is not after start_ns {start_ns}")
+    if start_ns < 0 or end_ns > _INT64_MAX:
+        raise TrendError("the window must lie between 1970 and 2262 (UTC nanoseconds, int64)")
+    coarsest = ROLLUP_WIDTHS_S[-1] * _NS
+    if (end_ns - 1) // coarsest - start_ns // coarsest >= MAX_BUCKETS:
+        raise TrendError(
+            f"a window of more than {MAX_BUCKETS:,} buckets of {ROLLUP_WIDTHS_S[-1]} s"
+            " (its read would take minutes)"
+        )
     if not 1 <= max_points <= MAX_POINTS:
         raise TrendError(f"max_points must be 1..{MAX_POINTS}, not {max_points}")
     return names
