@@ -53,8 +53,8 @@ from .model import (
     sample_to_json_dict,
 )
 from .passwords import hash_password, is_password_hash, verify_password
-from .pluginmanager import ENTRY_POINT_GROUP, build_registry
-from .registry import PluginKind, Registry
+from .pluginmanager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, build_registry
+from .registry import PluginKind, PluginRefusal, Registry
 from .spectra import SpectralAxis, Spectrum
 from .timefmt import duration_argument, format_ns, now_ns, parse_iso_ns
 from .units import Conversion, compile_conversion, validate_ucum
@@ -62,6 +62,7 @@ from .yamltext import load_yaml
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PLUGIN_API_VERSION",
     "Channel",
     "CommandCall",
     "ConfigError",
@@ -78,6 +79,7 @@ __all__ = [
     "PluginContext",
     "PluginError",
     "PluginKind",
+    "PluginRefusal",
     "PollingDriver",
     "Processor",
     "ProcessorCommand",
