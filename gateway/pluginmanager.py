@@ -76,9 +76,8 @@ def build_registry(plugins: Iterable[object] = (), *, entry_points: bool = True)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
     candidates = _discover(registry) if entry_points else []
-    candidates += [
-        _Candidate(manager.get_canonical_name(plugin), plugin, None, None) for plugin in plugins
-    ]
+    for plugin in plugins:
+        candidates.append(_Candidate(_inline_name(plugin, candidates), plugin, None, None))
     accepted: list[_Candidate] = []
     for candidate in candidates:
         problem = _admit(manager, candidate)
@@ -149,6 +148,18 @@ def _discover(registry: Registry) -> list[_Candidate]:
             continue
         found.append(_Candidate(name, plugin, candidate.distribution, candidate.version))
     return found
+
+
+def _inline_name(plugin: object, taken: Iterable[_Candidate]) -> str:
+    """A name for a plugin given in code that errors can show: the module's or the class's,
+    numbered when several plugins share it."""
+    base = getattr(plugin, "__name__", None) or type(plugin).__name__
+    names = {c.name for c in taken}
+    name, n = str(base), 1
+    while name in names:
+        n += 1
+        name = f"{base}#{n}"
+    return name
 
 
 def _dist_version(ep: importlib.metadata.EntryPoint) -> str | None:
