@@ -164,6 +164,16 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _early_option(argv: Sequence[str], name: str, choices: Sequence[str]) -> str | None:
+    """The value of option ``name`` in ``argv`` (``--name VALUE`` or ``--name=VALUE``) if it is
+    one of ``choices``, before the parser runs."""
+    for arg, following in zip(argv, [*argv[1:], None], strict=True):
+        value = following if arg == name else arg.removeprefix(f"{name}=")
+        if (arg == name or arg.startswith(f"{name}=")) and value in choices:
+            return value
+    return None
+
+
 def _plugin_commands(argv: Sequence[str]) -> list[Registration[CommandConfigure]]:
     """The commands plugins register, loaded only when ``argv`` names no built-in command
     (loading every plugin costs about a second)."""
@@ -507,6 +517,11 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patgw`` program."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Loading plugins may log (a refused plugin, one without an API version) before the parser
+    # has run: to standard error, in the format asked for, never into a command's output.
+    log_format = _early_option(argv, "--log-format", ("console", "json"))
+    log_level = _early_option(argv, "--log-level", ("debug", "info", "warning", "error"))
+    configure_logging(log_format or "console", log_level or "warning")
     try:
         commands = _plugin_commands(argv)
     except GatewayError as exc:  # a plugin that cannot load

@@ -673,3 +673,36 @@ def test_patgw_check_names_the_refused_plugin_a_config_needed(tmp_path: Path) ->
         "refused plugins (see 'patgw plugins'): plugin 'c18_chk' (acme-chk 1.1): unknown hook"
         " pat_gateway_register_drivrs" in result.stderr
     )
+
+
+OLD_COMMAND = """
+import json
+from gateway import hookimpl
+
+
+def configure(parser):
+    return lambda args: print(json.dumps({"answer": 42})) or 0
+
+
+@hookimpl
+def pat_gateway_register_commands(registry):
+    registry.add_command("c18-answer", configure, "Prints JSON")
+"""
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_what_loading_plugins_logs_never_mixes_into_a_commands_output(
+    tmp_path: Path, log_format: str
+) -> None:
+    """A plugin command's output is data (JSON for a script): the warning about a plugin without
+    an API version, logged while plugins load, goes to standard error in the asked format."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "c18_old_command.py").write_text(OLD_COMMAND)
+    env = fake_distribution(site, "acme-old", "0.5", {"c18_old_command": "c18_old_command"})
+    result = patgw("c18-answer", "--log-format", log_format, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"answer": 42}
+    [warning] = [line for line in result.stderr.splitlines() if "plugin.api_undeclared" in line]
+    if log_format == "json":
+        assert json.loads(warning)["plugin"] == "c18_old_command"
