@@ -471,6 +471,15 @@ class TooManyLanes(SyncForward):
         pass
 
 
+class AsyncBind(TooManyLanes):
+    """A binding sink whose ``bind`` the runtime would call without awaiting it."""
+
+    max_concurrent_forwards = 2
+
+    async def bind(self, signals: Sequence[gateway.Signal]) -> None:
+        pass
+
+
 class HalfWritable(Driverish):
     async def write(self, channel: str, value: float) -> None:
         pass
@@ -514,6 +523,7 @@ class NoRun:
             TooManyLanes,
             "sink 'bad' (TooManyLanes) max_concurrent_forwards must be a whole number >= 1, not 0",
         ),
+        ("sink", AsyncBind, "sink 'bad' (AsyncBind) bind must be a plain function, not async def"),
         (
             "driver",
             HalfWritable,
@@ -592,28 +602,60 @@ def test_capabilities_found_by_name_keep_working(tmp_path: Path) -> None:
     assert type(sink.instance) is DecoratedForward
 
 
-def test_a_factory_function_is_checked_on_what_it_builds(tmp_path: Path) -> None:
-    def build(options: Options, context: PluginContext) -> SyncForward:
-        return SyncForward(options, context)
+class Lost:
+    """An emulator that says where it listens, as a number instead of ``host:port``."""
 
+    endpoint = 5020
+
+    def __init__(self, options: Options, context: PluginContext) -> None:
+        pass
+
+    async def __aenter__(self) -> Lost:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+def build_sync_forward(options: Options, context: PluginContext) -> SyncForward:
+    return SyncForward(options, context)
+
+
+def build_lost(options: Options, context: PluginContext) -> Lost:
+    return Lost(options, context)
+
+
+@pytest.mark.parametrize(
+    ("section", "kind", "factory", "why"),
+    [
+        ("sinks", "sink", build_sync_forward, "forward must be a coroutine function (async def)"),
+        ("emulators", "emulator", build_lost, "endpoint is not a str (int)"),
+    ],
+)
+def test_a_factory_function_is_checked_on_what_it_builds(
+    tmp_path: Path, section: str, kind: str, factory: Callable[..., object], why: str
+) -> None:
     class Vendor:
-        PAT_GATEWAY_API = "1.0"
-
         @hookimpl
         def pat_gateway_register_sinks(self, registry: Registry) -> None:
-            registry.add_sink("late", build, Options)  # a function: nothing to see yet
+            if kind == "sink":  # a function: nothing to see until it has built something
+                registry.add_sink("late", factory, Options)  # type: ignore[arg-type]
 
-    registry = build_registry([Vendor()], entry_points=False)
-    assert registry.refused == []
+        @hookimpl
+        def pat_gateway_register_emulators(self, registry: Registry) -> None:
+            if kind == "emulator":
+                registry.add_emulator("late", factory, Options)  # type: ignore[arg-type]
+
+    registry = build_registry([Vendor()], entry_points=False)  # accepted: a function
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"area: a\nstore: {{path: {tmp_path / 's.sqlite'}}}\nsinks: [{{id: up, type: late}}]\n"
+        f"area: a\nstore: {{path: {tmp_path / 's.sqlite'}}}\n{section}: [{{id: x, type: late}}]\n"
     )
     with pytest.raises(ConfigError) as caught:
         load_plan(config, registry)
     assert caught.value.problems == (
-        "sinks[0].type: sink 'late' of plugin 'Vendor' (not from an installed distribution)"
-        " breaks the plugin contract: forward must be a coroutine function (async def)",
+        f"{section}[0].type: {kind} 'late' of plugin 'Vendor' (not from an installed"
+        f" distribution) breaks the plugin contract: {why}",
     )
 
 
