@@ -5,11 +5,15 @@ it are private and may change.
 """
 
 from .api import (
+    BindingSink,
     Channel,
     CommandCall,
     ConfigPath,
     Driver,
+    DriverFactory,
     Emulator,
+    EmulatorFactory,
+    EmulatorWithEndpoint,
     ForwardingSink,
     InstrumentIO,
     Output,
@@ -17,11 +21,13 @@ from .api import (
     PollingDriver,
     Processor,
     ProcessorCommand,
+    ProcessorFactory,
     ProcessorIO,
     Secret,
     SecretRef,
     SerialPort,
     Sink,
+    SinkFactory,
     TargetLimits,
     WritableDriver,
     resolve_config_path,
@@ -53,8 +59,8 @@ from .model import (
     sample_to_json_dict,
 )
 from .passwords import hash_password, is_password_hash, verify_password
-from .pluginmanager import ENTRY_POINT_GROUP, build_registry
-from .registry import PluginKind, Registry
+from .pluginmanager import ENTRY_POINT_GROUP, PLUGIN_API_VERSION, build_registry
+from .registry import PluginKind, PluginRefusal, Registry
 from .spectra import SpectralAxis, Spectrum
 from .timefmt import duration_argument, format_ns, now_ns, parse_iso_ns
 from .units import Conversion, compile_conversion, validate_ucum
@@ -62,13 +68,18 @@ from .yamltext import load_yaml
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "PLUGIN_API_VERSION",
+    "BindingSink",
     "Channel",
     "CommandCall",
     "ConfigError",
     "ConfigPath",
     "Conversion",
     "Driver",
+    "DriverFactory",
     "Emulator",
+    "EmulatorFactory",
+    "EmulatorWithEndpoint",
     "ForwardingSink",
     "GatewayError",
     "InstrumentError",
@@ -78,9 +89,11 @@ __all__ = [
     "PluginContext",
     "PluginError",
     "PluginKind",
+    "PluginRefusal",
     "PollingDriver",
     "Processor",
     "ProcessorCommand",
+    "ProcessorFactory",
     "ProcessorIO",
     "Quality",
     "Refusal",
@@ -93,6 +106,7 @@ __all__ = [
     "Signal",
     "SignalKind",
     "Sink",
+    "SinkFactory",
     "SpectralAxis",
     "Spectrum",
     "StoreError",

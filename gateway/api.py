@@ -35,11 +35,15 @@ if TYPE_CHECKING:
     from .control import Access, WriteOutcome
 
 __all__ = [
+    "BindingSink",
     "Channel",
     "CommandCall",
     "ConfigPath",
     "Driver",
+    "DriverFactory",
     "Emulator",
+    "EmulatorFactory",
+    "EmulatorWithEndpoint",
     "ForwardingSink",
     "InstrumentIO",
     "Output",
@@ -47,11 +51,13 @@ __all__ = [
     "PollingDriver",
     "Processor",
     "ProcessorCommand",
+    "ProcessorFactory",
     "ProcessorIO",
     "Secret",
     "SecretRef",
     "SerialPort",
     "Sink",
+    "SinkFactory",
     "TargetLimits",
     "WritableDriver",
     "resolve_config_path",
@@ -479,6 +485,54 @@ class Emulator(Protocol):
     async def __aenter__(self) -> Emulator: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class EmulatorWithEndpoint(Emulator, Protocol):
+    """An emulator that says where to connect once entered: ``endpoint`` (``host:port``, a
+    serial device's path...), which ``patgw emulate`` prints. Without it, ``patgw emulate``
+    prints ``host:port`` from the emulator's ``port`` attribute or its ``--port``."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+
+@runtime_checkable
+class BindingSink(Sink, Protocol):
+    """A sink told every configured signal before it is entered (e.g. to build an OPC UA
+    address space up front): the runtime calls ``bind`` once, synchronously."""
+
+    def bind(self, signals: Sequence[Signal]) -> None: ...
+
+
+# The factories a plugin registers, one protocol per kind. ``options`` is an instance of the
+# options model registered with the factory (typed ``Any`` here so that a factory may take its
+# own model's type); positional-only, so any parameter names do. A class whose ``__init__``
+# takes ``(options, context)`` is such a factory.
+
+
+class DriverFactory(Protocol):
+    """Builds a :class:`Driver` from its validated options, with no I/O."""
+
+    def __call__(self, options: Any, context: PluginContext, /) -> Driver: ...
+
+
+class SinkFactory(Protocol):
+    """Builds a :class:`Sink` (or a :class:`ForwardingSink`) from its validated options."""
+
+    def __call__(self, options: Any, context: PluginContext, /) -> Sink: ...
+
+
+class ProcessorFactory(Protocol):
+    """Builds a :class:`Processor` from its validated options; reading a model file is fine."""
+
+    def __call__(self, options: Any, context: PluginContext, /) -> Processor: ...
+
+
+class EmulatorFactory(Protocol):
+    """Builds an :class:`Emulator` from its validated options, with no I/O."""
+
+    def __call__(self, options: Any, context: PluginContext, /) -> Emulator: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,8 @@ from .logs import configure_logging
 from .model import Sample
 from .modelcli import add_model_parser, run_model_args
 from .passwords import hash_password
-from .pluginmanager import build_registry
-from .registry import PluginKind, Registration
+from .pluginmanager import PLUGIN_API_VERSION, build_registry
+from .registry import CommandConfigure, PluginKind, Registration
 from .schema import config_schema
 from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
@@ -56,7 +56,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
+def _parser(commands: Sequence[Registration[CommandConfigure]] = ()) -> argparse.ArgumentParser:
     """The argument parser: the built-in commands, plus ``commands`` registered by plugins."""
     parser = argparse.ArgumentParser(
         prog="patgw",
@@ -164,7 +164,17 @@ def _command_name(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _plugin_commands(argv: Sequence[str]) -> list[Registration]:
+def _early_option(argv: Sequence[str], name: str, choices: Sequence[str]) -> str | None:
+    """The value of option ``name`` in ``argv`` (``--name VALUE`` or ``--name=VALUE``) if it is
+    one of ``choices``, before the parser runs."""
+    for arg, following in zip(argv, [*argv[1:], None], strict=True):
+        value = following if arg == name else arg.removeprefix(f"{name}=")
+        if (arg == name or arg.startswith(f"{name}=")) and value in choices:
+            return value
+    return None
+
+
+def _plugin_commands(argv: Sequence[str]) -> list[Registration[CommandConfigure]]:
     """The commands plugins register, loaded only when ``argv`` names no built-in command
     (loading every plugin costs about a second)."""
     name = _command_name(argv)
@@ -268,7 +278,8 @@ def _cmd_schema(_args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    rows = [
+    registry = build_registry()
+    rows: list[dict[str, str | None]] = [
         {
             "name": r.name,
             "kind": r.kind.value,
@@ -276,20 +287,38 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             "distribution": r.distribution,
             "plugin": r.plugin,
             "description": r.description,
+            "api": r.api,
+            "refused": None,
         }
-        for r in build_registry()
+        for r in registry
+    ]
+    # A refused plugin's names are unknown (its hooks never ran): one row for the plugin.
+    rows += [
+        {
+            "name": refusal.name or refusal.plugin,
+            "kind": refusal.kind.value if refusal.kind is not None else "plugin",
+            "version": refusal.version,
+            "distribution": refusal.distribution,
+            "plugin": refusal.plugin,
+            "description": "",
+            "api": None,
+            "refused": refusal.reason,
+        }
+        for refusal in registry.refused
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    widths = (
-        {k: max([len(k)] + [len(str(r[k] or "-")) for r in rows]) for k in rows[0]} if rows else {}
-    )
-    columns = ("name", "kind", "version", "distribution", "description")
-    print("  ".join(c.upper().ljust(widths.get(c, len(c))) for c in columns))
-    for r in rows:
-        print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
-    return 0
+    else:
+        usable = [r for r in rows if r["refused"] is None]
+        columns = ("name", "kind", "api", "version", "distribution", "description")
+        widths = {c: max([len(c)] + [len(str(r[c] or "-")) for r in usable]) for c in columns}
+        print(f"plugin API of this gateway: {PLUGIN_API_VERSION}")
+        print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+        for r in usable:
+            print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
+    for refusal in registry.refused:
+        print(f"patgw: refused {refusal}", file=sys.stderr)
+    return 1 if registry.refused else 0
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
@@ -488,6 +517,11 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patgw`` program."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Loading plugins may log (a refused plugin, one without an API version) before the parser
+    # has run: to standard error, in the format asked for, never into a command's output.
+    log_format = _early_option(argv, "--log-format", ("console", "json"))
+    log_level = _early_option(argv, "--log-level", ("debug", "info", "warning", "error"))
+    configure_logging(log_format or "console", log_level or "warning")
     try:
         commands = _plugin_commands(argv)
     except GatewayError as exc:  # a plugin that cannot load

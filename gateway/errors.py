@@ -5,7 +5,7 @@
     GatewayError
      ├── ConfigError          bad configuration; carries one line per problem, each naming its path
      ├── UnitError            a UCUM code that does not parse, or two units that do not convert
-     ├── PluginError          a plugin that fails to load or registers something twice
+     ├── PluginError          a plugin that breaks the contract (the plugin manager refuses it)
      ├── InstrumentError      an instrument cannot be reached or answered badly (drivers raise it;
      │                        the runtime marks the instrument's signals bad and reconnects)
      ├── WriteRefusedError    a write (setpoint) refused, nothing changed: not writable, a value the
@@ -55,7 +55,8 @@ class UnitError(GatewayError):
 
 
 class PluginError(GatewayError):
-    """A plugin could not be loaded, or registered a name that is already taken."""
+    """A plugin broke the contract: it could not be loaded, or registered something malformed or
+    twice. The plugin manager refuses that plugin (``Registry.refused``) and loads the others."""
 
 
 class InstrumentError(GatewayError):

@@ -32,11 +32,12 @@ from .api import (
     TargetLimits,
     validation_context,
 )
+from .capabilities import capability_problems
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
 from .control import Access, WriteTarget, resolve_targets
 from .errors import ConfigError, UnitError
 from .model import Signal, SignalKind
-from .registry import PluginKind, Registry
+from .registry import PluginKind, Registry, plugin_label
 from .security import Authority, Permission, SecurityConfig
 from .units import Conversion, compile_conversion
 from .yamltext import load_yaml
@@ -319,6 +320,17 @@ def _plugin_problem(exc: Exception) -> str:
     return f"plugin failed to build it: {exc!r}"
 
 
+def _broken_contract(registry: Registry, kind: PluginKind, name: str, built: object) -> str | None:
+    """What is wrong with what a plugin's factory built (a driver without ``run``, a sink whose
+    ``forward`` is not ``async def``...), naming the plugin; ``None`` if nothing is."""
+    problems = capability_problems(kind, built)
+    registration = registry.get(kind, name)
+    if not problems or registration is None:
+        return None
+    label = plugin_label(registration.plugin, registration.distribution, registration.version)
+    return f"{kind} {name!r} of {label} breaks the plugin contract: {'; '.join(problems)}"
+
+
 def _unset_secrets(value: object, loc: tuple[str | int, ...]) -> list[str]:
     """A problem line for every secret in validated options whose variable is unset or empty:
     caught by ``patgw check``, not when the instrument or sink first needs it."""
@@ -359,7 +371,9 @@ def _options(
     if registration is None:
         known = ", ".join(registry.names(kind)) or "none installed"
         field = "driver" if kind is PluginKind.DRIVER else "type"
-        problems.append(f"{format_loc([*loc, field])}: unknown {kind} {name!r} (known: {known})")
+        line = f"{format_loc([*loc, field])}: unknown {kind} {name!r} (known: {known})"
+        why = registry.unavailable(kind, name)
+        problems.append(line if why is None else f"{line}; {why}")
         return None
     try:
         options = registration.options_model.model_validate(
@@ -477,6 +491,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         )
         try:
             driver = factory(options, context)
+            broken = _broken_contract(registry, PluginKind.DRIVER, inst.driver, driver)
+            if broken is not None:
+                problems.append(f"{format_loc([*loc, 'driver'])}: {broken}")
+                continue
             channels = list(driver.channels())
         except Exception as exc:  # a plugin's own check, or its bug: both stop this config
             problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
@@ -523,6 +541,10 @@ def load_plan(path: Path, registry: Registry) -> Plan:
                 )
             except Exception as exc:
                 problems.append(f"{format_loc([*loc, 'options'])}: {_plugin_problem(exc)}")
+                continue
+            broken = _broken_contract(registry, kind, item.type, instance)
+            if broken is not None:
+                problems.append(f"{format_loc([*loc, 'type'])}: {broken}")
                 continue
             components[kind].append(ComponentPlan(item, instance))
     if problems:
@@ -584,6 +606,10 @@ def _processor_plans(
         context = PluginContext(pc.id, config.data_dir, site=config.site, area=config.area)
         try:
             processor = factory(options, context)
+            broken = _broken_contract(registry, PluginKind.PROCESSOR, pc.type, processor)
+            if broken is not None:
+                problems.append(f"{format_loc([*loc, 'type'])}: {broken}")
+                continue
             names = list(processor.inputs())
             channels = list(processor.channels())
         except Exception as exc:

@@ -1,24 +1,38 @@
 """The registry that plugin hooks fill: named factories of drivers, sinks, processors, emulators,
-``patgw`` sub-commands and the model kinds of ``patgw model``."""
+``patgw`` sub-commands and the model kinds of ``patgw model``.
+
+Each plugin's hooks fill a registry of their own, bound to the plugin (which records who made
+each registration); the plugin manager merges it into the gateway's only when all of that
+plugin's hooks succeeded. A contract error (a malformed capability, a broken options model, a
+bad name) raises :class:`~gateway.errors.PluginError` and refuses the whole plugin; a name two
+plugins both register is refused for both (:meth:`Registry.unavailable` says why).
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict
 
+from .capabilities import capability_problems
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .api import DriverFactory, EmulatorFactory, ProcessorFactory, SinkFactory
 
 __all__ = [
     "BUILT_IN_COMMANDS",
+    "CommandConfigure",
     "ModelConfigure",
     "ModelHandler",
     "ModelKind",
     "PluginKind",
+    "PluginRefusal",
     "Registration",
     "Registry",
 ]
@@ -77,6 +91,37 @@ class ModelKind:
     description: str
 
 
+#: What ``patgw NAME`` (a plugin's command) is registered with: the same form as a model kind's.
+CommandConfigure = ModelConfigure
+
+FactoryT = TypeVar("FactoryT")
+
+
+def plugin_label(plugin: str, distribution: str | None, version: str | None) -> str:
+    """How errors name a plugin: its name and the distribution that installed it."""
+    if distribution is None:
+        return f"plugin {plugin!r} (not from an installed distribution)"
+    return f"plugin {plugin!r} ({distribution} {version})"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRefusal:
+    """A plugin (or one name it registered) that the gateway does not use, and why."""
+
+    plugin: str
+    distribution: str | None
+    version: str | None
+    reason: str
+    kind: PluginKind | None = None
+    """With ``name``: only this registration is refused (a name two plugins both register)."""
+    name: str | None = None
+
+    def __str__(self) -> str:
+        if self.name is not None:  # a clash: the reason names every plugin involved
+            return self.reason
+        return f"{plugin_label(self.plugin, self.distribution, self.version)}: {self.reason}"
+
+
 class _NoOptions(BaseModel):
     """A command takes command-line arguments, not configuration options."""
 
@@ -84,33 +129,44 @@ class _NoOptions(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Registration:
+class Registration(Generic[FactoryT]):
     """One registered factory and where it came from."""
 
     kind: PluginKind
     name: str
-    factory: Callable[..., Any]
+    factory: FactoryT
     options_model: type[BaseModel]
     description: str
     plugin: str
     distribution: str | None
     version: str | None
+    api: str | None = None
+    """The plugin-API version the plugin declares (``PAT_GATEWAY_API``), ``None`` if none."""
 
 
 class Registry:
     """Named factories, one namespace per kind. Filled by the hooks of :mod:`gateway.hookspecs`."""
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple[PluginKind, str], Registration] = {}
+    def __init__(
+        self,
+        origin: tuple[str, str | None, str | None] = ("<unknown>", None, None),
+        api: str | None = None,
+    ) -> None:
+        self._entries: dict[tuple[PluginKind, str], Registration[Any]] = {}
         self._model_kinds: dict[str, ModelKind] = {}
-        # Set by the plugin manager while it calls one plugin's hooks, so that every entry
-        # records which plugin and distribution provided it.
-        self._origin: tuple[str, str | None, str | None] = ("<unknown>", None, None)
+        # The plugin (name, distribution, version) whose hooks fill this registry, and the API
+        # version it declares: the plugin manager gives each plugin a registry of its own, so
+        # every entry records which plugin and distribution provided it.
+        self._origin = origin
+        self._api = api
+        #: Plugins and names the plugin manager refused, with why (``patgw plugins``).
+        self.refused: list[PluginRefusal] = []
+        self._clashes: dict[tuple[PluginKind, str], str] = {}
 
     def add_driver(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: DriverFactory,
         options_model: type[BaseModel],
         description: str = "",
     ) -> None:
@@ -120,7 +176,7 @@ class Registry:
     def add_sink(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: SinkFactory,
         options_model: type[BaseModel],
         description: str = "",
     ) -> None:
@@ -130,7 +186,7 @@ class Registry:
     def add_processor(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: ProcessorFactory,
         options_model: type[BaseModel],
         description: str = "",
     ) -> None:
@@ -140,7 +196,7 @@ class Registry:
     def add_emulator(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: EmulatorFactory,
         options_model: type[BaseModel],
         description: str = "",
     ) -> None:
@@ -150,13 +206,13 @@ class Registry:
     def add_command(
         self,
         name: str,
-        configure: Callable[..., Any],
+        configure: CommandConfigure,
         description: str = "",
     ) -> None:
         """Register the ``patgw NAME`` sub-command: ``configure(parser)`` adds its arguments to
         an :class:`argparse.ArgumentParser` and returns its handler, ``handler(args) -> int``."""
         if name in BUILT_IN_COMMANDS:
-            raise PluginError(f"{self._origin[0]}: command {name!r} is built into patgw")
+            raise PluginError(f"{self._label()}: command {name!r} is built into patgw")
         self._add(PluginKind.COMMAND, name, configure, _NoOptions, description)
 
     def add_model_kind(
@@ -178,35 +234,130 @@ class Registry:
         """The model kind registered as ``name``, or ``None``."""
         return self._model_kinds.get(name)
 
-    def get(self, kind: PluginKind, name: str) -> Registration | None:
+    @overload
+    def get(
+        self, kind: Literal[PluginKind.DRIVER], name: str
+    ) -> Registration[DriverFactory] | None: ...
+    @overload
+    def get(
+        self, kind: Literal[PluginKind.SINK], name: str
+    ) -> Registration[SinkFactory] | None: ...
+    @overload
+    def get(
+        self, kind: Literal[PluginKind.PROCESSOR], name: str
+    ) -> Registration[ProcessorFactory] | None: ...
+    @overload
+    def get(
+        self, kind: Literal[PluginKind.EMULATOR], name: str
+    ) -> Registration[EmulatorFactory] | None: ...
+    @overload
+    def get(
+        self, kind: Literal[PluginKind.COMMAND, PluginKind.MODEL], name: str
+    ) -> Registration[CommandConfigure] | None: ...
+    @overload
+    def get(self, kind: PluginKind, name: str) -> Registration[Any] | None: ...
+    def get(self, kind: PluginKind, name: str) -> Registration[Any] | None:
         """The registration of ``name`` for ``kind``, or ``None``."""
         return self._entries.get((kind, name))
+
+    def unavailable(self, kind: PluginKind, name: str) -> str | None:
+        """Why ``name`` is not registered for ``kind`` though a plugin may have meant it: two
+        plugins registered it, or plugins were refused (their names are then unknown); ``None``
+        when no plugin was refused."""
+        clash = self._clashes.get((kind, name))
+        if clash is not None:
+            return clash
+        plugins = [r for r in self.refused if r.name is None]
+        if not plugins:
+            return None
+        return "refused plugins (see 'patgw plugins'): " + "; ".join(map(str, plugins))
+
+    def merge(self, plugin: Registry) -> None:
+        """Add what ``plugin`` (a plugin's own registry, its hooks all run) registered. A name
+        another plugin registered too is refused for both: which one a configuration would get
+        must not depend on the order distributions are found in."""
+        for key, entry in plugin._entries.items():
+            clash = self._clashes.get(key)
+            if clash is not None:  # a third plugin with the name
+                label = plugin_label(entry.plugin, entry.distribution, entry.version)
+                self.refused.append(self._clash_refusal(entry, f"{clash}; also by {label}"))
+                continue
+            taken = self._entries.pop(key, None)
+            if taken is None:
+                self._entries[key] = entry
+                if entry.kind is PluginKind.MODEL:
+                    self._model_kinds[entry.name] = plugin._model_kinds[entry.name]
+                continue
+            if entry.kind is PluginKind.MODEL:
+                del self._model_kinds[entry.name]
+            self._refuse_clash(taken, entry)
+
+    def _refuse_clash(self, first: Registration[Any], second: Registration[Any]) -> None:
+        names = " and ".join(
+            plugin_label(r.plugin, r.distribution, r.version) for r in (first, second)
+        )
+        why = (
+            f"{first.kind} {first.name!r} is registered by {names}; neither is used"
+            " (uninstall one, or block one with PATGW_DISABLE_PLUGINS)"
+        )
+        self._clashes[(first.kind, first.name)] = why
+        self.refused.extend(self._clash_refusal(r, why) for r in (first, second))
+
+    @staticmethod
+    def _clash_refusal(entry: Registration[Any], why: str) -> PluginRefusal:
+        return PluginRefusal(
+            entry.plugin, entry.distribution, entry.version, why, entry.kind, entry.name
+        )
+
+    def _label(self) -> str:
+        return plugin_label(*self._origin)
 
     def names(self, kind: PluginKind) -> list[str]:
         """Sorted names registered for ``kind``."""
         return sorted(name for k, name in self._entries if k is kind)
 
-    def __iter__(self) -> Iterator[Registration]:
+    def __iter__(self) -> Iterator[Registration[Any]]:
         return iter(sorted(self._entries.values(), key=lambda r: (r.kind.value, r.name)))
 
     def _add(
         self,
         kind: PluginKind,
         name: str,
-        factory: Callable[..., Any],
+        factory: object,
         options_model: type[BaseModel],
         description: str,
     ) -> None:
-        if not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise PluginError(f"{self._origin[0]}: invalid {kind} name {name!r}")
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"{self._label()}: invalid {kind} name {name!r}")
         if not (isinstance(options_model, type) and issubclass(options_model, BaseModel)):
-            raise PluginError(f"{self._origin[0]}: {kind} {name!r} needs a pydantic options model")
+            raise PluginError(
+                f"{self._label()}: {kind} {name!r}: the options model must be a pydantic model"
+                f" class, not {options_model!r}"
+            )
+        if options_model is not _NoOptions:
+            try:
+                # What `patgw schema` and the configuration reference need: a model with an
+                # unresolved forward reference, or a field pydantic cannot describe, fails here.
+                options_model.model_json_schema()
+            except Exception as exc:
+                raise PluginError(
+                    f"{self._label()}: {kind} {name!r}: the options model"
+                    f" {options_model.__qualname__} is broken: {exc}"
+                ) from exc
+        if not callable(factory):
+            raise PluginError(f"{self._label()}: {kind} {name!r}: the factory is not callable")
+        if inspect.isclass(factory):
+            # A factory that is a function is checked on what it builds, by the loader.
+            problems = capability_problems(kind, factory)
+            if problems:
+                raise PluginError(
+                    f"{self._label()}: {kind} {name!r} ({factory.__qualname__}) "
+                    + "; ".join(problems)
+                )
         existing = self._entries.get((kind, name))
         if existing is not None:
-            raise PluginError(
-                f"{kind} {name!r} registered twice: by {existing.plugin} and by {self._origin[0]}"
-            )
+            raise PluginError(f"{self._label()}: {kind} {name!r} registered twice")
         plugin, dist, version = self._origin
         self._entries[(kind, name)] = Registration(
-            kind, name, factory, options_model, description, plugin, dist, version
+            kind, name, factory, options_model, description, plugin, dist, version, self._api
         )

@@ -364,6 +364,8 @@ VENDOR_MODULE = '''
 from pydantic import BaseModel, ConfigDict
 from gateway import Channel, PollingDriver, hookimpl
 
+PAT_GATEWAY_API = "1.0"
+
 class ThermoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     start_celsius: float = 20.0
@@ -402,6 +404,8 @@ def test_third_party_plugin_discovered_through_entry_point(tmp_path: Path) -> No
             "distribution": "vendor-thermo",
             "plugin": "thermo",
             "description": "Vendor thermometer",
+            "api": "1.0",
+            "refused": None,
         }
     ]
 
@@ -463,10 +467,11 @@ def test_broken_plugin_is_a_clear_error(tmp_path: Path) -> None:
     (site / "broken_vendor.py").write_text("raise ImportError('vendor SDK missing')\n")
     env = fake_distribution(site, "broken-vendor", "0.1", {"broken": "broken_vendor"})
     result = patgw("plugins", env=env)
+    # Refused, by name and distribution; the other plugins are listed (and load).
     assert result.returncode == 1
-    assert "cannot load a 'pat_gateway' plugin" in result.stderr
-    assert "vendor SDK missing" in result.stderr
-    assert "broken = broken_vendor (broken-vendor 0.1)" in result.stderr
+    assert "patgw: refused plugin 'broken' (broken-vendor 0.1): cannot load" in result.stderr
+    assert "broken = broken_vendor: ImportError('vendor SDK missing')" in result.stderr
+    assert "modbus" in result.stdout
     # The operator can rule it out without uninstalling it.
     ok = patgw("plugins", "--json", env={**env, "PATGW_DISABLE_PLUGINS": "broken"})
     assert ok.returncode == 0
@@ -501,6 +506,8 @@ def test_emulate_serial_needs_an_emulator_with_a_serial_line() -> None:
 
 VENDOR_COMMAND = """
 from gateway import hookimpl
+
+PAT_GATEWAY_API = "1.0"
 
 def configure(parser):
     parser.add_argument("--name", required=True)
@@ -552,7 +559,9 @@ def test_a_plugin_adds_a_command_and_cannot_replace_a_built_in_one(tmp_path: Pat
     env = fake_distribution(site, "vendor-run", "0.1", {"vendor_run": "vendor_run"})
     refused = patgw("plugins", env=env)
     assert refused.returncode == 1
-    assert refused.stderr == "patgw: vendor_run: command 'run' is built into patgw\n"
+    assert refused.stderr.endswith(
+        "patgw: refused plugin 'vendor_run' (vendor-run 0.1): command 'run' is built into patgw\n"
+    )
 
 
 def test_the_registry_reserves_exactly_the_built_in_commands() -> None:

@@ -15,7 +15,6 @@ from gateway import (
     Channel,
     ConfigError,
     PluginContext,
-    PluginError,
     PluginKind,
     Registry,
     Secret,
@@ -664,9 +663,12 @@ def test_fresh_registry_holds_only_the_inline_plugin(fake_registry: Registry) ->
     assert fake_registry.get(PluginKind.DRIVER, "modbus") is None
 
 
-def test_a_name_registered_twice_is_a_plugin_error() -> None:
-    with pytest.raises(PluginError, match="registered twice"):
-        build_registry([MyPlugin(), MyPlugin()], entry_points=False)
+def test_a_name_registered_by_two_plugins_is_refused_for_both() -> None:
+    registry = build_registry([MyPlugin(), MyPlugin()], entry_points=False)
+    assert registry.get(PluginKind.DRIVER, "fake") is None
+    assert "driver 'fake' is registered by plugin" in str(
+        registry.unavailable(PluginKind.DRIVER, "fake")
+    )
 
 
 def test_factory_gets_validated_options_and_context(
@@ -916,6 +918,15 @@ class _WarnedOptions(BaseModel):
 class _Quiet:
     def __init__(self, options: _WarnedOptions, context: gateway.PluginContext) -> None:
         self.options = options
+
+    async def __aenter__(self) -> _Quiet:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    async def send(self, samples: object) -> None:
+        pass
 
 
 def test_a_plugins_options_may_contribute_check_warnings_with_their_path(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ import json
 import sys
 from gateway import hookimpl
 
+PAT_GATEWAY_API = "1.0"
+
 
 def configure_fit(parser):
     parser.add_argument("--output", required=True)
@@ -162,14 +164,17 @@ def test_a_kind_registered_twice_is_refused(toy_env: dict[str, str], tmp_path: P
     with pytest.raises(PluginError, match="model 'pls' registered twice"):
         registry.add_model_kind("pls", fit=configure, show=configure, check=configure)  # type: ignore[arg-type]
 
-    # A vendor plugin that registers pls again: patgw refuses to start, naming both.
+    # A vendor plugin that registers pls again: neither is used (which one would run must not
+    # depend on the order distributions are found in), and the error names both.
     site = tmp_path / "site2"
     site.mkdir()
     (site / "vendor_pls.py").write_text(TOY_KIND.replace('\n        "toy",', '\n        "pls",'))
     env = fake_distribution(site, "vendor-pls", "0.1", {"vendor_pls": "vendor_pls"})
     refused = patgw("model", "show", str(PLS_MODEL), env=env)
-    assert refused.returncode == 1
-    assert "model 'pls' registered twice" in refused.stderr and "vendor_pls" in refused.stderr
+    assert refused.returncode == 2
+    assert "unknown model kind 'pls'" in refused.stderr
+    assert "model 'pls' is registered by plugin 'softsensor' (pat-gateway " in refused.stderr
+    assert "and plugin 'vendor_pls' (vendor-pls 0.1); neither is used" in refused.stderr
 
 
 def test_fitting_any_kind_for_a_configuration_is_audited(

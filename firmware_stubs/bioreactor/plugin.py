@@ -50,6 +50,9 @@ from .model import (
 if TYPE_CHECKING:  # asyncua is imported only when a controller is served (start-up time)
     from .controller import BioreactorController
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 __all__ = [
     "CONTROLLER_FAULTS",
     "PERFUSION_FAULTS",

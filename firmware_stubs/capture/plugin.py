@@ -43,6 +43,9 @@ from .model import CaptureSkid, Fraction, Harvest, SkidParams, load_step_h
 if TYPE_CHECKING:  # asyncua is imported only when the skid is served (start-up time)
     from .server import CaptureSkidServer
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 __all__ = ["CaptureFaultStep", "CaptureSkidEmulator", "CaptureSkidOptions", "ProcessSource"]
 
 log = structlog.get_logger(__name__)

@@ -27,6 +27,9 @@ from gateway import (
     sample_to_json,
 )
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 __all__ = ["JsonlFileOptions", "JsonlFileSink"]
 
 

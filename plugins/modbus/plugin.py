@@ -7,6 +7,9 @@ from gateway import Registry, hookimpl
 from .driver import ModbusDriver
 from .options import ModbusOptions
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 
 @hookimpl
 def pat_gateway_register_drivers(registry: Registry) -> None:

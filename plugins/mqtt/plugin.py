@@ -49,6 +49,9 @@ from .messages import Message, TopicMap, batch_messages, sample_messages, status
 from .options import MqttOptions, check_topic
 from .session import Delivery, MqttError, ReasonCode
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 
 log = structlog.get_logger("plugins.mqtt")

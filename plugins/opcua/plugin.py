@@ -14,6 +14,9 @@ from .options import OpcUaOptions
 if TYPE_CHECKING:
     from .driver import OpcUaDriver
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 
 def build_driver(options: OpcUaOptions, context: PluginContext) -> OpcUaDriver:
     """The registered factory: an :class:`~.driver.OpcUaDriver`, importing asyncua now."""

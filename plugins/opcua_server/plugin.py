@@ -14,6 +14,9 @@ from .options import OpcUaServerOptions
 if TYPE_CHECKING:
     from .sink import OpcUaServerSink
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 
 def build_sink(options: OpcUaServerOptions, context: PluginContext) -> OpcUaServerSink:
     """The registered factory: an :class:`~.sink.OpcUaServerSink`, importing asyncua now."""

@@ -68,6 +68,9 @@ from .options import SparkplugOptions
 if TYPE_CHECKING:
     from .payloads import Catalog
 
+#: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
+PAT_GATEWAY_API = "1.0"
+
 __all__ = ["SparkplugOptions", "SparkplugSink"]
 
 log = structlog.get_logger("plugins.sparkplug")

@@ -7,6 +7,8 @@ from gateway import Registry, hookimpl
 from .driver import BalanceOptions, MtSicsBalance
 from .emulator import BalanceEmulator, EmulatorOptions
 
+PAT_GATEWAY_API = "1.0"  # the plugin API this plugin was written for (gateway.PLUGIN_API_VERSION)
+
 
 @hookimpl
 def pat_gateway_register_drivers(registry: Registry) -> None:
