@@ -38,6 +38,7 @@ from .passwords import hash_password
 from .pluginmanager import build_registry
 from .registry import PluginKind, Registration
 from .schema import config_schema
+from .service import add_service_parser, run_service
 from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
@@ -126,6 +127,7 @@ def _parser(commands: Sequence[Registration] = ()) -> argparse.ArgumentParser:
     add_write_command(sub, common)
     add_command_command(sub, common)
     add_model_parser(sub, common)
+    add_service_parser(sub, common)
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -514,6 +516,7 @@ _COMMANDS = {
     "command": cmd_command,
     "audit": run_audit,
     "model": _cmd_model,
+    "service": run_service,
 }
 
 

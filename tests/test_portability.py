@@ -1,11 +1,7 @@
-"""Nothing POSIX-only at import time: every module of gateway/, plugins/ and firmware_stubs/
-imports where the POSIX-only modules, ``os`` and ``signal`` names are missing, as on Windows.
-
-This machine has no Windows. The subprocess below imports first, as this platform, whatever
-the project's modules import from outside it (the standard library and third-party packages
-choose their own Windows branches on Windows; that is theirs to prove), then makes the
-POSIX-only modules unavailable, deletes the POSIX-only names from ``os`` and ``signal``,
-sets ``sys.platform`` to ``"win32"``, and imports each of the project's modules in turn.
+"""Windows, as far as this Linux machine can show it (tests/windows_sim.py says what is
+simulated and what is not): every module of gateway/, plugins/ and firmware_stubs/ imports
+where the POSIX-only modules and names are missing; a gateway runs, locks its store, writes its
+audit trail and a JSON-lines file, and stops; COM port names pass config validation.
 """
 
 from __future__ import annotations
@@ -17,109 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, demo_copy, write_config
+from conftest import (
+    REPO,
+    demo_copy,
+    free_port,
+    patgw,
+    pump_instrument,
+    stored_by_signal,
+    write_config,
+)
 
 from gateway import ConfigError, build_registry, load_plan
 
-AS_ON_WINDOWS = r"""
-import ast, importlib, json, os, signal, sys, traceback
-from pathlib import Path
 
-REPO, CONFIG = Path(sys.argv[1]), sys.argv[2]
-PACKAGES = ("gateway", "plugins", "firmware_stubs")
-POSIX_MODULES = (
-    "fcntl", "termios", "tty", "pty", "pwd", "grp", "resource", "posix", "syslog", "crypt",
-    "spwd", "nis", "curses", "_curses", "readline", "_posixsubprocess", "_posixshmem",
-)
-POSIX_OS_NAMES = (
-    "getuid", "geteuid", "getgid", "getegid", "getgroups", "getpgid", "setpgid", "setsid",
-    "killpg", "fork", "forkpty", "openpty", "pread", "pwrite", "nice", "ttyname", "sync",
-    "statvfs", "fstatvfs", "chown", "fchown", "lchown", "getloadavg", "uname", "mkfifo",
-    "mknod", "sysconf", "pathconf", "fpathconf", "confstr", "wait3", "wait4", "WNOHANG",
-    "O_NOFOLLOW", "O_NONBLOCK", "O_DIRECTORY", "O_CLOEXEC", "O_SYNC", "O_DSYNC",
-    "getpriority", "setpriority", "sched_getaffinity", "sched_setaffinity", "pipe2",
-    "posix_spawn", "set_blocking", "get_blocking",
-)
-POSIX_SIGNAL_NAMES = (
-    "SIGHUP", "SIGKILL", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGPIPE",
-    "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGWINCH", "SIGTTIN", "SIGTTOU", "alarm", "pause",
-    "setitimer", "getitimer", "siginterrupt", "sigwait", "pthread_kill", "pthread_sigmask",
-)
-
-modules, outside = [], set()
-for package in PACKAGES:
-    for path in sorted((REPO / package).rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-        for node in ast.walk(ast.parse(path.read_bytes())):
-            if isinstance(node, ast.Import):
-                outside.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                outside.add(node.module)
-for name in sorted(outside):
-    if name.split(".")[0] not in PACKAGES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # not on this platform (msvcrt), or an extra not installed
-            pass
-
-for name in POSIX_MODULES:
-    sys.modules[name] = None
-for name in POSIX_OS_NAMES:
-    if hasattr(os, name):
-        delattr(os, name)
-for name in POSIX_SIGNAL_NAMES:
-    if hasattr(signal, name):
-        delattr(signal, name)
-sys.platform = "win32"
-
-failed = {}
-sys.argv = ["patgw", "--help"]  # what a __main__ module runs
-for module in modules:
-    try:
-        importlib.import_module(module)
-    except SystemExit as exc:
-        if not (module.endswith("__main__") and exc.code == 0):
-            failed[module] = f"SystemExit({exc.code!r})"
-    except BaseException as exc:
-        failed[module] = "".join(traceback.format_exception_only(exc)).strip()
-
-check_exit = None
-if not failed:
-    from gateway.cli import main
-
-    check_exit = main(["check", CONFIG])
-
-pty_error = None
-if not failed:
-    import asyncio
-    from firmware_stubs.raman.server import RamanEmulator
-
-    async def start_on_a_pty():
-        emulator = RamanEmulator(transport="pty")
-        try:
-            await emulator.start()
-        finally:
-            if emulator.is_serving:
-                await emulator.stop()
-
-    try:
-        asyncio.run(start_on_a_pty())
-    except OSError as exc:
-        pty_error = str(exc)
-report = {"modules": modules, "failed": failed, "check": check_exit, "pty_error": pty_error}
-print(json.dumps(report))
-"""
-
-
-def simulated_windows(repo: Path, config: Path) -> dict[str, Any]:
+def simulated_windows(*args: str, cwd: Path) -> dict[str, Any]:
+    """Run tests/windows_sim.py with ``args``; the report it prints last."""
     result = subprocess.run(
-        [sys.executable, "-c", AS_ON_WINDOWS, str(repo), str(config)],
+        [sys.executable, str(REPO / "tests" / "windows_sim.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        cwd=repo,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
@@ -128,7 +43,7 @@ def simulated_windows(repo: Path, config: Path) -> dict[str, Any]:
 
 def test_every_module_imports_without_posix_only_modules(tmp_path: Path) -> None:
     config, _ = demo_copy(tmp_path)
-    report = simulated_windows(REPO, config)
+    report = simulated_windows("imports", str(config), cwd=tmp_path)
     files = [
         path
         for package in ("gateway", "plugins", "firmware_stubs")
@@ -141,6 +56,32 @@ def test_every_module_imports_without_posix_only_modules(tmp_path: Path) -> None
     assert report["pty_error"] is not None
     assert "needs a POSIX system" in report["pty_error"]
     assert "serial: false" in report["pty_error"]
+
+
+def test_a_gateway_runs_and_stops_as_on_windows(tmp_path: Path) -> None:
+    port = free_port()
+    store = tmp_path / "data" / "store.sqlite"
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        {
+            "area": "reactor1",
+            "store": {"path": "data/store.sqlite", "commit_interval_ms": 50},
+            "data_dir": "data",
+            "emulators": [{"id": "pump_emulator", "type": "feed_pump", "options": {"port": port}}],
+            "instruments": [pump_instrument("feed_pump", port)],
+            "sinks": [{"id": "file", "type": "jsonl_file", "options": {"path": "data/s.jsonl"}}],
+        },
+    )
+    report = simulated_windows("run", str(config), "3", cwd=tmp_path)
+    assert report["exit"] == 0
+    # Every data file the gateway opened itself was opened in binary mode (O_BINARY).
+    assert report["text_mode"] == []
+    samples = sum(len(s) for s in stored_by_signal(store).values())
+    lines = (tmp_path / "data" / "s.jsonl").read_bytes().splitlines(keepends=True)
+    assert samples > 0
+    assert len(lines) == samples and all(line.endswith(b"}\n") for line in lines)
+    audit = patgw("audit", "verify", str(config), cwd=tmp_path)
+    assert audit.returncode == 0, audit.stderr
 
 
 @pytest.mark.parametrize("port", ["COM3", "COM12", r"\\.\COM12"])

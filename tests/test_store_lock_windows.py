@@ -3,50 +3,25 @@
 This machine has no Windows. What is proven here: with ``sys.platform == "win32"`` the lock
 takes the ``msvcrt`` path (no ``fcntl``), locks one byte past the holder's text, refuses a
 second gateway naming the first, unlocks before closing and removes its files on release. The
-stand-in is a real kernel lock with msvcrt's calling convention (the descriptor's position,
-a byte count, ``OSError`` with EACCES when taken): Linux open-file-description locks, which
-like Windows locks belong to the open file, not to the process. What is not proven: Windows'
-own ``LockFile`` and its mandatory locking, its refusal to remove an open file, NTFS file ids.
+stand-in (tests/windows_sim.py) is a real kernel lock with msvcrt's calling convention: Linux
+open-file-description locks, which like Windows locks belong to the open file. Not proven:
+Windows' own ``LockFile`` and its mandatory locking, its refusal to remove an open file, NTFS
+file ids.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import struct
 import sys
-import types
 from pathlib import Path
 
 import pytest
+from windows_sim import LK_NBLCK, LK_UNLCK, StandInMsvcrt
 
 from gateway import StoreError
 from gateway.store import lock as store_lock
 from gateway.store.lock import WINDOWS_LOCK_OFFSET, lock_store
-
-_LK_UNLCK, _LK_LOCK, _LK_NBLCK = 0, 1, 2  # msvcrt's values
-
-
-class StandInMsvcrt(types.ModuleType):
-    """``msvcrt.locking`` as documented, over Linux OFD byte-range locks."""
-
-    LK_UNLCK, LK_LOCK, LK_NBLCK = _LK_UNLCK, _LK_LOCK, _LK_NBLCK
-
-    def __init__(self) -> None:
-        super().__init__("msvcrt")
-        self.calls: list[tuple[int, int, int]] = []  # (mode, offset, bytes)
-
-    def locking(self, fd: int, mode: int, nbytes: int) -> None:
-        offset = os.lseek(fd, 0, os.SEEK_CUR)
-        self.calls.append((mode, offset, nbytes))
-        kind = fcntl.F_UNLCK if mode == _LK_UNLCK else fcntl.F_WRLCK
-        # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks).
-        request = struct.pack("@hhqqi4x", kind, os.SEEK_SET, offset, nbytes, 0)
-        try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
-        except BlockingIOError as exc:
-            raise OSError(errno.EACCES, "Permission denied") from exc  # what msvcrt raises
 
 
 @pytest.fixture
@@ -67,7 +42,7 @@ def test_the_windows_branch_locks_with_msvcrt_and_refuses_a_second_gateway(
     assert isinstance(first._locking, store_lock._MsvcrtLocking)
     assert len(first.files) == 2
     # One byte far past the holder's text, in each lock file, so the text stays readable.
-    assert msvcrt.calls == [(_LK_NBLCK, WINDOWS_LOCK_OFFSET, 1)] * 2
+    assert msvcrt.calls == [(LK_NBLCK, WINDOWS_LOCK_OFFSET, 1)] * 2
     assert all(0 < file.stat().st_size < WINDOWS_LOCK_OFFSET for file in first.files)
 
     with pytest.raises(StoreError) as refused:
@@ -77,8 +52,8 @@ def test_the_windows_branch_locks_with_msvcrt_and_refuses_a_second_gateway(
     calls = len(msvcrt.calls)
     first.release()
     # Unlocked before closing, each file; then the files are removed.
-    unlocks = [call for call in msvcrt.calls[calls:] if call[0] == _LK_UNLCK]
-    assert unlocks == [(_LK_UNLCK, WINDOWS_LOCK_OFFSET, 1)] * 2
+    unlocks = [call for call in msvcrt.calls[calls:] if call[0] == LK_UNLCK]
+    assert unlocks == [(LK_UNLCK, WINDOWS_LOCK_OFFSET, 1)] * 2
     assert not any(file.exists() for file in first.files)
     again = lock_store(path)
     again.release()

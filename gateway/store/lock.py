@@ -49,6 +49,7 @@ from typing import IO, Protocol
 import structlog
 
 from ..errors import StoreError
+from ..oscompat import O_BINARY
 from ..timefmt import format_ns, now_ns
 
 __all__ = ["StoreLock", "host_lock_dir", "lock_store"]
@@ -189,7 +190,7 @@ def _identity(path: Path) -> os.stat_result:
     except FileNotFoundError:
         pass
     with contextlib.suppress(FileExistsError):  # another gateway created it just now
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, 0o644))
     return os.stat(path)
 
 
@@ -197,13 +198,13 @@ def _open(lock_file: Path) -> IO[str]:
     """Open (creating) a lock file, never through a symbolic link: the host's lock folder is
     writable by every user, and a link planted there must not make a gateway running as root
     truncate the file it points to."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)  # Windows has O_BINARY
+    flags = getattr(os, "O_NOFOLLOW", 0) | O_BINARY  # no links; on Windows no text mode
     try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
         mode = "r+"
     except PermissionError:
         # Created by a gateway running as another user: flock works on a read-only descriptor.
-        fd = os.open(lock_file, os.O_RDONLY | nofollow)
+        fd = os.open(lock_file, os.O_RDONLY | flags)
         mode = "r"
     except OSError as exc:
         if lock_file.is_symlink():
