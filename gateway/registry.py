@@ -38,6 +38,7 @@ BUILT_IN_COMMANDS = frozenset(
         "write",
         "command",
         "model",
+        "service",
     }
 )
 
