@@ -34,6 +34,7 @@ STOP_WAIT_S = math.ceil(3 * STOP_BOUND_S)
 """How long a service manager waits for the gateway to stop before it kills it."""
 
 _HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+_TEMPORARY = (Path("/tmp"), Path("/var/tmp"))  # the unit's own, empty ones (PrivateTmp=yes)
 
 
 def add_service_parser(
@@ -73,11 +74,8 @@ def run_service(args: argparse.Namespace) -> int:
     config_path = args.config.absolute()
     config = read_config(config_path)
     state_dir = (args.state_dir or config.store.path.parent).absolute()
-    if args.service_command == "unit" and any(state_dir.is_relative_to(h) for h in _HOMES):
-        # ProtectHome= hides the home folders from the service.
-        raise ConfigError(
-            [f"--state-dir: {state_dir} is in a home folder: use /var/lib/{args.name}"]
-        )
+    if args.service_command == "unit":
+        _check_visible(config_path, state_dir, args.name)
     _check_writes_in(config, state_dir)
     if args.service_command == "unit":
         text = systemd_unit(config_path, state_dir, user=args.user, name=args.name)
@@ -85,6 +83,27 @@ def run_service(args: argparse.Namespace) -> int:
         text = winsw_xml(config_path, state_dir, account=args.account, name=args.name)
     sys.stdout.write(text)
     return 0
+
+
+def _check_visible(config: Path, state_dir: Path, name: str) -> None:
+    """What the systemd unit hides from the service must hold none of its files."""
+    problems = [
+        f"{what}: {path} is in {hidden}, which the service does not see (PrivateTmp=yes)"
+        for what, path in (("config", config), ("--state-dir", state_dir))
+        for hidden in _TEMPORARY
+        if path.is_relative_to(hidden)
+    ]
+    if any(state_dir.is_relative_to(home) for home in _HOMES):  # ProtectHome=
+        problems.append(f"--state-dir: {state_dir} is in a home folder: use /var/lib/{name}")
+    if problems:
+        raise ConfigError(problems)
+    python = Path(sys.executable).absolute()
+    if any(python.is_relative_to(hidden) for hidden in _TEMPORARY):
+        print(
+            f"patgw: warning: the service will not see {python} (PrivateTmp=yes):"
+            " print the unit with an interpreter installed elsewhere",
+            file=sys.stderr,
+        )
 
 
 def _check_writes_in(config: GatewayConfig, state_dir: Path) -> None:

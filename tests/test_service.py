@@ -10,13 +10,25 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import patgw, write_config
 
 from gateway.runtime.supervisor import STOP_BOUND_S
+
+
+@pytest.fixture
+def site() -> Iterator[Path]:
+    """A folder outside /tmp, which a unit's PrivateTmp= hides (in /dev/shm; removed after)."""
+    root = Path(tempfile.mkdtemp(prefix="patgw-service-", dir="/dev/shm"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
 
 
 def state_config(folder: Path) -> Path:
@@ -47,12 +59,14 @@ def systemd_analyze() -> str:
 
 
 @pytest.mark.parametrize("folder", ["state", "state dir with 100% spaces"])
-def test_the_systemd_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path, folder: str) -> None:
-    config = state_config(tmp_path / folder)
+def test_the_systemd_unit_is_hardened_and_systemd_accepts_it(
+    tmp_path: Path, site: Path, folder: str
+) -> None:
+    config = state_config(site / folder)
     result = patgw("service", "unit", str(config), "--user", "patgw")
     assert result.returncode == 0, result.stderr
     settings = unit_settings(result.stdout)
-    state = str(tmp_path / folder / "data")
+    state = str(site / folder / "data")
     assert settings["User"] == ["patgw"]
     assert settings["ProtectSystem"] == ["strict"]
     assert settings["ProtectHome"] == ["yes"]
@@ -85,7 +99,7 @@ def test_the_systemd_unit_is_hardened_and_systemd_accepts_it(tmp_path: Path, fol
         argv = [w.replace("%%", "%") for w in shlex.split(settings[key][0])] + extra
         ran = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         assert ran.returncode == 0, (key, ran.stderr)
-    assert (tmp_path / folder / "data" / "s.sqlite").exists()
+    assert (site / folder / "data" / "s.sqlite").exists()
 
 
 def test_the_winsw_definition_runs_the_gateway_and_stops_it_in_time(tmp_path: Path) -> None:
@@ -108,14 +122,14 @@ def test_the_winsw_definition_runs_the_gateway_and_stops_it_in_time(tmp_path: Pa
     assert ran.returncode == 0, ran.stderr
 
 
-def test_a_write_outside_the_state_folder_is_refused_naming_it(tmp_path: Path) -> None:
-    config = state_config(tmp_path / "site")
-    result = patgw("service", "unit", str(config), "--state-dir", str(tmp_path / "elsewhere"))
+def test_a_write_outside_the_state_folder_is_refused_naming_it(site: Path) -> None:
+    config = state_config(site / "site")
+    result = patgw("service", "unit", str(config), "--state-dir", str(site / "elsewhere"))
     assert result.returncode == 2
     problems = result.stderr.strip().splitlines()
     assert problems[0] == (
-        f"store.path: {tmp_path / 'site' / 'data' / 's.sqlite'} is outside the service's state"
-        f" folder {tmp_path / 'elsewhere'} (the only one it may write: choose it with --state-dir)"
+        f"store.path: {site / 'site' / 'data' / 's.sqlite'} is outside the service's state"
+        f" folder {site / 'elsewhere'} (the only one it may write: choose it with --state-dir)"
     )
     assert [p.split(":")[0] for p in problems] == [
         "store.path",
@@ -125,5 +139,21 @@ def test_a_write_outside_the_state_folder_is_refused_naming_it(tmp_path: Path) -
         "audit.anchor_file",
     ]
     home = patgw("service", "unit", str(config), "--state-dir", "/home/patgw")
-    assert home.returncode == 2
-    assert "is in a home folder" in home.stderr
+    assert (home.returncode, home.stderr) == (
+        2,
+        "--state-dir: /home/patgw is in a home folder: use /var/lib/patgw\n",
+    )
+
+
+def test_files_in_the_units_private_tmp_are_refused() -> None:
+    in_tmp = state_config(Path(tempfile.mkdtemp(dir="/tmp")))
+    try:
+        result = patgw("service", "unit", str(in_tmp), "--state-dir", "/var/tmp/patgw")
+    finally:
+        shutil.rmtree(in_tmp.parent)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"config: {in_tmp} is in /tmp, which the service does not see (PrivateTmp=yes)",
+        "--state-dir: /var/tmp/patgw is in /var/tmp, which the service does not see"
+        " (PrivateTmp=yes)",
+    ]
