@@ -4,7 +4,7 @@ Printed, not installed: a plant's administrator reads what runs as a service bef
 installs it with the system's own tools (docs/operations.md; decision 0038). Both definitions
 run ``python -m gateway run CONFIG`` with the interpreter that printed them (its virtual
 environment included), and both stop it as Ctrl-C does: systemd with SIGTERM, WinSW with a
-Ctrl+C console event, each waiting :data:`STOP_WAIT_S` before it kills, well above the
+Ctrl+C console event, each waiting :func:`stop_wait_s` before it kills, well above the
 gateway's own stop bound (``STOP_BOUND_S``).
 
 systemd's unit is hardened: a dedicated user, the whole file system read-only except the state
@@ -26,15 +26,18 @@ from xml.sax.saxutils import escape
 from .config import GatewayConfig
 from .errors import ConfigError
 from .loader import read_config
-from .runtime.supervisor import STOP_BOUND_S
 
-__all__ = ["STOP_WAIT_S", "add_service_parser", "run_service", "systemd_unit", "winsw_xml"]
-
-STOP_WAIT_S = math.ceil(3 * STOP_BOUND_S)
-"""How long a service manager waits for the gateway to stop before it kills it."""
+__all__ = ["add_service_parser", "run_service", "stop_wait_s", "systemd_unit", "winsw_xml"]
 
 _HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
 _TEMPORARY = (Path("/tmp"), Path("/var/tmp"))  # the unit's own, empty ones (PrivateTmp=yes)
+
+
+def stop_wait_s() -> int:
+    """How long a service manager waits for the gateway to stop before it kills it."""
+    from .runtime.supervisor import STOP_BOUND_S  # here: every patgw command imports this module
+
+    return math.ceil(3 * STOP_BOUND_S)
 
 
 def add_service_parser(
@@ -173,7 +176,7 @@ def systemd_unit(config: Path, state_dir: Path, *, user: str, name: str = "patgw
         "# A stop is SIGTERM to the gateway (its children after it): it commits and closes.",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
-        f"TimeoutStopSec={STOP_WAIT_S}s",
+        f"TimeoutStopSec={stop_wait_s()}s",
         "UMask=0027",
         *state,
         "# The host-wide half of the store lock (gateway/store/lock.py); - : if it exists.",
@@ -226,7 +229,7 @@ def winsw_xml(
         "  <startmode>Automatic</startmode>\n"
         "  <delayedAutoStart>true</delayedAutoStart>\n"
         "  <!-- A stop is Ctrl+C to the gateway: it commits and closes. -->\n"
-        f"  <stoptimeout>{STOP_WAIT_S} sec</stoptimeout>\n"
+        f"  <stoptimeout>{stop_wait_s()} sec</stoptimeout>\n"
         '  <onfailure action="restart" delay="5 sec"/>\n'
         '  <onfailure action="restart" delay="30 sec"/>\n'
         "  <resetfailure>1 hour</resetfailure>\n"
