@@ -14,8 +14,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .passwords import hash_password
 from .pluginmanager import PLUGIN_API_VERSION, build_registry
 from .registry import CommandConfigure, PluginKind, Registration
 from .schema import config_schema
+from .service import add_service_parser, run_service
 from .store.backup import backup_store
 from .store.prune import archive_problems, file_sha256
 from .store.sqlite import SampleStore
@@ -125,6 +127,7 @@ def _parser(commands: Sequence[Registration[CommandConfigure]] = ()) -> argparse
     add_write_command(sub, common)
     add_command_command(sub, common)
     add_model_parser(sub, common)
+    add_service_parser(sub, common)
 
     emulate = sub.add_parser(
         "emulate", parents=[common], help="run an emulated instrument standalone"
@@ -190,8 +193,13 @@ def _errors(lines: Sequence[str]) -> int:
     return 2
 
 
-def _install_stop_handlers(stop: asyncio.Event) -> None:
-    """First SIGINT/SIGTERM: stop cleanly (final commit). Second: exit at once."""
+def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
+    """First SIGINT/SIGTERM (on Windows also SIGBREAK, Ctrl-Break): stop cleanly (final
+    commit). Second: exit at once. Returns what puts the previous handlers back.
+
+    Windows' event loops have no ``add_signal_handler``: there a plain ``signal.signal``
+    handler (run by the main thread, which the proactor loop wakes for a signal) hands the
+    signal to the loop with ``call_soon_threadsafe``."""
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -201,9 +209,32 @@ def _install_stop_handlers(stop: asyncio.Event) -> None:
         log.info("patgw.stop_requested", signal=sig.name)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError, RuntimeError):
+    def from_handler(signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(on_signal, signal.Signals(signum))
+
+    restore: list[Callable[[], object]] = []
+    stop_signals = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGBREAK"):
+        stop_signals.append(signal.SIGBREAK)
+    for sig in stop_signals:
+        try:
             loop.add_signal_handler(sig, on_signal, sig)
+        except NotImplementedError:
+            try:
+                previous = signal.signal(sig, from_handler)
+            except (OSError, ValueError):  # not the main thread
+                continue
+            restore.append(partial(signal.signal, sig, previous))
+        except RuntimeError:  # not the main thread
+            continue
+        else:
+            restore.append(partial(loop.remove_signal_handler, sig))
+
+    def restore_all() -> None:
+        for undo in restore:
+            undo()
+
+    return restore_all
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -226,12 +257,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        _install_stop_handlers(stop)
+        restore_handlers = _install_stop_handlers(stop)
         gateway = Gateway(plan, interactive=interactive)
         freezer = asyncio.create_task(freeze_once_started(gateway), name="interpreter.freeze")
         try:
             await gateway.run(stop, args.duration)
         finally:
+            restore_handlers()
             freezer.cancel()
             await asyncio.gather(freezer, return_exceptions=True)
         return 0
@@ -475,10 +507,11 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        _install_stop_handlers(stop)
+        restore_handlers = _install_stop_handlers(stop)
         try:
             await emulator.__aenter__()
         except OSError as exc:
+            restore_handlers()
             print(f"patgw: emulator {args.name!r} cannot start: {exc}", file=sys.stderr)
             return 1
         try:
@@ -492,6 +525,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
                 async with asyncio.timeout(args.duration):
                     await stop.wait()
         finally:
+            restore_handlers()
             await emulator.__aexit__(None, None, None)
         return 0
 
@@ -511,6 +545,7 @@ _COMMANDS = {
     "command": cmd_command,
     "audit": run_audit,
     "model": _cmd_model,
+    "service": run_service,
 }
 
 

@@ -52,6 +52,7 @@ BUILT_IN_COMMANDS = frozenset(
         "write",
         "command",
         "model",
+        "service",
     }
 )
 

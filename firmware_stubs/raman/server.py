@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import os
 import random
-import tty
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -96,6 +95,13 @@ class _PtyLink:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
+        try:
+            import tty  # pseudo-terminals are POSIX's: fail here, at use, not at import
+        except ImportError as exc:
+            raise OSError(
+                "the Raman emulator's pseudo-terminal (serial: true) needs a POSIX system:"
+                " on this one use serial: false and point the driver at its socket://host:port"
+            ) from exc
         loop = asyncio.get_running_loop()
         master, slave = os.openpty()
         try:

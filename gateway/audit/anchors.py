@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..oscompat import O_BINARY, read_at
 from .keys import SigningKey
 from .records import AuditError, canonical_json
 
@@ -84,12 +85,12 @@ def append_anchor_file(path: Path, anchor: Anchor) -> None:
     line = (json.dumps(anchor.to_json(), sort_keys=True) + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | O_BINARY, 0o644)
         try:
             # A last line torn by a crash (no newline) is ended first, so this anchor stays a
             # line of its own; the torn one is reported by verify as unreadable.
             size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            if size and read_at(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line
             # One write of a short line with O_APPEND: two processes never interleave lines.
             os.write(fd, line)

@@ -7,7 +7,6 @@ Exit codes as every ``patgw`` command: 0 success; 2 a trail that does not verify
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from ..config import GatewayConfig
 from ..loader import read_config
+from ..oscompat import os_user
 from ..timefmt import parse_iso_ns
 from .config import AuditPaths, trail_for
 from .export import export
@@ -91,11 +91,7 @@ def _errors(lines: list[str]) -> int:
 
 
 def _who() -> dict[str, Any]:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        user = str(os.getuid())
-    return {"via": "cli", "os_user": user}
+    return {"via": "cli", "os_user": os_user()}
 
 
 def _verify(config: GatewayConfig, paths: AuditPaths, extra: list[Path]) -> int:

@@ -14,6 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..oscompat import O_BINARY, fsync_folder
 from .records import AuditError
 
 __all__ = ["SigningKey", "key_id", "public_key_from_hex", "verify_signature"]
@@ -108,7 +109,7 @@ def public_path(path: Path) -> Path:
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # O_EXCL with the final mode: the private key is never readable by others, not even briefly.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, mode)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -119,12 +120,4 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(path.parent)

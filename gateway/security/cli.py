@@ -8,13 +8,13 @@ recorded like any other login (interface ``cli``, with the operating-system user
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 from pathlib import Path
 
 from ..audit import AuditEvent, trail_for
 from ..config import GatewayConfig
 from ..loader import read_config
+from ..oscompat import os_user
 from .authority import Authority, Identity, NotPermittedError
 from .config import Permission
 
@@ -40,7 +40,7 @@ def login_for_command(
     """Authenticate ``user`` against ``config_path``'s users and require ``permission``;
     AuthenticationError or NotPermittedError (each recorded) otherwise."""
     config = read_config(config_path)
-    peer = f"os-user {_os_user()}"
+    peer = f"os-user {os_user()}"
 
     def record(event: AuditEvent) -> None:
         with trail_for(config).open() as trail:
@@ -67,10 +67,3 @@ def login_for_command(
             " permission (role engineer)"
         )
     return CommandLogin(config, identity)
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return str(os.getuid())

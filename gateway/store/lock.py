@@ -22,7 +22,10 @@ to the process and are dropped when *any* descriptor of the file closes (SQLite 
 several times), and they share the lock space SQLite uses for its own locks; an ``flock``
 belongs to its open file description and is independent of SQLite's. A separate file also
 leaves the store alone on Windows, where locks are mandatory: there ``msvcrt.locking`` on the
-same lock files is the counterpart (not implemented yet: the gateway runs on POSIX today).
+same lock files is the counterpart (Python's standard library, no dependency: decision 0038). It
+locks one byte far past the holder's text, since a Windows lock keeps others from reading the
+bytes it covers and a refused gateway must read who holds it; and a Windows file cannot be
+removed while it is open, so there the lock is released and closed before its file is removed.
 
 The lock file holds who holds it (pid, host, the path it opened), so a refused gateway names
 the holder; it is removed on release (left behind by a crash, it is simply reused).
@@ -31,6 +34,7 @@ the holder; it is removed on release (left behind by a crash, it is simply reuse
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -39,19 +43,112 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from types import ModuleType
+from typing import IO, Protocol
 
 import structlog
 
 from ..errors import StoreError
+from ..oscompat import O_BINARY
 from ..timefmt import format_ns, now_ns
 
 __all__ = ["StoreLock", "host_lock_dir", "lock_store"]
 
 log = structlog.get_logger("gateway.store")
 
-if sys.platform != "win32":
-    import fcntl
+WINDOWS_LOCK_OFFSET = 1 << 30
+"""The byte locked on Windows: far past the holder's few hundred bytes of JSON."""
+
+
+class _Locking(Protocol):
+    """The host's exclusive, non-blocking lock on an open lock file."""
+
+    def try_lock(self, handle: IO[str]) -> bool:
+        """Lock ``handle``'s file; False if another open file holds the lock."""
+        ...
+
+    def close(self, handle: IO[str]) -> None:
+        """Unlock and close ``handle``."""
+        ...
+
+    def release(self, file: Path, handle: IO[str]) -> None:
+        """Unlock and close ``handle`` and remove ``file`` (if nobody else has it open)."""
+        ...
+
+
+class _Flock:
+    """POSIX: ``flock``, owned by the open file description; closing the file unlocks it."""
+
+    def __init__(self) -> None:
+        import fcntl
+
+        self._fcntl = fcntl
+
+    def try_lock(self, handle: IO[str]) -> bool:
+        try:
+            self._fcntl.flock(handle, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self, handle: IO[str]) -> None:
+        handle.close()
+
+    def release(self, file: Path, handle: IO[str]) -> None:
+        # Removed while still locked: a gateway that opened it meanwhile finds, once it gets
+        # the lock, that the path names another file (or none), and starts again.
+        with contextlib.suppress(OSError):  # e.g. another user's file in /run/lock
+            file.unlink()
+        handle.close()
+
+
+class _MsvcrtLocking:
+    """Windows: ``msvcrt.locking`` of the byte at :data:`WINDOWS_LOCK_OFFSET`."""
+
+    def __init__(self, msvcrt: ModuleType) -> None:
+        self._msvcrt = msvcrt
+
+    def _lock(self, handle: IO[str], mode: int) -> None:
+        fd = handle.fileno()
+        # msvcrt.locking locks from the descriptor's position: go there and come back, so
+        # the file object's idea of its position stays true.
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            self._msvcrt.locking(fd, mode, 1)
+        finally:
+            os.lseek(fd, position, os.SEEK_SET)
+
+    def try_lock(self, handle: IO[str]) -> bool:
+        try:
+            self._lock(handle, self._msvcrt.LK_NBLCK)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+                return False
+            raise
+        return True
+
+    def close(self, handle: IO[str]) -> None:
+        # Windows frees the locks of a closed file "when resources allow": unlock first.
+        with contextlib.suppress(OSError):
+            self._lock(handle, self._msvcrt.LK_UNLCK)
+        handle.close()
+
+    def release(self, file: Path, handle: IO[str]) -> None:
+        self.close(handle)
+        # Fails while another gateway has the file open (Windows removes no open file): it
+        # is then that gateway's lock file, as it should be.
+        with contextlib.suppress(OSError):
+            file.unlink()
+
+
+def host_locking() -> _Locking:
+    """The lock primitive of the host the gateway runs on."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        return _MsvcrtLocking(msvcrt)
+    return _Flock()
 
 
 def host_lock_dir() -> Path:
@@ -70,6 +167,7 @@ class StoreLock:
     device: int
     inode: int
     _held: list[tuple[Path, IO[str]]] = field(default_factory=list, repr=False)
+    _locking: _Locking = field(default_factory=host_locking, repr=False)
 
     @property
     def files(self) -> list[Path]:
@@ -81,9 +179,7 @@ class StoreLock:
         was removed, and takes a new one: see :func:`_lock_file`)."""
         held, self._held = self._held, []
         for file, handle in held:
-            with contextlib.suppress(OSError):  # e.g. another user's file in /run/lock
-                file.unlink()
-            handle.close()  # closing the file releases the flock
+            self._locking.release(file, handle)
 
 
 def _identity(path: Path) -> os.stat_result:
@@ -94,7 +190,7 @@ def _identity(path: Path) -> os.stat_result:
     except FileNotFoundError:
         pass
     with contextlib.suppress(FileExistsError):  # another gateway created it just now
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY, 0o644))
     return os.stat(path)
 
 
@@ -102,13 +198,13 @@ def _open(lock_file: Path) -> IO[str]:
     """Open (creating) a lock file, never through a symbolic link: the host's lock folder is
     writable by every user, and a link planted there must not make a gateway running as root
     truncate the file it points to."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = getattr(os, "O_NOFOLLOW", 0) | O_BINARY  # no links; on Windows no text mode
     try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | flags, 0o644)
         mode = "r+"
     except PermissionError:
         # Created by a gateway running as another user: flock works on a read-only descriptor.
-        fd = os.open(lock_file, os.O_RDONLY | nofollow)
+        fd = os.open(lock_file, os.O_RDONLY | flags)
         mode = "r"
     except OSError as exc:
         if lock_file.is_symlink():
@@ -121,14 +217,6 @@ def _open(lock_file: Path) -> IO[str]:
         os.close(fd)
         raise StoreError(f"{lock_file} is not a regular file: refusing to use it as a lock")
     return os.fdopen(fd, mode, encoding="utf-8")
-
-
-def _try_lock(handle: IO[str]) -> bool:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _holder(handle: IO[str]) -> dict[str, object]:
@@ -151,11 +239,16 @@ def _refusal(path: Path, lock: StoreLock, holder: dict[str, object]) -> StoreErr
     return StoreError(text + "; one store, one gateway")
 
 
-def _lock_file(file: Path) -> IO[str] | dict[str, object]:
+def _lock_file(file: Path, locking: _Locking) -> IO[str] | dict[str, object]:
     """Lock ``file``: its open (locked) handle, or, if another gateway holds it, who that is."""
     while True:
         handle = _open(file)
-        if not _try_lock(handle):
+        try:
+            locked = locking.try_lock(handle)
+        except BaseException:
+            handle.close()
+            raise
+        if not locked:
             holder = _holder(handle)
             handle.close()
             return holder
@@ -169,12 +262,12 @@ def _lock_file(file: Path) -> IO[str] | dict[str, object]:
             opened.st_ino,
         ):
             return handle
-        handle.close()  # its holder removed it on release after we opened it: again
+        locking.close(handle)  # its holder removed it on release after we opened it: again
 
 
 def _acquire(lock: StoreLock, name: str) -> None:
     for folder in dict.fromkeys([host_lock_dir().resolve(), lock.path.parent]):
-        locked = _lock_file(folder / name)
+        locked = _lock_file(folder / name, lock._locking)
         if isinstance(locked, dict):
             lock.release()
             raise _refusal(lock.path, lock, locked)
@@ -188,8 +281,6 @@ def _acquire(lock: StoreLock, name: str) -> None:
 def lock_store(path: Path) -> StoreLock:
     """Take the exclusive lock of the store file at ``path`` (created empty if missing), or
     raise :class:`StoreError` naming the gateway that holds it."""
-    if sys.platform == "win32":
-        raise StoreError("locking a store is implemented for POSIX systems only")
     resolved = path.resolve()
     try:
         identity = _identity(resolved)

@@ -50,6 +50,7 @@ from typing import Any, Protocol, TypeVar
 from ..config import StoreBudgetConfig
 from ..errors import StoreError
 from ..model import sample_to_json
+from ..oscompat import fsync_folder
 from ..timefmt import now_ns
 from .sqlite import SampleStore, _Transaction
 
@@ -456,7 +457,8 @@ def _archive_main(pipe: Connection, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the gateway's to handle
     # Background work: on a busy machine the scheduler gives the gateway's commits the CPU
     # first (the archive holds no lock, only a read snapshot of a few thousand rows).
-    os.nice(10)
+    if hasattr(os, "nice"):  # POSIX; Windows' scheduler favours the foreground anyway
+        os.nice(10)
     while True:
         try:
             path, folder, name, first, last = pipe.recv()
@@ -504,16 +506,8 @@ def _write_archive(
     if os.getppid() != parent:
         raise OSError("the gateway stopped")
     os.replace(partial, target)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return file_sha256(target)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -66,7 +66,7 @@ class JsonlFileSink:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o644)
         try:
             _cut_partial_line(fd)
         except BaseException:
@@ -107,15 +107,27 @@ class JsonlFileSink:
                 raise
 
 
+_O_BINARY: int = getattr(os, "O_BINARY", 0)
+"""Windows opens a descriptor in text mode (``\\n`` written as ``\\r\\n``) unless told otherwise."""
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread``, which Windows lacks: there a seek and a read (appends ignore the seek)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
 def _cut_partial_line(fd: int) -> None:
     """Truncate the file after its last newline (a crash may have left half a line)."""
     size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    if size == 0 or _read_at(fd, 1, size - 1) == b"\n":
         return
     at = size
     while at > 0:
         step = min(at, 65536)
-        chunk = os.pread(fd, step, at - step)
+        chunk = _read_at(fd, step, at - step)
         newline = chunk.rfind(b"\n")
         if newline >= 0:
             os.ftruncate(fd, at - step + newline + 1)

@@ -232,7 +232,8 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     # then renamed over the target so a crash leaves the old file or the new one, not half.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    # O_BINARY: Windows would otherwise write a DER certificate's 0x0a bytes as 0x0d 0x0a.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
