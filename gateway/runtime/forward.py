@@ -416,6 +416,11 @@ class Forwarder:
                 return self._backlog_ready_at - now
             if not probing and self._window_open:
                 return None  # the next window starts once this one's parts are all sent
+            if probing and (self._windows or self._busy):
+                # A failed epoch's window or part has not settled yet: its range is busy, so
+                # a probe now would take the range after it and send later samples first
+                # (each signal's order broken for a consumer). It wakes us when it ends.
+                return None
             gap = next(self._delivered.gaps(1, self._horizon, self._busy), None)
             if gap is None:
                 return None
