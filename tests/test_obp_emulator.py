@@ -15,7 +15,6 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from conftest import connected, wait_for, write_config
-from test_obp_link import RecordingIO
 
 from firmware_stubs.raman import Fault, RamanEmulator
 from gateway import (
@@ -28,6 +27,7 @@ from gateway import (
 )
 from gateway.runtime import Gateway
 from gateway.store import SampleStore
+from gateway.testing import RecordingIO
 from plugins.ocean_obp.driver import ObpSpectrometer
 from plugins.ocean_obp.options import ObpOptions
 
@@ -53,16 +53,18 @@ async def test_spectra_on_the_emulators_own_axis(
     tmp_path: Path, transport: Literal["pty", "tcp"]
 ) -> None:
     async with RamanEmulator(transport=transport, pixels=2048) as raman:
-        io = RecordingIO()
-        async with connected(make_driver(raman.endpoint, tmp_path)) as driver:
+        driver = make_driver(raman.endpoint, tmp_path)
+        io = RecordingIO(driver, "raman")
+        async with connected(driver):
             await driver.poll(io)
             await driver.poll(io)
-        uncorrected = RecordingIO()
-        async with connected(make_driver(raman.endpoint, tmp_path, dark_pixels=0)) as raw:
+        raw = make_driver(raman.endpoint, tmp_path, dark_pixels=0)
+        uncorrected = RecordingIO(raw, "raman")
+        async with connected(raw):
             await raw.poll(uncorrected)
         expected_nm = np.asarray(raman.device.wavelengths_nm, dtype=np.float64)
     assert driver.serial_number == raman.device.serial_number
-    first, second = (p for p in io.published["spectrum"])
+    first, second = io.samples("spectrum")
     assert first.quality is Quality.GOOD and second.quality is Quality.GOOD
     spectrum: Spectrum = second.value
     assert len(spectrum) == 2048 - EMULATOR_DARK_PIXELS
@@ -75,7 +77,7 @@ async def test_spectra_on_the_emulators_own_axis(
         atol=1e-6,
     )
     # Dark correction removes the masked pixels' level (the same scene, another acquisition).
-    counts = uncorrected.published["spectrum"][0].value.values.astype(np.float64)
+    counts = uncorrected.samples("spectrum")[0].value.values.astype(np.float64)
     assert len(counts) == 2048
     dark_level = counts[:EMULATOR_DARK_PIXELS].mean()
     expected_mean = counts[EMULATOR_DARK_PIXELS:].mean() - dark_level
@@ -83,9 +85,9 @@ async def test_spectra_on_the_emulators_own_axis(
     # dark level that was taken off.
     assert dark_level > 100
     assert abs(float(spectrum.values.mean()) - expected_mean) < 0.1 * dark_level
-    [temperature] = io.published["detector_temperature"][-1:]
+    [temperature] = io.samples("detector_temperature")[-1:]
     assert temperature.quality is Quality.GOOD and -60 < temperature.value < 40
-    assert io.published["integration_time"][-1].value == 10.0
+    assert io.samples("integration_time")[-1].value == 10.0
 
 
 @pytest.mark.asyncio
@@ -104,7 +106,7 @@ async def test_faults_give_a_reason_and_a_fresh_connection_recovers(
 ) -> None:
     async with RamanEmulator(transport="pty", pixels=1024) as raman:
         driver = make_driver(raman.endpoint, tmp_path)
-        io = RecordingIO()
+        io = RecordingIO(driver, "raman")
         async with connected(driver):
             await driver.poll(io)
             raman.inject(fault, **params)
@@ -113,20 +115,21 @@ async def test_faults_give_a_reason_and_a_fresh_connection_recovers(
         raman.clear_faults()
         async with connected(driver):
             await driver.poll(io)
-    assert [p.quality for p in io.published["spectrum"]] == [Quality.GOOD, Quality.GOOD]
+    assert [p.quality for p in io.samples("spectrum")] == [Quality.GOOD, Quality.GOOD]
 
 
 @pytest.mark.asyncio
 async def test_garbage_on_the_line_is_skipped(tmp_path: Path) -> None:
     async with RamanEmulator(transport="pty", pixels=1024) as raman:
         raman.inject(Fault.GARBAGE, size=64)
-        io = RecordingIO()
-        async with connected(make_driver(raman.endpoint, tmp_path)) as driver:
+        driver = make_driver(raman.endpoint, tmp_path)
+        io = RecordingIO(driver, "raman")
+        async with connected(driver):
             for _ in range(3):
                 await driver.poll(io)
             assert driver._link is not None
             skipped = driver._link.discarded_bytes
-    assert [p.quality for p in io.published["spectrum"]] == [Quality.GOOD] * 3
+    assert [p.quality for p in io.samples("spectrum")] == [Quality.GOOD] * 3
     assert skipped >= 3 * 64  # the garbage did reach the driver, which resynchronised
 
 
