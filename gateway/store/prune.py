@@ -52,7 +52,7 @@ from ..errors import StoreError
 from ..model import sample_to_json
 from ..oscompat import fsync_folder
 from ..timefmt import now_ns
-from .sqlite import SampleStore, _Transaction
+from .sqlite import SampleStore, _Transaction, first_id_at_or_after
 
 __all__ = ["ArchiveError", "PruneReport", "Pruner", "archive_problems", "file_sha256"]
 
@@ -248,18 +248,7 @@ class Pruner:
     def _last_before(self, first: int, last: int, cutoff_ns: int) -> int:
         """The largest id in ``first..last`` with gateway_ts before ``cutoff_ns`` (``first - 1``
         if none), by bisection: gateway_ts follows commit order (within clock steps)."""
-        db = self._conn()
-        low, high = first, last  # invariant: answer in [low - 1, high]
-        while low <= high:
-            mid = (low + high) // 2
-            row = db.execute(
-                "SELECT gateway_ts FROM sample WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
-            ).fetchone()
-            if row is not None and row[0] < cutoff_ns:
-                low = mid + 1
-            else:
-                high = mid - 1
-        return high
+        return first_id_at_or_after(self._conn(), cutoff_ns, first, last) - 1
 
     # -- one run ---------------------------------------------------------------------------------
     def _run(self, first: int, last: int) -> tuple[int, str | None]:

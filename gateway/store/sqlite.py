@@ -311,6 +311,24 @@ def _translate(exc: sqlite3.Error, action: str) -> StoreError:
     return StoreError(f"store error while {action}: {exc}")
 
 
+def first_id_at_or_after(
+    db: sqlite3.Connection, ts: int, low: int, high: int, *, table: str = "sample"
+) -> int:
+    """The smallest id in ``low..high + 1`` whose sample's gateway_ts is at least ``ts``
+    (``high + 1``: none), by bisection: gateway time follows commit order (clock steps aside)
+    and ids are contiguous above the pruned ones. ``table``: ``store.sample`` from a
+    connection that attached the store."""
+    query = f"SELECT gateway_ts FROM {table} WHERE id >= ? ORDER BY id LIMIT 1"
+    while low <= high:
+        mid = (low + high) // 2
+        row = db.execute(query, (mid,)).fetchone()
+        if row is not None and row[0] < ts:
+            low = mid + 1
+        else:
+            high = mid - 1
+    return low
+
+
 class SampleStore:
     """One SQLite database file holding samples, signal definitions, counters and losses.
 

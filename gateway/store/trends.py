@@ -32,6 +32,7 @@ import structlog
 
 from ..errors import GatewayError, StoreError
 from ..model import Quality, SignalKind
+from .sqlite import first_id_at_or_after
 
 __all__ = [
     "MAX_BUCKETS",
@@ -62,6 +63,7 @@ finest rollup are read from the samples if their id span is at most this, else f
 rollup (fewer points than asked for, never a slow read)."""
 
 _NS = 1_000_000_000
+_SAMPLE = "store.sample"  # the store's samples, attached to a trends file's connection
 _INT64_MAX = 2**63 - 1
 MAX_BUCKETS = 200_000
 """The most buckets of the coarsest rollup (60 s) a window may span (~139 days): a rollup read
@@ -424,20 +426,6 @@ class TrendReader:
         ]
 
     # -- raw samples -------------------------------------------------------------------------
-    def _first_at_or_after(self, ts: int, low: int, high: int) -> int:
-        """The smallest id in ``low..high+1`` whose sample's gateway_ts is at least ``ts``
-        (``high + 1``: none), by bisection: gateway time follows commit order (clock steps
-        aside) and ids are contiguous above the pruned ones."""
-        while low <= high:
-            mid = (low + high) // 2
-            row = self._db.execute(
-                "SELECT gateway_ts FROM store.sample WHERE id >= ? ORDER BY id LIMIT 1", (mid,)
-            ).fetchone()
-            if row is not None and row[0] < ts:
-                low = mid + 1
-            else:
-                high = mid - 1
-        return low
 
     def _id_span(self, start_ns: int, end_ns: int) -> tuple[int, int]:
         """``(first, stop)``: the ids of the samples committed within the window are in
@@ -446,8 +434,8 @@ class TrendReader:
         high = self._db.execute("SELECT id FROM store.sample ORDER BY id DESC LIMIT 1").fetchone()
         if low is None or high is None:
             return (0, 0)
-        first = self._first_at_or_after(start_ns, int(low[0]), int(high[0]))
-        stop = self._first_at_or_after(end_ns, first, int(high[0]))
+        first = first_id_at_or_after(self._db, start_ns, int(low[0]), int(high[0]), table=_SAMPLE)
+        stop = first_id_at_or_after(self._db, end_ns, first, int(high[0]), table=_SAMPLE)
         return (first, stop)
 
     def _raw(
