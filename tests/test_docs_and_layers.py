@@ -130,3 +130,21 @@ def test_readme_is_a_quick_start_that_links_the_guides() -> None:
         "docs/architecture.md",
     ):
         assert f"({guide})" in README, f"the README does not link {guide}"
+
+
+def _backticked_names(text: str) -> set[str]:
+    return set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", text)) - {"gateway", "__all__"}
+
+
+def test_the_plugin_guides_public_api_is_the_facades() -> None:
+    import gateway
+    import gateway.testing
+    import gateway.testing.plugin
+
+    policy = PLUGIN_GUIDE.split("**What is public API.**", 1)[1].split("Not public", 1)[0]
+    core = policy.split("- `gateway`:", 1)[1].split("- `gateway.testing`:", 1)[0]
+    kit = policy.split("- `gateway.testing`:", 1)[1].split("- The hooks", 1)[0]
+    assert _backticked_names(core) == set(gateway.__all__)
+    assert _backticked_names(kit) == set(gateway.testing.__all__) | set(
+        gateway.testing.plugin.__all__
+    )
