@@ -40,6 +40,19 @@ def test_patgw_plugins_lists_each_kind_it_registers(
     }
 
 
+def test_patgw_schema_markdown_documents_the_vendors_options(
+    extras_venv: tuple[Path, Path], tmp_path: Path
+) -> None:
+    python, _ = extras_venv
+    printed = run(python, "-m", "gateway", "schema", "--markdown", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    sink = printed.stdout.split("### `csv_file`", 1)[1].split("\n### ", 1)[0]
+    assert "(from `plant-extras`)" in sink
+    assert "| `fsync` | boolean | `false` | fsync after every batch (slower, safer). |" in sink
+    processor = printed.stdout.split("### `moving_average`", 1)[1].split("\n### ", 1)[0]
+    assert "| `window` | integer | `5` | Values averaged. |" in processor
+
+
 def test_the_examples_own_tests_pass_with_the_kit(extras_venv: tuple[Path, Path]) -> None:
     python, source = extras_venv
     tested = run_own_tests(python, source)
