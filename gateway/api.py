@@ -39,6 +39,7 @@ __all__ = [
     "Channel",
     "CommandCall",
     "ConfigPath",
+    "DeviceIdentity",
     "Driver",
     "DriverFactory",
     "Emulator",
@@ -95,6 +96,66 @@ class PluginContext:
     of a single plugin)."""
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who an instrument is, as it says itself (or as its configuration states it): what a
+    plant's records need to tie data to a physical device. Every field is optional: report
+    what the device tells, ``None`` for the rest.
+
+    The names follow the OPC UA Devices companion specification (OPC 10000-100), whose
+    ``DeviceIdentification`` properties the northbound OPC UA server shows them as:
+    ``Manufacturer``, ``Model``, ``SerialNumber``, ``SoftwareRevision`` (``firmware_revision``)
+    and ``HardwareRevision``."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    serial_number: str | None = None
+    firmware_revision: str | None = None
+    hardware_revision: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in _IDENTITY_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"DeviceIdentity.{name} must be a str or None, not {value!r}")
+
+    def fields(self) -> dict[str, str | None]:
+        """Every field by name, ``None`` included (for JSON, the store, the audit trail)."""
+        return {name: getattr(self, name) for name in _IDENTITY_FIELDS}
+
+    def is_empty(self) -> bool:
+        """True when no field is known."""
+        return all(getattr(self, name) is None for name in _IDENTITY_FIELDS)
+
+    def filled_from(self, other: DeviceIdentity | None) -> DeviceIdentity:
+        """This identity with the fields it lacks taken from ``other`` (e.g. a configuration
+        stating the serial number of a device that reports only its model)."""
+        if other is None:
+            return self
+        mine, theirs = self.fields(), other.fields()
+        return DeviceIdentity(**{k: v if v is not None else theirs[k] for k, v in mine.items()})
+
+    def label(self) -> str:
+        """One line for people: ``Ocean Optics QE Pro S/N QEP01234 fw 1.2.3`` (empty if none)."""
+        parts = [p for p in (self.manufacturer, self.model) if p]
+        if self.serial_number:
+            parts.append(f"S/N {self.serial_number}")
+        if self.firmware_revision:
+            parts.append(f"fw {self.firmware_revision}")
+        if self.hardware_revision:
+            parts.append(f"hw {self.hardware_revision}")
+        return " ".join(parts)
+
+
+_IDENTITY_FIELDS = (
+    "manufacturer",
+    "model",
+    "serial_number",
+    "firmware_revision",
+    "hardware_revision",
+)
+
+
 class Output(Protocol):
     """Where a driver publishes one channel's readings. Cheap to call: do it per reading."""
 
@@ -122,6 +183,17 @@ class InstrumentIO(Protocol):
 
     def connected(self) -> None:
         """Tell the runtime the instrument answers (state ``connected``, backoff reset)."""
+
+    def identify(self, identity: DeviceIdentity) -> None:
+        """Tell the runtime which device answers (plugin API 1.1; optional for a driver).
+
+        Call it once per session, after reading the identity from the device and before
+        :meth:`connected` (a :class:`PollingDriver`: in ``connect``), and again after every
+        reconnect: a swapped instrument shows another serial number. Cheap and synchronous; the
+        runtime stores the identity with the signal definitions, records a change of device in
+        the audit trail (``device.identity_changed``), and shows it on ``/health``, the console
+        and the northbound OPC UA server. Fields the configuration's ``identity:`` states fill
+        those the driver leaves ``None``. Never call it per reading."""
 
 
 @runtime_checkable
@@ -266,6 +338,12 @@ class Sink(Protocol):
         ``async def forward(samples: Sequence[Sample], historical: bool) -> None`` is fed from
         the store through a durable cursor instead (see :class:`ForwardingSink`): nothing
         committed is lost to it by an outage or a restart. ``send`` is then not called.
+
+        **Device identity** (plugin API 1.1, optional). A sink that defines
+        ``device_identified(instrument: str, identity: DeviceIdentity) -> None`` (plain, not
+        async; cheap: it runs on the event loop) is told each instrument's identity when it is
+        first known and whenever it changes, possibly before the sink is entered (the northbound
+        OPC UA server shows it as the instrument's DI identification properties).
         """
 
 

@@ -33,6 +33,7 @@ _MEMBERS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("reachable", False, True),
         ("bind", False, False),  # BindingSink
         ("publish_anchor", False, True),
+        ("device_identified", False, False),
     ),
     "processor": (
         ("inputs", True, False),

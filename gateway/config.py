@@ -26,6 +26,7 @@ __all__ = [
     "EmulatorConfig",
     "GatewayConfig",
     "HttpConfig",
+    "IdentityConfig",
     "InstrumentConfig",
     "LoggingConfig",
     "ProcessorConfig",
@@ -93,6 +94,22 @@ class BackoffConfig(_Closed):
         return self
 
 
+class IdentityConfig(_Closed):
+    """A device's identity as the configuration states it: for a device that cannot report
+    its own (a 4-20 mA transmitter behind a Modbus converter), or to add what a driver does not
+    read (its serial number). The driver's report wins field by field."""
+
+    manufacturer: str | None = Field(default=None, min_length=1, description="Manufacturer.")
+    model: str | None = Field(default=None, min_length=1, description="Model or product code.")
+    serial_number: str | None = Field(default=None, min_length=1, description="Serial number.")
+    firmware_revision: str | None = Field(
+        default=None, min_length=1, description="Firmware (software) revision."
+    )
+    hardware_revision: str | None = Field(
+        default=None, min_length=1, description="Hardware revision."
+    )
+
+
 class InstrumentConfig(_Closed):
     """An instrument the gateway reads, through a driver plugin."""
 
@@ -109,6 +126,11 @@ class InstrumentConfig(_Closed):
     signals: list[SignalConfig] | None = Field(
         default=None,
         description="Signals to publish; omitted = every channel of the driver, in its own unit.",
+    )
+    identity: IdentityConfig | None = Field(
+        default=None,
+        description="The device's identity where its driver reports none (or not all of it):"
+        " see docs/device-identity.md.",
     )
     description: str = ""
 

@@ -9,7 +9,7 @@ the specifications below, announced through the ``pat_gateway`` entry-point grou
 Each hook receives the :class:`~gateway.registry.Registry` and only *registers* things into it;
 all I/O happens later, in the driver, sink or emulator objects the registered factories build.
 
-The module also declares the plugin API it is written for, ``PAT_GATEWAY_API = "1.0"`` (see
+The module also declares the plugin API it is written for, ``PAT_GATEWAY_API = "1.1"`` (see
 ``gateway.PLUGIN_API_VERSION``). The plugin manager calls the hooks through pluggy's hook
 callers and runs ``check_pending()``: a function marked ``@hookimpl`` whose name is no hook
 below (a misspelt one) refuses the plugin, by name and distribution, as an incompatible API

@@ -412,6 +412,9 @@ def health_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
             "sessions": r.sessions,
             "failures": r.failures,
             "last_error": r.last_error,
+            "identity": None
+            if r.identity is None
+            else r.identity.fields() | {"source": r.identity_source},
         }
         | _samples(counts[r.instrument_id])
         for r in gateway.runners

@@ -134,7 +134,8 @@ def test_a_store_of_an_earlier_version_is_upgraded_with_its_data(
         assert np.array_equal(spectra[1].value.axis.values, axis.values)
     else:
         assert spectra == []
-    expected = {1: None, 2: None, 3: Delivery("mqtt", 3), 4: Delivery("mqtt", 3, ((5, 6),))}
+    ranged = Delivery("mqtt", 3, ((5, 6),))
+    expected = {1: None, 2: None, 3: Delivery("mqtt", 3), 4: ranged, 5: ranged}
     assert delivery == expected[version_of(fixture)]
 
 

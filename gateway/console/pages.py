@@ -11,6 +11,7 @@ import html
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..api import DeviceIdentity
 from ..security import Identity, Permission
 from ..timefmt import format_ns
 from ..unece import unece_for_ucum
@@ -26,6 +27,7 @@ __all__ = [
     "SignalRow",
     "audit_page",
     "configuration_page",
+    "device_label",
     "human_unit",
     "login_page",
     "message_page",
@@ -144,6 +146,16 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], css: str = 
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def device_label(identity: Mapping[str, Any] | None) -> str:
+    """An instrument's identity from ``/health`` as one line: ``Acme FP-200 S/N 123 fw 2.1``
+    (``(stated)`` after one the configuration gives); empty if none is known yet."""
+    if not identity:
+        return ""
+    fields = {k: v for k, v in identity.items() if k != "source"}
+    label = DeviceIdentity(**fields).label()
+    return f"{label} (stated)" if label and identity.get("source") == "config" else label
+
+
 def overview_page(report: Mapping[str, Any], who: Identity, csrf: str) -> str:
     """The ``/health`` document for people: status, instruments, sinks, store, clock."""
     status = report.get("status", "")
@@ -152,9 +164,17 @@ def overview_page(report: Mapping[str, Any], who: Identity, csrf: str) -> str:
         f"</strong> · ready: {_e(report.get('ready'))} · up {_e(report.get('uptime_s'))} s</p>",
         "<h2>Instruments</h2>",
         _table(
-            ("instrument", "state", "sessions", "failures", "committed", "last error"),
+            ("instrument", "device", "state", "sessions", "failures", "committed", "last error"),
             (
-                (name, i["state"], i["sessions"], i["failures"], i["committed"], i["last_error"])
+                (
+                    name,
+                    device_label(i.get("identity")),
+                    i["state"],
+                    i["sessions"],
+                    i["failures"],
+                    i["committed"],
+                    i["last_error"],
+                )
                 for name, i in report.get("instruments", {}).items()
             ),
             "instruments",

@@ -9,23 +9,28 @@ the supervisor, so other instruments never notice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 
 import structlog
 
-from ..api import Output
+from ..api import DeviceIdentity, Output
 from ..errors import InstrumentError
 from ..loader import InstrumentPlan
 from ..model import Quality
+from ..timefmt import now_ns
 from .backoff import Backoff
 from .outputs import NullOutput, SignalOutput
 
-__all__ = ["InstrumentRunner", "InstrumentState"]
+__all__ = ["IdentityListener", "InstrumentRunner", "InstrumentState"]
 
 log = structlog.get_logger("gateway.instrument")
 
 _NULL = NullOutput()
+
+IdentityListener = Callable[[str, DeviceIdentity, str, int], None]
+"""Told ``(instrument_id, identity, source, seen_ns)`` at each identification of a session
+(``source``: ``driver`` or ``config``)."""
 
 
 class InstrumentState(StrEnum):
@@ -52,6 +57,15 @@ class InstrumentRunner:
         self.sessions = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.identity: DeviceIdentity | None = None
+        """The device of the latest identification (this run), or ``None``."""
+        self.identity_source: str | None = None  # "driver" or "config"
+        self.on_identity: IdentityListener | None = None
+        stated = plan.config.identity
+        self._stated = (
+            None if stated is None else DeviceIdentity(**stated.model_dump(exclude_none=False))
+        )
+        self._identified = False  # in the current session
         self._outputs = outputs
         self._signal_outputs = signal_outputs
         self._backoff = Backoff(plan.config.backoff)
@@ -62,10 +76,26 @@ class InstrumentRunner:
         return self._outputs.get(channel, _NULL)
 
     def connected(self) -> None:
+        if not self._identified and self._stated is not None:
+            # A device that reports no identity: the configuration's stands for it.
+            self._take_identity(self._stated, "config")
         self.sessions += 1
         self.state = InstrumentState.CONNECTED
         self._backoff.reset()
         self._log.info("instrument.connected", sessions=self.sessions)
+
+    def identify(self, identity: DeviceIdentity) -> None:
+        if not isinstance(identity, DeviceIdentity):
+            raise TypeError(f"identify() takes a DeviceIdentity, not {type(identity).__name__}")
+        self._take_identity(identity.filled_from(self._stated), "driver")
+
+    def _take_identity(self, identity: DeviceIdentity, source: str) -> None:
+        self._identified = True
+        if identity != self.identity:
+            self._log.info("instrument.identified", source=source, **identity.fields())
+        self.identity, self.identity_source = identity, source
+        if self.on_identity is not None:
+            self.on_identity(self.instrument_id, identity, source, now_ns())
 
     # -- supervision ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -77,6 +107,7 @@ class InstrumentRunner:
         try:
             while True:
                 self.state = InstrumentState.CONNECTING
+                self._identified = False
                 reason = await self._run_driver_once()
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():

@@ -60,6 +60,7 @@ from .auditing import (
 from .budget import BudgetKeeper
 from .clock import ClockStep, ClockWatch
 from .forward import BacklogReader, Forwarder
+from .identity import IdentityKeeper
 from .instrument import InstrumentRunner, InstrumentState
 from .outputs import FanOut, SignalOutput, SpectrumOutput
 from .processors import ProcessorRunner, tap
@@ -113,6 +114,7 @@ class Gateway:
         self._reader: BacklogReader | None = None
         self.budget: BudgetKeeper | None = None  # the store budget's pruner, if configured
         self.trends: TrendKeeper | None = None  # the trend roll-up (store.trends)
+        self.identities: IdentityKeeper | None = None  # device identities, once started
         self.http_address: tuple[str, int] | None = None  # where /health and /metrics answer
         self.started = asyncio.Event()
         self.stopping = False  # set once the run begins to stop (for /health)
@@ -182,6 +184,7 @@ class Gateway:
                 # when the run ends by an error.
                 stack.push_async_callback(sinks.aclose)
                 self._build_runners(stored, writer)
+                self.identities = self._identity_keeper(writer)
                 if self.plan.config.store.budget is not None:
                     self.budget = self._budget_keeper(writer)
                 if self.plan.config.store.trends:
@@ -553,6 +556,11 @@ class Gateway:
                     feeders.append(group.create_task(self.budget.run(), name="store.budget"))
                 if self.trends is not None:
                     feeders.append(group.create_task(self.trends.run(), name="store.trends"))
+                identities = None
+                if self.identities is not None:
+                    identities = group.create_task(
+                        self.identities.run(), name="instrument.identities"
+                    )
                 feeders.append(group.create_task(self._audit_ticks(), name="audit.signer"))
                 feeders.append(group.create_task(self.clock.run(), name="clock.watch"))
                 stopper = group.create_task(stop.wait(), name="stop")
@@ -597,6 +605,11 @@ class Gateway:
                     _, stuck = await asyncio.wait(instruments, timeout=STOP_TIMEOUT_S)
                 if stuck:
                     log.error("gateway.stop_timeout", tasks=sorted(t.get_name() for t in stuck))
+                if identities is not None and self.identities is not None:
+                    # What the drivers reported is in the store before the final commit.
+                    self.identities.close()
+                    await asyncio.wait({identities}, timeout=STOP_TIMEOUT_S / 4)
+                    identities.cancel()
                 phase("instruments_s")
                 for task in processors:
                     task.cancel()
@@ -655,6 +668,17 @@ class Gateway:
                 tap(by_id[pp.age.id], pp.age, runner.offer_age)
             by_id.update((output.signal.id, output) for output in signal_outputs)
             self.processors.append(runner)
+
+    def _identity_keeper(self, writer: StoreWriter) -> IdentityKeeper:
+        sinks = []
+        for sink in self.plan.sinks:
+            tell = getattr(sink.instance, "device_identified", None)
+            if callable(tell):
+                sinks.append((sink.id, tell))
+        keeper = IdentityKeeper(writer, self.audit.note if self.audit is not None else None, sinks)
+        for runner in self.runners:
+            runner.on_identity = keeper.offer
+        return keeper
 
     def _outputs_for(
         self, signals: Sequence[SignalPlan], stored: Mapping[str, Any], writer: StoreWriter

@@ -234,6 +234,7 @@ def _groups(gateway: Gateway) -> list[tuple[Text, list[_Row]]]:
             "  ",
             (state, _STATE_STYLE.get(state, "")),
             f" · sessions {r.sessions}",
+            f" · {r.identity.label()}" if r.identity is not None else "",
             (f" · {r.last_error}" if state == "down" and r.last_error else "", "red"),
         )
         groups.append((header, cells))

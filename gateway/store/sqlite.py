@@ -28,20 +28,30 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..api import DeviceIdentity
 from ..errors import GatewayError, StoreError, StoreFullError
 from ..model import Quality, Sample, Signal, SignalKind, sample_of_fields
 from ..spectra import SpectralAxis, Spectrum, decode_values, encode_values
 from ..timefmt import now_ns
 from .lock import StoreLock, lock_store
 
-__all__ = ["ArchivedRun", "Delivery", "Loss", "Row", "SampleStore", "StoredSignal"]
+__all__ = [
+    "ArchivedRun",
+    "Delivery",
+    "IdentityRecord",
+    "Loss",
+    "Row",
+    "SampleStore",
+    "StoredSignal",
+]
 
 Row = tuple[int, int, int, int, int, Any, str | None]
 T = TypeVar("T")
 
 # 2: the axis table (spectra); 3: sink cursors; 4: delivered ranges above a cursor; 5: the
-# record of pruning and archive runs (the store budget). Older files are upgraded in place.
-SCHEMA_VERSION = 5
+# record of pruning and archive runs (the store budget); 6: device identities. Older files are
+# upgraded in place.
+SCHEMA_VERSION = 6
 
 # sqlite3 binds a Spectrum as its stored form: the hot path hands rows over unchanged.
 sqlite3.register_adapter(Spectrum, encode_values)
@@ -140,6 +150,24 @@ CREATE TABLE IF NOT EXISTS prune_signal (
     count INTEGER NOT NULL,
     PRIMARY KEY (run_id, signal)
 ) WITHOUT ROWID;
+-- Schema 6. Which device each instrument was (manufacturer, model, serial number, firmware and
+-- hardware revision, as its driver reported them or its configuration stated them: source
+-- 'driver' or 'config'), from when to when it was seen. One row per run of sessions with the
+-- same identity: a reconnect to the same device moves last_seen_ns on, another device (a
+-- swapped instrument, new firmware) gets a row of its own, so the history stays.
+CREATE TABLE IF NOT EXISTS device_identity (
+    id INTEGER PRIMARY KEY,
+    instrument TEXT NOT NULL,
+    manufacturer TEXT,
+    model TEXT,
+    serial_number TEXT,
+    firmware_revision TEXT,
+    hardware_revision TEXT,
+    source TEXT NOT NULL,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_identity_by_instrument ON device_identity (instrument, id);
 """
 
 _INSERT = (
@@ -549,6 +577,54 @@ class SampleStore:
             [(delivery.sink, first, last) for first, last in delivery.ranges],
         )
 
+    def record_identity(
+        self, instrument: str, identity: DeviceIdentity, source: str, seen_ns: int
+    ) -> tuple[bool, IdentityRecord | None]:
+        """Keep that ``instrument`` is the device ``identity`` at ``seen_ns``: the latest record
+        of the instrument is extended if it is the same device, else a new record starts.
+        Returns whether a new record started, and the record it follows (``None`` for the
+        instrument's first)."""
+        fields = identity.fields()
+        try:
+            with self._transaction():
+                latest = self._latest_identity(instrument)
+                if latest is not None and latest.identity == identity:
+                    self._db.execute(
+                        "UPDATE device_identity SET last_seen_ns=max(last_seen_ns, ?)"
+                        " WHERE id=(SELECT max(id) FROM device_identity WHERE instrument=?)",
+                        (seen_ns, instrument),
+                    )
+                    return False, latest
+                self._db.execute(
+                    "INSERT INTO device_identity (instrument, manufacturer, model, serial_number,"
+                    " firmware_revision, hardware_revision, source, first_seen_ns, last_seen_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (instrument, *fields.values(), source, seen_ns, seen_ns),
+                )
+        except sqlite3.Error as exc:
+            raise _translate(exc, "recording a device identity") from exc
+        return True, latest
+
+    def _latest_identity(self, instrument: str) -> IdentityRecord | None:
+        row = self._db.execute(
+            f"SELECT {_IDENTITY_COLUMNS} FROM device_identity WHERE instrument=?"
+            " ORDER BY id DESC LIMIT 1",
+            (instrument,),
+        ).fetchone()
+        return None if row is None else _identity_record(row)
+
+    def identities(self, instrument: str | None = None) -> list[IdentityRecord]:
+        """Every device each instrument (or ``instrument``) was, oldest first. A store older
+        than schema 6 opened read-only has none."""
+        where, args = ("WHERE instrument=?", (instrument,)) if instrument else ("", ())
+        try:
+            rows = self._db.execute(
+                f"SELECT {_IDENTITY_COLUMNS} FROM device_identity {where} ORDER BY id", args
+            ).fetchall()
+        except sqlite3.OperationalError:  # no such table: a read-only look at an old store
+            return []
+        return [_identity_record(row) for row in rows]
+
     def _max_id(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(id), 0) FROM sample").fetchone()[0])
 
@@ -838,6 +914,27 @@ class SampleStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRecord:
+    """One device an instrument was, and when it was seen (UTC ns)."""
+
+    instrument: str
+    identity: DeviceIdentity
+    source: str
+    first_seen_ns: int
+    last_seen_ns: int
+
+
+_IDENTITY_COLUMNS = (
+    "instrument, manufacturer, model, serial_number, firmware_revision, hardware_revision,"
+    " source, first_seen_ns, last_seen_ns"
+)
+
+
+def _identity_record(row: Sequence[Any]) -> IdentityRecord:
+    return IdentityRecord(row[0], DeviceIdentity(*row[1:6]), row[6], row[7], row[8])
 
 
 class _Transaction:
