@@ -255,11 +255,17 @@ class PollingDriver(abc.ABC):
     half-open or never-opened transport. The instrument counts as connected after the first
     poll that did not raise.
 
+    A driver that reads its device's identity in :meth:`connect` stores it in
+    :attr:`device_identity`; ``run`` then reports it (``io.identify``) before the first poll.
+
     The phase (a fraction of the period fixed by the instrument's id) spreads the polls of
     instruments that started together: without it, 50 Modbus devices started by one gateway
     would all be read in the same instant of every period and their readings reach the store
     and the sinks as one burst, whose last reading waits for all the others.
     """
+
+    device_identity: DeviceIdentity | None = None
+    """The identity :meth:`connect` read from the device (set it at each connect)."""
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context
@@ -285,6 +291,11 @@ class PollingDriver(abc.ABC):
             # Inside the try: a connect that fails half-way (port open, handshake failed) is
             # closed like any session, so drivers need not clean up in connect themselves.
             await self.connect()
+            identity = self.device_identity
+            # (An InstrumentIO written for plugin API 1.0, e.g. a test's fake, has no identify.)
+            identify = getattr(io, "identify", None)
+            if identity is not None and identify is not None:
+                identify(identity)
             loop = asyncio.get_running_loop()
             deadline = loop.time()
             await self.poll(io)

@@ -25,10 +25,12 @@ import pytest_asyncio
 from conftest import connected, plan_for, running, stored_by_signal, wait_for
 from structlog.testing import capture_logs
 
-from gateway import InstrumentError, PluginContext, Quality, Spectrum
+from gateway import DeviceIdentity, InstrumentError, PluginContext, Quality, Spectrum
 from gateway.testing import RecordingIO
 from plugins.ocean_obp.driver import ObpSpectrometer
 from plugins.ocean_obp.obp import (
+    GET_FIRMWARE_REVISION,
+    GET_HARDWARE_REVISION,
     GET_RAW_SPECTRUM,
     GET_SERIAL_NUMBER,
     GET_TEC_TEMPERATURE,
@@ -147,6 +149,9 @@ class ScriptedSpectrometer:
             return pack_frame(msg_type, regarding, flags=RESPONSE | NACK, error=int(fault[4:]))
         if fault == "garbage":
             return bytes(range(0x20, 0x80)) * 3
+        if msg_type in UNKNOWN_TO_IT:
+            # As a real device answers a message type it does not implement (NACK 2).
+            return pack_frame(msg_type, regarding, flags=RESPONSE | NACK, error=2)
         reply = self.reply(msg_type, regarding, flags, data)
         if msg_type == GET_RAW_SPECTRUM:
             await asyncio.sleep(self.integration_us / 1e6)  # the device answers after exposure
@@ -187,6 +192,10 @@ class ScriptedSpectrometer:
         return pack_frame(msg_type, regarding, self.payload(msg_type, data), md5=self.md5_replies)
 
 
+# This device tells no revisions (the emulator in firmware_stubs/raman does).
+UNKNOWN_TO_IT = (GET_FIRMWARE_REVISION, GET_HARDWARE_REVISION)
+
+
 def make_driver(port: str, tmp_path: Path, **options: Any) -> ObpSpectrometer:
     config = {
         "port": port, "laser_wavelength_nm": 785.0, "integration_time_ms": 5, "timeout_s": 0.3,
@@ -217,7 +226,10 @@ async def test_connect_then_poll_publishes_spectrum_integration_time_and_tempera
         await driver.poll(io)
         after = time.time_ns()
     assert driver.serial_number == "QE-TEST-0042"
-    setup = [(r.msg_type, r.data, r.flags) for r in device.requests[1:3]]
+    # Revisions asked for, refused (this device does not tell them): not an error.
+    assert [r.msg_type for r in device.requests[1:3]] == list(UNKNOWN_TO_IT)
+    assert driver.device_identity == DeviceIdentity(serial_number="QE-TEST-0042")
+    setup = [(r.msg_type, r.data, r.flags) for r in device.requests[3:5]]
     assert setup == [
         (SET_TRIGGER_MODE, b"\x00", REQUEST_ACK),
         (SET_INTEGRATION_TIME, struct.pack("<I", 5000), REQUEST_ACK),

@@ -6,6 +6,8 @@ out (``asyncio.sleep``), because that delay is part of how the real device behav
 
 Requests and answers (data little-endian; arguments travel as immediate data)::
 
+    0x00000080  get hardware revision        -> u8
+    0x00000090  get firmware revision        -> u16 (major << 8 | minor)
     0x00000100  get serial number            -> ASCII serial
     0x00180100  get wavelength coeff. count  -> u8 (4)
     0x00180101  get wavelength coefficient   u8 index -> f32, λ(p) = c0 + c1·p + c2·p² + c3·p³ nm
@@ -59,6 +61,8 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 DEFAULT_SERIAL_NUMBER = "EMU-RAMAN-0001"
+FIRMWARE_REVISION = (2, 3)  # major, minor
+HARDWARE_REVISION = 1
 MIN_INTEGRATION_US = 1_000
 MAX_INTEGRATION_US = 10_000_000
 DEFAULT_INTEGRATION_US = 100_000
@@ -136,6 +140,8 @@ class RamanDevice:
         self._detector_c = AMBIENT_C
         self._detector_at = clock()
         self._handlers: dict[int, tuple[int, _Handler]] = {
+            MessageType.GET_HARDWARE_REVISION: (0, self._get_hardware_revision),
+            MessageType.GET_FIRMWARE_REVISION: (0, self._get_firmware_revision),
             MessageType.GET_SERIAL_NUMBER: (0, self._get_serial_number),
             MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT: (0, self._get_coefficient_count),
             MessageType.GET_WAVELENGTH_COEFFICIENT: (1, self._get_coefficient),
@@ -213,6 +219,13 @@ class RamanDevice:
             regarding=request.regarding,
             checksum_type=ChecksumType.MD5 if self.checksum else ChecksumType.NONE,
         )
+
+    async def _get_hardware_revision(self, _: bytes) -> bytes:
+        return _U8.pack(HARDWARE_REVISION)
+
+    async def _get_firmware_revision(self, _: bytes) -> bytes:
+        major, minor = FIRMWARE_REVISION
+        return struct.pack("<H", major << 8 | minor)
 
     async def _get_serial_number(self, _: bytes) -> bytes:
         return self.serial_number.encode("ascii")

@@ -103,6 +103,8 @@ class ChecksumType(enum.IntEnum):
 class MessageType(enum.IntEnum):
     """The message types the emulated spectrometer implements."""
 
+    GET_HARDWARE_REVISION = 0x00000080
+    GET_FIRMWARE_REVISION = 0x00000090
     GET_SERIAL_NUMBER = 0x00000100
     GET_RAW_SPECTRUM = 0x00101100
     SET_INTEGRATION_TIME_US = 0x00110010

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from ..api import Driver, Output
+from ..api import DeviceIdentity, Driver, Output
 from ..config import InstrumentConfig
 from ..errors import ConfigError
 from ..loader import InstrumentPlan, SignalPlan, _signal_plans
@@ -69,6 +69,8 @@ class RecordingIO(InstrumentRunner):
         self.events: list[tuple[str, str | None]] = []
         """``("connected", None)`` for each ``connected()`` call and ``("down", reason)`` for
         each session that ended (the reason the runtime gives its ``bad`` samples)."""
+        self.identities: list[DeviceIdentity] = []
+        """Every identity the driver reported (``identify()``), in order."""
         self._signals: list[Signal] = [sp.signal for sp in plans]
         self._by_channel: dict[str, list[str]] = {}
         outputs, signal_outputs = self._make_outputs(plans)
@@ -104,6 +106,10 @@ class RecordingIO(InstrumentRunner):
     def connected(self) -> None:
         self.events.append(("connected", None))
         super().connected()
+
+    def identify(self, identity: DeviceIdentity) -> None:
+        self.identities.append(identity)
+        super().identify(identity)
 
     def mark_bad(self, reason: str) -> None:
         self.events.append(("down", reason))

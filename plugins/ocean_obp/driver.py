@@ -19,6 +19,7 @@ import structlog
 
 from gateway import (
     Channel,
+    DeviceIdentity,
     InstrumentError,
     InstrumentIO,
     Output,
@@ -33,6 +34,8 @@ from gateway import (
 )
 
 from .obp import (
+    GET_FIRMWARE_REVISION,
+    GET_HARDWARE_REVISION,
     GET_RAW_SPECTRUM,
     GET_SERIAL_NUMBER,
     GET_TEC_TEMPERATURE,
@@ -72,12 +75,13 @@ class _Outputs(NamedTuple):
 class ObpSpectrometer(PollingDriver):
     """One spectrometer on one serial port (or pyserial URL such as ``socket://host:port``).
 
-    On connect: identify (serial number, logged), set normal trigger mode and the integration
-    time (both acknowledged), read the wavelength calibration. The spectral axis is built from
-    the first spectrum's pixel count and rebuilt only when the calibration or the pixel count
-    changes. Spectra with saturated pixels are published ``uncertain``; a device without a
-    readable TEC temperature (it refuses the request) gets a ``bad`` temperature, not a
-    reconnect.
+    On connect: identify (serial number, and the firmware and hardware revisions where the
+    device tells them: reported to the runtime as the device identity), set normal trigger mode
+    and the integration time (both acknowledged), read the wavelength calibration. The spectral
+    axis is built from the first spectrum's pixel count and rebuilt only when the calibration or
+    the pixel count changes. Spectra with saturated pixels are published ``uncertain``; a device
+    without a readable TEC temperature (it refuses the request) gets a ``bad`` temperature, not
+    a reconnect.
     """
 
     def __init__(self, options: ObpOptions, context: PluginContext) -> None:
@@ -130,7 +134,13 @@ class ObpSpectrometer(PollingDriver):
         # connect too, which stops the link's worker thread.
         self._link = link
         await link.open()
+        self.device_identity = None
         serial_number = await self._identify(link)
+        identity = DeviceIdentity(
+            serial_number=serial_number or None,
+            firmware_revision=await self._revision(link, GET_FIRMWARE_REVISION),
+            hardware_revision=await self._revision(link, GET_HARDWARE_REVISION),
+        )
         await link.request(
             SET_TRIGGER_MODE, bytes([_TRIGGER_NORMAL]), timeout_s=o.timeout_s, request_ack=True
         )
@@ -142,12 +152,15 @@ class ObpSpectrometer(PollingDriver):
         )
         coefficients = await self._read_coefficients(link)
         self.serial_number = serial_number
+        self.device_identity = identity
         if coefficients != self._coefficients:
             self._coefficients = coefficients
             self._axis = None
         self._log.info(
             "obp.connected",
             serial_number=serial_number,
+            firmware_revision=identity.firmware_revision,
+            hardware_revision=identity.hardware_revision,
             wavelength_coefficients=coefficients,
             integration_time_ms=self._integration_us / 1000,
         )
@@ -155,6 +168,20 @@ class ObpSpectrometer(PollingDriver):
     async def _identify(self, link: ObpLink) -> str:
         reply = await link.request(GET_SERIAL_NUMBER, timeout_s=self.options.timeout_s)
         return reply.data.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+
+    async def _revision(self, link: ObpLink, message_type: int) -> str | None:
+        """The firmware (u16: major byte, minor byte) or hardware (u8) revision; ``None`` for a
+        device that does not tell (it refuses the request: not a reason to reconnect)."""
+        try:
+            reply = await link.request(message_type, timeout_s=self.options.timeout_s)
+        except ObpNackError:
+            return None
+        what = message_name(message_type)
+        if message_type == GET_HARDWARE_REVISION:
+            return str(unpack_u8(reply, what))
+        if len(reply.data) != 2:
+            raise InstrumentError(f"{what}: expected 2 bytes, got {len(reply.data)}")
+        return f"{reply.data[1]}.{reply.data[0]}"
 
     async def _read_coefficients(self, link: ObpLink) -> tuple[float, ...]:
         timeout_s = self.options.timeout_s

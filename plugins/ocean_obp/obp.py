@@ -38,6 +38,8 @@ __all__ = [
     "BAD_CHECKSUM",
     "ERROR_NAMES",
     "FOOTER_SIZE",
+    "GET_FIRMWARE_REVISION",
+    "GET_HARDWARE_REVISION",
     "GET_RAW_SPECTRUM",
     "GET_SERIAL_NUMBER",
     "GET_TEC_TEMPERATURE",
@@ -87,6 +89,8 @@ BAD_CHECKSUM = "bad MD5 checksum"
 """The rejection reason counted in :attr:`ObpDecoder.rejected` for a frame whose MD5 fails."""
 
 # Message types used by the driver (python-seabreeze's OBP message table).
+GET_HARDWARE_REVISION = 0x00000080
+GET_FIRMWARE_REVISION = 0x00000090
 GET_SERIAL_NUMBER = 0x00000100
 GET_WAVELENGTH_COEFFICIENT_COUNT = 0x00180100
 GET_WAVELENGTH_COEFFICIENT = 0x00180101
@@ -96,6 +100,8 @@ GET_RAW_SPECTRUM = 0x00101100
 GET_TEC_TEMPERATURE = 0x00420004
 
 _MESSAGE_NAMES = {
+    GET_HARDWARE_REVISION: "get hardware revision",
+    GET_FIRMWARE_REVISION: "get firmware revision",
     GET_SERIAL_NUMBER: "get serial number",
     GET_WAVELENGTH_COEFFICIENT_COUNT: "get wavelength coefficient count",
     GET_WAVELENGTH_COEFFICIENT: "get wavelength coefficient",

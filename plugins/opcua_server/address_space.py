@@ -17,6 +17,14 @@ signal), with node ids that are the gateway's own ids, as strings in one namespa
 Ids of configured signals have exactly three parts without ``/`` inside, so the four-part ids
 of children can never collide with a signal's.
 
+Each instrument object has the identification properties of the OPC UA Devices companion
+specification (OPC 10000-100, ``IVendorNameplateType``), browse names in the DI namespace
+``http://opcfoundation.org/UA/DI/``: ``Manufacturer`` and ``Model`` (LocalizedText),
+``SerialNumber``, ``SoftwareRevision`` (the firmware) and ``HardwareRevision`` (String), node ids
+``<area>/<instrument>/_identity/<name>`` (``_`` cannot begin a signal name). They are
+``BadWaitingForInitialData`` until the driver reports the device's identity (or the
+configuration states it), ``BadNotFound`` for a field the device does not tell.
+
 A scalar variable's type is that of its first value — Double (float), Int64 (int), Boolean
 or String — and stays so: later values are converted when that loses nothing, else published
 as ``BadTypeMismatch``. A variable declared before any value has DataType BaseDataType until
@@ -42,7 +50,7 @@ from asyncua.common.node import Node
 from asyncua.server.address_space import AttributeValue
 from asyncua.server.server import Server
 
-from gateway import Quality, Sample, Signal, SignalKind, Spectrum
+from gateway import DeviceIdentity, Quality, Sample, Signal, SignalKind, Spectrum
 
 from ._ua import (
     AttributeIds,
@@ -65,7 +73,7 @@ from .values import (
     variant_type_of,
 )
 
-__all__ = ["SignalNode", "SignalSpace", "notify", "set_value"]
+__all__ = ["DI_NAMESPACE", "SignalNode", "SignalSpace", "notify", "set_value"]
 
 log = structlog.get_logger("plugins.opcua_server")
 
@@ -84,6 +92,20 @@ _READ_WRITE: Final = ua.AccessLevel.CurrentRead.mask | ua.AccessLevel.CurrentWri
 _DOUBLE_ARRAY: Final = ua.VariantType.Double
 _GOOD_STATUS: Final = status(StatusCodes.Good)
 _BAD: Final = Quality.BAD
+_STRING: Final = numeric_node(ObjectIds.String)
+_LOCALIZED_TEXT: Final = numeric_node(ObjectIds.LocalizedText)
+
+DI_NAMESPACE: Final = "http://opcfoundation.org/UA/DI/"
+"""The OPC UA Devices companion specification's namespace: the browse names of the
+identification properties."""
+# (DI browse name, DeviceIdentity field, LocalizedText?)
+_DI_PROPERTIES: Final = (
+    ("Manufacturer", "manufacturer", True),
+    ("Model", "model", True),
+    ("SerialNumber", "serial_number", False),
+    ("SoftwareRevision", "firmware_revision", False),
+    ("HardwareRevision", "hardware_revision", False),
+)
 
 
 async def set_value(attribute: AttributeValue, value: ua.DataValue) -> None:
@@ -220,6 +242,17 @@ def _waiting() -> ua.DataValue:
     return ua.DataValue(NULL, BAD_WAITING, None, _now())
 
 
+def _identification_value(value: str | None, localized: bool) -> ua.DataValue:
+    if value is None:
+        return ua.DataValue(NULL, status(StatusCodes.BadNotFound), None, _now())
+    variant = (
+        ua.Variant(ua.LocalizedText(value), ua.VariantType.LocalizedText)
+        if localized
+        else ua.Variant(value, ua.VariantType.String)
+    )
+    return ua.DataValue(variant, _GOOD_STATUS, None, _now())
+
+
 def _object(
     nodeid: ua.NodeId, parent: ua.NodeId, ref: ua.NodeId, name: str, about: str
 ) -> ua.AddNodesItem:
@@ -306,6 +339,10 @@ class SignalSpace:
         self._namespace: int | None = None
         self.namespace_uri: str | None = None
         self._objects: set[str] = set()
+        self._di_namespace: int | None = None
+        # Instrument id → its object's id (``area/instrument``), and the identities told.
+        self._instruments: dict[str, str] = {}
+        self._identities: dict[str, DeviceIdentity] = {}
         self.nodes: dict[str, SignalNode] = {}
         """Signal id → node, looked up once per sample."""
 
@@ -348,6 +385,49 @@ class SignalSpace:
             uri = self._namespace_uri(_parts(signal_id)[0])
             self._namespace = await self._server.register_namespace(uri)
             self.namespace_uri = uri
+            self._di_namespace = await self._server.register_namespace(DI_NAMESPACE)
+
+    async def identify(self, instrument: str, identity: DeviceIdentity) -> None:
+        """Show ``identity`` in the identification properties of ``instrument``'s object (now,
+        or when its first signal creates it)."""
+        self._identities[instrument] = identity
+        object_id = self._instruments.get(instrument)
+        if object_id is None or self._namespace is None:
+            return
+        aspace = self._server.iserver.aspace
+        for name, field, localized in _DI_PROPERTIES:
+            node = string_node(f"{object_id}/_identity/{name}", self._namespace)
+            value = _identification_value(getattr(identity, field), localized)
+            await set_value(aspace[node].attributes[AttributeIds.Value], value)
+
+    def _identification(self, object_id: str, node: ua.NodeId) -> list[ua.AddNodesItem]:
+        assert self._namespace is not None
+        return [
+            _variable(
+                string_node(f"{object_id}/_identity/{name}", self._namespace),
+                node,
+                name,
+                f"Device identification (OPC 10000-100): {name}",
+                _LOCALIZED_TEXT if localized else _STRING,
+                array=False,
+                browse_namespace=self._di_namespace,
+                prop=True,
+            )
+            for name, _, localized in _DI_PROPERTIES
+        ]
+
+    def _show_identity(self, instrument: str, object_id: str) -> None:
+        # The new object's properties: the identity told before, else waiting for one.
+        assert self._namespace is not None
+        aspace = self._server.iserver.aspace
+        identity = self._identities.get(instrument)
+        for name, field, localized in _DI_PROPERTIES:
+            node = string_node(f"{object_id}/_identity/{name}", self._namespace)
+            aspace[node].attributes[AttributeIds.Value].value = (
+                _waiting()
+                if identity is None
+                else _identification_value(getattr(identity, field), localized)
+            )
 
     def _create(self, signal: Signal, first: ua.VariantType | None) -> SignalNode:
         assert self._namespace is not None
@@ -359,12 +439,14 @@ class SignalSpace:
             items.append(
                 _object(area_id, _OBJECTS, _ORGANIZES, area, f"PAT Gateway, process unit {area}")
             )
-        if f"{area}/{instrument}" not in self._objects:
+        new_instrument = f"{area}/{instrument}" not in self._objects
+        if new_instrument:
             items.append(
                 _object(
                     instrument_id, area_id, _HAS_COMPONENT, instrument, f"Instrument {instrument}"
                 )
             )
+            items.extend(self._identification(f"{area}/{instrument}", instrument_id))
         spectrum = signal.kind == SignalKind.SPECTRUM
         data_type = _DOUBLE if spectrum else numeric_node(first.value) if first else _BASE_DATA_TYPE
         about = signal.description or f"{name} ({signal.unit})"
@@ -395,6 +477,10 @@ class SignalSpace:
                 node_id = item.RequestedNewNodeId.to_string()
                 raise RuntimeError(f"cannot create {node_id}: {result.StatusCode.name}")
         self._objects.update((area, f"{area}/{instrument}"))
+        if new_instrument:
+            # Identities are told by instrument id: the signal's, or its id's middle part.
+            self._instruments[signal.instrument or instrument] = f"{area}/{instrument}"
+            self._show_identity(signal.instrument or instrument, f"{area}/{instrument}")
 
         aspace = self._server.iserver.aspace
         attributes = aspace[variable].attributes

@@ -29,7 +29,7 @@ from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.server.address_space import AttributeValue
 
-from gateway import PluginContext, Sample, Signal
+from gateway import DeviceIdentity, PluginContext, Sample, Signal
 from gateway.control import Access
 from gateway.security import Authority, SecurityConfig
 
@@ -85,6 +85,17 @@ class OpcUaServerSink:
         self._space: SignalSpace | None = None
         self._anchor_node: Node | None = None
         self._clock: asyncio.Task[None] | None = None
+        self._identities: dict[str, DeviceIdentity] = {}  # told, not shown yet
+
+    def device_identified(self, instrument: str, identity: DeviceIdentity) -> None:
+        """Show ``identity`` as the DI identification properties of ``instrument``'s object,
+        at the next batch of samples (an instrument identifies itself as it connects, just
+        before its first readings) or once the server has started."""
+        self._identities[instrument] = identity
+
+    async def _show_identities(self, space: SignalSpace) -> None:
+        while self._identities:
+            await space.identify(*self._identities.popitem())
 
     def bind(self, signals: Sequence[Signal]) -> None:
         """Declare the gateway's signals, so their variables exist before any sample.
@@ -154,6 +165,7 @@ class OpcUaServerSink:
         await self._space.add(self._pending)
         self._anchor_node = await self._space.add_anchor()
         self._pending.clear()
+        await self._show_identities(self._space)
         await server.start()
         self._server = server
         self._clock = asyncio.create_task(
@@ -206,6 +218,8 @@ class OpcUaServerSink:
         if self._pending:
             await space.add(self._pending)
             self._pending.clear()
+        if self._identities:
+            await self._show_identities(space)
         nodes = space.nodes
         for sample in samples:
             node = nodes.get(sample.signal)
