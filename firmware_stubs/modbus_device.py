@@ -24,6 +24,11 @@ How it hooks into pymodbus (all public constructor parameters):
   nothing, so the client never gets an answer.
 * ``active_connections`` of the listener (public attribute of pymodbus' ``ModbusProtocol``):
   closed one by one to drop the connections.
+* Read Device Identification (function 43 / MEI 14): pymodbus answers it from one identity per
+  *process* (its ``ModbusControlBlock`` singleton), so two emulated devices in one process
+  would answer alike. ``trace_pdu`` swaps each incoming request for one answered from this
+  device's own objects (:attr:`ModbusDeviceServer.identity` and its ``serial_number`` as private
+  object 0x80, read when asked: a swapped device answers another serial number).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from dataclasses import dataclass
 from typing import Generic, Literal, Self, TypeVar, cast
 
 import structlog
-from pymodbus.constants import ExcCodes
+from pymodbus.constants import DeviceInformation, ExcCodes
+from pymodbus.datastore import ModbusServerContext
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.pdu.device import ModbusDeviceIdentification
+from pymodbus.pdu.device import DeviceInformationFactory, ModbusDeviceIdentification
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -189,8 +196,9 @@ class ModbusDeviceServer:
 
     #: Short name of the device kind: names its task and its errors.
     kind = "modbus_device"
-    #: Function codes the device implements; anything else is ILLEGAL_FUNCTION.
-    function_codes: frozenset[int] = frozenset({3, 4, 6, 16})
+    #: Function codes the device implements; anything else is ILLEGAL_FUNCTION (43: Read Device
+    #: Identification).
+    function_codes: frozenset[int] = frozenset({3, 4, 6, 16, 43})
 
     def __init__(
         self,
@@ -201,6 +209,7 @@ class ModbusDeviceServer:
         tick_s: float,
         framing: Literal["tcp", "rtu"],
         identity: dict[str, str],
+        serial_number: str | None = None,
     ) -> None:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit_id {unit_id} outside 0..255")
@@ -211,7 +220,10 @@ class ModbusDeviceServer:
         # "rtu" serves RTU frames (CRC, no MBAP header) over TCP: what a serial device server
         # sends, and what a driver opening the pyserial URL socket://host:port expects.
         self.framing = framing
-        self._identity = identity
+        #: Read Device Identification objects by name (VendorName, ProductCode,
+        #: MajorMinorRevision, ModelName...); the serial number is private object 0x80.
+        self.identity = dict(identity)
+        self.serial_number = serial_number
         self._host = host
         self._port = port
         self._comm_faults: set[CommFault] = set()
@@ -240,7 +252,6 @@ class ModbusDeviceServer:
         server = ModbusTcpServer(
             self._devices(),
             address=(self._host, self._port),
-            identity=ModbusDeviceIdentification(info_name=self._identity),  # type: ignore[no-untyped-call]
             trace_pdu=self._trace_pdu,
             trace_packet=self._trace_packet,
             framer=FramerType.RTU if self.framing == "rtu" else FramerType.SOCKET,
@@ -382,6 +393,8 @@ class ModbusDeviceServer:
         return ExcCodes.GATEWAY_NO_RESPONSE
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending and isinstance(pdu, ReadDeviceInformationRequest):
+            return _OwnIdentityRequest(pdu, self)
         if sending and CommFault.EXCEPTION_RESPONSES in self._comm_faults:
             return ExceptionResponse(
                 pdu.function_code & 0x7F,
@@ -442,3 +455,46 @@ class ScheduledModbusDevice(ScheduledEmulator[DeviceT, StepT], Generic[DeviceT, 
 
     def _clear(self, step: StepT) -> None:
         raise NotImplementedError
+
+
+class _OwnIdentityRequest(ReadDeviceInformationRequest):
+    """A Read Device Identification request answered from one device's objects (the checks
+    are pymodbus's own, for the same exception replies)."""
+
+    def __init__(self, request: ReadDeviceInformationRequest, device: ModbusDeviceServer) -> None:
+        super().__init__(
+            request.read_code, request.object_id, request.dev_id, request.transaction_id
+        )
+        self._device = device
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        _ = context
+        device = self._device
+        if self.function_code not in device.function_codes:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
+        if device.unit_id and device_id != device.unit_id:
+            return ExceptionResponse(self.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        if not 0x01 <= self.read_code <= 0x04:
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+        info: dict[int, str] = {0x80: device.serial_number} if device.serial_number else {}
+        identity = ModbusDeviceIdentification(info=info, info_name=device.identity)  # type: ignore[no-untyped-call]
+        information = DeviceInformationFactory.get(  # type: ignore[no-untyped-call]
+            _Control(identity), self.read_code, self.object_id
+        )
+        if self.read_code == DeviceInformation.SPECIFIC and (
+            0x07 <= self.object_id < 0x80 or not information.get(self.object_id)
+        ):
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_ADDRESS)
+        return ReadDeviceInformationResponse(
+            read_code=self.read_code,
+            information=information,
+            dev_id=device_id,
+            transaction_id=self.transaction_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Control:
+    """What pymodbus's DeviceInformationFactory reads: a control block's ``Identity``."""
+
+    Identity: ModbusDeviceIdentification  # (pymodbus's attribute name)

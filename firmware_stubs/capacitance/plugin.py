@@ -93,6 +93,12 @@ class ProbeOptions(BaseModel):
     framing: Literal["tcp", "rtu"] = Field(
         default="tcp", description="tcp = Modbus TCP; rtu = RTU frames over TCP (socket:// URLs)."
     )
+    serial_number: str = Field(
+        default="CP-EMU-0001",
+        min_length=1,
+        max_length=64,
+        description="Serial number it reports (Read Device Identification, private object 0x80).",
+    )
     process: str | None = Field(
         default=None,
         description="Id of a 'bioreactor' emulator (listed before this one) whose viable cells"
@@ -206,6 +212,7 @@ def _build(options: ProbeOptions, context: PluginContext) -> ScheduledProbe:
         interval_s=options.interval_s,
         framing=options.framing,
         culture=lambda: constant_culture(vcd),
+        serial_number=options.serial_number,
     )
     return ScheduledProbe(emulator, options.faults, options.process)
 

@@ -80,6 +80,7 @@ class CapacitanceProbeEmulator(ModbusDeviceServer):
         interval_s: float = 0.5,
         framing: Literal["tcp", "rtu"] = "tcp",
         culture: Callable[[], Culture] | None = None,
+        serial_number: str = "CP-EMU-0001",
     ) -> None:
         super().__init__(
             host,
@@ -90,8 +91,10 @@ class CapacitanceProbeEmulator(ModbusDeviceServer):
             identity={
                 "VendorName": "PAT Gateway",
                 "ProductCode": "CP",
+                "MajorMinorRevision": "2.1",
                 "ModelName": "Emulated capacitance (viable biomass) probe",
             },
+            serial_number=serial_number,
         )
         self.model = model if model is not None else ProbeModel()
         self.interval_s = interval_s

@@ -93,6 +93,12 @@ class FeedPumpOptions(BaseModel):
         " accepted but clamped to it, and reads back as the limit, as real pumps do.",
     )
     ml_per_rev: float = Field(default=0.8, gt=0, le=100, description="Tubing calibration, mL/rev.")
+    serial_number: str = Field(
+        default="FP-EMU-0001",
+        min_length=1,
+        max_length=64,
+        description="Serial number it reports (Read Device Identification, private object 0x80).",
+    )
     faults: tuple[FaultStep, ...] = Field(default=(), description="Scheduled fault injection.")
     watchdog_s: int = Field(
         default=0,
@@ -156,7 +162,12 @@ def _build(options: FeedPumpOptions, context: PluginContext) -> Any:
         safe_rpm=options.safe_rpm,
     )
     emulator = FeedPumpEmulator(
-        options.host, options.port, model=model, unit_id=options.unit_id, framing=options.framing
+        options.host,
+        options.port,
+        model=model,
+        unit_id=options.unit_id,
+        framing=options.framing,
+        serial_number=options.serial_number,
     )
     return ScheduledFeedPump(emulator, options.faults, options.process)
 

@@ -54,6 +54,7 @@ class FeedPumpEmulator(ModbusDeviceServer):
         tick_s: float = 0.05,
         framing: Literal["tcp", "rtu"] = "tcp",
         on_delivered: Callable[[float], None] | None = None,
+        serial_number: str = "FP-EMU-0001",
     ) -> None:
         super().__init__(
             host,
@@ -64,8 +65,10 @@ class FeedPumpEmulator(ModbusDeviceServer):
             identity={
                 "VendorName": "PAT Gateway",
                 "ProductCode": "PF",
+                "MajorMinorRevision": "1.4",
                 "ModelName": "Emulated peristaltic feed pump",
             },
+            serial_number=serial_number,
         )
         self.model = model if model is not None else PumpModel()
         # Told every millilitre the pump delivers (the shared bioreactor process takes it in).

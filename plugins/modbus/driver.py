@@ -26,6 +26,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway import (
     Channel,
+    DeviceIdentity,
     InstrumentError,
     InstrumentIO,
     Output,
@@ -37,6 +38,7 @@ from gateway import (
     now_ns,
 )
 
+from .identity import BASIC, IdentityOptions, identity_from_objects, read_code_for
 from .options import ModbusOptions
 from .profiles import Profile, load_profile
 from .registers import Decoder, ReadBlock, RegisterSpec, encode_value, plan_reads
@@ -61,6 +63,9 @@ _EXCEPTION_NAMES = {
 # Exception codes of a Modbus gateway that could not reach the device: the path failed, the
 # device did not refuse anything.
 _PATH_EXCEPTIONS = frozenset({10, 11})
+
+
+_MAX_IDENTIFICATION_READS = 8  # "more follows" replies; a device that never stops is cut off
 
 
 def _exception_reason(response: Any) -> str:
@@ -98,6 +103,7 @@ class ModbusDriver(PollingDriver):
         )
         self.word_order = options.word_order or profile.word_order
         self.byte_order = options.byte_order or profile.byte_order
+        self.identity_spec: IdentityOptions | None = options.identity or profile.identity
         self.blocks: list[ReadBlock] = plan_reads(
             list(specs.values()),
             address_base=self.address_base,
@@ -161,6 +167,46 @@ class ModbusDriver(PollingDriver):
             raise InstrumentError(f"cannot connect to {self.where}: {exc}") from exc
         if not ok:
             raise InstrumentError(f"cannot connect to {self.where}")
+        self.device_identity = None
+        if self.identity_spec is not None:
+            self.device_identity = await self._read_identity(self.identity_spec)
+
+    async def _read_identity(self, spec: IdentityOptions) -> DeviceIdentity | None:
+        """Read Device Identification, following "more follows" across replies. A device that
+        refuses it (an exception reply) or does not answer has none: logged, not a failure (a
+        dead link fails the first poll)."""
+        objects: dict[int, Any] = {}
+        read_code, object_id = read_code_for(spec), 0
+        for _ in range(_MAX_IDENTIFICATION_READS):
+
+            def request(client: Any, code: int = read_code, first: int = object_id) -> Any:
+                return client.read_device_information(
+                    read_code=code, object_id=first, device_id=self.options.unit_id
+                )
+
+            try:
+                response, inconsistent = await self._execute(request)
+            except InstrumentError as exc:
+                self._log_no_identity(str(exc))
+                return None
+            if inconsistent is not None or response.isError():
+                why = inconsistent or _exception_reason(response)
+                if read_code != BASIC:  # the mandatory objects, at least
+                    read_code, object_id, objects = BASIC, 0, {}
+                    continue
+                self._log_no_identity(why)
+                return None
+            objects.update(response.information)
+            if not response.more_follows:
+                break
+            object_id = response.next_object_id
+        identity = identity_from_objects(spec, objects)
+        return None if identity.is_empty() else identity
+
+    def _log_no_identity(self, why: str) -> None:
+        log.warning(
+            "modbus.identity_unavailable", instrument=self.context.id, where=self.where, reason=why
+        )
 
     async def close(self) -> None:
         if self._client is not None:

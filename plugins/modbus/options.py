@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import SerialPort
 
+from .identity import IdentitySpec
 from .profiles import load_profile
 from .registers import RegisterSpec
 
@@ -48,6 +49,12 @@ class ModbusOptions(BaseModel):
     )
     max_gap: int = Field(
         default=0, ge=0, le=32, description="Unused registers a single read may span."
+    )
+    identity: IdentitySpec = Field(
+        default=None,
+        description="Read the device's identity when connecting: 'device_identification'"
+        " (function 43 / MEI 14), or a mapping with the private objects of its serial number"
+        " and hardware revision; overrides the profile's. None: the profile's, if any.",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import load_yaml
 
+from .identity import IdentitySpec
 from .registers import RegisterSpec
 
 __all__ = ["Profile", "available_profiles", "load_profile"]
@@ -28,6 +29,9 @@ class Profile(BaseModel):
     word_order: Literal["big", "little"] = "big"
     byte_order: Literal["big", "little"] = "big"
     registers: tuple[RegisterSpec, ...] = Field(default=())
+    identity: IdentitySpec = Field(
+        default=None, description="How the device tells its identity (see the options' field)."
+    )
 
 
 def available_profiles() -> list[str]:
