@@ -328,6 +328,8 @@ async def test_the_address_space_carries_units_ranges_and_fresh_values() -> None
             "Manufacturer": "PAT Gateway emulator",
             "Model": "Fed-batch controller",
             "SerialNumber": "EMU-reactor",
+            "SoftwareRevision": "3.2.0",
+            "HardwareRevision": "B",
         }
 
         first = {}

@@ -7,7 +7,8 @@ For gateway integration tests, demos and ``patgw emulate bioreactor --port 4840`
 
 Address space: namespace ``urn:pat-gateway:emulator:bioreactor-controller`` (registered, so its
 index is usually 2; clients look it up by URI), object ``Objects/BioreactorController`` with an
-``Identification`` object (properties ``Manufacturer``, ``Model``, ``SerialNumber``) and the
+``Identification`` object (properties ``Manufacturer``, ``Model``, ``SerialNumber``,
+``SoftwareRevision``, ``HardwareRevision``: the OPC UA DI names, in this namespace) and the
 variables listed in :mod:`~firmware_stubs.bioreactor.dcu`, grouped in objects ``Temperature``,
 ``pH``, ``DissolvedOxygen``, ``Agitation`` (each ``PV`` and ``SP``), ``GasFlows``, ``Pumps``,
 ``Alarms`` and ``Emulation`` (the process model's true concentrations, which no real controller has,
@@ -96,6 +97,8 @@ MANUFACTURER = "PAT Gateway emulator"
 MODEL = "Fed-batch controller"
 #: The model a perfusion run's controller reports.
 PERFUSION_MODEL = "Perfusion controller"
+SOFTWARE_REVISION = "3.2.0"
+HARDWARE_REVISION = "B"
 
 #: What stop() and a listener restart may take before they give up waiting.
 _STOP_TIMEOUT_S = 5.0
@@ -188,6 +191,8 @@ class BioreactorController:
             raise ValueError(f"port {port} outside 0..65535")
         self.clock = clock
         self.name = name
+        #: Shown in ``Identification.SerialNumber`` from the next start (a restart is a swap).
+        self.serial_number = f"EMU-{name}"
         self.update_s = update_s
         self.agitation = dcu.AgitationDrive(seed=seed)
         self._host = host
@@ -366,7 +371,9 @@ class BioreactorController:
         for prop, text in (
             ("Manufacturer", MANUFACTURER),
             ("Model", MODEL if self.clock.model.perfusion is None else PERFUSION_MODEL),
-            ("SerialNumber", f"EMU-{self.name}"),
+            ("SerialNumber", self.serial_number),
+            ("SoftwareRevision", SOFTWARE_REVISION),
+            ("HardwareRevision", HARDWARE_REVISION),
         ):
             await ident.add_property(
                 node_id(f"Identification.{prop}"),

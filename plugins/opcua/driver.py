@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import (
     Channel,
+    DeviceIdentity,
     InstrumentError,
     InstrumentIO,
     Output,
@@ -196,6 +197,10 @@ class OpcUaDriver:
             for spec in options.nodes
         )
         self._by_name = {n.spec.name: n for n in self._nodes}
+        self._identity_refs = {
+            field: parse_node_ref(node, aliases)
+            for field, node in (options.identity.refs() if options.identity else {}).items()
+        }
         self._index = {n.spec.name: i for i, n in enumerate(self._nodes)}
         self._client: Client | None = None
         self._write_targets: dict[str, tuple[ua.NodeId, ua.VariantType | None]] = {}
@@ -240,6 +245,11 @@ class OpcUaDriver:
             opened = True
             self.sessions += 1
             self._log.info("opcua.session_created", sessions=self.sessions)
+            if self._identity_refs:
+                step = "read the identity"
+                identity = await self._read_identity(client)
+                if identity is not None:
+                    io.identify(identity)
             step = "subscribe"
             subscription, silence_s = await self._subscribe(client)
             self._client = client
@@ -488,6 +498,33 @@ class OpcUaDriver:
                 elif dv.Value is not None and dv.Value.Value != ua.NodeClass.Variable:
                     problems[i] = f"{ua.NodeClass(dv.Value.Value).name} node, not a variable"
         return {i: node_id for i, node_id in ids.items() if i not in problems}, problems
+
+    async def _read_identity(self, client: Client) -> DeviceIdentity | None:
+        """The identity nodes' values, in one Read; a node that is missing, bad or empty (or
+        whose namespace the server lacks) leaves its field unknown, and the log says why."""
+        server_namespaces: list[str] = await client.get_namespace_array()
+        ids: dict[str, ua.NodeId] = {}
+        problems: dict[str, str] = {}
+        for field, ref in self._identity_refs.items():
+            try:
+                ids[field] = self._node_id(ref, server_namespaces)
+            except LookupError as exc:
+                problems[field] = str(exc)
+        values: dict[str, str] = {}
+        if ids:
+            results = await client.uaclient.read_attributes(list(ids.values()), AttributeIds.Value)
+            for field, dv in zip(ids, results, strict=True):
+                code = dv.StatusCode.value if dv.StatusCode is not None else 0
+                value = dv.Value.Value if dv.Value is not None else None
+                if isinstance(value, ua.LocalizedText):
+                    value = value.Text
+                if code >> 30:
+                    problems[field] = status_name(code)
+                elif value is not None and str(value).strip():
+                    values[field] = str(value).strip()
+        if problems:
+            self._log.warning("opcua.identity_incomplete", problems=problems)
+        return DeviceIdentity(**values) if values else None
 
     def _node_id(self, ref: NodeRef, server_namespaces: list[str]) -> ua.NodeId:
         index = namespace_index(ref.alias, ref.uri, self.options.namespaces, server_namespaces)

@@ -12,7 +12,7 @@ from gateway import ConfigPath, Secret, UnitError, validate_ucum
 
 from .nodes import ALIAS_PATTERN, parse_browse_step, parse_node_ref
 
-__all__ = ["NodeSpec", "OpcUaOptions"]
+__all__ = ["IdentityNodes", "NodeSpec", "OpcUaOptions"]
 
 DEFAULT_PORT = 4840  # IANA's port for OPC UA over TCP
 
@@ -67,6 +67,27 @@ class NodeSpec(BaseModel):
         if (self.node is None) == (self.browse_path is None):
             raise ValueError(f"node {self.name!r}: give exactly one of node and browse_path")
         return self
+
+
+class IdentityNodes(BaseModel):
+    """Where the server keeps the device's identity: a node (written as a node's ``node``) per
+    field, read once per session. A node that is missing or bad leaves its field unknown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manufacturer: str | None = Field(default=None, description="Node of the manufacturer.")
+    model: str | None = Field(default=None, description="Node of the model.")
+    serial_number: str | None = Field(default=None, description="Node of the serial number.")
+    firmware_revision: str | None = Field(
+        default=None, description="Node of the firmware (software) revision."
+    )
+    hardware_revision: str | None = Field(
+        default=None, description="Node of the hardware revision."
+    )
+
+    def refs(self) -> dict[str, str]:
+        """Field name → node, for the fields given."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class OpcUaOptions(BaseModel):
@@ -161,6 +182,12 @@ class OpcUaOptions(BaseModel):
     nodes: tuple[NodeSpec, ...] = Field(
         min_length=1, description="The variables to subscribe to, one channel each."
     )
+    identity: IdentityNodes | None = Field(
+        default=None,
+        description="Nodes holding the device's identity (e.g. the OPC UA DI properties"
+        " Manufacturer, Model, SerialNumber, SoftwareRevision of its device object), read at"
+        " every connect and reported as the instrument's identity. None: not read.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -207,6 +234,17 @@ class OpcUaOptions(BaseModel):
                     parse_browse_step(step, aliases)
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+        return value
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: IdentityNodes | None, info: ValidationInfo) -> IdentityNodes | None:
+        aliases = set(info.data.get("namespaces") or ())
+        for field, node in (value.refs() if value is not None else {}).items():
+            try:
+                parse_node_ref(node, aliases)
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from None
         return value
 
     @model_validator(mode="after")

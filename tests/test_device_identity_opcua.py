@@ -1,0 +1,62 @@
+"""The ``opcua`` driver reads the identity nodes of the emulated bioreactor controller over
+loopback, through the real runtime, and the gateway keeps and shows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import structlog
+from conftest import free_port, wait_for
+from test_opcua_driver_emulator import NAMESPACE, NODES, gateway_with_controller, instrument
+
+from gateway import DeviceIdentity
+from gateway.metrics import health_report
+from gateway.store import SampleStore
+from plugins.opcua.options import OpcUaOptions
+
+IDENTITY = {
+    "manufacturer": "dcu:BioreactorController.Identification.Manufacturer",
+    "model": "dcu:BioreactorController.Identification.Model",
+    "serial_number": f"nsu={NAMESPACE};s=BioreactorController.Identification.SerialNumber",
+    "firmware_revision": "dcu:BioreactorController.Identification.SoftwareRevision",
+    # Not on this controller: the field stays unknown, the rest is read.
+    "hardware_revision": "dcu:BioreactorController.Identification.NoSuchNode",
+}
+
+
+@pytest.mark.asyncio
+async def test_the_controllers_identity_nodes_become_the_instruments_identity(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    block = instrument("dcu", port, NODES[:2])
+    block["options"]["identity"] = IDENTITY
+    with structlog.testing.capture_logs() as logged:
+        async with gateway_with_controller(tmp_path, block, port=port) as (_, gateway):
+            runner = gateway.runners[0]
+            await wait_for(lambda: runner.identity is not None, within=15, what="the identity")
+            assert runner.identity == DeviceIdentity(
+                "PAT Gateway emulator", "Fed-batch controller", "EMU-reactor", "3.2.0", None
+            )
+            shown = health_report(gateway, 1.0)["instruments"]["dcu"]["identity"]
+            assert shown["serial_number"] == "EMU-reactor" and shown["source"] == "driver"
+    [incomplete] = [e for e in logged if e["event"] == "opcua.identity_incomplete"]
+    assert incomplete["problems"] == {"hardware_revision": "BadNodeIdUnknown"}
+    store = SampleStore(tmp_path / "store.sqlite", read_only=True)
+    try:
+        [record] = store.identities("dcu")
+    finally:
+        store.close()
+    assert record.identity.firmware_revision == "3.2.0"
+
+
+def test_identity_nodes_are_checked_like_the_nodes() -> None:
+    with pytest.raises(ValueError, match=r"serial_number: node 'x:Serial'.*alias 'x'"):
+        OpcUaOptions.model_validate(
+            {
+                "url": "opc.tcp://127.0.0.1:4840",
+                "nodes": [{"name": "t", "node": "i=2258", "unit": "s"}],
+                "identity": {"serial_number": "x:Serial"},
+            }
+        )
