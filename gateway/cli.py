@@ -30,7 +30,7 @@ from .audit.cli import add_audit_parser, run_audit
 from .config import GatewayConfig
 from .config_reference import config_reference
 from .errors import ConfigError, GatewayError
-from .export import FORMATS, read_archive
+from .export import FORMATS, DeviceHistory, read_archive
 from .loader import format_loc, load_plan, read_config
 from .logs import configure_logging
 from .model import Sample
@@ -390,15 +390,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
             else:
                 samples = store.samples(args.signal, since)
             writer = FORMATS[args.format]
+            devices = DeviceHistory(
+                store.identities(), {s.id: s.instrument for s in store.signals()}
+            )
             if args.output:
                 try:
                     with args.output.open("w", encoding="utf-8", newline="") as out:
-                        result = writer(samples, out, origin)
+                        result = writer(samples, out, origin, devices=devices)
                 except BaseException:
                     args.output.unlink(missing_ok=True)  # no half-written file that looks complete
                     raise
             else:
-                result = writer(samples, sys.stdout, origin)
+                result = writer(samples, sys.stdout, origin, devices=devices)
     finally:
         store.close()
     what = "spectra" if args.format == "jcamp" else "samples"

@@ -4,7 +4,10 @@ JSON lines carry every sample in the JSON form of every sink, spectra included (
 axis). CSV has one row per *scalar* sample; a spectrum does not fit a cell, so CSV skips spectra
 and says so. JCAMP-DX 5.01 (``--format jcamp``) carries spectra only: one block per spectrum,
 ``##XYPOINTS=(XY..XY)`` because a calibrated axis is not evenly spaced; several spectra make a
-compound (``##DATA TYPE=LINK``) file.
+compound (``##DATA TYPE=LINK``) file. Each spectrum's block names the device that measured it
+(``##SPECTROMETER/DATA SYSTEM=`` and ``##$PATGW DEVICE ...`` lines: the identity its instrument
+had in the store when the spectrum was received, see :class:`DeviceHistory`); JSON lines and CSV
+have no header to hold it (``patgw export`` keeps them one sample per line).
 
 With ``--include-archive``, the samples the store budget pruned are read back from the archive
 files it recorded (JSON lines in this same form, each checked against its recorded SHA-256
@@ -18,19 +21,24 @@ import fnmatch
 import gzip
 import json
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from .api import DeviceIdentity
 from .errors import GatewayError, StoreError
 from .model import Quality, Sample, sample_to_json, sample_to_json_dict
 from .spectra import SpectralAxis, Spectrum
 from .timefmt import format_ns, parse_iso_ns
 
+if TYPE_CHECKING:
+    from .store.sqlite import IdentityRecord
+
 __all__ = [
     "FORMATS",
+    "DeviceHistory",
     "ExportResult",
     "read_archive",
     "sample_from_json",
@@ -57,10 +65,48 @@ class ExportResult:
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
 
-Writer = Callable[[Iterable[Sample], TextIO, str], ExportResult]
+class DeviceHistory:
+    """Which device each signal's instrument was at a given time, from the store's identity
+    records (:meth:`~gateway.store.SampleStore.identities`) and its signal definitions."""
+
+    def __init__(self, records: Sequence[IdentityRecord], instruments: Mapping[str, str]) -> None:
+        self._instruments = dict(instruments)  # signal id -> instrument id
+        self._records: dict[str, list[IdentityRecord]] = {}
+        for record in records:
+            self._records.setdefault(record.instrument, []).append(record)
+
+    def at(self, sample: Sample) -> DeviceIdentity | None:
+        """The identity of the latest device identified at or before the sample's receipt;
+        ``None`` before the first identification (or for a signal of no instrument)."""
+        found = None
+        for record in self._records.get(self._instruments.get(sample.signal, ""), ()):
+            if record.first_seen_ns > sample.gateway_ts:
+                break
+            found = record.identity
+        return found
 
 
-def write_jsonl(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+class Writer(Protocol):
+    """An export format: writes ``samples`` to ``out``; ``devices`` (where the format has room
+    for it) names the device of each sample."""
+
+    def __call__(
+        self,
+        samples: Iterable[Sample],
+        out: TextIO,
+        origin: str = "",
+        *,
+        devices: DeviceHistory | None = None,
+    ) -> ExportResult: ...
+
+
+def write_jsonl(
+    samples: Iterable[Sample],
+    out: TextIO,
+    origin: str = "",
+    *,
+    devices: DeviceHistory | None = None,
+) -> ExportResult:
     """One compact JSON object per line."""
     result = ExportResult()
     for sample in samples:
@@ -69,7 +115,13 @@ def write_jsonl(samples: Iterable[Sample], out: TextIO, origin: str = "") -> Exp
     return result
 
 
-def write_csv(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+def write_csv(
+    samples: Iterable[Sample],
+    out: TextIO,
+    origin: str = "",
+    *,
+    devices: DeviceHistory | None = None,
+) -> ExportResult:
     """A header line, then one row per scalar sample with the JSON form's fields."""
     writer = csv.DictWriter(out, fieldnames=_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -83,7 +135,13 @@ def write_csv(samples: Iterable[Sample], out: TextIO, origin: str = "") -> Expor
     return result
 
 
-def write_jcamp(samples: Iterable[Sample], out: TextIO, origin: str = "") -> ExportResult:
+def write_jcamp(
+    samples: Iterable[Sample],
+    out: TextIO,
+    origin: str = "",
+    *,
+    devices: DeviceHistory | None = None,
+) -> ExportResult:
     """Every spectrum among ``samples`` as JCAMP-DX 5.01; scalar and value-less samples are
     skipped (and counted). One spectrum makes a plain file, more make a ``LINK`` file.
 
@@ -97,7 +155,8 @@ def write_jcamp(samples: Iterable[Sample], out: TextIO, origin: str = "") -> Exp
             if not isinstance(sample.value, Spectrum):
                 result.skip("samples without a spectrum (scalar signals, bad spectra)")
                 continue
-            block = _jcamp_block(sample, sample.value, origin)
+            device = devices.at(sample) if devices is not None else None
+            block = _jcamp_block(sample, sample.value, origin, device)
             result.written += 1
             if result.written == 1:
                 first = block
@@ -130,7 +189,22 @@ def _with_block_id(block: str, block_id: int) -> str:
     return f"{title}\n##BLOCK_ID={block_id}\n{rest}"
 
 
-def _jcamp_block(sample: Sample, spectrum: Spectrum, origin: str) -> str:
+def _jcamp_device(device: DeviceIdentity | None) -> list[str]:
+    if device is None or device.is_empty():
+        return []
+    return [
+        f"##SPECTROMETER/DATA SYSTEM={_one_line(device.label())}",
+        *(
+            f"##$PATGW DEVICE {name.upper().replace('_', ' ')}={_one_line(value)}"
+            for name, value in device.fields().items()
+            if value is not None
+        ),
+    ]
+
+
+def _jcamp_block(
+    sample: Sample, spectrum: Spectrum, origin: str, device: DeviceIdentity | None = None
+) -> str:
     x = spectrum.axis.values
     y = spectrum.values
     xunits = _JCAMP_XUNITS.get(spectrum.axis.unit, spectrum.axis.unit.upper())
@@ -142,6 +216,7 @@ def _jcamp_block(sample: Sample, spectrum: Spectrum, origin: str) -> str:
         f"##ORIGIN={origin or 'PAT Gateway'}",
         "##OWNER=",
         f"##LONGDATE={when:%Y/%m/%d %H:%M:%S} +0000",
+        *_jcamp_device(device),
         f"##$PATGW SIGNAL={sample.signal}",
         f"##$PATGW SEQ={sample.seq}",
         f"##$PATGW SOURCE TS={format_ns(sample.source_ts)}",

@@ -168,7 +168,9 @@ async def test_login_pages_and_logout(console: Console) -> None:
     assert "script-src 'self'" in overview.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in overview.headers["content-security-policy"]
     assert overview.headers["cache-control"] == "no-store"
-    assert b"<td>pump</td><td>connected</td>" in overview.body
+    # The device column: the emulated pump's identity (Read Device Identification).
+    device = b"PAT Gateway Emulated peristaltic feed pump S/N FP-EMU-0001 fw 1.4"
+    assert b"<td>pump</td><td>" + device + b"</td><td>connected</td>" in overview.body
     assert b"<script>" not in overview.body  # no inline script: the CSP forbids it
 
     signals = await console.request("GET", "/signals?instrument=pump", cookie=token)

@@ -14,8 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jcamp
 import pytest
-from conftest import wait_for, write_config
+from conftest import patgw, wait_for, write_config
 from pydantic import BaseModel
 
 from firmware_stubs.raman import Fault, RamanEmulator
@@ -180,6 +181,18 @@ async def test_a_swapped_spectrometer_is_stored_audited_and_shown(tmp_path: Path
     assert [r.identity.serial_number for r in history] == [SERIAL, SWAPPED]
     assert history[0].last_seen_ns < history[1].first_seen_ns
     assert history[1].identity.manufacturer == "Emulated Optics"
+
+    # JCAMP-DX names the device of each spectrum: the first spectrometer's, then the other's.
+    jdx = tmp_path / "raman.jdx"
+    args = ["--format", "jcamp", "--signal", "*/raman/spectrum", "-o", str(jdx)]
+    exported = patgw("export", str(tmp_path / "gateway.yaml"), *args, cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    blocks = jcamp.readfile(str(jdx))["children"]
+    systems = [b["spectrometer/data system"] for b in blocks]
+    assert systems[0] == f"Emulated Optics RAMAN-785 S/N {SERIAL} fw 2.3 hw 1"
+    assert systems[-1] == f"Emulated Optics RAMAN-785 S/N {SWAPPED} fw 2.3 hw 1"
+    assert systems == sorted(systems)  # never back to the first after the swap
+    assert {b["$patgw device serial number"] for b in blocks} == {SERIAL, SWAPPED}
 
     events = [r.event for r in read_records(audit_path, action="device.*")]
     assert [e.action for e in events] == ["device.identified", "device.identity_changed"]

@@ -47,6 +47,7 @@ from gateway.cli import main as patgw
 from gateway.export import write_csv, write_jcamp, write_jsonl
 from gateway.spectra import count_peaks, decode_values, encode_values, spectrum_summary
 from gateway.store import SampleStore
+from gateway.store.sqlite import SCHEMA_VERSION
 
 NS = 1_800_000_000_000_000_000
 
@@ -262,7 +263,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     SampleStore(path).close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("SELECT count(*) FROM axis").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM sink_cursor").fetchone()[0] == 0
     finally:
