@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from firmware_stubs.raman import Fault, RamanEmulator
 from gateway import Channel, DeviceIdentity, InstrumentIO, PluginContext, hookimpl
 from gateway.audit import read_records
+from gateway.capabilities import capability_problems
 from gateway.console.pages import device_label, overview_page
 from gateway.metrics import health_report
 from gateway.security import Identity
@@ -49,6 +50,25 @@ def test_identity_fields_label_and_filling() -> None:
     assert DeviceIdentity().is_empty() and not merged.is_empty()
     with pytest.raises(TypeError, match="serial_number must be a str"):
         DeviceIdentity(serial_number=1234)  # type: ignore[arg-type]
+
+
+def test_a_sinks_device_identified_must_be_plain() -> None:
+    class Shows:
+        async def __aenter__(self) -> Shows:
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            pass
+
+        async def send(self, samples: object) -> None:
+            pass
+
+        async def device_identified(self, instrument: str, identity: DeviceIdentity) -> None:
+            pass
+
+    assert capability_problems("sink", Shows) == [
+        "device_identified must be a plain function, not async def"
+    ]
 
 
 def test_the_store_keeps_each_device_an_instrument_was(tmp_path: Path) -> None:
@@ -137,7 +157,12 @@ async def test_a_swapped_spectrometer_is_stored_audited_and_shown(tmp_path: Path
     async with RamanEmulator(transport="tcp", pixels=1024) as raman:
         async with GatewayRun(_config(tmp_path, raman.endpoint)) as run:
             runner = run.instrument("raman")
-            await wait_for(lambda: runner.identity is not None, what="first identity")
+
+            def spectra() -> int:
+                return sum(s.value is not None for s in run.samples("*/raman/spectrum"))
+
+            await wait_for(lambda: spectra() >= 1, what="a first spectrum")
+            assert runner.identity is not None
             assert run.gateway.http_address is not None
             host, port = run.gateway.http_address
             health = await asyncio.to_thread(_get_json, f"http://{host}:{port}/health")
@@ -169,6 +194,8 @@ async def test_a_swapped_spectrometer_is_stored_audited_and_shown(tmp_path: Path
             keeper = run.gateway.identities
             assert keeper is not None
             await wait_for(lambda: keeper.changes == 1, what="the change to be recorded")
+            before = spectra()
+            await wait_for(lambda: spectra() > before, what="a spectrum from the other device")
         audit_path = run.plan.config.audit.resolved(
             run.plan.config.store.path, run.plan.config.data_dir
         ).path

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway import Quality, Signal
+from gateway import DeviceIdentity, Quality, Signal
 from gateway.store import SampleStore
 from gateway.store.sqlite import SCHEMA_VERSION, Delivery
 
@@ -150,11 +150,26 @@ def test_an_upgraded_store_takes_new_commits(tmp_path: Path, fixture: Path) -> N
         row = (ids.def_id, ids.next_seq, 1, 2, int(Quality.GOOD), 3.5, None)
         store.commit([row], {flow.id: ids.next_seq + 1})
         assert store.last_committed_id == count + 1
+        # Device identities (schema 6) are kept from now on.
+        store.record_identity("pump", DeviceIdentity("Acme", serial_number="S1"), "driver", 5)
     finally:
         store.close()
     reopened = SampleStore(old)
     try:
         assert reopened.define([flow])[flow.id].next_seq == ids.next_seq + 1
         assert [s.value for s in reopened.samples("r1/pump/flow")][-1] == 3.5
+        assert [r.identity.serial_number for r in reopened.identities()] == ["S1"]
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: f"v{version_of(p)}")
+def test_an_old_store_read_only_has_no_identities(tmp_path: Path, fixture: Path) -> None:
+    # patgw export of a store no gateway of this version has opened yet: no identity table.
+    old = build(fixture, tmp_path / "old.sqlite")
+    store = SampleStore(old, read_only=True)
+    try:
+        assert store.identities() == []
+    finally:
+        store.close()
+    assert shape(old)["user_version"] == version_of(fixture)  # not upgraded by reading
