@@ -41,6 +41,10 @@ class RecordingIO(InstrumentRunner):
     "weight_mg", "channel": "weight", "unit": "mg"}``); omitted, every channel is published in
     its own unit, as a configuration that lists none does. Signal ids are
     ``<area>/<instrument_id>/<signal>``.
+
+    Every identity the driver reports (``identify()``, plugin API 1.1; a
+    :class:`~gateway.PollingDriver`'s ``device_identity``) is kept in :attr:`identities`, the
+    latest in ``identity``.
     """
 
     def __init__(
