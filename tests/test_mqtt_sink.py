@@ -45,8 +45,8 @@ from gateway import (
 from gateway.config import SinkConfig
 from gateway.runtime.forward import BacklogReader, Forwarder
 from gateway.store import SampleStore
-from plugins.mqtt.plugin import MqttError, MqttOptions, MqttSink
 from plugins.mqtt.session import Session
+from plugins.mqtt.sink import MqttError, MqttOptions, MqttSink
 
 FLOW = Signal("reactor1/feed_pump/flow", "mL/min", description="Feed flow", instrument="feed_pump")
 SPEED = Signal("reactor1/feed_pump/speed", "/min", instrument="feed_pump")

@@ -55,7 +55,7 @@ from gateway import (
 )
 from plugins.mqtt.session import MqttError
 from plugins.sparkplug.options import SparkplugOptions
-from plugins.sparkplug.plugin import REBIRTH_MIN_INTERVAL_S, SparkplugSink
+from plugins.sparkplug.sink import REBIRTH_MIN_INTERVAL_S, SparkplugSink
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO = REPO / "plugins" / "sparkplug" / "sparkplug_b.proto"
