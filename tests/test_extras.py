@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -268,3 +270,27 @@ def test_an_emulator_type_nobody_registers_points_at_the_emulators_distribution(
     assert checked.returncode == 2
     assert "unknown emulator 'feed_pump'" in checked.stderr
     assert "pip install pat-gateway-emulators" in checked.stderr
+
+
+def test_every_module_of_the_core_imports_without_the_optional_libraries(tmp_path: Path) -> None:
+    # gateway.testing.plugin is pytest's (the pytest11 entry point): pytest is there in a test
+    # run, and it is not one of the extras' libraries.
+    script = textwrap.dedent("""
+        import importlib, pkgutil, gateway
+        every = pkgutil.walk_packages(gateway.__path__, "gateway.")
+        names = [m.name for m in every if m.name != "gateway.__main__"]  # it runs patgw
+        for name in names:
+            importlib.import_module(name)
+        print(len(names))
+    """)
+    imported = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=without_optional(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert int(imported.stdout) > 50
