@@ -498,7 +498,16 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     registration = build_registry().get(PluginKind.EMULATOR, args.name)
     if registration is None:
         known = ", ".join(build_registry().names(PluginKind.EMULATOR)) or "none"
-        return _errors([f"unknown emulator {args.name!r} (known: {known})"])
+        return _errors(
+            [
+                f"unknown emulator {args.name!r} (known: {known}); this repository's come in"
+                " the distribution pat-gateway-emulators (docs/install.md)"
+            ]
+        )
+    missing = registration.missing()
+    if missing:
+        text = missing_text(registration, missing, registration.extra)
+        return _errors([f"emulator {args.name!r} {text}"])
     raw: dict[str, Any] = {"host": args.host}
     if args.port is not None:
         raw["port"] = args.port

@@ -266,10 +266,14 @@ def test_an_emulator_type_nobody_registers_points_at_the_emulators_distribution(
             "emulators": [{"id": "pump", "type": "feed_pump", "options": {}}],
         },
     )
-    checked = patgw("check", str(config), env=without_optional(tmp_path))
+    env = without_optional(tmp_path)
+    checked = patgw("check", str(config), env=env)
     assert checked.returncode == 2
     assert "unknown emulator 'feed_pump'" in checked.stderr
     assert "pip install pat-gateway-emulators" in checked.stderr
+    emulated = patgw("emulate", "feed_pump", env=env)
+    assert emulated.returncode == 2
+    assert "the distribution pat-gateway-emulators" in emulated.stderr
 
 
 def test_every_module_of_the_core_imports_without_the_optional_libraries(tmp_path: Path) -> None:
