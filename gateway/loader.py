@@ -333,8 +333,9 @@ def _building(registration: Registration[Any], what: str) -> Callable[[Any, Plug
             extra = exc.extra if exc.extra is not None else registration.extra
             raise _NotInstalled(f"{what} {missing_text(registration, exc.modules, extra)}") from exc
         except ModuleNotFoundError as exc:
-            if exc.name is None:
-                raise
+            own = str(getattr(registration.factory, "__module__", "")).partition(".")[0]
+            if exc.name is None or exc.name.partition(".")[0] == own:
+                raise  # a module of the plugin itself: its bug, not a missing extra
             text = missing_text(registration, (exc.name,), registration.extra)
             raise _NotInstalled(f"{what} {text}") from exc
 

@@ -161,11 +161,19 @@ def test_a_factory_raising_missing_dependency_is_told_the_same_way(tmp_path: Pat
 
         return Thermo(options, context)
 
+    def broken(options: Options, context: PluginContext) -> Thermo:
+        import tests_own_package_typo  # type: ignore[import-not-found]  # noqa: F401
+
+        return Thermo(options, context)
+
+    broken.__module__ = "tests_own_package_typo.plugin"  # its own package, misspelt
+
     class Plugin:
         @hookimpl
         def pat_gateway_register_drivers(self, registry: Registry) -> None:
             registry.add_driver("thermo", build, Options)
             registry.add_driver("importing", importing, Options, extra="fast")
+            registry.add_driver("broken", broken, Options, extra="fast")
 
     registry = build_registry([Plugin()], entry_points=False)
     with pytest.raises(ConfigError) as caught:
@@ -180,6 +188,12 @@ def test_a_factory_raising_missing_dependency_is_told_the_same_way(tmp_path: Pat
         "instruments[0].options: driver 'importing' of instrument 't1' needs the extra [fast]"
         f" ({ABSENT} is not installed)",
     )
+    # A module of the plugin's own package that fails to import is its bug, not an extra.
+    with pytest.raises(ConfigError) as caught:
+        load_plan(thermo_config(tmp_path, "broken"), registry)
+    (problem,) = caught.value.problems
+    assert problem.startswith("instruments[0].options: plugin failed to build it:")
+    assert "ModuleNotFoundError" in problem and "needs the extra" not in problem
 
 
 @pytest.mark.parametrize("requires", ["asyncua", ("not a module",), (3,)])
