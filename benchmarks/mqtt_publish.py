@@ -15,7 +15,7 @@ Modes:
 * ``session``: the gateway's session as :func:`plugins.mqtt.holder.new_session` picks it
   (``--protocol 5``: :class:`plugins.mqtt.session.Session`; ``3.1.1``: paho-mqtt through
   :class:`plugins.mqtt.paho_session.PahoSession`), ``publish`` per group, ``Delivery.wait``.
-* ``sink``: :class:`plugins.mqtt.plugin.MqttSink` ``forward`` of samples (``payload: sample``,
+* ``sink``: :class:`plugins.mqtt.sink.MqttSink` ``forward`` of samples (``payload: sample``,
   one topic per signal): topics, JSON encoding with two timestamps, the session.
 * ``gmqtt``, ``zmqtt``: the asyncio clients on PyPI, when installed (``pip install gmqtt
   zmqtt``): gmqtt ``publish`` per message, acknowledgements counted in its PUBACK handler;
@@ -185,7 +185,7 @@ async def run_session(host: str, port: int, messages: int, group: int, protocol:
 
 async def run_sink(host: str, port: int, messages: int, group: int, protocol: str) -> float:
     from gateway import PluginContext, Quality, Sample, Signal
-    from plugins.mqtt.plugin import MqttOptions, MqttSink
+    from plugins.mqtt.sink import MqttOptions, MqttSink
 
     signals = [Signal(f"area/dev{i // 100:03d}/r{i % 100:03d}", "1") for i in range(SIGNALS)]
     options = MqttOptions(

@@ -37,7 +37,7 @@ from .model import Sample
 from .modelcli import add_model_parser, run_model_args
 from .passwords import hash_password
 from .pluginmanager import PLUGIN_API_VERSION, build_registry
-from .registry import CommandConfigure, PluginKind, Registration
+from .registry import CommandConfigure, PluginKind, Registration, missing_text
 from .schema import config_schema
 from .service import add_service_parser, run_service
 from .store.backup import backup_store
@@ -160,7 +160,9 @@ def _parser(commands: Sequence[Registration[CommandConfigure]] = ()) -> argparse
     )
     for registration in commands:
         command = sub.add_parser(registration.name, parents=[common], help=registration.description)
-        command.set_defaults(plugin_handler=registration.factory(command))
+        command.set_defaults(
+            plugin_handler=registration.factory(command), plugin_registration=registration
+        )
     return parser
 
 
@@ -320,21 +322,35 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs(requires: Sequence[str], extra: str | None, missing: Sequence[str]) -> str:
+    """The NEEDS column of ``patgw plugins``: the extra (or modules) and whether installed."""
+    if not requires and extra is None:
+        return "-"
+    what = f"[{extra}]" if extra is not None else ", ".join(requires)
+    return f"{what} missing: {', '.join(missing)}" if missing else f"{what} installed"
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     registry = build_registry()
-    rows: list[dict[str, str | None]] = [
-        {
-            "name": r.name,
-            "kind": r.kind.value,
-            "version": r.version,
-            "distribution": r.distribution,
-            "plugin": r.plugin,
-            "description": r.description,
-            "api": r.api,
-            "refused": None,
-        }
-        for r in registry
-    ]
+    rows: list[dict[str, Any]] = []
+    for entry in registry:
+        missing = entry.missing()
+        rows.append(
+            {
+                "name": entry.name,
+                "kind": entry.kind.value,
+                "version": entry.version,
+                "distribution": entry.distribution,
+                "plugin": entry.plugin,
+                "description": entry.description,
+                "api": entry.api,
+                "refused": None,
+                "requires": list(entry.requires),
+                "extra": entry.extra,
+                "missing": list(missing),
+                "needs": _needs(entry.requires, entry.extra, missing),
+            }
+        )
     # A refused plugin's names are unknown (its hooks never ran): one row for the plugin.
     rows += [
         {
@@ -346,6 +362,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             "description": "",
             "api": None,
             "refused": refusal.reason,
+            "requires": [],
+            "extra": None,
+            "missing": [],
+            "needs": "-",
         }
         for refusal in registry.refused
     ]
@@ -353,7 +373,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         usable = [r for r in rows if r["refused"] is None]
-        columns = ("name", "kind", "api", "version", "distribution", "description")
+        columns = ("name", "kind", "api", "version", "distribution", "needs", "description")
         widths = {c: max([len(c)] + [len(str(r[c] or "-")) for r in usable]) for c in columns}
         print(f"plugin API of this gateway: {PLUGIN_API_VERSION}")
         print("  ".join(c.upper().ljust(widths[c]) for c in columns))
@@ -492,7 +512,16 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     registration = build_registry().get(PluginKind.EMULATOR, args.name)
     if registration is None:
         known = ", ".join(build_registry().names(PluginKind.EMULATOR)) or "none"
-        return _errors([f"unknown emulator {args.name!r} (known: {known})"])
+        return _errors(
+            [
+                f"unknown emulator {args.name!r} (known: {known}); this repository's come in"
+                " the distribution pat-gateway-emulators (docs/install.md)"
+            ]
+        )
+    missing = registration.missing()
+    if missing:
+        text = missing_text(registration, missing, registration.extra)
+        return _errors([f"emulator {args.name!r} {text}"])
     raw: dict[str, Any] = {"host": args.host}
     if args.port is not None:
         raw["port"] = args.port
@@ -582,6 +611,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = getattr(args, "plugin_handler", None)
         if handler is not None:
+            registration = args.plugin_registration
+            missing = registration.missing()
+            if missing:
+                text = missing_text(registration, missing, registration.extra)
+                return _errors([f"patgw {registration.name}: {text}"])
             return int(handler(args))
         return _COMMANDS[args.command](args)
     except ConfigError as exc:

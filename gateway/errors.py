@@ -6,6 +6,8 @@
      ├── ConfigError          bad configuration; carries one line per problem, each naming its path
      ├── UnitError            a UCUM code that does not parse, or two units that do not convert
      ├── PluginError          a plugin that breaks the contract (the plugin manager refuses it)
+     ├── MissingDependencyError  a plugin needs a module that is not installed (an extra, e.g.
+     │                        ``pat-gateway[opcua]``): its factory, or the loader, raises it
      ├── InstrumentError      an instrument cannot be reached or answered badly (drivers raise it;
      │                        the runtime marks the instrument's signals bad and reconnects)
      ├── WriteRefusedError    a write (setpoint) refused, nothing changed: not writable, a value the
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "InstrumentError",
+    "MissingDependencyError",
     "PluginError",
     "Refusal",
     "SamplesRefusedError",
@@ -57,6 +60,22 @@ class UnitError(GatewayError):
 class PluginError(GatewayError):
     """A plugin broke the contract: it could not be loaded, or registered something malformed or
     twice. The plugin manager refuses that plugin (``Registry.refused``) and loads the others."""
+
+
+class MissingDependencyError(GatewayError):
+    """A plugin needs modules that are not installed, e.g. the ``opcua`` driver without asyncua.
+
+    A factory may raise it (when what it needs depends on its options: Modbus RTU needs pyserial,
+    Modbus TCP does not); the loader raises it for the modules a registration declares
+    (``requires=``). ``extra`` is the optional-dependency group of the plugin's distribution that
+    installs them (``opcua`` for ``pip install 'pat-gateway[opcua]'``), ``None`` if there is none.
+    The loader turns it into a configuration problem naming the plugin, the modules and the extra.
+    """
+
+    def __init__(self, modules: Sequence[str], extra: str | None = None) -> None:
+        self.modules: tuple[str, ...] = tuple(modules)
+        self.extra = extra
+        super().__init__(f"{', '.join(self.modules)} not installed")
 
 
 class InstrumentError(GatewayError):

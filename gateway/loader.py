@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,9 @@ from .api import (
 from .capabilities import capability_problems
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
 from .control import Access, WriteTarget, resolve_targets
-from .errors import ConfigError, UnitError
+from .errors import ConfigError, MissingDependencyError, UnitError
 from .model import Signal, SignalKind
-from .registry import PluginKind, Registry, plugin_label
+from .registry import PluginKind, Registration, Registry, missing_text, plugin_label
 from .security import Authority, Permission, SecurityConfig
 from .units import Conversion, compile_conversion
 from .yamltext import load_yaml
@@ -310,6 +310,38 @@ def _relocated(path: Path, config: GatewayConfig) -> list[str]:
     return lines
 
 
+#: What the loader says about an emulator type no installed plugin registers.
+_EMULATORS_HINT = (
+    "emulated instruments come in distributions of their own: this repository's (bioreactor,"
+    " feed_pump, raman, capacitance_probe, capture_skid) in pat-gateway-emulators"
+    " (pip install pat-gateway-emulators, docs/install.md)"
+)
+
+
+class _NotInstalled(ValueError):
+    """A factory needs a module that is not installed; the message names plugin and extra."""
+
+
+def _building(registration: Registration[Any], what: str) -> Callable[[Any, PluginContext], Any]:
+    """The registration's factory, its missing modules (``MissingDependencyError``, or an
+    import that fails inside it) told as ``<what> needs the extra [x] (...): pip install ...``."""
+
+    def build(options: Any, context: PluginContext) -> Any:
+        try:
+            return registration.factory(options, context)
+        except MissingDependencyError as exc:
+            extra = exc.extra if exc.extra is not None else registration.extra
+            raise _NotInstalled(f"{what} {missing_text(registration, exc.modules, extra)}") from exc
+        except ModuleNotFoundError as exc:
+            own = str(getattr(registration.factory, "__module__", "")).partition(".")[0]
+            if exc.name is None or exc.name.partition(".")[0] == own:
+                raise  # a module of the plugin itself: its bug, not a missing extra
+            text = missing_text(registration, (exc.name,), registration.extra)
+            raise _NotInstalled(f"{what} {text}") from exc
+
+    return build
+
+
 def _plugin_problem(exc: Exception) -> str:
     """A plugin factory's error as a config problem: its own message for ValueError (and
     KeyError, e.g. a missing secret variable), the exception type too for anything else."""
@@ -359,6 +391,7 @@ def _options(
     problems: list[str],
     config_dir: Path,
     warnings: list[str],
+    owner: str,
     *,
     enabled: bool = True,
 ) -> tuple[Any, BaseModel] | None:
@@ -366,21 +399,32 @@ def _options(
 
     Relative paths in the options resolve against ``config_dir``; a secret whose environment
     variable is unset or empty is a problem here, not a surprise at run time — a warning for a
-    component kept configured but disabled (it never reads the secret)."""
+    component kept configured but disabled (it never reads the secret). A plugin whose
+    required modules are missing is a problem naming the extra that installs them (``owner``,
+    e.g. ``instrument 'reactor1'``, says what uses it)."""
     registration = registry.get(kind, name)
+    field = "driver" if kind is PluginKind.DRIVER else "type"
     if registration is None:
         known = ", ".join(registry.names(kind)) or "none installed"
-        field = "driver" if kind is PluginKind.DRIVER else "type"
         line = f"{format_loc([*loc, field])}: unknown {kind} {name!r} (known: {known})"
         why = registry.unavailable(kind, name)
+        if why is None and kind is PluginKind.EMULATOR:
+            why = _EMULATORS_HINT
         problems.append(line if why is None else f"{line}; {why}")
         return None
+    what = f"{kind} {name!r} of {owner}"
+    missing = registration.missing()
+    if missing:
+        text = missing_text(registration, missing, registration.extra)
+        problems.append(f"{format_loc([*loc, field])}: {what} {text}")
     try:
         options = registration.options_model.model_validate(
             raw, context=validation_context(config_dir)
         )
     except ValidationError as exc:
         problems.extend(_problems(exc, (*loc, "options")))
+        return None
+    if missing:
         return None
     unset = _unset_secrets(options, (*loc, "options"))
     if unset and enabled:
@@ -390,7 +434,7 @@ def _options(
     config_warnings = getattr(options, "config_warnings", None)
     if callable(config_warnings):
         warnings.extend(f"{format_loc([*loc, 'options'])}.{line}" for line in config_warnings())
-    return registration.factory, options
+    return _building(registration, what), options
 
 
 def _units_valid(
@@ -481,6 +525,7 @@ def load_plan(path: Path, registry: Registry) -> Plan:
             problems,
             config_dir,
             warnings,
+            f"instrument {inst.id!r}",
             enabled=inst.enabled,
         )
         if resolved is None:
@@ -527,7 +572,15 @@ def load_plan(path: Path, registry: Registry) -> Plan:
         for k, item in enumerate(items):
             loc = (section, k)
             resolved = _options(
-                registry, kind, item.type, item.options, loc, problems, config_dir, warnings
+                registry,
+                kind,
+                item.type,
+                item.options,
+                loc,
+                problems,
+                config_dir,
+                warnings,
+                f"{section.removesuffix('s')} {item.id!r}",
             )
             if resolved is None:
                 continue
@@ -598,6 +651,7 @@ def _processor_plans(
             problems,
             config_dir,
             warnings,
+            f"processor {pc.id!r}",
             enabled=pc.enabled,
         )
         if resolved is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import AuditEvent
-from .registry import ModelKind, PluginKind, Registry
+from .registry import ModelKind, PluginKind, Registry, missing_text
 from .security import AuthenticationError, NotPermittedError, Permission
 from .security.cli import CommandLogin, login_for_command
 
@@ -82,6 +82,12 @@ def _kind(registry: Registry, name: str, where: str) -> ModelKind:
     if kind is None:
         known = ", ".join(registry.names(PluginKind.MODEL)) or "none registered"
         raise _InputError(f"{where}unknown model kind {name!r} (kinds: {known})")
+    registration = registry.get(PluginKind.MODEL, name)
+    missing = registration.missing() if registration is not None else ()
+    if registration is not None and missing:
+        raise _InputError(
+            f"{where}model kind {name!r} {missing_text(registration, missing, registration.extra)}"
+        )
     return kind
 
 

@@ -6,13 +6,20 @@ each registration); the plugin manager merges it into the gateway's only when al
 plugin's hooks succeeded. A contract error (a malformed capability, a broken options model, a
 bad name) raises :class:`~gateway.errors.PluginError` and refuses the whole plugin; a name two
 plugins both register is refused for both (:meth:`Registry.unavailable` says why).
+
+A registration may name the modules its factory needs beyond the gateway's core
+(``requires=("asyncua",)``) and the extra of its distribution that installs them
+(``extra="opcua"``): the plugin is listed and its options model used (``patgw plugins``,
+``patgw schema``) even where they are missing, and a configuration that uses it fails
+``patgw check`` naming the plugin, the modules and the extra (:func:`missing_text`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -35,6 +42,7 @@ __all__ = [
     "PluginRefusal",
     "Registration",
     "Registry",
+    "missing_text",
 ]
 
 #: ``patgw`` commands of the core, which no plugin may register.
@@ -105,6 +113,46 @@ def plugin_label(plugin: str, distribution: str | None, version: str | None) -> 
     return f"plugin {plugin!r} ({distribution} {version})"
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken one
+        return False
+
+
+def missing_text(registration: Registration[Any], modules: Sequence[str], extra: str | None) -> str:
+    """What a registration needs that is not installed, and how to install it: ``needs the
+    extra [opcua] (asyncua is not installed): pip install 'pat-gateway[opcua]'``."""
+    verb = "is" if len(modules) == 1 else "are"
+    names = ", ".join(modules)
+    if extra is None:
+        label = plugin_label(registration.plugin, registration.distribution, registration.version)
+        return f"needs {names}, which {verb} not installed ({label} names no extra for it)"
+    text = f"needs the extra [{extra}] ({names} {verb} not installed)"
+    if registration.distribution is None:
+        return text
+    return f"{text}: pip install '{registration.distribution}[{extra}]'"
+
+
+def _requirements(
+    label: str, kind: PluginKind, name: str, requires: Sequence[str], extra: str | None
+) -> tuple[str, ...]:
+    """``requires`` as a tuple of module names, checked."""
+    if isinstance(requires, str) or not all(
+        isinstance(m, str) and m and all(part.isidentifier() for part in m.split("."))
+        for m in requires
+    ):
+        raise PluginError(
+            f"{label}: {kind} {name!r}: requires must be a sequence of module names,"
+            f" not {requires!r}"
+        )
+    if extra is not None and (
+        not isinstance(extra, str) or not extra.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise PluginError(f"{label}: {kind} {name!r}: extra must be an extra's name, not {extra!r}")
+    return tuple(requires)
+
+
 @dataclass(frozen=True, slots=True)
 class PluginRefusal:
     """A plugin (or one name it registered) that the gateway does not use, and why."""
@@ -143,6 +191,14 @@ class Registration(Generic[FactoryT]):
     version: str | None
     api: str | None = None
     """The plugin-API version the plugin declares (``PAT_GATEWAY_API``), ``None`` if none."""
+    requires: tuple[str, ...] = ()
+    """Modules the factory needs beyond the gateway's core (``("asyncua",)``)."""
+    extra: str | None = None
+    """The extra of the plugin's distribution that installs ``requires`` (``"opcua"``)."""
+
+    def missing(self) -> tuple[str, ...]:
+        """The modules of ``requires`` that cannot be imported here."""
+        return tuple(m for m in self.requires if not _importable(m))
 
 
 class Registry:
@@ -170,9 +226,17 @@ class Registry:
         factory: DriverFactory,
         options_model: type[BaseModel],
         description: str = "",
+        *,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
-        """Register an instrument driver under ``name`` (the ``driver:`` value in a config)."""
-        self._add(PluginKind.DRIVER, name, factory, options_model, description)
+        """Register an instrument driver under ``name`` (the ``driver:`` value in a config).
+
+        ``requires``: modules the factory imports beyond the gateway's core (import them inside
+        the factory, not at the plugin module's top, so the plugin loads without them);
+        ``extra``: the extra of your distribution that installs them. The same for every
+        ``add_*`` method."""
+        self._add(PluginKind.DRIVER, name, factory, options_model, description, requires, extra)
 
     def add_sink(
         self,
@@ -180,9 +244,12 @@ class Registry:
         factory: SinkFactory,
         options_model: type[BaseModel],
         description: str = "",
+        *,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         """Register an upstream sink under ``name`` (the ``type:`` value of a sink)."""
-        self._add(PluginKind.SINK, name, factory, options_model, description)
+        self._add(PluginKind.SINK, name, factory, options_model, description, requires, extra)
 
     def add_processor(
         self,
@@ -190,9 +257,12 @@ class Registry:
         factory: ProcessorFactory,
         options_model: type[BaseModel],
         description: str = "",
+        *,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         """Register a processor under ``name``."""
-        self._add(PluginKind.PROCESSOR, name, factory, options_model, description)
+        self._add(PluginKind.PROCESSOR, name, factory, options_model, description, requires, extra)
 
     def add_emulator(
         self,
@@ -200,21 +270,27 @@ class Registry:
         factory: EmulatorFactory,
         options_model: type[BaseModel],
         description: str = "",
+        *,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         """Register an emulated instrument under ``name`` (the ``type:`` value of an emulator)."""
-        self._add(PluginKind.EMULATOR, name, factory, options_model, description)
+        self._add(PluginKind.EMULATOR, name, factory, options_model, description, requires, extra)
 
     def add_command(
         self,
         name: str,
         configure: CommandConfigure,
         description: str = "",
+        *,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         """Register the ``patgw NAME`` sub-command: ``configure(parser)`` adds its arguments to
         an :class:`argparse.ArgumentParser` and returns its handler, ``handler(args) -> int``."""
         if name in BUILT_IN_COMMANDS:
             raise PluginError(f"{self._label()}: command {name!r} is built into patgw")
-        self._add(PluginKind.COMMAND, name, configure, _NoOptions, description)
+        self._add(PluginKind.COMMAND, name, configure, _NoOptions, description, requires, extra)
 
     def add_model_kind(
         self,
@@ -224,11 +300,14 @@ class Registry:
         show: ModelConfigure,
         check: ModelConfigure,
         description: str = "",
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         """Register a kind of model file for ``patgw model``: ``patgw model fit NAME ...`` runs
         ``fit``; ``show`` and ``check`` run for a file whose ``"kind"`` member is ``name``
-        (``pls`` for a file without one). See :class:`ModelKind`."""
-        self._add(PluginKind.MODEL, name, fit, _NoOptions, description)
+        (``pls`` for a file without one). See :class:`ModelKind`. ``requires``/``extra``: what
+        its actions need beyond the core (``patgw model`` says what to install when missing)."""
+        self._add(PluginKind.MODEL, name, fit, _NoOptions, description, requires, extra)
         self._model_kinds[name] = ModelKind(name, fit, show, check, description)
 
     def model_kind(self, name: str) -> ModelKind | None:
@@ -327,6 +406,8 @@ class Registry:
         factory: object,
         options_model: type[BaseModel],
         description: str,
+        requires: Sequence[str] = (),
+        extra: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(f"{self._label()}: invalid {kind} name {name!r}")
@@ -355,10 +436,21 @@ class Registry:
                     f"{self._label()}: {kind} {name!r} ({factory.__qualname__}) "
                     + "; ".join(problems)
                 )
+        needed = _requirements(self._label(), kind, name, requires, extra)
         existing = self._entries.get((kind, name))
         if existing is not None:
             raise PluginError(f"{self._label()}: {kind} {name!r} registered twice")
         plugin, dist, version = self._origin
         self._entries[(kind, name)] = Registration(
-            kind, name, factory, options_model, description, plugin, dist, version, self._api
+            kind,
+            name,
+            factory,
+            options_model,
+            description,
+            plugin,
+            dist,
+            version,
+            self._api,
+            needed,
+            extra,
         )

@@ -177,9 +177,12 @@ def test_plugins_lists_builtins_with_distribution() -> None:
     result = patgw("plugins", "--json")
     assert result.returncode == 0, result.stderr
     rows = {(r["kind"], r["name"]): r for r in json.loads(result.stdout)}
-    for key in [("driver", "modbus"), ("emulator", "feed_pump"), ("sink", "jsonl_file")]:
+    for key in [("driver", "modbus"), ("sink", "jsonl_file")]:
         assert rows[key]["distribution"] == "pat-gateway"
         assert rows[key]["version"]
+    # The emulated instruments are a distribution of their own (firmware_stubs/pyproject.toml).
+    assert rows[("emulator", "feed_pump")]["distribution"] == "pat-gateway-emulators"
+    assert rows[("driver", "modbus")]["needs"] == "[modbus] installed"
     text = patgw("plugins")
     assert text.returncode == 0 and "modbus" in text.stdout and "DISTRIBUTION" in text.stdout
 
@@ -406,6 +409,10 @@ def test_third_party_plugin_discovered_through_entry_point(tmp_path: Path) -> No
             "description": "Vendor thermometer",
             "api": "1.0",
             "refused": None,
+            "requires": [],
+            "extra": None,
+            "missing": [],
+            "needs": "-",
         }
     ]
 

@@ -31,6 +31,7 @@ from mqtt_helpers import SITE, Samples, bound_sink, scripted
 from pydantic import ValidationError
 
 from gateway import (
+    PluginContext,
     PluginKind,
     Quality,
     Sample,
@@ -45,8 +46,8 @@ from gateway import (
 from gateway.config import SinkConfig
 from gateway.runtime.forward import BacklogReader, Forwarder
 from gateway.store import SampleStore
-from plugins.mqtt.plugin import MqttError, MqttOptions, MqttSink
 from plugins.mqtt.session import Session
+from plugins.mqtt.sink import MqttError, MqttOptions, MqttSink
 
 FLOW = Signal("reactor1/feed_pump/flow", "mL/min", description="Feed flow", instrument="feed_pump")
 SPEED = Signal("reactor1/feed_pump/speed", "/min", instrument="feed_pump")
@@ -160,10 +161,14 @@ def test_good_options() -> None:
     assert options.password is not None and options.password.env == "MQTT_PASSWORD"
 
 
-def test_registered_as_a_sink() -> None:
+def test_registered_as_a_sink_whose_factory_imports_its_libraries(tmp_path: Path) -> None:
     registration = build_registry().get(PluginKind.SINK, "mqtt")
     assert registration is not None
-    assert registration.factory is MqttSink and registration.options_model is MqttOptions
+    assert registration.options_model is MqttOptions
+    assert (registration.requires, registration.extra) == (("mqtt5", "paho.mqtt"), "mqtt")
+    options = MqttOptions.model_validate({"url": "mqtt://127.0.0.1"})
+    built = registration.factory(options, PluginContext("up", tmp_path, site="plant7"))
+    assert isinstance(built, MqttSink)
 
 
 def test_topics_follow_the_template(tmp_path: Path) -> None:

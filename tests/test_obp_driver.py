@@ -192,11 +192,16 @@ def test_channels_are_known_without_io(tmp_path: Path) -> None:
     assert driver.axis is None and driver.serial_number is None
 
 
-def test_plugin_registers_the_driver_class_as_its_own_factory() -> None:
+def test_plugin_registers_a_factory_that_imports_pyserial_when_it_builds() -> None:
     registry = Registry()
     plugin.pat_gateway_register_drivers(registry)
     registration = registry.get(PluginKind.DRIVER, "ocean_obp")
     assert registration is not None
-    assert registration.factory is ObpSpectrometer
+    assert registration.factory is plugin.build_driver
     assert registration.options_model is ObpOptions
     assert "Ocean" in registration.description
+    assert (registration.requires, registration.extra) == (("serial",), "serial")
+    built = registration.factory(
+        options(laser_wavelength_nm=785), PluginContext("raman", Path("."))
+    )
+    assert isinstance(built, ObpSpectrometer)

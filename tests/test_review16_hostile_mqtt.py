@@ -325,7 +325,7 @@ def test_a_metric_named_like_a_spectrums_axis_is_refused(spectrum_first: bool) -
         catalog.bind([spectrum, scalar] if spectrum_first else [scalar, spectrum])
 
 
-# --- the Sparkplug sink (plugins/sparkplug/plugin.py: fold16 restructures it; not fixed here) ---
+# --- the Sparkplug sink (plugins/sparkplug/sink.py: fold16 restructures it; not fixed here) ---
 
 PH = Signal("reactor1/controller/ph", "[pH]", instrument="controller")
 

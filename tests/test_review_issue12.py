@@ -29,7 +29,7 @@ from gateway.logs import RepeatLimiter, configure_logging
 from gateway.runtime.forward import BacklogReader, Forwarder
 from gateway.store.lock import host_lock_dir, lock_store
 from gateway.store.sqlite import SampleStore
-from plugins.mqtt.plugin import MqttOptions, MqttSink
+from plugins.mqtt.sink import MqttOptions, MqttSink
 
 
 class Clock:

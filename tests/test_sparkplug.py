@@ -55,7 +55,7 @@ from gateway import (
 )
 from plugins.mqtt.session import MqttError
 from plugins.sparkplug.options import SparkplugOptions
-from plugins.sparkplug.plugin import REBIRTH_MIN_INTERVAL_S, SparkplugSink
+from plugins.sparkplug.sink import REBIRTH_MIN_INTERVAL_S, SparkplugSink
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO = REPO / "plugins" / "sparkplug" / "sparkplug_b.proto"
@@ -209,11 +209,14 @@ def test_the_generated_module_matches_the_proto(tmp_path: Path) -> None:
 # --- options ----------------------------------------------------------------------------------
 
 
-def test_registered_as_a_sink() -> None:
+def test_registered_as_a_sink_whose_factory_imports_its_libraries(tmp_path: Path) -> None:
     registration = build_registry().get(PluginKind.SINK, "sparkplug")
     assert registration is not None
-    assert registration.factory is SparkplugSink
     assert registration.options_model is SparkplugOptions
+    assert registration.requires == ("mqtt5", "paho.mqtt", "google.protobuf")
+    assert registration.extra == "mqtt"
+    context = PluginContext("up", tmp_path, site="plant7", area="reactor1")
+    assert isinstance(registration.factory(SparkplugOptions(), context), SparkplugSink)
 
 
 @pytest.mark.parametrize(

@@ -32,4 +32,6 @@ def pat_gateway_register_drivers(registry: Registry) -> None:
         build_driver,
         OpcUaOptions,
         "OPC UA servers (subscriptions), e.g. bioreactor controllers",
+        requires=("asyncua",),
+        extra="opcua",
     )

@@ -32,4 +32,6 @@ def pat_gateway_register_sinks(registry: Registry) -> None:
         build_sink,
         OpcUaServerOptions,
         "OPC UA server exposing every signal; encrypted, password logins, trusted clients only",
+        requires=("asyncua",),
+        extra="opcua",
     )

@@ -35,6 +35,9 @@ def pat_gateway_register_processors(registry: Registry) -> None:
         PlsOptions,
         "Chemometric soft sensor: a PLS model file applied to a spectrum signal"
         " (concentrations with Hotelling T² and Q)",
+        # Savitzky-Golay preprocessing (scipy.signal), imported when a spectrum is processed.
+        requires=("scipy",),
+        extra="softsensor",
     )
 
 
@@ -47,4 +50,6 @@ def pat_gateway_register_model_kinds(registry: Registry) -> None:
         check=_later("configure_check"),
         description="PLS model files for the 'pls' processor (soft sensor): fit from exported"
         " spectra and reference values, check on new data, show",
+        requires=("scipy", "sklearn"),
+        extra="fit",
     )

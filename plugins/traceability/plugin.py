@@ -49,6 +49,9 @@ def pat_gateway_register_model_kinds(registry: Registry) -> None:
         check=_later("configure_check"),
         description="Residence-time models (tanks in series, dead volume) of a unit operation,"
         " in volume coordinates, fitted from a tracer step test",
+        # The tanks-in-series response and the fit (scipy.special, scipy.optimize).
+        requires=("scipy",),
+        extra="fit",
     )
 
 

@@ -47,4 +47,7 @@ def pat_gateway_register_model_kinds(registry: Registry) -> None:
         check=_later("configure_check"),
         description="twin model files for the 'twin' processor: kinetics fitted to exported"
         " runs and reference values (VCD, glucose, lactate, titer)",
+        # The fit's least squares (scipy.optimize).
+        requires=("scipy",),
+        extra="fit",
     )
