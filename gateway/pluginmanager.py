@@ -36,7 +36,7 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 #: The version of the plugin contract this gateway implements, ``MAJOR.MINOR``. A plugin
 #: written for the same major and a minor up to this one loads; the major changes when a hook,
 #: a protocol or a factory's call changes incompatibly, the minor when something is added.
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 #: What a plugin declares the version it was written for with: a module-level (or class, for a
 #: plugin object) attribute, ``PAT_GATEWAY_API = "1.0"``.
 API_ATTRIBUTE = "PAT_GATEWAY_API"

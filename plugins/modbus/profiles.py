@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import load_yaml
 
-from .registers import RegisterSpec
+from .registers import CommandSpec, RegisterSpec
 
 __all__ = ["Profile", "available_profiles", "load_profile"]
 
@@ -28,6 +28,9 @@ class Profile(BaseModel):
     word_order: Literal["big", "little"] = "big"
     byte_order: Literal["big", "little"] = "big"
     registers: tuple[RegisterSpec, ...] = Field(default=())
+    commands: tuple[CommandSpec, ...] = Field(
+        default=(), description="Device commands: a fixed value written to a register."
+    )
 
 
 def available_profiles() -> list[str]:
