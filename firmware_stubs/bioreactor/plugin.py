@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # asyncua is imported only when a controller is served (start
     from .controller import BioreactorController
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = [
     "CONTROLLER_FAULTS",

@@ -22,7 +22,7 @@ from .model import DIAMETER_RANGE_UM, Culture, ProbeModel, ProbeParams
 from .server import CapacitanceProbeEmulator, constant_culture
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["ProbeFaultStep", "ProbeOptions", "ScheduledProbe"]
 

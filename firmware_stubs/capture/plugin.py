@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # asyncua is imported only when the skid is served (start-up 
     from .server import CaptureSkidServer
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["CaptureFaultStep", "CaptureSkidEmulator", "CaptureSkidOptions", "ProcessSource"]
 

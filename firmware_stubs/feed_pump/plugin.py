@@ -22,7 +22,7 @@ from .model import PumpModel
 from .server import FeedPumpEmulator
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,7 @@ from .server import RamanEmulator
 from .spectrum import DEFAULT_COMPOSITION, MAX_PIXELS, MIN_PIXELS, Composition
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["RamanFaultStep", "RamanOptions", "ScheduledRaman", "composition_source", "factory"]
 

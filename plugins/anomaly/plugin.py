@@ -11,7 +11,7 @@ from gateway import Registry, hookimpl
 from .processor import AnomalyOptions, AnomalyProcessor
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 
 def _later(name: str) -> Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]:

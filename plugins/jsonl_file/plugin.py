@@ -28,7 +28,7 @@ from gateway import (
 )
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["JsonlFileOptions", "JsonlFileSink"]
 

@@ -50,7 +50,7 @@ from .options import MqttOptions, check_topic
 from .session import Delivery, MqttError, ReasonCode
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["MqttError", "MqttOptions", "MqttSink"]
 

@@ -8,7 +8,7 @@ from .driver import ObpSpectrometer
 from .options import ObpOptions
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 
 @hookimpl

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .sink import OpcUaServerSink
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 
 def build_sink(options: OpcUaServerOptions, context: PluginContext) -> OpcUaServerSink:

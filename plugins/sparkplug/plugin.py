@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from .payloads import Catalog
 
 #: The plugin API this plugin is written for (see gateway.PLUGIN_API_VERSION).
-PAT_GATEWAY_API = "1.0"
+PAT_GATEWAY_API = "1.1"
 
 __all__ = ["SparkplugOptions", "SparkplugSink"]
 
