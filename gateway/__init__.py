@@ -36,7 +36,7 @@ from .api import (
     resolve_config_path,
     validation_context,
 )
-from .control import WriteOutcome
+from .control import CommandOutcome, WriteOutcome
 from .errors import (
     ConfigError,
     GatewayError,
@@ -77,6 +77,7 @@ __all__ = [
     "CommandArgument",
     "CommandCall",
     "CommandDriver",
+    "CommandOutcome",
     "ConfigError",
     "ConfigPath",
     "Conversion",
