@@ -6,6 +6,8 @@ checked to send nothing and to leave its ``command.refused`` record with the rul
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -16,6 +18,7 @@ import pytest
 import pytest_asyncio
 from conftest import free_port, plan_for, pump_instrument, running, wait_for, write_config
 from pydantic import BaseModel, ConfigDict
+from test_console import Console, _audited
 from test_controlled_writes import PASSWORDS, _users, api_call, audit_records
 
 from gateway import (
@@ -58,6 +61,11 @@ def _config(pump_port: int, http_port: int, **stop: Any) -> dict[str, Any]:
     }
 
 
+def _pump(plan: Plan) -> Any:
+    """The emulated pump's state."""
+    return plan.emulators[0].instance.emulator.model
+
+
 class Bench:
     def __init__(self, gateway: Gateway, plan: Plan, http_port: int) -> None:
         self.gateway = gateway
@@ -66,7 +74,7 @@ class Bench:
 
     @property
     def pump(self) -> Any:
-        return self.plan.emulators[0].instance.emulator.model
+        return _pump(self.plan)
 
     async def command(
         self, user: str, body: dict[str, Any], password: str | None = None
@@ -437,3 +445,66 @@ async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
 
 def _permissions(role: str) -> frozenset[Any]:
     return frozenset(SecurityConfig().role_permissions()[role])
+
+
+# --- the web console ----------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def console(tmp_path: Path) -> AsyncIterator[Console]:
+    http_port = free_port()
+    plan = plan_for(tmp_path, **_config(free_port(), http_port, signature="required"))
+    async with running(plan) as (gateway, _):
+        runner = gateway.runners[0]
+        await wait_for(lambda: runner.state.value == "connected", 10, what="the pump connected")
+        yield Console(gateway, plan, http_port)
+
+
+def _command_records(console: Console) -> list[dict[str, Any]]:
+    return [r for r in console.records() if r["action"].startswith("command.")]
+
+
+@pytest.mark.asyncio
+async def test_the_console_shows_a_form_per_command_on_the_instruments_page(
+    console: Console,
+) -> None:
+    cookie, _ = await console.login("operator")
+    page = (await console.request("GET", "/signals?instrument=pump", cookie=cookie)).body.decode()
+    forms = re.findall(r'<form method="post" action="/command".*?</form>', page, re.DOTALL)
+    targets = re.findall(r'name="target" value="([^"]+)"', "".join(forms))
+    assert targets == [ACK, START, STOP]
+    stop = forms[2]
+    assert "Stop the pump" in stop and "signature required" in stop
+    assert 'name="signature_password"' in stop and ">Stop</button>" in stop
+    assert 'name="signature_password"' not in forms[1]
+    writes = (await console.request("GET", "/writes", cookie=cookie)).body.decode()
+    assert writes.count('action="/command"') == 3
+    viewer, _ = await console.login("viewer")
+    shown = await console.request("GET", "/signals?instrument=pump", cookie=viewer)
+    assert shown.status == 200 and b'action="/command"' not in shown.body
+
+
+@pytest.mark.asyncio
+async def test_a_console_command_is_signed_run_and_audited(console: Console) -> None:
+    cookie, csrf = await console.login("operator")
+    form = {"target": STOP, "reason": "bottle change", "meaning": "performed"}
+    forged = await console.request("POST", "/command", cookie=cookie, form=form)
+    assert forged.status == 403 and _pump(console.plan).running  # no CSRF token: nothing done
+    unsigned = await console.request("POST", "/command", cookie=cookie, form={"csrf": csrf, **form})
+    assert unsigned.status == 422 and b"re-enter your password" in unsigned.body
+    [refused] = await _audited(console, "command.refused")
+    assert refused["details"]["rule"] == "signature" and refused["target"] == STOP
+    assert _pump(console.plan).running
+    signed_form = {"csrf": csrf, **form, "signature_password": PASSWORDS["operator"]}
+    done = await console.request("POST", "/command", cookie=cookie, form=signed_form)
+    assert done.status == 200, done.body
+    assert b"reactor1/pump/stop done" in done.body and not _pump(console.plan).running
+    records = _command_records(console)
+    assert [r["action"] for r in records] == [
+        "command.refused",
+        "command.requested",
+        "command.executed",
+    ]
+    assert records[1]["details"]["interface"] == "console"
+    assert records[1]["details"]["signature"]["meaning"] == "performed"
+    assert PASSWORDS["operator"] not in json.dumps(records)

@@ -15,16 +15,19 @@ from ..security import Identity, Permission
 from ..timefmt import format_ns
 from ..unece import unece_for_ucum
 from .auditview import export_links
+from .commandforms import command_outcome_rows
 from .signatures import signature_fields, signatures_text
 
 if TYPE_CHECKING:
     from ..audit import AuditRecord, VerifyReport
     from ..config import GatewayConfig
+    from ..control import CommandOutcome
     from ..control.path import WriteOutcome, WriteTarget
 
 __all__ = [
     "SignalRow",
     "audit_page",
+    "command_outcome_page",
     "configuration_page",
     "human_unit",
     "login_page",
@@ -214,9 +217,11 @@ def signals_page(
     chosen: str,
     who: Identity,
     csrf: str,
+    commands: str = "",
 ) -> str:
     """Every signal (of instrument ``chosen``, if given) with its latest sample; the table is
-    kept up to date by ``console.js`` from ``/events``."""
+    kept up to date by ``console.js`` from ``/events``. ``commands``: the chosen instrument's
+    command forms (:func:`gateway.console.commandforms.command_forms`), shown below."""
     options = '<option value="">all instruments</option>' + "".join(
         f'<option value="{_e(i)}"{" selected" if i == chosen else ""}>{_e(i)}</option>'
         for i in instruments
@@ -251,13 +256,17 @@ def signals_page(
         "</tbody></table><p>Click a signal for a live chart of its values.</p>"
         '<div id="chart" hidden></div>'
     )
+    body.append(commands)
     return _layout("Signals", "".join(body), who, csrf, _UPLOT)
 
 
-def writes_page(targets: Mapping[str, WriteTarget], who: Identity, csrf: str) -> str:
-    """A form per declared write target, with its limits."""
+def writes_page(
+    targets: Mapping[str, WriteTarget], who: Identity, csrf: str, commands: str = ""
+) -> str:
+    """A form per declared write target, with its limits; then ``commands`` (the declared
+    device commands' forms)."""
     if not targets:
-        return _layout("Writes", "<p>No write targets are declared.</p>", who, csrf)
+        return _layout("Writes", "<p>No write targets are declared.</p>" + commands, who, csrf)
     forms = []
     for name, target in sorted(targets.items()):
         config = target.config
@@ -273,7 +282,14 @@ def writes_page(targets: Mapping[str, WriteTarget], who: Identity, csrf: str) ->
             f"{signature_fields(config, who)}"
             '<button type="submit">Write</button></form>'
         )
-    return _layout("Writes", "".join(forms), who, csrf)
+    return _layout("Writes", "".join(forms) + commands, who, csrf)
+
+
+def command_outcome_page(outcome: CommandOutcome, who: Identity, csrf: str) -> str:
+    body = f'<p class="outcome">{_e(outcome.message)}</p>' + _table(
+        ("", ""), command_outcome_rows(outcome)
+    )
+    return _layout("Command", body + '<p><a href="/writes">Back to writes</a></p>', who, csrf)
 
 
 def write_outcome_page(outcome: WriteOutcome, who: Identity, csrf: str) -> str:
