@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import free_port, plan_for, pump_instrument, running, wait_for, write_config
+from conftest import (
+    free_port,
+    patgw,
+    plan_for,
+    pump_instrument,
+    running,
+    wait_for,
+    write_config,
+)
 from pydantic import BaseModel, ConfigDict
 from test_console import Console, _audited
 from test_controlled_writes import PASSWORDS, _users, api_call, audit_records
@@ -508,3 +516,13 @@ async def test_a_console_command_is_signed_run_and_audited(console: Console) -> 
     assert records[1]["details"]["interface"] == "console"
     assert records[1]["details"]["signature"]["meaning"] == "performed"
     assert PASSWORDS["operator"] not in json.dumps(records)
+
+
+def test_check_lists_the_declared_commands(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "g.yaml",
+        {"area": "reactor1", **_config(free_port(), free_port()), "emulators": []},
+    )
+    result = patgw("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"device commands: {ACK}, {START}, {STOP}" in result.stdout.splitlines()
