@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from gateway import (
     Channel,
     ConfigError,
     DeviceCommand,
+    InstrumentError,
     InstrumentIO,
     Registry,
     WriteRefusedError,
@@ -386,19 +388,21 @@ class _SlowDevice:
         return self.value
 
     def commands(self) -> Sequence[DeviceCommand]:
-        return [DeviceCommand("tare"), DeviceCommand("refuse")]
+        return [DeviceCommand(name) for name in ("tare", "refuse", "lose", "report")]
 
     async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        self.log.append(name)
         if name == "refuse":
-            raise WriteRefusedError("not now")
-        self.log.append("tare")
+            raise WriteRefusedError("not now: the weight is moving")
+        if name == "lose":
+            raise InstrumentError("no answer within 1 s")
+        if name == "report":
+            return {"curve": [1, 2], "nan": math.nan, "odd": object}
         return {"tare": 1.5}
 
 
-@pytest.mark.asyncio
-async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
-    device = _SlowDevice()
-    records: list[AuditEvent] = []
+def _path(device: _SlowDevice, records: list[AuditEvent]) -> WritePath:
+    """The write path over ``device`` (instrument ``dev``, up), recording into ``records``."""
 
     async def record(event: AuditEvent) -> int:
         records.append(event)
@@ -413,18 +417,26 @@ async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
         Conversion(1.0, 0.0),
         Conversion(1.0, 0.0),
     )
-    command_target = CommandTarget(
-        CommandTargetConfig(target="a/dev/tare"), "dev", DeviceCommand("tare")
-    )
-    path = WritePath(
+    commands = {
+        f"a/dev/{c.name}": CommandTarget(CommandTargetConfig(target=f"a/dev/{c.name}"), "dev", c)
+        for c in device.commands()
+    }
+    return WritePath(
         {"a/dev/setpoint": write_target},
         Authority(security),
         record,
         {"dev": device},
         lambda instrument: True,
-        commands={"a/dev/tare": command_target},
+        commands=commands,
         commanded={"dev": device},
     )
+
+
+@pytest.mark.asyncio
+async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
+    device = _SlowDevice()
+    records: list[AuditEvent] = []
+    path = _path(device, records)
     operator = Identity("operator", "Operator", frozenset({"operator"}), _permissions("operator"))
     write = asyncio.create_task(
         path.submit(WriteRequest("a/dev/setpoint", 3.0, operator, "r", "test"))
@@ -442,6 +454,7 @@ async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
     assert (await write).ok
     assert device.log == ["write started", "write done", "tare"]
     assert outcome.ok and outcome.result == {"tare": 1.5}
+    assert outcome.message == "a/dev/tare done: tare 1.5"
     assert [e.action for e in records] == [
         "write.requested",
         "write.executed",
@@ -453,6 +466,33 @@ async def test_a_command_waits_for_a_write_to_the_same_instrument() -> None:
 
 def _permissions(role: str) -> frozenset[Any]:
     return frozenset(SecurityConfig().role_permissions()[role])
+
+
+@pytest.mark.asyncio
+async def test_a_driver_that_raises_is_a_failure_on_record_and_its_report_is_kept() -> None:
+    device = _SlowDevice()
+    records: list[AuditEvent] = []
+    path = _path(device, records)
+    operator = Identity("operator", "Operator", frozenset({"operator"}), _permissions("operator"))
+
+    async def run(name: str) -> Any:
+        return await path.submit_command(CommandRequest(f"a/dev/{name}", operator, "r", "test"))
+
+    refused, lost, report = await run("refuse"), await run("lose"), await run("report")
+    assert (refused.outcome, lost.outcome, report.outcome) == ("failed", "failed", "done")
+    assert refused.message == "the device refused refuse: not now: the weight is moving"
+    assert lost.message == "lose failed, its outcome unknown: no answer within 1 s"
+    assert report.result == {"curve": [1, 2], "nan": "nan", "odd": "<class 'object'>"}
+    assert [(e.action, e.outcome, (e.details or {}).get("why")) for e in records] == [
+        ("command.requested", "accepted", None),
+        ("command.failed", "refused", "not now: the weight is moving"),
+        ("command.requested", "accepted", None),
+        ("command.failed", "unknown", "no answer within 1 s"),
+        ("command.requested", "accepted", None),
+        ("command.executed", "ok", None),
+    ]
+    assert json.loads(json.dumps(records[-1].details))["result"] == report.result
+    assert device.log == ["refuse", "lose", "report"]
 
 
 # --- the web console ----------------------------------------------------------------------------

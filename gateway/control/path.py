@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -411,7 +412,7 @@ class WritePath:
         name = target.command.name
         try:
             result = await device.command(name, arguments)
-            reported = {str(k): recordable(v) for k, v in dict(result or {}).items()}
+            reported = {str(k): _reported(v) for k, v in dict(result or {}).items()}
         except WriteRefusedError as exc:  # nothing was done
             outcome.outcome, outcome.message = "failed", f"the device refused {name}: {exc}"
             outcome.records.append(
@@ -691,6 +692,16 @@ def recordable(value: object) -> object:
     if value is None or isinstance(value, (int, float, str)):
         return value
     return repr(value)[:200]
+
+
+def _reported(value: object) -> object:
+    """A value a device reported, as the audit trail keeps it: JSON as it is (lists and objects
+    too), anything else (or NaN) as short text."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:200]
+    return value
 
 
 def _signature_details(request: WriteRequest | CommandRequest) -> dict[str, Any]:
