@@ -527,6 +527,10 @@ async def test_the_console_shows_a_form_per_command_on_the_instruments_page(
     assert 'name="signature_password"' not in forms[1]
     writes = (await console.request("GET", "/writes", cookie=cookie)).body.decode()
     assert writes.count('action="/command"') == 3
+    engineer, _ = await console.login("engineer")
+    configuration = await console.request("GET", "/configuration", cookie=engineer)
+    assert b"<h2>Device commands</h2>" in configuration.body
+    assert b"<td>reactor1/pump/stop</td><td>operator</td><td>required</td>" in configuration.body
     viewer, _ = await console.login("viewer")
     shown = await console.request("GET", "/signals?instrument=pump", cookie=viewer)
     assert shown.status == 200 and b'action="/command"' not in shown.body

@@ -308,7 +308,8 @@ def write_outcome_page(outcome: WriteOutcome, who: Identity, csrf: str) -> str:
 
 def configuration_page(config: GatewayConfig, source: str, who: Identity, csrf: str) -> str:
     """What the running configuration declares (for those who configure): its parts, their
-    drivers and types, the write targets with their limits. Never options or secrets."""
+    drivers and types, the write targets with their limits, the device commands. Never options
+    or secrets."""
     parts = [
         f"<p>File <code>{_e(source)}</code>; site {_e(config.site)}, area {_e(config.area)}.</p>",
         "<h2>Instruments</h2>",
@@ -340,6 +341,12 @@ def configuration_page(config: GatewayConfig, source: str, who: Identity, csrf: 
                 for w in config.writes
             ),
             "targets",
+        ),
+        "<h2>Device commands</h2>",
+        _table(
+            ("command", "role", "signature", "description"),
+            ((c.target, c.role, c.signature, c.description) for c in config.commands),
+            "commands",
         ),
     ]
     return _layout("Configuration", "".join(parts), who, csrf)
