@@ -570,3 +570,57 @@ def test_check_lists_the_declared_commands(tmp_path: Path) -> None:
     result = patgw("check", str(config))
     assert result.returncode == 0, result.stderr
     assert f"device commands: {ACK}, {START}, {STOP}" in result.stdout.splitlines()
+
+
+@pytest.mark.asyncio
+async def test_the_capacitance_probe_is_zeroed_through_the_write_path(tmp_path: Path) -> None:
+    port = free_port()
+    plan = plan_for(
+        tmp_path,
+        emulators=[
+            {
+                "id": "probe",
+                "type": "capacitance_probe",
+                "options": {"port": port, "vcd_e6_per_mL": 10.0, "interval_s": 0.05, "seed": 1},
+            }
+        ],
+        instruments=[
+            {
+                "id": "biomass",
+                "driver": "modbus",
+                "poll_interval_s": 0.05,
+                "backoff": {"initial_s": 0.05, "max_s": 0.2},
+                "options": {"port": port, "profile": "capacitance_probe", "timeout_s": 0.5},
+                "signals": [{"id": "permittivity"}, {"id": "zero_offset"}],
+            }
+        ],
+        security={"users": _users()},
+        commands=[{"target": "reactor1/biomass/zero", "role": "engineer"}],
+    )
+    async with running(plan) as (gateway, _):
+        probe = plan.emulators[0].instance.emulator
+        runner = gateway.runners[0]
+        await wait_for(
+            lambda: runner.state.value == "connected" and probe.model.count >= 2,
+            what="the probe measuring",
+        )
+        operator, engineer = (
+            plan.access.authority.authenticate(name, PASSWORDS[name], interface="test")
+            for name in ("operator", "engineer")
+        )
+        refused = await plan.access.command(
+            CommandRequest("reactor1/biomass/zero", operator, "medium only", "test")
+        )
+        assert probe.model.zero_offset == 0.0
+        before = probe.model.count
+        outcome = await plan.access.command(
+            CommandRequest("reactor1/biomass/zero", engineer, "medium only", "test")
+        )
+        await wait_for(lambda: probe.model.count >= before + 3, what="measurements after it")
+        reading = probe.reading
+    assert (refused.outcome, refused.rule) == ("refused", "role")
+    assert outcome.ok and outcome.result == {"channel": "zero", "value": 1}, outcome.message
+    assert len(outcome.records) == 2
+    # About 21 pF/cm of cells: zeroed, the probe reads its noise around 0 (sigma 0.1 pF/cm).
+    assert probe.model.zero_offset > 10.0
+    assert reading is not None and abs(reading.permittivity_pF_per_cm) < 1.0
