@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from .api import PluginContext, validation_context
 from .audit.cli import add_audit_parser, run_audit
 from .config import GatewayConfig
+from .config_reference import config_reference
 from .errors import ConfigError, GatewayError
 from .export import FORMATS, read_archive
 from .loader import format_loc, load_plan, read_config
@@ -91,7 +92,14 @@ def _parser(commands: Sequence[Registration[CommandConfigure]] = ()) -> argparse
     )
     check.add_argument("config", type=Path)
 
-    sub.add_parser("schema", parents=[common], help="print the configuration's JSON Schema")
+    schema = sub.add_parser(
+        "schema", parents=[common], help="print the configuration's JSON Schema"
+    )
+    schema.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the configuration reference (every key and plugin option) as Markdown",
+    )
 
     plugins = sub.add_parser("plugins", parents=[common], help="list installed plugins")
     plugins.add_argument("--json", action="store_true", help="print JSON")
@@ -306,8 +314,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_schema(_args: argparse.Namespace) -> int:
-    print(json.dumps(config_schema(build_registry()), indent=2))
+def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(config_reference(build_registry(), generator="patgw schema --markdown"), end="")
+    else:
+        print(json.dumps(config_schema(build_registry()), indent=2))
     return 0
 
 

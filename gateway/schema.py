@@ -8,12 +8,13 @@ options.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
-from .registry import PluginKind, Registry
+from .registry import PluginKind, Registration
 
 __all__ = ["config_schema"]
 
@@ -25,8 +26,9 @@ _SECTIONS = {
 }
 
 
-def config_schema(registry: Registry) -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a configuration file with these plugins installed."""
+def config_schema(registry: Iterable[Registration[Any]]) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a configuration file with these plugins installed (a
+    :class:`~gateway.registry.Registry`, or some of its registrations)."""
     plugins = [r for r in registry if r.kind in _SECTIONS]
     models = [(GatewayConfig, "validation")] + [(r.options_model, "validation") for r in plugins]
     refs, schema = models_json_schema(models, ref_template="#/$defs/{model}")  # type: ignore[arg-type]

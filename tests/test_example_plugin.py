@@ -2,65 +2,27 @@
 -e`` into a fresh venv, discovered by ``patgw plugins``, run by ``patgw run``, its samples
 exported, and its own tests passing with the ``gateway.testing`` kit only.
 
-The fresh venv has no pip and no packages of its own: a ``.pth`` file adds this project's venv
-(the gateway, its dependencies, pytest and pip) as a site folder behind it, so nothing is
-downloaded and it takes seconds (decision 0039). The example is copied to ``tmp_path`` first, so
-its build leaves nothing in the repository.
+The fresh venv and the install: tests/example_venv.py (decision 0039).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port, write_config
+from example_venv import assert_type_clean, count_tests, install_example, run_own_tests
+from example_venv import run as _run
 
 EXAMPLE = REPO / "examples" / "mtsics_balance"
-
-
-def _run(
-    python: Path, *args: str, cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(python), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
 def example_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A fresh venv with the example installed editable; its python and the example's copy."""
-    root = tmp_path_factory.mktemp("example")
-    source = root / "mtsics_balance"
-    shutil.copytree(
-        EXAMPLE, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    )
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root)
-    ours = sysconfig.get_paths()["purelib"]
-    (Path(site.stdout.strip()) / "_project_venv.pth").write_text(
-        f"import site; site.addsitedir({ours!r})\n"
-    )
-    installed = _run(
-        python,
-        *("-m", "pip", "install", "--disable-pip-version-check", "--no-deps"),
-        *("--no-build-isolation", "--no-index", "-e", str(source)),
-        cwd=root,
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    return python, source
+    return install_example(EXAMPLE, tmp_path_factory.mktemp("example"))
 
 
 def test_patgw_plugins_lists_the_example(example_venv: tuple[Path, Path], tmp_path: Path) -> None:
@@ -138,24 +100,16 @@ def test_a_config_using_it_runs_and_exports(
 
 def test_the_examples_own_tests_pass_with_the_kit(example_venv: tuple[Path, Path]) -> None:
     python, source = example_venv
-    # Its own temporary folders inside this test's: never beside another pytest run's.
-    basetemp = f"--basetemp={source.parent / 'pytest-tmp'}"
-    tested = _run(python, "-m", "pytest", "-p", "no:cacheprovider", basetemp, cwd=source)
+    tested = run_own_tests(python, source)
     assert tested.returncode == 0, tested.stdout[-4000:] + tested.stderr[-2000:]
     # The kit's fixtures came from the installed gateway's pytest11 entry point.
     plugins = next(line for line in tested.stdout.splitlines() if line.startswith("plugins:"))
     assert "pat-gateway-0.1.0" in plugins, plugins
-    written = (source / "tests" / "test_balance.py").read_text().count("\ndef test_")
-    written += (source / "tests" / "test_balance.py").read_text().count("\nasync def test_")
+    written = count_tests(source / "tests")
     assert f" {written} passed" in tested.stdout, tested.stdout[-2000:]
 
 
 def test_the_example_type_checks_against_the_installed_gateway(
     example_venv: tuple[Path, Path],
 ) -> None:
-    # From the plugin's own folder, as its author runs it: gateway is found through the venv
-    # (decision 0039), so its types are checked, not skipped as missing.
-    python, source = example_venv
-    checked = _run(python, "-m", "mypy", "--strict", "--no-incremental", "src", "tests", cwd=source)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.startswith("Success: no issues found"), checked.stdout
+    assert_type_clean(*example_venv)

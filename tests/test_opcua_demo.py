@@ -23,7 +23,7 @@ from conftest import demo_copy, make_client_cert, running, wait_for
 from gateway import build_registry, load_plan
 from gateway.store import SampleStore
 
-DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"  # as the README documents
+DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"  # as docs/configuration.md documents
 
 
 @pytest.mark.asyncio

@@ -1,34 +1,54 @@
-"""docs/plugins/driver.md shows the example distribution's files as they are, and the contract
-as the code has it: each code block marked ``<!-- example: PATH -->`` must equal that file, every
-file of the example is shown, and the page's ``InstrumentIO``/``Output`` are the API's."""
+"""The plugin pages (docs/plugins/) show the example distributions' files as they are, and the
+contract as the code has it: each code block marked ``<!-- example: PATH -->`` must equal that
+file, every file of each example is shown on its pages, and driver.md's
+``InstrumentIO``/``Output`` are the API's."""
 
 from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
 from conftest import REPO
 
 import gateway.api
 from gateway import Quality
 
-PAGE = REPO / "docs" / "plugins" / "driver.md"
-EXAMPLE = REPO / "examples" / "mtsics_balance"
+PAGES = REPO / "docs" / "plugins"
+PAGE = PAGES / "driver.md"
+#: Each example distribution and the pages that, together, show every one of its files.
+EXAMPLES = {
+    "mtsics_balance": ("driver.md",),
+    "plant_extras": ("README.md", "sink.md", "processor.md", "command.md"),
+}
 _MARKED = re.compile(r"<!-- example: (?P<path>\S+) -->\n```\w*\n(?P<code>.*?)```\n", re.DOTALL)
 
 
-def test_the_pages_code_blocks_are_the_examples_files() -> None:
-    shown = {m["path"]: m["code"] for m in _MARKED.finditer(PAGE.read_text(encoding="utf-8"))}
-    for path, code in shown.items():
+def shown_on(page: Path) -> dict[str, str]:
+    """The example files ``page`` shows: path → the code block."""
+    return {m["path"]: m["code"] for m in _MARKED.finditer(page.read_text(encoding="utf-8"))}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES.glob("*.md")), ids=lambda p: p.name)
+def test_the_pages_code_blocks_are_the_examples_files(page: Path) -> None:
+    for path, code in shown_on(page).items():
         assert code == (REPO / path).read_text(encoding="utf-8"), f"{path} differs from the page"
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_every_file_of_an_example_is_on_its_pages(example: str) -> None:
+    shown: dict[str, str] = {}
+    for page in EXAMPLES[example]:
+        shown.update(shown_on(PAGES / page))
     files = {
         str(p.relative_to(REPO))
-        for p in EXAMPLE.rglob("*")
+        for p in (REPO / "examples" / example).rglob("*")
         if p.suffix in (".py", ".toml") and p.name != "__init__.py" and "egg-info" not in str(p)
     }
     assert files, "the example has no files"
-    assert files <= set(shown), f"not on the page: {sorted(files - set(shown))}"
+    assert files <= set(shown), f"not on its pages: {sorted(files - set(shown))}"
 
 
 def test_the_pages_publish_and_instrument_io_are_the_apis() -> None:

@@ -335,8 +335,8 @@ class MqttOptions(BrokerOptions):
         description=(
             "Topic of the retained audit anchor: the gateway's signed audit-trail head (JSON),"
             " published each time it is signed and again after each connect, so a copy of it"
-            " lives outside the edge PC (see the README's Audit trail). Placeholders: {site},"
-            " {client_id}. null: none."
+            " lives outside the edge PC (see docs/configuration.md, Audit trail)."
+            " Placeholders: {site}, {client_id}. null: none."
         ),
     )
 

@@ -1,0 +1,1 @@
+"""Plant extras: a CSV-file sink, a moving-average processor and ``patgw`` commands."""
