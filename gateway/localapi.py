@@ -38,7 +38,7 @@ import collections
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,12 +214,9 @@ class LocalApi:
             )
 
     async def _write(self, identity: Identity, request: Request, body: bytes) -> bytes:
-        try:
-            document = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
-            return _bad("the body must be JSON")
-        if not isinstance(document, dict):
-            return _bad('the body must be a JSON object: {"target", "value", "reason"}')
+        document = _object(body, '{"target", "value", "reason"}')
+        if isinstance(document, bytes):
+            return document
         target, value, reason = (
             document.get("target"),
             document.get("value"),
@@ -233,32 +230,19 @@ class LocalApi:
             number = float(value)
         except OverflowError:
             return _bad('"value" is too large for a number')
-        if reason is not None and not isinstance(reason, str):
-            return _bad('"reason" must be text')
-        for field in ("target", "reason", "meaning"):
-            if not _encodable(document.get(field)):
-                return _bad(f'"{field}" is not valid Unicode text (a lone surrogate)')
-        try:
-            signature = await self._signature(document, request)
-        except AuthenticationError as exc:
-            return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
-        except ValueError as exc:
-            return _bad(str(exc))
-        try:
-            outcome = await self.access.write(
+        signature = await self._signed(document, request)
+        if isinstance(signature, bytes):
+            return signature
+        return await _answer(
+            self.access.write(
                 WriteRequest(target, number, identity, reason or "", "api", signature)
             )
-        except GatewayError as exc:  # not running (starting, or stopping): nothing written
-            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        return json_response(write_status(outcome), outcome.as_dict())
+        )
 
     async def _command(self, identity: Identity, request: Request, body: bytes) -> bytes:
-        try:
-            document = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
-            return _bad("the body must be JSON")
-        if not isinstance(document, dict):
-            return _bad('the body must be a JSON object: {"target", "arguments", "reason"}')
+        document = _object(body, '{"target", "arguments", "reason"}')
+        if isinstance(document, bytes):
+            return document
         target, arguments, reason = (
             document.get("target"),
             document.get("arguments", {}),
@@ -268,24 +252,30 @@ class LocalApi:
             return _bad('"target" (a command, e.g. reactor1/balance/tare) is missing')
         if not isinstance(arguments, dict):
             return _bad('"arguments" must be a JSON object')
+        signature = await self._signed(document, request)
+        if isinstance(signature, bytes):
+            return signature
+        return await _answer(
+            self.access.command(
+                CommandRequest(target, identity, reason or "", "api", arguments, signature)
+            )
+        )
+
+    async def _signed(self, document: dict[str, Any], request: Request) -> Signature | bytes | None:
+        """The request's signature, its passwords checked, once its text fields are known to
+        be storable; or the answer refusing it."""
+        reason = document.get("reason")
         if reason is not None and not isinstance(reason, str):
             return _bad('"reason" must be text')
         for field in ("target", "reason", "meaning"):
             if not _encodable(document.get(field)):
                 return _bad(f'"{field}" is not valid Unicode text (a lone surrogate)')
         try:
-            signature = await self._signature(document, request)
+            return await self._signature(document, request)
         except AuthenticationError as exc:
             return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except ValueError as exc:
             return _bad(str(exc))
-        try:
-            outcome = await self.access.command(
-                CommandRequest(target, identity, reason or "", "api", arguments, signature)
-            )
-        except GatewayError as exc:  # not running (starting, or stopping): nothing sent
-            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        return json_response(write_status(outcome), outcome.as_dict())
 
     def _commands(self) -> list[dict[str, Any]]:
         return [
@@ -389,6 +379,26 @@ async def call_command(
         return HTTPStatus.CONFLICT, {"error": str(exc)}
     log.info("api.command", processor=runner.processor_id, command=command, user=identity.name)
     return HTTPStatus.OK, dict(answer)
+
+
+def _object(body: bytes, shape: str) -> dict[str, Any] | bytes:
+    """The body as a JSON object, or the answer refusing it (``shape`` names its fields)."""
+    try:
+        document = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
+        return _bad("the body must be JSON")
+    if not isinstance(document, dict):
+        return _bad(f"the body must be a JSON object: {shape}")
+    return document
+
+
+async def _answer(submitted: Awaitable[WriteOutcome | CommandOutcome]) -> bytes:
+    """The answer to a write or command handed to the write path."""
+    try:
+        outcome = await submitted
+    except GatewayError as exc:  # not running (starting, or stopping): nothing done
+        return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+    return json_response(write_status(outcome), outcome.as_dict())
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str]:

@@ -127,19 +127,7 @@ def _device_command(args: argparse.Namespace, http: HttpConfig, arguments: dict[
         "reason": args.reason,
         **_signature_fields(args),
     }
-    status, document = _post(http, "/api/v1/commands", args.user, password, body)
-    if status is None:
-        return _fail(str(document.get("error")))
-    if status == 200:
-        print(document.get("message", "done"))
-        _records(document)
-        return 0
-    message = document.get("message") or document.get("error") or f"HTTP {status}"
-    rule = document.get("rule")
-    outcome = document.get("outcome", "refused")
-    _fail(f"command {outcome}: {message}" + (f" [{rule}]" if rule else ""))
-    _records(document)
-    return 2
+    return _outcome("command", *_post(http, "/api/v1/commands", args.user, password, body))
 
 
 def _signature_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,7 +169,12 @@ def cmd_write(args: argparse.Namespace) -> int:
     }
     # Long enough for the slowest declared read-back (a write waits for it before answering).
     slowest = max((w.readback_delay_s for w in config.writes), default=0.0)
-    status, document = _post(http, "/api/v1/writes", args.user, password, body, TIMEOUT_S + slowest)
+    answer = _post(http, "/api/v1/writes", args.user, password, body, TIMEOUT_S + slowest)
+    return _outcome("write", *answer)
+
+
+def _outcome(kind: str, status: int | None, document: dict[str, Any]) -> int:
+    """Print a write's or command's outcome (``kind``); its exit status: 0 done, 2 otherwise."""
     if status is None:
         return _fail(str(document.get("error")))
     if status == 200:
@@ -190,7 +183,9 @@ def cmd_write(args: argparse.Namespace) -> int:
         return 0
     message = document.get("message") or document.get("error") or f"HTTP {status}"
     rule = document.get("rule")
-    _fail(f"write {document.get('outcome', 'refused')}: {message}" + (f" [{rule}]" if rule else ""))
+    _fail(
+        f"{kind} {document.get('outcome', 'refused')}: {message}" + (f" [{rule}]" if rule else "")
+    )
     _records(document)
     return 2
 

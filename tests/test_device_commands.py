@@ -29,6 +29,7 @@ from conftest import (
 from pydantic import BaseModel, ConfigDict
 from test_console import Console, _audited
 from test_controlled_writes import PASSWORDS, _users, api_call, audit_records
+from test_controlled_writes import Bench as WritesBench
 
 from gateway import (
     Channel,
@@ -47,7 +48,6 @@ from gateway.control import CommandRequest, CommandTarget, CommandTargetConfig, 
 from gateway.control.config import WriteTargetConfig
 from gateway.control.path import WriteRequest, WriteTarget
 from gateway.loader import Plan
-from gateway.runtime.supervisor import Gateway
 from gateway.security import Authority, Identity
 from gateway.security.config import SecurityConfig
 from gateway.units import Conversion
@@ -76,11 +76,8 @@ def _pump(plan: Plan) -> Any:
     return plan.emulators[0].instance.emulator.model
 
 
-class Bench:
-    def __init__(self, gateway: Gateway, plan: Plan, http_port: int) -> None:
-        self.gateway = gateway
-        self.plan = plan
-        self.http_port = http_port
+class Bench(WritesBench):
+    """The writes' bench: the running gateway, its plan and API port."""
 
     @property
     def pump(self) -> Any:

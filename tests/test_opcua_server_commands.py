@@ -6,7 +6,6 @@ gateway's write path."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import pytest_asyncio
 from asyncua import ua
 from conftest import (
     free_port,
-    make_client_cert,
     plan_for,
     pump_instrument,
     running,
@@ -24,8 +22,8 @@ from conftest import (
     wait_for,
 )
 from test_controlled_writes import HASHES, PASSWORDS, audit_records
+from test_opcua_server_writes import Bench as WritesBench
 
-from gateway.loader import Plan
 from plugins.opcua_server._ua import StatusCodes
 from plugins.opcua_server.sink import OpcUaServerSink
 
@@ -33,12 +31,8 @@ STOP = "reactor1/pump/stop"
 START = "reactor1/pump/start"
 
 
-class Bench:
-    def __init__(self, plan: Plan, sink: OpcUaServerSink, tmp_path: Path) -> None:
-        self.plan = plan
-        self.sink = sink
-        self.client_cert = make_client_cert(tmp_path / "client", "scada")
-        shutil.copy(self.client_cert.cert, sink.trusted_dir / self.client_cert.cert.name)
+class Bench(WritesBench):
+    """The writes' bench (the gateway, its OPC UA server, a trusted client certificate)."""
 
     @property
     def running(self) -> bool:

@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport
-from ..control import Access, CommandRequest, WriteRequest
+from ..control import (
+    Access,
+    CommandRequest,
+    CommandTarget,
+    Signature,
+    WriteRequest,
+    WriteTarget,
+)
 from ..errors import GatewayError
 from ..http import Request, Stream, response
 from ..localapi import write_status
@@ -413,21 +420,9 @@ class Console:
             page = pages.message_page("Write", "the value must be a number", who, csrf)
             return html_response(HTTPStatus.BAD_REQUEST, page)
         declared = self._access.targets.get(target)
-        try:
-            signature = await signed(
-                form,
-                None if declared is None else declared.config,
-                who,
-                self._access.authority,
-                self._checks,
-                peer,
-            )
-        except SignatureRefused as refused:
-            self._access.note_refusal(
-                who.name, target, value, "signature", refused.message, "console"
-            )
-            page = pages.message_page("Write", refused.message, who, csrf)
-            return html_response(refused.status, page)
+        signature = await self._signature(session, form, peer, declared, target, value, "write")
+        if isinstance(signature, bytes):
+            return signature
         try:
             request = WriteRequest(target, value, who, reason, "console", signature)
             outcome = await self._access.write(request)
@@ -442,27 +437,11 @@ class Console:
         target, reason = form.get("target", ""), form.get("reason", "")
         declared = self._access.commands.get(target)
         arguments = {} if declared is None else command_arguments(form, declared.command)
-        try:
-            signature = await signed(
-                form,
-                None if declared is None else declared.config,
-                who,
-                self._access.authority,
-                self._checks,
-                peer,
-            )
-        except SignatureRefused as refused:
-            self._access.note_refusal(
-                who.name,
-                target,
-                arguments,
-                "signature",
-                refused.message,
-                "console",
-                action="command.refused",
-            )
-            page = pages.message_page("Command", refused.message, who, csrf)
-            return html_response(refused.status, page)
+        signature = await self._signature(
+            session, form, peer, declared, target, arguments, "command"
+        )
+        if isinstance(signature, bytes):
+            return signature
         try:
             request = CommandRequest(target, who, reason, "console", arguments, signature)
             outcome = await self._access.command(request)
@@ -471,6 +450,37 @@ class Console:
             return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
         page = pages.command_outcome_page(outcome, who, csrf)
         return html_response(write_status(outcome), page)
+
+    async def _signature(
+        self,
+        session: Session,
+        form: dict[str, str],
+        peer: str,
+        declared: WriteTarget | CommandTarget | None,
+        target: str,
+        value: object,
+        kind: str,
+    ) -> Signature | bytes | None:
+        """The signature ``form`` carries for a ``kind`` ("write" or "command") of ``target``,
+        its passwords checked; or the page refusing it, the refusal audited."""
+        try:
+            config = None if declared is None else declared.config
+            return await signed(
+                form, config, session.identity, self._access.authority, self._checks, peer
+            )
+        except SignatureRefused as refused:
+            self._access.note_refusal(
+                session.identity.name,
+                target,
+                value,
+                "signature",
+                refused.message,
+                "console",
+                action=f"{kind}.refused",
+            )
+            title = kind.capitalize()
+            page = pages.message_page(title, refused.message, session.identity, session.csrf)
+            return html_response(refused.status, page)
 
     def _audit(self, action: str, user: str, request: Request, reason: str = "") -> None:
         if self._note is None:
