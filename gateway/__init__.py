@@ -7,8 +7,11 @@ it are private and may change.
 from .api import (
     BindingSink,
     Channel,
+    CommandArgument,
     CommandCall,
+    CommandDriver,
     ConfigPath,
+    DeviceCommand,
     DeviceIdentity,
     Driver,
     DriverFactory,
@@ -34,7 +37,7 @@ from .api import (
     resolve_config_path,
     validation_context,
 )
-from .control import WriteOutcome
+from .control import CommandOutcome, WriteOutcome
 from .errors import (
     ConfigError,
     GatewayError,
@@ -73,10 +76,14 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "BindingSink",
     "Channel",
+    "CommandArgument",
     "CommandCall",
+    "CommandDriver",
+    "CommandOutcome",
     "ConfigError",
     "ConfigPath",
     "Conversion",
+    "DeviceCommand",
     "DeviceIdentity",
     "Driver",
     "DriverFactory",

@@ -7,7 +7,8 @@ raises :class:`~gateway.errors.InstrumentError` when the instrument becomes unre
 runtime marks the instrument's signals ``bad`` and calls ``run`` again after a jittered,
 exponential backoff. Most drivers poll: derive from :class:`PollingDriver` and write
 ``connect``, ``poll`` and ``close``. A driver that can set values on its instrument (setpoints)
-also implements :class:`WritableDriver`.
+also implements :class:`WritableDriver`; one that offers actions (tare, zero, start, stop)
+implements :class:`CommandDriver`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BindingSink",
     "Channel",
+    "CommandArgument",
     "CommandCall",
+    "CommandDriver",
     "ConfigPath",
+    "DeviceCommand",
     "DeviceIdentity",
     "Driver",
     "DriverFactory",
@@ -244,6 +248,66 @@ class WritableDriver(Driver, Protocol):
         own limits, or stores it with less precision (a float32, a scaled integer register).
         Raises ``WriteRefusedError`` for a channel the driver does not offer, and
         ``InstrumentError`` when the instrument does not answer or answers with an error."""
+
+
+ARGUMENT_KINDS = ("number", "integer", "text", "boolean")
+"""The kinds a :class:`CommandArgument` may be."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandArgument:
+    """One argument of a :class:`DeviceCommand`: its ``kind`` (one of ``ARGUMENT_KINDS``:
+    ``number`` a float, ``integer``, ``text``, ``boolean``), in ``unit`` for numbers, between
+    ``min`` and ``max`` where given. The gateway checks a call's arguments against these before
+    the driver sees them."""
+
+    name: str
+    kind: str = "number"
+    unit: str = ""
+    description: str = ""
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCommand:
+    """An action an instrument offers, without a value to set: tare, zero, start, stop.
+
+    ``changes_process``: whether it acts on the process (a pump's start) rather than only on
+    the instrument's reading (a balance's tare); shown to the people who may run it."""
+
+    name: str
+    description: str = ""
+    arguments: tuple[CommandArgument, ...] = ()
+    changes_process: bool = True
+
+
+@runtime_checkable
+class CommandDriver(Driver, Protocol):
+    """A driver whose instrument takes commands (:class:`DeviceCommand`): plugin API 1.1.
+
+    The runtime runs only commands declared under ``commands:`` of the configuration, through
+    the controlled write path (roles, reason, signature, audit), only while :meth:`~Driver.run`
+    is active, never two at once on one instrument nor during a write to it; as with
+    :class:`WritableDriver`, a poll may be under way.
+
+    Exceptions of :meth:`command`:
+
+    - :class:`~gateway.errors.WriteRefusedError`: nothing was done (an unknown command, an
+      argument the device cannot take, the device refused it: the message says why).
+    - :class:`~gateway.errors.InstrumentError`: not connected, or the transport failed; the
+      device *may* have acted.
+    """
+
+    def commands(self) -> Sequence[DeviceCommand]:
+        """Every command the instrument offers, known without I/O (``patgw check`` asks)."""
+
+    async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run command ``name`` with ``arguments`` (checked against its
+        :class:`CommandArgument` list); return once the device acknowledged, with what it
+        reported (JSON-able, e.g. ``{"tare": 12.5, "unit": "g"}``; empty if nothing): the
+        audit trail keeps it."""
 
 
 class PollingDriver(abc.ABC):

@@ -24,6 +24,8 @@ _MEMBERS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
         ("run", True, True),
         ("write", False, True),  # WritableDriver
         ("read_back", False, True),
+        ("commands", False, False),  # CommandDriver
+        ("command", False, True),
     ),
     "sink": (
         ("__aenter__", True, True),
@@ -94,6 +96,11 @@ def capability_problems(kind: str, target: object) -> list[str]:
             [half] = offers
             other = "read_back" if half == "write" else "write"
             problems.append(f"defines {half}() without {other}() (a writable driver has both)")
+        offers = {name for name in ("commands", "command") if getattr(target, name, None)}
+        if len(offers) == 1:
+            [half] = offers
+            other = "command" if half == "commands" else "commands"
+            problems.append(f"defines {half}() without {other}() (a command driver has both)")
     if kind == "emulator" and not inspect.isclass(target):
         endpoint = _instance_endpoint(target)
         if endpoint is not None and not isinstance(endpoint, str):

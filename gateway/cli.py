@@ -308,6 +308,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"users: {len(security.users)}; writable targets:"
         f" {', '.join(sorted(plan.access.targets)) or 'none'}"
     )
+    if plan.access.commands:
+        print(f"device commands: {', '.join(sorted(plan.access.commands))}")
     if config.http is not None and config.http.api:
         scheme = "https" if config.http.tls is not None else "http"
         print(f"local API: {scheme}://{config.http.host}:{config.http.port}/api/v1")

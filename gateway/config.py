@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from .api import ConfigPath
 from .audit.config import AuditConfig
+from .control.commands import CommandTargetConfig
 from .control.config import WriteTargetConfig
 from .errors import UnitError
 from .security.config import SecurityConfig
@@ -507,6 +508,11 @@ class GatewayConfig(_Closed):
         default_factory=list,
         description="The only targets the gateway may write (setpoints), each with its limits;"
         " none: nothing is writable.",
+    )
+    commands: list[CommandTargetConfig] = Field(
+        default_factory=list,
+        description="The only device commands (tare, zero, start, stop) the gateway may run,"
+        " each with who may run it; none: no command can be run.",
     )
     audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit trail.")
 

@@ -34,7 +34,7 @@ from .api import (
 )
 from .capabilities import capability_problems
 from .config import EmulatorConfig, GatewayConfig, InstrumentConfig, ProcessorConfig, SinkConfig
-from .control import Access, WriteTarget, resolve_targets
+from .control import Access, WriteTarget, resolve_commands, resolve_targets
 from .errors import ConfigError, MissingDependencyError, UnitError
 from .model import Signal, SignalKind
 from .registry import PluginKind, Registration, Registry, missing_text, plugin_label
@@ -558,7 +558,16 @@ def load_plan(path: Path, registry: Registry) -> Plan:
     processors = _processor_plans(
         config, registry, instruments, configured, problems, config_dir, warnings, targets
     )
-    access = Access(Authority(config.security), targets)
+    commands = resolve_commands(
+        config.commands,
+        config.area,
+        instruments,
+        list(config.security.role_permissions()),
+        problems,
+        unloaded,
+        targets,
+    )
+    access = Access(Authority(config.security), targets, commands)
 
     components: dict[PluginKind, list[ComponentPlan]] = {
         PluginKind.EMULATOR: [],

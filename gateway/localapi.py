@@ -7,6 +7,8 @@ other. Routes::
     GET  /api/v1/whoami    any user      who the credentials belong to: roles, permissions
     GET  /api/v1/targets   read          the declared write targets with their limits
     POST /api/v1/writes    (the target's role)  a controlled write (see gateway.control)
+    GET  /api/v1/commands  read          the declared device commands with their arguments
+    POST /api/v1/commands  (the command's role)  a device command (tare, start...), audited
     POST /api/v1/users/NAME/unlock  manage_users  lift NAME's lock-out (audited)
     GET  /api/v1/audit     audit         records (?since=ISO&user=U&action=GLOB&limit=N)
     GET  /api/v1/processors              read  every processor: state, commands, what it owns
@@ -20,6 +22,11 @@ witnessed one. The answer is the write's outcome (JSON): ``200`` done, ``409`` w
 back another value, ``502`` the device failed, ``403`` the user may not, ``422`` refused by a
 rule (limits, step, rate, reason, signature), ``503`` the instrument is down or the audit trail
 cannot be written; ``401`` for missing or refused credentials.
+
+A device command's body is ``{"target", "arguments", "reason"}`` (``arguments`` an object,
+optional), with ``"meaning"`` and ``"witness"`` as for a write; the answer is its outcome:
+``200`` done (with the ``result`` the device reported), ``502`` the device failed, and the
+refusals' statuses as for a write (``422`` also for arguments the command does not take).
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ import asyncio
 import base64
 import binascii
 import collections
+import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +47,15 @@ import structlog
 
 from .api import CommandCall
 from .audit import read_records
-from .control import Access, Signature, WriteOutcome, WriteRequest
+from .control import (
+    Access,
+    CommandOutcome,
+    CommandRequest,
+    CommandTarget,
+    Signature,
+    WriteOutcome,
+    WriteRequest,
+)
 from .control.path import authenticate_witness
 from .errors import GatewayError
 from .http import Request, json_response
@@ -49,7 +65,7 @@ from .timefmt import parse_iso_ns
 if TYPE_CHECKING:
     from .runtime.processors import ProcessorRunner
 
-__all__ = ["LocalApi", "call_command", "write_status"]
+__all__ = ["LocalApi", "call_command", "command_listing", "write_status"]
 
 log = structlog.get_logger("gateway.api")
 
@@ -98,6 +114,12 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"targets": self._targets()})
         if route == ("POST", "/api/v1/writes"):
             return await self._write(identity, request, body)
+        if route == ("GET", "/api/v1/commands"):
+            if not identity.may(Permission.READ):
+                return _forbidden(identity, Permission.READ)
+            return json_response(HTTPStatus.OK, {"commands": self._commands()})
+        if route == ("POST", "/api/v1/commands"):
+            return await self._command(identity, request, body)
         if route == ("GET", "/api/v1/audit"):
             if not identity.may(Permission.AUDIT):
                 return _forbidden(identity, Permission.AUDIT)
@@ -114,6 +136,7 @@ class LocalApi:
             return json_response(HTTPStatus.OK, {"user": name, "was_locked_out": was})
         known = (
             "GET /api/v1/whoami, GET /api/v1/targets, POST /api/v1/writes,"
+            " GET /api/v1/commands, POST /api/v1/commands,"
             " POST /api/v1/users/NAME/unlock, GET /api/v1/audit, GET /api/v1/processors,"
             " GET /api/v1/processors/ID, POST /api/v1/processors/ID/COMMAND"
         )
@@ -191,12 +214,9 @@ class LocalApi:
             )
 
     async def _write(self, identity: Identity, request: Request, body: bytes) -> bytes:
-        try:
-            document = json.loads(body or b"null")
-        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
-            return _bad("the body must be JSON")
-        if not isinstance(document, dict):
-            return _bad('the body must be a JSON object: {"target", "value", "reason"}')
+        document = _object(body, '{"target", "value", "reason"}')
+        if isinstance(document, bytes):
+            return document
         target, value, reason = (
             document.get("target"),
             document.get("value"),
@@ -210,24 +230,57 @@ class LocalApi:
             number = float(value)
         except OverflowError:
             return _bad('"value" is too large for a number')
+        signature = await self._signed(document, request)
+        if isinstance(signature, bytes):
+            return signature
+        return await _answer(
+            self.access.write(
+                WriteRequest(target, number, identity, reason or "", "api", signature)
+            )
+        )
+
+    async def _command(self, identity: Identity, request: Request, body: bytes) -> bytes:
+        document = _object(body, '{"target", "arguments", "reason"}')
+        if isinstance(document, bytes):
+            return document
+        target, arguments, reason = (
+            document.get("target"),
+            document.get("arguments", {}),
+            document.get("reason"),
+        )
+        if not isinstance(target, str) or not target:
+            return _bad('"target" (a command, e.g. reactor1/balance/tare) is missing')
+        if not isinstance(arguments, dict):
+            return _bad('"arguments" must be a JSON object')
+        signature = await self._signed(document, request)
+        if isinstance(signature, bytes):
+            return signature
+        return await _answer(
+            self.access.command(
+                CommandRequest(target, identity, reason or "", "api", arguments, signature)
+            )
+        )
+
+    async def _signed(self, document: dict[str, Any], request: Request) -> Signature | bytes | None:
+        """The request's signature, its passwords checked, once its text fields are known to
+        be storable; or the answer refusing it."""
+        reason = document.get("reason")
         if reason is not None and not isinstance(reason, str):
             return _bad('"reason" must be text')
         for field in ("target", "reason", "meaning"):
             if not _encodable(document.get(field)):
                 return _bad(f'"{field}" is not valid Unicode text (a lone surrogate)')
         try:
-            signature = await self._signature(document, request)
+            return await self._signature(document, request)
         except AuthenticationError as exc:
             return json_response(HTTPStatus.UNAUTHORIZED, {"error": str(exc)})
         except ValueError as exc:
             return _bad(str(exc))
-        try:
-            outcome = await self.access.write(
-                WriteRequest(target, number, identity, reason or "", "api", signature)
-            )
-        except GatewayError as exc:  # not running (starting, or stopping): nothing written
-            return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        return json_response(write_status(outcome), outcome.as_dict())
+
+    def _commands(self) -> list[dict[str, Any]]:
+        return [
+            command_listing(name, target) for name, target in sorted(self.access.commands.items())
+        ]
 
     async def _signature(self, document: dict[str, Any], request: Request) -> Signature | None:
         meaning = document.get("meaning")
@@ -268,8 +321,23 @@ class LocalApi:
         ]
 
 
-def write_status(outcome: WriteOutcome) -> HTTPStatus:
-    """The HTTP status that tells a write's outcome (see the module docstring)."""
+def command_listing(name: str, target: CommandTarget) -> dict[str, Any]:
+    """A declared command as the API (and the console) lists it."""
+    command = target.command
+    return {
+        "target": name,
+        "instrument": target.instrument,
+        "command": command.name,
+        "description": target.config.description or command.description,
+        "changes_process": command.changes_process,
+        "role": target.config.role,
+        "signature": target.config.signature,
+        "arguments": [dataclasses.asdict(a) for a in command.arguments],
+    }
+
+
+def write_status(outcome: WriteOutcome | CommandOutcome) -> HTTPStatus:
+    """The HTTP status that tells a write's (or a command's) outcome (see the module)."""
     if outcome.outcome == "refused":
         return _STATUS_BY_RULE.get(outcome.rule, HTTPStatus.UNPROCESSABLE_ENTITY)
     return _STATUS_BY_OUTCOME.get(outcome.outcome, HTTPStatus.INTERNAL_SERVER_ERROR)
@@ -311,6 +379,26 @@ async def call_command(
         return HTTPStatus.CONFLICT, {"error": str(exc)}
     log.info("api.command", processor=runner.processor_id, command=command, user=identity.name)
     return HTTPStatus.OK, dict(answer)
+
+
+def _object(body: bytes, shape: str) -> dict[str, Any] | bytes:
+    """The body as a JSON object, or the answer refusing it (``shape`` names its fields)."""
+    try:
+        document = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep
+        return _bad("the body must be JSON")
+    if not isinstance(document, dict):
+        return _bad(f"the body must be a JSON object: {shape}")
+    return document
+
+
+async def _answer(submitted: Awaitable[WriteOutcome | CommandOutcome]) -> bytes:
+    """The answer to a write or command handed to the write path."""
+    try:
+        outcome = await submitted
+    except GatewayError as exc:  # not running (starting, or stopping): nothing done
+        return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+    return json_response(write_status(outcome), outcome.as_dict())
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str]:

@@ -36,7 +36,8 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 #: The version of the plugin contract this gateway implements, ``MAJOR.MINOR``. A plugin
 #: written for the same major and a minor up to this one loads; the major changes when a hook,
 #: a protocol or a factory's call changes incompatibly, the minor when something is added.
-#: 1.1 added device identity (``InstrumentIO.identify``, a sink's ``device_identified``).
+#: 1.1 added device identity (``InstrumentIO.identify``, a sink's ``device_identified``),
+#: device commands (``CommandDriver``) and a registration's ``requires``/``extra``.
 PLUGIN_API_VERSION = "1.1"
 #: What a plugin declares the version it was written for with: a module-level (or class, for a
 #: plugin object) attribute, ``PAT_GATEWAY_API = "1.1"``.

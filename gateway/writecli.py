@@ -5,7 +5,8 @@ never from the command line (it would sit in the shell history and the process l
 request goes to the configuration's ``http`` endpoint (HTTPS if ``http.tls``, trusting that
 certificate), which must serve the API (``http.api: true``). Exit 0 when the write was done and
 read back equal, 2 otherwise (refused, failed, read back another value, login refused, or no
-gateway running), with the reason on stderr.
+gateway running), with the reason on stderr. ``patgw command`` does the same for a device command
+(``POST /api/v1/commands``) or a processor's.
 """
 
 from __future__ import annotations
@@ -52,12 +53,19 @@ def add_command_command(sub: Any, common: argparse.ArgumentParser) -> None:
     command = sub.add_parser(
         "command",
         parents=[common],
-        help="give a processor a command through the running gateway (a loop's mode, an"
-        " alarm's acknowledgement), audited",
+        help="run a declared device command (reactor1/balance/tare) or give a processor a"
+        " command (glucose_loop mode) through the running gateway, audited",
     )
     command.add_argument("config", type=Path)
-    command.add_argument("processor", help="the processor's id, e.g. glucose_loop")
-    command.add_argument("name", help="the command, e.g. mode (see GET /api/v1/processors)")
+    command.add_argument(
+        "processor",
+        metavar="TARGET|PROCESSOR",
+        help="a device command declared under commands: (e.g. reactor1/balance/tare), or a"
+        " processor's id (e.g. glucose_loop) followed by its command",
+    )
+    command.add_argument(
+        "name", nargs="?", help="a processor's command, e.g. mode (see GET /api/v1/processors)"
+    )
     command.add_argument("--user", required=True, help="who gives it (security.users)")
     command.add_argument("--reason", required=True, help="why: kept in the audit trail")
     command.add_argument(
@@ -66,9 +74,14 @@ def add_command_command(sub: Any, common: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a field of the command's body (VALUE as JSON if it parses, else text);"
-        " repeatable, e.g. --set mode=manual --set output=2.5",
+        help="a field of the command's body, or a device command's argument (VALUE as JSON if"
+        " it parses, else text); repeatable, e.g. --set mode=manual --set output=2.5",
     )
+    command.add_argument(
+        "--meaning", help="the meaning of your electronic signature, for commands that need one"
+    )
+    command.add_argument("--witness", help="the second person, for commands that need a witness")
+    command.add_argument("--witness-meaning", default="witnessed", help="the witness's meaning")
 
 
 def cmd_command(args: argparse.Namespace) -> int:
@@ -85,6 +98,8 @@ def cmd_command(args: argparse.Namespace) -> int:
             body[key] = json.loads(text)
         except ValueError:
             body[key] = text
+    if args.name is None:
+        return _device_command(args, http, body)
     body["reason"] = args.reason
     password = _password(f"password for {args.user}: ")
     route = f"/api/v1/processors/{args.processor}/{args.name}"
@@ -95,6 +110,39 @@ def cmd_command(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
     return _fail(f"{args.processor} {args.name}: {document.get('error') or f'HTTP {status}'}")
+
+
+def _device_command(args: argparse.Namespace, http: HttpConfig, arguments: dict[str, Any]) -> int:
+    """``patgw command CONFIG TARGET``: a device command through ``POST /api/v1/commands``;
+    exit 0 when the device acknowledged it, 2 otherwise."""
+    if "/" not in args.processor:
+        return _fail(
+            f"{args.processor!r}: give a processor's command after its id, or a device command"
+            " as <area>/<instrument>/<command>"
+        )
+    password = _password(f"password for {args.user}: ")
+    body: dict[str, Any] = {
+        "target": args.processor,
+        "arguments": arguments,
+        "reason": args.reason,
+        **_signature_fields(args),
+    }
+    return _outcome("command", *_post(http, "/api/v1/commands", args.user, password, body))
+
+
+def _signature_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The body's ``meaning`` and ``witness`` (its password prompted for) from the options."""
+    fields: dict[str, Any] = {}
+    if args.meaning is not None:
+        fields["meaning"] = args.meaning
+    if args.witness is not None:
+        fields["meaning"] = args.meaning or "performed"
+        fields["witness"] = {
+            "user": args.witness,
+            "password": _password(f"password for {args.witness} (witness): "),
+            "meaning": args.witness_meaning,
+        }
+    return fields
 
 
 def _number(text: str) -> float:
@@ -113,19 +161,20 @@ def cmd_write(args: argparse.Namespace) -> int:
     if isinstance(http, str):
         return _fail(http)
     password = _password(f"password for {args.user}: ")
-    body: dict[str, Any] = {"target": args.target, "value": args.value, "reason": args.reason}
-    if args.meaning is not None:
-        body["meaning"] = args.meaning
-    if args.witness is not None:
-        body["meaning"] = args.meaning or "performed"
-        body["witness"] = {
-            "user": args.witness,
-            "password": _password(f"password for {args.witness} (witness): "),
-            "meaning": args.witness_meaning,
-        }
+    body: dict[str, Any] = {
+        "target": args.target,
+        "value": args.value,
+        "reason": args.reason,
+        **_signature_fields(args),
+    }
     # Long enough for the slowest declared read-back (a write waits for it before answering).
     slowest = max((w.readback_delay_s for w in config.writes), default=0.0)
-    status, document = _post(http, "/api/v1/writes", args.user, password, body, TIMEOUT_S + slowest)
+    answer = _post(http, "/api/v1/writes", args.user, password, body, TIMEOUT_S + slowest)
+    return _outcome("write", *answer)
+
+
+def _outcome(kind: str, status: int | None, document: dict[str, Any]) -> int:
+    """Print a write's or command's outcome (``kind``); its exit status: 0 done, 2 otherwise."""
     if status is None:
         return _fail(str(document.get("error")))
     if status == 200:
@@ -134,7 +183,9 @@ def cmd_write(args: argparse.Namespace) -> int:
         return 0
     message = document.get("message") or document.get("error") or f"HTTP {status}"
     rule = document.get("rule")
-    _fail(f"write {document.get('outcome', 'refused')}: {message}" + (f" [{rule}]" if rule else ""))
+    _fail(
+        f"{kind} {document.get('outcome', 'refused')}: {message}" + (f" [{rule}]" if rule else "")
+    )
     _records(document)
     return 2
 

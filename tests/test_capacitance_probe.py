@@ -206,7 +206,7 @@ def test_fields_tile_each_table_without_gaps() -> None:
     for fields in (INPUT_FIELDS, HOLDING_FIELDS):
         for before, after in itertools.pairwise(fields):
             assert before.end == after.address
-    assert [f.name for f in HOLDING_FIELDS if f.writable] == ["cell_factor"]
+    assert [f.name for f in HOLDING_FIELDS if f.writable] == ["cell_factor", "zero"]
     for field in (*INPUT_FIELDS, *HOLDING_FIELDS):
         assert f"| {field.name} |" in REGISTER_MAP_DOC
 
@@ -224,7 +224,7 @@ def test_input_registers_hold_the_reading() -> None:
 
 @pytest.mark.parametrize(
     ("function_code", "address", "count"),
-    [(4, 100, 2), (3, 0, 2), (4, 10, 2), (3, 105, 3), (16, 0, 2), (4, 0, 0)],
+    [(4, 100, 2), (3, 0, 2), (4, 10, 2), (3, 109, 2), (16, 0, 2), (4, 0, 0)],
 )
 def test_each_table_answers_only_its_own_function_codes(
     function_code: int, address: int, count: int

@@ -218,6 +218,9 @@ class ProbeModel:
         self.fouling: Ramp | None = None
         #: A probe failure is latched (electrode or cable).
         self.failed = False
+        #: The permittivity a zero set aside, pF/cm, subtracted from every later measurement.
+        self.zero_offset = 0.0
+        self._last_raw: float | None = None  # the last measured permittivity, before the zero
         self._level: float | None = None  # the firmware's running conductivity level
         self._unstable: list[float] = []  # conductivities of the unstable readings in a row
 
@@ -231,6 +234,17 @@ class ProbeModel:
         """Change the calibration (what a write of the cell-factor register does)."""
         self.check_cell_factor(value)
         self.cell_factor = float(value)
+
+    def zero(self) -> None:
+        """Zero the permittivity (what a write of 1 to the zero register does): the latest
+        measurement, before any earlier zero, becomes the baseline subtracted from the next
+        ones — in medium before inoculation, or to take a fouling layer out. ``ValueError``
+        while a probe failure is latched or before the first measurement."""
+        if self.failed:
+            raise ValueError("cannot zero: a probe failure is latched")
+        if self._last_raw is None:
+            raise ValueError("cannot zero before the first measurement")
+        self.zero_offset = self._last_raw
 
     def clean(self, culture: Culture, hours: float) -> tuple[float, float]:
         """Noise- and fault-free permittivity (pF/cm) and conductivity (mS/cm) of ``culture``
@@ -263,6 +277,9 @@ class ProbeModel:
             covered = rng.uniform(0.2, 0.8)
             conductivity *= 1.0 - covered
             permittivity *= 1.0 + rng.choice((-1.0, 1.0)) * covered
+        if not self.failed:
+            self._last_raw = permittivity
+            permittivity -= self.zero_offset
         status = 0
         if self.failed:
             permittivity = conductivity = 0.0

@@ -5,8 +5,8 @@ of the gateway's driver. 0-based PDU addresses, big-endian bytes, most-significa
 ("ABCD", as the feed pump). Two tables, as on a real transmitter:
 
 * input registers 0-10 (FC 4 only): the latest measurement, refreshed every measuring interval;
-* holding registers 100-106 (FC 3, FC 6, FC 16): the configuration; only the cell factor is
-  writable.
+* holding registers 100-109 (FC 3, FC 6, FC 16): the configuration; the cell factor and the
+  zero command (write 1) are writable.
 
 A read of one table's addresses with the other table's function code is refused (exception 2),
 so a register map that names the wrong table fails loudly instead of reading something else.
@@ -89,6 +89,16 @@ HOLDING_FIELDS: tuple[Field, ...] = (
     Field("frequency", 102, "float32", "kHz", False, "Measuring frequency."),
     Field("background_frequency", 104, "float32", "kHz", False, "Background frequency."),
     Field("device_id", 106, "uint16", "1", False, "Model code 0x4350 ('CP')."),
+    Field(
+        "zero",
+        107,
+        "uint16",
+        "1",
+        True,
+        "Write 1: the latest permittivity becomes the zero (from the next measurement on);"
+        " reads 0.",
+    ),
+    Field("zero_offset", 108, "float32", "pF/cm", False, "Permittivity the zero subtracts."),
 )
 
 _INPUT = (INPUT_FIELDS[0].address, INPUT_FIELDS[-1].end)
@@ -111,10 +121,11 @@ def encode_input(reading: Reading) -> list[int]:
 
 
 def encode_holding(model: ProbeModel) -> list[int]:
-    """The holding registers (addresses 100..106) of the probe's configuration."""
+    """The holding registers (addresses 100..109) of the probe's configuration."""
     p = model.params
     return encode_fields(
-        HOLDING_FIELDS, (model.cell_factor, p.frequency_khz, p.background_khz, DEVICE_ID)
+        HOLDING_FIELDS,
+        (model.cell_factor, p.frequency_khz, p.background_khz, DEVICE_ID, 0, model.zero_offset),
     )
 
 
@@ -132,8 +143,9 @@ def apply_write(model: ProbeModel, address: int, words: list[int]) -> None:
     """Apply a register write (FC 6 / FC 16 payload) to the probe's configuration.
 
     ILLEGAL_DATA_ADDRESS for writes outside the holding registers, to read-only fields or to
-    half of a float; ILLEGAL_DATA_VALUE for a cell factor outside (0, 100] or NaN. Nothing is
-    changed when an error is raised.
+    half of a float; ILLEGAL_DATA_VALUE for a cell factor outside (0, 100] or NaN, or a zero
+    other than 1; SLAVE_DEVICE_FAILURE for a zero the probe cannot take (a latched failure).
+    Nothing is changed when an error is raised.
     """
     for field, value in covered_fields(HOLDING_FIELDS, address, words):
         if field.name == "cell_factor":
@@ -141,6 +153,15 @@ def apply_write(model: ProbeModel, address: int, words: list[int]) -> None:
                 model.set_cell_factor(float(value))
             except ValueError as exc:
                 raise RegisterAccessError(ExceptionCode.ILLEGAL_DATA_VALUE, str(exc)) from exc
+        elif field.name == "zero":
+            if value != 1:
+                raise RegisterAccessError(
+                    ExceptionCode.ILLEGAL_DATA_VALUE, "write 1 to zero the permittivity"
+                )
+            try:
+                model.zero()
+            except ValueError as exc:
+                raise RegisterAccessError(ExceptionCode.SLAVE_DEVICE_FAILURE, str(exc)) from exc
 
 
 def _register_map_doc() -> str:

@@ -20,6 +20,9 @@ Routes::
     POST /write          session     target, value, reason (and for a signed target meaning,
                                      signature_password; witness, witness_password,
                                      witness_meaning): the controlled write path decides
+    POST /command        session     a device command: target, reason, arg.NAME per argument,
+                                     the signature's fields as for /write (its forms are on
+                                     /writes and on /signals?instrument=ID)
     GET  /spectra[/data] read        spectra and their bands (gateway.console.spectra)
     GET  /models[/data]  read        processors' outputs and alarms (gateway.console.models)
     POST /models/acknowledge  session  an alarm's acknowledgement (the command's permission)
@@ -45,7 +48,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ..audit import AuditEvent, AuditPaths, AuditRecord, VerifyReport
-from ..control import Access, WriteRequest
+from ..control import (
+    Access,
+    CommandRequest,
+    CommandTarget,
+    Signature,
+    WriteRequest,
+    WriteTarget,
+)
 from ..errors import GatewayError
 from ..http import Request, Stream, response
 from ..localapi import write_status
@@ -57,6 +67,7 @@ from ..timefmt import now_ns
 from . import pages, trendpage
 from .assets import asset
 from .auditview import EXPORT_FORMATS, VerifyCache, audit_filter, export_download
+from .commandforms import command_arguments, command_forms
 from .events import SignalEvents, event_data
 from .models import ModelPages
 from .responses import (
@@ -159,6 +170,8 @@ class Console:
                 )
             if path == "/write":
                 return await self._write(session, _form(body), request.peer)
+            if path == "/command":
+                return await self._command(session, _form(body), request.peer)
             if path == "/models/acknowledge":
                 return await self._models.acknowledge(session, _form(body))
             return text_response(HTTPStatus.NOT_FOUND, f"nothing to post to at {path}")
@@ -295,7 +308,8 @@ class Console:
                 for o in self._outputs(chosen)
             ]
             instruments = sorted({o.signal.instrument for o in self._gateway.outputs})
-            page = pages.signals_page(rows, instruments, chosen, who, csrf)
+            forms = command_forms(self._access.commands, who, csrf, chosen) if chosen else ""
+            page = pages.signals_page(rows, instruments, chosen, who, csrf, forms)
             return html_response(HTTPStatus.OK, page)
         if path == "/trends":
             try:
@@ -319,7 +333,8 @@ class Console:
         if path == "/writes":
             if not who.may(Permission.WRITE):
                 return text_response(HTTPStatus.FORBIDDEN, f"user {who.name!r} may not write")
-            page = pages.writes_page(self._access.targets, who, csrf)
+            forms = command_forms(self._access.commands, who, csrf)
+            page = pages.writes_page(self._access.targets, who, csrf, forms)
             return html_response(HTTPStatus.OK, page)
         if path == "/configuration":
             if not who.may(Permission.CONFIGURE):
@@ -405,21 +420,9 @@ class Console:
             page = pages.message_page("Write", "the value must be a number", who, csrf)
             return html_response(HTTPStatus.BAD_REQUEST, page)
         declared = self._access.targets.get(target)
-        try:
-            signature = await signed(
-                form,
-                None if declared is None else declared.config,
-                who,
-                self._access.authority,
-                self._checks,
-                peer,
-            )
-        except SignatureRefused as refused:
-            self._access.note_refusal(
-                who.name, target, value, "signature", refused.message, "console"
-            )
-            page = pages.message_page("Write", refused.message, who, csrf)
-            return html_response(refused.status, page)
+        signature = await self._signature(session, form, peer, declared, target, value, "write")
+        if isinstance(signature, bytes):
+            return signature
         try:
             request = WriteRequest(target, value, who, reason, "console", signature)
             outcome = await self._access.write(request)
@@ -428,6 +431,56 @@ class Console:
             return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
         page = pages.write_outcome_page(outcome, who, csrf)
         return html_response(write_status(outcome), page)
+
+    async def _command(self, session: Session, form: dict[str, str], peer: str) -> bytes:
+        who, csrf = session.identity, session.csrf
+        target, reason = form.get("target", ""), form.get("reason", "")
+        declared = self._access.commands.get(target)
+        arguments = {} if declared is None else command_arguments(form, declared.command)
+        signature = await self._signature(
+            session, form, peer, declared, target, arguments, "command"
+        )
+        if isinstance(signature, bytes):
+            return signature
+        try:
+            request = CommandRequest(target, who, reason, "console", arguments, signature)
+            outcome = await self._access.command(request)
+        except GatewayError as exc:  # not running (starting, or stopping): nothing sent
+            page = pages.message_page("Command", str(exc), who, csrf)
+            return html_response(HTTPStatus.SERVICE_UNAVAILABLE, page)
+        page = pages.command_outcome_page(outcome, who, csrf)
+        return html_response(write_status(outcome), page)
+
+    async def _signature(
+        self,
+        session: Session,
+        form: dict[str, str],
+        peer: str,
+        declared: WriteTarget | CommandTarget | None,
+        target: str,
+        value: object,
+        kind: str,
+    ) -> Signature | bytes | None:
+        """The signature ``form`` carries for a ``kind`` ("write" or "command") of ``target``,
+        its passwords checked; or the page refusing it, the refusal audited."""
+        try:
+            config = None if declared is None else declared.config
+            return await signed(
+                form, config, session.identity, self._access.authority, self._checks, peer
+            )
+        except SignatureRefused as refused:
+            self._access.note_refusal(
+                session.identity.name,
+                target,
+                value,
+                "signature",
+                refused.message,
+                "console",
+                action=f"{kind}.refused",
+            )
+            title = kind.capitalize()
+            page = pages.message_page(title, refused.message, session.identity, session.csrf)
+            return html_response(refused.status, page)
 
     def _audit(self, action: str, user: str, request: Request, reason: str = "") -> None:
         if self._note is None:

@@ -16,16 +16,19 @@ from ..security import Identity, Permission
 from ..timefmt import format_ns
 from ..unece import unece_for_ucum
 from .auditview import export_links
+from .commandforms import command_outcome_rows
 from .signatures import signature_fields, signatures_text
 
 if TYPE_CHECKING:
     from ..audit import AuditRecord, VerifyReport
     from ..config import GatewayConfig
+    from ..control import CommandOutcome
     from ..control.path import WriteOutcome, WriteTarget
 
 __all__ = [
     "SignalRow",
     "audit_page",
+    "command_outcome_page",
     "configuration_page",
     "device_label",
     "human_unit",
@@ -234,9 +237,11 @@ def signals_page(
     chosen: str,
     who: Identity,
     csrf: str,
+    commands: str = "",
 ) -> str:
     """Every signal (of instrument ``chosen``, if given) with its latest sample; the table is
-    kept up to date by ``console.js`` from ``/events``."""
+    kept up to date by ``console.js`` from ``/events``. ``commands``: the chosen instrument's
+    command forms (:func:`gateway.console.commandforms.command_forms`), shown below."""
     options = '<option value="">all instruments</option>' + "".join(
         f'<option value="{_e(i)}"{" selected" if i == chosen else ""}>{_e(i)}</option>'
         for i in instruments
@@ -271,13 +276,17 @@ def signals_page(
         "</tbody></table><p>Click a signal for a live chart of its values.</p>"
         '<div id="chart" hidden></div>'
     )
+    body.append(commands)
     return _layout("Signals", "".join(body), who, csrf, _UPLOT)
 
 
-def writes_page(targets: Mapping[str, WriteTarget], who: Identity, csrf: str) -> str:
-    """A form per declared write target, with its limits."""
+def writes_page(
+    targets: Mapping[str, WriteTarget], who: Identity, csrf: str, commands: str = ""
+) -> str:
+    """A form per declared write target, with its limits; then ``commands`` (the declared
+    device commands' forms)."""
     if not targets:
-        return _layout("Writes", "<p>No write targets are declared.</p>", who, csrf)
+        return _layout("Writes", "<p>No write targets are declared.</p>" + commands, who, csrf)
     forms = []
     for name, target in sorted(targets.items()):
         config = target.config
@@ -293,7 +302,14 @@ def writes_page(targets: Mapping[str, WriteTarget], who: Identity, csrf: str) ->
             f"{signature_fields(config, who)}"
             '<button type="submit">Write</button></form>'
         )
-    return _layout("Writes", "".join(forms), who, csrf)
+    return _layout("Writes", "".join(forms) + commands, who, csrf)
+
+
+def command_outcome_page(outcome: CommandOutcome, who: Identity, csrf: str) -> str:
+    body = f'<p class="outcome">{_e(outcome.message)}</p>' + _table(
+        ("", ""), command_outcome_rows(outcome)
+    )
+    return _layout("Command", body + '<p><a href="/writes">Back to writes</a></p>', who, csrf)
 
 
 def write_outcome_page(outcome: WriteOutcome, who: Identity, csrf: str) -> str:
@@ -312,7 +328,8 @@ def write_outcome_page(outcome: WriteOutcome, who: Identity, csrf: str) -> str:
 
 def configuration_page(config: GatewayConfig, source: str, who: Identity, csrf: str) -> str:
     """What the running configuration declares (for those who configure): its parts, their
-    drivers and types, the write targets with their limits. Never options or secrets."""
+    drivers and types, the write targets with their limits, the device commands. Never options
+    or secrets."""
     parts = [
         f"<p>File <code>{_e(source)}</code>; site {_e(config.site)}, area {_e(config.area)}.</p>",
         "<h2>Instruments</h2>",
@@ -344,6 +361,12 @@ def configuration_page(config: GatewayConfig, source: str, who: Identity, csrf: 
                 for w in config.writes
             ),
             "targets",
+        ),
+        "<h2>Device commands</h2>",
+        _table(
+            ("command", "role", "signature", "description"),
+            ((c.target, c.role, c.signature, c.description) for c in config.commands),
+            "commands",
         ),
     ]
     return _layout("Configuration", "".join(parts), who, csrf)

@@ -1,4 +1,5 @@
-"""Electronic signatures on the console's writes: the form's fields and the password checks.
+"""Electronic signatures on the console's writes (and device commands): the form's fields and
+the password checks.
 
 A target declared with ``signature: required`` is written only with the writer's signature:
 their password re-entered (the session's login does not count) and its meaning; a
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from ..control import Signature
+from ..control import CommandTargetConfig, Signature
 from ..control.config import WriteTargetConfig
 from ..control.path import authenticate_witness
 from ..security import AuthenticationError, Authority, Identity
@@ -61,8 +62,9 @@ def _select(name: str, label: str, meanings: tuple[str, ...], required: bool) ->
     return f'<label>{label} <select name="{name}"{need}>{options}</select></label>'
 
 
-def signature_fields(config: WriteTargetConfig, who: Identity) -> str:
-    """The form fields a write to ``config``'s target needs for its signature(s) (none: "")."""
+def signature_fields(config: WriteTargetConfig | CommandTargetConfig, who: Identity) -> str:
+    """The form fields a write to ``config``'s target (or a run of its command) needs for its
+    signature(s) (none: "")."""
     if config.signature == "none":
         return ""
     fields = (
@@ -87,7 +89,7 @@ def signature_fields(config: WriteTargetConfig, who: Identity) -> str:
 
 async def signed(
     form: Mapping[str, str],
-    config: WriteTargetConfig | None,
+    config: WriteTargetConfig | CommandTargetConfig | None,
     who: Identity,
     authority: Authority,
     checks: asyncio.Semaphore,

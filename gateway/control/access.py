@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from ..audit import AuditEvent
 from ..errors import GatewayError
 from ..security import Authority
+from .commands import CommandOutcome, CommandRequest, CommandTarget
 from .path import WriteOutcome, WritePath, WriteRequest, WriteTarget, recordable
 
 __all__ = ["Access"]
@@ -16,9 +17,15 @@ class Access:
     """The configuration's user base and declared write targets; writes are submitted once
     the runtime has bound its :class:`WritePath` (while the gateway runs)."""
 
-    def __init__(self, authority: Authority, targets: Mapping[str, WriteTarget]) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        targets: Mapping[str, WriteTarget],
+        commands: Mapping[str, CommandTarget] | None = None,
+    ) -> None:
         self.authority = authority
         self.targets = dict(targets)
+        self.commands = dict(commands or {})
         self._path: WritePath | None = None
         self._note: Callable[[AuditEvent], None] | None = None
 
@@ -31,15 +38,23 @@ class Access:
         self._note = note
 
     def note_refusal(
-        self, user: str, target: str, value: object, rule: str, why: str, interface: str
+        self,
+        user: str,
+        target: str,
+        value: object,
+        rule: str,
+        why: str,
+        interface: str,
+        action: str = "write.refused",
     ) -> None:
-        """Record a write an interface refused before it reached the write path (an OPC UA
-        Write of a node that is no target, of a string, by a viewer): it changed nothing."""
+        """Record a write (or, with ``action="command.refused"``, a command) an interface
+        refused before it reached the write path (an OPC UA Write of a node that is no target,
+        of a string, by a viewer): it changed nothing."""
         if self._note is None:
             return
         self._note(
             AuditEvent(
-                action="write.refused",
+                action=action,
                 user=user[:64],
                 target=target[:200],
                 new=recordable(value),
@@ -57,3 +72,9 @@ class Access:
         if self._path is None:
             raise GatewayError("writes are not possible: the gateway is not running")
         return await self._path.submit(request)
+
+    async def command(self, request: CommandRequest) -> CommandOutcome:
+        """Submit a device command to the write path (see :meth:`WritePath.submit_command`)."""
+        if self._path is None:
+            raise GatewayError("commands are not possible: the gateway is not running")
+        return await self._path.submit_command(request)

@@ -20,12 +20,20 @@ which goes, in this order:
 A refusal at any step changes nothing on the device and is recorded as ``write.refused`` with
 the rule that refused it. Writes to one target are serialised, so two requests cannot both pass
 the step check against the same old value.
+
+A device command (``commands:``; :meth:`WritePath.submit_command`) goes the same way without
+the value's steps: declared, authorised, reason, signature, its arguments checked against the
+driver's declaration, instrument up, ``command.requested`` (fail closed), executed
+(``command.executed`` with what the device reported, or ``command.failed``); refusals are
+``command.refused``. Writes and commands to one instrument are serialised with each other: a
+tare never runs while a setpoint is being written and read back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,10 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..api import WritableDriver
+from ..api import CommandDriver, WritableDriver
 from ..errors import GatewayError, InstrumentError, WriteRefusedError
 from ..security import AuthenticationError, Authority, Identity, Permission
 from ..units import Conversion
+from .commands import CommandOutcome, CommandRequest, CommandTarget, check_arguments
 from .config import WriteTargetConfig
 
 if TYPE_CHECKING:
@@ -148,8 +157,14 @@ class WritePath:
         devices: Mapping[str, WritableDriver],
         is_up: Callable[[str], bool],
         clock: Callable[[], float] = time.monotonic,
+        commands: Mapping[str, CommandTarget] | None = None,
+        commanded: Mapping[str, CommandDriver] | None = None,
     ) -> None:
         self.targets = dict(targets)
+        self.commands = dict(commands or {})
+        self._commanded = dict(commanded or {})
+        # Writes and commands to one instrument, one at a time (taken inside a target's lock).
+        self._instrument_locks: dict[str, asyncio.Lock] = {}
         self.authority = authority
         self._record = record
         self._devices = devices
@@ -157,7 +172,7 @@ class WritePath:
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
-        self._inflight: set[asyncio.Task[WriteOutcome]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
         self.counts: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # target -> the identity that owns it (a controller)
         self._beats: dict[str, _BeatState] = {}  # heartbeat target -> its state
@@ -280,7 +295,7 @@ class WritePath:
                     "not-declared",
                     f"{request.target!r} is not a writable target (declared: {known})",
                 )
-            async with self._locks[request.target]:
+            async with self._locks[request.target], self._instrument_lock(target.instrument):
                 await self._run(request, target, outcome)
         except _Refused as refusal:
             outcome.outcome, outcome.rule = "refused", refusal.rule
@@ -300,6 +315,134 @@ class WritePath:
         )
         return outcome
 
+    def _instrument_lock(self, instrument: str) -> asyncio.Lock:
+        lock = self._instrument_locks.get(instrument)
+        if lock is None:
+            lock = self._instrument_locks[instrument] = asyncio.Lock()
+        return lock
+
+    async def submit_command(self, request: CommandRequest) -> CommandOutcome:
+        """Run a device command through every rule (see the module); like :meth:`submit`, in
+        a task of its own (``command.<target>``) that a cancelled caller does not cut, and
+        never raising for a refusal or a device failure."""
+        task = asyncio.get_running_loop().create_task(
+            self._submit_command(request), name=f"command.{request.target[:64]}"
+        )
+        self._inflight.add(task)  # drained with the writes
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    async def _submit_command(self, request: CommandRequest) -> CommandOutcome:
+        outcome = CommandOutcome("refused", "", request.target, dict(request.arguments))
+        target = self.commands.get(request.target)
+        try:
+            if target is None:
+                known = ", ".join(sorted(self.commands)) or "none"
+                raise _Refused(
+                    "not-declared",
+                    f"{request.target!r} is not a declared command (declared: {known})",
+                )
+            self._authorise(request, target.config.role, target.config.signature)
+            try:
+                outcome.arguments = check_arguments(target.command, request.arguments)
+            except ValueError as exc:
+                raise _Refused("arguments", str(exc)) from exc
+            async with self._instrument_lock(target.instrument):
+                await self._run_command(request, target, outcome)
+        except _Refused as refusal:
+            outcome.outcome, outcome.rule = "refused", refusal.rule
+            outcome.message = refusal.message
+            try:
+                outcome.records.append(
+                    await self._record(
+                        _command_event(
+                            "command.refused",
+                            request,
+                            "refused",
+                            outcome.arguments,
+                            why=outcome.message,
+                            details={"rule": outcome.rule},
+                        )
+                    )
+                )
+            except GatewayError as exc:
+                log.error("command.refusal_not_audited", target=request.target, reason=str(exc))
+        self.counts[f"command.{outcome.outcome}"] = (
+            self.counts.get(f"command.{outcome.outcome}", 0) + 1
+        )
+        log.info(
+            "command.outcome",
+            target=request.target,
+            user=request.identity.name,
+            interface=request.interface,
+            outcome=outcome.outcome,
+            rule=outcome.rule or None,
+            arguments=outcome.arguments,
+            result=outcome.result,
+        )
+        return outcome
+
+    async def _run_command(
+        self, request: CommandRequest, target: CommandTarget, outcome: CommandOutcome
+    ) -> None:
+        device = self._commanded.get(target.instrument)
+        if device is None or not self._is_up(target.instrument):
+            raise _Refused(
+                "instrument-down",
+                f"instrument {target.instrument!r} is not connected: nothing was sent",
+            )
+        arguments = outcome.arguments
+        try:
+            outcome.records.append(
+                await self._record(
+                    _command_event(
+                        "command.requested",
+                        request,
+                        "accepted",
+                        arguments,
+                        details=_signature_details(request),
+                    )
+                )
+            )
+        except GatewayError as exc:
+            raise _Refused(
+                "audit-unavailable",
+                f"the audit trail cannot be written ({exc}): nothing was sent",
+            ) from exc
+        name = target.command.name
+        try:
+            result = await device.command(name, arguments)
+            reported = {str(k): _reported(v) for k, v in dict(result or {}).items()}
+        except WriteRefusedError as exc:  # nothing was done
+            outcome.outcome, outcome.message = "failed", f"the device refused {name}: {exc}"
+            outcome.records.append(
+                await self._record(
+                    _command_event("command.failed", request, "refused", arguments, why=str(exc))
+                )
+            )
+            return
+        except (InstrumentError, TypeError, ValueError) as exc:
+            # It may have reached the device; TypeError/ValueError: the driver's bug (a result
+            # that is no mapping), after the device may have acted all the same.
+            outcome.outcome = "failed"
+            outcome.message = f"{name} failed, its outcome unknown: {exc}"
+            outcome.records.append(
+                await self._record(
+                    _command_event("command.failed", request, "unknown", arguments, why=str(exc))
+                )
+            )
+            return
+        outcome.outcome, outcome.result = "done", reported
+        shown = ", ".join(f"{k} {v}" for k, v in reported.items())
+        outcome.message = f"{request.target} done" + (f": {shown}" if shown else "")
+        outcome.records.append(
+            await self._record(
+                _command_event(
+                    "command.executed", request, "ok", arguments, details={"result": reported}
+                )
+            )
+        )
+
     async def _run(self, request: WriteRequest, target: WriteTarget, outcome: WriteOutcome) -> None:
         config = target.config
         if config.heartbeat:
@@ -314,7 +457,7 @@ class WritePath:
                 f"{request.target} is controlled by {owner!r} in automatic mode: switch it to"
                 " manual first",
             )
-        self._authorise(request, target)
+        self._authorise(request, config.role, config.signature)
         value = request.value
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _Refused("limit", f"{value!r} is not a finite number")
@@ -455,17 +598,22 @@ class WritePath:
             )
         )
 
-    def _authorise(self, request: WriteRequest, target: WriteTarget) -> None:
-        identity, config = request.identity, target.config
-        if not self.qualifies(identity, config.role):
+    def _authorise(
+        self, request: WriteRequest | CommandRequest, role: str, needs_signature: str
+    ) -> None:
+        identity = request.identity
+        verb = "write" if isinstance(request, WriteRequest) else "run"
+        if not self.qualifies(identity, role):
             raise _Refused(
                 "role",
                 f"user {identity.name!r} (roles: {', '.join(sorted(identity.roles)) or 'none'})"
-                f" may not write {request.target}: it needs the role {config.role!r}",
+                f" may not {verb} {request.target}: it needs the role {role!r}",
             )
         if not request.reason.strip():
-            raise _Refused("reason", "a write needs a reason")
-        if config.signature == "none":
+            raise _Refused(
+                "reason", f"a {'write' if verb == 'write' else 'command'} needs a reason"
+            )
+        if needs_signature == "none":
             return
         signature = request.signature
         if signature is None or not signature.meaning.strip():
@@ -474,17 +622,17 @@ class WritePath:
                 f"{request.target} needs an electronic signature: give its meaning"
                 " (e.g. 'performed')",
             )
-        if config.signature == "witnessed":
+        if needs_signature == "witnessed":
             witness = signature.witness
             if witness is None:
                 raise _Refused("signature", f"{request.target} needs a second person's signature")
             if witness.name == identity.name:
                 raise _Refused("signature", "the witness must be another person")
-            if not self.qualifies(witness, config.role):
+            if not self.qualifies(witness, role):
                 raise _Refused(
                     "signature",
                     f"witness {witness.name!r} may not sign for {request.target}: it needs"
-                    f" the role {config.role!r}",
+                    f" the role {role!r}",
                 )
 
     def qualifies(self, identity: Identity, role: str) -> bool:
@@ -546,7 +694,17 @@ def recordable(value: object) -> object:
     return repr(value)[:200]
 
 
-def _signature_details(request: WriteRequest) -> dict[str, Any]:
+def _reported(value: object) -> object:
+    """A value a device reported, as the audit trail keeps it: JSON as it is (lists and objects
+    too), anything else (or NaN) as short text."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:200]
+    return value
+
+
+def _signature_details(request: WriteRequest | CommandRequest) -> dict[str, Any]:
     signature = request.signature
     if signature is None:
         return {}
@@ -586,6 +744,32 @@ def _event(
         target=request.target,
         old=old,
         new=recordable(new),
+        reason=request.reason,
+        outcome=outcome,
+        details={
+            "interface": request.interface,
+            **({"why": why} if why else {}),
+            **(details or {}),
+        },
+    )
+
+
+def _command_event(
+    action: str,
+    request: CommandRequest,
+    outcome: str,
+    arguments: Mapping[str, Any],
+    *,
+    why: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    from ..audit import AuditEvent
+
+    return AuditEvent(
+        action=action,
+        user=request.identity.name,
+        target=request.target,
+        new={str(k): recordable(v) for k, v in arguments.items()},
         reason=request.reason,
         outcome=outcome,
         details={

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ..api import Output, WritableDriver
+from ..api import CommandDriver, Output, WritableDriver
 from ..config import HttpConfig, SinkConfig
 from ..console import Console
 from ..control import WritePath
@@ -411,12 +411,19 @@ class Gateway:
             for r in self.runners
             if isinstance(r.plan.driver, WritableDriver)
         }
+        commanded = {
+            r.instrument_id: r.plan.driver
+            for r in self.runners
+            if isinstance(r.plan.driver, CommandDriver)
+        }
         path = WritePath(
             self.plan.access.targets,
             self.plan.access.authority,
             self.audit.record,
             devices,
             is_up,
+            commands=self.plan.access.commands,
+            commanded=commanded,
         )
         self.write_path = path
         return path

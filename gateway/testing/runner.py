@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+from ..control import CommandOutcome, CommandRequest, Signature
 from ..loader import Plan, load_plan
 from ..model import Sample
 from ..pluginmanager import build_registry
@@ -31,7 +32,8 @@ class GatewayRun:
     (:meth:`sink`). A :class:`~gateway.Plan` is run as it is.
 
     :meth:`wait_for_samples` and :meth:`samples` read the store (read-only, as ``patgw
-    export`` does): what they return was committed, not merely published.
+    export`` does): what they return was committed, not merely published. :meth:`command` runs
+    a device command through the running gateway's controlled write path.
     """
 
     def __init__(
@@ -139,3 +141,26 @@ class GatewayRun:
             )
 
         await wait_until(enough, within, progress, interval=0.05)
+
+    async def command(
+        self,
+        target: str,
+        *,
+        user: str,
+        password: str,
+        reason: str,
+        arguments: Mapping[str, Any] | None = None,
+        meaning: str | None = None,
+    ) -> CommandOutcome:
+        """Run the declared device command ``target`` (``commands:``) as ``user`` (of the
+        configuration's ``security.users``, logged in with ``password``), through the same path
+        as the local API's (roles, reason, signature with ``meaning``, audit), interface
+        ``test``; its outcome (``ok``, ``result``, ``rule``, the audit ``records``)."""
+        access = self.plan.access
+        identity = await asyncio.to_thread(
+            access.authority.authenticate, user, password, interface="test"
+        )
+        signature = Signature(meaning) if meaning is not None else None
+        return await access.command(
+            CommandRequest(target, identity, reason, "test", dict(arguments or {}), signature)
+        )

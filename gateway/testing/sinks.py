@@ -83,7 +83,7 @@ class RecordingSinks:
     """
 
     TYPE = "recording"
-    PAT_GATEWAY_API = "1.0"  # the plugin API it was written for
+    PAT_GATEWAY_API = "1.1"  # the plugin API it was written for
 
     def __init__(self) -> None:
         self.sinks: dict[str, RecordingSink] = {}

@@ -8,6 +8,10 @@ well-formed but not what was asked (an exception code, another function, more or
 registers than requested, a byte count that disagrees with its data) leaves the connection up
 and publishes the affected channels as ``bad`` with what was wrong as reason.
 
+Commands (:class:`~gateway.CommandDriver`: a pump's start, stop) are a fixed value written to a
+holding register, declared in the profile or the options (``commands:``); like writes, they
+share the connection with the polls.
+
 Writes (setpoints, :class:`~gateway.WritableDriver`) and their read-backs share the one
 connection with the polls: requests go out one at a time, under the driver's lock, so each one's
 failure is named from what the connection saw while *it* was in flight. A device's exception
@@ -17,7 +21,7 @@ reply to a write is a refusal (:class:`~gateway.WriteRefusedError`, the exceptio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,6 +30,8 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway import (
     Channel,
+    CommandDriver,
+    DeviceCommand,
     DeviceIdentity,
     InstrumentError,
     InstrumentIO,
@@ -41,7 +47,7 @@ from gateway import (
 from .identity import BASIC, IdentityOptions, identity_from_objects, read_code_for
 from .options import ModbusOptions
 from .profiles import Profile, load_profile
-from .registers import Decoder, ReadBlock, RegisterSpec, encode_value, plan_reads
+from .registers import CommandSpec, Decoder, ReadBlock, RegisterSpec, encode_value, plan_reads
 from .wire import ConnectionLostError, ReplyWatch
 
 __all__ = ["ModbusDriver"]
@@ -98,6 +104,16 @@ class ModbusDriver(PollingDriver):
                     f"register {status.name!r} holds status bits: it must be an unscaled"
                     " integer type"
                 )
+        commands = {c.name: c for c in profile.commands}
+        commands.update({c.name: c for c in options.commands})
+        for command in commands.values():
+            target = specs.get(command.channel)
+            if target is None or target.table != "holding":
+                raise ValueError(
+                    f"command {command.name!r}: register {command.channel!r} is not a holding"
+                    " register of this map"
+                )
+        self.command_specs: dict[str, CommandSpec] = commands
         self.address_base = (
             options.address_base if options.address_base is not None else profile.address_base
         )
@@ -309,6 +325,32 @@ class ModbusDriver(PollingDriver):
         if spec is None or spec.access != "rw":
             audit.warning("modbus.write_refused", reason="not declared access: rw")
             raise WriteRefusedError(f"channel {channel!r} is not writable")
+        await self._write_register(spec, value, channel, audit)
+
+    def commands(self) -> Sequence[DeviceCommand]:
+        return [
+            DeviceCommand(c.name, c.description, changes_process=c.changes_process)
+            for c in self.command_specs.values()
+        ]
+
+    async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run a command (:class:`~gateway.CommandDriver`): its value written to its register,
+        logged as writes are."""
+        command = self.command_specs.get(name)
+        if command is None:
+            raise WriteRefusedError(f"no command {name!r}")
+        spec = self.specs[command.channel]
+        audit = log.bind(
+            instrument=self.context.id, command=name, channel=spec.name, value=command.value
+        )
+        await self._write_register(spec, command.value, f"command {name}", audit.bind(audit=True))
+        return {"channel": spec.name, "value": command.value}
+
+    async def _write_register(
+        self, spec: RegisterSpec, value: float, what: str, audit: Any
+    ) -> None:
+        """Write ``value`` to ``spec``'s registers; ``WriteRefusedError`` if it does not fit or
+        the device refuses, ``InstrumentError`` if the request failed."""
         try:
             words = encode_value(
                 spec, value, word_order=self.word_order, byte_order=self.byte_order
@@ -324,15 +366,15 @@ class ModbusDriver(PollingDriver):
             )
         except InstrumentError as exc:
             audit.warning("modbus.write_failed", reason=str(exc))
-            raise InstrumentError(f"write of {channel} failed: {exc}") from exc
+            raise InstrumentError(f"write of {what} failed: {exc}") from exc
         if response.isError():
             reason = _exception_reason(response)
             if getattr(response, "exception_code", 0) in _PATH_EXCEPTIONS:
                 audit.warning("modbus.write_failed", reason=reason)
-                raise InstrumentError(f"{self.where}: write of {channel} failed: {reason}")
+                raise InstrumentError(f"{self.where}: write of {what} failed: {reason}")
             audit.warning("modbus.write_refused", reason=f"refused by the device: {reason}")
             raise WriteRefusedError(
-                f"{self.where}: write of {channel} refused by the device: {reason}"
+                f"{self.where}: write of {what} refused by the device: {reason}"
             )
         audit.info("modbus.write", words=words)
 
@@ -351,3 +393,4 @@ class ModbusDriver(PollingDriver):
 if TYPE_CHECKING:
     # mypy checks here that the driver has the write capability's exact signatures.
     _writable: type[WritableDriver] = ModbusDriver
+    _commandable: type[CommandDriver] = ModbusDriver

@@ -10,7 +10,7 @@ from gateway import SerialPort
 
 from .identity import IdentitySpec
 from .profiles import load_profile
-from .registers import RegisterSpec
+from .registers import CommandSpec, RegisterSpec
 
 __all__ = ["ModbusOptions"]
 
@@ -37,6 +37,11 @@ class ModbusOptions(BaseModel):
     profile: str | None = Field(default=None, description="Named register map, e.g. feed_pump.")
     registers: tuple[RegisterSpec, ...] = Field(
         default=(), description="Registers added to the profile's (same name replaces)."
+    )
+    commands: tuple[CommandSpec, ...] = Field(
+        default=(),
+        description="Commands added to the profile's (same name replaces): a fixed value written"
+        " to a holding register, e.g. {name: start, channel: running, value: 1}.",
     )
     address_base: Literal[0, 1] | None = Field(
         default=None, description="1 when register numbers start at 1; overrides the profile."
@@ -68,4 +73,7 @@ class ModbusOptions(BaseModel):
         names = [r.name for r in self.registers]
         if len(names) != len(set(names)):
             raise ValueError("register names must be unique")
+        commands = [c.name for c in self.commands]
+        if len(commands) != len(set(commands)):
+            raise ValueError("command names must be unique")
         return self

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway import load_yaml
 
 from .identity import IdentitySpec
-from .registers import RegisterSpec
+from .registers import CommandSpec, RegisterSpec
 
 __all__ = ["Profile", "available_profiles", "load_profile"]
 
@@ -31,6 +31,9 @@ class Profile(BaseModel):
     registers: tuple[RegisterSpec, ...] = Field(default=())
     identity: IdentitySpec = Field(
         default=None, description="How the device tells its identity (see the options' field)."
+    )
+    commands: tuple[CommandSpec, ...] = Field(
+        default=(), description="Device commands: a fixed value written to a register."
     )
 
 

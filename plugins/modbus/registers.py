@@ -19,6 +19,7 @@ from gateway import float32_decimal
 
 __all__ = [
     "DATA_TYPES",
+    "CommandSpec",
     "Decoder",
     "ReadBlock",
     "RegisterSpec",
@@ -88,6 +89,21 @@ class RegisterSpec(BaseModel):
     def count(self) -> int:
         """How many 16-bit registers the value occupies."""
         return DATA_TYPES[self.type][1]
+
+
+class CommandSpec(BaseModel):
+    """A device command as a fixed value written to a holding register (a pump's start is a
+    1 written to its run register)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Command name.")
+    channel: str = Field(description="The register of this map written (a holding register).")
+    value: float = Field(description="The engineering value written (scaled as the register).")
+    description: str = ""
+    changes_process: bool = Field(
+        default=True, description="False: it acts on the instrument's reading only."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,11 +68,10 @@ _INSECURE_CLIENT: Final = "<no certificate>"
 
 
 _WRITE_REQUEST: Final = numeric_node(ObjectIds.WriteRequest_Encoding_DefaultBinary)
-_CHANGING_REQUESTS: Final = frozenset(
-    {_WRITE_REQUEST, numeric_node(ObjectIds.CallRequest_Encoding_DefaultBinary)}
-)
-# asyncua's list of what an ordinary user may ask, less what changes anything (Call: nobody,
-# the server offers no methods).
+_CALL_REQUEST: Final = numeric_node(ObjectIds.CallRequest_Encoding_DefaultBinary)
+_CHANGING_REQUESTS: Final = frozenset({_WRITE_REQUEST, _CALL_REQUEST})
+# asyncua's list of what an ordinary user may ask, less what changes anything (Write, and Call:
+# the server's only methods are the declared device commands, see .methods).
 _READ_REQUESTS: Final = (
     frozenset(numeric_node(object_id) for object_id in USER_TYPES) - _CHANGING_REQUESTS
 )
@@ -82,7 +81,8 @@ class RoleRules(SimpleRoleRuleset):
     """Request-level permissions from the logged-in user's roles (asyncua's permission
     ruleset): ``read`` may browse, read and subscribe; ``write`` may also send Write requests —
     which reach only the variables of declared write targets, and go through the gateway's
-    write path (see :mod:`.writes`)."""
+    write path (see :mod:`.writes`) — and Call requests (the declared device commands' Methods,
+    through the same path: :mod:`.methods`)."""
 
     def __init__(self, identities: Mapping[str, Identity], access: Access | None = None) -> None:
         # SimpleRoleRuleset's own tables are not built: check_validity below decides alone.
@@ -98,17 +98,20 @@ class RoleRules(SimpleRoleRuleset):
             return False
         if action_type_id in _READ_REQUESTS:
             return identity.may(Permission.READ)
-        if action_type_id == _WRITE_REQUEST:
+        if action_type_id in _CHANGING_REQUESTS:
             if identity.may(Permission.WRITE):
                 return True
             if self._access is not None:
+                call = action_type_id == _CALL_REQUEST
                 self._access.note_refusal(
                     identity.name,
-                    "(OPC UA Write request)",
+                    "(OPC UA Call request)" if call else "(OPC UA Write request)",
                     None,
                     "role",
-                    f"user {identity.name!r} may not write (no role with the write permission)",
+                    f"user {identity.name!r} may not {'run commands' if call else 'write'}"
+                    " (no role with the write permission)",
                     "opcua",
+                    action="command.refused" if call else "write.refused",
                 )
         return False
 

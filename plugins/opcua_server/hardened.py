@@ -39,11 +39,15 @@ What the API cannot reach is closed here, in subclasses:
   the operator allowed insecure endpoints.
 * **The clock task** that updates ``ServerStatus.CurrentTime`` sleeps a second before it looks at
   its stop flag, which made every stop last up to a second; the sink runs its own.
+* **Method calls** reach their callback without the calling session (asyncua passes only the
+  object and the arguments); the user of the session whose Call is being processed is made
+  available to it by :func:`calling_user`, so a device command runs as that user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import secrets
 import socket
@@ -58,6 +62,7 @@ from asyncua import ua
 from asyncua.common.connection import TransportLimits
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User
 from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
@@ -73,6 +78,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "ConnectionLimits",
     "GatewayServer",
+    "calling_user",
 ]
 
 log = structlog.get_logger("plugins.opcua_server")
@@ -88,6 +94,15 @@ _LOG_EVERY_S: Final = 10.0  # a flood closes connections by the thousand: log a 
 
 _CREATE_SESSION = numeric_node(ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
 _ACTIVATE_SESSION = numeric_node(ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
+_CALL = numeric_node(ObjectIds.CallRequest_Encoding_DefaultBinary)
+_CALLER: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
+
+
+def calling_user() -> User | None:
+    """The user of the session whose Call request is being processed (None outside one)."""
+    return _CALLER.get()
+
+
 _NO_SECURITY = "http://opcfoundation.org/UA/SecurityPolicy#None"
 _ERROR = cast(ua.MessageType, ua.MessageType.Error)  # asyncua types its members as bytes
 
@@ -249,9 +264,15 @@ class _GatewayProcessor(UaProcessor):
                     max_clients=self._protocol.admission.limits.max_sessions,
                 )
                 raise ServiceError(StatusCodes.BadTooManySessions)
-        result = await super()._process_message(  # type: ignore[no-untyped-call]
-            typeid, requesthdr, seqhdr, body
+        caller = _CALLER.set(
+            self.session.user if typeid == _CALL and self.session is not None else None
         )
+        try:
+            result = await super()._process_message(  # type: ignore[no-untyped-call]
+                typeid, requesthdr, seqhdr, body
+            )
+        finally:
+            _CALLER.reset(caller)
         if typeid == _ACTIVATE_SESSION and self.session is not None and self.session.is_activated():
             self._protocol.logged_in()
         return result

@@ -37,6 +37,7 @@ from ._ua import AttributeIds, ObjectIds, StatusCodes, from_timestamp, numeric_n
 from .access import ClientCertificateCheck, LoginGate, RoleRules
 from .address_space import SignalSpace, notify, set_value
 from .hardened import ConnectionLimits, GatewayServer
+from .methods import add_command_methods
 from .options import OpcUaServerOptions
 from .pki import OwnCertificate, TrustList, load_or_create_own_certificate
 from .writes import WriteHandler
@@ -163,6 +164,7 @@ class OpcUaServerSink:
             access, gate.identities, lambda: space.namespace_index, service.write
         )
         await self._space.add(self._pending)
+        commands = await add_command_methods(server, space.namespace_index, access, gate.identities)
         self._anchor_node = await self._space.add_anchor()
         self._pending.clear()
         await self._show_identities(self._space)
@@ -181,6 +183,7 @@ class OpcUaServerSink:
             users=len(users),
             signals=len(self._space.nodes),
             writable=sorted(access.targets),
+            commands=commands,
         )
         if options.allow_insecure:
             log.warning(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mtsics_balance.driver import BalanceOptions, MtSicsBalance, parse_weight
 
-from gateway import InstrumentError, PluginContext, Quality, WriteRefusedError
+from gateway import InstrumentError, PluginContext, Quality, WriteRefusedError, hash_password
 from gateway.testing import RecordingIO, RunningEmulator
 
 
@@ -69,6 +69,79 @@ async def test_tare_and_zero_reach_the_balance(start_emulator: Any, tmp_path: Pa
         finally:
             await driver.close()
     assert emulator.instance.commands == ["T", "SI", "Z", "SI", "Z"]
+
+
+async def test_immediate_tare_and_zero_take_a_moving_weight(
+    start_emulator: Any, tmp_path: Path
+) -> None:
+    async with start_emulator("mtsics_balance", load_g=50.0, stable=False) as emulator:
+        driver = balance(emulator, tmp_path)
+        await driver.connect()
+        try:
+            with pytest.raises(WriteRefusedError, match="busy"):
+                await driver.command("tare", {})
+            tared = await driver.command("tare_immediately", {})
+            assert tared == {"tare": 50.0, "unit": "g", "stable": False}
+            assert await driver.command("zero_immediately", {}) == {"stable": False}
+            with pytest.raises(WriteRefusedError, match="no command 'calibrate'"):
+                await driver.command("calibrate", {})
+        finally:
+            await driver.close()
+    assert emulator.instance.commands == ["T", "TI", "ZI"]
+    assert (emulator.instance.zero_g, emulator.instance.tare_g) == (50.0, 0.0)
+
+
+PASSWORD = {"operator": "operator-password", "viewer": "viewer-password"}
+
+
+async def test_a_gateway_runs_the_declared_commands_for_the_users_it_names(
+    start_emulator: Any, run_gateway: Any
+) -> None:
+    users = [
+        {"name": name, "password_hash": hash_password(password), "roles": [name]}
+        for name, password in PASSWORD.items()
+    ]
+    async with start_emulator("mtsics_balance", load_g=30.0) as emulator:
+        config = {
+            "instruments": [
+                {
+                    "id": "balance",
+                    "driver": "mtsics_balance",
+                    "poll_interval_s": 0.05,
+                    "options": {"host": emulator.host, "port": emulator.port},
+                    "signals": [{"id": "weight"}],
+                }
+            ],
+            "security": {"users": users},
+            "commands": [
+                {"target": "test/balance/tare", "description": "Tare the empty vessel"},
+                {"target": "test/balance/zero", "signature": "required"},
+            ],
+        }
+        async with run_gateway(config) as run:
+            await run.wait_for_samples("test/balance/weight", 1)
+
+            async def command(target: str, user: str = "operator", **extra: Any) -> Any:
+                return await run.command(
+                    f"test/balance/{target}", user=user, password=PASSWORD[user], **extra
+                )
+
+            tare = await command("tare", reason="empty vessel on the pan")
+            unsigned = await command("zero", reason="before the run")
+            viewer = await command("tare", user="viewer", reason="r")
+            undeclared = await command("tare_immediately", reason="r")
+            emulator.instance.load_g = 42.0  # 12 g poured into the vessel
+            count = len(run.samples("test/balance/weight"))
+            await run.wait_for_samples("test/balance/weight", count + 3)
+            zero = await command("zero", reason="before the run", meaning="performed")
+    assert tare.ok and tare.result == {"tare": 30.0, "unit": "g"}, tare.message
+    assert len(tare.records) == 2  # command.requested, command.executed
+    assert (unsigned.outcome, unsigned.rule) == ("refused", "signature")
+    assert (viewer.outcome, viewer.rule) == ("refused", "role")
+    assert (undeclared.outcome, undeclared.rule) == ("refused", "not-declared")
+    assert zero.ok and zero.result == {}
+    assert [c for c in emulator.instance.commands if c != "SI"] == ["T", "Z"]
+    assert 12.0 in {s.value for s in run.samples("test/balance/weight")}
 
 
 async def test_overload_is_a_bad_sample_and_a_lost_balance_marks_signals_bad(

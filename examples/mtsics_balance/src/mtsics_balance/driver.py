@@ -3,21 +3,28 @@ or a serial device server in front of its RS-232 port).
 
 MT-SICS is line based: a command in upper case ending in CR LF, one answer line. Used here:
 ``SI`` (the weight now, stable or not: ``S S      12.345 g`` stable, ``S D ...`` dynamic), ``T``
-(tare: ``T S ... g``) and ``Z`` (zero: ``Z A``). ``S I`` means busy, ``S +`` / ``S -``
-overload / underload, ``ES`` / ``ET`` / ``EL`` a syntax, transmission or logical error.
+(tare: ``T S ... g``), ``TI`` (tare immediately, stable or not: ``TI S ... g`` / ``TI D ... g``),
+``Z`` (zero: ``Z A``) and ``ZI`` (zero immediately: ``ZI S`` / ``ZI D``). ``S I`` means busy,
+``S +`` / ``S -`` overload / underload, ``ES`` / ``ET`` / ``EL`` a syntax, transmission or
+logical error.
+
+The four actions are the driver's commands (:class:`gateway.CommandDriver`): the gateway runs
+them through its controlled write path, for the users the configuration's ``commands:`` names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import (
     Channel,
+    DeviceCommand,
     InstrumentError,
     InstrumentIO,
     PluginContext,
@@ -59,7 +66,7 @@ def parse_weight(line: str, command: str) -> Reading:
     parts = line.split()
     if len(parts) == 1 and parts[0] in _ERRORS:
         return Reading(None, None, f"balance answered {parts[0]} ({_ERRORS[parts[0]]})")
-    head = command[0]  # SI answers "S ...", T answers "T ..."
+    head = "S" if command in ("S", "SI") else command  # SI answers "S ...", T answers "T ..."
     if len(parts) == 2 and parts[0] == head and parts[1] in _STATUS:
         return Reading(None, None, _STATUS[parts[1]])
     if len(parts) != 4 or parts[0] != head or parts[1] not in ("S", "D"):
@@ -75,8 +82,17 @@ def parse_weight(line: str, command: str) -> Reading:
     return Reading(value * factor, stable)
 
 
+_COMMANDS = (
+    DeviceCommand("tare", "Tare with the next stable weight (T)", changes_process=False),
+    DeviceCommand("tare_immediately", "Tare with the weight now, stable or not (TI)", (), False),
+    DeviceCommand("zero", "Zero with the next stable weight (Z)", changes_process=False),
+    DeviceCommand("zero_immediately", "Zero with the weight now, stable or not (ZI)", (), False),
+)
+
+
 class MtSicsBalance(PollingDriver):
-    """Polls the net weight with ``SI``; :meth:`tare` and :meth:`zero` act on the balance."""
+    """Polls the net weight with ``SI``; :meth:`tare` and :meth:`zero` act on the balance, and
+    the gateway runs them (and their immediate forms) as commands."""
 
     def __init__(self, options: BalanceOptions, context: PluginContext) -> None:
         super().__init__(context)
@@ -131,17 +147,54 @@ class MtSicsBalance(PollingDriver):
             raise WriteRefusedError(f"tare refused: {reading.problem}")
         return reading.grams
 
+    async def tare_immediately(self) -> Reading:
+        """Tare with the weight now, stable or not (``TI``): the tare in grams and whether it
+        was stable. ``WriteRefusedError`` when the balance refuses."""
+        line = await self._ask("TI")
+        try:
+            reading = parse_weight(line, "TI")
+        except ValueError as exc:
+            raise InstrumentError(str(exc)) from exc
+        if reading.grams is None:
+            raise WriteRefusedError(f"tare refused: {reading.problem}")
+        return reading
+
     async def zero(self) -> None:
         """Zero the balance. ``WriteRefusedError`` when the balance refuses."""
-        line = await self._ask("Z")
+        self._zeroed("Z", await self._ask("Z"), ("A",))
+
+    async def zero_immediately(self) -> bool:
+        """Zero with the weight now (``ZI``); whether it was stable. ``WriteRefusedError``
+        when the balance refuses."""
+        return self._zeroed("ZI", await self._ask("ZI"), ("S", "D")) == "S"
+
+    def commands(self) -> Sequence[DeviceCommand]:
+        return _COMMANDS
+
+    async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        if name == "tare":
+            return {"tare": await self.tare(), "unit": "g"}
+        if name == "tare_immediately":
+            reading = await self.tare_immediately()
+            return {"tare": reading.grams, "unit": "g", "stable": reading.stable}
+        if name == "zero":
+            await self.zero()
+            return {}
+        if name == "zero_immediately":
+            return {"stable": await self.zero_immediately()}
+        raise WriteRefusedError(f"the balance has no command {name!r}")
+
+    @staticmethod
+    def _zeroed(command: str, line: str, done: tuple[str, ...]) -> str:
+        """The status of a zero answer that says done; ``WriteRefusedError`` for a refusal."""
         parts = line.split()
-        if parts == ["Z", "A"]:
-            return
-        if len(parts) == 2 and parts[0] == "Z" and parts[1] in _STATUS:
+        if len(parts) == 2 and parts[0] == command and parts[1] in done:
+            return parts[1]
+        if len(parts) == 2 and parts[0] == command and parts[1] in _STATUS:
             raise WriteRefusedError(f"zero refused: {_STATUS[parts[1]]}")
         if len(parts) == 1 and parts[0] in _ERRORS:
             raise WriteRefusedError(f"zero refused: balance answered {parts[0]}")
-        raise InstrumentError(f"not an answer to Z: {line!r}")
+        raise InstrumentError(f"not an answer to {command}: {line!r}")
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

@@ -1,8 +1,8 @@
 """The emulator: a balance answering MT-SICS on TCP, with a load on its pan the test sets.
 
 Its framing is its own (it shares no code with the driver, so a bug in one does not hide in
-both): it splits what it receives at CR LF, answers ``S``, ``SI``, ``T`` and ``Z`` as a balance
-does, and ``ES`` to anything else.
+both): it splits what it receives at CR LF, answers ``S``, ``SI``, ``T``, ``TI``, ``Z`` and ``ZI``
+as a balance does, and ``ES`` to anything else.
 """
 
 from __future__ import annotations
@@ -121,9 +121,19 @@ class BalanceEmulator:
                 return "T +"
             self.tare_g = self.load_g - self.zero_g
             return f"T S {self.tare_g:10.3f} g"
+        if command == "TI":  # immediately: with a moving weight too, saying so
+            if self.load_g > self.options.capacity_g:
+                return "TI +"
+            self.tare_g = self.load_g - self.zero_g
+            return f"TI {'S' if self.stable else 'D'} {self.tare_g:10.3f} g"
         if command == "Z":
             if not self.stable:
                 return "Z I"
             self.zero_g, self.tare_g = self.load_g, 0.0
             return "Z A"
+        if command == "ZI":
+            if self.load_g > self.options.capacity_g:
+                return "ZI +"
+            self.zero_g, self.tare_g = self.load_g, 0.0
+            return f"ZI {'S' if self.stable else 'D'}"
         return "ES"

@@ -7,7 +7,7 @@ from gateway import Registry, hookimpl
 from .driver import BalanceOptions, MtSicsBalance
 from .emulator import BalanceEmulator, EmulatorOptions
 
-PAT_GATEWAY_API = "1.0"  # the plugin API this plugin was written for (gateway.PLUGIN_API_VERSION)
+PAT_GATEWAY_API = "1.1"  # the plugin API this plugin was written for (gateway.PLUGIN_API_VERSION)
 
 
 @hookimpl
