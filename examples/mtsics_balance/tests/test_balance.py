@@ -7,10 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mtsics_balance.driver import BalanceOptions, MtSicsBalance, parse_weight
+from mtsics_balance.driver import BalanceOptions, MtSicsBalance, parse_info, parse_weight
 
-from gateway import InstrumentError, PluginContext, Quality, WriteRefusedError, hash_password
+from gateway import (
+    DeviceIdentity,
+    InstrumentError,
+    PluginContext,
+    Quality,
+    WriteRefusedError,
+    hash_password,
+)
 from gateway.testing import RecordingIO, RunningEmulator
+
+#: What the driver asks at each connect: model, serial number, software (its identity).
+IDENTIFY = ["I2", "I4", "I3"]
 
 
 def balance(emulator: RunningEmulator, tmp_path: Path, **options: Any) -> MtSicsBalance:
@@ -27,6 +37,14 @@ def test_parse_weight_answers() -> None:
     assert parse_weight("S S 1.0 lb", "SI").problem == "unit 'lb' not supported (g, kg, mg)"
     with pytest.raises(ValueError, match="not an answer"):
         parse_weight("T S 1.0 g", "SI")
+
+
+def test_parse_info_answers() -> None:
+    assert parse_info('I4 A "B123456789"', "I4") == "B123456789"
+    assert parse_info('I2 A "XS205DU 220.00000 g"', "I2") == "XS205DU 220.00000 g"
+    assert parse_info("ES", "I4") is None  # a balance that does not know I4
+    assert parse_info("I4 I", "I4") is None  # busy
+    assert parse_info('I3 A "1.10"', "I4") is None  # an answer to another command
 
 
 async def test_stable_and_dynamic_weights_are_published(
@@ -48,6 +66,14 @@ async def test_stable_and_dynamic_weights_are_published(
     assert io.values("stable")[0] == 1 and io.values("stable")[-1] == 0
     assert [s.seq for s in weights] == list(range(len(weights)))
     assert io.events[0] == ("connected", None)
+    assert io.identities == [
+        DeviceIdentity(
+            manufacturer="Mettler-Toledo",
+            model="XS205DU",
+            serial_number="B123456789",
+            firmware_revision="1.10 13.3.3.101.1",
+        )
+    ]
 
 
 async def test_tare_and_zero_reach_the_balance(start_emulator: Any, tmp_path: Path) -> None:
@@ -68,7 +94,7 @@ async def test_tare_and_zero_reach_the_balance(start_emulator: Any, tmp_path: Pa
                 await driver.zero()
         finally:
             await driver.close()
-    assert emulator.instance.commands == ["T", "SI", "Z", "SI", "Z"]
+    assert emulator.instance.commands == [*IDENTIFY, "T", "SI", "Z", "SI", "Z"]
 
 
 async def test_immediate_tare_and_zero_take_a_moving_weight(
@@ -87,7 +113,7 @@ async def test_immediate_tare_and_zero_take_a_moving_weight(
                 await driver.command("calibrate", {})
         finally:
             await driver.close()
-    assert emulator.instance.commands == ["T", "TI", "ZI"]
+    assert emulator.instance.commands == [*IDENTIFY, "T", "TI", "ZI"]
     assert (emulator.instance.zero_g, emulator.instance.tare_g) == (50.0, 0.0)
 
 
@@ -140,7 +166,7 @@ async def test_a_gateway_runs_the_declared_commands_for_the_users_it_names(
     assert (viewer.outcome, viewer.rule) == ("refused", "role")
     assert (undeclared.outcome, undeclared.rule) == ("refused", "not-declared")
     assert zero.ok and zero.result == {}
-    assert [c for c in emulator.instance.commands if c != "SI"] == ["T", "Z"]
+    assert [c for c in emulator.instance.commands if c not in ("SI", *IDENTIFY)] == ["T", "Z"]
     assert 12.0 in {s.value for s in run.samples("test/balance/weight")}
 
 

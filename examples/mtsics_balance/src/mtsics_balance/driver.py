@@ -4,7 +4,9 @@ or a serial device server in front of its RS-232 port).
 MT-SICS is line based: a command in upper case ending in CR LF, one answer line. Used here:
 ``SI`` (the weight now, stable or not: ``S S      12.345 g`` stable, ``S D ...`` dynamic), ``T``
 (tare: ``T S ... g``), ``TI`` (tare immediately, stable or not: ``TI S ... g`` / ``TI D ... g``),
-``Z`` (zero: ``Z A``) and ``ZI`` (zero immediately: ``ZI S`` / ``ZI D``). ``S I`` means busy,
+``Z`` (zero: ``Z A``), ``ZI`` (zero immediately: ``ZI S`` / ``ZI D``), and at each connect
+``I2`` (model and capacity: ``I2 A "XS205DU 220.00000 g"``), ``I3`` (software version) and
+``I4`` (serial number) for the device's identity. ``S I`` means busy,
 ``S +`` / ``S -`` overload / underload, ``ES`` / ``ET`` / ``EL`` a syntax, transmission or
 logical error.
 
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import (
     Channel,
     DeviceCommand,
+    DeviceIdentity,
     InstrumentError,
     InstrumentIO,
     PluginContext,
@@ -33,7 +36,7 @@ from gateway import (
     WriteRefusedError,
 )
 
-__all__ = ["BalanceOptions", "MtSicsBalance", "Reading", "parse_weight"]
+__all__ = ["BalanceOptions", "MtSicsBalance", "Reading", "parse_info", "parse_weight"]
 
 _TO_GRAM = {"g": 1.0, "kg": 1000.0, "mg": 0.001}
 _ERRORS = {"ES": "syntax error", "ET": "transmission error", "EL": "logical error"}
@@ -82,6 +85,15 @@ def parse_weight(line: str, command: str) -> Reading:
     return Reading(value * factor, stable)
 
 
+def parse_info(line: str, command: str) -> str | None:
+    """The text of an ``I2``/``I3``/``I4`` answer (``I4 A "B123456789"``); ``None`` when the
+    balance does not know the command (``ES``, ``EL``) or is busy (``I4 I``)."""
+    head, _, rest = line.partition(" ")
+    if head != command or not rest.startswith('A "') or not rest.endswith('"'):
+        return None
+    return rest[3:-1].strip() or None
+
+
 _COMMANDS = (
     DeviceCommand("tare", "Tare with the next stable weight (T)", changes_process=False),
     DeviceCommand("tare_immediately", "Tare with the weight now, stable or not (TI)", (), False),
@@ -116,6 +128,16 @@ class MtSicsBalance(PollingDriver):
                 )
         except (OSError, TimeoutError) as exc:
             raise InstrumentError(f"cannot connect to balance at {where}: {exc!r}") from exc
+        # Which balance answers (plugin API 1.1): PollingDriver.run reports it to the gateway,
+        # which stores it, audits a changed serial number and shows it. What the balance does
+        # not tell stays None: not knowing is no reason to fail.
+        model = parse_info(await self._ask("I2"), "I2")
+        self.device_identity = DeviceIdentity(
+            manufacturer="Mettler-Toledo",
+            model=model.split()[0] if model else None,
+            serial_number=parse_info(await self._ask("I4"), "I4"),
+            firmware_revision=parse_info(await self._ask("I3"), "I3"),
+        )
 
     async def poll(self, io: InstrumentIO) -> None:
         line = await self._ask("SI")

@@ -30,6 +30,7 @@ class EmulatorOptions(BaseModel):
     load_g: float = Field(default=100.0, description="Gross load on the pan at start, g.")
     capacity_g: float = Field(default=220.0, gt=0, description="Above this: overload (S +).")
     stable: bool = Field(default=True, description="False: the weight keeps moving (S D).")
+    serial_number: str = Field(default="B123456789", description="Its serial number (I4).")
 
 
 class BalanceEmulator:
@@ -136,4 +137,10 @@ class BalanceEmulator:
                 return "ZI +"
             self.zero_g, self.tare_g = self.load_g, 0.0
             return f"ZI {'S' if self.stable else 'D'}"
+        if command == "I2":  # model and capacity
+            return f'I2 A "XS205DU {self.options.capacity_g:.5f} g"'
+        if command == "I3":  # software version
+            return 'I3 A "1.10 13.3.3.101.1"'
+        if command == "I4":
+            return f'I4 A "{self.options.serial_number}"'
         return "ES"
