@@ -46,7 +46,9 @@ def test_engineer_signs_the_ph_setpoint_and_finds_it_in_the_audit(
             assert gateway.poll() is None, log.read_text()[-3000:]
             driver.get(f"{base}/")
             rows = driver.find_elements(By.CSS_SELECTOR, "table.instruments tr")
-            return any(r.text.startswith("controller connected") for r in rows)
+            cells = ([c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows)
+            # (instrument, device, state, ...): the state's cell, wherever the columns are.
+            return any(c[:1] == ["controller"] and "connected" in c for c in cells)
 
         WebDriverWait(browser, 90, poll_frequency=0.5).until(controller_connected)
 
