@@ -20,7 +20,7 @@ import signal
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -208,6 +208,24 @@ def wait_text(driver: WebDriver, text: str, within: float = 10.0) -> str:
             f"timed out after {within} s waiting for {text!r} at {driver.current_url}; "
             f"the page shows: {seen!r}"
         )
+
+
+def wait_connected(
+    driver: WebDriver, base: str, instrument: str, alive: Callable[[], None], within: float = 90
+) -> None:
+    """Reload the console's overview at ``base`` until ``instrument``'s state cell says
+    ``connected`` (the demo starts its emulators as it starts); ``alive()`` fails the wait
+    at once when the gateway died."""
+
+    def connected(driver: WebDriver) -> bool:
+        alive()
+        driver.get(f"{base}/")
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.instruments tr")
+        cells = ([c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows)
+        # (instrument, device, state, ...): found by cell, not by the row's text.
+        return any(c[:1] == [instrument] and "connected" in c for c in cells)
+
+    WebDriverWait(driver, within, poll_frequency=0.5).until(connected)
 
 
 def screenshot(driver: WebDriver, path: Path) -> Path:

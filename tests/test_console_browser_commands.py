@@ -8,10 +8,11 @@ the outcome are kept under the test's temporary folder and checked non-blank."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import yaml
-from browser import screenshot, wait_text
+from browser import screenshot, wait_connected, wait_text
 from conftest import demo_copy
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -50,14 +51,8 @@ def test_the_operator_stops_and_starts_the_pump_with_its_buttons(
         wait_listening(port, gateway, log, within=60)
         _login(browser, base, "operator")
 
-        # The pump connected (the demo starts it): else the command would find it down.
-        def pump_connected(driver: WebDriver) -> bool:
-            assert gateway.poll() is None, log.read_text()[-3000:]
-            driver.get(f"{base}/")
-            rows = driver.find_elements(By.CSS_SELECTOR, "table.instruments tr")
-            return any(r.text.startswith("feed_pump connected") for r in rows)
-
-        WebDriverWait(browser, 90, poll_frequency=0.5).until(pump_connected)
+        # The feed_pump connected (the demo starts it): else the command would find it down.
+        wait_connected(browser, base, "feed_pump", lambda: _alive(gateway, log))
         page = f"{base}/signals?instrument=feed_pump"
         browser.get(page)
         WebDriverWait(browser, 30).until(
@@ -101,3 +96,7 @@ def test_the_operator_stops_and_starts_the_pump_with_its_buttons(
     output = log.read_text()
     assert gateway.returncode == 0, output[-3000:]
     assert "command.outcome" in output and PASSWORD not in output
+
+
+def _alive(gateway: subprocess.Popen[bytes], log: Path) -> None:
+    assert gateway.poll() is None, log.read_text()[-3000:]

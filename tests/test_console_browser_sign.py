@@ -9,10 +9,11 @@ outcome and the audit page are kept under the test's temporary folder and checke
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import yaml
-from browser import screenshot, wait_text
+from browser import screenshot, wait_connected, wait_text
 from conftest import demo_copy
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -42,15 +43,7 @@ def test_engineer_signs_the_ph_setpoint_and_finds_it_in_the_audit(
         _login(browser, base, "engineer")
 
         # The controller connected (the demo starts it): else the write would find it down.
-        def controller_connected(driver: WebDriver) -> bool:
-            assert gateway.poll() is None, log.read_text()[-3000:]
-            driver.get(f"{base}/")
-            rows = driver.find_elements(By.CSS_SELECTOR, "table.instruments tr")
-            cells = ([c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows)
-            # (instrument, device, state, ...): the state's cell, wherever the columns are.
-            return any(c[:1] == ["controller"] and "connected" in c for c in cells)
-
-        WebDriverWait(browser, 90, poll_frequency=0.5).until(controller_connected)
+        wait_connected(browser, base, "controller", lambda: _alive(gateway, log))
 
         browser.get(f"{base}/writes")
         form = browser.find_element(By.XPATH, f'//form[.//input[@name="target" and @value="{PH}"]]')
@@ -101,3 +94,7 @@ def test_engineer_signs_the_ph_setpoint_and_finds_it_in_the_audit(
     output = log.read_text()
     assert gateway.returncode == 0, output[-3000:]
     assert "write.outcome" in output and PASSWORD not in output
+
+
+def _alive(gateway: subprocess.Popen[bytes], log: Path) -> None:
+    assert gateway.poll() is None, log.read_text()[-3000:]
