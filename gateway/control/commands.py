@@ -184,7 +184,8 @@ def check_arguments(command: DeviceCommand, arguments: Mapping[str, Any]) -> dic
     unknown = sorted(set(arguments) - set(declared))
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
-        raise ValueError(f"{command.name} takes no argument {unknown[0]!r} (arguments: {known})")
+        name = unknown[0] if len(unknown[0]) <= 100 else f"{unknown[0][:100]}…"  # a caller's text
+        raise ValueError(f"{command.name} takes no argument {name!r} (arguments: {known})")
     checked: dict[str, Any] = {}
     for name, argument in declared.items():
         if name not in arguments or arguments[name] is None:

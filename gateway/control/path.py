@@ -24,9 +24,11 @@ the step check against the same old value.
 A device command (``commands:``; :meth:`WritePath.submit_command`) goes the same way without
 the value's steps: declared, authorised, reason, signature, its arguments checked against the
 driver's declaration, instrument up, ``command.requested`` (fail closed), executed
-(``command.executed`` with what the device reported, or ``command.failed``); refusals are
-``command.refused``. Writes and commands to one instrument are serialised with each other: a
-tare never runs while a setpoint is being written and read back.
+(``command.executed`` with what the device reported, bounded, or ``command.failed``, also for
+a driver that does not answer within :data:`COMMAND_TIMEOUT_S`, raises what its contract does
+not name, or is cut by the gateway's stop); refusals are ``command.refused``. Writes and
+commands to one instrument are serialised with each other: a tare never runs while a setpoint
+is being written and read back.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway.control")
+
+COMMAND_TIMEOUT_S = 60.0
+"""How long a driver may take to run a device command before it counts as failed (its outcome
+unknown) and the instrument is free for the next write or command again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,7 @@ class WritePath:
         clock: Callable[[], float] = time.monotonic,
         commands: Mapping[str, CommandTarget] | None = None,
         commanded: Mapping[str, CommandDriver] | None = None,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         self.targets = dict(targets)
         self.commands = dict(commands or {})
@@ -170,6 +177,7 @@ class WritePath:
         self._devices = devices
         self._is_up = is_up
         self._clock = clock
+        self.command_timeout_s = command_timeout_s
         self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -333,7 +341,10 @@ class WritePath:
         return await asyncio.shield(task)
 
     async def _submit_command(self, request: CommandRequest) -> CommandOutcome:
-        outcome = CommandOutcome("refused", "", request.target, dict(request.arguments))
+        # As given, until checked: bounded, for a refusal's record of what was asked.
+        outcome = CommandOutcome(
+            "refused", "", request.target, _bounded(request.arguments, recordable)
+        )
         target = self.commands.get(request.target)
         try:
             if target is None:
@@ -410,25 +421,48 @@ class WritePath:
                 f"the audit trail cannot be written ({exc}): nothing was sent",
             ) from exc
         name = target.command.name
+        # A driver that never answers would hold the instrument's lock, and so every write to
+        # it, for good: past the bound it is a failure whose outcome is unknown.
+        bound = asyncio.timeout(self.command_timeout_s)
         try:
-            result = await device.command(name, arguments)
-            reported = {str(k): _reported(v) for k, v in dict(result or {}).items()}
+            async with bound:
+                result = await device.command(name, arguments)
+            reported = _bounded(dict(result or {}), _reported)
+        except asyncio.CancelledError:
+            # The gateway stops while the device is asked: what it did is not known, and says so.
+            why = "the gateway stopped before the device answered"
+            outcome.outcome = "failed"
+            outcome.message = f"{name} failed, its outcome unknown: {why}"
+            outcome.records.append(
+                await asyncio.shield(
+                    self._record(
+                        _command_event("command.failed", request, "unknown", arguments, why=why)
+                    )
+                )
+            )
+            raise
         except WriteRefusedError as exc:  # nothing was done
-            outcome.outcome, outcome.message = "failed", f"the device refused {name}: {exc}"
+            why = _short(str(exc))
+            outcome.outcome, outcome.message = "failed", f"the device refused {name}: {why}"
             outcome.records.append(
                 await self._record(
-                    _command_event("command.failed", request, "refused", arguments, why=str(exc))
+                    _command_event("command.failed", request, "refused", arguments, why=why)
                 )
             )
             return
-        except (InstrumentError, TypeError, ValueError) as exc:
-            # It may have reached the device; TypeError/ValueError: the driver's bug (a result
-            # that is no mapping), after the device may have acted all the same.
+        except Exception as exc:
+            # InstrumentError: it may have reached the device. Anything else is the driver's bug
+            # (a result that is no mapping, an exception it did not translate): the device may
+            # have acted all the same, and the request on record must not stay without outcome.
+            if isinstance(exc, TimeoutError) and bound.expired():
+                why = f"no answer within {self.command_timeout_s:g} s"
+            else:
+                why = _short(str(exc) or type(exc).__name__)
             outcome.outcome = "failed"
-            outcome.message = f"{name} failed, its outcome unknown: {exc}"
+            outcome.message = f"{name} failed, its outcome unknown: {why}"
             outcome.records.append(
                 await self._record(
-                    _command_event("command.failed", request, "unknown", arguments, why=str(exc))
+                    _command_event("command.failed", request, "unknown", arguments, why=why)
                 )
             )
             return
@@ -689,19 +723,42 @@ def recordable(value: object) -> object:
     are; NaN, the infinities (refused, but recorded) and anything else as short text."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if value is None or isinstance(value, (int, float, str)):
+    if isinstance(value, str):
+        return _short(value, 200)
+    if value is None or isinstance(value, (int, float)):
         return value
-    return repr(value)[:200]
+    return _short(repr(value), 200)
+
+
+_KEYS = 32  # of a device's report or a refused command's arguments, kept in the audit trail
+_TEXT = 500  # characters of a value, a name or a message kept
+
+
+def _short(text: str, limit: int = _TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _bounded(values: Mapping[Any, Any], convert: Callable[[object], object]) -> dict[str, Any]:
+    """``values`` as the audit trail keeps them: at most :data:`_KEYS` names of at most 100
+    characters, each value by ``convert`` (a device or a caller may send
+    megabytes; the trail keeps what tells what happened, not all of it)."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if len(kept) == _KEYS:
+            kept["…"] = f"{len(values) - _KEYS} more"
+            break
+        kept[_short(str(key), 100)] = convert(value)
+    return kept
 
 
 def _reported(value: object) -> object:
     """A value a device reported, as the audit trail keeps it: JSON as it is (lists and objects
-    too), anything else (or NaN) as short text."""
+    too) if short, anything else (or NaN) as short text."""
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return repr(value)[:200]
-    return value
+        return _short(repr(value), 200)
+    return value if len(text) <= _TEXT else _short(text)
 
 
 def _signature_details(request: WriteRequest | CommandRequest) -> dict[str, Any]:

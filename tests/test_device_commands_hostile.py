@@ -1,0 +1,148 @@
+"""Device commands against a careless driver and a hostile caller, on the write path itself: a
+driver that raises what the contract does not name, one that never answers, a command cut by
+the gateway's stop, a report of megabytes and arguments of megabytes. Whatever happens, each
+command that was requested has exactly one outcome on record, the instrument is not left
+locked, and the audit trail keeps a bounded record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from test_device_commands import _path, _permissions, _SlowDevice
+
+from gateway import CommandArgument, DeviceCommand
+from gateway.audit import AuditEvent
+from gateway.control import CommandRequest, WritePath
+from gateway.control.path import WriteRequest
+from gateway.security import Identity
+
+OPERATOR = Identity("operator", "Operator", frozenset({"operator"}), _permissions("operator"))
+MEGABYTES = 10 * 1024 * 1024
+BOUND = 64 * 1024  # a request body the local API takes; a report is a few values
+
+
+class _CarelessDevice(_SlowDevice):
+    """A stand-in instrument whose commands misbehave as a vendor's driver might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()  # its writes answer at once
+        self.started = asyncio.Event()
+
+    def commands(self) -> Sequence[DeviceCommand]:
+        return [
+            DeviceCommand("crash"),
+            DeviceCommand("hang"),
+            DeviceCommand("flood"),
+            DeviceCommand("label", arguments=(CommandArgument("text", "text"),)),
+        ]
+
+    async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        self.log.append(name)
+        if name == "crash":
+            raise KeyError("register 40001")  # a bug: not an InstrumentError
+        if name == "hang":
+            self.started.set()
+            await asyncio.Event().wait()
+        if name == "flood":
+            return {
+                "dump": "x" * MEGABYTES,
+                "curve": list(range(200_000)),
+                **{f"k{i}": i for i in range(10_000)},
+                "y" * MEGABYTES: 1,
+            }
+        return {}
+
+
+def _bench() -> tuple[_CarelessDevice, list[AuditEvent], WritePath]:
+    """A careless device, the audit records, the write path over it."""
+    device = _CarelessDevice()
+    records: list[AuditEvent] = []
+    return device, records, _path(device, records)
+
+
+def _run(path: WritePath, name: str, **arguments: Any) -> Any:
+    return path.submit_command(CommandRequest(f"a/dev/{name}", OPERATOR, "r", "test", arguments))
+
+
+def _size(event: AuditEvent) -> int:
+    return len(json.dumps([event.new, event.details, event.reason], default=repr))
+
+
+@pytest.mark.asyncio
+async def test_a_driver_raising_an_undeclared_exception_is_a_failure_on_record() -> None:
+    _, records, path = _bench()
+    outcome = await _run(path, "crash")
+    assert (outcome.outcome, outcome.rule) == ("failed", ""), outcome
+    assert "outcome unknown" in outcome.message and "register 40001" in outcome.message
+    assert [(e.action, e.outcome) for e in records] == [
+        ("command.requested", "accepted"),
+        ("command.failed", "unknown"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_driver_that_never_answers_fails_within_its_bound_and_frees_the_instrument() -> (
+    None
+):
+    _, records, path = _bench()
+    path.command_timeout_s = 0.05
+    outcome = await _run(path, "hang")
+    assert outcome.outcome == "failed" and "no answer within" in outcome.message, outcome
+    written = await path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, "r", "test"))
+    assert written.ok, written
+    assert [(e.action, e.outcome) for e in records] == [
+        ("command.requested", "accepted"),
+        ("command.failed", "unknown"),
+        ("write.requested", "accepted"),
+        ("write.executed", "ok"),
+        ("write.read_back", "ok"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_command_cut_by_the_stop_has_its_outcome_on_record() -> None:
+    device, records, path = _bench()
+    caller = asyncio.create_task(_run(path, "hang"))
+    await wait_for(device.started.is_set, what="the command under way")
+    await path.drain(0.0)  # the stop: what is still under way is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert [(e.action, e.outcome) for e in records] == [
+        ("command.requested", "accepted"),
+        ("command.failed", "unknown"),
+    ]
+    assert "stopped" in (records[-1].details or {})["why"]
+
+
+@pytest.mark.asyncio
+async def test_a_report_of_megabytes_is_kept_bounded() -> None:
+    _, records, path = _bench()
+    outcome = await _run(path, "flood")
+    assert outcome.ok, outcome.message[:200]
+    executed = records[-1]
+    assert executed.action == "command.executed"
+    assert _size(executed) < BOUND
+    assert len(json.dumps(outcome.as_dict())) < BOUND
+    assert len(outcome.message) < BOUND
+
+
+@pytest.mark.asyncio
+async def test_refused_arguments_of_megabytes_are_recorded_bounded() -> None:
+    device, records, path = _bench()
+    too_long = await _run(path, "label", text="x" * MEGABYTES)
+    unknown = await _run(path, "label", **{"z" * MEGABYTES: 1})
+    many = await _run(path, "label", **{f"a{i}": i for i in range(100_000)})
+    nested = await _run(path, "label", text={"a": [[["deep"] * 1000] * 100]})
+    for outcome in (too_long, unknown, many, nested):
+        assert (outcome.outcome, outcome.rule) == ("refused", "arguments")
+        assert len(json.dumps(outcome.as_dict())) < BOUND
+        assert len(outcome.message) < BOUND
+    assert [e.action for e in records] == ["command.refused"] * 4
+    assert all(_size(e) < BOUND for e in records), [_size(e) for e in records]
+    assert device.log == []
