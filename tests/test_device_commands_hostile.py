@@ -146,3 +146,40 @@ async def test_refused_arguments_of_megabytes_are_recorded_bounded() -> None:
     assert [e.action for e in records] == ["command.refused"] * 4
     assert all(_size(e) < BOUND for e in records), [_size(e) for e in records]
     assert device.log == []
+
+
+def _nested(depth: int) -> list[Any]:
+    """A list inside a list ... ``depth`` deep (deeper than repr and json can follow)."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.asyncio
+async def test_arguments_nested_deeper_than_repr_can_follow_are_refused_on_record() -> None:
+    # The local API's JSON parser takes some 950 levels in a body of 2 KB; repr (and json)
+    # give up a little deeper, depending on the stack below them: 20 000 is past both.
+    device, records, path = _bench()
+    outcome = await _run(path, "label", text=_nested(20_000))
+    assert (outcome.outcome, outcome.rule) == ("refused", "arguments"), outcome.message
+    [record] = records
+    assert record.action == "command.refused" and _size(record) < BOUND
+    assert device.log == []
+
+
+class _NestingDevice(_CarelessDevice):
+    async def command(self, name: str, arguments: Mapping[str, Any]) -> Mapping[str, Any]:
+        self.log.append(name)
+        return {"tree": _nested(20_000)}
+
+
+@pytest.mark.asyncio
+async def test_a_report_nested_deeper_than_repr_can_follow_is_done_and_on_record() -> None:
+    device = _NestingDevice()
+    records: list[AuditEvent] = []
+    path = _path(device, records)
+    outcome = await _run(path, "flood")
+    assert outcome.ok, outcome.message
+    assert [e.action for e in records] == ["command.requested", "command.executed"]
+    assert _size(records[-1]) < BOUND and device.log == ["flood"]

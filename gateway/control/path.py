@@ -727,11 +727,19 @@ def recordable(value: object) -> object:
         return _short(value, 200)
     if value is None or isinstance(value, (int, float)):
         return value
-    return _short(repr(value), 200)
+    return _repr(value)
 
 
 _KEYS = 32  # of a device's report or a refused command's arguments, kept in the audit trail
 _TEXT = 500  # characters of a value, a name or a message kept
+
+
+def _repr(value: object) -> str:
+    """``value`` as short text, also nested deeper than repr can follow (a JSON body of 2 KB)."""
+    try:
+        return _short(repr(value), 200)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep to show>"
 
 
 def _short(text: str, limit: int = _TEXT) -> str:
@@ -757,7 +765,7 @@ def _reported(value: object) -> object:
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return _short(repr(value), 200)
+        return _repr(value)
     return value if len(text) <= _TEXT else _short(text)
 
 
