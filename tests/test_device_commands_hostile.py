@@ -183,3 +183,21 @@ async def test_a_report_nested_deeper_than_repr_can_follow_is_done_and_on_record
     assert outcome.ok, outcome.message
     assert [e.action for e in records] == ["command.requested", "command.executed"]
     assert _size(records[-1]) < BOUND and device.log == ["flood"]
+
+
+@pytest.mark.asyncio
+async def test_a_reason_of_megabytes_is_refused_and_recorded_bounded() -> None:
+    # An OPC UA Call may carry 4 MB (the server's largest message), all of it as the Reason.
+    device, records, path = _bench()
+    huge = "why " * (1024 * 1024)
+    command = await path.submit_command(
+        CommandRequest("a/dev/label", OPERATOR, huge, "opcua", {"text": "x"})
+    )
+    write = await path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, huge, "opcua"))
+    for outcome in (command, write):
+        assert (outcome.outcome, outcome.rule) == ("refused", "reason"), outcome.message[:200]
+        assert len(outcome.message) < BOUND
+    assert [e.action for e in records] == ["command.refused", "write.refused"]
+    assert all(_size(e) < BOUND for e in records), [_size(e) for e in records]
+    assert all(e.reason.startswith("why why") for e in records)
+    assert device.log == [] and device.value == 0.0

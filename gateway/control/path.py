@@ -64,6 +64,10 @@ __all__ = [
 
 log = structlog.get_logger("gateway.control")
 
+MAX_REASON_CHARS = 2000
+"""The longest reason a write or a command may give (an OPC UA Call could carry 4 MB of it
+into every record of the audit trail)."""
+
 COMMAND_TIMEOUT_S = 60.0
 """How long a driver may take to run a device command before it counts as failed (its outcome
 unknown) and the instrument is free for the next write or command again."""
@@ -647,6 +651,11 @@ class WritePath:
             raise _Refused(
                 "reason", f"a {'write' if verb == 'write' else 'command'} needs a reason"
             )
+        if len(request.reason) > MAX_REASON_CHARS:
+            raise _Refused(
+                "reason",
+                f"a reason is at most {MAX_REASON_CHARS} characters, not {len(request.reason)}",
+            )
         if needs_signature == "none":
             return
         signature = request.signature
@@ -809,7 +818,7 @@ def _event(
         target=request.target,
         old=old,
         new=recordable(new),
-        reason=request.reason,
+        reason=_short(request.reason, MAX_REASON_CHARS),
         outcome=outcome,
         details={
             "interface": request.interface,
@@ -835,7 +844,7 @@ def _command_event(
         user=request.identity.name,
         target=request.target,
         new={str(k): recordable(v) for k, v in arguments.items()},
-        reason=request.reason,
+        reason=_short(request.reason, MAX_REASON_CHARS),
         outcome=outcome,
         details={
             "interface": request.interface,
