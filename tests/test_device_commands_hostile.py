@@ -1,8 +1,8 @@
-"""Device commands against a careless driver and a hostile caller, on the write path itself: a
-driver that raises what the contract does not name, one that never answers, a command cut by
-the gateway's stop, a report of megabytes and arguments of megabytes. Whatever happens, each
-command that was requested has exactly one outcome on record, the instrument is not left
-locked, and the audit trail keeps a bounded record."""
+"""Device commands (and writes) against a careless driver and a hostile caller, on the write
+path itself: a driver that raises what the contract does not name, one that never answers, a
+command cut by the gateway's stop, a report, arguments or a reason of megabytes, nesting deeper
+than repr follows. Whatever happens, each command that was requested has exactly one outcome on
+record, the instrument is not left locked, and the audit trail keeps a bounded record."""
 
 from __future__ import annotations
 
@@ -91,9 +91,10 @@ async def test_a_driver_that_never_answers_fails_within_its_bound_and_frees_the_
     None
 ):
     _, records, path = _bench()
-    path.command_timeout_s = 0.05
+    path.device_timeout_s = 0.05
     outcome = await _run(path, "hang")
-    assert outcome.outcome == "failed" and "no answer within" in outcome.message, outcome
+    assert outcome.outcome == "failed", outcome
+    assert outcome.message.endswith("its outcome unknown: no answer to the hang within 0.05 s")
     written = await path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, "r", "test"))
     assert written.ok, written
     assert [(e.action, e.outcome) for e in records] == [
@@ -201,3 +202,41 @@ async def test_a_reason_of_megabytes_is_refused_and_recorded_bounded() -> None:
     assert all(_size(e) < BOUND for e in records), [_size(e) for e in records]
     assert all(e.reason.startswith("why why") for e in records)
     assert device.log == [] and device.value == 0.0
+
+
+class _StuckReader(_CarelessDevice):
+    """A device whose value cannot be read: the driver's read never returns."""
+
+    async def read_back(self, channel: str) -> float:
+        await asyncio.Event().wait()
+        return self.value
+
+
+@pytest.mark.asyncio
+async def test_a_write_that_never_answers_fails_within_the_bound_and_frees_the_instrument() -> None:
+    device = _SlowDevice()  # its write waits for a release that never comes
+    records: list[AuditEvent] = []
+    path = _path(device, records)
+    path.device_timeout_s = 0.05
+    written = await path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, "r", "test"))
+    assert written.outcome == "failed" and "no answer" in written.message, written.message
+    tared = await _run(path, "tare")
+    assert tared.ok, tared.message
+    assert [(e.action, e.outcome) for e in records] == [
+        ("write.requested", "accepted"),
+        ("write.failed", "unknown"),
+        ("command.requested", "accepted"),
+        ("command.executed", "ok"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_read_that_never_answers_refuses_the_write_within_the_bound() -> None:
+    device = _StuckReader()
+    records: list[AuditEvent] = []
+    path = _path(device, records)
+    path.device_timeout_s = 0.05
+    written = await path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, "r", "test"))
+    assert (written.outcome, written.rule) == ("refused", "instrument-down"), written.message
+    assert [(e.action, e.outcome) for e in records] == [("write.refused", "refused")]
+    assert device.log == []

@@ -25,7 +25,7 @@ A device command (``commands:``; :meth:`WritePath.submit_command`) goes the same
 the value's steps: declared, authorised, reason, signature, its arguments checked against the
 driver's declaration, instrument up, ``command.requested`` (fail closed), executed
 (``command.executed`` with what the device reported, bounded, or ``command.failed``, also for
-a driver that does not answer within :data:`COMMAND_TIMEOUT_S`, raises what its contract does
+a driver that does not answer within :data:`DEVICE_TIMEOUT_S`, raises what its contract does
 not name, or is cut by the gateway's stop); refusals are ``command.refused``. Writes and
 commands to one instrument are serialised with each other: a tare never runs while a setpoint
 is being written and read back.
@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -64,13 +64,16 @@ __all__ = [
 
 log = structlog.get_logger("gateway.control")
 
+_T = TypeVar("_T")
+
 MAX_REASON_CHARS = 2000
 """The longest reason a write or a command may give (an OPC UA Call could carry 4 MB of it
 into every record of the audit trail)."""
 
-COMMAND_TIMEOUT_S = 60.0
-"""How long a driver may take to run a device command before it counts as failed (its outcome
-unknown) and the instrument is free for the next write or command again."""
+DEVICE_TIMEOUT_S = 60.0
+"""How long a driver may take to answer a write, a read or a command before it counts as not
+answering (an ``InstrumentError``: the outcome unknown) and the instrument is free for the next
+write or command: one driver that hangs must not hold its instrument's lock for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,7 @@ class WritePath:
         clock: Callable[[], float] = time.monotonic,
         commands: Mapping[str, CommandTarget] | None = None,
         commanded: Mapping[str, CommandDriver] | None = None,
-        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        device_timeout_s: float = DEVICE_TIMEOUT_S,
     ) -> None:
         self.targets = dict(targets)
         self.commands = dict(commands or {})
@@ -181,7 +184,7 @@ class WritePath:
         self._devices = devices
         self._is_up = is_up
         self._clock = clock
-        self.command_timeout_s = command_timeout_s
+        self.device_timeout_s = device_timeout_s
         self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -248,7 +251,8 @@ class WritePath:
                 raise InstrumentError(f"instrument {resolved.instrument!r} is not connected")
             device = self._devices[resolved.instrument]
             async with self._locks[target]:
-                await device.write(resolved.channel, resolved.to_device(value))
+                beat = device.write(resolved.channel, resolved.to_device(value))
+                await self._answer(beat, "beat")
         except (InstrumentError, WriteRefusedError) as exc:
             state.failures += 1
             if state.failures == 1:
@@ -326,6 +330,20 @@ class WritePath:
             read_back=outcome.read_back,
         )
         return outcome
+
+    async def _answer(self, call: Awaitable[_T], what: str) -> _T:
+        """``call``'s result; ``InstrumentError`` if the driver gives none within
+        :attr:`device_timeout_s` (see :data:`DEVICE_TIMEOUT_S`)."""
+        bound = asyncio.timeout(self.device_timeout_s)
+        try:
+            async with bound:
+                return await call
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the driver's own
+            raise InstrumentError(
+                f"no answer to the {what} within {self.device_timeout_s:g} s"
+            ) from exc
 
     def _instrument_lock(self, instrument: str) -> asyncio.Lock:
         lock = self._instrument_locks.get(instrument)
@@ -425,12 +443,8 @@ class WritePath:
                 f"the audit trail cannot be written ({exc}): nothing was sent",
             ) from exc
         name = target.command.name
-        # A driver that never answers would hold the instrument's lock, and so every write to
-        # it, for good: past the bound it is a failure whose outcome is unknown.
-        bound = asyncio.timeout(self.command_timeout_s)
         try:
-            async with bound:
-                result = await device.command(name, arguments)
+            result = await self._answer(device.command(name, arguments), name)
             reported = _bounded(dict(result or {}), _reported)
         except asyncio.CancelledError:
             # The gateway stops while the device is asked: what it did is not known, and says so.
@@ -458,10 +472,7 @@ class WritePath:
             # InstrumentError: it may have reached the device. Anything else is the driver's bug
             # (a result that is no mapping, an exception it did not translate): the device may
             # have acted all the same, and the request on record must not stay without outcome.
-            if isinstance(exc, TimeoutError) and bound.expired():
-                why = f"no answer within {self.command_timeout_s:g} s"
-            else:
-                why = _short(str(exc) or type(exc).__name__)
+            why = _short(str(exc) or type(exc).__name__)
             outcome.outcome = "failed"
             outcome.message = f"{name} failed, its outcome unknown: {why}"
             outcome.records.append(
@@ -512,7 +523,7 @@ class WritePath:
             )
         device = self._devices[target.instrument]
         try:
-            old = target.from_device(await device.read_back(target.channel))
+            old = target.from_device(await self._answer(device.read_back(target.channel), "read"))
         except (InstrumentError, WriteRefusedError) as exc:
             raise _Refused(
                 "instrument-down",
@@ -543,7 +554,7 @@ class WritePath:
             ) from exc
         device_value = target.to_device(value)
         try:
-            await device.write(target.channel, device_value)
+            await self._answer(device.write(target.channel, device_value), "write")
         except WriteRefusedError as exc:  # refused by the driver or the device: nothing changed
             outcome.outcome, outcome.message = "failed", f"the device refused the write: {exc}"
             outcome.records.append(
@@ -556,7 +567,9 @@ class WritePath:
             # The request may have reached the device: what it holds now is read, if it can be.
             holds: float | None = None
             with contextlib.suppress(InstrumentError, WriteRefusedError):
-                holds = target.from_device(await device.read_back(target.channel))
+                holds = target.from_device(
+                    await self._answer(device.read_back(target.channel), "read")
+                )
             outcome.outcome, outcome.read_back = "failed", holds
             outcome.message = (
                 f"the write failed, its outcome unknown ({exc}); the device reads {holds}"
@@ -591,7 +604,7 @@ class WritePath:
         try:
             if config.readback_delay_s:
                 await asyncio.sleep(config.readback_delay_s)
-            read = target.from_device(await device.read_back(target.channel))
+            read = target.from_device(await self._answer(device.read_back(target.channel), "read"))
         except asyncio.CancelledError:
             # The gateway stops (its bound leaves writes under way a moment, not a read-back
             # delay): the write is on record, so is that it was never verified.
