@@ -106,17 +106,25 @@ async def test_a_driver_that_never_answers_fails_within_its_bound_and_frees_the_
     ]
 
 
+@pytest.mark.parametrize("kind", ["command", "write"])
 @pytest.mark.asyncio
-async def test_a_command_cut_by_the_stop_has_its_outcome_on_record() -> None:
+async def test_a_command_or_write_cut_by_the_stop_has_its_outcome_on_record(kind: str) -> None:
     device, records, path = _bench()
-    caller = asyncio.create_task(_run(path, "hang"))
-    await wait_for(device.started.is_set, what="the command under way")
+    if kind == "write":
+        device.release.clear()  # its write waits for a release that never comes
+        caller = asyncio.create_task(
+            path.submit(WriteRequest("a/dev/setpoint", 2.0, OPERATOR, "r", "test"))
+        )
+        await wait_for(lambda: device.log == ["write started"], what="the write under way")
+    else:
+        caller = asyncio.create_task(_run(path, "hang"))
+        await wait_for(device.started.is_set, what="the command under way")
     await path.drain(0.0)  # the stop: what is still under way is cancelled
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert [(e.action, e.outcome) for e in records] == [
-        ("command.requested", "accepted"),
-        ("command.failed", "unknown"),
+        (f"{kind}.requested", "accepted"),
+        (f"{kind}.failed", "unknown"),
     ]
     assert "stopped" in (records[-1].details or {})["why"]
 

@@ -555,6 +555,22 @@ class WritePath:
         device_value = target.to_device(value)
         try:
             await self._answer(device.write(target.channel, device_value), "write")
+        except asyncio.CancelledError:
+            # The gateway stops while the device is asked: the request is on record, and so is
+            # that its outcome is unknown (no read: the stop's bound is a moment).
+            why = "the gateway stopped before the device answered"
+            outcome.outcome, outcome.message = (
+                "failed",
+                f"the write failed, its outcome unknown ({why})",
+            )
+            outcome.records.append(
+                await asyncio.shield(
+                    self._record(
+                        _event("write.failed", request, "unknown", old=old, new=value, why=why)
+                    )
+                )
+            )
+            raise
         except WriteRefusedError as exc:  # refused by the driver or the device: nothing changed
             outcome.outcome, outcome.message = "failed", f"the device refused the write: {exc}"
             outcome.records.append(
