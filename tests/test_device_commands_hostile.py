@@ -248,3 +248,21 @@ async def test_a_read_that_never_answers_refuses_the_write_within_the_bound() ->
     assert (written.outcome, written.rule) == ("refused", "instrument-down"), written.message
     assert [(e.action, e.outcome) for e in records] == [("write.refused", "refused")]
     assert device.log == []
+
+
+class _Dosing(_CarelessDevice):
+    def commands(self) -> Sequence[DeviceCommand]:
+        speed = CommandArgument("speed", "integer", min=0, max=100)
+        return [*super().commands(), DeviceCommand("dose", arguments=(speed,))]
+
+
+@pytest.mark.asyncio
+async def test_a_number_too_large_for_a_float_is_refused_on_record() -> None:
+    # JSON takes an integer of 4300 digits; the local API hands it on as a Python int.
+    device = _Dosing()
+    records: list[AuditEvent] = []
+    path = _path(device, records)
+    outcome = await _run(path, "dose", speed=10**400)
+    assert (outcome.outcome, outcome.rule) == ("refused", "arguments"), outcome.message
+    assert "speed" in outcome.message
+    assert [e.action for e in records] == ["command.refused"] and device.log == []

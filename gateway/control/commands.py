@@ -208,7 +208,10 @@ def _argument(command: str, argument: CommandArgument, value: object) -> object:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits (JSON takes 4300)
+        number = math.inf
     if not math.isfinite(number):
         raise ValueError(f"{where} must be a finite number")
     if argument.kind == "integer" and not number.is_integer():
