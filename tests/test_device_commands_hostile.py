@@ -17,6 +17,7 @@ from test_device_commands import _path, _permissions, _SlowDevice
 
 from gateway import CommandArgument, DeviceCommand
 from gateway.audit import AuditEvent
+from gateway.audit.records import encode_values
 from gateway.control import CommandRequest, WritePath
 from gateway.control.path import WriteRequest
 from gateway.security import Identity
@@ -266,3 +267,18 @@ async def test_a_number_too_large_for_a_float_is_refused_on_record() -> None:
     assert (outcome.outcome, outcome.rule) == ("refused", "arguments"), outcome.message
     assert "speed" in outcome.message
     assert [e.action for e in records] == ["command.refused"] and device.log == []
+
+
+@pytest.mark.asyncio
+async def test_text_that_is_not_unicode_is_refused_and_the_refusal_can_be_stored() -> None:
+    # JSON's "\ud800" is a lone surrogate: valid JSON, no UTF-8 for SQLite.
+    device, records, path = _bench()
+    outcome = await _run(path, "label", text="tare \ud800")
+    unknown = await _run(path, "label", **{"\udcff": 1})
+    for refused in (outcome, unknown):
+        assert (refused.outcome, refused.rule) == ("refused", "arguments"), refused.message
+    assert [e.action for e in records] == ["command.refused"] * 2
+    for event in records:
+        encode_values(event)  # raises AuditError if the audit trail cannot store it
+        json.dumps(event.new).encode("utf-8")
+    assert device.log == []

@@ -201,6 +201,10 @@ def _argument(command: str, argument: CommandArgument, value: object) -> object:
     if argument.kind == "text":
         if not isinstance(value, str) or len(value) > 200:
             raise ValueError(f"{where} must be text (at most 200 characters)")
+        try:
+            value.encode("utf-8")  # JSON's "\ud800" has no UTF-8: the audit trail could not keep it
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} is not valid Unicode text (a lone surrogate)") from None
         return value
     if argument.kind == "boolean":
         if not isinstance(value, bool):

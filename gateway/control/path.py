@@ -762,7 +762,7 @@ def recordable(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
-        return _short(value, 200)
+        return _short(_storable(value), 200)
     if value is None or isinstance(value, (int, float)):
         return value
     return _repr(value)
@@ -780,6 +780,12 @@ def _repr(value: object) -> str:
         return f"<{type(value).__name__} nested too deep to show>"
 
 
+def _storable(text: str) -> str:
+    """``text`` with a lone surrogate (JSON's ``"\\ud800"``: no UTF-8, so no SQLite) written
+    as its escape, so that a refusal of it can be recorded."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _short(text: str, limit: int = _TEXT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
@@ -793,7 +799,7 @@ def _bounded(values: Mapping[Any, Any], convert: Callable[[object], object]) -> 
         if len(kept) == _KEYS:
             kept["…"] = f"{len(values) - _KEYS} more"
             break
-        kept[_short(str(key), 100)] = convert(value)
+        kept[_short(_storable(str(key)), 100)] = convert(value)
     return kept
 
 
