@@ -401,7 +401,7 @@ def _options(
     variable is unset or empty is a problem here, not a surprise at run time — a warning for a
     component kept configured but disabled (it never reads the secret). A plugin whose
     required modules are missing is a problem naming the extra that installs them (``owner``,
-    e.g. ``instrument 'reactor1'``, says what uses it)."""
+    e.g. ``instrument 'reactor1'``, says what uses it), again a warning for a disabled one."""
     registration = registry.get(kind, name)
     field = "driver" if kind is PluginKind.DRIVER else "type"
     if registration is None:
@@ -416,7 +416,11 @@ def _options(
     missing = registration.missing()
     if missing:
         text = missing_text(registration, missing, registration.extra)
-        problems.append(f"{format_loc([*loc, field])}: {what} {text}")
+        line = f"{format_loc([*loc, field])}: {what} {text}"
+        if enabled:
+            problems.append(line)
+        else:  # as for an unset secret: it never runs, so nothing is missing yet
+            warnings.append(f"{line} (disabled: needed once enabled)")
     try:
         options = registration.options_model.model_validate(
             raw, context=validation_context(config_dir)

@@ -116,7 +116,9 @@ def plugin_label(plugin: str, distribution: str | None, version: str | None) -> 
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a broken one
+    except Exception:
+        # A parent package missing, or one that raises at import (finding ``a.b`` imports
+        # ``a``): either way the plugin cannot run here, and listing the others must go on.
         return False
 
 

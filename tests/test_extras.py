@@ -312,3 +312,62 @@ def test_every_module_of_the_core_imports_without_the_optional_libraries(tmp_pat
     )
     assert imported.returncode == 0, imported.stderr
     assert int(imported.stdout) > 50
+
+
+def test_a_required_module_whose_package_raises_on_import_is_a_problem_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed but broken: its package raises at import (a vendor's bug, a bad native build).
+    # Finding ``broken_vendor_lib.io`` imports ``broken_vendor_lib`` first.
+    package = tmp_path / "lib" / "broken_vendor_lib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('raise RuntimeError("libvendor.so: wrong ELF class")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+
+    class Plugin:
+        @hookimpl
+        def pat_gateway_register_drivers(self, registry: Registry) -> None:
+            registry.add_driver(
+                "thermo", Thermo, Options, requires=("broken_vendor_lib.io",), extra="thermo"
+            )
+            registry.add_driver("cold", Thermo, Options)
+
+    registry = build_registry([Plugin()], entry_points=False)
+    registration = registry.get(PluginKind.DRIVER, "thermo")
+    assert registration is not None
+    assert registration.missing() == ("broken_vendor_lib.io",)
+    with pytest.raises(ConfigError) as caught:
+        load_plan(thermo_config(tmp_path), registry)
+    [problem] = caught.value.problems
+    assert problem.startswith("instruments[0].driver: driver 'thermo' of instrument 't1' needs")
+    assert "broken_vendor_lib.io" in problem
+    # The other plugins keep working.
+    assert load_plan(thermo_config(tmp_path, "cold"), registry).instruments
+
+
+def test_a_disabled_instrument_whose_extra_is_missing_is_a_warning(tmp_path: Path) -> None:
+    # A plant keeps its Raman configured but disabled while it is away for service, on a PC
+    # installed without [serial]: the gateway starts, and says what enabling it will need.
+    class Plugin:
+        @hookimpl
+        def pat_gateway_register_drivers(self, registry: Registry) -> None:
+            registry.add_driver("thermo", Thermo, Options, requires=(ABSENT,), extra="thermo")
+            registry.add_driver("cold", Thermo, Options)
+
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        {
+            "area": "lab",
+            "store": {"path": str(tmp_path / "store.sqlite")},
+            "instruments": [
+                {"id": "away", "driver": "thermo", "enabled": False, "signals": []},
+                {"id": "t2", "driver": "cold", "signals": []},
+            ],
+        },
+    )
+    plan = load_plan(config, build_registry([Plugin()], entry_points=False))
+    assert [i.config.id for i in plan.instruments] == ["t2"]
+    assert plan.warnings == (
+        f"instruments[0].driver: driver 'thermo' of instrument 'away' needs the extra [thermo]"
+        f" ({ABSENT} is not installed) (disabled: needed once enabled)",
+    )

@@ -184,7 +184,8 @@ def check_arguments(command: DeviceCommand, arguments: Mapping[str, Any]) -> dic
     unknown = sorted(set(arguments) - set(declared))
     if unknown:
         known = ", ".join(sorted(declared)) or "none"
-        raise ValueError(f"{command.name} takes no argument {unknown[0]!r} (arguments: {known})")
+        name = unknown[0] if len(unknown[0]) <= 100 else f"{unknown[0][:100]}…"  # a caller's text
+        raise ValueError(f"{command.name} takes no argument {name!r} (arguments: {known})")
     checked: dict[str, Any] = {}
     for name, argument in declared.items():
         if name not in arguments or arguments[name] is None:
@@ -200,6 +201,10 @@ def _argument(command: str, argument: CommandArgument, value: object) -> object:
     if argument.kind == "text":
         if not isinstance(value, str) or len(value) > 200:
             raise ValueError(f"{where} must be text (at most 200 characters)")
+        try:
+            value.encode("utf-8")  # JSON's "\ud800" has no UTF-8: the audit trail could not keep it
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} is not valid Unicode text (a lone surrogate)") from None
         return value
     if argument.kind == "boolean":
         if not isinstance(value, bool):
@@ -207,7 +212,10 @@ def _argument(command: str, argument: CommandArgument, value: object) -> object:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits (JSON takes 4300)
+        number = math.inf
     if not math.isfinite(number):
         raise ValueError(f"{where} must be a finite number")
     if argument.kind == "integer" and not number.is_integer():

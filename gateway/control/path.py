@@ -24,9 +24,11 @@ the step check against the same old value.
 A device command (``commands:``; :meth:`WritePath.submit_command`) goes the same way without
 the value's steps: declared, authorised, reason, signature, its arguments checked against the
 driver's declaration, instrument up, ``command.requested`` (fail closed), executed
-(``command.executed`` with what the device reported, or ``command.failed``); refusals are
-``command.refused``. Writes and commands to one instrument are serialised with each other: a
-tare never runs while a setpoint is being written and read back.
+(``command.executed`` with what the device reported, bounded, or ``command.failed``, also for
+a driver that does not answer within :data:`DEVICE_TIMEOUT_S`, raises what its contract does
+not name, or is cut by the gateway's stop); refusals are ``command.refused``. Writes and
+commands to one instrument are serialised with each other: a tare never runs while a setpoint
+is being written and read back.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -61,6 +63,17 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway.control")
+
+_T = TypeVar("_T")
+
+MAX_REASON_CHARS = 2000
+"""The longest reason a write or a command may give (an OPC UA Call could carry 4 MB of it
+into every record of the audit trail)."""
+
+DEVICE_TIMEOUT_S = 60.0
+"""How long a driver may take to answer a write, a read or a command before it counts as not
+answering (an ``InstrumentError``: the outcome unknown) and the instrument is free for the next
+write or command: one driver that hangs must not hold its instrument's lock for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +172,7 @@ class WritePath:
         clock: Callable[[], float] = time.monotonic,
         commands: Mapping[str, CommandTarget] | None = None,
         commanded: Mapping[str, CommandDriver] | None = None,
+        device_timeout_s: float = DEVICE_TIMEOUT_S,
     ) -> None:
         self.targets = dict(targets)
         self.commands = dict(commands or {})
@@ -170,6 +184,7 @@ class WritePath:
         self._devices = devices
         self._is_up = is_up
         self._clock = clock
+        self.device_timeout_s = device_timeout_s
         self._locks: dict[str, asyncio.Lock] = {t: asyncio.Lock() for t in self.targets}
         self._last: dict[str, tuple[float, float]] = {}  # target -> (monotonic time, value)
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -236,7 +251,8 @@ class WritePath:
                 raise InstrumentError(f"instrument {resolved.instrument!r} is not connected")
             device = self._devices[resolved.instrument]
             async with self._locks[target]:
-                await device.write(resolved.channel, resolved.to_device(value))
+                beat = device.write(resolved.channel, resolved.to_device(value))
+                await self._answer(beat, "beat")
         except (InstrumentError, WriteRefusedError) as exc:
             state.failures += 1
             if state.failures == 1:
@@ -315,6 +331,20 @@ class WritePath:
         )
         return outcome
 
+    async def _answer(self, call: Awaitable[_T], what: str) -> _T:
+        """``call``'s result; ``InstrumentError`` if the driver gives none within
+        :attr:`device_timeout_s` (see :data:`DEVICE_TIMEOUT_S`)."""
+        bound = asyncio.timeout(self.device_timeout_s)
+        try:
+            async with bound:
+                return await call
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the driver's own
+            raise InstrumentError(
+                f"no answer to the {what} within {self.device_timeout_s:g} s"
+            ) from exc
+
     def _instrument_lock(self, instrument: str) -> asyncio.Lock:
         lock = self._instrument_locks.get(instrument)
         if lock is None:
@@ -333,7 +363,10 @@ class WritePath:
         return await asyncio.shield(task)
 
     async def _submit_command(self, request: CommandRequest) -> CommandOutcome:
-        outcome = CommandOutcome("refused", "", request.target, dict(request.arguments))
+        # As given, until checked: bounded, for a refusal's record of what was asked.
+        outcome = CommandOutcome(
+            "refused", "", request.target, _bounded(request.arguments, recordable)
+        )
         target = self.commands.get(request.target)
         try:
             if target is None:
@@ -411,24 +444,40 @@ class WritePath:
             ) from exc
         name = target.command.name
         try:
-            result = await device.command(name, arguments)
-            reported = {str(k): _reported(v) for k, v in dict(result or {}).items()}
+            result = await self._answer(device.command(name, arguments), name)
+            reported = _bounded(dict(result or {}), _reported)
+        except asyncio.CancelledError:
+            # The gateway stops while the device is asked: what it did is not known, and says so.
+            why = "the gateway stopped before the device answered"
+            outcome.outcome = "failed"
+            outcome.message = f"{name} failed, its outcome unknown: {why}"
+            outcome.records.append(
+                await asyncio.shield(
+                    self._record(
+                        _command_event("command.failed", request, "unknown", arguments, why=why)
+                    )
+                )
+            )
+            raise
         except WriteRefusedError as exc:  # nothing was done
-            outcome.outcome, outcome.message = "failed", f"the device refused {name}: {exc}"
+            why = _short(str(exc))
+            outcome.outcome, outcome.message = "failed", f"the device refused {name}: {why}"
             outcome.records.append(
                 await self._record(
-                    _command_event("command.failed", request, "refused", arguments, why=str(exc))
+                    _command_event("command.failed", request, "refused", arguments, why=why)
                 )
             )
             return
-        except (InstrumentError, TypeError, ValueError) as exc:
-            # It may have reached the device; TypeError/ValueError: the driver's bug (a result
-            # that is no mapping), after the device may have acted all the same.
+        except Exception as exc:
+            # InstrumentError: it may have reached the device. Anything else is the driver's bug
+            # (a result that is no mapping, an exception it did not translate): the device may
+            # have acted all the same, and the request on record must not stay without outcome.
+            why = _short(str(exc) or type(exc).__name__)
             outcome.outcome = "failed"
-            outcome.message = f"{name} failed, its outcome unknown: {exc}"
+            outcome.message = f"{name} failed, its outcome unknown: {why}"
             outcome.records.append(
                 await self._record(
-                    _command_event("command.failed", request, "unknown", arguments, why=str(exc))
+                    _command_event("command.failed", request, "unknown", arguments, why=why)
                 )
             )
             return
@@ -474,7 +523,7 @@ class WritePath:
             )
         device = self._devices[target.instrument]
         try:
-            old = target.from_device(await device.read_back(target.channel))
+            old = target.from_device(await self._answer(device.read_back(target.channel), "read"))
         except (InstrumentError, WriteRefusedError) as exc:
             raise _Refused(
                 "instrument-down",
@@ -505,7 +554,23 @@ class WritePath:
             ) from exc
         device_value = target.to_device(value)
         try:
-            await device.write(target.channel, device_value)
+            await self._answer(device.write(target.channel, device_value), "write")
+        except asyncio.CancelledError:
+            # The gateway stops while the device is asked: the request is on record, and so is
+            # that its outcome is unknown (no read: the stop's bound is a moment).
+            why = "the gateway stopped before the device answered"
+            outcome.outcome, outcome.message = (
+                "failed",
+                f"the write failed, its outcome unknown ({why})",
+            )
+            outcome.records.append(
+                await asyncio.shield(
+                    self._record(
+                        _event("write.failed", request, "unknown", old=old, new=value, why=why)
+                    )
+                )
+            )
+            raise
         except WriteRefusedError as exc:  # refused by the driver or the device: nothing changed
             outcome.outcome, outcome.message = "failed", f"the device refused the write: {exc}"
             outcome.records.append(
@@ -518,7 +583,9 @@ class WritePath:
             # The request may have reached the device: what it holds now is read, if it can be.
             holds: float | None = None
             with contextlib.suppress(InstrumentError, WriteRefusedError):
-                holds = target.from_device(await device.read_back(target.channel))
+                holds = target.from_device(
+                    await self._answer(device.read_back(target.channel), "read")
+                )
             outcome.outcome, outcome.read_back = "failed", holds
             outcome.message = (
                 f"the write failed, its outcome unknown ({exc}); the device reads {holds}"
@@ -553,7 +620,7 @@ class WritePath:
         try:
             if config.readback_delay_s:
                 await asyncio.sleep(config.readback_delay_s)
-            read = target.from_device(await device.read_back(target.channel))
+            read = target.from_device(await self._answer(device.read_back(target.channel), "read"))
         except asyncio.CancelledError:
             # The gateway stops (its bound leaves writes under way a moment, not a read-back
             # delay): the write is on record, so is that it was never verified.
@@ -612,6 +679,11 @@ class WritePath:
         if not request.reason.strip():
             raise _Refused(
                 "reason", f"a {'write' if verb == 'write' else 'command'} needs a reason"
+            )
+        if len(request.reason) > MAX_REASON_CHARS:
+            raise _Refused(
+                "reason",
+                f"a reason is at most {MAX_REASON_CHARS} characters, not {len(request.reason)}",
             )
         if needs_signature == "none":
             return
@@ -689,19 +761,56 @@ def recordable(value: object) -> object:
     are; NaN, the infinities (refused, but recorded) and anything else as short text."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if value is None or isinstance(value, (int, float, str)):
+    if isinstance(value, str):
+        return _short(_storable(value), 200)
+    if value is None or isinstance(value, (int, float)):
         return value
-    return repr(value)[:200]
+    return _repr(value)
+
+
+_KEYS = 32  # of a device's report or a refused command's arguments, kept in the audit trail
+_TEXT = 500  # characters of a value, a name or a message kept
+
+
+def _repr(value: object) -> str:
+    """``value`` as short text, also nested deeper than repr can follow (a JSON body of 2 KB)."""
+    try:
+        return _short(repr(value), 200)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep to show>"
+
+
+def _storable(text: str) -> str:
+    """``text`` with a lone surrogate (JSON's ``"\\ud800"``: no UTF-8, so no SQLite) written
+    as its escape, so that a refusal of it can be recorded."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _short(text: str, limit: int = _TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _bounded(values: Mapping[Any, Any], convert: Callable[[object], object]) -> dict[str, Any]:
+    """``values`` as the audit trail keeps them: at most :data:`_KEYS` names of at most 100
+    characters, each value by ``convert`` (a device or a caller may send
+    megabytes; the trail keeps what tells what happened, not all of it)."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if len(kept) == _KEYS:
+            kept["…"] = f"{len(values) - _KEYS} more"
+            break
+        kept[_short(_storable(str(key)), 100)] = convert(value)
+    return kept
 
 
 def _reported(value: object) -> object:
     """A value a device reported, as the audit trail keeps it: JSON as it is (lists and objects
-    too), anything else (or NaN) as short text."""
+    too) if short, anything else (or NaN) as short text."""
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
-        return repr(value)[:200]
-    return value
+        return _repr(value)
+    return value if len(text) <= _TEXT else _short(text)
 
 
 def _signature_details(request: WriteRequest | CommandRequest) -> dict[str, Any]:
@@ -744,7 +853,7 @@ def _event(
         target=request.target,
         old=old,
         new=recordable(new),
-        reason=request.reason,
+        reason=_short(request.reason, MAX_REASON_CHARS),
         outcome=outcome,
         details={
             "interface": request.interface,
@@ -770,7 +879,7 @@ def _command_event(
         user=request.identity.name,
         target=request.target,
         new={str(k): recordable(v) for k, v in arguments.items()},
-        reason=request.reason,
+        reason=_short(request.reason, MAX_REASON_CHARS),
         outcome=outcome,
         details={
             "interface": request.interface,

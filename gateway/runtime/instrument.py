@@ -33,6 +33,31 @@ IdentityListener = Callable[[str, DeviceIdentity, str, int], None]
 (``source``: ``driver`` or ``config``)."""
 
 
+IDENTITY_FIELD_CHARS = 256
+"""Characters of an identity's field that are kept (a serial number is a few dozen)."""
+
+
+def _storable(identity: DeviceIdentity) -> DeviceIdentity:
+    """``identity`` as the store, the audit trail, the console and OPC UA can hold it: each field
+    cut to :data:`IDENTITY_FIELD_CHARS` and every character that is not printable (NUL, control
+    characters, bidirectional overrides, the lone surrogates of bytes that were not UTF-8)
+    replaced by U+FFFD. A device may report anything; a lone surrogate stopped the store's
+    writer, and with it the gateway."""
+    fields = identity.fields()
+    kept = {name: _printable(value) for name, value in fields.items()}
+    return identity if kept == fields else DeviceIdentity(**kept)
+
+
+def _printable(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cut = value[:IDENTITY_FIELD_CHARS]
+    text = "".join(c if c.isprintable() else "\ufffd" for c in cut).strip()
+    if len(value) > IDENTITY_FIELD_CHARS:
+        text += f"… ({len(value)} characters)"
+    return text or None
+
+
 class InstrumentState(StrEnum):
     """Connection state shown in the live view."""
 
@@ -90,6 +115,7 @@ class InstrumentRunner:
         self._take_identity(identity.filled_from(self._stated), "driver")
 
     def _take_identity(self, identity: DeviceIdentity, source: str) -> None:
+        identity = _storable(identity)
         self._identified = True
         if identity != self.identity:
             self._log.info("instrument.identified", source=source, **identity.fields())
