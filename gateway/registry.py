@@ -375,8 +375,9 @@ class Registry:
             self._refuse_clash(taken, entry)
 
     def _refuse_clash(self, first: Registration[Any], second: Registration[Any]) -> None:
+        # Sorted: the message must not depend on the order distributions are found in either.
         names = " and ".join(
-            plugin_label(r.plugin, r.distribution, r.version) for r in (first, second)
+            sorted(plugin_label(r.plugin, r.distribution, r.version) for r in (first, second))
         )
         why = (
             f"{first.kind} {first.name!r} is registered by {names}; neither is used"
