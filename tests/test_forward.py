@@ -50,7 +50,11 @@ class Upstream:
         self.fail_historical: set[int] = set()
         self._historical_calls = 0
         self._connection = 0  # a failure ends the "connection": every forward begun on it fails
+        self._lost = -1  # the connection a failing forward is on: those sent after it fail too
         self.injected = 0  # failures of fail_historical that happened
+        # Loop steps a failing forward takes to fail: the loss is seen a little later (the
+        # forwards sent before it are acknowledged meanwhile, and those after it fail).
+        self.failure_steps = 0
 
     async def __aenter__(self) -> Upstream:
         return self
@@ -64,16 +68,21 @@ class Upstream:
     async def forward(self, samples: Sequence[Sample], historical: bool) -> None:
         self.calls += 1
         connection = self._connection
+        after_loss = connection == self._lost
         fail = False
         if historical and self.up:
             self._historical_calls += 1
             fail = self._historical_calls in self.fail_historical
+            if fail:
+                self._lost = connection
         await asyncio.sleep(0)  # an acknowledgement takes a round trip
         if not self.up:
             raise ConnectionError("broker unreachable")
-        if connection != self._connection:
+        if connection != self._connection or after_loss:
             raise ConnectionError("connection lost")
         if historical and fail:
+            for _ in range(self.failure_steps):
+                await asyncio.sleep(0)
             self.injected += 1
             self._connection += 1  # as on one TCP connection: those sent after it fail too
             raise ConnectionError("connection lost")
@@ -360,16 +369,29 @@ async def test_a_backlog_is_forwarded_regrouped_by_signal(tmp_path: Path) -> Non
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("failing", [{2}, {3}, {2, 6}])
+@pytest.mark.parametrize(
+    ("failing", "steps", "concurrency"),
+    [({2}, 0, 4), ({3}, 0, 4), ({2, 6}, 0, 4), ({3}, 1, 3), ({3}, 2, 3), ({3}, 3, 3)],
+)
 async def test_a_failed_part_of_a_backlog_window_sends_the_window_again(
-    tmp_path: Path, failing: set[int]
+    tmp_path: Path, failing: set[int], steps: int, concurrency: int
 ) -> None:
     # Historical forward 1 is the probe that brings the sink up; then windows of three parts.
     # A part that fails while the others are acknowledged: nothing is skipped, the window comes
     # again (its acknowledged parts as duplicates, counted as resent), per-signal order holds.
-    plan = make_plan(tmp_path, batch_max_samples=30, instruments=instruments(3))
+    # With ``steps``, the failure is seen that many loop steps late: with two, the window's
+    # part created on the slot the first part freed runs just after the failure, and must not
+    # be handed to the sink then (on a new connection it would be acknowledged before the
+    # failed part is sent again: a consumer would see that signal's backlog out of seq order).
+    plan = make_plan(
+        tmp_path,
+        batch_max_samples=30,
+        instruments=instruments(3),
+        options={"concurrency": concurrency},
+    )
     sink = upstream(plan)
     sink.fail_historical = failing
+    sink.failure_steps = steps
     async with running(plan) as (gateway, _):
         forwarder = gateway.forwarders[0]
         await outage_backlog(gateway, sink, 600)

@@ -14,10 +14,13 @@ See docs/decisions/0006-store-and-forward.md. For every sink that implements
   (:meth:`Forwarder._window`). Live batches go first; the backlog uses the sink's remaining
   concurrency and, optionally, a rate cap;
 - on a failed forward: marks the sink down, forgets the live queue (those samples are in the
-  store: they become backlog), and probes again after a jittered exponential backoff — or at
-  once, if the sink can tell that its destination came back (``reachable``, checked every
-  :data:`REACHABLE_CHECK_S` while it is down and once unreachable: a backlog starts draining
-  within a fraction of a second of a broker's return, not up to ``retry.max_s`` later);
+  store: they become backlog), hands the sink nothing more that was begun before the failure
+  (a window's next part, a live batch whose task had not run yet: on a new connection it
+  would arrive before the failed forward is sent again), and probes again after a jittered
+  exponential backoff — or at once, if the sink can tell that its destination came back
+  (``reachable``, checked every :data:`REACHABLE_CHECK_S` while it is down and once
+  unreachable: a backlog starts draining within a fraction of a second of a broker's return,
+  not up to ``retry.max_s`` later);
 - applies the retention bound to what is undelivered: ``drop_oldest`` gives the oldest up for
   this sink (counted, logged, recorded as losses), ``stop`` makes the writer refuse commits;
 - quarantines what the destination refuses (``forward`` raised
@@ -407,7 +410,8 @@ class Forwarder:
                 batch += more
             self._live_count -= len(batch)
             samples = samples_of(batch, self._names)
-            self._spawn(self._send(first, last, samples, historical=False), "send")
+            send = self._send(first, last, samples, historical=False, epoch=self._epoch)
+            self._spawn(send, "send")
         if self._draining or self._live:
             return None
         backlog_limit = limit if probing else max(1, limit - 1)  # one slot stays for live data
@@ -611,7 +615,8 @@ class Forwarder:
         in_window: bool = False,
     ) -> int | None:
         """Forward ``samples`` (ids ``first..last``, or ``ids`` if given) and settle the outcome:
-        how many were delivered, None if the forward failed. ``in_window``: one part of
+        how many were delivered, None if the forward failed or was not made (it was begun
+        in an ``epoch`` that has failed since). ``in_window``: one part of
         :meth:`_window`, which settles ``first..last`` and ``_busy`` itself."""
         epoch = self._epoch if epoch is None else epoch
         was_up = self.stats.state is SinkState.UP
@@ -623,6 +628,13 @@ class Forwarder:
             samples = [samples[position] for position in kept]
         deadline: asyncio.Timeout | None = None
         try:
+            if epoch != self._epoch:
+                # Begun before a failure, but its task runs only now: on a new connection it
+                # would be acknowledged before the failed forward is sent again, and a
+                # consumer would see later samples of a signal first. Not handed over: its
+                # range (its window) is sent again from the store. From this check to the
+                # sink's call nothing suspends, so no failure can come in between.
+                return None
             if samples:
                 async with asyncio.timeout(self.send_timeout_s) as deadline:
                     await self.sink.forward(samples, historical)
