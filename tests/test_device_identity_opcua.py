@@ -60,3 +60,40 @@ def test_identity_nodes_are_checked_like_the_nodes() -> None:
                 "identity": {"serial_number": "x:Serial"},
             }
         )
+
+
+@pytest.mark.asyncio
+async def test_a_server_answering_fewer_identity_values_than_asked_leaves_it_unknown(
+    tmp_path: Path,
+) -> None:
+    # A broken server answers the identity Read with fewer values than nodes asked: no value
+    # can be matched to its field, so the identity stays unknown (logged), never a crash of
+    # the connect. The stand-in is asyncua's client, not ours: two calls, the second broken.
+    from types import SimpleNamespace
+
+    from gateway import PluginContext
+    from plugins.opcua.driver import OpcUaDriver
+
+    options = OpcUaOptions.model_validate(
+        {
+            "url": "opc.tcp://127.0.0.1:4840",
+            "nodes": [{"name": "t", "node": "i=2258", "unit": "s"}],
+            "identity": {"manufacturer": "i=2263", "serial_number": "i=2261"},
+        }
+    )
+    driver = OpcUaDriver(options, PluginContext("controller", tmp_path))
+
+    async def namespaces() -> list[str]:
+        return ["http://opcfoundation.org/UA/"]
+
+    async def read_attributes(nodes: list[object], attribute: object) -> list[object]:
+        return nodes[:1]  # one "value" for two nodes
+
+    broken = SimpleNamespace(
+        get_namespace_array=namespaces, uaclient=SimpleNamespace(read_attributes=read_attributes)
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert await driver._read_identity(broken) is None  # type: ignore[arg-type]
+    assert [e["problems"] for e in logs if e["event"] == "opcua.identity_incomplete"] == [
+        {"read": "1 values answered for 2 nodes"}
+    ]

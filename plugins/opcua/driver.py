@@ -513,6 +513,9 @@ class OpcUaDriver:
         values: dict[str, str] = {}
         if ids:
             results = await client.uaclient.read_attributes(list(ids.values()), AttributeIds.Value)
+            if len(results) != len(ids):  # a broken server: no field can be matched to its node
+                problems["read"] = f"{len(results)} values answered for {len(ids)} nodes"
+                results, ids = [], {}
             for field, dv in zip(ids, results, strict=True):
                 code = dv.StatusCode.value if dv.StatusCode is not None else 0
                 value = dv.Value.Value if dv.Value is not None else None
